@@ -1,0 +1,29 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "thinkv-sim",
+    products: [
+        .executable(name: "thinkv-sim", targets: ["thinkv-sim"]),
+        .library(name: "ThinKVSim", targets: ["ThinKVSim"]),
+    ],
+    targets: [
+        // HDF5 through pkg-config; shim.h wraps the macros Swift cannot import.
+        .systemLibrary(
+            name: "CHDF5",
+            path: "Sources/CHDF5",
+            pkgConfig: "hdf5",
+            providers: [.apt(["libhdf5-dev", "zlib1g-dev", "pkg-config"])]
+        ),
+        // All logic: trace I/O, replay engine, policies, metrics, reports, CLI commands.
+        .target(name: "ThinKVSim", dependencies: ["CHDF5"]),
+        // The executable only dispatches to the library's commands.
+        .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
+        .testTarget(
+            name: "ThinKVSimTests",
+            dependencies: ["ThinKVSim"],
+            resources: [.copy("Fixtures")]
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,127 @@
+import Foundation
+
+/// Distribution of one metric over all (decode step, layer, query head) samples of a run.
+public struct MetricSummary: Codable, Equatable, Sendable {
+    public var mean: Double
+    /// Percentiles with linear interpolation between order statistics (numpy's default).
+    public var p5: Double
+    public var p50: Double
+    public var p95: Double
+    public var min: Double
+    public var max: Double
+    public var count: Int
+
+    public init(samples: [Float]) {
+        count = samples.count
+        guard !samples.isEmpty else {
+            mean = .nan; p5 = .nan; p50 = .nan; p95 = .nan; min = .nan; max = .nan
+            return
+        }
+        let sorted = samples.sorted()
+        var sum = 0.0
+        for x in samples { sum += Double(x) }
+        mean = sum / Double(samples.count)
+        min = Double(sorted.first!)
+        max = Double(sorted.last!)
+        p5 = MetricSummary.percentile(sorted, 0.05)
+        p50 = MetricSummary.percentile(sorted, 0.5)
+        p95 = MetricSummary.percentile(sorted, 0.95)
+    }
+
+    public static func percentile(_ sorted: [Float], _ q: Double) -> Double {
+        let position = q * Double(sorted.count - 1)
+        let lower = Int(position.rounded(.down))
+        let upper = Swift.min(lower + 1, sorted.count - 1)
+        let fraction = position - Double(lower)
+        return Double(sorted[lower]) + fraction * (Double(sorted[upper]) - Double(sorted[lower]))
+    }
+}
+
+/// Memory of a run, extrapolated from the replayed layers to all `num_layers` of the model.
+public struct MemorySummary: Codable, Equatable, Sendable {
+    /// Largest attended-set bytes over decode steps (the peak a real cache must hold).
+    public var peakBytes: Double
+    public var meanBytes: Double
+    public var peakResidentBytes: Double
+    public var finalResidentBytes: Double
+    /// Attended bytes as a percentage of the full 16-bit cache at the same step.
+    public var meanPercentOfFull: Double
+    public var finalPercentOfFull: Double
+    /// Attended tokens per kv head, mean over steps and layers, and resident after the last step.
+    public var meanAttendedTokens: Double
+    public var finalResidentTokens: Double
+    /// Full cache bytes at the last step (for scale).
+    public var finalFullBytes: Double
+}
+
+/// Everything a report prints for one policy configuration.
+public struct RunSummary: Codable, Equatable, Sendable {
+    public var massRecall: MetricSummary
+    public var topKRecall: MetricSummary
+    public var attentionKL: MetricSummary
+    /// nil when no replayed layer has values.
+    public var outputError: MetricSummary?
+    public var memory: MemorySummary
+}
+
+/// Collects per-sample metric values while a run progresses.
+struct MetricSamples {
+    var massRecall: [Float] = []
+    var topKRecall: [Float] = []
+    var attentionKL: [Float] = []
+    var outputError: [Float] = []
+
+    mutating func reserve(_ n: Int, values: Bool) {
+        massRecall.reserveCapacity(n)
+        topKRecall.reserveCapacity(n)
+        attentionKL.reserveCapacity(n)
+        if values { outputError.reserveCapacity(n) }
+    }
+
+    mutating func append(_ other: MetricSamples) {
+        massRecall += other.massRecall
+        topKRecall += other.topKRecall
+        attentionKL += other.attentionKL
+        outputError += other.outputError
+    }
+}
+
+extension MemorySummary {
+    /// Combines per-layer step records: bytes at a step are summed over replayed layers, then
+    /// scaled by `num_layers / replayed layers`.
+    init(records: [StepRecord], numLayers: Int, replayedLayers: Int) {
+        let scale = Double(numLayers) / Double(max(replayedLayers, 1))
+        var attended: [Int: Int] = [:], resident: [Int: Int] = [:], full: [Int: Int] = [:]
+        var tokens = 0.0
+        var lastStep = -1
+        var lastTokens = 0.0
+        for r in records {
+            attended[r.step, default: 0] += r.attendedBytes
+            resident[r.step, default: 0] += r.residentBytes
+            full[r.step, default: 0] += r.fullBytes
+            tokens += r.attendedTokens
+            if r.step > lastStep { lastStep = r.step; lastTokens = 0 }
+            if r.step == lastStep { lastTokens += r.residentTokens }
+        }
+        let steps = attended.keys.sorted()
+        var peak = 0.0, sum = 0.0, peakResident = 0.0, percentSum = 0.0
+        for s in steps {
+            let a = Double(attended[s]!) * scale
+            peak = Swift.max(peak, a)
+            sum += a
+            peakResident = Swift.max(peakResident, Double(resident[s]!) * scale)
+            percentSum += 100 * Double(attended[s]!) / Double(Swift.max(full[s]!, 1))
+        }
+        let n = Double(Swift.max(steps.count, 1))
+        let last = steps.last
+        peakBytes = peak
+        meanBytes = sum / n
+        peakResidentBytes = peakResident
+        finalResidentBytes = last.map { Double(resident[$0]!) * scale } ?? 0
+        meanPercentOfFull = percentSum / n
+        finalPercentOfFull = last.map { 100 * Double(attended[$0]!) / Double(Swift.max(full[$0]!, 1)) } ?? 0
+        meanAttendedTokens = tokens / Double(Swift.max(records.count, 1))
+        finalResidentTokens = lastTokens / Double(Swift.max(replayedLayers, 1))
+        finalFullBytes = last.map { Double(full[$0]!) * scale } ?? 0
+    }
+}

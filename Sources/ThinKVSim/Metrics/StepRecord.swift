@@ -1,0 +1,87 @@
+import Foundation
+
+/// One decode step of one layer under one policy (docs/metrics.md defines every field).
+public struct StepRecord: Codable, Equatable, Sendable {
+    public var layer: Int
+    public var step: Int
+    public var position: Int
+    /// Tokens the step's query attended to / left resident for the next step, mean over kv heads.
+    public var attendedTokens: Double
+    public var residentTokens: Double
+    /// Bytes of K+V (with quantization metadata) of this layer, all kv heads.
+    public var attendedBytes: Int
+    public var residentBytes: Int
+    /// Bytes the full 16-bit cache holds at this step (p+1 tokens).
+    public var fullBytes: Int
+    /// Means over query heads (and the minimum recall over heads).
+    public var massRecall: Float
+    public var massRecallMin: Float
+    public var topKRecall: Float
+    public var attentionKL: Float
+    /// nil when the trace has no values for this layer.
+    public var outputError: Float?
+    /// Attention sparsity of the full cache at this step (context for ThinKV).
+    public var sparsity: Float
+}
+
+/// A compression event for `--kept`: the positions a kv head holds after the policy dropped some.
+public struct KeptEvent: Codable, Equatable, Sendable {
+    public var policy: String
+    public var step: Int
+    public var position: Int
+    public var layer: Int
+    public var kvHead: Int
+    public var kept: [Int32]
+
+    enum CodingKeys: String, CodingKey {
+        case policy, step, position, layer, kept
+        case kvHead = "kv_head"
+    }
+
+    /// One JSON line, fields in a fixed order.
+    public var jsonLine: String {
+        var s = "{\"policy\":\"\(policy)\",\"step\":\(step),\"position\":\(position),\"layer\":\(layer),\"kv_head\":\(kvHead),\"kept\":["
+        s.reserveCapacity(s.utf8.count + kept.count * 6)
+        for (i, p) in kept.enumerated() {
+            if i > 0 { s += "," }
+            s += String(p)
+        }
+        return s + "]}"
+    }
+}
+
+/// Receives kept events as they happen (thread-safe sinks only).
+public protocol KeptEventSink: AnyObject, Sendable {
+    func record(_ events: [KeptEvent])
+}
+
+/// Writes kept events as JSON lines to a file.
+public final class KeptEventFileWriter: KeptEventSink, @unchecked Sendable {
+    private let handle: FileHandle
+    private let lock = NSLock()
+    public let path: String
+
+    public init(path: String) throws {
+        self.path = path
+        guard FileManager.default.createFile(atPath: path, contents: nil),
+              let handle = FileHandle(forWritingAtPath: path) else {
+            throw PolicyError("\(path): cannot create the --kept file")
+        }
+        self.handle = handle
+    }
+
+    public func record(_ events: [KeptEvent]) {
+        guard !events.isEmpty else { return }
+        var text = ""
+        for e in events { text += e.jsonLine + "\n" }
+        lock.lock()
+        defer { lock.unlock() }
+        handle.write(Data(text.utf8))
+    }
+
+    public func close() {
+        lock.lock()
+        defer { lock.unlock() }
+        try? handle.close()
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+
+/// A KV-cache compression policy: decides, for one layer of one trace, which positions each
+/// kv head keeps (eviction), at which precision (quantization), and when it acts.
+///
+/// The replay engine makes one instance per recorded layer and calls, in order:
+/// 1. `prefill` once, with slots `0..<P` already in the cache (in position order);
+/// 2. for every decode position p: the engine appends p to every kv head's slots, calls
+///    `beforeAttention`, lets p's query attend to the cache as the policy left it (the
+///    *attended* set, which metrics and peak memory use), then calls `afterAttention`, whose
+///    result is the *resident* set the next step starts from.
+/// The references (H2O, R-KV, StreamingLLM) compress after the step's attention, so they act
+/// in `afterAttention`; a policy acts every step, every N steps or on events as it decides,
+/// using `CompressionSchedule` for the common triggers.
+///
+/// Adding a policy means one file with a type conforming to this protocol and one line in
+/// `PolicyRegistry.all`.
+public protocol CachePolicy: AnyObject {
+    /// The name users type after `--policy`.
+    static var name: String { get }
+    /// One line for `--help` and `thinkv-sim policies`.
+    static var summary: String { get }
+    /// Every tunable parameter, with its default and meaning.
+    static var parameters: [PolicyParameter] { get }
+    /// What the trace must hold for this policy to run.
+    static var requirements: PolicyRequirements { get }
+
+    init(parameters: PolicyParameters, setup: PolicySetup) throws
+
+    /// Upper bound on the *resident* tokens per kv head after any step (nil: unbounded).
+    /// Property tests hold every policy to it.
+    var residentCap: Int? { get }
+
+    func prefill(_ context: PrefillContext, cache: LayerCache)
+    func beforeAttention(_ context: StepContext, cache: LayerCache)
+    func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache)
+}
+
+extension CachePolicy {
+    public static var requirements: PolicyRequirements { [] }
+    public var residentCap: Int? { nil }
+    public func prefill(_ context: PrefillContext, cache: LayerCache) {}
+    public func beforeAttention(_ context: StepContext, cache: LayerCache) {}
+    public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {}
+}
+
+/// What a policy needs from a trace beyond recorded attention.
+public struct PolicyRequirements: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    /// Post-RoPE queries and keys (`q`+`k`): for key similarity, observation windows, k-means.
+    public static let queriesAndKeys = PolicyRequirements(rawValue: 1)
+    /// Values (`v`): for policies that score or quantize values.
+    public static let values = PolicyRequirements(rawValue: 2)
+}
+
+/// Everything fixed for one (policy, layer) pair.
+public struct PolicySetup: Sendable {
+    public let header: TraceHeader
+    public let layer: LayerInfo
+    /// Index of this layer among the replayed layers (0-based), and how many are replayed.
+    public let layerOrdinal: Int
+    public let layerCount: Int
+
+    public init(header: TraceHeader, layer: LayerInfo, layerOrdinal: Int = 0, layerCount: Int = 1) {
+        self.header = header
+        self.layer = layer
+        self.layerOrdinal = layerOrdinal
+        self.layerCount = layerCount
+    }
+}
+
+/// The prompt, as a policy sees it before decoding starts.
+public struct PrefillContext {
+    public let setup: PolicySetup
+    /// The layer's exact tensors (keys/values for all positions, when recorded).
+    public let data: LayerData
+    /// Queries of prompt positions, `[P][numQHeads][D]` row-major; nil for attention-only layers.
+    public let promptQueries: [Float]?
+}
+
+/// One decode step, valid only during the call that receives it.
+public struct StepContext {
+    public let setup: PolicySetup
+    public let data: LayerData
+    /// Decode step t (0-based) and its position p = P + t.
+    public let step: Int
+    public let position: Int
+    /// p's queries, `[numQHeads][D]`; nil for attention-only layers.
+    public let queries: UnsafeBufferPointer<Float>?
+
+    public func query(head: Int) -> UnsafeBufferPointer<Float>? {
+        guard let queries else { return nil }
+        let d = setup.header.headDim
+        return UnsafeBufferPointer(rebasing: queries[(head * d)..<((head + 1) * d)])
+    }
+}
+
+/// The attention probabilities the step's query heads gave the attended slots, computed with
+/// the cache's stored (possibly dequantized) keys: what the model would have computed.
+public struct AttentionView {
+    let storage: UnsafeBufferPointer<Float>
+    let offsets: [Int]  // per query head, start in storage
+    let counts: [Int]   // per query head: slots of its kv head
+
+    /// Probabilities of query head `h` over its kv head's slots, in slot order.
+    public func probabilities(queryHead h: Int) -> UnsafeBufferPointer<Float> {
+        UnsafeBufferPointer(rebasing: storage[offsets[h]..<(offsets[h] + counts[h])])
+    }
+}

@@ -1,0 +1,78 @@
+import Foundation
+
+/// Every policy the simulator knows. Adding a policy: one file, one line here.
+public enum PolicyRegistry {
+    public static let all: [any CachePolicy.Type] = [
+        FullCachePolicy.self,
+    ]
+
+    public static func type(named name: String) -> (any CachePolicy.Type)? {
+        all.first { $0.name == name }
+    }
+
+    public static var names: [String] { all.map { $0.name } }
+}
+
+/// A policy with its parameter values: one column of a comparison, one row group of a sweep.
+public struct PolicySpec: Hashable, Sendable {
+    public let name: String
+    public let parameters: PolicyParameters
+
+    /// Builds a spec from raw `name -> value` strings, validating them against the policy's declared parameters.
+    public init(name: String, values: [String: String] = [:]) throws {
+        guard let type = PolicyRegistry.type(named: name) else {
+            throw PolicyError("unknown policy '\(name)' (known: \(PolicyRegistry.names.joined(separator: ", ")))")
+        }
+        self.name = name
+        self.parameters = try PolicyParameters(policy: name, specs: type.parameters, values: values)
+    }
+
+    public var type: any CachePolicy.Type { PolicyRegistry.type(named: name)! }
+
+    /// `h2o(budget=256,recent=64)`: the policy and the parameters given explicitly.
+    public var label: String {
+        let given = parameters.given.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        return given.isEmpty ? name : "\(name)(\(given.joined(separator: ",")))"
+    }
+
+    /// Checks the trace holds what the policy needs, for every layer that will be replayed.
+    public func checkRequirements(_ reader: TraceReader, layers: [Int]) throws {
+        let needs = type.requirements
+        for layer in layers {
+            guard let info = reader.layerInfo(layer) else { continue }
+            if needs.contains(.queriesAndKeys) && !info.hasQueriesAndKeys {
+                throw PolicyError("\(reader.path): policy \(name) needs queries and keys (/layers/\(layer)/q and k); this layer records attention only")
+            }
+            if needs.contains(.values) && !info.hasValues {
+                throw PolicyError("\(reader.path): policy \(name) needs values (/layers/\(layer)/v), which this trace does not record")
+            }
+        }
+    }
+}
+
+extension PolicySpec {
+    /// Specs for several policies sharing one set of `--name value` options: each option goes
+    /// to every chosen policy that declares it; an option no chosen policy declares is an error.
+    public static func specs(policies names: [String], options: [(name: String, value: String)]) throws -> [PolicySpec] {
+        var seen = Set<String>()
+        for option in options where !seen.insert(option.name).inserted {
+            throw UsageError("--\(option.name) given more than once")
+        }
+        let types = try names.map { name -> any CachePolicy.Type in
+            guard let type = PolicyRegistry.type(named: name) else {
+                throw UsageError("unknown policy '\(name)' (known: \(PolicyRegistry.names.joined(separator: ", ")))")
+            }
+            return type
+        }
+        for option in options where !types.contains(where: { $0.parameters.contains { $0.name == option.name } }) {
+            throw UsageError("unknown option --\(option.name) (not a parameter of \(names.joined(separator: ", ")); see 'thinkv-sim policies')")
+        }
+        return try zip(names, types).map { name, type in
+            var values: [String: String] = [:]
+            for option in options where type.parameters.contains(where: { $0.name == option.name }) {
+                values[option.name] = option.value
+            }
+            return try PolicySpec(name: name, values: values)
+        }
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+
+/// The inner loops of replay: dot products, scaled accumulation and softmax over Float32
+/// buffers. Accumulation order is fixed (8-lane partial sums, then a fixed tree), so results do
+/// not depend on threading.
+public enum Kernels {
+    /// Σ a[i]·b[i] for i in 0..<n.
+    @inline(__always)
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc0 = SIMD8<Float>(repeating: 0)
+        var acc1 = SIMD8<Float>(repeating: 0)
+        var i = 0
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        while i + 16 <= n {
+            let a0 = ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let b0 = rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let a1 = ra.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+            let b1 = rb.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+            acc0.addProduct(a0, b0)
+            acc1.addProduct(a1, b1)
+            i += 16
+        }
+        if i + 8 <= n {
+            let a0 = ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let b0 = rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            acc0.addProduct(a0, b0)
+            i += 8
+        }
+        var sum = (acc0 + acc1).sum()
+        while i < n {
+            sum += a[i] * b[i]
+            i += 1
+        }
+        return sum
+    }
+
+    /// y[i] += alpha·x[i] for i in 0..<n.
+    @inline(__always)
+    public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        var i = 0
+        let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
+        let a = SIMD8<Float>(repeating: alpha)
+        while i + 8 <= n {
+            var yv = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            yv.addProduct(a, rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
+            ry.storeBytes(of: yv, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n {
+            y[i] += alpha * x[i]
+            i += 1
+        }
+    }
+
+    /// Replaces logits x[0..<n] by softmax probabilities; returns the log-sum-exp of the logits.
+    @inline(__always)
+    @discardableResult
+    public static func softmaxInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
+        guard n > 0 else { return -.infinity }
+        var m = -Float.infinity
+        for i in 0..<n where x[i] > m { m = x[i] }
+        var s: Float = 0
+        for i in 0..<n {
+            let e = expf(x[i] - m)
+            x[i] = e
+            s += e
+        }
+        let inv = 1 / s
+        for i in 0..<n { x[i] *= inv }
+        return m + logf(s)
+    }
+
+    /// ‖x‖₂ of n elements.
+    @inline(__always)
+    public static func norm(_ x: UnsafePointer<Float>, _ n: Int) -> Float { dot(x, x, n).squareRoot() }
+}
+
+/// The k largest values of a stream with their indices; ties go to the lower index.
+/// Kept as a min-heap on (value, -index) so the weakest entry is at the root.
+public struct TopKSelector {
+    public private(set) var values: [Float]
+    public private(set) var indices: [Int32]
+    public let k: Int
+    public private(set) var count = 0
+
+    public init(k: Int) {
+        self.k = k
+        values = [Float](repeating: 0, count: max(k, 1))
+        indices = [Int32](repeating: 0, count: max(k, 1))
+    }
+
+    public mutating func reset() { count = 0 }
+
+    /// True when (v, i) ranks below (w, j): smaller value, or equal value and larger index.
+    @inline(__always)
+    private static func weaker(_ v: Float, _ i: Int32, _ w: Float, _ j: Int32) -> Bool {
+        v < w || (v == w && i > j)
+    }
+
+    @inline(__always)
+    public mutating func offer(_ value: Float, _ index: Int32) {
+        guard k > 0 else { return }
+        if count < k {
+            var c = count
+            count += 1
+            values[c] = value
+            indices[c] = index
+            while c > 0 {  // sift up
+                let parent = (c - 1) / 2
+                guard TopKSelector.weaker(values[c], indices[c], values[parent], indices[parent]) else { break }
+                values.swapAt(c, parent)
+                indices.swapAt(c, parent)
+                c = parent
+            }
+            return
+        }
+        guard TopKSelector.weaker(values[0], indices[0], value, index) else { return }
+        values[0] = value
+        indices[0] = index
+        var c = 0
+        while true {  // sift down
+            let l = 2 * c + 1, r = l + 1
+            var weakest = c
+            if l < count && TopKSelector.weaker(values[l], indices[l], values[weakest], indices[weakest]) { weakest = l }
+            if r < count && TopKSelector.weaker(values[r], indices[r], values[weakest], indices[weakest]) { weakest = r }
+            if weakest == c { break }
+            values.swapAt(c, weakest)
+            indices.swapAt(c, weakest)
+            c = weakest
+        }
+    }
+
+    /// The selected indices (heap order, not sorted).
+    public var selected: ArraySlice<Int32> { indices[0..<count] }
+}

@@ -1,0 +1,96 @@
+import Foundation
+
+/// One policy's KV cache for one layer: per kv head, the positions it holds in *physical slot
+/// order* (the order a real cache stores them; some references' later decisions depend on it),
+/// the stored key/value vectors (the exact ones, or what a quantizer made of them), and the
+/// precision each stored token is charged at.
+public final class LayerCache {
+    public let numKVHeads: Int
+    public let numTokens: Int
+    public let headDim: Int
+
+    /// Positions held by each kv head, in physical slot order.
+    public private(set) var slots: [[Int32]]
+
+    /// Stored keys and values, same layout as `LayerData` (`(head * T + position) * D`).
+    /// They start as the exact tensors (shared storage); a quantizing policy overwrites the
+    /// entries it quantized with their dequantized values and sets `keysModified`/`valuesModified`.
+    public var storedKeys: [Float]?
+    public var storedValues: [Float]?
+    public var keysModified = false
+    public var valuesModified = false
+
+    /// Bits per element each (head, position) is charged at: index `head * T + position`.
+    /// 16 means unquantized (the model's float16/bfloat16 cache).
+    public var keyBits: [UInt8]
+    public var valueBits: [UInt8]
+    /// Quantization metadata (scales, zero points) currently held, in bytes, per kv head.
+    public var metadataBytes: [Int]
+
+    /// Set when a head's slots lost a position during the current step (for `--kept` events).
+    public internal(set) var droppedThisStep: [Bool]
+
+    public init(data: LayerData) {
+        numKVHeads = data.numKVHeads
+        numTokens = data.numTokens
+        headDim = data.headDim
+        slots = Array(repeating: [], count: data.numKVHeads)
+        for h in 0..<numKVHeads { slots[h].reserveCapacity(256) }
+        storedKeys = data.keys
+        storedValues = data.values
+        keyBits = [UInt8](repeating: 16, count: numKVHeads * numTokens)
+        valueBits = [UInt8](repeating: 16, count: numKVHeads * numTokens)
+        metadataBytes = [Int](repeating: 0, count: numKVHeads)
+        droppedThisStep = [Bool](repeating: false, count: numKVHeads)
+    }
+
+    /// Tokens currently held by a head.
+    public func count(kvHead: Int) -> Int { slots[kvHead].count }
+
+    /// Adds `position` at the end of every head's slots (the engine does this for each new token).
+    public func append(position: Int) {
+        for h in 0..<numKVHeads { slots[h].append(Int32(position)) }
+    }
+
+    /// Replaces a head's slots with `newSlots` (positions it already holds, in the new physical order).
+    public func setSlots(kvHead: Int, _ newSlots: [Int32]) {
+        if newSlots.count < slots[kvHead].count { droppedThisStep[kvHead] = true }
+        slots[kvHead] = newSlots
+    }
+
+    /// Keeps the slots at the given indices into the current slot list, in the order given.
+    public func keep(kvHead: Int, slotIndices: [Int]) {
+        let old = slots[kvHead]
+        setSlots(kvHead: kvHead, slotIndices.map { old[$0] })
+    }
+
+    /// Drops every slot whose position satisfies `shouldDrop`, keeping the others' order.
+    public func removeAll(kvHead: Int, where shouldDrop: (Int32) -> Bool) {
+        let before = slots[kvHead].count
+        slots[kvHead].removeAll(where: shouldDrop)
+        if slots[kvHead].count < before { droppedThisStep[kvHead] = true }
+    }
+
+    /// Sets the precision a position is charged at in one head.
+    public func setBits(kvHead: Int, position: Int, key: UInt8, value: UInt8) {
+        keyBits[kvHead * numTokens + position] = key
+        valueBits[kvHead * numTokens + position] = value
+    }
+
+    /// Bytes of K and V this head holds: each token's D elements at its precision, plus metadata.
+    public func bytes(kvHead: Int) -> Int {
+        var bits = 0
+        let base = kvHead * numTokens
+        for p in slots[kvHead] {
+            bits += Int(keyBits[base + Int(p)]) + Int(valueBits[base + Int(p)])
+        }
+        return (bits * headDim + 7) / 8 + metadataBytes[kvHead]
+    }
+
+    /// Bytes over all kv heads of this layer.
+    public func totalBytes() -> Int { (0..<numKVHeads).reduce(0) { $0 + bytes(kvHead: $1) } }
+
+    func beginStep() {
+        for h in 0..<numKVHeads { droppedThisStep[h] = false }
+    }
+}

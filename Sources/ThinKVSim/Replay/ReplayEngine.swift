@@ -1,0 +1,374 @@
+import Foundation
+
+/// What to replay and how.
+public struct ReplayConfiguration: Sendable {
+    public var policies: [PolicySpec]
+    /// Layers to replay (nil: every recorded layer).
+    public var layers: [Int]?
+    /// k of top-k recall.
+    public var topK: Int = 32
+    /// Replay only the first N decode steps (nil: all).
+    public var maxSteps: Int?
+    /// Decode steps whose reference attention is computed together.
+    public var chunkSteps: Int = 64
+    /// Worker threads (nil: every active core). Results do not depend on it.
+    public var threads: Int?
+
+    public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = 32, maxSteps: Int? = nil, threads: Int? = nil) {
+        self.policies = policies
+        self.layers = layers
+        self.topK = topK
+        self.maxSteps = maxSteps
+        self.threads = threads
+    }
+}
+
+/// The outcome of replaying one policy configuration over a trace.
+public struct PolicyRun: Sendable {
+    public let spec: PolicySpec
+    /// One record per (layer, decode step), layer-major.
+    public let steps: [StepRecord]
+    public let summary: RunSummary
+}
+
+public struct ReplayResult: Sendable {
+    public let tracePath: String
+    public let header: TraceHeader
+    public let layers: [Int]
+    public let decodeSteps: Int
+    public let runs: [PolicyRun]
+    /// Why a metric is missing (e.g. output error without values), for the report.
+    public let notes: [String]
+}
+
+/// Reports progress of long work; called from the replay's serial sections only.
+public protocol ProgressReporting: AnyObject {
+    func update(fraction: Double, detail: String)
+    func finish()
+}
+
+/// Steps a trace's decode positions through policies, layer by layer, and measures each
+/// policy against the full-cache attention computed once per layer and chunk.
+public final class ReplayEngine {
+    public let reader: TraceReader
+    public let configuration: ReplayConfiguration
+    public weak var keptSink: KeptEventSink?
+    public var progress: ProgressReporting?
+
+    public init(reader: TraceReader, configuration: ReplayConfiguration) {
+        self.reader = reader
+        self.configuration = configuration
+    }
+
+    public var layersToReplay: [Int] { configuration.layers ?? reader.recordedLayerIndices }
+
+    public var decodeSteps: Int {
+        let g = reader.header.generatedLength
+        return configuration.maxSteps.map { min($0, g) } ?? g
+    }
+
+    public func run() throws -> ReplayResult {
+        let header = reader.header
+        let layers = layersToReplay
+        for layer in layers where reader.layerInfo(layer) == nil {
+            throw TraceError(file: reader.path, object: "/layers/\(layer)",
+                             "not recorded (recorded: \(reader.recordedLayerIndices.map(String.init).joined(separator: ", ")))")
+        }
+        for spec in configuration.policies { try spec.checkRequirements(reader, layers: layers) }
+        guard decodeSteps > 0 else {
+            throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
+        }
+
+        var records = Array(repeating: [StepRecord](), count: configuration.policies.count)
+        var samples = Array(repeating: MetricSamples(), count: configuration.policies.count)
+        for (ordinal, layer) in layers.enumerated() {
+            let data = try LayerData.load(from: reader, layer: layer)
+            let layerRuns = try replayLayer(data, ordinal: ordinal, count: layers.count)
+            for (i, run) in layerRuns.enumerated() {
+                records[i] += run.records
+                samples[i].append(run.samples)
+            }
+        }
+        progress?.finish()
+
+        let anyValues = layers.contains { reader.layerInfo($0)?.hasValues == true }
+        var notes: [String] = []
+        if !anyValues {
+            notes.append("attention output error unavailable: the trace records no values (v)")
+        }
+        let runs = configuration.policies.enumerated().map { i, spec in
+            PolicyRun(spec: spec, steps: records[i], summary: RunSummary(
+                massRecall: MetricSummary(samples: samples[i].massRecall),
+                topKRecall: MetricSummary(samples: samples[i].topKRecall),
+                attentionKL: MetricSummary(samples: samples[i].attentionKL),
+                outputError: anyValues ? MetricSummary(samples: samples[i].outputError) : nil,
+                memory: MemorySummary(records: records[i], numLayers: header.numLayers, replayedLayers: layers.count)))
+        }
+        return ReplayResult(tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
+                            runs: runs, notes: notes)
+    }
+
+    // MARK: One layer
+
+    private var workerCount: Int { max(1, configuration.threads ?? ProcessInfo.processInfo.activeProcessorCount) }
+
+    private func replayLayer(_ data: LayerData, ordinal: Int, count: Int) throws -> [PolicyLayerRun] {
+        let header = reader.header
+        let P = header.promptLength
+        let info = data.info
+        let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: count)
+
+        let promptQueries: [Float]? = info.hasQueriesAndKeys && P > 0
+            ? try reader.readRows(.q, layer: info.index, rows: 0..<P) : nil
+        let prefill = PrefillContext(setup: setup, data: data, promptQueries: promptQueries)
+        var runs: [PolicyLayerRun] = []
+        for spec in configuration.policies {
+            let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
+            let run = PolicyLayerRun(spec: spec, policy: policy, data: data, setup: setup,
+                                     topK: configuration.topK, steps: decodeSteps)
+            for p in 0..<P { run.cache.append(position: p) }
+            policy.prefill(prefill, cache: run.cache)
+            runs.append(run)
+        }
+
+        let reference = ReferenceAttention(header: header, data: data, workers: workerCount)
+        let scratch = reference.makeScratch(k: configuration.topK)
+        let chunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK)
+        let total = decodeSteps
+        for first in stride(from: 0, to: total, by: configuration.chunkSteps) {
+            let steps = min(configuration.chunkSteps, total - first)
+            chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues)
+            if info.hasQueriesAndKeys {
+                try reader.readRows(.q, layer: info.index, rows: (P + first)..<(P + first + steps), into: &chunk.queries)
+            } else {
+                try reader.readRows(.attn, layer: info.index, rows: first..<(first + steps), into: &chunk.attentionRows)
+            }
+            reference.compute(chunk, scratch: scratch)
+
+            let advance = { (i: Int) in runs[i].advance(through: chunk) }
+            if workerCount == 1 || runs.count == 1 {
+                for i in runs.indices { advance(i) }
+            } else {
+                DispatchQueue.concurrentPerform(iterations: runs.count, execute: advance)
+            }
+            if let sink = keptSink {
+                for run in runs { sink.record(run.takeEvents()) }
+            }
+            progress?.update(fraction: (Double(ordinal) + Double(first + steps) / Double(total)) / Double(count),
+                             detail: "layer \(info.index) (\(ordinal + 1)/\(count)), step \(first + steps)/\(total)")
+        }
+        return runs
+    }
+}
+
+/// One policy instance replaying one layer: its cache, scratch buffers, and what it measured.
+final class PolicyLayerRun {
+    let spec: PolicySpec
+    let policy: any CachePolicy
+    let cache: LayerCache
+    let data: LayerData
+    let setup: PolicySetup
+    var records: [StepRecord] = []
+    var samples = MetricSamples()
+    private var events: [KeptEvent] = []
+
+    // Scratch reused every step.
+    private var attention: [Float] = []
+    private var exactLogits: [Float] = []
+    private var offsets: [Int]
+    private var counts: [Int]
+    private var output: [Float]
+    private var isTop: [Bool]
+
+    init(spec: PolicySpec, policy: any CachePolicy, data: LayerData, setup: PolicySetup, topK: Int, steps: Int) {
+        self.spec = spec
+        self.policy = policy
+        self.data = data
+        self.setup = setup
+        cache = LayerCache(data: data)
+        let h = setup.header
+        offsets = [Int](repeating: 0, count: h.numQHeads)
+        counts = [Int](repeating: 0, count: h.numQHeads)
+        output = [Float](repeating: 0, count: h.headDim)
+        isTop = [Bool](repeating: false, count: h.numTokens)
+        records.reserveCapacity(steps)
+        samples.reserve(steps * h.numQHeads, values: data.values != nil)
+    }
+
+    func takeEvents() -> [KeptEvent] {
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    func advance(through chunk: ReferenceChunk) {
+        let h = setup.header
+        let stride = h.numQHeads * h.headDim
+        chunk.queries.withUnsafeBufferPointer { allQueries in
+            for s in 0..<chunk.stepCount {
+                let step = chunk.firstStep + s
+                let queries = setup.layer.hasQueriesAndKeys
+                    ? UnsafeBufferPointer(rebasing: allQueries[(s * stride)..<((s + 1) * stride)]) : nil
+                let context = StepContext(setup: setup, data: data, step: step, position: h.promptLength + step, queries: queries)
+                stepOnce(context, chunk: chunk, s: s)
+            }
+        }
+    }
+
+    private func stepOnce(_ context: StepContext, chunk: ReferenceChunk, s: Int) {
+        let h = setup.header
+        let Hq = h.numQHeads, Hkv = h.numKVHeads
+        cache.beginStep()
+        cache.append(position: context.position)
+        policy.beforeAttention(context, cache: cache)
+
+        // The attended set: what this step's query sees.
+        var total = 0
+        var attendedTokens = 0
+        for g in 0..<Hkv { attendedTokens += cache.count(kvHead: g) }
+        for q in 0..<Hq {
+            offsets[q] = total
+            counts[q] = cache.count(kvHead: h.kvHead(ofQueryHead: q))
+            total += counts[q]
+        }
+        if attention.count < total { attention = [Float](repeating: 0, count: total) }
+        let maxCount = counts.max() ?? 0
+        if exactLogits.count < maxCount { exactLogits = [Float](repeating: 0, count: maxCount) }
+        let attendedBytes = cache.totalBytes()
+
+        var recallSum: Float = 0, recallMin: Float = .infinity, topSum: Float = 0, klSum: Float = 0, errSum: Float = 0
+        for q in 0..<Hq {
+            let m = measure(queryHead: q, context: context, chunk: chunk, s: s)
+            recallSum += m.recall
+            recallMin = min(recallMin, m.recall)
+            topSum += m.topK
+            klSum += m.kl
+            samples.massRecall.append(m.recall)
+            samples.topKRecall.append(m.topK)
+            samples.attentionKL.append(m.kl)
+            if let e = m.error {
+                errSum += e
+                samples.outputError.append(e)
+            }
+        }
+
+        attention.withUnsafeBufferPointer { storage in
+            let view = AttentionView(storage: storage, offsets: offsets, counts: counts)
+            policy.afterAttention(context, attention: view, cache: cache)
+        }
+
+        var residentTokens = 0
+        for g in 0..<Hkv {
+            residentTokens += cache.count(kvHead: g)
+            if cache.droppedThisStep[g] {
+                events.append(KeptEvent(policy: spec.label, step: context.step, position: context.position,
+                                        layer: setup.layer.index, kvHead: g, kept: cache.slots[g].sorted()))
+            }
+        }
+        let n = Float(Hq)
+        records.append(StepRecord(
+            layer: setup.layer.index, step: context.step, position: context.position,
+            attendedTokens: Double(attendedTokens) / Double(Hkv),
+            residentTokens: Double(residentTokens) / Double(Hkv),
+            attendedBytes: attendedBytes, residentBytes: cache.totalBytes(),
+            fullBytes: (context.position + 1) * Hkv * h.headDim * 4,
+            massRecall: recallSum / n, massRecallMin: recallMin, topKRecall: topSum / n, attentionKL: klSum / n,
+            outputError: data.values == nil ? nil : errSum / n,
+            sparsity: chunk.sparsity[s]))
+    }
+
+    private struct HeadMetrics {
+        var recall: Float, topK: Float, kl: Float, error: Float?
+    }
+
+    /// Computes query head q's attention over its kv head's attended slots into `attention`,
+    /// and its fidelity against the reference.
+    private func measure(queryHead q: Int, context: StepContext, chunk: ReferenceChunk, s: Int) -> HeadMetrics {
+        let h = setup.header
+        let D = h.headDim, T = h.numTokens
+        let g = h.kvHead(ofQueryHead: q)
+        let slots = cache.slots[g]
+        let n = slots.count
+        let idx = s * h.numQHeads + q
+        var recall: Float = 0, kl: Float = 0
+        attention.withUnsafeMutableBufferPointer { att in
+            exactLogits.withUnsafeMutableBufferPointer { exact in
+                let a = att.baseAddress! + offsets[q]
+                let e = exact.baseAddress!
+                if let exactKeys = data.keys, let query = context.query(head: q) {
+                    let scale = h.effectiveSoftmaxScale
+                    let qp = query.baseAddress!
+                    cache.storedKeys!.withUnsafeBufferPointer { K in
+                        let base = K.baseAddress! + data.offset(kvHead: g, position: 0)
+                        for i in 0..<n { a[i] = scale * Kernels.dot(qp, base + Int(slots[i]) * D, D) }
+                    }
+                    if cache.keysModified {
+                        exactKeys.withUnsafeBufferPointer { K in
+                            let base = K.baseAddress! + data.offset(kvHead: g, position: 0)
+                            for i in 0..<n { e[i] = scale * Kernels.dot(qp, base + Int(slots[i]) * D, D) }
+                        }
+                    } else {
+                        for i in 0..<n { e[i] = a[i] }
+                    }
+                    let lse = chunk.logSumExp[idx]
+                    for i in 0..<n {
+                        e[i] -= lse  // now log A (full-cache log-probability)
+                        recall += expf(e[i])
+                    }
+                    Kernels.softmaxInPlace(a, n)
+                } else {
+                    // Attention-only layer: the recorded row restricted to the kept set.
+                    let H = setup.layer.attentionHeads == .keyValue ? h.numKVHeads : h.numQHeads
+                    let rowHead = H == h.numQHeads ? q : g
+                    chunk.attentionRows.withUnsafeBufferPointer { A in
+                        let row = A.baseAddress! + (s * H + rowHead) * T
+                        for i in 0..<n {
+                            let v = row[Int(slots[i])]
+                            recall += v
+                            e[i] = v > 0 ? logf(v) : -.infinity
+                            a[i] = v
+                        }
+                    }
+                    let inv: Float = recall > 0 ? 1 / recall : 0
+                    for i in 0..<n { a[i] *= inv }
+                }
+                for i in 0..<n where a[i] > 0 { kl += a[i] * (logf(a[i]) - e[i]) }
+            }
+        }
+
+        // Top-k recall: how many of the full cache's k most attended positions were attended.
+        let k = Int(chunk.topKCount[idx])
+        var hits = 0
+        if k > 0 {
+            let base = idx * chunk.topK
+            for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = true }
+            for p in slots where isTop[Int(p)] { hits += 1 }
+            for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = false }
+        }
+
+        var error: Float? = nil
+        if let storedValues = cache.storedValues {
+            error = output.withUnsafeMutableBufferPointer { o -> Float in
+                let op = o.baseAddress!
+                for d in 0..<D { op[d] = 0 }
+                attention.withUnsafeBufferPointer { att in
+                    storedValues.withUnsafeBufferPointer { V in
+                        let base = V.baseAddress! + data.offset(kvHead: g, position: 0)
+                        let a = att.baseAddress! + offsets[q]
+                        for i in 0..<n { Kernels.axpy(a[i], base + Int(slots[i]) * D, op, D) }
+                    }
+                }
+                var diff: Float = 0
+                chunk.outputs.withUnsafeBufferPointer { O in
+                    let full = O.baseAddress! + idx * D
+                    for d in 0..<D {
+                        let x = op[d] - full[d]
+                        diff += x * x
+                    }
+                }
+                let norm = chunk.outputNorms[idx]
+                return norm > 0 ? diff.squareRoot() / norm : diff.squareRoot()
+            }
+        }
+        return HeadMetrics(recall: recall, topK: k > 0 ? Float(hits) / Float(k) : 1, kl: max(kl, 0), error: error)
+    }
+}

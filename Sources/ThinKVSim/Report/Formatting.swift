@@ -1,0 +1,49 @@
+import Foundation
+
+/// Number formatting shared by the text reports.
+public enum Format {
+    /// 1536 -> "1.5 KiB".
+    public static func bytes(_ value: Double) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = value
+        var unit = 0
+        while abs(v) >= 1024 && unit < units.count - 1 {
+            v /= 1024
+            unit += 1
+        }
+        return unit == 0 ? String(format: "%.0f B", v) : String(format: "%.2f %@", v, units[unit])
+    }
+
+    public static func fixed(_ value: Double, _ digits: Int = 4) -> String {
+        value.isNaN ? "n/a" : String(format: "%.\(digits)f", value)
+    }
+
+    /// Short, CSV- and JSON-safe rendering of a float: no locale, `nan` never appears.
+    public static func csv(_ value: Double) -> String {
+        value.isFinite ? String(format: "%.6g", value) : ""
+    }
+}
+
+/// A plain-text table with right-aligned numeric columns.
+public struct TextTable {
+    public var headers: [String]
+    public var rows: [[String]] = []
+    /// Columns aligned left (the rest align right).
+    public var leftAligned: Set<Int> = [0]
+
+    public init(headers: [String]) { self.headers = headers }
+
+    public mutating func add(_ row: [String]) { rows.append(row) }
+
+    public func render() -> String {
+        let widths = headers.indices.map { c in ([headers[c]] + rows.map { $0[c] }).map(\.count).max() ?? 0 }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { c, cell in
+                let pad = String(repeating: " ", count: widths[c] - cell.count)
+                return leftAligned.contains(c) ? cell + pad : pad + cell
+            }.joined(separator: "  ")
+        }
+        let rule = widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")
+        return ([line(headers), rule] + rows.map(line)).joined(separator: "\n")
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+
+/// Renders a `ReplayResult` as a readable table, as JSON, or as a tidy per-step CSV.
+public enum ReplayReport {
+    // MARK: Text
+
+    public static func text(_ result: ReplayResult) -> String {
+        let h = result.header
+        var out: [String] = []
+        out.append("trace   \(result.tracePath)")
+        out.append("model   \(h.model): \(h.numLayers) layers, \(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads, head dim \(h.headDim)")
+        out.append("tokens  \(h.numTokens) (prompt \(h.promptLength), replayed \(result.decodeSteps) decode steps)")
+        out.append("layers  \(result.layers.map(String.init).joined(separator: ", ")) (bytes extrapolated to all \(h.numLayers) layers)")
+        out.append("")
+        var table = TextTable(headers: ["policy", "tokens", "KV peak", "KV mean", "% full", "recall", "recall p5", "recall min",
+                                        "top-k", "KL", "out err", "err p95"])
+        for run in result.runs {
+            let s = run.summary
+            table.add([
+                run.spec.label,
+                String(format: "%.0f", s.memory.meanAttendedTokens),
+                Format.bytes(s.memory.peakBytes),
+                Format.bytes(s.memory.meanBytes),
+                String(format: "%.1f", s.memory.meanPercentOfFull),
+                Format.fixed(s.massRecall.mean),
+                Format.fixed(s.massRecall.p5),
+                Format.fixed(s.massRecall.min),
+                Format.fixed(s.topKRecall.mean),
+                Format.fixed(s.attentionKL.mean),
+                s.outputError.map { Format.fixed($0.mean) } ?? "n/a",
+                s.outputError.map { Format.fixed($0.p95) } ?? "n/a",
+            ])
+        }
+        out.append(table.render())
+        out.append("")
+        out.append("tokens: attended per kv head (mean over steps); KV: attended bytes incl. quantization metadata;")
+        out.append("% full: of the 16-bit full cache at the same step (mean); recall/top-k/KL/err: over steps, layers, heads.")
+        for note in result.notes { out.append("note: \(note)") }
+        return out.joined(separator: "\n")
+    }
+
+    // MARK: JSON
+
+    struct JSONRun: Encodable {
+        let policy: String
+        let label: String
+        let parameters: [String: String]
+        let summary: RunSummary
+    }
+
+    struct JSONReport: Encodable {
+        let trace: String
+        let header: TraceHeader
+        let layers: [Int]
+        let decodeSteps: Int
+        let notes: [String]
+        let runs: [JSONRun]
+    }
+
+    public static func json(_ result: ReplayResult) throws -> String {
+        let report = JSONReport(
+            trace: result.tracePath, header: result.header, layers: result.layers, decodeSteps: result.decodeSteps,
+            notes: result.notes,
+            runs: result.runs.map { run in
+                JSONRun(policy: run.spec.name, label: run.spec.label,
+                        parameters: Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) }),
+                        summary: run.summary)
+            })
+        return try encodeJSON(report)
+    }
+
+    /// Encodes with sorted snake_case keys; non-finite numbers become null-like strings never
+    /// silently (summaries of empty sets are NaN and print as "nan").
+    public static func encodeJSON<T: Encodable>(_ value: T) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+
+    // MARK: CSV
+
+    public static let stepColumns = [
+        "policy", "layer", "step", "position", "attended_tokens", "resident_tokens", "attended_bytes", "resident_bytes",
+        "full_bytes", "percent_of_full", "mass_recall", "mass_recall_min", "topk_recall", "attention_kl", "output_error",
+        "sparsity",
+    ]
+
+    /// One row per (policy, layer, decode step); an unavailable output error is an empty cell.
+    public static func stepCSV(_ result: ReplayResult) -> String {
+        var out = stepColumns.joined(separator: ",") + "\n"
+        for run in result.runs {
+            let label = csvField(run.spec.label)
+            for r in run.steps {
+                out += stepRow(label, r)
+            }
+        }
+        return out
+    }
+
+    static func stepRow(_ label: String, _ r: StepRecord) -> String {
+        let fields: [String] = [
+            label, String(r.layer), String(r.step), String(r.position),
+            Format.csv(r.attendedTokens), Format.csv(r.residentTokens),
+            String(r.attendedBytes), String(r.residentBytes), String(r.fullBytes),
+            Format.csv(100 * Double(r.attendedBytes) / Double(max(r.fullBytes, 1))),
+            Format.csv(Double(r.massRecall)), Format.csv(Double(r.massRecallMin)), Format.csv(Double(r.topKRecall)),
+            Format.csv(Double(r.attentionKL)), r.outputError.map { Format.csv(Double($0)) } ?? "",
+            Format.csv(Double(r.sparsity)),
+        ]
+        return fields.joined(separator: ",") + "\n"
+    }
+
+    /// Quotes a CSV field when it holds a comma, quote or newline (RFC 4180).
+    public static func csvField(_ s: String) -> String {
+        guard s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return s }
+        return "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+}

@@ -1,0 +1,145 @@
+import CHDF5
+import Foundation
+
+/// A thin, owning layer over the HDF5 C API: identifiers close themselves, failures become
+/// `HDF5Failure` values that the trace layer turns into one-line `TraceError`s.
+///
+/// The serial HDF5 build is not thread-safe, so every call goes through `HDF5.lock`.
+enum HDF5 {
+    static let lock = NSRecursiveLock()
+
+    private static let initialized: Bool = {
+        H5open()
+        thinkv_silence_hdf5_errors()
+        return true
+    }()
+
+    static func withLibrary<R>(_ body: () throws -> R) rethrows -> R {
+        _ = initialized
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    static var defaultProperties: hid_t { thinkv_H5P_DEFAULT() }
+    static var all: hid_t { thinkv_H5S_ALL() }
+}
+
+struct HDF5Failure: Error {
+    let message: String
+}
+
+/// Owns one HDF5 identifier and closes it with the matching H5?close.
+final class H5Handle {
+    enum Kind { case file, group, dataset, dataspace, datatype, attribute, propertyList }
+    let id: hid_t
+    let kind: Kind
+
+    init(_ id: hid_t, _ kind: Kind, _ what: @autoclosure () -> String) throws {
+        guard id >= 0 else { throw HDF5Failure(message: what()) }
+        self.id = id
+        self.kind = kind
+    }
+
+    deinit {
+        HDF5.withLibrary {
+            switch kind {
+            case .file: _ = H5Fclose(id)
+            case .group: _ = H5Gclose(id)
+            case .dataset: _ = H5Dclose(id)
+            case .dataspace: _ = H5Sclose(id)
+            case .datatype: _ = H5Tclose(id)
+            case .attribute: _ = H5Aclose(id)
+            case .propertyList: _ = H5Pclose(id)
+            }
+        }
+    }
+}
+
+/// What a stored element type is, as far as traces care.
+enum H5ElementClass: Equatable, CustomStringConvertible {
+    case float(bytes: Int)
+    case integer(bytes: Int, signed: Bool)
+    case string(variableLength: Bool)
+    case other(String)
+
+    var description: String {
+        switch self {
+        case .float(let b): return "float\(b * 8)"
+        case .integer(let b, let s): return "\(s ? "int" : "uint")\(b * 8)"
+        case .string(let v): return v ? "variable-length string" : "fixed-length string"
+        case .other(let s): return s
+        }
+    }
+
+    static func of(type: hid_t) -> H5ElementClass {
+        let size = H5Tget_size(type)
+        switch H5Tget_class(type) {
+        case H5T_FLOAT: return .float(bytes: size)
+        case H5T_INTEGER: return .integer(bytes: size, signed: H5Tget_sign(type) == H5T_SGN_2)
+        case H5T_STRING: return .string(variableLength: H5Tis_variable_str(type) > 0)
+        case H5T_COMPOUND: return .other("compound")
+        case H5T_ENUM: return .other("enum")
+        case H5T_ARRAY: return .other("array")
+        case H5T_VLEN: return .other("variable-length sequence")
+        case H5T_OPAQUE: return .other("opaque")
+        case H5T_BITFIELD: return .other("bitfield")
+        case H5T_REFERENCE: return .other("reference")
+        default: return .other("unknown type")
+        }
+    }
+}
+
+/// The memory type for variable-length UTF-8 strings (`char *` elements).
+func makeVariableStringType() throws -> H5Handle {
+    let t = try H5Handle(H5Tcopy(thinkv_H5T_C_S1()), .datatype, "cannot create string type")
+    guard H5Tset_size(t.id, Int(bitPattern: UInt(bitPattern: -1))) >= 0,  // H5T_VARIABLE
+          H5Tset_cset(t.id, H5T_CSET_UTF8) >= 0
+    else { throw HDF5Failure(message: "cannot create string type") }
+    return t
+}
+
+/// Reads a dataspace's extent; a scalar space has rank 0.
+func dataspaceShape(_ space: hid_t) throws -> [Int] {
+    let rank = H5Sget_simple_extent_ndims(space)
+    guard rank >= 0 else { throw HDF5Failure(message: "unreadable dataspace") }
+    if rank == 0 { return [] }
+    var dims = [hsize_t](repeating: 0, count: Int(rank))
+    guard H5Sget_simple_extent_dims(space, &dims, nil) >= 0 else {
+        throw HDF5Failure(message: "unreadable dataspace")
+    }
+    return dims.map { Int($0) }
+}
+
+func linkExists(_ location: hid_t, _ path: String) -> Bool {
+    // Check each component: H5Lexists on "a/b" fails (rather than answering) when "a" is missing.
+    var prefix = ""
+    for component in path.split(separator: "/") {
+        prefix += (prefix.isEmpty && !path.hasPrefix("/") ? "" : "/") + component
+        if H5Lexists(location, prefix, HDF5.defaultProperties) <= 0 { return false }
+    }
+    return true
+}
+
+func objectIsGroup(_ location: hid_t, _ path: String) -> Bool {
+    // H5Gopen fails on datasets; this avoids H5Oget_info, whose signature changed across 1.10/1.12/1.14.
+    let id = H5Gopen2(location, path, HDF5.defaultProperties)
+    guard id >= 0 else { return false }
+    H5Gclose(id)
+    return true
+}
+
+/// Names of the links directly inside a group, in name order.
+func groupMemberNames(_ group: hid_t) -> [String] {
+    var names: [String] = []
+    var info = H5G_info_t()
+    guard H5Gget_info(group, &info) >= 0 else { return [] }
+    for i in 0..<info.nlinks {
+        let len = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, nil, 0, HDF5.defaultProperties)
+        guard len >= 0 else { continue }
+        var buffer = [CChar](repeating: 0, count: Int(len) + 1)
+        _ = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, &buffer, Int(len) + 1, HDF5.defaultProperties)
+        names.append(String(decoding: buffer.prefix(Int(len)).map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+    return names
+}

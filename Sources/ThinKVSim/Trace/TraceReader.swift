@@ -1,0 +1,452 @@
+import CHDF5
+import Foundation
+
+/// Opens a thinkv-trace file, validates its structure against format version 1, and reads
+/// tensors in row ranges (hyperslabs along the first axis) so long traces stream.
+///
+/// Structure is checked when the file opens; values (NaN, infinities, label range) are checked
+/// as they are read, so a bad value stops the run before any number is reported.
+public final class TraceReader {
+    public let path: String
+    public let header: TraceHeader
+    /// Recorded layers in ascending index order.
+    public let layers: [LayerInfo]
+    public let hasTokenText: Bool
+    public let hasThoughtLabels: Bool
+
+    private let file: H5Handle
+    private let displayName: String
+
+    public init(path: String) throws {
+        self.path = path
+        let name = path
+        self.displayName = name
+        func fail(_ object: String?, _ problem: String) -> TraceError {
+            TraceError(file: name, object: object, problem)
+        }
+
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw fail(nil, "no such file")
+        }
+        guard !isDirectory.boolValue else { throw fail(nil, "is a directory, not a trace file") }
+        guard FileManager.default.isReadableFile(atPath: path) else { throw fail(nil, "not readable (permission denied)") }
+
+        let opened: hid_t = HDF5.withLibrary {
+            H5Fopen(path, thinkv_H5F_ACC_RDONLY(), HDF5.defaultProperties)
+        }
+        guard opened >= 0 else {
+            if TraceReader.hasHDF5Signature(path) {
+                throw fail(nil, "damaged or truncated HDF5 file (the HDF5 library cannot open it)")
+            }
+            throw fail(nil, "not an HDF5 file")
+        }
+        let file = try H5Handle(opened, .file, "")
+        self.file = file
+
+        let attributes = AttributeReader(location: file.id, fail: fail)
+        let format = try attributes.string("format", required: true)!
+        guard format == TraceHeader.formatName else {
+            throw fail("attribute 'format'", "is '\(format)', expected '\(TraceHeader.formatName)'")
+        }
+        let version = try attributes.integer("version", required: true)!
+        guard version == Int64(TraceHeader.supportedVersion) else {
+            throw fail("attribute 'version'", "unsupported format version \(version); this reader supports version \(TraceHeader.supportedVersion)")
+        }
+        func positive(_ key: String, allowZero: Bool = false) throws -> Int {
+            let value = try attributes.integer(key, required: true)!
+            guard value > 0 || (allowZero && value == 0), value <= Int64(Int32.max) else {
+                throw fail("attribute '\(key)'", "must be \(allowZero ? "non-negative" : "positive"), got \(value)")
+            }
+            return Int(value)
+        }
+        var header = TraceHeader(
+            model: try attributes.string("model", required: true)!,
+            numLayers: try positive("num_layers"),
+            numQHeads: try positive("num_q_heads"),
+            numKVHeads: try positive("num_kv_heads"),
+            headDim: try positive("head_dim"),
+            promptLength: try positive("prompt_len", allowZero: true),
+            numTokens: try positive("num_tokens"))
+        if let scale = try attributes.float("softmax_scale") {
+            guard scale.isFinite, scale > 0 else {
+                throw fail("attribute 'softmax_scale'", "must be a positive finite number, got \(scale)")
+            }
+            header.softmaxScale = scale
+        }
+        header.source = try attributes.string("source")
+        header.generator = try attributes.string("generator")
+        header.prompt = try attributes.string("prompt")
+        header.seed = try attributes.integer("seed")
+
+        guard header.numQHeads % header.numKVHeads == 0 else {
+            throw fail("attribute 'num_q_heads'", "\(header.numQHeads) is not a multiple of num_kv_heads \(header.numKVHeads)")
+        }
+        guard header.promptLength <= header.numTokens else {
+            throw fail("attribute 'prompt_len'", "\(header.promptLength) exceeds num_tokens \(header.numTokens)")
+        }
+        self.header = header
+
+        let T = header.numTokens
+        try TraceReader.checkDataset(file.id, "/tokens/ids", shape: [T], kind: .integer, required: true, fail: fail)
+        hasTokenText = try TraceReader.checkDataset(file.id, "/tokens/text", shape: [T], kind: .string, required: false, fail: fail)
+        hasThoughtLabels = try TraceReader.checkDataset(file.id, "/tokens/thought", shape: [T], kind: .integer, required: false, fail: fail)
+
+        guard HDF5.withLibrary({ linkExists(file.id, "/layers") && objectIsGroup(file.id, "/layers") }) else {
+            throw fail("/layers", "missing: a trace records at least one layer")
+        }
+        let memberNames: [String] = try HDF5.withLibrary {
+            let group = try H5Handle(H5Gopen2(file.id, "/layers", HDF5.defaultProperties), .group, "")
+            return groupMemberNames(group.id)
+        }
+        var layers: [LayerInfo] = []
+        for member in memberNames {
+            let object = "/layers/\(member)"
+            guard let index = Int(member), String(index) == member, index >= 0 else {
+                throw fail(object, "layer group names must be decimal layer indices")
+            }
+            guard index < header.numLayers else {
+                throw fail(object, "layer index \(index) is not below num_layers \(header.numLayers)")
+            }
+            guard HDF5.withLibrary({ objectIsGroup(file.id, object) }) else {
+                throw fail(object, "is not a group")
+            }
+            layers.append(try TraceReader.inspectLayer(file.id, index: index, header: header, fail: fail))
+        }
+        guard !layers.isEmpty else { throw fail("/layers", "holds no recorded layer") }
+        self.layers = layers.sorted { $0.index < $1.index }
+    }
+
+    public var recordedLayerIndices: [Int] { layers.map(\.index) }
+
+    public func layerInfo(_ index: Int) -> LayerInfo? { layers.first { $0.index == index } }
+
+    // MARK: Token datasets
+
+    public func readTokenIDs() throws -> [Int32] {
+        try readIntegers("/tokens/ids").map { Int32(truncatingIfNeeded: $0) }
+    }
+
+    public func readThoughtLabels() throws -> [Int8]? {
+        guard hasThoughtLabels else { return nil }
+        let values = try readIntegers("/tokens/thought")
+        if let bad = values.firstIndex(where: { $0 < -1 || $0 > 2 }) {
+            throw TraceError(file: displayName, object: "/tokens/thought",
+                             "value \(values[bad]) at position \(bad); labels are -1, 0, 1 or 2")
+        }
+        return values.map { Int8($0) }
+    }
+
+    public func readTokenText() throws -> [String]? {
+        guard hasTokenText else { return nil }
+        return try HDF5.withLibrary {
+            let (dataset, _) = try openDataset("/tokens/text")
+            let fileType = try H5Handle(H5Dget_type(dataset.id), .datatype, "")
+            let count = header.numTokens
+            if H5Tis_variable_str(fileType.id) > 0 {
+                let memType = try makeVariableStringType()
+                var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: count)
+                guard H5Dread(dataset.id, memType.id, HDF5.all, HDF5.all, HDF5.defaultProperties, &pointers) >= 0 else {
+                    throw readFailure("/tokens/text")
+                }
+                defer { for p in pointers where p != nil { H5free_memory(p) } }
+                return pointers.map { $0.map { String(cString: $0) } ?? "" }
+            }
+            let width = H5Tget_size(fileType.id)
+            let memType = try H5Handle(H5Tcopy(thinkv_H5T_C_S1()), .datatype, "")
+            H5Tset_size(memType.id, width)
+            var buffer = [UInt8](repeating: 0, count: width * count)
+            guard H5Dread(dataset.id, memType.id, HDF5.all, HDF5.all, HDF5.defaultProperties, &buffer) >= 0 else {
+                throw readFailure("/tokens/text")
+            }
+            return (0..<count).map { i in
+                let bytes = buffer[(i * width)..<((i + 1) * width)].prefix { $0 != 0 }
+                return String(decoding: bytes, as: UTF8.self)
+            }
+        }
+    }
+
+    // MARK: Layer tensors
+
+    /// Shape of a layer tensor as the format defines it.
+    public func shape(of tensor: LayerTensor, layer: Int) -> [Int] {
+        let h = header
+        switch tensor {
+        case .q: return [h.numTokens, h.numQHeads, h.headDim]
+        case .k, .v: return [h.numTokens, h.numKVHeads, h.headDim]
+        case .attn:
+            let heads = layerInfo(layer)?.attentionHeads == .keyValue ? h.numKVHeads : h.numQHeads
+            return [h.generatedLength, heads, h.numTokens]
+        }
+    }
+
+    /// Reads rows `rows` (along the first axis) of a layer tensor as Float32, row-major, and
+    /// checks every value is finite.
+    public func readRows(_ tensor: LayerTensor, layer: Int, rows: Range<Int>) throws -> [Float] {
+        var out = [Float]()
+        try readRows(tensor, layer: layer, rows: rows, into: &out)
+        return out
+    }
+
+    /// As `readRows`, reusing `buffer`'s storage (resized to fit) to keep allocation out of loops.
+    public func readRows(_ tensor: LayerTensor, layer: Int, rows: Range<Int>, into buffer: inout [Float]) throws {
+        let object = "/layers/\(layer)/\(tensor.rawValue)"
+        guard let info = layerInfo(layer), let dtype = info.dtypes[tensor.rawValue] else {
+            throw TraceError(file: displayName, object: object, "missing")
+        }
+        let shape = self.shape(of: tensor, layer: layer)
+        precondition(rows.lowerBound >= 0 && rows.upperBound <= shape[0], "row range outside the dataset")
+        let rowWidth = shape.dropFirst().reduce(1, *)
+        let count = rows.count * rowWidth
+        if buffer.count != count { buffer = [Float](repeating: 0, count: count) }
+        if count == 0 { return }
+        try HDF5.withLibrary {
+            let (dataset, space) = try openDataset(object)
+            var start: [hsize_t] = [hsize_t(rows.lowerBound)] + shape.dropFirst().map { _ in 0 }
+            var extent: [hsize_t] = [hsize_t(rows.count)] + shape.dropFirst().map { hsize_t($0) }
+            guard H5Sselect_hyperslab(space.id, H5S_SELECT_SET, &start, nil, &extent, nil) >= 0 else {
+                throw readFailure(object)
+            }
+            let memSpace = try H5Handle(H5Screate_simple(Int32(extent.count), &extent, nil), .dataspace, "")
+            switch dtype {
+            case .float32:
+                let status = buffer.withUnsafeMutableBytes {
+                    H5Dread(dataset.id, thinkv_H5T_NATIVE_FLOAT(), memSpace.id, space.id, HDF5.defaultProperties, $0.baseAddress)
+                }
+                guard status >= 0 else { throw readFailure(object) }
+            case .float16:
+                let halfType = try H5Handle(thinkv_create_float16_type(), .datatype, "")
+                var halves = [UInt16](repeating: 0, count: count)
+                guard H5Dread(dataset.id, halfType.id, memSpace.id, space.id, HDF5.defaultProperties, &halves) >= 0 else {
+                    throw readFailure(object)
+                }
+                buffer.withUnsafeMutableBufferPointer { out in
+                    halves.withUnsafeBufferPointer { src in
+                        for i in 0..<count { out[i] = Float(Float16(bitPattern: src[i])) }
+                    }
+                }
+            }
+        }
+        if let bad = buffer.firstIndex(where: { !$0.isFinite }) {
+            let row = rows.lowerBound + bad / rowWidth
+            let what = buffer[bad].isNaN ? "NaN" : "infinite value"
+            throw TraceError(file: displayName, object: object, "\(what) in row \(row)")
+        }
+    }
+
+    /// Reads every value of a layer tensor once to check it is finite (what `validate` does).
+    public func checkValues(progress: ((Double) -> Void)? = nil) throws {
+        _ = try readTokenIDs()
+        _ = try readThoughtLabels()
+        _ = try readTokenText()
+        let tensors = layers.flatMap { info in LayerTensor.allCases.filter(info.has).map { (info.index, $0) } }
+        var buffer = [Float]()
+        for (n, (layer, tensor)) in tensors.enumerated() {
+            let rows = shape(of: tensor, layer: layer)[0]
+            let chunk = 256
+            for start in stride(from: 0, to: rows, by: chunk) {
+                try readRows(tensor, layer: layer, rows: start..<min(rows, start + chunk), into: &buffer)
+                progress?((Double(n) + Double(start) / Double(max(rows, 1))) / Double(tensors.count))
+            }
+        }
+    }
+
+    // MARK: Internals
+
+    private func readFailure(_ object: String) -> TraceError {
+        TraceError(file: displayName, object: object, "read failed (damaged or truncated file)")
+    }
+
+    /// Opens a dataset with a chunk cache large enough for row-range reads of 256-row chunks.
+    private func openDataset(_ object: String) throws -> (H5Handle, H5Handle) {
+        let access = try H5Handle(H5Pcreate(thinkv_H5P_DATASET_ACCESS()), .propertyList, "")
+        H5Pset_chunk_cache(access.id, 12_421, 64 << 20, 0.75)
+        let dataset = try H5Handle(H5Dopen2(file.id, object, access.id), .dataset, readFailure(object).description)
+        let space = try H5Handle(H5Dget_space(dataset.id), .dataspace, readFailure(object).description)
+        return (dataset, space)
+    }
+
+    private func readIntegers(_ object: String) throws -> [Int64] {
+        try HDF5.withLibrary {
+            let (dataset, space) = try openDataset(object)
+            let count = try dataspaceShape(space.id).reduce(1, *)
+            var values = [Int64](repeating: 0, count: count)
+            guard count == 0 || H5Dread(dataset.id, thinkv_H5T_NATIVE_INT64(), HDF5.all, HDF5.all, HDF5.defaultProperties, &values) >= 0 else {
+                throw readFailure(object)
+            }
+            return values
+        }
+    }
+
+    private enum ExpectedKind { case integer, string, float }
+
+    @discardableResult
+    private static func checkDataset(_ file: hid_t, _ object: String, shape: [Int], kind: ExpectedKind,
+                                     required: Bool, fail: (String?, String) -> TraceError) throws -> Bool {
+        try HDF5.withLibrary {
+            guard linkExists(file, object) else {
+                if required { throw fail(object, "missing required dataset") }
+                return false
+            }
+            guard let dataset = try? H5Handle(H5Dopen2(file, object, HDF5.defaultProperties), .dataset, "") else {
+                throw fail(object, "is not a readable dataset")
+            }
+            let space = try H5Handle(H5Dget_space(dataset.id), .dataspace, "")
+            let actual = try dataspaceShape(space.id)
+            guard actual == shape else {
+                throw fail(object, "shape \(actual) disagrees with the root attributes, expected \(shape)")
+            }
+            let type = try H5Handle(H5Dget_type(dataset.id), .datatype, "")
+            let cls = H5ElementClass.of(type: type.id)
+            switch (kind, cls) {
+            case (.integer, .integer), (.string, .string): return true
+            case (.float, .float(let bytes)) where bytes == 2 || bytes == 4: return true
+            default:
+                let expected = kind == .integer ? "an integer type" : kind == .string ? "strings" : "float16 or float32"
+                throw fail(object, "has dtype \(cls), expected \(expected)")
+            }
+        }
+    }
+
+    private static func inspectLayer(_ file: hid_t, index: Int, header: TraceHeader,
+                                     fail: @escaping (String?, String) -> TraceError) throws -> LayerInfo {
+        var info = LayerInfo(index: index)
+        let T = header.numTokens, D = header.headDim
+        for tensor in LayerTensor.allCases {
+            let object = "/layers/\(index)/\(tensor.rawValue)"
+            let found: (shape: [Int], cls: H5ElementClass, heads: String?)? = try HDF5.withLibrary {
+                guard linkExists(file, object) else { return nil }
+                guard let dataset = try? H5Handle(H5Dopen2(file, object, HDF5.defaultProperties), .dataset, "") else {
+                    throw fail(object, "is not a readable dataset")
+                }
+                let space = try H5Handle(H5Dget_space(dataset.id), .dataspace, "")
+                let type = try H5Handle(H5Dget_type(dataset.id), .datatype, "")
+                let heads = try AttributeReader(location: dataset.id) { _, problem in fail(object, problem) }
+                    .string("heads")
+                return (try dataspaceShape(space.id), H5ElementClass.of(type: type.id), heads)
+            }
+            guard let found else { continue }
+            let dtype: TraceDType
+            switch found.cls {
+            case .float(bytes: 2): dtype = .float16
+            case .float(bytes: 4): dtype = .float32
+            default: throw fail(object, "unknown dtype \(found.cls); expected float16 or float32")
+            }
+            let expected: [Int]
+            switch tensor {
+            case .q: expected = [T, header.numQHeads, D]
+            case .k, .v: expected = [T, header.numKVHeads, D]
+            case .attn:
+                let G = header.generatedLength
+                let heads: AttentionHeads
+                switch found.heads {
+                case "q": heads = .query
+                case "kv": heads = .keyValue
+                case nil:
+                    // Without the attribute the head count decides, when it can.
+                    heads = (found.shape.count == 3 && found.shape[1] == header.numKVHeads && header.numKVHeads != header.numQHeads)
+                        ? .keyValue : .query
+                case let other?:
+                    throw fail(object, "attribute 'heads' is '\(other)', expected 'q' or 'kv'")
+                }
+                info.attentionHeads = heads
+                expected = [G, heads == .query ? header.numQHeads : header.numKVHeads, T]
+            }
+            guard found.shape == expected else {
+                throw fail(object, "shape \(found.shape) disagrees with the root attributes, expected \(expected)")
+            }
+            info.dtypes[tensor.rawValue] = dtype
+        }
+        if info.has(.q) != info.has(.k) && !info.hasAttention {
+            let missing = info.has(.q) ? "k" : "q"
+            throw fail("/layers/\(index)", "has \(info.has(.q) ? "q" : "k") but no \(missing) (and no attn)")
+        }
+        guard info.hasQueriesAndKeys || info.hasAttention else {
+            throw fail("/layers/\(index)", "holds neither q+k nor attn")
+        }
+        return info
+    }
+
+    private static func hasHDF5Signature(_ path: String) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? handle.close() }
+        let signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+        // The superblock may sit at 0, 512, 1024, 2048, ... (a user block precedes it).
+        var offset: UInt64 = 0
+        while offset < 1 << 20 {
+            try? handle.seek(toOffset: offset)
+            guard let data = try? handle.read(upToCount: 8), data.count == 8 else { return false }
+            if Array(data) == signature { return true }
+            offset = offset == 0 ? 512 : offset * 2
+        }
+        return false
+    }
+}
+
+/// Reads root or dataset attributes, accepting any integer width and both string forms
+/// (h5py writes Python ints as int64 and str as variable-length UTF-8).
+struct AttributeReader {
+    let location: hid_t
+    let fail: (String?, String) -> TraceError
+
+    private func open(_ name: String, required: Bool) throws -> (H5Handle, H5ElementClass, H5Handle)? {
+        try HDF5.withLibrary {
+            guard H5Aexists(location, name) > 0 else {
+                if required { throw fail(nil, "missing required root attribute '\(name)'") }
+                return nil
+            }
+            let attribute = try H5Handle(H5Aopen(location, name, HDF5.defaultProperties), .attribute,
+                                         fail("attribute '\(name)'", "unreadable").description)
+            let type = try H5Handle(H5Aget_type(attribute.id), .datatype, "")
+            let space = try H5Handle(H5Aget_space(attribute.id), .dataspace, "")
+            let count = H5Sget_simple_extent_npoints(space.id)
+            guard count == 1 else { throw fail("attribute '\(name)'", "must be a single value, has \(count)") }
+            return (attribute, H5ElementClass.of(type: type.id), type)
+        }
+    }
+
+    func string(_ name: String, required: Bool = false) throws -> String? {
+        guard let (attribute, cls, fileType) = try open(name, required: required) else { return nil }
+        guard case .string(let variable) = cls else {
+            throw fail("attribute '\(name)'", "has type \(cls), expected a string")
+        }
+        return try HDF5.withLibrary {
+            if variable {
+                let memType = try makeVariableStringType()
+                var pointer: UnsafeMutablePointer<CChar>? = nil
+                guard H5Aread(attribute.id, memType.id, &pointer) >= 0 else { throw fail("attribute '\(name)'", "unreadable") }
+                defer { if pointer != nil { H5free_memory(pointer) } }
+                return pointer.map { String(cString: $0) } ?? ""
+            }
+            let width = H5Tget_size(fileType.id)
+            let memType = try H5Handle(H5Tcopy(thinkv_H5T_C_S1()), .datatype, "")
+            H5Tset_size(memType.id, width)
+            var buffer = [UInt8](repeating: 0, count: width + 1)
+            guard H5Aread(attribute.id, memType.id, &buffer) >= 0 else { throw fail("attribute '\(name)'", "unreadable") }
+            return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
+        }
+    }
+
+    func integer(_ name: String, required: Bool = false) throws -> Int64? {
+        guard let (attribute, cls, _) = try open(name, required: required) else { return nil }
+        guard case .integer = cls else {
+            throw fail("attribute '\(name)'", "has type \(cls), expected an integer")
+        }
+        var value: Int64 = 0
+        let status = HDF5.withLibrary { H5Aread(attribute.id, thinkv_H5T_NATIVE_INT64(), &value) }
+        guard status >= 0 else { throw fail("attribute '\(name)'", "unreadable") }
+        return value
+    }
+
+    func float(_ name: String) throws -> Float? {
+        guard let (attribute, cls, _) = try open(name, required: false) else { return nil }
+        switch cls {
+        case .float, .integer: break
+        default: throw fail("attribute '\(name)'", "has type \(cls), expected a number")
+        }
+        var value: Double = 0
+        let status = HDF5.withLibrary { H5Aread(attribute.id, thinkv_H5T_NATIVE_DOUBLE(), &value) }
+        guard status >= 0 else { throw fail("attribute '\(name)'", "unreadable") }
+        return Float(value)
+    }
+}

@@ -1,0 +1,45 @@
+import Foundation
+import ThinKVSim
+
+/// A `thinkv-sim` subcommand: its interface and its body. Bodies throw; `runSubcommand` turns
+/// errors into one line on stderr and an exit status.
+protocol Subcommand {
+    static var spec: CommandSpec { get }
+    static func run(_ arguments: ParsedArguments) throws
+}
+
+func runSubcommand(_ command: any Subcommand.Type, _ arguments: [String]) -> Int32 {
+    let name = command.spec.name
+    do {
+        let parsed = try ArgumentParser.parse(arguments, command.spec)
+        if parsed.helpRequested {
+            print(command.spec.helpText)
+            return 0
+        }
+        try command.run(parsed)
+        return 0
+    } catch let error as UsageError {
+        printError("thinkv-sim \(name): \(error.description)\nRun 'thinkv-sim \(name) --help' for usage.")
+        return 2
+    } catch {
+        printError("thinkv-sim \(name): \(error)")
+        return 1
+    }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// Splits comma-separated and repeated option values: `--policy a,b --policy c` -> [a, b, c].
+func listValues(_ raw: [String]) -> [String] {
+    raw.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+}
+
+func parseLayerList(_ raw: String?) throws -> [Int]? {
+    guard let raw else { return nil }
+    return try listValues([raw]).map { item in
+        guard let v = Int(item), v >= 0 else { throw UsageError("--layers takes layer indices like 0,3,7, got '\(item)'") }
+        return v
+    }
+}

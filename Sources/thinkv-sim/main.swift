@@ -1,0 +1,40 @@
+import Foundation
+import ThinKVSim
+
+// Exit codes: 0 success, 1 bad input or failed run (trace, config, I/O), 2 usage error.
+let commands: [any Subcommand.Type] = [
+    ReplayCommand.self,
+    InspectCommand.self,
+    ValidateCommand.self,
+    PoliciesCommand.self,
+]
+
+func topLevelHelp() -> String {
+    var lines = [
+        "thinkv-sim: replay recorded reasoning-model KV traces through cache-compression policies",
+        "",
+        "usage: thinkv-sim <command> [arguments] [options]",
+        "",
+        "commands:",
+    ]
+    let width = commands.map { $0.spec.name.count }.max() ?? 0
+    for c in commands { lines.append("  " + c.spec.name.padding(toLength: width + 2, withPad: " ", startingAt: 0) + c.spec.abstract) }
+    lines += ["", "Run 'thinkv-sim <command> --help' for a command's options.",
+              "Exit status: 0 success, 1 bad input or failed run, 2 usage error."]
+    return lines.joined(separator: "\n")
+}
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard let name = arguments.first, !["-h", "--help", "help"].contains(name) else {
+    print(topLevelHelp())
+    exit(arguments.isEmpty ? 2 : 0)
+}
+if name == "--version" {
+    print("thinkv-sim \(ThinKVSimVersion.current)")
+    exit(0)
+}
+guard let command = commands.first(where: { $0.spec.name == name }) else {
+    FileHandle.standardError.write(Data("thinkv-sim: unknown command '\(name)'; run 'thinkv-sim --help'\n".utf8))
+    exit(2)
+}
+exit(runSubcommand(command, Array(arguments.dropFirst())))
