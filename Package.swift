@@ -19,11 +19,8 @@ let package = Package(
         .target(name: "ThinKVSim", dependencies: ["CHDF5"]),
         // The executable only dispatches to the library's commands.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
-        .testTarget(
-            name: "ThinKVSimTests",
-            dependencies: ["ThinKVSim"],
-            resources: [.copy("Fixtures")]
-        ),
+        // Fixture files live in Tests/Fixtures and are found relative to the test sources.
+        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -85,3 +85,24 @@ public final class KeptEventFileWriter: KeptEventSink, @unchecked Sendable {
         try? handle.close()
     }
 }
+
+/// Keeps kept events in memory (tests, and callers that post-process them).
+public final class KeptEventCollector: KeptEventSink, @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: [KeptEvent] = []
+
+    public init() {}
+
+    public func record(_ events: [KeptEvent]) {
+        lock.lock()
+        stored += events
+        lock.unlock()
+    }
+
+    /// Events ordered by (policy, layer, step, kv head), independent of thread timing.
+    public var events: [KeptEvent] {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored.sorted { ($0.policy, $0.layer, $0.step, $0.kvHead) < ($1.policy, $1.layer, $1.step, $1.kvHead) }
+    }
+}
