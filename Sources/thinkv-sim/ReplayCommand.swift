@@ -13,6 +13,8 @@ enum ReplayCommand: Subcommand {
             OptionDefinition("steps", value: "N", help: "replay only the first N decode steps", default: "all"),
             OptionDefinition("topk", value: "K", help: "k of the top-k recall metric", default: "32"),
             OptionDefinition("threads", value: "N", help: "worker threads; results do not depend on it", default: "all cores"),
+            OptionDefinition("paging", value: "ct|compact|none", help: "memory layout: Continuous-Thinking in-place reuse, dense compaction, or no pages", default: "ct"),
+            OptionDefinition("block-size", value: "N", help: "slots per PagedAttention block", default: "per policy: 16, thinkv 8"),
             OptionDefinition("json", help: "print the report as JSON"),
             OptionDefinition("csv", value: "FILE", help: "write one row per (policy, layer, decode step) to FILE"),
             OptionDefinition("kept", value: "FILE", help: "write every compression event (kept positions) as JSON lines"),
@@ -39,6 +41,11 @@ enum ReplayCommand: Subcommand {
         configuration.maxSteps = try arguments.int("steps", min: 1)
         configuration.topK = try arguments.int("topk", default: 32, min: 1)!
         configuration.threads = try arguments.int("threads", min: 1)
+        if let raw = arguments.value("paging") {
+            guard let mode = PagingMode(rawValue: raw) else { throw UsageError("--paging must be ct, compact or none, got '\(raw)'") }
+            configuration.paging = mode
+        }
+        configuration.blockSize = try arguments.int("block-size", min: 1)
 
         let engine = ReplayEngine(reader: reader, configuration: configuration)
         var keptWriter: KeptEventFileWriter?

@@ -52,6 +52,12 @@ public struct MemorySummary: Codable, Equatable, Sendable {
     public var finalResidentTokens: Double
     /// Full cache bytes at the last step (for scale).
     public var finalFullBytes: Double
+    /// Paging: most blocks held at once, mean slot occupancy over steps, peak bytes of the
+    /// held blocks, and the bytes gather-compaction would have copied over the whole run.
+    public var peakBlocks: Double
+    public var meanSlotOccupancy: Double
+    public var peakPagedBytes: Double
+    public var totalCompactionBytes: Double
 }
 
 /// Everything a report prints for one policy configuration.
@@ -92,6 +98,8 @@ extension MemorySummary {
     init(records: [StepRecord], numLayers: Int, replayedLayers: Int) {
         let scale = Double(numLayers) / Double(max(replayedLayers, 1))
         var attended: [Int: Int] = [:], resident: [Int: Int] = [:], full: [Int: Int] = [:]
+        var blocks: [Int: Int] = [:], paged: [Int: Int] = [:]
+        var occupancySum = 0.0, moved = 0
         var tokens = 0.0
         var lastStep = -1
         var lastTokens = 0.0
@@ -99,6 +107,10 @@ extension MemorySummary {
             attended[r.step, default: 0] += r.attendedBytes
             resident[r.step, default: 0] += r.residentBytes
             full[r.step, default: 0] += r.fullBytes
+            blocks[r.step, default: 0] += r.blocks
+            paged[r.step, default: 0] += r.pagedBytes
+            occupancySum += r.slotOccupancy
+            moved += r.compactionBytes
             tokens += r.attendedTokens
             if r.step > lastStep { lastStep = r.step; lastTokens = 0 }
             if r.step == lastStep { lastTokens += r.residentTokens }
@@ -123,5 +135,9 @@ extension MemorySummary {
         meanAttendedTokens = tokens / Double(Swift.max(records.count, 1))
         finalResidentTokens = lastTokens / Double(Swift.max(replayedLayers, 1))
         finalFullBytes = last.map { Double(full[$0]!) * scale } ?? 0
+        peakBlocks = Double(blocks.values.max() ?? 0) * scale
+        meanSlotOccupancy = occupancySum / Double(Swift.max(records.count, 1))
+        peakPagedBytes = Double(paged.values.max() ?? 0) * scale
+        totalCompactionBytes = Double(moved) * scale
     }
 }

@@ -13,6 +13,13 @@ public struct StepRecord: Codable, Equatable, Sendable {
     public var residentBytes: Int
     /// Bytes the full 16-bit cache holds at this step (p+1 tokens).
     public var fullBytes: Int
+    /// Paging (0 with `--paging none`): blocks held by the attended set over all kv heads, the
+    /// fraction of their slots holding live tokens, the bytes those blocks occupy (plus
+    /// quantization metadata), and the bytes a gather-compaction would copy at this step.
+    public var blocks: Int
+    public var slotOccupancy: Double
+    public var pagedBytes: Int
+    public var compactionBytes: Int
     /// Means over query heads (and the minimum recall over heads).
     public var massRecall: Float
     public var massRecallMin: Float

@@ -24,6 +24,8 @@ public protocol CachePolicy: AnyObject {
     static var parameters: [PolicyParameter] { get }
     /// What the trace must hold for this policy to run.
     static var requirements: PolicyRequirements { get }
+    /// Slots per PagedAttention block when the user gives no `--block-size`.
+    static var preferredBlockSize: Int { get }
 
     init(parameters: PolicyParameters, setup: PolicySetup) throws
 
@@ -38,6 +40,7 @@ public protocol CachePolicy: AnyObject {
 
 extension CachePolicy {
     public static var requirements: PolicyRequirements { [] }
+    public static var preferredBlockSize: Int { 16 }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {}

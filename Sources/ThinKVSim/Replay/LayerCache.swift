@@ -27,8 +27,16 @@ public final class LayerCache {
     /// Quantization metadata (scales, zero points) currently held, in bytes, per kv head.
     public var metadataBytes: [Int]
 
+    /// Paging class of each position: a block holds tokens of one class (ThinKV: the thought
+    /// type, i.e. one precision). Policies without classes leave it 0.
+    public var pagingClass: [UInt8]
+
     /// Set when a head's slots lost a position during the current step (for `--kept` events).
     public internal(set) var droppedThisStep: [Bool]
+    /// Positions each head dropped since the paging model last consumed them.
+    var removedPending: [[Int32]]
+    private var mark: [UInt32]
+    private var stamp: UInt32 = 0
 
     public init(data: LayerData) {
         numKVHeads = data.numKVHeads
@@ -41,7 +49,10 @@ public final class LayerCache {
         keyBits = [UInt8](repeating: 16, count: numKVHeads * numTokens)
         valueBits = [UInt8](repeating: 16, count: numKVHeads * numTokens)
         metadataBytes = [Int](repeating: 0, count: numKVHeads)
+        pagingClass = [UInt8](repeating: 0, count: numTokens)
         droppedThisStep = [Bool](repeating: false, count: numKVHeads)
+        removedPending = Array(repeating: [], count: numKVHeads)
+        mark = [UInt32](repeating: 0, count: numTokens)
     }
 
     /// Tokens currently held by a head.
@@ -54,7 +65,18 @@ public final class LayerCache {
 
     /// Replaces a head's slots with `newSlots` (positions it already holds, in the new physical order).
     public func setSlots(kvHead: Int, _ newSlots: [Int32]) {
-        if newSlots.count < slots[kvHead].count { droppedThisStep[kvHead] = true }
+        stamp &+= 1
+        for p in newSlots {
+            precondition(p >= 0 && Int(p) < numTokens && mark[Int(p)] != stamp, "setSlots: invalid or repeated position \(p)")
+            mark[Int(p)] = stamp
+        }
+        var removed = 0
+        for p in slots[kvHead] where mark[Int(p)] != stamp {
+            removedPending[kvHead].append(p)
+            removed += 1
+        }
+        precondition(newSlots.count + removed == slots[kvHead].count, "setSlots: new slots must be positions the head holds")
+        if removed > 0 { droppedThisStep[kvHead] = true }
         slots[kvHead] = newSlots
     }
 
@@ -66,9 +88,13 @@ public final class LayerCache {
 
     /// Drops every slot whose position satisfies `shouldDrop`, keeping the others' order.
     public func removeAll(kvHead: Int, where shouldDrop: (Int32) -> Bool) {
-        let before = slots[kvHead].count
-        slots[kvHead].removeAll(where: shouldDrop)
-        if slots[kvHead].count < before { droppedThisStep[kvHead] = true }
+        var kept: [Int32] = []
+        kept.reserveCapacity(slots[kvHead].count)
+        for p in slots[kvHead] {
+            if shouldDrop(p) { removedPending[kvHead].append(p) } else { kept.append(p) }
+        }
+        if kept.count < slots[kvHead].count { droppedThisStep[kvHead] = true }
+        slots[kvHead] = kept
     }
 
     /// Sets the precision a position is charged at in one head.

@@ -13,6 +13,9 @@ public struct ReplayConfiguration: Sendable {
     public var chunkSteps: Int = 64
     /// Worker threads (nil: every active core). Results do not depend on it.
     public var threads: Int?
+    /// Memory layout model, and slots per block (nil: each policy's preferred size).
+    public var paging: PagingMode = .ct
+    public var blockSize: Int?
 
     public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = 32, maxSteps: Int? = nil, threads: Int? = nil) {
         self.policies = policies
@@ -39,6 +42,9 @@ public struct ReplayResult: Sendable {
     public let runs: [PolicyRun]
     /// Why a metric is missing (e.g. output error without values), for the report.
     public let notes: [String]
+    public let paging: PagingMode
+    /// Block size per policy label, e.g. "16" or "full 16, thinkv 8".
+    public let blockSizes: String
 }
 
 /// Reports progress of long work; called from the replay's serial sections only.
@@ -104,8 +110,11 @@ public final class ReplayEngine {
                 outputError: anyValues ? MetricSummary(samples: samples[i].outputError) : nil,
                 memory: MemorySummary(records: records[i], numLayers: header.numLayers, replayedLayers: layers.count)))
         }
+        let sizes = configuration.policies.map { configuration.blockSize ?? $0.type.preferredBlockSize }
+        let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
+            : zip(configuration.policies, sizes).map { "\($0.name) \($1)" }.joined(separator: ", ")
         return ReplayResult(tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
-                            runs: runs, notes: notes)
+                            runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes)
     }
 
     // MARK: One layer
@@ -125,9 +134,11 @@ public final class ReplayEngine {
         for spec in configuration.policies {
             let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
             let run = PolicyLayerRun(spec: spec, policy: policy, data: data, setup: setup,
-                                     topK: configuration.topK, steps: decodeSteps)
+                                     topK: configuration.topK, steps: decodeSteps, paging: configuration.paging,
+                                     blockSize: configuration.blockSize ?? spec.type.preferredBlockSize)
             for p in 0..<P { run.cache.append(position: p) }
             policy.prefill(prefill, cache: run.cache)
+            run.pagePrompt()
             runs.append(run)
         }
 
@@ -179,8 +190,10 @@ final class PolicyLayerRun {
     private var counts: [Int]
     private var output: [Float]
     private var isTop: [Bool]
+    private var paging: [PagedCacheModel]
 
-    init(spec: PolicySpec, policy: any CachePolicy, data: LayerData, setup: PolicySetup, topK: Int, steps: Int) {
+    init(spec: PolicySpec, policy: any CachePolicy, data: LayerData, setup: PolicySetup, topK: Int, steps: Int,
+         paging mode: PagingMode = .ct, blockSize: Int = 16) {
         self.spec = spec
         self.policy = policy
         self.data = data
@@ -191,8 +204,54 @@ final class PolicyLayerRun {
         counts = [Int](repeating: 0, count: h.numQHeads)
         output = [Float](repeating: 0, count: h.headDim)
         isTop = [Bool](repeating: false, count: h.numTokens)
+        paging = (0..<h.numKVHeads).map { _ in
+            PagedCacheModel(mode: mode, blockSize: blockSize, headDim: h.headDim, numTokens: h.numTokens)
+        }
         records.reserveCapacity(steps)
         samples.reserve(steps * h.numQHeads, values: data.values != nil)
+    }
+
+    /// Places the prompt tokens the policy kept after prefill into the block tables.
+    func pagePrompt() {
+        for g in 0..<setup.header.numKVHeads {
+            cache.removedPending[g].removeAll()
+            for p in cache.slots[g].sorted() { paging[g].insert(position: p, tokenClass: cache.pagingClass[Int(p)]) }
+        }
+    }
+
+    /// Applies the drops the policy made since the last call, then (once per step) places the
+    /// new token, so CT can reuse a slot freed in the same step. Returns compaction bytes.
+    private func updatePaging(newPosition: Int32?) -> Int {
+        var moved = 0
+        let T = cache.numTokens
+        for g in 0..<cache.numKVHeads {
+            var removed = cache.removedPending[g]
+            cache.removedPending[g].removeAll(keepingCapacity: true)
+            var placeNew = newPosition != nil
+            if let p = newPosition, let i = removed.firstIndex(of: p) {
+                removed.remove(at: i)  // evicted before it was ever placed
+                placeNew = false
+            }
+            let base = g * T
+            moved += paging[g].remove(removed, classOf: { self.cache.pagingClass[Int($0)] },
+                                      bits: { Int(self.cache.keyBits[base + Int($0)]) + Int(self.cache.valueBits[base + Int($0)]) })
+            if placeNew, let p = newPosition { paging[g].insert(position: p, tokenClass: cache.pagingClass[Int(p)]) }
+        }
+        return moved
+    }
+
+    private func pagingState() -> (blocks: Int, occupancy: Double, bytes: Int) {
+        let T = cache.numTokens
+        var blocks = 0, live = 0, bytes = 0
+        for g in 0..<cache.numKVHeads {
+            let base = g * T
+            blocks += paging[g].blocks()
+            live += paging[g].liveTokens
+            bytes += paging[g].pagedBytes { Int(self.cache.keyBits[base + Int($0)]) + Int(self.cache.valueBits[base + Int($0)]) }
+                + cache.metadataBytes[g]
+        }
+        let capacity = blocks * (paging.first?.blockSize ?? 1)
+        return (blocks, capacity > 0 ? Double(live) / Double(capacity) : 0, bytes)
     }
 
     func takeEvents() -> [KeptEvent] {
@@ -234,6 +293,8 @@ final class PolicyLayerRun {
         let maxCount = counts.max() ?? 0
         if exactLogits.count < maxCount { exactLogits = [Float](repeating: 0, count: maxCount) }
         let attendedBytes = cache.totalBytes()
+        var compactionBytes = updatePaging(newPosition: Int32(context.position))
+        let paged = pagingState()
 
         var recallSum: Float = 0, recallMin: Float = .infinity, topSum: Float = 0, klSum: Float = 0, errSum: Float = 0
         for q in 0..<Hq {
@@ -256,6 +317,7 @@ final class PolicyLayerRun {
             policy.afterAttention(context, attention: view, cache: cache)
         }
 
+        compactionBytes += updatePaging(newPosition: nil)
         var residentTokens = 0
         for g in 0..<Hkv {
             residentTokens += cache.count(kvHead: g)
@@ -271,6 +333,7 @@ final class PolicyLayerRun {
             residentTokens: Double(residentTokens) / Double(Hkv),
             attendedBytes: attendedBytes, residentBytes: cache.totalBytes(),
             fullBytes: (context.position + 1) * Hkv * h.headDim * 4,
+            blocks: paged.blocks, slotOccupancy: paged.occupancy, pagedBytes: paged.bytes, compactionBytes: compactionBytes,
             massRecall: recallSum / n, massRecallMin: recallMin, topKRecall: topSum / n, attentionKL: klSum / n,
             outputError: data.values == nil ? nil : errSum / n,
             sparsity: chunk.sparsity[s]))

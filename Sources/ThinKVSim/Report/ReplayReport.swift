@@ -14,6 +14,7 @@ public enum ReplayReport {
         out.append("")
         var table = TextTable(headers: ["policy", "tokens", "KV peak", "KV mean", "% full", "recall", "recall p5", "recall min",
                                         "top-k", "KL", "out err", "err p95"])
+        var pagingTable = TextTable(headers: ["policy", "blocks peak", "occupancy", "paged peak", "compaction copies"])
         for run in result.runs {
             let s = run.summary
             table.add([
@@ -30,11 +31,26 @@ public enum ReplayReport {
                 s.outputError.map { Format.fixed($0.mean) } ?? "n/a",
                 s.outputError.map { Format.fixed($0.p95) } ?? "n/a",
             ])
+            pagingTable.add([
+                run.spec.label,
+                String(format: "%.0f", s.memory.peakBlocks),
+                String(format: "%.3f", s.memory.meanSlotOccupancy),
+                Format.bytes(s.memory.peakPagedBytes),
+                Format.bytes(s.memory.totalCompactionBytes),
+            ])
         }
         out.append(table.render())
+        if result.paging != .none {
+            out.append("")
+            out.append("paging: \(result.paging.rawValue), block size \(result.blockSizes)")
+            out.append(pagingTable.render())
+        }
         out.append("")
         out.append("tokens: attended per kv head (mean over steps); KV: attended bytes incl. quantization metadata;")
         out.append("% full: of the 16-bit full cache at the same step (mean); recall/top-k/KL/err: over steps, layers, heads.")
+        if result.paging != .none {
+            out.append("occupancy: live tokens / block slots (mean); compaction copies: bytes a dense gather would have moved (total).")
+        }
         for note in result.notes { out.append("note: \(note)") }
         return out.joined(separator: "\n")
     }
@@ -83,7 +99,7 @@ public enum ReplayReport {
 
     public static let stepColumns = [
         "policy", "layer", "step", "position", "attended_tokens", "resident_tokens", "attended_bytes", "resident_bytes",
-        "full_bytes", "percent_of_full", "mass_recall", "mass_recall_min", "topk_recall", "attention_kl", "output_error",
+        "full_bytes", "percent_of_full", "blocks", "slot_occupancy", "paged_bytes", "compaction_bytes", "mass_recall", "mass_recall_min", "topk_recall", "attention_kl", "output_error",
         "sparsity",
     ]
 
@@ -105,6 +121,7 @@ public enum ReplayReport {
             Format.csv(r.attendedTokens), Format.csv(r.residentTokens),
             String(r.attendedBytes), String(r.residentBytes), String(r.fullBytes),
             Format.csv(100 * Double(r.attendedBytes) / Double(max(r.fullBytes, 1))),
+            String(r.blocks), Format.csv(r.slotOccupancy), String(r.pagedBytes), String(r.compactionBytes),
             Format.csv(Double(r.massRecall)), Format.csv(Double(r.massRecallMin)), Format.csv(Double(r.topKRecall)),
             Format.csv(Double(r.attentionKL)), r.outputError.map { Format.csv(Double($0)) } ?? "",
             Format.csv(Double(r.sparsity)),
