@@ -27,6 +27,11 @@ public protocol CachePolicy: AnyObject {
     /// Slots per PagedAttention block when the user gives no `--block-size`.
     static var preferredBlockSize: Int { get }
 
+    /// Work done once per replay before any layer, shared by the per-layer instances through
+    /// `PolicySetup.prepared` (e.g. ThinKV's thought timeline, which averages the sparsity of
+    /// several layers). Default: nothing.
+    static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)?
+
     init(parameters: PolicyParameters, setup: PolicySetup) throws
 
     /// Upper bound on the *resident* tokens per kv head after any step (nil: unbounded).
@@ -41,6 +46,7 @@ public protocol CachePolicy: AnyObject {
 extension CachePolicy {
     public static var requirements: PolicyRequirements { [] }
     public static var preferredBlockSize: Int { 16 }
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {}
@@ -64,12 +70,15 @@ public struct PolicySetup: Sendable {
     /// Index of this layer among the replayed layers (0-based), and how many are replayed.
     public let layerOrdinal: Int
     public let layerCount: Int
+    /// What the policy type's `prepare` returned for this replay.
+    public let prepared: (any Sendable)?
 
-    public init(header: TraceHeader, layer: LayerInfo, layerOrdinal: Int = 0, layerCount: Int = 1) {
+    public init(header: TraceHeader, layer: LayerInfo, layerOrdinal: Int = 0, layerCount: Int = 1, prepared: (any Sendable)? = nil) {
         self.header = header
         self.layer = layer
         self.layerOrdinal = layerOrdinal
         self.layerCount = layerCount
+        self.prepared = prepared
     }
 }
 
@@ -91,6 +100,9 @@ public struct StepContext {
     public let position: Int
     /// p's queries, `[numQHeads][D]`; nil for attention-only layers.
     public let queries: UnsafeBufferPointer<Float>?
+    /// Sparsity of this step's full-cache attention in this layer (see `Sparsity`): the
+    /// signal an uncompressed model would show; teacher-forced like everything in replay.
+    public let fullCacheSparsity: Float
 
     public func query(head: Int) -> UnsafeBufferPointer<Float>? {
         guard let queries else { return nil }

@@ -85,6 +85,7 @@ public final class ReplayEngine {
             throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
         }
 
+        prepared = try configuration.policies.map { try $0.type.prepare(reader, parameters: $0.parameters, layers: layers) }
         var records = Array(repeating: [StepRecord](), count: configuration.policies.count)
         var samples = Array(repeating: MetricSamples(), count: configuration.policies.count)
         for (ordinal, layer) in layers.enumerated() {
@@ -119,19 +120,20 @@ public final class ReplayEngine {
 
     // MARK: One layer
 
+    private var prepared: [(any Sendable)?] = []
+
     private var workerCount: Int { max(1, configuration.threads ?? ProcessInfo.processInfo.activeProcessorCount) }
 
     private func replayLayer(_ data: LayerData, ordinal: Int, count: Int) throws -> [PolicyLayerRun] {
         let header = reader.header
         let P = header.promptLength
         let info = data.info
-        let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: count)
-
         let promptQueries: [Float]? = info.hasQueriesAndKeys && P > 0
             ? try reader.readRows(.q, layer: info.index, rows: 0..<P) : nil
-        let prefill = PrefillContext(setup: setup, data: data, promptQueries: promptQueries)
         var runs: [PolicyLayerRun] = []
-        for spec in configuration.policies {
+        for (i, spec) in configuration.policies.enumerated() {
+            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: count, prepared: prepared[i])
+            let prefill = PrefillContext(setup: setup, data: data, promptQueries: promptQueries)
             let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
             let run = PolicyLayerRun(spec: spec, policy: policy, data: data, setup: setup,
                                      topK: configuration.topK, steps: decodeSteps, paging: configuration.paging,
@@ -267,7 +269,8 @@ final class PolicyLayerRun {
                 let step = chunk.firstStep + s
                 let queries = setup.layer.hasQueriesAndKeys
                     ? UnsafeBufferPointer(rebasing: allQueries[(s * stride)..<((s + 1) * stride)]) : nil
-                let context = StepContext(setup: setup, data: data, step: step, position: h.promptLength + step, queries: queries)
+                let context = StepContext(setup: setup, data: data, step: step, position: h.promptLength + step,
+                                          queries: queries, fullCacheSparsity: chunk.sparsity[s])
                 stepOnce(context, chunk: chunk, s: s)
             }
         }
