@@ -4,6 +4,7 @@ import Foundation
 public enum PolicyRegistry {
     public static let all: [any CachePolicy.Type] = [
         FullCachePolicy.self,
+        KIVIPolicy.self,
     ]
 
     public static func type(named name: String) -> (any CachePolicy.Type)? {

@@ -1,0 +1,93 @@
+import Foundation
+
+/// KIVI (Liu et al., ICML 2024), as its reference code (jy-yuan/KIVI, models/llama_kivi.py and
+/// quant/new_pack.py) behaves: keys quantized per channel, values per token, each with a
+/// full-precision residual of recent tokens; nothing is evicted.
+///
+/// - Prefill: keys of the first `P − (P mod R)` positions are quantized (whole R-blocks), the
+///   rest stay 16-bit; values of the first `P − R` positions are quantized when `P > R`.
+/// - Every decode step attends first; afterwards, if the 16-bit key block has reached R tokens
+///   it is quantized as one block (per channel, G-token groups; so keys keep 0…R−1 recent
+///   16-bit tokens), and if more than R values are 16-bit the oldest one is quantized (so
+///   values keep exactly the last R).
+/// - Bytes per kv head (reference-policies 5.3): codes at `bits` per element; per key group
+///   (G tokens of one channel) and per value group (G channels of one token) a scale and a
+///   zero point charged as fp16 each; the residual at 16 bits. With `D < G` or `D mod G ≠ 0` a
+///   token's values form ⌈D/G⌉ groups, the last one shorter.
+///
+/// On attention-only layers (no recorded keys/values) only the memory is modelled.
+public final class KIVIPolicy: CachePolicy {
+    public static let name = "kivi"
+    public static let summary = "KIVI: keys per channel, values per token at low bits, 16-bit residual window, no eviction"
+    public static let parameters: [PolicyParameter] = [
+        .integer("k-bits", default: 2, min: 1, max: 8, help: "bits per key element"),
+        .integer("v-bits", default: 2, min: 1, max: 8, help: "bits per value element"),
+        .integer("group", default: 32, min: 1, max: 1 << 16,
+                 help: "group size: tokens per key group (per channel), channels per value group (per token)"),
+        .integer("residual", default: 32, min: 1, max: 1 << 20,
+                 help: "16-bit residual length R (a multiple of --group): keys flush in R-blocks, values keep the last R"),
+        .choice("format", QuantFormat.allCases.map(\.rawValue), default: QuantFormat.int.rawValue,
+                help: "int = asymmetric min-max integers (KIVI); paper = FP8 E4M3 (8), NVFP4 (4), ternary (2)"),
+    ]
+
+    public let keyQuantizer: GroupQuantizer
+    public let valueQuantizer: GroupQuantizer
+    public let groupSize: Int
+    public let residual: Int
+
+    /// Keys of positions below this are quantized (all heads alike: KIVI evicts nothing).
+    public private(set) var keysQuantizedEnd = 0
+    /// Values of positions below this are quantized.
+    public private(set) var valuesQuantizedEnd = 0
+
+    public init(parameters: PolicyParameters, setup: PolicySetup) throws {
+        groupSize = parameters.int("group")!
+        residual = parameters.int("residual")!
+        guard residual % groupSize == 0 else {
+            throw PolicyError("kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), as KIVI asserts")
+        }
+        let format = QuantFormat(rawValue: parameters.string("format")!)!
+        do {
+            keyQuantizer = try GroupQuantizer(format: format, bits: parameters.int("k-bits")!)
+            valueQuantizer = try GroupQuantizer(format: format, bits: parameters.int("v-bits")!)
+        } catch let error as PolicyError {
+            throw PolicyError("kivi: \(error.description)")
+        }
+    }
+
+    public func prefill(_ context: PrefillContext, cache: LayerCache) {
+        let P = context.setup.header.promptLength
+        quantizeKeys(upTo: P - P % residual, cache: cache)
+        if P > residual { quantizeValues(upTo: P - residual, cache: cache) }
+    }
+
+    public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
+        let end = context.position + 1
+        if end - keysQuantizedEnd >= residual { quantizeKeys(upTo: end, cache: cache) }
+        if end - valuesQuantizedEnd > residual { quantizeValues(upTo: end - residual, cache: cache) }
+    }
+
+    /// Quantizes the 16-bit keys `keysQuantizedEnd..<end` (a whole number of groups) per channel.
+    private func quantizeKeys(upTo end: Int, cache: LayerCache) {
+        guard end > keysQuantizedEnd else { return }
+        let positions = Array(keysQuantizedEnd..<end)
+        for h in 0..<cache.numKVHeads {
+            let bits = KVGrouping.quantizeKeysPerChannel(cache, kvHead: h, positions: positions, groupSize: groupSize,
+                                                         quantizer: keyQuantizer)
+            cache.metadataBytes[h] += (bits + 7) / 8
+        }
+        keysQuantizedEnd = end
+    }
+
+    /// Quantizes the 16-bit values `valuesQuantizedEnd..<end` per token.
+    private func quantizeValues(upTo end: Int, cache: LayerCache) {
+        guard end > valuesQuantizedEnd else { return }
+        let positions = Array(valuesQuantizedEnd..<end)
+        for h in 0..<cache.numKVHeads {
+            let bits = KVGrouping.quantizeValuesPerToken(cache, kvHead: h, positions: positions, groupSize: groupSize,
+                                                         quantizer: valueQuantizer)
+            cache.metadataBytes[h] += (bits + 7) / 8
+        }
+        valuesQuantizedEnd = end
+    }
+}
