@@ -10,7 +10,7 @@ import Foundation
 /// Not emulated: NVFP4's second-level per-tensor FP32 scale, which real kernels use to bring
 /// the block scales into E4M3's range. The cache is filled token by token, so a tensor-wide
 /// amax is not known when a group is quantized; this emulation behaves as if that scale were 1.
-/// Consequences: blocks with amax above 6·448 = 2688 saturate, and blocks with amax below
+/// Consequences: blocks with amax above 6·448 = 2688 saturate, and blocks with amax up to
 /// 6·2^-10 get a zero scale and dequantize to zero. Neither is reached by ordinary K/V values.
 public enum NVFP4GroupQuantizer {
     public static let blockSize = 16
