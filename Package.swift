@@ -20,7 +20,8 @@ let package = Package(
         // The executable only dispatches to the library's commands.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.
-        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim"]),
+        // Tests use the HDF5 C API directly to build malformed files a writer would refuse to make.
+        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "CHDF5"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -14,6 +14,7 @@ static inline hid_t thinkv_H5P_DATASET_ACCESS(void) { return H5P_DATASET_ACCESS;
 
 static inline unsigned thinkv_H5F_ACC_RDONLY(void) { return H5F_ACC_RDONLY; }
 static inline unsigned thinkv_H5F_ACC_TRUNC(void) { return H5F_ACC_TRUNC; }
+static inline unsigned thinkv_H5F_ACC_RDWR(void) { return H5F_ACC_RDWR; }
 
 static inline hid_t thinkv_H5T_NATIVE_FLOAT(void) { return H5T_NATIVE_FLOAT; }
 static inline hid_t thinkv_H5T_NATIVE_DOUBLE(void) { return H5T_NATIVE_DOUBLE; }
