@@ -143,3 +143,25 @@ func groupMemberNames(_ group: hid_t) -> [String] {
     }
     return names
 }
+
+/// The first filter in a dataset's pipeline that this HDF5 library cannot apply, if any.
+func unavailableFilter(_ dataset: hid_t) -> (id: Int32, name: String)? {
+    let plist = H5Dget_create_plist(dataset)
+    guard plist >= 0 else { return nil }
+    defer { H5Pclose(plist) }
+    let count = H5Pget_nfilters(plist)
+    guard count > 0 else { return nil }
+    for index in 0..<UInt32(count) {
+        var flags: UInt32 = 0
+        var valueCount = 8
+        var values = [UInt32](repeating: 0, count: valueCount)
+        var name = [CChar](repeating: 0, count: 256)
+        var config: UInt32 = 0
+        let id = H5Pget_filter2(plist, index, &flags, &valueCount, &values, name.count, &name, &config)
+        guard id >= 0 else { continue }
+        if H5Zfilter_avail(id) <= 0 {
+            return (id, String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+    }
+    return nil
+}

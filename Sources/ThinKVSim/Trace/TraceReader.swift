@@ -4,8 +4,9 @@ import Foundation
 /// Opens a thinkv-trace file, validates its structure against format version 1, and reads
 /// tensors in row ranges (hyperslabs along the first axis) so long traces stream.
 ///
-/// Structure is checked when the file opens; values (NaN, infinities, label range) are checked
-/// as they are read, so a bad value stops the run before any number is reported.
+/// Structure (attributes, shapes, dtypes, compression filters) is checked when the file opens;
+/// values (NaN, infinities, label range, recorded attention that is not a causal probability row)
+/// are checked as they are read, so a bad value stops the run before any number is reported.
 public final class TraceReader {
     public let path: String
     public let header: TraceHeader
@@ -55,8 +56,9 @@ public final class TraceReader {
         }
         func positive(_ key: String, allowZero: Bool = false) throws -> Int {
             let value = try attributes.integer(key, required: true)!
-            guard value > 0 || (allowZero && value == 0), value <= Int64(Int32.max) else {
-                throw fail("attribute '\(key)'", "must be \(allowZero ? "non-negative" : "positive"), got \(value)")
+            let lowest: Int64 = allowZero ? 0 : 1
+            guard value >= lowest, value <= Int64(Int32.max) else {
+                throw fail("attribute '\(key)'", "must be between \(lowest) and \(Int32.max), got \(value)")
             }
             return Int(value)
         }
@@ -92,8 +94,11 @@ public final class TraceReader {
         hasTokenText = try TraceReader.checkDataset(file.id, "/tokens/text", shape: [T], kind: .string, required: false, fail: fail)
         hasThoughtLabels = try TraceReader.checkDataset(file.id, "/tokens/thought", shape: [T], kind: .integer, required: false, fail: fail)
 
-        guard HDF5.withLibrary({ linkExists(file.id, "/layers") && objectIsGroup(file.id, "/layers") }) else {
+        guard HDF5.withLibrary({ linkExists(file.id, "/layers") }) else {
             throw fail("/layers", "missing: a trace records at least one layer")
+        }
+        guard HDF5.withLibrary({ objectIsGroup(file.id, "/layers") }) else {
+            throw fail("/layers", "is not a group")
         }
         let memberNames: [String] = try HDF5.withLibrary {
             let group = try H5Handle(H5Gopen2(file.id, "/layers", HDF5.defaultProperties), .group, "")
@@ -232,6 +237,32 @@ public final class TraceReader {
             let what = buffer[bad].isNaN ? "NaN" : "infinite value"
             throw TraceError(file: displayName, object: object, "\(what) in row \(row)")
         }
+        if tensor == .attn { try checkAttentionRows(buffer, rows: rows, shape: shape, object: object) }
+    }
+
+    /// Recorded attention must hold probabilities, and row g (the query at position P+g) must be
+    /// 0 after position P+g. A row misaligned by a step or a non-causal recording fails here
+    /// instead of turning into plausible-looking recall numbers.
+    private func checkAttentionRows(_ values: [Float], rows: Range<Int>, shape: [Int], object: String) throws {
+        let H = shape[1], T = shape[2], P = header.promptLength
+        // float32 softmax can overshoot 1 by a rounding step; anything more is not a probability.
+        let ceiling: Float = 1.001
+        for (i, row) in rows.enumerated() {
+            for head in 0..<H {
+                let base = (i * H + head) * T
+                for j in 0..<T {
+                    let x = values[base + j]
+                    if x < 0 || x > ceiling {
+                        throw TraceError(file: displayName, object: object,
+                                         "value \(x) in row \(row), head \(head), position \(j) is not a probability")
+                    }
+                    if j > P + row && x != 0 {
+                        throw TraceError(file: displayName, object: object,
+                                         "row \(row), head \(head) gives weight \(x) to position \(j), after its own position \(P + row); entries after P+g must be 0")
+                    }
+                }
+            }
+        }
     }
 
     /// Reads every value of a layer tensor once to check it is finite (what `validate` does).
@@ -291,6 +322,7 @@ public final class TraceReader {
             guard let dataset = try? H5Handle(H5Dopen2(file, object, HDF5.defaultProperties), .dataset, "") else {
                 throw fail(object, "is not a readable dataset")
             }
+            try checkFilters(dataset.id, object, fail: fail)
             let space = try H5Handle(H5Dget_space(dataset.id), .dataspace, "")
             let actual = try dataspaceShape(space.id)
             guard actual == shape else {
@@ -321,8 +353,11 @@ public final class TraceReader {
                 }
                 let space = try H5Handle(H5Dget_space(dataset.id), .dataspace, "")
                 let type = try H5Handle(H5Dget_type(dataset.id), .datatype, "")
-                let heads = try AttributeReader(location: dataset.id) { _, problem in fail(object, problem) }
-                    .string("heads")
+                // Problems with the attribute are reported against the dataset, naming the attribute.
+                let heads = try AttributeReader(location: dataset.id) { attribute, problem in
+                    fail(object, [attribute, problem].compactMap { $0 }.joined(separator: " "))
+                }.string("heads")
+                try checkFilters(dataset.id, object, fail: fail)
                 return (try dataspaceShape(space.id), H5ElementClass.of(type: type.id), heads)
             }
             guard let found else { continue }
@@ -367,6 +402,14 @@ public final class TraceReader {
         return info
     }
 
+    /// A dataset compressed with a filter this HDF5 library lacks (h5py's `lzf`, or a plugin such
+    /// as blosc) opens but cannot be read; say so rather than calling the file damaged.
+    private static func checkFilters(_ dataset: hid_t, _ object: String, fail: (String?, String) -> TraceError) throws {
+        if let (id, name) = unavailableFilter(dataset) {
+            throw fail(object, "compressed with HDF5 filter \(id)\(name.isEmpty ? "" : " '\(name)'"), which this HDF5 library does not provide; rewrite the file with gzip (deflate) or no compression")
+        }
+    }
+
     private static func hasHDF5Signature(_ path: String) -> Bool {
         guard let handle = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? handle.close() }
@@ -392,7 +435,7 @@ struct AttributeReader {
     private func open(_ name: String, required: Bool) throws -> (H5Handle, H5ElementClass, H5Handle)? {
         try HDF5.withLibrary {
             guard H5Aexists(location, name) > 0 else {
-                if required { throw fail(nil, "missing required root attribute '\(name)'") }
+                if required { throw fail("attribute '\(name)'", "missing (a required root attribute)") }
                 return nil
             }
             let attribute = try H5Handle(H5Aopen(location, name, HDF5.defaultProperties), .attribute,
