@@ -15,11 +15,14 @@ enum InspectCommand: Subcommand {
         ])
 
     static func run(_ arguments: ParsedArguments) throws {
+        // Options first: a usage mistake is exit 2 whatever the file.
+        let steps = try arguments.int("steps", min: 1)
+        let threads = try arguments.int("threads", min: 1)
+        let width = try arguments.int("width", default: 80, min: 8)!
         let reader = try TraceReader(path: arguments.positionals[0])
         let profile = arguments.flag("no-sparsity") ? nil : try SparsityProfile.compute(
-            reader, maxSteps: try arguments.int("steps", min: 1), threads: try arguments.int("threads", min: 1),
-            progress: TerminalProgress(label: "inspect"))
-        let summary = try TraceSummary(reader: reader, profile: profile, timelineWidth: try arguments.int("width", default: 80, min: 8)!)
+            reader, maxSteps: steps, threads: threads, progress: TerminalProgress(label: "inspect"))
+        let summary = try TraceSummary(reader: reader, profile: profile, timelineWidth: width)
         print(arguments.flag("json") ? try ReplayReport.encodeJSON(summary) : summary.text)
     }
 }

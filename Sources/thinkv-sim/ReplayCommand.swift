@@ -35,7 +35,7 @@ enum ReplayCommand: Subcommand {
         let path = arguments.positionals[0]
         let names = listValues(arguments.all("policy"))
         let specs = try PolicySpec.specs(policies: names.isEmpty ? ["full"] : names, options: arguments.extra)
-        let reader = try TraceReader(path: path)
+        // Every option is checked before the trace is opened: a usage mistake is exit 2 whatever the file.
         var configuration = ReplayConfiguration(policies: specs)
         configuration.layers = try parseLayerList(arguments.value("layers"))
         configuration.maxSteps = try arguments.int("steps", min: 1)
@@ -46,6 +46,7 @@ enum ReplayCommand: Subcommand {
             configuration.paging = mode
         }
         configuration.blockSize = try arguments.int("block-size", min: 1)
+        let reader = try TraceReader(path: path)
 
         let engine = ReplayEngine(reader: reader, configuration: configuration)
         var keptWriter: KeptEventFileWriter?

@@ -12,6 +12,7 @@ enum ValidateCommand: Subcommand {
         for path in arguments.positionals {
             let reader = try TraceReader(path: path)
             let progress = TerminalProgress(label: "validate")
+            defer { progress.finish() }  // also on failure, so the error starts on a clean line
             try reader.checkValues { progress.update(fraction: $0, detail: path) }
             progress.finish()
             let h = reader.header

@@ -14,6 +14,7 @@ public struct SparsityProfile: Sendable {
         let chosen = layers ?? reader.recordedLayerIndices
         let steps = min(maxSteps ?? header.generatedLength, header.generatedLength)
         let workers = max(1, threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        defer { progress?.finish() }  // also on failure, so the error starts on a clean line
         var result: [Int: [Float]] = [:]
         for (ordinal, layer) in chosen.enumerated() {
             guard let info = reader.layerInfo(layer) else {
@@ -45,7 +46,6 @@ public struct SparsityProfile: Sendable {
             }
             result[layer] = values
         }
-        progress?.finish()
         return SparsityProfile(byLayer: result, layers: chosen)
     }
 

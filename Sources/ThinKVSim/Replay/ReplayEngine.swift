@@ -74,6 +74,8 @@ public final class ReplayEngine {
     }
 
     public func run() throws -> ReplayResult {
+        // Clear the progress line on failure too, so an error message starts on a clean line.
+        defer { progress?.finish() }
         let header = reader.header
         let layers = layersToReplay
         for layer in layers where reader.layerInfo(layer) == nil {
@@ -96,7 +98,6 @@ public final class ReplayEngine {
                 samples[i].append(run.samples)
             }
         }
-        progress?.finish()
 
         let anyValues = layers.contains { reader.layerInfo($0)?.hasValues == true }
         var notes: [String] = []

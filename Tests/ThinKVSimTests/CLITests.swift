@@ -1,0 +1,177 @@
+import Foundation
+import XCTest
+@testable import ThinKVSim
+
+/// The executable's contract: a bad trace is one line on stderr and exit 1, a usage mistake is
+/// exit 2, help is exit 0. Runs the built `thinkv-sim` next to the test bundle.
+final class CLITests: XCTestCase {
+    struct Outcome {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// The `thinkv-sim` built alongside the tests (same build directory), or the debug build
+    /// under the package's .build directory.
+    static let binary: URL? = {
+        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let candidates = [
+            Bundle.main.bundleURL,
+            Bundle(for: CLITests.self).bundleURL.deletingLastPathComponent(),
+            packageRoot.appendingPathComponent(".build/debug"),
+        ].map { $0.appendingPathComponent("thinkv-sim") }
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) }
+    }()
+
+    private var directory: URL!
+
+    override func setUpWithError() throws {
+        directory = try TestTraces.directory(self)
+    }
+
+    private func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
+        let binary = try XCTUnwrap(Self.binary, "thinkv-sim not built; run 'swift build --build-tests'", file: file, line: line)
+        // Output goes to files rather than pipes, so a chatty child can never stall on a full pipe.
+        let outURL = directory.appendingPathComponent("stdout-\(UUID().uuidString)")
+        let errURL = directory.appendingPathComponent("stderr-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        process.waitUntilExit()
+        try out.close()
+        try err.close()
+        return Outcome(status: process.terminationStatus,
+                       stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
+                       stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self))
+    }
+
+    /// A small valid trace: q/k/v in layer 0, labels.
+    private func goodTrace(_ name: String = "good.h5") throws -> String {
+        try TestTraces.write(to: directory.appendingPathComponent(name), T: 12, P: 4, Hq: 2, Hkv: 1, D: 4,
+                             layers: [TestTraces.randomLayer(T: 12, Hq: 2, Hkv: 1, D: 4, seed: 3)],
+                             thought: [-1, -1, -1, -1, 0, 0, 1, 1, 2, 0, 0, 0])
+    }
+
+    private func assertOneLineFailure(_ outcome: Outcome, command: String, path: String, mentions: String,
+                                      file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(outcome.status, 1, outcome.stderr, file: file, line: line)
+        let lines = outcome.stderr.split(separator: "\n", omittingEmptySubsequences: false)
+        XCTAssertEqual(lines.count, 2, "exactly one line, newline-terminated: \(outcome.stderr)", file: file, line: line)
+        XCTAssertEqual(lines.last, "", file: file, line: line)
+        XCTAssertTrue(outcome.stderr.hasPrefix("thinkv-sim \(command): \(path): "), outcome.stderr, file: file, line: line)
+        XCTAssertTrue(outcome.stderr.contains(mentions), "'\(mentions)' missing from: \(outcome.stderr)", file: file, line: line)
+        XCTAssertFalse(outcome.stderr.contains("\r"), "no progress residue: \(outcome.stderr)", file: file, line: line)
+        XCTAssertEqual(outcome.stdout, "", "no report for a bad trace", file: file, line: line)
+    }
+
+    // MARK: Bad traces: exit 1, one line
+
+    func testBadTracesGiveOneLineAndExitOne() throws {
+        let text = directory.appendingPathComponent("text.h5").path
+        try Data("not a trace\n".utf8).write(to: URL(fileURLWithPath: text))
+        let missing = directory.appendingPathComponent("missing.h5").path
+        let noModel = try goodTrace("no-model.h5")
+        try HDF5Editor.edit(noModel) { try $0.deleteAttribute("model") }
+        let nan = try goodTrace("nan.h5")
+        try HDF5Editor.edit(nan) { try $0.patch("/layers/0/q", element: 6 * 2 * 4, with: .nan) }  // row 6
+
+        for command in ["validate", "inspect", "replay"] {
+            assertOneLineFailure(try run([command, text]), command: command, path: text, mentions: "not an HDF5 file")
+            assertOneLineFailure(try run([command, missing]), command: command, path: missing, mentions: "no such file")
+            assertOneLineFailure(try run([command, noModel]), command: command, path: noModel, mentions: "attribute 'model': missing")
+            assertOneLineFailure(try run([command, nan]), command: command, path: nan, mentions: "/layers/0/q: NaN in row 6")
+        }
+    }
+
+    func testBadLabelsFailInspectAndValidate() throws {
+        let path = try goodTrace("labels.h5")
+        try HDF5Editor.edit(path) {
+            try $0.setDataset("/tokens/thought", type: .int8, shape: [12], values: [-1, -1, -1, -1, 0, 3, 1, 1, 2, 0, 0, 0])
+        }
+        assertOneLineFailure(try run(["inspect", path, "--no-sparsity"]), command: "inspect", path: path, mentions: "value 3 at position 5")
+        assertOneLineFailure(try run(["validate", path]), command: "validate", path: path, mentions: "/tokens/thought")
+    }
+
+    func testGoodTraceSucceeds() throws {
+        let path = try goodTrace()
+        let validate = try run(["validate", path])
+        XCTAssertEqual(validate.status, 0, validate.stderr)
+        XCTAssertTrue(validate.stdout.hasPrefix("\(path): ok"), validate.stdout)
+        XCTAssertEqual(validate.stderr, "")
+        let replay = try run(["replay", path, "--threads", "1"])
+        XCTAssertEqual(replay.status, 0, replay.stderr)
+        XCTAssertTrue(replay.stdout.contains("full"), replay.stdout)
+    }
+
+    // MARK: Usage errors: exit 2
+
+    func testUsageErrorsExitTwo() throws {
+        let good = try goodTrace()
+        let missing = directory.appendingPathComponent("missing.h5").path
+        let cases: [[String]] = [
+            [],                                        // no command
+            ["frobnicate"],                            // unknown command
+            ["validate"],                              // missing <trace>
+            ["inspect", good, "extra.h5"],             // unexpected argument
+            ["replay", good, "--steps", "0"],
+            ["replay", good, "--topk", "many"],
+            ["replay", good, "--policy", "nonesuch"],
+            ["replay", good, "--frobnicate", "1"],     // not a parameter of any chosen policy
+            ["replay", good, "--json=maybe"],
+            ["replay", good, "--csv", good],           // would overwrite the input
+            ["inspect", good, "--width", "2"],
+            ["replay", missing, "--steps", "0"],       // the usage mistake is reported, not the file
+            ["inspect", missing, "--width", "2"],
+        ]
+        for arguments in cases {
+            let outcome = try run(arguments)
+            XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
+            if !arguments.isEmpty {
+                XCTAssertTrue(outcome.stderr.hasPrefix("thinkv-sim"), "\(arguments): \(outcome.stderr)")
+            }
+        }
+    }
+
+    // MARK: Help: exit 0
+
+    func testHelpExitsZero() throws {
+        for arguments in [["--help"], ["-h"], ["help"], ["replay", "--help"], ["inspect", "-h"], ["validate", "--help"],
+                          ["policies", "--help"], ["--version"]] {
+            let outcome = try run(arguments)
+            XCTAssertEqual(outcome.status, 0, "\(arguments): \(outcome.stderr)")
+            XCTAssertEqual(outcome.stderr, "", "\(arguments)")
+            XCTAssertFalse(outcome.stdout.isEmpty, "\(arguments)")
+        }
+        XCTAssertTrue(try run(["replay", "--help"]).stdout.contains("usage: thinkv-sim replay <trace> [options]"))
+    }
+
+    // MARK: Progress
+
+    /// A failing run must still clear its progress line, or the error lands on the same line.
+    func testProgressIsFinishedWhenAReplayFails() throws {
+        let path = try goodTrace("nan-progress.h5")
+        try HDF5Editor.edit(path) { try $0.patch("/layers/0/k", element: 0, with: .positiveInfinity) }
+        final class Recorder: ThinKVSim.ProgressReporting {
+            var finished = 0
+            func update(fraction: Double, detail: String) {}
+            func finish() { finished += 1 }
+        }
+        let recorder = Recorder()
+        let engine = ReplayEngine(reader: try TraceReader(path: path),
+                                  configuration: ReplayConfiguration(policies: [try PolicySpec(name: "full")], threads: 1))
+        engine.progress = recorder
+        XCTAssertThrowsError(try engine.run())
+        XCTAssertEqual(recorder.finished, 1)
+
+        let profileRecorder = Recorder()
+        XCTAssertThrowsError(try SparsityProfile.compute(try TraceReader(path: path), threads: 1, progress: profileRecorder))
+        XCTAssertEqual(profileRecorder.finished, 1)
+    }
+}
