@@ -3,8 +3,9 @@
 
 It exercises what h5py does by default (int64 attributes for Python ints, variable-length UTF-8
 strings), float16 and float32 tensors, one layer with q/k/v and one with recorded attention only.
-The attention of layer 1 is computed from layer 1's own q and k with numpy, so a reader can
-cross-check it. Run: python3 make_h5py_fixture.py [out.h5]
+The attention of layer 2 is computed with numpy from a q and k drawn for that layer and then
+discarded (layer 2 stores attn only), so a reader can check it is a causal softmax row by row;
+rerunning this script reproduces the file bit for bit. Run: python3 make_h5py_fixture.py [out.h5]
 """
 import sys
 

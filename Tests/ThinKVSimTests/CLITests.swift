@@ -152,6 +152,37 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(try run(["replay", "--help"]).stdout.contains("usage: thinkv-sim replay <trace> [options]"))
     }
 
+    // MARK: A trace another program is writing
+
+    private func startTrace(_ name: String) throws -> (TraceWriter, String) {
+        let path = directory.appendingPathComponent(name).path
+        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2, promptLength: 1, numTokens: 3)
+        let writer = try TraceWriter(path: path, header: header)
+        try writer.writeTokens(ids: [0, 1, 2])
+        try writer.writeTensor(.q, layer: 0, dtype: .float32, [1, 2, 3, 4, 5, 6])
+        try writer.writeTensor(.k, layer: 0, dtype: .float32, [1, 0, 0, 1, 1, 1])
+        return (writer, path)
+    }
+
+    /// close() must release the file, not just flush it: a generator that writes a trace and
+    /// then runs the simulator on it, before its writer object is gone, must not be refused.
+    func testAnotherProgramCanReadATraceOnceItsWriterCloses() throws {
+        let (writer, path) = try startTrace("closed.h5")
+        writer.close()
+        let outcome = try run(["validate", path])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        withExtendedLifetime(writer) {}
+    }
+
+    /// HDF5 locks a file while writing it; that is reported as such, not as damage.
+    func testTraceStillBeingWrittenIsReportedAsSuch() throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["HDF5_USE_FILE_LOCKING"]?.uppercased() == "FALSE",
+                      "HDF5 file locking is switched off in this environment")
+        let (writer, path) = try startTrace("open.h5")
+        assertOneLineFailure(try run(["validate", path]), command: "validate", path: path, mentions: "open for writing in another program")
+        writer.close()
+    }
+
     // MARK: Progress
 
     /// A failing run must still clear its progress line, or the error lands on the same line.

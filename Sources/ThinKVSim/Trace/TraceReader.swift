@@ -37,6 +37,9 @@ public final class TraceReader {
             H5Fopen(path, thinkv_H5F_ACC_RDONLY(), HDF5.defaultProperties)
         }
         guard opened >= 0 else {
+            if TraceReader.isLockedForWriting(path) {
+                throw fail(nil, "is open for writing in another program (HDF5 file lock held); wait for it to close the file")
+            }
             if TraceReader.hasHDF5Signature(path) {
                 throw fail(nil, "damaged or truncated HDF5 file (the HDF5 library cannot open it)")
             }
@@ -408,6 +411,19 @@ public final class TraceReader {
         if let (id, name) = unavailableFilter(dataset) {
             throw fail(object, "compressed with HDF5 filter \(id)\(name.isEmpty ? "" : " '\(name)'"), which this HDF5 library does not provide; rewrite the file with gzip (deflate) or no compression")
         }
+    }
+
+    /// HDF5 1.10+ takes an exclusive flock() on a file it writes; a reader then cannot open it,
+    /// which is not damage.
+    private static func isLockedForWriting(_ path: String) -> Bool {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return false
+        }
+        return errno == EWOULDBLOCK
     }
 
     private static func hasHDF5Signature(_ path: String) -> Bool {

@@ -10,8 +10,16 @@ public final class TraceWriter {
     /// Positions per chunk along the first axis of q/k/v (the format suggests 256).
     public static let chunkRows = 256
 
-    private let file: H5Handle
+    /// nil once `close()` has run.
+    private var fileHandle: H5Handle?
+    private var file: H5Handle {
+        get throws {
+            guard let fileHandle else { throw TraceError(file: path, "written after close()") }
+            return fileHandle
+        }
+    }
     private var open: [String: H5Handle] = [:]
+    private var openTypes: [String: TraceDType] = [:]
 
     public init(path: String, header: TraceHeader) throws {
         self.path = path
@@ -19,15 +27,19 @@ public final class TraceWriter {
         let id = HDF5.withLibrary { () -> hid_t in
             H5Fcreate(path, thinkv_H5F_ACC_TRUNC(), HDF5.defaultProperties, HDF5.defaultProperties)
         }
-        file = try H5Handle(id, .file, TraceError(file: path, "cannot create file").description)
+        fileHandle = try H5Handle(id, .file, TraceError(file: path, "cannot create file").description)
         try writeRootAttributes()
     }
 
-    /// Flushes and closes the file; the writer must not be used afterwards.
+    /// Flushes and closes the file (releasing HDF5's file lock, so other programs can open it at
+    /// once); the writer must not be used afterwards. Safe to call more than once.
     public func close() {
         HDF5.withLibrary {
+            guard let handle = fileHandle else { return }
             open.removeAll()
-            _ = H5Fflush(file.id, H5F_SCOPE_GLOBAL)
+            openTypes.removeAll()
+            _ = H5Fflush(handle.id, H5F_SCOPE_GLOBAL)
+            fileHandle = nil  // the last reference: H5Fclose runs here
         }
     }
 
@@ -102,14 +114,19 @@ public final class TraceWriter {
                 try writeStringAttribute(dataset.id, "heads", attentionHeads.rawValue)
             }
             open[object] = dataset
+            openTypes[object] = dtype
         }
     }
 
     /// Writes rows `start ..< start + values.count / rowWidth` of a tensor made by `createTensor`.
+    ///
+    /// Refuses values no reader would accept (NaN, infinities, and for float16 anything that
+    /// rounds beyond its largest finite value, 65504), so a bad value is caught where it is made.
+    /// float16 storage rounds to nearest, ties to even (IEEE, as numpy and GPUs round).
     public func writeRows(_ tensor: LayerTensor, layer: Int, start: Int, _ values: [Float]) throws {
         let object = "/layers/\(layer)/\(tensor.rawValue)"
         try HDF5.withLibrary {
-            guard let dataset = open[object] else {
+            guard let dataset = open[object], let dtype = openTypes[object] else {
                 throw TraceError(file: path, object: object, "written before createTensor")
             }
             let space = try H5Handle(H5Dget_space(dataset.id), .dataspace, failure(object))
@@ -122,10 +139,31 @@ public final class TraceWriter {
             var offset = [hsize_t(start)] + shape.dropFirst().map { _ in hsize_t(0) }
             var extent = [hsize_t(rows)] + shape.dropFirst().map { hsize_t($0) }
             H5Sselect_hyperslab(space.id, H5S_SELECT_SET, &offset, nil, &extent, nil)
+            if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                throw TraceError(file: path, object: object,
+                                 "cannot write \(values[bad].isNaN ? "NaN" : "an infinite value") (row \(start + bad / rowWidth)); traces hold finite values only")
+            }
             let memSpace = try H5Handle(H5Screate_simple(Int32(extent.count), &extent, nil), .dataspace, failure(object))
-            // HDF5 converts float32 to the file's float16 itself (round to nearest).
-            let status = values.withUnsafeBytes {
-                H5Dwrite(dataset.id, thinkv_H5T_NATIVE_FLOAT(), memSpace.id, space.id, HDF5.defaultProperties, $0.baseAddress)
+            let status: herr_t
+            switch dtype {
+            case .float32:
+                status = values.withUnsafeBytes {
+                    H5Dwrite(dataset.id, thinkv_H5T_NATIVE_FLOAT(), memSpace.id, space.id, HDF5.defaultProperties, $0.baseAddress)
+                }
+            case .float16:
+                // Rounded here rather than by HDF5, whose float->half conversion rounds ties up,
+                // truncates some subnormals and turns overflow into infinity without a word.
+                var halves = [UInt16](repeating: 0, count: values.count)
+                for (i, x) in values.enumerated() {
+                    let half = Float16(x)
+                    guard half.isFinite else {
+                        throw TraceError(file: path, object: object,
+                                         "value \(x) (row \(start + i / rowWidth)) is beyond float16's range (largest finite value 65504)")
+                    }
+                    halves[i] = half.bitPattern
+                }
+                let halfType = try H5Handle(thinkv_create_float16_type(), .datatype, failure(object))
+                status = H5Dwrite(dataset.id, halfType.id, memSpace.id, space.id, HDF5.defaultProperties, &halves)
             }
             guard status >= 0 else { throw TraceError(file: path, object: object, "write failed") }
         }
@@ -145,7 +183,7 @@ public final class TraceWriter {
     }
 
     private func ensureGroup(_ name: String) throws {
-        if linkExists(file.id, name) { return }
+        if linkExists(try file.id, name) { return }
         _ = try H5Handle(H5Gcreate2(file.id, name, HDF5.defaultProperties, HDF5.defaultProperties, HDF5.defaultProperties),
                          .group, failure(name))
     }
