@@ -18,6 +18,8 @@ public enum PolicyRegistry {
 public struct PolicySpec: Hashable, Sendable {
     public let name: String
     public let parameters: PolicyParameters
+    /// Set only for a policy outside the registry (see `init(unregistered:values:)`).
+    private let unregisteredType: (any CachePolicy.Type)?
 
     /// Builds a spec from raw `name -> value` strings, validating them against the policy's declared parameters.
     public init(name: String, values: [String: String] = [:]) throws {
@@ -26,9 +28,28 @@ public struct PolicySpec: Hashable, Sendable {
         }
         self.name = name
         self.parameters = try PolicyParameters(policy: name, specs: type.parameters, values: values)
+        self.unregisteredType = nil
     }
 
-    public var type: any CachePolicy.Type { PolicyRegistry.type(named: name)! }
+    /// A spec for a policy type the registry does not list: tests replay small policies
+    /// declared next to them (e.g. one that evicts fixed positions) without registering them.
+    init(unregistered type: any CachePolicy.Type, values: [String: String] = [:]) throws {
+        self.name = type.name
+        self.parameters = try PolicyParameters(policy: type.name, specs: type.parameters, values: values)
+        self.unregisteredType = type
+    }
+
+    public var type: any CachePolicy.Type { unregisteredType ?? PolicyRegistry.type(named: name)! }
+
+    // Metatypes are not Hashable; a spec is identified by its policy type and parameter values.
+    public static func == (a: PolicySpec, b: PolicySpec) -> Bool {
+        a.name == b.name && a.parameters == b.parameters && ObjectIdentifier(a.type) == ObjectIdentifier(b.type)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(name)
+        hasher.combine(parameters)
+    }
 
     /// `h2o(budget=256,recent=64)`: the policy and the parameters given explicitly.
     public var label: String {
