@@ -33,7 +33,10 @@ public struct MetricSummary: Codable, Equatable, Sendable {
         let lower = Int(position.rounded(.down))
         let upper = Swift.min(lower + 1, sorted.count - 1)
         let fraction = position - Double(lower)
-        return Double(sorted[lower]) + fraction * (Double(sorted[upper]) - Double(sorted[lower]))
+        let a = Double(sorted[lower]), b = Double(sorted[upper])
+        // Equal neighbours (infinite KL samples among them) would give inf - inf = NaN below.
+        if fraction == 0 || a == b { return a }
+        return a + fraction * (b - a)
     }
 }
 

@@ -401,6 +401,10 @@ final class PolicyLayerRun {
                 for i in 0..<n where a[i] > 0 { kl += a[i] * (logf(a[i]) - e[i]) }
             }
         }
+        // Nothing attended, or (attention-only layers) only positions the recorded row gives no
+        // weight: the policy's attention has no support in A. KL = -ln m with m = 0 is infinite;
+        // the loop above would have left it at 0, a perfect score.
+        let noSupport = n == 0 || (data.keys == nil && recall == 0)
 
         // Top-k recall: how many of the full cache's k most attended positions were attended.
         let k = Int(chunk.topKCount[idx])
@@ -436,6 +440,7 @@ final class PolicyLayerRun {
                 return norm > 0 ? diff.squareRoot() / norm : diff.squareRoot()
             }
         }
-        return HeadMetrics(recall: recall, topK: k > 0 ? Float(hits) / Float(k) : 1, kl: max(kl, 0), error: error)
+        return HeadMetrics(recall: recall, topK: k > 0 ? Float(hits) / Float(k) : 1,
+                           kl: noSupport ? .infinity : max(kl, 0), error: error)
     }
 }

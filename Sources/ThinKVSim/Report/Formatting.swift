@@ -18,9 +18,12 @@ public enum Format {
         value.isNaN ? "n/a" : String(format: "%.\(digits)f", value)
     }
 
-    /// Short, CSV- and JSON-safe rendering of a float: no locale, `nan` never appears.
+    /// Short, CSV-safe rendering of a float: no locale; infinities as `inf`/`-inf` (an infinite
+    /// KL is a result); NaN as an empty cell, like an unavailable metric.
     public static func csv(_ value: Double) -> String {
-        value.isFinite ? String(format: "%.6g", value) : ""
+        if value.isNaN { return "" }
+        if value.isInfinite { return value > 0 ? "inf" : "-inf" }
+        return String(format: "%.6g", value)
     }
 }
 
