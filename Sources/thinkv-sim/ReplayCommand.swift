@@ -25,6 +25,7 @@ enum ReplayCommand: Subcommand {
             policy that has them; 'thinkv-sim policies' lists them with defaults.
 
             Replay is teacher-forced: queries come from the recorded full-cache run, so errors do not compound.
+            docs/metrics.md defines every reported number.
 
             examples:
               thinkv-sim replay traces/sample.h5
