@@ -35,8 +35,8 @@ final class CLITests: XCTestCase {
         // Output goes to files rather than pipes, so a chatty child can never stall on a full pipe.
         let outURL = directory.appendingPathComponent("stdout-\(UUID().uuidString)")
         let errURL = directory.appendingPathComponent("stderr-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
         let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
         let process = Process()
         process.executableURL = binary
@@ -82,8 +82,13 @@ final class CLITests: XCTestCase {
         let nan = try goodTrace("nan.h5")
         try HDF5Editor.edit(nan) { try $0.patch("/layers/0/q", element: 6 * 2 * 4, with: .nan) }  // row 6
 
+        let truncated = directory.appendingPathComponent("truncated.h5").path
+        let whole = try Data(contentsOf: URL(fileURLWithPath: try goodTrace("whole.h5")))
+        try whole.prefix(whole.count / 2).write(to: URL(fileURLWithPath: truncated))
+
         for command in ["validate", "inspect", "replay"] {
             assertOneLineFailure(try run([command, text]), command: command, path: text, mentions: "not an HDF5 file")
+            assertOneLineFailure(try run([command, truncated]), command: command, path: truncated, mentions: "truncated")
             assertOneLineFailure(try run([command, missing]), command: command, path: missing, mentions: "no such file")
             assertOneLineFailure(try run([command, noModel]), command: command, path: noModel, mentions: "attribute 'model': missing")
             assertOneLineFailure(try run([command, nan]), command: command, path: nan, mentions: "/layers/0/q: NaN in row 6")

@@ -19,7 +19,7 @@ public struct PolicySpec: Hashable, Sendable {
     public let name: String
     public let parameters: PolicyParameters
     /// Set only for a policy outside the registry (see `init(unregistered:values:)`).
-    private let unregisteredType: (any CachePolicy.Type)?
+    private let unregistered: UnregisteredPolicyType?
 
     /// Builds a spec from raw `name -> value` strings, validating them against the policy's declared parameters.
     public init(name: String, values: [String: String] = [:]) throws {
@@ -28,7 +28,7 @@ public struct PolicySpec: Hashable, Sendable {
         }
         self.name = name
         self.parameters = try PolicyParameters(policy: name, specs: type.parameters, values: values)
-        self.unregisteredType = nil
+        self.unregistered = nil
     }
 
     /// A spec for a policy type the registry does not list: tests replay small policies
@@ -36,10 +36,10 @@ public struct PolicySpec: Hashable, Sendable {
     init(unregistered type: any CachePolicy.Type, values: [String: String] = [:]) throws {
         self.name = type.name
         self.parameters = try PolicyParameters(policy: type.name, specs: type.parameters, values: values)
-        self.unregisteredType = type
+        self.unregistered = UnregisteredPolicyType(type: type)
     }
 
-    public var type: any CachePolicy.Type { unregisteredType ?? PolicyRegistry.type(named: name)! }
+    public var type: any CachePolicy.Type { unregistered?.type ?? PolicyRegistry.type(named: name)! }
 
     // Metatypes are not Hashable; a spec is identified by its policy type and parameter values.
     public static func == (a: PolicySpec, b: PolicySpec) -> Bool {
@@ -70,6 +70,12 @@ public struct PolicySpec: Hashable, Sendable {
             }
         }
     }
+}
+
+/// A policy metatype carried by a spec. Metatypes are immutable, so sharing one across threads
+/// is safe even though `CachePolicy` itself does not require `Sendable`.
+private struct UnregisteredPolicyType: @unchecked Sendable {
+    let type: any CachePolicy.Type
 }
 
 extension PolicySpec {
