@@ -367,6 +367,60 @@ final class MetricIdentityTests: XCTestCase {
         }
     }
 
+    // MARK: Paging
+
+    private func replay(_ path: String, _ spec: PolicySpec, paging: PagingMode, blockSize: Int) throws -> PolicyRun {
+        var configuration = ReplayConfiguration(policies: [spec], threads: 1)
+        configuration.paging = paging
+        configuration.blockSize = blockSize
+        return try ReplayEngine(reader: try TraceReader(path: path), configuration: configuration).run().runs[0]
+    }
+
+    /// The hand trace with blocks of 2 slots, evicting even positions (never the current one)
+    /// before attention. 16-bit tokens: one slot costs D · 32 bits = 8 bytes.
+    ///
+    /// prefill: block 0 = [0, 1].
+    /// step 0 (p = 2): 0 leaves; its slot is reused in place by 2 (CT): block 0 = [2, 1]:
+    ///   1 block, occupancy 2/2, 16 bytes. A dense cache would shift 1 forward: 8 bytes copied.
+    /// step 1 (p = 3): 2 leaves and 3 takes its slot: block 0 = [3, 1]; 2 was last in dense
+    ///   order, so a gather copies nothing.
+    func testHandComputedPaging() throws {
+        let path = try handTrace()
+        let policy = try spec(EvictResidues.self, ["stride": "2", "offset": "0"])
+        for mode in [PagingMode.ct, .compact] {
+            let run = try replay(path, policy, paging: mode, blockSize: 2)
+            XCTAssertEqual(run.steps.map(\.blocks), [1, 1], "\(mode)")
+            XCTAssertEqual(run.steps.map(\.slotOccupancy), [1, 1])
+            XCTAssertEqual(run.steps.map(\.pagedBytes), [16, 16])
+            XCTAssertEqual(run.steps.map(\.compactionBytes), [8, 0], "measured in every mode")
+            XCTAssertEqual(run.summary.memory.peakBlocks, 1)
+            XCTAssertEqual(run.summary.memory.peakPagedBytes, 16)
+            XCTAssertEqual(run.summary.memory.totalCompactionBytes, 8)
+        }
+        // Without eviction the blocks fill up: 3 tokens then 4 in blocks of 2.
+        let full = try replay(path, try PolicySpec(name: "full"), paging: .ct, blockSize: 2)
+        XCTAssertEqual(full.steps.map(\.blocks), [2, 2])
+        XCTAssertEqual(full.steps.map(\.slotOccupancy), [0.75, 1])
+        XCTAssertEqual(full.summary.memory.meanSlotOccupancy, 0.875)
+    }
+
+    /// With --paging none there are no blocks, so nothing is charged to them, metadata included.
+    func testNoPagingChargesNothingToBlocks() throws {
+        let path = try TestTraces.write(to: directory.appendingPathComponent("nopaging.h5"), T: 8, P: 3, Hq: 2, Hkv: 2, D: 4,
+                                        layers: [TestTraces.randomLayer(T: 8, Hq: 2, Hkv: 2, D: 4, seed: 31)])
+        let none = try replay(path, try spec(ChargePromptBits.self), paging: .none, blockSize: 4)
+        for r in none.steps {
+            XCTAssertEqual([r.blocks, r.pagedBytes], [0, 0])
+            XCTAssertEqual(r.slotOccupancy, 0)
+        }
+        XCTAssertEqual(none.summary.memory.peakPagedBytes, 0)
+        // With pages, the 12 bytes of metadata come on top of the blocks.
+        let ct = try replay(path, try spec(ChargePromptBits.self), paging: .ct, blockSize: 4)
+        let first = ct.steps[0]  // 4 tokens per head, one block each; head 0's block is as wide as its widest (16-bit) token
+        XCTAssertEqual(first.blocks, 2)
+        XCTAssertEqual(first.pagedBytes, 2 * 4 * 4 * 32 / 8 + 12)
+    }
+
     // MARK: Values, threads, edge cases
 
     func testOutputErrorIsUnavailableWithoutValues() throws {

@@ -251,7 +251,8 @@ final class PolicyLayerRun {
             blocks += paging[g].blocks()
             live += paging[g].liveTokens
             bytes += paging[g].pagedBytes { Int(self.cache.keyBits[base + Int($0)]) + Int(self.cache.valueBits[base + Int($0)]) }
-                + cache.metadataBytes[g]
+            // Metadata sits beside the blocks; with no pages (--paging none) nothing is paged.
+            if paging[g].mode != .none { bytes += cache.metadataBytes[g] }
         }
         let capacity = blocks * (paging.first?.blockSize ?? 1)
         return (blocks, capacity > 0 ? Double(live) / Double(capacity) : 0, bytes)
