@@ -2,6 +2,12 @@
 # Both install the system packages they need (scripts/ensure-deps.sh) on a fresh Debian machine.
 
 SWIFT     ?= swift
+# Fused multiply-add and AVX2 for the attention kernels when this CPU has them; the plain
+# build (no flags) runs anywhere x86-64 or arm64 does.
+ifneq ($(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && uname -m | grep -q x86_64 && echo yes),)
+CPU_FLAGS ?= -Xswiftc -target-cpu -Xswiftc haswell -Xswiftc -DTHINKV_FMA
+endif
+SWIFTFLAGS ?= $(CPU_FLAGS)
 RELEASE   := .build/release/thinkv-sim
 SAMPLE    := traces/sample-synthetic.h5
 BUDGET    ?= 256
@@ -20,7 +26,7 @@ deps:
 	@scripts/ensure-deps.sh
 
 build: deps
-	$(SWIFT) build -c release --product thinkv-sim
+	$(SWIFT) build -c release $(SWIFTFLAGS) --product thinkv-sim
 
 run: build
 	$(RELEASE) inspect $(SAMPLE)
@@ -28,8 +34,8 @@ run: build
 	$(RELEASE) replay $(SAMPLE) --policy full --budget $(BUDGET)
 
 test: deps
-	$(SWIFT) build --build-tests
-	$(SWIFT) test
+	$(SWIFT) build --build-tests $(SWIFTFLAGS)
+	$(SWIFT) test $(SWIFTFLAGS)
 
 clean:
 	rm -rf .build out

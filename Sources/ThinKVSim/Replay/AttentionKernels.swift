@@ -3,7 +3,20 @@ import Foundation
 /// The inner loops of replay: dot products, scaled accumulation and softmax over Float32
 /// buffers. Accumulation order is fixed (8-lane partial sums, then a fixed tree), so results do
 /// not depend on threading.
+///
+/// Built with `-DTHINKV_FMA` (the Makefile adds it, with `-target-cpu haswell`, on CPUs with
+/// AVX2 and FMA) the loops use fused multiply-add. Without it they multiply then add: at the
+/// baseline x86-64 target `SIMD.addProduct` would become one `fmaf` library call per lane.
 public enum Kernels {
+    @inline(__always)
+    static func multiplyAdd(_ acc: inout SIMD8<Float>, _ a: SIMD8<Float>, _ b: SIMD8<Float>) {
+        #if THINKV_FMA
+        acc.addProduct(a, b)
+        #else
+        acc = acc + a * b
+        #endif
+    }
+
     /// Σ a[i]·b[i] for i in 0..<n.
     @inline(__always)
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
@@ -16,14 +29,14 @@ public enum Kernels {
             let b0 = rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
             let a1 = ra.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
             let b1 = rb.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-            acc0.addProduct(a0, b0)
-            acc1.addProduct(a1, b1)
+            multiplyAdd(&acc0, a0, b0)
+            multiplyAdd(&acc1, a1, b1)
             i += 16
         }
         if i + 8 <= n {
             let a0 = ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
             let b0 = rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            acc0.addProduct(a0, b0)
+            multiplyAdd(&acc0, a0, b0)
             i += 8
         }
         var sum = (acc0 + acc1).sum()
@@ -42,7 +55,7 @@ public enum Kernels {
         let a = SIMD8<Float>(repeating: alpha)
         while i + 8 <= n {
             var yv = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            yv.addProduct(a, rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
+            multiplyAdd(&yv, a, rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
             ry.storeBytes(of: yv, toByteOffset: i * 4, as: SIMD8<Float>.self)
             i += 8
         }
