@@ -66,7 +66,8 @@ public final class H2OPolicy: CachePolicy {
     private let header: TraceHeader
     /// `1/sqrt(D)`: the scale the reference's scorer uses.
     private let scorerScale: Float
-    /// Recompute scoring probabilities (trace scale ≠ 1/sqrt(D) and keys/queries recorded).
+    /// Recompute scoring probabilities: queries and keys are recorded and the trace's scale
+    /// differs from 1/sqrt(D) by more than float32 rounding.
     private let rescore: Bool
     /// Accumulated scores indexed by position: `[Hkv][T]` for sum/max, `[Hq][T]` for per-qhead.
     private var score: [Float]
@@ -88,7 +89,9 @@ public final class H2OPolicy: CachePolicy {
         }
         header = setup.header
         scorerScale = header.referenceScorerScale
-        rescore = setup.layer.hasQueriesAndKeys && header.effectiveSoftmaxScale != header.referenceScorerScale
+        // A stored 1/sqrt(D) may differ from ours in the last bit; that is not a different scale.
+        let relative = abs(header.effectiveSoftmaxScale - scorerScale) / scorerScale
+        rescore = setup.layer.hasQueriesAndKeys && relative > 1e-6
         let rows = reduce == .perQueryHead ? header.numQHeads : header.numKVHeads
         score = [Float](repeating: 0, count: rows * header.numTokens)
     }
