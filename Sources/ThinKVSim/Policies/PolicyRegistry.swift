@@ -5,6 +5,8 @@ public enum PolicyRegistry {
     public static let all: [any CachePolicy.Type] = [
         FullCachePolicy.self,
         KIVIPolicy.self,
+        H2OPolicy.self,
+        StreamingLLMPolicy.self,
     ]
 
     public static func type(named name: String) -> (any CachePolicy.Type)? {
