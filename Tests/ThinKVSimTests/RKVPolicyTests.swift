@@ -14,24 +14,6 @@ import XCTest
 final class RKVPolicyTests: XCTestCase {
     private func rkv(_ values: [String: String]) throws -> PolicySpec { try PolicySpec(name: "rkv", values: values) }
 
-    /// Writes a one-layer D = 2 trace from per-position keys `[T][Hkv]` and queries `[T][Hq]`
-    /// (nil queries are zero).
-    private func handTrace(keys: [[(Float, Float)]], queries: [Int: [(Float, Float)]] = [:], P: Int, Hq: Int = 1,
-                           name: String = "hand.h5") throws -> String {
-        let T = keys.count, Hkv = keys[0].count
-        var k = [Float](), q = [Float](repeating: 0, count: T * Hq * 2)
-        for row in keys { for (x, y) in row { k += [x, y] } }
-        for (p, heads) in queries {
-            for (h, (x, y)) in heads.enumerated() {
-                q[(p * Hq + h) * 2] = x
-                q[(p * Hq + h) * 2 + 1] = y
-            }
-        }
-        let dir = try TestTraces.directory(self)
-        return try TestTraces.write(to: dir.appendingPathComponent(name), T: T, P: P, Hq: Hq, Hkv: Hkv, D: 2,
-                                    layers: [TestTraces.Layer(q: q, k: k)])
-    }
-
     // MARK: Hand-computed examples
 
     /// T = 7, P = 2, B = 3, w = 1, divide = 3, all queries zero. Keys by position:
@@ -61,7 +43,7 @@ final class RKVPolicyTests: XCTestCase {
     /// So the physical order left by the first compression changes what the second one keeps.
     func testScoreAndPositionSlotOrdersDivergeAtTheSecondCompression() throws {
         let keys: [(Float, Float)] = [(1, 1), (0, -1), (-1, 0), (3, 1), (-1, -1), (0, 1), (1, -1)]
-        let path = try handTrace(keys: keys.map { [$0] }, P: 2)
+        let path = try TestTraces.plane(self, keys: keys.map { [$0] }, P: 2)
         let base = ["budget": "3", "window": "1", "divide": "3"]
 
         let (_, scoreEvents, scoreSnapshots) = try TestTraces.observe(path, RKVPolicy.self, base)
@@ -109,7 +91,7 @@ final class RKVPolicyTests: XCTestCase {
     /// mean over the group: A 0, B 3, C 2 → keep B, C: [1 2 3].
     func testGroupPoolingTakesTheMaxOfLogitsNotTheMean() throws {
         let r2 = Float(2).squareRoot()
-        let path = try handTrace(keys: [[(6, -6)], [(3, 3)], [(2, 2)], [(0, 0)]],
+        let path = try TestTraces.plane(self, keys: [[(6, -6)], [(3, 3)], [(2, 2)], [(0, 0)]],
                                  queries: [3: [(r2, 0), (0, r2)]], P: 1, Hq: 2)
         let base = ["budget": "3", "window": "1", "divide": "3", "kernel": "1", "lambda": "1"]
         let (_, maxEvents, maxSnapshots) = try TestTraces.observe(path, RKVPolicy.self, base)
@@ -131,7 +113,7 @@ final class RKVPolicyTests: XCTestCase {
     func testMaxPoolingSpreadsImportanceAndTiesGoToTheLowerSlot() throws {
         let r2 = Float(2).squareRoot()
         let keys: [[(Float, Float)]] = [[(0, 0)], [(5, 0)], [(0, 0)], [(0, 0)], [(3, 0)], [(0, 1)]]
-        let path = try handTrace(keys: keys, queries: [5: [(r2, 0)]], P: 2)
+        let path = try TestTraces.plane(self, keys: keys, queries: [5: [(r2, 0)]], P: 2)
         let base = ["budget": "3", "window": "1", "divide": "5", "lambda": "1"]
         var plain = base
         plain["kernel"] = "1"
@@ -148,7 +130,7 @@ final class RKVPolicyTests: XCTestCase {
     /// slots 0, 1 and the window → [0 1 4]. (A "higher index wins" rule would keep [2 3 4].)
     func testTiedScoresKeepTheLowerSlots() throws {
         let keys: [[(Float, Float)]] = [[(1, 0)], [(0, 1)], [(1, 1)], [(2, 1)], [(1, 2)], [(3, 1)]]
-        let path = try handTrace(keys: keys, P: 2)
+        let path = try TestTraces.plane(self, keys: keys, P: 2)
         let (_, events) = try TestTraces.replay(path, [try rkv(["budget": "3", "window": "1", "divide": "4", "lambda": "1"])])
         XCTAssertEqual(keptByStep(events), [2: [0, 1, 4]])
     }
@@ -160,7 +142,7 @@ final class RKVPolicyTests: XCTestCase {
     func testLengthEqualToBudgetReordersWithoutDropping() throws {
         let r2 = Float(2).squareRoot()
         let keys: [[(Float, Float)]] = [[(1, 0)], [(3, 0)], [(2, 0)], [(0, 1)], [(0, 1)]]
-        let path = try handTrace(keys: keys, queries: [3: [(r2, 0)]], P: 4)
+        let path = try TestTraces.plane(self, keys: keys, queries: [3: [(r2, 0)]], P: 4)
         let values = ["budget": "4", "window": "1", "kernel": "1", "lambda": "1"]
         let (_, events, snapshots) = try TestTraces.observe(path, RKVPolicy.self, values)
         XCTAssertEqual(snapshots[0].resident, [[1, 2, 0, 3]])
