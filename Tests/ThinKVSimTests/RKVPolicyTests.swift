@@ -64,8 +64,9 @@ final class RKVPolicyTests: XCTestCase {
     /// `cal_similarity` on the first compression's keys k0 (1,1), k1 (0,−1), k2 (−1,0), k3 (3,1)
     /// (see above): column means r = [0, −1.0233, −1.6558, −1.2649]/4 = [0, −.25583, −.41395,
     /// −.31623] (col3 = c13 + c23 with row 0's c03 zeroed), and the redundancy is softmax(r) =
-    /// [.31604, .24470, .20891, .23036] (numpy). Without the quirk (rows 1 and 2 leaving S[i,0]
-    /// alone) col0 would be −1.4142 and the softmax [.24497, .27012, .23062, .25429].
+    /// [.31603567, .24469718, .20891084, .23035632] (numpy, float64). Without the quirk (rows 1
+    /// and 2 leaving S[i,0] alone) col0 would be −1.4142 and the softmax [.24497, .27012, .23062,
+    /// .25429].
     func testRedundancyZeroesSlotZeroForRowsWithoutASimilarKey() {
         let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2,
                                  promptLength: 4, numTokens: 4)
@@ -74,8 +75,8 @@ final class RKVPolicyTests: XCTestCase {
         let scorer = WindowScorer(rule: rule, header: header)
         let keys: [Float] = [1, 1, 0, -1, -1, 0, 3, 1]
         let red = keys.withUnsafeBufferPointer { scorer.redundancy(slots: [0, 1, 2, 3], keys: $0.baseAddress!, threshold: 0.5) }
-        let expected: [Float] = [0.31603567, 0.24469718, 0.20891084, 0.23035632]
-        for (a, b) in zip(red, expected) { XCTAssertEqual(a, b, accuracy: 1e-6) }
+        let expected = [0.31603567, 0.24469718, 0.20891084, 0.23035632]
+        for (a, b) in zip(red, expected) { XCTAssertEqual(a, b, accuracy: 1e-8) }
         // The slot order is the matrix order: listing the same keys as slots [3 2 1 0] makes
         // slot 0 hold k3, and rows 1 and 2 (k1, k2; no similar key) now zero their entry with k3.
         let reordered = keys.withUnsafeBufferPointer { scorer.redundancy(slots: [3, 2, 1, 0], keys: $0.baseAddress!, threshold: 0.5) }

@@ -9,10 +9,13 @@ compression event in the format of `thinkv-sim replay --kept`:
     {"policy": "...", "step": t, "position": p, "layer": n, "kv_head": g, "kept": [ascending]}
 
 Only decode events that dropped something are printed (the prompt's compression is silent), as
-thinkv-sim does. Everything is float32; ties in the top-k go to the lower slot index.
+thinkv-sim does. Scores are computed in float64 by default, as thinkv-sim computes them
+(`--dtype float32` is there to show why: in float32 the order of near-tied kept tokens depends
+on rounding, and since the order feeds later compressions, two float32 implementations drift
+apart on long traces). Ties in the top-k go to the lower slot index.
 
     python3 rkv_reference.py TRACE --budget 64 [--window 8 --kernel 7 --lambda 0.07
-        --threshold 0.5 --divide 128 --gqa-pool max --slot-order score --layers 0,3]
+        --threshold 0.5 --divide 128 --gqa-pool max --slot-order score --dtype float64 --layers 0,3]
 
 Compare with compare_kept.py.
 """
@@ -33,14 +36,14 @@ def softmax(x, axis=-1):
 def redundancy(keys):
     """cal_similarity as reference-policies.md 2.2.3 states it, over all L slots."""
     L = keys.shape[0]
-    unit = keys / (np.linalg.norm(keys, axis=1, keepdims=True) + np.float32(1e-8))
-    sim = (unit @ unit.T).astype(np.float32)
+    unit = keys / (np.linalg.norm(keys, axis=1, keepdims=True) + DTYPE(1e-8))
+    sim = (unit @ unit.T).astype(DTYPE)
     np.fill_diagonal(sim, 0)
     for i in range(L):
         similar = np.flatnonzero(sim[i] > THRESHOLD)
         retained = similar[-1] if similar.size else 0  # largest slot index, else slot 0
         sim[i, retained] = 0
-    return softmax(sim.sum(axis=0) / np.float32(L))
+    return softmax(sim.sum(axis=0) / DTYPE(L))
 
 
 def select(slots, keys, window_queries, args, scale):
@@ -51,14 +54,14 @@ def select(slots, keys, window_queries, args, scale):
     L = len(slots)
     C = L - w
     K = keys[slots]
-    logits = np.einsum("rhd,jd->rhj", window_queries, K).astype(np.float32) * scale
+    logits = np.einsum("rhd,jd->rhj", window_queries, K).astype(DTYPE) * scale
     logits = logits.max(axis=1) if args.gqa_pool == "max" else logits.mean(axis=1)
     attention = softmax(logits[:, :C], axis=1).mean(axis=0)
     half = args.kernel // 2
-    padded = np.concatenate([np.full(half, -np.inf, np.float32), attention, np.full(half, -np.inf, np.float32)])
-    importance = np.array([padded[j:j + args.kernel].max() for j in range(C)], dtype=np.float32)
+    padded = np.concatenate([np.full(half, -np.inf, DTYPE), attention, np.full(half, -np.inf, DTYPE)])
+    importance = np.array([padded[j:j + args.kernel].max() for j in range(C)], dtype=DTYPE)
     red = redundancy(K)[:C]
-    score = np.float32(args.mix_lambda) * importance - red * np.float32(1 - args.mix_lambda)
+    score = DTYPE(args.mix_lambda) * importance - red * DTYPE(1 - args.mix_lambda)
     ranked = sorted(range(C), key=lambda j: (-score[j], j))[: args.budget - w]
     if args.slot_order == "position":
         ranked.sort(key=lambda j: slots[j])
@@ -69,7 +72,7 @@ def replay_layer(q, k, P, args, layer, out):
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
-    scale = np.float32(1 / np.sqrt(D))
+    scale = DTYPE(1 / np.sqrt(D))
     w = args.window
     slots = [list(range(P)) for _ in range(Hkv)]
     window = [q[p] for p in range(max(0, P - w), P)]  # each [Hq, D]
@@ -112,11 +115,14 @@ def main():
     parser.add_argument("--slot-order", choices=["score", "position"], default="score")
     parser.add_argument("--layers", help="comma-separated layer indices (default: all with q and k)")
     parser.add_argument("--steps", type=int, help="replay only the first N decode steps")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                        help="precision of the scores (thinkv-sim uses float64)")
     args = parser.parse_args()
     if args.budget <= args.window:
         parser.error("--budget must exceed --window")
-    global THRESHOLD
-    THRESHOLD = np.float32(args.threshold)
+    global THRESHOLD, DTYPE
+    DTYPE = np.float64 if args.dtype == "float64" else np.float32
+    THRESHOLD = DTYPE(args.threshold)
 
     with h5py.File(args.trace, "r") as f:
         P = int(f.attrs["prompt_len"])
@@ -127,12 +133,13 @@ def main():
             group = f["layers"][name]
             if "q" not in group or "k" not in group:
                 continue
-            q = group["q"][...].astype(np.float32)
-            k = group["k"][...].astype(np.float32)
+            q = group["q"][...].astype(DTYPE)
+            k = group["k"][...].astype(DTYPE)
             replay_layer(q, k, P, args, int(name), sys.stdout)
 
 
-THRESHOLD = np.float32(0.5)
+DTYPE = np.float64
+THRESHOLD = DTYPE(0.5)
 
 if __name__ == "__main__":
     main()

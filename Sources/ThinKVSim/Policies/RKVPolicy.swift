@@ -31,8 +31,10 @@ import Foundation
 ///   reference also requires a full query window; with `buffer ≥ window` (which it enforces)
 ///   the window holds the w newest decode queries at every boundary, so that never blocks.
 ///
-/// Deviations, all documented in docs/policies.md: float32 throughout (the reference casts the
-/// importance and computes the similarity in the model's bf16/fp16); the scorer's scale is
+/// Deviations, all documented in docs/policies.md: scores in float64 from the stored tensors
+/// (the reference computes in the model's bf16/fp16 and casts the importance to it; float64 is
+/// used because the kept order feeds later compressions and float32 rounding reorders near-ties,
+/// see `WindowScorer`); the scorer's scale is
 /// 1/sqrt(D) even when the trace's `softmax_scale` differs (the reference hard-codes it);
 /// ties are broken by slot index (torch leaves them unspecified).
 public final class RKVPolicy: CachePolicy {
@@ -71,7 +73,7 @@ public final class RKVPolicy: CachePolicy {
     private let promptLength: Int
     private let scorer: WindowScorer
     private var queries: QueryWindow
-    private var scores: [Float] = []
+    private var scores: [Double] = []
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         budget = parameters.int("budget")!
@@ -95,7 +97,7 @@ public final class RKVPolicy: CachePolicy {
         let rule = WindowScoringRule(
             softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: kernel,
             groupReduce: parameters.string("gqa-pool") == "mean" ? .meanLogits : .maxLogits,
-            redundancy: .init(lambda: parameters.double("lambda")!, threshold: Float(parameters.double("threshold")!)))
+            redundancy: .init(lambda: parameters.double("lambda")!, threshold: parameters.double("threshold")!))
         scorer = WindowScorer(rule: rule, header: header)
         queries = QueryWindow(capacity: window, numQHeads: header.numQHeads, headDim: header.headDim)
     }

@@ -23,7 +23,8 @@ import Foundation
 ///   candidate, so `topk` returns it first: the window, then the best B − w candidates in score
 ///   order. Nothing is done at prefill (the press only acts on decode steps).
 ///
-/// All variants score with 1/sqrt(D) and in float32; ties go to the lower slot index.
+/// All variants score with 1/sqrt(D) in float64 (see `WindowScorer`); ties go to the lower slot
+/// index.
 public final class SnapKVPolicy: CachePolicy {
     public static let name = "snapkv"
     public static let summary = "SnapKV: keep the window and the tokens its queries attend to most (R-KV's decode-time variant, the original prefill-only one, or kvpress's DecodingPress)"
@@ -74,7 +75,7 @@ public final class SnapKVPolicy: CachePolicy {
     private let promptLength: Int
     private let scorer: WindowScorer
     private var queries: QueryWindow
-    private var scores: [Float] = []
+    private var scores: [Double] = []
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         variant = Variant(rawValue: parameters.string("snap-variant")!)!
