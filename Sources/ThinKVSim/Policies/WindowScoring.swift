@@ -108,7 +108,6 @@ struct WindowScoringRule: Equatable {
 /// precision the order is decided by the inputs alone (docs/policies.md, rkv, Precision).
 final class WindowScorer {
     let rule: WindowScoringRule
-    let numQHeads: Int
     let groupSize: Int
     let headDim: Int
     /// The scale the references hard-code: 1/sqrt(D), whatever the trace's softmax_scale.
@@ -129,7 +128,6 @@ final class WindowScorer {
 
     init(rule: WindowScoringRule, header: TraceHeader) {
         self.rule = rule
-        numQHeads = header.numQHeads
         groupSize = header.groupSize
         headDim = header.headDim
         scale = 1 / Double(header.headDim).squareRoot()
@@ -311,7 +309,7 @@ final class WindowScorer {
                             // still summed in the same lane order as `dotDouble`.
                             for i0 in stride(from: 0, to: L, by: 4) {
                                 let rows = Swift.min(4, L - i0)
-                                for j in (i0 + 1)..<Swift.max(L, i0 + 1) {
+                                for j in (i0 + 1)..<L {
                                     let live = Swift.min(rows, j - i0)  // rows i < j of this block
                                     dotRows(base + i0 * D, rows: live, base + j * D, D, into: &pair)
                                     for r in 0..<live {
