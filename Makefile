@@ -13,6 +13,7 @@ RELEASEFLAGS ?= $(SWIFTFLAGS) -Xswiftc -enforce-exclusivity=unchecked
 RELEASE   := .build/release/thinkv-sim
 SAMPLE    := traces/sample-synthetic.h5
 BUDGET    ?= 256
+POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi
 
 .PHONY: all deps build run test bench sweep clean help
 
@@ -33,7 +34,7 @@ build: deps
 run: build
 	$(RELEASE) inspect $(SAMPLE)
 	@echo
-	$(RELEASE) replay $(SAMPLE) --policy full --budget $(BUDGET)
+	$(RELEASE) replay $(SAMPLE) --policy $(POLICIES) --budget $(BUDGET)
 
 test: deps
 	$(SWIFT) build --build-tests $(SWIFTFLAGS)
