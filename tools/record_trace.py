@@ -463,7 +463,7 @@ class AttentionCapture:
         def recording_attention(module, query, key, value, attention_mask, *args, **kwargs):
             layer = capture.by_module.get(id(module))
             if layer is not None and layer in capture.layers and capture.sink is not None:
-                capture._record(layer, query, key, value, args, kwargs)
+                capture._record(layer, module, query, key, value, args, kwargs)
             return original(module, query, key, value, attention_mask, *args, **kwargs)
 
         recording_attention.__wrapped__ = original
@@ -503,7 +503,7 @@ class AttentionCapture:
                 f"({transformers.__version__}) runs '{model_type}' attention through a path record_trace.py "
                 f"does not hook (try --attn-implementation eager)")
 
-    def _record(self, layer, query, key, value, args, kwargs):
+    def _record(self, layer, module, query, key, value, args, kwargs):
         if self.calls.get(layer, 0):
             raise RecorderError(f"layer {layer}: attention ran twice in one forward; cannot tell which call to record")
         self.calls[layer] = 1
@@ -517,9 +517,13 @@ class AttentionCapture:
         scaling = kwargs.get("scaling", args[0] if args else None)
         self.scaling[layer] = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
         sinks = kwargs.get("s_aux")
+        if sinks is None:
+            sinks = getattr(module, "sinks", None)
         if sinks is not None:
             self.sinks[layer] = sinks.detach().float().cpu().numpy().reshape(-1)
         window = kwargs.get("sliding_window")
+        if window is None:
+            window = getattr(module, "sliding_window", None)
         if window is not None:
             self.sliding_window[layer] = int(window)
         # [1, H, S, D] -> [S, H, D]; keys/values end with the new positions (the cache is in front).
@@ -585,7 +589,8 @@ class TraceWriter:
 
     def add_tokens(self, ids, texts):
         self._append("tokens/ids", self.np.asarray(ids, dtype=self.np.int32))
-        self._append("tokens/text", self.np.array(texts, dtype=object))
+        # HDF5 variable-length strings end at a NUL byte: a NUL character is stored as U+2400 (␀).
+        self._append("tokens/text", self.np.array([t.replace("\x00", "\u2400") for t in texts], dtype=object))
 
     def add_layer(self, layer, q, k, v):
         """q [S, Hq, D], k and v [S, Hkv, D]: torch tensors on any device."""
@@ -777,8 +782,6 @@ def record_one(job, ctx):
     from tqdm import tqdm
 
     args, model, tokenizer = ctx["args"], ctx["model"], ctx["tokenizer"]
-    if os.path.exists(job.output) and not args.overwrite:
-        raise RecorderError(f"{job.output}: exists (pass --overwrite to replace it)")
     prompt_ids = encode_prompt(tokenizer, job, ctx["use_template"], args.template_kwargs)
     P = len(prompt_ids)
     max_pos = getattr(model.config, "max_position_embeddings", None)
@@ -937,6 +940,9 @@ def main(argv=None):
 
 def run(args):
     jobs = load_jobs(args)
+    for job in jobs:
+        if os.path.exists(job.output) and not args.overwrite:
+            raise RecorderError(f"{job.output}: exists (pass --overwrite to replace it)")
     folder, gguf = model_location(args.model)
     if args.tokenizer and not os.path.isdir(args.tokenizer):
         raise RecorderError(f"{args.tokenizer}: no such tokenizer folder")
