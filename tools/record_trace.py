@@ -76,6 +76,9 @@ def build_parser():
     m.add_argument("--model-dtype", default="default", choices=["default", "auto", "float32", "bfloat16", "float16"],
                    help="dtype the model computes in. 'default': float32 on cpu, bfloat16 elsewhere; "
                    "'auto': the checkpoint's own dtype. Default: default")
+    m.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads PyTorch uses (default: PyTorch's choice, usually the core count). "
+                   "On a CPU shared with other jobs, fewer threads can be much faster")
     m.add_argument("--attn-implementation", default="eager", choices=["eager", "sdpa"],
                    help="transformers attention implementation to run (both are captured). Default: eager")
 
@@ -143,6 +146,8 @@ def check_arguments(parser, args):
         parser.error("--repetition-penalty must be a positive number")
     if not (0 <= args.seed < 2**63):
         parser.error("--seed must be between 0 and 2^63-1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     if args.chunk_size < 1:
         parser.error("--chunk-size must be at least 1")
     if args.system is not None and args.chat_template is False:
@@ -950,6 +955,8 @@ def run(args):
     import torch
     import transformers
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = load_config(folder, gguf)
     check_architecture(config)
     shape = config_shape(config)

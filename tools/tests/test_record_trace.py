@@ -384,6 +384,7 @@ def test_cli_help_and_usage_errors(tmp_path):
         (["--model", "m", "--prompt", "x", "-o", "t.h5", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["--model", "m", "--prompt", "x", "-o", "t.h5", "--layers", "a,b"], "--layers: 'a' is not"),
         (["--model", "m", "--prompt", "x", "-o", "t.h5", "--device", "gpu"], "--device: 'gpu'"),
+        (["--model", "m", "--prompt", "x", "-o", "t.h5", "--threads", "0"], "--threads must be at least 1"),
         (["--model", "m", "--prompt", "x", "-o", "t.h5", "--no-chat-template", "--system", "s"], "--system needs"),
     ]:
         r = run_cli(*argv)
