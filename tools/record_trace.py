@@ -441,8 +441,9 @@ class AttentionCapture:
     Installed as a context manager; restores what it replaced on exit.
     """
 
-    def __init__(self, model, layers, attn_impl):
+    def __init__(self, model, layers, attn_impl, shape):
         self.layers = set(layers)
+        self.shape = shape  # (num_layers, q heads, kv heads, head dim) from the config
         self.attn_impl = attn_impl
         self.sink = None
         self.expected_len = None
@@ -515,6 +516,11 @@ class AttentionCapture:
         if query.dim() != 4 or key.dim() != 4 or query.shape[0] != 1:
             raise RecorderError(f"layer {layer}: unexpected attention input shapes q {tuple(query.shape)}, "
                                 f"k {tuple(key.shape)} (expected [1, heads, seq, D])")
+        _, hq, hkv, d = self.shape
+        if (query.shape[1], key.shape[1], value.shape[1], query.shape[3], key.shape[3]) != (hq, hkv, hkv, d, d):
+            raise RecorderError(f"layer {layer}: attention inputs q {tuple(query.shape)}, k {tuple(key.shape)}, "
+                                f"v {tuple(value.shape)} disagree with the config ({hq} q heads, {hkv} kv heads, "
+                                f"head dim {d})")
         n = query.shape[2]
         if n != self.expected_len or key.shape[2] < n:
             raise RecorderError(f"layer {layer}: attention saw {n} queries and {key.shape[2]} keys in a forward "
@@ -604,12 +610,14 @@ class TraceWriter:
         tensors = [("q", q), ("k", k)] + ([("v", v)] if self.values else [])
         for name, t in tensors:
             rows = t.detach().to(dtype=target).cpu().numpy()
-            if not self.np.isfinite(rows).all():
-                src = t.detach().float()
-                bad = int((~torch.isfinite(src.to(target).float())).reshape(src.shape[0], -1).any(dim=1).nonzero()[0])
-                position = self.length[f"layers/{layer}/{name}"] + sum(len(r) for r in self.pending[f"layers/{layer}/{name}"]) + bad
-                if torch.isfinite(src).all():
-                    raise RecorderError(f"layer {layer} {name}: values up to {src.abs().max().item():.4g} overflow "
+            finite = self.np.isfinite(rows).reshape(len(rows), -1).all(axis=1)
+            if not finite.all():
+                dataset = f"layers/{layer}/{name}"
+                bad = int(self.np.argmin(finite))
+                position = self.length[dataset] + sum(len(r) for r in self.pending[dataset]) + bad
+                source = t[bad].detach().float()
+                if torch.isfinite(source).all():
+                    raise RecorderError(f"layer {layer} {name}: values up to {source.abs().max().item():.4g} overflow "
                                         f"float16 at position {position}; record with --dtype float32")
                 raise RecorderError(f"layer {layer} {name}: the model produced NaN or infinite values at position {position}")
             self._append(f"layers/{layer}/{name}", rows)
@@ -944,6 +952,8 @@ def main(argv=None):
 
 
 def run(args):
+    if args.no_progress:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # also transformers' own bars (read when tqdm is imported)
     jobs = load_jobs(args)
     for job in jobs:
         if os.path.exists(job.output) and not args.overwrite:
@@ -957,6 +967,8 @@ def run(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_progress:
+        transformers.utils.logging.disable_progress_bar()
     config = load_config(folder, gguf)
     check_architecture(config)
     shape = config_shape(config)
@@ -997,7 +1009,7 @@ def run(args):
     }
     if args.prompts:
         os.makedirs(args.output, exist_ok=True)
-    with AttentionCapture(model, layers, args.attn_implementation) as capture:
+    with AttentionCapture(model, layers, args.attn_implementation, shape) as capture:
         ctx["capture"] = capture
         for job in jobs:
             try:

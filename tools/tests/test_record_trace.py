@@ -289,6 +289,22 @@ def test_file_layout_types_and_streaming(tmp_path, llama_dir):
                 assert np.array_equal(ds[:], full.astype(np.float16))
 
 
+def test_float16_overflow_is_refused(tmp_path, llama_dir, monkeypatch, capsys):
+    loader = record_trace.load_model
+
+    def huge_values(*args, **kwargs):
+        model = loader(*args, **kwargs)
+        model.model.layers[1].self_attn.v_proj.weight.data *= 1e7
+        return model
+
+    monkeypatch.setattr(record_trace, "load_model", huge_values)
+    out = tmp_path / "o.h5"
+    msg = error_of(capsys, "--model", llama_dir, "--prompt", "x", "-o", out, "--no-progress", "--max-new-tokens", 2)
+    assert "layer 1 v: values up to" in msg and "overflow float16 at position 0; record with --dtype float32" in msg
+    assert not out.exists() and not (tmp_path / "o.h5.partial").exists()
+    record(llama_dir, out, "--dtype", "float32", "--max-new-tokens", 2)  # float32 holds them
+
+
 def test_no_chat_template_no_values(tmp_path, llama_dir):
     out = record(llama_dir, tmp_path / "n.h5", "--no-chat-template", "--no-values", "--layers", "1-2",
                  "--max-new-tokens", 3, "--ignore-eos", prompt="abc")
@@ -395,8 +411,10 @@ def error_of(capsys, *argv):
     code = record_trace.main(list(map(str, argv)))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert len(err) == 1 and err[0].startswith("record_trace.py: error: "), err
-    return err[0]
+    # Status lines may come first (a failure after the model loaded); the error is one line, the last.
+    assert err and err[-1].startswith("record_trace.py: error: "), err
+    assert sum("error" in line for line in err) == 1, err
+    return err[-1]
 
 
 def test_bad_inputs_get_one_line_errors(tmp_path, llama_dir, capsys):
