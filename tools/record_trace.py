@@ -880,8 +880,6 @@ def record_one(job, ctx):
     except KeyboardInterrupt:
         # Keep what was recorded; a forward cut short leaves some datasets one position ahead.
         stop_reason = "interrupted"
-        if bar is not None:
-            bar.close()
         if writer.truncate_to_common_length() < P:
             writer.discard()
             raise
@@ -892,10 +890,7 @@ def record_one(job, ctx):
         capture.sink = None
         if bar is not None:
             bar.close()
-    if stop_reason == "interrupted":
-        decode_seconds = time.time() - decode_started if decode_started else 0.0
-    else:
-        decode_seconds = time.time() - decode_started
+    decode_seconds = time.time() - decode_started if decode_started else 0.0
 
     layer_attrs = {}
     for layer in layers:
