@@ -39,5 +39,8 @@ test: deps
 	$(SWIFT) build --build-tests $(SWIFTFLAGS)
 	$(SWIFT) test $(SWIFTFLAGS)
 
+bench: build
+	$(RELEASE) bench
+
 clean:
 	rm -rf .build out

@@ -8,6 +8,7 @@ let commands: [any Subcommand.Type] = [
     CalibrateCommand.self,
     ValidateCommand.self,
     PoliciesCommand.self,
+    BenchCommand.self,
 ]
 
 func topLevelHelp() -> String {
