@@ -209,29 +209,27 @@ final class ThoughtCalibrationTests: XCTestCase {
         XCTAssertEqual(calibration.thresholds.layers, [0, 1, 2])
     }
 
-    func testFallbackWithoutTriModalLayerSaysSoAndUsesTerciles() throws {
-        // One unimodal layer: no candidate; the averaged density is unimodal too → terciles.
+    func testFallbackWithoutTriModalLayerSaysSoAndUsesOneType() throws {
+        // One unimodal layer: no candidate; the averaged density is unimodal too → one type.
         var rng = SplitMix64(seed: 5)
         let values = (0..<300).map { _ in min(max(0.5 + 0.05 * rng.nextGaussian(), 0), 1) }
         let profile = SparsityProfile(byLayer: [7: values], layers: [7])
         let calibration = try ThoughtCalibration.calibrate([.init(path: "flat", model: "m", profile: profile)])
         XCTAssertTrue(calibration.fallback)
-        XCTAssertEqual(calibration.fallbackRule, "averaged-sparsity-terciles")
-        XCTAssertTrue(calibration.fallbackReason!.contains("no recorded layer has a tri-modal sparsity density"))
+        XCTAssertEqual(calibration.fallbackRule, "single-type")
+        XCTAssertTrue(calibration.fallbackReason!.contains("no recorded layer has a tri-modal sparsity density (layer 7: 1 mode)"))
         XCTAssertTrue(calibration.fallbackReason!.contains("only 1 layer is recorded"))
-        XCTAssertEqual(calibration.thresholds.layers, [7])
-        let sorted = values.sorted()
-        XCTAssertEqual(Double(calibration.thresholds.theta1), MetricSummary.percentile(sorted, 1.0 / 3), accuracy: 1e-6)
-        XCTAssertEqual(Double(calibration.thresholds.theta2), MetricSummary.percentile(sorted, 2.0 / 3), accuracy: 1e-6)
-        // A third of the steps on each side of the terciles.
-        let types = ThoughtClassifier.timeline(averagedSparsity: values, thresholds: ThoughtThresholds(
-            theta1: calibration.thresholds.theta1, theta2: calibration.thresholds.theta2, layers: [7], refreshInterval: 1))
-        XCTAssertEqual(Double(types.filter { $0 == .execution }.count), 100, accuracy: 2)
+        XCTAssertEqual(calibration.fallbackDensity?.modes.count, 1)
+        XCTAssertEqual(calibration.thresholds, ThoughtThresholds(theta1: 0, theta2: 1, layers: [7]))
+        // Every step, including the extremes 0 and the largest possible sparsity, is reasoning.
+        let types = ThoughtClassifier.timeline(averagedSparsity: values + [0, Float(1).nextDown], thresholds: calibration.thresholds)
+        XCTAssertEqual(Set(types), [.reasoning])
         XCTAssertTrue(calibration.text.contains("WARNING: no recorded layer has a tri-modal sparsity density"))
-        XCTAssertTrue(calibration.text.contains("1/3 and 2/3 quantiles"))
+        XCTAssertTrue(calibration.text.contains("one thought type, θ1 = 0, θ2 = 1"))
         let json = try calibration.json()
         XCTAssertTrue(json.contains("\"fallback\" : true"), json)
         XCTAssertTrue(json.contains("\"fallback_reason\" : \"no recorded layer"), json)
+        XCTAssertTrue(json.contains("\"fallback_rule\" : \"single-type\""), json)
     }
 
     func testFallbackUsesTheAveragedDensityWhenItIsTriModal() throws {
@@ -255,13 +253,14 @@ final class ThoughtCalibrationTests: XCTestCase {
         XCTAssertEqual(calibration.thresholds.theta2, 0.65, accuracy: 0.03)
     }
 
-    func testConstantSparsityKeepsThetasOrdered() throws {
+    func testConstantSparsityFallsBackToOneType() throws {
         let profile = SparsityProfile(byLayer: [0: [Float](repeating: 0.25, count: 50)], layers: [0])
         let calibration = try ThoughtCalibration.calibrate([.init(path: "c", model: "m", profile: profile)])
         XCTAssertTrue(calibration.fallback)
-        XCTAssertEqual(calibration.thresholds.theta1, 0.25)
-        XCTAssertEqual(calibration.thresholds.theta2, Float(0.25).nextUp)
-        XCTAssertTrue(calibration.notes.contains { $0.contains("coincided") })
+        XCTAssertEqual(calibration.layers[0].bandwidth, KernelDensity.defaultMinimumBandwidth)
+        XCTAssertEqual(calibration.fallbackRule, "single-type")
+        XCTAssertEqual(calibration.thresholds.theta1, 0)
+        XCTAssertEqual(calibration.thresholds.theta2, 1)
     }
 
     func testCalibrationRefusesBadSettings() {
@@ -382,6 +381,7 @@ final class ThoughtCalibrationTests: XCTestCase {
         XCTAssertLessThan(calibration.thresholds.theta1, calibration.thresholds.theta2)
         XCTAssertTrue(calibration.text.contains("WARNING: no recorded layer has a tri-modal sparsity density"))
         XCTAssertTrue(calibration.text.contains("only 2 layers are recorded"))
+        XCTAssertTrue(calibration.layers.allSatisfy { $0.modes.count < 3 })
     }
 
     // MARK: Helpers

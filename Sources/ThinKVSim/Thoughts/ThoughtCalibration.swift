@@ -75,9 +75,14 @@ public struct LayerSparsityDensity: Codable, Equatable, Sendable {
 /// θ1 and θ2 are the valleys between the modes, averaged over L*.
 ///
 /// When no layer is tri-modal, calibration says so (`fallback`, `fallbackReason`) and falls back
-/// to: L* = every pooled layer; θ1, θ2 = the valleys of the density of the sparsity averaged
-/// over L* if that density has three modes, else the 1/3 and 2/3 quantiles of that averaged
-/// sparsity (which splits the steps evenly, the least-informed guess).
+/// to L* = every pooled layer and:
+/// - θ1, θ2 = the valleys of the density of the sparsity averaged over L*, if that density has
+///   three modes (averaging can separate what single layers blur);
+/// - else a single thought type: θ1 = 0, θ2 = 1. Sparsity lies in [0, 1) (a row's maximum is
+///   never below 1 % of itself), so no step is below θ1 or above θ2 and every step is reasoning.
+///   ThinKV reports the same collapse to one type for output without thought structure; a forced
+///   three-way split (e.g. at terciles) would invent transitions, and each transition makes TBE
+///   shrink every earlier segment.
 public struct ThoughtCalibration: Encodable, Sendable {
     public var thresholds: ThoughtThresholds
     public var model: String
@@ -89,7 +94,7 @@ public struct ThoughtCalibration: Encodable, Sendable {
     /// No layer was tri-modal; see `fallbackReason` and `fallbackRule`.
     public var fallback: Bool
     public var fallbackReason: String?
-    /// How θ1/θ2 were found in the fallback: "averaged-density-valleys" or "averaged-sparsity-terciles".
+    /// How θ1/θ2 were found in the fallback: "averaged-density-valleys" or "single-type".
     public var fallbackRule: String?
     /// In the fallback: the density of the sparsity averaged over every pooled layer.
     public var fallbackDensity: LayerSparsityDensity?
@@ -179,22 +184,15 @@ public struct ThoughtCalibration: Encodable, Sendable {
                 theta1 = t[0]
                 theta2 = t[1]
             } else {
-                fallbackRule = "averaged-sparsity-terciles"
-                let sorted = averaged.sorted()
-                theta1 = MetricSummary.percentile(sorted, 1.0 / 3)
-                theta2 = MetricSummary.percentile(sorted, 2.0 / 3)
+                fallbackRule = "single-type"
+                theta1 = 0
+                theta2 = 1
             }
         }
         for i in layers.indices { layers[i].selected = chosen.contains(layers[i].layer) }
-        var t1 = Float(theta1), t2 = Float(theta2)
-        if !(t1 < t2) {
-            // Coinciding quantiles (a constant signal): keep θ1 < θ2 so the rule stays well formed.
-            notes.append("θ1 and θ2 coincided at \(t1); θ2 is set to the next value above θ1")
-            t2 = t1.nextUp
-        }
-        t1 = min(max(t1, 0), 1)
-        t2 = min(max(t2, t1.nextUp), 1)
-        let thresholds = ThoughtThresholds(theta1: t1, theta2: t2, layers: chosen, refreshInterval: options.refreshInterval)
+        // Valleys lie strictly between ordered modes, so θ1 < θ2 holds for every rule above.
+        let thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: chosen,
+                                           refreshInterval: options.refreshInterval)
         return ThoughtCalibration(thresholds: thresholds, model: models.joined(separator: ", "), traces: inputs.map(\.path),
                                   steps: inputs.map { $0.profile.byLayer[layerIndices[0]]?.count ?? 0 }, options: options,
                                   layers: layers, fallback: fallback, fallbackReason: fallbackReason,
@@ -277,10 +275,13 @@ public struct ThoughtCalibration: Encodable, Sendable {
         out.append("")
         if fallback {
             out.append("WARNING: \(fallbackReason ?? "no tri-modal layer")")
-            let rule = fallbackRule == "averaged-density-valleys"
-                ? "the valleys of the density of the sparsity averaged over L* (which is tri-modal)"
-                : "the 1/3 and 2/3 quantiles of the sparsity averaged over L* (its density is not tri-modal)"
-            out.append("fallback: L* = all \(thresholds.layers.count) pooled layer\(thresholds.layers.count == 1 ? "" : "s"); θ1, θ2 = \(rule)")
+            let layerText = "L* = all \(thresholds.layers.count) pooled layer\(thresholds.layers.count == 1 ? "" : "s")"
+            let averagedModes = (fallbackDensity?.modes ?? []).map { Format.fixed($0.position, 3) }.joined(separator: " ")
+            if fallbackRule == "averaged-density-valleys" {
+                out.append("fallback: \(layerText); the density of their averaged sparsity is tri-modal (modes \(averagedModes)), θ1, θ2 = its valleys")
+            } else {
+                out.append("fallback: \(layerText); their averaged sparsity is not tri-modal either (modes \(averagedModes)): one thought type, θ1 = 0, θ2 = 1, every step is classified reasoning")
+            }
         } else {
             let cands = candidateLayers
             out.append("L* = \(thresholds.layers.map(String.init).joined(separator: ", ")): the \(thresholds.layers.count) tri-modal layer\(thresholds.layers.count == 1 ? "" : "s") with the strongest modes (tri-modal: \(cands.count) of \(layers.count))")
