@@ -50,13 +50,13 @@ public struct KernelDensity: Sendable {
 
     /// Estimates the density of `samples` (at least one, all finite).
     public init(samples: [Double], gridPoints: Int = KernelDensity.defaultGridPoints, range: ClosedRange<Double> = 0...1,
-                minimumBandwidth: Double = KernelDensity.defaultMinimumBandwidth, bandwidth fixed: Double? = nil) {
+                minimumBandwidth: Double = KernelDensity.defaultMinimumBandwidth) {
         precondition(!samples.isEmpty, "a density needs at least one sample")
         precondition(gridPoints >= 3, "a grid needs at least three points")
         let n = samples.count
         sampleCount = n
         (mean, standardDeviation) = KernelDensity.meanAndStandardDeviation(samples)
-        let h = fixed ?? max(standardDeviation * pow(Double(n), -0.2), minimumBandwidth)
+        let h = max(standardDeviation * pow(Double(n), -0.2), minimumBandwidth)
         bandwidth = h
         let lo = range.lowerBound, step = (range.upperBound - range.lowerBound) / Double(gridPoints - 1)
         grid = (0..<gridPoints).map { lo + Double($0) * step }
@@ -76,13 +76,6 @@ public struct KernelDensity: Sendable {
         let norm = 1 / (Double(n) * h * (2 * Double.pi).squareRoot())
         density = f.map { $0 * norm }
     }
-
-    public init(samples: [Float], gridPoints: Int = KernelDensity.defaultGridPoints, range: ClosedRange<Double> = 0...1,
-                minimumBandwidth: Double = KernelDensity.defaultMinimumBandwidth) {
-        self.init(samples: samples.map(Double.init), gridPoints: gridPoints, range: range, minimumBandwidth: minimumBandwidth)
-    }
-
-    public var maximumDensity: Double { density.max() ?? 0 }
 
     /// Modes kept by the prominence filter, in order of position (see `DensityModes.find`).
     public func modes(minRelativeProminence: Double = DensityModes.defaultMinRelativeProminence) -> [DensityMode] {
