@@ -5,6 +5,7 @@ import ThinKVSim
 let commands: [any Subcommand.Type] = [
     ReplayCommand.self,
     InspectCommand.self,
+    CalibrateCommand.self,
     ValidateCommand.self,
     PoliciesCommand.self,
     BenchCommand.self,

@@ -32,6 +32,8 @@ public struct TraceSummary: Encodable, Sendable {
     /// One character per bin: mean sparsity over layers as a block from ▁ (0) to █ (1).
     public var sparsityTimeline: String?
     public var profiledSteps: Int
+    /// `inspect --thoughts`: thresholds, classified timeline, accuracy (set after `init`).
+    public var thoughts: ThoughtInspection?
 
     /// Builds the summary; `profile` may be nil to skip the attention pass.
     public init(reader: TraceReader, profile: SparsityProfile?, timelineWidth: Int = 80) throws {
@@ -149,6 +151,10 @@ public struct TraceSummary: Encodable, Sendable {
             if let t = labelTimeline { out.append("  labels    \(t)") }
             if let s = sparsityTimeline { out.append("  sparsity  \(s)") }
             if labelTimeline != nil { out.append("  (R reasoning, E execution, T transition: majority label per bin)") }
+        }
+        if let thoughts {
+            out.append("")
+            out.append(thoughts.text)
         }
         return out.joined(separator: "\n")
     }

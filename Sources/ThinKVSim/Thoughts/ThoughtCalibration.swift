@@ -1,0 +1,403 @@
+import Foundation
+
+/// Settings of `ThoughtCalibration`.
+public struct CalibrationOptions: Sendable, Equatable {
+    /// |L*|: how many tri-modal layers to average (ThinKV: 4).
+    public var layerCount = 4
+    /// τ written into the thresholds (ThinKV: 128).
+    public var refreshInterval = 128
+    /// Mode filter: see `DensityModes.find`.
+    public var minRelativeProminence = DensityModes.defaultMinRelativeProminence
+    public var gridPoints = KernelDensity.defaultGridPoints
+
+    public init(layerCount: Int = 4, refreshInterval: Int = 128,
+                minRelativeProminence: Double = DensityModes.defaultMinRelativeProminence) {
+        self.layerCount = layerCount
+        self.refreshInterval = refreshInterval
+        self.minRelativeProminence = minRelativeProminence
+    }
+}
+
+/// The density of one layer's per-step sparsity and what calibration read from it.
+public struct LayerSparsityDensity: Codable, Equatable, Sendable {
+    public var layer: Int
+    public var samples: Int
+    public var mean: Double
+    public var standardDeviation: Double
+    public var bandwidth: Double
+    /// Modes kept by the prominence filter, by position.
+    public var modes: [DensityMode]
+    /// Minimum of the density between each pair of consecutive kept modes.
+    public var valleys: [DensityValley]
+    /// Three or more modes: the layer can separate E, R and T.
+    public var candidate: Bool
+    /// For candidates: the valleys between the three most prominent modes (in position order),
+    /// i.e. this layer's own θ1 and θ2.
+    public var thresholds: [Double]?
+    /// For candidates: the smallest relative prominence among the three most prominent modes.
+    /// A layer is only as good as its weakest of the three thought clusters.
+    public var strength: Double?
+    /// In L*.
+    public var selected: Bool
+
+    /// Analyses `sparsity` (the layer's per-step values, pooled over traces).
+    public init(layer: Int, sparsity: [Float], options: CalibrationOptions) {
+        let kde = KernelDensity(samples: sparsity.map(Double.init), gridPoints: options.gridPoints)
+        self.layer = layer
+        samples = kde.sampleCount
+        mean = kde.mean
+        standardDeviation = kde.standardDeviation
+        bandwidth = kde.bandwidth
+        modes = kde.modes(minRelativeProminence: options.minRelativeProminence)
+        valleys = zip(modes, modes.dropFirst()).map { kde.valley(between: $0.index, and: $1.index) }
+        candidate = modes.count >= 3
+        selected = false
+        if candidate {
+            let three = LayerSparsityDensity.strongestThree(modes)
+            thresholds = [kde.valley(between: three[0].index, and: three[1].index).position,
+                          kde.valley(between: three[1].index, and: three[2].index).position]
+            strength = three.map(\.relativeProminence).min()
+        }
+    }
+
+    /// The three most prominent modes, by position (ties: the lower position wins).
+    static func strongestThree(_ modes: [DensityMode]) -> [DensityMode] {
+        let ranked = modes.enumerated().sorted { a, b in
+            a.element.prominence != b.element.prominence ? a.element.prominence > b.element.prominence : a.offset < b.offset
+        }
+        return ranked.prefix(3).map(\.element).sorted { $0.position < $1.position }
+    }
+}
+
+/// ThinKV's offline calibration of the thought classifier: per recorded layer, a Gaussian KDE
+/// of the per-step full-cache sparsity (pooled over the calibration traces); layers whose
+/// density has three modes are candidates; L* is the |L*| candidates with the strongest modes;
+/// θ1 and θ2 are the valleys between the modes, averaged over L*.
+///
+/// When no layer is tri-modal, calibration says so (`fallback`, `fallbackReason`) and falls back
+/// to L* = every pooled layer and:
+/// - θ1, θ2 = the valleys of the density of the sparsity averaged over L*, if that density has
+///   three modes (averaging can separate what single layers blur);
+/// - else a single thought type: θ1 = 0, θ2 = 1. Sparsity lies in [0, 1) (a row's maximum is
+///   never below 1 % of itself), so no step is below θ1 or above θ2 and every step is reasoning.
+///   ThinKV reports the same collapse to one type for output without thought structure; a forced
+///   three-way split (e.g. at terciles) would invent transitions, and each transition makes TBE
+///   shrink every earlier segment.
+public struct ThoughtCalibration: Encodable, Sendable {
+    public var thresholds: ThoughtThresholds
+    public var model: String
+    public var traces: [String]
+    /// Decode steps profiled per trace.
+    public var steps: [Int]
+    public var options: CalibrationOptions
+    public var layers: [LayerSparsityDensity]
+    /// No layer was tri-modal; see `fallbackReason` and `fallbackRule`.
+    public var fallback: Bool
+    public var fallbackReason: String?
+    /// How θ1/θ2 were found in the fallback: "averaged-density-valleys" or "single-type".
+    public var fallbackRule: String?
+    /// In the fallback: the density of the sparsity averaged over every pooled layer.
+    public var fallbackDensity: LayerSparsityDensity?
+    /// Other remarks worth reading (fewer tri-modal layers than asked, layers not in every trace, ...).
+    public var notes: [String]
+
+    /// One trace's profile, as calibration takes it.
+    public struct Input {
+        public var path: String
+        public var model: String
+        public var profile: SparsityProfile
+        public init(path: String, model: String, profile: SparsityProfile) {
+            self.path = path
+            self.model = model
+            self.profile = profile
+        }
+    }
+
+    /// Profiles every recorded layer of each trace (first `maxSteps` decode steps) and calibrates.
+    public static func calibrate(traces paths: [String], options: CalibrationOptions = CalibrationOptions(), maxSteps: Int? = nil,
+                                 threads: Int? = nil, progress: ProgressReporting? = nil) throws -> ThoughtCalibration {
+        defer { progress?.finish() }
+        var inputs: [Input] = []
+        for (i, path) in paths.enumerated() {
+            let reader = try TraceReader(path: path)
+            let part = progress.map { SubProgress($0, offset: Double(i) / Double(paths.count), scale: 1 / Double(paths.count),
+                                                  prefix: paths.count > 1 ? "trace \(i + 1)/\(paths.count) " : "") }
+            let profile = try SparsityProfile.compute(reader, maxSteps: maxSteps, threads: threads, progress: part)
+            inputs.append(Input(path: path, model: reader.header.model, profile: profile))
+        }
+        return try calibrate(inputs, options: options)
+    }
+
+    /// Calibrates on profiles already computed.
+    public static func calibrate(_ inputs: [Input], options: CalibrationOptions = CalibrationOptions()) throws -> ThoughtCalibration {
+        guard !inputs.isEmpty else { throw CalibrationError("calibration needs at least one trace") }
+        guard options.layerCount >= 1 else { throw CalibrationError("|L*| must be at least 1, got \(options.layerCount)") }
+        guard options.refreshInterval >= 1 else { throw CalibrationError("τ must be at least 1, got \(options.refreshInterval)") }
+        var notes: [String] = []
+        let models = inputs.map(\.model).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        if models.count > 1 {
+            notes.append("the traces come from different models (\(models.joined(separator: ", "))); their sparsity is pooled anyway")
+        }
+        // Only layers every trace records can be pooled, and only they can be averaged at replay.
+        var shared = Set(inputs[0].profile.layers)
+        for input in inputs.dropFirst() { shared.formIntersection(input.profile.layers) }
+        let allLayers = Set(inputs.flatMap(\.profile.layers))
+        let layerIndices = shared.sorted()
+        if shared.count < allLayers.count {
+            let left = allLayers.subtracting(shared).sorted().map(String.init).joined(separator: ",")
+            notes.append("layers \(left) are not recorded in every trace and were left out")
+        }
+        guard !layerIndices.isEmpty else {
+            throw CalibrationError("the traces share no recorded layer (\(inputs.map { "\($0.path): \($0.profile.layers.map(String.init).joined(separator: ","))" }.joined(separator: "; ")))")
+        }
+        for input in inputs where (input.profile.byLayer[layerIndices[0]]?.count ?? 0) == 0 {
+            throw CalibrationError("\(input.path): no decode steps to calibrate on")
+        }
+        func pooled(_ layer: Int) -> [Float] { inputs.flatMap { $0.profile.byLayer[layer] ?? [] } }
+
+        var layers = layerIndices.map { LayerSparsityDensity(layer: $0, sparsity: pooled($0), options: options) }
+        let candidates = layers.filter(\.candidate).sorted { a, b in
+            a.strength! != b.strength! ? a.strength! > b.strength! : a.layer < b.layer
+        }
+        var fallback = false, fallbackReason: String?, fallbackRule: String?, fallbackDensity: LayerSparsityDensity?
+        let chosen: [Int]
+        var theta1: Double, theta2: Double
+        if !candidates.isEmpty {
+            let best = Array(candidates.prefix(options.layerCount))
+            chosen = best.map(\.layer).sorted()
+            theta1 = best.map { $0.thresholds![0] }.reduce(0, +) / Double(best.count)
+            theta2 = best.map { $0.thresholds![1] }.reduce(0, +) / Double(best.count)
+            if best.count < options.layerCount {
+                notes.append("only \(candidates.count) tri-modal layer\(candidates.count == 1 ? "" : "s") of \(layers.count); L* has \(best.count) instead of \(options.layerCount)")
+            }
+        } else {
+            fallback = true
+            let modeCounts = layers.map { "layer \($0.layer): \($0.modes.count) mode\($0.modes.count == 1 ? "" : "s")" }
+            fallbackReason = "no recorded layer has a tri-modal sparsity density (\(modeCounts.joined(separator: ", ")))"
+                + (layers.count < 3 ? "; only \(layers.count) layer\(layers.count == 1 ? " is" : "s are") recorded" : "")
+            chosen = layerIndices
+            let averaged = inputs.flatMap { $0.profile.averaged(over: chosen) }
+            let summary = LayerSparsityDensity(layer: -1, sparsity: averaged, options: options)
+            fallbackDensity = summary
+            if let t = summary.thresholds {
+                fallbackRule = "averaged-density-valleys"
+                theta1 = t[0]
+                theta2 = t[1]
+            } else {
+                fallbackRule = "single-type"
+                theta1 = 0
+                theta2 = 1
+            }
+        }
+        for i in layers.indices { layers[i].selected = chosen.contains(layers[i].layer) }
+        // Valleys lie strictly between ordered modes, so θ1 < θ2 holds for every rule above.
+        let thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: chosen,
+                                           refreshInterval: options.refreshInterval)
+        return ThoughtCalibration(thresholds: thresholds, model: models.joined(separator: ", "), traces: inputs.map(\.path),
+                                  steps: inputs.map { $0.profile.byLayer[layerIndices[0]]?.count ?? 0 }, options: options,
+                                  layers: layers, fallback: fallback, fallbackReason: fallbackReason,
+                                  fallbackRule: fallbackRule, fallbackDensity: fallbackDensity, notes: notes)
+    }
+
+    // MARK: Output
+
+    enum CodingKeys: String, CodingKey {
+        case theta1, theta2, layers, refreshInterval = "refresh_interval", sparsityRatio = "sparsity_ratio", calibration
+    }
+
+    /// Diagnostics nested under "calibration"; readers of thresholds ignore them.
+    struct Diagnostics: Encodable {
+        var model: String
+        var traces: [String]
+        var decodeSteps: [Int]
+        var generator: String
+        var method: Method
+        var layerCountRequested: Int
+        var candidates: [Int]
+        var selectedLayers: [Int]
+        var fallback: Bool
+        var fallbackReason: String?
+        var fallbackRule: String?
+        /// Modes and valleys of the sparsity averaged over all layers (fallback only; layer -1).
+        var fallbackDensity: LayerSparsityDensity?
+        var notes: [String]
+        var perLayer: [LayerSparsityDensity]
+    }
+
+    struct Method: Encodable {
+        var kernel = "gaussian"
+        var bandwidthRule = "scott: h = sample_std (n-1 denominator) * n^(-1/5)"
+        var gridPoints: Int
+        var gridRange = [0.0, 1.0]
+        var minRelativeProminence: Double
+        var strength = "smallest relative prominence among the three most prominent modes"
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(thresholds.theta1, forKey: .theta1)
+        try c.encode(thresholds.theta2, forKey: .theta2)
+        try c.encode(thresholds.layers, forKey: .layers)
+        try c.encode(thresholds.refreshInterval, forKey: .refreshInterval)
+        try c.encode(thresholds.sparsityRatio, forKey: .sparsityRatio)
+        let diagnostics = Diagnostics(
+            model: model, traces: traces, decodeSteps: steps, generator: "thinkv-sim \(ThinKVSimVersion.current)",
+            method: Method(gridPoints: options.gridPoints, minRelativeProminence: options.minRelativeProminence),
+            layerCountRequested: options.layerCount, candidates: candidateLayers, selectedLayers: thresholds.layers,
+            fallback: fallback, fallbackReason: fallbackReason, fallbackRule: fallbackRule,
+            fallbackDensity: fallbackDensity?.rounded, notes: notes, perLayer: layers.map(\.rounded))
+        try c.encode(diagnostics, forKey: .calibration)
+    }
+
+    /// Tri-modal layers, strongest first.
+    public var candidateLayers: [Int] {
+        layers.filter(\.candidate).sorted { ($0.strength!, -$0.layer) > ($1.strength!, -$1.layer) }.map(\.layer)
+    }
+
+    /// The calibration file: thresholds at the top level (what `ThoughtThresholds.load` reads),
+    /// diagnostics under "calibration".
+    public func json() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+    }
+
+    /// A readable summary: the per-layer densities, L*, θ1/θ2, and any fallback.
+    public var text: String {
+        var out: [String] = []
+        let stepText = Set(steps).count == 1 ? "\(steps[0]) decode steps\(traces.count > 1 ? " each" : "")" : "\(steps.map(String.init).joined(separator: "/")) decode steps"
+        out.append("calibrated on \(traces.count) trace\(traces.count == 1 ? "" : "s") of \(model): \(stepText), \(layers.count) layer\(layers.count == 1 ? "" : "s") (samples per layer: \(steps.reduce(0, +)))")
+        out.append("density: Gaussian KDE, Scott's bandwidth h = σ̂·n^(-1/5), \(options.gridPoints)-point grid on [0, 1]; modes kept when their prominence is ≥ \(Format.fixed(options.minRelativeProminence * 100, 1))% of the peak density")
+        out.append("")
+        out.append(ThoughtCalibration.layerTable(layers, showSelection: true))
+        out.append("modes: sparsity (relative prominence); strength: the weakest of the three most prominent modes")
+        out.append("")
+        if fallback {
+            out.append("WARNING: \(fallbackReason ?? "no tri-modal layer")")
+            let layerText = "L* = all \(thresholds.layers.count) pooled layer\(thresholds.layers.count == 1 ? "" : "s")"
+            let averagedModes = (fallbackDensity?.modes ?? []).map { Format.fixed($0.position, 3) }.joined(separator: " ")
+            if fallbackRule == "averaged-density-valleys" {
+                out.append("fallback: \(layerText); the density of their averaged sparsity is tri-modal (modes \(averagedModes)), θ1, θ2 = its valleys")
+            } else {
+                out.append("fallback: \(layerText); their averaged sparsity is not tri-modal either (modes \(averagedModes)): one thought type, θ1 = 0, θ2 = 1, every step is classified reasoning")
+            }
+        } else {
+            let cands = candidateLayers
+            out.append("L* = \(thresholds.layers.map(String.init).joined(separator: ", ")): the \(thresholds.layers.count) tri-modal layer\(thresholds.layers.count == 1 ? "" : "s") with the strongest modes (tri-modal: \(cands.count) of \(layers.count))")
+        }
+        for note in notes { out.append("note: \(note)") }
+        out.append("θ1 = \(Format.fixed(Double(thresholds.theta1), 4))  (sparsity below: execution)")
+        out.append("θ2 = \(Format.fixed(Double(thresholds.theta2), 4))  (sparsity above: transition; between: reasoning)\(fallback ? "" : "; valleys averaged over L*")")
+        out.append("τ  = \(thresholds.refreshInterval) decode steps; sparsity ratio \(thresholds.sparsityRatio)")
+        return out.joined(separator: "\n")
+    }
+
+    /// Per-layer modes and valleys as a table (shared with `inspect --thoughts`).
+    public static func layerTable(_ layers: [LayerSparsityDensity], showSelection: Bool) -> String {
+        var headers = ["layer", "samples", "bandwidth", "modes", "valleys", "tri-modal", "strength"]
+        if showSelection { headers.append("L*") }
+        var table = TextTable(headers: headers)
+        for l in layers {
+            var row = [String(l.layer), String(l.samples), Format.fixed(l.bandwidth, 4),
+                       l.modes.map { "\(Format.fixed($0.position, 3)) (\(Format.fixed($0.relativeProminence, 2)))" }.joined(separator: " "),
+                       l.valleys.map { Format.fixed($0.position, 3) }.joined(separator: " "),
+                       l.candidate ? "yes" : "no", l.strength.map { Format.fixed($0, 3) } ?? "-"]
+            if showSelection { row.append(l.selected ? "*" : "") }
+            table.add(row)
+        }
+        table.leftAligned = [0, 3, 4, 5, 7]
+        return table.render()
+    }
+}
+
+extension LayerSparsityDensity {
+    /// The same with numbers rounded to 6 decimals, for a tidy file.
+    var rounded: LayerSparsityDensity {
+        func r(_ x: Double) -> Double { (x * 1e6).rounded() / 1e6 }
+        var c = self
+        c.mean = r(mean)
+        c.standardDeviation = r(standardDeviation)
+        c.bandwidth = r(bandwidth)
+        c.modes = modes.map { DensityMode(position: r($0.position), index: $0.index, density: r($0.density),
+                                          prominence: r($0.prominence), relativeProminence: r($0.relativeProminence)) }
+        c.valleys = valleys.map { DensityValley(position: r($0.position), index: $0.index, density: r($0.density)) }
+        c.thresholds = thresholds?.map(r)
+        c.strength = strength.map(r)
+        return c
+    }
+}
+
+/// A calibration problem (no usable layer, bad settings) or a bad thresholds file.
+public struct CalibrationError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension ThoughtThresholds {
+    /// Reads thresholds from a calibration file (or any JSON object with `theta1`, `theta2`,
+    /// `layers`, `refresh_interval`, `sparsity_ratio`); other keys, such as the diagnostics
+    /// `thinkv-sim calibrate` writes, are ignored. Errors are one line naming the file.
+    public static func load(path: String) throws -> ThoughtThresholds {
+        func fail(_ problem: String) -> CalibrationError { CalibrationError("\(path): \(problem)") }
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            let exists = FileManager.default.fileExists(atPath: path)
+            throw fail(exists ? "cannot read the file" : "no such file")
+        }
+        let t: ThoughtThresholds
+        do {
+            t = try JSONDecoder().decode(ThoughtThresholds.self, from: data)
+        } catch let error as DecodingError {
+            throw fail(describe(error))
+        } catch {
+            throw fail("not a thresholds file: \(error.localizedDescription)")
+        }
+        guard t.theta1.isFinite, t.theta2.isFinite, (0...1).contains(t.theta1), (0...1).contains(t.theta2) else {
+            throw fail("theta1 and theta2 must lie in [0, 1], got \(t.theta1) and \(t.theta2)")
+        }
+        guard t.theta1 < t.theta2 else { throw fail("theta1 must be below theta2, got \(t.theta1) and \(t.theta2)") }
+        guard !t.layers.isEmpty else { throw fail("layers (L*) is empty") }
+        if let bad = t.layers.first(where: { $0 < 0 }) { throw fail("layers holds a negative index \(bad)") }
+        guard Set(t.layers).count == t.layers.count else { throw fail("layers lists a layer twice: \(t.layers)") }
+        guard t.refreshInterval >= 1 else { throw fail("refresh_interval must be at least 1, got \(t.refreshInterval)") }
+        guard t.sparsityRatio > 0 && t.sparsityRatio < 1 else {
+            throw fail("sparsity_ratio must lie strictly between 0 and 1, got \(t.sparsityRatio)")
+        }
+        return t
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, _):
+            return "missing key '\(key.stringValue)' (a thresholds file has theta1, theta2, layers, refresh_interval, sparsity_ratio)"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            if context.codingPath.isEmpty { return "not a JSON object with theta1, theta2, layers, refresh_interval, sparsity_ratio" }
+            return "'\(path(context))' has the wrong type (\(context.debugDescription))"
+        case .dataCorrupted(let context):
+            return context.codingPath.isEmpty ? "not valid JSON" : "'\(path(context))': \(context.debugDescription)"
+        @unknown default:
+            return "not a thresholds file"
+        }
+    }
+}
+
+/// Forwards a part of a longer job's progress (and leaves `finish` to the whole job).
+final class SubProgress: ProgressReporting {
+    let base: ProgressReporting
+    let offset: Double, scale: Double
+    let prefix: String
+    init(_ base: ProgressReporting, offset: Double, scale: Double, prefix: String) {
+        self.base = base
+        self.offset = offset
+        self.scale = scale
+        self.prefix = prefix
+    }
+    func update(fraction: Double, detail: String) { base.update(fraction: offset + scale * fraction, detail: prefix + detail) }
+    func finish() {}
+}
