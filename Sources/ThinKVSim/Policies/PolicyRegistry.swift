@@ -7,6 +7,9 @@ public enum PolicyRegistry {
         KIVIPolicy.self,
         H2OPolicy.self,
         StreamingLLMPolicy.self,
+        ThinKVPolicy.self,
+        ThinKVQuantizationOnlyPolicy.self,
+        ThinKVEvictionOnlyPolicy.self,
     ]
 
     public static func type(named name: String) -> (any CachePolicy.Type)? {
