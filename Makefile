@@ -8,6 +8,8 @@ ifneq ($(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpu
 CPU_FLAGS ?= -Xswiftc -target-cpu -Xswiftc haswell -Xswiftc -DTHINKV_FMA
 endif
 SWIFTFLAGS ?= $(CPU_FLAGS)
+# Release builds drop dynamic exclusivity checks from the hot loops; tests keep them.
+RELEASEFLAGS ?= $(SWIFTFLAGS) -Xswiftc -enforce-exclusivity=unchecked
 RELEASE   := .build/release/thinkv-sim
 SAMPLE    := traces/sample-synthetic.h5
 BUDGET    ?= 256
@@ -26,7 +28,7 @@ deps:
 	@scripts/ensure-deps.sh
 
 build: deps
-	$(SWIFT) build -c release $(SWIFTFLAGS) --product thinkv-sim
+	$(SWIFT) build -c release $(RELEASEFLAGS) --product thinkv-sim
 
 run: build
 	$(RELEASE) inspect $(SAMPLE)

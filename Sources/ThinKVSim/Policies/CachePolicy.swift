@@ -26,6 +26,10 @@ public protocol CachePolicy: AnyObject {
     static var requirements: PolicyRequirements { get }
     /// Slots per PagedAttention block when the user gives no `--block-size`.
     static var preferredBlockSize: Int { get }
+    /// Whether `afterAttention` reads its `AttentionView`. A policy that never does lets the
+    /// engine skip recomputing attention that equals the reference (the complete, unmodified
+    /// cache); its view is then left unfilled.
+    static var readsAttention: Bool { get }
 
     /// Work done once per replay before any layer, shared by the per-layer instances through
     /// `PolicySetup.prepared` (e.g. ThinKV's thought timeline, which averages the sparsity of
@@ -46,6 +50,7 @@ public protocol CachePolicy: AnyObject {
 extension CachePolicy {
     public static var requirements: PolicyRequirements { [] }
     public static var preferredBlockSize: Int { 16 }
+    public static var readsAttention: Bool { true }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}

@@ -17,29 +17,23 @@ public enum Kernels {
         #endif
     }
 
-    /// Σ a[i]·b[i] for i in 0..<n.
+    @inline(__always)
+    static func load8(_ p: UnsafePointer<Float>, _ i: Int) -> SIMD8<Float> {
+        UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self)
+    }
+
+    /// Σ a[i]·b[i] for i in 0..<n: one 8-lane accumulator over the chunks in order, then the
+    /// lanes summed, then the tail. `scores` computes exactly the same sums, so a dot product
+    /// gives the same bits whichever kernel computed it.
     @inline(__always)
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-        var acc0 = SIMD8<Float>(repeating: 0)
-        var acc1 = SIMD8<Float>(repeating: 0)
+        var acc = SIMD8<Float>(repeating: 0)
         var i = 0
-        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
-        while i + 16 <= n {
-            let a0 = ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            let b0 = rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            let a1 = ra.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-            let b1 = rb.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
-            multiplyAdd(&acc0, a0, b0)
-            multiplyAdd(&acc1, a1, b1)
-            i += 16
-        }
-        if i + 8 <= n {
-            let a0 = ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            let b0 = rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            multiplyAdd(&acc0, a0, b0)
+        while i + 8 <= n {
+            multiplyAdd(&acc, load8(a, i), load8(b, i))
             i += 8
         }
-        var sum = (acc0 + acc1).sum()
+        var sum = acc.sum()
         while i < n {
             sum += a[i] * b[i]
             i += 1
@@ -140,6 +134,41 @@ public struct TopKSelector {
             values.swapAt(c, weakest)
             indices.swapAt(c, weakest)
             c = weakest
+        }
+    }
+
+    /// The value an entry must beat once k are held (later indices never win ties).
+    public var admissionThreshold: Float { count < k ? -.infinity : values[0] }
+
+    /// Offers x[0..<n] with indices 0..<n, skipping 8-lane chunks that cannot enter.
+    public mutating func offerAll(_ x: UnsafePointer<Float>, _ n: Int) {
+        var j = 0
+        while j < n && count < k {
+            offer(x[j], Int32(j))
+            j += 1
+        }
+        var threshold = admissionThreshold
+        // Blocks of 64: a lane-wise running max (vector code), then one scalar reduction; only
+        // blocks holding something above the k-th best so far are looked at element by element.
+        while j + 64 <= n {
+            var m = Kernels.load8(x, j)
+            for c in stride(from: 8, to: 64, by: 8) {
+                let v = Kernels.load8(x, j + c)
+                m = m.replacing(with: v, where: v .> m)
+            }
+            var blockMax = m[0]
+            for lane in 1..<8 where m[lane] > blockMax { blockMax = m[lane] }
+            if blockMax > threshold {
+                for i in j..<(j + 64) where x[i] > threshold {
+                    offer(x[i], Int32(i))
+                    threshold = admissionThreshold
+                }
+            }
+            j += 64
+        }
+        while j < n {
+            if x[j] > admissionThreshold { offer(x[j], Int32(j)) }
+            j += 1
         }
     }
 

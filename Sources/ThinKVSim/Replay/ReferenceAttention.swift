@@ -63,43 +63,149 @@ public enum Sparsity {
 }
 
 /// Computes `ReferenceChunk`s for one layer.
+///
+/// For q+k layers the steps of a chunk are processed in blocks of `stepBlock` steps; within a
+/// block the query heads of one kv head form the rows of one matrix, so each key and value
+/// row is read once for all of them (`Kernels.scores`, `Kernels.weightedSum`).
 struct ReferenceAttention {
     let header: TraceHeader
     let data: LayerData
     let workers: Int
+    /// Decode steps whose queries share one pass over the keys.
+    var stepBlock = 8
+    /// 0, 1, ..., T-1: the identity gather for the kernels.
+    let identity: [Int32]
+
+    init(header: TraceHeader, data: LayerData, workers: Int) {
+        self.header = header
+        self.data = data
+        self.workers = workers
+        identity = (0..<header.numTokens).map { Int32($0) }
+    }
 
     /// Per-worker scratch, reused across chunks so the hot loop does not allocate.
     final class Scratch {
         var row: [Float]
         var average: [Float]
+        var logits: [Float]
+        var queryBlock: [Float]
+        var outputBlock: [Float]
         var top: TopKSelector
-        init(tokens: Int, k: Int) {
+        init(tokens: Int, k: Int, rows: Int, headDim: Int, stepBlock: Int) {
             row = [Float](repeating: 0, count: tokens)
-            average = [Float](repeating: 0, count: tokens)
+            average = [Float](repeating: 0, count: tokens * stepBlock)
+            logits = [Float](repeating: 0, count: tokens * rows)
+            queryBlock = [Float](repeating: 0, count: rows * headDim)
+            outputBlock = [Float](repeating: 0, count: rows * headDim)
             top = TopKSelector(k: k)
         }
     }
 
     func makeScratch(k: Int) -> [Scratch] {
-        (0..<workers).map { _ in Scratch(tokens: header.numTokens, k: k) }
+        let rows = stepBlock * header.groupSize
+        return (0..<workers).map { _ in
+            Scratch(tokens: header.numTokens, k: k, rows: rows, headDim: header.headDim, stepBlock: stepBlock)
+        }
     }
 
     /// Fills `chunk` (whose queries or attention rows are already read) for its steps.
     func compute(_ chunk: ReferenceChunk, scratch: [Scratch]) {
         let steps = chunk.stepCount
-        let parts = min(workers, max(steps, 1))
+        let blocks = (steps + stepBlock - 1) / stepBlock
+        let parts = min(workers, max(blocks, 1))
         let run = { (w: Int) in
-            let lo = steps * w / parts, hi = steps * (w + 1) / parts
-            for s in lo..<hi { self.computeStep(s, chunk, scratch[w]) }
+            let lo = blocks * w / parts, hi = blocks * (w + 1) / parts
+            for b in lo..<hi {
+                let range = (b * self.stepBlock)..<min(steps, (b + 1) * self.stepBlock)
+                if self.data.keys != nil {
+                    self.computeBlock(range, chunk, scratch[w])
+                } else {
+                    for s in range { self.computeRecordedStep(s, chunk, scratch[w]) }
+                }
+            }
         }
         if parts <= 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: run) }
     }
 
-    private func computeStep(_ s: Int, _ chunk: ReferenceChunk, _ scratch: Scratch) {
+    /// Steps `range` of a q+k layer.
+    private func computeBlock(_ range: Range<Int>, _ chunk: ReferenceChunk, _ scratch: Scratch) {
+        let Hq = header.numQHeads, D = header.headDim, T = header.numTokens, gs = header.groupSize
+        let P = header.promptLength
+        let scale = header.effectiveSoftmaxScale
+        let k = chunk.topK
+        let lastLength = P + chunk.firstStep + range.upperBound  // visible positions of the last step
+        let rows = range.count * gs
+        scratch.average.withUnsafeMutableBufferPointer { avg in
+            for i in 0..<(range.count * T) { avg[i] = 0 }
+        }
+        scratch.logits.withUnsafeMutableBufferPointer { L in
+        scratch.queryBlock.withUnsafeMutableBufferPointer { QB in
+        scratch.outputBlock.withUnsafeMutableBufferPointer { OB in
+        scratch.average.withUnsafeMutableBufferPointer { avg in
+        identity.withUnsafeBufferPointer { iota in
+        chunk.queries.withUnsafeBufferPointer { Q in
+        data.keys!.withUnsafeBufferPointer { K in
+            for g in 0..<header.numKVHeads {
+                // Rows (step, head of the group), queries gathered contiguously.
+                for (i, s) in range.enumerated() {
+                    for hh in 0..<gs {
+                        let src = Q.baseAddress! + (s * Hq + g * gs + hh) * D
+                        let dst = QB.baseAddress! + (i * gs + hh) * D
+                        dst.update(from: src, count: D)
+                    }
+                }
+                Kernels.scores(queries: QB.baseAddress!, rows: rows, headDim: D,
+                               keys: K.baseAddress! + data.offset(kvHead: g, position: 0), indices: iota.baseAddress!,
+                               count: lastLength, scale: scale, out: L.baseAddress!, outStride: T)
+                for (i, s) in range.enumerated() {
+                    let n = P + chunk.firstStep + s + 1
+                    for hh in 0..<gs {
+                        let h = g * gs + hh
+                        let idx = s * Hq + h
+                        let r = L.baseAddress! + (i * gs + hh) * T
+                        chunk.logSumExp[idx] = Kernels.softmaxFast(r, n)
+                        for j in n..<lastLength { r[j] = 0 }  // causal: later positions get no weight
+                        let a = avg.baseAddress! + i * T
+                        for j in 0..<n { a[j] += r[j] }
+                        scratch.top.reset()
+                        scratch.top.offerAll(r, n)
+                        var c = 0
+                        for position in scratch.top.selected {
+                            chunk.topKPositions[idx * k + c] = position
+                            c += 1
+                        }
+                        chunk.topKCount[idx] = Int32(c)
+                    }
+                }
+                if let values = data.values {
+                    values.withUnsafeBufferPointer { V in
+                        Kernels.weightedSum(probs: L.baseAddress!, probStride: T, rows: rows,
+                                            values: V.baseAddress! + data.offset(kvHead: g, position: 0),
+                                            indices: iota.baseAddress!, count: lastLength, headDim: D, out: OB.baseAddress!)
+                    }
+                    chunk.outputs.withUnsafeMutableBufferPointer { O in
+                        for (i, s) in range.enumerated() {
+                            for hh in 0..<gs {
+                                let idx = s * Hq + g * gs + hh
+                                let src = OB.baseAddress! + (i * gs + hh) * D
+                                (O.baseAddress! + idx * D).update(from: src, count: D)
+                                chunk.outputNorms[idx] = Kernels.norm(src, D)
+                            }
+                        }
+                    }
+                }
+            }
+            for (i, s) in range.enumerated() {
+                chunk.sparsity[s] = Sparsity.of(averagedRow: avg.baseAddress! + i * T, count: P + chunk.firstStep + s + 1)
+            }
+        }}}}}}}
+    }
+
+    /// One step of an attention-only layer: the recorded rows are the reference.
+    private func computeRecordedStep(_ s: Int, _ chunk: ReferenceChunk, _ scratch: Scratch) {
         let Hq = header.numQHeads, D = header.headDim, T = header.numTokens
         let p = header.promptLength + chunk.firstStep + s
         let n = p + 1
-        let scale = header.effectiveSoftmaxScale
         let k = chunk.topK
         let attnHeads = data.info.attentionHeads == .keyValue ? header.numKVHeads : Hq
         scratch.average.withUnsafeMutableBufferPointer { avg in
@@ -110,44 +216,33 @@ struct ReferenceAttention {
             let idx = s * Hq + h
             scratch.row.withUnsafeMutableBufferPointer { row in
                 let r = row.baseAddress!
-                if let keys = data.keys {
-                    keys.withUnsafeBufferPointer { K in
-                        chunk.queries.withUnsafeBufferPointer { Q in
-                            let q = Q.baseAddress! + (s * Hq + h) * D
-                            let kBase = K.baseAddress! + data.offset(kvHead: g, position: 0)
-                            for j in 0..<n { r[j] = scale * Kernels.dot(q, kBase + j * D, D) }
-                        }
-                    }
-                    chunk.logSumExp[idx] = Kernels.softmaxInPlace(r, n)
-                } else {
-                    let rowHead = attnHeads == Hq ? h : g
-                    chunk.attentionRows.withUnsafeBufferPointer { A in
-                        let src = A.baseAddress! + (s * attnHeads + rowHead) * T
-                        for j in 0..<n { r[j] = src[j] }
-                    }
-                    chunk.logSumExp[idx] = 0
+                let rowHead = attnHeads == Hq ? h : g
+                chunk.attentionRows.withUnsafeBufferPointer { A in
+                    r.update(from: A.baseAddress! + (s * attnHeads + rowHead) * T, count: n)
                 }
+                chunk.logSumExp[idx] = 0
                 scratch.average.withUnsafeMutableBufferPointer { avg in
                     for j in 0..<n { avg[j] += r[j] }
                 }
                 if let values = data.values {
                     values.withUnsafeBufferPointer { V in
-                        chunk.outputs.withUnsafeMutableBufferPointer { O in
-                            let o = O.baseAddress! + idx * D
-                            for d in 0..<D { o[d] = 0 }
-                            let vBase = V.baseAddress! + data.offset(kvHead: g, position: 0)
-                            for j in 0..<n { Kernels.axpy(r[j], vBase + j * D, o, D) }
-                            chunk.outputNorms[idx] = Kernels.norm(o, D)
+                        identity.withUnsafeBufferPointer { iota in
+                            chunk.outputs.withUnsafeMutableBufferPointer { O in
+                                let o = O.baseAddress! + idx * D
+                                Kernels.weightedSum(probs: r, probStride: T, rows: 1,
+                                                    values: V.baseAddress! + data.offset(kvHead: g, position: 0),
+                                                    indices: iota.baseAddress!, count: n, headDim: D, out: o)
+                                chunk.outputNorms[idx] = Kernels.norm(o, D)
+                            }
                         }
                     }
                 }
                 scratch.top.reset()
-                for j in 0..<n { scratch.top.offer(r[j], Int32(j)) }
+                scratch.top.offerAll(r, n)
             }
-            let base = idx * k
             var c = 0
             for position in scratch.top.selected {
-                chunk.topKPositions[base + c] = position
+                chunk.topKPositions[idx * k + c] = position
                 c += 1
             }
             chunk.topKCount[idx] = Int32(c)

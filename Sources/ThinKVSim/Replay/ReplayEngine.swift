@@ -189,6 +189,7 @@ final class PolicyLayerRun {
     // Scratch reused every step.
     private var attention: [Float] = []
     private var exactLogits: [Float] = []
+    private var headMetrics: [HeadMetrics] = []
     private var offsets: [Int]
     private var counts: [Int]
     private var output: [Float]
@@ -295,15 +296,14 @@ final class PolicyLayerRun {
             total += counts[q]
         }
         if attention.count < total { attention = [Float](repeating: 0, count: total) }
-        let maxCount = counts.max() ?? 0
-        if exactLogits.count < maxCount { exactLogits = [Float](repeating: 0, count: maxCount) }
         let attendedBytes = cache.totalBytes()
         var compactionBytes = updatePaging(newPosition: Int32(context.position))
         let paged = pagingState()
 
         var recallSum: Float = 0, recallMin: Float = .infinity, topSum: Float = 0, klSum: Float = 0, errSum: Float = 0
-        for q in 0..<Hq {
-            let m = measure(queryHead: q, context: context, chunk: chunk, s: s)
+        headMetrics.removeAll(keepingCapacity: true)
+        for g in 0..<Hkv { measureGroup(g, context: context, chunk: chunk, s: s, into: &headMetrics) }
+        for m in headMetrics {
             recallSum += m.recall
             recallMin = min(recallMin, m.recall)
             topSum += m.topK
@@ -348,100 +348,135 @@ final class PolicyLayerRun {
         var recall: Float, topK: Float, kl: Float, error: Float?
     }
 
-    /// Computes query head q's attention over its kv head's attended slots into `attention`,
-    /// and its fidelity against the reference.
-    private func measure(queryHead q: Int, context: StepContext, chunk: ReferenceChunk, s: Int) -> HeadMetrics {
+    /// True when kv head g attends to every visible position with the exact keys and values:
+    /// its attention is then the reference itself, and measuring it would recompute the
+    /// reference (the full cache in every replay, and every policy before its budget fills).
+    private func attendsExactFullCache(_ g: Int, position p: Int) -> Bool {
+        !cache.keysModified && !cache.valuesModified && cache.count(kvHead: g) == p + 1
+    }
+
+    /// Computes the attention of kv head g's query heads over its attended slots into
+    /// `attention` (rows of the group are contiguous there) and their fidelity against the
+    /// reference, appending one `HeadMetrics` per query head to `out`.
+    private func measureGroup(_ g: Int, context: StepContext, chunk: ReferenceChunk, s: Int, into out: inout [HeadMetrics]) {
         let h = setup.header
-        let D = h.headDim, T = h.numTokens
-        let g = h.kvHead(ofQueryHead: q)
-        let slots = cache.slots[g]
-        let n = slots.count
-        let idx = s * h.numQHeads + q
-        var recall: Float = 0, kl: Float = 0
-        attention.withUnsafeMutableBufferPointer { att in
-            exactLogits.withUnsafeMutableBufferPointer { exact in
-                let a = att.baseAddress! + offsets[q]
-                let e = exact.baseAddress!
-                if let exactKeys = data.keys, let query = context.query(head: q) {
-                    let scale = h.effectiveSoftmaxScale
-                    let qp = query.baseAddress!
-                    cache.storedKeys!.withUnsafeBufferPointer { K in
-                        let base = K.baseAddress! + data.offset(kvHead: g, position: 0)
-                        for i in 0..<n { a[i] = scale * Kernels.dot(qp, base + Int(slots[i]) * D, D) }
-                    }
-                    if cache.keysModified {
-                        exactKeys.withUnsafeBufferPointer { K in
-                            let base = K.baseAddress! + data.offset(kvHead: g, position: 0)
-                            for i in 0..<n { e[i] = scale * Kernels.dot(qp, base + Int(slots[i]) * D, D) }
+        let D = h.headDim, T = h.numTokens, gs = h.groupSize
+        let firstHead = g * gs
+        let n = cache.slots[g].count
+        let skipAttention = !type(of: policy).readsAttention && attendsExactFullCache(g, position: context.position)
+        if skipAttention {
+            // Identical to the reference by construction; the policy does not read the attention.
+            for _ in 0..<gs { out.append(HeadMetrics(recall: 1, topK: 1, kl: 0, error: data.values == nil ? nil : 0)) }
+            return
+        }
+        if exactLogits.count < gs * n { exactLogits = [Float](repeating: 0, count: gs * n) }
+        if output.count < gs * D { output = [Float](repeating: 0, count: gs * D) }
+        var recall = [Float](repeating: 0, count: gs), kl = [Float](repeating: 0, count: gs)
+        cache.slots[g].withUnsafeBufferPointer { slotBuffer in
+            let slots = slotBuffer.baseAddress!
+            attention.withUnsafeMutableBufferPointer { att in
+                exactLogits.withUnsafeMutableBufferPointer { exact in
+                    let a = att.baseAddress! + offsets[firstHead]  // [gs][n]
+                    let e = exact.baseAddress!                     // [gs][n]
+                    if let exactKeys = data.keys, let queries = context.queries {
+                        let scale = h.effectiveSoftmaxScale
+                        let q = queries.baseAddress! + firstHead * D
+                        cache.storedKeys!.withUnsafeBufferPointer { K in
+                            Kernels.scores(queries: q, rows: gs, headDim: D, keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
+                                           indices: slots, count: n, scale: scale, out: a, outStride: n)
+                        }
+                        if cache.keysModified {
+                            exactKeys.withUnsafeBufferPointer { K in
+                                Kernels.scores(queries: q, rows: gs, headDim: D, keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
+                                               indices: slots, count: n, scale: scale, out: e, outStride: n)
+                            }
+                        } else {
+                            e.update(from: a, count: gs * n)
+                        }
+                        for hh in 0..<gs {
+                            let lse = chunk.logSumExp[s * h.numQHeads + firstHead + hh]
+                            let row = e + hh * n
+                            var m: Float = 0
+                            for i in 0..<n {
+                                row[i] -= lse  // now log A (full-cache log-probability)
+                                m += expf(row[i])
+                            }
+                            recall[hh] = m
+                            Kernels.softmaxFast(a + hh * n, n)
                         }
                     } else {
-                        for i in 0..<n { e[i] = a[i] }
-                    }
-                    let lse = chunk.logSumExp[idx]
-                    for i in 0..<n {
-                        e[i] -= lse  // now log A (full-cache log-probability)
-                        recall += expf(e[i])
-                    }
-                    Kernels.softmaxInPlace(a, n)
-                } else {
-                    // Attention-only layer: the recorded row restricted to the kept set.
-                    let H = setup.layer.attentionHeads == .keyValue ? h.numKVHeads : h.numQHeads
-                    let rowHead = H == h.numQHeads ? q : g
-                    chunk.attentionRows.withUnsafeBufferPointer { A in
-                        let row = A.baseAddress! + (s * H + rowHead) * T
-                        for i in 0..<n {
-                            let v = row[Int(slots[i])]
-                            recall += v
-                            e[i] = v > 0 ? logf(v) : -.infinity
-                            a[i] = v
+                        // Attention-only layer: the recorded row restricted to the kept set.
+                        let H = setup.layer.attentionHeads == .keyValue ? h.numKVHeads : h.numQHeads
+                        chunk.attentionRows.withUnsafeBufferPointer { A in
+                            for hh in 0..<gs {
+                                let rowHead = H == h.numQHeads ? firstHead + hh : g
+                                let row = A.baseAddress! + (s * H + rowHead) * T
+                                let ah = a + hh * n, eh = e + hh * n
+                                var m: Float = 0
+                                for i in 0..<n {
+                                    let v = row[Int(slots[i])]
+                                    m += v
+                                    eh[i] = v > 0 ? logf(v) : -.infinity
+                                    ah[i] = v
+                                }
+                                let inv: Float = m > 0 ? 1 / m : 0
+                                for i in 0..<n { ah[i] *= inv }
+                                recall[hh] = m
+                            }
                         }
                     }
-                    let inv: Float = recall > 0 ? 1 / recall : 0
-                    for i in 0..<n { a[i] *= inv }
-                }
-                for i in 0..<n where a[i] > 0 { kl += a[i] * (logf(a[i]) - e[i]) }
-            }
-        }
-        // Nothing attended, or (attention-only layers) only positions the recorded row gives no
-        // weight: the policy's attention has no support in A. KL = -ln m with m = 0 is infinite;
-        // the loop above would have left it at 0, a perfect score.
-        let noSupport = n == 0 || (data.keys == nil && recall == 0)
-
-        // Top-k recall: how many of the full cache's k most attended positions were attended.
-        let k = Int(chunk.topKCount[idx])
-        var hits = 0
-        if k > 0 {
-            let base = idx * chunk.topK
-            for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = true }
-            for p in slots where isTop[Int(p)] { hits += 1 }
-            for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = false }
-        }
-
-        var error: Float? = nil
-        if let storedValues = cache.storedValues {
-            error = output.withUnsafeMutableBufferPointer { o -> Float in
-                let op = o.baseAddress!
-                for d in 0..<D { op[d] = 0 }
-                attention.withUnsafeBufferPointer { att in
-                    storedValues.withUnsafeBufferPointer { V in
-                        let base = V.baseAddress! + data.offset(kvHead: g, position: 0)
-                        let a = att.baseAddress! + offsets[q]
-                        for i in 0..<n { Kernels.axpy(a[i], base + Int(slots[i]) * D, op, D) }
+                    for hh in 0..<gs {
+                        let ah = a + hh * n, eh = e + hh * n
+                        var divergence: Float = 0
+                        for i in 0..<n where ah[i] > 0 { divergence += ah[i] * (logf(ah[i]) - eh[i]) }
+                        kl[hh] = divergence
+                    }
+                    if let storedValues = cache.storedValues {
+                        output.withUnsafeMutableBufferPointer { o in
+                            storedValues.withUnsafeBufferPointer { V in
+                                Kernels.weightedSum(probs: a, probStride: n, rows: gs,
+                                                    values: V.baseAddress! + data.offset(kvHead: g, position: 0),
+                                                    indices: slots, count: n, headDim: D, out: o.baseAddress!)
+                            }
+                        }
                     }
                 }
+            }
+        }
+        for hh in 0..<gs {
+            let idx = s * h.numQHeads + firstHead + hh
+            // Nothing attended, or (attention-only layers) only positions the recorded row gives no
+            // weight: the policy's attention has no support in A. KL = -ln m with m = 0 is infinite;
+            // the sum above would have left it at 0, a perfect score.
+            let noSupport = n == 0 || (data.keys == nil && recall[hh] == 0)
+
+            // Top-k recall: how many of the full cache's k most attended positions were attended.
+            let k = Int(chunk.topKCount[idx])
+            var hits = 0
+            if k > 0 {
+                let base = idx * chunk.topK
+                for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = true }
+                for p in cache.slots[g] where isTop[Int(p)] { hits += 1 }
+                for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = false }
+            }
+
+            var error: Float? = nil
+            if cache.storedValues != nil {
                 var diff: Float = 0
-                chunk.outputs.withUnsafeBufferPointer { O in
-                    let full = O.baseAddress! + idx * D
-                    for d in 0..<D {
-                        let x = op[d] - full[d]
-                        diff += x * x
+                output.withUnsafeBufferPointer { o in
+                    chunk.outputs.withUnsafeBufferPointer { O in
+                        let mine = o.baseAddress! + hh * D, full = O.baseAddress! + idx * D
+                        for d in 0..<D {
+                            let x = mine[d] - full[d]
+                            diff += x * x
+                        }
                     }
                 }
                 let norm = chunk.outputNorms[idx]
-                return norm > 0 ? diff.squareRoot() / norm : diff.squareRoot()
+                error = norm > 0 ? diff.squareRoot() / norm : diff.squareRoot()
             }
+            out.append(HeadMetrics(recall: recall[hh], topK: k > 0 ? Float(hits) / Float(k) : 1,
+                                   kl: noSupport ? .infinity : max(kl[hh], 0), error: error))
         }
-        return HeadMetrics(recall: recall, topK: k > 0 ? Float(hits) / Float(k) : 1,
-                           kl: noSupport ? .infinity : max(kl, 0), error: error)
     }
 }

@@ -1,0 +1,219 @@
+import Foundation
+
+/// Register-blocked attention kernels: many query rows against the same keys/values, so each
+/// key or value row is loaded once for several queries (the query heads of a GQA group, and
+/// several decode steps). Results are bit-identical to `Kernels.dot` / `Kernels.axpy` applied
+/// row by row: the blocking changes which loads are shared, never the order of the sums.
+extension Kernels {
+    /// out[r * outStride + j] = scale · (q_r · key(indices[j])) for r < rows, j < count, where
+    /// q_r = queries + r·D and key(i) = keys + i·D.
+    public static func scores(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
+                              keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
+                              scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
+        guard D % 8 == 0 else {
+            for r in 0..<rows {
+                for j in 0..<count {
+                    out[r * outStride + j] = scale * dot(queries + r * D, keys + Int(indices[j]) * D, D)
+                }
+            }
+            return
+        }
+        // Positions in blocks that stay in L2 while every row passes over them.
+        var blockStart = 0
+        while blockStart < count {
+            let blockEnd = min(count, blockStart + positionBlock)
+            scoresBlock(queries: queries, rows: rows, headDim: D, keys: keys, indices: indices,
+                        range: blockStart..<blockEnd, scale: scale, out: out, outStride: outStride)
+            blockStart = blockEnd
+        }
+    }
+
+    /// Positions per cache block of the blocked kernels (128 rows of D = 128 floats: 64 KiB).
+    static let positionBlock = 128
+
+    @inline(__always)
+    private static func scoresBlock(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
+                                    keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
+                                    scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
+        let count = range.upperBound
+        var r = 0
+        while r + 4 <= rows {
+            let q0 = queries + r * D, q1 = q0 + D, q2 = q1 + D, q3 = q2 + D
+            let o0 = out + r * outStride, o1 = o0 + outStride, o2 = o1 + outStride, o3 = o2 + outStride
+            var j = range.lowerBound
+            while j + 2 <= count {
+                let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                var a00 = SIMD8<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00
+                var a20 = a00, a21 = a00, a30 = a00, a31 = a00
+                var c = 0
+                while c < D {
+                    let x0 = load8(k0, c), x1 = load8(k1, c)
+                    let y0 = load8(q0, c)
+                    multiplyAdd(&a00, y0, x0); multiplyAdd(&a01, y0, x1)
+                    let y1 = load8(q1, c)
+                    multiplyAdd(&a10, y1, x0); multiplyAdd(&a11, y1, x1)
+                    let y2 = load8(q2, c)
+                    multiplyAdd(&a20, y2, x0); multiplyAdd(&a21, y2, x1)
+                    let y3 = load8(q3, c)
+                    multiplyAdd(&a30, y3, x0); multiplyAdd(&a31, y3, x1)
+                    c += 8
+                }
+                o0[j] = scale * a00.sum(); o0[j + 1] = scale * a01.sum()
+                o1[j] = scale * a10.sum(); o1[j + 1] = scale * a11.sum()
+                o2[j] = scale * a20.sum(); o2[j + 1] = scale * a21.sum()
+                o3[j] = scale * a30.sum(); o3[j + 1] = scale * a31.sum()
+                j += 2
+            }
+            if j < count {
+                let k = keys + Int(indices[j]) * D
+                o0[j] = scale * dot(q0, k, D); o1[j] = scale * dot(q1, k, D)
+                o2[j] = scale * dot(q2, k, D); o3[j] = scale * dot(q3, k, D)
+            }
+            r += 4
+        }
+        while r < rows {
+            let q = queries + r * D, o = out + r * outStride
+            for j in range { o[j] = scale * dot(q, keys + Int(indices[j]) * D, D) }
+            r += 1
+        }
+    }
+
+    /// out[r·D ..< (r+1)·D] = Σ_j probs[r·probStride + j] · value(indices[j]) for r < rows, summed
+    /// over j in increasing order (as repeated `axpy` would).
+    public static func weightedSum(probs: UnsafePointer<Float>, probStride: Int, rows: Int,
+                                   values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
+                                   headDim D: Int, out: UnsafeMutablePointer<Float>) {
+        guard D % 32 == 0 else {
+            for r in 0..<rows {
+                let o = out + r * D
+                for d in 0..<D { o[d] = 0 }
+                for j in 0..<count { axpy(probs[r * probStride + j], values + Int(indices[j]) * D, o, D) }
+            }
+            return
+        }
+        for i in 0..<(rows * D) { out[i] = 0 }
+        var blockStart = 0
+        while blockStart < count {
+            let blockEnd = min(count, blockStart + positionBlock)
+            weightedSumBlock(probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
+                             range: blockStart..<blockEnd, headDim: D, out: out)
+            blockStart = blockEnd
+        }
+    }
+
+    /// Adds the positions `range` to the running sums in `out` (same order as one pass).
+    @inline(__always)
+    private static func weightedSumBlock(probs: UnsafePointer<Float>, probStride: Int, rows: Int,
+                                         values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
+                                         headDim D: Int, out: UnsafeMutablePointer<Float>) {
+        var r = 0
+        while r < rows {
+            let pair = r + 1 < rows
+            let p0 = probs + r * probStride, p1 = pair ? p0 + probStride : p0
+            var tile = 0
+            while tile < D {
+                let o0 = out + r * D + tile
+                let o1 = pair ? o0 + D : o0
+                var a0 = load8(o0, 0), a1 = load8(o0, 8), a2 = load8(o0, 16), a3 = load8(o0, 24)
+                var b0 = load8(o1, 0), b1 = load8(o1, 8), b2 = load8(o1, 16), b3 = load8(o1, 24)
+                for j in range {
+                    let v = values + Int(indices[j]) * D + tile
+                    let v0 = load8(v, 0), v1 = load8(v, 8), v2 = load8(v, 16), v3 = load8(v, 24)
+                    let w0 = SIMD8<Float>(repeating: p0[j]), w1 = SIMD8<Float>(repeating: p1[j])
+                    multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1); multiplyAdd(&a2, w0, v2); multiplyAdd(&a3, w0, v3)
+                    multiplyAdd(&b0, w1, v0); multiplyAdd(&b1, w1, v1); multiplyAdd(&b2, w1, v2); multiplyAdd(&b3, w1, v3)
+                }
+                let s0 = UnsafeMutableRawPointer(o0)
+                s0.storeBytes(of: a0, toByteOffset: 0, as: SIMD8<Float>.self)
+                s0.storeBytes(of: a1, toByteOffset: 32, as: SIMD8<Float>.self)
+                s0.storeBytes(of: a2, toByteOffset: 64, as: SIMD8<Float>.self)
+                s0.storeBytes(of: a3, toByteOffset: 96, as: SIMD8<Float>.self)
+                if pair {
+                    let s1 = UnsafeMutableRawPointer(o1)
+                    s1.storeBytes(of: b0, toByteOffset: 0, as: SIMD8<Float>.self)
+                    s1.storeBytes(of: b1, toByteOffset: 32, as: SIMD8<Float>.self)
+                    s1.storeBytes(of: b2, toByteOffset: 64, as: SIMD8<Float>.self)
+                    s1.storeBytes(of: b3, toByteOffset: 96, as: SIMD8<Float>.self)
+                }
+                tile += 32
+            }
+            r += pair ? 2 : 1
+        }
+    }
+
+    /// e^x for 8 lanes: Cody–Waite range reduction to r in [−ln2/2, ln2/2], a degree-6
+    /// polynomial for e^r (relative error about 2e-7), and 2^n by building the float's exponent.
+    /// Inputs below −87.3 give 0; above 88.4 saturate (softmax never exceeds 0 after the shift).
+    ///
+    /// Rounding and the integer n come from adding 1.5·2^23, which leaves n in the low mantissa
+    /// bits; converting a float vector to Int32 lanes would take a slow generic path.
+    @inline(__always)
+    public static func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+        let lo = SIMD8<Float>(repeating: -87.33654), hi = SIMD8<Float>(repeating: 88.37626)
+        let underflow = x .< lo
+        var xc = x.replacing(with: lo, where: underflow)
+        xc = xc.replacing(with: hi, where: xc .> hi)
+        let magic = SIMD8<Float>(repeating: 12_582_912)  // 1.5 · 2^23
+        let shifted = xc * 1.44269504088896341 + magic
+        let n = shifted - magic
+        var r = xc - n * 0.693359375
+        r = r + n * 2.12194440e-4
+        var p = SIMD8<Float>(repeating: 1.9875691500e-4)
+        p = p * r + 1.3981999507e-3
+        p = p * r + 8.3334519073e-3
+        p = p * r + 4.1665795894e-2
+        p = p * r + 1.6666665459e-1
+        p = p * r + 5.0000001201e-1
+        let e = p * (r * r) + r + 1
+        let bits = (unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
+        let result = e * unsafeBitCast(bits, to: SIMD8<Float>.self)
+        return result.replacing(with: 0, where: underflow)
+    }
+
+    /// Softmax of x[0..<n] in place with the vector exp; returns log Σ exp(x).
+    @inline(__always)
+    @discardableResult
+    public static func softmaxFast(_ x: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
+        guard n > 0 else { return -.infinity }
+        var mv = SIMD8<Float>(repeating: -.infinity)
+        var i = 0
+        while i + 8 <= n {
+            let v = load8(x, i)
+            mv = mv.replacing(with: v, where: v .> mv)
+            i += 8
+        }
+        var m = mv.max()
+        while i < n {
+            m = max(m, x[i])
+            i += 1
+        }
+        let mm = SIMD8<Float>(repeating: m)
+        var sv = SIMD8<Float>(repeating: 0)
+        let raw = UnsafeMutableRawPointer(x)
+        i = 0
+        while i + 8 <= n {
+            let e = exp8(load8(x, i) - mm)
+            raw.storeBytes(of: e, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            sv += e
+            i += 8
+        }
+        var s = sv.sum()
+        while i < n {
+            let e = exp8(SIMD8<Float>(repeating: x[i] - m))[0]
+            x[i] = e
+            s += e
+            i += 1
+        }
+        let inv = SIMD8<Float>(repeating: 1 / s)
+        i = 0
+        while i + 8 <= n {
+            raw.storeBytes(of: load8(x, i) * inv, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n {
+            x[i] *= inv[0]
+            i += 1
+        }
+        return m + logf(s)
+    }
+}
