@@ -38,6 +38,7 @@ final class ThinKVProbe<Inner: ThinKVPolicy>: CachePolicy {
     static var parameters: [PolicyParameter] { Inner.parameters }
     static var requirements: PolicyRequirements { Inner.requirements }
     static var preferredBlockSize: Int { Inner.preferredBlockSize }
+    static var readsAttention: Bool { Inner.readsAttention }
     static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
         try Inner.prepare(reader, parameters: parameters, layers: layers)
     }

@@ -54,6 +54,8 @@ public class ThinKVPolicy: CachePolicy {
     public class var requirements: PolicyRequirements { components.contains(.eviction) ? .queriesAndKeys : [] }
     /// One block holds one thought type; small blocks waste fewer slots per type.
     public class var preferredBlockSize: Int { 8 }
+    /// Segments shrink by k-means over keys; the step's attention is never read.
+    public class var readsAttention: Bool { false }
 
     /// The thought timeline (`ThoughtTimeline`), computed once per replay.
     public class func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
