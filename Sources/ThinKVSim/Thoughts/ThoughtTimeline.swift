@@ -60,8 +60,8 @@ public struct ThoughtTimeline: Sendable, Equatable {
         for layer in thresholds.layers where reader.layerInfo(layer) == nil {
             throw PolicyError("\(policy): the classifier averages the sparsity of layers \(thresholds.layers.map(String.init).joined(separator: ",")), but layer \(layer) is not recorded in \(reader.path) (recorded: \(recorded.map(String.init).joined(separator: ",")))")
         }
-        let profile = try SparsityProfile.compute(reader, layers: thresholds.layers)
-        let types = ThoughtClassifier.timeline(averagedSparsity: profile.averaged(over: thresholds.layers), thresholds: thresholds)
+        let averaged = try AveragedSparsityMemo.shared.averaged(reader, layers: thresholds.layers)
+        let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds)
         return ThoughtTimeline(types: types, source: .classifier, thresholds: thresholds)
     }
 
@@ -79,5 +79,27 @@ public struct ThoughtTimeline: Sendable, Equatable {
         } catch {
             throw PolicyError("\(policy): --calibration \(path) is not a thresholds file (JSON with theta1, theta2, layers, refresh_interval, sparsity_ratio): \(error)")
         }
+    }
+}
+
+/// The last averaged sparsity profile computed, so that several ThinKV configurations in one
+/// replay (e.g. `thinkv,thinkv-tbe` or a budget sweep) pay for the attention pass once. Keyed
+/// by the reader object (held weakly) and L*.
+private final class AveragedSparsityMemo: @unchecked Sendable {
+    static let shared = AveragedSparsityMemo()
+    private let lock = NSLock()
+    private weak var reader: TraceReader?
+    private var layers: [Int] = []
+    private var averaged: [Float] = []
+
+    func averaged(_ reader: TraceReader, layers: [Int]) throws -> [Float] {
+        lock.lock()
+        defer { lock.unlock() }
+        if self.reader === reader && self.layers == layers { return averaged }
+        let profile = try SparsityProfile.compute(reader, layers: layers)
+        self.reader = reader
+        self.layers = layers
+        averaged = profile.averaged(over: layers)
+        return averaged
     }
 }
