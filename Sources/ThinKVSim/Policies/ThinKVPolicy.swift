@@ -194,10 +194,12 @@ public class ThinKVPolicy: CachePolicy {
     /// segment's protected tokens plus k-means representatives of the others.
     private func evict(newest: Int, transition: Bool, cache: LayerCache) {
         guard let segments else { return }
+        if transition { counters.transitions += 1 }
+        // Nothing to decide between transitions while under budget (every head holds as many).
+        guard transition || budget.map({ cache.count(kvHead: 0) > $0 }) == true else { return }
         let protection = ThoughtSegments.Protection(sinks: sinks, recent: recent, newest: newest)
         let decision = segments.decide(resident: cache.slots[0], transition: transition, budget: budget,
                                        schedule: schedule, protection: protection)
-        if transition { counters.transitions += 1 }
         for event in decision.events {
             switch event.reason {
             case .transition: counters.transitionCuts += 1
