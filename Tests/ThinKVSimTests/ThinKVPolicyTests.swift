@@ -388,6 +388,35 @@ final class ThinKVPolicyTests: XCTestCase {
         XCTAssertEqual(timeline?.types, [.reasoning, .reasoning, .transition, .transition])
     }
 
+    func testCommandLineRunsTheThreePoliciesAndExplainsMissingThresholds() throws {
+        let binary = try XCTUnwrap(CLITests.binary, "thinkv-sim not built; run 'swift build --build-tests'")
+        let path = try trace(prompt: 8, runs([("R", 40), ("T", 6), ("E", 30)]), Hq: 2, Hkv: 1, D: 16)
+        func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
+            let process = Process()
+            process.executableURL = binary
+            process.arguments = arguments
+            let out = try TestTraces.directory(self).appendingPathComponent("out.txt")
+            FileManager.default.createFile(atPath: out.path, contents: nil)
+            let handle = try FileHandle(forWritingTo: out)
+            process.standardOutput = handle
+            process.standardError = handle
+            try process.run()
+            process.waitUntilExit()
+            try handle.close()
+            return (process.terminationStatus, String(decoding: try Data(contentsOf: out), as: UTF8.self))
+        }
+        let ok = try run(["replay", path, "--policy", "full,thinkv,thinkv-tbq,thinkv-tbe", "--thoughts", "labels", "--budget", "40",
+                          "--threads", "1"])
+        XCTAssertEqual(ok.status, 0, ok.output)
+        for label in ["thinkv(budget=40,thoughts=labels)", "thinkv-tbq(thoughts=labels)", "thinkv-tbe(budget=40,thoughts=labels)"] {
+            XCTAssertTrue(ok.output.contains(label), label)
+        }
+        XCTAssertTrue(ok.output.contains("thinkv 8"), "ThinKV's block size")
+        let missing = try run(["replay", path, "--policy", "thinkv"])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.output.contains("--calibration FILE"), missing.output)
+    }
+
     func testBadParametersAreRefused() throws {
         let path = try trace(prompt: 4, "RRRRRRRR")
         func run(_ name: String, _ values: [String: String]) -> String {
