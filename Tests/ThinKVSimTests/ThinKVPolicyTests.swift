@@ -283,6 +283,19 @@ final class ThinKVPolicyTests: XCTestCase {
         }
     }
 
+    func testAPromptLongerThanTheBudgetShrinksAtPrefill() throws {
+        // P = 50, budget 30, 4 sinks, 16 recent (20 protected): one pressure step to 32 leaves
+        // 32 > 30; the next size, 16, is below the protected 20, so the prompt keeps exactly them.
+        let path = try trace(prompt: 50, runs([("R", 5)]), Hq: 2, Hkv: 2, D: 16)
+        let (_, _, snapshots) = try observe(path, ThinKVPolicy.self, ["thoughts": "labels", "budget": "30"])
+        let prefill = try XCTUnwrap(snapshots.first { $0.step == nil })
+        let expected = (0..<4).map { Int32($0) } + (34..<50).map { Int32($0) }
+        XCTAssertEqual(prefill.resident, [expected, expected])
+        XCTAssertEqual(prefill.counters.pressureCuts, 2)
+        XCTAssertEqual(prefill.segments.first?.level, 3)
+        for s in snapshots { XCTAssertTrue(s.resident.allSatisfy { $0.count <= 30 }) }
+    }
+
     func testSegmentsFollowTheLabelsWhenThereIsNoBudget() throws {
         let pairs: [(Character, Int)] = [("R", 30), ("E", 12), ("R", 5), ("T", 7), ("E", 40), ("T", 1), ("R", 9)]
         let path = try trace(prompt: 6, runs(pairs))
