@@ -35,6 +35,7 @@ enum PoliciesCommand: Subcommand {
         case .real: return "NUMBER"
         case .choice(let options): return options.joined(separator: "|")
         case .flag: return "true|false"
+        case .text(let form): return form
         }
     }
 }

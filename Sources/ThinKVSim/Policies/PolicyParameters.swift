@@ -7,6 +7,9 @@ public struct PolicyParameter: Sendable, Equatable {
         case real(ClosedRange<Double>)
         case choice([String])
         case flag
+        /// Free text checked by the policy itself (a list, a file path); the string names its
+        /// form for the help, e.g. "LIST" or "FILE".
+        case text(String)
     }
 
     public let name: String
@@ -43,6 +46,10 @@ public struct PolicyParameter: Sendable, Equatable {
         PolicyParameter(name, .flag, default: value ? "true" : "false", help: help)
     }
 
+    public static func text(_ name: String, _ form: String, default value: String? = nil, help: String) -> PolicyParameter {
+        PolicyParameter(name, .text(form), default: value, help: help)
+    }
+
     /// Checks one raw value; returns it normalised (e.g. `1e3` for an integer is refused).
     func validate(_ raw: String, policy: String) throws -> String {
         func bad(_ why: String) -> PolicyError { PolicyError("\(policy): --\(name) \(why), got '\(raw)'") }
@@ -64,6 +71,10 @@ public struct PolicyParameter: Sendable, Equatable {
             case "false", "0", "no", "off": return "false"
             default: throw bad("must be true or false")
             }
+        case .text:
+            let trimmed = raw.trimmingCharacters(in: .whitespaces)
+            guard !trimmed.isEmpty else { throw bad("must not be empty") }
+            return trimmed
         }
     }
 }

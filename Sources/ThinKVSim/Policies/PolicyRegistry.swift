@@ -9,6 +9,9 @@ public enum PolicyRegistry {
         StreamingLLMPolicy.self,
         RKVPolicy.self,
         SnapKVPolicy.self,
+        ThinKVPolicy.self,
+        ThinKVQuantizationOnlyPolicy.self,
+        ThinKVEvictionOnlyPolicy.self,
     ]
 
     public static func type(named name: String) -> (any CachePolicy.Type)? {
