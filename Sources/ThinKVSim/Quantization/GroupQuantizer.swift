@@ -72,6 +72,7 @@ public enum GroupQuantizer: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Convenience for arrays (tests, small tools): round-trips `values` as one group.
+    @discardableResult
     public func roundTrip(_ values: inout [Float]) -> Int {
         let n = values.count
         return values.withUnsafeMutableBufferPointer { buffer in
