@@ -7,6 +7,8 @@ let commands: [any Subcommand.Type] = [
     InspectCommand.self,
     ValidateCommand.self,
     PoliciesCommand.self,
+    SweepCommand.self,
+    MergeCommand.self,
 ]
 
 func topLevelHelp() -> String {
