@@ -74,11 +74,8 @@ public enum CSV {
             }
             i += 1
         }
-        if quoted {
-            // An unterminated quote can only be a file cut short inside a quoted field.
-            return (records, false)
-        }
-        if !record.isEmpty || !field.isEmpty || fieldStarted || wasQuoted {
+        // Text after the last terminator (or an unterminated quote): a record cut short.
+        if quoted || !record.isEmpty || !field.isEmpty || fieldStarted || wasQuoted {
             endField()
             records.append(record)
             return (records, false)
