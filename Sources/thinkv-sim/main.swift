@@ -9,6 +9,7 @@ let commands: [any Subcommand.Type] = [
     PoliciesCommand.self,
     SweepCommand.self,
     MergeCommand.self,
+    PlotCommand.self,
 ]
 
 func topLevelHelp() -> String {
