@@ -1,5 +1,7 @@
 # thinkv-sim: `make run` replays the shipped sample trace, `make test` runs the test suite.
 # Both install the system packages they need (scripts/ensure-deps.sh) on a fresh Debian machine.
+# `make test-recorder` builds the Python environment of tools/record_trace.py (PyTorch,
+# transformers; cached in .venv-recorder) and runs its tests.
 
 SWIFT     ?= swift
 # Fused multiply-add and AVX2 for the attention kernels when this CPU has them; the plain
@@ -13,8 +15,11 @@ RELEASEFLAGS ?= $(SWIFTFLAGS) -Xswiftc -enforce-exclusivity=unchecked
 RELEASE   := .build/release/thinkv-sim
 SAMPLE    := traces/sample-synthetic.h5
 BUDGET    ?= 256
+POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi
+PYTHON    ?= python3
+RECORDER_VENV ?= .venv-recorder
 
-.PHONY: all deps build run test bench sweep clean help
+.PHONY: all deps build run test bench sweep clean help recorder-venv test-recorder
 
 all: build
 
@@ -23,6 +28,7 @@ help:
 	@echo "make test   build and run the test suite"
 	@echo "make bench  replay benchmark (release build)"
 	@echo "make sweep  budget sweep over the sample traces, CSV + plots in out/"
+	@echo "make test-recorder  Python env of tools/record_trace.py (cached in $(RECORDER_VENV)) and its tests"
 
 deps:
 	@scripts/ensure-deps.sh
@@ -33,11 +39,28 @@ build: deps
 run: build
 	$(RELEASE) inspect $(SAMPLE)
 	@echo
-	$(RELEASE) replay $(SAMPLE) --policy full --budget $(BUDGET)
+	$(RELEASE) replay $(SAMPLE) --policy $(POLICIES) --budget $(BUDGET)
 
 test: deps
 	$(SWIFT) build --build-tests $(SWIFTFLAGS)
 	$(SWIFT) test $(SWIFTFLAGS)
+
+bench: build
+	$(RELEASE) bench
+
+# The recorder's environment: about 5.6 GB (the default PyTorch wheel brings CUDA libraries),
+# rebuilt only when tools/requirements.txt changes.
+recorder-venv: $(RECORDER_VENV)/.installed
+
+$(RECORDER_VENV)/.installed: tools/requirements.txt
+	$(PYTHON) -m venv $(RECORDER_VENV)
+	$(RECORDER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RECORDER_VENV)/bin/python -m pip install --quiet -r tools/requirements.txt
+	touch $@
+
+# The validate test uses the thinkv-sim binary when one is built (release or debug).
+test-recorder: recorder-venv
+	$(RECORDER_VENV)/bin/python -m pytest tools/tests -v
 
 clean:
 	rm -rf .build out

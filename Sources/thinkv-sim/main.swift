@@ -7,6 +7,7 @@ let commands: [any Subcommand.Type] = [
     InspectCommand.self,
     ValidateCommand.self,
     PoliciesCommand.self,
+    BenchCommand.self,
     SweepCommand.self,
     MergeCommand.self,
     PlotCommand.self,

@@ -7,6 +7,8 @@ public enum PolicyRegistry {
         KIVIPolicy.self,
         H2OPolicy.self,
         StreamingLLMPolicy.self,
+        RKVPolicy.self,
+        SnapKVPolicy.self,
     ]
 
     public static func type(named name: String) -> (any CachePolicy.Type)? {

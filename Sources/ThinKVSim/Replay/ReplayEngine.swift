@@ -74,6 +74,29 @@ public struct ReplayResult: Sendable {
     public let paging: PagingMode
     /// Block size per policy label, e.g. "16" or "full 16, thinkv 8".
     public let blockSizes: String
+    public let timing: ReplayTiming
+}
+
+/// Where a replay's time went, and the attention arithmetic it did (for `bench`).
+public struct ReplayTiming: Codable, Equatable, Sendable {
+    public var wallSeconds: Double = 0
+    /// Full-cache reference attention (shared by all policies).
+    public var referenceSeconds: Double = 0
+    /// Policies' own steps: their hooks, their attention over the attended set, metrics.
+    public var policySeconds: Double = 0
+    /// Reading and converting the trace.
+    public var readSeconds: Double = 0
+    /// Floating-point operations of attention proper: 2·D per query-key score and 2·D per
+    /// weighted value, summed over query heads and attended positions.
+    public var referenceFLOPs: Double = 0
+    public var policyFLOPs: Double = 0
+    public var threads: Int = 1
+
+    // Explicit snake_case names: the automatic conversion would split "FLOPs" oddly.
+    enum CodingKeys: String, CodingKey {
+        case wallSeconds = "wall_seconds", referenceSeconds = "reference_seconds", policySeconds = "policy_seconds"
+        case readSeconds = "read_seconds", referenceFLOPs = "reference_flops", policyFLOPs = "policy_flops", threads
+    }
 }
 
 /// Reports progress of long work; called from the replay's serial sections only.
@@ -102,7 +125,13 @@ public final class ReplayEngine {
         return configuration.maxSteps.map { min($0, g) } ?? g
     }
 
+    private var timing = ReplayTiming()
+
+    private static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
     public func run() throws -> ReplayResult {
+        let started = ReplayEngine.now()
+        timing = ReplayTiming(threads: workerCount)
         // Clear the progress line on failure too, so an error message starts on a clean line.
         defer { progress?.finish() }
         let header = reader.header
@@ -123,7 +152,9 @@ public final class ReplayEngine {
         var records = Array(repeating: [StepRecord](), count: configuration.policies.count)
         var samples = Array(repeating: MetricSamples(), count: configuration.policies.count)
         for (ordinal, layer) in layers.enumerated() {
+            let readStart = ReplayEngine.now()
             let data = try LayerData.load(from: reader, layer: layer)
+            timing.readSeconds += ReplayEngine.now() - readStart
             let layerRuns = try replayLayer(data, ordinal: ordinal, count: layers.count)
             for (i, run) in layerRuns.enumerated() {
                 records[i] += run.records
@@ -145,11 +176,12 @@ public final class ReplayEngine {
                 memory: MemorySummary(records: records[i], numLayers: header.numLayers, replayedLayers: layers.count)),
                 paging: configuration.layout(ofPolicy: i).mode, blockSize: configuration.effectiveBlockSize(ofPolicy: i))
         }
+        timing.wallSeconds = ReplayEngine.now() - started
         let sizes = configuration.policies.indices.map { configuration.effectiveBlockSize(ofPolicy: $0) }
         let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
             : zip(configuration.policies, sizes).map { "\($0.name) \($1)" }.joined(separator: ", ")
         return ReplayResult(tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
-                            runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes)
+                            runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes, timing: timing)
     }
 
     // MARK: One layer
@@ -190,7 +222,12 @@ public final class ReplayEngine {
             } else {
                 try reader.readRows(.attn, layer: info.index, rows: first..<(first + steps), into: &chunk.attentionRows)
             }
+            let referenceStart = ReplayEngine.now()
             reference.compute(chunk, scratch: scratch)
+            let policyStart = ReplayEngine.now()
+            timing.referenceSeconds += policyStart - referenceStart
+            let perPair = Double(4 * header.headDim * header.numQHeads)
+            for s in 0..<steps { timing.referenceFLOPs += perPair * Double(P + first + s + 1) }
 
             let advance = { (i: Int) in runs[i].advance(through: chunk) }
             if workerCount == 1 || runs.count == 1 {
@@ -198,6 +235,8 @@ public final class ReplayEngine {
             } else {
                 DispatchQueue.concurrentPerform(iterations: runs.count, execute: advance)
             }
+            timing.policySeconds += ReplayEngine.now() - policyStart
+            for run in runs { timing.policyFLOPs += run.takeFLOPs() }
             if let sink = keptSink {
                 for run in runs { sink.record(run.takeEvents()) }
             }
@@ -223,6 +262,12 @@ final class PolicyLayerRun {
     private var attention: [Float] = []
     private var exactLogits: [Float] = []
     private var headMetrics: [HeadMetrics] = []
+    private var flops: Double = 0
+
+    func takeFLOPs() -> Double {
+        defer { flops = 0 }
+        return flops
+    }
     private var offsets: [Int]
     private var counts: [Int]
     private var output: [Float]
@@ -402,6 +447,7 @@ final class PolicyLayerRun {
             for _ in 0..<gs { out.append(HeadMetrics(recall: 1, topK: 1, kl: 0, error: data.values == nil ? nil : 0)) }
             return
         }
+        flops += Double(4 * D * gs * n) + (cache.keysModified ? Double(2 * D * gs * n) : 0)
         if exactLogits.count < gs * n { exactLogits = [Float](repeating: 0, count: gs * n) }
         if output.count < gs * D { output = [Float](repeating: 0, count: gs * D) }
         var recall = [Float](repeating: 0, count: gs), kl = [Float](repeating: 0, count: gs)

@@ -70,13 +70,14 @@ public enum ReplayReport {
         let layers: [Int]
         let decodeSteps: Int
         let notes: [String]
+        let timing: ReplayTiming
         let runs: [JSONRun]
     }
 
     public static func json(_ result: ReplayResult) throws -> String {
         let report = JSONReport(
             trace: result.tracePath, header: result.header, layers: result.layers, decodeSteps: result.decodeSteps,
-            notes: result.notes,
+            notes: result.notes, timing: result.timing,
             runs: result.runs.map { run in
                 JSONRun(policy: run.spec.name, label: run.spec.label,
                         parameters: Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) }),
