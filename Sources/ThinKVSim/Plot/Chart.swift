@@ -27,6 +27,14 @@ public struct SeriesStyle: Sendable {
     public var width: Double = 1.8
     /// Hollow markers tell variants of one policy apart where a lone point has no dash to show.
     public var hollow = false
+
+    public init(color: String, marker: MarkerShape? = nil, dash: String? = nil, width: Double = 1.8, hollow: Bool = false) {
+        self.color = color
+        self.marker = marker
+        self.dash = dash
+        self.width = width
+        self.hollow = hollow
+    }
 }
 
 /// One line of a chart. A `level` series is a horizontal line across the panel (a run with no
