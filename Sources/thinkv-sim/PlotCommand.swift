@@ -25,7 +25,8 @@ enum PlotCommand: Subcommand {
 
     static func run(_ arguments: ParsedArguments) throws {
         let path = arguments.positionals[0]
-        var options = PlotOptions(outputDirectory: arguments.value("output") ?? URL(fileURLWithPath: path).deletingLastPathComponent().path)
+        let beside = (path as NSString).deletingLastPathComponent
+        var options = PlotOptions(outputDirectory: arguments.value("output") ?? (beside.isEmpty ? "." : beside))
         options.logBytes = arguments.flag("log-bytes")
         switch arguments.value("bytes") ?? "mean" {
         case "mean": options.bytesColumn = "kv_bytes_mean"

@@ -131,7 +131,9 @@ public struct Figure: Sendable {
         let legendWidth = legend.isEmpty ? 0 : 48 + (legend.map { SVGDocument.textWidth($0.label, size: Self.legendSize) }
             + [legendTitle.map { SVGDocument.textWidth($0, size: Self.legendSize) } ?? 0]).max()!
         let cellWidth = left + panelWidth
-        let width = Self.margin + Double(panels.count) * cellWidth + Double(max(panels.count - 1, 0)) * gap + 24 + legendWidth + Self.margin
+        let textWidth = max(SVGDocument.textWidth(title, size: Self.titleSize) * 1.1, subtitle.map { SVGDocument.textWidth($0, size: 12) } ?? 0)
+        let width = max(Self.margin + Double(panels.count) * cellWidth + Double(max(panels.count - 1, 0)) * gap + 24 + legendWidth + Self.margin,
+                        textWidth + 2 * Self.margin)
         let legendHeight = Double(legend.count) * 20 + (legendTitle == nil ? 0 : 20) + 12
         let height = max(header + panelTop + panelHeight + bottom, header + legendHeight) + Self.margin
         let svg = SVGDocument(width: width, height: height)

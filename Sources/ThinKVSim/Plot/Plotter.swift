@@ -50,7 +50,8 @@ public enum Plotter {
                     outcome.notes.append("\(name): no \(kind) figure (\(missing))")
                     return
                 }
-                let file = URL(fileURLWithPath: options.outputDirectory).appendingPathComponent("\(name).\(kind).svg").path
+                let directory = options.outputDirectory
+                let file = (directory.hasSuffix("/") ? directory : directory + "/") + "\(name).\(kind).svg"
                 try OutputFile.write(figure.render(), to: file)
                 outcome.files.append(file)
             }
@@ -100,7 +101,9 @@ public enum Plotter {
             }
         }
         guard labels != nil || sparsity != nil else { return nil }
-        let subtitle = FidelityFigure.subtitle(data, rows: rows, extra: "bands: reference thought labels; line: full-cache attention sparsity")
+        let subtitle = FidelityFigure.subtitle(data, rows: rows, extra: labels == nil
+            ? "full-cache attention sparsity (the trace has no thought labels)"
+            : "bands: reference thought labels; line: full-cache attention sparsity")
         return ThoughtTimelineFigure.figure(name: name, subtitle: subtitle, labels: labels, sparsity: sparsity)
     }
 }

@@ -35,7 +35,7 @@ public enum ThoughtTimelineFigure {
         let y = Axis.linear(min: 0, max: 1, title: "attention sparsity", count: 6)
         let panel = Panel(title: nil, x: x, y: y, series: series, bands: bands, markers: false)
         var figure = Figure(title: "Thought timeline — \(name)",
-                            subtitle: subtitle + (labels == nil ? " · no thought labels in the trace" : ""),
+                            subtitle: subtitle,
                             panels: [panel], legend: legend, legendTitle: labels == nil ? nil : "thought")
         figure.panelWidth = 680
         figure.panelHeight = 220
