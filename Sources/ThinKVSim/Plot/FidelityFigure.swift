@@ -44,10 +44,7 @@ public enum FidelityFigure {
         let budgets = rows.compactMap { data.number($0, "budget") }
         guard !budgets.isEmpty else { return nil }
         let groups = data.groups(of: trace, along: "budget")
-        let lo = budgets.min()!, hi = budgets.max()!
-        let x = hi / lo >= 4
-            ? Axis.logarithmic(min: lo, max: hi, base: 2, title: "budget (tokens per kv head)") { String(format: "%.0f", $0) }
-            : Axis.linear(min: lo, max: hi, title: "budget (tokens per kv head)")
+        let x = budgetAxis(budgets)
         var panels: [Panel] = []
         for (i, metric) in metrics(data, rows: rows).enumerated() {
             var series: [Series] = []
@@ -78,6 +75,22 @@ public enum FidelityFigure {
         return Figure(title: "Fidelity vs. cache budget — \(data.shortName(trace))",
                       subtitle: subtitle(data, rows: rows, extra: "dashed levels: policies without a budget"),
                       panels: panels, legend: legend, legendTitle: "policy")
+    }
+
+    /// Log-2 when the budgets span a factor of four or more; ticks at the budgets themselves
+    /// when there are few, so every swept value can be read off the axis.
+    static func budgetAxis(_ budgets: [Double]) -> Axis {
+        let title = "budget (tokens per kv head)"
+        let distinct = Array(Set(budgets)).sorted()
+        let lo = distinct.first!, hi = distinct.last!
+        var axis = hi / lo >= 4
+            ? Axis.logarithmic(min: lo, max: hi, base: 2, title: title) { String(format: "%.0f", $0) }
+            : Axis.linear(min: lo, max: hi, title: title, tight: true, pad: 0.08)
+        if distinct.count <= 8 {
+            axis.ticks = distinct
+            axis.labels = distinct.map { String(format: "%.0f", $0) }
+        }
+        return axis
     }
 
     /// Fidelity against KV bytes (mean or peak over steps, all model layers).
