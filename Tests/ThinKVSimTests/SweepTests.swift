@@ -114,6 +114,7 @@ final class SweepConfigTests: XCTestCase {
     func testInvalidJSONNamesTheFile() throws {
         let error = try XCTUnwrap(configError(#"{"traces": ["t.h5"],, }"#))
         XCTAssertTrue(error.description.hasPrefix("cfg.json: not valid JSON"), error.description)
+        XCTAssertTrue(error.description.contains("line 1, column 21"), "says where: \(error.description)")
     }
 
     func testValuesAreNormalisedAsOptionValues() throws {
@@ -402,6 +403,17 @@ final class SweepRunnerTests: XCTestCase {
         }
         XCTAssertEqual(table.rows[4][blocks], "0", "no blocks with paging none")
         XCTAssertNotEqual(table.rows[0][blocks], table.rows[1][blocks], "block size 2 and 4 differ")
+    }
+
+    func testValuesThePolicyRefusesTogetherNameTheConfig() throws {
+        // Each value is valid alone; streaming refuses sinks (default 4) not below the budget.
+        let output = path("refused.csv")
+        let grid = try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "\#(output)", "policies": [{"policy": "streaming", "parameters": {"budget": [8, 4]}}]}"#,
+                                         file: "combo.json")
+        XCTAssertThrowsError(try SweepRunner(grid: grid).run()) { error in
+            XCTAssertTrue("\(error)".hasPrefix("combo.json: streaming: --sinks (4) must be below --budget (4)"), "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: output), "the failing engine run wrote no rows")
     }
 
     func testCSVReadsBackWithPythonsCSVModule() throws {

@@ -73,6 +73,9 @@ public struct SweepConfig: Sendable, Equatable {
         } catch let error as ConfigKeyError {
             throw SweepConfigError(file: file, path: codingPathString(error.path), error.problem)
         } catch let error as DecodingError {
+            if case .dataCorrupted(let context) = error, context.codingPath.isEmpty {
+                throw SweepConfigError(file: file, "not valid JSON (\(syntaxProblem(data)))")
+            }
             throw describe(error, file: file)
         }
         var config = SweepConfig(
@@ -165,14 +168,28 @@ public struct SweepConfig: Sendable, Equatable {
         case .keyNotFound(let key, let context):
             return SweepConfigError(file: file, path: codingPathString(context.codingPath), "missing required key '\(key.stringValue)'")
         case .dataCorrupted(let context):
-            if context.codingPath.isEmpty {
-                // The JSON text itself: Foundation puts the line and column in the underlying error.
-                let detail = (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
-                return SweepConfigError(file: file, "not valid JSON (\(detail ?? context.debugDescription))")
-            }
             return SweepConfigError(file: file, path: codingPathString(context.codingPath), context.debugDescription)
         @unknown default:
             return SweepConfigError(file: file, "\(error)")
+        }
+    }
+
+    /// Where JSON text goes wrong, as `line L, column C`: JSONDecoder does not say, and
+    /// JSONSerialization gives a character offset.
+    static func syntaxProblem(_ data: Data) -> String {
+        do {
+            _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+            return "unreadable"
+        } catch {
+            let message = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"
+            guard let range = message.range(of: "character "),
+                  let offset = Int(message[range.upperBound...].prefix { $0.isNumber }) else { return message }
+            var line = 1, column = 1
+            for byte in data.prefix(offset) {
+                if byte == UInt8(ascii: "\n") { line += 1; column = 1 } else { column += 1 }
+            }
+            let what = message[..<range.lowerBound].trimmingCharacters(in: .whitespaces)
+            return "\(what.hasSuffix("around") ? String(what.dropLast(6)).trimmingCharacters(in: .whitespaces) : what) at line \(line), column \(column)"
         }
     }
 

@@ -189,7 +189,13 @@ public final class SweepRunner {
             let adapter = BatchProgress(inner: progress, done: done, size: batch.count, total: total,
                                         detail: "\(URL(fileURLWithPath: trace).lastPathComponent), \(batch.count) run(s)")
             engine.progress = adapter
-            let result = try engine.run()
+            let result: ReplayResult
+            do {
+                result = try engine.run()
+            } catch let error as PolicyError {
+                // A combination of values the policy refuses (e.g. sinks not below budget): the config's doing.
+                throw SweepConfigError(file: config.file, error.description)
+            }
             for (run, policyRun) in zip(batch, result.runs) {
                 let stepsPath = stepsFilePath(run)
                 if let stepsPath {
