@@ -10,12 +10,12 @@ enum SweepCommand: Subcommand {
             OptionDefinition("shard", value: "I/N", help: "run only slice I (0-based) of N of the grid, into <output>.shard-I-of-N.csv"),
             OptionDefinition("output", short: "o", value: "FILE", help: "results CSV", default: "the config's 'output'"),
             OptionDefinition("threads", value: "N", help: "worker threads; results do not depend on it", default: "the config's, else all cores"),
-            OptionDefinition("stop-after", value: "N", help: "stop after N engine runs (one per trace); a later call resumes"),
+            OptionDefinition("stop-after", value: "N", help: "stop after N engine runs (one per trace, unless the config sets batch); a later call resumes"),
             OptionDefinition("dry-run", help: "print the grid with each run's status (done/pending) and exit"),
         ],
         discussion: """
             Every run is a row of the CSV, keyed by its run key (trace, policy, every effective parameter,
-            replay options; docs/csv.md). Rows already in the output are not recomputed: re-running an
+            replay options; docs/configs.md). Rows already in the output are not recomputed: re-running an
             interrupted sweep finishes it, and the result is the same file an uninterrupted run writes.
             Shards of one sweep are joined with 'thinkv-sim merge' (docs/cluster.md has a Slurm example).
 
