@@ -92,6 +92,37 @@ final class SweepConfigTests: XCTestCase {
         XCTAssertEqual(error.path, "parameters.budget")
     }
 
+    func testTypoInsideTraceEntryIsNamed() throws {
+        let error = try XCTUnwrap(configError(#"{"traces": ["t.h5", {"paht": "u.h5"}], "output": "o.csv", "policies": ["full"]}"#))
+        XCTAssertEqual(error.path, "traces[1].paht")
+        let parameter = try XCTUnwrap(configError(#"{"traces": [{"path": "t.h5", "parameters": {"budgett": 4}}], "output": "o.csv", "policies": ["h2o"], "parameters": {"budget": 4}}"#))
+        XCTAssertEqual(parameter.path, "traces[0].parameters.budgett")
+        let cases: [(String, String)] = [
+            (#"{"traces": ["t.h5", {"path": "u.h5", "parmeters": {"budget": 4}}], "output": "o.csv", "policies": ["h2o"]}"#, "traces[1].parmeters"),
+            (#"{"traces": [{"path": "t.h5", "parameters": {"budget": "x"}}], "output": "o.csv", "policies": ["h2o"]}"#, "traces[0].parameters.budget"),
+            (#"{"traces": [{"path": "t.h5", "parameters": {"budget": [4, {}]}}], "output": "o.csv", "policies": ["h2o"]}"#, "traces[0].parameters.budget[1]"),
+            (#"{"traces": [{"parameters": {"budget": 4}}], "output": "o.csv", "policies": ["h2o"]}"#, "traces[0]"),
+            (#"{"traces": ["t.h5", 7], "output": "o.csv", "policies": ["full"]}"#, "traces[1]"),
+            // budget given for one trace only: h2o lacks it on the other.
+            (#"{"traces": ["t.h5", {"path": "u.h5", "parameters": {"budget": 4}}], "output": "o.csv", "policies": ["h2o"]}"#, "policies[0]"),
+        ]
+        for (json, path) in cases {
+            let error = try XCTUnwrap(configError(json), json)
+            XCTAssertEqual(error.path, path, "\(json) -> \(error.description)")
+            XCTAssertFalse(error.description.contains("\n"), "one line: \(error.description)")
+        }
+        XCTAssertTrue(try XCTUnwrap(configError(cases[0].0)).problem.contains("unknown key (allowed here: comment, path, parameters)"))
+        XCTAssertTrue(try XCTUnwrap(configError(cases.last!.0)).problem.contains("needs parameter 'budget' on traces[0]"))
+    }
+
+    func testCommentsAreAllowedInTraceAndPolicyEntries() throws {
+        let config = try SweepConfig.decode(Data(#"""
+            {"traces": ["t.h5", {"path": "u.h5", "comment": "no parameters"}], "output": "o.csv",
+             "policies": [{"policy": "full", "comment": "reference"}]}
+            """#.utf8), file: "cfg.json")
+        XCTAssertEqual(config.traces, [SweepConfig.TraceEntry(path: "t.h5", parameters: [:]), SweepConfig.TraceEntry(path: "u.h5", parameters: [:])])
+    }
+
     func testOtherProblemsNameTheirKey() throws {
         let cases: [(String, String)] = [
             (#"{\#(base), "policies": ["ful"]}"#, "policies[0].policy"),
@@ -165,6 +196,40 @@ final class SweepGridTests: XCTestCase {
         let implicit = try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "o.csv", "policies": [{"policy": "kivi"}]}"#)
         let explicit = try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "o.csv", "policies": [{"policy": "kivi", "parameters": {"k-bits": 2, "group": 32}}]}"#)
         XCTAssertEqual(implicit.runs[0].key, explicit.runs[0].key, "the key holds effective values")
+    }
+
+    func testTraceEntryParametersApplyToItsTracesOnly() throws {
+        let directory = try TestTraces.directory(self)
+        let traces = try SweepFixture.traces(in: directory)
+        // Shared budget 8; trace b's entry sets 4 for every policy with a budget; the h2o entry's own wins everywhere.
+        let grid = try SweepFixture.grid(#"""
+            {"traces": ["\#(traces[0])", {"path": "\#(directory.path)/b*.h5", "parameters": {"budget": 4, "sinks": 2}, "comment": "small"}],
+             "output": "o.csv", "parameters": {"budget": 8},
+             "policies": ["full", "streaming", {"policy": "h2o", "parameters": {"budget": 6}}]}
+            """#)
+        XCTAssertEqual(grid.runs.map(\.spec.label), [
+            "full", "streaming(budget=8)", "h2o(budget=6)",
+            "full", "streaming(budget=4,sinks=2)", "h2o(budget=6)",
+        ])
+        XCTAssertEqual(grid.runs.map(\.trace), [traces[0], traces[0], traces[0], traces[1], traces[1], traces[1]])
+    }
+
+    func testTraceNamedAgainWithOtherParameters() throws {
+        let directory = try TestTraces.directory(self)
+        let traces = try SweepFixture.traces(in: directory)
+        let policies = #""output": "o.csv", "parameters": {"budget": 8}, "policies": ["h2o"]"#
+        // Specific entry first, then a glob for the rest: the glob skips it, its parameters stay.
+        let grid = try SweepFixture.grid(#"{"traces": [{"path": "\#(traces[1])", "parameters": {"budget": 4}}, "\#(directory.path)/*.h5"], \#(policies)}"#)
+        XCTAssertEqual(grid.runs.map(\.trace), [traces[1], traces[0]])
+        XCTAssertEqual(grid.runs.map(\.spec.label), ["h2o(budget=4)", "h2o(budget=8)"])
+        // The same path written out again with the same parameters is swept once.
+        let same = try SweepFixture.grid(#"{"traces": ["\#(traces[0])", {"path": "\#(traces[0])", "comment": "again"}], \#(policies)}"#)
+        XCTAssertEqual(same.runs.count, 1)
+        // Written out after a glob that matched it, its parameters would be lost: an error.
+        XCTAssertThrowsError(try SweepFixture.grid(#"{"traces": ["\#(directory.path)/*.h5", {"path": "\#(traces[1])", "parameters": {"budget": 4}}], \#(policies)}"#)) { error in
+            XCTAssertEqual((error as? SweepConfigError)?.path, "traces[1]", "\(error)")
+            XCTAssertTrue("\(error)".contains("already named by traces[0]"), "\(error)")
+        }
     }
 
     func testRepeatedRunIsAnError() throws {
@@ -247,6 +312,25 @@ final class SweepRunnerTests: XCTestCase {
         XCTAssertEqual(h2o[column("kv_bytes_peak")], SweepColumns.number(summary.memory.peakBytes))
         XCTAssertLessThan(Double(h2o[column("mass_recall_mean")])!, 1, "eviction loses mass on a random trace")
         XCTAssertEqual(h2o[column("tokens_resident_final")], "4")
+    }
+
+    func testTraceEntryParametersReachTheEngine() throws {
+        // Trace b gets budget 4 from its entry, trace a the shared 8: each row is a replay of its own spec.
+        let output = path("per-trace.csv")
+        let grid = try SweepFixture.grid(#"""
+            {"traces": ["\#(traces[0])", {"path": "\#(traces[1])", "parameters": {"budget": 4}}],
+             "output": "\#(output)", "parameters": {"budget": 8}, "policies": ["full", "h2o"]}
+            """#)
+        XCTAssertEqual(try SweepRunner(grid: grid).run().engineRuns, 2)
+        let csv = try CSVTable.read(path: output).table
+        let column = { (name: String) in csv.index(of: name)! }
+        XCTAssertEqual(csv.rows.map { $0[column("budget")] }, ["", "8", "", "4"])
+        XCTAssertTrue(csv.rows[3][column("run_key")].hasPrefix("trace=\(traces[1]);policy=h2o;budget=4;"), csv.rows[3][column("run_key")])
+        for (row, trace, budget) in [(csv.rows[1], traces[0], "8"), (csv.rows[3], traces[1], "4")] {
+            let (result, _) = try TestTraces.replay(trace, [try PolicySpec(name: "h2o", values: ["budget": budget])])
+            XCTAssertEqual(row[column("mass_recall_mean")], SweepColumns.number(result.runs[0].summary.massRecall.mean))
+            XCTAssertEqual(row[column("tokens_resident_final")], budget)
+        }
     }
 
     func testStoppedSweepResumesToTheSameCSV() throws {

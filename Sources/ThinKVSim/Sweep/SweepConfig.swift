@@ -28,11 +28,18 @@ public struct SweepConfig: Sendable, Equatable {
         public var parameters: [String: [String]]
     }
 
+    /// One entry of `traces`: a path or glob pattern, and parameter values for the runs on
+    /// the traces it names (e.g. a ThinKV calibration file made for that model).
+    public struct TraceEntry: Sendable, Equatable {
+        /// As written; relative paths are relative to the working directory.
+        public var path: String
+        public var parameters: [String: [String]]
+    }
+
     /// The config file as given on the command line (for messages).
     public var file: String
     public var name: String?
-    /// Paths or glob patterns, as written (relative paths are relative to the working directory).
-    public var traces: [String]
+    public var traces: [TraceEntry]
     public var policies: [PolicyEntry]
     /// `parameters` at the top level: given to every listed policy that declares them.
     public var sharedParameters: [String: [String]]
@@ -55,6 +62,7 @@ public struct SweepConfig: Sendable, Equatable {
     public static let topLevelKeys = ["comment", "name", "traces", "policies", "parameters", "output", "step_csv_dir", "metrics",
                                       "layers", "steps", "topk", "paging", "block_size", "threads", "batch"]
     public static let policyKeys = ["comment", "policy", "parameters"]
+    public static let traceKeys = ["comment", "path", "parameters"]
 
     /// Reads and checks `path`; every problem names the file and the key.
     public static func load(path: String) throws -> SweepConfig {
@@ -107,26 +115,36 @@ public struct SweepConfig: Sendable, Equatable {
                            "unknown parameter of \(entry.policy) (known: \(declared.isEmpty ? "none" : declared.joined(separator: ", ")))")
             }
         }
-        for name in sharedParameters.keys.sorted() where !types.contains(where: { $0.parameters.contains { $0.name == name } }) {
+        let declaredBySome = { (name: String) in types.contains { $0.parameters.contains { $0.name == name } } }
+        for name in sharedParameters.keys.sorted() where !declaredBySome(name) {
             throw fail("parameters.\(name)", "no listed policy has this parameter (see 'thinkv-sim policies')")
+        }
+        for (t, trace) in traces.enumerated() {
+            for name in trace.parameters.keys.sorted() where !declaredBySome(name) {
+                throw fail("traces[\(t)].parameters.\(name)", "no listed policy has this parameter (see 'thinkv-sim policies')")
+            }
         }
         // Each value is checked on its own so the message names the bad one; combinations
         // (e.g. sinks below budget) are the policy's to check when it starts.
         for (i, entry) in policies.enumerated() {
-            let resolved = resolvedParameters(of: i)
-            for name in resolved.keys.sorted() {
-                let path = entry.parameters[name] != nil ? "policies[\(i)].parameters.\(name)" : "parameters.\(name)"
-                let parameter = types[i].parameters.first { $0.name == name }!
-                for value in resolved[name]! {
-                    do {
-                        _ = try parameter.validate(value, policy: entry.policy)
-                    } catch let error as PolicyError {
-                        throw fail(path, error.description)
+            for t in traces.indices {
+                let resolved = resolvedParameters(of: i, trace: t)
+                for name in resolved.keys.sorted() {
+                    let path = entry.parameters[name] != nil ? "policies[\(i)].parameters.\(name)"
+                        : traces[t].parameters[name] != nil ? "traces[\(t)].parameters.\(name)" : "parameters.\(name)"
+                    let parameter = types[i].parameters.first { $0.name == name }!
+                    for value in resolved[name]! {
+                        do {
+                            _ = try parameter.validate(value, policy: entry.policy)
+                        } catch let error as PolicyError {
+                            throw fail(path, error.description)
+                        }
                     }
                 }
-            }
-            for p in types[i].parameters where p.required && resolved[p.name] == nil {
-                throw fail("policies[\(i)]", "\(entry.policy) needs parameter '\(p.name)' (\(p.help))")
+                for p in types[i].parameters where p.required && resolved[p.name] == nil {
+                    let scope = traces.count > 1 ? " on traces[\(t)]" : ""
+                    throw fail("policies[\(i)]", "\(entry.policy) needs parameter '\(p.name)'\(scope) (\(p.help))")
+                }
             }
         }
         if let layers, layers.isEmpty { throw fail("layers", "lists no layer") }
@@ -138,13 +156,16 @@ public struct SweepConfig: Sendable, Equatable {
         if output.isEmpty { throw fail("output", "is empty") }
     }
 
-    /// The parameter values policy entry `i` is swept over: the shared ones it declares, then
-    /// its own (which win).
-    public func resolvedParameters(of i: Int) -> [String: [String]] {
+    /// The parameter values policy entry `i` is swept over on the traces of trace entry `t`:
+    /// the shared ones it declares, overridden by the trace entry's it declares, overridden by
+    /// its own.
+    public func resolvedParameters(of i: Int, trace t: Int) -> [String: [String]] {
         let entry = policies[i]
         guard let type = PolicyRegistry.type(named: entry.policy) else { return entry.parameters }
         var out: [String: [String]] = [:]
-        for (name, values) in sharedParameters where type.parameters.contains(where: { $0.name == name }) { out[name] = values }
+        for layer in [sharedParameters, traces[t].parameters] {
+            for (name, values) in layer where type.parameters.contains(where: { $0.name == name }) { out[name] = values }
+        }
         for (name, values) in entry.parameters { out[name] = values }
         return out
     }
@@ -310,6 +331,24 @@ struct OneOrMany<T: Decodable>: Decodable {
     }
 }
 
+struct RawTraceEntry: Decodable {
+    let entry: SweepConfig.TraceEntry
+
+    init(from decoder: Decoder) throws {
+        if let path = try? decoder.singleValueContainer().decode(String.self) {
+            entry = SweepConfig.TraceEntry(path: path, parameters: [:])
+            return
+        }
+        guard let c = try? decoder.container(keyedBy: AnyKey.self) else {
+            throw ConfigKeyError(path: decoder.codingPath, problem: "expected a path or an object (keys: \(SweepConfig.traceKeys.joined(separator: ", ")))")
+        }
+        try c.rejectUnknownKeys(allowed: SweepConfig.traceKeys)
+        _ = try c.optional(String.self, "comment")
+        entry = SweepConfig.TraceEntry(path: try c.required(String.self, "path"),
+                                       parameters: try c.optional(RawParameters.self, "parameters")?.values ?? [:])
+    }
+}
+
 struct RawPolicyEntry: Decodable {
     let entry: SweepConfig.PolicyEntry
 
@@ -321,6 +360,7 @@ struct RawPolicyEntry: Decodable {
         }
         let c = try decoder.container(keyedBy: AnyKey.self)
         try c.rejectUnknownKeys(allowed: SweepConfig.policyKeys)
+        _ = try c.optional(String.self, "comment")
         let name = try c.required(String.self, "policy")
         let parameters = try c.optional(RawParameters.self, "parameters")?.values ?? [:]
         entry = SweepConfig.PolicyEntry(policy: name, parameters: parameters)
@@ -339,7 +379,7 @@ struct RawParameters: Decodable {
 
 struct RawConfig: Decodable {
     let name: String?
-    let traces: [String]
+    let traces: [SweepConfig.TraceEntry]
     let policies: [SweepConfig.PolicyEntry]
     let parameters: [String: [String]]
     let output: String
@@ -359,7 +399,7 @@ struct RawConfig: Decodable {
         func fail(_ key: String, _ problem: String) -> ConfigKeyError { ConfigKeyError(path: [AnyKey(key)], problem: problem) }
         _ = try c.optional(String.self, "comment")
         name = try c.optional(String.self, "name")
-        traces = try c.required([String].self, "traces")
+        traces = try c.required([RawTraceEntry].self, "traces").map(\.entry)
         if traces.isEmpty { throw fail("traces", "lists no trace") }
         policies = try c.required([RawPolicyEntry].self, "policies").map(\.entry)
         if policies.isEmpty { throw fail("policies", "lists no policy") }

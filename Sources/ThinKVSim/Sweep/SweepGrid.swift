@@ -18,7 +18,8 @@ public struct SweepRun: Sendable, Equatable {
 }
 
 /// The cartesian product a config describes, in a fixed order: traces (as listed, globs
-/// expanded in sorted order), then policy entries (as listed), then parameter values
+/// expanded in sorted order; a trace named twice is kept at its first place, with that entry's
+/// parameters), then policy entries (as listed), then parameter values
 /// (parameters by name, the last name varying fastest; values as listed), then paging modes,
 /// then block sizes.
 public struct SweepGrid: Sendable {
@@ -31,13 +32,25 @@ public struct SweepGrid: Sendable {
     public init(config: SweepConfig) throws {
         self.config = config
         var traces: [String] = []
-        for (i, pattern) in config.traces.enumerated() {
-            for path in try Self.expand(pattern, file: config.file, key: "traces[\(i)]") where !traces.contains(path) {
-                traces.append(path)
+        var entryOf: [String: Int] = [:]  // trace -> the trace entry that named it first
+        for (i, entry) in config.traces.enumerated() {
+            for path in try Self.expand(entry.path, file: config.file, key: "traces[\(i)]") {
+                guard let first = entryOf[path] else {
+                    traces.append(path)
+                    entryOf[path] = i
+                    continue
+                }
+                // A glob may match a trace named before it (specific entries first, then "the
+                // rest"); a path written out again with other parameters would lose them silently.
+                if !Self.isPattern(entry.path), config.traces[first].parameters != entry.parameters {
+                    throw SweepConfigError(file: config.file, path: "traces[\(i)]",
+                                           "\(path) is already named by traces[\(first)] with other parameters (name it once, before any glob that matches it)")
+                }
             }
         }
         guard !traces.isEmpty else {
-            throw SweepConfigError(file: config.file, path: "traces", "no trace file matches \(config.traces.joined(separator: ", "))")
+            throw SweepConfigError(file: config.file, path: "traces",
+                                   "no trace file matches \(config.traces.map(\.path).joined(separator: ", "))")
         }
         self.traces = traces
 
@@ -47,28 +60,30 @@ public struct SweepGrid: Sendable {
         }
         parameterNames = names
 
-        // Specs per entry are built once and reused for every trace.
-        var specsByEntry: [[PolicySpec]] = []
-        for i in config.policies.indices {
-            let entry = config.policies[i]
-            let values = config.resolvedParameters(of: i)
+        // Specs of a (trace entry, policy entry) pair, built once and shared by the traces a glob matches.
+        var specCache: [[Int]: [PolicySpec]] = [:]
+        func specs(traceEntry t: Int, policyEntry i: Int) throws -> [PolicySpec] {
+            if let cached = specCache[[t, i]] { return cached }
+            let values = config.resolvedParameters(of: i, trace: t)
             let keys = values.keys.sorted()
-            var specs: [PolicySpec] = []
+            var out: [PolicySpec] = []
             for combination in Self.cartesian(keys.map { values[$0]! }) {
                 do {
-                    specs.append(try PolicySpec(name: entry.policy, values: Dictionary(uniqueKeysWithValues: zip(keys, combination))))
+                    out.append(try PolicySpec(name: config.policies[i].policy, values: Dictionary(uniqueKeysWithValues: zip(keys, combination))))
                 } catch let error as PolicyError {
-                    throw SweepConfigError(file: config.file, path: "policies[\(i)]", error.description)
+                    let scope = config.traces[t].parameters.isEmpty ? "" : " (with the parameters of traces[\(t)])"
+                    throw SweepConfigError(file: config.file, path: "policies[\(i)]", error.description + scope)
                 }
             }
-            specsByEntry.append(specs)
+            specCache[[t, i]] = out
+            return out
         }
 
         var runs: [SweepRun] = []
-        var seen: [String: Int] = [:]  // key -> entry
+        var seen: [String: Int] = [:]  // key -> policy entry
         for trace in traces {
-            for (entry, specs) in specsByEntry.enumerated() {
-                for spec in specs {
+            for entry in config.policies.indices {
+                for spec in try specs(traceEntry: entryOf[trace]!, policyEntry: entry) {
                     for mode in config.paging {
                         for size in config.blockSizes {
                             let layout = PagingLayout(mode: mode, blockSize: size ?? spec.type.preferredBlockSize)
@@ -137,8 +152,7 @@ public struct SweepGrid: Sendable {
     /// A literal path (which must exist) or a glob pattern (which may match nothing: a trace
     /// that is not there yet), normalised.
     static func expand(_ pattern: String, file: String, key: String) throws -> [String] {
-        let isPattern = pattern.contains { "*?[".contains($0) }
-        guard isPattern else {
+        guard isPattern(pattern) else {
             guard FileManager.default.fileExists(atPath: pattern) else {
                 throw SweepConfigError(file: file, path: key, "trace \(pattern) does not exist")
             }
@@ -154,6 +168,9 @@ public struct SweepGrid: Sendable {
         }
         return out.sorted()
     }
+
+    /// Whether a `traces` entry is a glob pattern rather than a path.
+    static func isPattern(_ entry: String) -> Bool { entry.contains { "*?[".contains($0) } }
 
     /// Drops `.` and empty components: `./traces//a.h5` -> `traces/a.h5`.
     static func normalise(_ path: String) -> String {
