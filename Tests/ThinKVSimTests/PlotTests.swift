@@ -153,6 +153,32 @@ final class PlotTests: XCTestCase {
         XCTAssertEqual(Axis.byteLabel(512), "512 B")
     }
 
+    func testCoincidentSeriesInterleaveTheirDashes() throws {
+        let points: [(x: Double, y: Double)] = [(0, 1), (1, 2), (2, 2)]
+        let series = [
+            Series(label: "h2o", points: points, style: SeriesStyle(color: "#0072B2")),
+            Series(label: "rkv", points: [(0, 1), (1, 3), (2, 2)], style: SeriesStyle(color: "#CC79A7")),
+            Series(label: "streaming", points: points, style: SeriesStyle(color: "#D55E00")),
+            Series(label: "snapkv", points: points, style: SeriesStyle(color: "#009E73")),
+            Series(label: "full", points: [], style: SeriesStyle(color: "#000000", dash: "7 4"), level: 0.5),
+            Series(label: "kivi", points: [], style: SeriesStyle(color: "#E69F00", dash: "2 3"), level: 0.5000001),
+        ]
+        let dashes = Figure.interleavedDashes(series, segment: 9)
+        XCTAssertNil(dashes[1], "a line of its own keeps its style")
+        XCTAssertNil(Figure.interleavedDashes(series, y: { $0 * 1e8 })[5], "apart on screen: drawn as styled")
+        XCTAssertEqual(dashes[0]?.dash, "9 18")
+        XCTAssertEqual([0, 2, 3].map { dashes[$0]!.offset }, [0, 18, 9], "each of three gets every third segment")
+        XCTAssertEqual(dashes[4]?.dash, "9 9")
+        XCTAssertEqual([4, 5].map { dashes[$0]!.offset }, [0, 9])
+
+        let figure = Figure(title: "t", panels: [Panel(title: nil, x: Axis.linear(min: 0, max: 2, title: "x"),
+                                                       y: Axis.linear(min: 0, max: 3, title: "y"), series: series)],
+                            legend: series.map { LegendEntry(label: $0.label, style: $0.style) })
+        let svg = figure.render()
+        XCTAssertTrue(svg.contains(##"stroke="#D55E00" stroke-width="1.8" stroke-dasharray="9 18" stroke-dashoffset="18""##), svg)
+        XCTAssertTrue(svg.contains(##"stroke="#E69F00" stroke-width="1.8" stroke-dasharray="9 9" stroke-dashoffset="9""##), svg)
+    }
+
     func testTextIsEscaped() throws {
         let figure = Figure(title: "a <b> & \"c\"", panels: [Panel(title: nil, x: Axis.linear(min: 0, max: 1, title: "x"),
                                                                   y: Axis.linear(min: 0, max: 1, title: "y"), series: [])],

@@ -201,14 +201,18 @@ public struct Figure: Sendable {
 
         // Series, clipped to the plot area.
         svg.beginGroup([("class", "plot-area")], clipTo: (x - 5, y - 5, w + 10, h + 10))
-        for series in panel.series {
+        let interleaved = Self.interleavedDashes(panel.series, x: px, y: py)
+        for (i, series) in panel.series.enumerated() {
             svg.beginGroup([("class", "series"), ("data-label", series.label)])
             let style = series.style
+            let dash = interleaved[i]?.dash ?? style.dash
+            let dashOffset = interleaved[i]?.offset
             if let level = series.level {
-                svg.line(x, py(level), x + w, py(level), stroke: style.color, width: style.width, dash: style.dash)
+                svg.line(x, py(level), x + w, py(level), stroke: style.color, width: style.width, dash: dash, dashOffset: dashOffset)
             } else {
                 let points = series.points.filter { panel.x.fraction($0.x) >= -0.01 && $0.y.isFinite }
-                svg.polyline(points.map { (px($0.x), py($0.y)) }, stroke: style.color, width: style.width, dash: style.dash)
+                svg.polyline(points.map { (px($0.x), py($0.y)) }, stroke: style.color, width: style.width, dash: dash,
+                             dashOffset: dashOffset)
                 if panel.markers, let marker = style.marker {
                     for p in points { svg.marker(marker, x: px(p.x), y: py(p.y), size: 8, color: style.color, hollow: style.hollow) }
                 }
@@ -237,5 +241,35 @@ public struct Figure: Sendable {
         let titleX = x - max(widest + 22, 40)
         svg.text(panel.y.title, x: titleX, y: y + h / 2, size: Self.axisTitleSize, anchor: .middle, rotate: -90)
         svg.endGroup()
+    }
+
+    /// Series that would be drawn on top of one another (levels or points within half a pixel
+    /// under the panel's mapping `x`, `y`: e.g. eviction policies whose cache size only depends
+    /// on the budget, or a quantized cache's recall of 0.99999996 next to the full cache's 1)
+    /// are drawn with interleaved dashes, so each one's colour shows along the shared line
+    /// instead of the last one hiding the rest. Index -> dash pattern and offset; nil for a
+    /// series drawn as styled.
+    static func interleavedDashes(_ series: [Series], x: (Double) -> Double = { $0 }, y: (Double) -> Double = { $0 },
+                                  segment: Double = 9) -> [Int: (dash: String, offset: Double)] {
+        func near(_ a: Double, _ b: Double) -> Bool { abs(a - b) < 0.5 }
+        func same(_ a: Series, _ b: Series) -> Bool {
+            if let la = a.level, let lb = b.level { return near(y(la), y(lb)) }
+            guard a.level == nil, b.level == nil, a.points.count > 1, a.points.count == b.points.count else { return false }
+            return zip(a.points, b.points).allSatisfy { near(x($0.x), x($1.x)) && near(y($0.y), y($1.y)) }
+        }
+        var groups: [[Int]] = []
+        for i in series.indices {
+            if let g = groups.firstIndex(where: { same(series[$0[0]], series[i]) }) { groups[g].append(i) } else { groups.append([i]) }
+        }
+        var out: [Int: (dash: String, offset: Double)] = [:]
+        for group in groups where group.count > 1 {
+            let k = Double(group.count)
+            let dash = "\(SVGDocument.n(segment)) \(SVGDocument.n(segment * (k - 1)))"
+            for (r, i) in group.enumerated() {
+                // Member r is visible on [r, r+1) segments of every period of k segments.
+                out[i] = (dash, r == 0 ? 0 : segment * (k - Double(r)))
+            }
+        }
+        return out
     }
 }

@@ -50,17 +50,21 @@ public final class SVGDocument {
                           ("fill-opacity", opacity.map(Self.n))]) + "/>")
     }
 
-    public func line(_ x1: Double, _ y1: Double, _ x2: Double, _ y2: Double, stroke: String, width: Double = 1, dash: String? = nil) {
+    public func line(_ x1: Double, _ y1: Double, _ x2: Double, _ y2: Double, stroke: String, width: Double = 1, dash: String? = nil,
+                     dashOffset: Double? = nil) {
         parts.append("<line x1=\"\(Self.n(x1))\" y1=\"\(Self.n(y1))\" x2=\"\(Self.n(x2))\" y2=\"\(Self.n(y2))\""
-            + attributes([("stroke", stroke), ("stroke-width", Self.n(width)), ("stroke-dasharray", dash)]) + "/>")
+            + attributes([("stroke", stroke), ("stroke-width", Self.n(width)), ("stroke-dasharray", dash),
+                          ("stroke-dashoffset", dashOffset.map(Self.n))]) + "/>")
     }
 
-    public func polyline(_ points: [(Double, Double)], stroke: String, width: Double = 1.5, dash: String? = nil) {
+    public func polyline(_ points: [(Double, Double)], stroke: String, width: Double = 1.5, dash: String? = nil,
+                         dashOffset: Double? = nil) {
         guard points.count > 1 else { return }
         let list = points.map { "\(Self.n($0.0)),\(Self.n($0.1))" }.joined(separator: " ")
         parts.append("<polyline points=\"\(list)\" fill=\"none\""
             + attributes([("stroke", stroke), ("stroke-width", Self.n(width)), ("stroke-dasharray", dash),
-                          ("stroke-linejoin", "round"), ("stroke-linecap", "round")]) + "/>")
+                          ("stroke-dashoffset", dashOffset.map(Self.n)),
+                          ("stroke-linejoin", "round"), ("stroke-linecap", dashOffset == nil ? "round" : "butt")]) + "/>")
     }
 
     /// A point marker; a hollow one is white inside with a coloured outline.
