@@ -9,6 +9,9 @@ let commands: [any Subcommand.Type] = [
     ValidateCommand.self,
     PoliciesCommand.self,
     BenchCommand.self,
+    SweepCommand.self,
+    MergeCommand.self,
+    PlotCommand.self,
 ]
 
 func topLevelHelp() -> String {
