@@ -187,7 +187,7 @@ public struct AttentionStructure: Sendable, Equatable {
     /// Query composition for reasoning, execution and transition steps (R, E, T order).
     public var queries: [QueryWeights] = [
         QueryWeights(sink: 1.0, topic: 0.8, recency: 0.8, salience: 1.0, revisit: 1.6),
-        QueryWeights(sink: 0.6, topic: 1.0, recency: 1.4, salience: 1.0, revisit: 0),
+        QueryWeights(sink: 1.0, topic: 1.0, recency: 1.4, salience: 1.0, revisit: 0),
         QueryWeights(sink: 1.5, topic: 0.2, recency: 0.4, salience: 0.8, revisit: 2.4),
     ]
     public var promptQueries = QueryWeights(sink: 1.0, topic: 0.8, recency: 1.0, salience: 1.0, revisit: 0)
@@ -217,7 +217,7 @@ public struct KeyWeights: Sendable, Equatable {
     public var topic: Float = 0.5
     public var drift: Float = 0.6
     public var salience: Float = 0.5
-    public var anchor: Float = 1.0
+    public var anchor: Float = 2.0
     public var content: Float = 0.7
 
     public init() {}
