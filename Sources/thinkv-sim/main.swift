@@ -6,6 +6,7 @@ let commands: [any Subcommand.Type] = [
     ReplayCommand.self,
     InspectCommand.self,
     ValidateCommand.self,
+    SynthCommand.self,
     PoliciesCommand.self,
 ]
 
