@@ -29,9 +29,9 @@ enum SynthCommand: Subcommand {
             recency drift, salient heavy hitters, anchor tokens that later thoughts revisit, and
             near-duplicate runs inside execution thoughts. docs/synthetic-traces.md has the details.
 
-            example (the shipped sample):
+            example (the shipped sample, 3.5 MB):
               thinkv-sim synth -o traces/sample-synthetic.h5 --tokens 2048 --prompt 128 --layers 4 \\
-                  --q-heads 8 --kv-heads 2 --head-dim 64 --dtype float16 --seed 1
+                  --q-heads 4 --kv-heads 2 --head-dim 32 --dtype float16 --seed 1
             """)
 
     static func run(_ arguments: ParsedArguments) throws {
