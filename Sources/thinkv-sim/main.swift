@@ -7,6 +7,7 @@ let commands: [any Subcommand.Type] = [
     InspectCommand.self,
     CalibrateCommand.self,
     ValidateCommand.self,
+    SynthCommand.self,
     PoliciesCommand.self,
     BenchCommand.self,
     SweepCommand.self,
