@@ -200,7 +200,7 @@ final class SyntheticTraceTests: XCTestCase {
     func testLabelsFollowTheSegmentsAndThePromptIsUnlabelled() throws {
         let s = try Self.shared()
         let plan = s.plan, P = s.config.promptLength, T = s.config.tokens
-        XCTAssertEqual(plan.segments.first, ThoughtSegment(type: nil, start: 0, length: P))
+        XCTAssertEqual(plan.segments.first, PlannedSegment(type: nil, start: 0, length: P))
         var expectedStart = 0
         for (i, segment) in plan.segments.enumerated() {
             XCTAssertEqual(segment.start, expectedStart, "segments tile the sequence")
@@ -433,22 +433,9 @@ final class SyntheticTraceTests: XCTestCase {
     // MARK: Command line
 
     func testSynthCommandWritesAValidTraceAndRefusesToOverwrite() throws {
-        let binary = try XCTUnwrap(CLITests.binary, "thinkv-sim not built; run 'swift build --build-tests'")
         let directory = try TestTraces.directory(self)
         let path = directory.appendingPathComponent("cli.h5").path
-        func run(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-            let out = directory.appendingPathComponent("out-\(UUID().uuidString)"), err = directory.appendingPathComponent("err-\(UUID().uuidString)")
-            _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-            _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-            let process = Process()
-            process.executableURL = binary
-            process.arguments = arguments
-            process.standardOutput = try FileHandle(forWritingTo: out)
-            process.standardError = try FileHandle(forWritingTo: err)
-            try process.run()
-            process.waitUntilExit()
-            return (process.terminationStatus, try String(contentsOf: out, encoding: .utf8), try String(contentsOf: err, encoding: .utf8))
-        }
+        func run(_ arguments: [String]) throws -> CommandRunner.Outcome { try CommandRunner.run(arguments, in: directory) }
         let arguments = ["synth", "-o", path, "--tokens", "96", "--prompt", "16", "--layers", "2", "--q-heads", "2",
                          "--kv-heads", "1", "--head-dim", "16", "--seed", "42"]
         let first = try run(arguments)

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A run of consecutive positions of one kind: the prompt (`type == nil`) or one thought.
-public struct ThoughtSegment: Equatable, Sendable {
+public struct PlannedSegment: Equatable, Sendable {
     public var type: ThoughtType?
     public var start: Int
     public var length: Int
@@ -17,7 +17,7 @@ public struct ThoughtSegment: Equatable, Sendable {
 /// how this structure is realised as vectors.
 public struct ThoughtPlan: Sendable {
     /// The prompt segment first, then the thought segments, covering 0..<T in order.
-    public let segments: [ThoughtSegment]
+    public let segments: [PlannedSegment]
     /// Positions of anchor tokens, ascending.
     public let anchors: [Int]
     /// Ground truth for `/tokens/thought`: -1 on the prompt, the segment's type after it.
@@ -37,7 +37,7 @@ public struct ThoughtPlan: Sendable {
         var rng = SeededRandom(seed: config.seed, stream: [StreamTag.plan.rawValue])
 
         // Segments: the prompt, then a Markov chain over thought types.
-        var segments = [ThoughtSegment(type: nil, start: 0, length: P)]
+        var segments = [PlannedSegment(type: nil, start: 0, length: P)]
         var position = P
         var type = ThoughtType(rawValue: Int8(rng.categorical(chain.initial)))!
         while position < T {
@@ -45,7 +45,7 @@ public struct ThoughtPlan: Sendable {
             let minimum = max(1, Int((Double(spec.minimum) * chain.lengthScale).rounded()))
             let excess = max(0, spec.mean - Double(spec.minimum)) * chain.lengthScale
             let length = min(T - position, minimum + rng.geometric(mean: excess))
-            segments.append(ThoughtSegment(type: type, start: position, length: length))
+            segments.append(PlannedSegment(type: type, start: position, length: length))
             position += length
             type = ThoughtType(rawValue: Int8(rng.categorical(chain.transitions[Int(type.rawValue)])))!
         }
@@ -116,7 +116,7 @@ public struct ThoughtPlan: Sendable {
         self.isHeavyHitter = heavy
     }
 
-    public func segment(at position: Int) -> ThoughtSegment { segments[Int(segmentOfPosition[position])] }
+    public func segment(at position: Int) -> PlannedSegment { segments[Int(segmentOfPosition[position])] }
 
     /// Generated tokens of each type, R, E, T order.
     public var tokenCounts: [Int] {
