@@ -170,6 +170,41 @@ extension Kernels {
         return result.replacing(with: 0, where: underflow)
     }
 
+    /// Σ exp(x[i] − shift) for i in 0..<n with the vector exp (8-lane partial sums, then the tail).
+    @inline(__always)
+    public static func sumExp(_ x: UnsafePointer<Float>, _ n: Int, shift: Float) -> Float {
+        let sh = SIMD8<Float>(repeating: shift)
+        var acc = SIMD8<Float>(repeating: 0)
+        var i = 0
+        while i + 8 <= n {
+            acc += exp8(load8(x, i) - sh)
+            i += 8
+        }
+        var s = acc.sum()
+        while i < n {
+            s += exp8(SIMD8<Float>(repeating: x[i] - shift))[0]
+            i += 1
+        }
+        return s
+    }
+
+    /// Σ x[i] for i in 0..<n (8-lane partial sums, then the tail).
+    @inline(__always)
+    public static func sum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: 0)
+        var i = 0
+        while i + 8 <= n {
+            acc += load8(x, i)
+            i += 8
+        }
+        var s = acc.sum()
+        while i < n {
+            s += x[i]
+            i += 1
+        }
+        return s
+    }
+
     /// Softmax of x[0..<n] in place with the vector exp; returns log Σ exp(x).
     @inline(__always)
     @discardableResult

@@ -23,16 +23,32 @@ public final class ReferenceChunk {
     public var topKCount: [Int32] = []
     /// Attention sparsity of each step (see `Sparsity`).
     public var sparsity: [Float] = []
+    /// Full-cache logits scale·q·k, `[step][Hq][logitStride]`, kept when `keepsLogits` (q+k
+    /// layers): a policy attending with the exact keys gathers its logits from here instead of
+    /// recomputing the dot products (the kernels give the same bits either way).
+    public let keepsLogits: Bool
+    public private(set) var logitStride = 0
+    private var logitStorage = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+    public var logits: UnsafeMutablePointer<Float>? { logitStorage.baseAddress }
 
-    public init(numQHeads: Int, headDim: Int, topK: Int) {
+    public init(numQHeads: Int, headDim: Int, topK: Int, keepsLogits: Bool = false) {
         self.numQHeads = numQHeads
         self.headDim = headDim
         self.topK = topK
+        self.keepsLogits = keepsLogits
     }
 
-    func prepare(firstStep: Int, stepCount: Int, hasValues: Bool) {
+    deinit { logitStorage.deallocate() }
+
+    func prepare(firstStep: Int, stepCount: Int, hasValues: Bool, tokens: Int = 0) {
         self.firstStep = firstStep
         self.stepCount = stepCount
+        if keepsLogits && logitStorage.count < stepCount * numQHeads * tokens {
+            // Allocated once per layer shape; not zeroed: rows are written before they are read.
+            logitStorage.deallocate()
+            logitStorage = .allocate(capacity: stepCount * numQHeads * tokens)
+        }
+        if keepsLogits { logitStride = tokens }
         let n = stepCount * numQHeads
         func fit<T>(_ a: inout [T], _ count: Int, _ zero: T) {
             if a.count != count { a = [T](repeating: zero, count: count) }
@@ -163,6 +179,7 @@ struct ReferenceAttention {
                         let h = g * gs + hh
                         let idx = s * Hq + h
                         let r = L.baseAddress! + (i * gs + hh) * T
+                        if let kept = chunk.logits { (kept + idx * chunk.logitStride).update(from: r, count: n) }
                         chunk.logSumExp[idx] = Kernels.softmaxFast(r, n)
                         for j in n..<lastLength { r[j] = 0 }  // causal: later positions get no weight
                         let a = avg.baseAddress! + i * T

@@ -179,11 +179,14 @@ public final class ReplayEngine {
 
         let reference = ReferenceAttention(header: header, data: data, workers: workerCount)
         let scratch = reference.makeScratch(k: configuration.topK)
-        let chunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK)
+        // Keep the chunk's logits only when some policy attends with the exact keys: the memory is
+        // chunkSteps × Hq × T floats (117 MiB at 64 × 14 × 32768).
+        let chunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK,
+                                   keepsLogits: info.hasQueriesAndKeys && runs.contains { !($0.policy is FullCachePolicy) })
         let total = decodeSteps
         for first in stride(from: 0, to: total, by: configuration.chunkSteps) {
             let steps = min(configuration.chunkSteps, total - first)
-            chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues)
+            chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues, tokens: header.numTokens)
             if info.hasQueriesAndKeys {
                 try reader.readRows(.q, layer: info.index, rows: (P + first)..<(P + first + steps), into: &chunk.queries)
             } else {
@@ -193,7 +196,8 @@ public final class ReplayEngine {
             reference.compute(chunk, scratch: scratch)
             let policyStart = ReplayEngine.now()
             timing.referenceSeconds += policyStart - referenceStart
-            let perPair = Double(4 * header.headDim * header.numQHeads)
+            // q·k for every visible position (q+k layers), and Σ a·v when the layer has values.
+            let perPair = Double(((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim * header.numQHeads)
             for s in 0..<steps { timing.referenceFLOPs += perPair * Double(P + first + s + 1) }
 
             let advance = { (i: Int) in runs[i].advance(through: chunk) }
@@ -238,7 +242,8 @@ final class PolicyLayerRun {
     private var offsets: [Int]
     private var counts: [Int]
     private var output: [Float]
-    private var isTop: [Bool]
+    /// Marks the positions kv head g attends (set and cleared within `measureGroup`).
+    private var isKept: [Bool]
     private var paging: [PagedCacheModel]
 
     init(spec: PolicySpec, policy: any CachePolicy, data: LayerData, setup: PolicySetup, topK: Int, steps: Int,
@@ -252,7 +257,7 @@ final class PolicyLayerRun {
         offsets = [Int](repeating: 0, count: h.numQHeads)
         counts = [Int](repeating: 0, count: h.numQHeads)
         output = [Float](repeating: 0, count: h.headDim)
-        isTop = [Bool](repeating: false, count: h.numTokens)
+        isKept = [Bool](repeating: false, count: h.numTokens)
         paging = (0..<h.numKVHeads).map { _ in
             PagedCacheModel(mode: mode, blockSize: blockSize, headDim: h.headDim, numTokens: h.numTokens)
         }
@@ -414,7 +419,10 @@ final class PolicyLayerRun {
             for _ in 0..<gs { out.append(HeadMetrics(recall: 1, topK: 1, kl: 0, error: data.values == nil ? nil : 0)) }
             return
         }
-        flops += Double(4 * D * gs * n) + (cache.keysModified ? Double(2 * D * gs * n) : 0)
+        // Arithmetic actually done: q·k over quantized keys (exact logits come from the
+        // reference, or are recomputed without it), and Σ a·v when there are values.
+        let keyPasses = (cache.keysModified ? 1 : 0) + (chunk.logits == nil && data.keys != nil ? 1 : 0)
+        flops += Double(2 * D * gs * n * keyPasses) + (cache.storedValues != nil ? Double(2 * D * gs * n) : 0)
         if exactLogits.count < gs * n { exactLogits = [Float](repeating: 0, count: gs * n) }
         if output.count < gs * D { output = [Float](repeating: 0, count: gs * D) }
         var recall = [Float](repeating: 0, count: gs), kl = [Float](repeating: 0, count: gs)
@@ -427,28 +435,40 @@ final class PolicyLayerRun {
                     if let exactKeys = data.keys, let queries = context.queries {
                         let scale = h.effectiveSoftmaxScale
                         let q = queries.baseAddress! + firstHead * D
-                        cache.storedKeys!.withUnsafeBufferPointer { K in
-                            Kernels.scores(queries: q, rows: gs, headDim: D, keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
-                                           indices: slots, count: n, scale: scale, out: a, outStride: n)
-                        }
-                        if cache.keysModified {
+                        // Exact logits: gathered from the reference's (same dot products, same bits).
+                        if let full = chunk.logits {
+                            for hh in 0..<gs {
+                                let row = full + (s * h.numQHeads + firstHead + hh) * chunk.logitStride, eh = e + hh * n
+                                for i in 0..<n { eh[i] = row[Int(slots[i])] }
+                            }
+                        } else {
                             exactKeys.withUnsafeBufferPointer { K in
                                 Kernels.scores(queries: q, rows: gs, headDim: D, keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
                                                indices: slots, count: n, scale: scale, out: e, outStride: n)
                             }
+                        }
+                        if cache.keysModified {
+                            cache.storedKeys!.withUnsafeBufferPointer { K in
+                                Kernels.scores(queries: q, rows: gs, headDim: D, keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
+                                               indices: slots, count: n, scale: scale, out: a, outStride: n)
+                            }
                         } else {
-                            e.update(from: a, count: gs * n)
+                            a.update(from: e, count: gs * n)
                         }
                         for hh in 0..<gs {
+                            // With x the exact logits, y the policy's, and a = softmax(y) over the kept set:
+                            // recall m = Σ exp(x − lse), KL(a‖A) = Σ a·(y − lse_kept − x + lse).
                             let lse = chunk.logSumExp[s * h.numQHeads + firstHead + hh]
-                            let row = e + hh * n
-                            var m: Float = 0
-                            for i in 0..<n {
-                                row[i] -= lse  // now log A (full-cache log-probability)
-                                m += expf(row[i])
+                            let x = e + hh * n, y = a + hh * n
+                            recall[hh] = Kernels.sumExp(x, n, shift: lse)
+                            if cache.keysModified {
+                                for i in 0..<n { x[i] = y[i] - x[i] }
+                                let keptLSE = Kernels.softmaxFast(y, n)
+                                kl[hh] = Kernels.dot(y, x, n) + (lse - keptLSE) * Kernels.sum(y, n)
+                            } else {  // y = x
+                                let keptLSE = Kernels.softmaxFast(y, n)
+                                kl[hh] = (lse - keptLSE) * Kernels.sum(y, n)
                             }
-                            recall[hh] = m
-                            Kernels.softmaxFast(a + hh * n, n)
                         }
                     } else {
                         // Attention-only layer: the recorded row restricted to the kept set.
@@ -468,14 +488,11 @@ final class PolicyLayerRun {
                                 let inv: Float = m > 0 ? 1 / m : 0
                                 for i in 0..<n { ah[i] *= inv }
                                 recall[hh] = m
+                                var divergence: Float = 0
+                                for i in 0..<n where ah[i] > 0 { divergence += ah[i] * (logf(ah[i]) - eh[i]) }
+                                kl[hh] = divergence
                             }
                         }
-                    }
-                    for hh in 0..<gs {
-                        let ah = a + hh * n, eh = e + hh * n
-                        var divergence: Float = 0
-                        for i in 0..<n where ah[i] > 0 { divergence += ah[i] * (logf(ah[i]) - eh[i]) }
-                        kl[hh] = divergence
                     }
                     if let storedValues = cache.storedValues {
                         output.withUnsafeMutableBufferPointer { o in
@@ -489,6 +506,8 @@ final class PolicyLayerRun {
                 }
             }
         }
+        for p in cache.slots[g] { isKept[Int(p)] = true }
+        defer { for p in cache.slots[g] { isKept[Int(p)] = false } }
         for hh in 0..<gs {
             let idx = s * h.numQHeads + firstHead + hh
             // Nothing attended, or (attention-only layers) only positions the recorded row gives no
@@ -501,9 +520,7 @@ final class PolicyLayerRun {
             var hits = 0
             if k > 0 {
                 let base = idx * chunk.topK
-                for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = true }
-                for p in cache.slots[g] where isTop[Int(p)] { hits += 1 }
-                for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = false }
+                for j in 0..<k where isKept[Int(chunk.topKPositions[base + j])] { hits += 1 }
             }
 
             var error: Float? = nil
