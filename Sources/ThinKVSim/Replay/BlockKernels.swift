@@ -29,7 +29,7 @@ extension Kernels {
     }
 
     /// Positions per cache block of the blocked kernels (128 rows of D = 128 floats: 64 KiB).
-    static let positionBlock = 128
+    static let positionBlock = 32
 
     @inline(__always)
     private static func scoresBlock(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,

@@ -117,30 +117,37 @@ struct ReferenceAttention {
         }
     }
 
-    func makeScratch(k: Int) -> [Scratch] {
+    func makeScratch(k: Int, count: Int? = nil) -> [Scratch] {
         let rows = stepBlock * header.groupSize
-        return (0..<workers).map { _ in
+        return (0..<(count ?? workers)).map { _ in
             Scratch(tokens: header.numTokens, k: k, rows: rows, headDim: header.headDim, stepBlock: stepBlock)
         }
     }
 
     /// Fills `chunk` (whose queries or attention rows are already read) for its steps.
     func compute(_ chunk: ReferenceChunk, scratch: [Scratch]) {
+        let parts = min(workers, scratch.count)
+        if parts <= 1 {
+            computePart(chunk, part: 0, of: 1, scratch: scratch[0])
+        } else {
+            DispatchQueue.concurrentPerform(iterations: parts) { computePart(chunk, part: $0, of: parts, scratch: scratch[$0]) }
+        }
+    }
+
+    /// Part `part` of `parts` of `compute`: a contiguous run of step blocks. Each step's results
+    /// are written by exactly one part, so how the parts are scheduled does not change any bits.
+    func computePart(_ chunk: ReferenceChunk, part: Int, of parts: Int, scratch: Scratch) {
         let steps = chunk.stepCount
         let blocks = (steps + stepBlock - 1) / stepBlock
-        let parts = min(workers, max(blocks, 1))
-        let run = { (w: Int) in
-            let lo = blocks * w / parts, hi = blocks * (w + 1) / parts
-            for b in lo..<hi {
-                let range = (b * self.stepBlock)..<min(steps, (b + 1) * self.stepBlock)
-                if self.data.keys != nil {
-                    self.computeBlock(range, chunk, scratch[w])
-                } else {
-                    for s in range { self.computeRecordedStep(s, chunk, scratch[w]) }
-                }
+        let lo = blocks * part / parts, hi = blocks * (part + 1) / parts
+        for b in lo..<hi {
+            let range = (b * stepBlock)..<min(steps, (b + 1) * stepBlock)
+            if data.keys != nil {
+                computeBlock(range, chunk, scratch)
+            } else {
+                for s in range { computeRecordedStep(s, chunk, scratch) }
             }
         }
-        if parts <= 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: run) }
     }
 
     /// Steps `range` of a q+k layer.

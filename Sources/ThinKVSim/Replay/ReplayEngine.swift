@@ -51,11 +51,12 @@ public struct ReplayResult: Sendable {
 /// Where a replay's time went, and the attention arithmetic it did (for `bench`).
 public struct ReplayTiming: Codable, Equatable, Sendable {
     public var wallSeconds: Double = 0
-    /// Full-cache reference attention (shared by all policies).
+    /// Full-cache reference attention (shared by all policies). The reference of the next chunk
+    /// runs alongside the policies' steps, so both are busy core-seconds divided by the workers.
     public var referenceSeconds: Double = 0
     /// Policies' own steps: their hooks, their attention over the attended set, metrics.
     public var policySeconds: Double = 0
-    /// Reading and converting the trace.
+    /// Reading and converting the trace (keys and values, then each chunk's queries).
     public var readSeconds: Double = 0
     /// Floating-point operations of attention proper: 2·D per query-key score and 2·D per
     /// weighted value, summed over query heads and attended positions.
@@ -178,35 +179,66 @@ public final class ReplayEngine {
         }
 
         let reference = ReferenceAttention(header: header, data: data, workers: workerCount)
-        let scratch = reference.makeScratch(k: configuration.topK)
-        // Keep the chunk's logits only when some policy attends with the exact keys: the memory is
-        // chunkSteps × Hq × T floats (117 MiB at 64 × 14 × 32768).
-        let chunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK,
-                                   keepsLogits: info.hasQueriesAndKeys && runs.contains { !($0.policy is FullCachePolicy) })
+        // The reference of chunk c+1 is computed while the policies step through chunk c, in one
+        // pool of tasks: with a few policies of unequal cost on a few cores, neither phase alone
+        // keeps every core busy. Two chunks alternate; the reference is split into more parts
+        // than cores so the tail balances.
+        let referenceParts = workerCount == 1 ? 1 : 2 * workerCount
+        let scratch = reference.makeScratch(k: configuration.topK, count: referenceParts)
+        // Logits are kept only when some policy attends with the exact keys: chunkSteps × Hq × T
+        // floats per chunk (117 MiB at 64 × 14 × 32768).
+        let keepLogits = info.hasQueriesAndKeys && runs.contains { !($0.policy is FullCachePolicy) }
+        let chunks = (0..<2).map { _ in
+            ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK, keepsLogits: keepLogits)
+        }
         let total = decodeSteps
-        for first in stride(from: 0, to: total, by: configuration.chunkSteps) {
-            let steps = min(configuration.chunkSteps, total - first)
+        let chunkCount = (total + configuration.chunkSteps - 1) / configuration.chunkSteps
+        // q·k for every visible position (q+k layers), and Σ a·v when the layer has values.
+        let perPair = Double(((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim * header.numQHeads)
+        func load(_ c: Int) throws -> ReferenceChunk? {
+            guard c < chunkCount else { return nil }
+            let chunk = chunks[c % 2]
+            let first = c * configuration.chunkSteps, steps = min(configuration.chunkSteps, total - first)
+            let readStart = ReplayEngine.now()
             chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues, tokens: header.numTokens)
             if info.hasQueriesAndKeys {
                 try reader.readRows(.q, layer: info.index, rows: (P + first)..<(P + first + steps), into: &chunk.queries)
             } else {
                 try reader.readRows(.attn, layer: info.index, rows: first..<(first + steps), into: &chunk.attentionRows)
             }
-            let referenceStart = ReplayEngine.now()
-            reference.compute(chunk, scratch: scratch)
-            let policyStart = ReplayEngine.now()
-            timing.referenceSeconds += policyStart - referenceStart
-            // q·k for every visible position (q+k layers), and Σ a·v when the layer has values.
-            let perPair = Double(((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim * header.numQHeads)
+            timing.readSeconds += ReplayEngine.now() - readStart
             for s in 0..<steps { timing.referenceFLOPs += perPair * Double(P + first + s + 1) }
-
-            let advance = { (i: Int) in runs[i].advance(through: chunk) }
-            if workerCount == 1 || runs.count == 1 {
-                for i in runs.indices { advance(i) }
-            } else {
-                DispatchQueue.concurrentPerform(iterations: runs.count, execute: advance)
+            return chunk
+        }
+        // Busy seconds of each task, summed per phase and spread over the workers afterwards.
+        var busy = [Double](repeating: 0, count: runs.count + referenceParts)
+        if let chunk = try load(0) {
+            let start = ReplayEngine.now()
+            reference.compute(chunk, scratch: scratch)
+            timing.referenceSeconds += ReplayEngine.now() - start
+        }
+        for c in 0..<chunkCount {
+            let chunk = chunks[c % 2]
+            let next = try load(c + 1)
+            let first = chunk.firstStep, steps = chunk.stepCount
+            let tasks = runs.count + (next == nil ? 0 : referenceParts)
+            busy.withUnsafeMutableBufferPointer { buffer in
+                let seconds = buffer.baseAddress!  // one slot per task: no two threads share one
+                let task = { (i: Int) in
+                    let start = ReplayEngine.now()
+                    if i < runs.count {
+                        runs[i].advance(through: chunk)
+                    } else {
+                        reference.computePart(next!, part: i - runs.count, of: referenceParts, scratch: scratch[i - runs.count])
+                    }
+                    seconds[i] += ReplayEngine.now() - start
+                }
+                if workerCount == 1 {
+                    for i in 0..<tasks { task(i) }
+                } else {
+                    DispatchQueue.concurrentPerform(iterations: tasks, execute: task)
+                }
             }
-            timing.policySeconds += ReplayEngine.now() - policyStart
             for run in runs { timing.policyFLOPs += run.takeFLOPs() }
             if let sink = keptSink {
                 for run in runs { sink.record(run.takeEvents()) }
@@ -214,6 +246,9 @@ public final class ReplayEngine {
             progress?.update(fraction: (Double(ordinal) + Double(first + steps) / Double(total)) / Double(count),
                              detail: "layer \(info.index) (\(ordinal + 1)/\(count)), step \(first + steps)/\(total)")
         }
+        let workers = Double(workerCount)
+        timing.policySeconds += busy[..<runs.count].reduce(0, +) / workers
+        timing.referenceSeconds += busy[runs.count...].reduce(0, +) / workers
         return runs
     }
 }
