@@ -71,9 +71,23 @@ extension Kernels {
             }
             r += 4
         }
+        // Fewer than 4 rows left (a GQA group of 7 leaves 3): two keys at a time still share loads.
         while r < rows {
             let q = queries + r * D, o = out + r * outStride
-            for j in range { o[j] = scale * dot(q, keys + Int(indices[j]) * D, D) }
+            var j = range.lowerBound
+            while j + 2 <= count {
+                let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                var a0 = SIMD8<Float>(repeating: 0), a1 = a0
+                var c = 0
+                while c < D {
+                    let y = load8(q, c)
+                    multiplyAdd(&a0, y, load8(k0, c)); multiplyAdd(&a1, y, load8(k1, c))
+                    c += 8
+                }
+                o[j] = scale * a0.sum(); o[j + 1] = scale * a1.sum()
+                j += 2
+            }
+            if j < count { o[j] = scale * dot(q, keys + Int(indices[j]) * D, D) }
             r += 1
         }
     }
