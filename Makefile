@@ -14,6 +14,11 @@ SWIFTFLAGS ?= $(CPU_FLAGS)
 RELEASEFLAGS ?= $(SWIFTFLAGS) -Xswiftc -enforce-exclusivity=unchecked
 RELEASE   := .build/release/thinkv-sim
 SAMPLE    := traces/sample-synthetic.h5
+# `make sweep`: the config, its results CSV (passed with -o so the plot step reads the same
+# file) and the figure directory.
+SWEEP_CONFIG ?= configs/budget-sweep.json
+SWEEP_CSV    ?= out/budget-sweep.csv
+SWEEP_PLOTS  ?= out
 BUDGET    ?= 256
 POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi
 PYTHON    ?= python3
@@ -47,6 +52,11 @@ test: deps
 
 bench: build
 	$(RELEASE) bench
+
+# Resumable: an interrupted `make sweep` continues where it stopped.
+sweep: build
+	$(RELEASE) sweep $(SWEEP_CONFIG) -o $(SWEEP_CSV)
+	$(RELEASE) plot $(SWEEP_CSV) -o $(SWEEP_PLOTS)
 
 # The recorder's environment: about 5.6 GB (the default PyTorch wheel brings CUDA libraries),
 # rebuilt only when tools/requirements.txt changes.

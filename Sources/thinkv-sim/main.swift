@@ -7,8 +7,12 @@ let commands: [any Subcommand.Type] = [
     InspectCommand.self,
     CalibrateCommand.self,
     ValidateCommand.self,
+    SynthCommand.self,
     PoliciesCommand.self,
     BenchCommand.self,
+    SweepCommand.self,
+    MergeCommand.self,
+    PlotCommand.self,
 ]
 
 func topLevelHelp() -> String {

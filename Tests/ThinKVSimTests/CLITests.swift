@@ -5,24 +5,7 @@ import XCTest
 /// The executable's contract: a bad trace is one line on stderr and exit 1, a usage mistake is
 /// exit 2, help is exit 0. Runs the built `thinkv-sim` next to the test bundle.
 final class CLITests: XCTestCase {
-    struct Outcome {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    /// The `thinkv-sim` built alongside the tests (same build directory), or the debug build
-    /// under the package's .build directory.
-    static let binary: URL? = {
-        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent()
-        let candidates = [
-            Bundle.main.bundleURL,
-            Bundle(for: CLITests.self).bundleURL.deletingLastPathComponent(),
-            packageRoot.appendingPathComponent(".build/debug"),
-        ].map { $0.appendingPathComponent("thinkv-sim") }
-        return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) }
-    }()
+    typealias Outcome = CommandRunner.Outcome
 
     private var directory: URL!
 
@@ -31,25 +14,7 @@ final class CLITests: XCTestCase {
     }
 
     private func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
-        let binary = try XCTUnwrap(Self.binary, "thinkv-sim not built; run 'swift build --build-tests'", file: file, line: line)
-        // Output goes to files rather than pipes, so a chatty child can never stall on a full pipe.
-        let outURL = directory.appendingPathComponent("stdout-\(UUID().uuidString)")
-        let errURL = directory.appendingPathComponent("stderr-\(UUID().uuidString)")
-        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        process.waitUntilExit()
-        try out.close()
-        try err.close()
-        return Outcome(status: process.terminationStatus,
-                       stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                       stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self))
+        try CommandRunner.run(arguments, in: directory, file: file, line: line)
     }
 
     /// A small valid trace: q/k/v in layer 0, labels.

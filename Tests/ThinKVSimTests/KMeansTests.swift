@@ -47,7 +47,7 @@ final class KMeansTests: XCTestCase {
 
     func testDeterministicForASeedAndDependingOnIt() {
         var random = SeededRandom(seed: 42)
-        let points = (0..<200).map { _ in (0..<16).map { _ in Float(random.nextUnit()) } }
+        let points = (0..<200).map { _ in (0..<16).map { _ in Float(random.uniform()) } }
         let a = KMeans.representatives(points, k: 12, iterations: 10, seed: 5)
         XCTAssertEqual(a, KMeans.representatives(points, k: 12, iterations: 10, seed: 5))
         XCTAssertEqual(a.count, 12)

@@ -402,21 +402,11 @@ final class ThinKVPolicyTests: XCTestCase {
     }
 
     func testCommandLineRunsTheThreePoliciesAndExplainsMissingThresholds() throws {
-        let binary = try XCTUnwrap(CLITests.binary, "thinkv-sim not built; run 'swift build --build-tests'")
         let path = try trace(prompt: 8, runs([("R", 40), ("T", 6), ("E", 30)]), Hq: 2, Hkv: 1, D: 16)
+        let directory = try TestTraces.directory(self)
         func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
-            let process = Process()
-            process.executableURL = binary
-            process.arguments = arguments
-            let out = try TestTraces.directory(self).appendingPathComponent("out.txt")
-            FileManager.default.createFile(atPath: out.path, contents: nil)
-            let handle = try FileHandle(forWritingTo: out)
-            process.standardOutput = handle
-            process.standardError = handle
-            try process.run()
-            process.waitUntilExit()
-            try handle.close()
-            return (process.terminationStatus, String(decoding: try Data(contentsOf: out), as: UTF8.self))
+            let outcome = try CommandRunner.run(arguments, in: directory)
+            return (outcome.status, outcome.stdout + outcome.stderr)
         }
         let ok = try run(["replay", path, "--policy", "full,thinkv,thinkv-tbq,thinkv-tbe", "--thoughts", "labels", "--budget", "40",
                           "--threads", "1"])

@@ -462,24 +462,8 @@ final class ThoughtCalibrationCLITests: XCTestCase {
         directory = try TestTraces.directory(self)
     }
 
-    private func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> (status: Int32, stdout: String, stderr: String) {
-        let binary = try XCTUnwrap(CLITests.binary, "thinkv-sim not built; run 'swift build --build-tests'", file: file, line: line)
-        let outURL = directory.appendingPathComponent("stdout-\(UUID().uuidString)")
-        let errURL = directory.appendingPathComponent("stderr-\(UUID().uuidString)")
-        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        process.waitUntilExit()
-        try out.close()
-        try err.close()
-        return (process.terminationStatus, String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                String(decoding: try Data(contentsOf: errURL), as: UTF8.self))
+    private func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> CommandRunner.Outcome {
+        try CommandRunner.run(arguments, in: directory, file: file, line: line)
     }
 
     func testCalibrateWritesThresholdsAndInspectUsesThem() throws {

@@ -258,7 +258,8 @@ public class ThinKVPolicy: CachePolicy {
                 }
             }
         }
-        let callSeed = SeededRandom.mix([seed, UInt64(setup.layer.index), UInt64(h), UInt64(segment.start), UInt64(segment.level)])
+        var stream = SeededRandom(seed: seed, stream: [UInt64(setup.layer.index), UInt64(h), UInt64(segment.start), UInt64(segment.level)])
+        let callSeed = stream.next()
         return gathered.withUnsafeBufferPointer {
             KMeans.representatives(points: $0.baseAddress!, count: pool.count, dimension: D, k: keep,
                                    iterations: kmeansIterations, seed: callSeed)

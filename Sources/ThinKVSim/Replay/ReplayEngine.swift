@@ -16,6 +16,10 @@ public struct ReplayConfiguration: Sendable {
     /// Memory layout model, and slots per block (nil: each policy's preferred size).
     public var paging: PagingMode = .ct
     public var blockSize: Int?
+    /// Per-policy layouts (same order as `policies`) that replace `paging`/`blockSize`, so a
+    /// sweep can compare layouts against one shared reference (paging is accounting only: it
+    /// never changes what a policy keeps). nil: every policy uses `paging` and `blockSize`.
+    public var layouts: [PagingLayout]?
 
     public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = 32, maxSteps: Int? = nil, threads: Int? = nil) {
         self.policies = policies
@@ -23,6 +27,28 @@ public struct ReplayConfiguration: Sendable {
         self.topK = topK
         self.maxSteps = maxSteps
         self.threads = threads
+    }
+
+    /// The layout policy `i` is replayed with.
+    public func layout(ofPolicy i: Int) -> PagingLayout {
+        layouts?[i] ?? PagingLayout(mode: paging, blockSize: blockSize)
+    }
+
+    /// Slots per block of policy `i`: its layout's, else the policy's preferred size.
+    public func effectiveBlockSize(ofPolicy i: Int) -> Int {
+        layout(ofPolicy: i).blockSize ?? policies[i].type.preferredBlockSize
+    }
+}
+
+/// How one policy configuration's cache is laid out in memory.
+public struct PagingLayout: Hashable, Sendable {
+    public var mode: PagingMode
+    /// Slots per block; nil: the policy's preferred size.
+    public var blockSize: Int?
+
+    public init(mode: PagingMode = .ct, blockSize: Int? = nil) {
+        self.mode = mode
+        self.blockSize = blockSize
     }
 }
 
@@ -32,6 +58,9 @@ public struct PolicyRun: Sendable {
     /// One record per (layer, decode step), layer-major.
     public let steps: [StepRecord]
     public let summary: RunSummary
+    /// The layout the paging figures were measured with, and its effective block size.
+    public let paging: PagingMode
+    public let blockSize: Int
 }
 
 public struct ReplayResult: Sendable {
@@ -113,6 +142,9 @@ public final class ReplayEngine {
                              "not recorded (recorded: \(reader.recordedLayerIndices.map(String.init).joined(separator: ", ")))")
         }
         for spec in configuration.policies { try spec.checkRequirements(reader, layers: layers) }
+        if let layouts = configuration.layouts, layouts.count != configuration.policies.count {
+            throw PolicyError("replay: \(layouts.count) layouts for \(configuration.policies.count) policies")
+        }
         guard decodeSteps > 0 else {
             throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
         }
@@ -142,10 +174,11 @@ public final class ReplayEngine {
                 topKRecall: MetricSummary(samples: samples[i].topKRecall),
                 attentionKL: MetricSummary(samples: samples[i].attentionKL),
                 outputError: anyValues ? MetricSummary(samples: samples[i].outputError) : nil,
-                memory: MemorySummary(records: records[i], numLayers: header.numLayers, replayedLayers: layers.count)))
+                memory: MemorySummary(records: records[i], numLayers: header.numLayers, replayedLayers: layers.count)),
+                paging: configuration.layout(ofPolicy: i).mode, blockSize: configuration.effectiveBlockSize(ofPolicy: i))
         }
         timing.wallSeconds = ReplayEngine.now() - started
-        let sizes = configuration.policies.map { configuration.blockSize ?? $0.type.preferredBlockSize }
+        let sizes = configuration.policies.indices.map { configuration.effectiveBlockSize(ofPolicy: $0) }
         let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
             : zip(configuration.policies, sizes).map { "\($0.name) \($1)" }.joined(separator: ", ")
         return ReplayResult(tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
@@ -170,8 +203,8 @@ public final class ReplayEngine {
             let prefill = PrefillContext(setup: setup, data: data, promptQueries: promptQueries)
             let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
             let run = PolicyLayerRun(spec: spec, policy: policy, data: data, setup: setup,
-                                     topK: configuration.topK, steps: decodeSteps, paging: configuration.paging,
-                                     blockSize: configuration.blockSize ?? spec.type.preferredBlockSize)
+                                     topK: configuration.topK, steps: decodeSteps, paging: configuration.layout(ofPolicy: i).mode,
+                                     blockSize: configuration.effectiveBlockSize(ofPolicy: i))
             for p in 0..<P { run.cache.append(position: p) }
             policy.prefill(prefill, cache: run.cache)
             run.pagePrompt()

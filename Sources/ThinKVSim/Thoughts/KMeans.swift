@@ -70,7 +70,7 @@ public enum KMeans {
             }
             if total > 0 {
                 // Draw i with probability nearest[i] / total.
-                let target = random.nextUnit() * total
+                let target = random.uniform() * total
                 var running: Double = 0
                 chosen = -1
                 for i in 0..<n where nearest[i] > 0 {
@@ -139,35 +139,5 @@ public enum KMeans {
             picked.append(best)
         }
         return picked.sorted()
-    }
-}
-
-/// SplitMix64: a small, fast, seedable generator (Steele, Lea and Flood's constants).
-struct SeededRandom {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    mutating func nextUnit() -> Double { Double(next() >> 11) / Double(UInt64(1) << 53) }
-
-    /// Mixes several values into one seed (each through a SplitMix64 step), so that seeds
-    /// derived for different (layer, head, segment) differ.
-    static func mix(_ values: [UInt64]) -> UInt64 {
-        var generator = SeededRandom(seed: 0x5EED)
-        var out: UInt64 = 0
-        for v in values {
-            generator.state ^= v
-            out = generator.next()
-        }
-        return out
     }
 }

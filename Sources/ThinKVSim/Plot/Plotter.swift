@@ -1,0 +1,109 @@
+import Foundation
+
+/// What `thinkv-sim plot` draws and where.
+public struct PlotOptions: Sendable {
+    public var outputDirectory: String
+    /// Logarithmic byte axes (powers of two).
+    public var logBytes = false
+    /// The bytes summary fidelity is plotted against: `kv_bytes_mean` or `kv_bytes_peak`.
+    public var bytesColumn = "kv_bytes_mean"
+    /// Budget of the runs in the bytes-over-steps figure (nil: the middle budget of the trace).
+    public var budget: Double?
+    /// Worker threads for a sparsity pass over a trace (only when no per-step CSV has it).
+    public var threads: Int?
+
+    public init(outputDirectory: String) { self.outputDirectory = outputDirectory }
+}
+
+/// Writes every figure a results CSV supports, per trace:
+/// - `<trace>.fidelity-budget.svg`: mass recall and output error against the budget;
+/// - `<trace>.fidelity-bytes.svg`: the same against KV bytes;
+/// - `<trace>.kv-steps.svg`: KV bytes over decode steps (needs per-step CSVs);
+/// - `<trace>.thoughts.svg`: thought bands from the trace's `/tokens/thought` with the sparsity
+///   of each step (from a per-step CSV, else computed from the trace).
+public enum Plotter {
+    public struct Outcome: Sendable {
+        public var files: [String] = []
+        /// Figures left out and why.
+        public var notes: [String] = []
+    }
+
+    public static func plot(results path: String, options: PlotOptions) throws -> Outcome {
+        let data = try PlotData(path: path)
+        var outcome = Outcome()
+        guard !data.table.rows.isEmpty else {
+            outcome.notes.append("\(path): no rows to plot")
+            return outcome
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: options.outputDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw CSVError("\(options.outputDirectory): cannot create directory (\(error.localizedDescription))")
+        }
+        var stepCache: [String: StepBytesFigure.StepSeries] = [:]
+        for trace in data.traces {
+            let name = data.shortName(trace)
+            let rows = data.rows(of: trace)
+            let numLayers = rows.first.flatMap { data.number($0, "num_layers") }.map { Int($0) }
+            func write(_ figure: Figure?, _ kind: String, missing: String) throws {
+                guard let figure else {
+                    outcome.notes.append("\(name): no \(kind) figure (\(missing))")
+                    return
+                }
+                let directory = options.outputDirectory
+                let file = (directory.hasSuffix("/") ? directory : directory + "/") + "\(name).\(kind).svg"
+                try OutputFile.write(figure.render(), to: file)
+                outcome.files.append(file)
+            }
+            func steps(_ file: String) throws -> StepBytesFigure.StepSeries? {
+                if let cached = stepCache[file] { return cached }
+                guard let resolved = data.resolve(file) else {
+                    outcome.notes.append("\(name): per-step CSV \(file) not found")
+                    return nil
+                }
+                let series = try StepBytesFigure.load(resolved, numLayers: numLayers)
+                stepCache[file] = series
+                return series
+            }
+
+            try write(FidelityFigure.againstBudget(data, trace: trace), "fidelity-budget", missing: "no run has a budget")
+            try write(FidelityFigure.againstBytes(data, trace: trace, bytesColumn: options.bytesColumn, logBytes: options.logBytes),
+                      "fidelity-bytes", missing: "no \(options.bytesColumn) column")
+            try write(StepBytesFigure.figure(data, trace: trace, budget: options.budget, logBytes: options.logBytes, load: steps),
+                      "kv-steps", missing: "no per-step CSVs: set step_csv_dir in the sweep config")
+            try write(try timeline(data, trace: trace, name: name, options: options, steps: steps),
+                      "thoughts", missing: "neither the trace nor a per-step CSV is available")
+        }
+        return outcome
+    }
+
+    /// Labels come from the trace; sparsity from any per-step CSV of the trace (every policy
+    /// records the same full-cache sparsity), else from a sparsity pass over the trace.
+    static func timeline(_ data: PlotData, trace: String, name: String, options: PlotOptions,
+                         steps: (String) throws -> StepBytesFigure.StepSeries?) throws -> Figure? {
+        let rows = data.rows(of: trace)
+        let decodeSteps = rows.first.flatMap { data.number($0, "decode_steps") }.map { Int($0) }
+        var sparsity: [Double]?
+        if data.hasColumn(SweepColumns.stepsFile),
+           let file = rows.lazy.compactMap({ data.cell($0, SweepColumns.stepsFile) }).first(where: { data.resolve($0) != nil }) {
+            sparsity = try steps(file)?.sparsity
+        }
+        var labels: [Int8]?
+        if let resolved = data.resolve(trace) {
+            let reader = try TraceReader(path: resolved)
+            let P = reader.header.promptLength
+            let G = min(decodeSteps ?? reader.header.generatedLength, reader.header.generatedLength)
+            labels = try reader.readThoughtLabels().map { Array($0[P..<(P + G)]) }
+            if sparsity == nil {
+                let layers = rows.first.flatMap { data.cell($0, "layers") }.flatMap { $0 == "all" ? nil : $0.split(separator: ",").compactMap { Int($0) } }
+                let profile = try SparsityProfile.compute(reader, layers: layers, maxSteps: G, threads: options.threads)
+                sparsity = profile.averaged().map(Double.init)
+            }
+        }
+        guard labels != nil || sparsity != nil else { return nil }
+        let subtitle = FidelityFigure.subtitle(data, rows: rows, extra: labels == nil
+            ? "full-cache attention sparsity (the trace has no thought labels)"
+            : "bands: reference thought labels; line: full-cache attention sparsity")
+        return ThoughtTimelineFigure.figure(name: name, subtitle: subtitle, labels: labels, sparsity: sparsity)
+    }
+}

@@ -1,0 +1,288 @@
+import Foundation
+
+/// What a sweep did.
+public struct SweepOutcome: Equatable, Sendable {
+    /// Runs replayed now, runs taken from an existing output, runs left for a later call.
+    public var computed = 0
+    public var reused = 0
+    public var pending = 0
+    public var engineRuns = 0
+    /// Rows of the existing output that are not runs of this grid (or shard) and were dropped.
+    public var dropped = 0
+    public var outputPath = ""
+}
+
+/// Runs the grid (or one shard of it) and keeps the results CSV current.
+///
+/// All pending runs of a trace go into one engine run, so the full-cache reference of each
+/// layer is computed once and shared by every policy configuration and layout. The engine
+/// spreads the runs of an engine run, and the reference, over the cores; engine runs follow
+/// one another, which keeps every core busy without holding several traces in memory at once.
+/// The `batch` key caps the runs per engine run: each run holds its own cache (a quantizing
+/// policy copies the layer's keys and values), so a very wide sweep may need it to fit in
+/// memory, at the cost of recomputing the reference once per batch.
+///
+/// After every engine run the CSV is rewritten atomically with every row known so far in grid
+/// order; a later call with the same output skips rows already there (matched by run key).
+public final class SweepRunner {
+    public let grid: SweepGrid
+    /// The runs this runner is responsible for (the whole grid or one shard), in grid order.
+    public let runs: [SweepRun]
+    public let outputPath: String
+    /// Stop after this many engine runs (nil: run everything). Rows written so far stay; the
+    /// next call resumes.
+    public var stopAfterEngineRuns: Int?
+    public var progress: ProgressReporting?
+    /// Receives one-line notes (dropped rows, an interrupted file) for stderr.
+    public var note: (String) -> Void = { _ in }
+
+    public init(grid: SweepGrid, shard: (index: Int, count: Int)? = nil, output: String? = nil) {
+        self.grid = grid
+        if let shard {
+            runs = Array(grid.shard(shard.index, of: shard.count))
+            outputPath = output ?? Self.shardOutputPath(grid.config.output, index: shard.index, count: shard.count)
+        } else {
+            runs = grid.runs
+            outputPath = output ?? grid.config.output
+        }
+    }
+
+    /// `out/sweep.csv` -> `out/sweep.shard-2-of-8.csv`.
+    public static func shardOutputPath(_ output: String, index: Int, count: Int) -> String {
+        let url = URL(fileURLWithPath: output)
+        let stem = url.pathExtension.isEmpty ? output : String(output.dropLast(url.pathExtension.count + 1))
+        return "\(stem).shard-\(index)-of-\(count).\(url.pathExtension.isEmpty ? "csv" : url.pathExtension)"
+    }
+
+    /// Per-step CSV of a run: `<dir>/<trace stem>-<policy>-<16 hex digits of the run key's FNV-1a hash>.csv`.
+    public func stepsFilePath(_ run: SweepRun) -> String? {
+        guard let directory = grid.config.stepCSVDirectory else { return nil }
+        let stem = URL(fileURLWithPath: run.trace).deletingPathExtension().lastPathComponent
+        let name = "\(stem)-\(run.spec.name)-\(String(format: "%016llx", Self.fnv1a(run.key))).csv"
+        return directory.hasSuffix("/") ? directory + name : directory + "/" + name
+    }
+
+    static func fnv1a(_ s: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in s.utf8 {
+            h ^= UInt64(b)
+            h = h &* 0x0000_0100_0000_01B3
+        }
+        return h
+    }
+
+    // MARK: Planning
+
+    /// Shape facts of a trace that go into every row.
+    struct TraceFacts {
+        let model: String
+        let numLayers: Int
+        let decodeSteps: Int
+    }
+
+    /// Which runs an existing output already holds.
+    public struct Plan {
+        /// Run id -> finished row, in this grid's columns.
+        public var reusable: [Int: [String]] = [:]
+        /// Runs to replay, in grid order.
+        public var pending: [SweepRun] = []
+        public var dropped = 0
+        public var droppedPartial = false
+    }
+
+    /// Reads the existing output (if any) and decides what is left to do.
+    public func plan() throws -> Plan {
+        var plan = Plan()
+        let columns = grid.columns
+        var old: [String: [String: String]] = [:]  // run key -> column -> cell
+        if FileManager.default.fileExists(atPath: outputPath) {
+            let (table, partial) = try CSVTable.read(path: outputPath, dropPartialLast: true)
+            plan.droppedPartial = partial
+            guard let keyColumn = table.index(of: "run_key") else {
+                throw CSVError("\(outputPath): exists but has no run_key column (not sweep results); move it or choose another output")
+            }
+            for row in table.rows {
+                old[row[keyColumn]] = Dictionary(uniqueKeysWithValues: zip(table.header, row))
+            }
+            let keys = Set(runs.map(\.key))
+            plan.dropped = old.keys.filter { !keys.contains($0) }.count
+        }
+        let parameterColumns = Set(grid.parameterNames.map(SweepColumns.parameterColumn))
+        for run in runs {
+            guard let cells = old[run.key], reusable(run, cells) else {
+                plan.pending.append(run)
+                continue
+            }
+            // A column the old file lacks is only acceptable for a parameter this run's policy
+            // does not have (its key would hold it otherwise): that cell is empty anyway.
+            var row: [String] = []
+            var complete = true
+            for column in columns {
+                if column == "run_id" {
+                    row.append(String(run.id))
+                } else if let cell = cells[column] {
+                    row.append(cell)
+                } else if parameterColumns.contains(column) {
+                    row.append("")
+                } else {
+                    complete = false
+                    break
+                }
+            }
+            if complete { plan.reusable[run.id] = row } else { plan.pending.append(run) }
+        }
+        return plan
+    }
+
+    private func reusable(_ run: SweepRun, _ cells: [String: String]) -> Bool {
+        // A row whose per-step file went missing is recomputed, so the two never disagree.
+        guard let path = stepsFilePath(run) else { return true }
+        return cells[SweepColumns.stepsFile] == path && FileManager.default.fileExists(atPath: path)
+    }
+
+    // MARK: Running
+
+    public func run() throws -> SweepOutcome {
+        let config = grid.config
+        let plan = try plan()
+        if plan.droppedPartial { note("\(outputPath): last row was cut short (interrupted write); it is recomputed") }
+        if plan.dropped > 0 {
+            note("\(outputPath): dropping \(plan.dropped) row(s) that are not runs of this \(runs.count == grid.runs.count ? "sweep" : "shard")")
+        }
+
+        // Open every trace and check every run against it before replaying anything, so a bad
+        // layer list or a policy the trace cannot feed fails at once, not hours in.
+        var readers: [String: TraceReader] = [:]
+        var facts: [String: TraceFacts] = [:]
+        for trace in grid.traces where plan.pending.contains(where: { $0.trace == trace }) {
+            let reader = try TraceReader(path: trace)
+            let layers = config.layers ?? reader.recordedLayerIndices
+            for layer in layers where reader.layerInfo(layer) == nil {
+                throw TraceError(file: trace, object: "/layers/\(layer)",
+                                 "not recorded (recorded: \(reader.recordedLayerIndices.map(String.init).joined(separator: ", "))); see the config's 'layers'")
+            }
+            let steps = min(config.steps ?? reader.header.generatedLength, reader.header.generatedLength)
+            guard steps > 0 else { throw TraceError(file: trace, "has no decode positions to replay (prompt_len equals num_tokens)") }
+            for run in plan.pending where run.trace == trace { try run.spec.checkRequirements(reader, layers: layers) }
+            readers[trace] = reader
+            facts[trace] = TraceFacts(model: reader.header.model, numLayers: reader.header.numLayers, decodeSteps: steps)
+        }
+
+        if let directory = config.stepCSVDirectory, !plan.pending.isEmpty {
+            try makeDirectory(directory)
+        }
+        try makeDirectory(URL(fileURLWithPath: outputPath).deletingLastPathComponent().path)
+
+        var rows = plan.reusable
+        var outcome = SweepOutcome(reused: plan.reusable.count, dropped: plan.dropped, outputPath: outputPath)
+        let batches = Self.batches(plan.pending, limit: config.batch)
+        let total = plan.pending.count
+        var done = 0
+        defer { progress?.finish() }
+        for batch in batches {
+            if let limit = stopAfterEngineRuns, outcome.engineRuns >= limit { break }
+            let trace = batch[0].trace
+            var configuration = ReplayConfiguration(policies: batch.map(\.spec), layers: config.layers, topK: config.topK,
+                                                    maxSteps: config.steps, threads: config.threads)
+            configuration.layouts = batch.map(\.layout)
+            let engine = ReplayEngine(reader: readers[trace]!, configuration: configuration)
+            let adapter = BatchProgress(inner: progress, done: done, size: batch.count, total: total,
+                                        detail: "\(URL(fileURLWithPath: trace).lastPathComponent), \(batch.count) run(s)")
+            engine.progress = adapter
+            let result: ReplayResult
+            do {
+                result = try engine.run()
+            } catch let error as PolicyError {
+                // A combination of values the policy refuses (e.g. sinks not below budget): the config's doing.
+                throw SweepConfigError(file: config.file, error.description)
+            }
+            for (run, policyRun) in zip(batch, result.runs) {
+                let stepsPath = stepsFilePath(run)
+                if let stepsPath {
+                    try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: grid.traces)
+                }
+                rows[run.id] = row(run, policyRun, facts[trace]!, stepsPath: stepsPath)
+            }
+            done += batch.count
+            outcome.engineRuns += 1
+            outcome.computed += batch.count
+            try write(rows)
+        }
+        outcome.pending = total - outcome.computed
+        // Also when nothing was computed: dropped rows and a changed column set take effect.
+        try write(rows)
+        return outcome
+    }
+
+    /// Pending runs grouped by trace (grid order), each group cut into pieces of at most `limit`.
+    static func batches(_ pending: [SweepRun], limit: Int?) -> [[SweepRun]] {
+        var groups: [[SweepRun]] = []
+        for run in pending {
+            if let last = groups.last?.last, last.trace == run.trace, groups[groups.count - 1].count < (limit ?? Int.max) {
+                groups[groups.count - 1].append(run)
+            } else {
+                groups.append([run])
+            }
+        }
+        return groups
+    }
+
+    private func write(_ rows: [Int: [String]]) throws {
+        var table = CSVTable(header: grid.columns)
+        for run in runs { if let row = rows[run.id] { table.rows.append(row) } }
+        try OutputFile.write(table.render(), to: outputPath, protecting: grid.traces)
+    }
+
+    private func makeDirectory(_ path: String) throws {
+        guard !path.isEmpty else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        } catch {
+            throw CSVError("\(path): cannot create directory (\(error.localizedDescription))")
+        }
+    }
+
+    // MARK: Rows
+
+    func row(_ run: SweepRun, _ result: PolicyRun, _ facts: TraceFacts, stepsPath: String?) -> [String] {
+        let effective = Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) })
+        var row = [String(run.id), run.key, run.trace, facts.model, String(facts.numLayers), String(facts.decodeSteps),
+                   run.spec.name, run.spec.label]
+        row += grid.parameterNames.map { effective[$0] ?? "" }
+        row += SweepGrid.replayOptionValues(config: grid.config, layout: run.layout).map(\.1)
+        let byName = Dictionary(uniqueKeysWithValues: SweepColumns.metrics.map { ($0.name, $0) })
+        row += grid.config.metrics.map { SweepColumns.number(byName[$0]!.value(result.summary)) }
+        if let stepsPath { row.append(stepsPath) }
+        return row
+    }
+
+    /// The per-step CSV of one run: the columns of `replay --csv`.
+    static func stepsCSV(_ run: PolicyRun) -> String {
+        var out = ReplayReport.stepColumns.joined(separator: ",") + "\n"
+        let label = ReplayReport.csvField(run.spec.label)
+        for r in run.steps { out += ReplayReport.stepRow(label, r) }
+        return out
+    }
+}
+
+/// Maps one engine run's progress onto the whole sweep; the runner ends the line itself.
+private final class BatchProgress: ProgressReporting {
+    let inner: ProgressReporting?
+    let done: Int, size: Int, total: Int
+    let detail: String
+
+    init(inner: ProgressReporting?, done: Int, size: Int, total: Int, detail: String) {
+        self.inner = inner
+        self.done = done
+        self.size = size
+        self.total = total
+        self.detail = detail
+    }
+
+    func update(fraction: Double, detail engineDetail: String) {
+        let overall = (Double(done) + fraction * Double(size)) / Double(max(total, 1))
+        inner?.update(fraction: overall, detail: "runs \(done)/\(total): \(detail), \(engineDetail)")
+    }
+
+    func finish() {}
+}

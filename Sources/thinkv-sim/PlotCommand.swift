@@ -1,0 +1,42 @@
+import Foundation
+import ThinKVSim
+
+enum PlotCommand: Subcommand {
+    static let spec = CommandSpec(
+        name: "plot",
+        abstract: "draw SVG figures from a sweep's results CSV: fidelity vs budget and bytes, KV bytes over steps, thought timeline",
+        positionals: [("results.csv", "results of 'thinkv-sim sweep' (or 'merge')")],
+        options: [
+            OptionDefinition("output", short: "o", value: "DIR", help: "directory for the SVG files", default: "the CSV's directory"),
+            OptionDefinition("log-bytes", help: "logarithmic byte axes (powers of two)"),
+            OptionDefinition("bytes", value: "mean|peak", help: "KV bytes summary fidelity is plotted against", default: "mean"),
+            OptionDefinition("budget", value: "N", help: "budget of the runs in the KV-over-steps figure", default: "the middle budget"),
+            OptionDefinition("threads", value: "N", help: "worker threads for a sparsity pass over a trace", default: "all cores"),
+        ],
+        discussion: """
+            Per trace: <trace>.fidelity-budget.svg, <trace>.fidelity-bytes.svg, <trace>.kv-steps.svg (needs
+            per-step CSVs: step_csv_dir in the sweep config) and <trace>.thoughts.svg (labels from the trace's
+            /tokens/thought; sparsity from a per-step CSV, else computed from the trace). Paths in the CSV are
+            resolved from the working directory, then from the CSV's directory.
+
+            example:
+              thinkv-sim plot out/budget-sweep.csv -o out/ --log-bytes
+            """)
+
+    static func run(_ arguments: ParsedArguments) throws {
+        let path = arguments.positionals[0]
+        let beside = (path as NSString).deletingLastPathComponent
+        var options = PlotOptions(outputDirectory: arguments.value("output") ?? (beside.isEmpty ? "." : beside))
+        options.logBytes = arguments.flag("log-bytes")
+        switch arguments.value("bytes") ?? "mean" {
+        case "mean": options.bytesColumn = "kv_bytes_mean"
+        case "peak": options.bytesColumn = "kv_bytes_peak"
+        case let other: throw UsageError("--bytes must be mean or peak, got '\(other)'")
+        }
+        options.budget = try arguments.int("budget", min: 1).map(Double.init)
+        options.threads = try arguments.int("threads", min: 1)
+        let outcome = try Plotter.plot(results: path, options: options)
+        for note in outcome.notes { printError("thinkv-sim plot: note: \(note)") }
+        for file in outcome.files { print(file) }
+    }
+}

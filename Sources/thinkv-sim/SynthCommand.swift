@@ -1,0 +1,89 @@
+import Foundation
+import ThinKVSim
+
+enum SynthCommand: Subcommand {
+    static let spec = CommandSpec(
+        name: "synth",
+        abstract: "generate a synthetic reasoning trace (seeded; labelled thoughts with distinct attention sparsity)",
+        options: [
+            OptionDefinition("output", short: "o", value: "FILE", help: "trace file to write (required)"),
+            OptionDefinition("tokens", value: "N", help: "positions in the trace, prompt included", default: "2048"),
+            OptionDefinition("prompt", value: "N", help: "prompt (prefill) positions", default: "128"),
+            OptionDefinition("layers", value: "N", help: "layers, all recorded", default: "4"),
+            OptionDefinition("q-heads", value: "N", help: "query heads per layer", default: "8"),
+            OptionDefinition("kv-heads", value: "N", help: "key/value heads per layer; divides --q-heads", default: "2"),
+            OptionDefinition("head-dim", value: "N", help: "width of one head", default: "64"),
+            OptionDefinition("dtype", value: "float16|float32", help: "storage type of q, k, v and attn", default: "float16"),
+            OptionDefinition("seed", value: "N", help: "random seed (0 ... 2^63-1); same seed and options, same tensors", default: "1"),
+            OptionDefinition("segment-scale", value: "X", help: "multiply every thought segment's minimum and mean length", default: "1"),
+            OptionDefinition("no-values", help: "do not write values (v)"),
+            OptionDefinition("attn", help: "also write the exact attention rows (G × q-heads × T per layer: large)"),
+            OptionDefinition("threads", value: "N", help: "worker threads; the output does not depend on it", default: "all cores"),
+            OptionDefinition("force", short: "f", help: "overwrite FILE if it exists"),
+        ],
+        discussion: """
+            The trace is a prompt followed by a chain of reasoning (R), execution (E) and transition (T)
+            thoughts laid out by a Markov chain; /tokens/thought holds the labels. Each step's query
+            temperature is solved so that its head-averaged attention sparsity matches its thought type
+            (E lowest, R middle, T highest; layer 0 blends the three). Keys carry attention sinks, a
+            recency drift, salient heavy hitters, anchor tokens that later thoughts revisit, and
+            near-duplicate runs inside execution thoughts. docs/synthetic-traces.md has the details.
+
+            example (the shipped sample, 3.5 MB):
+              thinkv-sim synth -o traces/sample-synthetic.h5 --tokens 2048 --prompt 128 --layers 4 \\
+                  --q-heads 4 --kv-heads 2 --head-dim 32 --dtype float16 --seed 1
+            """)
+
+    static func run(_ arguments: ParsedArguments) throws {
+        guard let output = arguments.value("output") else { throw UsageError("missing --output FILE") }
+        var config = SyntheticTraceConfig()
+        config.tokens = try arguments.int("tokens", default: config.tokens, min: 2)!
+        config.promptLength = try arguments.int("prompt", default: config.promptLength, min: 1)!
+        config.layers = try arguments.int("layers", default: config.layers, min: 1)!
+        config.queryHeads = try arguments.int("q-heads", default: config.queryHeads, min: 1)!
+        config.kvHeads = try arguments.int("kv-heads", default: config.kvHeads, min: 1)!
+        config.headDim = try arguments.int("head-dim", default: config.headDim, min: 8)!
+        config.seed = UInt64(try arguments.int("seed", default: Int(config.seed), min: 0)!)
+        config.threads = try arguments.int("threads", min: 1)
+        if let raw = arguments.value("dtype") {
+            guard let dtype = TraceDType(rawValue: raw) else { throw UsageError("--dtype must be float16 or float32, got '\(raw)'") }
+            config.dtype = dtype
+        }
+        if let raw = arguments.value("segment-scale") {
+            guard let scale = Double(raw), scale > 0, scale.isFinite else {
+                throw UsageError("--segment-scale must be a positive number, got '\(raw)'")
+            }
+            config.thoughts.lengthScale = scale
+        }
+        config.includeValues = !arguments.flag("no-values")
+        config.includeAttention = arguments.flag("attn")
+        let generator = try SyntheticTraceGenerator(config: config)  // validates the options
+
+        // Written next to the target and renamed into place: a failed or interrupted run never
+        // leaves a half-written trace under the requested name.
+        let target = URL(fileURLWithPath: output).standardizedFileURL
+        let directory = target.deletingLastPathComponent()
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw UsageError("\(output): directory \(directory.path) does not exist")
+        }
+        if FileManager.default.fileExists(atPath: target.path) && !arguments.flag("force") {
+            throw UsageError("\(output) exists; pass --force to overwrite it")
+        }
+        let temporary = directory.appendingPathComponent(".\(target.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).partial")
+        generator.progress = TerminalProgress(label: "synth")
+        var summary: SyntheticTraceSummary
+        do {
+            summary = try generator.write(to: temporary.path)
+            // rename(2) replaces an existing file atomically.
+            guard rename(temporary.path, target.path) == 0 else {
+                throw TraceError(file: output, "cannot move the finished trace into place (\(String(cString: strerror(errno))))")
+            }
+        } catch {
+            try? FileManager.default.removeItem(at: temporary)
+            throw error
+        }
+        summary.path = output
+        print(summary.line)
+    }
+}
