@@ -70,6 +70,9 @@ enum BenchCommand: Subcommand {
             }
             var replay = ["replay", trace, "--policy", policies.joined(separator: ","), "--json"]
             if policies.contains(where: { $0 != "full" }) { replay += ["--budget", "\(budget)"] }
+            // ThinKV's classifier would need calibrated thresholds (and a second full-attention pass
+            // to profile sparsity); synth traces carry the thought labels, so use them.
+            if policies.contains(where: { $0.hasPrefix("thinkv") }) { replay += ["--thoughts", "labels"] }
             if let threads { replay += ["--threads", "\(threads)"] }
             printError("bench: replaying \(tokens) tokens through \(policies.joined(separator: ", "))")
             let child = try runChild(executable, replay)

@@ -148,17 +148,13 @@ public struct TopKSelector {
             j += 1
         }
         var threshold = admissionThreshold
-        // Blocks of 64: a lane-wise running max (vector code), then one scalar reduction; only
-        // blocks holding something above the k-th best so far are looked at element by element.
+        // Blocks of 64: lane-wise comparisons with the k-th best so far (vector code, one mask
+        // test per block); only blocks holding something above it are looked at element by element.
         while j + 64 <= n {
-            var m = Kernels.load8(x, j)
-            for c in stride(from: 8, to: 64, by: 8) {
-                let v = Kernels.load8(x, j + c)
-                m = m.replacing(with: v, where: v .> m)
-            }
-            var blockMax = m[0]
-            for lane in 1..<8 where m[lane] > blockMax { blockMax = m[lane] }
-            if blockMax > threshold {
+            let t = SIMD8<Float>(repeating: threshold)
+            var above = Kernels.load8(x, j) .> t
+            for c in stride(from: 8, to: 64, by: 8) { above = above .| (Kernels.load8(x, j + c) .> t) }
+            if any(above) {
                 for i in j..<(j + 64) where x[i] > threshold {
                     offer(x[i], Int32(i))
                     threshold = admissionThreshold

@@ -29,7 +29,7 @@ extension Kernels {
     }
 
     /// Positions per cache block of the blocked kernels (128 rows of D = 128 floats: 64 KiB).
-    static let positionBlock = 128
+    static let positionBlock = 32
 
     @inline(__always)
     private static func scoresBlock(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
@@ -71,9 +71,23 @@ extension Kernels {
             }
             r += 4
         }
+        // Fewer than 4 rows left (a GQA group of 7 leaves 3): two keys at a time still share loads.
         while r < rows {
             let q = queries + r * D, o = out + r * outStride
-            for j in range { o[j] = scale * dot(q, keys + Int(indices[j]) * D, D) }
+            var j = range.lowerBound
+            while j + 2 <= count {
+                let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                var a0 = SIMD8<Float>(repeating: 0), a1 = a0
+                var c = 0
+                while c < D {
+                    let y = load8(q, c)
+                    multiplyAdd(&a0, y, load8(k0, c)); multiplyAdd(&a1, y, load8(k1, c))
+                    c += 8
+                }
+                o[j] = scale * a0.sum(); o[j + 1] = scale * a1.sum()
+                j += 2
+            }
+            if j < count { o[j] = scale * dot(q, keys + Int(indices[j]) * D, D) }
             r += 1
         }
     }
@@ -168,6 +182,41 @@ extension Kernels {
         let bits = (unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
         let result = e * unsafeBitCast(bits, to: SIMD8<Float>.self)
         return result.replacing(with: 0, where: underflow)
+    }
+
+    /// Σ exp(x[i] − shift) for i in 0..<n with the vector exp (8-lane partial sums, then the tail).
+    @inline(__always)
+    public static func sumExp(_ x: UnsafePointer<Float>, _ n: Int, shift: Float) -> Float {
+        let sh = SIMD8<Float>(repeating: shift)
+        var acc = SIMD8<Float>(repeating: 0)
+        var i = 0
+        while i + 8 <= n {
+            acc += exp8(load8(x, i) - sh)
+            i += 8
+        }
+        var s = acc.sum()
+        while i < n {
+            s += exp8(SIMD8<Float>(repeating: x[i] - shift))[0]
+            i += 1
+        }
+        return s
+    }
+
+    /// Σ x[i] for i in 0..<n (8-lane partial sums, then the tail).
+    @inline(__always)
+    public static func sum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: 0)
+        var i = 0
+        while i + 8 <= n {
+            acc += load8(x, i)
+            i += 8
+        }
+        var s = acc.sum()
+        while i < n {
+            s += x[i]
+            i += 1
+        }
+        return s
     }
 
     /// Softmax of x[0..<n] in place with the vector exp; returns log Σ exp(x).

@@ -23,16 +23,32 @@ public final class ReferenceChunk {
     public var topKCount: [Int32] = []
     /// Attention sparsity of each step (see `Sparsity`).
     public var sparsity: [Float] = []
+    /// Full-cache logits scale·q·k, `[step][Hq][logitStride]`, kept when `keepsLogits` (q+k
+    /// layers): a policy attending with the exact keys gathers its logits from here instead of
+    /// recomputing the dot products (the kernels give the same bits either way).
+    public let keepsLogits: Bool
+    public private(set) var logitStride = 0
+    private var logitStorage = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+    public var logits: UnsafeMutablePointer<Float>? { logitStorage.baseAddress }
 
-    public init(numQHeads: Int, headDim: Int, topK: Int) {
+    public init(numQHeads: Int, headDim: Int, topK: Int, keepsLogits: Bool = false) {
         self.numQHeads = numQHeads
         self.headDim = headDim
         self.topK = topK
+        self.keepsLogits = keepsLogits
     }
 
-    func prepare(firstStep: Int, stepCount: Int, hasValues: Bool) {
+    deinit { logitStorage.deallocate() }
+
+    func prepare(firstStep: Int, stepCount: Int, hasValues: Bool, tokens: Int = 0) {
         self.firstStep = firstStep
         self.stepCount = stepCount
+        if keepsLogits && logitStorage.count < stepCount * numQHeads * tokens {
+            // Allocated once per layer shape; not zeroed: rows are written before they are read.
+            logitStorage.deallocate()
+            logitStorage = .allocate(capacity: stepCount * numQHeads * tokens)
+        }
+        if keepsLogits { logitStride = tokens }
         let n = stepCount * numQHeads
         func fit<T>(_ a: inout [T], _ count: Int, _ zero: T) {
             if a.count != count { a = [T](repeating: zero, count: count) }
@@ -101,30 +117,37 @@ struct ReferenceAttention {
         }
     }
 
-    func makeScratch(k: Int) -> [Scratch] {
+    func makeScratch(k: Int, count: Int? = nil) -> [Scratch] {
         let rows = stepBlock * header.groupSize
-        return (0..<workers).map { _ in
+        return (0..<(count ?? workers)).map { _ in
             Scratch(tokens: header.numTokens, k: k, rows: rows, headDim: header.headDim, stepBlock: stepBlock)
         }
     }
 
     /// Fills `chunk` (whose queries or attention rows are already read) for its steps.
     func compute(_ chunk: ReferenceChunk, scratch: [Scratch]) {
+        let parts = min(workers, scratch.count)
+        if parts <= 1 {
+            computePart(chunk, part: 0, of: 1, scratch: scratch[0])
+        } else {
+            DispatchQueue.concurrentPerform(iterations: parts) { computePart(chunk, part: $0, of: parts, scratch: scratch[$0]) }
+        }
+    }
+
+    /// Part `part` of `parts` of `compute`: a contiguous run of step blocks. Each step's results
+    /// are written by exactly one part, so how the parts are scheduled does not change any bits.
+    func computePart(_ chunk: ReferenceChunk, part: Int, of parts: Int, scratch: Scratch) {
         let steps = chunk.stepCount
         let blocks = (steps + stepBlock - 1) / stepBlock
-        let parts = min(workers, max(blocks, 1))
-        let run = { (w: Int) in
-            let lo = blocks * w / parts, hi = blocks * (w + 1) / parts
-            for b in lo..<hi {
-                let range = (b * self.stepBlock)..<min(steps, (b + 1) * self.stepBlock)
-                if self.data.keys != nil {
-                    self.computeBlock(range, chunk, scratch[w])
-                } else {
-                    for s in range { self.computeRecordedStep(s, chunk, scratch[w]) }
-                }
+        let lo = blocks * part / parts, hi = blocks * (part + 1) / parts
+        for b in lo..<hi {
+            let range = (b * stepBlock)..<min(steps, (b + 1) * stepBlock)
+            if data.keys != nil {
+                computeBlock(range, chunk, scratch)
+            } else {
+                for s in range { computeRecordedStep(s, chunk, scratch) }
             }
         }
-        if parts <= 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: run) }
     }
 
     /// Steps `range` of a q+k layer.
@@ -163,6 +186,7 @@ struct ReferenceAttention {
                         let h = g * gs + hh
                         let idx = s * Hq + h
                         let r = L.baseAddress! + (i * gs + hh) * T
+                        if let kept = chunk.logits { (kept + idx * chunk.logitStride).update(from: r, count: n) }
                         chunk.logSumExp[idx] = Kernels.softmaxFast(r, n)
                         for j in n..<lastLength { r[j] = 0 }  // causal: later positions get no weight
                         let a = avg.baseAddress! + i * T

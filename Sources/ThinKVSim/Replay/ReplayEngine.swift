@@ -80,11 +80,12 @@ public struct ReplayResult: Sendable {
 /// Where a replay's time went, and the attention arithmetic it did (for `bench`).
 public struct ReplayTiming: Codable, Equatable, Sendable {
     public var wallSeconds: Double = 0
-    /// Full-cache reference attention (shared by all policies).
+    /// Full-cache reference attention (shared by all policies). The reference of the next chunk
+    /// runs alongside the policies' steps, so both are busy core-seconds divided by the workers.
     public var referenceSeconds: Double = 0
     /// Policies' own steps: their hooks, their attention over the attended set, metrics.
     public var policySeconds: Double = 0
-    /// Reading and converting the trace.
+    /// Reading and converting the trace (keys and values, then each chunk's queries).
     public var readSeconds: Double = 0
     /// Floating-point operations of attention proper: 2·D per query-key score and 2·D per
     /// weighted value, summed over query heads and attended positions.
@@ -211,31 +212,66 @@ public final class ReplayEngine {
         }
 
         let reference = ReferenceAttention(header: header, data: data, workers: workerCount)
-        let scratch = reference.makeScratch(k: configuration.topK)
-        let chunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK)
+        // The reference of chunk c+1 is computed while the policies step through chunk c, in one
+        // pool of tasks: with a few policies of unequal cost on a few cores, neither phase alone
+        // keeps every core busy. Two chunks alternate; the reference is split into more parts
+        // than cores so the tail balances.
+        let referenceParts = workerCount == 1 ? 1 : 2 * workerCount
+        let scratch = reference.makeScratch(k: configuration.topK, count: referenceParts)
+        // Logits are kept only when some policy attends with the exact keys: chunkSteps × Hq × T
+        // floats per chunk (117 MiB at 64 × 14 × 32768).
+        let keepLogits = info.hasQueriesAndKeys && runs.contains { !($0.policy is FullCachePolicy) }
+        let chunks = (0..<2).map { _ in
+            ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK, keepsLogits: keepLogits)
+        }
         let total = decodeSteps
-        for first in stride(from: 0, to: total, by: configuration.chunkSteps) {
-            let steps = min(configuration.chunkSteps, total - first)
-            chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues)
+        let chunkCount = (total + configuration.chunkSteps - 1) / configuration.chunkSteps
+        // q·k for every visible position (q+k layers), and Σ a·v when the layer has values.
+        let perPair = Double(((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim * header.numQHeads)
+        func load(_ c: Int) throws -> ReferenceChunk? {
+            guard c < chunkCount else { return nil }
+            let chunk = chunks[c % 2]
+            let first = c * configuration.chunkSteps, steps = min(configuration.chunkSteps, total - first)
+            let readStart = ReplayEngine.now()
+            chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues, tokens: header.numTokens)
             if info.hasQueriesAndKeys {
                 try reader.readRows(.q, layer: info.index, rows: (P + first)..<(P + first + steps), into: &chunk.queries)
             } else {
                 try reader.readRows(.attn, layer: info.index, rows: first..<(first + steps), into: &chunk.attentionRows)
             }
-            let referenceStart = ReplayEngine.now()
-            reference.compute(chunk, scratch: scratch)
-            let policyStart = ReplayEngine.now()
-            timing.referenceSeconds += policyStart - referenceStart
-            let perPair = Double(4 * header.headDim * header.numQHeads)
+            timing.readSeconds += ReplayEngine.now() - readStart
             for s in 0..<steps { timing.referenceFLOPs += perPair * Double(P + first + s + 1) }
-
-            let advance = { (i: Int) in runs[i].advance(through: chunk) }
-            if workerCount == 1 || runs.count == 1 {
-                for i in runs.indices { advance(i) }
-            } else {
-                DispatchQueue.concurrentPerform(iterations: runs.count, execute: advance)
+            return chunk
+        }
+        // Busy seconds of each task, summed per phase and spread over the workers afterwards.
+        var busy = [Double](repeating: 0, count: runs.count + referenceParts)
+        if let chunk = try load(0) {
+            let start = ReplayEngine.now()
+            reference.compute(chunk, scratch: scratch)
+            timing.referenceSeconds += ReplayEngine.now() - start
+        }
+        for c in 0..<chunkCount {
+            let chunk = chunks[c % 2]
+            let next = try load(c + 1)
+            let first = chunk.firstStep, steps = chunk.stepCount
+            let tasks = runs.count + (next == nil ? 0 : referenceParts)
+            busy.withUnsafeMutableBufferPointer { buffer in
+                let seconds = buffer.baseAddress!  // one slot per task: no two threads share one
+                let task = { (i: Int) in
+                    let start = ReplayEngine.now()
+                    if i < runs.count {
+                        runs[i].advance(through: chunk)
+                    } else {
+                        reference.computePart(next!, part: i - runs.count, of: referenceParts, scratch: scratch[i - runs.count])
+                    }
+                    seconds[i] += ReplayEngine.now() - start
+                }
+                if workerCount == 1 {
+                    for i in 0..<tasks { task(i) }
+                } else {
+                    DispatchQueue.concurrentPerform(iterations: tasks, execute: task)
+                }
             }
-            timing.policySeconds += ReplayEngine.now() - policyStart
             for run in runs { timing.policyFLOPs += run.takeFLOPs() }
             if let sink = keptSink {
                 for run in runs { sink.record(run.takeEvents()) }
@@ -243,6 +279,9 @@ public final class ReplayEngine {
             progress?.update(fraction: (Double(ordinal) + Double(first + steps) / Double(total)) / Double(count),
                              detail: "layer \(info.index) (\(ordinal + 1)/\(count)), step \(first + steps)/\(total)")
         }
+        let workers = Double(workerCount)
+        timing.policySeconds += busy[..<runs.count].reduce(0, +) / workers
+        timing.referenceSeconds += busy[runs.count...].reduce(0, +) / workers
         return runs
     }
 }
@@ -271,7 +310,8 @@ final class PolicyLayerRun {
     private var offsets: [Int]
     private var counts: [Int]
     private var output: [Float]
-    private var isTop: [Bool]
+    /// Marks the positions kv head g attends (set and cleared within `measureGroup`).
+    private var isKept: [Bool]
     private var paging: [PagedCacheModel]
 
     init(spec: PolicySpec, policy: any CachePolicy, data: LayerData, setup: PolicySetup, topK: Int, steps: Int,
@@ -285,7 +325,7 @@ final class PolicyLayerRun {
         offsets = [Int](repeating: 0, count: h.numQHeads)
         counts = [Int](repeating: 0, count: h.numQHeads)
         output = [Float](repeating: 0, count: h.headDim)
-        isTop = [Bool](repeating: false, count: h.numTokens)
+        isKept = [Bool](repeating: false, count: h.numTokens)
         paging = (0..<h.numKVHeads).map { _ in
             PagedCacheModel(mode: mode, blockSize: blockSize, headDim: h.headDim, numTokens: h.numTokens)
         }
@@ -447,7 +487,10 @@ final class PolicyLayerRun {
             for _ in 0..<gs { out.append(HeadMetrics(recall: 1, topK: 1, kl: 0, error: data.values == nil ? nil : 0)) }
             return
         }
-        flops += Double(4 * D * gs * n) + (cache.keysModified ? Double(2 * D * gs * n) : 0)
+        // Arithmetic actually done: q·k over quantized keys (exact logits come from the
+        // reference, or are recomputed without it), and Σ a·v when there are values.
+        let keyPasses = (cache.keysModified ? 1 : 0) + (chunk.logits == nil && data.keys != nil ? 1 : 0)
+        flops += Double(2 * D * gs * n * keyPasses) + (cache.storedValues != nil ? Double(2 * D * gs * n) : 0)
         if exactLogits.count < gs * n { exactLogits = [Float](repeating: 0, count: gs * n) }
         if output.count < gs * D { output = [Float](repeating: 0, count: gs * D) }
         var recall = [Float](repeating: 0, count: gs), kl = [Float](repeating: 0, count: gs)
@@ -460,28 +503,40 @@ final class PolicyLayerRun {
                     if let exactKeys = data.keys, let queries = context.queries {
                         let scale = h.effectiveSoftmaxScale
                         let q = queries.baseAddress! + firstHead * D
-                        cache.storedKeys!.withUnsafeBufferPointer { K in
-                            Kernels.scores(queries: q, rows: gs, headDim: D, keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
-                                           indices: slots, count: n, scale: scale, out: a, outStride: n)
-                        }
-                        if cache.keysModified {
+                        // Exact logits: gathered from the reference's (same dot products, same bits).
+                        if let full = chunk.logits {
+                            for hh in 0..<gs {
+                                let row = full + (s * h.numQHeads + firstHead + hh) * chunk.logitStride, eh = e + hh * n
+                                for i in 0..<n { eh[i] = row[Int(slots[i])] }
+                            }
+                        } else {
                             exactKeys.withUnsafeBufferPointer { K in
                                 Kernels.scores(queries: q, rows: gs, headDim: D, keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
                                                indices: slots, count: n, scale: scale, out: e, outStride: n)
                             }
+                        }
+                        if cache.keysModified {
+                            cache.storedKeys!.withUnsafeBufferPointer { K in
+                                Kernels.scores(queries: q, rows: gs, headDim: D, keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
+                                               indices: slots, count: n, scale: scale, out: a, outStride: n)
+                            }
                         } else {
-                            e.update(from: a, count: gs * n)
+                            a.update(from: e, count: gs * n)
                         }
                         for hh in 0..<gs {
+                            // With x the exact logits, y the policy's, and a = softmax(y) over the kept set:
+                            // recall m = Σ exp(x − lse), KL(a‖A) = Σ a·(y − lse_kept − x + lse).
                             let lse = chunk.logSumExp[s * h.numQHeads + firstHead + hh]
-                            let row = e + hh * n
-                            var m: Float = 0
-                            for i in 0..<n {
-                                row[i] -= lse  // now log A (full-cache log-probability)
-                                m += expf(row[i])
+                            let x = e + hh * n, y = a + hh * n
+                            recall[hh] = Kernels.sumExp(x, n, shift: lse)
+                            if cache.keysModified {
+                                for i in 0..<n { x[i] = y[i] - x[i] }
+                                let keptLSE = Kernels.softmaxFast(y, n)
+                                kl[hh] = Kernels.dot(y, x, n) + (lse - keptLSE) * Kernels.sum(y, n)
+                            } else {  // y = x
+                                let keptLSE = Kernels.softmaxFast(y, n)
+                                kl[hh] = (lse - keptLSE) * Kernels.sum(y, n)
                             }
-                            recall[hh] = m
-                            Kernels.softmaxFast(a + hh * n, n)
                         }
                     } else {
                         // Attention-only layer: the recorded row restricted to the kept set.
@@ -501,14 +556,11 @@ final class PolicyLayerRun {
                                 let inv: Float = m > 0 ? 1 / m : 0
                                 for i in 0..<n { ah[i] *= inv }
                                 recall[hh] = m
+                                var divergence: Float = 0
+                                for i in 0..<n where ah[i] > 0 { divergence += ah[i] * (logf(ah[i]) - eh[i]) }
+                                kl[hh] = divergence
                             }
                         }
-                    }
-                    for hh in 0..<gs {
-                        let ah = a + hh * n, eh = e + hh * n
-                        var divergence: Float = 0
-                        for i in 0..<n where ah[i] > 0 { divergence += ah[i] * (logf(ah[i]) - eh[i]) }
-                        kl[hh] = divergence
                     }
                     if let storedValues = cache.storedValues {
                         output.withUnsafeMutableBufferPointer { o in
@@ -522,6 +574,8 @@ final class PolicyLayerRun {
                 }
             }
         }
+        for p in cache.slots[g] { isKept[Int(p)] = true }
+        defer { for p in cache.slots[g] { isKept[Int(p)] = false } }
         for hh in 0..<gs {
             let idx = s * h.numQHeads + firstHead + hh
             // Nothing attended, or (attention-only layers) only positions the recorded row gives no
@@ -534,9 +588,7 @@ final class PolicyLayerRun {
             var hits = 0
             if k > 0 {
                 let base = idx * chunk.topK
-                for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = true }
-                for p in cache.slots[g] where isTop[Int(p)] { hits += 1 }
-                for j in 0..<k { isTop[Int(chunk.topKPositions[base + j])] = false }
+                for j in 0..<k where isKept[Int(chunk.topKPositions[base + j])] { hits += 1 }
             }
 
             var error: Float? = nil
