@@ -60,6 +60,11 @@ public struct ThoughtTimeline: Sendable, Equatable {
         for layer in thresholds.layers where reader.layerInfo(layer) == nil {
             throw PolicyError("\(policy): the classifier averages the sparsity of layers \(thresholds.layers.map(String.init).joined(separator: ",")), but layer \(layer) is not recorded in \(reader.path) (recorded: \(recorded.map(String.init).joined(separator: ",")))")
         }
+        // θ1 = 0 and θ2 = 1 (calibration's single-type fallback) classify every sparsity as
+        // reasoning: no need for the attention pass that measures it.
+        if thresholds.theta1 <= 0 && thresholds.theta2 >= 1 {
+            return ThoughtTimeline(types: Array(repeating: .reasoning, count: reader.header.generatedLength), source: .classifier, thresholds: thresholds)
+        }
         let averaged = try AveragedSparsityMemo.shared.averaged(reader, layers: thresholds.layers)
         let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds)
         return ThoughtTimeline(types: types, source: .classifier, thresholds: thresholds)
