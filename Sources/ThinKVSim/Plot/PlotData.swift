@@ -91,12 +91,16 @@ public struct PlotData {
             }
             let p = policies.firstIndex(of: policy)!
             let colored = policies.filter { $0 != "full" }
+            let c = colored.firstIndex(of: policy) ?? p
+            // Past the palette's length colours repeat; the marker then shifts by one per round,
+            // so no two policies share both colour and marker.
+            let round = c / Palette.colors.count
             for (v, key) in order.enumerated() {
                 let variant = zip(varying, key).map { (column: $0, value: $1) }
                 let style = SeriesStyle(
-                    color: policy == "full" ? Palette.reference : Palette.colors[(colored.firstIndex(of: policy) ?? p) % Palette.colors.count],
-                    marker: Palette.markers[p % Palette.markers.count],
-                    dash: Palette.dashes[v % Palette.dashes.count], hollow: v % 2 == 1)
+                    color: policy == "full" ? Palette.reference : Palette.colors[c % Palette.colors.count],
+                    marker: Palette.markers[(c + round) % Palette.markers.count],
+                    dash: Palette.dashes[(v + round) % Palette.dashes.count], hollow: v % 2 == 1)
                 let suffix = variant.map { "\(Self.parameterName($0.column, policy: policy))=\($0.value)" }.joined(separator: ", ")
                 out.append(Group(policy: policy, variant: variant, rows: members[key]!,
                                  label: suffix.isEmpty ? policy : "\(policy) \(suffix)", style: style, variantIndex: v))

@@ -229,7 +229,7 @@ public final class TraceWriter {
         guard status >= 0 else { throw TraceError(file: path, object: "attribute '\(name)'", "write failed") }
     }
 
-    private func writeScalarAttribute<T>(_ location: hid_t, _ name: String, _ value: T) throws {
+    private func writeScalarAttribute<T: BitwiseCopyable>(_ location: hid_t, _ name: String, _ value: T) throws {
         let (fileType, memType): (hid_t, hid_t)
         switch value {
         case is Int32: (fileType, memType) = (thinkv_H5T_STD_I32LE(), thinkv_H5T_NATIVE_INT32())
@@ -240,8 +240,8 @@ public final class TraceWriter {
         let space = try H5Handle(H5Screate(H5S_SCALAR), .dataspace, failure("attribute '\(name)'"))
         let attribute = try H5Handle(H5Acreate2(location, name, fileType, space.id, HDF5.defaultProperties, HDF5.defaultProperties),
                                      .attribute, failure("attribute '\(name)'"))
-        var copy = value
-        guard H5Awrite(attribute.id, memType, &copy) >= 0 else {
+        let status = withUnsafeBytes(of: value) { H5Awrite(attribute.id, memType, $0.baseAddress) }
+        guard status >= 0 else {
             throw TraceError(file: path, object: "attribute '\(name)'", "write failed")
         }
     }
