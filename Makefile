@@ -14,13 +14,17 @@ SWIFTFLAGS ?= $(CPU_FLAGS)
 RELEASEFLAGS ?= $(SWIFTFLAGS) -Xswiftc -enforce-exclusivity=unchecked
 RELEASE   := .build/release/thinkv-sim
 SAMPLE    := traces/sample-synthetic.h5
+REAL      := traces/smollm2-135m-math.h5
+# ThinKV's thought-classifier thresholds, calibrated on each trace (thinkv-sim calibrate).
+SAMPLE_CALIBRATION := configs/thinkv-synthetic.json
+REAL_CALIBRATION   := configs/thinkv-smollm2-135m.json
 # `make sweep`: the config, its results CSV (passed with -o so the plot step reads the same
 # file) and the figure directory.
 SWEEP_CONFIG ?= configs/budget-sweep.json
 SWEEP_CSV    ?= out/budget-sweep.csv
 SWEEP_PLOTS  ?= out
 BUDGET    ?= 256
-POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi
+POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi,thinkv,thinkv-tbq,thinkv-tbe
 PYTHON    ?= python3
 RECORDER_VENV ?= .venv-recorder
 
@@ -29,7 +33,7 @@ RECORDER_VENV ?= .venv-recorder
 all: build
 
 help:
-	@echo "make run    build (release) and replay the sample trace through every policy"
+	@echo "make run    build (release), inspect the synthetic sample, replay both shipped traces through every policy"
 	@echo "make test   build and run the test suite"
 	@echo "make bench  replay benchmark (release build)"
 	@echo "make sweep  budget sweep over the sample traces, CSV + plots in out/"
@@ -42,9 +46,11 @@ build: deps
 	$(SWIFT) build -c release $(RELEASEFLAGS) --product thinkv-sim
 
 run: build
-	$(RELEASE) inspect $(SAMPLE)
+	$(RELEASE) inspect $(SAMPLE) --thoughts --calibration $(SAMPLE_CALIBRATION)
 	@echo
-	$(RELEASE) replay $(SAMPLE) --policy $(POLICIES) --budget $(BUDGET)
+	$(RELEASE) replay $(SAMPLE) --policy $(POLICIES) --budget $(BUDGET) --calibration $(SAMPLE_CALIBRATION)
+	@echo
+	$(RELEASE) replay $(REAL) --policy $(POLICIES) --budget $(BUDGET) --calibration $(REAL_CALIBRATION)
 
 test: deps
 	$(SWIFT) build --build-tests $(SWIFTFLAGS)
