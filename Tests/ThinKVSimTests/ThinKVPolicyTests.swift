@@ -383,7 +383,7 @@ final class ThinKVPolicyTests: XCTestCase {
         XCTAssertTrue(message(["theta1": "0.2", "theta2": "0.8", "thought-layers": "0,1"]).contains("layer 1 is not recorded"))
         XCTAssertTrue(message(["theta1": "0.8", "theta2": "0.2"]).contains("θ1 < θ2"))
         XCTAssertTrue(message(["theta1": "0.2", "theta2": "0.8", "thought-layers": "0,x"]).contains("comma list"))
-        XCTAssertTrue(message(["calibration": "/nonexistent/t.json"]).contains("cannot read"))
+        XCTAssertTrue(message(["calibration": "/nonexistent/t.json"]).contains("--calibration /nonexistent/t.json: no such file"))
 
         let unlabelled = try TestTraces.write(to: TestTraces.directory(self).appendingPathComponent("u.h5"), T: 8, P: 4, Hq: 1,
                                               Hkv: 1, D: 16, layers: [TestTraces.randomLayer(T: 8, Hq: 1, Hkv: 1, D: 16, seed: 1)])

@@ -328,7 +328,11 @@ enum ThinKVParameters {
         let tau = parameters.int("tau")
         var thresholds: ThoughtThresholds
         if let path = parameters.string("calibration") {
-            thresholds = try ThoughtTimeline.loadThresholds(path: path, policy: policy)
+            do {
+                thresholds = try ThoughtThresholds.load(path: path)
+            } catch let error as CalibrationError {
+                throw PolicyError("\(policy): --calibration \(error.description)")
+            }
         } else {
             guard let theta1, let theta2 else {
                 throw PolicyError("\(policy): the thought classifier needs thresholds: --calibration FILE (from 'thinkv-sim calibrate') or --theta1 and --theta2; or use --thoughts labels on a labelled trace")

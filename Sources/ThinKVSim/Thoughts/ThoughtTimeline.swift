@@ -69,22 +69,6 @@ public struct ThoughtTimeline: Sendable, Equatable {
         let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds)
         return ThoughtTimeline(types: types, source: .classifier, thresholds: thresholds)
     }
-
-    /// Reads thresholds saved as JSON with `ThoughtThresholds`' keys (`theta1`, `theta2`,
-    /// `layers`, `refresh_interval`, `sparsity_ratio`), the fields `thinkv-sim calibrate` writes.
-    static func loadThresholds(path: String, policy: String) throws -> ThoughtThresholds {
-        let data: Data
-        do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
-        } catch {
-            throw PolicyError("\(policy): cannot read --calibration \(path): \(error.localizedDescription)")
-        }
-        do {
-            return try JSONDecoder().decode(ThoughtThresholds.self, from: data)
-        } catch {
-            throw PolicyError("\(policy): --calibration \(path) is not a thresholds file (JSON with theta1, theta2, layers, refresh_interval, sparsity_ratio): \(error)")
-        }
-    }
 }
 
 /// The last averaged sparsity profile computed, so that several ThinKV configurations in one
