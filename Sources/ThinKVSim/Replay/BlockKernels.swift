@@ -28,6 +28,124 @@ extension Kernels {
         }
     }
 
+    /// Keys of one kv head repacked in panels of 8 positions: element d of key 8p + i is at
+    /// `(p·D + d)·8 + i`, so one vector load gives dimension d of 8 consecutive keys. Only whole
+    /// panels are packed (`count / 8` of them).
+    public static func packKeyPanels(keys: UnsafePointer<Float>, count: Int, headDim D: Int,
+                                     into panels: UnsafeMutablePointer<Float>) {
+        for p in 0..<(count / 8) {
+            let dst = panels + p * D * 8
+            for i in 0..<8 {
+                let k = keys + (8 * p + i) * D
+                for d in 0..<D { dst[d * 8 + i] = k[d] }
+            }
+        }
+    }
+
+    /// `scores` for the consecutive keys 0..<count, reading the whole panels from `panels`
+    /// (`packKeyPanels`) and the positions after the last whole pair of panels from `keys`
+    /// (`identity` is 0, 1, 2, ...).
+    ///
+    /// With 8 keys in the lanes no horizontal sums are needed, yet the bits are those of `dot`:
+    /// lane class l (dimensions d ≡ l mod 8) is one fused multiply-add chain over d in
+    /// increasing order, as lane l of `dot`'s accumulator, and the classes are added in lane
+    /// order 0...7 (the order of `SIMD8.sum()`), folding into the output row as they finish.
+    public static func scoresPanels(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
+                                    panels: UnsafePointer<Float>, keys: UnsafePointer<Float>,
+                                    identity: UnsafePointer<Int32>, count: Int, scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
+        let paired = D % 8 == 0 ? count / 16 * 16 : 0
+        var blockStart = 0
+        while blockStart < paired {
+            let blockEnd = min(paired, blockStart + panelBlock)
+            var r = 0
+            while r + 4 <= rows {
+                let q0 = queries + r * D, o0 = out + r * outStride
+                var j = blockStart
+                while j < blockEnd {
+                    scoresTile(q0, q0 + D, q0 + 2 * D, q0 + 3 * D, D: D, panel: panels + j * D, scale: scale,
+                               o0 + j, o0 + outStride + j, o0 + 2 * outStride + j, o0 + 3 * outStride + j)
+                    j += 16
+                }
+                r += 4
+            }
+            // Fewer than 4 rows left: one row at a time.
+            while r < rows {
+                let q = queries + r * D, o = out + r * outStride
+                var j = blockStart
+                while j < blockEnd {
+                    let panel = panels + j * D, second = panel + D * 8
+                    for l in 0..<8 {
+                        var a0 = SIMD8<Float>(repeating: 0), a1 = a0
+                        var d = l
+                        while d < D {
+                            let y = SIMD8<Float>(repeating: q[d])
+                            multiplyAdd(&a0, y, load8(panel, d * 8)); multiplyAdd(&a1, y, load8(second, d * 8))
+                            d += 8
+                        }
+                        fold(o + j, a0, a1, l, scale)
+                    }
+                    j += 16
+                }
+                r += 1
+            }
+            blockStart = blockEnd
+        }
+        if paired < count {
+            scores(queries: queries, rows: rows, headDim: D, keys: keys, indices: identity + paired,
+                   count: count - paired, scale: scale, out: out + paired, outStride: outStride)
+        }
+    }
+
+    /// Positions per cache block of `scoresPanels` (64 KiB of keys at D = 128).
+    static let panelBlock = 128
+
+    /// 4 query rows × 16 keys (two panels) of `scoresPanels`.
+    @inline(__always)
+    private static func scoresTile(_ q0: UnsafePointer<Float>, _ q1: UnsafePointer<Float>,
+                                   _ q2: UnsafePointer<Float>, _ q3: UnsafePointer<Float>, D: Int,
+                                   panel: UnsafePointer<Float>, scale: Float,
+                                   _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>,
+                                   _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>) {
+        let second = panel + D * 8
+        for l in 0..<8 {
+            var a00 = SIMD8<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00
+            var a20 = a00, a21 = a00, a30 = a00, a31 = a00
+            var d = l
+            while d < D {
+                let k0 = load8(panel, d * 8), k1 = load8(second, d * 8)
+                let y0 = SIMD8<Float>(repeating: q0[d])
+                multiplyAdd(&a00, y0, k0); multiplyAdd(&a01, y0, k1)
+                let y1 = SIMD8<Float>(repeating: q1[d])
+                multiplyAdd(&a10, y1, k0); multiplyAdd(&a11, y1, k1)
+                let y2 = SIMD8<Float>(repeating: q2[d])
+                multiplyAdd(&a20, y2, k0); multiplyAdd(&a21, y2, k1)
+                let y3 = SIMD8<Float>(repeating: q3[d])
+                multiplyAdd(&a30, y3, k0); multiplyAdd(&a31, y3, k1)
+                d += 8
+            }
+            fold(o0, a00, a01, l, scale); fold(o1, a10, a11, l, scale)
+            fold(o2, a20, a21, l, scale); fold(o3, a30, a31, l, scale)
+        }
+    }
+
+    /// Adds lane class `l` of 16 dot products to their running sums in `o[0..<16]`; the first
+    /// class stores, the last one also scales.
+    @inline(__always)
+    private static func fold(_ o: UnsafeMutablePointer<Float>, _ a: SIMD8<Float>, _ b: SIMD8<Float>, _ l: Int, _ scale: Float) {
+        let raw = UnsafeMutableRawPointer(o)
+        var x = a, y = b
+        if l > 0 {
+            x = load8(o, 0) + a
+            y = load8(o, 8) + b
+        }
+        if l == 7 {
+            x = scale * x
+            y = scale * y
+        }
+        raw.storeBytes(of: x, toByteOffset: 0, as: SIMD8<Float>.self)
+        raw.storeBytes(of: y, toByteOffset: 32, as: SIMD8<Float>.self)
+    }
+
     /// Positions per cache block of the blocked kernels (128 rows of D = 128 floats: 64 KiB).
     static let positionBlock = 32
 

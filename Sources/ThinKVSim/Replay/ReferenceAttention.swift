@@ -91,12 +91,29 @@ struct ReferenceAttention {
     var stepBlock = 8
     /// 0, 1, ..., T-1: the identity gather for the kernels.
     let identity: [Int32]
+    /// Each kv head's keys in panels of 8 positions (`Kernels.packKeyPanels`), for q+k layers.
+    let keyPanels: [Float]
 
     init(header: TraceHeader, data: LayerData, workers: Int) {
         self.header = header
         self.data = data
         self.workers = workers
         identity = (0..<header.numTokens).map { Int32($0) }
+        let T = header.numTokens, D = header.headDim
+        if let keys = data.keys {
+            var panels = [Float](repeating: 0, count: header.numKVHeads * T * D)
+            panels.withUnsafeMutableBufferPointer { P in
+                keys.withUnsafeBufferPointer { K in
+                    for g in 0..<header.numKVHeads {
+                        Kernels.packKeyPanels(keys: K.baseAddress! + data.offset(kvHead: g, position: 0), count: T,
+                                              headDim: D, into: P.baseAddress! + g * T * D)
+                    }
+                }
+            }
+            keyPanels = panels
+        } else {
+            keyPanels = []
+        }
     }
 
     /// Per-worker scratch, reused across chunks so the hot loop does not allocate.
@@ -168,6 +185,7 @@ struct ReferenceAttention {
         identity.withUnsafeBufferPointer { iota in
         chunk.queries.withUnsafeBufferPointer { Q in
         data.keys!.withUnsafeBufferPointer { K in
+        keyPanels.withUnsafeBufferPointer { KP in
             for g in 0..<header.numKVHeads {
                 // Rows (step, head of the group), queries gathered contiguously.
                 for (i, s) in range.enumerated() {
@@ -177,9 +195,10 @@ struct ReferenceAttention {
                         dst.update(from: src, count: D)
                     }
                 }
-                Kernels.scores(queries: QB.baseAddress!, rows: rows, headDim: D,
-                               keys: K.baseAddress! + data.offset(kvHead: g, position: 0), indices: iota.baseAddress!,
-                               count: lastLength, scale: scale, out: L.baseAddress!, outStride: T)
+                Kernels.scoresPanels(queries: QB.baseAddress!, rows: rows, headDim: D,
+                                     panels: KP.baseAddress! + g * T * D,
+                                     keys: K.baseAddress! + data.offset(kvHead: g, position: 0), identity: iota.baseAddress!,
+                                     count: lastLength, scale: scale, out: L.baseAddress!, outStride: T)
                 for (i, s) in range.enumerated() {
                     let n = P + chunk.firstStep + s + 1
                     for hh in 0..<gs {
@@ -222,7 +241,7 @@ struct ReferenceAttention {
             for (i, s) in range.enumerated() {
                 chunk.sparsity[s] = Sparsity.of(averagedRow: avg.baseAddress! + i * T, count: P + chunk.firstStep + s + 1)
             }
-        }}}}}}}
+        }}}}}}}}
     }
 
     /// One step of an attention-only layer: the recorded rows are the reference.

@@ -1,0 +1,47 @@
+import XCTest
+@testable import ThinKVSim
+
+/// The blocked kernels must give the bits of `Kernels.dot` row by row: policies recompute
+/// some logits themselves and compare against the reference's.
+final class BlockKernelTests: XCTestCase {
+    private func randomFloats(_ n: Int, _ rng: inout SplitMix64) -> [Float] {
+        (0..<n).map { _ in (rng.nextUniform() * 2 - 1) * Float(1 << (rng.next() % 8)) }
+    }
+
+    func testScoresPanelsMatchDot() {
+        var rng = SplitMix64(seed: 7)
+        let D = 64, T = 75
+        let keys = randomFloats(T * D, &rng)
+        let identity = (0..<T).map { Int32($0) }
+        var panels = [Float](repeating: 0, count: T * D)
+        keys.withUnsafeBufferPointer { K in
+            panels.withUnsafeMutableBufferPointer { Kernels.packKeyPanels(keys: K.baseAddress!, count: T, headDim: D, into: $0.baseAddress!) }
+        }
+        let scale: Float = 0.125
+        for rows in [1, 3, 4, 7, 9] {
+            let queries = randomFloats(rows * D, &rng)
+            for count in [1, 15, 16, 33, 64, 75] {
+                var out = [Float](repeating: .nan, count: rows * T)
+                queries.withUnsafeBufferPointer { Q in
+                    keys.withUnsafeBufferPointer { K in
+                        panels.withUnsafeBufferPointer { P in
+                            identity.withUnsafeBufferPointer { I in
+                                out.withUnsafeMutableBufferPointer { O in
+                                    Kernels.scoresPanels(queries: Q.baseAddress!, rows: rows, headDim: D, panels: P.baseAddress!,
+                                                         keys: K.baseAddress!, identity: I.baseAddress!, count: count,
+                                                         scale: scale, out: O.baseAddress!, outStride: T)
+                                }
+                            }
+                        }
+                        for r in 0..<rows {
+                            for j in 0..<count {
+                                let expected = scale * Kernels.dot(Q.baseAddress! + r * D, K.baseAddress! + j * D, D)
+                                XCTAssertEqual(out[r * T + j].bitPattern, expected.bitPattern, "rows \(rows) count \(count) r \(r) j \(j)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
