@@ -44,4 +44,36 @@ final class BlockKernelTests: XCTestCase {
             }
         }
     }
+
+    func testWeightedSumMatchesAxpy() {
+        var rng = SplitMix64(seed: 11)
+        let D = 64, T = 70
+        let values = randomFloats(T * D, &rng)
+        let indices = (0..<T).map { Int32(($0 * 37) % T) }
+        for rows in [1, 2, 3, 6, 7, 8, 13] {
+            let probs = randomFloats(rows * T, &rng)
+            for count in [1, 31, 33, 70] {
+                var out = [Float](repeating: .nan, count: rows * D)
+                values.withUnsafeBufferPointer { V in
+                    probs.withUnsafeBufferPointer { P in
+                        indices.withUnsafeBufferPointer { I in
+                            out.withUnsafeMutableBufferPointer { O in
+                                Kernels.weightedSum(probs: P.baseAddress!, probStride: T, rows: rows, values: V.baseAddress!,
+                                                    indices: I.baseAddress!, count: count, headDim: D, out: O.baseAddress!)
+                            }
+                        }
+                        for r in 0..<rows {
+                            var expected = [Float](repeating: 0, count: D)
+                            for j in 0..<count {
+                                Kernels.axpy(P[r * T + j], V.baseAddress! + Int(indices[j]) * D, &expected, D)
+                            }
+                            for d in 0..<D {
+                                XCTAssertEqual(out[r * D + d].bitPattern, expected[d].bitPattern, "rows \(rows) count \(count) r \(r) d \(d)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

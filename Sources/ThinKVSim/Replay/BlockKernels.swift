@@ -239,13 +239,46 @@ extension Kernels {
                                          values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
                                          headDim D: Int, out: UnsafeMutablePointer<Float>) {
         var r = 0
-        while r < rows {
-            let pair = r + 1 < rows
-            let p0 = probs + r * probStride, p1 = pair ? p0 + probStride : p0
+        // Six rows × 16 dimensions: 12 independent FMA chains, enough to cover the FMA latency
+        // on both pipes, with each value vector loaded once for the six rows.
+        while r + 6 <= rows {
+            let p0 = probs + r * probStride, p1 = p0 + probStride, p2 = p1 + probStride
+            let p3 = p2 + probStride, p4 = p3 + probStride, p5 = p4 + probStride
             var tile = 0
             while tile < D {
-                let o0 = out + r * D + tile
-                let o1 = pair ? o0 + D : o0
+                let o = out + r * D + tile
+                var a0 = load8(o, 0), a1 = load8(o, 8), b0 = load8(o, D), b1 = load8(o, D + 8)
+                var c0 = load8(o, 2 * D), c1 = load8(o, 2 * D + 8), d0 = load8(o, 3 * D), d1 = load8(o, 3 * D + 8)
+                var e0 = load8(o, 4 * D), e1 = load8(o, 4 * D + 8), f0 = load8(o, 5 * D), f1 = load8(o, 5 * D + 8)
+                for j in range {
+                    let v = values + Int(indices[j]) * D + tile
+                    let v0 = load8(v, 0), v1 = load8(v, 8)
+                    let w0 = SIMD8<Float>(repeating: p0[j])
+                    multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1)
+                    let w1 = SIMD8<Float>(repeating: p1[j])
+                    multiplyAdd(&b0, w1, v0); multiplyAdd(&b1, w1, v1)
+                    let w2 = SIMD8<Float>(repeating: p2[j])
+                    multiplyAdd(&c0, w2, v0); multiplyAdd(&c1, w2, v1)
+                    let w3 = SIMD8<Float>(repeating: p3[j])
+                    multiplyAdd(&d0, w3, v0); multiplyAdd(&d1, w3, v1)
+                    let w4 = SIMD8<Float>(repeating: p4[j])
+                    multiplyAdd(&e0, w4, v0); multiplyAdd(&e1, w4, v1)
+                    let w5 = SIMD8<Float>(repeating: p5[j])
+                    multiplyAdd(&f0, w5, v0); multiplyAdd(&f1, w5, v1)
+                }
+                store8(o, 0, a0); store8(o, 8, a1); store8(o, D, b0); store8(o, D + 8, b1)
+                store8(o, 2 * D, c0); store8(o, 2 * D + 8, c1); store8(o, 3 * D, d0); store8(o, 3 * D + 8, d1)
+                store8(o, 4 * D, e0); store8(o, 4 * D + 8, e1); store8(o, 5 * D, f0); store8(o, 5 * D + 8, f1)
+                tile += 16
+            }
+            r += 6
+        }
+        // Pairs of rows × 32 dimensions.
+        while r + 2 <= rows {
+            let p0 = probs + r * probStride, p1 = p0 + probStride
+            var tile = 0
+            while tile < D {
+                let o0 = out + r * D + tile, o1 = o0 + D
                 var a0 = load8(o0, 0), a1 = load8(o0, 8), a2 = load8(o0, 16), a3 = load8(o0, 24)
                 var b0 = load8(o1, 0), b1 = load8(o1, 8), b2 = load8(o1, 16), b3 = load8(o1, 24)
                 for j in range {
@@ -255,22 +288,34 @@ extension Kernels {
                     multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1); multiplyAdd(&a2, w0, v2); multiplyAdd(&a3, w0, v3)
                     multiplyAdd(&b0, w1, v0); multiplyAdd(&b1, w1, v1); multiplyAdd(&b2, w1, v2); multiplyAdd(&b3, w1, v3)
                 }
-                let s0 = UnsafeMutableRawPointer(o0)
-                s0.storeBytes(of: a0, toByteOffset: 0, as: SIMD8<Float>.self)
-                s0.storeBytes(of: a1, toByteOffset: 32, as: SIMD8<Float>.self)
-                s0.storeBytes(of: a2, toByteOffset: 64, as: SIMD8<Float>.self)
-                s0.storeBytes(of: a3, toByteOffset: 96, as: SIMD8<Float>.self)
-                if pair {
-                    let s1 = UnsafeMutableRawPointer(o1)
-                    s1.storeBytes(of: b0, toByteOffset: 0, as: SIMD8<Float>.self)
-                    s1.storeBytes(of: b1, toByteOffset: 32, as: SIMD8<Float>.self)
-                    s1.storeBytes(of: b2, toByteOffset: 64, as: SIMD8<Float>.self)
-                    s1.storeBytes(of: b3, toByteOffset: 96, as: SIMD8<Float>.self)
-                }
+                store8(o0, 0, a0); store8(o0, 8, a1); store8(o0, 16, a2); store8(o0, 24, a3)
+                store8(o1, 0, b0); store8(o1, 8, b1); store8(o1, 16, b2); store8(o1, 24, b3)
                 tile += 32
             }
-            r += pair ? 2 : 1
+            r += 2
         }
+        // A last single row (a GQA group of 7): 32 dimensions at a time, no duplicated work.
+        if r < rows {
+            let p0 = probs + r * probStride
+            var tile = 0
+            while tile < D {
+                let o0 = out + r * D + tile
+                var a0 = load8(o0, 0), a1 = load8(o0, 8), a2 = load8(o0, 16), a3 = load8(o0, 24)
+                for j in range {
+                    let v = values + Int(indices[j]) * D + tile
+                    let w0 = SIMD8<Float>(repeating: p0[j])
+                    multiplyAdd(&a0, w0, load8(v, 0)); multiplyAdd(&a1, w0, load8(v, 8))
+                    multiplyAdd(&a2, w0, load8(v, 16)); multiplyAdd(&a3, w0, load8(v, 24))
+                }
+                store8(o0, 0, a0); store8(o0, 8, a1); store8(o0, 16, a2); store8(o0, 24, a3)
+                tile += 32
+            }
+        }
+    }
+
+    @inline(__always)
+    static func store8(_ p: UnsafeMutablePointer<Float>, _ i: Int, _ v: SIMD8<Float>) {
+        UnsafeMutableRawPointer(p + i).storeBytes(of: v, as: SIMD8<Float>.self)
     }
 
     /// e^x for 8 lanes: Cody–Waite range reduction to r in [−ln2/2, ln2/2], a degree-6
