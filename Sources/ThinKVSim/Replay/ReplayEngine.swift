@@ -227,6 +227,24 @@ public final class ReplayEngine {
         let total = decodeSteps
         let chunkCount = (total + configuration.chunkSteps - 1) / configuration.chunkSteps
         // q·k for every visible position (q+k layers), and Σ a·v when the layer has values.
+        // Queries are read in aligned runs of 256 rows, a multiple of the synthetic traces' HDF5
+        // chunk: reading 64 rows at a time decompressed each 256-row chunk four times.
+        let queryRun = 256
+        var queryRows = [Float](), queryRange = 0..<0
+        let queryWidth = header.numQHeads * header.headDim
+        func readQueries(_ rows: Range<Int>, into out: inout [Float]) throws {
+            if !(queryRange.contains(rows.lowerBound) && rows.upperBound <= queryRange.upperBound) {
+                let start = rows.lowerBound / queryRun * queryRun
+                queryRange = start..<min(header.numTokens, max(rows.upperBound, start + queryRun))
+                try reader.readRows(.q, layer: info.index, rows: queryRange, into: &queryRows)
+            }
+            let count = rows.count * queryWidth
+            if out.count != count { out = [Float](repeating: 0, count: count) }
+            let from = (rows.lowerBound - queryRange.lowerBound) * queryWidth
+            queryRows.withUnsafeBufferPointer { src in
+                out.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: src.baseAddress! + from, count: count) }
+            }
+        }
         let perPair = Double(((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim * header.numQHeads)
         func load(_ c: Int) throws -> ReferenceChunk? {
             guard c < chunkCount else { return nil }
@@ -235,7 +253,7 @@ public final class ReplayEngine {
             let readStart = ReplayEngine.now()
             chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues, tokens: header.numTokens)
             if info.hasQueriesAndKeys {
-                try reader.readRows(.q, layer: info.index, rows: (P + first)..<(P + first + steps), into: &chunk.queries)
+                try readQueries((P + first)..<(P + first + steps), into: &chunk.queries)
             } else {
                 try reader.readRows(.attn, layer: info.index, rows: first..<(first + steps), into: &chunk.attentionRows)
             }
