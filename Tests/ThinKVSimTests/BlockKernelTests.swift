@@ -76,4 +76,19 @@ final class BlockKernelTests: XCTestCase {
             }
         }
     }
+
+    /// `offerAll` (block-maximum floor, vector skipping) selects what offering every value does.
+    func testOfferAllMatchesOfferingEachValue() {
+        var rng = SplitMix64(seed: 3)
+        for (n, k, levels) in [(100, 8, 0), (4096, 32, 0), (5000, 32, 7), (8192, 32, 0), (8192, 32, 3), (3000, 1, 0)] {
+            // levels > 0: few distinct values, so ties decide.
+            let x: [Float] = (0..<n).map { _ in
+                levels > 0 ? Float(rng.next() % UInt64(levels)) : rng.nextGaussian() * 3
+            }
+            var all = TopKSelector(k: k), each = TopKSelector(k: k)
+            x.withUnsafeBufferPointer { all.offerAll($0.baseAddress!, n) }
+            for (i, v) in x.enumerated() { each.offer(v, Int32(i)) }
+            XCTAssertEqual(all.selected.sorted(), each.selected.sorted(), "n \(n) k \(k) levels \(levels)")
+        }
+    }
 }
