@@ -61,7 +61,11 @@ enum BenchCommand: Subcommand {
         for tokens in lengths {
             guard tokens > prompt else { throw UsageError("--tokens \(tokens) must exceed --prompt \(prompt)") }
             let trace = "\(directory)/synthetic-T\(tokens)-P\(prompt)-H\(qHeads)x\(kvHeads)-D\(headDim).h5"
-            if !FileManager.default.fileExists(atPath: trace) {
+            // A kept trace is reused only when it reads and carries the thought labels (one left by
+            // an older synth may lack them).
+            let reusable = FileManager.default.fileExists(atPath: trace) && ((try? TraceReader(path: trace).hasThoughtLabels) ?? false)
+            if !reusable {
+                try? FileManager.default.removeItem(atPath: trace)
                 printError("bench: generating \(trace)")
                 let made = try runChild(executable, ["synth", "-o", trace, "--tokens", "\(tokens)", "--prompt", "\(prompt)",
                                                      "--layers", "1", "--q-heads", "\(qHeads)", "--kv-heads", "\(kvHeads)",
@@ -103,10 +107,11 @@ enum BenchCommand: Subcommand {
         print("shape    prompt \(prompt), 1 layer, \(qHeads) q-heads / \(kvHeads) kv-heads, head dim \(headDim), float16; budget \(budget)")
         print("policies \(policies.joined(separator: ", "))" + (missing.isEmpty ? "" : " (not available: \(missing.joined(separator: ", ")))"))
         print("")
-        var table = TextTable(headers: ["tokens", "wall", "steps/s", "reference", "ref GFLOP/s", "policies", "attention GFLOP", "GFLOP/s", "% peak", "peak RSS"])
+        var table = TextTable(headers: ["tokens", "wall", "steps/s", "reference", "ref GFLOP/s", "ref % peak", "policies", "attention GFLOP", "GFLOP/s", "% peak", "peak RSS"])
         for m in results {
             table.add([String(m.tokens), String(format: "%.2f s", m.wallSeconds), String(format: "%.0f", m.decodeStepsPerSecond),
                        String(format: "%.2f s", m.timing.referenceSeconds), String(format: "%.1f", m.referenceGFLOPS),
+                       String(format: "%.1f", 100 * m.referenceGFLOPS / max(machine.peakGFLOPS, 1e-9)),
                        String(format: "%.2f s", m.timing.policySeconds),
                        String(format: "%.1f", (m.timing.referenceFLOPs + m.timing.policyFLOPs) / 1e9),
                        String(format: "%.1f", m.attentionGFLOPS), String(format: "%.1f", m.percentOfPeak),
@@ -121,7 +126,8 @@ enum BenchCommand: Subcommand {
                          b.timing.policySeconds / max(a.timing.policySeconds, 1e-9), ratio))
         }
         print("wall: whole replay process (read, reference, policies, report); GFLOP/s: attention arithmetic (QK and AV,")
-        print("reference and policies) over the time spent in it; peak RSS: the replay process alone.")
+        print("reference and policies) over the time spent in it; ref: the full-cache attention kernel alone (QK, softmax,")
+        print("top-k, AV over every visible position); peak RSS: the replay process alone.")
     }
 
     struct ChildResult {

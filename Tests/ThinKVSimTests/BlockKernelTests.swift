@@ -91,4 +91,43 @@ final class BlockKernelTests: XCTestCase {
             XCTAssertEqual(all.selected.sorted(), each.selected.sorted(), "n \(n) k \(k) levels \(levels)")
         }
     }
+
+    /// The reference's fused row pass (max with block maxima, top-k by logit, exp, normalise while
+    /// summing into the head average) gives softmaxFast's bits, the true block maxima, and the
+    /// top-k of the logits, none of whose probabilities is outranked by one left out.
+    func testFusedRowPassMatchesSoftmaxAndTopK() {
+        var rng = SplitMix64(seed: 11)
+        for n in [1, 7, 64, 200, 4096 + 37] {
+            let logits = randomFloats(n, &rng)
+            var expected = logits
+            let expectedLSE = expected.withUnsafeMutableBufferPointer { Kernels.softmaxFast($0.baseAddress!, n) }
+            var row = logits
+            var maxima = [Float](repeating: .nan, count: n / 64 + 1)
+            var average = [Float](repeating: 0.5, count: n)
+            var top = TopKSelector(k: 32)
+            let lse: Float = row.withUnsafeMutableBufferPointer { r in
+                maxima.withUnsafeMutableBufferPointer { bm in
+                    average.withUnsafeMutableBufferPointer { avg in
+                        let m = Kernels.rowMax(r.baseAddress!, n, blockMaxima: bm.baseAddress!)
+                        for b in 0..<(n / 64) { XCTAssertEqual(bm[b], logits[(b * 64)..<(b * 64 + 64)].max()!) }
+                        top.offerAll(r.baseAddress!, n, blockMaxima: bm.baseAddress!)
+                        let sum = Kernels.exponentiate(r.baseAddress!, n, max: m)
+                        Kernels.normalize(r.baseAddress!, n, sum: sum, accumulatingInto: avg.baseAddress!)
+                        return m + logf(sum)
+                    }
+                }
+            }
+            XCTAssertEqual(lse, expectedLSE)
+            XCTAssertEqual(row, expected, "n \(n)")
+            XCTAssertEqual(average, expected.map { 0.5 + $0 }, "n \(n)")
+            // Ranked by logit: the probabilities' order, but distinct where exp rounds them equal.
+            var byLogit = TopKSelector(k: 32)
+            for (i, x) in logits.enumerated() { byLogit.offer(x, Int32(i)) }
+            XCTAssertEqual(top.selected.sorted(), byLogit.selected.sorted(), "n \(n)")
+            let selected = Set(top.selected)
+            for (i, p) in expected.enumerated() where !selected.contains(Int32(i)) {
+                XCTAssertLessThanOrEqual(p, top.selected.map { expected[Int($0)] }.min()!, "n \(n): position \(i) outranks the top-k")
+            }
+        }
+    }
 }

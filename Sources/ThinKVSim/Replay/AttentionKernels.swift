@@ -146,19 +146,19 @@ public struct TopKSelector {
     /// Those are k values of the row, so the row's k-th best is at least the floor and nothing
     /// below it can be selected; skipping it leaves the same selection (ties included), with far
     /// fewer heap updates than a threshold that climbs from the first k values.
-    public mutating func offerAll(_ x: UnsafePointer<Float>, _ n: Int) {
+    /// `blockMaxima`, when given, holds those maxima already (from `Kernels.rowMax`) and is
+    /// reordered.
+    public mutating func offerAll(_ x: UnsafePointer<Float>, _ n: Int, blockMaxima: UnsafeMutablePointer<Float>? = nil) {
         var floor = -Float.infinity
         let blocks = n / 64
         if k > 0 && blocks >= 2 * k {
-            floor = withUnsafeTemporaryAllocation(of: Float.self, capacity: blocks) { buffer in
-                var maxima = buffer
-                for b in 0..<blocks {
-                    var m = Kernels.load8(x, b * 64)
-                    for c in stride(from: 8, to: 64, by: 8) { m = pointwiseMax(m, Kernels.load8(x, b * 64 + c)) }
-                    maxima[b] = m.max()
+            if let blockMaxima {
+                floor = TopKSelector.floor(UnsafeMutableBufferPointer(start: blockMaxima, count: blocks), k: k)
+            } else {
+                floor = withUnsafeTemporaryAllocation(of: Float.self, capacity: blocks) { maxima in
+                    _ = Kernels.rowMax(x, blocks * 64, blockMaxima: maxima.baseAddress!)
+                    return TopKSelector.floor(maxima, k: k)
                 }
-                maxima.sort(by: >)
-                return maxima[k - 1].nextDown  // x > floor exactly when x ≥ the k-th maximum
             }
         }
         var threshold = max(admissionThreshold, floor)
@@ -170,9 +170,12 @@ public struct TopKSelector {
             var above = Kernels.load8(x, j) .> t
             for c in stride(from: 8, to: 64, by: 8) { above = above .| (Kernels.load8(x, j + c) .> t) }
             if any(above) {
-                for i in j..<(j + 64) where x[i] > threshold {
-                    offer(x[i], Int32(i))
-                    threshold = max(admissionThreshold, floor)
+                // Then 8 at a time: a block that passed usually holds one or two entrants.
+                for c in stride(from: j, to: j + 64, by: 8) where any(Kernels.load8(x, c) .> SIMD8<Float>(repeating: threshold)) {
+                    for i in c..<(c + 8) where x[i] > threshold {
+                        offer(x[i], Int32(i))
+                        threshold = max(admissionThreshold, floor)
+                    }
                 }
             }
             j += 64
@@ -184,6 +187,13 @@ public struct TopKSelector {
             }
             j += 1
         }
+    }
+
+    /// Just below the k-th largest block maximum: x > floor exactly when x ≥ that maximum.
+    private static func floor(_ maxima: UnsafeMutableBufferPointer<Float>, k: Int) -> Float {
+        var maxima = maxima
+        maxima.sort(by: >)
+        return maxima[k - 1].nextDown
     }
 
     /// The selected indices (heap order, not sorted).

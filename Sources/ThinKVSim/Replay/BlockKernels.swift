@@ -387,8 +387,30 @@ extension Kernels {
     @discardableResult
     public static func softmaxFast(_ x: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
         guard n > 0 else { return -.infinity }
+        let m = rowMax(x, n, blockMaxima: nil)
+        let s = exponentiate(x, n, max: m)
+        normalize(x, n, sum: s, accumulatingInto: nil)
+        return m + logf(s)
+    }
+
+    /// max of x[0..<n] (n > 0). With `blockMaxima`, also the maximum of every whole 64-value
+    /// block into blockMaxima[0..<n / 64], taken from the same pass.
+    @inline(__always)
+    public static func rowMax(_ x: UnsafePointer<Float>, _ n: Int, blockMaxima: UnsafeMutablePointer<Float>?) -> Float {
         var mv = SIMD8<Float>(repeating: -.infinity)
         var i = 0
+        if let maxima = blockMaxima {
+            while i + 64 <= n {
+                var bv = load8(x, i)
+                for c in stride(from: 8, to: 64, by: 8) {
+                    let v = load8(x, i + c)
+                    bv = bv.replacing(with: v, where: v .> bv)
+                }
+                maxima[i / 64] = bv.max()
+                mv = mv.replacing(with: bv, where: bv .> mv)
+                i += 64
+            }
+        }
         while i + 8 <= n {
             let v = load8(x, i)
             mv = mv.replacing(with: v, where: v .> mv)
@@ -399,10 +421,16 @@ extension Kernels {
             m = max(m, x[i])
             i += 1
         }
+        return m
+    }
+
+    /// x[i] = exp(x[i] - max) for i in 0..<n; returns their sum.
+    @inline(__always)
+    public static func exponentiate(_ x: UnsafeMutablePointer<Float>, _ n: Int, max m: Float) -> Float {
         let mm = SIMD8<Float>(repeating: m)
         var sv = SIMD8<Float>(repeating: 0)
         let raw = UnsafeMutableRawPointer(x)
-        i = 0
+        var i = 0
         while i + 8 <= n {
             let e = exp8(load8(x, i) - mm)
             raw.storeBytes(of: e, toByteOffset: i * 4, as: SIMD8<Float>.self)
@@ -416,16 +444,39 @@ extension Kernels {
             s += e
             i += 1
         }
+        return s
+    }
+
+    /// x[i] /= sum (as a product with 1/sum) for i in 0..<n, and, with `accumulatingInto`, adds
+    /// each result to it in the same pass.
+    @inline(__always)
+    public static func normalize(_ x: UnsafeMutablePointer<Float>, _ n: Int, sum s: Float,
+                                 accumulatingInto total: UnsafeMutablePointer<Float>?) {
         let inv = SIMD8<Float>(repeating: 1 / s)
-        i = 0
-        while i + 8 <= n {
-            raw.storeBytes(of: load8(x, i) * inv, toByteOffset: i * 4, as: SIMD8<Float>.self)
-            i += 8
+        let raw = UnsafeMutableRawPointer(x)
+        var i = 0
+        if let total {
+            let rawTotal = UnsafeMutableRawPointer(total)
+            while i + 8 <= n {
+                let p = load8(x, i) * inv
+                raw.storeBytes(of: p, toByteOffset: i * 4, as: SIMD8<Float>.self)
+                rawTotal.storeBytes(of: load8(total, i) + p, toByteOffset: i * 4, as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < n {
+                x[i] *= inv[0]
+                total[i] += x[i]
+                i += 1
+            }
+        } else {
+            while i + 8 <= n {
+                raw.storeBytes(of: load8(x, i) * inv, toByteOffset: i * 4, as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < n {
+                x[i] *= inv[0]
+                i += 1
+            }
         }
-        while i < n {
-            x[i] *= inv[0]
-            i += 1
-        }
-        return m + logf(s)
     }
 }

@@ -123,6 +123,7 @@ struct ReferenceAttention {
         var logits: [Float]
         var queryBlock: [Float]
         var outputBlock: [Float]
+        var blockMaxima: [Float]  // maxima of a row's 64-value blocks, for the top-k floor
         var top: TopKSelector
         init(tokens: Int, k: Int, rows: Int, headDim: Int, stepBlock: Int) {
             row = [Float](repeating: 0, count: tokens)
@@ -130,6 +131,7 @@ struct ReferenceAttention {
             logits = [Float](repeating: 0, count: tokens * rows)
             queryBlock = [Float](repeating: 0, count: rows * headDim)
             outputBlock = [Float](repeating: 0, count: rows * headDim)
+            blockMaxima = [Float](repeating: 0, count: tokens / 64 + 1)
             top = TopKSelector(k: k)
         }
     }
@@ -182,6 +184,7 @@ struct ReferenceAttention {
         scratch.queryBlock.withUnsafeMutableBufferPointer { QB in
         scratch.outputBlock.withUnsafeMutableBufferPointer { OB in
         scratch.average.withUnsafeMutableBufferPointer { avg in
+        scratch.blockMaxima.withUnsafeMutableBufferPointer { BM in
         identity.withUnsafeBufferPointer { iota in
         chunk.queries.withUnsafeBufferPointer { Q in
         data.keys!.withUnsafeBufferPointer { K in
@@ -206,12 +209,15 @@ struct ReferenceAttention {
                         let idx = s * Hq + h
                         let r = L.baseAddress! + (i * gs + hh) * T
                         if let kept = chunk.logits { (kept + idx * chunk.logitStride).update(from: r, count: n) }
-                        chunk.logSumExp[idx] = Kernels.softmaxFast(r, n)
-                        for j in n..<lastLength { r[j] = 0 }  // causal: later positions get no weight
-                        let a = avg.baseAddress! + i * T
-                        for j in 0..<n { a[j] += r[j] }
+                        // Top-k by logit (the order of the probabilities, without exp's rounding
+                        // ties), its floor from block maxima taken in the softmax's max pass.
+                        let m = Kernels.rowMax(r, n, blockMaxima: BM.baseAddress!)
                         scratch.top.reset()
-                        scratch.top.offerAll(r, n)
+                        scratch.top.offerAll(r, n, blockMaxima: BM.baseAddress!)
+                        let sum = Kernels.exponentiate(r, n, max: m)
+                        Kernels.normalize(r, n, sum: sum, accumulatingInto: avg.baseAddress! + i * T)
+                        chunk.logSumExp[idx] = m + logf(sum)
+                        for j in n..<lastLength { r[j] = 0 }  // causal: later positions get no weight
                         var c = 0
                         for position in scratch.top.selected {
                             chunk.topKPositions[idx * k + c] = position
@@ -241,7 +247,7 @@ struct ReferenceAttention {
             for (i, s) in range.enumerated() {
                 chunk.sparsity[s] = Sparsity.of(averagedRow: avg.baseAddress! + i * T, count: P + chunk.firstStep + s + 1)
             }
-        }}}}}}}}
+        }}}}}}}}}
     }
 
     /// One step of an attention-only layer: the recorded rows are the reference.

@@ -318,6 +318,7 @@ final class PolicyLayerRun {
     // Scratch reused every step.
     private var attention: [Float] = []
     private var exactLogits: [Float] = []
+    private var groupRecall: [Float] = [], groupKL: [Float] = []  // per query head of one group
     private var headMetrics: [HeadMetrics] = []
     private var flops: Double = 0
 
@@ -511,7 +512,18 @@ final class PolicyLayerRun {
         flops += Double(2 * D * gs * n * keyPasses) + (cache.storedValues != nil ? Double(2 * D * gs * n) : 0)
         if exactLogits.count < gs * n { exactLogits = [Float](repeating: 0, count: gs * n) }
         if output.count < gs * D { output = [Float](repeating: 0, count: gs * D) }
-        var recall = [Float](repeating: 0, count: gs), kl = [Float](repeating: 0, count: gs)
+        if groupRecall.count < gs {
+            groupRecall = [Float](repeating: 0, count: gs)
+            groupKL = [Float](repeating: 0, count: gs)
+        }
+        // Borrowed (swapped out and back) so that writing them neither copies nor allocates.
+        var recall: [Float] = [], kl: [Float] = []
+        swap(&recall, &groupRecall)
+        swap(&kl, &groupKL)
+        defer {
+            swap(&recall, &groupRecall)
+            swap(&kl, &groupKL)
+        }
         cache.slots[g].withUnsafeBufferPointer { slotBuffer in
             let slots = slotBuffer.baseAddress!
             attention.withUnsafeMutableBufferPointer { att in
