@@ -216,7 +216,7 @@ public final class ReplayEngine {
         // pool of tasks: with a few policies of unequal cost on a few cores, neither phase alone
         // keeps every core busy. Two chunks alternate; the reference is split into more parts
         // than cores so the tail balances.
-        let referenceParts = workerCount == 1 ? 1 : 2 * workerCount
+        let referenceParts = workerCount == 1 ? 1 : 4 * workerCount
         let scratch = reference.makeScratch(k: configuration.topK, count: referenceParts)
         // Logits are kept only when some policy attends with the exact keys: chunkSteps × Hq × T
         // floats per chunk (117 MiB at 64 × 14 × 32768).
