@@ -92,8 +92,8 @@ final class BlockKernelTests: XCTestCase {
         }
     }
 
-    /// The reference's fused row pass (max with block maxima, top-k by logit, exp, normalise while
-    /// summing into the head average) gives softmaxFast's bits, the true block maxima, and the
+    /// The reference's fused row pass (max with lane maxima, top-k by logit, exp, normalise while
+    /// summing into the head average) gives softmaxFast's bits, the true lane maxima, and the
     /// top-k of the logits, none of whose probabilities is outranked by one left out.
     func testFusedRowPassMatchesSoftmaxAndTopK() {
         var rng = SplitMix64(seed: 11)
@@ -102,15 +102,17 @@ final class BlockKernelTests: XCTestCase {
             var expected = logits
             let expectedLSE = expected.withUnsafeMutableBufferPointer { Kernels.softmaxFast($0.baseAddress!, n) }
             var row = logits
-            var maxima = [Float](repeating: .nan, count: n / 64 + 1)
+            var maxima = [Float](repeating: .nan, count: n / 8 + 8)
             var average = [Float](repeating: 0.5, count: n)
             var top = TopKSelector(k: 32)
             let lse: Float = row.withUnsafeMutableBufferPointer { r in
                 maxima.withUnsafeMutableBufferPointer { bm in
                     average.withUnsafeMutableBufferPointer { avg in
-                        let m = Kernels.rowMax(r.baseAddress!, n, blockMaxima: bm.baseAddress!)
-                        for b in 0..<(n / 64) { XCTAssertEqual(bm[b], logits[(b * 64)..<(b * 64 + 64)].max()!) }
-                        top.offerAll(r.baseAddress!, n, blockMaxima: bm.baseAddress!)
+                        let m = Kernels.rowMax(r.baseAddress!, n, laneMaxima: bm.baseAddress!)
+                        for b in 0..<(n / 64) {
+                            for l in 0..<8 { XCTAssertEqual(bm[8 * b + l], stride(from: 64 * b + l, to: 64 * b + 64, by: 8).map { logits[$0] }.max()!) }
+                        }
+                        top.offerAll(r.baseAddress!, n, laneMaxima: bm.baseAddress!)
                         let sum = Kernels.exponentiate(r.baseAddress!, n, max: m)
                         Kernels.normalize(r.baseAddress!, n, sum: sum, accumulatingInto: avg.baseAddress!)
                         return m + logf(sum)
@@ -127,6 +129,27 @@ final class BlockKernelTests: XCTestCase {
             let selected = Set(top.selected)
             for (i, p) in expected.enumerated() where !selected.contains(Int32(i)) {
                 XCTAssertLessThanOrEqual(p, top.selected.map { expected[Int($0)] }.min()!, "n \(n): position \(i) outranks the top-k")
+            }
+        }
+    }
+
+    /// Selection gives the k-th largest for every k, on distinct values, many ties and sorted input.
+    func testKthLargestMatchesSorting() {
+        var rng = SplitMix64(seed: 5)
+        let inputs: [[Float]] = [
+            (0..<97).map { _ in rng.nextGaussian() },
+            (0..<200).map { _ in Float(rng.next() % 4) },
+            (0..<64).map { Float($0) },
+            (0..<64).map { Float(-$0) },
+            [Float](repeating: 2, count: 33),
+        ]
+        for values in inputs {
+            let sorted = values.sorted(by: >)
+            for k in 1...values.count {
+                var a = values
+                let kth = a.withUnsafeMutableBufferPointer { TopKSelector.kthLargest($0.baseAddress!, $0.count, k) }
+                XCTAssertEqual(kth, sorted[k - 1], "n \(values.count) k \(k)")
+                XCTAssertEqual(a.sorted(), values.sorted(), "selection only reorders")
             }
         }
     }

@@ -142,22 +142,21 @@ public struct TopKSelector {
 
     /// Offers x[0..<n] with indices 0..<n, skipping 8-lane chunks that cannot enter.
     ///
-    /// Long rows first take a floor: the k-th largest of the maxima of their 64-value blocks.
-    /// Those are k values of the row, so the row's k-th best is at least the floor and nothing
-    /// below it can be selected; skipping it leaves the same selection (ties included), with far
-    /// fewer heap updates than a threshold that climbs from the first k values.
-    /// `blockMaxima`, when given, holds those maxima already (from `Kernels.rowMax`) and is
-    /// reordered.
-    public mutating func offerAll(_ x: UnsafePointer<Float>, _ n: Int, blockMaxima: UnsafeMutablePointer<Float>? = nil) {
+    /// Long rows first take a floor: the k-th largest of the maxima of disjoint 8-value sets
+    /// (`Kernels.rowMax`'s lane maxima). Those are k values of the row, so the row's k-th best is
+    /// at least the floor and nothing below it can be selected; skipping it leaves the same
+    /// selection (ties included) and few heap updates. `laneMaxima`, when given, holds those
+    /// maxima already and is reordered.
+    public mutating func offerAll(_ x: UnsafePointer<Float>, _ n: Int, laneMaxima: UnsafeMutablePointer<Float>? = nil) {
         var floor = -Float.infinity
-        let blocks = n / 64
-        if k > 0 && blocks >= 2 * k {
-            if let blockMaxima {
-                floor = TopKSelector.floor(UnsafeMutableBufferPointer(start: blockMaxima, count: blocks), k: k)
+        let sets = n / 64 * 8
+        if k > 0 && sets >= 2 * k {
+            if let laneMaxima {
+                floor = TopKSelector.kthLargest(laneMaxima, sets, k).nextDown
             } else {
-                floor = withUnsafeTemporaryAllocation(of: Float.self, capacity: blocks) { maxima in
-                    _ = Kernels.rowMax(x, blocks * 64, blockMaxima: maxima.baseAddress!)
-                    return TopKSelector.floor(maxima, k: k)
+                floor = withUnsafeTemporaryAllocation(of: Float.self, capacity: sets) { maxima in
+                    _ = Kernels.rowMax(x, sets * 8, laneMaxima: maxima.baseAddress!)
+                    return TopKSelector.kthLargest(maxima.baseAddress!, sets, k).nextDown
                 }
             }
         }
@@ -189,11 +188,34 @@ public struct TopKSelector {
         }
     }
 
-    /// Just below the k-th largest block maximum: x > floor exactly when x ≥ that maximum.
-    private static func floor(_ maxima: UnsafeMutableBufferPointer<Float>, k: Int) -> Float {
-        var maxima = maxima
-        maxima.sort(by: >)
-        return maxima[k - 1].nextDown
+    /// The k-th largest of a[0..<n] (1 ≤ k ≤ n; no NaN), reordering a: Hoare-partition
+    /// selection around a median of three, expected O(n).
+    static func kthLargest(_ a: UnsafeMutablePointer<Float>, _ n: Int, _ k: Int) -> Float {
+        let target = k - 1  // its index once a is in descending order
+        var lo = 0, hi = n - 1
+        while lo < hi {
+            let x = a[lo], y = a[(lo + hi) / 2], z = a[hi]
+            let pivot = max(min(x, y), min(max(x, y), z))
+            var i = lo, j = hi
+            while i <= j {
+                while a[i] > pivot { i += 1 }
+                while a[j] < pivot { j -= 1 }
+                if i <= j {
+                    (a[i], a[j]) = (a[j], a[i])
+                    i += 1
+                    j -= 1
+                }
+            }
+            // Now a[lo...j] ≥ pivot ≥ a[i...hi], and anything between equals the pivot.
+            if target <= j {
+                hi = j
+            } else if target >= i {
+                lo = i
+            } else {
+                return a[target]
+            }
+        }
+        return a[target]
     }
 
     /// The selected indices (heap order, not sorted).

@@ -387,26 +387,27 @@ extension Kernels {
     @discardableResult
     public static func softmaxFast(_ x: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
         guard n > 0 else { return -.infinity }
-        let m = rowMax(x, n, blockMaxima: nil)
+        let m = rowMax(x, n, laneMaxima: nil)
         let s = exponentiate(x, n, max: m)
         normalize(x, n, sum: s, accumulatingInto: nil)
         return m + logf(s)
     }
 
-    /// max of x[0..<n] (n > 0). With `blockMaxima`, also the maximum of every whole 64-value
-    /// block into blockMaxima[0..<n / 64], taken from the same pass.
+    /// max of x[0..<n] (n > 0). With `laneMaxima`, also, from the same pass, the lane-wise maxima
+    /// of every whole 64-value block b: laneMaxima[8b + l] = max over c < 8 of x[64b + 8c + l],
+    /// the maxima of 8·(n / 64) disjoint sets of 8 values.
     @inline(__always)
-    public static func rowMax(_ x: UnsafePointer<Float>, _ n: Int, blockMaxima: UnsafeMutablePointer<Float>?) -> Float {
+    public static func rowMax(_ x: UnsafePointer<Float>, _ n: Int, laneMaxima: UnsafeMutablePointer<Float>?) -> Float {
         var mv = SIMD8<Float>(repeating: -.infinity)
         var i = 0
-        if let maxima = blockMaxima {
+        if let maxima = laneMaxima {
             while i + 64 <= n {
                 var bv = load8(x, i)
                 for c in stride(from: 8, to: 64, by: 8) {
                     let v = load8(x, i + c)
                     bv = bv.replacing(with: v, where: v .> bv)
                 }
-                maxima[i / 64] = bv.max()
+                store8(maxima, i / 8, bv)
                 mv = mv.replacing(with: bv, where: bv .> mv)
                 i += 64
             }

@@ -123,7 +123,7 @@ struct ReferenceAttention {
         var logits: [Float]
         var queryBlock: [Float]
         var outputBlock: [Float]
-        var blockMaxima: [Float]  // maxima of a row's 64-value blocks, for the top-k floor
+        var laneMaxima: [Float]  // maxima of a row's disjoint 8-value sets, for the top-k floor
         var top: TopKSelector
         init(tokens: Int, k: Int, rows: Int, headDim: Int, stepBlock: Int) {
             row = [Float](repeating: 0, count: tokens)
@@ -131,7 +131,7 @@ struct ReferenceAttention {
             logits = [Float](repeating: 0, count: tokens * rows)
             queryBlock = [Float](repeating: 0, count: rows * headDim)
             outputBlock = [Float](repeating: 0, count: rows * headDim)
-            blockMaxima = [Float](repeating: 0, count: tokens / 64 + 1)
+            laneMaxima = [Float](repeating: 0, count: tokens / 8 + 8)
             top = TopKSelector(k: k)
         }
     }
@@ -184,7 +184,7 @@ struct ReferenceAttention {
         scratch.queryBlock.withUnsafeMutableBufferPointer { QB in
         scratch.outputBlock.withUnsafeMutableBufferPointer { OB in
         scratch.average.withUnsafeMutableBufferPointer { avg in
-        scratch.blockMaxima.withUnsafeMutableBufferPointer { BM in
+        scratch.laneMaxima.withUnsafeMutableBufferPointer { LM in
         identity.withUnsafeBufferPointer { iota in
         chunk.queries.withUnsafeBufferPointer { Q in
         data.keys!.withUnsafeBufferPointer { K in
@@ -210,10 +210,10 @@ struct ReferenceAttention {
                         let r = L.baseAddress! + (i * gs + hh) * T
                         if let kept = chunk.logits { (kept + idx * chunk.logitStride).update(from: r, count: n) }
                         // Top-k by logit (the order of the probabilities, without exp's rounding
-                        // ties), its floor from block maxima taken in the softmax's max pass.
-                        let m = Kernels.rowMax(r, n, blockMaxima: BM.baseAddress!)
+                        // ties), its floor from the lane maxima of the softmax's max pass.
+                        let m = Kernels.rowMax(r, n, laneMaxima: LM.baseAddress!)
                         scratch.top.reset()
-                        scratch.top.offerAll(r, n, blockMaxima: BM.baseAddress!)
+                        scratch.top.offerAll(r, n, laneMaxima: LM.baseAddress!)
                         let sum = Kernels.exponentiate(r, n, max: m)
                         Kernels.normalize(r, n, sum: sum, accumulatingInto: avg.baseAddress! + i * T)
                         chunk.logSumExp[idx] = m + logf(sum)
