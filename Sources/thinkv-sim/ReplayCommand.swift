@@ -28,8 +28,8 @@ enum ReplayCommand: Subcommand {
             docs/metrics.md defines every reported number.
 
             examples:
-              thinkv-sim replay traces/sample.h5
-              thinkv-sim replay traces/sample.h5 --policy full,h2o,rkv --budget 256 --csv steps.csv
+              thinkv-sim replay traces/sample-synthetic.h5
+              thinkv-sim replay traces/sample-synthetic.h5 --policy full,h2o,rkv --budget 256 --csv steps.csv
             """)
 
     static func run(_ arguments: ParsedArguments) throws {
