@@ -304,18 +304,24 @@ final class WindowScorer {
                     lastSimilarValue.withUnsafeMutableBufferPointer { lastValue in
                         similarityToFirst.withUnsafeMutableBufferPointer { first in
                             let base = unit.baseAddress!
-                            var pair = [Double](repeating: 0, count: 4)
                             // Rows in blocks of 4 share each partner key's loads; every dot is
-                            // still summed in the same lane order as `dotDouble`.
+                            // still summed in the same lane order as `dotDouble`. The block's own
+                            // column sums stay in `own` while it runs: each sum still receives
+                            // the same additions in the same order (pair by pair: row, then
+                            // partner), so the bits are those of adding into `sums` directly.
                             for i0 in stride(from: 0, to: L, by: 4) {
                                 let rows = Swift.min(4, L - i0)
+                                var own = SIMD4<Double>(repeating: 0)
+                                for r in 0..<rows { own[r] = sums[i0 + r] }
                                 for j in (i0 + 1)..<L {
                                     let live = Swift.min(rows, j - i0)  // rows i < j of this block
-                                    dotRows(base + i0 * D, rows: live, base + j * D, D, into: &pair)
+                                    let pair = dotRows(base + i0 * D, rows: live, base + j * D, D)
+                                    let inBlock = j < i0 + rows
+                                    var partnerSum = inBlock ? own[j - i0] : sums[j]
                                     for r in 0..<live {
                                         let i = i0 + r, s = pair[r]
-                                        sums[i] += s
-                                        sums[j] += s
+                                        own[r] += s
+                                        partnerSum += s
                                         if s > threshold {
                                             // Keep each row's largest similar partner.
                                             if j > last[i] { last[i] = j; lastValue[i] = s }
@@ -323,7 +329,9 @@ final class WindowScorer {
                                         }
                                         if i == 0 { first[j] = s }
                                     }
+                                    if inBlock { own[j - i0] = partnerSum } else { sums[j] = partnerSum }
                                 }
+                                for r in 0..<rows { sums[i0 + r] = own[r] }
                             }
                         }
                     }
@@ -374,13 +382,14 @@ func dotDouble(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int)
     return sum
 }
 
-/// `dotDouble(row r, b)` for `rows` (≤ 4) consecutive rows of length n starting at `a`, into
-/// `out[0..<rows]`; each result is summed exactly as `dotDouble` sums it.
+/// `dotDouble(row r, b)` for `rows` (≤ 4) consecutive rows of length n starting at `a`, in
+/// lanes 0..<rows; each result is summed exactly as `dotDouble` sums it.
 @inline(__always)
-func dotRows(_ a: UnsafePointer<Double>, rows: Int, _ b: UnsafePointer<Double>, _ n: Int, into out: inout [Double]) {
+func dotRows(_ a: UnsafePointer<Double>, rows: Int, _ b: UnsafePointer<Double>, _ n: Int) -> SIMD4<Double> {
     guard rows == 4 else {
+        var out = SIMD4<Double>(repeating: 0)
         for r in 0..<rows { out[r] = dotDouble(a + r * n, b, n) }
-        return
+        return out
     }
     let zero = SIMD4<Double>(repeating: 0)
     var a0 = zero, a1 = zero, b0 = zero, b1 = zero, c0 = zero, c1 = zero, d0 = zero, d1 = zero
@@ -408,10 +417,7 @@ func dotRows(_ a: UnsafePointer<Double>, rows: Int, _ b: UnsafePointer<Double>, 
         s3 += a[3 * n + i] * b[i]
         i += 1
     }
-    out[0] = s0
-    out[1] = s1
-    out[2] = s2
-    out[3] = s3
+    return SIMD4(s0, s1, s2, s3)
 }
 
 /// Replaces x[0..<n] by its softmax, in double precision.
