@@ -287,7 +287,10 @@ struct ReferenceAttention {
                     }
                 }
                 scratch.top.reset()
-                scratch.top.offerAll(r, n)
+                scratch.laneMaxima.withUnsafeMutableBufferPointer { LM in
+                    _ = Kernels.rowMax(r, n, laneMaxima: LM.baseAddress!)
+                    scratch.top.offerAll(r, n, laneMaxima: LM.baseAddress!)
+                }
             }
             var c = 0
             for position in scratch.top.selected {
