@@ -20,61 +20,19 @@ struct ThinKVSnapshot {
     let chargedMetadataBytes: [Int]?
 }
 
-final class ThinKVObservations: @unchecked Sendable {
-    static let shared = ThinKVObservations()
-    private let lock = NSLock()
-    private var stored: [ThinKVSnapshot] = []
+let thinKVObservations = ObservationLog<ThinKVSnapshot>()
 
-    func reset() { lock.lock(); stored.removeAll(); lock.unlock() }
-    func append(_ s: ThinKVSnapshot) { lock.lock(); stored.append(s); lock.unlock() }
-    var snapshots: [ThinKVSnapshot] { lock.lock(); defer { lock.unlock() }; return stored }
-}
-
-/// Wraps a ThinKV policy (forwarding `prepare`, which runs once per replay) and records its
-/// cache and segments after prefill and after every step. Never registered.
-final class ThinKVProbe<Inner: ThinKVPolicy>: CachePolicy {
-    static var name: String { Inner.name }
-    static var summary: String { Inner.summary }
-    static var parameters: [PolicyParameter] { Inner.parameters }
-    static var requirements: PolicyRequirements { Inner.requirements }
-    static var preferredBlockSize: Int { Inner.preferredBlockSize }
-    static var readsAttention: Bool { Inner.readsAttention }
-    static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
-        try Inner.prepare(reader, parameters: parameters, layers: layers)
-    }
-
-    let inner: Inner
-    let layer: Int
-
-    init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        inner = try Inner(parameters: parameters, setup: setup)
-        layer = setup.layer.index
-    }
-
-    var residentCap: Int? { inner.residentCap }
-
-    private func record(step: Int?, position: Int, attended: [[Int32]]?, cache: LayerCache) {
+/// Records a ThinKV policy's cache, segments, counters and quantization charges.
+enum ThinKVProbe<Inner: ThinKVPolicy>: PolicyProbe {
+    static var log: ObservationLog<ThinKVSnapshot> { thinKVObservations }
+    static func snapshot(of inner: Inner, layer: Int, step: Int?, position: Int, attended: [[Int32]]?,
+                         cache: LayerCache) -> ThinKVSnapshot {
         let quantizer = inner.quantizer
-        ThinKVObservations.shared.append(ThinKVSnapshot(
+        return ThinKVSnapshot(
             layer: layer, step: step, position: position, attended: attended, resident: cache.slots,
             segments: inner.segments?.segments ?? [], currentSegment: inner.segments?.currentIndex, counters: inner.counters,
             pagingClass: cache.pagingClass, keyBits: cache.keyBits, metadataBytes: cache.metadataBytes,
-            chargedMetadataBytes: quantizer.map { q in (0..<cache.numKVHeads).map { q.chargedMetadataBytes(kvHead: $0) } }))
-    }
-
-    func prefill(_ context: PrefillContext, cache: LayerCache) {
-        inner.prefill(context, cache: cache)
-        record(step: nil, position: context.setup.header.promptLength - 1, attended: nil, cache: cache)
-    }
-
-    func beforeAttention(_ context: StepContext, cache: LayerCache) {
-        inner.beforeAttention(context, cache: cache)
-    }
-
-    func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
-        let attended = cache.slots
-        inner.afterAttention(context, attention: attention, cache: cache)
-        record(step: context.step, position: context.position, attended: attended, cache: cache)
+            chargedMetadataBytes: quantizer.map { q in (0..<cache.numKVHeads).map { q.chargedMetadataBytes(kvHead: $0) } })
     }
 }
 
@@ -103,10 +61,7 @@ final class ThinKVPolicyTests: XCTestCase {
 
     private func observe<P: ThinKVPolicy>(_ path: String, _ type: P.Type, _ values: [String: String],
                                           threads: Int = 1) throws -> (ReplayResult, [KeptEvent], [ThinKVSnapshot]) {
-        ThinKVObservations.shared.reset()
-        let spec = try PolicySpec(unregistered: ThinKVProbe<P>.self, values: values)
-        let (result, events) = try TestTraces.replay(path, [spec], threads: threads)
-        return (result, events, ThinKVObservations.shared.snapshots)
+        try TestTraces.observe(path, probe: ThinKVProbe<P>.self, values, threads: threads)
     }
 
     private func spec(_ name: String, _ values: [String: String]) throws -> PolicySpec {
