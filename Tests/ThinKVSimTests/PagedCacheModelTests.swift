@@ -53,7 +53,37 @@ final class PagedCacheModelTests: XCTestCase {
         model.insert(position: 0, tokenClass: 0)
         model.insert(position: 1, tokenClass: 0)
         XCTAssertEqual(model.pagedBytes { $0 == 0 ? 8 : 32 }, 4 * 8 * 32 / 8)
+        model.recharged(position: 1)  // now 4+4 bits as well
         XCTAssertEqual(model.pagedBytes { _ in 8 }, 4 * 8 * 8 / 8)
+    }
+
+    func testRunningPagedBytesEqualRecomputedOnes() {
+        // Random inserts, evictions and precision changes over 3 classes: the CT byte total kept
+        // block by block must equal the sum over every held block after each operation.
+        var random = SeededRandom(seed: 7)
+        var model = PagedCacheModel(mode: .ct, blockSize: 4, headDim: 8, numTokens: 400)
+        var bits = [Int](repeating: 32, count: 400)
+        var live: [Int32] = []
+        var next: Int32 = 0, largest = 0
+        for _ in 0..<2000 {
+            let action = random.next() % 4
+            if action < 2 && next < 400 {
+                model.insert(position: next, tokenClass: UInt8(random.next() % 3))
+                live.append(next)
+                next += 1
+            } else if action == 2 && !live.isEmpty {
+                let gone = live.remove(at: Int(random.next() % UInt64(live.count)))
+                _ = model.remove([gone], classOf: { _ in 0 }, bits: { bits[Int($0)] })
+            } else if !live.isEmpty {
+                let p = live[Int(random.next() % UInt64(live.count))]
+                bits[Int(p)] = [8, 12, 20, 32][Int(random.next() % 4)]
+                model.recharged(position: p)
+            }
+            let bytes = model.pagedBytes { bits[Int($0)] }
+            XCTAssertEqual(bytes, model.pagedBytesRecomputed { bits[Int($0)] })
+            largest = max(largest, bytes)
+        }
+        XCTAssertGreaterThan(largest, 0, "the sequence held tokens at some point")
     }
 
     func testNoPagingReportsNoBlocks() {

@@ -263,4 +263,35 @@ final class QuantizationTests: XCTestCase {
         XCTAssertEqual(cache.keyBits[0..<8].allSatisfy { $0 == 4 }, true)
         XCTAssertFalse(cache.keysModified)
     }
+
+    func testHeldBytesFollowSlotsAndPrecisionChanges() {
+        // Appends, evictions (setSlots, removeAll) and precision changes in any order: the byte
+        // total kept as they happen equals the sum over the held slots at every point.
+        let T = 300, D = 4
+        let data = LayerData(info: LayerInfo(index: 0), numTokens: T, numKVHeads: 2, headDim: D, keys: nil, values: nil)
+        let cache = LayerCache(data: data)
+        var random = SeededRandom(seed: 11)
+        func recomputed(_ h: Int) -> Int {
+            let bits = cache.slots[h].reduce(0) { $0 + Int(cache.keyBits[h * T + Int($1)]) + Int(cache.valueBits[h * T + Int($1)]) }
+            return (bits * D + 7) / 8 + cache.metadataBytes[h]
+        }
+        for p in 0..<T {
+            cache.append(position: p)
+            let h = Int(random.next() % 2)
+            switch random.next() % 4 {
+            case 0:
+                var kept = cache.slots[h]
+                kept.remove(at: Int(random.next() % UInt64(kept.count)))
+                cache.setSlots(kvHead: h, kept.reversed())
+            case 1:
+                cache.removeAll(kvHead: h) { $0 % 5 == Int32(random.next() % 5) }
+            default:
+                // Precision of any position, held or not (a later append must charge it as set).
+                let q = Int(random.next() % UInt64(T))
+                cache.setBits(kvHead: h, position: q, key: [2, 4, 8, 16][Int(random.next() % 4)], value: 4)
+            }
+            XCTAssertEqual(cache.bytes(kvHead: 0), recomputed(0), "after position \(p)")
+            XCTAssertEqual(cache.bytes(kvHead: 1), recomputed(1), "after position \(p)")
+        }
+    }
 }

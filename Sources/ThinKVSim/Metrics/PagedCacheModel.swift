@@ -40,6 +40,13 @@ struct PagedCacheModel {
     private(set) var blocksHeld = 0
     private(set) var liveTokens = 0
 
+    // CT bytes, kept current block by block: a block's width is recomputed only after a token
+    // entered or left it or changed precision (`pagedBytes` is read every step).
+    private var blockBytes: [Int] = []
+    private var blockDirty: [Bool] = []
+    private var dirtyBlocks: [Int] = []
+    private var ctBytes = 0
+
     init(mode: PagingMode, blockSize: Int, headDim: Int, numTokens: Int) {
         self.mode = mode
         self.blockSize = max(1, blockSize)
@@ -65,6 +72,21 @@ struct PagedCacheModel {
         occupant[slot] = p
         slotOf[Int(p)] = Int32(slot)
         blockLive[slot / blockSize] += 1
+        markDirty(slot / blockSize)
+    }
+
+    /// Position p (if placed) changed precision: its block's width may change.
+    mutating func recharged(position p: Int32) {
+        guard mode == .ct else { return }
+        let slot = Int(slotOf[Int(p)])
+        if slot >= 0 { markDirty(slot / blockSize) }
+    }
+
+    private mutating func markDirty(_ block: Int) {
+        if !blockDirty[block] {
+            blockDirty[block] = true
+            dirtyBlocks.append(block)
+        }
     }
 
     /// Removes evicted positions; returns the bytes a dense gather-compaction would copy
@@ -102,6 +124,7 @@ struct PagedCacheModel {
             occupant[slot] = -1
             let block = slot / blockSize
             blockLive[block] -= 1
+            markDirty(block)
             if blockLive[block] == 0 {
                 releaseBlock(block)
             } else {
@@ -124,20 +147,20 @@ struct PagedCacheModel {
 
     /// Bytes the held blocks occupy: every slot of a block is as wide as the widest live token
     /// in it (a block stores one precision). `bits(p)` = key bits + value bits of position p.
-    func pagedBytes(bits: (Int32) -> Int) -> Int {
+    /// Precision changes must have been reported (`recharged`) before the call.
+    mutating func pagedBytes(bits: (Int32) -> Int) -> Int {
         switch mode {
         case .none:
             return 0
         case .ct:
-            var total = 0
-            for block in 0..<blockAllocated.count where blockAllocated[block] {
-                var widest = 0
-                for slot in (block * blockSize)..<((block + 1) * blockSize) where occupant[slot] >= 0 {
-                    widest = max(widest, bits(occupant[slot]))
-                }
-                total += blockSize * headDim * widest / 8
+            for block in dirtyBlocks {
+                blockDirty[block] = false
+                let bytes = blockAllocated[block] ? widthBytes(block, bits: bits) : 0
+                ctBytes += bytes - blockBytes[block]
+                blockBytes[block] = bytes
             }
-            return total
+            dirtyBlocks.removeAll(keepingCapacity: true)
+            return ctBytes
         case .compact:
             var total = 0
             for positions in dense where !positions.isEmpty {
@@ -154,6 +177,26 @@ struct PagedCacheModel {
         }
     }
 
+    /// `pagedBytes` recomputed over every held block (tests check the running total against it).
+    func pagedBytesRecomputed(bits: (Int32) -> Int) -> Int {
+        guard mode == .ct else {
+            var copy = self
+            return copy.pagedBytes(bits: bits)
+        }
+        var total = 0
+        for block in 0..<blockAllocated.count where blockAllocated[block] { total += widthBytes(block, bits: bits) }
+        return total
+    }
+
+    /// Bytes of one CT block: every slot as wide as its widest live token.
+    private func widthBytes(_ block: Int, bits: (Int32) -> Int) -> Int {
+        var widest = 0
+        for slot in (block * blockSize)..<((block + 1) * blockSize) where occupant[slot] >= 0 {
+            widest = max(widest, bits(occupant[slot]))
+        }
+        return blockSize * headDim * widest / 8
+    }
+
     // MARK: Internals
 
     private mutating func allocateBlock(class c: UInt8) -> Int {
@@ -166,12 +209,15 @@ struct PagedCacheModel {
             blockAllocated.append(false)
             blockClass.append(0)
             blockLive.append(0)
+            blockBytes.append(0)
+            blockDirty.append(false)
             occupant += [Int32](repeating: -1, count: blockSize)
         }
         blockAllocated[block] = true
         blockClass[block] = c
         blockLive[block] = 0
         blocksHeld += 1
+        markDirty(block)
         return block
     }
 

@@ -63,7 +63,7 @@ public enum KVGrouping {
             }
         }
         let bits = UInt8(quantizer.elementBits)
-        for p in positions { cache.keyBits[kvHead * T + p] = bits }
+        for p in positions { cache.setKeyBits(kvHead: kvHead, position: p, bits) }
         var metadata = 0
         var start = 0
         while start < n {
@@ -98,7 +98,7 @@ public enum KVGrouping {
             }
         }
         let bits = UInt8(quantizer.elementBits)
-        for p in positions { cache.valueBits[kvHead * T + p] = bits }
+        for p in positions { cache.setValueBits(kvHead: kvHead, position: p, bits) }
         return positions.count * valueMetadataBitsPerToken(headDim: D, groupSize: groupSize, quantizer: quantizer)
     }
 

@@ -21,9 +21,10 @@ public final class LayerCache {
     public var valuesModified = false
 
     /// Bits per element each (head, position) is charged at: index `head * T + position`.
-    /// 16 means unquantized (the model's float16/bfloat16 cache).
-    public var keyBits: [UInt8]
-    public var valueBits: [UInt8]
+    /// 16 means unquantized (the model's float16/bfloat16 cache). Set through `setBits`,
+    /// `setKeyBits`, `setValueBits`, which keep the held total current.
+    public private(set) var keyBits: [UInt8]
+    public private(set) var valueBits: [UInt8]
     /// Quantization metadata (scales, zero points) currently held, in bytes, per kv head.
     public var metadataBytes: [Int]
 
@@ -35,8 +36,15 @@ public final class LayerCache {
     public internal(set) var droppedThisStep: [Bool]
     /// Positions each head dropped since the paging model last consumed them.
     var removedPending: [[Int32]]
+    /// Held positions whose precision changed since the paging model last consumed them.
+    var rechargedPending: [[Int32]]
     private var mark: [UInt32]
     private var stamp: UInt32 = 0
+    /// Whether each (head, position) is held, and the key + value bits per element summed over
+    /// each head's held positions: `bytes(kvHead:)` is read twice a step, so it is kept as the
+    /// slots and precisions change instead of summed over the slots each time.
+    private var held: [Bool]
+    private var heldBits: [Int]
 
     public init(data: LayerData) {
         numKVHeads = data.numKVHeads
@@ -52,7 +60,20 @@ public final class LayerCache {
         pagingClass = [UInt8](repeating: 0, count: numTokens)
         droppedThisStep = [Bool](repeating: false, count: numKVHeads)
         removedPending = Array(repeating: [], count: numKVHeads)
+        rechargedPending = Array(repeating: [], count: numKVHeads)
         mark = [UInt32](repeating: 0, count: numTokens)
+        held = [Bool](repeating: false, count: numKVHeads * numTokens)
+        heldBits = [Int](repeating: 0, count: numKVHeads)
+    }
+
+    @inline(__always)
+    private func bitsPerElement(_ index: Int) -> Int { Int(keyBits[index]) + Int(valueBits[index]) }
+
+    /// Marks a position of a head as no longer held.
+    private func release(kvHead h: Int, position p: Int32) {
+        let index = h * numTokens + Int(p)
+        held[index] = false
+        heldBits[h] -= bitsPerElement(index)
     }
 
     /// Tokens currently held by a head.
@@ -60,7 +81,13 @@ public final class LayerCache {
 
     /// Adds `position` at the end of every head's slots (the engine does this for each new token).
     public func append(position: Int) {
-        for h in 0..<numKVHeads { slots[h].append(Int32(position)) }
+        for h in 0..<numKVHeads {
+            slots[h].append(Int32(position))
+            let index = h * numTokens + position
+            precondition(!held[index], "append: position \(position) is already held")
+            held[index] = true
+            heldBits[h] += bitsPerElement(index)
+        }
     }
 
     /// Replaces a head's slots with `newSlots` (positions it already holds, in the new physical order).
@@ -73,6 +100,7 @@ public final class LayerCache {
         var removed = 0
         for p in slots[kvHead] where mark[Int(p)] != stamp {
             removedPending[kvHead].append(p)
+            release(kvHead: kvHead, position: p)
             removed += 1
         }
         precondition(newSlots.count + removed == slots[kvHead].count, "setSlots: new slots must be positions the head holds")
@@ -91,7 +119,12 @@ public final class LayerCache {
         var kept: [Int32] = []
         kept.reserveCapacity(slots[kvHead].count)
         for p in slots[kvHead] {
-            if shouldDrop(p) { removedPending[kvHead].append(p) } else { kept.append(p) }
+            if shouldDrop(p) {
+                removedPending[kvHead].append(p)
+                release(kvHead: kvHead, position: p)
+            } else {
+                kept.append(p)
+            }
         }
         if kept.count < slots[kvHead].count { droppedThisStep[kvHead] = true }
         slots[kvHead] = kept
@@ -99,18 +132,31 @@ public final class LayerCache {
 
     /// Sets the precision a position is charged at in one head.
     public func setBits(kvHead: Int, position: Int, key: UInt8, value: UInt8) {
-        keyBits[kvHead * numTokens + position] = key
-        valueBits[kvHead * numTokens + position] = value
+        setKeyBits(kvHead: kvHead, position: position, key)
+        setValueBits(kvHead: kvHead, position: position, value)
+    }
+
+    public func setKeyBits(kvHead: Int, position: Int, _ bits: UInt8) {
+        let index = kvHead * numTokens + position
+        if held[index] && bits != keyBits[index] {
+            heldBits[kvHead] += Int(bits) - Int(keyBits[index])
+            rechargedPending[kvHead].append(Int32(position))
+        }
+        keyBits[index] = bits
+    }
+
+    public func setValueBits(kvHead: Int, position: Int, _ bits: UInt8) {
+        let index = kvHead * numTokens + position
+        if held[index] && bits != valueBits[index] {
+            heldBits[kvHead] += Int(bits) - Int(valueBits[index])
+            rechargedPending[kvHead].append(Int32(position))
+        }
+        valueBits[index] = bits
     }
 
     /// Bytes of K and V this head holds: each token's D elements at its precision, plus metadata.
     public func bytes(kvHead: Int) -> Int {
-        var bits = 0
-        let base = kvHead * numTokens
-        for p in slots[kvHead] {
-            bits += Int(keyBits[base + Int(p)]) + Int(valueBits[base + Int(p)])
-        }
-        return (bits * headDim + 7) / 8 + metadataBytes[kvHead]
+        (heldBits[kvHead] * headDim + 7) / 8 + metadataBytes[kvHead]
     }
 
     /// Bytes over all kv heads of this layer.

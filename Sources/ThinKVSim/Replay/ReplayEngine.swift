@@ -204,7 +204,7 @@ public final class ReplayEngine {
             let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
             let run = PolicyLayerRun(spec: spec, policy: policy, data: data, setup: setup,
                                      topK: configuration.topK, steps: decodeSteps, paging: configuration.layout(ofPolicy: i).mode,
-                                     blockSize: configuration.effectiveBlockSize(ofPolicy: i))
+                                     blockSize: configuration.effectiveBlockSize(ofPolicy: i), recordsEvents: keptSink != nil)
             for p in 0..<P { run.cache.append(position: p) }
             policy.prefill(prefill, cache: run.cache)
             run.pagePrompt()
@@ -313,6 +313,9 @@ final class PolicyLayerRun {
     let setup: PolicySetup
     var records: [StepRecord] = []
     var samples = MetricSamples()
+    /// Kept-set events are collected only for a sink (sorting every changed head's slots each
+    /// step is not free).
+    private let recordsEvents: Bool
     private var events: [KeptEvent] = []
 
     // Scratch reused every step.
@@ -334,8 +337,9 @@ final class PolicyLayerRun {
     private var paging: [PagedCacheModel]
 
     init(spec: PolicySpec, policy: any CachePolicy, data: LayerData, setup: PolicySetup, topK: Int, steps: Int,
-         paging mode: PagingMode = .ct, blockSize: Int = 16) {
+         paging mode: PagingMode = .ct, blockSize: Int = 16, recordsEvents: Bool = false) {
         self.spec = spec
+        self.recordsEvents = recordsEvents
         self.policy = policy
         self.data = data
         self.setup = setup
@@ -356,6 +360,7 @@ final class PolicyLayerRun {
     func pagePrompt() {
         for g in 0..<setup.header.numKVHeads {
             cache.removedPending[g].removeAll()
+            cache.rechargedPending[g].removeAll()  // placed below with their current precision
             for p in cache.slots[g].sorted() { paging[g].insert(position: p, tokenClass: cache.pagingClass[Int(p)]) }
         }
     }
@@ -366,6 +371,8 @@ final class PolicyLayerRun {
         var moved = 0
         let T = cache.numTokens
         for g in 0..<cache.numKVHeads {
+            for p in cache.rechargedPending[g] { paging[g].recharged(position: p) }
+            cache.rechargedPending[g].removeAll(keepingCapacity: true)
             var removed = cache.removedPending[g]
             cache.removedPending[g].removeAll(keepingCapacity: true)
             var placeNew = newPosition != nil
@@ -463,7 +470,7 @@ final class PolicyLayerRun {
         var residentTokens = 0
         for g in 0..<Hkv {
             residentTokens += cache.count(kvHead: g)
-            if cache.droppedThisStep[g] {
+            if recordsEvents && cache.droppedThisStep[g] {
                 events.append(KeptEvent(policy: spec.label, step: context.step, position: context.position,
                                         layer: setup.layer.index, kvHead: g, kept: cache.slots[g].sorted()))
             }
@@ -558,13 +565,16 @@ final class PolicyLayerRun {
                             // recall m = Σ exp(x − lse), KL(a‖A) = Σ a·(y − lse_kept − x + lse).
                             let lse = chunk.logSumExp[s * h.numQHeads + firstHead + hh]
                             let x = e + hh * n, y = a + hh * n
-                            recall[hh] = Kernels.sumExp(x, n, shift: lse)
                             if cache.keysModified {
+                                recall[hh] = Kernels.sumExp(x, n, shift: lse)
                                 for i in 0..<n { x[i] = y[i] - x[i] }
                                 let keptLSE = Kernels.softmaxFast(y, n)
                                 kl[hh] = Kernels.dot(y, x, n) + (lse - keptLSE) * Kernels.sum(y, n)
-                            } else {  // y = x
+                            } else {
+                                // y = x: the softmax's own log-sum-exp gives the recall,
+                                // m = exp(lse_kept − lse), without a second pass of exponentials.
                                 let keptLSE = Kernels.softmaxFast(y, n)
+                                recall[hh] = Swift.min(expf(keptLSE - lse), 1)
                                 kl[hh] = (lse - keptLSE) * Kernels.sum(y, n)
                             }
                         }
