@@ -332,8 +332,8 @@ final class PolicyLayerRun {
     private var offsets: [Int]
     private var counts: [Int]
     private var output: [Float]
-    /// Marks the positions kv head g attends (set and cleared within `measureGroup`).
-    private var isKept: [Bool]
+    /// The positions kv head g attends (loaded in `measureGroup`).
+    private var attended: AttendedSet
     private var paging: [PagedCacheModel]
 
     init(spec: PolicySpec, policy: any CachePolicy, data: LayerData, setup: PolicySetup, topK: Int, steps: Int,
@@ -348,7 +348,7 @@ final class PolicyLayerRun {
         offsets = [Int](repeating: 0, count: h.numQHeads)
         counts = [Int](repeating: 0, count: h.numQHeads)
         output = [Float](repeating: 0, count: h.headDim)
-        isKept = [Bool](repeating: false, count: h.numTokens)
+        attended = AttendedSet(numTokens: h.numTokens)
         paging = (0..<h.numKVHeads).map { _ in
             PagedCacheModel(mode: mode, blockSize: blockSize, headDim: h.headDim, numTokens: h.numTokens)
         }
@@ -531,6 +531,7 @@ final class PolicyLayerRun {
             swap(&recall, &groupRecall)
             swap(&kl, &groupKL)
         }
+        cache.slots[g].withUnsafeBufferPointer { attended.load($0.baseAddress!, n) }
         cache.slots[g].withUnsafeBufferPointer { slotBuffer in
             let slots = slotBuffer.baseAddress!
             attention.withUnsafeMutableBufferPointer { att in
@@ -543,8 +544,8 @@ final class PolicyLayerRun {
                         // Exact logits: gathered from the reference's (same dot products, same bits).
                         if let full = chunk.logits {
                             for hh in 0..<gs {
-                                let row = full + (s * h.numQHeads + firstHead + hh) * chunk.logitStride, eh = e + hh * n
-                                for i in 0..<n { eh[i] = row[Int(slots[i])] }
+                                let row = full + (s * h.numQHeads + firstHead + hh) * chunk.logitStride
+                                attended.gather(row, into: e + hh * n)
                             }
                         } else {
                             exactKeys.withUnsafeBufferPointer { K in
@@ -614,8 +615,6 @@ final class PolicyLayerRun {
                 }
             }
         }
-        for p in cache.slots[g] { isKept[Int(p)] = true }
-        defer { for p in cache.slots[g] { isKept[Int(p)] = false } }
         for hh in 0..<gs {
             let idx = s * h.numQHeads + firstHead + hh
             // Nothing attended, or (attention-only layers) only positions the recorded row gives no
@@ -628,7 +627,7 @@ final class PolicyLayerRun {
             var hits = 0
             if k > 0 {
                 let base = idx * chunk.topK
-                for j in 0..<k where isKept[Int(chunk.topKPositions[base + j])] { hits += 1 }
+                for j in 0..<k where attended.contains(Int(chunk.topKPositions[base + j])) { hits += 1 }
             }
 
             var error: Float? = nil
