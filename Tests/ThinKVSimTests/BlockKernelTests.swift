@@ -45,6 +45,36 @@ final class BlockKernelTests: XCTestCase {
         }
     }
 
+    func testGatheredScoresMatchDot() {
+        // Row tiles of 4 and 3 and single rows, gathered keys, odd and even counts.
+        var rng = SplitMix64(seed: 9)
+        let D = 64, T = 50
+        let keys = randomFloats(T * D, &rng)
+        let indices = (0..<T).map { Int32(($0 * 17) % T) }
+        for rows in [1, 2, 3, 4, 5, 7, 8, 11] {
+            let queries = randomFloats(rows * D, &rng)
+            for count in [1, 2, 33, 50] {
+                var out = [Float](repeating: .nan, count: rows * T)
+                queries.withUnsafeBufferPointer { Q in
+                    keys.withUnsafeBufferPointer { K in
+                        indices.withUnsafeBufferPointer { I in
+                            out.withUnsafeMutableBufferPointer { O in
+                                Kernels.scores(queries: Q.baseAddress!, rows: rows, headDim: D, keys: K.baseAddress!,
+                                               indices: I.baseAddress!, count: count, scale: 0.25, out: O.baseAddress!, outStride: T)
+                            }
+                        }
+                        for r in 0..<rows {
+                            for j in 0..<count {
+                                let expected = 0.25 * Kernels.dot(Q.baseAddress! + r * D, K.baseAddress! + Int(indices[j]) * D, D)
+                                XCTAssertEqual(out[r * T + j].bitPattern, expected.bitPattern, "rows \(rows) count \(count) r \(r) j \(j)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func testWeightedSumMatchesAxpy() {
         var rng = SplitMix64(seed: 11)
         let D = 64, T = 70

@@ -189,7 +189,38 @@ extension Kernels {
             }
             r += 4
         }
-        // Fewer than 4 rows left (a GQA group of 7 leaves 3): two keys at a time still share loads.
+        // Three rows left (a GQA group of 7): 3 rows × 2 keys, 5 loads per 6 fused multiply-adds
+        // where row by row would take 9.
+        if rows - r == 3 {
+            let q0 = queries + r * D, q1 = q0 + D, q2 = q1 + D
+            let o0 = out + r * outStride, o1 = o0 + outStride, o2 = o1 + outStride
+            var j = range.lowerBound
+            while j + 2 <= count {
+                let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                var a00 = SIMD8<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00
+                var c = 0
+                while c < D {
+                    let x0 = load8(k0, c), x1 = load8(k1, c)
+                    let y0 = load8(q0, c)
+                    multiplyAdd(&a00, y0, x0); multiplyAdd(&a01, y0, x1)
+                    let y1 = load8(q1, c)
+                    multiplyAdd(&a10, y1, x0); multiplyAdd(&a11, y1, x1)
+                    let y2 = load8(q2, c)
+                    multiplyAdd(&a20, y2, x0); multiplyAdd(&a21, y2, x1)
+                    c += 8
+                }
+                o0[j] = scale * a00.sum(); o0[j + 1] = scale * a01.sum()
+                o1[j] = scale * a10.sum(); o1[j + 1] = scale * a11.sum()
+                o2[j] = scale * a20.sum(); o2[j + 1] = scale * a21.sum()
+                j += 2
+            }
+            if j < count {
+                let k = keys + Int(indices[j]) * D
+                o0[j] = scale * dot(q0, k, D); o1[j] = scale * dot(q1, k, D); o2[j] = scale * dot(q2, k, D)
+            }
+            r += 3
+        }
+        // Fewer rows left: two keys at a time still share loads.
         while r < rows {
             let q = queries + r * D, o = out + r * outStride
             var j = range.lowerBound
