@@ -119,6 +119,20 @@ final class BlockKernelTests: XCTestCase {
             x.withUnsafeBufferPointer { all.offerAll($0.baseAddress!, n) }
             for (i, v) in x.enumerated() { each.offer(v, Int32(i)) }
             XCTAssertEqual(all.selected.sorted(), each.selected.sorted(), "n \(n) k \(k) levels \(levels)")
+            // A floor hint, right or wrong, only changes the work: hints far below, near and above
+            // the k-th value (the last ones fail the check and fall back to the selection).
+            let kth = x.sorted(by: >)[min(k, n) - 1]
+            for hint in [-Float.infinity, kth - 5, kth - 0.01, kth, kth.nextUp, kth + 3, .infinity] {
+                var hinted = TopKSelector(k: k)
+                var maxima = [Float](repeating: 0, count: n / 8 + 8)
+                x.withUnsafeBufferPointer { p in
+                    maxima.withUnsafeMutableBufferPointer { m in
+                        _ = Kernels.rowMax(p.baseAddress!, n, laneMaxima: m.baseAddress!)
+                        hinted.offerAll(p.baseAddress!, n, laneMaxima: m.baseAddress!, floorHint: hint)
+                    }
+                }
+                XCTAssertEqual(hinted.selected.sorted(), each.selected.sorted(), "n \(n) k \(k) levels \(levels) hint \(hint)")
+            }
         }
     }
 

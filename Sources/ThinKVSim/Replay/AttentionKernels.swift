@@ -147,12 +147,18 @@ public struct TopKSelector {
     /// at least the floor and nothing below it can be selected; skipping it leaves the same
     /// selection (ties included) and few heap updates. `laneMaxima`, when given, holds those
     /// maxima already and is reordered.
-    public mutating func offerAll(_ x: UnsafePointer<Float>, _ n: Int, laneMaxima: UnsafeMutablePointer<Float>? = nil) {
+    ///
+    /// `floorHint` (e.g. the k-th best of a similar row) replaces the selection when at least k
+    /// of the lane maxima reach it: then at least k values of the row do, and it is a floor too.
+    /// It changes how much work is skipped, never what is selected.
+    public mutating func offerAll(_ x: UnsafePointer<Float>, _ n: Int, laneMaxima: UnsafeMutablePointer<Float>? = nil,
+                                  floorHint: Float = -.infinity) {
         var floor = -Float.infinity
         let sets = n / 64 * 8
         if k > 0 && sets >= 2 * k {
             if let laneMaxima {
-                floor = TopKSelector.kthLargest(laneMaxima, sets, k).nextDown
+                floor = floorHint > -.infinity && TopKSelector.count(atLeast: floorHint, laneMaxima, sets) >= k
+                    ? floorHint.nextDown : TopKSelector.kthLargest(laneMaxima, sets, k).nextDown
             } else {
                 floor = withUnsafeTemporaryAllocation(of: Float.self, capacity: sets) { maxima in
                     _ = Kernels.rowMax(x, sets * 8, laneMaxima: maxima.baseAddress!)
@@ -186,6 +192,23 @@ public struct TopKSelector {
             }
             j += 1
         }
+    }
+
+    /// How many of a[0..<n] (n a multiple of 8) are ≥ t.
+    static func count(atLeast t: Float, _ a: UnsafePointer<Float>, _ n: Int) -> Int {
+        let threshold = SIMD8<Float>(repeating: t)
+        var counts = SIMD8<Int32>(repeating: 0)
+        var i = 0
+        while i + 8 <= n {
+            counts &-= unsafeBitCast(Kernels.load8(a, i) .>= threshold, to: SIMD8<Int32>.self)  // true lanes are -1
+            i += 8
+        }
+        var total = Int(counts.wrappedSum())
+        while i < n {
+            if a[i] >= t { total += 1 }
+            i += 1
+        }
+        return total
     }
 
     /// The k-th largest of a[0..<n] (1 ≤ k ≤ n; no NaN), reordering a: Hoare-partition

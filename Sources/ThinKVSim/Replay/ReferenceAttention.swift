@@ -125,7 +125,11 @@ struct ReferenceAttention {
         var outputBlock: [Float]
         var laneMaxima: [Float]  // maxima of a row's disjoint 8-value sets, for the top-k floor
         var top: TopKSelector
-        init(tokens: Int, k: Int, rows: Int, headDim: Int, stepBlock: Int) {
+        /// Per query head, how far below its maximum the last row this worker ranked had its k-th
+        /// largest logit (with 5 % to spare): the next step's row is similar, so its maximum
+        /// minus that gap is usually a floor for its top-k (checked before use).
+        var topKHints: [Float]
+        init(tokens: Int, k: Int, rows: Int, headDim: Int, stepBlock: Int, queryHeads: Int) {
             row = [Float](repeating: 0, count: tokens)
             average = [Float](repeating: 0, count: tokens * stepBlock)
             logits = [Float](repeating: 0, count: tokens * rows)
@@ -133,13 +137,15 @@ struct ReferenceAttention {
             outputBlock = [Float](repeating: 0, count: rows * headDim)
             laneMaxima = [Float](repeating: 0, count: tokens / 8 + 8)
             top = TopKSelector(k: k)
+            topKHints = [Float](repeating: .infinity, count: queryHeads)
         }
     }
 
     func makeScratch(k: Int, count: Int? = nil) -> [Scratch] {
         let rows = stepBlock * header.groupSize
         return (0..<(count ?? workers)).map { _ in
-            Scratch(tokens: header.numTokens, k: k, rows: rows, headDim: header.headDim, stepBlock: stepBlock)
+            Scratch(tokens: header.numTokens, k: k, rows: rows, headDim: header.headDim, stepBlock: stepBlock,
+                    queryHeads: header.numQHeads)
         }
     }
 
@@ -213,7 +219,8 @@ struct ReferenceAttention {
                         // ties), its floor from the lane maxima of the softmax's max pass.
                         let m = Kernels.rowMax(r, n, laneMaxima: LM.baseAddress!)
                         scratch.top.reset()
-                        scratch.top.offerAll(r, n, laneMaxima: LM.baseAddress!)
+                        scratch.top.offerAll(r, n, laneMaxima: LM.baseAddress!, floorHint: m - scratch.topKHints[h])
+                        scratch.topKHints[h] = scratch.top.count == k ? 1.05 * (m - scratch.top.admissionThreshold) : .infinity
                         let sum = Kernels.exponentiate(r, n, max: m)
                         Kernels.normalize(r, n, sum: sum, accumulatingInto: avg.baseAddress! + i * T)
                         chunk.logSumExp[idx] = m + logf(sum)
