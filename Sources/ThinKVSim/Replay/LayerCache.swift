@@ -137,21 +137,22 @@ public final class LayerCache {
     }
 
     public func setKeyBits(kvHead: Int, position: Int, _ bits: UInt8) {
-        let index = kvHead * numTokens + position
-        if held[index] && bits != keyBits[index] {
-            heldBits[kvHead] += Int(bits) - Int(keyBits[index])
-            rechargedPending[kvHead].append(Int32(position))
-        }
-        keyBits[index] = bits
+        charge(&keyBits, kvHead: kvHead, position: position, bits)
     }
 
     public func setValueBits(kvHead: Int, position: Int, _ bits: UInt8) {
+        charge(&valueBits, kvHead: kvHead, position: position, bits)
+    }
+
+    /// Sets one entry of `keyBits` or `valueBits`, keeping the held total and the paging model's
+    /// pending changes current.
+    private func charge(_ table: inout [UInt8], kvHead: Int, position: Int, _ bits: UInt8) {
         let index = kvHead * numTokens + position
-        if held[index] && bits != valueBits[index] {
-            heldBits[kvHead] += Int(bits) - Int(valueBits[index])
+        if held[index] && bits != table[index] {
+            heldBits[kvHead] += Int(bits) - Int(table[index])
             rechargedPending[kvHead].append(Int32(position))
         }
-        valueBits[index] = bits
+        table[index] = bits
     }
 
     /// Bytes of K and V this head holds: each token's D elements at its precision, plus metadata.
