@@ -33,12 +33,25 @@ final class BlockKernelTests: XCTestCase {
                                 }
                             }
                         }
-                        for r in 0..<rows {
-                            for j in 0..<count {
-                                let expected = scale * Kernels.dot(Q.baseAddress! + r * D, K.baseAddress! + j * D, D)
-                                XCTAssertEqual(out[r * T + j].bitPattern, expected.bitPattern, "rows \(rows) count \(count) r \(r) j \(j)")
-                            }
-                        }
+                    }
+                }
+                assertScoresMatchDot(out, stride: T, queries: queries, keys: keys, indices: identity, rows: rows, count: count,
+                                     headDim: D, scale: scale)
+            }
+        }
+    }
+
+    /// out[r·stride + j] has the bits of scale · dot(query r, key indices[j]).
+    private func assertScoresMatchDot(_ out: [Float], stride: Int, queries: [Float], keys: [Float], indices: [Int32],
+                                      rows: Int, count: Int, headDim D: Int, scale: Float,
+                                      file: StaticString = #filePath, line: UInt = #line) {
+        queries.withUnsafeBufferPointer { Q in
+            keys.withUnsafeBufferPointer { K in
+                for r in 0..<rows {
+                    for j in 0..<count {
+                        let expected = scale * Kernels.dot(Q.baseAddress! + r * D, K.baseAddress! + Int(indices[j]) * D, D)
+                        XCTAssertEqual(out[r * stride + j].bitPattern, expected.bitPattern, "rows \(rows) count \(count) r \(r) j \(j)",
+                                       file: file, line: line)
                     }
                 }
             }
@@ -63,14 +76,10 @@ final class BlockKernelTests: XCTestCase {
                                                indices: I.baseAddress!, count: count, scale: 0.25, out: O.baseAddress!, outStride: T)
                             }
                         }
-                        for r in 0..<rows {
-                            for j in 0..<count {
-                                let expected = 0.25 * Kernels.dot(Q.baseAddress! + r * D, K.baseAddress! + Int(indices[j]) * D, D)
-                                XCTAssertEqual(out[r * T + j].bitPattern, expected.bitPattern, "rows \(rows) count \(count) r \(r) j \(j)")
-                            }
-                        }
                     }
                 }
+                assertScoresMatchDot(out, stride: T, queries: queries, keys: keys, indices: indices, rows: rows, count: count,
+                                     headDim: D, scale: 0.25)
             }
         }
     }
