@@ -66,6 +66,10 @@ public final class LayerCache {
         heldBits = [Int](repeating: 0, count: numKVHeads)
     }
 
+    /// Key bits + value bits per element of a position in one head (what a block slot must hold).
+    @inline(__always)
+    func bitsPerElement(kvHead h: Int, position p: Int32) -> Int { bitsPerElement(h * numTokens + Int(p)) }
+
     @inline(__always)
     private func bitsPerElement(_ index: Int) -> Int { Int(keyBits[index]) + Int(valueBits[index]) }
 

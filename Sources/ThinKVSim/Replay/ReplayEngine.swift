@@ -369,7 +369,6 @@ final class PolicyLayerRun {
     /// new token, so CT can reuse a slot freed in the same step. Returns compaction bytes.
     private func updatePaging(newPosition: Int32?) -> Int {
         var moved = 0
-        let T = cache.numTokens
         for g in 0..<cache.numKVHeads {
             for p in cache.rechargedPending[g] { paging[g].recharged(position: p) }
             cache.rechargedPending[g].removeAll(keepingCapacity: true)
@@ -380,22 +379,19 @@ final class PolicyLayerRun {
                 removed.remove(at: i)  // evicted before it was ever placed
                 placeNew = false
             }
-            let base = g * T
             moved += paging[g].remove(removed, classOf: { self.cache.pagingClass[Int($0)] },
-                                      bits: { Int(self.cache.keyBits[base + Int($0)]) + Int(self.cache.valueBits[base + Int($0)]) })
+                                      bits: { self.cache.bitsPerElement(kvHead: g, position: $0) })
             if placeNew, let p = newPosition { paging[g].insert(position: p, tokenClass: cache.pagingClass[Int(p)]) }
         }
         return moved
     }
 
     private func pagingState() -> (blocks: Int, occupancy: Double, bytes: Int) {
-        let T = cache.numTokens
         var blocks = 0, live = 0, bytes = 0
         for g in 0..<cache.numKVHeads {
-            let base = g * T
             blocks += paging[g].blocks()
             live += paging[g].liveTokens
-            bytes += paging[g].pagedBytes { Int(self.cache.keyBits[base + Int($0)]) + Int(self.cache.valueBits[base + Int($0)]) }
+            bytes += paging[g].pagedBytes { self.cache.bitsPerElement(kvHead: g, position: $0) }
             // Metadata sits beside the blocks; with no pages (--paging none) nothing is paged.
             if paging[g].mode != .none { bytes += cache.metadataBytes[g] }
         }
