@@ -4,9 +4,13 @@
 # transformers; cached in .venv-recorder) and runs its tests.
 
 SWIFT     ?= swift
-# Fused multiply-add and AVX2 for the attention kernels when this CPU has them; the plain
-# build (no flags) runs anywhere x86-64 or arm64 does.
-ifneq ($(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && uname -m | grep -q x86_64 && echo yes),)
+# The attention kernels' instruction set, from what this CPU has: AVX-512 (16-lane kernels,
+# FMA), else AVX2 + FMA (8 lanes); the plain build (no flags) runs anywhere x86-64 or arm64
+# does. All three give the same bits, but for FMA's rounding: the plain build has none.
+HAS_CPU_FLAGS = $(shell uname -m | grep -q x86_64 && for f in $(1); do grep -qw $$f /proc/cpuinfo 2>/dev/null || exit 0; done && echo yes)
+ifneq ($(call HAS_CPU_FLAGS,avx512f avx512bw avx512dq avx512vl fma),)
+CPU_FLAGS ?= -Xswiftc -target-cpu -Xswiftc skylake-avx512 -Xswiftc -DTHINKV_FMA -Xswiftc -DTHINKV_AVX512
+else ifneq ($(call HAS_CPU_FLAGS,avx2 fma),)
 CPU_FLAGS ?= -Xswiftc -target-cpu -Xswiftc haswell -Xswiftc -DTHINKV_FMA
 endif
 SWIFTFLAGS ?= $(CPU_FLAGS)

@@ -6,7 +6,7 @@ public struct MachineInfo: Codable, Sendable {
     public var cpuModel: String
     public var cores: Int
     public var megahertz: Double
-    /// fp32 lanes per vector instruction the kernels use (8: 256-bit SIMD8<Float>).
+    /// fp32 lanes per vector instruction the kernels use (16 in AVX-512 builds, else 8).
     public var lanes: Int
     /// Fused multiply-add pipes per core assumed (2 on current x86 server cores).
     public var fmaPipes: Int
@@ -31,13 +31,19 @@ public struct MachineInfo: Codable, Sendable {
         #else
         let fused = false
         #endif
+        #if THINKV_AVX512
+        let lanes = 16
+        #else
+        let lanes = 8
+        #endif
         return MachineInfo(cpuModel: field("model name") ?? "unknown", cores: ProcessInfo.processInfo.activeProcessorCount,
-                           megahertz: Double(field("cpu MHz") ?? "") ?? 0, lanes: 8, fmaPipes: 2,
+                           megahertz: Double(field("cpu MHz") ?? "") ?? 0, lanes: lanes, fmaPipes: 2,
                            fusedMultiplyAdd: fused, cpuFlags: vectorFlags)
     }
 
     public var description: String {
-        let build = fusedMultiplyAdd ? "AVX2+FMA build (8-lane fp32 FMA)" : "portable build (8-lane multiply then add, no FMA)"
+        let build = !fusedMultiplyAdd ? "portable build (8-lane multiply then add, no FMA)"
+            : lanes == 16 ? "AVX-512 build (16-lane fp32 FMA)" : "AVX2+FMA build (8-lane fp32 FMA)"
         return String(format: "%@, %d cores at %.0f MHz, CPU flags %@; %@; assumed fp32 peak %.1f GFLOP/s = %d cores × %.3f GHz × %d pipes × %d lanes × %d",
                       cpuModel, cores, megahertz, cpuFlags.joined(separator: "/"), build, peakGFLOPS, cores, megahertz / 1000,
                       fmaPipes, lanes, fusedMultiplyAdd ? 2 : 1)

@@ -28,16 +28,17 @@ extension Kernels {
         }
     }
 
-    /// Keys of one kv head repacked in panels of 8 positions: element d of key 8p + i is at
-    /// `(p·D + d)·8 + i`, so one vector load gives dimension d of 8 consecutive keys. Only whole
-    /// panels are packed (`count / 8` of them).
+    /// Keys of one kv head repacked in panels of W = `panelWidth` positions: element d of key
+    /// W·p + i is at `(p·D + d)·W + i`, so one vector load gives dimension d of W consecutive
+    /// keys. Only whole panels are packed (`count / W` of them).
     public static func packKeyPanels(keys: UnsafePointer<Float>, count: Int, headDim D: Int,
                                      into panels: UnsafeMutablePointer<Float>) {
-        for p in 0..<(count / 8) {
-            let dst = panels + p * D * 8
-            for i in 0..<8 {
-                let k = keys + (8 * p + i) * D
-                for d in 0..<D { dst[d * 8 + i] = k[d] }
+        let W = panelWidth
+        for p in 0..<(count / W) {
+            let dst = panels + p * D * W
+            for i in 0..<W {
+                let k = keys + (W * p + i) * D
+                for d in 0..<D { dst[d * W + i] = k[d] }
             }
         }
     }
@@ -53,11 +54,31 @@ extension Kernels {
     public static func scoresPanels(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
                                     panels: UnsafePointer<Float>, keys: UnsafePointer<Float>,
                                     identity: UnsafePointer<Int32>, count: Int, scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
-        let paired = D % 8 == 0 ? count / 16 * 16 : 0
+        let paired = D % 8 == 0 ? count / (2 * panelWidth) * (2 * panelWidth) : 0
         var blockStart = 0
         while blockStart < paired {
             let blockEnd = min(paired, blockStart + panelBlock)
             var r = 0
+            #if THINKV_AVX512
+            while r + 7 <= rows {
+                for j in stride(from: blockStart, to: blockEnd, by: 32) {
+                    scoresTile7x32(queries + r * D, D: D, panel: panels + j * D, scale: scale, out + r * outStride + j, outStride)
+                }
+                r += 7
+            }
+            while r + 4 <= rows {
+                for j in stride(from: blockStart, to: blockEnd, by: 32) {
+                    scoresTile4x32(queries + r * D, D: D, panel: panels + j * D, scale: scale, out + r * outStride + j, outStride)
+                }
+                r += 4
+            }
+            while r < rows {
+                for j in stride(from: blockStart, to: blockEnd, by: 32) {
+                    scoresTile1x32(queries + r * D, D: D, panel: panels + j * D, scale: scale, out + r * outStride + j)
+                }
+                r += 1
+            }
+            #else
             while r + 4 <= rows {
                 let q0 = queries + r * D, o0 = out + r * outStride
                 var j = blockStart
@@ -88,6 +109,7 @@ extension Kernels {
                 }
                 r += 1
             }
+            #endif
             blockStart = blockEnd
         }
         if paired < count {
@@ -258,6 +280,12 @@ extension Kernels {
         var blockStart = 0
         while blockStart < count {
             let blockEnd = min(count, blockStart + positionBlock)
+            #if THINKV_AVX512
+            weightedSumBlock16(probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
+                               range: blockStart..<blockEnd, headDim: D, out: out)
+            blockStart = blockEnd
+            continue
+            #endif
             weightedSumBlock(probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
                              range: blockStart..<blockEnd, headDim: D, out: out)
             blockStart = blockEnd
