@@ -83,6 +83,49 @@ final class RKVPolicyTests: XCTestCase {
         XCTAssertNotEqual(reordered[3], red[0], accuracy: 1e-3, "k0's redundancy depends on which key sits in slot 0")
     }
 
+    /// The blocked pair loop (4 rows, one or two partners at a time, sums kept per block) against
+    /// the definition written out on the full L × L matrix: near-duplicate keys make the
+    /// threshold bite, odd L and D leave partial blocks and dimension tails.
+    func testRedundancyMatchesTheFullMatrixDefinition() {
+        var rng = SplitMix64(seed: 5)
+        for (L, D) in [(37, 20), (64, 64), (9, 8)] {
+            let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: D,
+                                     promptLength: L, numTokens: L)
+            let rule = WindowScoringRule(softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: 7,
+                                         groupReduce: .maxLogits, redundancy: .init(lambda: 0.1, threshold: 0.5))
+            let scorer = WindowScorer(rule: rule, header: header)
+            var keys = (0..<(L * D)).map { _ in rng.nextUniform() * 2 - 1 }
+            for i in stride(from: 3, to: L, by: 5) {  // near-copies of an earlier key
+                for d in 0..<D { keys[i * D + d] = keys[(i / 2) * D + d] + 0.05 * (rng.nextUniform() - 0.5) }
+            }
+            let slots = (0..<L).map { Int32(($0 * 7) % L) }
+            let got = keys.withUnsafeBufferPointer { scorer.redundancy(slots: slots, keys: $0.baseAddress!, threshold: 0.5) }
+
+            let unit = slots.map { p -> [Double] in
+                let k = (0..<D).map { Double(keys[Int(p) * D + $0]) }
+                let norm = k.reduce(0) { $0 + $1 * $1 }.squareRoot()
+                return k.map { $0 / (norm + 1e-8) }
+            }
+            var S = (0..<L).map { i in (0..<L).map { j in i == j ? 0 : zip(unit[i], unit[j]).reduce(0) { $0 + $1.0 * $1.1 } } }
+            var similarRows = 0
+            for i in 0..<L {
+                if let last = (0..<L).last(where: { S[i][$0] > 0.5 }) {
+                    S[i][last] = 0
+                    similarRows += 1
+                } else {
+                    S[i][0] = 0
+                }
+            }
+            let means = (0..<L).map { j in (0..<L).reduce(0.0) { $0 + S[$1][j] } / Double(L) }
+            let top = means.max()!
+            let exps = means.map { Foundation.exp($0 - top) }
+            let total = exps.reduce(0, +)
+            XCTAssertGreaterThan(similarRows, 0, "L \(L): the near-copies should pass the threshold")
+            XCTAssertEqual(got.count, L)
+            for j in 0..<L { XCTAssertEqual(got[j], exps[j] / total, accuracy: 1e-12, "L \(L) D \(D) slot \(j)") }
+        }
+    }
+
     /// GQA, Hq = 2, Hkv = 1, λ = 1 (importance only), kernel 1 (no pooling), B = 3, w = 1,
     /// divide = 3, P = 1. Keys kA (6,−6), kB (3,3), kC (2,2) at pos 0-2; pos 3 (the window, step 2,
     /// the first multiple of 3) has key (0,0)

@@ -313,9 +313,8 @@ final class WindowScorer {
                                 let rows = Swift.min(4, L - i0)
                                 var own = SIMD4<Double>(repeating: 0)
                                 for r in 0..<rows { own[r] = sums[i0 + r] }
-                                for j in (i0 + 1)..<L {
-                                    let live = Swift.min(rows, j - i0)  // rows i < j of this block
-                                    let pair = dotRows(base + i0 * D, rows: live, base + j * D, D)
+                                // Partner j's similarities to the block's rows i < j, in row order.
+                                func take(_ j: Int, _ pair: SIMD4<Double>, live: Int) {
                                     let inBlock = j < i0 + rows
                                     var partnerSum = inBlock ? own[j - i0] : sums[j]
                                     for r in 0..<live {
@@ -330,6 +329,22 @@ final class WindowScorer {
                                         if i == 0 { first[j] = s }
                                     }
                                     if inBlock { own[j - i0] = partnerSum } else { sums[j] = partnerSum }
+                                }
+                                var j = i0 + 1
+                                while j < L {
+                                    #if THINKV_AVX512
+                                    // Two partners past the block at once: eight FMA chains.
+                                    if rows == 4 && j >= i0 + 4 && j + 1 < L {
+                                        let (toJ, toNext) = dotRows4x2(base + i0 * D, base + j * D, base + (j + 1) * D, D)
+                                        take(j, toJ, live: 4)
+                                        take(j + 1, toNext, live: 4)
+                                        j += 2
+                                        continue
+                                    }
+                                    #endif
+                                    let live = Swift.min(rows, j - i0)  // rows i < j of this block
+                                    take(j, dotRows(base + i0 * D, rows: live, base + j * D, D), live: live)
+                                    j += 1
                                 }
                                 for r in 0..<rows { sums[i0 + r] = own[r] }
                             }
@@ -353,6 +368,15 @@ final class WindowScorer {
 
 @inline(__always)
 private func multiplyAdd(_ acc: inout SIMD4<Double>, _ a: SIMD4<Double>, _ b: SIMD4<Double>) {
+    #if THINKV_FMA
+    acc.addProduct(a, b)
+    #else
+    acc = acc + a * b
+    #endif
+}
+
+@inline(__always)
+private func multiplyAdd(_ acc: inout SIMD8<Double>, _ a: SIMD8<Double>, _ b: SIMD8<Double>) {
     #if THINKV_FMA
     acc.addProduct(a, b)
     #else
@@ -419,6 +443,42 @@ func dotRows(_ a: UnsafePointer<Double>, rows: Int, _ b: UnsafePointer<Double>, 
     }
     return SIMD4(s0, s1, s2, s3)
 }
+
+#if THINKV_AVX512
+/// `dotRows` of 4 rows against two partners b and c. Lanes 0–3 of each 8-lane accumulator are
+/// `dotDouble`'s first partial sum and lanes 4–7 its second, added as it adds them.
+@inline(__always)
+func dotRows4x2(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ c: UnsafePointer<Double>,
+                _ n: Int) -> (SIMD4<Double>, SIMD4<Double>) {
+    @inline(__always) func load(_ p: UnsafePointer<Double>, _ i: Int) -> SIMD8<Double> {
+        UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Double>.self)
+    }
+    @inline(__always) func total(_ x: SIMD8<Double>) -> Double { (x.lowHalf + x.highHalf).sum() }
+    let zero = SIMD8<Double>(repeating: 0)
+    var a0 = zero, a1 = zero, b0 = zero, b1 = zero, c0 = zero, c1 = zero, d0 = zero, d1 = zero
+    let r0 = a, r1 = a + n, r2 = a + 2 * n, r3 = a + 3 * n
+    var i = 0
+    while i + 8 <= n {
+        let x = load(b, i), y = load(c, i)
+        let u0 = load(r0, i), u1 = load(r1, i), u2 = load(r2, i), u3 = load(r3, i)
+        multiplyAdd(&a0, u0, x); multiplyAdd(&a1, u0, y)
+        multiplyAdd(&b0, u1, x); multiplyAdd(&b1, u1, y)
+        multiplyAdd(&c0, u2, x); multiplyAdd(&c1, u2, y)
+        multiplyAdd(&d0, u3, x); multiplyAdd(&d1, u3, y)
+        i += 8
+    }
+    var s = SIMD4(total(a0), total(b0), total(c0), total(d0))
+    var t = SIMD4(total(a1), total(b1), total(c1), total(d1))
+    while i < n {
+        for r in 0..<4 {
+            s[r] += a[r * n + i] * b[i]
+            t[r] += a[r * n + i] * c[i]
+        }
+        i += 1
+    }
+    return (s, t)
+}
+#endif
 
 /// Replaces x[0..<n] by its softmax, in double precision.
 @inline(__always)

@@ -18,6 +18,11 @@ extension Kernels {
             }
             return
         }
+        #if THINKV_AVX512
+        scoresRowPairs(queries: queries, rows: rows, headDim: D, keys: keys, indices: indices, count: count,
+                       scale: scale, out: out, outStride: outStride)
+        return
+        #endif
         // Positions in blocks that stay in L2 while every row passes over them.
         var blockStart = 0
         while blockStart < count {

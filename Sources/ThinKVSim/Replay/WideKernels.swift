@@ -122,6 +122,127 @@ extension Kernels {
         }
     }
 
+    /// `scores` over gathered keys with two query rows per vector: lanes 0–7 hold `dot`'s
+    /// accumulator for row 2p, lanes 8–15 for row 2p + 1, each key's 8 dimensions repeated in
+    /// both halves; the halves are summed as `SIMD8.sum()` sums `dot`'s accumulator. Tiles of 4
+    /// row pairs × 4 keys: 16 FMA chains, 8 loads each step.
+    static func scoresRowPairs(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
+                               keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
+                               scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
+        let pairs = (rows + 1) / 2
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: pairs * 2 * D) { buffer in
+            // Interleaved queries: chunk c of pair p at (p·D/8 + c)·16, row 2p then row 2p + 1
+            // (zeros for a missing last row).
+            let inter = buffer.baseAddress!
+            for p in 0..<pairs {
+                for c in 0..<(D / 8) {
+                    let dst = inter + (p * D / 8 + c) * 16
+                    let a = queries + 2 * p * D + 8 * c
+                    for i in 0..<8 { dst[i] = a[i] }
+                    for i in 0..<8 { dst[8 + i] = 2 * p + 1 < rows ? a[D + i] : 0 }
+                }
+            }
+            var p0 = 0
+            while p0 < pairs {
+                // 4 pairs (8 rows) at a time while there are, then single pairs.
+                let group = pairs - p0 >= 4 ? 4 : 1
+                let y = inter + p0 * 2 * D
+                var j = 0
+                while j + 4 <= count {
+                    let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                    let k2 = keys + Int(indices[j + 2]) * D, k3 = keys + Int(indices[j + 3]) * D
+                    @inline(__always) func put(_ pair: Int, _ a: FourAccumulators) {
+                        let r = 2 * (p0 + pair)
+                        let sums = scale * laneSums(a.0.lowHalf, a.1.lowHalf, a.2.lowHalf, a.3.lowHalf,
+                                                    a.0.highHalf, a.1.highHalf, a.2.highHalf, a.3.highHalf)
+                        let o = out + r * outStride + j
+                        UnsafeMutableRawPointer(o).storeBytes(of: sums.lowHalf, as: SIMD4<Float>.self)
+                        if r + 1 < rows {
+                            UnsafeMutableRawPointer(o + outStride).storeBytes(of: sums.highHalf, as: SIMD4<Float>.self)
+                        }
+                    }
+                    if group == 4 {
+                        let acc = rowPairTile4x4(y, D: D, k0, k1, k2, k3)
+                        put(0, acc.0); put(1, acc.1); put(2, acc.2); put(3, acc.3)
+                    } else {
+                        put(0, rowPairTile1x4(y, D: D, k0, k1, k2, k3))
+                    }
+                    j += 4
+                }
+                // The last keys (fewer than 4): plain dot products.
+                while j < count {
+                    let k = keys + Int(indices[j]) * D
+                    for r in (2 * p0)..<min(rows, 2 * (p0 + group)) { out[r * outStride + j] = scale * dot(queries + r * D, k, D) }
+                    j += 1
+                }
+                p0 += group
+            }
+        }
+    }
+
+    typealias FourAccumulators = (SIMD16<Float>, SIMD16<Float>, SIMD16<Float>, SIMD16<Float>)
+
+    /// 4 interleaved row pairs (`y`, pair p at p·2D) × keys k0...k3 of `scoresRowPairs`.
+    @inline(__always)
+    private static func rowPairTile4x4(_ y: UnsafePointer<Float>, D: Int, _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>,
+                                       _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>)
+        -> (FourAccumulators, FourAccumulators, FourAccumulators, FourAccumulators) {
+        let zero = SIMD16<Float>(repeating: 0)
+        var a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero
+        var c0 = zero, c1 = zero, c2 = zero, c3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero
+        let y1 = y + 2 * D, y2 = y + 4 * D, y3 = y + 6 * D
+        var c = 0
+        while c < D {
+            let x0 = SIMD16(lowHalf: load8(k0, c), highHalf: load8(k0, c))
+            let x1 = SIMD16(lowHalf: load8(k1, c), highHalf: load8(k1, c))
+            let x2 = SIMD16(lowHalf: load8(k2, c), highHalf: load8(k2, c))
+            let x3 = SIMD16(lowHalf: load8(k3, c), highHalf: load8(k3, c))
+            let q0 = load16(y, 2 &* c)
+            multiplyAdd(&a0, q0, x0); multiplyAdd(&a1, q0, x1); multiplyAdd(&a2, q0, x2); multiplyAdd(&a3, q0, x3)
+            let q1 = load16(y1, 2 &* c)
+            multiplyAdd(&b0, q1, x0); multiplyAdd(&b1, q1, x1); multiplyAdd(&b2, q1, x2); multiplyAdd(&b3, q1, x3)
+            let q2 = load16(y2, 2 &* c)
+            multiplyAdd(&c0, q2, x0); multiplyAdd(&c1, q2, x1); multiplyAdd(&c2, q2, x2); multiplyAdd(&c3, q2, x3)
+            let q3 = load16(y3, 2 &* c)
+            multiplyAdd(&d0, q3, x0); multiplyAdd(&d1, q3, x1); multiplyAdd(&d2, q3, x2); multiplyAdd(&d3, q3, x3)
+            c &+= 8
+        }
+        return ((a0, a1, a2, a3), (b0, b1, b2, b3), (c0, c1, c2, c3), (d0, d1, d2, d3))
+    }
+
+    /// 1 interleaved row pair × keys k0...k3 of `scoresRowPairs`.
+    @inline(__always)
+    private static func rowPairTile1x4(_ y: UnsafePointer<Float>, D: Int, _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>,
+                                       _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>) -> FourAccumulators {
+        let zero = SIMD16<Float>(repeating: 0)
+        var a0 = zero, a1 = zero, a2 = zero, a3 = zero
+        var c = 0
+        while c < D {
+            let q = load16(y, 2 &* c)
+            multiplyAdd(&a0, q, SIMD16(lowHalf: load8(k0, c), highHalf: load8(k0, c)))
+            multiplyAdd(&a1, q, SIMD16(lowHalf: load8(k1, c), highHalf: load8(k1, c)))
+            multiplyAdd(&a2, q, SIMD16(lowHalf: load8(k2, c), highHalf: load8(k2, c)))
+            multiplyAdd(&a3, q, SIMD16(lowHalf: load8(k3, c), highHalf: load8(k3, c)))
+            c &+= 8
+        }
+        return (a0, a1, a2, a3)
+    }
+
+    /// Lane i of the result is `h_i.sum()`, bit for bit (`SIMD8.sum()` adds lanes 0...7 in
+    /// order onto −0, and −0 + x = x): the 8 × 8 lanes are transposed by three even/odd unzips,
+    /// then the transposed rows are added in lane order, eight sums at once.
+    @inline(__always)
+    static func laneSums(_ h0: SIMD8<Float>, _ h1: SIMD8<Float>, _ h2: SIMD8<Float>, _ h3: SIMD8<Float>,
+                         _ h4: SIMD8<Float>, _ h5: SIMD8<Float>, _ h6: SIMD8<Float>, _ h7: SIMD8<Float>) -> SIMD8<Float> {
+        var v = (h0, h1, h2, h3, h4, h5, h6, h7)
+        for _ in 0..<3 {
+            let a = SIMD16(lowHalf: v.0, highHalf: v.1), b = SIMD16(lowHalf: v.2, highHalf: v.3)
+            let c = SIMD16(lowHalf: v.4, highHalf: v.5), d = SIMD16(lowHalf: v.6, highHalf: v.7)
+            v = (a.evenHalf, b.evenHalf, c.evenHalf, d.evenHalf, a.oddHalf, b.oddHalf, c.oddHalf, d.oddHalf)
+        }
+        return ((((((v.0 + v.1) + v.2) + v.3) + v.4) + v.5) + v.6) + v.7
+    }
+
     /// 7 query rows × 32 keys (two 16-key panels) of `scoresPanels`, lane class by lane class
     /// as the 8-key tile: lane i of each accumulator is lane class l of one key's `dot`.
     @inline(__always)
