@@ -21,8 +21,7 @@ extension Kernels {
         #if THINKV_AVX512
         scoresRowPairs(queries: queries, rows: rows, headDim: D, keys: keys, indices: indices, count: count,
                        scale: scale, out: out, outStride: outStride)
-        return
-        #endif
+        #else
         // Positions in blocks that stay in L2 while every row passes over them.
         var blockStart = 0
         while blockStart < count {
@@ -31,6 +30,7 @@ extension Kernels {
                         range: blockStart..<blockEnd, scale: scale, out: out, outStride: outStride)
             blockStart = blockEnd
         }
+        #endif
     }
 
     /// Keys of one kv head repacked in panels of W = `panelWidth` positions: element d of key
@@ -288,11 +288,10 @@ extension Kernels {
             #if THINKV_AVX512
             weightedSumBlock16(probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
                                range: blockStart..<blockEnd, headDim: D, out: out)
-            blockStart = blockEnd
-            continue
-            #endif
+            #else
             weightedSumBlock(probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
                              range: blockStart..<blockEnd, headDim: D, out: out)
+            #endif
             blockStart = blockEnd
         }
     }
