@@ -246,14 +246,24 @@ public final class ReplayEngine {
             }
         }
         let perPair = Double(((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim * header.numQHeads)
+        func decodeRows(ofChunk c: Int) -> Range<Int> {
+            let first = c * configuration.chunkSteps
+            return (P + first)..<(P + first + min(configuration.chunkSteps, total - first))
+        }
+        // The queries of chunk c + 2 are read by one more task while chunk c is replayed, so
+        // the serial section between chunks does not wait for the file.
+        var prefetched = [Float](), prefetchedChunk = -1
         func load(_ c: Int) throws -> ReferenceChunk? {
             guard c < chunkCount else { return nil }
             let chunk = chunks[c % 2]
             let first = c * configuration.chunkSteps, steps = min(configuration.chunkSteps, total - first)
             let readStart = ReplayEngine.now()
             chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues, tokens: header.numTokens)
-            if info.hasQueriesAndKeys {
-                try readQueries((P + first)..<(P + first + steps), into: &chunk.queries)
+            if info.hasQueriesAndKeys && prefetchedChunk == c {
+                swap(&chunk.queries, &prefetched)
+                prefetchedChunk = -1
+            } else if info.hasQueriesAndKeys {
+                try readQueries(decodeRows(ofChunk: c), into: &chunk.queries)
             } else {
                 try reader.readRows(.attn, layer: info.index, rows: first..<(first + steps), into: &chunk.attentionRows)
             }
@@ -272,11 +282,27 @@ public final class ReplayEngine {
             let chunk = chunks[c % 2]
             let next = try load(c + 1)
             let first = chunk.firstStep, steps = chunk.stepCount
-            let tasks = runs.count + (next == nil ? 0 : referenceParts)
+            let prefetch = info.hasQueriesAndKeys && c + 2 < chunkCount ? c + 2 : nil
+            var prefetchSeconds = 0.0
+            var prefetchError: Error?
+            let reads = prefetch == nil ? 0 : 1  // task 0, so the file is read early in the phase
+            let tasks = reads + runs.count + (next == nil ? 0 : referenceParts)
             busy.withUnsafeMutableBufferPointer { buffer in
                 let seconds = buffer.baseAddress!  // one slot per task: no two threads share one
-                let task = { (i: Int) in
+                let task = { (t: Int) in
                     let start = ReplayEngine.now()
+                    let i = t - reads
+                    if let chunkToRead = prefetch, t == 0 {
+                        // The only task touching the file and `prefetched` in this phase.
+                        do {
+                            try readQueries(decodeRows(ofChunk: chunkToRead), into: &prefetched)
+                            prefetchedChunk = chunkToRead
+                        } catch {
+                            prefetchError = error
+                        }
+                        prefetchSeconds = ReplayEngine.now() - start
+                        return
+                    }
                     if i < runs.count {
                         runs[i].advance(through: chunk)
                     } else {
@@ -290,6 +316,8 @@ public final class ReplayEngine {
                     DispatchQueue.concurrentPerform(iterations: tasks, execute: task)
                 }
             }
+            if let prefetchError { throw prefetchError }
+            timing.readSeconds += prefetchSeconds
             for run in runs { timing.policyFLOPs += run.takeFLOPs() }
             if let sink = keptSink {
                 for run in runs { sink.record(run.takeEvents()) }
