@@ -126,6 +126,10 @@ final class WindowScorer {
     private var similarityToFirst: [Double] = []
     private var redundancyScores: [Double] = []
 
+    /// Partner keys per tile of the redundancy's pair loop (a multiple of its 4-row blocks):
+    /// 256 KiB of float64 keys at D = 128.
+    static let partnerTile = 256
+
     init(rule: WindowScoringRule, header: TraceHeader) {
         self.rule = rule
         groupSize = header.groupSize
@@ -309,7 +313,14 @@ final class WindowScorer {
                             // column sums stay in `own` while it runs: each sum still receives
                             // the same additions in the same order (pair by pair: row, then
                             // partner), so the bits are those of adding into `sums` directly.
-                            for i0 in stride(from: 0, to: L, by: 4) {
+                            //
+                            // Partners come in tiles that stay in L2 while every row block before
+                            // the tile's end passes over them (all L keys are more than L2 holds).
+                            // Blocks ascend within a tile and tiles ascend, so every sum still
+                            // receives its additions in the same order.
+                            for tile in stride(from: 0, to: L, by: WindowScorer.partnerTile) {
+                            let tileEnd = Swift.min(L, tile + WindowScorer.partnerTile)
+                            for i0 in stride(from: 0, to: tileEnd - 1, by: 4) {
                                 let rows = Swift.min(4, L - i0)
                                 var own = SIMD4<Double>(repeating: 0)
                                 for r in 0..<rows { own[r] = sums[i0 + r] }
@@ -330,15 +341,17 @@ final class WindowScorer {
                                     }
                                     if inBlock { own[j - i0] = partnerSum } else { sums[j] = partnerSum }
                                 }
-                                var j = i0 + 1
-                                while j < L {
+                                var j = Swift.max(i0 + 1, tile)
+                                while j < tileEnd {
                                     #if THINKV_AVX512
-                                    // Two partners past the block at once: eight FMA chains.
-                                    if rows == 4 && j >= i0 + 4 && j + 1 < L {
-                                        let (toJ, toNext) = dotRows4x2(base + i0 * D, base + j * D, base + (j + 1) * D, D)
-                                        take(j, toJ, live: 4)
-                                        take(j + 1, toNext, live: 4)
-                                        j += 2
+                                    // Four partners past the block at once: sixteen FMA chains.
+                                    if rows == 4 && j >= i0 + 4 && j + 3 < tileEnd {
+                                        let dots = dotRows4x4(base + i0 * D, base + j * D, D)
+                                        take(j, dots.0, live: 4)
+                                        take(j + 1, dots.1, live: 4)
+                                        take(j + 2, dots.2, live: 4)
+                                        take(j + 3, dots.3, live: 4)
+                                        j += 4
                                         continue
                                     }
                                     #endif
@@ -347,6 +360,7 @@ final class WindowScorer {
                                     j += 1
                                 }
                                 for r in 0..<rows { sums[i0 + r] = own[r] }
+                            }
                             }
                         }
                     }
@@ -445,38 +459,45 @@ func dotRows(_ a: UnsafePointer<Double>, rows: Int, _ b: UnsafePointer<Double>, 
 }
 
 #if THINKV_AVX512
-/// `dotRows` of 4 rows against two partners b and c. Lanes 0–3 of each 8-lane accumulator are
-/// `dotDouble`'s first partial sum and lanes 4–7 its second, added as it adds them.
+/// `dotRows` of 4 rows against the 4 consecutive partners at b (n apart). Lanes 0–3 of each
+/// 8-lane accumulator are `dotDouble`'s first partial sum and lanes 4–7 its second, added as it
+/// adds them.
 @inline(__always)
-func dotRows4x2(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ c: UnsafePointer<Double>,
-                _ n: Int) -> (SIMD4<Double>, SIMD4<Double>) {
+func dotRows4x4(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int)
+    -> (SIMD4<Double>, SIMD4<Double>, SIMD4<Double>, SIMD4<Double>) {
     @inline(__always) func load(_ p: UnsafePointer<Double>, _ i: Int) -> SIMD8<Double> {
         UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Double>.self)
     }
     @inline(__always) func total(_ x: SIMD8<Double>) -> Double { (x.lowHalf + x.highHalf).sum() }
     let zero = SIMD8<Double>(repeating: 0)
-    var a0 = zero, a1 = zero, b0 = zero, b1 = zero, c0 = zero, c1 = zero, d0 = zero, d1 = zero
-    let r0 = a, r1 = a + n, r2 = a + 2 * n, r3 = a + 3 * n
+    var a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero
+    var c0 = zero, c1 = zero, c2 = zero, c3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero
     var i = 0
     while i + 8 <= n {
-        let x = load(b, i), y = load(c, i)
-        let u0 = load(r0, i), u1 = load(r1, i), u2 = load(r2, i), u3 = load(r3, i)
-        multiplyAdd(&a0, u0, x); multiplyAdd(&a1, u0, y)
-        multiplyAdd(&b0, u1, x); multiplyAdd(&b1, u1, y)
-        multiplyAdd(&c0, u2, x); multiplyAdd(&c1, u2, y)
-        multiplyAdd(&d0, u3, x); multiplyAdd(&d1, u3, y)
-        i += 8
+        let x0 = load(b, i), x1 = load(b, n &+ i), x2 = load(b, 2 &* n &+ i), x3 = load(b, 3 &* n &+ i)
+        let u0 = load(a, i)
+        multiplyAdd(&a0, u0, x0); multiplyAdd(&a1, u0, x1); multiplyAdd(&a2, u0, x2); multiplyAdd(&a3, u0, x3)
+        let u1 = load(a, n &+ i)
+        multiplyAdd(&b0, u1, x0); multiplyAdd(&b1, u1, x1); multiplyAdd(&b2, u1, x2); multiplyAdd(&b3, u1, x3)
+        let u2 = load(a, 2 &* n &+ i)
+        multiplyAdd(&c0, u2, x0); multiplyAdd(&c1, u2, x1); multiplyAdd(&c2, u2, x2); multiplyAdd(&c3, u2, x3)
+        let u3 = load(a, 3 &* n &+ i)
+        multiplyAdd(&d0, u3, x0); multiplyAdd(&d1, u3, x1); multiplyAdd(&d2, u3, x2); multiplyAdd(&d3, u3, x3)
+        i &+= 8
     }
-    var s = SIMD4(total(a0), total(b0), total(c0), total(d0))
-    var t = SIMD4(total(a1), total(b1), total(c1), total(d1))
+    var s0 = SIMD4(total(a0), total(b0), total(c0), total(d0)), s1 = SIMD4(total(a1), total(b1), total(c1), total(d1))
+    var s2 = SIMD4(total(a2), total(b2), total(c2), total(d2)), s3 = SIMD4(total(a3), total(b3), total(c3), total(d3))
     while i < n {
         for r in 0..<4 {
-            s[r] += a[r * n + i] * b[i]
-            t[r] += a[r * n + i] * c[i]
+            let x = a[r * n + i]
+            s0[r] += x * b[i]
+            s1[r] += x * b[n + i]
+            s2[r] += x * b[2 * n + i]
+            s3[r] += x * b[3 * n + i]
         }
         i += 1
     }
-    return (s, t)
+    return (s0, s1, s2, s3)
 }
 #endif
 
