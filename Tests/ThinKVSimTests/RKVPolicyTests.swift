@@ -83,12 +83,14 @@ final class RKVPolicyTests: XCTestCase {
         XCTAssertNotEqual(reordered[3], red[0], accuracy: 1e-3, "k0's redundancy depends on which key sits in slot 0")
     }
 
-    /// The blocked pair loop (4 rows, one or two partners at a time, sums kept per block) against
-    /// the definition written out on the full L × L matrix: near-duplicate keys make the
-    /// threshold bite, odd L and D leave partial blocks and dimension tails.
+    /// The blocked pair loop (4 rows, one or four partners at a time, sums kept per block,
+    /// partners in tiles of 256) against the definition written out on the full L × L matrix:
+    /// near-duplicate keys make the threshold bite, odd L and D leave partial blocks and
+    /// dimension tails, L = 270 spans two partner tiles.
     func testRedundancyMatchesTheFullMatrixDefinition() {
         var rng = SplitMix64(seed: 5)
-        for (L, D) in [(37, 20), (64, 64), (9, 8)] {
+        XCTAssertLessThan(WindowScorer.partnerTile, 270)
+        for (L, D) in [(37, 20), (64, 64), (9, 8), (270, 12)] {
             let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: D,
                                      promptLength: L, numTokens: L)
             let rule = WindowScoringRule(softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: 7,
