@@ -85,6 +85,27 @@ final class EvictAllButFirst: CachePolicy {
     }
 }
 
+/// Evicts positions p ≡ 1 (mod 3) before attention until decode step `readmit`, then brings
+/// them back (as a policy that offloads and recalls tokens would) and evicts p ≡ 2 from then on.
+/// The step's own position is always kept.
+final class EvictThenReadmit: CachePolicy {
+    static let name = "test-evict-readmit"
+    static let summary = "test only: evicts one residue, readmits it, evicts another"
+    static let parameters: [PolicyParameter] = [.integer("readmit", default: 20, min: 0, help: "decode step of the readmission")]
+    let readmit: Int
+    init(parameters: PolicyParameters, setup: PolicySetup) throws { readmit = parameters.int("readmit")! }
+
+    static func residue(atStep step: Int, readmit: Int) -> Int { step < readmit ? 1 : 2 }
+
+    func beforeAttention(_ context: StepContext, cache: LayerCache) {
+        if context.step == readmit {
+            for p in stride(from: 1, to: context.position, by: 3) { cache.append(position: p) }
+        }
+        let residue = EvictThenReadmit.residue(atStep: context.step, readmit: readmit)
+        for g in 0..<cache.numKVHeads { cache.removeAll(kvHead: g) { Int($0) != context.position && Int($0) % 3 == residue } }
+    }
+}
+
 // MARK: Tests
 
 /// The definitions of docs/metrics.md, checked on hand-computed examples and against an
@@ -307,6 +328,44 @@ final class MetricIdentityTests: XCTestCase {
         XCTAssertEqual(summary.mean, allRecalls.reduce(0, +) / Double(allRecalls.count), accuracy: 1e-5)
         XCTAssertEqual(summary.p50, numpyPercentile(allRecalls, 50), accuracy: 1e-5)
         XCTAssertEqual(summary.p5, numpyPercentile(allRecalls, 5), accuracy: 1e-5)
+    }
+
+    /// The reference keeps logits only at positions a policy can still attend (what caches held
+    /// at the chunk before, plus newer positions). A policy that readmits an evicted position
+    /// gets its logits recomputed instead: the same bits as a replay in one chunk, where every
+    /// position is kept, and the metrics of an independent computation.
+    func testReadmittedPositionsGetTheirLogitsRecomputed() throws {
+        let T = 48, P = 10, Hq = 4, Hkv = 2, D = 8
+        let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 31)
+        let path = try TestTraces.write(to: directory.appendingPathComponent("readmit.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
+                                        D: D, layers: [layer])
+        let readmit = 21
+        func replay(chunkSteps: Int) throws -> ReplayResult {
+            var configuration = ReplayConfiguration(policies: [try spec(EvictThenReadmit.self, ["readmit": "\(readmit)"])], topK: 6)
+            configuration.threads = 1
+            configuration.chunkSteps = chunkSteps
+            return try ReplayEngine(reader: TraceReader(path: path), configuration: configuration).run()
+        }
+        let chunked = try replay(chunkSteps: 4), whole = try replay(chunkSteps: 1000)
+        // Only the chunked replay recomputed q·k (for the steps after the readmission).
+        XCTAssertGreaterThan(chunked.timing.policyFLOPs, whole.timing.policyFLOPs)
+        XCTAssertEqual(chunked.runs[0].steps.count, T - P)
+        for (a, b) in zip(chunked.runs[0].steps, whole.runs[0].steps) {
+            XCTAssertEqual(a.massRecall.bitPattern, b.massRecall.bitPattern, "step \(a.step)")
+            XCTAssertEqual(a.attentionKL.bitPattern, b.attentionKL.bitPattern, "step \(a.step)")
+            XCTAssertEqual(a.outputError?.bitPattern, b.outputError?.bitPattern, "step \(a.step)")
+        }
+        let reference = IndependentReference(layer: layer, T: T, Hq: Hq, Hkv: Hkv, D: D, scale: 1 / Float(D).squareRoot())
+        for r in chunked.runs[0].steps where r.step >= readmit {
+            let residue = EvictThenReadmit.residue(atStep: r.step, readmit: readmit)
+            let attended = (0...r.position).filter { $0 == r.position || $0 % 3 != residue }
+            XCTAssertTrue(attended.contains(1), "position 1 is attended again")
+            let recall = (0..<Hq).reduce(0.0) { sum, h in
+                let A = reference.attention(position: r.position, queryHead: h)
+                return sum + attended.reduce(0) { $0 + A[$1] } / Double(Hq)
+            }
+            XCTAssertEqual(Double(r.massRecall), recall, accuracy: 1e-5, "step \(r.step)")
+        }
     }
 
     // MARK: Bytes

@@ -62,12 +62,22 @@ struct AttendedSet {
         position >> 6 < usedWords && words[position >> 6] & (1 << UInt64(position & 63)) != 0
     }
 
-    /// out[slot] = row[position] for every held position, reading `row` in ascending order.
-    func gather(_ row: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    /// out[slot] = row[index[position]] for every held position, reading `row` in ascending
+    /// order (`index` ascends with the position; see `allIndexed`).
+    func gather(_ row: UnsafePointer<Float>, index: UnsafePointer<Int32>, into out: UnsafeMutablePointer<Float>) {
         ascendingPositions.withUnsafeBufferPointer { positions in
             ascendingSlots.withUnsafeBufferPointer { slotIndices in
-                for c in 0..<count { out[Int(slotIndices[c])] = row[Int(positions[c])] }
+                for c in 0..<count { out[Int(slotIndices[c])] = row[Int(index[Int(positions[c])])] }
             }
+        }
+    }
+
+    /// True when every held position has an entry in `index` (≥ 0).
+    func allIndexed(by index: UnsafePointer<Int32>) -> Bool {
+        ascendingPositions.withUnsafeBufferPointer { positions in
+            var missing: Int32 = 0
+            for c in 0..<count { missing |= index[Int(positions[c])] }  // negative if any is −1
+            return missing >= 0
         }
     }
 

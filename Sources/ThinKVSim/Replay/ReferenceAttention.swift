@@ -23,13 +23,18 @@ public final class ReferenceChunk {
     public var topKCount: [Int32] = []
     /// Attention sparsity of each step (see `Sparsity`).
     public var sparsity: [Float] = []
-    /// Full-cache logits scale·q·k, `[step][Hq][logitStride]`, kept when `keepsLogits` (q+k
-    /// layers): a policy attending with the exact keys gathers its logits from here instead of
-    /// recomputing the dot products (the kernels give the same bits either way).
+    /// Full-cache logits scale·q·k at the positions of `loggedPositions`, `[step][Hq][logitStride]`,
+    /// kept when `keepsLogits` (q+k layers): a policy attending with the exact keys gathers its
+    /// logits from here instead of recomputing the dot products (the kernels give the same bits
+    /// either way). Entry i of a row of kv head g's group is the logit of `loggedPositions[g][i]`.
     public let keepsLogits: Bool
     public private(set) var logitStride = 0
     private var logitStorage = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
     public var logits: UnsafeMutablePointer<Float>? { logitStorage.baseAddress }
+    /// Per kv head, the positions whose logits are kept, ascending: those some policy may attend
+    /// during the chunk (`logPositions`); and each position's entry among them (−1: not kept).
+    public private(set) var loggedPositions: [[Int32]] = []
+    public private(set) var logIndex: [[Int32]] = []
 
     public init(numQHeads: Int, headDim: Int, topK: Int, keepsLogits: Bool = false) {
         self.numQHeads = numQHeads
@@ -40,15 +45,29 @@ public final class ReferenceChunk {
 
     deinit { logitStorage.deallocate() }
 
-    func prepare(firstStep: Int, stepCount: Int, hasValues: Bool, tokens: Int = 0) {
+    /// Keeps the logits of `positions[g]` (ascending, distinct) for kv head g's query heads.
+    func logPositions(_ positions: [[Int32]], tokens: Int) {
+        if logIndex.count != positions.count || logIndex.first?.count != tokens {
+            logIndex = positions.map { _ in [Int32](repeating: -1, count: tokens) }
+            loggedPositions = positions.map { _ in [] }
+        }
+        for g in positions.indices {
+            for p in loggedPositions[g] { logIndex[g][Int(p)] = -1 }
+            for (i, p) in positions[g].enumerated() { logIndex[g][Int(p)] = Int32(i) }
+        }
+        loggedPositions = positions
+        logitStride = positions.map(\.count).max() ?? 0
+    }
+
+    func prepare(firstStep: Int, stepCount: Int, hasValues: Bool) {
         self.firstStep = firstStep
         self.stepCount = stepCount
-        if keepsLogits && logitStorage.count < stepCount * numQHeads * tokens {
-            // Allocated once per layer shape; not zeroed: rows are written before they are read.
+        if keepsLogits && logitStorage.count < stepCount * numQHeads * logitStride {
+            // Grown, never shrunk, a quarter beyond the need; not zeroed: entries are written
+            // before they are read.
             logitStorage.deallocate()
-            logitStorage = .allocate(capacity: stepCount * numQHeads * tokens)
+            logitStorage = .allocate(capacity: stepCount * numQHeads * logitStride * 5 / 4)
         }
-        if keepsLogits { logitStride = tokens }
         let n = stepCount * numQHeads
         func fit<T>(_ a: inout [T], _ count: Int, _ zero: T) {
             if a.count != count { a = [T](repeating: zero, count: count) }
@@ -214,7 +233,16 @@ struct ReferenceAttention {
                         let h = g * gs + hh
                         let idx = s * Hq + h
                         let r = L.baseAddress! + (i * gs + hh) * T
-                        if let kept = chunk.logits { (kept + idx * chunk.logitStride).update(from: r, count: n) }
+                        if let kept = chunk.logits {
+                            let out = kept + idx * chunk.logitStride
+                            chunk.loggedPositions[g].withUnsafeBufferPointer { positions in
+                                var i = 0
+                                while i < positions.count && Int(positions[i]) < n {
+                                    out[i] = r[Int(positions[i])]
+                                    i += 1
+                                }
+                            }
+                        }
                         // Top-k by logit (the order of the probabilities, without exp's rounding
                         // ties), its floor from the lane maxima of the softmax's max pass.
                         let m = Kernels.rowMax(r, n, laneMaxima: LM.baseAddress!)

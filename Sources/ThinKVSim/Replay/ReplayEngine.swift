@@ -246,6 +246,30 @@ public final class ReplayEngine {
             }
         }
         let perPair = Double(((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim * header.numQHeads)
+        // The positions a policy can attend while it steps through chunk c, per kv head, loaded
+        // while it has finished chunk c − 2 (or the prompt): caches only drop positions and append
+        // new ones, so they are what it holds now plus the positions of chunks c − 1 and c.
+        // (A policy that attends anything else recomputes those logits: the same bits, slower.)
+        var attendable = [UInt64](repeating: 0, count: (header.numTokens + 63) / 64)
+        func positionsAttendable(throughChunk c: Int) -> [[Int32]] {
+            let newPositions = (P + max(c - 1, 0) * configuration.chunkSteps)..<decodeRows(ofChunk: c).upperBound
+            return (0..<header.numKVHeads).map { g in
+                for i in attendable.indices { attendable[i] = 0 }
+                for run in runs where !(run.policy is FullCachePolicy) {
+                    for p in run.cache.slots[g] { attendable[Int(p) >> 6] |= 1 << UInt64(p & 63) }
+                }
+                for p in newPositions { attendable[p >> 6] |= 1 << UInt64(p & 63) }
+                var positions: [Int32] = []
+                for (word, bits) in attendable.enumerated() {
+                    var rest = bits
+                    while rest != 0 {
+                        positions.append(Int32(word * 64 + rest.trailingZeroBitCount))
+                        rest &= rest - 1
+                    }
+                }
+                return positions
+            }
+        }
         func decodeRows(ofChunk c: Int) -> Range<Int> {
             let first = c * configuration.chunkSteps
             return (P + first)..<(P + first + min(configuration.chunkSteps, total - first))
@@ -258,7 +282,8 @@ public final class ReplayEngine {
             let chunk = chunks[c % 2]
             let first = c * configuration.chunkSteps, steps = min(configuration.chunkSteps, total - first)
             let readStart = ReplayEngine.now()
-            chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues, tokens: header.numTokens)
+            if keepLogits { chunk.logPositions(positionsAttendable(throughChunk: c), tokens: header.numTokens) }
+            chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues)
             if info.hasQueriesAndKeys && prefetchedChunk == c {
                 swap(&chunk.queries, &prefetched)
                 prefetchedChunk = -1
@@ -539,7 +564,9 @@ final class PolicyLayerRun {
         }
         // Arithmetic actually done: q·k over quantized keys (exact logits come from the
         // reference, or are recomputed without it), and Σ a·v when there are values.
-        let keyPasses = (cache.keysModified ? 1 : 0) + (chunk.logits == nil && data.keys != nil ? 1 : 0)
+        cache.slots[g].withUnsafeBufferPointer { attended.load($0.baseAddress!, n) }
+        let gathersLogits = chunk.logits != nil && chunk.logIndex[g].withUnsafeBufferPointer { attended.allIndexed(by: $0.baseAddress!) }
+        let keyPasses = (cache.keysModified ? 1 : 0) + (!gathersLogits && data.keys != nil ? 1 : 0)
         flops += Double(2 * D * gs * n * keyPasses) + (cache.storedValues != nil ? Double(2 * D * gs * n) : 0)
         if exactLogits.count < gs * n { exactLogits = [Float](repeating: 0, count: gs * n) }
         if output.count < gs * D { output = [Float](repeating: 0, count: gs * D) }
@@ -555,7 +582,6 @@ final class PolicyLayerRun {
             swap(&recall, &groupRecall)
             swap(&kl, &groupKL)
         }
-        cache.slots[g].withUnsafeBufferPointer { attended.load($0.baseAddress!, n) }
         cache.slots[g].withUnsafeBufferPointer { slotBuffer in
             let slots = slotBuffer.baseAddress!
             attention.withUnsafeMutableBufferPointer { att in
@@ -566,10 +592,12 @@ final class PolicyLayerRun {
                         let scale = h.effectiveSoftmaxScale
                         let q = queries.baseAddress! + firstHead * D
                         // Exact logits: gathered from the reference's (same dot products, same bits).
-                        if let full = chunk.logits {
-                            for hh in 0..<gs {
-                                let row = full + (s * h.numQHeads + firstHead + hh) * chunk.logitStride
-                                attended.gather(row, into: e + hh * n)
+                        if let full = chunk.logits, gathersLogits {
+                            chunk.logIndex[g].withUnsafeBufferPointer { index in
+                                for hh in 0..<gs {
+                                    let row = full + (s * h.numQHeads + firstHead + hh) * chunk.logitStride
+                                    attended.gather(row, index: index.baseAddress!, into: e + hh * n)
+                                }
                             }
                         } else {
                             exactKeys.withUnsafeBufferPointer { K in
