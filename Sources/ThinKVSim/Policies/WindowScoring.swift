@@ -380,24 +380,6 @@ final class WindowScorer {
     }
 }
 
-@inline(__always)
-private func multiplyAdd(_ acc: inout SIMD4<Double>, _ a: SIMD4<Double>, _ b: SIMD4<Double>) {
-    #if THINKV_FMA
-    acc.addProduct(a, b)
-    #else
-    acc = acc + a * b
-    #endif
-}
-
-@inline(__always)
-private func multiplyAdd(_ acc: inout SIMD8<Double>, _ a: SIMD8<Double>, _ b: SIMD8<Double>) {
-    #if THINKV_FMA
-    acc.addProduct(a, b)
-    #else
-    acc = acc + a * b
-    #endif
-}
-
 /// Σ a[i]·b[i] in double precision, in a fixed order (two 4-lane partial sums, then the tail);
 /// fused multiply-add when built with THINKV_FMA, as `Kernels.dot`.
 @inline(__always)
@@ -406,9 +388,9 @@ func dotDouble(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int)
     let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
     var i = 0
     while i + 8 <= n {
-        multiplyAdd(&acc0, ra.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self),
+        Kernels.multiplyAdd(&acc0, ra.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self),
                     rb.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self))
-        multiplyAdd(&acc1, ra.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self),
+        Kernels.multiplyAdd(&acc1, ra.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self),
                     rb.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self))
         i += 8
     }
@@ -437,14 +419,14 @@ func dotRows(_ a: UnsafePointer<Double>, rows: Int, _ b: UnsafePointer<Double>, 
     while i + 8 <= n {
         let lo = rb.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self)
         let hi = rb.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self)
-        multiplyAdd(&a0, r0.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self), lo)
-        multiplyAdd(&a1, r0.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self), hi)
-        multiplyAdd(&b0, r1.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self), lo)
-        multiplyAdd(&b1, r1.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self), hi)
-        multiplyAdd(&c0, r2.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self), lo)
-        multiplyAdd(&c1, r2.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self), hi)
-        multiplyAdd(&d0, r3.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self), lo)
-        multiplyAdd(&d1, r3.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self), hi)
+        Kernels.multiplyAdd(&a0, r0.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self), lo)
+        Kernels.multiplyAdd(&a1, r0.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self), hi)
+        Kernels.multiplyAdd(&b0, r1.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self), lo)
+        Kernels.multiplyAdd(&b1, r1.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self), hi)
+        Kernels.multiplyAdd(&c0, r2.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self), lo)
+        Kernels.multiplyAdd(&c1, r2.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self), hi)
+        Kernels.multiplyAdd(&d0, r3.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self), lo)
+        Kernels.multiplyAdd(&d1, r3.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self), hi)
         i += 8
     }
     var s0 = (a0 + a1).sum(), s1 = (b0 + b1).sum(), s2 = (c0 + c1).sum(), s3 = (d0 + d1).sum()
@@ -476,13 +458,13 @@ func dotRows4x4(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int
     while i + 8 <= n {
         let x0 = load(b, i), x1 = load(b, n &+ i), x2 = load(b, 2 &* n &+ i), x3 = load(b, 3 &* n &+ i)
         let u0 = load(a, i)
-        multiplyAdd(&a0, u0, x0); multiplyAdd(&a1, u0, x1); multiplyAdd(&a2, u0, x2); multiplyAdd(&a3, u0, x3)
+        Kernels.multiplyAdd(&a0, u0, x0); Kernels.multiplyAdd(&a1, u0, x1); Kernels.multiplyAdd(&a2, u0, x2); Kernels.multiplyAdd(&a3, u0, x3)
         let u1 = load(a, n &+ i)
-        multiplyAdd(&b0, u1, x0); multiplyAdd(&b1, u1, x1); multiplyAdd(&b2, u1, x2); multiplyAdd(&b3, u1, x3)
+        Kernels.multiplyAdd(&b0, u1, x0); Kernels.multiplyAdd(&b1, u1, x1); Kernels.multiplyAdd(&b2, u1, x2); Kernels.multiplyAdd(&b3, u1, x3)
         let u2 = load(a, 2 &* n &+ i)
-        multiplyAdd(&c0, u2, x0); multiplyAdd(&c1, u2, x1); multiplyAdd(&c2, u2, x2); multiplyAdd(&c3, u2, x3)
+        Kernels.multiplyAdd(&c0, u2, x0); Kernels.multiplyAdd(&c1, u2, x1); Kernels.multiplyAdd(&c2, u2, x2); Kernels.multiplyAdd(&c3, u2, x3)
         let u3 = load(a, 3 &* n &+ i)
-        multiplyAdd(&d0, u3, x0); multiplyAdd(&d1, u3, x1); multiplyAdd(&d2, u3, x2); multiplyAdd(&d3, u3, x3)
+        Kernels.multiplyAdd(&d0, u3, x0); Kernels.multiplyAdd(&d1, u3, x1); Kernels.multiplyAdd(&d2, u3, x2); Kernels.multiplyAdd(&d3, u3, x3)
         i &+= 8
     }
     var s0 = SIMD4(total(a0), total(b0), total(c0), total(d0)), s1 = SIMD4(total(a1), total(b1), total(c1), total(d1))

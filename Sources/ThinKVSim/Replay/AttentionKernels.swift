@@ -8,8 +8,38 @@ import Foundation
 /// AVX2 and FMA) the loops use fused multiply-add. Without it they multiply then add: at the
 /// baseline x86-64 target `SIMD.addProduct` would become one `fmaf` library call per lane.
 public enum Kernels {
+    // acc += a·b, fused with THINKV_FMA. One overload per vector type the kernels use rather than
+    // one generic function: through a generic `SIMD` parameter the arithmetic would compile to
+    // the protocol's lane-by-lane code, not to one instruction per vector.
     @inline(__always)
     static func multiplyAdd(_ acc: inout SIMD8<Float>, _ a: SIMD8<Float>, _ b: SIMD8<Float>) {
+        #if THINKV_FMA
+        acc.addProduct(a, b)
+        #else
+        acc = acc + a * b
+        #endif
+    }
+
+    @inline(__always)
+    static func multiplyAdd(_ acc: inout SIMD16<Float>, _ a: SIMD16<Float>, _ b: SIMD16<Float>) {
+        #if THINKV_FMA
+        acc.addProduct(a, b)
+        #else
+        acc = acc + a * b
+        #endif
+    }
+
+    @inline(__always)
+    static func multiplyAdd(_ acc: inout SIMD4<Double>, _ a: SIMD4<Double>, _ b: SIMD4<Double>) {
+        #if THINKV_FMA
+        acc.addProduct(a, b)
+        #else
+        acc = acc + a * b
+        #endif
+    }
+
+    @inline(__always)
+    static func multiplyAdd(_ acc: inout SIMD8<Double>, _ a: SIMD8<Double>, _ b: SIMD8<Double>) {
         #if THINKV_FMA
         acc.addProduct(a, b)
         #else

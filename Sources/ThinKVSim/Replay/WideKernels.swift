@@ -25,15 +25,6 @@ extension Kernels {
         UnsafeMutableRawPointer(p + i).storeBytes(of: v, as: SIMD16<Float>.self)
     }
 
-    @inline(__always)
-    static func multiplyAdd(_ acc: inout SIMD16<Float>, _ a: SIMD16<Float>, _ b: SIMD16<Float>) {
-        #if THINKV_FMA
-        acc.addProduct(a, b)
-        #else
-        acc = acc + a * b
-        #endif
-    }
-
     /// `weightedSumBlock` with 32 output dimensions (two 16-lane vectors) per row: tiles of 7
     /// rows (a GQA group of 7, and 8 steps of it), 4, 2 and 1 rows. D must be a multiple of 32.
     @inline(__always)
