@@ -236,10 +236,10 @@ struct ReferenceAttention {
                         if let kept = chunk.logits {
                             let out = kept + idx * chunk.logitStride
                             chunk.loggedPositions[g].withUnsafeBufferPointer { positions in
-                                var i = 0
-                                while i < positions.count && Int(positions[i]) < n {
-                                    out[i] = r[Int(positions[i])]
-                                    i += 1
+                                var entry = 0
+                                while entry < positions.count && Int(positions[entry]) < n {  // visible ones
+                                    out[entry] = r[Int(positions[entry])]
+                                    entry += 1
                                 }
                             }
                         }

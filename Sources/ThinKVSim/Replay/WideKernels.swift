@@ -5,8 +5,9 @@ import Foundation
 /// arithmetic per instruction of the 256-bit kernels).
 ///
 /// Every lane still computes what the 8-lane kernels compute, in the same order: a 16-lane
-/// vector holds 16 output dimensions (`weightedSum`) or 16 keys (`scoresPanels`), never a
-/// wider partial sum, so the results are bit-identical to the 256-bit build's.
+/// vector holds 16 output dimensions (`weightedSum`), 16 keys (`scoresPanels`) or the 8-lane
+/// partial sums of two query rows (`scoresRowPairs`), never a wider partial sum, so the results
+/// are bit-identical to the 256-bit build's.
 extension Kernels {
     /// Keys per panel of `packKeyPanels` / `scoresPanels`: the fp32 lanes of one vector.
     #if THINKV_AVX512
@@ -26,7 +27,7 @@ extension Kernels {
     }
 
     /// `weightedSumBlock` with 32 output dimensions (two 16-lane vectors) per row: tiles of 7
-    /// rows (a GQA group of 7, and 8 steps of it), 4, 2 and 1 rows. D must be a multiple of 32.
+    /// rows (a GQA group of 7, and 8 steps of it), 4 and 1 rows. D must be a multiple of 32.
     @inline(__always)
     static func weightedSumBlock16(probs: UnsafePointer<Float>, probStride: Int, rows: Int,
                                    values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
