@@ -73,16 +73,14 @@ public struct MachineInfo: Codable, Sendable {
 
     @inline(never)
     static func fmaLoop(_ n: Int, seed: Float) -> Float {
-        var a = (0..<12).map { PeakVector(repeating: seed + Float($0)) }
-        let m = PeakVector(repeating: 0.999_999), c = PeakVector(repeating: 1e-7)
-        var (a0, a1, a2, a3, a4, a5) = (a[0], a[1], a[2], a[3], a[4], a[5])
-        var (a6, a7, a8, a9, a10, a11) = (a[6], a[7], a[8], a[9], a[10], a[11])
+        let x = PeakVector(repeating: seed), m = PeakVector(repeating: 0.999_999), c = PeakVector(repeating: 1e-7)
+        var a0 = x, a1 = x + 1, a2 = x + 2, a3 = x + 3, a4 = x + 4, a5 = x + 5
+        var a6 = x + 6, a7 = x + 7, a8 = x + 8, a9 = x + 9, a10 = x + 10, a11 = x + 11
         for _ in 0..<n {
             step(&a0, m, c); step(&a1, m, c); step(&a2, m, c); step(&a3, m, c); step(&a4, m, c); step(&a5, m, c)
             step(&a6, m, c); step(&a7, m, c); step(&a8, m, c); step(&a9, m, c); step(&a10, m, c); step(&a11, m, c)
         }
-        a = [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]
-        return a.reduce(PeakVector(repeating: 0), +).sum()
+        return (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11).sum()
     }
 
     /// x = x·m + c: one fused multiply-add (a multiply and an add in the portable build).
