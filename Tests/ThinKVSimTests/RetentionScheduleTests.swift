@@ -125,11 +125,14 @@ final class RetentionScheduleTests: XCTestCase {
         XCTAssertEqual(d.after, [4, 32, 16, 32, 4, 60, 2])
         resident = apply(d, to: resident, segments: segments, protection: protection)
 
-        // Budget 100: E 16 → 8 → 4, then the older R first: 32 → 16 → 8 → 4, then the next R 32 → 16.
+        // Budget 100: E 16 → 8 → 4, then the older R first: 32 → 16 → 8 → 4, then the next R
+        // gives up only the remaining excess on its way to 16: 32 → 22, exactly the budget.
         d = segments.decide(resident: resident, transition: false, budget: 100, schedule: schedule, protection: protection)
         XCTAssertEqual(d.events.map(\.segment), [2, 2, 1, 1, 1, 3])
-        XCTAssertEqual(d.after, [4, 4, 4, 16, 4, 60, 2])
-        XCTAssertEqual(d.after.reduce(0, +), 94)
+        XCTAssertEqual(d.events.last, .init(reason: .pressure, segment: 3, size: 22, target: 16))
+        XCTAssertEqual(d.after, [4, 4, 4, 22, 4, 60, 2])
+        XCTAssertEqual(d.after.reduce(0, +), 100)
+        XCTAssertEqual(segments.segments[3].level, 2, "not yet at 16: its level waits")
     }
 
     func testAnOverlongCurrentSegmentIsSplitAtTheRecentWindow() {
@@ -138,18 +141,19 @@ final class RetentionScheduleTests: XCTestCase {
         let resident = (0..<100).map { Int32($0) }
         let protection = ThoughtSegments.Protection(sinks: 4, recent: 8, newest: 99)
         let d = segments.decide(resident: resident, transition: false, budget: 40, schedule: schedule, protection: protection)
-        // R 4..<92 (88 tokens) is closed off, then shrinks 64, 32, 16: 4 + 16 + 8 = 28 ≤ 40.
+        // R 4..<92 (88 tokens) is closed off, then shrinks 64, 32, and on its way to 16 stops at
+        // the budget: 4 + 28 + 8 = 40.
         XCTAssertEqual(d.events, [
             .init(reason: .split, segment: 1, size: 88),
             .init(reason: .pressure, segment: 1, size: 64),
             .init(reason: .pressure, segment: 1, size: 32),
-            .init(reason: .pressure, segment: 1, size: 16),
+            .init(reason: .pressure, segment: 1, size: 28, target: 16),
         ])
         XCTAssertEqual(segments.segments.map { [$0.start, $0.end] }, [[0, 4], [4, 92], [92, 100]])
         XCTAssertEqual(segments.segments[1].kind, .thought(.reasoning))
         XCTAssertEqual(segments.currentIndex, 2)
         XCTAssertEqual(d.before, [4, 88, 8])
-        XCTAssertEqual(d.after, [4, 16, 8])
+        XCTAssertEqual(d.after, [4, 28, 8])
         XCTAssertEqual(segments.segmentIndex(of: 95), 2)
     }
 
@@ -178,9 +182,9 @@ final class RetentionScheduleTests: XCTestCase {
         XCTAssertEqual(d.protected[0], 8)
         XCTAssertEqual(d.events.first, .init(reason: .pressure, segment: 0, size: 8))
         // Then the current R (10 tokens, 2 recent) is split: R 10..<18 (8) shrinks to 4, total 8 + 4 + 2 = 14 > 12,
-        // and no further schedule step frees anything: the floor breach empties the R chunk: 10.
+        // and no further schedule step frees anything: the floor breach takes the 2 tokens still over.
         XCTAssertEqual(d.events.dropFirst().map(\.reason), [.split, .pressure, .floorBreach])
-        XCTAssertEqual(d.after, [8, 0, 2])
+        XCTAssertEqual(d.after, [8, 2, 2])
     }
 
     func testTheFirstDecodeTokenOfTypeTAfterThePromptTouchesNothing() {

@@ -90,7 +90,7 @@ final class ThinKVPolicyTests: XCTestCase {
     func testBytesOfATinyCacheWithoutEvictionMatchHandCounts() throws {
         // D = 16, one kv head, prompt 4, then 16 R and 20 T decode tokens; paper formats.
         let path = try trace(prompt: 4, runs([("R", 16), ("T", 20)]))
-        let (result, events, snapshots) = try observe(path, ThinKVPolicy.self, ["thoughts": "labels"])
+        let (result, events, snapshots) = try observe(path, ThinKVPolicy.self, ["thoughts": "labels", "tbe-trigger": "transition-start"])
         let steps = result.runs[0].steps
         let token16 = 16 * 16 * 2 / 8  // 64 B: K and V, 16 channels at 16 bits
         // Step 15 (position 19) completes the R group: attended all at 16 bits, then quantized.
@@ -114,7 +114,8 @@ final class ThinKVPolicyTests: XCTestCase {
         // Prompt 4 (the sinks) | R 4..<20 | T 20..<24 | R 24..<28 | T 28; schedule 8,4; recent 2.
         let path = try trace(prompt: 4, runs([("R", 16), ("T", 4), ("R", 4), ("T", 1)]))
         let (result, events, snapshots) = try observe(path, ThinKVPolicy.self,
-                                                      ["thoughts": "labels", "schedule": "8,4", "recent": "2"])
+                                                      ["thoughts": "labels", "schedule": "8,4", "recent": "2",
+                                                       "tbe-trigger": "transition-start", "partial-groups": "keep16"])
         let steps = result.runs[0].steps
         let token16 = 64, token4 = 16  // bytes of one token's K and V at 16 / 4 bits
         // Step 16 (position 20, T begins): R (16 quantized tokens) shrinks to 8 — position 19 is
@@ -133,7 +134,7 @@ final class ThinKVPolicyTests: XCTestCase {
         XCTAssertEqual(steps[24].residentBytes, 928)
         // Kept events at exactly the two transitions.
         XCTAssertEqual(Set(events.map(\.step)), [16, 24])
-        XCTAssertEqual(snapshots.last?.counters, ThinKVCounters(transitions: 2, transitionCuts: 2))
+        XCTAssertEqual(snapshots.last?.counters, ThinKVCounters(transitions: 2, transitionCuts: 2, transitionEvictions: 8 + 4))
     }
 
     // MARK: Ablations
@@ -174,7 +175,8 @@ final class ThinKVPolicyTests: XCTestCase {
 
     func testATransitionShrinksTheLongReasoningSegmentTo64KMeansRepresentativesPerHead() throws {
         let path = try trace(prompt: 4, runs([("R", 100), ("T", 3)]), Hq: 2, Hkv: 2, D: 16, seed: 5)
-        let (_, events, snapshots) = try observe(path, ThinKVEvictionOnlyPolicy.self, ["thoughts": "labels", "recent": "8"])
+        let (_, events, snapshots) = try observe(path, ThinKVEvictionOnlyPolicy.self,
+                                                 ["thoughts": "labels", "recent": "8", "tbe-trigger": "transition-start"])
         let at = snapshots.first { $0.step == 100 }!
         var picks: [[Int32]] = []
         for h in 0..<2 {
@@ -203,10 +205,23 @@ final class ThinKVPolicyTests: XCTestCase {
         let path = try trace(prompt: P, letters, Hq: 4, Hkv: 2, D: 16, seed: 6)
         let labelled = labels(prompt: P, letters)
         for (budget, recent) in [(60, 16), (24, 8)] {
-            let values = ["thoughts": "labels", "budget": String(budget), "recent": String(recent), "sinks": "4"]
+            let values = ["thoughts": "labels", "budget": String(budget), "recent": String(recent), "sinks": "4", "ct-blocks": "type"]
             let (_, _, snapshots) = try observe(path, ThinKVPolicy.self, values)
             var previous: [Set<Int32>]? = nil
+            var previousCounters = ThinKVCounters()
             for s in snapshots {
+                // Budget pressure removes only the excess: a step without a transition cut holds
+                // min(budget, what it held + the new token); one with pressure holds the budget.
+                let c = s.counters
+                if let previous, c.transitionEvictions == previousCounters.transitionEvictions {
+                    for h in 0..<2 {
+                        XCTAssertEqual(s.resident[h].count, min(budget, previous[h].count + 1), "step \(s.step ?? -1): no over-eviction")
+                    }
+                }
+                if s.step != nil, c.pressureEvictions + c.floorBreachEvictions > previousCounters.pressureEvictions + previousCounters.floorBreachEvictions {
+                    XCTAssertEqual(s.resident[0].count, budget, "step \(s.step ?? -1): pressure stops at the budget")
+                }
+                previousCounters = c
                 let current = s.currentSegment.map { s.segments[$0] }
                 for h in 0..<2 {
                     let resident = Set(s.resident[h])
@@ -238,17 +253,40 @@ final class ThinKVPolicyTests: XCTestCase {
         }
     }
 
-    func testAPromptLongerThanTheBudgetShrinksAtPrefill() throws {
-        // P = 50, budget 30, 4 sinks, 16 recent (20 protected): one pressure step to 32 leaves
-        // 32 > 30; the next size, 16, is below the protected 20, so the prompt keeps exactly them.
+    func testAPromptLongerThanTheBudgetShrinksAtPrefillByTheExcessOnly() throws {
+        // P = 50, budget 30, 4 sinks, 16 recent (20 protected). The prompt heads for 32: it keeps
+        // 12 k-means representatives of its 30 unprotected tokens (18 leave, level 2); the 2
+        // tokens still over budget leave on the way to 16 (below the protected 20, so 20): the
+        // plan for 20 keeps no unprotected token and the two oldest representatives go first.
         let path = try trace(prompt: 50, runs([("R", 5)]), Hq: 2, Hkv: 2, D: 16)
         let (_, _, snapshots) = try observe(path, ThinKVPolicy.self, ["thoughts": "labels", "budget": "30"])
         let prefill = try XCTUnwrap(snapshots.first { $0.step == nil })
-        let expected = (0..<4).map { Int32($0) } + (34..<50).map { Int32($0) }
-        XCTAssertEqual(prefill.resident, [expected, expected])
+        for h in 0..<2 {
+            XCTAssertEqual(prefill.resident[h].count, 30, "head \(h): exactly the budget, not half the prompt")
+            XCTAssertTrue(Set(prefill.resident[h]).isSuperset(of: (0..<4).map { Int32($0) } + (34..<50).map { Int32($0) }))
+        }
         XCTAssertEqual(prefill.counters.pressureCuts, 2)
-        XCTAssertEqual(prefill.segments.first?.level, 3)
-        for s in snapshots { XCTAssertTrue(s.resident.allSatisfy { $0.count <= 30 }) }
+        XCTAssertEqual(prefill.counters.pressureEvictions, 20)
+        XCTAssertEqual(prefill.segments.first?.level, 2, "at 32 (schedule level 2, 64 freed nothing), on its way to 20")
+        // Each decode step then removes one more prompt token; the budget holds exactly.
+        for s in snapshots where s.step != nil { XCTAssertEqual(s.resident.map(\.count), [30, 30]) }
+    }
+
+    func testAfterTransitionTriggerShrinksOlderThoughtsWhenTheNextThoughtBegins() throws {
+        // R 4..<104 | T 104..<107 | E 107..<112. Nothing happens while T is written; when E
+        // begins, R (100 tokens) takes its first schedule step to 64 and T (3) keeps its tokens.
+        let path = try trace(prompt: 4, runs([("R", 100), ("T", 3), ("E", 5)]), Hq: 2, Hkv: 2, D: 16, seed: 5)
+        let (_, events, snapshots) = try observe(path, ThinKVEvictionOnlyPolicy.self, ["thoughts": "labels", "recent": "2"])
+        XCTAssertTrue(snapshots.filter { ($0.step ?? -1) < 103 }.allSatisfy { $0.resident[0].count == $0.position + 1 },
+                      "the transition itself evicts nothing")
+        let at = snapshots.first { $0.step == 103 }!
+        for h in 0..<2 {
+            XCTAssertEqual(at.resident[h].filter { (4..<104).contains($0) }.count, 64, "head \(h)")
+            XCTAssertEqual(at.resident[h].filter { (104..<107).contains($0) }.count, 3)
+        }
+        XCTAssertEqual(Set(events.map(\.step)), [103])
+        XCTAssertEqual(at.counters.transitions, 1)
+        XCTAssertEqual(at.segments[2].level, 1, "the transition segment took its step too")
     }
 
     func testSegmentsFollowTheLabelsWhenThereIsNoBudget() throws {
@@ -304,7 +342,7 @@ final class ThinKVPolicyTests: XCTestCase {
         let theta1 = (sorted[n / 3] + sorted[n / 3 + 1]) / 2, theta2 = (sorted[2 * n / 3] + sorted[2 * n / 3 + 1]) / 2
         XCTAssertLessThan(sorted[n / 3], sorted[n / 3 + 1], "a gap to place θ1 in")
         let parameters = try PolicyParameters(policy: "thinkv", specs: ThinKVPolicy.parameters, values: [
-            "theta1": String(theta1), "theta2": String(theta2), "tau": "7"])
+            "theta1": String(theta1), "theta2": String(theta2), "tau": "7", "sparsity-source": "full"])
         let timeline = try XCTUnwrap(ThinKVPolicy.prepare(reader, parameters: parameters, layers: [0, 2]) as? ThoughtTimeline)
         let thresholds = ThoughtThresholds(theta1: Float(Double(String(theta1))!), theta2: Float(Double(String(theta2))!),
                                            layers: [0, 2], refreshInterval: 7)
@@ -320,8 +358,44 @@ final class ThinKVPolicyTests: XCTestCase {
         stored.refreshInterval = 128
         try JSONEncoder().encode(stored).write(to: file)
         let fromFile = try PolicyParameters(policy: "thinkv", specs: ThinKVPolicy.parameters, values: [
-            "calibration": file.path, "tau": "7"])
+            "calibration": file.path, "tau": "7", "sparsity-source": "full"])
         XCTAssertEqual(try ThinKVPolicy.prepare(reader, parameters: fromFile, layers: [0]) as? ThoughtTimeline, timeline)
+
+        // The deployed classifier reads its own cache; a cache that keeps every token (no
+        // quantization, a schedule larger than the trace) sees exactly the full cache's attention.
+        let everything = try PolicyParameters(policy: "thinkv-tbe", specs: ThinKVEvictionOnlyPolicy.parameters, values: [
+            "theta1": String(theta1), "theta2": String(theta2), "tau": "7", "schedule": "100000"])
+        let own = try XCTUnwrap(ThinKVEvictionOnlyPolicy.prepare(reader, parameters: everything, layers: [0, 2]) as? ThoughtTimeline)
+        XCTAssertEqual(own.types, timeline.types)
+        // A window of 3 averages the refresh step with the two before it.
+        let windowed = try PolicyParameters(policy: "thinkv", specs: ThinKVPolicy.parameters, values: [
+            "theta1": String(theta1), "theta2": String(theta2), "tau": "7", "sparsity-source": "full", "sparsity-window": "3"])
+        let smoothed = try XCTUnwrap(ThinKVPolicy.prepare(reader, parameters: windowed, layers: [0, 2]) as? ThoughtTimeline)
+        for t in stride(from: 0, to: averaged.count, by: 7) {
+            let mean = averaged[max(0, t - 2)...t].reduce(0, +) / Float(t - max(0, t - 2) + 1)
+            XCTAssertEqual(smoothed.types[t], thresholds.classify(mean), "refresh step \(t)")
+        }
+    }
+
+    func testACompressedCacheChangesWhatTheClassifierSees() throws {
+        // Peaked attention everywhere (queries × 8): late full-cache rows are sparser than θ2 =
+        // 0.95. A cache of at most 13 attended tokens cannot be: one of them is the maximum, so
+        // its sparsity is at most 12/13.
+        let T = 200, P = 8
+        var layer = TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 16, seed: 21)
+        for i in layer.q!.indices { layer.q![i] *= 8 }
+        let path = try TestTraces.write(to: TestTraces.directory(self).appendingPathComponent("s.h5"), T: T, P: P, Hq: 2, Hkv: 1,
+                                        D: 16, layers: [layer])
+        let reader = try TraceReader(path: path)
+        let theta2: Float = 0.95
+        func types(_ source: String) throws -> [ThoughtType] {
+            let parameters = try PolicyParameters(policy: "thinkv-tbe", specs: ThinKVEvictionOnlyPolicy.parameters, values: [
+                "theta1": "0.01", "theta2": String(theta2), "tau": "1", "sparsity-source": source, "budget": "12", "recent": "4", "sinks": "2"])
+            return try XCTUnwrap(ThinKVEvictionOnlyPolicy.prepare(reader, parameters: parameters, layers: [0]) as? ThoughtTimeline).types
+        }
+        let oracle = try types("full"), deployed = try types("cache")
+        XCTAssertGreaterThan(oracle[150...].filter { $0 == .transition }.count, 15, "late full-cache rows are sparse")
+        XCTAssertEqual(deployed[150...].filter { $0 == .transition }.count, 0, "its own 12-token cache is not")
     }
 
     func testThoughtSourceErrorsAreClear() throws {
@@ -334,7 +408,9 @@ final class ThinKVPolicyTests: XCTestCase {
         func message(_ values: [String: String]) -> String {
             do { _ = try prepare(values); return "no error" } catch { return String(describing: error) }
         }
-        XCTAssertTrue(message([:]).contains("--calibration"), message([:]))
+        let selfCalibrated = try XCTUnwrap(prepare([:]) as? ThoughtTimeline)
+        XCTAssertTrue(selfCalibrated.notes.contains { $0.contains("calibrated on this trace itself") }, "\(selfCalibrated.notes)")
+        XCTAssertTrue(message(["theta1": "0.2"]).contains("both --theta1 and --theta2"))
         XCTAssertTrue(message(["theta1": "0.2", "theta2": "0.8", "thought-layers": "0,1"]).contains("layer 1 is not recorded"))
         XCTAssertTrue(message(["theta1": "0.8", "theta2": "0.2"]).contains("θ1 < θ2"))
         XCTAssertTrue(message(["theta1": "0.2", "theta2": "0.8", "thought-layers": "0,x"]).contains("comma list"))
@@ -370,9 +446,10 @@ final class ThinKVPolicyTests: XCTestCase {
             XCTAssertTrue(ok.output.contains(label), label)
         }
         XCTAssertTrue(ok.output.contains("thinkv 8"), "ThinKV's block size")
-        let missing = try run(["replay", path, "--policy", "thinkv"])
-        XCTAssertEqual(missing.status, 1)
-        XCTAssertTrue(missing.output.contains("--calibration FILE"), missing.output)
+        // Without thresholds ThinKV calibrates on the trace itself and says so.
+        let selfCalibrated = try run(["replay", path, "--policy", "thinkv", "--json"])
+        XCTAssertEqual(selfCalibrated.status, 0, selfCalibrated.output)
+        XCTAssertTrue(selfCalibrated.output.contains("calibrated on this trace itself"), selfCalibrated.output)
     }
 
     func testBadParametersAreRefused() throws {

@@ -49,10 +49,31 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         }
     }
 
-    func testATypeChangeLeavesThePartialGroupAt16BitsForGood() throws {
+    func testAThoughtEndingShortOfAGroupIsQuantizedAsAShortGroup() throws {
+        // D = 16, int format: 10 execution tokens, then a transition token closes their group.
+        let cache = QuantTestSupport.cache(T: 32, D: 16, seed: 3)
+        let exactK = cache.storedKeys!
+        let tbq = try TBQ(.init(format: .int), cache: cache)
+        feed(tbq, cache, from: 0, types: Array(repeating: TBQ.execution, count: 10))
+        XCTAssertEqual(cache.metadataBytes[0], 0, "open while the thought lasts")
+        XCTAssertTrue(tbq.append(position: 10, thoughtType: TBQ.transition, cache: cache), "the thought's end quantizes it")
+        for p in 0..<10 {
+            XCTAssertEqual(cache.keyBits[p], 4, "execution bits, position \(p)")
+            XCTAssertEqual(cache.valueBits[p], 4)
+        }
+        XCTAssertEqual(cache.keyBits[10], 16, "the new thought's token is open")
+        XCTAssertNotEqual(Array(cache.storedKeys![0..<160]), Array(exactK[0..<160]), "keys were really quantized")
+        // Keys: 16 channel groups of 10 tokens, values: 10 token groups of 16 channels; int
+        // metadata is an fp16 scale and zero point (4 B) per group, whatever its length.
+        XCTAssertEqual(cache.metadataBytes[0], 16 * 4 + 10 * 4)
+        XCTAssertEqual(cache.bytes(kvHead: 0), (10 * 16 * 4 * 2) / 8 + 104 + 22 * 16 * 2 * 2, "the other 22 positions at 16 bits")
+        XCTAssertEqual(tbq.openGroup(kvHead: 0)?.positions, [10])
+    }
+
+    func testWithPartialGroupsKeptATypeChangeLeavesThePartialGroupAt16BitsForGood() throws {
         let cache = QuantTestSupport.cache(T: 48, D: 8, seed: 3)
         let exactK = cache.storedKeys!, exactV = cache.storedValues!
-        let tbq = try TBQ(.init(format: .int), cache: cache)
+        let tbq = try TBQ(.init(format: .int, quantizesPartialGroups: false), cache: cache)
         // 10 execution tokens, then 6 transition tokens: 16 tokens, but no 16 of one type.
         feed(tbq, cache, from: 0, types: Array(repeating: TBQ.execution, count: 10) + Array(repeating: TBQ.transition, count: 6))
         XCTAssertEqual(cache.keyBits[0..<16].allSatisfy { $0 == 16 }, true, "a group never mixes types")
@@ -124,7 +145,7 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
     func testReconcileAgreesWithDidEvict() throws {
         func run(useReconcile: Bool) throws -> (LayerCache, TBQ) {
             let cache = QuantTestSupport.cache(T: 80, Hkv: 2, D: 16, seed: 7)
-            let tbq = try TBQ(.init(format: .paper, reasoningBits: 8), cache: cache)
+            let tbq = try TBQ(.init(format: .paper, reasoningBits: 8, quantizesPartialGroups: false), cache: cache)
             let types = Array(repeating: 0, count: 20) + Array(repeating: 2, count: 40) + Array(repeating: 1, count: 20)
             feed(tbq, cache, from: 0, types: types)
             // Head 0 drops all of 0..<16 and part of 20..<36; head 1 drops a single token.

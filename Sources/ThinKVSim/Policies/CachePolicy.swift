@@ -58,6 +58,12 @@ extension CachePolicy {
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {}
 }
 
+/// A `prepare` result with remarks the replay report should carry (e.g. that thresholds were
+/// calibrated on the trace itself).
+public protocol ReplayNotes {
+    var replayNotes: [String] { get }
+}
+
 /// What a policy needs from a trace beyond recorded attention.
 public struct PolicyRequirements: OptionSet, Sendable {
     public let rawValue: Int

@@ -20,8 +20,12 @@ public struct ThinKVCounters: Sendable, Equatable {
     public var pressureCuts = 0
     /// Current segments whose older part was closed off because nothing else could shrink.
     public var splits = 0
-    /// Segments emptied below the floor as the last resort to meet the budget.
+    /// Segments cut below the floor as the last resort to meet the budget.
     public var floorBreaches = 0
+    /// Tokens evicted (per kv head) by transition cuts, budget pressure and floor breaches.
+    public var transitionEvictions = 0
+    public var pressureEvictions = 0
+    public var floorBreachEvictions = 0
 }
 
 /// ThinKV (Ramachandran et al., ICLR 2026): thought-adaptive KV-cache compression.
@@ -59,10 +63,12 @@ public class ThinKVPolicy: CachePolicy {
 
     /// The thought timeline (`ThoughtTimeline`), computed once per replay.
     public class func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
-        try ThinKVParameters.timeline(reader, parameters: parameters, policy: name)
+        try ThinKVParameters.timeline(reader, parameters: parameters, policyType: self)
     }
 
-    public let timeline: ThoughtTimeline
+    /// The type of every decode step: complete before the replay, or (while the cache-sparsity
+    /// classifier steps its own layers) appended one step ahead of the policy.
+    public let thoughtTypes: ThoughtTypeLog
     public let components: ThinKVComponents
     public let quantizerConfiguration: ThoughtGroupQuantizer.Configuration?
     public let budget: Int?
@@ -71,6 +77,10 @@ public class ThinKVPolicy: CachePolicy {
     public let recent: Int
     public let kmeansIterations: Int
     public let seed: UInt64
+    /// When old segments take a transition step (see `TBETrigger`).
+    public let trigger: TBETrigger
+    /// What tokens share a paging block with (see `BlockSharing`).
+    public let blockSharing: BlockSharing
 
     /// Made in `prefill`, the first hook that sees the cache.
     public private(set) var quantizer: ThoughtGroupQuantizer?
@@ -86,20 +96,23 @@ public class ThinKVPolicy: CachePolicy {
     private var evictedMark: [Bool]
     private var gathered: [Float] = []
 
-    /// Paging class of prompt tokens: apart from the three thought types.
-    static let promptPagingClass: UInt8 = 3
 
     public required init(parameters: PolicyParameters, setup: PolicySetup) throws {
         let name = Self.name
         components = Self.components
-        guard let timeline = setup.prepared as? ThoughtTimeline else {
+        if let timeline = setup.prepared as? ThoughtTimeline {
+            guard timeline.types.count == setup.header.generatedLength else {
+                throw PolicyError("\(name): the thought timeline has \(timeline.types.count) steps, the trace \(setup.header.generatedLength)")
+            }
+            thoughtTypes = ThoughtTypeLog(types: timeline.types)
+        } else if let log = setup.prepared as? ThoughtTypeLog {
+            thoughtTypes = log
+        } else {
             throw PolicyError("\(name): no thought timeline; the replay runs \(name).prepare before the layers")
         }
-        guard timeline.types.count == setup.header.generatedLength else {
-            throw PolicyError("\(name): the thought timeline has \(timeline.types.count) steps, the trace \(setup.header.generatedLength)")
-        }
-        self.timeline = timeline
         self.setup = setup
+        let blockSharing = BlockSharing(rawValue: parameters.string("ct-blocks")!)!
+        self.blockSharing = blockSharing
 
         if components.contains(.quantization) {
             let format = QuantFormat(rawValue: parameters.string("format")!)!
@@ -107,7 +120,11 @@ public class ThinKVPolicy: CachePolicy {
             let configuration = ThoughtGroupQuantizer.Configuration(
                 format: format, reasoningBits: parameters.int("r-bits")!, executionBits: parameters.int("e-bits")!,
                 transitionBits: parameters.int("t-bits")!, groupSize: parameters.int("group")!,
-                promptBits: promptBits == 16 ? nil : promptBits, promptPagingClass: Self.promptPagingClass)
+                promptBits: promptBits == 16 ? nil : promptBits,
+                promptPagingClass: blockSharing.promptClass(bits: promptBits),
+                pagingClassByType: [parameters.int("r-bits")!, parameters.int("e-bits")!, parameters.int("t-bits")!].enumerated()
+                    .map { blockSharing.thoughtClass(type: $0.offset, bits: $0.element) },
+                quantizesPartialGroups: parameters.string("partial-groups")! == "quantize")
             // Refuse unsupported widths now rather than at the first layer's prefill.
             for bits in configuration.bitsByType + (configuration.promptBits.map { [$0] } ?? []) {
                 do { _ = try GroupQuantizer(format: format, bits: bits) } catch let error as PolicyError {
@@ -128,6 +145,7 @@ public class ThinKVPolicy: CachePolicy {
             recent = parameters.int("recent")!
             kmeansIterations = parameters.int("kmeans-iters")!
             seed = UInt64(parameters.int("seed")!)
+            trigger = TBETrigger(rawValue: parameters.string("tbe-trigger")!)!
             if let budget, budget < sinks + recent {
                 throw PolicyError("\(name): --budget (\(budget)) must be at least --sinks + --recent (\(sinks) + \(recent)): those positions are never evicted")
             }
@@ -139,6 +157,7 @@ public class ThinKVPolicy: CachePolicy {
             recent = 0
             kmeansIterations = 0
             seed = 0
+            trigger = .afterTransition
             segments = nil
         }
         evictedMark = [Bool](repeating: false, count: setup.header.numTokens)
@@ -160,7 +179,7 @@ public class ThinKVPolicy: CachePolicy {
                 preconditionFailure("\(Self.name): quantizer configuration was validated in init: \(error)")
             }
         } else {
-            for p in 0..<P { cache.pagingClass[p] = Self.promptPagingClass }
+            for p in 0..<P { cache.pagingClass[p] = blockSharing.promptClass(bits: 16) }
         }
         if let segments {
             segments.beginPrompt(length: P)
@@ -170,18 +189,26 @@ public class ThinKVPolicy: CachePolicy {
     }
 
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {
-        let type = timeline.types[context.step]
+        let type = thoughtTypes.types[context.step]
         // The engine pages the new token right after this hook: its class must be set now.
         if let quantizer {
             quantizer.setThoughtType(Int(type.rawValue), position: context.position, cache: cache)
         } else {
-            cache.pagingClass[context.position] = UInt8(type.rawValue)
+            cache.pagingClass[context.position] = blockSharing.thoughtClass(type: Int(type.rawValue), bits: 16)
         }
-        if let segments { transitionPending = segments.append(position: context.position, type: type) }
+        guard let segments else { return }
+        let previous = segments.segments.last?.kind
+        let beginsTransition = segments.append(position: context.position, type: type)
+        switch trigger {
+        case .transitionStart:
+            transitionPending = beginsTransition
+        case .afterTransition:
+            transitionPending = previous == .thought(.transition) && type != .transition
+        }
     }
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
-        quantizer?.append(position: context.position, thoughtType: Int(timeline.types[context.step].rawValue), cache: cache)
+        quantizer?.append(position: context.position, thoughtType: Int(thoughtTypes.types[context.step].rawValue), cache: cache)
         if segments != nil {
             evict(newest: context.position, transition: transitionPending, cache: cache)
             transitionPending = false
@@ -190,8 +217,10 @@ public class ThinKVPolicy: CachePolicy {
 
     // MARK: Eviction
 
-    /// Decides the segment sizes (the same in every head) and, per head, keeps each shrinking
-    /// segment's protected tokens plus k-means representatives of the others.
+    /// Decides the segment sizes (the same in every head) and, per head, which tokens leave:
+    /// a transition cut keeps k-means representatives; a pressure step removes the excess from
+    /// the tokens its next schedule size will not keep (`pressurePlans`); a floor breach
+    /// removes the oldest unprotected tokens.
     private func evict(newest: Int, transition: Bool, cache: LayerCache) {
         guard let segments else { return }
         if transition { counters.transitions += 1 }
@@ -200,45 +229,100 @@ public class ThinKVPolicy: CachePolicy {
         let protection = ThoughtSegments.Protection(sinks: sinks, recent: recent, newest: newest)
         let decision = segments.decide(resident: cache.slots[0], transition: transition, budget: budget,
                                        schedule: schedule, protection: protection)
+        var sizeBefore = decision.before
         for event in decision.events {
+            let freed = event.reason == .split ? 0 : sizeBefore[event.segment] - event.size
+            if event.reason != .split { sizeBefore[event.segment] = event.size }
             switch event.reason {
-            case .transition: counters.transitionCuts += 1
-            case .pressure: counters.pressureCuts += 1
+            case .transition:
+                counters.transitionCuts += 1
+                counters.transitionEvictions += freed
+            case .pressure:
+                counters.pressureCuts += 1
+                counters.pressureEvictions += freed
             case .split: counters.splits += 1
-            case .floorBreach: counters.floorBreaches += 1
+            case .floorBreach:
+                counters.floorBreaches += 1
+                counters.floorBreachEvictions += freed
             }
         }
-        let cut = decision.cutSegments
-        guard !cut.isEmpty else { return }
-        var bucketOf = [Int: Int]()
-        for (i, s) in cut.enumerated() { bucketOf[s] = i }
+        let cuts = decision.events.filter { $0.reason != .split }
+        guard !cuts.isEmpty else { return }
+        // A transition cut or a breach changes a segment outside its pressure plan.
+        for event in cuts where event.reason != .pressure { pressurePlans[event.segment] = nil }
+        let current = segments.currentIndex
 
         for h in 0..<cache.numKVHeads {
-            // Unprotected resident positions of each shrinking segment, in position order.
-            var candidates = Array(repeating: [Int32](), count: cut.count)
+            // Unprotected resident positions of each cut segment, in position order.
+            var pools = [Int: [Int32]]()
+            for event in cuts { pools[event.segment] = [] }
             for p in cache.slots[h] {
-                let position = Int(p)
-                guard let bucket = bucketOf[segments.segmentIndex(of: position)],
-                      !segments.isProtected(position, protection) else { continue }
-                candidates[bucket].append(p)
+                let s = segments.segmentIndex(of: Int(p))
+                guard s != current, pools[s] != nil, !segments.isProtected(Int(p), protection) else { continue }
+                pools[s]!.append(p)
             }
             var evicted: [Int32] = []
-            for (bucket, s) in cut.enumerated() {
-                let pool = candidates[bucket]
-                assert(pool.count == decision.before[s] - decision.protected[s], "every head holds the same number per segment")
-                let keep = decision.after[s] - decision.protected[s]
-                let kept = representatives(of: pool, keep: keep, kvHead: h, segment: segments.segments[s], cache: cache)
-                var isKept = Set<Int32>(minimumCapacity: kept.count)
-                for i in kept { isKept.insert(pool[i]) }
-                for p in pool where !isKept.contains(p) {
-                    evicted.append(p)
-                    evictedMark[Int(p)] = true
+            for event in cuts {
+                let s = event.segment
+                let pool = pools[s]!
+                let keep = event.size - decision.protected[s]
+                guard keep < pool.count else { continue }
+                let victims: [Int32]
+                switch event.reason {
+                case .transition:
+                    let kept = representatives(of: pool, keep: keep, kvHead: h, segment: segments.segments[s], cache: cache)
+                    victims = Self.complement(of: kept, in: pool)
+                case .pressure:
+                    victims = pressureVictims(segment: s, target: event.target - decision.protected[s], pool: pool,
+                                              count: pool.count - keep, kvHead: h, cache: cache)
+                case .floorBreach, .split:
+                    victims = Array(pool.prefix(pool.count - keep))
                 }
+                for p in victims { evictedMark[Int(p)] = true }
+                pools[s] = pool.filter { !evictedMark[Int($0)] }
+                evicted += victims
             }
             cache.removeAll(kvHead: h) { evictedMark[Int($0)] }
             for p in evicted { evictedMark[Int(p)] = false }
             quantizer?.didEvict(kvHead: h, positions: evicted, cache: cache)
         }
+    }
+
+    /// A segment on its way down to its next schedule size under budget pressure: the tokens
+    /// that size will not keep, per kv head, in the order they leave (oldest first).
+    private struct PressurePlan {
+        /// Unprotected tokens the segment keeps at that size.
+        var keep: Int
+        var leaving: [[Int32]?]
+    }
+    private var pressurePlans: [Int: PressurePlan] = [:]
+
+    /// `count` tokens of `pool` (segment `s`'s unprotected residents in head `h`) to evict on
+    /// the way to keeping `target` of them: the k-means representatives for `target` are
+    /// chosen once, when the segment starts towards that size, and the others leave oldest
+    /// first as the budget requires. A plan is redone when the pool has grown past it (tokens
+    /// that left the recent window) or the target changed.
+    private func pressureVictims(segment s: Int, target: Int, pool: [Int32], count: Int, kvHead h: Int, cache: LayerCache) -> [Int32] {
+        if var plan = pressurePlans[s], plan.keep == target, let leaving = plan.leaving[h], leaving.count >= count,
+           pool.count - leaving.count == target {
+            plan.leaving[h] = Array(leaving.dropFirst(count))
+            pressurePlans[s] = plan
+            return Array(leaving.prefix(count))
+        }
+        let kept = representatives(of: pool, keep: target, kvHead: h, segment: segments!.segments[s], cache: cache)
+        let leaving = Self.complement(of: kept, in: pool)
+        var plan = pressurePlans[s].flatMap { $0.keep == target ? $0 : nil }
+            ?? PressurePlan(keep: target, leaving: Array(repeating: nil, count: cache.numKVHeads))
+        plan.leaving[h] = Array(leaving.dropFirst(count))
+        pressurePlans[s] = plan
+        return Array(leaving.prefix(count))
+    }
+
+    /// The positions of `pool` not at the indices `kept`, in pool order.
+    private static func complement(of kept: [Int], in pool: [Int32]) -> [Int32] {
+        var isKept = [Bool](repeating: false, count: pool.count)
+        for i in kept { isKept[i] = true }
+        return pool.indices.filter { !isKept[$0] }.map { pool[$0] }
     }
 
     /// Indices into `pool` of the `keep` tokens nearest the centroids of a k-means over their
@@ -280,6 +364,12 @@ enum ThinKVParameters {
         .text("thought-layers", "LIST",
               help: "L*: layers whose sparsity is averaged, e.g. 0,5,9 (default: the calibration file's, else every recorded layer)"),
         .integer("tau", min: 1, help: "τ: decode steps a type is held before it is re-evaluated (default: the calibration file's, else 128)"),
+        .choice("sparsity-source", ThoughtTimeline.SparsitySource.allCases.map(\.rawValue), default: ThoughtTimeline.SparsitySource.cache.rawValue,
+                help: "cache: the classifier reads the attention over the policy's own (compressed, quantized) cache, as deployed; full: the full cache's (oracle ablation)"),
+        .integer("sparsity-window", default: 1, min: 1, max: 1 << 20,
+                 help: "steps whose averaged sparsity (or, with --thoughts held-labels, whose majority label) decides the type at a refresh: 1 = the refresh step alone"),
+        .choice("ct-blocks", BlockSharing.allCases.map(\.rawValue), default: BlockSharing.precision.rawValue,
+                help: "what a Continuous-Thinking paging block may mix: tokens of one precision, or of one thought type"),
     ]
 
     static let quantization: [PolicyParameter] = [
@@ -292,6 +382,8 @@ enum ThinKVParameters {
                  help: "tokens per key group (per channel) and channels per value group; a group never mixes thought types"),
         .integer("prompt-bits", default: 16, min: 1, max: 16,
                  help: "bits of the prompt, in whole groups of prompt tokens; 16 keeps it unquantized"),
+        .choice("partial-groups", ["quantize", "keep16"], default: "quantize",
+                help: "a thought that ends short of --group tokens: quantize its last group short (own scales, charged), or keep it at 16 bits"),
     ]
 
     static let eviction: [PolicyParameter] = [
@@ -303,6 +395,8 @@ enum ThinKVParameters {
         .integer("recent", default: 16, min: 1, help: "newest positions never evicted (covers TBQ's open 16-bit group at the default --group)"),
         .integer("kmeans-iters", default: 10, min: 0, help: "Lloyd iterations of the k-means that picks a segment's representatives"),
         .integer("seed", default: 0, min: 0, help: "seed of the k-means++ initialisation"),
+        .choice("tbe-trigger", TBETrigger.allCases.map(\.rawValue), default: TBETrigger.afterTransition.rawValue,
+                help: "when older thoughts take a schedule step: when the thought after a transition begins, or when the transition begins"),
     ]
 
     static func declared(for components: ThinKVComponents) -> [PolicyParameter] {
@@ -310,22 +404,42 @@ enum ThinKVParameters {
     }
 
     /// The thought timeline the parameters ask for.
-    static func timeline(_ reader: TraceReader, parameters: PolicyParameters, policy: String) throws -> ThoughtTimeline {
+    static func timeline(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws -> ThoughtTimeline {
+        let policy = policyType.name
+        let window = parameters.int("sparsity-window")!
         switch ThoughtTimeline.Source(rawValue: parameters.string("thoughts")!)! {
         case .labels:
             return try ThoughtTimeline.fromLabels(reader, policy: policy)
+        case .heldLabels:
+            let tau = parameters.int("tau") ?? ThoughtThresholds.defaultRefreshInterval
+            return try ThoughtTimeline.fromHeldLabels(reader, refreshInterval: tau, window: window, policy: policy)
         case .classifier:
-            return try ThoughtTimeline.fromClassifier(reader, thresholds: thresholds(reader, parameters: parameters, policy: policy),
-                                                      policy: policy)
+            let (thresholds, notes) = try self.thresholds(reader, parameters: parameters, policy: policy)
+            var timeline: ThoughtTimeline
+            switch ThoughtTimeline.SparsitySource(rawValue: parameters.string("sparsity-source")!)! {
+            case .full:
+                timeline = try ThoughtTimeline.fromClassifier(reader, thresholds: thresholds, window: window, policy: policy)
+            case .cache:
+                timeline = try CacheSparsityClassifier.timeline(reader, policyType: policyType, parameters: parameters,
+                                                                 thresholds: thresholds, window: window, policy: policy)
+            }
+            timeline.notes = notes
+            if thresholds.isSingleType {
+                timeline.notes.append("thresholds θ1 = 0, θ2 = 1 are the single-type fallback (no tri-modal layer): every step is reasoning, so ThinKV runs with one thought type")
+            }
+            return timeline
         }
     }
 
-    /// Thresholds from `--calibration` and/or the explicit options (which win).
-    static func thresholds(_ reader: TraceReader, parameters: PolicyParameters, policy: String) throws -> ThoughtThresholds {
+    /// Thresholds from `--calibration` and/or the explicit options (which win); without either,
+    /// calibrated on the trace itself. Also returns what the report should say about them.
+    static func thresholds(_ reader: TraceReader, parameters: PolicyParameters, policy: String) throws -> (ThoughtThresholds, [String]) {
         let theta1 = parameters.double("theta1").map(Float.init)
         let theta2 = parameters.double("theta2").map(Float.init)
-        let layers = try parameters.string("thought-layers").map { try parseLayers($0, policy: policy) }
+        let recorded = reader.recordedLayerIndices
+        let layers = try parameters.string("thought-layers").map { try parseLayers($0, recorded: recorded, policy: policy) }
         let tau = parameters.int("tau")
+        var notes: [String] = []
         var thresholds: ThoughtThresholds
         if let path = parameters.string("calibration") {
             do {
@@ -333,28 +447,98 @@ enum ThinKVParameters {
             } catch let error as CalibrationError {
                 throw PolicyError("\(policy): --calibration \(error.description)")
             }
-        } else {
-            guard let theta1, let theta2 else {
-                throw PolicyError("\(policy): the thought classifier needs thresholds: --calibration FILE (from 'thinkv-sim calibrate') or --theta1 and --theta2; or use --thoughts labels on a labelled trace")
+            if layers == nil, let (mapped, note) = nearestRecorded(thresholds.layers, recorded: recorded) {
+                thresholds.layers = mapped
+                notes.append("\(URL(fileURLWithPath: path).lastPathComponent): \(note)")
             }
-            thresholds = ThoughtThresholds(theta1: theta1, theta2: theta2, layers: reader.recordedLayerIndices)
+        } else if let theta1, let theta2 {
+            thresholds = ThoughtThresholds(theta1: theta1, theta2: theta2, layers: recorded)
+        } else {
+            if theta1 != nil || theta2 != nil {
+                throw PolicyError("\(policy): give both --theta1 and --theta2, or neither (to calibrate on the trace)")
+            }
+            let profile = try SparsityProfile.compute(reader)
+            let calibration = try ThoughtCalibration.calibrate([.init(path: reader.path, model: reader.header.model, profile: profile)])
+            thresholds = calibration.thresholds
+            let t = thresholds
+            notes.append("no --calibration: thresholds calibrated on this trace itself (θ1 = \(formatTheta(t.theta1)), θ2 = \(formatTheta(t.theta2)), L* = \(t.layers.map(String.init).joined(separator: ","))); for held-out results calibrate on other traces ('thinkv-sim calibrate')")
+            if calibration.fallback, let reason = calibration.fallbackReason {
+                notes.append("calibration fell back to '\(calibration.fallbackRule ?? "?")': \(reason)")
+            }
         }
         if let theta1 { thresholds.theta1 = theta1 }
         if let theta2 { thresholds.theta2 = theta2 }
         if let layers { thresholds.layers = layers }
         if let tau { thresholds.refreshInterval = tau }
-        return thresholds
+        return (thresholds, notes)
     }
 
-    static func parseLayers(_ text: String, policy: String) throws -> [Int] {
+    private static func formatTheta(_ x: Float) -> String { String(format: "%.3f", x) }
+
+    /// L* mapped onto the recorded layers: each layer the trace lacks becomes the nearest
+    /// recorded one (the lower on a tie), repeats dropped. nil when every layer is recorded.
+    static func nearestRecorded(_ layers: [Int], recorded: [Int]) -> ([Int], String)? {
+        guard !recorded.isEmpty, layers.contains(where: { !recorded.contains($0) }) else { return nil }
+        var mapped: [Int] = [], moves: [String] = []
+        for layer in layers {
+            let nearest = recorded.min { (abs($0 - layer), $0) < (abs($1 - layer), $1) }!
+            if nearest != layer { moves.append("\(layer)→\(nearest)") }
+            if !mapped.contains(nearest) { mapped.append(nearest) }
+        }
+        return (mapped.sorted(), "L* layers not recorded in this trace mapped to the nearest recorded ones (\(moves.joined(separator: ", "))); L* = \(mapped.sorted().map(String.init).joined(separator: ","))")
+    }
+
+    /// A comma list of layer indices; negative ones count from the last recorded layer
+    /// (−1: the last), as Python indexes lists.
+    static func parseLayers(_ text: String, recorded: [Int], policy: String) throws -> [Int] {
         let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        let layers = parts.compactMap { Int($0) }
-        guard !parts.isEmpty, layers.count == parts.count, layers.allSatisfy({ $0 >= 0 }) else {
+        var layers = parts.compactMap { Int($0) }
+        guard !parts.isEmpty, layers.count == parts.count else {
             throw PolicyError("\(policy): --thought-layers must be a comma list of layer indices such as 0,5,9, got '\(text)'")
+        }
+        for (i, layer) in layers.enumerated() where layer < 0 {
+            guard -layer <= recorded.count else {
+                throw PolicyError("\(policy): --thought-layers \(layer) reaches before the first recorded layer (recorded: \(recorded.map(String.init).joined(separator: ",")))")
+            }
+            layers[i] = recorded[recorded.count + layer]
         }
         guard Set(layers).count == layers.count else {
             throw PolicyError("\(policy): --thought-layers lists a layer twice: '\(text)'")
         }
         return layers
+    }
+}
+
+/// When TBE shrinks the older thoughts.
+public enum TBETrigger: String, Sendable, CaseIterable {
+    /// When the first thought after a transition begins: the transition has settled where the
+    /// reasoning goes next, and the transition itself is among the older thoughts that shrink.
+    case afterTransition = "after-transition"
+    /// When a transition thought begins (the older thoughts shrink while it is written).
+    case transitionStart = "transition-start"
+}
+
+/// What a Continuous-Thinking paging block may mix.
+public enum BlockSharing: String, Sendable, CaseIterable {
+    /// Tokens of one precision share blocks (R and E at 4 bits together; the prompt with them
+    /// when it has their precision).
+    case precision
+    /// Tokens of one thought type share blocks; the prompt has blocks of its own.
+    case type
+
+    /// Paging class of a thought type's tokens stored at `bits`.
+    func thoughtClass(type: Int, bits: Int) -> UInt8 {
+        switch self {
+        case .precision: return UInt8(bits)
+        case .type: return UInt8(type)
+        }
+    }
+
+    /// Paging class of prompt tokens stored at `bits`.
+    func promptClass(bits: Int) -> UInt8 {
+        switch self {
+        case .precision: return UInt8(bits)
+        case .type: return 3
+        }
     }
 }

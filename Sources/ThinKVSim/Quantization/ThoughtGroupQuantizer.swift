@@ -8,8 +8,9 @@ import Foundation
 /// type's bits — keys per channel (the group's tokens × each channel), values per token (each
 /// token's D channels in runs of `groupSize`) — the stored vectors are overwritten with their
 /// dequantized values, the tokens' bits are set, and the group's metadata is charged to
-/// `cache.metadataBytes[head]`. When the type changes, the open group is closed as it is: its
-/// tokens stay at 16 bits for good. A group's metadata stays charged while any of its tokens is
+/// `cache.metadataBytes[head]`. When the type changes (the thought ends), the open group is
+/// quantized as a short group with its own scales, charged like any group
+/// (`quantizesPartialGroups`; off, its tokens stay at 16 bits for good). A group's metadata stays charged while any of its tokens is
 /// resident in that head; tell the component about evictions (`didEvict` or `reconcile`) so
 /// that evicting all of a group's tokens frees it.
 ///
@@ -38,17 +39,24 @@ public final class ThoughtGroupQuantizer {
         /// or nil to keep the prompt at 16 bits. Default nil: the prompt is not a thought of the
         /// reasoning trace and has no type to take a precision from.
         public var promptBits: Int?
-        /// Paging class of prompt tokens, so prompt blocks never share a block (and so a
-        /// precision) with thought tokens, whose class is their type 0...2.
+        /// Paging class of prompt tokens and of each thought type's tokens (indexed by type):
+        /// tokens share a block only within a class, e.g. one class per precision.
         public var promptPagingClass: UInt8
+        public var pagingClassByType: [UInt8]
+        /// Whether the open group of a thought that ends short of `groupSize` tokens is
+        /// quantized (a short group with its own scales) or left at 16 bits.
+        public var quantizesPartialGroups: Bool
 
         public init(format: QuantFormat = .paper, reasoningBits: Int = 4, executionBits: Int = 4, transitionBits: Int = 2,
-                    groupSize: Int = 16, promptBits: Int? = nil, promptPagingClass: UInt8 = 3) {
+                    groupSize: Int = 16, promptBits: Int? = nil, promptPagingClass: UInt8 = 3,
+                    pagingClassByType: [UInt8] = [0, 1, 2], quantizesPartialGroups: Bool = true) {
             self.format = format
             self.bitsByType = [reasoningBits, executionBits, transitionBits]
             self.groupSize = groupSize
             self.promptBits = promptBits
             self.promptPagingClass = promptPagingClass
+            self.pagingClassByType = pagingClassByType
+            self.quantizesPartialGroups = quantizesPartialGroups
         }
     }
 
@@ -76,7 +84,7 @@ public final class ThoughtGroupQuantizer {
     /// Checks the configuration: bits each format supports, a positive group size.
     public init(_ configuration: Configuration, cache: LayerCache) throws {
         guard configuration.groupSize > 0 else { throw PolicyError("TBQ group size must be positive") }
-        guard configuration.bitsByType.count == Self.thoughtTypeCount else {
+        guard configuration.bitsByType.count == Self.thoughtTypeCount, configuration.pagingClassByType.count == Self.thoughtTypeCount else {
             throw PolicyError("TBQ needs bits for \(Self.thoughtTypeCount) thought types")
         }
         self.configuration = configuration
@@ -117,11 +125,12 @@ public final class ThoughtGroupQuantizer {
         precondition(typeOf[position] < 0 || Int(typeOf[position]) == type,
                      "position \(position) already has thought type \(typeOf[position])")
         typeOf[position] = Int8(type)
-        cache.pagingClass[position] = UInt8(type)
+        cache.pagingClass[position] = configuration.pagingClassByType[type]
     }
 
     /// Adds a decode position to every kv head that holds it: to the open group if the type
-    /// matches, else it closes the open group (left at 16 bits) and opens a new one. Quantizes a
+    /// matches, else it closes the open group (quantized short, or left at 16 bits; see
+    /// `quantizesPartialGroups`) and opens a new one. Quantizes a
     /// head's open group once it holds `groupSize` resident tokens. Positions must arrive in
     /// increasing order. Returns whether any head quantized a group.
     @discardableResult
@@ -131,7 +140,14 @@ public final class ThoughtGroupQuantizer {
         var quantized = false
         for h in 0..<numKVHeads {
             if openType[h] != thoughtType {
-                openType[h] = thoughtType     // the previous open group stays 16-bit
+                if configuration.quantizesPartialGroups && openType[h] >= 0 && !openMembers[h].isEmpty {
+                    pruneOpenGroup(kvHead: h, cache: cache)
+                    if !openMembers[h].isEmpty {
+                        quantizeGroup(kvHead: h, positions: openMembers[h], quantizer: quantizers[openType[h]], cache: cache)
+                        quantized = true
+                    }
+                }
+                openType[h] = thoughtType
                 openMembers[h].removeAll(keepingCapacity: true)
             }
             let slots = cache.slots[h]

@@ -165,6 +165,11 @@ public final class ReplayEngine {
 
         let anyValues = layers.contains { reader.layerInfo($0)?.hasValues == true }
         var notes: [String] = []
+        for (spec, value) in zip(configuration.policies, prepared) {
+            for note in (value as? ReplayNotes)?.replayNotes ?? [] where !notes.contains("\(spec.label): \(note)") {
+                notes.append("\(spec.label): \(note)")
+            }
+        }
         if !anyValues {
             notes.append("attention output error unavailable: the trace records no values (v)")
         }

@@ -15,7 +15,10 @@ public struct ThoughtThresholds: Codable, Equatable, Sendable {
     /// A position counts as "sparse" below this fraction of the row maximum (ThinKV: 1 %).
     public var sparsityRatio: Float
 
-    public init(theta1: Float, theta2: Float, layers: [Int], refreshInterval: Int = 128, sparsityRatio: Float = Sparsity.defaultRatio) {
+    /// τ when nothing sets it: ThinKV's 128 steps.
+    public static let defaultRefreshInterval = 128
+
+    public init(theta1: Float, theta2: Float, layers: [Int], refreshInterval: Int = defaultRefreshInterval, sparsityRatio: Float = Sparsity.defaultRatio) {
         self.theta1 = theta1
         self.theta2 = theta2
         self.layers = layers
@@ -29,6 +32,9 @@ public struct ThoughtThresholds: Codable, Equatable, Sendable {
         case sparsityRatio = "sparsity_ratio"
     }
 
+    /// θ1 = 0 and θ2 = 1, calibration's single-type fallback: every sparsity is reasoning.
+    public var isSingleType: Bool { theta1 <= 0 && theta2 >= 1 }
+
     /// The type of one sparsity value.
     public func classify(_ sparsity: Float) -> ThoughtType {
         if sparsity > theta2 { return .transition }
@@ -39,17 +45,27 @@ public struct ThoughtThresholds: Codable, Equatable, Sendable {
 
 public enum ThoughtClassifier {
     /// Types of every decode step from the step-wise sparsity averaged over L*: step t takes
-    /// the type of step τ·⌊t/τ⌋ (the last refresh), so types change only at refresh steps.
-    public static func timeline(averagedSparsity: [Float], thresholds: ThoughtThresholds) -> [ThoughtType] {
+    /// the type decided at step τ·⌊t/τ⌋ (the last refresh), so types change only at refresh
+    /// steps. At a refresh step r the type is that of the mean sparsity of steps
+    /// max(0, r − window + 1)...r (window 1: step r alone).
+    public static func timeline(averagedSparsity: [Float], thresholds: ThoughtThresholds, window: Int = 1) -> [ThoughtType] {
         let tau = max(1, thresholds.refreshInterval)
         var out: [ThoughtType] = []
         out.reserveCapacity(averagedSparsity.count)
         var current = ThoughtType.reasoning
-        for (t, s) in averagedSparsity.enumerated() {
-            if t % tau == 0 { current = thresholds.classify(s) }
+        for t in averagedSparsity.indices {
+            if t % tau == 0 { current = thresholds.classify(windowMean(averagedSparsity, endingAt: t, window: window)) }
             out.append(current)
         }
         return out
+    }
+
+    /// Mean of values[max(0, t − window + 1)...t], summed in order.
+    static func windowMean(_ values: [Float], endingAt t: Int, window: Int) -> Float {
+        let first = max(0, t - max(1, window) + 1)
+        var sum: Float = 0
+        for u in first...t { sum += values[u] }
+        return sum / Float(t - first + 1)
     }
 
     /// Token-level agreement with reference labels (decode positions with label ≥ 0 only) and

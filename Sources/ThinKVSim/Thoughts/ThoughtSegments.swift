@@ -37,14 +37,17 @@ public struct ThoughtSegment: Equatable, Sendable {
 ///    thought segment takes one schedule step (`RetentionSchedule.transitionStep`). The prompt
 ///    is not a thought and is not touched by transitions.
 /// 2. **Budget.** While the resident tokens exceed the budget, the least important old segment
-///    that can still lose tokens takes one pressure step (`RetentionSchedule.pressureStep`):
-///    ranks T, E, R, prompt (`ThoughtSegment.evictionRank`), older first within a rank.
+///    that can still lose tokens heads for its next schedule size
+///    (`RetentionSchedule.pressureStep`) and gives up only the excess: it reaches that size
+///    (and its new level) after as many steps as it takes. Ranks T, E, R, prompt
+///    (`ThoughtSegment.evictionRank`), older first within a rank.
 /// 3. **Split.** If no old segment can shrink (all at the floor) and the current segment holds
 ///    tokens older than the recent window, those tokens are closed off as a segment of the same
 ///    type (a *continuation*), which rule 2 can then shrink. Without this a long current
 ///    thought alone could exceed the budget, since the current segment is never evicted.
-/// 4. **Floor breach.** If still over budget, the least important old segment loses every
-///    unprotected token, below the floor. Counted, because it is what the floor exists to avoid.
+/// 4. **Floor breach.** If still over budget, the least important old segment loses unprotected
+///    tokens below the floor, again only the excess. Counted, because it is what the floor
+///    exists to avoid.
 ///
 /// Never evicted: the attention sinks (first positions), the current segment, and the newest
 /// positions (the recent window). A cut therefore never goes below a segment's protected
@@ -126,12 +129,21 @@ public final class ThoughtSegments {
         case transition, pressure, split, floorBreach
     }
 
-    /// One decided change: a segment cut to `size` tokens (`split` events carry the new
-    /// segment's index and its size, nothing evicted).
+    /// One decided change: a segment cut to `size` tokens on its way to `target` (the schedule
+    /// size it heads for; equal to `size` unless a pressure step stopped at the excess).
+    /// `split` events carry the new segment's index and its size, nothing evicted.
     public struct Event: Sendable, Equatable {
         public let reason: CutReason
         public let segment: Int
         public let size: Int
+        public let target: Int
+
+        public init(reason: CutReason, segment: Int, size: Int, target: Int? = nil) {
+            self.reason = reason
+            self.segment = segment
+            self.size = size
+            self.target = target ?? size
+        }
     }
 
     /// The outcome of `decide`: every segment's resident size before and after, and the
@@ -189,8 +201,8 @@ public final class ThoughtSegments {
         guard let budget else {
             return Decision(before: before, after: counts, protected: protectedCounts, events: events)
         }
-        var total = counts.reduce(0, +)
-        while total > budget {
+        var excess = counts.reduce(0, +) - budget
+        while excess > 0 {
             // Old segments by eviction rank, older first (segments are in position order).
             let old = segments.indices.filter { $0 != currentIndex }
                 .sorted { (segments[$0].evictionRank, $0) < (segments[$1].evictionRank, $1) }
@@ -200,11 +212,14 @@ public final class ThoughtSegments {
                       max(step.size, protectedCounts[s]) < counts[s] else { return nil }
                 return (s, step)
             }).first {
-                segments[s].level = step.level
-                let size = max(step.size, protectedCounts[s])
-                total -= counts[s] - size
-                counts[s] = size
-                events.append(Event(reason: .pressure, segment: s, size: size))
+                // Only the excess leaves; the segment reaches its next size (and level) once it
+                // has given up everything above it, possibly over several steps.
+                let target = max(step.size, protectedCounts[s])
+                let give = min(excess, counts[s] - target)
+                counts[s] -= give
+                excess -= give
+                if counts[s] == target { segments[s].level = step.level }
+                events.append(Event(reason: .pressure, segment: s, size: counts[s], target: target))
                 continue
             }
 
@@ -226,8 +241,9 @@ public final class ThoughtSegments {
             }
 
             if let s = old.first(where: { counts[$0] > protectedCounts[$0] }) {
-                total -= counts[s] - protectedCounts[s]
-                counts[s] = protectedCounts[s]
+                let give = min(excess, counts[s] - protectedCounts[s])
+                counts[s] -= give
+                excess -= give
                 events.append(Event(reason: .floorBreach, segment: s, size: counts[s]))
                 continue
             }

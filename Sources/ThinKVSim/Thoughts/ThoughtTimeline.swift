@@ -2,12 +2,24 @@ import Foundation
 
 /// The thought type of every decode step of a trace, decided once per replay and shared by
 /// every layer (ThinKV classifies a step once, from several layers, and all layers follow).
-public struct ThoughtTimeline: Sendable, Equatable {
+public struct ThoughtTimeline: Sendable, Equatable, ReplayNotes {
     public enum Source: String, Sendable, CaseIterable {
-        /// ThinKV's classifier: thresholds over the full-cache sparsity averaged over L*.
+        /// ThinKV's classifier: thresholds over the sparsity averaged over L*.
         case classifier
-        /// The trace's `/tokens/thought` labels (an oracle, for ablations).
+        /// The trace's `/tokens/thought` labels at every step (an oracle, for ablations).
         case labels
+        /// The labels read only at refresh steps (majority over the sparsity window) and held
+        /// for τ steps like the classifier's types: label quality apart from refresh granularity.
+        case heldLabels = "held-labels"
+    }
+
+    /// Whose attention the classifier reads.
+    public enum SparsitySource: String, Sendable, CaseIterable {
+        /// The attention over the policy's own compressed, quantized cache (what a deployed
+        /// system computes).
+        case cache
+        /// The full cache's attention (an oracle ablation: no deployed policy sees it).
+        case full
     }
 
     /// Type of decode step t (position P + t), for every generated token.
@@ -15,11 +27,35 @@ public struct ThoughtTimeline: Sendable, Equatable {
     public let source: Source
     /// The thresholds used (classifier only).
     public let thresholds: ThoughtThresholds?
+    /// What a report should say about how the types were obtained (self-calibration, fallback).
+    public var notes: [String] = []
 
-    public init(types: [ThoughtType], source: Source, thresholds: ThoughtThresholds? = nil) {
+    public init(types: [ThoughtType], source: Source, thresholds: ThoughtThresholds? = nil, notes: [String] = []) {
         self.types = types
         self.source = source
         self.thresholds = thresholds
+        self.notes = notes
+    }
+
+    public var replayNotes: [String] { notes }
+
+    /// Labels read every τ steps and held: the type at a refresh step is the most frequent
+    /// label of the last `window` steps (ties: R, E, T in that order).
+    public static func fromHeldLabels(_ reader: TraceReader, refreshInterval tau: Int, window: Int, policy: String) throws -> ThoughtTimeline {
+        let labels = try fromLabels(reader, policy: policy).types
+        var types: [ThoughtType] = []
+        types.reserveCapacity(labels.count)
+        var current = ThoughtType.reasoning
+        for t in labels.indices {
+            if t % tau == 0 {
+                var votes = [0, 0, 0]
+                for u in max(0, t - window + 1)...t { votes[Int(labels[u].rawValue)] += 1 }
+                let best = votes.max()!
+                current = ThoughtType(rawValue: Int8(votes.firstIndex(of: best)!))!
+            }
+            types.append(current)
+        }
+        return ThoughtTimeline(types: types, source: .heldLabels)
     }
 
     /// Ground-truth labels of the decode positions. A decode position labelled −1 (unknown)
@@ -44,7 +80,18 @@ public struct ThoughtTimeline: Sendable, Equatable {
     /// layer of L*, averaged over L*, thresholded by θ1/θ2 and held for τ steps
     /// (`ThoughtClassifier.timeline`). The sparsity is that of the uncompressed cache, as
     /// everything in a teacher-forced replay; an online system reads the attention it computes.
-    public static func fromClassifier(_ reader: TraceReader, thresholds: ThoughtThresholds, policy: String) throws -> ThoughtTimeline {
+    public static func fromClassifier(_ reader: TraceReader, thresholds: ThoughtThresholds, window: Int = 1, policy: String) throws -> ThoughtTimeline {
+        try checkClassifier(reader, thresholds: thresholds, policy: policy)
+        if thresholds.isSingleType {
+            return ThoughtTimeline(types: Array(repeating: .reasoning, count: reader.header.generatedLength), source: .classifier, thresholds: thresholds)
+        }
+        let averaged = try AveragedSparsityMemo.shared.averaged(reader, layers: thresholds.layers)
+        let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds, window: window)
+        return ThoughtTimeline(types: types, source: .classifier, thresholds: thresholds)
+    }
+
+    /// The checks every classifier source makes on its thresholds and the trace.
+    static func checkClassifier(_ reader: TraceReader, thresholds: ThoughtThresholds, policy: String) throws {
         guard thresholds.theta1 < thresholds.theta2, (0...1).contains(thresholds.theta1), (0...1).contains(thresholds.theta2) else {
             throw PolicyError("\(policy): thresholds need 0 ≤ θ1 < θ2 ≤ 1, got θ1 = \(thresholds.theta1), θ2 = \(thresholds.theta2)")
         }
@@ -60,15 +107,15 @@ public struct ThoughtTimeline: Sendable, Equatable {
         for layer in thresholds.layers where reader.layerInfo(layer) == nil {
             throw PolicyError("\(policy): the classifier averages the sparsity of layers \(thresholds.layers.map(String.init).joined(separator: ",")), but layer \(layer) is not recorded in \(reader.path) (recorded: \(recorded.map(String.init).joined(separator: ",")))")
         }
-        // θ1 = 0 and θ2 = 1 (calibration's single-type fallback) classify every sparsity as
-        // reasoning: no need for the attention pass that measures it.
-        if thresholds.theta1 <= 0 && thresholds.theta2 >= 1 {
-            return ThoughtTimeline(types: Array(repeating: .reasoning, count: reader.header.generatedLength), source: .classifier, thresholds: thresholds)
-        }
-        let averaged = try AveragedSparsityMemo.shared.averaged(reader, layers: thresholds.layers)
-        let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds)
-        return ThoughtTimeline(types: types, source: .classifier, thresholds: thresholds)
     }
+}
+
+/// Thought types known so far: all of them before a replay (a `ThoughtTimeline`), or one step
+/// ahead of the policies while the cache-sparsity classifier steps its own layers.
+public final class ThoughtTypeLog: @unchecked Sendable {
+    public internal(set) var types: [ThoughtType]
+
+    public init(types: [ThoughtType] = []) { self.types = types }
 }
 
 /// The last averaged sparsity profile computed, so that several ThinKV configurations in one

@@ -1,0 +1,154 @@
+import Foundation
+
+/// ThinKV's classifier as a deployed system runs it: the sparsity of a decode step is that of
+/// the attention over the policy's *own* cache (what it kept, at the precision it stored),
+/// averaged over L*, so the thought types depend on the policy's earlier decisions.
+///
+/// A replay processes one layer at a time, while a step's type needs every layer of L* at that
+/// step. So `prepare` runs the policy on the layers of L* alone, in lockstep: at each step it
+/// appends the new token to each L* layer's cache, measures the sparsity of the attention over
+/// that cache, decides the type (at refresh steps) and hands it to the policy instances before
+/// their hooks. The replay then gives every layer this timeline; on the L* layers it repeats
+/// exactly the same decisions (same types, same caches), so the timeline is the one the
+/// policy would have produced online.
+///
+/// Sparsity over a cache: each query head's softmax over its kv head's held positions, summed
+/// into one row over the positions any head holds (a position a head does not hold adds 0),
+/// divided by the query heads; then the fraction of those positions below `ratio` × the row's
+/// maximum (`Sparsity.of`). With the full cache this is exactly the full-cache definition.
+enum CacheSparsityClassifier {
+    static func timeline(_ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
+                         thresholds: ThoughtThresholds, window: Int, policy: String) throws -> ThoughtTimeline {
+        try ThoughtTimeline.checkClassifier(reader, thresholds: thresholds, policy: policy)
+        let header = reader.header
+        let G = header.generatedLength, P = header.promptLength
+        if thresholds.isSingleType {
+            return ThoughtTimeline(types: Array(repeating: .reasoning, count: G), source: .classifier, thresholds: thresholds)
+        }
+        let log = ThoughtTypeLog()
+        log.types.reserveCapacity(G)
+        var lanes: [Lane] = []
+        for (ordinal, layer) in thresholds.layers.enumerated() {
+            guard let info = reader.layerInfo(layer), info.hasQueriesAndKeys else {
+                throw PolicyError("\(policy): --sparsity-source cache needs q and k in every layer of L* (layer \(layer) of \(reader.path) has none); use --sparsity-source full")
+            }
+            let data = try LayerData.load(from: reader, layer: layer)
+            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: thresholds.layers.count, prepared: log)
+            let instance = try policyType.init(parameters: parameters, setup: setup)
+            let cache = LayerCache(data: data)
+            for p in 0..<P { cache.append(position: p) }
+            instance.prefill(PrefillContext(setup: setup, data: data, promptQueries: nil), cache: cache)
+            lanes.append(Lane(data: data, setup: setup, policy: instance, cache: cache))
+        }
+
+        let tau = max(1, thresholds.refreshInterval)
+        let window = max(1, window)
+        var history = [Float](repeating: 0, count: G)
+        var current = ThoughtType.reasoning
+        var scratch = Scratch(header: header)
+        let queryRun = 256
+        var queries: [[Float]] = Array(repeating: [], count: lanes.count)
+        let width = header.numQHeads * header.headDim
+        let noAttention: [Float] = []
+        for t in 0..<G {
+            let p = P + t
+            if t % queryRun == 0 {
+                let rows = p..<min(header.numTokens, p + queryRun)
+                for (i, lane) in lanes.enumerated() { try reader.readRows(.q, layer: lane.setup.layer.index, rows: rows, into: &queries[i]) }
+            }
+            for lane in lanes {
+                lane.cache.beginStep()
+                lane.cache.append(position: p)
+            }
+            // Steps a refresh at or after t will average (the next refresh is (τ − t mod τ) mod τ away).
+            if (tau - t % tau) % tau < window {
+                var sum: Float = 0
+                for (i, lane) in lanes.enumerated() {
+                    let offset = (t % queryRun) * width
+                    sum += queries[i].withUnsafeBufferPointer {
+                        scratch.sparsity(of: lane, queries: $0.baseAddress! + offset, position: p, ratio: thresholds.sparsityRatio)
+                    }
+                }
+                history[t] = sum / Float(lanes.count)
+            }
+            if t % tau == 0 { current = thresholds.classify(ThoughtClassifier.windowMean(history, endingAt: t, window: window)) }
+            log.types.append(current)
+            noAttention.withUnsafeBufferPointer { empty in
+                let view = AttentionView(storage: empty, offsets: [], counts: [])
+                for (i, lane) in lanes.enumerated() {
+                    queries[i].withUnsafeBufferPointer { all in
+                        let row = t % queryRun
+                        let context = StepContext(setup: lane.setup, data: lane.data, step: t, position: p,
+                                                  queries: UnsafeBufferPointer(rebasing: all[(row * width)..<((row + 1) * width)]),
+                                                  fullCacheSparsity: .nan)
+                        lane.policy.beforeAttention(context, cache: lane.cache)
+                        lane.policy.afterAttention(context, attention: view, cache: lane.cache)
+                    }
+                }
+            }
+        }
+        return ThoughtTimeline(types: log.types, source: .classifier, thresholds: thresholds)
+    }
+
+    /// One layer of L* stepped by the classifier.
+    struct Lane {
+        let data: LayerData
+        let setup: PolicySetup
+        let policy: any CachePolicy
+        let cache: LayerCache
+    }
+
+    /// Buffers reused every step.
+    struct Scratch {
+        let header: TraceHeader
+        var logits: [Float] = []
+        var row: [Float]
+        var held: [Bool]
+
+        init(header: TraceHeader) {
+            self.header = header
+            row = [Float](repeating: 0, count: header.numTokens)
+            held = [Bool](repeating: false, count: header.numTokens)
+        }
+
+        /// Sparsity of the head-averaged attention of `queries` (`[Hq][D]`) over `lane`'s cache.
+        mutating func sparsity(of lane: Lane, queries: UnsafePointer<Float>, position p: Int, ratio: Float) -> Float {
+            let h = header, D = h.headDim, gs = h.groupSize
+            let cache = lane.cache
+            guard let keys = cache.storedKeys else { return 0 }
+            for i in 0...p { row[i] = 0; held[i] = false }
+            for g in 0..<h.numKVHeads {
+                let n = cache.slots[g].count
+                guard n > 0 else { continue }
+                if logits.count < gs * n { logits = [Float](repeating: 0, count: gs * n) }
+                cache.slots[g].withUnsafeBufferPointer { slots in
+                    keys.withUnsafeBufferPointer { K in
+                        logits.withUnsafeMutableBufferPointer { out in
+                            Kernels.scores(queries: queries + g * gs * D, rows: gs, headDim: D,
+                                           keys: K.baseAddress! + lane.data.offset(kvHead: g, position: 0),
+                                           indices: slots.baseAddress!, count: n, scale: h.effectiveSoftmaxScale,
+                                           out: out.baseAddress!, outStride: n)
+                            for r in 0..<gs {
+                                let x = out.baseAddress! + r * n
+                                Kernels.softmaxFast(x, n)
+                                for j in 0..<n { row[Int(slots[j])] += x[j] }
+                            }
+                        }
+                    }
+                    for j in 0..<n { held[Int(slots[j])] = true }
+                }
+            }
+            var maximum: Float = 0, count = 0
+            for i in 0...p where held[i] {
+                count += 1
+                if row[i] > maximum { maximum = row[i] }
+            }
+            guard count > 0 else { return 0 }
+            // The head average divides every entry and the maximum alike: compare the sums.
+            let cut = ratio * maximum
+            var below = 0
+            for i in 0...p where held[i] && row[i] < cut { below += 1 }
+            return Float(below) / Float(count)
+        }
+    }
+}
