@@ -59,6 +59,9 @@ enum ReplayCommand: Subcommand {
         engine.progress = TerminalProgress(label: "replay")
         let result = try engine.run()
         keptWriter?.close()
+        // Notes change how results read (e.g. thresholds calibrated on the trace itself): say them
+        // on stderr too, where a script that keeps only --json or the CSV still shows them.
+        for note in result.notes { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
 
         if let csvPath = arguments.value("csv") {
             try OutputFile.write(ReplayReport.stepCSV(result), to: csvPath, protecting: [path])

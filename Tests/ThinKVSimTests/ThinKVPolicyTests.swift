@@ -452,6 +452,41 @@ final class ThinKVPolicyTests: XCTestCase {
         XCTAssertTrue(selfCalibrated.output.contains("calibrated on this trace itself"), selfCalibrated.output)
     }
 
+    func testPerThoughtTokensAndBytesAddUpAndAreReported() throws {
+        let path = try trace(prompt: 8, runs([("R", 40), ("T", 6), ("E", 30), ("T", 4), ("R", 20)]), Hq: 2, Hkv: 2, D: 16)
+        let specs = [try spec("thinkv", ["thoughts": "labels", "budget": "40"]),
+                     try spec("thinkv-tbe", ["thoughts": "labels", "budget": "40"]), try spec("h2o", ["budget": "40"])]
+        let (result, _) = try TestTraces.replay(path, specs)
+        for run in result.runs.prefix(2) {
+            for r in run.steps {
+                let t = try XCTUnwrap(r.thought)
+                XCTAssertEqual(t.tokens.reduce(0, +), r.attendedTokens, accuracy: 1e-9, "\(run.spec.label) step \(r.step)")
+                XCTAssertEqual(t.tokensByBits.reduce(0, +), r.attendedTokens, accuracy: 1e-9)
+                XCTAssertLessThanOrEqual(t.bytes.reduce(0, +), r.attendedBytes, "elements without the groups' scales")
+                if run.spec.name == "thinkv-tbe" { XCTAssertEqual(t.bytes.reduce(0, +), r.attendedBytes, "all 16-bit, no metadata") }
+            }
+            let counters = try XCTUnwrap(run.summary.policyCounters)
+            XCTAssertEqual(counters["transitions"], 2)
+            XCTAssertGreaterThan(counters["pressure_evicted_tokens"] ?? 0, 0)
+            XCTAssertNotNil(run.summary.thoughtBreakdown?.byThought["transition"])
+        }
+        // thinkv quantizes: T tokens end at 2 bits, R and E at 4.
+        XCTAssertGreaterThan(result.runs[0].summary.thoughtBreakdown!.tokensByBits["2"]!, 0)
+        XCTAssertEqual(result.runs[1].summary.thoughtBreakdown!.tokensByBits["16"]!, result.runs[1].summary.memory.meanAttendedTokens, accuracy: 1e-9)
+        XCTAssertNil(result.runs[2].summary.thoughtBreakdown, "h2o has no thought types")
+        XCTAssertNil(result.runs[2].summary.policyCounters)
+        let json = try ReplayReport.json(result)
+        XCTAssertTrue(json.contains("\"thought_breakdown\"") && json.contains("\"policy_counters\""), json)
+        let text = ReplayReport.text(result)
+        XCTAssertTrue(text.contains("by thought type") && text.contains("events thinkv(budget=40,thoughts=labels): floor breach"), text)
+        let csv = ReplayReport.stepCSV(result).split(separator: "\n")
+        let header = csv[0].split(separator: ",", omittingEmptySubsequences: false)
+        let column = try XCTUnwrap(header.firstIndex(of: "thought_transition_tokens"))
+        let h2oRow = try XCTUnwrap(csv.first { $0.hasPrefix("h2o") }).split(separator: ",", omittingEmptySubsequences: false)
+        XCTAssertEqual(h2oRow.count, header.count)
+        XCTAssertEqual(h2oRow[column], "")
+    }
+
     func testBadParametersAreRefused() throws {
         let path = try trace(prompt: 4, "RRRRRRRR")
         func run(_ name: String, _ values: [String: String]) -> String {

@@ -71,6 +71,10 @@ public struct RunSummary: Codable, Equatable, Sendable {
     /// nil when no replayed layer has values.
     public var outputError: MetricSummary?
     public var memory: MemorySummary
+    /// Tokens and bytes by thought type and precision (policies with thought types only).
+    public var thoughtBreakdown: ThoughtBreakdownSummary? = nil
+    /// The policy's event counts summed over replayed layers (e.g. ThinKV's cuts by reason).
+    public var policyCounters: [String: Int]? = nil
 }
 
 /// Collects per-sample metric values while a run progresses.

@@ -29,6 +29,8 @@ public struct StepRecord: Codable, Equatable, Sendable {
     public var outputError: Float?
     /// Attention sparsity of the full cache at this step (context for ThinKV).
     public var sparsity: Float
+    /// The attended set by thought type and precision (policies with thought types only).
+    public var thought: ThoughtStepBreakdown? = nil
 }
 
 /// A compression event for `--kept`: the positions a kv head holds after the policy dropped some.

@@ -45,6 +45,12 @@ public protocol CachePolicy: AnyObject {
     func prefill(_ context: PrefillContext, cache: LayerCache)
     func beforeAttention(_ context: StepContext, cache: LayerCache)
     func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache)
+
+    /// The attended set by thought type and precision, measured once per step before
+    /// `afterAttention` (nil: the policy has no thought types).
+    func thoughtBreakdown(cache: LayerCache) -> ThoughtStepBreakdown?
+    /// Event counts of this layer so far, in report order (summed over layers in the report).
+    var reportCounters: [(name: String, value: Int)] { get }
 }
 
 extension CachePolicy {
@@ -56,6 +62,8 @@ extension CachePolicy {
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {}
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {}
+    public func thoughtBreakdown(cache: LayerCache) -> ThoughtStepBreakdown? { nil }
+    public var reportCounters: [(name: String, value: Int)] { [] }
 }
 
 /// A `prepare` result with remarks the replay report should carry (e.g. that thresholds were

@@ -215,6 +215,21 @@ public class ThinKVPolicy: CachePolicy {
         }
     }
 
+    // MARK: Report
+
+    public func thoughtBreakdown(cache: LayerCache) -> ThoughtStepBreakdown? {
+        let P = setup.header.promptLength
+        return ThoughtStepBreakdown.measure(cache) { p in p < P ? 3 : Int(thoughtTypes.types[p - P].rawValue) }
+    }
+
+    public var reportCounters: [(name: String, value: Int)] {
+        guard segments != nil else { return [] }
+        let c = counters
+        return [("transitions", c.transitions), ("transition_cuts", c.transitionCuts), ("transition_evicted_tokens", c.transitionEvictions),
+                ("pressure_cuts", c.pressureCuts), ("pressure_evicted_tokens", c.pressureEvictions), ("splits", c.splits),
+                ("floor_breaches", c.floorBreaches), ("floor_breach_evicted_tokens", c.floorBreachEvictions)]
+    }
+
     // MARK: Eviction
 
     /// Decides the segment sizes (the same in every head) and, per head, which tokens leave:

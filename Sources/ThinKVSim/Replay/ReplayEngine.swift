@@ -152,6 +152,7 @@ public final class ReplayEngine {
         prepared = try configuration.policies.map { try $0.type.prepare(reader, parameters: $0.parameters, layers: layers) }
         var records = Array(repeating: [StepRecord](), count: configuration.policies.count)
         var samples = Array(repeating: MetricSamples(), count: configuration.policies.count)
+        var counters = Array(repeating: [(name: String, value: Int)](), count: configuration.policies.count)
         for (ordinal, layer) in layers.enumerated() {
             let readStart = ReplayEngine.now()
             let data = try LayerData.load(from: reader, layer: layer)
@@ -160,6 +161,9 @@ public final class ReplayEngine {
             for (i, run) in layerRuns.enumerated() {
                 records[i] += run.records
                 samples[i].append(run.samples)
+                for (k, counter) in run.policy.reportCounters.enumerated() {
+                    if k < counters[i].count { counters[i][k].value += counter.value } else { counters[i].append(counter) }
+                }
             }
         }
 
@@ -179,7 +183,9 @@ public final class ReplayEngine {
                 topKRecall: MetricSummary(samples: samples[i].topKRecall),
                 attentionKL: MetricSummary(samples: samples[i].attentionKL),
                 outputError: anyValues ? MetricSummary(samples: samples[i].outputError) : nil,
-                memory: MemorySummary(records: records[i], numLayers: header.numLayers, replayedLayers: layers.count)),
+                memory: MemorySummary(records: records[i], numLayers: header.numLayers, replayedLayers: layers.count),
+                thoughtBreakdown: ThoughtBreakdownSummary(records: records[i], numLayers: header.numLayers),
+                policyCounters: counters[i].isEmpty ? nil : Dictionary(counters[i].map { ($0.name, $0.value) }, uniquingKeysWith: +)),
                 paging: configuration.layout(ofPolicy: i).mode, blockSize: configuration.effectiveBlockSize(ofPolicy: i))
         }
         timing.wallSeconds = ReplayEngine.now() - started
@@ -515,6 +521,7 @@ final class PolicyLayerRun {
             }
         }
 
+        let thought = policy.thoughtBreakdown(cache: cache)
         attention.withUnsafeBufferPointer { storage in
             let view = AttentionView(storage: storage, offsets: offsets, counts: counts)
             policy.afterAttention(context, attention: view, cache: cache)
@@ -539,7 +546,7 @@ final class PolicyLayerRun {
             blocks: paged.blocks, slotOccupancy: paged.occupancy, pagedBytes: paged.bytes, compactionBytes: compactionBytes,
             massRecall: recallSum / n, massRecallMin: recallMin, topKRecall: topSum / n, attentionKL: klSum / n,
             outputError: data.values == nil ? nil : errSum / n,
-            sparsity: chunk.sparsity[s]))
+            sparsity: chunk.sparsity[s], thought: thought))
     }
 
     private struct HeadMetrics {

@@ -51,6 +51,24 @@ public enum ReplayReport {
         if result.paging != .none {
             out.append("occupancy: live tokens / block slots (mean); compaction copies: bytes a dense gather would have moved (total).")
         }
+        let thoughtRuns = result.runs.filter { $0.summary.thoughtBreakdown != nil }
+        if !thoughtRuns.isEmpty {
+            out.append("")
+            out.append("by thought type (attended, mean per step; tokens per kv head, bytes of K+V elements in all layers):")
+            var thoughts = TextTable(headers: ["policy", "R tokens", "E tokens", "T tokens", "prompt", "R bytes", "E bytes", "T bytes",
+                                               "prompt bytes", "@16b", "@8b", "@4b", "@2b"])
+            for run in thoughtRuns {
+                let b = run.summary.thoughtBreakdown!
+                let kinds = ThoughtStepBreakdown.kinds.map { b.byThought[$0]! }
+                thoughts.add([run.spec.label] + kinds.map { String(format: "%.1f", $0.meanTokens) } + kinds.map { Format.bytes($0.meanBytes) }
+                             + ["16", "8", "4", "2"].map { String(format: "%.1f", b.tokensByBits[$0] ?? 0) })
+            }
+            out.append(thoughts.render())
+        }
+        for run in result.runs {
+            guard let counters = run.summary.policyCounters, !counters.isEmpty else { continue }
+            out.append("events \(run.spec.label): " + counters.sorted { $0.key < $1.key }.map { "\($0.key.replacingOccurrences(of: "_", with: " ")) \($0.value)" }.joined(separator: ", "))
+        }
         for note in result.notes { out.append("note: \(note)") }
         return out.joined(separator: "\n")
     }
@@ -102,6 +120,9 @@ public enum ReplayReport {
         "policy", "layer", "step", "position", "attended_tokens", "resident_tokens", "attended_bytes", "resident_bytes",
         "full_bytes", "percent_of_full", "blocks", "slot_occupancy", "paged_bytes", "compaction_bytes", "mass_recall", "mass_recall_min", "topk_recall", "attention_kl", "output_error",
         "sparsity",
+        "thought_reasoning_tokens", "thought_execution_tokens", "thought_transition_tokens", "thought_prompt_tokens",
+        "thought_reasoning_bytes", "thought_execution_bytes", "thought_transition_bytes", "thought_prompt_bytes",
+        "tokens_16bit", "tokens_8bit", "tokens_4bit", "tokens_2bit", "tokens_other_bits",
     ]
 
     /// One row per (policy, layer, decode step); an unavailable output error is an empty cell.
@@ -127,7 +148,11 @@ public enum ReplayReport {
             Format.csv(Double(r.attentionKL)), r.outputError.map { Format.csv(Double($0)) } ?? "",
             Format.csv(Double(r.sparsity)),
         ]
-        return fields.joined(separator: ",") + "\n"
+        // Thought columns are empty for policies without thought types.
+        let thought: [String] = r.thought.map { t in
+            t.tokens.map { Format.csv($0) } + t.bytes.map(String.init) + t.tokensByBits.map { Format.csv($0) }
+        } ?? Array(repeating: "", count: 13)
+        return (fields + thought).joined(separator: ",") + "\n"
     }
 
     /// Quotes a CSV field when it holds a comma, quote or newline (RFC 4180).
