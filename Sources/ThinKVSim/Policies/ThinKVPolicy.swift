@@ -439,6 +439,14 @@ enum ThinKVParameters {
                                                                  thresholds: thresholds, window: window, policy: policy)
             }
             timeline.notes = notes
+            // On a labelled trace, how often the types the policy runs with are the true ones.
+            if let labels = try reader.readThoughtLabels() {
+                let (accuracy, _) = ThoughtClassifier.accuracy(predicted: timeline.types, reference: Array(labels[reader.header.promptLength...]))
+                if accuracy.isFinite {
+                    timeline.notes.append(String(format: "thought types agree with /tokens/thought on %.1f %% of labelled decode steps (sparsity source: %@, τ = %d, window %d)",
+                                                 100 * accuracy, parameters.string("sparsity-source")!, thresholds.refreshInterval, window))
+                }
+            }
             if thresholds.isSingleType {
                 timeline.notes.append("thresholds θ1 = 0, θ2 = 1 are the single-type fallback (no tri-modal layer): every step is reasoning, so ThinKV runs with one thought type")
             }
