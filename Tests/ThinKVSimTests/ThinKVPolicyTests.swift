@@ -487,6 +487,30 @@ final class ThinKVPolicyTests: XCTestCase {
         XCTAssertEqual(h2oRow[column], "")
     }
 
+    func testRepresentativeSelectionsKeepWhatTheyPromise() throws {
+        // R 4..<64 | T 64..<66 | E 66..<69; schedule 16,8; when E begins, R keeps 16 of its 60.
+        let path = try trace(prompt: 4, runs([("R", 60), ("T", 2), ("E", 3)]), Hq: 2, Hkv: 2, D: 16, seed: 13)
+        let reader = try TraceReader(path: path)
+        let keys = try XCTUnwrap(LayerData.load(from: reader, layer: 0).keys)
+        func kept(_ selection: String) throws -> [[Int32]] {
+            let (_, _, snapshots) = try observe(path, ThinKVEvictionOnlyPolicy.self, [
+                "thoughts": "labels", "schedule": "16,8", "recent": "2", "sinks": "0", "representatives": selection])
+            let at = try XCTUnwrap(snapshots.first { $0.step == 62 })
+            return at.resident.map { $0.filter { (4..<64).contains($0) }.sorted() }
+        }
+        let byNorm = try kept("key-norm")
+        for h in 0..<2 {
+            let norm = { (p: Int) in (0..<16).reduce(Float(0)) { $0 + keys[((h * 69) + p) * 16 + $1] * keys[((h * 69) + p) * 16 + $1] } }
+            let smallest = (4..<64).sorted { norm($0) < norm($1) }.prefix(16).map { Int32($0) }.sorted()
+            XCTAssertEqual(byNorm[h], smallest, "head \(h): the 16 smallest key norms")
+        }
+        let random = try kept("random"), attention = try kept("attention"), kmeans = try kept("kmeans")
+        for picks in [random, attention, kmeans] { XCTAssertEqual(picks.map(\.count), [16, 16]) }
+        XCTAssertEqual(try kept("random"), random, "seeded")
+        XCTAssertNotEqual(random, kmeans)
+        XCTAssertNotEqual(attention, byNorm)
+    }
+
     func testBadParametersAreRefused() throws {
         let path = try trace(prompt: 4, "RRRRRRRR")
         func run(_ name: String, _ values: [String: String]) -> String {

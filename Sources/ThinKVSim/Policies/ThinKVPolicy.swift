@@ -79,6 +79,10 @@ public class ThinKVPolicy: CachePolicy {
     public let seed: UInt64
     /// When old segments take a transition step (see `TBETrigger`).
     public let trigger: TBETrigger
+    /// How a shrinking segment picks its tokens.
+    public let selection: RepresentativeSelection
+    private var accumulatedAttention: [Float] = []
+    private var attentionScratch: [Float] = []
     /// What tokens share a paging block with (see `BlockSharing`).
     public let blockSharing: BlockSharing
 
@@ -146,6 +150,7 @@ public class ThinKVPolicy: CachePolicy {
             kmeansIterations = parameters.int("kmeans-iters")!
             seed = UInt64(parameters.int("seed")!)
             trigger = TBETrigger(rawValue: parameters.string("tbe-trigger")!)!
+            selection = RepresentativeSelection(rawValue: parameters.string("representatives")!)!
             if let budget, budget < sinks + recent {
                 throw PolicyError("\(name): --budget (\(budget)) must be at least --sinks + --recent (\(sinks) + \(recent)): those positions are never evicted")
             }
@@ -158,6 +163,7 @@ public class ThinKVPolicy: CachePolicy {
             kmeansIterations = 0
             seed = 0
             trigger = .afterTransition
+            selection = .kmeans
             segments = nil
         }
         evictedMark = [Bool](repeating: false, count: setup.header.numTokens)
@@ -208,6 +214,7 @@ public class ThinKVPolicy: CachePolicy {
     }
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
+        if selection == .attention { accumulateAttention(context, cache: cache) }
         quantizer?.append(position: context.position, thoughtType: Int(thoughtTypes.types[context.step].rawValue), cache: cache)
         if segments != nil {
             evict(newest: context.position, transition: transitionPending, cache: cache)
@@ -347,6 +354,30 @@ public class ThinKVPolicy: CachePolicy {
         guard keep < pool.count else { return Array(pool.indices) }
         guard let exactKeys = data?.keys else { preconditionFailure("TBE needs keys (declared in its requirements)") }
         let D = setup.header.headDim, T = setup.header.numTokens
+        var stream = SeededRandom(seed: seed, stream: [UInt64(setup.layer.index), UInt64(h), UInt64(segment.start), UInt64(segment.level)])
+        let callSeed = stream.next()
+        // The `keep` best of the pool by a score (higher first; ties: the earlier position).
+        func best(by score: (Int32) -> Double) -> [Int] {
+            let ranked = pool.indices.sorted { (score(pool[$0]), -$0) > (score(pool[$1]), -$1) }
+            return Array(ranked.prefix(keep)).sorted()
+        }
+        switch selection {
+        case .kmeans:
+            break
+        case .keyNorm:
+            // KnormPress's observation: keys of small norm draw the most attention.
+            return exactKeys.withUnsafeBufferPointer { K in
+                best { p in -Double(Kernels.norm(K.baseAddress! + (h * T + Int(p)) * D, D)) }
+            }
+        case .attention:
+            // Before any decode step (a prompt cut at prefill) nothing has been received yet.
+            return best { p in accumulatedAttention.isEmpty ? 0 : Double(accumulatedAttention[h * T + Int(p)]) }
+        case .random:
+            var random = SeededRandom(seed: callSeed)
+            var indices = Array(pool.indices)
+            for i in 0..<keep { indices.swapAt(i, i + random.integer(below: indices.count - i)) }
+            return Array(indices.prefix(keep)).sorted()
+        }
         let needed = pool.count * D
         if gathered.count < needed { gathered = [Float](repeating: 0, count: needed) }
         gathered.withUnsafeMutableBufferPointer { out in
@@ -357,13 +388,51 @@ public class ThinKVPolicy: CachePolicy {
                 }
             }
         }
-        var stream = SeededRandom(seed: seed, stream: [UInt64(setup.layer.index), UInt64(h), UInt64(segment.start), UInt64(segment.level)])
-        let callSeed = stream.next()
         return gathered.withUnsafeBufferPointer {
             KMeans.representatives(points: $0.baseAddress!, count: pool.count, dimension: D, k: keep,
                                    iterations: kmeansIterations, seed: callSeed)
         }
     }
+
+    /// Adds this step's attention over the cache (each kv head's query heads summed) to every
+    /// held token's total, for `--representatives attention`. Computed here from the stored
+    /// keys, as the deployed policy would, so the engine need not hand attention to ThinKV.
+    private func accumulateAttention(_ context: StepContext, cache: LayerCache) {
+        guard let queries = context.queries, let keys = cache.storedKeys else { return }
+        let header = setup.header, D = header.headDim, T = header.numTokens, gs = header.groupSize
+        if accumulatedAttention.isEmpty { accumulatedAttention = [Float](repeating: 0, count: header.numKVHeads * T) }
+        for g in 0..<header.numKVHeads {
+            let n = cache.slots[g].count
+            if attentionScratch.count < gs * n { attentionScratch = [Float](repeating: 0, count: gs * n) }
+            cache.slots[g].withUnsafeBufferPointer { slots in
+                keys.withUnsafeBufferPointer { K in
+                    attentionScratch.withUnsafeMutableBufferPointer { out in
+                        Kernels.scores(queries: queries.baseAddress! + g * gs * D, rows: gs, headDim: D,
+                                       keys: K.baseAddress! + g * T * D, indices: slots.baseAddress!, count: n,
+                                       scale: header.effectiveSoftmaxScale, out: out.baseAddress!, outStride: n)
+                        for r in 0..<gs {
+                            let row = out.baseAddress! + r * n
+                            Kernels.softmaxFast(row, n)
+                            for j in 0..<n { accumulatedAttention[g * T + Int(slots[j])] += row[j] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How a shrinking segment picks the tokens it keeps.
+public enum RepresentativeSelection: String, Sendable, CaseIterable {
+    /// ThinKV: the tokens nearest the centroids of a k-means over the segment's keys.
+    case kmeans
+    /// The smallest key norms (KnormPress's signal of high attention).
+    case keyNorm = "key-norm"
+    /// The most attention received since the token was written (an H2O-like score, over the
+    /// policy's own cache).
+    case attention
+    /// Uniformly random picks (a floor to measure the others against).
+    case random
 }
 
 /// The parameters of the ThinKV policies, grouped by the component that reads them, and the
@@ -410,6 +479,8 @@ enum ThinKVParameters {
         .integer("recent", default: 16, min: 1, help: "newest positions never evicted (covers TBQ's open 16-bit group at the default --group)"),
         .integer("kmeans-iters", default: 10, min: 0, help: "Lloyd iterations of the k-means that picks a segment's representatives"),
         .integer("seed", default: 0, min: 0, help: "seed of the k-means++ initialisation"),
+        .choice("representatives", RepresentativeSelection.allCases.map(\.rawValue), default: RepresentativeSelection.kmeans.rawValue,
+                help: "how a shrinking segment picks the tokens it keeps: k-means centroids' nearest (ThinKV), smallest key norms, most attention received, or random"),
         .choice("tbe-trigger", TBETrigger.allCases.map(\.rawValue), default: TBETrigger.afterTransition.rawValue,
                 help: "when older thoughts take a schedule step: when the thought after a transition begins, or when the transition begins"),
     ]

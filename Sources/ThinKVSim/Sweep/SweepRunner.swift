@@ -178,6 +178,7 @@ public final class SweepRunner {
         let batches = Self.batches(plan.pending, limit: config.batch)
         let total = plan.pending.count
         var done = 0
+        var notesSaid = Set<String>()
         defer { progress?.finish() }
         for batch in batches {
             if let limit = stopAfterEngineRuns, outcome.engineRuns >= limit { break }
@@ -195,6 +196,12 @@ public final class SweepRunner {
             } catch let error as PolicyError {
                 // A combination of values the policy refuses (e.g. sinks not below budget): the config's doing.
                 throw SweepConfigError(file: config.file, error.description)
+            }
+            // Once per distinct note: e.g. ThinKV thresholds calibrated on the trace itself, or a
+            // single-type fallback, change what the rows mean.
+            for text in result.notes where !notesSaid.contains(text) {
+                notesSaid.insert(text)
+                note("\(URL(fileURLWithPath: trace).lastPathComponent): \(text)")
             }
             for (run, policyRun) in zip(batch, result.runs) {
                 let stepsPath = stepsFilePath(run)
