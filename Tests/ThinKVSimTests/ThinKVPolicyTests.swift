@@ -511,6 +511,28 @@ final class ThinKVPolicyTests: XCTestCase {
         XCTAssertNotEqual(attention, byNorm)
     }
 
+    func testACalibrationOnOtherLayersMapsToTheNearestRecordedOnes() throws {
+        let path = try trace(prompt: 4, "RRRRTTTTEEEE", layers: [0, 3])
+        let reader = try TraceReader(path: path)
+        let file = try TestTraces.directory(self).appendingPathComponent("elsewhere.json")
+        try JSONEncoder().encode(ThoughtThresholds(theta1: 0.2, theta2: 0.8, layers: [0, 2, 29])).write(to: file)
+        let parameters = try PolicyParameters(policy: "thinkv", specs: ThinKVPolicy.parameters, values: [
+            "calibration": file.path, "sparsity-source": "full"])
+        let timeline = try XCTUnwrap(ThinKVPolicy.prepare(reader, parameters: parameters, layers: [0, 3]) as? ThoughtTimeline)
+        XCTAssertEqual(timeline.thresholds?.layers, [0, 3], "2 → 3 (nearer than 0), 29 → 3, repeats dropped")
+        XCTAssertTrue(timeline.notes.contains { $0.contains("2→3, 29→3") }, "\(timeline.notes)")
+        // Python-style negative indices name recorded layers from the last.
+        let negative = try PolicyParameters(policy: "thinkv", specs: ThinKVPolicy.parameters, values: [
+            "theta1": "0.2", "theta2": "0.8", "thought-layers": "-1", "sparsity-source": "full"])
+        let last = try XCTUnwrap(ThinKVPolicy.prepare(reader, parameters: negative, layers: [0, 3]) as? ThoughtTimeline)
+        XCTAssertEqual(last.thresholds?.layers, [3])
+        let tooFar = try PolicyParameters(policy: "thinkv", specs: ThinKVPolicy.parameters, values: [
+            "theta1": "0.2", "theta2": "0.8", "thought-layers": "-3"])
+        XCTAssertThrowsError(try ThinKVPolicy.prepare(reader, parameters: tooFar, layers: [0, 3])) {
+            XCTAssertTrue(String(describing: $0).contains("before the first recorded layer"), "\($0)")
+        }
+    }
+
     func testBadParametersAreRefused() throws {
         let path = try trace(prompt: 4, "RRRRRRRR")
         func run(_ name: String, _ values: [String: String]) -> String {

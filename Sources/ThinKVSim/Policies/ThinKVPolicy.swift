@@ -551,8 +551,7 @@ enum ThinKVParameters {
             if theta1 != nil || theta2 != nil {
                 throw PolicyError("\(policy): give both --theta1 and --theta2, or neither (to calibrate on the trace)")
             }
-            let profile = try SparsityProfile.compute(reader)
-            let calibration = try ThoughtCalibration.calibrate([.init(path: reader.path, model: reader.header.model, profile: profile)])
+            let calibration = try SelfCalibrationMemo.shared.calibration(of: reader)
             thresholds = calibration.thresholds
             let t = thresholds
             notes.append("no --calibration: thresholds calibrated on this trace itself (θ1 = \(formatTheta(t.theta1)), θ2 = \(formatTheta(t.theta2)), L* = \(t.layers.map(String.init).joined(separator: ","))); for held-out results calibrate on other traces ('thinkv-sim calibrate')")
@@ -634,5 +633,25 @@ public enum BlockSharing: String, Sendable, CaseIterable {
         case .precision: return UInt8(bits)
         case .type: return 3
         }
+    }
+}
+
+/// The last trace calibrated on itself, so that several ThinKV configurations (or the trial
+/// replays of a memory-matching search) calibrate once. Keyed by the reader object (held weakly).
+private final class SelfCalibrationMemo: @unchecked Sendable {
+    static let shared = SelfCalibrationMemo()
+    private let lock = NSLock()
+    private weak var reader: TraceReader?
+    private var calibration: ThoughtCalibration?
+
+    func calibration(of reader: TraceReader) throws -> ThoughtCalibration {
+        lock.lock()
+        defer { lock.unlock() }
+        if self.reader === reader, let calibration { return calibration }
+        let profile = try SparsityProfile.compute(reader)
+        let made = try ThoughtCalibration.calibrate([.init(path: reader.path, model: reader.header.model, profile: profile)])
+        self.reader = reader
+        calibration = made
+        return made
     }
 }
