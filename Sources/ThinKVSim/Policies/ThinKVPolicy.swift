@@ -358,3 +358,18 @@ enum ThinKVParameters {
         return layers
     }
 }
+
+extension ThinKVPolicy {
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        var parts: [String] = []
+        if components.contains(.eviction) {
+            parts.append(parameters.int("budget") == nil
+                ? "segments shrink at each transition; no budget"
+                : "segments shrink at each transition and while over B; holds B")
+        }
+        if components.contains(.quantization) {
+            parts.append("each group of \(parameters.int("group")!) same-type tokens quantized once full")
+        }
+        return parts.joined(separator: "; ")
+    }
+}
