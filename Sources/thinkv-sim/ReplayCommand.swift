@@ -18,11 +18,18 @@ enum ReplayCommand: Subcommand {
             OptionDefinition("json", help: "print the report as JSON"),
             OptionDefinition("csv", value: "FILE", help: "write one row per (policy, layer, decode step) to FILE"),
             OptionDefinition("kept", value: "FILE", help: "write every compression event (kept positions) as JSON lines"),
+            OptionDefinition("kv-percent", value: "P", help: "compare at equal memory: find each policy's budget whose KV is P % of the full cache"),
+            OptionDefinition("kv-bytes", value: "N", help: "as --kv-percent, with a target in bytes (all layers, metadata included)"),
+            OptionDefinition("kv-match", value: "mean|peak", help: "the KV figure --kv-percent/--kv-bytes match", default: "mean"),
         ],
         acceptsExtraOptions: true,
         discussion: """
             Policy parameters (--budget, --window, ...) follow the policy names and apply to every chosen
             policy that has them; 'thinkv-sim policies' lists them with defaults.
+
+            With --kv-percent or --kv-bytes, every policy with a budget is replayed at the budget found by
+            bisection whose mean (or peak) KV bytes meet the target within 1 point of the full cache; the
+            others (full, kivi, thinkv-tbq) run as given and are marked 'not matched'. docs/metrics.md.
 
             Replay is teacher-forced: queries come from the recorded full-cache run, so errors do not compound.
             docs/metrics.md defines every reported number.
@@ -30,12 +37,17 @@ enum ReplayCommand: Subcommand {
             examples:
               thinkv-sim replay traces/sample-synthetic.h5
               thinkv-sim replay traces/sample-synthetic.h5 --policy full,h2o,rkv --budget 256 --csv steps.csv
+              thinkv-sim replay traces/sample-synthetic.h5 --policy h2o,rkv,snapkv,kivi --kv-percent 10
             """)
 
     static func run(_ arguments: ParsedArguments) throws {
         let path = arguments.positionals[0]
         let names = listValues(arguments.all("policy"))
-        let specs = try PolicySpec.specs(policies: names.isEmpty ? ["full"] : names, options: arguments.extra)
+        let target = try memoryTarget(arguments)
+        let statistic = try memoryStatistic(arguments)
+        let policyNames = names.isEmpty ? ["full"] : names
+        let specs = target == nil ? try PolicySpec.specs(policies: policyNames, options: arguments.extra)
+            : try MemoryMatcher.specs(policies: policyNames, options: arguments.extra)
         // Every option is checked before the trace is opened: a usage mistake is exit 2 whatever the file.
         var configuration = ReplayConfiguration(policies: specs)
         configuration.layers = try parseLayerList(arguments.value("layers"))
@@ -47,8 +59,17 @@ enum ReplayCommand: Subcommand {
             configuration.paging = mode
         }
         configuration.blockSize = try arguments.int("block-size", min: 1)
+        if target != nil && arguments.value("kept") != nil {
+            throw UsageError("--kept cannot be combined with a memory target (the search replays each policy several times)")
+        }
         let reader = try TraceReader(path: path)
 
+        if let target {
+            let matcher = MemoryMatcher(reader: reader, configuration: configuration, target: target, statistic: statistic)
+            matcher.progress = TerminalProgress(label: "replay")
+            try report(matcher.run(), arguments, input: path)
+            return
+        }
         let engine = ReplayEngine(reader: reader, configuration: configuration)
         var keptWriter: KeptEventFileWriter?
         if let keptPath = arguments.value("kept") {
@@ -59,14 +80,45 @@ enum ReplayCommand: Subcommand {
         engine.progress = TerminalProgress(label: "replay")
         let result = try engine.run()
         keptWriter?.close()
+        try report(result, arguments, input: path)
+    }
+
+    static func report(_ result: ReplayResult, _ arguments: ParsedArguments, input path: String) throws {
         // Notes change how results read (e.g. thresholds calibrated on the trace itself): say them
         // on stderr too, where a script that keeps only --json or the CSV still shows them.
         for note in result.notes { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
-
         if let csvPath = arguments.value("csv") {
             try OutputFile.write(ReplayReport.stepCSV(result), to: csvPath, protecting: [path])
         }
         print(arguments.flag("json") ? try ReplayReport.json(result) : ReplayReport.text(result))
+    }
+
+    static func memoryTarget(_ arguments: ParsedArguments) throws -> MemoryTarget? {
+        func number(_ name: String) throws -> Double? {
+            guard let raw = arguments.value(name) else { return nil }
+            guard let v = Double(raw), v.isFinite else { throw UsageError("--\(name) must be a number, got '\(raw)'") }
+            return v
+        }
+        let percent = try number("kv-percent"), bytes = try number("kv-bytes")
+        switch (percent, bytes) {
+        case (nil, nil): return nil
+        case (.some, .some): throw UsageError("--kv-percent and --kv-bytes exclude each other")
+        case (let p?, nil):
+            guard p > 0 && p <= 100 else { throw UsageError("--kv-percent must be in (0, 100], got \(p)") }
+            return .percent(p)
+        case (nil, let b?):
+            guard b > 0 else { throw UsageError("--kv-bytes must be positive, got \(b)") }
+            return .bytes(b)
+        }
+    }
+
+    static func memoryStatistic(_ arguments: ParsedArguments) throws -> MemoryStatistic {
+        guard let raw = arguments.value("kv-match") else { return .mean }
+        guard let statistic = MemoryStatistic(rawValue: raw) else { throw UsageError("--kv-match must be mean or peak, got '\(raw)'") }
+        if arguments.value("kv-percent") == nil && arguments.value("kv-bytes") == nil {
+            throw UsageError("--kv-match needs --kv-percent or --kv-bytes")
+        }
+        return statistic
     }
 
     static func checkWritable(_ output: String, inputs: [String]) throws {

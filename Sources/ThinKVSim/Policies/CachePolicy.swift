@@ -36,6 +36,11 @@ public protocol CachePolicy: AnyObject {
     /// several layers). Default: nothing.
     static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)?
 
+    /// When the cache compresses and what it may hold in between, in a few words for the
+    /// report (e.g. R-KV: "every 128 positions; holds up to B+127"), so that equal token
+    /// budgets are not read as equal memory.
+    static func compressionCadence(_ parameters: PolicyParameters) -> String
+
     init(parameters: PolicyParameters, setup: PolicySetup) throws
 
     /// Upper bound on the *resident* tokens per kv head after any step (nil: unbounded).
@@ -57,6 +62,7 @@ extension CachePolicy {
     public static var requirements: PolicyRequirements { [] }
     public static var preferredBlockSize: Int { 16 }
     public static var readsAttention: Bool { true }
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String { "not stated" }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}

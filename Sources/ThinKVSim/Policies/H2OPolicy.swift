@@ -98,6 +98,10 @@ public final class H2OPolicy: CachePolicy {
 
     public var residentCap: Int? { budget }
 
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        "every step, one eviction; holds B, attends B+1"
+    }
+
     // MARK: Prefill
 
     public func prefill(_ context: PrefillContext, cache: LayerCache) {

@@ -30,6 +30,11 @@ public final class KIVIPolicy: CachePolicy {
                 help: "int = asymmetric min-max integers (KIVI); paper = FP8 E4M3 (8), NVFP4 (4), ternary (2)"),
     ]
 
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        let r = parameters.int("residual")!
+        return "evicts nothing; keys quantized in blocks of \(r), values one per step, the last \(r) stay 16-bit"
+    }
+
     public let keyQuantizer: GroupQuantizer
     public let valueQuantizer: GroupQuantizer
     public let groupSize: Int

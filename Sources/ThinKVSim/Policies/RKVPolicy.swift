@@ -110,6 +110,11 @@ public final class RKVPolicy: CachePolicy {
     /// - buffer: the prompt is not compressed (P resident); a boundary either compresses to B or
     ///   leaves fewer than B + buffer tokens; then `buffer − 1` steps pass before the next one:
     ///   max(P, B + buffer − 1) + buffer − 1.
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        DecodeTrigger(rawValue: parameters.string("trigger")!)!
+            .cadence(divide: parameters.int("divide")!, buffer: parameters.int("buffer")!)
+    }
+
     public var residentCap: Int? {
         switch trigger {
         case .legacy: return budget + divide - 1
@@ -155,4 +160,12 @@ public enum DecodeTrigger: String, CaseIterable, Sendable {
     case legacy
     /// R-KV 2026 serving: every `buffer` decoded tokens, if L ≥ B + buffer.
     case buffer
+
+    /// The report's cadence line (the bounds of `RKVPolicy.residentCap`).
+    func cadence(divide: Int, buffer: Int) -> String {
+        switch self {
+        case .legacy: return "every \(divide) positions; holds up to B+\(divide - 1)"
+        case .buffer: return "every \(buffer) decode steps; holds up to max(P, B+\(buffer - 1))+\(buffer - 1)"
+        }
+    }
 }

@@ -135,6 +135,18 @@ public final class SnapKVPolicy: CachePolicy {
     /// - original: none (the cache grows after the prompt).
     /// - kvpress: the prompt stays (P); a compression leaves at most B; `interval − 1` steps pass
     ///   between compressions: max(P, B) + interval − 1.
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        switch Variant(rawValue: parameters.string("snap-variant")!)! {
+        case .rkv:
+            return DecodeTrigger(rawValue: parameters.string("trigger")!)!
+                .cadence(divide: parameters.int("divide")!, buffer: parameters.int("buffer")!)
+        case .original: return "the prompt once; the cache grows while decoding"
+        case .kvpress:
+            let n = parameters.int("interval")!
+            return "every \(n) decode steps; holds up to max(P, B)+\(n - 1)"
+        }
+    }
+
     public var residentCap: Int? {
         switch variant {
         case .rkv:

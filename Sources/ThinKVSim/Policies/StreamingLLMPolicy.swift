@@ -41,6 +41,15 @@ public final class StreamingLLMPolicy: CachePolicy {
         case legacy
     }
 
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        switch Trigger(rawValue: parameters.string("trigger")!)! {
+        case .everyStep: return "every step; holds B, attends B+1"
+        case .legacy:
+            let d = parameters.int("divide")!
+            return "at positions divisible by \(d); holds up to B+\(d - 1)"
+        }
+    }
+
     public let budget: Int
     public let sinks: Int
     public let trigger: Trigger

@@ -655,3 +655,18 @@ private final class SelfCalibrationMemo: @unchecked Sendable {
         return made
     }
 }
+
+extension ThinKVPolicy {
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        var parts: [String] = []
+        if components.contains(.eviction) {
+            parts.append(parameters.int("budget") == nil
+                ? "segments shrink after each transition; no budget"
+                : "segments shrink after each transition and, over B, by the excess; holds B")
+        }
+        if components.contains(.quantization) {
+            parts.append("each group of \(parameters.int("group")!) same-type tokens quantized once full or when its thought ends")
+        }
+        return parts.joined(separator: "; ")
+    }
+}

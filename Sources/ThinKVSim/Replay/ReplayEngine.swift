@@ -61,6 +61,8 @@ public struct PolicyRun: Sendable {
     /// The layout the paging figures were measured with, and its effective block size.
     public let paging: PagingMode
     public let blockSize: Int
+    /// Set when the run's budget was chosen to meet a memory target (`MemoryMatcher`).
+    public var memoryMatch: MemoryMatch? = nil
 }
 
 public struct ReplayResult: Sendable {
@@ -113,6 +115,13 @@ public final class ReplayEngine {
     public let configuration: ReplayConfiguration
     public weak var keptSink: KeptEventSink?
     public var progress: ProgressReporting?
+    /// Full-cache references kept across engine runs of the same trace (see `ReferenceStore`):
+    /// a run finds a layer's reference there instead of computing it, or leaves it there.
+    public var referenceStore: ReferenceStore?
+    /// What each policy type's `prepare` returned, in the order of `configuration.policies`,
+    /// when the caller has it already (e.g. one policy replayed at several budgets, whose
+    /// preparation does not depend on the budget); nil: the engine calls `prepare`.
+    public var preparedValues: [(any Sendable)?]?
 
     public init(reader: TraceReader, configuration: ReplayConfiguration) {
         self.reader = reader
@@ -149,7 +158,10 @@ public final class ReplayEngine {
             throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
         }
 
-        prepared = try configuration.policies.map { try $0.type.prepare(reader, parameters: $0.parameters, layers: layers) }
+        if let given = preparedValues, given.count != configuration.policies.count {
+            throw PolicyError("replay: \(given.count) prepared values for \(configuration.policies.count) policies")
+        }
+        prepared = try preparedValues ?? configuration.policies.map { try $0.type.prepare(reader, parameters: $0.parameters, layers: layers) }
         var records = Array(repeating: [StepRecord](), count: configuration.policies.count)
         var samples = Array(repeating: MetricSamples(), count: configuration.policies.count)
         var counters = Array(repeating: [(name: String, value: Int)](), count: configuration.policies.count)
@@ -223,6 +235,9 @@ public final class ReplayEngine {
         }
 
         let reference = ReferenceAttention(header: header, data: data, workers: workerCount)
+        let store = referenceStore?.matches(reader: reader, configuration: configuration, decodeSteps: decodeSteps) == true
+            ? referenceStore : nil
+        let stored = store?.chunks(ofLayer: info.index)
         // The reference of chunk c+1 is computed while the policies step through chunk c, in one
         // pool of tasks: with a few policies of unequal cost on a few cores, neither phase alone
         // keeps every core busy. Two chunks alternate; the reference is split into more parts
@@ -231,7 +246,8 @@ public final class ReplayEngine {
         let scratch = reference.makeScratch(k: configuration.topK, count: referenceParts)
         // Logits are kept only when some policy attends with the exact keys: chunkSteps × Hq × T
         // floats per chunk (117 MiB at 64 × 14 × 32768).
-        let keepLogits = info.hasQueriesAndKeys && runs.contains { !($0.policy is FullCachePolicy) }
+        // A stored reference has no logits: policies then compute their own (the same bits).
+        let keepLogits = stored == nil && info.hasQueriesAndKeys && runs.contains { !($0.policy is FullCachePolicy) }
         let chunks = (0..<2).map { _ in
             ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK, keepsLogits: keepLogits)
         }
@@ -304,15 +320,21 @@ public final class ReplayEngine {
                 try reader.readRows(.attn, layer: info.index, rows: first..<(first + steps), into: &chunk.attentionRows)
             }
             timing.readSeconds += ReplayEngine.now() - readStart
-            for s in 0..<steps { timing.referenceFLOPs += perPair * Double(P + first + s + 1) }
+            if let stored {
+                stored[c].restore(into: chunk)
+            } else {
+                for s in 0..<steps { timing.referenceFLOPs += perPair * Double(P + first + s + 1) }
+            }
             return chunk
         }
         // Busy seconds of each task, summed per phase and spread over the workers afterwards.
         var busy = [Double](repeating: 0, count: runs.count + referenceParts)
-        if let chunk = try load(0) {
+        var computed: [StoredReferenceChunk] = []
+        if let chunk = try load(0), stored == nil {
             let start = ReplayEngine.now()
             reference.compute(chunk, scratch: scratch)
             timing.referenceSeconds += ReplayEngine.now() - start
+            if store != nil { computed.append(StoredReferenceChunk(chunk)) }
         }
         for c in 0..<chunkCount {
             let chunk = chunks[c % 2]
@@ -322,7 +344,7 @@ public final class ReplayEngine {
             var prefetchSeconds = 0.0
             var prefetchError: Error?
             let reads = prefetch == nil ? 0 : 1  // task 0, so the file is read early in the phase
-            let tasks = reads + runs.count + (next == nil ? 0 : referenceParts)
+            let tasks = reads + runs.count + (next == nil || stored != nil ? 0 : referenceParts)
             busy.withUnsafeMutableBufferPointer { buffer in
                 let seconds = buffer.baseAddress!  // one slot per task: no two threads share one
                 let task = { (t: Int) in
@@ -353,6 +375,7 @@ public final class ReplayEngine {
                 }
             }
             if let prefetchError { throw prefetchError }
+            if let next, store != nil, stored == nil { computed.append(StoredReferenceChunk(next)) }
             timing.readSeconds += prefetchSeconds
             for run in runs { timing.policyFLOPs += run.takeFLOPs() }
             if let sink = keptSink {
@@ -361,6 +384,7 @@ public final class ReplayEngine {
             progress?.update(fraction: (Double(ordinal) + Double(first + steps) / Double(total)) / Double(count),
                              detail: "layer \(info.index) (\(ordinal + 1)/\(count)), step \(first + steps)/\(total)")
         }
+        if let store, stored == nil { store.keep(computed, ofLayer: info.index) }
         let workers = Double(workerCount)
         timing.policySeconds += busy[..<runs.count].reduce(0, +) / workers
         timing.referenceSeconds += busy[runs.count...].reduce(0, +) / workers

@@ -12,8 +12,9 @@ public enum ReplayReport {
         out.append("tokens  \(h.numTokens) (prompt \(h.promptLength), replayed \(result.decodeSteps) decode steps)")
         out.append("layers  \(result.layers.map(String.init).joined(separator: ", ")) (bytes extrapolated to all \(h.numLayers) layers)")
         out.append("")
-        var table = TextTable(headers: ["policy", "tokens", "KV peak", "KV mean", "% full", "recall", "recall p5", "recall min",
-                                        "top-k", "KL", "out err", "err p95"])
+        // Fidelity leads (KL, output error); mass recall, blind to quantization error, follows.
+        var table = TextTable(headers: ["policy", "tokens", "KV peak", "KV mean", "% full", "KL", "out err", "err p95",
+                                        "recall", "recall p5", "recall min", "top-k"])
         var pagingTable = TextTable(headers: ["policy", "blocks peak", "occupancy", "paged peak", "compaction copies"])
         for run in result.runs {
             let s = run.summary
@@ -23,13 +24,13 @@ public enum ReplayReport {
                 Format.bytes(s.memory.peakBytes),
                 Format.bytes(s.memory.meanBytes),
                 String(format: "%.1f", s.memory.meanPercentOfFull),
+                Format.fixed(s.attentionKL.mean),
+                s.outputError.map { Format.fixed($0.mean) } ?? "n/a",
+                s.outputError.map { Format.fixed($0.p95) } ?? "n/a",
                 Format.fixed(s.massRecall.mean),
                 Format.fixed(s.massRecall.p5),
                 Format.fixed(s.massRecall.min),
                 Format.fixed(s.topKRecall.mean),
-                Format.fixed(s.attentionKL.mean),
-                s.outputError.map { Format.fixed($0.mean) } ?? "n/a",
-                s.outputError.map { Format.fixed($0.p95) } ?? "n/a",
             ])
             pagingTable.add([
                 run.spec.label,
@@ -40,6 +41,8 @@ public enum ReplayReport {
             ])
         }
         out.append(table.render())
+        out.append("")
+        out.append(cadenceTable(result))
         if result.paging != .none {
             out.append("")
             out.append("paging: \(result.paging.rawValue), block size \(result.blockSizes)")
@@ -47,7 +50,11 @@ public enum ReplayReport {
         }
         out.append("")
         out.append("tokens: attended per kv head (mean over steps); KV: attended bytes incl. quantization metadata;")
-        out.append("% full: of the 16-bit full cache at the same step (mean); recall/top-k/KL/err: over steps, layers, heads.")
+        out.append("% full: of the 16-bit full cache at the same step (mean); KL/err/recall/top-k: over steps, layers, heads.")
+        if let match = result.runs.lazy.compactMap(\.memoryMatch).first {
+            out.append("budget: found by bisection so that each policy's \(match.statistic.rawValue) KV is \(describeTarget(match)) within 1 point;")
+            out.append("  achieved: that figure as replayed; policies without a budget run as given (not matched).")
+        }
         if result.paging != .none {
             out.append("occupancy: live tokens / block slots (mean); compaction copies: bytes a dense gather would have moved (total).")
         }
@@ -73,12 +80,42 @@ public enum ReplayReport {
         return out.joined(separator: "\n")
     }
 
+    /// Each run's compression cadence and, after a memory match, the budget found.
+    static func cadenceTable(_ result: ReplayResult) -> String {
+        let matched = result.runs.contains { $0.memoryMatch != nil }
+        var table = TextTable(headers: matched ? ["policy", "budget", "achieved", "match", "compresses"] : ["policy", "compresses"])
+        table.leftAligned = matched ? [0, 3, 4] : [0, 1]
+        for run in result.runs {
+            let cadence = run.spec.type.compressionCadence(run.spec.parameters)
+            if let m = run.memoryMatch {
+                let achieved = m.targetBytes == nil ? String(format: "%.2f %%", m.achievedPercent)
+                    : "\(Format.bytes(m.achievedBytes)) (\(String(format: "%.2f %%", m.achievedPercent)))"
+                table.add([run.spec.label, m.budget.map(String.init) ?? "-", achieved, m.status.rawValue, cadence])
+            } else {
+                table.add([run.spec.label, cadence])
+            }
+        }
+        // The last column is left-aligned: no padding after it.
+        var lines = table.render().split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            String(line.reversed().drop { $0 == " " }.reversed())
+        }
+        for note in result.runs.compactMap({ $0.memoryMatch?.note }) { lines.append("unreachable: \(note)") }
+        return lines.joined(separator: "\n")
+    }
+
+    static func describeTarget(_ m: MemoryMatch) -> String {
+        if let p = m.targetPercent { return String(format: "%g %% of the full cache", p) }
+        return Format.bytes(m.targetBytes ?? 0)
+    }
+
     // MARK: JSON
 
     struct JSONRun: Encodable {
         let policy: String
         let label: String
         let parameters: [String: String]
+        let compresses: String
+        let memoryMatch: MemoryMatch?
         let summary: RunSummary
     }
 
@@ -99,7 +136,8 @@ public enum ReplayReport {
             runs: result.runs.map { run in
                 JSONRun(policy: run.spec.name, label: run.spec.label,
                         parameters: Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) }),
-                        summary: run.summary)
+                        compresses: run.spec.type.compressionCadence(run.spec.parameters),
+                        memoryMatch: run.memoryMatch, summary: run.summary)
             })
         return try encodeJSON(report)
     }
@@ -119,7 +157,7 @@ public enum ReplayReport {
     public static let stepColumns = [
         "policy", "layer", "step", "position", "attended_tokens", "resident_tokens", "attended_bytes", "resident_bytes",
         "full_bytes", "percent_of_full", "blocks", "slot_occupancy", "paged_bytes", "compaction_bytes", "mass_recall", "mass_recall_min", "topk_recall", "attention_kl", "output_error",
-        "sparsity",
+        "sparsity", "kv_target_percent", "kv_target_bytes", "kv_match", "matched_budget", "achieved_percent",
         "thought_reasoning_tokens", "thought_execution_tokens", "thought_transition_tokens", "thought_prompt_tokens",
         "thought_reasoning_bytes", "thought_execution_bytes", "thought_transition_bytes", "thought_prompt_bytes",
         "tokens_16bit", "tokens_8bit", "tokens_4bit", "tokens_2bit", "tokens_other_bits",
@@ -131,13 +169,13 @@ public enum ReplayReport {
         for run in result.runs {
             let label = csvField(run.spec.label)
             for r in run.steps {
-                out += stepRow(label, r)
+                out += stepRow(label, r, match: run.memoryMatch)
             }
         }
         return out
     }
 
-    static func stepRow(_ label: String, _ r: StepRecord) -> String {
+    static func stepRow(_ label: String, _ r: StepRecord, match: MemoryMatch? = nil) -> String {
         let fields: [String] = [
             label, String(r.layer), String(r.step), String(r.position),
             Format.csv(r.attendedTokens), Format.csv(r.residentTokens),
@@ -147,12 +185,20 @@ public enum ReplayReport {
             Format.csv(Double(r.massRecall)), Format.csv(Double(r.massRecallMin)), Format.csv(Double(r.topKRecall)),
             Format.csv(Double(r.attentionKL)), r.outputError.map { Format.csv(Double($0)) } ?? "",
             Format.csv(Double(r.sparsity)),
-        ]
+        ] + matchFields(match)
         // Thought columns are empty for policies without thought types.
         let thought: [String] = r.thought.map { t in
             t.tokens.map { Format.csv($0) } + t.bytes.map(String.init) + t.tokensByBits.map { Format.csv($0) }
         } ?? Array(repeating: "", count: 13)
         return (fields + thought).joined(separator: ",") + "\n"
+    }
+
+    /// The memory-match columns of the per-step CSV (empty without a match): the target, the
+    /// figure matched (mean|peak), the budget found (empty: not matched) and the percentage achieved.
+    static func matchFields(_ m: MemoryMatch?) -> [String] {
+        guard let m else { return ["", "", "", "", ""] }
+        return [m.targetPercent.map { Format.csv($0) } ?? "", m.targetBytes.map { Format.csv($0) } ?? "", m.statistic.rawValue,
+                m.budget.map(String.init) ?? "", Format.csv(m.achievedPercent)]
     }
 
     /// Quotes a CSV field when it holds a comma, quote or newline (RFC 4180).

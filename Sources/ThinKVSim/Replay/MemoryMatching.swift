@@ -1,0 +1,346 @@
+import Foundation
+
+/// The KV memory a comparison holds every policy to: a percentage of the full 16-bit cache,
+/// or a number of bytes (both extrapolated to all layers, quantization metadata included, as
+/// every report shows them).
+public enum MemoryTarget: Equatable, Sendable {
+    case percent(Double)
+    case bytes(Double)
+}
+
+/// Which memory figure of a run is matched: its mean over decode steps, or its peak.
+public enum MemoryStatistic: String, Codable, CaseIterable, Sendable {
+    case mean, peak
+}
+
+/// How a policy's run relates to the memory target.
+public struct MemoryMatch: Codable, Equatable, Sendable {
+    public enum Status: String, Codable, Sendable {
+        /// A budget was found within the tolerance.
+        case matched
+        /// The policy has no `budget` parameter: it ran as given.
+        case notMatched = "not matched"
+        /// No budget reaches the target within the tolerance; the closest one not above it ran.
+        case unreachable
+    }
+
+    public var status: Status
+    public var statistic: MemoryStatistic
+    /// The target as a percentage of the full cache, or in bytes (one of them is set).
+    public var targetPercent: Double?
+    public var targetBytes: Double?
+    /// The budget replayed (nil when not matched), and the run's memory figure.
+    public var budget: Int?
+    public var achievedPercent: Double
+    public var achievedBytes: Double
+    /// Budgets replayed to find it.
+    public var trials: Int
+    /// One line on an unreachable target.
+    public var note: String?
+}
+
+/// Finds, for every policy with an integer `budget` parameter, the budget at which its mean (or
+/// peak) KV memory is the target, within `tolerance` percentage points of the full cache.
+///
+/// The search does not assume memory grows with the budget. It brackets first: the smallest
+/// budget the policy accepts must lie at or below the target and the trace's token count (which
+/// evicts nothing) above it, else the target is unreachable. It then bisects, keeping
+/// memory(lo) ≤ target < memory(hi), until the budgets are adjacent, and takes lo when it is
+/// within the tolerance (the largest budget found not above the target), else hi when that one
+/// is, else lo with a note. When memory is monotone in the budget this is the budget an
+/// exhaustive search for the largest one not above the target finds.
+///
+/// Every trial is a complete replay with metrics, so the chosen trial's run is the result. All
+/// policies' trials of one bisection round go into one engine run, and all runs share one
+/// `ReferenceStore`: the full-cache reference is computed in the first run only. Policies
+/// without a budget run once, in the first run.
+public final class MemoryMatcher {
+    public let reader: TraceReader
+    /// What to replay; its policies are the ones to match (their budget, if given, is replaced).
+    public let configuration: ReplayConfiguration
+    public let target: MemoryTarget
+    public let statistic: MemoryStatistic
+    /// Percentage points of the full cache (for a byte target: that share of the full cache).
+    public let tolerance: Double
+    public var progress: ProgressReporting?
+    public let store: ReferenceStore
+
+    public static let budgetParameter = "budget"
+
+    public init(reader: TraceReader, configuration: ReplayConfiguration, target: MemoryTarget,
+                statistic: MemoryStatistic = .mean, tolerance: Double = 1, store: ReferenceStore? = nil) {
+        self.reader = reader
+        self.configuration = configuration
+        self.target = target
+        self.statistic = statistic
+        self.tolerance = tolerance
+        self.store = store ?? ReferenceStore(tracePath: reader.path)
+    }
+
+    /// True when policy type has the integer `budget` parameter a match can set.
+    public static func hasBudget(_ type: any CachePolicy.Type) -> Bool {
+        type.parameters.contains { p in
+            if p.name == budgetParameter, case .integer = p.kind { return true }
+            return false
+        }
+    }
+
+    /// Specs for `replay --kv-percent`: like `PolicySpec.specs`, but `budget` is not required
+    /// (the search sets it) and may not be given.
+    public static func specs(policies names: [String], options: [(name: String, value: String)]) throws -> [PolicySpec] {
+        if options.contains(where: { $0.name == budgetParameter }) {
+            throw UsageError("--budget and a memory target (--kv-percent, --kv-bytes) exclude each other: the target sets each budget")
+        }
+        let budgeted = names.contains { PolicyRegistry.type(named: $0).map(hasBudget) == true }
+        // A placeholder budget passes the check that a required budget is given; the search replaces it.
+        let withBudget = budgeted ? options + [(budgetParameter, "\(Int32.max)")] : options
+        return try PolicySpec.specs(policies: names, options: withBudget)
+    }
+
+    /// The memory figure a target is compared with, in the target's unit.
+    func value(_ memory: MemorySummary) -> Double {
+        switch (target, statistic) {
+        case (.percent, .mean): return memory.meanPercentOfFull
+        // The full cache only grows, so its peak is its size at the last step.
+        case (.percent, .peak): return 100 * memory.peakBytes / max(memory.finalFullBytes, 1)
+        case (.bytes, .mean): return memory.meanBytes
+        case (.bytes, .peak): return memory.peakBytes
+        }
+    }
+
+    func percent(_ memory: MemorySummary) -> Double {
+        statistic == .mean ? memory.meanPercentOfFull : 100 * memory.peakBytes / max(memory.finalFullBytes, 1)
+    }
+
+    private var targetValue: Double {
+        switch target {
+        case .percent(let p): return p
+        case .bytes(let b): return b
+        }
+    }
+
+    /// Replays every policy at its matched budget. The runs come back in the order of
+    /// `configuration.policies`, each with its `memoryMatch`.
+    public func run() throws -> ReplayResult {
+        defer { progress?.finish() }
+        let policies = configuration.policies
+        let layers = configuration.layers ?? reader.recordedLayerIndices
+        for spec in policies { try spec.checkRequirements(reader, layers: layers) }
+        let prepared = try policies.map { try $0.type.prepare(reader, parameters: $0.parameters, layers: layers) }
+        var searches: [BudgetSearch?] = try policies.indices.map { i in
+            guard Self.hasBudget(policies[i].type) else { return nil }
+            let lowest = try lowestBudget(policies[i], prepared: prepared[i], layers: layers)
+            return BudgetSearch(target: targetValue, lowest: lowest, highest: max(lowest, reader.header.numTokens))
+        }
+        var finished: [Int: PolicyRun] = [:]
+        var timing = ReplayTiming()
+        var first: ReplayResult?
+        var fullBytes: Double?  // the full cache's figure for the tolerance of a byte target
+        var round = 0
+        while true {
+            // This round's trials: (policy index, budget or nil to run the spec as given).
+            var trials: [(Int, Int?)] = []
+            for i in policies.indices {
+                if searches[i] != nil {
+                    trials += searches[i]!.nextBudgets().map { (i, $0) }
+                } else if finished[i] == nil {
+                    trials.append((i, nil))
+                }
+            }
+            if trials.isEmpty { break }
+            round += 1
+            var trialConfiguration = configuration
+            trialConfiguration.policies = try trials.map { i, budget in
+                try budget.map { try Self.spec(policies[i], budget: $0) } ?? policies[i]
+            }
+            trialConfiguration.layouts = configuration.layouts.map { layouts in trials.map { layouts[$0.0] } }
+            let engine = ReplayEngine(reader: reader, configuration: trialConfiguration)
+            engine.referenceStore = store
+            engine.preparedValues = trials.map { prepared[$0.0] }
+            engine.progress = progress.map { RoundProgress(inner: $0, round: round) }
+            let result = try engine.run()
+            if first == nil { first = result }
+            timing.add(result.timing)
+            for ((i, budget), run) in zip(trials, result.runs) {
+                if fullBytes == nil {
+                    fullBytes = statistic == .mean
+                        ? run.summary.memory.meanBytes * 100 / max(run.summary.memory.meanPercentOfFull, 1e-9)
+                        : run.summary.memory.finalFullBytes
+                }
+                if let budget {
+                    searches[i]!.record(budget: budget, value: value(run.summary.memory), run: run)
+                } else {
+                    finished[i] = run
+                }
+            }
+        }
+        guard let first else { throw PolicyError("replay: no policies to match") }
+        let tolerance: Double
+        switch target {
+        case .percent: tolerance = self.tolerance
+        case .bytes: tolerance = self.tolerance / 100 * (fullBytes ?? 0)
+        }
+        var runs: [PolicyRun] = []
+        for i in policies.indices {
+            if let search = searches[i] {
+                let choice = search.choice(tolerance: tolerance)
+                var run = choice.run
+                run.memoryMatch = MemoryMatch(
+                    status: choice.withinTolerance ? .matched : .unreachable, statistic: statistic,
+                    targetPercent: targetPercent, targetBytes: targetBytes, budget: choice.budget,
+                    achievedPercent: percent(run.summary.memory),
+                    achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
+                    trials: search.trials,
+                    note: choice.withinTolerance ? nil : unreachableNote(policies[i], search: search))
+                runs.append(run)
+            } else {
+                var run = finished[i]!
+                run.memoryMatch = MemoryMatch(
+                    status: .notMatched, statistic: statistic, targetPercent: targetPercent, targetBytes: targetBytes,
+                    budget: nil, achievedPercent: percent(run.summary.memory),
+                    achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
+                    trials: 1, note: nil)
+                runs.append(run)
+            }
+        }
+        let sizes = runs.map(\.blockSize)
+        let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
+            : zip(runs, sizes).map { "\($0.spec.name) \($1)" }.joined(separator: ", ")
+        return ReplayResult(tracePath: first.tracePath, header: first.header, layers: first.layers, decodeSteps: first.decodeSteps,
+                            runs: runs, notes: first.notes, paging: first.paging, blockSizes: blockSizes, timing: timing)
+    }
+
+    private var targetPercent: Double? { if case .percent(let p) = target { return p } else { return nil } }
+    private var targetBytes: Double? { if case .bytes(let b) = target { return b } else { return nil } }
+
+    private func unreachableNote(_ spec: PolicySpec, search: BudgetSearch) -> String {
+        let unit: (Double) -> String = { v in
+            if case .percent = self.target { return String(format: "%.2f %%", v) }
+            return Format.bytes(v)
+        }
+        let range = "budgets \(search.lowest)...\(search.highest) give \(unit(search.lowestValue ?? .nan)) to \(unit(search.highestValue ?? .nan))"
+        return "\(spec.name): \(statistic.rawValue) KV of \(unit(targetValue)) is out of reach (\(range)); ran the closest budget not above it"
+    }
+
+    static func spec(_ base: PolicySpec, budget: Int) throws -> PolicySpec {
+        var values = base.parameters.given
+        values[budgetParameter] = String(budget)
+        return try PolicySpec(name: base.name, values: values)
+    }
+
+    /// The smallest budget the policy accepts with its other parameters (e.g. StreamingLLM's
+    /// budget must exceed its sinks): the declared minimum, raised until a layer instance can
+    /// be made. The instance's refusal is the error when no budget up to the token count works.
+    func lowestBudget(_ base: PolicySpec, prepared: (any Sendable)?, layers: [Int]) throws -> Int {
+        guard let parameter = base.type.parameters.first(where: { $0.name == Self.budgetParameter }),
+              case .integer(let range) = parameter.kind else { return 1 }
+        guard let layer = layers.first.flatMap(reader.layerInfo) else {
+            throw TraceError(file: reader.path, "has no recorded layer to replay")
+        }
+        let setup = PolicySetup(header: reader.header, layer: layer, layerOrdinal: 0, layerCount: layers.count, prepared: prepared)
+        var lastError: Error?
+        for budget in range.lowerBound...max(range.lowerBound, min(range.upperBound, reader.header.numTokens)) {
+            do {
+                let spec = try Self.spec(base, budget: budget)
+                _ = try spec.type.init(parameters: spec.parameters, setup: setup)
+                return budget
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError ?? PolicyError("\(base.name): no budget is accepted")
+    }
+}
+
+/// Bisection over one policy's integer budget, keeping value(lo) ≤ target < value(hi).
+struct BudgetSearch {
+    let target: Double
+    let lowest: Int
+    let highest: Int
+    private(set) var trials = 0
+    private var results: [Int: (value: Double, run: PolicyRun)] = [:]
+    /// Bracket: largest known budget with value ≤ target, smallest known above it with value > target.
+    private var lo: Int?
+    private var hi: Int?
+    private var pending: Set<Int> = []
+
+    init(target: Double, lowest: Int, highest: Int) {
+        self.target = target
+        self.lowest = lowest
+        self.highest = highest
+    }
+
+    var lowestValue: Double? { results[lowest]?.value }
+    var highestValue: Double? { results[highest]?.value }
+
+    /// The budgets to replay next (empty: done).
+    mutating func nextBudgets() -> [Int] {
+        let next: [Int]
+        if results.isEmpty {
+            next = lowest == highest ? [lowest] : [lowest, highest]
+        } else if let lo, let hi, hi - lo > 1 {
+            next = [lo + (hi - lo) / 2]
+        } else {
+            next = []
+        }
+        pending = Set(next)
+        return next
+    }
+
+    mutating func record(budget: Int, value: Double, run: PolicyRun) {
+        trials += 1
+        pending.remove(budget)
+        results[budget] = (value, run)
+        guard pending.isEmpty else { return }
+        if lo == nil && hi == nil {
+            // Bracketing: the ends must straddle the target, else the search stops at an end.
+            let low = results[lowest]!.value, high = results[highest]!.value
+            if low <= target && high > target {
+                lo = lowest
+                hi = highest
+            } else {
+                lo = low > target ? nil : highest
+                hi = low > target ? lowest : nil
+            }
+            // Keep only the runs the choice may take.
+            results = results.filter { $0.key == lo || $0.key == hi }
+            return
+        }
+        if value <= target { lo = budget } else { hi = budget }
+        results = results.filter { $0.key == lo || $0.key == hi || $0.key == lowest || $0.key == highest }
+    }
+
+    /// The budget to report: lo within the tolerance, else hi within it, else the closest
+    /// budget not above the target (or, when every budget is above, the smallest).
+    func choice(tolerance: Double) -> (budget: Int, run: PolicyRun, withinTolerance: Bool) {
+        func within(_ b: Int?) -> Bool { b.flatMap { results[$0] }.map { abs($0.value - target) <= tolerance } ?? false }
+        if let lo, within(lo) { return (lo, results[lo]!.run, true) }
+        if let hi, within(hi) { return (hi, results[hi]!.run, true) }
+        let fallback = lo ?? hi!
+        return (fallback, results[fallback]!.run, false)
+    }
+}
+
+/// A matching round's progress, labelled with the round.
+private final class RoundProgress: ProgressReporting {
+    let inner: ProgressReporting
+    let round: Int
+    init(inner: ProgressReporting, round: Int) {
+        self.inner = inner
+        self.round = round
+    }
+    func update(fraction: Double, detail: String) { inner.update(fraction: fraction, detail: "matching round \(round): \(detail)") }
+    func finish() {}
+}
+
+extension ReplayTiming {
+    mutating func add(_ other: ReplayTiming) {
+        wallSeconds += other.wallSeconds
+        referenceSeconds += other.referenceSeconds
+        policySeconds += other.policySeconds
+        readSeconds += other.readSeconds
+        referenceFLOPs += other.referenceFLOPs
+        policyFLOPs += other.policyFLOPs
+        threads = other.threads
+    }
+}

@@ -1,0 +1,127 @@
+import Foundation
+import XCTest
+@testable import ThinKVSim
+
+final class MemoryMatchingTests: XCTestCase {
+    /// 100 tokens (8 prompt), two layers of random q/k/v, 4 layers in the model.
+    private func trace() throws -> String {
+        let directory = try TestTraces.directory(self)
+        let T = 100
+        return try TestTraces.write(to: directory.appendingPathComponent("m.h5"), T: T, P: 8, Hq: 2, Hkv: 1, D: 4, numLayers: 4,
+                                    layers: [TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 4, seed: 5),
+                                             TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 4, seed: 6, index: 1)])
+    }
+
+    private func matcher(_ path: String, _ specs: [PolicySpec], _ target: MemoryTarget, _ statistic: MemoryStatistic = .mean,
+                         tolerance: Double = 1) throws -> MemoryMatcher {
+        var configuration = ReplayConfiguration(policies: specs)
+        configuration.threads = 1
+        configuration.chunkSteps = 16  // several chunks, so stored chunks are restored in order
+        return MemoryMatcher(reader: try TraceReader(path: path), configuration: configuration, target: target, statistic: statistic,
+                             tolerance: tolerance)
+    }
+
+    /// Every budget from 1 to T in one engine run: the memory figure of each.
+    private func exhaustive(_ path: String, policy: String, values: [String: String] = [:], lowest: Int,
+                            figure: (MemorySummary) -> Double) throws -> [Int: Double] {
+        let reader = try TraceReader(path: path)
+        let budgets = Array(lowest...reader.header.numTokens)
+        let specs = try budgets.map { b in try PolicySpec(name: policy, values: values.merging(["budget": String(b)]) { $1 }) }
+        var configuration = ReplayConfiguration(policies: specs)
+        configuration.threads = 1
+        let result = try ReplayEngine(reader: reader, configuration: configuration).run()
+        return Dictionary(uniqueKeysWithValues: zip(budgets, result.runs.map { figure($0.summary.memory) }))
+    }
+
+    /// The search finds the budget an exhaustive search finds: the largest whose figure is not
+    /// above the target. Each target sits 0.3 points above one budget's figure, so that budget
+    /// is within the tolerance; memory grows with the budget here, so the answer is unique.
+    func testBisectionFindsTheExhaustiveBudget() throws {
+        let path = try trace()
+        let mean: (MemorySummary) -> Double = { $0.meanPercentOfFull }
+        let peak: (MemorySummary) -> Double = { 100 * $0.peakBytes / $0.finalFullBytes }
+        let cases: [(policy: String, values: [String: String], lowest: Int, near: Int, statistic: MemoryStatistic)] = [
+            ("h2o", [:], 2, 23, .mean),
+            ("h2o", [:], 2, 37, .peak),
+            ("streaming", ["sinks": "4", "trigger": "legacy", "divide": "16"], 5, 30, .mean),
+        ]
+        for c in cases {
+            let all = try exhaustive(path, policy: c.policy, values: c.values, lowest: c.lowest,
+                                     figure: c.statistic == .mean ? mean : peak)
+            let budgets = all.keys.sorted()
+            for (a, b) in zip(budgets, budgets.dropFirst()) {
+                XCTAssertLessThanOrEqual(all[a]!, all[b]! + 1e-9, "\(c.policy): memory not monotone at \(a)")
+            }
+            let target = all[c.near]! + 0.3
+            let expected = budgets.last { all[$0]! <= target }!
+
+            let spec = try PolicySpec(name: c.policy, values: c.values.merging(["budget": "1000"]) { $1 })
+            let result = try matcher(path, [spec], .percent(target), c.statistic).run()
+            let match = try XCTUnwrap(result.runs[0].memoryMatch)
+            XCTAssertEqual(match.budget, expected, "\(c.policy) at \(target) %")
+            XCTAssertEqual(match.status, .matched)
+            XCTAssertEqual(match.achievedPercent, all[expected]!, accuracy: 1e-9)
+            XCTAssertEqual(match.achievedPercent, target, accuracy: 1)
+            XCTAssertEqual(result.runs[0].spec.parameters.int("budget"), expected)
+            // Bisection, not a scan: about log2(100) + 2 replays.
+            XCTAssertLessThanOrEqual(match.trials, 9)
+        }
+    }
+
+    /// The reference is computed by the first engine run only; the matched run's metrics are
+    /// those of a plain replay at the budget found (the stored reference gives the same bits).
+    func testTrialsShareTheReferenceAndKeepItsBits() throws {
+        let path = try trace()
+        let specs = try [PolicySpec(name: "full"), PolicySpec(name: "h2o", values: ["budget": "1"]),
+                         PolicySpec(name: "streaming", values: ["budget": "1", "sinks": "2"]), PolicySpec(name: "kivi")]
+        // One token is about 1.9 points of this trace's mean full cache: a 2-point tolerance.
+        let m = try matcher(path, specs, .percent(20), tolerance: 2)
+        let matched = try m.run()
+        XCTAssertEqual(m.store.storedLayers, [0, 1])
+
+        let plainSpecs = matched.runs.map(\.spec)
+        var configuration = ReplayConfiguration(policies: plainSpecs)
+        configuration.threads = 1
+        configuration.chunkSteps = 16
+        let plain = try ReplayEngine(reader: try TraceReader(path: path), configuration: configuration).run()
+        // One reference's arithmetic in total, over all the trials.
+        XCTAssertEqual(matched.timing.referenceFLOPs, plain.timing.referenceFLOPs)
+        for (a, b) in zip(matched.runs, plain.runs) {
+            XCTAssertEqual(a.summary, b.summary, a.spec.label)
+        }
+        XCTAssertEqual(matched.runs.map { $0.memoryMatch?.status }, [.notMatched, .matched, .matched, .notMatched])
+        XCTAssertNil(matched.runs[0].memoryMatch?.budget)
+        XCTAssertEqual(matched.runs[0].memoryMatch?.achievedPercent ?? 0, 100, accuracy: 1e-9)
+    }
+
+    /// A target below what the smallest budget holds is reported, with the smallest budget run.
+    func testUnreachableTargetSaysSo() throws {
+        let path = try trace()
+        // Sinks 40: the budget must exceed them, so at least 41 tokens of at most 100.
+        let spec = try PolicySpec(name: "streaming", values: ["budget": "100", "sinks": "40"])
+        let result = try matcher(path, [spec], .percent(2)).run()
+        let match = try XCTUnwrap(result.runs[0].memoryMatch)
+        XCTAssertEqual(match.status, .unreachable)
+        XCTAssertEqual(match.budget, 41)
+        XCTAssertGreaterThan(match.achievedPercent, 3)
+        XCTAssertTrue(match.note?.contains("out of reach") == true, match.note ?? "")
+        XCTAssertTrue(ReplayReport.text(result).contains("unreachable: streaming"))
+    }
+
+    /// A byte target: the mean bytes land within one point of the full cache of it.
+    func testByteTarget() throws {
+        let path = try trace()
+        let reference = try exhaustive(path, policy: "h2o", lowest: 2) { $0.meanBytes }
+        let target = reference[30]!
+        let result = try matcher(path, [try PolicySpec(name: "h2o", values: ["budget": "1"])], .bytes(target)).run()
+        let match = try XCTUnwrap(result.runs[0].memoryMatch)
+        XCTAssertEqual(match.budget, 30)
+        XCTAssertEqual(match.achievedBytes, target)
+    }
+
+    func testSpecsRefuseAnExplicitBudget() {
+        XCTAssertThrowsError(try MemoryMatcher.specs(policies: ["h2o"], options: [("budget", "8")]))
+        XCTAssertNoThrow(try MemoryMatcher.specs(policies: ["h2o", "kivi"], options: []))
+        XCTAssertNoThrow(try MemoryMatcher.specs(policies: ["kivi"], options: []))
+    }
+}
