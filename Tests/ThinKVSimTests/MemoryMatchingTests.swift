@@ -15,7 +15,8 @@ final class MemoryMatchingTests: XCTestCase {
     private func matcher(_ path: String, _ specs: [PolicySpec], _ target: MemoryTarget, _ statistic: MemoryStatistic = .mean,
                          tolerance: Double = 1) throws -> MemoryMatcher {
         var configuration = ReplayConfiguration(policies: specs)
-        configuration.threads = 1
+        // Two workers: the reference is filled in parallel parts while a store copies it.
+        configuration.threads = 2
         configuration.chunkSteps = 16  // several chunks, so stored chunks are restored in order
         return MemoryMatcher(reader: try TraceReader(path: path), configuration: configuration, target: target, statistic: statistic,
                              tolerance: tolerance)
