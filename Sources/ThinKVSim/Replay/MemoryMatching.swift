@@ -66,6 +66,8 @@ public final class MemoryMatcher {
     public let store: ReferenceStore
 
     public static let budgetParameter = "budget"
+    /// The budget a spec carries until the search sets it.
+    public static let placeholderBudget = String(Int32.max)
 
     public init(reader: TraceReader, configuration: ReplayConfiguration, target: MemoryTarget,
                 statistic: MemoryStatistic = .mean, tolerance: Double = 1, store: ReferenceStore? = nil) {
@@ -93,7 +95,7 @@ public final class MemoryMatcher {
         }
         let budgeted = names.contains { PolicyRegistry.type(named: $0).map(hasBudget) == true }
         // A placeholder budget passes the check that a required budget is given; the search replaces it.
-        let withBudget = budgeted ? options + [(budgetParameter, "\(Int32.max)")] : options
+        let withBudget = budgeted ? options + [(budgetParameter, placeholderBudget)] : options
         return try PolicySpec.specs(policies: names, options: withBudget)
     }
 
