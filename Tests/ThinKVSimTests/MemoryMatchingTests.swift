@@ -15,7 +15,8 @@ final class MemoryMatchingTests: XCTestCase {
     private func matcher(_ path: String, _ specs: [PolicySpec], _ target: MemoryTarget, _ statistic: MemoryStatistic = .mean,
                          tolerance: Double = 1) throws -> MemoryMatcher {
         var configuration = ReplayConfiguration(policies: specs)
-        configuration.threads = 1
+        // Two workers: the reference is filled in parallel parts while a store copies it.
+        configuration.threads = 2
         configuration.chunkSteps = 16  // several chunks, so stored chunks are restored in order
         return MemoryMatcher(reader: try TraceReader(path: path), configuration: configuration, target: target, statistic: statistic,
                              tolerance: tolerance)
@@ -123,5 +124,46 @@ final class MemoryMatchingTests: XCTestCase {
         XCTAssertThrowsError(try MemoryMatcher.specs(policies: ["h2o"], options: [("budget", "8")]))
         XCTAssertNoThrow(try MemoryMatcher.specs(policies: ["h2o", "kivi"], options: []))
         XCTAssertNoThrow(try MemoryMatcher.specs(policies: ["kivi"], options: []))
+    }
+}
+
+final class MemoryMatchingSweepTests: XCTestCase {
+    /// `kv_percent` in a config: budgeted policies run once per target at the budget a direct
+    /// match finds; the others once; the budget column holds the budget found.
+    func testSweepMatchesEachTarget() throws {
+        let directory = try TestTraces.directory(self)
+        let traces = try SweepFixture.traces(in: directory)
+        let output = directory.appendingPathComponent("kv.csv").path
+        let json = """
+            {"traces": ["\(traces[0])"], "policies": ["full", {"policy": "streaming", "parameters": {"sinks": 1}}, "h2o"],
+             "kv_percent": [40, 60], "output": "\(output)", "threads": 1}
+            """
+        let grid = try SweepFixture.grid(json)
+        XCTAssertEqual(grid.runs.count, 5)
+        XCTAssertEqual(grid.runs.map(\.kvPercent), [nil, 40, 60, 40, 60])
+        XCTAssertTrue(grid.runs[1].key.contains("kv_percent=40;kv_match=mean"), grid.runs[1].key)
+        _ = try SweepRunner(grid: grid).run()
+        let table = try CSVTable.read(path: output, dropPartialLast: false).table
+        func column(_ name: String) -> [String] { table.rows.map { $0[table.index(of: name)!] } }
+        XCTAssertEqual(column("kv_percent"), ["", "40", "60", "40", "60"])
+        XCTAssertEqual(column("kv_match_status")[0], "not matched")
+
+        // The h2o run at 40 % is the direct match's run.
+        var configuration = ReplayConfiguration(policies: [try PolicySpec(name: "h2o", values: ["budget": "9"])])
+        configuration.threads = 1
+        let direct = try MemoryMatcher(reader: try TraceReader(path: traces[0]), configuration: configuration, target: .percent(40)).run()
+        let h2o40 = table.rows.firstIndex { $0[table.index(of: "policy")!] == "h2o" && $0[table.index(of: "kv_percent")!] == "40" }!
+        XCTAssertEqual(column("budget")[h2o40], String(direct.runs[0].memoryMatch!.budget!))
+        XCTAssertEqual(column("achieved_percent")[h2o40], SweepColumns.number(direct.runs[0].memoryMatch!.achievedPercent))
+        XCTAssertEqual(column("achieved_percent")[h2o40], column("percent_of_full_mean")[h2o40])
+    }
+
+    func testBudgetAndTargetExcludeEachOther() {
+        let json = """
+            {"traces": ["x.h5"], "policies": ["h2o"], "parameters": {"budget": 8}, "kv_percent": 10, "output": "o.csv"}
+            """
+        XCTAssertThrowsError(try SweepConfig.decode(Data(json.utf8), file: "c.json")) { error in
+            XCTAssertTrue("\(error)".contains("parameters.budget: budget and kv_percent exclude each other"), "\(error)")
+        }
     }
 }

@@ -66,6 +66,8 @@ public final class MemoryMatcher {
     public let store: ReferenceStore
 
     public static let budgetParameter = "budget"
+    /// The budget a spec carries until the search sets it.
+    public static let placeholderBudget = String(Int32.max)
 
     public init(reader: TraceReader, configuration: ReplayConfiguration, target: MemoryTarget,
                 statistic: MemoryStatistic = .mean, tolerance: Double = 1, store: ReferenceStore? = nil) {
@@ -93,7 +95,7 @@ public final class MemoryMatcher {
         }
         let budgeted = names.contains { PolicyRegistry.type(named: $0).map(hasBudget) == true }
         // A placeholder budget passes the check that a required budget is given; the search replaces it.
-        let withBudget = budgeted ? options + [(budgetParameter, "\(Int32.max)")] : options
+        let withBudget = budgeted ? options + [(budgetParameter, placeholderBudget)] : options
         return try PolicySpec.specs(policies: names, options: withBudget)
     }
 
@@ -218,8 +220,10 @@ public final class MemoryMatcher {
             if case .percent = self.target { return String(format: "%.2f %%", v) }
             return Format.bytes(v)
         }
-        let range = "budgets \(search.lowest)...\(search.highest) give \(unit(search.lowestValue ?? .nan)) to \(unit(search.highestValue ?? .nan))"
-        return "\(spec.name): \(statistic.rawValue) KV of \(unit(targetValue)) is out of reach (\(range)); ran the closest budget not above it"
+        let low = search.lowestValue ?? .nan
+        let range = "budgets \(search.lowest)...\(search.highest) give \(unit(low)) to \(unit(search.highestValue ?? .nan))"
+        let ran = low > targetValue ? "ran the smallest budget" : "ran the largest budget found not above it"
+        return "\(spec.name): \(statistic.rawValue) KV of \(unit(targetValue)) within \(String(format: "%g", tolerance)) point(s) is out of reach (\(range)); \(ran)"
     }
 
     static func spec(_ base: PolicySpec, budget: Int) throws -> PolicySpec {
@@ -302,8 +306,6 @@ struct BudgetSearch {
                 lo = low > target ? nil : highest
                 hi = low > target ? lowest : nil
             }
-            // Keep only the runs the choice may take.
-            results = results.filter { $0.key == lo || $0.key == hi }
             return
         }
         if value <= target { lo = budget } else { hi = budget }

@@ -68,24 +68,28 @@ struct StoredReferenceChunk {
     init(_ chunk: ReferenceChunk) {
         firstStep = chunk.firstStep
         stepCount = chunk.stepCount
-        logSumExp = chunk.logSumExp
-        outputs = chunk.outputs
-        outputNorms = chunk.outputNorms
-        topKPositions = chunk.topKPositions
-        topKCount = chunk.topKCount
-        sparsity = chunk.sparsity
+        logSumExp = Self.copy(chunk.logSumExp)
+        outputs = Self.copy(chunk.outputs)
+        outputNorms = Self.copy(chunk.outputNorms)
+        topKPositions = Self.copy(chunk.topKPositions)
+        topKCount = Self.copy(chunk.topKCount)
+        sparsity = Self.copy(chunk.sparsity)
     }
+
+    /// A copy with its own storage. Sharing the chunk's (copy-on-write) would make the workers
+    /// that next fill the chunk in parallel each copy the shared buffer, losing each other's writes.
+    static func copy<T>(_ a: [T]) -> [T] { a.withUnsafeBufferPointer { Array($0) } }
 
     var bytes: Int { 4 * (logSumExp.count + outputs.count + outputNorms.count + topKPositions.count + topKCount.count + sparsity.count) }
 
     /// Fills a chunk already prepared for the same steps.
     func restore(into chunk: ReferenceChunk) {
         precondition(chunk.firstStep == firstStep && chunk.stepCount == stepCount, "stored reference restored into another chunk")
-        chunk.logSumExp = logSumExp
-        chunk.outputs = outputs
-        chunk.outputNorms = outputNorms
-        chunk.topKPositions = topKPositions
-        chunk.topKCount = topKCount
-        chunk.sparsity = sparsity
+        chunk.logSumExp = Self.copy(logSumExp)
+        chunk.outputs = Self.copy(outputs)
+        chunk.outputNorms = Self.copy(outputNorms)
+        chunk.topKPositions = Self.copy(topKPositions)
+        chunk.topKCount = Self.copy(topKCount)
+        chunk.sparsity = Self.copy(sparsity)
     }
 }

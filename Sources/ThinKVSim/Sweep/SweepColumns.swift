@@ -39,6 +39,10 @@ public enum SweepColumns {
     public static let leading = ["run_id", "run_key", "trace", "model", "num_layers", "decode_steps", "policy", "label"]
     /// Replay options, after the parameters.
     public static let replayOptions = ["layers", "steps", "topk", "paging", "block_size"]
+    /// Memory-match columns, after the replay options, when the config has `kv_percent`: the
+    /// target, the figure matched, the outcome (matched, not matched, unreachable) and the
+    /// percentage achieved; the budget found is in the `budget` column.
+    public static let memoryMatch = ["kv_percent", "kv_match", "kv_match_status", "achieved_percent"]
     /// Last column when per-step CSVs are written.
     public static let stepsFile = "steps_csv"
 
@@ -46,7 +50,7 @@ public enum SweepColumns {
     /// with `param_` if that would collide with a fixed column.
     public static func parameterColumn(_ name: String) -> String {
         let column = name.replacingOccurrences(of: "-", with: "_")
-        return (leading + replayOptions + metricNames + [stepsFile]).contains(column) ? "param_" + column : column
+        return (leading + replayOptions + memoryMatch + metricNames + [stepsFile]).contains(column) ? "param_" + column : column
     }
 
     /// A number as a cell: integers exactly, other values with 8 significant digits, infinities

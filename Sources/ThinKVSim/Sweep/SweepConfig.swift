@@ -58,9 +58,15 @@ public struct SweepConfig: Sendable, Equatable {
     public var threads: Int?
     /// At most this many runs of one trace share an engine run (nil: all of them).
     public var batch: Int?
+    /// Memory targets in % of the full cache (`kv_percent`): every policy with a budget runs
+    /// once per target at the budget meeting it (`MemoryMatcher`); empty: budgets as given.
+    public var kvPercents: [Double] = []
+    /// The KV figure the targets match (`kv_match`).
+    public var kvMatch: MemoryStatistic = .mean
 
     public static let topLevelKeys = ["comment", "name", "traces", "policies", "parameters", "output", "step_csv_dir", "metrics",
-                                      "layers", "steps", "topk", "paging", "block_size", "threads", "batch"]
+                                      "layers", "steps", "topk", "paging", "block_size", "threads", "batch",
+                                      "kv_percent", "kv_match"]
     public static let policyKeys = ["comment", "policy", "parameters"]
     public static let traceKeys = ["comment", "path", "parameters"]
 
@@ -91,6 +97,8 @@ public struct SweepConfig: Sendable, Equatable {
             output: raw.output, stepCSVDirectory: raw.stepCSVDirectory, metrics: raw.metrics ?? SweepColumns.metricNames,
             layers: raw.layers, steps: raw.steps, topK: raw.topK ?? 32, paging: raw.paging ?? [.ct],
             blockSizes: raw.blockSizes ?? [nil], threads: raw.threads, batch: raw.batch)
+        config.kvPercents = raw.kvPercents ?? []
+        config.kvMatch = raw.kvMatch ?? .mean
         try config.check()
         config.metrics = SweepColumns.metricNames.filter { config.metrics.contains($0) }  // canonical order
         return config
@@ -141,7 +149,13 @@ public struct SweepConfig: Sendable, Equatable {
                         }
                     }
                 }
-                for p in types[i].parameters where p.required && resolved[p.name] == nil {
+                let matched = !kvPercents.isEmpty && MemoryMatcher.hasBudget(types[i])
+                if matched, resolved[MemoryMatcher.budgetParameter] != nil {
+                    let where_ = entry.parameters["budget"] != nil ? "policies[\(i)].parameters.budget"
+                        : traces[t].parameters["budget"] != nil ? "traces[\(t)].parameters.budget" : "parameters.budget"
+                    throw fail(where_, "budget and kv_percent exclude each other: kv_percent sets the budget of \(entry.policy)")
+                }
+                for p in types[i].parameters where p.required && resolved[p.name] == nil && !(matched && p.name == MemoryMatcher.budgetParameter) {
                     let scope = traces.count > 1 ? " on traces[\(t)]" : ""
                     throw fail("policies[\(i)]", "\(entry.policy) needs parameter '\(p.name)'\(scope) (\(p.help))")
                 }
@@ -154,6 +168,10 @@ public struct SweepConfig: Sendable, Equatable {
         if let batch, batch < 1 { throw fail("batch", "must be at least 1, got \(batch)") }
         for case let size? in blockSizes where size < 1 { throw fail("block_size", "must be at least 1, got \(size)") }
         if output.isEmpty { throw fail("output", "is empty") }
+        for (i, p) in kvPercents.enumerated() where !(p > 0 && p <= 100) {
+            throw fail("kv_percent[\(i)]", "must be in (0, 100], got \(p)")
+        }
+        if Set(kvPercents).count != kvPercents.count { throw fail("kv_percent", "lists a value twice") }
     }
 
     /// The parameter values policy entry `i` is swept over on the traces of trace entry `t`:
@@ -392,6 +410,8 @@ struct RawConfig: Decodable {
     let blockSizes: [Int?]?
     let threads: Int?
     let batch: Int?
+    let kvPercents: [Double]?
+    let kvMatch: MemoryStatistic?
 
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
@@ -433,6 +453,14 @@ struct RawConfig: Decodable {
         }
         threads = try c.optional(Int.self, "threads")
         batch = try c.optional(Int.self, "batch")
+        kvPercents = try c.optional(OneOrMany<Double>.self, "kv_percent")?.values
+        if kvPercents?.isEmpty == true { throw fail("kv_percent", "lists no value") }
+        if let raw = try c.optional(String.self, "kv_match") {
+            guard let statistic = MemoryStatistic(rawValue: raw) else { throw fail("kv_match", "must be mean or peak, got '\(raw)'") }
+            kvMatch = statistic
+        } else {
+            kvMatch = nil
+        }
     }
 }
 

@@ -15,6 +15,8 @@ public struct SweepRun: Sendable, Equatable {
     public let layout: PagingLayout
     /// Identity of the run across resumes, shards and config edits (see `SweepGrid.runKey`).
     public let key: String
+    /// The memory target (% of the full cache) whose budget the run replays; nil: the spec as is.
+    public var kvPercent: Double? = nil
 }
 
 /// The cartesian product a config describes, in a fixed order: traces (as listed, globs
@@ -64,7 +66,11 @@ public struct SweepGrid: Sendable {
         var specCache: [[Int]: [PolicySpec]] = [:]
         func specs(traceEntry t: Int, policyEntry i: Int) throws -> [PolicySpec] {
             if let cached = specCache[[t, i]] { return cached }
-            let values = config.resolvedParameters(of: i, trace: t)
+            var values = config.resolvedParameters(of: i, trace: t)
+            if !config.kvPercents.isEmpty && MemoryMatcher.hasBudget(PolicyRegistry.type(named: config.policies[i].policy)!) {
+                // A placeholder the search replaces; the run key names the target instead.
+                values[MemoryMatcher.budgetParameter] = [MemoryMatcher.placeholderBudget]
+            }
             let keys = values.keys.sorted()
             var out: [PolicySpec] = []
             for combination in Self.cartesian(keys.map { values[$0]! }) {
@@ -84,17 +90,22 @@ public struct SweepGrid: Sendable {
         for trace in traces {
             for entry in config.policies.indices {
                 for spec in try specs(traceEntry: entryOf[trace]!, policyEntry: entry) {
+                    let targets: [Double?] = !config.kvPercents.isEmpty && MemoryMatcher.hasBudget(spec.type) ? config.kvPercents : [nil]
+                    for target in targets {
                     for mode in config.paging {
                         for size in config.blockSizes {
                             let layout = PagingLayout(mode: mode, blockSize: size ?? spec.type.preferredBlockSize)
-                            let key = Self.runKey(trace: trace, spec: spec, layout: layout, config: config)
+                            let key = Self.runKey(trace: trace, spec: spec, layout: layout, config: config, kvPercent: target)
                             if let first = seen[key] {
                                 throw SweepConfigError(file: config.file, path: "policies[\(entry)]",
                                                        "repeats a run of policies[\(first)] (\(spec.label) on \(trace))")
                             }
                             seen[key] = entry
-                            runs.append(SweepRun(id: runs.count, trace: trace, entry: entry, spec: spec, layout: layout, key: key))
+                            var run = SweepRun(id: runs.count, trace: trace, entry: entry, spec: spec, layout: layout, key: key)
+                            run.kvPercent = target
+                            runs.append(run)
                         }
+                    }
                     }
                 }
             }
@@ -104,7 +115,8 @@ public struct SweepGrid: Sendable {
 
     /// Every column of the results CSV, in order.
     public var columns: [String] {
-        SweepColumns.leading + parameterNames.map(SweepColumns.parameterColumn) + SweepColumns.replayOptions + config.metrics
+        SweepColumns.leading + parameterNames.map(SweepColumns.parameterColumn) + SweepColumns.replayOptions
+            + (config.kvPercents.isEmpty ? [] : SweepColumns.memoryMatch) + config.metrics
             + (config.stepCSVDirectory != nil ? [SweepColumns.stepsFile] : [])
     }
 
@@ -122,9 +134,17 @@ public struct SweepGrid: Sendable {
     /// derived), and the effective block size. The trace path is as the config lists it (or as
     /// its glob expands), with `.` components removed. Threads and batching are left out: they
     /// do not change results.
-    public static func runKey(trace: String, spec: PolicySpec, layout: PagingLayout, config: SweepConfig) -> String {
+    /// A run matched to a memory target has `kv_percent=<P>;kv_match=<mean|peak>` in place of its budget.
+    public static func runKey(trace: String, spec: PolicySpec, layout: PagingLayout, config: SweepConfig, kvPercent: Double? = nil) -> String {
         var parts = ["trace=\(trace)", "policy=\(spec.name)"]
-        for (name, value) in spec.parameters.effective { parts.append("\(name)=\(value)") }
+        for (name, value) in spec.parameters.effective {
+            if let kvPercent, name == MemoryMatcher.budgetParameter {
+                parts.append("kv_percent=\(SweepColumns.number(kvPercent))")
+                parts.append("kv_match=\(config.kvMatch.rawValue)")
+            } else {
+                parts.append("\(name)=\(value)")
+            }
+        }
         parts += replayOptionValues(config: config, layout: layout).map { "\($0)=\($1)" }
         return parts.joined(separator: ";")
     }

@@ -180,30 +180,28 @@ public final class SweepRunner {
         var done = 0
         var notesSaid = Set<String>()
         defer { progress?.finish() }
+        // Memory-matched runs replay many budgets; one stored reference per trace serves them all.
+        var store: ReferenceStore?
         for batch in batches {
             if let limit = stopAfterEngineRuns, outcome.engineRuns >= limit { break }
             let trace = batch[0].trace
-            var configuration = ReplayConfiguration(policies: batch.map(\.spec), layers: config.layers, topK: config.topK,
-                                                    maxSteps: config.steps, threads: config.threads)
-            configuration.layouts = batch.map(\.layout)
-            let engine = ReplayEngine(reader: readers[trace]!, configuration: configuration)
+            if store?.tracePath != trace { store = ReferenceStore(tracePath: trace) }
             let adapter = BatchProgress(inner: progress, done: done, size: batch.count, total: total,
                                         detail: "\(URL(fileURLWithPath: trace).lastPathComponent), \(batch.count) run(s)")
-            engine.progress = adapter
-            let result: ReplayResult
+            let policyRuns: [PolicyRun], notes: [String]
             do {
-                result = try engine.run()
+                (policyRuns, notes) = try replay(batch, reader: readers[trace]!, store: store!, progress: adapter)
             } catch let error as PolicyError {
                 // A combination of values the policy refuses (e.g. sinks not below budget): the config's doing.
                 throw SweepConfigError(file: config.file, error.description)
             }
             // Once per distinct note: e.g. ThinKV thresholds calibrated on the trace itself, or a
             // single-type fallback, change what the rows mean.
-            for text in result.notes where !notesSaid.contains(text) {
+            for text in notes where !notesSaid.contains(text) {
                 notesSaid.insert(text)
                 note("\(URL(fileURLWithPath: trace).lastPathComponent): \(text)")
             }
-            for (run, policyRun) in zip(batch, result.runs) {
+            for (run, policyRun) in zip(batch, policyRuns) {
                 let stepsPath = stepsFilePath(run)
                 if let stepsPath {
                     try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: grid.traces)
@@ -219,6 +217,42 @@ public final class SweepRunner {
         // Also when nothing was computed: dropped rows and a changed column set take effect.
         try write(rows)
         return outcome
+    }
+
+    /// Replays one batch (runs of one trace): the runs without a memory target in one engine run,
+    /// then those of each target through a `MemoryMatcher`, all sharing `store`. Results come
+    /// back in the batch's order.
+    /// The batch's runs in batch order, and the replays' notes.
+    func replay(_ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ProgressReporting) throws -> ([PolicyRun], [String]) {
+        let config = grid.config
+        func configuration(_ runs: [SweepRun]) -> ReplayConfiguration {
+            var configuration = ReplayConfiguration(policies: runs.map(\.spec), layers: config.layers, topK: config.topK,
+                                                    maxSteps: config.steps, threads: config.threads)
+            configuration.layouts = runs.map(\.layout)
+            return configuration
+        }
+        var results: [Int: PolicyRun] = [:]  // run id -> result
+        var notes: [String] = []
+        let plain = batch.filter { $0.kvPercent == nil }
+        if !plain.isEmpty {
+            let engine = ReplayEngine(reader: reader, configuration: configuration(plain))
+            engine.referenceStore = batch.count > plain.count ? store : nil  // kept only for matched runs to come
+            engine.progress = progress
+            let result = try engine.run()
+            notes += result.notes
+            for (run, outcome) in zip(plain, result.runs) { results[run.id] = outcome }
+        }
+        let targets = Array(Set(batch.compactMap(\.kvPercent))).sorted()
+        for target in targets {
+            let runs = batch.filter { $0.kvPercent == target }
+            let matcher = MemoryMatcher(reader: reader, configuration: configuration(runs), target: .percent(target),
+                                        statistic: config.kvMatch, store: store)
+            matcher.progress = progress
+            let result = try matcher.run()
+            notes += result.notes
+            for (run, outcome) in zip(runs, result.runs) { results[run.id] = outcome }
+        }
+        return (batch.map { results[$0.id]! }, notes)
     }
 
     /// Pending runs grouped by trace (grid order), each group cut into pieces of at most `limit`.
@@ -252,11 +286,17 @@ public final class SweepRunner {
     // MARK: Rows
 
     func row(_ run: SweepRun, _ result: PolicyRun, _ facts: TraceFacts, stepsPath: String?) -> [String] {
-        let effective = Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) })
+        // The result's spec: a memory-matched run's holds the budget found.
+        let effective = Dictionary(uniqueKeysWithValues: result.spec.parameters.effective.map { ($0.name, $0.value) })
         var row = [String(run.id), run.key, run.trace, facts.model, String(facts.numLayers), String(facts.decodeSteps),
                    run.spec.name, run.spec.label]
         row += grid.parameterNames.map { effective[$0] ?? "" }
         row += SweepGrid.replayOptionValues(config: grid.config, layout: run.layout).map(\.1)
+        if !grid.config.kvPercents.isEmpty {
+            let match = result.memoryMatch
+            row += [run.kvPercent.map { SweepColumns.number($0) } ?? "", match == nil ? "" : grid.config.kvMatch.rawValue,
+                    match?.status.rawValue ?? MemoryMatch.Status.notMatched.rawValue, SweepColumns.number(match?.achievedPercent)]
+        }
         let byName = Dictionary(uniqueKeysWithValues: SweepColumns.metrics.map { ($0.name, $0) })
         row += grid.config.metrics.map { SweepColumns.number(byName[$0]!.value(result.summary)) }
         if let stepsPath { row.append(stepsPath) }
@@ -267,7 +307,7 @@ public final class SweepRunner {
     static func stepsCSV(_ run: PolicyRun) -> String {
         var out = ReplayReport.stepColumns.joined(separator: ",") + "\n"
         let label = ReplayReport.csvField(run.spec.label)
-        for r in run.steps { out += ReplayReport.stepRow(label, r) }
+        for r in run.steps { out += ReplayReport.stepRow(label, r, match: run.memoryMatch) }
         return out
     }
 }
