@@ -80,7 +80,8 @@ final class SyntheticLayer {
         headDirections = heads
 
         // Salience: Gaussian per token, strongly correlated between neighbours inside execution
-        // segments (near-duplicates), plus a boost on heavy-hitter tokens.
+        // segments (near-duplicates), plus a boost on heavy-hitter tokens and a shift by the
+        // importance of the token's type.
         let rho = structure.duplicateCorrelation
         let innovation = (1 - rho * rho).squareRoot()
         var salience = [Float](repeating: 0, count: T)
@@ -91,6 +92,7 @@ final class SyntheticLayer {
                 ? rho * base + innovation * salienceRNG.gaussian()
                 : salienceRNG.gaussian()
             salience[p] = base + (plan.isHeavyHitter[p] ? structure.heavyHitterBoost : 0)
+                + (p < structure.sinkCount ? 0 : structure.importance.salienceOffset(label: plan.labels[p]))
         }
         self.salience = salience
         salienceOrder = (0..<T).sorted { salience[$0] > salience[$1] || (salience[$0] == salience[$1] && $0 < $1) }

@@ -301,11 +301,13 @@ public struct AttentionStructure: Sendable, Equatable {
 /// tokens least (it evicts and quantizes transitions first), so by default an old transition
 /// token draws clearly less attention than an old reasoning token.
 ///
-/// Importance acts in two places. (1) Revisits: a revisiting segment picks the old tokens it
+/// Importance acts in three places. (1) Revisits: a revisiting segment picks the old tokens it
 /// looks back at (anchors, each given a key direction of its own) from every token at least
 /// `revisitMinimumAge` older, with probability proportional to the importance of the token's
 /// type (the prompt's tokens, sinks excepted, weigh `prompt`). (2) Heavy hitters: a token is one
-/// with probability `heavyHitterRate × importance` (capped at 1).
+/// with probability `heavyHitterRate × importance` (capped at 1). (3) Salience: a token's
+/// salience scalar (which every query looks for) is shifted by `salienceShift × (importance − 1)`
+/// standard deviations, so every later query, not only revisiting ones, favours important types.
 ///
 /// `legacyAnchors` restores the generator from before importance was a parameter: anchors are
 /// the first token of every transition and reasoning segment, one inner token of each reasoning
@@ -318,7 +320,14 @@ public struct TokenImportance: Sendable, Equatable {
     public var byType: [Double] = [1, 0.6, 0.15]
     /// Prompt tokens (the question, re-read later).
     public var prompt: Double = 1
+    /// Salience shift per unit of importance, in standard deviations of the salience scalar.
+    public var salienceShift: Double = 1
     public var legacyAnchors = false
+
+    /// Salience shift of a position's token (0 with legacy anchors).
+    public func salienceOffset(label: Int8) -> Float {
+        legacyAnchors ? 0 : Float(salienceShift * (weight(label: label) - 1))
+    }
 
     public init() {}
 
@@ -350,7 +359,7 @@ public struct TokenImportance: Sendable, Equatable {
     func validate() throws {
         func fail(_ message: String) -> UsageError { UsageError("token importance: " + message) }
         guard byType.count == 3 else { throw fail("needs one weight per thought type (R, E, T)") }
-        guard (byType + [prompt]).allSatisfy({ $0 >= 0 && $0.isFinite }), byType.reduce(0, +) > 0 else {
+        guard (byType + [prompt]).allSatisfy({ $0 >= 0 && $0.isFinite }), byType.reduce(0, +) > 0, salienceShift.isFinite else {
             throw fail("weights must be non-negative and finite, with a positive sum over R, E, T")
         }
     }
