@@ -43,32 +43,21 @@ final class SyntheticImportanceTests: XCTestCase {
 
     // MARK: Importance
 
-    func testByDefaultOldTransitionTokensDrawLessAttentionThanReasoningTokensAndMoreWithLegacyAnchors() throws {
-        var ratios: [Double] = []
-        for seed: UInt64 in [1, 2] {
-            // Layer 1 is separated, layer 0 blended (only its sparsity targets differ); one
-            // layer per seed keeps the float64 attention pass short.
-            let layer = Int(seed % 2)
-            let (plan, byLayer) = try measure(Self.config(seed: seed), "importance-\(seed).h5", layers: [layer])
-            XCTAssertEqual(Set(plan.labels.filter { $0 >= 0 }), [0, 1, 2], "seed \(seed) has all three types")
-            for attention in byLayer {
-                let (r, t) = (attention[0], attention[2])
-                XCTAssertLessThan(t, 0.8 * r, "seed \(seed) layer \(layer): old T \(t) vs old R \(r) per token")
-                ratios.append(t / r)
-            }
-        }
-        let mean = ratios.reduce(0, +) / Double(ratios.count)
-        XCTAssertLessThan(mean, 0.65, "old T / old R per token, mean over seeds and layers: \(ratios)")
-
-        // The legacy anchors (a transition's first token is one) on the same seed and layer:
-        // per token, old transition tokens draw about as much as old reasoning tokens or more
-        // (1.17 on average over seeds 1-4 and layers of 2048-token traces; 0.97 here).
-        var legacy = Self.config(seed: 1)
+    func testLegacyAnchorsMakeOldTransitionTokensDrawFarMoreAttentionThanTheDefault() throws {
+        // Same seed, same layer, default importance against the legacy anchors (a transition's
+        // first token is one). Per token, legacy old transition tokens draw about as much as old
+        // reasoning tokens or more (1.17 on average over seeds 1-4 and layers of 2048-token
+        // traces); by default clearly less (SyntheticTraceTests checks that on its shared trace).
+        var base = Self.config(seed: 1)
+        base.layers = 1  // a lone layer is separated
+        var legacy = base
         legacy.attention.importance.legacyAnchors = true
-        let attention = try measure(legacy, "legacy-1.h5", layers: [1]).byLayer[0]
-        let legacyRatio = attention[2] / attention[0]
-        XCTAssertGreaterThan(legacyRatio, 0.9, "legacy: old T \(attention[2]) vs old R \(attention[0])")
-        XCTAssertGreaterThan(legacyRatio, 1.5 * ratios[0], "legacy \(legacyRatio) vs default \(ratios[0])")
+        let byDefault = try measure(base, "default-1.h5", layers: [0]).byLayer[0]
+        let old = try measure(legacy, "legacy-1.h5", layers: [0]).byLayer[0]
+        let (defaultRatio, legacyRatio) = (byDefault[2] / byDefault[0], old[2] / old[0])
+        XCTAssertLessThan(defaultRatio, 0.7, "default: old T \(byDefault[2]) vs old R \(byDefault[0])")
+        XCTAssertGreaterThan(legacyRatio, 0.9, "legacy: old T \(old[2]) vs old R \(old[0])")
+        XCTAssertGreaterThan(legacyRatio, 1.5 * defaultRatio, "legacy \(legacyRatio) vs default \(defaultRatio)")
     }
 
     func testRevisitsPickOldTokensInProportionToTheImportanceOfTheirType() {

@@ -361,6 +361,19 @@ final class SyntheticTraceTests: XCTestCase {
         XCTAssertGreaterThan(checked, 0, "this seed has revisiting transitions")
     }
 
+    func testOldTransitionTokensDrawLessAttentionThanOldReasoningTokens() throws {
+        // The default token importance (R 1, E 0.6, T 0.15): per token, old transition tokens
+        // get clearly less of later steps' attention than old reasoning tokens, in every layer.
+        let s = try Self.shared()
+        var ratios: [Double] = []
+        for (layer, rows) in s.rows.enumerated() {
+            let attention = SyntheticImportanceTests.oldTokenAttention(rows, labels: s.plan.labels, prompt: s.config.promptLength)
+            XCTAssertLessThan(attention[2], 0.8 * attention[0], "layer \(layer): old T \(attention[2]) vs old R \(attention[0])")
+            ratios.append(attention[2] / attention[0])
+        }
+        XCTAssertLessThan(ratios.reduce(0, +) / Double(ratios.count), 0.65, "old T / old R per token by layer: \(ratios)")
+    }
+
     func testExecutionRunsHaveNearDuplicateKeys() throws {
         let s = try Self.shared()
         let reader = s.reader, h = reader.header
