@@ -17,7 +17,7 @@ enum SynthCommand: Subcommand {
             OptionDefinition("seed", value: "N", help: "random seed (0 ... 2^63-1); same seed and options, same tensors", default: "1"),
             OptionDefinition("segment-scale", value: "X", help: "multiply every thought segment's minimum and mean length", default: "1"),
             OptionDefinition("importance", value: "R=x,E=y,T=z[,P=w]",
-                             help: "how much later thoughts revisit old tokens of each type (and the prompt, P)", default: "R=1,E=0.6,T=0.15,P=1"),
+                             help: "importance of old tokens of each type and of the prompt (P): how often later thoughts revisit them, heavy hitters, salience", default: "R=1,E=0.6,T=0.15,P=1"),
             OptionDefinition("legacy-anchors", help: "anchors at the start of every transition and reasoning thought, revisited uniformly (the old generator)"),
             OptionDefinition("sparsity-growth", value: "X|off",
                              help: "how fast target sparsity rises with context length, times the fit to a recorded trace; off (= 0): fixed per type", default: "1"),
