@@ -115,12 +115,13 @@ final class SyntheticImportanceTests: XCTestCase {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let sample = try TraceReader(path: root.appendingPathComponent("traces/sample-synthetic.h5").path)
         let message = "traces/sample-synthetic.h5 is no longer the legacy generator's output; if it was regenerated on purpose, update this test"
-        XCTAssertEqual(try sample.readThoughtLabels(), plan.labels, message)
-        XCTAssertEqual(try sample.readTokenIDs(), plan.tokenIDs, message)
+        XCTAssertTrue(try sample.readThoughtLabels() == plan.labels, message)
+        XCTAssertTrue(try sample.readTokenIDs() == plan.tokenIDs, message)
         for index in [1, 3] {
             let layer = SyntheticLayer(index: index, config: config, plan: plan)
-            XCTAssertEqual(try sample.readRows(.k, layer: index, rows: 0..<2048).map(\.bitPattern),
-                           layer.keyRows(0..<2048).map(\.bitPattern), "layer \(index) keys: \(message)")
+            // Compared as bit patterns, reported briefly (the arrays are large).
+            XCTAssertTrue(try sample.readRows(.k, layer: index, rows: 0..<2048).map(\.bitPattern)
+                          == layer.keyRows(0..<2048).map(\.bitPattern), "layer \(index) keys: \(message)")
             let solver = QueryTemperatureSolver(layer: layer, exactLimit: config.exactSparsityPositions, sampleSize: config.sparsitySampleSize)
             let stored = try sample.readRows(.q, layer: index, rows: 0..<2048)
             var directions = [Float](repeating: 0, count: 4 * 32)
@@ -131,8 +132,8 @@ final class SyntheticImportanceTests: XCTestCase {
                     return solver.solve(directions: u.baseAddress!, position: p, target: layer.targets[p], rng: &rng).beta
                 }
                 let expected = directions.map { Float(Float16(beta * $0)) }
-                XCTAssertEqual(Array(stored[(p * 128)..<((p + 1) * 128)]).map(\.bitPattern), expected.map(\.bitPattern),
-                               "layer \(index) query at \(p): \(message)")
+                XCTAssertTrue(Array(stored[(p * 128)..<((p + 1) * 128)]).map(\.bitPattern) == expected.map(\.bitPattern),
+                              "layer \(index) query at \(p): \(message)")
             }
         }
     }
