@@ -16,6 +16,12 @@ enum SynthCommand: Subcommand {
             OptionDefinition("dtype", value: "float16|float32", help: "storage type of q, k, v and attn", default: "float16"),
             OptionDefinition("seed", value: "N", help: "random seed (0 ... 2^63-1); same seed and options, same tensors", default: "1"),
             OptionDefinition("segment-scale", value: "X", help: "multiply every thought segment's minimum and mean length", default: "1"),
+            OptionDefinition("importance", value: "R=x,E=y,T=z[,P=w]",
+                             help: "importance of old tokens of each type and of the prompt (P): how often later thoughts revisit them, heavy hitters, salience", default: "R=1,E=0.6,T=0.15,P=1"),
+            OptionDefinition("legacy-anchors", help: "anchors at the start of every transition and reasoning thought, revisited uniformly (the old generator)"),
+            OptionDefinition("sparsity-growth", value: "X|off",
+                             help: "how fast target sparsity rises with context length, times the fit to a recorded trace; off (= 0): fixed per type", default: "1"),
+            OptionDefinition("sparsity-reference", value: "N", help: "position at which each type's sparsity equals its mean", default: "512"),
             OptionDefinition("no-values", help: "do not write values (v)"),
             OptionDefinition("attn", help: "also write the exact attention rows (G × q-heads × T per layer: large)"),
             OptionDefinition("threads", value: "N", help: "worker threads; the output does not depend on it", default: "all cores"),
@@ -25,13 +31,19 @@ enum SynthCommand: Subcommand {
             The trace is a prompt followed by a chain of reasoning (R), execution (E) and transition (T)
             thoughts laid out by a Markov chain; /tokens/thought holds the labels. Each step's query
             temperature is solved so that its head-averaged attention sparsity matches its thought type
-            (E lowest, R middle, T highest; layer 0 blends the three). Keys carry attention sinks, a
-            recency drift, salient heavy hitters, anchor tokens that later thoughts revisit, and
-            near-duplicate runs inside execution thoughts. docs/synthetic-traces.md has the details.
+            (E lowest, R middle, T highest; layer 0 blends the three), and all three rise with the
+            context length at the per-layer rate fitted to a recorded trace. Keys carry attention sinks,
+            a recency drift, salient heavy hitters, old tokens that later thoughts revisit (chosen by
+            the importance of their type: transitions least, as ThinKV assumes), and near-duplicate
+            runs inside execution thoughts. docs/synthetic-traces.md has the details.
 
-            example (the shipped sample, 3.5 MB):
+            example:
+              thinkv-sim synth -o trace.h5 --tokens 2048 --prompt 128 --layers 4 --q-heads 4 --kv-heads 2 \\
+                  --head-dim 32 --seed 1
+            the generator before importance and growth (the shipped traces/sample-synthetic.h5, 3.5 MB):
               thinkv-sim synth -o traces/sample-synthetic.h5 --tokens 2048 --prompt 128 --layers 4 \\
-                  --q-heads 4 --kv-heads 2 --head-dim 32 --dtype float16 --seed 1
+                  --q-heads 4 --kv-heads 2 --head-dim 32 --dtype float16 --seed 1 \\
+                  --legacy-anchors --sparsity-growth off
             """)
 
     static func run(_ arguments: ParsedArguments) throws {
@@ -55,6 +67,24 @@ enum SynthCommand: Subcommand {
             }
             config.thoughts.lengthScale = scale
         }
+        if arguments.flag("legacy-anchors") {
+            guard arguments.value("importance") == nil else {
+                throw UsageError("--importance and --legacy-anchors exclude each other (legacy anchors ignore importance)")
+            }
+            config.attention.importance.legacyAnchors = true
+        }
+        if let raw = arguments.value("importance") { try config.attention.importance.parse(raw) }
+        if let raw = arguments.value("sparsity-growth") {
+            if raw == "off" {
+                config.sparsity.growth.strength = 0
+            } else {
+                guard let strength = Double(raw), strength >= 0, strength.isFinite else {
+                    throw UsageError("--sparsity-growth must be 'off' or a non-negative number, got '\(raw)'")
+                }
+                config.sparsity.growth.strength = strength
+            }
+        }
+        config.sparsity.growth.referencePosition = try arguments.int("sparsity-reference", default: config.sparsity.growth.referencePosition, min: 0)!
         config.includeValues = !arguments.flag("no-values")
         config.includeAttention = arguments.flag("attn")
         let generator = try SyntheticTraceGenerator(config: config)  // validates the options

@@ -19,6 +19,9 @@ final class SyntheticTraceTests: XCTestCase {
         config.kvHeads = 2
         config.headDim = 32
         config.seed = seed
+        // The per-type levels these tests measure hold at every position only with fixed
+        // sparsity; growth with context length has its own tests (SyntheticImportanceTests).
+        config.sparsity.growth.strength = 0
         return config
     }
 
@@ -175,6 +178,7 @@ final class SyntheticTraceTests: XCTestCase {
         // A small exact limit puts the sampled sparsity estimate on the path too.
         config.exactSparsityPositions = 96
         config.sparsitySampleSize = 64
+        config.sparsity.growth = SparsityGrowth()  // the default generator: growth and importance on
         func generate(_ name: String, seed: UInt64, threads: Int) throws -> [String: [Float]] {
             var c = config
             c.seed = seed
@@ -326,7 +330,9 @@ final class SyntheticTraceTests: XCTestCase {
                 counted += 1
             }
             XCTAssertGreaterThan(counted, 50, "layer \(layer): execution steps with old context")
-            XCTAssertGreaterThan(recent / old, 4, "layer \(layer): weight per recent position vs per old position")
+            // Over 4 with uniform token importance; important old reasoning tokens (more salient)
+            // take a little from recency in the blended layer.
+            XCTAssertGreaterThan(recent / old, 3.5, "layer \(layer): weight per recent position vs per old position")
         }
     }
 
@@ -346,13 +352,26 @@ final class SyntheticTraceTests: XCTestCase {
                     let during = median(segment.range.map(relative))
                     let earlier = median(before.range.filter { $0 >= P }.map(relative))
                     let message = "layer \(layer): anchor \(anchor) revisited from \(segment.start) (\(earlier) before, \(during) during)"
-                    XCTAssertGreaterThan(during, 5, message)
+                    XCTAssertGreaterThan(during, 3, message)
                     XCTAssertGreaterThan(during, 10 * earlier, message)
                     checked += 1
                 }
             }
         }
         XCTAssertGreaterThan(checked, 0, "this seed has revisiting transitions")
+    }
+
+    func testOldTransitionTokensDrawLessAttentionThanOldReasoningTokens() throws {
+        // The default token importance (R 1, E 0.6, T 0.15): per token, old transition tokens
+        // get clearly less of later steps' attention than old reasoning tokens, in every layer.
+        let s = try Self.shared()
+        var ratios: [Double] = []
+        for (layer, rows) in s.rows.enumerated() {
+            let attention = SyntheticImportanceTests.oldTokenAttention(rows, labels: s.plan.labels, prompt: s.config.promptLength)
+            XCTAssertLessThan(attention[2], 0.8 * attention[0], "layer \(layer): old T \(attention[2]) vs old R \(attention[0])")
+            ratios.append(attention[2] / attention[0])
+        }
+        XCTAssertLessThan(ratios.reduce(0, +) / Double(ratios.count), 0.65, "old T / old R per token by layer: \(ratios)")
     }
 
     func testExecutionRunsHaveNearDuplicateKeys() throws {

@@ -80,7 +80,8 @@ final class SyntheticLayer {
         headDirections = heads
 
         // Salience: Gaussian per token, strongly correlated between neighbours inside execution
-        // segments (near-duplicates), plus a boost on heavy-hitter tokens.
+        // segments (near-duplicates), plus a boost on heavy-hitter tokens and a shift by the
+        // importance of the token's type.
         let rho = structure.duplicateCorrelation
         let innovation = (1 - rho * rho).squareRoot()
         var salience = [Float](repeating: 0, count: T)
@@ -91,6 +92,7 @@ final class SyntheticLayer {
                 ? rho * base + innovation * salienceRNG.gaussian()
                 : salienceRNG.gaussian()
             salience[p] = base + (plan.isHeavyHitter[p] ? structure.heavyHitterBoost : 0)
+                + (p < structure.sinkCount ? 0 : structure.importance.salienceOffset(label: plan.labels[p]))
         }
         self.salience = salience
         salienceOrder = (0..<T).sorted { salience[$0] > salience[$1] || (salience[$0] == salience[$1] && $0 < $1) }
@@ -171,7 +173,9 @@ final class SyntheticLayer {
     }
 
     /// Per-position targets: the layer's mean for the segment's type, a per-segment offset, and
-    /// AR(1) noise within the segment; clamped to [0.02, 0.985].
+    /// AR(1) noise within the segment; clamped to [0.02, 0.985]. With sparsity growth the value
+    /// is then moved in logit space by the layer's fitted rise between the reference position
+    /// and p (`SparsityGrowth`), and clamped to [0.02, `growthCeiling(p)`].
     static func makeTargets(index: Int, config: SyntheticTraceConfig, plan: ThoughtPlan) -> ([Float], [Float]) {
         let s = config.sparsity
         var rng = SeededRandom(seed: config.seed, stream: [StreamTag.targets.rawValue, UInt64(index)])
@@ -193,7 +197,22 @@ final class SyntheticLayer {
                 targets[p] = min(0.985, max(0.02, level + noise))
             }
         }
+        if s.growth.isEnabled {
+            for p in 0..<config.tokens {
+                let x = Double(targets[p])
+                let shifted = PortableMath.log(x / (1 - x)) + s.growth.logitShift(position: p, layer: index, of: config.layers)
+                let grown = 1 / (1 + PortableMath.exp(min(600, max(-600, -shifted))))
+                targets[p] = Float(min(growthCeiling(position: p, sinks: config.attention.sinkCount), max(0.02, grown)))
+            }
+        }
         return (targets, means)
+    }
+
+    /// Highest target with sparsity growth: 0.985, or higher on long contexts, up to leaving the
+    /// sinks and four more positions above the threshold (at most 0.998), so that transition
+    /// steps can still be sparser than reasoning steps late in a long trace.
+    static func growthCeiling(position p: Int, sinks: Int) -> Double {
+        min(0.998, max(0.985, 1 - Double(sinks + 4) / Double(p + 1)))
     }
 
     // MARK: Rows for the writer

@@ -131,6 +131,8 @@ public struct SparsityTargets: Sendable, Equatable {
     public var persistence: Float = 0.7
     /// Standard deviation of a segment's offset from its type's mean.
     public var segmentSpread: Float = 0.02
+    /// How each step's target rises with its position (context length), as in recorded traces.
+    public var growth = SparsityGrowth()
     /// Layers whose three types are pulled towards their common centre, so that a classifier
     /// has to choose its layers (ignored in a one-layer trace).
     public var blendedLayers: [Int] = [0]
@@ -156,6 +158,85 @@ public struct SparsityTargets: Sendable, Equatable {
         guard (0...1).contains(blendedSeparation), (0...1).contains(minimumSeparation), layerOffset >= 0 else {
             throw fail("separations must lie in [0, 1] and the layer offset be non-negative")
         }
+        try growth.validate()
+    }
+}
+
+/// Sparsity that climbs with context length. In a recorded trace the share of visible positions
+/// below 1 % of a row's maximum rises as the context grows (traces/smollm2-135m-math.h5, layer
+/// 29: 0.83 around position 280, 0.96 around 1180). Per layer of that trace, the curve
+/// s(p) = σ(α + γ·ln(p + 1)) was fitted by tools/fit_sparsity_growth.py; the generator keeps each
+/// thought type's own level and borrows the slope γ: a step's target is σ(logit(level) +
+/// strength·γ·ln((p + 1)/(reference + 1))), so the types' odds of sparsity all grow as (p + 1)^γ,
+/// their order at any position is unchanged, and the type means hold at `referencePosition`.
+public struct SparsityGrowth: Sendable, Equatable {
+    /// Multiplies the fitted slopes (`--sparsity-growth`): 1 as fitted, 0 fixed per-type
+    /// sparsity whatever the position (the generator before growth existed, bit for bit).
+    public var strength: Double = 1
+    /// Position at which each type's target equals its mean (`--sparsity-reference`); 512 is
+    /// the geometric middle of the default trace's generated positions, 128 … 2047.
+    public var referencePosition = 512
+    /// Fitted curves, by layer of the recorded trace. A synthetic layer l of L takes the curve
+    /// of the recorded layer nearest to the same relative depth, l/(L−1)·(recordedLayers−1).
+    public var curves: [SparsityCurve] = SparsityGrowth.fittedCurves
+    /// Layers in the model the curves come from (SmolLM2-135M: 30).
+    public var recordedLayers = 30
+
+    /// tools/fit_sparsity_growth.py on `thinkv-sim replay traces/smollm2-135m-math.h5 --policy
+    /// full --csv` (1005 decode steps, positions 227 … 1231). RMSE over steps 0.197, 0.024,
+    /// 0.030, 0.045; over ten position bins 0.042, 0.009, 0.017, 0.016 (docs/synthetic-traces.md).
+    public static let fittedCurves = [
+        SparsityCurve(layer: 0, alpha: -18.563, gamma: 2.552),
+        SparsityCurve(layer: 10, alpha: -3.051, gamma: 0.902),
+        SparsityCurve(layer: 20, alpha: 0.732, gamma: 0.345),
+        SparsityCurve(layer: 29, alpha: -4.537, gamma: 1.094),
+    ]
+
+    public init() {}
+
+    public var isEnabled: Bool { strength != 0 }
+
+    /// The fitted curve a synthetic layer follows.
+    public func curve(forLayer layer: Int, of layers: Int) -> SparsityCurve {
+        let depth = layers > 1 ? Double(layer) / Double(layers - 1) * Double(recordedLayers - 1) : Double(recordedLayers - 1)
+        // Nearest by depth; ties go to the shallower layer.
+        return curves.min { a, b in
+            let da = abs(Double(a.layer) - depth), db = abs(Double(b.layer) - depth)
+            return da < db || (da == db && a.layer < b.layer)
+        }!
+    }
+
+    /// Logit shift of the target at position p in that layer.
+    public func logitShift(position p: Int, layer: Int, of layers: Int) -> Double {
+        guard isEnabled else { return 0 }
+        let gamma = curve(forLayer: layer, of: layers).gamma
+        return strength * gamma * (PortableMath.log(Double(p + 1)) - PortableMath.log(Double(referencePosition + 1)))
+    }
+
+    func validate() throws {
+        func fail(_ message: String) -> UsageError { UsageError("sparsity growth: " + message) }
+        guard strength.isFinite, strength >= 0 else { throw fail("--sparsity-growth must be a non-negative number, got \(strength)") }
+        guard referencePosition >= 0 else { throw fail("--sparsity-reference must be non-negative, got \(referencePosition)") }
+        guard !curves.isEmpty, curves.allSatisfy({ $0.gamma.isFinite && $0.layer >= 0 }), recordedLayers >= 1 else {
+            throw fail("needs at least one curve with a finite slope")
+        }
+    }
+}
+
+/// s(p) = σ(alpha + gamma·ln(p + 1)), fitted to one layer of a recorded trace.
+public struct SparsityCurve: Sendable, Equatable {
+    public var layer: Int
+    public var alpha: Double
+    public var gamma: Double
+
+    public init(layer: Int, alpha: Double, gamma: Double) {
+        self.layer = layer
+        self.alpha = alpha
+        self.gamma = gamma
+    }
+
+    public func sparsity(at p: Int) -> Double {
+        1 / (1 + PortableMath.exp(-(alpha + gamma * PortableMath.log(Double(p + 1)))))
     }
 }
 
@@ -173,9 +254,12 @@ public struct AttentionStructure: Sendable, Equatable {
     /// and the extra salience in standard deviations.
     public var heavyHitterRate = 0.02
     public var heavyHitterBoost: Float = 2
-    /// Anchor tokens carry a key direction of their own that later queries can look up: the
-    /// first token of every transition and reasoning segment, one inner token of each reasoning
-    /// segment, and this many prompt tokens.
+    /// How much later thoughts come back to old tokens of each type: revisits and heavy hitters
+    /// (`--importance`, `--legacy-anchors`).
+    public var importance = TokenImportance()
+    /// Legacy anchors only (`TokenImportance.legacyAnchors`): the first token of every transition
+    /// and reasoning segment, one inner token of each reasoning segment, and this many prompt
+    /// tokens carry a key direction of their own that later queries can look up.
     public var promptAnchors = 4
     /// Revisited anchors are at least this many positions older than the revisiting segment.
     public var revisitMinimumAge = 128
@@ -208,6 +292,76 @@ public struct AttentionStructure: Sendable, Equatable {
             throw fail("recency length must be positive, correlations and probabilities in [0, 1)")
         }
         guard queries.count == 3 else { throw fail("queries needs one entry per thought type (R, E, T)") }
+        try importance.validate()
+    }
+}
+
+/// The importance of a thought type's tokens: how much attention later thoughts give to old
+/// tokens of that type. ThinKV's premise is that reasoning tokens matter most and transition
+/// tokens least (it evicts and quantizes transitions first), so by default an old transition
+/// token draws clearly less attention than an old reasoning token.
+///
+/// Importance acts in three places. (1) Revisits: a revisiting segment picks the old tokens it
+/// looks back at (anchors, each given a key direction of its own) from every token at least
+/// `revisitMinimumAge` older, with probability proportional to the importance of the token's
+/// type (the prompt's tokens, sinks excepted, weigh `prompt`). (2) Heavy hitters: a token is one
+/// with probability `heavyHitterRate × importance` (capped at 1). (3) Salience: a token's
+/// salience scalar (which every query looks for) is shifted by `salienceShift × (importance − 1)`
+/// standard deviations, so every later query, not only revisiting ones, favours important types.
+///
+/// `legacyAnchors` restores the generator from before importance was a parameter: anchors are
+/// the first token of every transition and reasoning segment, one inner token of each reasoning
+/// segment and `promptAnchors` prompt tokens, revisits pick among them uniformly, heavy hitters
+/// are uniform. A transition's first token is then an anchor in a short segment, so per token old
+/// transition tokens draw more attention than reasoning ones. With `legacyAnchors` and a growth
+/// strength of 0 the generator writes the same tensors as before, bit for bit.
+public struct TokenImportance: Sendable, Equatable {
+    /// Reasoning, execution, transition.
+    public var byType: [Double] = [1, 0.6, 0.15]
+    /// Prompt tokens (the question, re-read later).
+    public var prompt: Double = 1
+    /// Salience shift per unit of importance, in standard deviations of the salience scalar.
+    public var salienceShift: Double = 1
+    public var legacyAnchors = false
+
+    /// Salience shift of a position's token (0 with legacy anchors).
+    public func salienceOffset(label: Int8) -> Float {
+        legacyAnchors ? 0 : Float(salienceShift * (weight(label: label) - 1))
+    }
+
+    public init() {}
+
+    public init(byType: [Double], prompt: Double = 1, legacyAnchors: Bool = false) {
+        self.byType = byType
+        self.prompt = prompt
+        self.legacyAnchors = legacyAnchors
+    }
+
+    /// Reads `--importance`: comma-separated `KEY=WEIGHT` with KEY one of R, E, T (thought types)
+    /// or P (prompt), e.g. `R=1,E=0.6,T=0.15`; keys not given keep their current weight.
+    public mutating func parse(_ text: String) throws {
+        let keys = ["R": 0, "E": 1, "T": 2, "P": 3]
+        var seen = Set<Int>()
+        for item in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = item.split(separator: "=", omittingEmptySubsequences: false)
+            guard parts.count == 2, let key = keys[parts[0].trimmingCharacters(in: .whitespaces).uppercased()],
+                  let weight = Double(parts[1].trimmingCharacters(in: .whitespaces)), weight >= 0, weight.isFinite else {
+                throw UsageError("--importance expects KEY=WEIGHT items (KEY R, E, T or P; WEIGHT ≥ 0) separated by commas, got '\(item)'")
+            }
+            guard seen.insert(key).inserted else { throw UsageError("--importance gives \(parts[0]) twice") }
+            if key == 3 { prompt = weight } else { byType[key] = weight }
+        }
+    }
+
+    /// The importance of a position's token from its label (-1: prompt).
+    public func weight(label: Int8) -> Double { label < 0 ? prompt : byType[Int(label)] }
+
+    func validate() throws {
+        func fail(_ message: String) -> UsageError { UsageError("token importance: " + message) }
+        guard byType.count == 3 else { throw fail("needs one weight per thought type (R, E, T)") }
+        guard (byType + [prompt]).allSatisfy({ $0 >= 0 && $0.isFinite }), byType.reduce(0, +) > 0, salienceShift.isFinite else {
+            throw fail("weights must be non-negative and finite, with a positive sum over R, E, T")
+        }
     }
 }
 

@@ -112,14 +112,16 @@ public final class SyntheticTraceGenerator {
             report(index, 0.05 + 0.95 * Double(start + rows) / Double(T), "queries")
         }
 
-        var sums = [Double](repeating: 0, count: 3), counts = [Int](repeating: 0, count: 3)
+        var sums = [Double](repeating: 0, count: 3), targetSums = sums, counts = [Int](repeating: 0, count: 3)
         for p in P..<T where plan.labels[p] >= 0 {
             sums[Int(plan.labels[p])] += Double(reached[p])
+            targetSums[Int(plan.labels[p])] += Double(layer.targets[p])
             counts[Int(plan.labels[p])] += 1
         }
+        let mean = { (x: [Double], t: Int) -> Float in counts[t] > 0 ? Float(x[t] / Double(counts[t])) : .nan }
         return SyntheticTraceSummary.Layer(
-            index: index, targetMeans: layer.typeMeans,
-            reachedMeans: (0..<3).map { counts[$0] > 0 ? Float(sums[$0] / Double(counts[$0])) : .nan })
+            index: index, typeMeans: layer.typeMeans,
+            targetMeans: (0..<3).map { mean(targetSums, $0) }, reachedMeans: (0..<3).map { mean(sums, $0) })
     }
 
     /// A value as the trace stores it (float16 rounds to nearest, ties to even, as the writer does).
@@ -132,7 +134,10 @@ public final class SyntheticTraceGenerator {
 public struct SyntheticTraceSummary: Sendable {
     public struct Layer: Sendable {
         public var index: Int
-        /// The layer's mean target sparsity of R, E, T steps.
+        /// The levels the layer's R, E, T targets were drawn around (they hold at the reference
+        /// position when sparsity grows with context length).
+        public var typeMeans: [Float]
+        /// Mean target sparsity of the layer's R, E, T steps.
         public var targetMeans: [Float]
         /// Mean sparsity the solver reached for R, E, T steps (sampled estimate on long contexts;
         /// `thinkv-sim inspect` measures it exactly).

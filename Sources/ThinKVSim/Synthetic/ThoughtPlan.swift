@@ -50,11 +50,54 @@ public struct ThoughtPlan: Sendable {
             type = ThoughtType(rawValue: Int8(rng.categorical(chain.transitions[Int(type.rawValue)])))!
         }
 
-        // Anchors: a few prompt tokens (the question re-read later), the first token of every
-        // transition and reasoning segment, and one inner token of each reasoning segment.
+        var labels = [Int8](repeating: -1, count: T)
+        var segmentOfPosition = [Int32](repeating: 0, count: T)
+        for (s, segment) in segments.enumerated() {
+            for p in segment.range {
+                labels[p] = segment.type?.rawValue ?? -1
+                segmentOfPosition[p] = Int32(s)
+            }
+        }
+
+        let anchors: [Int]
+        if structure.importance.legacyAnchors {
+            anchors = ThoughtPlan.placeLegacyAnchors(&segments, prompt: P, structure: structure, rng: &rng)
+        } else {
+            anchors = ThoughtPlan.chooseRevisitedTokens(&segments, labels: labels, structure: structure, rng: &rng)
+        }
+        var anchorOfPosition = [Int32](repeating: -1, count: T)
+        for (i, p) in anchors.enumerated() { anchorOfPosition[p] = Int32(i) }
+
+        // Token ids carry no meaning; position 0 is a BOS-like id.
+        var ids = [Int32](repeating: 0, count: T)
+        var heavy = [Bool](repeating: false, count: T)
+        for p in 0..<T {
+            ids[p] = p == 0 ? 1 : Int32(3 + rng.integer(below: config.vocabularySize - 3))
+            // Legacy: uniform. Otherwise the rate scales with the importance of the token's type
+            // (the draw is the same either way, so the legacy stream is unchanged).
+            let rate = structure.importance.legacyAnchors
+                ? structure.heavyHitterRate
+                : min(1, structure.heavyHitterRate * structure.importance.weight(label: labels[p]))
+            heavy[p] = p >= structure.sinkCount && rng.chance(rate)
+        }
+
+        self.segments = segments
+        self.anchors = anchors
+        self.labels = labels
+        self.tokenIDs = ids
+        self.segmentOfPosition = segmentOfPosition
+        self.anchorOfPosition = anchorOfPosition
+        self.isHeavyHitter = heavy
+    }
+
+    /// The generator before token importance was a parameter: a few prompt tokens (the question
+    /// re-read later), the first token of every transition and reasoning segment and one inner
+    /// token of each reasoning segment are anchors; transitions look back at a few of them,
+    /// reasoning sometimes at one, chosen uniformly. Draws exactly the numbers it always drew.
+    private static func placeLegacyAnchors(_ segments: inout [PlannedSegment], prompt P: Int,
+                                           structure: AttentionStructure, rng: inout SeededRandom) -> [Int] {
         var anchorSet = Set<Int>()
-        let promptCandidates = Array(min(structure.sinkCount, P)..<P)
-        var pool = promptCandidates
+        var pool = Array(min(structure.sinkCount, P)..<P)
         for _ in 0..<min(structure.promptAnchors, pool.count) {
             anchorSet.insert(pool.remove(at: rng.integer(below: pool.count)))
         }
@@ -70,16 +113,9 @@ public struct ThoughtPlan: Sendable {
             }
         }
         let anchors = anchorSet.sorted()
-
-        // Revisits: transitions look back at a few old anchors, reasoning sometimes at one.
         for s in segments.indices.dropFirst() {
             let segment = segments[s]
-            let wanted: Int
-            switch segment.type {
-            case .transition?: wanted = structure.transitionRevisits
-            case .reasoning?: wanted = rng.chance(structure.reasoningRevisitProbability) ? 1 : 0
-            default: wanted = 0
-            }
+            let wanted = revisitCount(segment, structure, &rng)
             var eligible = anchors.indices.filter { anchors[$0] <= segment.start - structure.revisitMinimumAge }
             var chosen: [Int] = []
             while chosen.count < wanted, !eligible.isEmpty {
@@ -87,33 +123,60 @@ public struct ThoughtPlan: Sendable {
             }
             segments[s].revisits = chosen.sorted()
         }
+        return anchors
+    }
 
-        var labels = [Int8](repeating: -1, count: T)
-        var segmentOfPosition = [Int32](repeating: 0, count: T)
-        for (s, segment) in segments.enumerated() {
-            for p in segment.range {
-                labels[p] = segment.type?.rawValue ?? -1
-                segmentOfPosition[p] = Int32(s)
+    /// Transitions look back at a few old tokens, reasoning sometimes at one, execution never.
+    private static func revisitCount(_ segment: PlannedSegment, _ structure: AttentionStructure, _ rng: inout SeededRandom) -> Int {
+        switch segment.type {
+        case .transition?: return structure.transitionRevisits
+        case .reasoning?: return rng.chance(structure.reasoningRevisitProbability) ? 1 : 0
+        default: return 0
+        }
+    }
+
+    /// Each revisiting segment picks the old tokens it looks back at from all tokens at least
+    /// `revisitMinimumAge` older than its start (sinks excepted), with probability proportional
+    /// to the importance of the token's type, without repeats within the segment. The picked
+    /// tokens are the anchors (a token picked by several segments is one anchor).
+    private static func chooseRevisitedTokens(_ segments: inout [PlannedSegment], labels: [Int8],
+                                              structure: AttentionStructure, rng: inout SeededRandom) -> [Int] {
+        let T = labels.count, first = min(structure.sinkCount, T)
+        // cumulative[j] = total weight of positions first..<j.
+        var cumulative = [Double](repeating: 0, count: T + 1)
+        for j in 0..<T {
+            cumulative[j + 1] = cumulative[j] + (j < first ? 0 : structure.importance.weight(label: labels[j]))
+        }
+        var picked: [[Int]] = Array(repeating: [], count: segments.count)
+        for s in segments.indices.dropFirst() {
+            let segment = segments[s]
+            let wanted = revisitCount(segment, structure, &rng)
+            let limit = segment.start - structure.revisitMinimumAge  // newest eligible position
+            guard wanted > 0, limit >= first else { continue }
+            let total = cumulative[limit + 1] - cumulative[first]
+            var chosen: [Int] = [], chosenWeight = 0.0
+            // Rejection sampling: redraw a token already chosen. Bounded, and it stops once the
+            // chosen tokens hold (almost) all of the eligible weight.
+            var attempts = 0
+            while chosen.count < wanted, attempts < 64 * wanted, total - chosenWeight > 1e-9 * total {
+                attempts += 1
+                let u = cumulative[first] + rng.uniform() * total
+                var lo = first, hi = limit  // the smallest j with cumulative[j + 1] > u
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if cumulative[mid + 1] > u { hi = mid } else { lo = mid + 1 }
+                }
+                let weight = cumulative[lo + 1] - cumulative[lo]
+                guard weight > 0, !chosen.contains(lo) else { continue }
+                chosen.append(lo)
+                chosenWeight += weight
             }
+            picked[s] = chosen
         }
-        var anchorOfPosition = [Int32](repeating: -1, count: T)
-        for (i, p) in anchors.enumerated() { anchorOfPosition[p] = Int32(i) }
-
-        // Token ids carry no meaning; position 0 is a BOS-like id.
-        var ids = [Int32](repeating: 0, count: T)
-        var heavy = [Bool](repeating: false, count: T)
-        for p in 0..<T {
-            ids[p] = p == 0 ? 1 : Int32(3 + rng.integer(below: config.vocabularySize - 3))
-            heavy[p] = p >= structure.sinkCount && rng.chance(structure.heavyHitterRate)
-        }
-
-        self.segments = segments
-        self.anchors = anchors
-        self.labels = labels
-        self.tokenIDs = ids
-        self.segmentOfPosition = segmentOfPosition
-        self.anchorOfPosition = anchorOfPosition
-        self.isHeavyHitter = heavy
+        let anchors = Set(picked.joined()).sorted()
+        let indexOf = Dictionary(uniqueKeysWithValues: anchors.enumerated().map { ($1, $0) })
+        for s in segments.indices { segments[s].revisits = picked[s].map { indexOf[$0]! }.sorted() }
+        return anchors
     }
 
     public func segment(at position: Int) -> PlannedSegment { segments[Int(segmentOfPosition[position])] }
