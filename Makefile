@@ -31,14 +31,15 @@ BUDGET    ?= 256
 POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi,thinkv,thinkv-tbq,thinkv-tbe
 PYTHON    ?= python3
 RECORDER_VENV ?= .venv-recorder
+PYTHON_VENV   ?= .venv-python
 
-.PHONY: all deps build run test bench sweep clean help recorder-venv test-recorder
+.PHONY: all deps build run test test-python bench sweep clean help recorder-venv test-recorder
 
 all: build
 
 help:
 	@echo "make run    build (release), inspect the synthetic sample, replay both shipped traces through every policy"
-	@echo "make test   build and run the test suite"
+	@echo "make test   build and run the test suite (Swift, then the Python package's)"
 	@echo "make bench  replay benchmark (release build)"
 	@echo "make sweep  budget sweep over the sample traces, CSV + plots in out/"
 	@echo "make test-recorder  Python env of tools/record_trace.py (cached in $(RECORDER_VENV)) and its tests"
@@ -59,6 +60,18 @@ run: build
 test: deps
 	$(SWIFT) build --build-tests $(SWIFTFLAGS)
 	$(SWIFT) test $(SWIFTFLAGS)
+	@$(MAKE) --no-print-directory test-python
+
+# The Python package (python/) against the debug binary just built. Its environment (numpy,
+# pandas, h5py, pytest from PyPI) is cached in $(PYTHON_VENV); without python3 or a package
+# index the tests are skipped with a message, never failed.
+test-python:
+	@if ! $(PYTHON) -c 'import venv' >/dev/null 2>&1; then echo "test-python: skipped (no python3 with venv)"; exit 0; fi; \
+	if [ ! -x $(PYTHON_VENV)/bin/python ] || ! $(PYTHON_VENV)/bin/python -c 'import numpy, pandas, h5py, pytest' >/dev/null 2>&1; then \
+		$(PYTHON) -m venv $(PYTHON_VENV) && $(PYTHON_VENV)/bin/python -m pip install --quiet numpy pandas h5py pytest \
+		|| { echo "test-python: skipped (could not install numpy, pandas, h5py, pytest)"; exit 0; }; \
+	fi; \
+	PYTHONPATH=python THINKV_SIM=$(CURDIR)/.build/debug/thinkv-sim $(PYTHON_VENV)/bin/python -m pytest python/tests -q
 
 bench: build
 	$(RELEASE) bench

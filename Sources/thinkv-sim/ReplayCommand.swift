@@ -9,7 +9,7 @@ enum ReplayCommand: Subcommand {
         options: [
             OptionDefinition("policy", short: "p", value: "NAME[,NAME...]", help: "policies to compare (see 'thinkv-sim policies')",
                              default: "full", repeatable: true),
-            OptionDefinition("layers", value: "LIST", help: "recorded layers to replay, e.g. 0,3", default: "all recorded"),
+            OptionDefinition("layers", value: "LIST", help: "recorded layers to replay, e.g. 0,3 or -1 (the last recorded)", default: "all recorded"),
             OptionDefinition("steps", value: "N", help: "replay only the first N decode steps", default: "all"),
             OptionDefinition("topk", value: "K", help: "k of the top-k recall metric", default: "32"),
             OptionDefinition("threads", value: "N", help: "worker threads; results do not depend on it", default: "all cores"),
@@ -46,11 +46,11 @@ enum ReplayCommand: Subcommand {
         let target = try memoryTarget(arguments)
         let statistic = try memoryStatistic(arguments)
         let policyNames = names.isEmpty ? ["full"] : names
-        let specs = target == nil ? try PolicySpec.specs(policies: policyNames, options: arguments.extra)
-            : try MemoryMatcher.specs(policies: policyNames, options: arguments.extra)
+        let specs = target == nil ? try PolicySpec.specs(policies: policyNames, options: arguments.extra, commandOptions: spec.options.map(\.name))
+            : try MemoryMatcher.specs(policies: policyNames, options: arguments.extra, commandOptions: spec.options.map(\.name))
         // Every option is checked before the trace is opened: a usage mistake is exit 2 whatever the file.
         var configuration = ReplayConfiguration(policies: specs)
-        configuration.layers = try parseLayerList(arguments.value("layers"))
+        let requestedLayers = try arguments.value("layers").map { try LayerSelection.parse($0, option: "--layers") }
         configuration.maxSteps = try arguments.int("steps", min: 1)
         configuration.topK = try arguments.int("topk", default: 32, min: 1)!
         configuration.threads = try arguments.int("threads", min: 1)
@@ -63,6 +63,9 @@ enum ReplayCommand: Subcommand {
             throw UsageError("--kept cannot be combined with a memory target (the search replays each policy several times)")
         }
         let reader = try TraceReader(path: path)
+        configuration.layers = try requestedLayers.map {
+            try LayerSelection.resolve($0, recorded: reader.recordedLayerIndices, option: "--layers", file: path)
+        }
 
         if let target {
             let matcher = MemoryMatcher(reader: reader, configuration: configuration, target: target, statistic: statistic)

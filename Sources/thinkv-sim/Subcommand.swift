@@ -36,10 +36,3 @@ func listValues(_ raw: [String]) -> [String] {
     raw.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
 }
 
-func parseLayerList(_ raw: String?) throws -> [Int]? {
-    guard let raw else { return nil }
-    return try listValues([raw]).map { item in
-        guard let v = Int(item), v >= 0 else { throw UsageError("--layers takes layer indices like 0,3,7, got '\(item)'") }
-        return v
-    }
-}

@@ -150,7 +150,9 @@ public enum ArgumentParser {
                     }
                     definition = byName[name]
                 } else {
-                    guard arg.count == 2, let d = byShort[arg.last!] else { throw UsageError("unknown option \(arg)") }
+                    guard arg.count == 2, let d = byShort[arg.last!] else {
+                        throw UsageError("unknown option \(arg)" + Suggestions.hint(for: String(arg.drop { $0 == "-" }), among: spec.options.map(\.name), prefix: "--"))
+                    }
                     definition = d
                     name = d.name
                 }
@@ -177,7 +179,7 @@ public enum ArgumentParser {
                 } else if spec.acceptsExtraOptions && arg.hasPrefix("--") && !name.isEmpty {
                     result.extra.append((name, try takeValue(for: name, inline: inline)))
                 } else {
-                    throw UsageError("unknown option --\(name)")
+                    throw UsageError("unknown option --\(name)" + Suggestions.hint(for: name, among: spec.options.map(\.name), prefix: "--"))
                 }
             }
             i += 1

@@ -131,4 +131,33 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
     public var effective: [(name: String, value: String)] {
         specs.keys.sorted().map { ($0, raw($0) ?? "auto") }
     }
+
+    /// `effective` with numbers as numbers and flags as booleans, for JSON.
+    public var typedEffective: [String: ParameterValue] {
+        var out: [String: ParameterValue] = [:]
+        for (name, value) in effective {
+            switch specs[name]?.kind {
+            case .integer?: out[name] = Int(value).map(ParameterValue.integer) ?? .text(value)
+            case .real?: out[name] = Double(value).map(ParameterValue.real) ?? .text(value)
+            case .flag?: out[name] = .flag(value == "true")
+            default: out[name] = .text(value)
+            }
+        }
+        return out
+    }
+}
+
+/// A parameter value as JSON shows it.
+public enum ParameterValue: Encodable, Equatable, Sendable {
+    case integer(Int), real(Double), flag(Bool), text(String)
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .integer(let v): try container.encode(v)
+        case .real(let v): try container.encode(v)
+        case .flag(let v): try container.encode(v)
+        case .text(let v): try container.encode(v)
+        }
+    }
 }

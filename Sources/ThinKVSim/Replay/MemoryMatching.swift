@@ -89,14 +89,15 @@ public final class MemoryMatcher {
 
     /// Specs for `replay --kv-percent`: like `PolicySpec.specs`, but `budget` is not required
     /// (the search sets it) and may not be given.
-    public static func specs(policies names: [String], options: [(name: String, value: String)]) throws -> [PolicySpec] {
+    public static func specs(policies names: [String], options: [(name: String, value: String)],
+                             commandOptions: [String] = []) throws -> [PolicySpec] {
         if options.contains(where: { $0.name == budgetParameter }) {
             throw UsageError("--budget and a memory target (--kv-percent, --kv-bytes) exclude each other: the target sets each budget")
         }
         let budgeted = names.contains { PolicyRegistry.type(named: $0).map(hasBudget) == true }
         // A placeholder budget passes the check that a required budget is given; the search replaces it.
         let withBudget = budgeted ? options + [(budgetParameter, placeholderBudget)] : options
-        return try PolicySpec.specs(policies: names, options: withBudget)
+        return try PolicySpec.specs(policies: names, options: withBudget, commandOptions: commandOptions)
     }
 
     /// The memory figure a target is compared with, in the target's unit.

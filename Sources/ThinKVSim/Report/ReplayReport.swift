@@ -113,13 +113,17 @@ public enum ReplayReport {
     struct JSONRun: Encodable {
         let policy: String
         let label: String
-        let parameters: [String: String]
+        let parameters: [String: ParameterValue]
         let compresses: String
         let memoryMatch: MemoryMatch?
         let summary: RunSummary
     }
 
+    /// Version of the --json layout (docs/metrics.md); raised when a field changes meaning or type.
+    public static let schemaVersion = 2
+
     struct JSONReport: Encodable {
+        let schemaVersion: Int
         let trace: String
         let header: TraceHeader
         let layers: [Int]
@@ -131,11 +135,11 @@ public enum ReplayReport {
 
     public static func json(_ result: ReplayResult) throws -> String {
         let report = JSONReport(
-            trace: result.tracePath, header: result.header, layers: result.layers, decodeSteps: result.decodeSteps,
+            schemaVersion: schemaVersion, trace: result.tracePath, header: result.header, layers: result.layers, decodeSteps: result.decodeSteps,
             notes: result.notes, timing: result.timing,
             runs: result.runs.map { run in
                 JSONRun(policy: run.spec.name, label: run.spec.label,
-                        parameters: Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) }),
+                        parameters: run.spec.parameters.typedEffective,
                         compresses: run.spec.type.compressionCadence(run.spec.parameters),
                         memoryMatch: run.memoryMatch, summary: run.summary)
             })

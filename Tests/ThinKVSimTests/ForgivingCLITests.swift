@@ -1,0 +1,77 @@
+import Foundation
+import XCTest
+@testable import ThinKVSim
+
+/// Mistakes a newcomer makes get a suggestion and a usage exit (2); layer lists accept Python's
+/// negative indices; JSON parameters are typed.
+final class ForgivingCLITests: XCTestCase {
+    private var directory: URL!
+
+    override func setUpWithError() throws {
+        directory = try TestTraces.directory(self)
+    }
+
+    private func trace(layers: [Int] = [0, 2, 5]) throws -> String {
+        try TestTraces.write(to: directory.appendingPathComponent("t.h5"), T: 24, P: 8, Hq: 2, Hkv: 1, D: 8,
+                             numLayers: 6, layers: layers.map { TestTraces.randomLayer(T: 24, Hq: 2, Hkv: 1, D: 8, seed: 1, index: $0) })
+    }
+
+    private func run(_ arguments: [String]) throws -> CommandRunner.Outcome {
+        try CommandRunner.run(arguments, in: directory)
+    }
+
+    func testSuggestionsByEditDistanceAndPrefix() {
+        XCTAssertEqual(Suggestions.closest(to: "h20", among: PolicyRegistry.names), "h2o")
+        XCTAssertEqual(Suggestions.closest(to: "streamingllm", among: PolicyRegistry.names), "streaming", "the name users know")
+        XCTAssertNil(Suggestions.closest(to: "quest", among: PolicyRegistry.names), "nothing close")
+        XCTAssertEqual(Suggestions.closest(to: "layer", among: ["layers", "steps", "topk"]), "layers", "a prefix of one name")
+        XCTAssertEqual(Suggestions.closest(to: "budgte", among: ["budget", "window"]), "budget", "two swapped letters")
+        XCTAssertNil(Suggestions.closest(to: "zzz", among: ["budget", "window"]))
+        XCTAssertEqual(Suggestions.distance("kitten", "sitting"), 3)
+    }
+
+    func testMistakesAreUsageErrorsWithSuggestions() throws {
+        let path = try trace()
+        let policy = try run(["replay", path, "--policy", "h20"])
+        XCTAssertEqual(policy.status, 2)
+        XCTAssertTrue(policy.stderr.contains("did you mean h2o?"), policy.stderr)
+        let option = try run(["replay", path, "--layer", "0"])
+        XCTAssertEqual(option.status, 2)
+        XCTAssertTrue(option.stderr.contains("did you mean --layers?"), option.stderr)
+        let foreign = try run(["replay", path, "--policy", "full", "--budget", "8"])
+        XCTAssertEqual(foreign.status, 2)
+        XCTAssertTrue(foreign.stderr.contains("a parameter of"), "names the policies that take it: \(foreign.stderr)")
+        let twice = try run(["replay", path, "--policy", "full,full"])
+        XCTAssertEqual(twice.status, 2)
+        XCTAssertTrue(twice.stderr.contains("twice"), twice.stderr)
+        let command = try run(["replya", path])
+        XCTAssertEqual(command.status, 2)
+    }
+
+    func testNegativeLayersCountFromTheLastRecordedLayer() throws {
+        let path = try trace()
+        let last = try run(["replay", path, "--layers", "-1,0", "--json"])
+        XCTAssertEqual(last.status, 0, last.stderr)
+        let report = try JSONSerialization.jsonObject(with: Data(last.stdout.utf8)) as! [String: Any]
+        XCTAssertEqual(report["layers"] as? [Int], [5, 0])
+        XCTAssertEqual(report["schema_version"] as? Int, ReplayReport.schemaVersion)
+        let missing = try run(["replay", path, "--layers", "3"])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.contains("not recorded (recorded: 0, 2, 5)"), missing.stderr)
+        let tooFar = try run(["replay", path, "--layers", "-4"])
+        XCTAssertEqual(tooFar.status, 1)
+        XCTAssertTrue(tooFar.stderr.contains("before the first recorded layer"), tooFar.stderr)
+        XCTAssertEqual(try LayerSelection.resolve([-1, -3], recorded: [0, 2, 5], option: "--layers", file: path), [5, 0])
+    }
+
+    func testJSONParametersAreTyped() throws {
+        let path = try trace()
+        let outcome = try run(["replay", path, "--policy", "h2o", "--budget", "12", "--json"])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        let report = try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as! [String: Any]
+        let run = (report["runs"] as! [[String: Any]])[0]
+        let parameters = run["parameters"] as! [String: Any]
+        XCTAssertEqual(parameters["budget"] as? Int, 12)
+        XCTAssertTrue(outcome.stdout.contains("\"budget\" : 12"), "a number, not a string")
+    }
+}

@@ -1,0 +1,30 @@
+"""`thinkv-sim sweep` as a pandas table."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional
+
+import pandas as pd
+
+from .runner import run
+
+
+def sweep(config: str, output: Optional[str] = None, shard: Optional[str] = None) -> pd.DataFrame:
+    """Runs the sweep described by the JSON file `config` and returns its results CSV.
+
+    With `output` the CSV is kept there (and an interrupted sweep resumes from it, as on the
+    command line); without, it goes to a temporary file. `shard` is "i/n".
+    """
+    def go(path: str) -> pd.DataFrame:
+        arguments = ["sweep", os.fspath(config), "-o", path]
+        if shard:
+            arguments += ["--shard", shard]
+        run(arguments)
+        return pd.read_csv(path)
+
+    if output is not None:
+        return go(os.fspath(output))
+    with tempfile.TemporaryDirectory() as directory:
+        return go(os.path.join(directory, "sweep.csv"))
