@@ -75,7 +75,8 @@ final class PlotTests: XCTestCase {
         let outcome = try Plotter.plot(results: results, options: PlotOptions(outputDirectory: out))
         XCTAssertEqual(outcome.notes, [])
         let kinds = ["fidelity-budget", "fidelity-bytes", "kv-steps", "thoughts"]
-        XCTAssertEqual(outcome.files, ["a", "b"].flatMap { t in kinds.map { "\(out)/\(t).\($0).svg" } })
+        XCTAssertEqual(outcome.files, ["a", "b"].flatMap { t in kinds.map { "\(out)/\(t).\($0).svg" } }
+                       + ["\(out)/all-traces.fidelity-bytes.svg"])
 
         // full, streaming, h2o, kivi k-bits=2, kivi k-bits=4: in both panels and the legend.
         let expected = ["full", "streaming", "h2o", "kivi k-bits=2", "kivi k-bits=4"]
