@@ -35,6 +35,7 @@ public enum Plotter {
     }
 
     public static func plot(results path: String, options: PlotOptions) throws -> Outcome {
+        if let steps = try plotStepCSV(path, options: options) { return steps }
         let data = try PlotData(path: path)
         var outcome = Outcome()
         guard !data.table.rows.isEmpty else {
@@ -98,6 +99,29 @@ public enum Plotter {
             outcome.files.append(file)
             outcome.files += try convert(file, options: options)
         }
+        return outcome
+    }
+
+    /// A `replay --csv` file: `<stem>.steps.svg` (`StepCSVFigure`); nil for any other CSV.
+    static func plotStepCSV(_ path: String, options: PlotOptions) throws -> Outcome? {
+        let table = try CSVTable.read(path: path).table
+        guard StepCSVFigure.isStepCSV(table) else { return nil }
+        var outcome = Outcome()
+        let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+        guard let figure = StepCSVFigure.figure(table, name: name, metrics: options.metrics ?? PlotMetric.defaultOrder,
+                                                logBytes: options.logBytes) else {
+            outcome.notes.append("\(path): no rows to plot")
+            return outcome
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: options.outputDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw CSVError("\(options.outputDirectory): cannot create directory (\(error.localizedDescription))")
+        }
+        let directory = options.outputDirectory
+        let file = (directory.hasSuffix("/") ? directory : directory + "/") + "\(name).steps.svg"
+        try OutputFile.write(figure.render(), to: file)
+        outcome.files = [file] + (try convert(file, options: options))
         return outcome
     }
 
