@@ -108,7 +108,13 @@ public enum AggregateFigure {
         let matched = data.hasColumn("kv_percent")
         let axis = matched ? "kv_percent" : "budget"
         let lines = lines(data, along: axis, ignoring: matched ? ["budget"] : [])
-        let allBytes = data.table.rows.compactMap { data.number($0, bytesColumn) }.filter { $0 > 0 }
+        // The axis spans the points drawn: each the mean bytes of a run over the traces.
+        var allBytes: [Double] = []
+        for line in lines {
+            var byKey: [String: [Double]] = [:]
+            for row in line.rows { if let b = data.number(row, bytesColumn) { byKey[data.cell(row, axis) ?? "", default: []].append(b) } }
+            allBytes += byKey.values.compactMap { MeanInterval($0)?.mean }.filter { $0 > 0 }
+        }
         guard !allBytes.isEmpty else { return nil }
         let kind = bytesColumn.hasSuffix("peak") ? "peak" : "mean"
         let x = Axis.bytes(min: allBytes.min()!, max: allBytes.max()!, title: "KV cache, \(kind) over steps", log: logBytes)
@@ -142,13 +148,15 @@ public enum AggregateFigure {
                         errorBars.append(Series(label: "", points: [(xm.mean, ym.lower), (xm.mean, ym.upper)], style: style))
                     }
                     if budgetLabels {
-                        let text = matched ? "\(key) %" : (p.budgets.count == 1 ? p.budgets.first! : key)
+                        let text = key.isEmpty ? "" : matched ? "\(key) %" : (p.budgets.count == 1 ? p.budgets.first! : key)
                         if !text.isEmpty { notes.append(Annotation(x: xm.mean, y: ym.mean, text: text, color: line.style.color)) }
                     }
                 }
                 series.append(Series(label: line.label, points: drawn.sorted { $0.x < $1.x }, style: line.style))
             }
-            let values = (series + errorBars).flatMap { $0.points.map(\.y) }
+            // The axis spans the means: with few traces an interval can be far wider than the
+            // differences between policies (t = 12.7 for two), and its bar is cut at the edge.
+            let values = series.flatMap { $0.points.map(\.y) }
             var panel = Panel(title: "\(FidelityFigure.letter(i)) \(metric.title)", x: x,
                               y: FidelityFigure.yAxis(metric.column, title: metric.axisTitle, values: values), series: series + errorBars)
             panel.annotations = notes
@@ -157,7 +165,7 @@ public enum AggregateFigure {
         guard !panels.isEmpty else { return nil }
         let n = data.traces.count
         return Figure(title: "Fidelity vs. KV cache size — \(n) trace\(n == 1 ? "" : "s")",
-                      subtitle: "mean over traces; bars: 95 % interval (Student t); bytes of all model layers with quantization metadata",
+                      subtitle: "mean over traces; bars: 95 % interval (Student t), cut at the panel's edge; bytes of all model layers with quantization metadata",
                       panels: panels, legend: lines.map { LegendEntry(label: $0.label, style: $0.style) }, legendTitle: "policy")
     }
 
@@ -188,7 +196,7 @@ public enum AggregateFigure {
                     guard let m = MeanInterval(ys) else { continue }
                     let center = Double(t) + (Double(j) - Double(lines.count - 1) / 2) * width
                     bars.append(Bar(from: center - width * 0.45, to: center + width * 0.45, y0: 0, y1: m.mean, style: line.style))
-                    values += [m.mean, m.upper, m.lower]
+                    values.append(m.mean)  // the axis spans the means; wider intervals are cut at the edge
                     if m.count > 1 {
                         errorBars.append(Series(label: "", points: [(center, m.lower), (center, m.upper)],
                                                 style: SeriesStyle(color: Palette.axis, width: 1.2)))
@@ -205,7 +213,7 @@ public enum AggregateFigure {
         let n = data.traces.count
         let kind = rows.first.flatMap { data.cell($0, "kv_match") } ?? "mean"
         return Figure(title: "Fidelity at equal KV memory — \(n) trace\(n == 1 ? "" : "s")",
-                      subtitle: "each budget found so that the policy's \(kind) KV is the target; mean over traces, bars: 95 % interval",
+                      subtitle: "each budget found so that the policy's \(kind) KV is the target; mean over traces, bars: 95 % interval, cut at the panel's edge",
                       panels: panels, legend: lines.map { LegendEntry(label: $0.label, style: $0.style) }, legendTitle: "policy")
     }
 }
