@@ -230,3 +230,48 @@ final class AggregateFigureTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Set(Palette.markers).count, PolicyRegistry.all.count - 1)
     }
 }
+
+final class MemoryMatchingCLITests: XCTestCase {
+    func testReplayWithAMemoryTarget() throws {
+        let directory = try TestTraces.directory(self)
+        let trace = try SweepFixture.traces(in: directory)[0]
+        func run(_ arguments: [String]) throws -> CommandRunner.Outcome { try CommandRunner.run(arguments, in: directory) }
+
+        let json = try run(["replay", trace, "--policy", "full,h2o", "--kv-percent", "50", "--threads", "1", "--json",
+                            "--csv", directory.appendingPathComponent("s.csv").path])
+        XCTAssertEqual(json.status, 0, json.stderr)
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        let runs = try XCTUnwrap(report["runs"] as? [[String: Any]])
+        let full = try XCTUnwrap(runs[0]["memory_match"] as? [String: Any])
+        let h2o = try XCTUnwrap(runs[1]["memory_match"] as? [String: Any])
+        XCTAssertEqual(full["status"] as? String, "not matched")
+        XCTAssertEqual(h2o["target_percent"] as? Double, 50)
+        let budget = try XCTUnwrap(h2o["budget"] as? Int)
+        XCTAssertEqual((runs[1]["parameters"] as? [String: String])?["budget"], String(budget))
+        XCTAssertEqual(runs[1]["compresses"] as? String, "every step, one eviction; holds B, attends B+1")
+        let csv = try CSVTable.read(path: directory.appendingPathComponent("s.csv").path).table
+        let last = try XCTUnwrap(csv.rows.last)
+        XCTAssertEqual(last[csv.index(of: "matched_budget")!], String(budget))
+        XCTAssertEqual(last[csv.index(of: "kv_target_percent")!], "50")
+
+        let text = try run(["replay", trace, "--policy", "h2o,kivi", "--kv-percent", "50", "--threads", "1"])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains("not matched"), text.stdout)
+        let header = try XCTUnwrap(text.stdout.split(separator: "\n").first { $0.hasPrefix("policy") && $0.contains("KL") })
+        XCTAssertLessThan(try XCTUnwrap(header.range(of: "KL")).lowerBound, try XCTUnwrap(header.range(of: "recall")).lowerBound,
+                          "the table leads with KL: \(header)")
+
+        for (arguments, message) in [
+            (["--policy", "h2o", "--kv-percent", "10", "--budget", "8"], "--budget and a memory target"),
+            (["--policy", "h2o", "--kv-percent", "10", "--kv-bytes", "1000"], "exclude each other"),
+            (["--policy", "h2o", "--kv-match", "peak"], "--kv-match needs --kv-percent or --kv-bytes"),
+            (["--policy", "h2o", "--kv-percent", "150"], "--kv-percent must be in (0, 100]"),
+            (["--policy", "h2o", "--kv-percent", "ten"], "--kv-percent must be a number"),
+        ] {
+            let outcome = try run(["replay", trace] + arguments)
+            XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.contains(message), "\(arguments): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.hasPrefix("thinkv-sim replay: "), outcome.stderr)
+        }
+    }
+}
