@@ -213,7 +213,7 @@ public final class SweepRunner {
     }
 
     /// Replays one batch (runs of one trace): the runs without a memory target in one engine run,
-    /// then those of each target through a `MemoryMatcher`, all sharing `store`. Results come
+    /// then those with one through a `MemoryMatcher`, all sharing `store`. Results come
     /// back in the batch's order.
     func replay(_ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ProgressReporting) throws -> [PolicyRun] {
         let config = grid.config
@@ -231,13 +231,13 @@ public final class SweepRunner {
             engine.progress = progress
             for (run, result) in zip(plain, try engine.run().runs) { results[run.id] = result }
         }
-        let targets = Array(Set(batch.compactMap(\.kvPercent))).sorted()
-        for target in targets {
-            let runs = batch.filter { $0.kvPercent == target }
-            let matcher = MemoryMatcher(reader: reader, configuration: configuration(runs), target: .percent(target),
-                                        statistic: config.kvMatch, store: store)
+        // Every target's searches in one matcher: their trials share engine runs.
+        let matched = batch.filter { $0.kvPercent != nil }
+        if !matched.isEmpty {
+            let matcher = MemoryMatcher(reader: reader, configuration: configuration(matched),
+                                        targets: matched.map { .percent($0.kvPercent!) }, statistic: config.kvMatch, store: store)
             matcher.progress = progress
-            for (run, result) in zip(runs, try matcher.run().runs) { results[run.id] = result }
+            for (run, result) in zip(matched, try matcher.run().runs) { results[run.id] = result }
         }
         return batch.map { results[$0.id]! }
     }
