@@ -27,6 +27,10 @@ REAL_CALIBRATION   := configs/thinkv-smollm2-135m.json
 SWEEP_CONFIG ?= configs/budget-sweep.json
 SWEEP_CSV    ?= out/budget-sweep.csv
 SWEEP_PLOTS  ?= out
+# The equal-memory sweep: every budgeted policy at matched KV percentages, its figures in their own directory.
+EQUAL_CONFIG ?= configs/equal-memory.json
+EQUAL_CSV    ?= out/equal-memory.csv
+EQUAL_PLOTS  ?= out/equal-memory
 BUDGET    ?= 256
 POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi,thinkv,thinkv-tbq,thinkv-tbe
 PYTHON    ?= python3
@@ -41,7 +45,7 @@ help:
 	@echo "make run    build (release), inspect the synthetic sample, replay both shipped traces through every policy"
 	@echo "make test   build and run the test suite (Swift, then the Python package's)"
 	@echo "make bench  replay benchmark (release build)"
-	@echo "make sweep  budget sweep over the sample traces, CSV + plots in out/"
+	@echo "make sweep  budget sweep and equal-memory sweep over the sample traces, CSVs + plots in out/"
 	@echo "make test-recorder  Python env of tools/record_trace.py (cached in $(RECORDER_VENV)) and its tests"
 
 deps:
@@ -80,6 +84,8 @@ bench: build
 sweep: build
 	$(RELEASE) sweep $(SWEEP_CONFIG) -o $(SWEEP_CSV)
 	$(RELEASE) plot $(SWEEP_CSV) -o $(SWEEP_PLOTS)
+	$(RELEASE) sweep $(EQUAL_CONFIG) -o $(EQUAL_CSV)
+	$(RELEASE) plot $(EQUAL_CSV) -o $(EQUAL_PLOTS)
 
 # The recorder's environment: about 5.6 GB (the default PyTorch wheel brings CUDA libraries),
 # rebuilt only when tools/requirements.txt changes.

@@ -8,12 +8,21 @@ enum PlotCommand: Subcommand {
         positionals: [("results.csv", "results of 'thinkv-sim sweep' (or 'merge')")],
         options: [
             OptionDefinition("output", short: "o", value: "DIR", help: "directory for the SVG files", default: "the CSV's directory"),
-            OptionDefinition("log-bytes", help: "logarithmic byte axes (powers of two)"),
+            OptionDefinition("log-bytes", help: "logarithmic byte axes (powers of two; the default)"),
+            OptionDefinition("linear-bytes", help: "linear byte axes"),
+            OptionDefinition("metric", value: "kl|output_error|mass_recall|top_k_recall[,...]",
+                             help: "fidelity metric(s) of the figures", default: "kl,output_error,mass_recall"),
+            OptionDefinition("budget-labels", help: "write each point's budget (or memory target) beside it in the all-traces figure"),
+            OptionDefinition("format", value: "svg|all", help: "svg only, or also PDF and PNG through rsvg-convert (all: when it is installed)", default: "all"),
             OptionDefinition("bytes", value: "mean|peak", help: "KV bytes summary fidelity is plotted against", default: "mean"),
             OptionDefinition("budget", value: "N", help: "budget of the runs in the KV-over-steps figure", default: "the middle budget"),
             OptionDefinition("threads", value: "N", help: "worker threads for a sparsity pass over a trace", default: "all cores"),
         ],
         discussion: """
+            Over all traces: all-traces.fidelity-bytes.svg (mean and 95 % interval per policy and budget) and,
+            for a sweep with kv_percent, all-traces.equal-memory.svg (bar groups per memory target). PDF and PNG
+            beside each SVG when rsvg-convert is installed (apt-get install librsvg2-bin). docs/plots.md.
+
             Per trace: <trace>.fidelity-budget.svg, <trace>.fidelity-bytes.svg, <trace>.kv-steps.svg (needs
             per-step CSVs: step_csv_dir in the sweep config) and <trace>.thoughts.svg (labels from the trace's
             /tokens/thought; sparsity from a per-step CSV, else computed from the trace). Paths in the CSV are
@@ -27,7 +36,22 @@ enum PlotCommand: Subcommand {
         let path = arguments.positionals[0]
         let beside = (path as NSString).deletingLastPathComponent
         var options = PlotOptions(outputDirectory: arguments.value("output") ?? (beside.isEmpty ? "." : beside))
-        options.logBytes = arguments.flag("log-bytes")
+        if arguments.flag("log-bytes") && arguments.flag("linear-bytes") { throw UsageError("--log-bytes and --linear-bytes exclude each other") }
+        options.logBytes = !arguments.flag("linear-bytes")
+        if let raw = arguments.value("metric") {
+            options.metrics = try raw.split(separator: ",").map { name in
+                guard let metric = PlotMetric(rawValue: String(name)) else {
+                    throw UsageError("--metric must be kl, output_error, mass_recall or top_k_recall, got '\(name)'")
+                }
+                return metric
+            }
+        }
+        options.budgetLabels = arguments.flag("budget-labels")
+        switch arguments.value("format") ?? "all" {
+        case "svg": options.converter = nil
+        case "all": options.converter = Plotter.findConverter()
+        case let other: throw UsageError("--format must be svg or all, got '\(other)'")
+        }
         switch arguments.value("bytes") ?? "mean" {
         case "mean": options.bytesColumn = "kv_bytes_mean"
         case "peak": options.bytesColumn = "kv_bytes_peak"

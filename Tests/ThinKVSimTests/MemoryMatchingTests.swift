@@ -167,3 +167,111 @@ final class MemoryMatchingSweepTests: XCTestCase {
         }
     }
 }
+
+final class AggregateFigureTests: XCTestCase {
+    /// Hand-computed: [1, 2, 3, 4] has mean 2.5, s = √(5/3) = 1.290994, s/√4 = 0.645497, and
+    /// t(0.975, 3) = 3.182, so the interval is 2.5 ± 2.053972. [2, 4]: mean 3, s/√2 = 1,
+    /// t(0.975, 1) = 12.706. One value: no interval. Non-finite values are left out.
+    func testMeanAndInterval() throws {
+        let a = try XCTUnwrap(MeanInterval([1, 2, 3, 4]))
+        XCTAssertEqual(a.mean, 2.5, accuracy: 1e-12)
+        XCTAssertEqual(a.lower, 2.5 - 2.053972, accuracy: 1e-6)
+        XCTAssertEqual(a.upper, 2.5 + 2.053972, accuracy: 1e-6)
+        let b = try XCTUnwrap(MeanInterval([2, 4, .nan]))
+        XCTAssertEqual(b.count, 2)
+        XCTAssertEqual(b.lower, 3 - 12.706, accuracy: 1e-9)
+        XCTAssertEqual(b.upper, 3 + 12.706, accuracy: 1e-9)
+        let c = try XCTUnwrap(MeanInterval([0.7]))
+        XCTAssertEqual([c.lower, c.mean, c.upper], [0.7, 0.7, 0.7])
+        XCTAssertNil(MeanInterval([]))
+        XCTAssertEqual(MeanInterval.studentT975(degreesOfFreedom: 40), 1.96)
+    }
+
+    /// Two traces: one series per policy variant with its mean over the traces, one error bar per
+    /// point of a policy run on both; the equal-memory figure has a bar per matched policy and target.
+    func testAggregatedFigures() throws {
+        let directory = try TestTraces.directory(self)
+        let traces = try SweepFixture.traces(in: directory)
+        let output = directory.appendingPathComponent("kv.csv").path
+        let json = """
+            {"traces": ["\(traces[0])", "\(traces[1])"], "policies": ["full", "h2o", {"policy": "streaming", "parameters": {"sinks": 1}}],
+             "kv_percent": [40, 60], "output": "\(output)", "threads": 1}
+            """
+        _ = try SweepRunner(grid: try SweepFixture.grid(json)).run()
+        let data = try PlotData(path: output)
+        let figure = try XCTUnwrap(AggregateFigure.fidelityVsBytes(data, metrics: [.kl], bytesColumn: "kv_bytes_mean",
+                                                                   logBytes: true, budgetLabels: true))
+        let panel = figure.panels[0]
+        let lines = panel.series.filter { !$0.label.isEmpty }
+        XCTAssertEqual(lines.map(\.label), ["full", "h2o", "streaming"])
+        // h2o: one point per target, each the mean of the two traces' KL.
+        let h2oRows = data.table.rows.filter { data.cell($0, "policy") == "h2o" && data.number($0, "kv_percent") == 40 }
+        XCTAssertEqual(h2oRows.count, 2)
+        let meanKL = h2oRows.compactMap { data.number($0, "attention_kl_mean") }.reduce(0, +) / 2
+        XCTAssertTrue(lines[1].points.contains { abs($0.y - meanKL) < 1e-12 }, "\(lines[1].points) lacks \(meanKL)")
+        // Error bars: 2 targets × 2 matched policies + the full cache's point.
+        XCTAssertEqual(panel.series.filter { $0.label.isEmpty }.count, 5)
+        XCTAssertEqual(panel.annotations.filter { $0.text == "40 %" }.count, 2)
+
+        let bars = try XCTUnwrap(AggregateFigure.equalMemory(data, metrics: [.kl, .massRecall]))
+        XCTAssertEqual(bars.panels.count, 2)
+        XCTAssertEqual(bars.panels[0].bars.count, 4, "h2o and streaming at 40 and 60 %; full is not matched")
+        XCTAssertEqual(bars.legend.map(\.label), ["h2o", "streaming"])
+        XCTAssertEqual(bars.panels[0].bars[0].y1, meanKL, accuracy: 1e-12)
+        XCTAssertEqual(bars.panels[0].x.labels, ["40 %", "60 %"])
+        // Colour and marker differ between the two policies.
+        XCTAssertNotEqual(bars.legend[0].style?.color, bars.legend[1].style?.color)
+        XCTAssertNotEqual(bars.legend[0].style?.marker, bars.legend[1].style?.marker)
+    }
+
+    /// Every registered policy gets its own colour and its own marker.
+    func testPaletteCoversEveryPolicy() {
+        XCTAssertGreaterThanOrEqual(Set(Palette.colors).count, PolicyRegistry.all.count - 1)
+        XCTAssertGreaterThanOrEqual(Set(Palette.markers).count, PolicyRegistry.all.count - 1)
+    }
+}
+
+final class MemoryMatchingCLITests: XCTestCase {
+    func testReplayWithAMemoryTarget() throws {
+        let directory = try TestTraces.directory(self)
+        let trace = try SweepFixture.traces(in: directory)[0]
+        func run(_ arguments: [String]) throws -> CommandRunner.Outcome { try CommandRunner.run(arguments, in: directory) }
+
+        let json = try run(["replay", trace, "--policy", "full,h2o", "--kv-percent", "50", "--threads", "1", "--json",
+                            "--csv", directory.appendingPathComponent("s.csv").path])
+        XCTAssertEqual(json.status, 0, json.stderr)
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        let runs = try XCTUnwrap(report["runs"] as? [[String: Any]])
+        let full = try XCTUnwrap(runs[0]["memory_match"] as? [String: Any])
+        let h2o = try XCTUnwrap(runs[1]["memory_match"] as? [String: Any])
+        XCTAssertEqual(full["status"] as? String, "not matched")
+        XCTAssertEqual(h2o["target_percent"] as? Double, 50)
+        let budget = try XCTUnwrap(h2o["budget"] as? Int)
+        XCTAssertEqual((runs[1]["parameters"] as? [String: String])?["budget"], String(budget))
+        XCTAssertEqual(runs[1]["compresses"] as? String, "every step, one eviction; holds B, attends B+1")
+        let csv = try CSVTable.read(path: directory.appendingPathComponent("s.csv").path).table
+        let last = try XCTUnwrap(csv.rows.last)
+        XCTAssertEqual(last[csv.index(of: "matched_budget")!], String(budget))
+        XCTAssertEqual(last[csv.index(of: "kv_target_percent")!], "50")
+
+        let text = try run(["replay", trace, "--policy", "h2o,kivi", "--kv-percent", "50", "--threads", "1"])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains("not matched"), text.stdout)
+        let header = try XCTUnwrap(text.stdout.split(separator: "\n").first { $0.hasPrefix("policy") && $0.contains("KL") })
+        XCTAssertLessThan(try XCTUnwrap(header.range(of: "KL")).lowerBound, try XCTUnwrap(header.range(of: "recall")).lowerBound,
+                          "the table leads with KL: \(header)")
+
+        for (arguments, message) in [
+            (["--policy", "h2o", "--kv-percent", "10", "--budget", "8"], "--budget and a memory target"),
+            (["--policy", "h2o", "--kv-percent", "10", "--kv-bytes", "1000"], "exclude each other"),
+            (["--policy", "h2o", "--kv-match", "peak"], "--kv-match needs --kv-percent or --kv-bytes"),
+            (["--policy", "h2o", "--kv-percent", "150"], "--kv-percent must be in (0, 100]"),
+            (["--policy", "h2o", "--kv-percent", "ten"], "--kv-percent must be a number"),
+        ] {
+            let outcome = try run(["replay", trace] + arguments)
+            XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.contains(message), "\(arguments): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.hasPrefix("thinkv-sim replay: "), outcome.stderr)
+        }
+    }
+}

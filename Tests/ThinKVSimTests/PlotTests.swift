@@ -75,7 +75,8 @@ final class PlotTests: XCTestCase {
         let outcome = try Plotter.plot(results: results, options: PlotOptions(outputDirectory: out))
         XCTAssertEqual(outcome.notes, [])
         let kinds = ["fidelity-budget", "fidelity-bytes", "kv-steps", "thoughts"]
-        XCTAssertEqual(outcome.files, ["a", "b"].flatMap { t in kinds.map { "\(out)/\(t).\($0).svg" } })
+        XCTAssertEqual(outcome.files, ["a", "b"].flatMap { t in kinds.map { "\(out)/\(t).\($0).svg" } }
+                       + ["\(out)/all-traces.fidelity-bytes.svg"])
 
         // full, streaming, h2o, kivi k-bits=2, kivi k-bits=4: in both panels and the legend.
         let expected = ["full", "streaming", "h2o", "kivi k-bits=2", "kivi k-bits=4"]
@@ -188,5 +189,28 @@ final class PlotTests: XCTestCase {
         let census = try FigureCensus.parse(path)
         XCTAssertTrue(census.texts.contains("a <b> & \"c\""))
         XCTAssertTrue(census.texts.contains("p<1>"))
+    }
+}
+
+final class StepCSVPlotTests: XCTestCase {
+    /// `plot` on a `replay --csv` file: one figure, a KV panel and one panel per metric, one
+    /// line per policy of the replay.
+    func testPerStepReplayCSV() throws {
+        let directory = try TestTraces.directory(self)
+        let trace = try SweepFixture.traces(in: directory)[0]
+        let specs = try [PolicySpec(name: "full"), PolicySpec(name: "h2o", values: ["budget": "8"]), PolicySpec(name: "kivi")]
+        let (result, _) = try TestTraces.replay(trace, specs)
+        let csv = directory.appendingPathComponent("steps.csv").path
+        try OutputFile.write(ReplayReport.stepCSV(result), to: csv)
+        let out = directory.appendingPathComponent("figures").path
+        var options = PlotOptions(outputDirectory: out)
+        options.converter = nil
+        let outcome = try Plotter.plot(results: csv, options: options)
+        XCTAssertEqual(outcome.files, ["\(out)/steps.steps.svg"])
+        let census = try FigureCensus.parse("\(out)/steps.steps.svg")
+        let labels = ["full", "h2o(budget=8)", "kivi"]
+        XCTAssertEqual(census.seriesPerPanel.keys.sorted(), ["0", "1", "2", "3"], "bytes, KL, output error, mass recall")
+        for panel in ["0", "1", "2", "3"] { XCTAssertEqual(census.seriesPerPanel[panel], labels, panel) }
+        XCTAssertTrue(census.texts.contains("(b) Attention KL (policy ‖ full)"), "\(census.texts)")
     }
 }

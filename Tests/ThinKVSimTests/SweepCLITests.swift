@@ -86,9 +86,10 @@ final class SweepCLITests: XCTestCase {
         XCTAssertEqual(refused.stderr.filter { $0 == "\n" }.count, 1)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("bad.csv")))
 
-        let plot = try run(["plot", merged, "-o", path("figures")])
+        let plot = try run(["plot", merged, "-o", path("figures"), "--format", "svg"])
         XCTAssertEqual(plot.status, 0, plot.stderr)
-        XCTAssertEqual(plot.stdout.split(separator: "\n").count, 6, "two fidelity figures and a timeline per trace: \(plot.stdout)")
+        XCTAssertEqual(plot.stdout.split(separator: "\n").count, 7,
+                       "two fidelity figures and a timeline per trace, one figure over both: \(plot.stdout)")
         XCTAssertTrue(plot.stderr.contains("step_csv_dir"), "the missing per-step figure is explained: \(plot.stderr)")
     }
 }

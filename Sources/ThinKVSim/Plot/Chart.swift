@@ -5,13 +5,16 @@ import Foundation
 /// figure still reads in greyscale.
 public enum Palette {
     /// Okabe–Ito without yellow (too light for lines on white): blue, vermillion, bluish green,
-    /// reddish purple, orange, sky blue; black is kept for the full cache.
-    public static let colors = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+    /// reddish purple, orange, sky blue; then Tol's indigo, olive and wine, so that every
+    /// registered policy gets its own colour; black is kept for the full cache.
+    public static let colors = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#332288", "#999933", "#882255"]
     public static let reference = "#000000"
     public static let dashes: [String?] = [nil, "7 4", "2 3", "9 3 2 3"]
     /// Dashes of level lines (always dashed, so they read as references, not data).
     public static let levelDashes = ["7 4", "2 3", "9 3 2 3", "4 2"]
-    public static let markers: [MarkerShape] = [.circle, .square, .triangleUp, .diamond, .triangleDown, .cross]
+    /// As many markers as colours: a policy differs from every other in colour and in marker.
+    public static let markers: [MarkerShape] = [.circle, .square, .triangleUp, .diamond, .triangleDown, .cross,
+                                                .triangleLeft, .triangleRight, .plus]
     /// Thought bands: reasoning sky blue, execution bluish green, transition orange (Okabe–Ito).
     public static let thoughts = ["#56B4E9", "#009E73", "#E69F00"]
     static let grid = "#E5E5E5"
@@ -61,6 +64,24 @@ public struct Band: Sendable {
     public var opacity: Double
 }
 
+/// A filled bar from `y0` to `y1` over x in `from...to`, with an optional marker on top (so a
+/// bar's policy reads from its marker as well as its colour).
+public struct Bar: Sendable {
+    public var from: Double
+    public var to: Double
+    public var y0: Double
+    public var y1: Double
+    public var style: SeriesStyle
+}
+
+/// A short text at a data point (e.g. a budget next to its marker).
+public struct Annotation: Sendable {
+    public var x: Double
+    public var y: Double
+    public var text: String
+    public var color: String
+}
+
 /// One set of axes with its series.
 public struct Panel: Sendable {
     public var title: String?
@@ -68,6 +89,8 @@ public struct Panel: Sendable {
     public var y: Axis
     public var series: [Series]
     public var bands: [Band] = []
+    public var bars: [Bar] = []
+    public var annotations: [Annotation] = []
     /// Draw markers at every point (false for dense per-step lines).
     public var markers = true
 
@@ -201,6 +224,13 @@ public struct Figure: Sendable {
 
         // Series, clipped to the plot area.
         svg.beginGroup([("class", "plot-area")], clipTo: (x - 5, y - 5, w + 10, h + 10))
+        for bar in panel.bars {
+            let a = px(bar.from), b = px(bar.to), top = py(max(bar.y0, bar.y1)), bottom = py(min(bar.y0, bar.y1))
+            svg.rect(x: a, y: top, width: b - a, height: max(bottom - top, 0.5), fill: bar.style.color, opacity: 0.75)
+            if let marker = bar.style.marker {
+                svg.marker(marker, x: (a + b) / 2, y: py(bar.y1), size: 8, color: bar.style.color, hollow: bar.style.hollow)
+            }
+        }
         let interleaved = Self.interleavedDashes(panel.series, x: px, y: py)
         for (i, series) in panel.series.enumerated() {
             svg.beginGroup([("class", "series"), ("data-label", series.label)])
@@ -218,6 +248,9 @@ public struct Figure: Sendable {
                 }
             }
             svg.endGroup()
+        }
+        for note in panel.annotations {
+            svg.text(note.text, x: px(note.x) + 6, y: py(note.y) - 6, size: 10, fill: note.color)
         }
         svg.endGroup()
 

@@ -3,17 +3,12 @@ import Foundation
 /// Fidelity against the cache budget, and against the KV bytes a run needed: one line per
 /// policy (and variant), mass recall and output error side by side.
 public enum FidelityFigure {
-    /// The y metrics: mass recall, and output error when the trace has values (top-k recall
-    /// otherwise, so the figure keeps two fidelity views).
-    static func metrics(_ data: PlotData, rows: [[String]]) -> [(column: String, title: String, axis: String)] {
-        var out: [(String, String, String)] = []
-        if data.hasColumn("mass_recall_mean") { out.append(("mass_recall_mean", "Attention mass recall", "mass recall (mean)")) }
-        if data.hasColumn("output_error_mean"), rows.contains(where: { data.number($0, "output_error_mean") != nil }) {
-            out.append(("output_error_mean", "Attention output error", "relative L2 error (mean)"))
-        } else if data.hasColumn("topk_recall_mean") {
-            out.append(("topk_recall_mean", "Top-k recall", "top-k recall (mean)"))
-        }
-        return out
+    /// The y metrics: the chosen ones, else KL, output error (top-k recall when the trace has
+    /// no values) and mass recall, fidelity first. A metric no row has is left out.
+    static func metrics(_ data: PlotData, rows: [[String]], chosen: [PlotMetric]? = nil) -> [(column: String, title: String, axis: String)] {
+        let has = { (m: PlotMetric) in data.hasColumn(m.column) && rows.contains { data.number($0, m.column) != nil } }
+        let wanted = chosen ?? (has(.outputError) ? PlotMetric.defaultOrder : [.kl, .topKRecall, .massRecall])
+        return wanted.filter(has).map { ($0.column, $0.title, $0.axisTitle) }
     }
 
     static func yAxis(_ column: String, title: String, values: [Double]) -> Axis {
@@ -39,14 +34,14 @@ public enum FidelityFigure {
     static func letter(_ i: Int) -> String { "(\(Character(UnicodeScalar(97 + i)!)))" }
 
     /// Fidelity against `budget`; nil when no run of the trace has a budget.
-    public static func againstBudget(_ data: PlotData, trace: String) -> Figure? {
+    public static func againstBudget(_ data: PlotData, trace: String, metrics chosen: [PlotMetric]? = nil) -> Figure? {
         let rows = data.rows(of: trace)
         let budgets = rows.compactMap { data.number($0, "budget") }
         guard !budgets.isEmpty else { return nil }
         let groups = data.groups(of: trace, along: "budget")
         let x = budgetAxis(budgets)
         var panels: [Panel] = []
-        for (i, metric) in metrics(data, rows: rows).enumerated() {
+        for (i, metric) in metrics(data, rows: rows, chosen: chosen).enumerated() {
             var series: [Series] = []
             for group in groups {
                 let withBudget = group.rows.filter { data.number($0, "budget") != nil }
@@ -94,7 +89,8 @@ public enum FidelityFigure {
     }
 
     /// Fidelity against KV bytes (mean or peak over steps, all model layers).
-    public static func againstBytes(_ data: PlotData, trace: String, bytesColumn: String, logBytes: Bool) -> Figure? {
+    public static func againstBytes(_ data: PlotData, trace: String, bytesColumn: String, logBytes: Bool,
+                                    metrics chosen: [PlotMetric]? = nil) -> Figure? {
         guard data.hasColumn(bytesColumn) else { return nil }
         let rows = data.rows(of: trace)
         let groups = data.groups(of: trace, along: "budget")
@@ -103,7 +99,7 @@ public enum FidelityFigure {
         let kind = bytesColumn.hasSuffix("peak") ? "peak" : "mean"
         let x = Axis.bytes(min: bytes.min()!, max: bytes.max()!, title: "KV cache, \(kind) over steps", log: logBytes)
         var panels: [Panel] = []
-        for (i, metric) in metrics(data, rows: rows).enumerated() {
+        for (i, metric) in metrics(data, rows: rows, chosen: chosen).enumerated() {
             var series: [Series] = []
             for group in groups {
                 let points = group.rows.compactMap { row -> (x: Double, y: Double)? in

@@ -73,14 +73,16 @@ public struct PlotData {
     /// Groups a trace's runs into lines along `axis`: per policy, the columns that vary among
     /// its runs (other than `axis`) split it into variants, drawn in the policy's colour with
     /// a different dash each.
-    public func groups(of trace: String, along axis: String) -> [Group] {
+    /// Columns in `ignoring` never split a policy (e.g. the budget a memory match found, which
+    /// differs with the target on the axis).
+    public func groups(of trace: String, along axis: String, ignoring: [String] = []) -> [Group] {
         let rows = rows(of: trace)
         var out: [Group] = []
         for policy in policies {
             let mine = rows.filter { cell($0, "policy") == policy }
             guard !mine.isEmpty else { continue }
             let varying = (parameterColumns + Self.optionColumns).filter { column in
-                column != axis && Set(mine.map { cell($0, column) ?? "" }).count > 1
+                column != axis && !ignoring.contains(column) && Set(mine.map { cell($0, column) ?? "" }).count > 1
             }
             var order: [[String]] = []
             var members: [[String]: [[String]]] = [:]

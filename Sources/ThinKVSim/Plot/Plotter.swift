@@ -3,8 +3,14 @@ import Foundation
 /// What `thinkv-sim plot` draws and where.
 public struct PlotOptions: Sendable {
     public var outputDirectory: String
-    /// Logarithmic byte axes (powers of two).
-    public var logBytes = false
+    /// Logarithmic byte axes (powers of two): policies span a factor of a hundred in bytes.
+    public var logBytes = true
+    /// Metrics of the fidelity figures (nil: KL, output error, mass recall).
+    public var metrics: [PlotMetric]?
+    /// Write each point's budget (or memory target) beside it in the aggregated figure.
+    public var budgetLabels = false
+    /// Also write PDF and PNG next to each SVG with this converter (`rsvg-convert`; nil: SVG only).
+    public var converter: String?
     /// The bytes summary fidelity is plotted against: `kv_bytes_mean` or `kv_bytes_peak`.
     public var bytesColumn = "kv_bytes_mean"
     /// Budget of the runs in the bytes-over-steps figure (nil: the middle budget of the trace).
@@ -29,6 +35,7 @@ public enum Plotter {
     }
 
     public static func plot(results path: String, options: PlotOptions) throws -> Outcome {
+        if let steps = try plotStepCSV(path, options: options) { return steps }
         let data = try PlotData(path: path)
         var outcome = Outcome()
         guard !data.table.rows.isEmpty else {
@@ -54,6 +61,7 @@ public enum Plotter {
                 let file = (directory.hasSuffix("/") ? directory : directory + "/") + "\(name).\(kind).svg"
                 try OutputFile.write(figure.render(), to: file)
                 outcome.files.append(file)
+                outcome.files += try convert(file, options: options)
             }
             func steps(_ file: String) throws -> StepBytesFigure.StepSeries? {
                 if let cached = stepCache[file] { return cached }
@@ -66,15 +74,90 @@ public enum Plotter {
                 return series
             }
 
-            try write(FidelityFigure.againstBudget(data, trace: trace), "fidelity-budget", missing: "no run has a budget")
-            try write(FidelityFigure.againstBytes(data, trace: trace, bytesColumn: options.bytesColumn, logBytes: options.logBytes),
+            try write(FidelityFigure.againstBudget(data, trace: trace, metrics: options.metrics), "fidelity-budget", missing: "no run has a budget")
+            try write(FidelityFigure.againstBytes(data, trace: trace, bytesColumn: options.bytesColumn, logBytes: options.logBytes,
+                                                  metrics: options.metrics),
                       "fidelity-bytes", missing: "no \(options.bytesColumn) column")
             try write(StepBytesFigure.figure(data, trace: trace, budget: options.budget, logBytes: options.logBytes, load: steps),
                       "kv-steps", missing: "no per-step CSVs: set step_csv_dir in the sweep config")
             try write(try timeline(data, trace: trace, name: name, options: options, steps: steps),
                       "thoughts", missing: "neither the trace nor a per-step CSV is available")
         }
+
+        // Over all traces: one figure for the sweep.
+        let metrics = options.metrics ?? PlotMetric.defaultOrder
+        let aggregates: [(Figure?, String)] = [
+            (AggregateFigure.fidelityVsBytes(data, metrics: metrics, bytesColumn: options.bytesColumn, logBytes: options.logBytes,
+                                             budgetLabels: options.budgetLabels), "fidelity-bytes"),
+            (AggregateFigure.equalMemory(data, metrics: metrics), "equal-memory"),
+        ]
+        for (figure, kind) in aggregates {
+            guard let figure else { continue }
+            let directory = options.outputDirectory
+            let file = (directory.hasSuffix("/") ? directory : directory + "/") + "all-traces.\(kind).svg"
+            try OutputFile.write(figure.render(), to: file)
+            outcome.files.append(file)
+            outcome.files += try convert(file, options: options)
+        }
         return outcome
+    }
+
+    /// A `replay --csv` file: `<stem>.steps.svg` (`StepCSVFigure`); nil for any other CSV.
+    static func plotStepCSV(_ path: String, options: PlotOptions) throws -> Outcome? {
+        let table = try CSVTable.read(path: path).table
+        guard StepCSVFigure.isStepCSV(table) else { return nil }
+        var outcome = Outcome()
+        let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+        guard let figure = StepCSVFigure.figure(table, name: name, metrics: options.metrics ?? PlotMetric.defaultOrder,
+                                                logBytes: options.logBytes) else {
+            outcome.notes.append("\(path): no rows to plot")
+            return outcome
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: options.outputDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw CSVError("\(options.outputDirectory): cannot create directory (\(error.localizedDescription))")
+        }
+        let directory = options.outputDirectory
+        let file = (directory.hasSuffix("/") ? directory : directory + "/") + "\(name).steps.svg"
+        try OutputFile.write(figure.render(), to: file)
+        outcome.files = [file] + (try convert(file, options: options))
+        return outcome
+    }
+
+    /// `rsvg-convert` on PATH, if any.
+    public static func findConverter() -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        for directory in path.split(separator: ":") {
+            let candidate = "\(directory)/rsvg-convert"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// PDF and PNG (144 dpi) beside an SVG, through the converter; the files written.
+    static func convert(_ svg: String, options: PlotOptions) throws -> [String] {
+        guard let converter = options.converter else { return [] }
+        let stem = String(svg.dropLast(4))
+        var written: [String] = []
+        for (format, extra) in [("pdf", [String]()), ("png", ["--dpi-x", "144", "--dpi-y", "144", "--zoom", "1.5"])] {
+            let output = "\(stem).\(format)"
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: converter)
+            process.arguments = ["--format", format] + extra + ["--output", output, svg]
+            process.standardError = FileHandle.nullDevice
+            do {
+                try process.run()
+            } catch {
+                throw CSVError("\(converter): cannot run (\(error.localizedDescription))")
+            }
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else {
+                throw CSVError("\(svg): \(converter) failed to write \(output) (exit \(process.terminationStatus))")
+            }
+            written.append(output)
+        }
+        return written
     }
 
     /// Labels come from the trace; sparsity from any per-step CSV of the trace (every policy

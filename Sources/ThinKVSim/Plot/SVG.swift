@@ -78,11 +78,13 @@ public final class SVGDocument {
         case .square:
             let s = r * 0.9
             parts.append("<rect x=\"\(Self.n(x - s))\" y=\"\(Self.n(y - s))\" width=\"\(Self.n(2 * s))\" height=\"\(Self.n(2 * s))\" fill=\"\(fill)\"\(outline)/>")
-        case .triangleUp, .triangleDown, .diamond:
+        case .triangleUp, .triangleDown, .diamond, .triangleLeft, .triangleRight:
             let pts: [(Double, Double)]
             switch shape {
             case .triangleUp: pts = [(x, y - r * 1.15), (x + r * 1.05, y + r * 0.75), (x - r * 1.05, y + r * 0.75)]
             case .triangleDown: pts = [(x, y + r * 1.15), (x + r * 1.05, y - r * 0.75), (x - r * 1.05, y - r * 0.75)]
+            case .triangleLeft: pts = [(x - r * 1.15, y), (x + r * 0.75, y - r * 1.05), (x + r * 0.75, y + r * 1.05)]
+            case .triangleRight: pts = [(x + r * 1.15, y), (x - r * 0.75, y - r * 1.05), (x - r * 0.75, y + r * 1.05)]
             default: pts = [(x, y - r * 1.2), (x + r, y), (x, y + r * 1.2), (x - r, y)]
             }
             let list = pts.map { "\(Self.n($0.0)),\(Self.n($0.1))" }.joined(separator: " ")
@@ -91,6 +93,9 @@ public final class SVGDocument {
             // Strokes only: hollow and filled look alike, thinner when hollow.
             let s = r * 0.85
             parts.append("<path d=\"M\(Self.n(x - s)),\(Self.n(y - s))L\(Self.n(x + s)),\(Self.n(y + s))M\(Self.n(x - s)),\(Self.n(y + s))L\(Self.n(x + s)),\(Self.n(y - s))\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2")\" fill=\"none\"/>")
+        case .plus:
+            let s = r * 1.05
+            parts.append("<path d=\"M\(Self.n(x - s)),\(Self.n(y))L\(Self.n(x + s)),\(Self.n(y))M\(Self.n(x)),\(Self.n(y - s))L\(Self.n(x)),\(Self.n(y + s))\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2.2")\" fill=\"none\"/>")
         }
     }
 
@@ -146,5 +151,5 @@ public final class SVGDocument {
 }
 
 public enum MarkerShape: CaseIterable, Sendable {
-    case circle, square, triangleUp, diamond, triangleDown, cross
+    case circle, square, triangleUp, diamond, triangleDown, cross, triangleLeft, triangleRight, plus
 }

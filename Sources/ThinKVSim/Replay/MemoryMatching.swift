@@ -58,7 +58,8 @@ public final class MemoryMatcher {
     public let reader: TraceReader
     /// What to replay; its policies are the ones to match (their budget, if given, is replaced).
     public let configuration: ReplayConfiguration
-    public let target: MemoryTarget
+    /// The target of each policy of `configuration` (a sweep matches several targets at once).
+    public let targets: [MemoryTarget]
     public let statistic: MemoryStatistic
     /// Percentage points of the full cache (for a byte target: that share of the full cache).
     public let tolerance: Double
@@ -69,11 +70,19 @@ public final class MemoryMatcher {
     /// The budget a spec carries until the search sets it.
     public static let placeholderBudget = String(Int32.max)
 
-    public init(reader: TraceReader, configuration: ReplayConfiguration, target: MemoryTarget,
+    public convenience init(reader: TraceReader, configuration: ReplayConfiguration, target: MemoryTarget,
+                            statistic: MemoryStatistic = .mean, tolerance: Double = 1, store: ReferenceStore? = nil) {
+        self.init(reader: reader, configuration: configuration, targets: configuration.policies.map { _ in target },
+                  statistic: statistic, tolerance: tolerance, store: store)
+    }
+
+    /// One target per policy of `configuration`: all their trials share engine runs.
+    public init(reader: TraceReader, configuration: ReplayConfiguration, targets: [MemoryTarget],
                 statistic: MemoryStatistic = .mean, tolerance: Double = 1, store: ReferenceStore? = nil) {
+        precondition(targets.count == configuration.policies.count, "one memory target per policy")
         self.reader = reader
         self.configuration = configuration
-        self.target = target
+        self.targets = targets
         self.statistic = statistic
         self.tolerance = tolerance
         self.store = store ?? ReferenceStore(tracePath: reader.path)
@@ -101,7 +110,7 @@ public final class MemoryMatcher {
     }
 
     /// The memory figure a target is compared with, in the target's unit.
-    func value(_ memory: MemorySummary) -> Double {
+    func value(_ memory: MemorySummary, _ target: MemoryTarget) -> Double {
         switch (target, statistic) {
         case (.percent, .mean): return memory.meanPercentOfFull
         // The full cache only grows, so its peak is its size at the last step.
@@ -115,7 +124,7 @@ public final class MemoryMatcher {
         statistic == .mean ? memory.meanPercentOfFull : 100 * memory.peakBytes / max(memory.finalFullBytes, 1)
     }
 
-    private var targetValue: Double {
+    static func value(of target: MemoryTarget) -> Double {
         switch target {
         case .percent(let p): return p
         case .bytes(let b): return b
@@ -133,7 +142,7 @@ public final class MemoryMatcher {
         var searches: [BudgetSearch?] = try policies.indices.map { i in
             guard Self.hasBudget(policies[i].type) else { return nil }
             let lowest = try lowestBudget(policies[i], prepared: prepared[i], layers: layers)
-            return BudgetSearch(target: targetValue, lowest: lowest, highest: max(lowest, reader.header.numTokens))
+            return BudgetSearch(target: Self.value(of: targets[i]), lowest: lowest, highest: max(lowest, reader.header.numTokens))
         }
         var finished: [Int: PolicyRun] = [:]
         var timing = ReplayTiming()
@@ -171,20 +180,23 @@ public final class MemoryMatcher {
                         : run.summary.memory.finalFullBytes
                 }
                 if let budget {
-                    searches[i]!.record(budget: budget, value: value(run.summary.memory), run: run)
+                    searches[i]!.record(budget: budget, value: value(run.summary.memory, targets[i]), run: run)
                 } else {
                     finished[i] = run
                 }
             }
         }
         guard let first else { throw PolicyError("replay: no policies to match") }
-        let tolerance: Double
-        switch target {
-        case .percent: tolerance = self.tolerance
-        case .bytes: tolerance = self.tolerance / 100 * (fullBytes ?? 0)
-        }
         var runs: [PolicyRun] = []
         for i in policies.indices {
+            let target = targets[i]
+            let tolerance: Double
+            switch target {
+            case .percent: tolerance = self.tolerance
+            case .bytes: tolerance = self.tolerance / 100 * (fullBytes ?? 0)
+            }
+            let targetPercent: Double? = if case .percent(let p) = target { p } else { nil }
+            let targetBytes: Double? = if case .bytes(let b) = target { b } else { nil }
             if let search = searches[i] {
                 let choice = search.choice(tolerance: tolerance)
                 var run = choice.run
@@ -194,7 +206,7 @@ public final class MemoryMatcher {
                     achievedPercent: percent(run.summary.memory),
                     achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
                     trials: search.trials,
-                    note: choice.withinTolerance ? nil : unreachableNote(policies[i], search: search))
+                    note: choice.withinTolerance ? nil : unreachableNote(policies[i], search: search, target: target))
                 runs.append(run)
             } else {
                 var run = finished[i]!
@@ -213,14 +225,12 @@ public final class MemoryMatcher {
                             runs: runs, notes: first.notes, paging: first.paging, blockSizes: blockSizes, timing: timing)
     }
 
-    private var targetPercent: Double? { if case .percent(let p) = target { return p } else { return nil } }
-    private var targetBytes: Double? { if case .bytes(let b) = target { return b } else { return nil } }
-
-    private func unreachableNote(_ spec: PolicySpec, search: BudgetSearch) -> String {
+    private func unreachableNote(_ spec: PolicySpec, search: BudgetSearch, target: MemoryTarget) -> String {
         let unit: (Double) -> String = { v in
-            if case .percent = self.target { return String(format: "%.2f %%", v) }
+            if case .percent = target { return String(format: "%.2f %%", v) }
             return Format.bytes(v)
         }
+        let targetValue = Self.value(of: target)
         let low = search.lowestValue ?? .nan
         let range = "budgets \(search.lowest)...\(search.highest) give \(unit(low)) to \(unit(search.highestValue ?? .nan))"
         let ran = low > targetValue ? "ran the smallest budget" : "ran the largest budget found not above it"

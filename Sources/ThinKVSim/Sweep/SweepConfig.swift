@@ -456,6 +456,7 @@ struct RawConfig: Decodable {
         kvPercents = try c.optional(OneOrMany<Double>.self, "kv_percent")?.values
         if kvPercents?.isEmpty == true { throw fail("kv_percent", "lists no value") }
         if let raw = try c.optional(String.self, "kv_match") {
+            guard kvPercents != nil else { throw fail("kv_match", "needs kv_percent") }
             guard let statistic = MemoryStatistic(rawValue: raw) else { throw fail("kv_match", "must be mean or peak, got '\(raw)'") }
             kvMatch = statistic
         } else {

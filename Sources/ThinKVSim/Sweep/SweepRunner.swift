@@ -220,7 +220,7 @@ public final class SweepRunner {
     }
 
     /// Replays one batch (runs of one trace): the runs without a memory target in one engine run,
-    /// then those of each target through a `MemoryMatcher`, all sharing `store`. Results come
+    /// then those with one through a `MemoryMatcher`, all sharing `store`. Results come
     /// back in the batch's order.
     /// The batch's runs in batch order, and the replays' notes.
     func replay(_ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ProgressReporting) throws -> ([PolicyRun], [String]) {
@@ -242,15 +242,15 @@ public final class SweepRunner {
             notes += result.notes
             for (run, outcome) in zip(plain, result.runs) { results[run.id] = outcome }
         }
-        let targets = Array(Set(batch.compactMap(\.kvPercent))).sorted()
-        for target in targets {
-            let runs = batch.filter { $0.kvPercent == target }
-            let matcher = MemoryMatcher(reader: reader, configuration: configuration(runs), target: .percent(target),
-                                        statistic: config.kvMatch, store: store)
+        // Every target's searches in one matcher: their trials share engine runs.
+        let matched = batch.filter { $0.kvPercent != nil }
+        if !matched.isEmpty {
+            let matcher = MemoryMatcher(reader: reader, configuration: configuration(matched),
+                                        targets: matched.map { .percent($0.kvPercent!) }, statistic: config.kvMatch, store: store)
             matcher.progress = progress
             let result = try matcher.run()
             notes += result.notes
-            for (run, outcome) in zip(runs, result.runs) { results[run.id] = outcome }
+            for (run, outcome) in zip(matched, result.runs) { results[run.id] = outcome }
         }
         return (batch.map { results[$0.id]! }, notes)
     }
