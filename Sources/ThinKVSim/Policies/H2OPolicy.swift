@@ -16,9 +16,9 @@ import Foundation
 ///   reduced) probability this step's query gave it; the new token starts from its own
 ///   self-weight. Then, if the cache holds C + 1 tokens, the candidate (any slot but the last
 ///   R) with the smallest score is dropped; its score is gone with it.
-/// - Ties: between equal scores the earlier position ranks lower, so it is the one evicted
-///   (torch's `topk` leaves the order of ties unspecified). Prefill's one-shot cut uses the
-///   same order, so it keeps exactly what repeated single evictions would keep.
+/// - Ties, as the reference's `torch.topk(hh_score[:, :len − R], H)` breaks them on a GPU
+///   (CUDA returns tied values lowest index first): among equal scores the earlier position
+///   is kept and the later one evicted. Prefill's one-shot cut uses the same order.
 /// - Scores use the scale `1/sqrt(D)` the reference hard-codes. When the trace's
 ///   `softmax_scale` differs, the probabilities H2O scores with are recomputed with
 ///   `1/sqrt(D)` from the stored keys, while the engine's attention and metrics keep the
@@ -26,7 +26,8 @@ import Foundation
 /// - Attention-only layers (recorded `attn`, no q/k): the decode scores come from the recorded
 ///   rows restricted to the attended slots and renormalised (what the engine attends with);
 ///   the prompt rows are not recorded, so every prompt token starts at score 0, and a prompt
-///   longer than C keeps its last C positions (all candidates tie; ties evict the earliest).
+///   longer than C keeps its first C − R and last R positions (all candidates tie; ties keep
+///   the earliest).
 /// - Everything is computed in float32; the reference sums float16 probabilities.
 ///
 /// GQA: the reference crashes on GQA (one mask per query head applied to a cache per kv head,
@@ -226,21 +227,23 @@ public final class H2OPolicy: CachePolicy {
         let n = slots.count
         let candidates = n - recent
         if n == budget + 1 {
-            // The steady state: drop the single weakest candidate (earliest among equals).
+            // The steady state: drop the single weakest candidate. topk keeps the lowest
+            // index among ties, so among equal minima the latest goes.
             var victim = 0
             var lowest = rankScore(kvHead: g, position: slots[0])
             for i in 1..<candidates {
                 let s = rankScore(kvHead: g, position: slots[i])
-                if s < lowest { lowest = s; victim = i }
+                if s <= lowest { lowest = s; victim = i }
             }
             var kept = slots
             kept.remove(at: victim)
             cache.setSlots(kvHead: g, kept)
             return
         }
-        // One-shot cut (a prompt longer than the budget): best first, later position first among equals.
+        // One-shot cut (a prompt longer than the budget): best first, earlier position first
+        // among equals (CUDA topk's order).
         let ranked = (0..<candidates).map { (index: $0, score: rankScore(kvHead: g, position: slots[$0])) }
-            .sorted { $0.score != $1.score ? $0.score > $1.score : $0.index > $1.index }
+            .sorted { $0.score != $1.score ? $0.score > $1.score : $0.index < $1.index }
         let heavyIndices = ranked.prefix(heavy).map(\.index).sorted()
         cache.keep(kvHead: g, slotIndices: heavyIndices + Array(candidates..<n))
     }
