@@ -32,9 +32,10 @@ import Foundation
 ///   the window holds the w newest decode queries at every boundary, so that never blocks.
 ///
 /// Deviations, all documented in docs/policies.md: scores in float64 from the stored tensors
-/// (the reference computes in the model's bf16/fp16 and casts the importance to it; float64 is
-/// used because the kept order feeds later compressions and float32 rounding reorders near-ties,
-/// see `WindowScorer`); the scorer's scale is
+/// by default (the reference computes in the model's bf16/fp16 and casts the importance to it;
+/// float64 is used because the kept order feeds later compressions and float32 rounding reorders
+/// near-ties, see `WindowScorer`); `--score-dtype bfloat16|float16` rounds every intermediate the
+/// reference holds in that dtype, to ask what the authors' run kept; the scorer's scale is
 /// 1/sqrt(D) even when the trace's `softmax_scale` differs (the reference hard-codes it);
 /// ties are broken by slot index (torch leaves them unspecified).
 public final class RKVPolicy: CachePolicy {
@@ -61,6 +62,7 @@ public final class RKVPolicy: CachePolicy {
                 help: "physical order of kept tokens: score (the HF reference) or position (the serving ports); later compressions depend on it"),
         .choice("gqa-pool", ["max", "mean"], default: "max",
                 help: "how a kv head's query heads combine their logits before the softmax"),
+        ScoreDType.parameter,
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
@@ -97,7 +99,8 @@ public final class RKVPolicy: CachePolicy {
         let rule = WindowScoringRule(
             softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: kernel,
             groupReduce: parameters.string("gqa-pool") == "mean" ? .meanLogits : .maxLogits,
-            redundancy: .init(lambda: parameters.double("lambda")!, threshold: parameters.double("threshold")!))
+            redundancy: .init(lambda: parameters.double("lambda")!, threshold: parameters.double("threshold")!),
+            dtype: ScoreDType(rawValue: parameters.string("score-dtype")!)!, softmaxCast: .afterRowReduce)
         scorer = WindowScorer(rule: rule, header: header)
         queries = QueryWindow(capacity: window, numQHeads: header.numQHeads, headDim: header.headDim)
     }
