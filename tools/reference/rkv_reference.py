@@ -24,7 +24,14 @@ the mix, whose two products and difference run in float32 and are each cast. The
 itself is float32 (rounded to float32 after a float64 computation).
 
     python3 rkv_reference.py TRACE --budget 64 [--window 8 --kernel 7 --lambda 0.07
-        --threshold 0.5 --divide 128 --gqa-pool max --slot-order score --dtype float64 --layers 0,3]
+        --threshold 0.5 --divide 128 --gqa-pool max --slot-order score --dtype float64 --layers 0,3
+        --divide-method step-length|newline --compression-content all|think --newline-ids L
+        --think-end-ids L --score-dtype float32]
+
+`--divide-method newline` compresses while processing a position whose token is newline-like
+(its /tokens/text piece is one of "\n", ".\n", ")\n", "\n\n", ".\n\n", ")\n\n", or its id is in
+--newline-ids); `--compression-content think` stops compressing from the first generated
+`</think>` on (that token's own step included).
 
 Compare with compare_kept.py.
 """
@@ -111,6 +118,19 @@ def select(slots, keys, window_queries, args, scale):
     return [slots[j] for j in ranked] + slots[C:]
 
 
+NEWLINE_PIECES = {"\n", ".\n", ")\n", "\n\n", ".\n\n", ")\n\n"}
+
+
+def token_marks(f, ids_option, pieces):
+    """A boolean per position: the token id is in the given list, or its decoded text in pieces."""
+    ids = f["tokens/ids"][...]
+    if ids_option:
+        wanted = {int(x) for x in ids_option.split(",")}
+        return [int(i) in wanted for i in ids]
+    text = [t.decode() if isinstance(t, bytes) else t for t in f["tokens/text"][...]]
+    return [t in pieces for t in text]
+
+
 def replay_layer(q, k, P, args, layer, out):
     T, Hq, D = q.shape
     Hkv = k.shape[1]
@@ -133,7 +153,10 @@ def replay_layer(q, k, P, args, layer, out):
             slots[g].append(p)
         window.append(q[p])
         window = window[-w:]
-        if p % args.divide != 0:
+        armed = NEWLINE[p] if args.divide_method == "newline" else p % args.divide == 0
+        if args.compression_content == "think" and any(THINK_END[P:p + 1]):
+            armed = False  # no compression once </think> has been generated
+        if not armed:
             continue
         for g in range(Hkv):
             if len(slots[g]) < args.budget:
@@ -160,6 +183,10 @@ def main():
     parser.add_argument("--steps", type=int, help="replay only the first N decode steps")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                         help="precision of the scores (thinkv-sim uses float64)")
+    parser.add_argument("--divide-method", choices=["step-length", "newline"], default="step-length")
+    parser.add_argument("--compression-content", choices=["all", "think"], default="all")
+    parser.add_argument("--newline-ids", help="comma-separated token ids (default: by /tokens/text)")
+    parser.add_argument("--think-end-ids", help="comma-separated token ids (default: text </think>)")
     parser.add_argument("--score-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="the authors' scoring dtype to model (float32: no rounding)")
     args = parser.parse_args()
@@ -172,8 +199,13 @@ def main():
         parser.error("--score-dtype rounds float64 intermediates; leave --dtype at float64")
     THRESHOLD = DTYPE(args.threshold)
 
+    global NEWLINE, THINK_END
     with h5py.File(args.trace, "r") as f:
         P = int(f.attrs["prompt_len"])
+        if args.divide_method == "newline":
+            NEWLINE = token_marks(f, args.newline_ids, NEWLINE_PIECES)
+        if args.compression_content == "think":
+            THINK_END = token_marks(f, args.think_end_ids, {"</think>"})
         names = sorted(f["layers"].keys(), key=int)
         if args.layers:
             names = [n for n in names if int(n) in {int(x) for x in args.layers.split(",")}]
@@ -188,6 +220,8 @@ def main():
 
 DTYPE = np.float64
 SCORE_DTYPE = None
+NEWLINE = None
+THINK_END = None
 THRESHOLD = DTYPE(0.5)
 
 if __name__ == "__main__":

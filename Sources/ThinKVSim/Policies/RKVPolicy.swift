@@ -62,6 +62,13 @@ public final class RKVPolicy: CachePolicy {
                 help: "physical order of kept tokens: score (the HF reference) or position (the serving ports); later compressions depend on it"),
         .choice("gqa-pool", ["max", "mean"], default: "max",
                 help: "how a kv head's query heads combine their logits before the softmax"),
+        .choice("divide-method", ["step-length", "newline"], default: "step-length",
+                help: "legacy trigger: step-length = positions that are multiples of --divide; newline = positions holding a newline-like token (divide_method=newline)"),
+        .choice("compression-content", ["all", "think"], default: "all",
+                help: "legacy trigger: all = compress throughout; think = stop once </think> has been generated (compression_content=think)"),
+        .text("newline-ids", "LIST",
+              help: "token ids that count as newlines (default: tokens whose /tokens/text is \\n, .\\n, )\\n, \\n\\n, .\\n\\n or )\\n\\n)"),
+        .text("think-end-ids", "LIST", help: "token ids that end the thinking span (default: tokens whose /tokens/text is </think>)"),
         ScoreDType.parameter,
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
@@ -76,6 +83,19 @@ public final class RKVPolicy: CachePolicy {
     private let scorer: WindowScorer
     private var queries: QueryWindow
     private var scores: [Double] = []
+    /// Token marks for the newline / think options (nil when neither is used).
+    private let tokens: RKVTriggerTokens?
+    private let newlineTrigger: Bool
+    private let thinkOnly: Bool
+
+    /// Reads the token marks when `divide-method newline` or `compression-content think` asks.
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
+        guard parameters.string("divide-method") == "newline" || parameters.string("compression-content") == "think" else { return nil }
+        return try RKVTriggerTokens.read(reader, newline: parameters.string("divide-method") == "newline",
+                                         newlineIDs: parameters.string("newline-ids"),
+                                         thinkEnd: parameters.string("compression-content") == "think",
+                                         thinkEndIDs: parameters.string("think-end-ids"), policy: name)
+    }
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         budget = parameters.int("budget")!
@@ -90,6 +110,19 @@ public final class RKVPolicy: CachePolicy {
         }
         guard kernel % 2 == 1 else {
             throw PolicyError("rkv: --kernel must be odd, got \(kernel) (same-length pooling pads kernel/2 on each side)")
+        }
+        newlineTrigger = parameters.string("divide-method") == "newline"
+        thinkOnly = parameters.string("compression-content") == "think"
+        if trigger == .buffer && (newlineTrigger || thinkOnly) {
+            throw PolicyError("rkv: --divide-method newline and --compression-content think belong to the legacy HF loop; use them with --trigger legacy")
+        }
+        if newlineTrigger || thinkOnly {
+            guard let marks = setup.prepared as? RKVTriggerTokens else {
+                throw PolicyError("rkv: --divide-method newline / --compression-content think need the trace's tokens (prepare was not run)")
+            }
+            tokens = marks
+        } else {
+            tokens = nil
         }
         if trigger == .buffer && buffer < window {
             throw PolicyError("rkv: --buffer (\(buffer)) must be at least --window (\(window)): the window's queries are observed within one buffer")
@@ -114,6 +147,8 @@ public final class RKVPolicy: CachePolicy {
     ///   leaves fewer than B + buffer tokens; then `buffer − 1` steps pass before the next one:
     ///   max(P, B + buffer − 1) + buffer − 1.
     public var residentCap: Int? {
+        // Newlines may never come, and compression stops after </think>: no bound.
+        if newlineTrigger || thinkOnly { return nil }
         switch trigger {
         case .legacy: return budget + divide - 1
         case .buffer: return max(promptLength, budget + buffer - 1) + buffer - 1
@@ -134,7 +169,9 @@ public final class RKVPolicy: CachePolicy {
         queries.push(stepQueries)
         switch trigger {
         case .legacy:
-            guard CompressionSchedule.legacyFires(position: context.position, divide: divide) else { return }
+            let p = context.position
+            let armed = newlineTrigger ? tokens!.newline[p] : CompressionSchedule.legacyFires(position: p, divide: divide)
+            guard armed, !(thinkOnly && tokens!.afterThink[p]) else { return }
             for g in 0..<cache.numKVHeads where cache.count(kvHead: g) >= budget {
                 compress(kvHead: g, cache: cache, keys: keys)
             }
