@@ -76,6 +76,27 @@ final class H2OPolicyTests: XCTestCase {
         XCTAssertEqual(keptByStep(events), [2: [0, 1, 3]])
     }
 
+    /// A prompt made of ties, cut with q and k. Keys k0..k3 = e0..e3, k4 = 0; prompt row i puts
+    /// weight 0 on every direction but its own key's, so it attends only to itself (row 4, with
+    /// the zero key, too): every column sum is exactly 1. P = 5 > C = 3, R = 1: candidates
+    /// [0 1 2 3] all tie and CUDA's topk keeps the lowest two → [0 1 4].
+    /// pos 5, zero query: uniform 1/4 over [0 1 4 5]: scores 0: 1.25, 1: 1.25, 4: 1.25, 5: .25;
+    /// candidates [0 1 4] tie again → the latest (4) goes → [0 1 5].
+    func testPromptOfTiesKeepsTheLowestPositions() throws {
+        let dir = try TestTraces.directory(self)
+        var trace = HandTrace(T: 6, P: 5)
+        for p in 0..<4 { trace.key(p, direction: p) }
+        for i in 0..<5 {
+            var weights: [Int: Double] = [0: 0, 1: 0, 2: 0, 3: 0]
+            if i < 4 { weights[i] = 1 }
+            trace.query(i, weights)
+        }
+        let path = try trace.write(in: dir)
+        let (_, events, snapshots) = try TestTraces.observe(path, H2OPolicy.self, ["budget": "3", "recent": "1"])
+        XCTAssertEqual(snapshots.first?.resident, [[0, 1, 4]])
+        XCTAssertEqual(keptByStep(events), [0: [0, 1, 5]])
+    }
+
     /// GQA, 2 query heads per kv head, P = 1, C = 3, R = 1. Keys: k0 = 0, k1 = e0, k2 = e1, k3 = e2.
     /// q0 = q1 = 0 (both heads): pos0's prefill score is 1 per head; pos 1 step: [1/2 1/2].
     /// pos 2, both heads weight 4 on e1: [1 1 4]/6.
