@@ -70,6 +70,27 @@ final class ScoreDTypeTests: XCTestCase {
         }
     }
 
+    /// H2O, MHA, P = 1, C = 2, R = 1; keys k0 = e0, k1 = 0, k2 = e1 (HandTrace, scale 1/2).
+    /// pos 0: prefill score 1. pos 1 puts weight 0 on e0: row [0 1], so pos 1 scores 1 too.
+    /// pos 2 weights e0 0.9998 and e1 1: row [.9998 1 1]/2.9998 = [.333289 .333356 .333356].
+    /// float32: pos 0 = 1.333289 < pos 1 = 1.333356 → pos 0 goes → [1 2].
+    /// float16: both probabilities round to 1365/4096 (the spacing is 2^-12 there: .333289 and
+    /// .333356 are 1365.15 and 1365.43 units), both sums 1 + p to 1365/1024 = 1.3330078: a tie,
+    /// and the reference's topk keeps the lower index, so pos 1 goes → [0 2].
+    func testH2OFloat16SumsTurnANearTieIntoATie() throws {
+        let dir = try TestTraces.directory(self)
+        var trace = HandTrace(T: 3, P: 1)
+        trace.key(0, direction: 0)
+        trace.key(2, direction: 1)
+        trace.query(1, [0: 0])
+        trace.query(2, [0: 0.9998, 1: 1])
+        let path = try trace.write(in: dir)
+        for (dtype, kept) in [("float32", [Int32(1), 2]), ("float16", [0, 2])] {
+            let spec = try PolicySpec(name: "h2o", values: ["budget": "2", "recent": "1", "score-dtype": dtype])
+            XCTAssertEqual(keptByStep(try TestTraces.replay(path, [spec]).1), [1: kept], "\(dtype) (pos 2 is decode step 1)")
+        }
+    }
+
     /// H2O in float16 accumulates fp16 sums of fp16 probabilities. On the recorded trace (layer
     /// 29, C = 64, 120 decode steps, one eviction per step and kv head) the fp16 run evicts a
     /// different token at some steps, not at all of them, and the kept sets stay close.
