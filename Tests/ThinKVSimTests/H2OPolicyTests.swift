@@ -63,8 +63,9 @@ final class H2OPolicyTests: XCTestCase {
     /// so it starts level with pos 2, which does not exist yet. q2 = q3 = 0 give uniform rows in
     /// which slots 1 and 2 have bit-identical logits, hence bit-identical probabilities.
     /// Scores at pos 3: 0: 1 + 1 + 1/3 + 1/4, 1: 0 + 1/3 + 1/4, 2: 1/3 + 1/4 (equal to 1), 3: 1/4.
-    /// Candidates [0 1 2]: 1 and 2 tie for the minimum; the earlier (1) goes → [0 2 3].
-    func testTiedScoresEvictTheEarliestPosition() throws {
+    /// Candidates [0 1 2]: 1 and 2 tie for the minimum; CUDA's topk keeps the lower index, so
+    /// the later (2) goes → [0 1 3].
+    func testTiedScoresEvictTheLatestPosition() throws {
         let dir = try TestTraces.directory(self)
         var trace = HandTrace(T: 4, P: 1)
         trace.key(1, direction: 0)
@@ -72,7 +73,28 @@ final class H2OPolicyTests: XCTestCase {
         trace.query(1, [0: 0])
         let path = try trace.write(in: dir)
         let (_, events) = try TestTraces.replay(path, [try h2o(["budget": "3", "recent": "1"])])
-        XCTAssertEqual(keptByStep(events), [2: [0, 2, 3]])
+        XCTAssertEqual(keptByStep(events), [2: [0, 1, 3]])
+    }
+
+    /// A prompt made of ties, cut with q and k. Keys k0..k3 = e0..e3, k4 = 0; prompt row i puts
+    /// weight 0 on every direction but its own key's, so it attends only to itself (row 4, with
+    /// the zero key, too): every column sum is exactly 1. P = 5 > C = 3, R = 1: candidates
+    /// [0 1 2 3] all tie and CUDA's topk keeps the lowest two → [0 1 4].
+    /// pos 5, zero query: uniform 1/4 over [0 1 4 5]: scores 0: 1.25, 1: 1.25, 4: 1.25, 5: .25;
+    /// candidates [0 1 4] tie again → the latest (4) goes → [0 1 5].
+    func testPromptOfTiesKeepsTheLowestPositions() throws {
+        let dir = try TestTraces.directory(self)
+        var trace = HandTrace(T: 6, P: 5)
+        for p in 0..<4 { trace.key(p, direction: p) }
+        for i in 0..<5 {
+            var weights: [Int: Double] = [0: 0, 1: 0, 2: 0, 3: 0]
+            if i < 4 { weights[i] = 1 }
+            trace.query(i, weights)
+        }
+        let path = try trace.write(in: dir)
+        let (_, events, snapshots) = try TestTraces.observe(path, H2OPolicy.self, ["budget": "3", "recent": "1"])
+        XCTAssertEqual(snapshots.first?.resident, [[0, 1, 4]])
+        XCTAssertEqual(keptByStep(events), [0: [0, 1, 5]])
     }
 
     /// GQA, 2 query heads per kv head, P = 1, C = 3, R = 1. Keys: k0 = 0, k1 = e0, k2 = e1, k3 = e2.
@@ -155,22 +177,23 @@ final class H2OPolicyTests: XCTestCase {
         XCTAssertEqual(keptByStep(try TestTraces.replay(unscaled, [spec]).1), [1: [1, 2]])
     }
 
-    /// Attention-only layer, T = 8, P = 6, C = 4, R = 2. No prompt rows are recorded, so every
-    /// prompt token scores 0; the prompt cut keeps the two latest candidates (ties cost the
-    /// earliest) plus the last two: [2 3 4 5].
-    /// pos 6, recorded row [0 0 .125 .5 .125 .125 .125] (sums to 1 over the attended [2..6]):
-    ///   scores 2: .125, 3: .5, 4: .125, 5: .125, 6: .125; candidates [2 3 4]; 2 and 4 tie → drop 2.
-    /// pos 7, row [0 0 0 .125 .25 .25 .125 .25]: scores 3: .625, 4: .375, 5: .375, 6: .25, 7: .25;
-    ///   candidates [3 4 5]; 4 and 5 tie → drop 4 → [3 5 6 7]. (Dyadic values: exact in float32.)
+    /// Attention-only layer, T = 8, P = 6, C = 4, R = 2, a trace made of ties. No prompt rows are
+    /// recorded, so every prompt token scores 0; the prompt cut keeps the two earliest candidates
+    /// (CUDA topk: lowest index first among ties) plus the last two: [0 1 4 5].
+    /// pos 6, recorded row [.125 .25 0 0 .125 .25 .25] (sums to 1 over the attended [0 1 4 5 6]):
+    ///   scores 0: .125, 1: .25, 4: .125, 5: .25, 6: .25; candidates [0 1 4]; 0 and 4 tie → drop 4.
+    /// pos 7, row [.25 .125 0 0 0 .125 .25 .25] over [0 1 5 6 7]: scores 0: .375, 1: .375,
+    ///   5: .375, 6: .5, 7: .25; candidates [0 1 5] all tie → drop 5 → [0 1 6 7].
+    ///   (Dyadic values: exact in float32.)
     func testAttentionOnlyLayerStartsPromptScoresAtZero() throws {
         let dir = try TestTraces.directory(self)
-        let rows: [Float] = [0, 0, 0.125, 0.5, 0.125, 0.125, 0.125, 0,
-                             0, 0, 0, 0.125, 0.25, 0.25, 0.125, 0.25]
+        let rows: [Float] = [0.125, 0.25, 0, 0, 0.125, 0.25, 0.25, 0,
+                             0.25, 0.125, 0, 0, 0, 0.125, 0.25, 0.25]
         let path = try TestTraces.write(to: dir.appendingPathComponent("attn.h5"), T: 8, P: 6, Hq: 1, Hkv: 1, D: 4,
                                         layers: [TestTraces.Layer(attn: rows)])
         let (result, events, snapshots) = try TestTraces.observe(path, H2OPolicy.self, ["budget": "4", "recent": "2"])
-        XCTAssertEqual(snapshots.first?.resident, [[2, 3, 4, 5]])
-        XCTAssertEqual(keptByStep(events), [0: [3, 4, 5, 6], 1: [3, 5, 6, 7]])
+        XCTAssertEqual(snapshots.first?.resident, [[0, 1, 4, 5]])
+        XCTAssertEqual(keptByStep(events), [0: [0, 1, 5, 6], 1: [0, 1, 6, 7]])
         XCTAssertEqual(result.runs[0].steps.map(\.attendedTokens), [5, 5])
     }
 
@@ -357,9 +380,9 @@ private struct H2OOracle {
             }
             combine(g, sums, slots[g])
             if P > C {
-                // Keep the top C − R candidates (ties: the later position), then the last R.
+                // Keep the top C − R candidates (ties: the earlier position), then the last R.
                 let candidates = slots[g][0..<(P - R)]
-                let heavy = candidates.sorted { rank(g, $0) != rank(g, $1) ? rank(g, $0) > rank(g, $1) : $0 > $1 }
+                let heavy = candidates.sorted { rank(g, $0) != rank(g, $1) ? rank(g, $0) > rank(g, $1) : $0 < $1 }
                     .prefix(C - R).sorted()
                 slots[g] = Array(heavy) + slots[g][(P - R)...]
             }
@@ -374,7 +397,7 @@ private struct H2OOracle {
             attended.append(slots)
             for g in 0..<Hkv where slots[g].count > C {
                 var victim = 0
-                for i in 1..<(slots[g].count - R) where rank(g, slots[g][i]) < rank(g, slots[g][victim]) { victim = i }
+                for i in 1..<(slots[g].count - R) where rank(g, slots[g][i]) <= rank(g, slots[g][victim]) { victim = i }
                 slots[g].remove(at: victim)
             }
             resident.append(slots)

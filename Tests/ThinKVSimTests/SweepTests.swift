@@ -183,7 +183,7 @@ final class SweepGridTests: XCTestCase {
             "kivi(group=4,k-bits=2,residual=4)", "kivi(group=4,k-bits=4,residual=4)",
         ])
         XCTAssertEqual(grid.runs[3].key,
-                       "trace=\(traces[0]);policy=h2o;budget=4;gqa-reduce=sum;recent=auto;layers=all;steps=all;topk=32;paging=ct;block_size=16")
+                       "trace=\(traces[0]);policy=h2o;budget=4;gqa-reduce=sum;recent=auto;score-dtype=float32;layers=all;steps=all;topk=32;paging=ct;block_size=16")
         XCTAssertEqual(Set(grid.runs.map(\.key)).count, grid.runs.count)
         XCTAssertEqual(Array(grid.columns.prefix(9)), ["run_id", "run_key", "trace", "model", "num_layers", "decode_steps", "policy", "label", "budget"])
         XCTAssertTrue(grid.columns.contains("k_bits"), "parameter columns use underscores")
@@ -525,7 +525,7 @@ final class SweepRunnerTests: XCTestCase {
         XCTAssertEqual(process.terminationStatus, 0)
         let grid = try SweepFixture.grid(SweepFixture.json(traces: traces, output: output))
         let fields = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).split(separator: " ").map(String.init)
-        XCTAssertEqual(fields, [String(grid.columns.count), "14", "run_id", "compaction_bytes_total", "kivi(group=4,k-bits=2,residual=4)", "9"])
+        XCTAssertEqual(fields, [String(grid.columns.count), "14", "run_id", "compaction_bytes_total", "kivi(group=4,k-bits=2,residual=4)", "10"])
     }
 }
 

@@ -12,10 +12,26 @@ Only decode events that dropped something are printed (the prompt's compression 
 thinkv-sim does. Scores are computed in float64 by default, as thinkv-sim computes them
 (`--dtype float32` is there to show why: in float32 the order of near-tied kept tokens depends
 on rounding, and since the order feeds later compressions, two float32 implementations drift
-apart on long traces). Ties in the top-k go to the lower slot index.
+apart on long traces). Ties in the top-k go to the lower slot index, as CUDA's topk orders them.
+
+`--score-dtype bfloat16|float16` models the authors' run in that dtype: the values their code
+holds in the model dtype are rounded to it (nearest, ties to even; via float32, as a GPU
+computes the operation in float32 and casts): q and k; the matmul's logits and their division by
+sqrt(D); the group mean (`--gqa-pool mean`); the importance after the float32 softmax and the
+mean over the window (`softmax(dtype=float32).mean(-2).to(dtype)`); in cal_similarity the key
+norm, norm + 1e-8, the normalised keys, the cosine matrix, its column mean and its softmax; and
+the mix, whose two products and difference run in float32 and are each cast. The softmax
+itself is float32 (rounded to float32 after a float64 computation).
 
     python3 rkv_reference.py TRACE --budget 64 [--window 8 --kernel 7 --lambda 0.07
-        --threshold 0.5 --divide 128 --gqa-pool max --slot-order score --dtype float64 --layers 0,3]
+        --threshold 0.5 --divide 128 --gqa-pool max --slot-order score --dtype float64 --layers 0,3
+        --divide-method step-length|newline --compression-content all|think --newline-ids L
+        --think-end-ids L --score-dtype float32]
+
+`--divide-method newline` compresses while processing a position whose token is newline-like
+(its /tokens/text piece is one of "\n", ".\n", ")\n", "\n\n", ".\n\n", ")\n\n", or its id is in
+--newline-ids); `--compression-content think` stops compressing from the first generated
+`</think>` on (that token's own step included).
 
 Compare with compare_kept.py.
 """
@@ -27,6 +43,22 @@ import h5py
 import numpy as np
 
 
+def cast(x):
+    """x rounded to the score dtype and widened to float64 (identity without --score-dtype)."""
+    x = np.asarray(x, dtype=np.float64)
+    if SCORE_DTYPE == "float16":
+        return x.astype(np.float32).astype(np.float16).astype(np.float64)
+    if SCORE_DTYPE == "bfloat16":
+        bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+    return x
+
+
+def to_float32(x):
+    return np.asarray(x).astype(np.float32).astype(np.float64) if SCORE_DTYPE else x
+
+
 def softmax(x, axis=-1):
     x = x - x.max(axis=axis, keepdims=True)
     e = np.exp(x)
@@ -36,13 +68,20 @@ def softmax(x, axis=-1):
 def redundancy(keys):
     """cal_similarity as reference-policies.md 2.2.3 states it, over all L slots."""
     L = keys.shape[0]
-    unit = keys / (np.linalg.norm(keys, axis=1, keepdims=True) + DTYPE(1e-8))
-    sim = (unit @ unit.T).astype(DTYPE)
+    if SCORE_DTYPE:
+        norm = cast(cast(np.sqrt((keys * keys).sum(axis=1, keepdims=True))) + 1e-8)
+        unit = cast(keys / norm)
+        sim = cast(unit @ unit.T)
+    else:
+        unit = keys / (np.linalg.norm(keys, axis=1, keepdims=True) + DTYPE(1e-8))
+        sim = (unit @ unit.T).astype(DTYPE)
     np.fill_diagonal(sim, 0)
     for i in range(L):
         similar = np.flatnonzero(sim[i] > THRESHOLD)
         retained = similar[-1] if similar.size else 0  # largest slot index, else slot 0
         sim[i, retained] = 0
+    if SCORE_DTYPE:
+        return cast(softmax(cast(sim.sum(axis=0) / L)))
     return softmax(sim.sum(axis=0) / DTYPE(L))
 
 
@@ -53,19 +92,43 @@ def select(slots, keys, window_queries, args, scale):
     w = args.window
     L = len(slots)
     C = L - w
-    K = keys[slots]
-    logits = np.einsum("rhd,jd->rhj", window_queries, K).astype(DTYPE) * scale
-    logits = logits.max(axis=1) if args.gqa_pool == "max" else logits.mean(axis=1)
-    attention = softmax(logits[:, :C], axis=1).mean(axis=0)
+    K = cast(keys[slots])
+    if SCORE_DTYPE:
+        logits = cast(cast(np.einsum("rhd,jd->rhj", cast(window_queries), K)) * scale)
+        logits = logits.max(axis=1) if args.gqa_pool == "max" else cast(logits.mean(axis=1))
+        attention = cast(to_float32(softmax(logits[:, :C], axis=1)).mean(axis=0))
+    else:
+        logits = np.einsum("rhd,jd->rhj", window_queries, K).astype(DTYPE) * scale
+        logits = logits.max(axis=1) if args.gqa_pool == "max" else logits.mean(axis=1)
+        attention = softmax(logits[:, :C], axis=1).mean(axis=0)
     half = args.kernel // 2
     padded = np.concatenate([np.full(half, -np.inf, DTYPE), attention, np.full(half, -np.inf, DTYPE)])
     importance = np.array([padded[j:j + args.kernel].max() for j in range(C)], dtype=DTYPE)
     red = redundancy(K)[:C]
-    score = DTYPE(args.mix_lambda) * importance - red * DTYPE(1 - args.mix_lambda)
+    if SCORE_DTYPE:
+        f32 = np.float32
+        weighted = cast(importance.astype(f32) * f32(args.mix_lambda))
+        penalty = cast(red.astype(f32) * f32(1 - args.mix_lambda))
+        score = cast(weighted.astype(f32) - penalty.astype(f32))
+    else:
+        score = DTYPE(args.mix_lambda) * importance - red * DTYPE(1 - args.mix_lambda)
     ranked = sorted(range(C), key=lambda j: (-score[j], j))[: args.budget - w]
     if args.slot_order == "position":
         ranked.sort(key=lambda j: slots[j])
     return [slots[j] for j in ranked] + slots[C:]
+
+
+NEWLINE_PIECES = {"\n", ".\n", ")\n", "\n\n", ".\n\n", ")\n\n"}
+
+
+def token_marks(f, ids_option, pieces):
+    """A boolean per position: the token id is in the given list, or its decoded text in pieces."""
+    ids = f["tokens/ids"][...]
+    if ids_option:
+        wanted = {int(x) for x in ids_option.split(",")}
+        return [int(i) in wanted for i in ids]
+    text = [t.decode() if isinstance(t, bytes) else t for t in f["tokens/text"][...]]
+    return [t in pieces for t in text]
 
 
 def replay_layer(q, k, P, args, layer, out):
@@ -90,7 +153,10 @@ def replay_layer(q, k, P, args, layer, out):
             slots[g].append(p)
         window.append(q[p])
         window = window[-w:]
-        if p % args.divide != 0:
+        armed = NEWLINE[p] if args.divide_method == "newline" else p % args.divide == 0
+        if args.compression_content == "think" and any(THINK_END[P:p + 1]):
+            armed = False  # no compression once </think> has been generated
+        if not armed:
             continue
         for g in range(Hkv):
             if len(slots[g]) < args.budget:
@@ -117,15 +183,29 @@ def main():
     parser.add_argument("--steps", type=int, help="replay only the first N decode steps")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                         help="precision of the scores (thinkv-sim uses float64)")
+    parser.add_argument("--divide-method", choices=["step-length", "newline"], default="step-length")
+    parser.add_argument("--compression-content", choices=["all", "think"], default="all")
+    parser.add_argument("--newline-ids", help="comma-separated token ids (default: by /tokens/text)")
+    parser.add_argument("--think-end-ids", help="comma-separated token ids (default: text </think>)")
+    parser.add_argument("--score-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="the authors' scoring dtype to model (float32: no rounding)")
     args = parser.parse_args()
     if args.budget <= args.window:
         parser.error("--budget must exceed --window")
-    global THRESHOLD, DTYPE
+    global THRESHOLD, DTYPE, SCORE_DTYPE
     DTYPE = np.float64 if args.dtype == "float64" else np.float32
+    SCORE_DTYPE = None if args.score_dtype == "float32" else args.score_dtype
+    if SCORE_DTYPE and args.dtype != "float64":
+        parser.error("--score-dtype rounds float64 intermediates; leave --dtype at float64")
     THRESHOLD = DTYPE(args.threshold)
 
+    global NEWLINE, THINK_END
     with h5py.File(args.trace, "r") as f:
         P = int(f.attrs["prompt_len"])
+        if args.divide_method == "newline":
+            NEWLINE = token_marks(f, args.newline_ids, NEWLINE_PIECES)
+        if args.compression_content == "think":
+            THINK_END = token_marks(f, args.think_end_ids, {"</think>"})
         names = sorted(f["layers"].keys(), key=int)
         if args.layers:
             names = [n for n in names if int(n) in {int(x) for x in args.layers.split(",")}]
@@ -139,6 +219,9 @@ def main():
 
 
 DTYPE = np.float64
+SCORE_DTYPE = None
+NEWLINE = None
+THINK_END = None
 THRESHOLD = DTYPE(0.5)
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ import Foundation
 ///   reduced) probability this step's query gave it; the new token starts from its own
 ///   self-weight. Then, if the cache holds C + 1 tokens, the candidate (any slot but the last
 ///   R) with the smallest score is dropped; its score is gone with it.
-/// - Ties: between equal scores the earlier position ranks lower, so it is the one evicted
-///   (torch's `topk` leaves the order of ties unspecified). Prefill's one-shot cut uses the
-///   same order, so it keeps exactly what repeated single evictions would keep.
+/// - Ties, as the reference's `torch.topk(hh_score[:, :len − R], H)` breaks them on a GPU
+///   (CUDA returns tied values lowest index first): among equal scores the earlier position
+///   is kept and the later one evicted. Prefill's one-shot cut uses the same order.
 /// - Scores use the scale `1/sqrt(D)` the reference hard-codes. When the trace's
 ///   `softmax_scale` differs, the probabilities H2O scores with are recomputed with
 ///   `1/sqrt(D)` from the stored keys, while the engine's attention and metrics keep the
@@ -26,8 +26,13 @@ import Foundation
 /// - Attention-only layers (recorded `attn`, no q/k): the decode scores come from the recorded
 ///   rows restricted to the attended slots and renormalised (what the engine attends with);
 ///   the prompt rows are not recorded, so every prompt token starts at score 0, and a prompt
-///   longer than C keeps its last C positions (all candidates tie; ties evict the earliest).
-/// - Everything is computed in float32; the reference sums float16 probabilities.
+///   longer than C keeps its first C − R and last R positions (all candidates tie; ties keep
+///   the earliest).
+/// - Everything is computed in float32 by default; the reference sums float16 probabilities.
+///   `--score-dtype float16|bfloat16` rounds as the reference does in that dtype: the logits
+///   (the matmul's output, then the division by √D), the float32 softmax cast to the dtype, the
+///   prompt's column sums (float32 accumulation, one cast), and every addition to an
+///   accumulated score. Layers with q and k then rescore from the dtype-rounded q and k.
 ///
 /// GQA: the reference crashes on GQA (one mask per query head applied to a cache per kv head,
 /// FMInference/H2O issue #32), so the group reduction is a choice, `--gqa-reduce`:
@@ -50,6 +55,7 @@ public final class H2OPolicy: CachePolicy {
                  help: "R, most recent positions always kept, 1 ≤ R ≤ C (default C/2, the paper's even split)"),
         .choice("gqa-reduce", GroupReduce.allCases.map(\.rawValue), default: GroupReduce.sum.rawValue,
                 help: "how the query heads of a kv head's group combine scores: sum, max (per step), per-qhead (own totals, ranked by the largest)"),
+        ScoreDType.parameter,
     ]
 
     public enum GroupReduce: String, CaseIterable, Sendable {
@@ -62,6 +68,7 @@ public final class H2OPolicy: CachePolicy {
     public let recent: Int
     public var heavy: Int { budget - recent }
     public let reduce: GroupReduce
+    public let dtype: ScoreDType
 
     private let header: TraceHeader
     /// `1/sqrt(D)`: the scale the reference's scorer uses.
@@ -80,6 +87,7 @@ public final class H2OPolicy: CachePolicy {
         let given = parameters.int("recent")
         recent = given ?? budget / 2
         reduce = GroupReduce(rawValue: parameters.string("gqa-reduce")!)!
+        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
         let source = given == nil ? "the default budget/2 gives --recent 0 for --budget \(budget)" : "--recent is 0"
         guard recent >= 1 else {
             throw PolicyError("h2o: \(source); H2O needs a recent window of at least 1: without one a new token enters with only its own attention as score, is usually the weakest candidate and is evicted right after its step, so the cache freezes on old heavy hitters and never holds the tokens being generated (give --recent ≥ 1)")
@@ -91,7 +99,7 @@ public final class H2OPolicy: CachePolicy {
         scorerScale = header.referenceScorerScale
         // A stored 1/sqrt(D) may differ from ours in the last bit; that is not a different scale.
         let relative = abs(header.effectiveSoftmaxScale - scorerScale) / scorerScale
-        rescore = setup.layer.hasQueriesAndKeys && relative > 1e-6
+        rescore = setup.layer.hasQueriesAndKeys && (relative > 1e-6 || dtype.rounds)
         let rows = reduce == .perQueryHead ? header.numQHeads : header.numKVHeads
         score = [Float](repeating: 0, count: rows * header.numTokens)
     }
@@ -107,7 +115,12 @@ public final class H2OPolicy: CachePolicy {
     public func prefill(_ context: PrefillContext, cache: LayerCache) {
         let P = header.promptLength
         guard P > 0 else { return }
-        if let queries = context.promptQueries, let keys = context.data.keys {
+        if var queries = context.promptQueries, var keys = context.data.keys {
+            if dtype.rounds {
+                // The reference's q and k live in the model dtype.
+                queries = queries.map { dtype.round($0) }
+                keys = keys.map { dtype.round($0) }
+            }
             let columns = promptColumnSums(queries: queries, keys: keys, data: context.data)
             let T = header.numTokens
             for g in 0..<header.numKVHeads {
@@ -135,7 +148,7 @@ public final class H2OPolicy: CachePolicy {
     /// sums are accumulated row by row in order, so the result does not depend on threading.
     private func promptColumnSums(queries: [Float], keys: [Float], data: LayerData) -> [Float] {
         let P = header.promptLength, Hq = header.numQHeads, D = header.headDim
-        let scale = scorerScale
+        let scale = scorerScale, dtype = self.dtype
         var columns = [Float](repeating: 0, count: Hq * P)
         columns.withUnsafeMutableBufferPointer { out in
             queries.withUnsafeBufferPointer { Q in
@@ -148,10 +161,18 @@ public final class H2OPolicy: CachePolicy {
                         defer { row.deallocate() }
                         for i in 0..<P {
                             let q = qBase + (i * Hq + h) * D
-                            for j in 0...i { row[j] = scale * Kernels.dot(q, keysOfHead + j * D, D) }
-                            Kernels.softmaxInPlace(row, i + 1)
-                            for j in 0...i { sums[j] += row[j] }
+                            if dtype.rounds {
+                                for j in 0...i { row[j] = dtype.round(dtype.round(Kernels.dot(q, keysOfHead + j * D, D)) * scale) }
+                                Kernels.softmaxInPlace(row, i + 1)
+                                for j in 0...i { sums[j] += dtype.round(row[j]) }
+                            } else {
+                                for j in 0...i { row[j] = scale * Kernels.dot(q, keysOfHead + j * D, D) }
+                                Kernels.softmaxInPlace(row, i + 1)
+                                for j in 0...i { sums[j] += row[j] }
+                            }
                         }
+                        // The column sums accumulate in float32 and are cast once.
+                        if dtype.rounds { for j in 0..<P { sums[j] = dtype.round(sums[j]) } }
                     }
                 }
             }
@@ -171,7 +192,7 @@ public final class H2OPolicy: CachePolicy {
                 withScoringProbabilities(queryHead: h, kvHead: g, slots: slots, context: context, attention: attention) { a in
                     switch reduce {
                     case .perQueryHead:
-                        for i in 0..<n { score[h * T + Int(slots[i])] += a[i] }
+                        for i in 0..<n { score[h * T + Int(slots[i])] = dtype.round(score[h * T + Int(slots[i])] + a[i]) }
                     case .sum:
                         for i in 0..<n { stepScore[i] = k == 0 ? a[i] : stepScore[i] + a[i] }
                     case .max:
@@ -180,7 +201,11 @@ public final class H2OPolicy: CachePolicy {
                 }
             }
             if reduce != .perQueryHead {
-                for i in 0..<n { score[g * T + Int(slots[i])] += stepScore[i] }
+                // Rounded scoring: the step's (group) score is cast, then the addition is.
+                for i in 0..<n {
+                    let position = g * T + Int(slots[i])
+                    score[position] = dtype.rounds ? dtype.round(score[position] + dtype.round(stepScore[i])) : score[position] + stepScore[i]
+                }
             }
             if n > budget { evict(kvHead: g, cache: cache) }
         }
@@ -191,18 +216,35 @@ public final class H2OPolicy: CachePolicy {
     /// scale differs.
     private func withScoringProbabilities(queryHead h: Int, kvHead g: Int, slots: [Int32], context: StepContext,
                                           attention: AttentionView, _ body: (UnsafeBufferPointer<Float>) -> Void) {
-        guard rescore, let query = context.query(head: h), let keys = context.data.keys else {
-            body(attention.probabilities(queryHead: h))
-            return
-        }
         let n = slots.count, D = header.headDim
         if logits.count < n { logits = [Float](repeating: 0, count: n) }
+        guard rescore, let query = context.query(head: h), let keys = context.data.keys else {
+            let recorded = attention.probabilities(queryHead: h)
+            guard dtype.rounds else { return body(recorded) }
+            // Attention-only layer: the recorded probabilities, cast to the dtype.
+            logits.withUnsafeMutableBufferPointer { out in
+                for i in 0..<n { out[i] = dtype.round(recorded[i]) }
+                body(UnsafeBufferPointer(rebasing: out[0..<n]))
+            }
+            return
+        }
         logits.withUnsafeMutableBufferPointer { out in
             keys.withUnsafeBufferPointer { K in
                 let base = K.baseAddress! + context.data.offset(kvHead: g, position: 0)
-                for i in 0..<n { out[i] = scorerScale * Kernels.dot(query.baseAddress!, base + Int(slots[i]) * D, D) }
+                if dtype.rounds {
+                    let q = (0..<D).map { dtype.round(query[$0]) }
+                    for i in 0..<n {
+                        let k = base + Int(slots[i]) * D
+                        var dot: Float = 0
+                        for d in 0..<D { dot += q[d] * dtype.round(k[d]) }
+                        out[i] = dtype.round(dtype.round(dot) * scorerScale)
+                    }
+                } else {
+                    for i in 0..<n { out[i] = scorerScale * Kernels.dot(query.baseAddress!, base + Int(slots[i]) * D, D) }
+                }
             }
             Kernels.softmaxInPlace(out.baseAddress!, n)
+            if dtype.rounds { for i in 0..<n { out[i] = dtype.round(out[i]) } }
             body(UnsafeBufferPointer(rebasing: out[0..<n]))
         }
     }
@@ -230,21 +272,23 @@ public final class H2OPolicy: CachePolicy {
         let n = slots.count
         let candidates = n - recent
         if n == budget + 1 {
-            // The steady state: drop the single weakest candidate (earliest among equals).
+            // The steady state: drop the single weakest candidate. topk keeps the lowest
+            // index among ties, so among equal minima the latest goes.
             var victim = 0
             var lowest = rankScore(kvHead: g, position: slots[0])
             for i in 1..<candidates {
                 let s = rankScore(kvHead: g, position: slots[i])
-                if s < lowest { lowest = s; victim = i }
+                if s <= lowest { lowest = s; victim = i }
             }
             var kept = slots
             kept.remove(at: victim)
             cache.setSlots(kvHead: g, kept)
             return
         }
-        // One-shot cut (a prompt longer than the budget): best first, later position first among equals.
+        // One-shot cut (a prompt longer than the budget): best first, earlier position first
+        // among equals (CUDA topk's order).
         let ranked = (0..<candidates).map { (index: $0, score: rankScore(kvHead: g, position: slots[$0])) }
-            .sorted { $0.score != $1.score ? $0.score > $1.score : $0.index > $1.index }
+            .sorted { $0.score != $1.score ? $0.score > $1.score : $0.index < $1.index }
         let heavyIndices = ranked.prefix(heavy).map(\.index).sorted()
         cache.keep(kvHead: g, slotIndices: heavyIndices + Array(candidates..<n))
     }

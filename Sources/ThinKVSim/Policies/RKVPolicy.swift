@@ -32,9 +32,10 @@ import Foundation
 ///   the window holds the w newest decode queries at every boundary, so that never blocks.
 ///
 /// Deviations, all documented in docs/policies.md: scores in float64 from the stored tensors
-/// (the reference computes in the model's bf16/fp16 and casts the importance to it; float64 is
-/// used because the kept order feeds later compressions and float32 rounding reorders near-ties,
-/// see `WindowScorer`); the scorer's scale is
+/// by default (the reference computes in the model's bf16/fp16 and casts the importance to it;
+/// float64 is used because the kept order feeds later compressions and float32 rounding reorders
+/// near-ties, see `WindowScorer`); `--score-dtype bfloat16|float16` rounds every intermediate the
+/// reference holds in that dtype, to ask what the authors' run kept; the scorer's scale is
 /// 1/sqrt(D) even when the trace's `softmax_scale` differs (the reference hard-codes it);
 /// ties are broken by slot index (torch leaves them unspecified).
 public final class RKVPolicy: CachePolicy {
@@ -61,6 +62,14 @@ public final class RKVPolicy: CachePolicy {
                 help: "physical order of kept tokens: score (the HF reference) or position (the serving ports); later compressions depend on it"),
         .choice("gqa-pool", ["max", "mean"], default: "max",
                 help: "how a kv head's query heads combine their logits before the softmax"),
+        .choice("divide-method", ["step-length", "newline"], default: "step-length",
+                help: "legacy trigger: step-length = positions that are multiples of --divide; newline = positions holding a newline-like token (divide_method=newline)"),
+        .choice("compression-content", ["all", "think"], default: "all",
+                help: "legacy trigger: all = compress throughout; think = stop once </think> has been generated (compression_content=think)"),
+        .text("newline-ids", "LIST",
+              help: "token ids that count as newlines (default: tokens whose /tokens/text is \\n, .\\n, )\\n, \\n\\n, .\\n\\n or )\\n\\n)"),
+        .text("think-end-ids", "LIST", help: "token ids that end the thinking span (default: tokens whose /tokens/text is </think>)"),
+        ScoreDType.parameter,
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
@@ -74,6 +83,19 @@ public final class RKVPolicy: CachePolicy {
     private let scorer: WindowScorer
     private var queries: QueryWindow
     private var scores: [Double] = []
+    /// Token marks for the newline / think options (nil when neither is used).
+    private let tokens: RKVTriggerTokens?
+    private let newlineTrigger: Bool
+    private let thinkOnly: Bool
+
+    /// Reads the token marks when `divide-method newline` or `compression-content think` asks.
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
+        guard parameters.string("divide-method") == "newline" || parameters.string("compression-content") == "think" else { return nil }
+        return try RKVTriggerTokens.read(reader, newline: parameters.string("divide-method") == "newline",
+                                         newlineIDs: parameters.string("newline-ids"),
+                                         thinkEnd: parameters.string("compression-content") == "think",
+                                         thinkEndIDs: parameters.string("think-end-ids"), policy: name)
+    }
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         budget = parameters.int("budget")!
@@ -89,6 +111,19 @@ public final class RKVPolicy: CachePolicy {
         guard kernel % 2 == 1 else {
             throw PolicyError("rkv: --kernel must be odd, got \(kernel) (same-length pooling pads kernel/2 on each side)")
         }
+        newlineTrigger = parameters.string("divide-method") == "newline"
+        thinkOnly = parameters.string("compression-content") == "think"
+        if trigger == .buffer && (newlineTrigger || thinkOnly) {
+            throw PolicyError("rkv: --divide-method newline and --compression-content think belong to the legacy HF loop; use them with --trigger legacy")
+        }
+        if newlineTrigger || thinkOnly {
+            guard let marks = setup.prepared as? RKVTriggerTokens else {
+                throw PolicyError("rkv: --divide-method newline / --compression-content think need the trace's tokens (prepare was not run)")
+            }
+            tokens = marks
+        } else {
+            tokens = nil
+        }
         if trigger == .buffer && buffer < window {
             throw PolicyError("rkv: --buffer (\(buffer)) must be at least --window (\(window)): the window's queries are observed within one buffer")
         }
@@ -97,7 +132,8 @@ public final class RKVPolicy: CachePolicy {
         let rule = WindowScoringRule(
             softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: kernel,
             groupReduce: parameters.string("gqa-pool") == "mean" ? .meanLogits : .maxLogits,
-            redundancy: .init(lambda: parameters.double("lambda")!, threshold: parameters.double("threshold")!))
+            redundancy: .init(lambda: parameters.double("lambda")!, threshold: parameters.double("threshold")!),
+            dtype: ScoreDType(rawValue: parameters.string("score-dtype")!)!, softmaxCast: .afterRowReduce)
         scorer = WindowScorer(rule: rule, header: header)
         queries = QueryWindow(capacity: window, numQHeads: header.numQHeads, headDim: header.headDim)
     }
@@ -116,6 +152,8 @@ public final class RKVPolicy: CachePolicy {
     }
 
     public var residentCap: Int? {
+        // Newlines may never come, and compression stops after </think>: no bound.
+        if newlineTrigger || thinkOnly { return nil }
         switch trigger {
         case .legacy: return budget + divide - 1
         case .buffer: return max(promptLength, budget + buffer - 1) + buffer - 1
@@ -136,7 +174,9 @@ public final class RKVPolicy: CachePolicy {
         queries.push(stepQueries)
         switch trigger {
         case .legacy:
-            guard CompressionSchedule.legacyFires(position: context.position, divide: divide) else { return }
+            let p = context.position
+            let armed = newlineTrigger ? tokens!.newline[p] : CompressionSchedule.legacyFires(position: p, divide: divide)
+            guard armed, !(thinkOnly && tokens!.afterThink[p]) else { return }
             for g in 0..<cache.numKVHeads where cache.count(kvHead: g) >= budget {
                 compress(kvHead: g, cache: cache, keys: keys)
             }

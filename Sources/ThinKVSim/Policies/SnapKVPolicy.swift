@@ -23,8 +23,8 @@ import Foundation
 ///   candidate, so `topk` returns it first: the window, then the best B − w candidates in score
 ///   order. Nothing is done at prefill (the press only acts on decode steps).
 ///
-/// All variants score with 1/sqrt(D) in float64 (see `WindowScorer`); ties go to the lower slot
-/// index.
+/// All variants score with 1/sqrt(D) in float64 (see `WindowScorer`), or with the reference's
+/// roundings under `--score-dtype bfloat16|float16`; ties go to the lower slot index (CUDA topk).
 public final class SnapKVPolicy: CachePolicy {
     public static let name = "snapkv"
     public static let summary = "SnapKV: keep the window and the tokens its queries attend to most (R-KV's decode-time variant, the original prefill-only one, or kvpress's DecodingPress)"
@@ -49,6 +49,7 @@ public final class SnapKVPolicy: CachePolicy {
                  help: "kvpress variant: compress after every N decode steps (DecodingPress compression_interval); must exceed --window"),
         .choice("slot-order", KeptSlotOrder.allCases.map(\.rawValue), default: KeptSlotOrder.score.rawValue,
                 help: "physical order of kept tokens: score (as the references gather them) or position"),
+        ScoreDType.parameter,
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
@@ -126,7 +127,11 @@ public final class SnapKVPolicy: CachePolicy {
             rule = WindowScoringRule(softmax: .causalFullRow, rowReduce: .mean, pool: pool, kernel: kernel,
                                      groupReduce: .meanScores, redundancy: nil)
         }
-        scorer = WindowScorer(rule: rule, header: header)
+        var rounded = rule
+        rounded.dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
+        // R-KV's SnapKV casts after the mean over the window; the original and kvpress cast the softmax.
+        rounded.softmaxCast = variant == .rkv ? .afterRowReduce : .afterSoftmax
+        scorer = WindowScorer(rule: rounded, header: header)
         queries = QueryWindow(capacity: window, numQHeads: header.numQHeads, headDim: header.headDim)
     }
 

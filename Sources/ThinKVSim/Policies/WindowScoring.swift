@@ -90,6 +90,18 @@ struct WindowScoringRule: Equatable {
     var groupReduce: GroupReduce
     /// R-KV's redundancy term: score = λ·importance − (1 − λ)·redundancy. nil: importance only.
     var redundancy: Redundancy?
+    /// The dtype the reference scores in (`--score-dtype`); float32 rounds nothing.
+    var dtype: ScoreDType = .float32
+    /// Where the reference casts its float32 softmax back to the model dtype.
+    var softmaxCast: SoftmaxCast = .afterRowReduce
+
+    enum SoftmaxCast: Equatable {
+        /// After the mean over the window rows (R-KV: `softmax(..., dtype=float32).mean(-2).to(dtype)`).
+        case afterRowReduce
+        /// Right after the softmax, before the row reduction (SnapKV, kvpress:
+        /// `softmax(..., dtype=float32).to(dtype)`).
+        case afterSoftmax
+    }
 
     struct Redundancy: Equatable {
         var lambda: Double
@@ -125,6 +137,7 @@ final class WindowScorer {
     private var lastSimilarValue: [Double] = []
     private var similarityToFirst: [Double] = []
     private var redundancyScores: [Double] = []
+    private var similarityRow: [Double] = []  // one row of S (rounded scoring only)
 
     /// Partner keys per tile of the redundancy's pair loop (a multiple of its 4-row blocks):
     /// 256 KiB of float64 keys at D = 128.
@@ -153,6 +166,18 @@ final class WindowScorer {
         gatherKeys(slots: slots, keys: keys + g * T * headDim)
         importance(kvHead: g, slots: L, candidates: C, queries: queries, into: &scores)
         if let redundancy = rule.redundancy {
+            if rule.dtype.rounds {
+                computeRedundancyRounded(slots: L, threshold: redundancy.threshold)
+                // Tensor × Python float: float32 arithmetic, each result cast to the dtype.
+                let dtype = rule.dtype
+                let lambda = Float(redundancy.lambda), rest = Float(1 - redundancy.lambda)
+                for j in 0..<C {
+                    let importance = dtype.round(Float(scores[j]) * lambda)
+                    let penalty = dtype.round(Float(redundancyScores[j]) * rest)
+                    scores[j] = Double(dtype.round(importance - penalty))
+                }
+                return
+            }
             computeRedundancy(slots: L, threshold: redundancy.threshold)
             let lambda = redundancy.lambda
             let rest = 1 - redundancy.lambda
@@ -167,7 +192,7 @@ final class WindowScorer {
         slotKeys.withUnsafeMutableBufferPointer { out in
             for (i, p) in slots.enumerated() {
                 let k = keys + Int(p) * D
-                for d in 0..<D { out[i * D + d] = Double(k[d]) }
+                for d in 0..<D { out[i * D + d] = Double(rule.dtype.round(k[d])) }
             }
         }
     }
@@ -191,12 +216,13 @@ final class WindowScorer {
             for r in 0..<rows {
                 for k in 0..<G {
                     queries.withQuery(row: r, head: g * G + k, headDim: D) { q in
-                        for d in 0..<D { out[(r * G + k) * D + d] = Double(q[d]) }
+                        for d in 0..<D { out[(r * G + k) * D + d] = Double(rule.dtype.round(q[d])) }
                     }
                 }
             }
         }
         let perHead = rule.groupReduce == .meanScores
+        let dtype = rule.dtype, rounding = dtype.rounds
         for j in 0..<C { out[j] = 0 }
         // Logit-pooling rules make one pass over the group at once; the score rule one per head.
         for head in 0..<(perHead ? G : 1) {
@@ -210,7 +236,9 @@ final class WindowScorer {
                             for (n, k) in heads.enumerated() {
                                 let q = Q.baseAddress! + (r * G + k) * D
                                 for j in 0..<visible {
-                                    let v = dotDouble(q, K.baseAddress! + j * D, D) * scale
+                                    // Rounded scoring: the matmul's output, then the division by √D.
+                                    let v = rounding ? dtype.round(dtype.round(dotDouble(q, K.baseAddress! + j * D, D)) * scale)
+                                                     : dotDouble(q, K.baseAddress! + j * D, D) * scale
                                     if n == 0 {
                                         x[j] = v
                                     } else if rule.groupReduce == .maxLogits {
@@ -221,22 +249,30 @@ final class WindowScorer {
                                 }
                             }
                             if rule.groupReduce == .meanLogits && G > 1 {
-                                for j in 0..<visible { x[j] /= Double(G) }
+                                for j in 0..<visible { x[j] = dtype.round(x[j] / Double(G)) }
                             }
                         }
                     }
                     softmaxDouble(x.baseAddress!, visible)
+                    if rounding {
+                        // The softmax runs in float32; some references cast it to the dtype at once.
+                        let cast = rule.softmaxCast == .afterSoftmax
+                        for j in 0..<visible { x[j] = cast ? dtype.round(x[j]) : Double(Float(x[j])) }
+                    }
                     for j in 0..<C { rowAccumulator[j] += x[j] }
                 }
             }
             if rule.rowReduce == .mean {
                 for j in 0..<C { rowAccumulator[j] /= Double(rows) }
             }
+            if rounding {
+                for j in 0..<C { rowAccumulator[j] = dtype.round(rowAccumulator[j]) }
+            }
             pool(candidates: C, into: &headScores)
             for j in 0..<C { out[j] += headScores[j] }
         }
         if perHead && G > 1 {
-            for j in 0..<C { out[j] /= Double(G) }
+            for j in 0..<C { out[j] = dtype.round(out[j] / Double(G)) }
         }
     }
 
@@ -255,7 +291,7 @@ final class WindowScorer {
                 case .average:
                     var s = 0.0
                     for i in lo...hi { s += input[i] }
-                    output[j] = s / k
+                    output[j] = rule.dtype.round(s / k)
                 }
             }
         }
@@ -266,7 +302,11 @@ final class WindowScorer {
     /// The redundancy distribution over all slots of one kv head (tests inspect it directly).
     func redundancy(slots: [Int32], keys: UnsafePointer<Float>, threshold: Double) -> [Double] {
         gatherKeys(slots: slots, keys: keys)
-        computeRedundancy(slots: slots.count, threshold: threshold)
+        if rule.dtype.rounds {
+            computeRedundancyRounded(slots: slots.count, threshold: threshold)
+        } else {
+            computeRedundancy(slots: slots.count, threshold: threshold)
+        }
         return Array(redundancyScores[0..<slots.count])
     }
 
@@ -377,6 +417,48 @@ final class WindowScorer {
         }
         for j in 0..<L { redundancyScores[j] = columnSums[j] / Double(L) }
         redundancyScores.withUnsafeMutableBufferPointer { softmaxDouble($0.baseAddress!, L) }
+    }
+}
+
+extension WindowScorer {
+    /// `cal_similarity` as the reference computes it in a 16-bit dtype, into
+    /// `redundancyScores[0..<L]`: the key norms, the normalised keys and every cosine are cast
+    /// to the dtype (`k.norm()`, `k / (norm + 1e-8)`, the matmul), the threshold test and the
+    /// zeroing act on the cast cosines, the column mean is cast, and the softmax (float32
+    /// inside) is cast again. A plain pass over all pairs: the float32 path's pair kernels
+    /// are not needed here, and keeping this apart leaves that path's bits untouched.
+    fileprivate func computeRedundancyRounded(slots L: Int, threshold: Double) {
+        let D = headDim, dtype = rule.dtype
+        ensure(&unitKeys, L * D)
+        ensure(&columnSums, L)
+        ensure(&redundancyScores, L)
+        ensure(&similarityRow, L)
+        unitKeys.withUnsafeMutableBufferPointer { unit in
+            slotKeys.withUnsafeBufferPointer { K in
+                for i in 0..<L {
+                    let k = K.baseAddress! + i * D
+                    let norm = dtype.round(dtype.round(dotDouble(k, k, D).squareRoot()) + 1e-8)
+                    for d in 0..<D { unit[i * D + d] = dtype.round(k[d] / norm) }
+                }
+            }
+        }
+        for j in 0..<L { columnSums[j] = 0 }
+        unitKeys.withUnsafeBufferPointer { unit in
+            let base = unit.baseAddress!
+            for i in 0..<L {
+                var retained = 0  // the largest j with S[i, j] > threshold, else 0
+                for j in 0..<L {
+                    let s = i == j ? 0 : dtype.round(dotDouble(base + i * D, base + j * D, D))
+                    similarityRow[j] = s
+                    if s > threshold { retained = j }
+                }
+                similarityRow[retained] = 0
+                for j in 0..<L { columnSums[j] += similarityRow[j] }
+            }
+        }
+        for j in 0..<L { redundancyScores[j] = dtype.round(columnSums[j] / Double(L)) }
+        redundancyScores.withUnsafeMutableBufferPointer { softmaxDouble($0.baseAddress!, L) }
+        for j in 0..<L { redundancyScores[j] = dtype.round(redundancyScores[j]) }
     }
 }
 

@@ -1,0 +1,52 @@
+import Foundation
+
+/// KnormPress (Devoto et al., 2024, "A simple and effective L2 norm-based strategy for KV cache
+/// compression") as NVIDIA/kvpress runs it at decode time: `DecodingPress(KnormPress)`
+/// (kvpress/presses/knorm_press.py `score`, decoding_press.py). The score of a cached token is
+/// −‖k‖: keys with the *smallest* norms stay (they draw the most attention, the paper finds).
+///
+/// Every `interval` decode steps, after that step's attention, each kv head whose cache holds
+/// more than the target keeps the target count of lowest-norm keys, in `topk` order (ascending
+/// norm, lower slot first among ties); see `KVPressDecoding` for the target. No window is
+/// protected: the newest token goes if its key is long. Needs keys only.
+///
+/// `--score-dtype`: k and ‖k‖ are cast to the dtype (`keys.norm(dim=-1)` in the model dtype).
+public final class KnormPolicy: CachePolicy {
+    public static let name = "knorm"
+    public static let summary = "kvpress KnormPress at decode time: every --interval steps keep the keys with the smallest L2 norm"
+    public static let parameters: [PolicyParameter] = KVPressDecoding.parameters()
+    public static let requirements: PolicyRequirements = .queriesAndKeys
+    public static let readsAttention = false
+
+    let schedule: KVPressDecoding
+    private let header: TraceHeader
+    private let dtype: ScoreDType
+
+    public init(parameters: PolicyParameters, setup: PolicySetup) throws {
+        schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
+        header = setup.header
+        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
+    }
+
+    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength, keptAtMost: schedule.budget) }
+
+    public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
+        guard schedule.fires(step: context.step), let keys = context.data.keys else { return }
+        let target = schedule.target(position: context.position)
+        let D = header.headDim
+        for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > target {
+            let slots = cache.slots[g]
+            let ratio = KVPressDecoding.compressionRatio(keeping: target, of: slots.count)
+            let scores: [Double] = slots.map { p in
+                let base = context.data.offset(kvHead: g, position: Int(p))
+                var sum = 0.0
+                for d in 0..<D {
+                    let x = Double(dtype.round(keys[base + d]))
+                    sum += x * x
+                }
+                return -dtype.round(sum.squareRoot())
+            }
+            cache.keep(kvHead: g, slotIndices: topkOrder(scores, keep: KVPressDecoding.keptCount(length: slots.count, ratio: ratio)))
+        }
+    }
+}
