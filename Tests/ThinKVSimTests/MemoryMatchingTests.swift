@@ -247,7 +247,7 @@ final class MemoryMatchingCLITests: XCTestCase {
         XCTAssertEqual(full["status"] as? String, "not matched")
         XCTAssertEqual(h2o["target_percent"] as? Double, 50)
         let budget = try XCTUnwrap(h2o["budget"] as? Int)
-        XCTAssertEqual((runs[1]["parameters"] as? [String: String])?["budget"], String(budget))
+        XCTAssertEqual((runs[1]["parameters"] as? [String: Any])?["budget"] as? Int, budget, "typed: a number")
         XCTAssertEqual(runs[1]["compresses"] as? String, "every step, one eviction; holds B, attends B+1")
         let csv = try CSVTable.read(path: directory.appendingPathComponent("s.csv").path).table
         let last = try XCTUnwrap(csv.rows.last)

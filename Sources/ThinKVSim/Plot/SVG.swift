@@ -89,6 +89,16 @@ public final class SVGDocument {
             }
             let list = pts.map { "\(Self.n($0.0)),\(Self.n($0.1))" }.joined(separator: " ")
             parts.append("<polygon points=\"\(list)\" fill=\"\(fill)\"\(outline)/>")
+        case .pentagon, .hexagon, .star:
+            // Regular polygons (a star alternates outer and inner radius), first vertex on top.
+            let corners = shape == .hexagon ? 6 : (shape == .pentagon ? 5 : 10)
+            let pts = (0..<corners).map { i -> (Double, Double) in
+                let angle = -Double.pi / 2 + 2 * Double.pi * Double(i) / Double(corners)
+                let radius = shape == .star && i % 2 == 1 ? r * 0.5 : r * 1.1
+                return (x + radius * cos(angle), y + radius * sin(angle))
+            }
+            let list = pts.map { "\(Self.n($0.0)),\(Self.n($0.1))" }.joined(separator: " ")
+            parts.append("<polygon points=\"\(list)\" fill=\"\(fill)\"\(outline)/>")
         case .cross:
             // Strokes only: hollow and filled look alike, thinner when hollow.
             let s = r * 0.85
@@ -151,5 +161,5 @@ public final class SVGDocument {
 }
 
 public enum MarkerShape: CaseIterable, Sendable {
-    case circle, square, triangleUp, diamond, triangleDown, cross, triangleLeft, triangleRight, plus
+    case circle, square, triangleUp, diamond, triangleDown, cross, triangleLeft, triangleRight, plus, pentagon, hexagon, star
 }
