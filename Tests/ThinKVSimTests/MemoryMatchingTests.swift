@@ -95,6 +95,26 @@ final class MemoryMatchingTests: XCTestCase {
         XCTAssertEqual(matched.runs[0].memoryMatch?.achievedPercent ?? 0, 100, accuracy: 1e-9)
     }
 
+    /// ThinKV's deployed classifier reads its own cache, so its thought timeline depends on the
+    /// budget: every trial prepares for its own budget, and the matched run equals a plain replay
+    /// at the budget found (timeline, kept tokens and metrics).
+    func testAMatchedThinKVPreparesForItsOwnBudget() throws {
+        let path = try trace()
+        let values = ["theta1": "0.3", "theta2": "0.7", "tau": "4", "sinks": "2", "recent": "4", "budget": "1000"]
+        let m = try matcher(path, [try PolicySpec(name: "thinkv", values: values)], .percent(15), tolerance: 2)
+        let matched = try m.run()
+        let budget = try XCTUnwrap(matched.runs[0].memoryMatch?.budget)
+        var configuration = ReplayConfiguration(policies: [matched.runs[0].spec])
+        configuration.threads = 1
+        configuration.chunkSteps = 16
+        let plain = try ReplayEngine(reader: try TraceReader(path: path), configuration: configuration).run()
+        XCTAssertEqual(matched.runs[0].spec.parameters.int("budget"), budget)
+        XCTAssertEqual(matched.runs[0].steps.map(\.thought), plain.runs[0].steps.map(\.thought), "the same types and caches")
+        XCTAssertEqual(matched.runs[0].summary, plain.runs[0].summary)
+        XCTAssertTrue(matched.notes.allSatisfy { !$0.hasPrefix("thinkv(budget=") || $0.hasPrefix("thinkv(budget=\(budget),") },
+                      "notes name the chosen run: \(matched.notes)")
+    }
+
     /// A target below what the smallest budget holds is reported, with the smallest budget run.
     func testUnreachableTargetSaysSo() throws {
         let path = try trace()

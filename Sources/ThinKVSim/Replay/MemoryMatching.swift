@@ -147,6 +147,7 @@ public final class MemoryMatcher {
         var finished: [Int: PolicyRun] = [:]
         var timing = ReplayTiming()
         var first: ReplayResult?
+        var generalNotes: [String] = [], notesByLabel: [String: [String]] = [:]
         var fullBytes: Double?  // the full cache's figure for the tolerance of a byte target
         var round = 0
         while true {
@@ -168,10 +169,20 @@ public final class MemoryMatcher {
             trialConfiguration.layouts = configuration.layouts.map { layouts in trials.map { layouts[$0.0] } }
             let engine = ReplayEngine(reader: reader, configuration: trialConfiguration)
             engine.referenceStore = store
-            engine.preparedValues = trials.map { prepared[$0.0] }
+            // Each trial prepares for its own budget: what a policy prepares may depend on it
+            // (ThinKV's classifier reads its own cache); the policies memoize what does not.
             engine.progress = progress.map { RoundProgress(inner: $0, round: round) }
             let result = try engine.run()
             if first == nil { first = result }
+            // Notes by the run they name, so the report keeps those of the chosen budgets.
+            let labels = result.runs.map { $0.spec.label + ": " }
+            for note in result.notes {
+                if let label = labels.first(where: { note.hasPrefix($0) }) {
+                    if !(notesByLabel[label]?.contains(note) ?? false) { notesByLabel[label, default: []].append(note) }
+                } else if !generalNotes.contains(note) {
+                    generalNotes.append(note)
+                }
+            }
             timing.add(result.timing)
             for ((i, budget), run) in zip(trials, result.runs) {
                 if fullBytes == nil {
@@ -222,7 +233,8 @@ public final class MemoryMatcher {
         let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
             : zip(runs, sizes).map { "\($0.spec.name) \($1)" }.joined(separator: ", ")
         return ReplayResult(tracePath: first.tracePath, header: first.header, layers: first.layers, decodeSteps: first.decodeSteps,
-                            runs: runs, notes: first.notes, paging: first.paging, blockSizes: blockSizes, timing: timing)
+                            runs: runs, notes: generalNotes + runs.flatMap { notesByLabel[$0.spec.label + ": "] ?? [] },
+                            paging: first.paging, blockSizes: blockSizes, timing: timing)
     }
 
     private func unreachableNote(_ spec: PolicySpec, search: BudgetSearch, target: MemoryTarget) -> String {
