@@ -47,7 +47,7 @@ enum BenchCommand: Subcommand {
         let kvHeads = try arguments.int("kv-heads", default: 2, min: 1)!
         let headDim = try arguments.int("head-dim", default: 128, min: 1)!
         let budget = try arguments.int("budget", default: 1024, min: 1)!
-        let threads = try arguments.int("threads", min: 1)
+        let threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         let requested = listValues([arguments.value("policy") ?? "full,h2o,rkv,thinkv"])
         let policies = requested.filter { PolicyRegistry.type(named: $0) != nil }
         let missing = requested.filter { PolicyRegistry.type(named: $0) == nil }

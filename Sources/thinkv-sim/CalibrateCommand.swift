@@ -37,7 +37,7 @@ enum CalibrateCommand: Subcommand {
             options.minRelativeProminence = r
         }
         let steps = try arguments.int("steps", min: 1)
-        let threads = try arguments.int("threads", min: 1)
+        let threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         // Refuse a bad output path before the attention pass, not after it.
         let target = URL(fileURLWithPath: output).standardizedFileURL
         if paths.contains(where: { URL(fileURLWithPath: $0).standardizedFileURL == target }) {

@@ -25,7 +25,7 @@ enum InspectCommand: Subcommand {
     static func run(_ arguments: ParsedArguments) throws {
         // Options first: a usage mistake is exit 2 whatever the file.
         let steps = try arguments.int("steps", min: 1)
-        let threads = try arguments.int("threads", min: 1)
+        let threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         let width = try arguments.int("width", default: 80, min: 8)!
         let tau = try arguments.int("tau", min: 1)
         let thoughts = arguments.flag("thoughts")

@@ -58,7 +58,7 @@ enum PlotCommand: Subcommand {
         case let other: throw UsageError("--bytes must be mean or peak, got '\(other)'")
         }
         options.budget = try arguments.int("budget", min: 1).map(Double.init)
-        options.threads = try arguments.int("threads", min: 1)
+        options.threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         let outcome = try Plotter.plot(results: path, options: options)
         for note in outcome.notes { printError("thinkv-sim plot: note: \(note)") }
         for file in outcome.files { print(file) }

@@ -52,15 +52,19 @@ enum ReplayCommand: Subcommand {
         var configuration = ReplayConfiguration(policies: specs)
         let requestedLayers = try arguments.value("layers").map { try LayerSelection.parse($0, option: "--layers") }
         configuration.maxSteps = try arguments.int("steps", min: 1)
-        configuration.topK = try arguments.int("topk", default: 32, min: 1)!
-        configuration.threads = try arguments.int("threads", min: 1)
+        configuration.topK = try arguments.int("topk", default: 32, min: 1, max: TraceLimits.maxTopK)!
+        configuration.threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         if let raw = arguments.value("paging") {
             guard let mode = PagingMode(rawValue: raw) else { throw UsageError("--paging must be ct, compact or none, got '\(raw)'") }
             configuration.paging = mode
         }
-        configuration.blockSize = try arguments.int("block-size", min: 1)
+        configuration.blockSize = try arguments.int("block-size", min: 1, max: TraceLimits.maxBlockSize)
         if target != nil && arguments.value("kept") != nil {
             throw UsageError("--kept cannot be combined with a memory target (the search replays each policy several times)")
+        }
+        // Outputs are checked before the work: a missing directory fails now, not after the replay.
+        for option in ["csv", "kept"] {
+            if let output = arguments.value(option) { try OutputFile.checkWritable(output, protecting: [path]) }
         }
         let reader = try TraceReader(path: path)
         configuration.layers = try requestedLayers.map {
@@ -76,20 +80,19 @@ enum ReplayCommand: Subcommand {
         let engine = ReplayEngine(reader: reader, configuration: configuration)
         var keptWriter: KeptEventFileWriter?
         if let keptPath = arguments.value("kept") {
-            try checkWritable(keptPath, inputs: [path])
             keptWriter = try KeptEventFileWriter(path: keptPath)
             engine.keptSink = keptWriter
         }
         engine.progress = TerminalProgress(label: "replay")
         let result = try engine.run()
-        keptWriter?.close()
+        try keptWriter?.close()
         try report(result, arguments, input: path)
     }
 
     static func report(_ result: ReplayResult, _ arguments: ParsedArguments, input path: String) throws {
         // Notes change how results read (e.g. thresholds calibrated on the trace itself): say them
         // on stderr too, where a script that keeps only --json or the CSV still shows them.
-        for note in result.notes { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
+        for note in result.notes { StandardError.write("note: \(note)\n") }
         if let csvPath = arguments.value("csv") {
             try OutputFile.write(ReplayReport.stepCSV(result), to: csvPath, protecting: [path])
         }
@@ -124,10 +127,4 @@ enum ReplayCommand: Subcommand {
         return statistic
     }
 
-    static func checkWritable(_ output: String, inputs: [String]) throws {
-        let target = URL(fileURLWithPath: output).standardizedFileURL
-        if inputs.contains(where: { URL(fileURLWithPath: $0).standardizedFileURL == target }) {
-            throw UsageError("\(output): refusing to overwrite an input file")
-        }
-    }
 }

@@ -17,6 +17,11 @@ func runSubcommand(_ command: any Subcommand.Type, _ arguments: [String]) -> Int
             return 0
         }
         try command.run(parsed)
+        // The report went through stdout's buffer: a full disk or /dev/full shows only here.
+        if fflush(stdout) != 0 || ferror(stdout) != 0 {
+            printError("thinkv-sim \(name): cannot write to standard output (\(String(cString: strerror(errno))))")
+            return 1
+        }
         return 0
     } catch let error as UsageError {
         printError("thinkv-sim \(name): \(error.description)\nRun 'thinkv-sim \(name) --help' for usage.")
@@ -28,7 +33,7 @@ func runSubcommand(_ command: any Subcommand.Type, _ arguments: [String]) -> Int
 }
 
 func printError(_ message: String) {
-    FileHandle.standardError.write(Data((message + "\n").utf8))
+    StandardError.write(message + "\n")
 }
 
 /// Splits comma-separated and repeated option values: `--policy a,b --policy c` -> [a, b, c].

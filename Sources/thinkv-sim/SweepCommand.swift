@@ -28,7 +28,7 @@ enum SweepCommand: Subcommand {
     static func run(_ arguments: ParsedArguments) throws {
         // Options first: a usage mistake is exit 2 whatever the config.
         let shard = try arguments.value("shard").map(parseShard)
-        let threads = try arguments.int("threads", min: 1)
+        let threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         let stopAfter = try arguments.int("stop-after", min: 1)
         var config = try SweepConfig.load(path: arguments.positionals[0])
         if let threads { config.threads = threads }

@@ -56,7 +56,7 @@ enum SynthCommand: Subcommand {
         config.kvHeads = try arguments.int("kv-heads", default: config.kvHeads, min: 1)!
         config.headDim = try arguments.int("head-dim", default: config.headDim, min: 8)!
         config.seed = UInt64(try arguments.int("seed", default: Int(config.seed), min: 0)!)
-        config.threads = try arguments.int("threads", min: 1)
+        config.threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         if let raw = arguments.value("dtype") {
             guard let dtype = TraceDType(rawValue: raw) else { throw UsageError("--dtype must be float16 or float32, got '\(raw)'") }
             config.dtype = dtype

@@ -40,7 +40,7 @@ if name == "--version" {
     exit(0)
 }
 guard let command = commands.first(where: { $0.spec.name == name }) else {
-    FileHandle.standardError.write(Data("thinkv-sim: unknown command '\(name)'; run 'thinkv-sim --help'\n".utf8))
+    StandardError.write("thinkv-sim: unknown command '\(name)'" + Suggestions.hint(for: name, among: commands.map { $0.spec.name }) + "; run 'thinkv-sim --help'\n")
     exit(2)
 }
 exit(runSubcommand(command, Array(arguments.dropFirst())))

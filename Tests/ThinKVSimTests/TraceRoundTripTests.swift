@@ -35,6 +35,15 @@ final class TraceRoundTripTests: XCTestCase {
         for g in 0..<G { for h in 0..<Hkv { for j in (P + g + 1)..<T { attn[(g * Hkv + h) * T + j] = 0 } } }
         attn[0] = 1e-30
         attn[1] = .leastNonzeroMagnitude
+        // Rows of probabilities: each row scaled to sum to 1, the two tiny entries kept as they are.
+        for g in 0..<G {
+            for h in 0..<Hkv {
+                let base = (g * Hkv + h) * T
+                let fixed = base == 0 ? 2 : 0
+                let sum = attn[(base + fixed)..<(base + T)].reduce(0, +)
+                for j in (base + fixed)..<(base + T) { attn[j] /= sum }
+            }
+        }
         let path = directory.appendingPathComponent("f32.h5").path
         do {
             let writer = try TraceWriter(path: path, header: header)
@@ -192,6 +201,14 @@ final class TraceRoundTripTests: XCTestCase {
         let q = gaussian(T * Hq * D, seed: 12)
         var attn = gaussian(G * Hkv * T, seed: 13).map { abs($0) / 8 }  // |z| < 5.7 here: stays a probability
         for g in 0..<G { for h in 0..<Hkv { for j in (P + g + 1)..<T { attn[(g * Hkv + h) * T + j] = 0 } } }
+        // Each visible row normalised to sum to 1, as attention does.
+        for g in 0..<G {
+            for h in 0..<Hkv {
+                let base = (g * Hkv + h) * T
+                let sum = attn[base..<(base + T)].reduce(0, +)
+                for j in base..<(base + T) { attn[j] /= sum }
+            }
+        }
         let path = directory.appendingPathComponent("stream.h5").path
         let header = TraceHeader(model: "m", numLayers: 1, numQHeads: Hq, numKVHeads: Hkv, headDim: D, promptLength: P, numTokens: T)
         do {

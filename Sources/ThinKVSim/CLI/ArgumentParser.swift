@@ -104,10 +104,11 @@ public struct ParsedArguments: Sendable {
     public func all(_ name: String) -> [String] { values[name] ?? [] }
     public func flag(_ name: String) -> Bool { flags.contains(name) }
 
-    public func int(_ name: String, default fallback: Int? = nil, min lower: Int = Int.min) throws -> Int? {
+    public func int(_ name: String, default fallback: Int? = nil, min lower: Int = Int.min, max upper: Int = Int.max) throws -> Int? {
         guard let raw = value(name) else { return fallback }
-        guard let v = Int(raw), v >= lower else {
-            throw UsageError("--\(name) must be an integer\(lower > Int.min ? " ≥ \(lower)" : ""), got '\(raw)'")
+        guard let v = Int(raw), v >= lower, v <= upper else {
+            let range = lower > Int.min && upper < Int.max ? " in \(lower)...\(upper)" : lower > Int.min ? " ≥ \(lower)" : ""
+            throw UsageError("--\(name) must be an integer\(range), got '\(raw)'")
         }
         return v
     }

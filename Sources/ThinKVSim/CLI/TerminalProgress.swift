@@ -24,13 +24,13 @@ public final class TerminalProgress: ProgressReporting {
         let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
         let elapsed = now.timeIntervalSince(start)
         let line = String(format: "\r%@ [%@] %3.0f%% %@ %.1fs", label, bar, fraction * 100, detail, elapsed)
-        FileHandle.standardError.write(Data((line + "\u{1B}[K").utf8))
+        StandardError.write(line + "\u{1B}[K")
         drawn = true
     }
 
     public func finish() {
         guard enabled, drawn else { return }
-        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+        StandardError.write("\r\u{1B}[K")
         drawn = false
     }
 }

@@ -64,19 +64,41 @@ public protocol KeptEventSink: AnyObject, Sendable {
     func record(_ events: [KeptEvent])
 }
 
-/// Writes kept events as JSON lines to a file.
+/// Writes kept events as JSON lines to a file as they come (the file can be large). A regular
+/// file is written under a temporary name and renamed into place by `close()`, so a failed run
+/// leaves what was there; devices, FIFOs and "-" (stdout) are written straight through. Write
+/// errors are kept and thrown by `close()`.
 public final class KeptEventFileWriter: KeptEventSink, @unchecked Sendable {
-    private let handle: FileHandle
+    private let fd: Int32
     private let lock = NSLock()
     public let path: String
+    /// The temporary file renamed over `path` on success (regular files only).
+    private let temporary: String?
+    private var failure: Error?
+    private var closed = false
 
     public init(path: String) throws {
         self.path = path
-        guard FileManager.default.createFile(atPath: path, contents: nil),
-              let handle = FileHandle(forWritingAtPath: path) else {
-            throw PolicyError("\(path): cannot create the --kept file")
+        try OutputFile.checkWritable(path)
+        if path == OutputFile.standardOutput || OutputFile.isStandardOutput(URL(fileURLWithPath: path).standardizedFileURL.path) {
+            fd = STDOUT_FILENO
+            temporary = nil
+            return
         }
-        self.handle = handle
+        let target = URL(fileURLWithPath: path).standardizedFileURL.path
+        if let kind = OutputFile.fileKind(target), kind != S_IFREG || OutputFile.linkKind(target) == S_IFLNK {
+            fd = open(target, O_WRONLY | O_CLOEXEC | (kind == S_IFREG ? O_TRUNC : 0))
+            temporary = nil
+        } else {
+            var template = Array((target + ".tmp-XXXXXX").utf8CString)
+            fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+            temporary = fd >= 0 ? String(cString: template) : nil
+        }
+        guard fd >= 0 else { throw OutputError("\(path): cannot create the --kept file (\(String(cString: strerror(errno))))") }
+    }
+
+    deinit {
+        if !closed, let temporary { Foundation.close(fd); unlink(temporary) }
     }
 
     public func record(_ events: [KeptEvent]) {
@@ -85,13 +107,30 @@ public final class KeptEventFileWriter: KeptEventSink, @unchecked Sendable {
         for e in events { text += e.jsonLine + "\n" }
         lock.lock()
         defer { lock.unlock() }
-        handle.write(Data(text.utf8))
+        guard failure == nil else { return }
+        do { try OutputFile.writeAll(Data(text.utf8), to: fd, path: path) } catch { failure = error }
     }
 
-    public func close() {
+    /// Finishes the file: renames it into place, or removes it and throws the first write error.
+    public func close() throws {
         lock.lock()
         defer { lock.unlock() }
-        try? handle.close()
+        guard !closed else { return }
+        closed = true
+        if fd != STDOUT_FILENO { Foundation.close(fd) }
+        if let failure {
+            if let temporary { unlink(temporary) }
+            throw failure
+        }
+        if let temporary {
+            let mask = umask(0)
+            umask(mask)
+            chmod(temporary, 0o666 & ~mask)
+            guard rename(temporary, URL(fileURLWithPath: path).standardizedFileURL.path) == 0 else {
+                unlink(temporary)
+                throw OutputError("\(path): cannot replace (\(String(cString: strerror(errno))))")
+            }
+        }
     }
 }
 

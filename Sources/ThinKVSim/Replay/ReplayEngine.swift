@@ -157,6 +157,7 @@ public final class ReplayEngine {
         guard decodeSteps > 0 else {
             throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
         }
+        try TraceLimits.checkReplayMemory(header, file: reader.path, policies: configuration.policies.count, chunkSteps: configuration.chunkSteps)
 
         if let given = preparedValues, given.count != configuration.policies.count {
             throw PolicyError("replay: \(given.count) prepared values for \(configuration.policies.count) policies")
@@ -338,6 +339,11 @@ public final class ReplayEngine {
         }
         for c in 0..<chunkCount {
             let chunk = chunks[c % 2]
+            // Finite q and k can still overflow float32 in q·k: refuse rather than report NaN.
+            if info.hasQueriesAndKeys, let bad = chunk.logSumExp.prefix(chunk.stepCount * header.numQHeads).firstIndex(where: { !$0.isFinite }) {
+                throw TraceError(file: reader.path, object: "/layers/\(info.index)",
+                                 "attention logits overflow float32 at decode step \(chunk.firstStep + bad / header.numQHeads), query head \(bad % header.numQHeads) (q·k too large)")
+            }
             let next = try load(c + 1)
             let first = chunk.firstStep, steps = chunk.stepCount
             let prefetch = info.hasQueriesAndKeys && c + 2 < chunkCount ? c + 2 : nil

@@ -63,10 +63,12 @@ public struct SweepConfig: Sendable, Equatable {
     public var kvPercents: [Double] = []
     /// The KV figure the targets match (`kv_match`).
     public var kvMatch: MemoryStatistic = .mean
+    /// Most runs a grid may expand to (`max_runs`): a typo of a few bytes can ask for millions.
+    public var maxRuns = 10_000
 
     public static let topLevelKeys = ["comment", "name", "traces", "policies", "parameters", "output", "step_csv_dir", "metrics",
                                       "layers", "steps", "topk", "paging", "block_size", "threads", "batch",
-                                      "kv_percent", "kv_match"]
+                                      "kv_percent", "kv_match", "max_runs"]
     public static let policyKeys = ["comment", "policy", "parameters"]
     public static let traceKeys = ["comment", "path", "parameters"]
 
@@ -92,12 +94,19 @@ public struct SweepConfig: Sendable, Equatable {
             }
             throw describe(error, file: file)
         }
+        if let duplicate = JSONDuplicateKeys.first(in: data) {
+            throw SweepConfigError(file: file, "key '\(duplicate.key)' appears twice in one object (line \(duplicate.line)); JSON keeps only one of them")
+        }
         var config = SweepConfig(
             file: file, name: raw.name, traces: raw.traces, policies: raw.policies, sharedParameters: raw.parameters,
             output: raw.output, stepCSVDirectory: raw.stepCSVDirectory, metrics: raw.metrics ?? SweepColumns.metricNames,
             layers: raw.layers, steps: raw.steps, topK: raw.topK ?? 32, paging: raw.paging ?? [.ct],
             blockSizes: raw.blockSizes ?? [nil], threads: raw.threads, batch: raw.batch)
         config.kvPercents = raw.kvPercents ?? []
+        if let maxRuns = raw.maxRuns {
+            guard maxRuns >= 1 else { throw SweepConfigError(file: file, path: "max_runs", "must be at least 1, got \(maxRuns)") }
+            config.maxRuns = maxRuns
+        }
         config.kvMatch = raw.kvMatch ?? .mean
         try config.check()
         config.metrics = SweepColumns.metricNames.filter { config.metrics.contains($0) }  // canonical order
@@ -163,10 +172,14 @@ public struct SweepConfig: Sendable, Equatable {
         }
         if let layers, layers.isEmpty { throw fail("layers", "lists no layer") }
         if let steps, steps < 1 { throw fail("steps", "must be at least 1, got \(steps)") }
-        if topK < 1 { throw fail("topk", "must be at least 1, got \(topK)") }
-        if let threads, threads < 1 { throw fail("threads", "must be at least 1, got \(threads)") }
+        if topK < 1 || topK > TraceLimits.maxTopK { throw fail("topk", "must be in 1...\(TraceLimits.maxTopK), got \(topK)") }
+        if let threads, threads < 1 || threads > TraceLimits.maxThreads {
+            throw fail("threads", "must be in 1...\(TraceLimits.maxThreads), got \(threads)")
+        }
         if let batch, batch < 1 { throw fail("batch", "must be at least 1, got \(batch)") }
-        for case let size? in blockSizes where size < 1 { throw fail("block_size", "must be at least 1, got \(size)") }
+        for case let size? in blockSizes where size < 1 || size > TraceLimits.maxBlockSize {
+            throw fail("block_size", "must be in 1...\(TraceLimits.maxBlockSize), got \(size)")
+        }
         if output.isEmpty { throw fail("output", "is empty") }
         for (i, p) in kvPercents.enumerated() where !(p > 0 && p <= 100) {
             throw fail("kv_percent[\(i)]", "must be in (0, 100], got \(p)")
@@ -412,6 +425,7 @@ struct RawConfig: Decodable {
     let batch: Int?
     let kvPercents: [Double]?
     let kvMatch: MemoryStatistic?
+    let maxRuns: Int?
 
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
@@ -453,6 +467,7 @@ struct RawConfig: Decodable {
         }
         threads = try c.optional(Int.self, "threads")
         batch = try c.optional(Int.self, "batch")
+        maxRuns = try c.optional(Int.self, "max_runs")
         kvPercents = try c.optional(OneOrMany<Double>.self, "kv_percent")?.values
         if kvPercents?.isEmpty == true { throw fail("kv_percent", "lists no value") }
         if let raw = try c.optional(String.self, "kv_match") {

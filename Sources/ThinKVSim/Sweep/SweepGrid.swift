@@ -85,6 +85,20 @@ public struct SweepGrid: Sendable {
             return out
         }
 
+        // Count the grid before building it: a few bytes of config can ask for millions of runs.
+        var planned = 0.0
+        for trace in traces {
+            for i in config.policies.indices {
+                let values = config.resolvedParameters(of: i, trace: entryOf[trace]!)
+                let combinations = values.values.reduce(1.0) { $0 * Double(max($1.count, 1)) }
+                let targets = config.kvPercents.isEmpty ? 1 : Double(config.kvPercents.count)
+                planned += combinations * targets * Double(config.paging.count) * Double(config.blockSizes.count)
+            }
+        }
+        if planned > Double(config.maxRuns) {
+            throw SweepConfigError(file: config.file, path: "max_runs",
+                                   String(format: "the grid expands to %.0f runs, more than max_runs (%d); raise max_runs in the config to run it", planned, config.maxRuns))
+        }
         var runs: [SweepRun] = []
         var seen: [String: Int] = [:]  // key -> policy entry
         for trace in traces {

@@ -165,3 +165,35 @@ func unavailableFilter(_ dataset: hid_t) -> (id: Int32, name: String)? {
     }
     return nil
 }
+
+/// Why reading a dataset in full would be unsafe: its declared size is far larger than what the
+/// file stores (a compression bomb, or a sparse dataset of unwritten chunks that reads as fill
+/// values), or one of its chunks, read whole, is too large. nil when it is safe.
+func storageProblem(_ dataset: hid_t, shape: [Int], elementBytes: Int) -> String? {
+    guard let elements = TraceLimits.product(shape), let logical = TraceLimits.product([elements, elementBytes]) else {
+        return "declared shape \(shape) overflows"
+    }
+    guard logical > 0 else { return nil }
+    let stored = Double(H5Dget_storage_size(dataset))
+    if stored == 0 {
+        return "declares \(logical) bytes but stores none (unwritten chunks)"
+    }
+    let ratio = Double(logical) / stored
+    if ratio > TraceLimits.maxInflation {
+        return String(format: "declares %d bytes but stores %.0f (%.0f× larger, the limit is %.0f×: a compression bomb or sparse dataset; THINKV_MAX_INFLATION raises it)",
+                      logical, stored, ratio, TraceLimits.maxInflation)
+    }
+    let plist = H5Dget_create_plist(dataset)
+    guard plist >= 0 else { return nil }
+    defer { H5Pclose(plist) }
+    guard H5Pget_layout(plist) == H5D_CHUNKED else { return nil }
+    var dims = [hsize_t](repeating: 0, count: max(shape.count, 1))
+    let rank = H5Pget_chunk(plist, Int32(dims.count), &dims)
+    guard rank > 0 else { return nil }
+    let chunk = dims.prefix(Int(rank)).reduce(Double(elementBytes)) { $0 * Double($1) }
+    if chunk > TraceLimits.maxChunkBytes {
+        return String(format: "has chunks of %.0f MiB once decompressed (limit %.0f MiB; THINKV_MAX_CHUNK_MB raises it)",
+                      chunk / 1_048_576, TraceLimits.maxChunkBytes / 1_048_576)
+    }
+    return nil
+}

@@ -26,11 +26,14 @@ public final class TraceReader {
             TraceError(file: name, object: object, problem)
         }
 
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw fail(nil, "no such file")
+        // stat first: a FIFO or device given as the trace would block or stream forever in open.
+        switch OutputFile.fileKind(path) {
+        case nil: throw fail(nil, "no such file")
+        case S_IFDIR?: throw fail(nil, "is a directory, not a trace file")
+        case S_IFREG?: break
+        case S_IFIFO?: throw fail(nil, "is a FIFO (named pipe), not a trace file; HDF5 needs a regular file it can seek in")
+        default: throw fail(nil, "is not a regular file (a device or socket); give the path of an HDF5 trace file")
         }
-        guard !isDirectory.boolValue else { throw fail(nil, "is a directory, not a trace file") }
         guard FileManager.default.isReadableFile(atPath: path) else { throw fail(nil, "not readable (permission denied)") }
 
         let opened: hid_t = HDF5.withLibrary {
@@ -253,6 +256,7 @@ public final class TraceReader {
         for (i, row) in rows.enumerated() {
             for head in 0..<H {
                 let base = (i * H + head) * T
+
                 for j in 0..<T {
                     let x = values[base + j]
                     if x < 0 || x > ceiling {
@@ -263,6 +267,13 @@ public final class TraceReader {
                         throw TraceError(file: displayName, object: object,
                                          "row \(row), head \(head) gives weight \(x) to position \(j), after its own position \(P + row); entries after P+g must be 0")
                     }
+                }
+                // A probability row sums to 1 (float16 storage leaves ~1e-3 of rounding).
+                var sum: Double = 0
+                for j in 0..<T { sum += Double(values[base + j]) }
+                if abs(sum - 1) > 0.01 {
+                    throw TraceError(file: displayName, object: object,
+                                     String(format: "row %d, head %d sums to %.4g, not 1: not attention probabilities", row, head, sum))
                 }
             }
         }
@@ -333,6 +344,9 @@ public final class TraceReader {
             }
             let type = try H5Handle(H5Dget_type(dataset.id), .datatype, "")
             let cls = H5ElementClass.of(type: type.id)
+            if kind != .string, let problem = storageProblem(dataset.id, shape: actual, elementBytes: max(1, H5Tget_size(type.id))) {
+                throw fail(object, problem)
+            }
             switch (kind, cls) {
             case (.integer, .integer), (.string, .string): return true
             case (.float, .float(let bytes)) where bytes == 2 || bytes == 4: return true
@@ -361,7 +375,11 @@ public final class TraceReader {
                     fail(object, [attribute, problem].compactMap { $0 }.joined(separator: " "))
                 }.string("heads")
                 try checkFilters(dataset.id, object, fail: fail)
-                return (try dataspaceShape(space.id), H5ElementClass.of(type: type.id), heads)
+                let shape = try dataspaceShape(space.id)
+                if let problem = storageProblem(dataset.id, shape: shape, elementBytes: max(1, H5Tget_size(type.id))) {
+                    throw fail(object, problem)
+                }
+                return (shape, H5ElementClass.of(type: type.id), heads)
             }
             guard let found else { continue }
             let dtype: TraceDType
