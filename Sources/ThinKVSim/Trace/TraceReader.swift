@@ -35,6 +35,7 @@ public final class TraceReader {
         default: throw fail(nil, "is not a regular file (a device or socket); give the path of an HDF5 trace file")
         }
         guard FileManager.default.isReadableFile(atPath: path) else { throw fail(nil, "not readable (permission denied)") }
+        try TraceReader.probeInChild(path: path, fail: fail)
 
         let opened: hid_t = HDF5.withLibrary {
             H5Fopen(path, thinkv_H5F_ACC_RDONLY(), HDF5.defaultProperties)
@@ -129,6 +130,59 @@ public final class TraceReader {
     }
 
     public var recordedLayerIndices: [Int] { layers.map(\.index) }
+
+    // MARK: Isolation
+
+    /// Set in the child of `probeInChild`, which must not probe again.
+    nonisolated(unsafe) private static var isProbeChild = false
+
+    /// Seconds the metadata probe may take (THINKV_PROBE_SECONDS overrides).
+    static var probeSeconds: Double {
+        ProcessInfo.processInfo.environment["THINKV_PROBE_SECONDS"].flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 60
+    }
+
+    /// Opens the file and reads its metadata and token datasets in a forked child first: on a
+    /// damaged file the HDF5 library itself can crash (corrupt variable-length strings) or loop
+    /// forever (corrupt metadata), which no check in this process could survive. The child's
+    /// death or a timeout becomes a one-line error; a child that fails cleanly is left to the
+    /// parent, which meets the same problem and reports it with its usual message.
+    private static func probeInChild(path: String, fail: (String?, String) -> TraceError) throws {
+        guard !isProbeChild, ProcessInfo.processInfo.environment["THINKV_NO_PROBE"] == nil else { return }
+        // Anything buffered would be written twice, once by each process.
+        fflush(stdout)
+        fflush(stderr)
+        let pid = fork()
+        if pid < 0 { return }  // cannot fork: read without the safety net
+        if pid == 0 {
+            isProbeChild = true
+            // Quiet: the parent reports. Exit 0 whether the file is good or cleanly refused.
+            let devnull = open("/dev/null", O_WRONLY)
+            if devnull >= 0 { dup2(devnull, STDERR_FILENO); dup2(devnull, STDOUT_FILENO) }
+            if let reader = try? TraceReader(path: path) {
+                _ = try? reader.readTokenIDs()
+                _ = try? reader.readThoughtLabels()
+                _ = try? reader.readTokenText()
+            }
+            _exit(0)
+        }
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(probeSeconds)
+        while true {
+            let done = waitpid(pid, &status, WNOHANG)
+            if done == pid { break }
+            if done < 0 && errno != EINTR { return }
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                throw fail(nil, String(format: "reading its metadata did not finish in %.0f s (a damaged HDF5 file can send the library into an endless loop); THINKV_PROBE_SECONDS raises the limit", probeSeconds))
+            }
+            usleep(2_000)
+        }
+        let signal = status & 0x7f
+        if signal != 0 {
+            throw fail(nil, "damaged HDF5 file: reading its metadata or token datasets crashed the HDF5 library (signal \(signal))")
+        }
+    }
 
     public func layerInfo(_ index: Int) -> LayerInfo? { layers.first { $0.index == index } }
 
