@@ -91,8 +91,11 @@ enum ReplayCommand: Subcommand {
 
     static func report(_ result: ReplayResult, _ arguments: ParsedArguments, input path: String) throws {
         // Notes change how results read (e.g. thresholds calibrated on the trace itself): say them
-        // on stderr too, where a script that keeps only --json or the CSV still shows them.
-        for note in result.notes { StandardError.write("note: \(note)\n") }
+        // on stderr too, where a script that keeps only --json or the CSV still shows them (the
+        // text report on a terminal already ends with them).
+        if arguments.flag("json") || isatty(STDOUT_FILENO) == 0 {
+            for note in result.notes { StandardError.write("note: \(note)\n") }
+        }
         if let csvPath = arguments.value("csv") {
             try OutputFile.write(ReplayReport.stepCSV(result), to: csvPath, protecting: [path])
         }
