@@ -26,11 +26,23 @@ func topLevelHelp() -> String {
     let width = commands.map { $0.spec.name.count }.max() ?? 0
     for c in commands { lines.append("  " + c.spec.name.padding(toLength: width + 2, withPad: " ", startingAt: 0) + c.spec.abstract) }
     lines += ["", "Run 'thinkv-sim <command> --help' for a command's options.",
+              "--progress auto|bar|plain|none (any command): a bar on a terminal, else a line every 10 s (auto), or none.",
               "Exit status: 0 success, 1 bad input or failed run, 2 usage error."]
     return lines.joined(separator: "\n")
 }
 
-let arguments = Array(CommandLine.arguments.dropFirst())
+var arguments = Array(CommandLine.arguments.dropFirst())
+// --progress auto|plain|none applies to every command, so it is taken here.
+if let i = arguments.firstIndex(where: { $0 == "--progress" || $0.hasPrefix("--progress=") }) {
+    let inline = arguments[i].hasPrefix("--progress=") ? String(arguments[i].dropFirst("--progress=".count)) : nil
+    let raw = inline ?? (i + 1 < arguments.count ? arguments[i + 1] : "")
+    guard let mode = TerminalProgress.Mode(rawValue: raw) else {
+        StandardError.write("thinkv-sim: --progress must be auto, bar, plain or none, got '\(raw)'\n")
+        exit(2)
+    }
+    TerminalProgress.mode = mode
+    arguments.removeSubrange(i..<(inline == nil ? min(i + 2, arguments.count) : i + 1))
+}
 guard let name = arguments.first, !["-h", "--help", "help"].contains(name) else {
     print(topLevelHelp())
     exit(arguments.isEmpty ? 2 : 0)

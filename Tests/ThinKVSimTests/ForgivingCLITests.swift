@@ -74,4 +74,20 @@ final class ForgivingCLITests: XCTestCase {
         XCTAssertEqual(parameters["budget"] as? Int, 12)
         XCTAssertTrue(outcome.stdout.contains("\"budget\" : 12"), "a number, not a string")
     }
+
+    func testProgressIsPlainLinesInLogsAndCanBeSilenced() throws {
+        let path = try trace()
+        setenv("THINKV_PROGRESS_SECONDS", "0", 1)
+        defer { unsetenv("THINKV_PROGRESS_SECONDS") }
+        // stderr is a file here, not a terminal: auto means plain lines.
+        let plain = try run(["replay", path, "--policy", "h2o", "--budget", "8"])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        XCTAssertTrue(plain.stderr.contains("progress: replay"), plain.stderr)
+        XCTAssertFalse(plain.stderr.contains("\r"), "no terminal redraws in a log")
+        let none = try run(["replay", path, "--policy", "h2o", "--budget", "8", "--progress", "none"])
+        XCTAssertEqual(none.status, 0, none.stderr)
+        XCTAssertFalse(none.stderr.contains("progress:"), none.stderr)
+        let bad = try run(["replay", path, "--progress=loud"])
+        XCTAssertEqual(bad.status, 2)
+    }
 }
