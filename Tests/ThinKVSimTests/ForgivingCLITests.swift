@@ -73,6 +73,22 @@ final class ForgivingCLITests: XCTestCase {
         let parameters = run["parameters"] as! [String: Any]
         XCTAssertEqual(parameters["budget"] as? Int, 12)
         XCTAssertTrue(outcome.stdout.contains("\"budget\" : 12"), "a number, not a string")
+
+        // Labels shorten paths to file names; the per-step CSV has every parameter as a column.
+        let calibration = directory.appendingPathComponent("deep/er/cal.json")
+        try FileManager.default.createDirectory(at: calibration.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try JSONEncoder().encode(ThoughtThresholds(theta1: 0.2, theta2: 0.8, layers: [0])).write(to: calibration)
+        let csv = directory.appendingPathComponent("steps.csv").path
+        let labelled = try self.run(["replay", path, "--policy", "h2o,thinkv", "--budget", "12", "--recent", "4", "--calibration", calibration.path,
+                                "--csv", csv, "--steps", "3"])
+        XCTAssertEqual(labelled.status, 0, labelled.stderr)
+        XCTAssertTrue(labelled.stdout.contains("thinkv(budget=12,calibration=cal.json,recent=4)"), labelled.stdout)
+        let table = try CSVTable.read(path: csv).table
+        let budget = try XCTUnwrap(table.index(of: "budget")), name = try XCTUnwrap(table.index(of: "policy_name"))
+        let theta = try XCTUnwrap(table.index(of: "r-bits"))
+        XCTAssertEqual(Set(table.rows.map { $0[budget] }), ["12"])
+        XCTAssertEqual(Set(table.rows.map { $0[name] }), ["h2o", "thinkv"])
+        XCTAssertEqual(Set(table.rows.filter { $0[name] == "h2o" }.map { $0[theta] }), [""], "h2o has no r-bits")
     }
 
     func testProgressIsPlainLinesInLogsAndCanBeSilenced() throws {

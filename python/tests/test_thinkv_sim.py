@@ -32,6 +32,8 @@ def test_replay_steps_is_the_per_step_csv(sample):
     assert len(steps) == 2 * 1 * 10
     assert set(steps["layer"]) == {3}, "-1 is the last recorded layer"
     assert (steps[steps.policy == "full"]["attention_kl"] == 0).all()
+    # Parameters have columns of their own: no label parsing.
+    assert set(steps[steps.policy_name == "h2o"]["budget"]) == {64}
 
 
 def test_sweep_reads_its_results(tmp_path, sample):

@@ -63,9 +63,13 @@ public struct PolicySpec: Hashable, Sendable {
         hasher.combine(parameters)
     }
 
-    /// `h2o(budget=256,recent=64)`: the policy and the parameters given explicitly.
+    /// `h2o(budget=256,recent=64)`: the policy and the parameters given explicitly; a path
+    /// (a calibration file) is shortened to its file name, so tables stay readable.
     public var label: String {
-        let given = parameters.given.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        let given = parameters.given.sorted { $0.key < $1.key }.map { entry -> String in
+            let value = entry.value.contains("/") ? URL(fileURLWithPath: entry.value).lastPathComponent : entry.value
+            return "\(entry.key)=\(value)"
+        }
         return given.isEmpty ? name : "\(name)(\(given.joined(separator: ",")))"
     }
 

@@ -168,12 +168,23 @@ public enum ReplayReport {
     ]
 
     /// One row per (policy, layer, decode step); an unavailable output error is an empty cell.
+    /// After the fixed columns: `policy_name`, then every parameter of the chosen policies as a
+    /// column of its own (its effective value; empty for a policy without it), so a script need
+    /// not parse labels.
     public static func stepCSV(_ result: ReplayResult) -> String {
-        var out = stepColumns.joined(separator: ",") + "\n"
+        var names: [String] = []
+        for run in result.runs {
+            for (name, _) in run.spec.parameters.effective where !names.contains(name) { names.append(name) }
+        }
+        names.sort()
+        var out = (stepColumns + ["policy_name"] + names.map { stepColumns.contains($0) || $0 == "policy_name" ? "param_\($0)" : $0 })
+            .joined(separator: ",") + "\n"
         for run in result.runs {
             let label = csvField(run.spec.label)
+            let effective = Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) })
+            let suffix = "," + ([run.spec.name] + names.map { csvField(effective[$0] ?? "") }).joined(separator: ",") + "\n"
             for r in run.steps {
-                out += stepRow(label, r, match: run.memoryMatch)
+                out += stepRow(label, r, match: run.memoryMatch).dropLast() + suffix
             }
         }
         return out
