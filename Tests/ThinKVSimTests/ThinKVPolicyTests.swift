@@ -533,6 +533,26 @@ final class ThinKVPolicyTests: XCTestCase {
         }
     }
 
+    func testFiguresSayWhenThinKVRanWithTheSingleTypeFallback() throws {
+        let directory = try TestTraces.directory(self)
+        let single = directory.appendingPathComponent("single.json"), three = directory.appendingPathComponent("three.json")
+        try JSONEncoder().encode(ThoughtThresholds(theta1: 0, theta2: 1, layers: [0])).write(to: single)
+        try JSONEncoder().encode(ThoughtThresholds(theta1: 0.3, theta2: 0.8, layers: [0])).write(to: three)
+        let csv = directory.appendingPathComponent("r.csv")
+        try Data("""
+            trace,policy,label,calibration,budget,attention_kl
+            a.h5,thinkv,thinkv(budget=8),\(single.path),8,0.5
+            b.h5,thinkv,thinkv(budget=8),\(three.path),8,0.4
+            b.h5,h2o,h2o(budget=8),,8,0.3
+
+            """.utf8).write(to: csv)
+        let data = try PlotData(path: csv.path)
+        XCTAssertEqual(FidelityFigure.singleTypeCalibrations(data, rows: data.rows(of: "a.h5")), [single.path])
+        XCTAssertEqual(FidelityFigure.singleTypeCalibrations(data, rows: data.rows(of: "b.h5")), [])
+        XCTAssertTrue(FidelityFigure.subtitle(data, rows: data.rows(of: "a.h5"), extra: "x").contains("single-type fallback"))
+        XCTAssertFalse(FidelityFigure.subtitle(data, rows: data.rows(of: "b.h5"), extra: "x").contains("single-type"))
+    }
+
     func testBadParametersAreRefused() throws {
         let path = try trace(prompt: 4, "RRRRRRRR")
         func run(_ name: String, _ values: [String: String]) -> String {

@@ -28,7 +28,22 @@ public enum FidelityFigure {
             if let layers = data.cell(row, "layers") { parts.append(layers == "all" ? "all recorded layers" : "layers \(layers)") }
         }
         parts.append(extra)
+        if !singleTypeCalibrations(data, rows: rows).isEmpty {
+            parts.append("ThinKV: single-type fallback thresholds, one thought type")
+        }
         return parts.joined(separator: " · ")
+    }
+
+    /// The calibration files named in `rows` whose thresholds are the single-type fallback
+    /// (θ1 = 0, θ2 = 1): ThinKV then runs with one thought type, which a figure must say.
+    static func singleTypeCalibrations(_ data: PlotData, rows: [[String]]) -> [String] {
+        var files: [String] = []
+        for row in rows {
+            guard let path = data.cell(row, "calibration"), !path.isEmpty, !files.contains(path),
+                  let thresholds = try? ThoughtThresholds.load(path: path), thresholds.isSingleType else { continue }
+            files.append(path)
+        }
+        return files
     }
 
     static func letter(_ i: Int) -> String { "(\(Character(UnicodeScalar(97 + i)!)))" }

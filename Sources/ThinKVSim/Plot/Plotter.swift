@@ -51,6 +51,9 @@ public enum Plotter {
         for trace in data.traces {
             let name = data.shortName(trace)
             let rows = data.rows(of: trace)
+            for file in FidelityFigure.singleTypeCalibrations(data, rows: rows) {
+                outcome.notes.append("\(name): ThinKV's thresholds in \(file) are the single-type fallback (θ1 = 0, θ2 = 1): every step is one thought type")
+            }
             let numLayers = rows.first.flatMap { data.number($0, "num_layers") }.map { Int($0) }
             func write(_ figure: Figure?, _ kind: String, missing: String) throws {
                 guard let figure else {
