@@ -16,7 +16,7 @@ enum ValidateCommand: Subcommand {
             try reader.checkValues { progress.update(fraction: $0, detail: path) }
             progress.finish()
             let h = reader.header
-            print("\(path): ok (thinkv-trace v1, \(h.model), \(h.numTokens) tokens, layers \(reader.recordedLayerIndices.map(String.init).joined(separator: ",")))")
+            print("\(path): ok (thinkv-trace v1, \(Format.printable(h.model)), \(h.numTokens) tokens, layers \(reader.recordedLayerIndices.map(String.init).joined(separator: ",")))")
         }
     }
 }

@@ -289,4 +289,20 @@ final class HostileInputTests: XCTestCase {
         XCTAssertEqual(dup.status, 1)
         XCTAssertTrue(dup.stderr.contains("appears twice"), dup.stderr)
     }
+
+    /// Attribute text with newlines or terminal escape sequences is shown escaped, on one line.
+    func testAttributeTextIsEscapedWhenEchoed() throws {
+        let path = directory.appendingPathComponent("escapes.h5").path
+        try Data(validTrace()).write(to: URL(fileURLWithPath: path))
+        try HDF5Editor.edit(path) {
+            try $0.setAttribute("model", .string("evil\nmodel\u{1B}[2J"))
+            try $0.setAttribute("format", .string("thinkv-trace\u{1B}]0;x"))
+        }
+        let outcome = try run(["validate", path])
+        assertHandled(outcome, "escaped attribute")
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertTrue(outcome.stderr.contains("\\e]0;x"), outcome.stderr)
+        XCTAssertFalse(outcome.stderr.contains("\u{1B}"), "no raw escape reaches the terminal")
+        XCTAssertEqual(Format.printable("a\nb\u{1B}[2J\u{7}"), "a\\nb\\e[2J\\u{7}")
+    }
 }

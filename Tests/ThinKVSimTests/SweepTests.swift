@@ -402,9 +402,21 @@ final class SweepRunnerTests: XCTestCase {
         // Order of the inputs does not matter.
         let merged = try ShardMerge.merge(paths: paths.reversed())
         XCTAssertEqual(merged.render(), expected)
-        XCTAssertEqual(ShardMerge.gaps(merged), [])
+        XCTAssertEqual(ShardMerge.gaps(merged).count, 0)
+        XCTAssertEqual(ShardMerge.missingShards(paths), [])
         let incomplete = try ShardMerge.merge(paths: [paths[0], paths[2]])
-        XCTAssertFalse(ShardMerge.gaps(incomplete).isEmpty, "a missing middle shard shows as gaps")
+        XCTAssertGreaterThan(ShardMerge.gaps(incomplete).count, 0, "a missing middle shard shows as gaps")
+        // The last shard missing leaves no gap; the file names tell.
+        XCTAssertEqual(ShardMerge.gaps(try ShardMerge.merge(paths: [paths[0], paths[1]])).count, 0)
+        XCTAssertEqual(ShardMerge.missingShards([paths[0], paths[1]]), ["shard 2 of 3"])
+        let merge = { (arguments: [String]) in try CommandRunner.run(["merge"] + arguments, in: URL(fileURLWithPath: self.path(""))) }
+        let refused = try merge([paths[0], paths[1], "-o", path("m.csv")])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stderr.contains("shard 2 of 3") && refused.stderr.contains("--partial"), refused.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("m.csv")), "nothing written for an incomplete merge")
+        let partial = try merge([paths[0], paths[1], "-o", path("m.csv"), "--partial"])
+        XCTAssertEqual(partial.status, 0, partial.stderr)
+        XCTAssertTrue(partial.stderr.contains("partial"), partial.stderr)
     }
 
     func testMergeRefusesShardsOfDifferentConfigs() throws {

@@ -8,7 +8,7 @@ public enum ReplayReport {
         let h = result.header
         var out: [String] = []
         out.append("trace   \(result.tracePath)")
-        out.append("model   \(h.model): \(h.numLayers) layers, \(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads, head dim \(h.headDim)")
+        out.append("model   \(Format.printable(h.model)): \(h.numLayers) layers, \(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads, head dim \(h.headDim)")
         out.append("tokens  \(h.numTokens) (prompt \(h.promptLength), replayed \(result.decodeSteps) decode steps)")
         out.append("layers  \(result.layers.map(String.init).joined(separator: ", ")) (bytes extrapolated to all \(h.numLayers) layers)")
         out.append("")

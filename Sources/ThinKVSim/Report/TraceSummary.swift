@@ -105,14 +105,14 @@ public struct TraceSummary: Encodable, Sendable {
         var out: [String] = []
         out.append("trace      \(trace)")
         var origin = "thinkv-trace v1"
-        if let source = h.source { origin += ", \(source)" }
-        if let generator = h.generator { origin += ", written by \(generator)" }
+        if let source = h.source { origin += ", \(Format.printable(source))" }
+        if let generator = h.generator { origin += ", written by \(Format.printable(generator))" }
         if let seed = h.seed { origin += ", seed \(seed)" }
         out.append("format     \(origin)")
-        out.append("model      \(h.model): \(h.numLayers) layers, \(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads (group \(h.groupSize)), head dim \(h.headDim), softmax scale \(Format.fixed(Double(h.effectiveSoftmaxScale), 5))\(h.softmaxScale == nil ? " (default 1/sqrt(D))" : "")")
+        out.append("model      \(Format.printable(h.model)): \(h.numLayers) layers, \(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads (group \(h.groupSize)), head dim \(h.headDim), softmax scale \(Format.fixed(Double(h.effectiveSoftmaxScale), 5))\(h.softmaxScale == nil ? " (default 1/sqrt(D))" : "")")
         out.append("tokens     \(h.numTokens) = \(h.promptLength) prompt + \(h.generatedLength) generated")
         if let prompt = h.prompt {
-            let flat = prompt.replacingOccurrences(of: "\n", with: " ")
+            let flat = Format.printable(prompt.replacingOccurrences(of: "\n", with: " "))
             out.append("prompt     \"\(flat.count > 100 ? String(flat.prefix(97)) + "..." : flat)\"")
         }
         out.append("")

@@ -28,7 +28,7 @@ public enum ShardMerge {
                 merged = CSVTable(header: table.header)
             }
             for (i, row) in table.rows.enumerated() {
-                guard let id = Int(row[idColumn]), id >= 0 else {
+                guard let id = Int(row[idColumn]), id >= 0, id < maxRunID else {
                     throw CSVError("\(path): line \(i + 2): run_id '\(row[idColumn])' is not a grid index")
                 }
                 if let existing = byID[id] {
@@ -49,11 +49,39 @@ public enum ShardMerge {
         return out
     }
 
-    /// Run ids missing below the largest one present (a shard not run or not finished).
-    public static func gaps(_ table: CSVTable) -> [Int] {
-        guard let column = table.index(of: "run_id") else { return [] }
+    /// Run ids above this are not indices of any grid a sweep accepts.
+    public static let maxRunID = 100_000_000
+
+    /// How many run ids are missing below the largest one present (a shard not run or not
+    /// finished), and the first `shown` of them; work bounded by the rows, not by the ids.
+    public static func gaps(_ table: CSVTable, shown: Int = 10) -> (count: Int, first: [Int]) {
+        guard let column = table.index(of: "run_id") else { return (0, []) }
         let ids = Set(table.rows.compactMap { Int($0[column]) })
-        guard let top = ids.max() else { return [] }
-        return (0..<top).filter { !ids.contains($0) }
+        guard let top = ids.max() else { return (0, []) }
+        var first: [Int] = []
+        var i = 0
+        while first.count < shown && i < top {
+            if !ids.contains(i) { first.append(i) }
+            i += 1
+        }
+        return (top + 1 - ids.count, first)
+    }
+
+    /// Shards a set of file names says are missing: names like `x.shard-2-of-4.csv` (as
+    /// `sweep --shard` writes them) give each shard's index and the count.
+    public static func missingShards(_ paths: [String]) -> [String] {
+        var count: Int?, present = Set<Int>()
+        for path in paths {
+            let name = URL(fileURLWithPath: path).lastPathComponent
+            guard let range = name.range(of: #"shard-(\d+)-of-(\d+)"#, options: .regularExpression) else { continue }
+            let parts = name[range].split(separator: "-")
+            guard parts.count == 4, let i = Int(parts[1]), let n = Int(parts[3]), n > 0, n <= 100_000 else { continue }
+            count = max(count ?? 0, n)
+            present.insert(i)
+        }
+        guard let count else { return [] }
+        // Shards may be numbered from 0 or from 1.
+        let base = present.contains(0) ? 0 : 1
+        return (base..<(base + count)).filter { !present.contains($0) }.map { "shard \($0) of \(count)" }
     }
 }

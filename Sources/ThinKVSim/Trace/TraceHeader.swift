@@ -12,9 +12,10 @@ public struct TraceError: Error, CustomStringConvertible, Equatable {
         self.problem = problem
     }
 
+    /// One line, whatever the file put in its names and attributes.
     public var description: String {
-        if let object { return "\(file): \(object): \(problem)" }
-        return "\(file): \(problem)"
+        if let object { return Format.printable("\(file): \(object): \(problem)") }
+        return Format.printable("\(file): \(problem)")
     }
 }
 
