@@ -305,4 +305,30 @@ final class HostileInputTests: XCTestCase {
         XCTAssertFalse(outcome.stderr.contains("\u{1B}"), "no raw escape reaches the terminal")
         XCTAssertEqual(Format.printable("a\nb\u{1B}[2J\u{7}"), "a\\nb\\e[2J\\u{7}")
     }
+
+    /// Damaged results CSVs: counts that are not counts are refused; odd metrics are drawn.
+    func testPlotSurvivesDamagedCSVs() throws {
+        func csv(_ name: String, layers: String, steps: String, budget: String, kl: String) throws -> String {
+            let path = directory.appendingPathComponent(name).path
+            try Data("""
+                trace,model,num_layers,decode_steps,policy,label,budget,attention_kl_mean,kv_bytes_mean
+                t.h5,m,\(layers),\(steps),h2o,h2o(budget=8),\(budget),\(kl),1000
+                t.h5,m,4,100,h2o,h2o(budget=16),16,0.5,2000
+
+                """.utf8).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        for (n, (layers, steps, budget)) in [("nan", "100", "8"), ("-5", "100", "8"), ("4", "1e300", "8"), ("4", "100", "9223372036854775807")].enumerated() {
+            let o = try run(["plot", try csv("bad\(n).csv", layers: layers, steps: steps, budget: budget, kl: "0.3"),
+                             "-o", directory.appendingPathComponent("plots\(n)").path, "--format", "svg"])
+            assertHandled(o, "plot case \(n)")
+            XCTAssertEqual(o.status, 1)
+            XCTAssertTrue(o.stderr.contains("is not a count"), o.stderr)
+        }
+        for kl in ["nan", "inf", "-1e308", "1e300"] {
+            let o = try run(["plot", try csv("odd-\(kl).csv", layers: "4", steps: "100", budget: "8", kl: kl),
+                             "-o", directory.appendingPathComponent("odd-\(kl)").path, "--format", "svg"])
+            assertHandled(o, "plot kl \(kl)")
+        }
+    }
 }

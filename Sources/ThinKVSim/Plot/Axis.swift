@@ -89,7 +89,9 @@ public struct Axis: Sendable {
     /// padded by a fraction of a decade so that end points do not sit on the frame.
     public static func logarithmic(min: Double, max: Double, base: Double, title: String,
                                    label: (Double) -> String) -> Axis {
-        let lo = Swift.max(min, 1e-12), hi = Swift.max(max, lo)
+        // Non-finite or absurd extents (a damaged CSV) fall back to a unit range, never a trap.
+        var lo = Swift.max(min, 1e-12), hi = Swift.max(max, lo)
+        if !(lo.isFinite && hi.isFinite) || hi > 1e300 { lo = 1; hi = base }
         let a = Foundation.log(lo) / Foundation.log(base), b = Foundation.log(hi) / Foundation.log(base)
         let pad = Swift.max(0.12, (b - a) * 0.05)
         let lower = pow(base, a - pad), upper = pow(base, b + pad)

@@ -13,6 +13,10 @@ public struct PlotData {
     public let policies: [String]
 
     static let required = ["trace", "policy", "label"]
+    /// Columns holding counts or indices (sweep results and per-step CSVs).
+    static let integerColumns = ["run_id", "num_layers", "decode_steps", "budget", "matched_budget", "layer", "step", "position"]
+    /// Words such columns may hold instead of a number.
+    static let wordValues: Set<String> = ["all", "auto"]
     /// Replay options that may vary inside a policy (a layout sweep) and so split series.
     static let optionColumns = ["layers", "steps", "topk", "paging", "block_size"]
 
@@ -21,6 +25,16 @@ public struct PlotData {
         table = try CSVTable.read(path: path).table
         for column in Self.required where table.index(of: column) == nil {
             throw CSVError("\(path): no '\(column)' column; is this a 'thinkv-sim sweep' results file?")
+        }
+        // Counts and indices must be integers a trace can have: a damaged or hand-edited CSV
+        // (nan, -5, 1e300) is refused here, not turned into a trap or an endless axis later.
+        for column in Self.integerColumns {
+            guard let i = table.index(of: column) else { continue }
+            for (n, row) in table.rows.enumerated() where !row[i].isEmpty && !Self.wordValues.contains(row[i]) {
+                guard let value = Int(row[i]), value >= 0, value <= Int(Int32.max) else {
+                    throw CSVError("\(path): line \(n + 2): \(column) '\(Format.printable(row[i]))' is not a count between 0 and \(Int32.max)")
+                }
+            }
         }
         let header = table.header
         if let start = header.firstIndex(of: "label"), let end = header.firstIndex(of: "layers"), start < end {

@@ -21,8 +21,12 @@ public enum StepBytesFigure {
         }
         var steps = 0
         var layers = Set<String>()
-        for row in table.rows {
-            steps = max(steps, (Int(row[step]) ?? -1) + 1)
+        for (n, row) in table.rows.enumerated() {
+            // Every step has a row per layer: a step beyond the row count is a damaged file.
+            guard let s = Int(row[step]), s >= 0, s < table.rows.count else {
+                throw CSVError("\(path): line \(n + 2): step '\(Format.printable(row[step]))' is not a decode step of this file")
+            }
+            steps = max(steps, s + 1)
             layers.insert(row[layer])
         }
         var out = StepSeries(attended: Array(repeating: 0, count: steps), full: Array(repeating: 0, count: steps),
