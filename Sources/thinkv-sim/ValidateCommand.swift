@@ -14,6 +14,7 @@ enum ValidateCommand: Subcommand {
             let progress = TerminalProgress(label: "validate")
             defer { progress.finish() }  // also on failure, so the error starts on a clean line
             try reader.checkValues { progress.update(fraction: $0, detail: path) }
+            try AttentionCrossCheck.check(reader)
             progress.finish()
             let h = reader.header
             print("\(path): ok (thinkv-trace v1, \(Format.printable(h.model)), \(h.numTokens) tokens, layers \(reader.recordedLayerIndices.map(String.init).joined(separator: ",")))")

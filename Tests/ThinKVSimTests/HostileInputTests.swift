@@ -331,4 +331,36 @@ final class HostileInputTests: XCTestCase {
             assertHandled(o, "plot kl \(kl)")
         }
     }
+
+    /// A layer recording attn beside q and k must agree with them: exact rows pass; the same
+    /// rows with two query heads swapped (still causal probabilities) are refused.
+    func testRecordedAttentionMustMatchQueriesAndKeys() throws {
+        let T = 20, P = 4, Hq = 2, D = 8, G = T - P
+        var layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: 1, D: D, seed: 12)
+        var attn = [Float](repeating: 0, count: G * Hq * T)
+        for g in 0..<G {
+            let p = P + g
+            for h in 0..<Hq {
+                var row = (0...p).map { j in (0..<D).reduce(Float(0)) { $0 + layer.q![(p * Hq + h) * D + $1] * layer.k![j * D + $1] } / Float(D).squareRoot() }
+                let m = row.max()!
+                row = row.map { expf($0 - m) }
+                let sum = row.reduce(0, +)
+                for j in 0...p { attn[(g * Hq + h) * T + j] = row[j] / sum }
+            }
+        }
+        layer.attn = attn
+        let good = try TestTraces.write(to: directory.appendingPathComponent("agree.h5"), T: T, P: P, Hq: Hq, Hkv: 1, D: D, layers: [layer])
+        XCTAssertEqual(try run(["validate", good]).status, 0)
+        for g in 0..<G {
+            for j in 0..<T { attn.swapAt((g * Hq) * T + j, (g * Hq + 1) * T + j) }
+        }
+        layer.attn = attn
+        let swapped = try TestTraces.write(to: directory.appendingPathComponent("swapped.h5"), T: T, P: P, Hq: Hq, Hkv: 1, D: D, layers: [layer])
+        for arguments in [["validate", swapped], ["replay", swapped]] {
+            let o = try run(arguments)
+            assertHandled(o, "swapped heads \(arguments[0])")
+            XCTAssertEqual(o.status, 1)
+            XCTAssertTrue(o.stderr.contains("q and k give"), o.stderr)
+        }
+    }
 }

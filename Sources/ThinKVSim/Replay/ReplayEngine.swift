@@ -158,6 +158,8 @@ public final class ReplayEngine {
             throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
         }
         try TraceLimits.checkReplayMemory(header, file: reader.path, policies: configuration.policies.count, chunkSteps: configuration.chunkSteps)
+        // Where a layer records attn beside q and k, the two must agree (sampled steps).
+        try AttentionCrossCheck.check(reader, layers: layers, samples: 4)
 
         if let given = preparedValues, given.count != configuration.policies.count {
             throw PolicyError("replay: \(given.count) prepared values for \(configuration.policies.count) policies")
