@@ -40,11 +40,14 @@ enum SweepCommand: Subcommand {
 
         if arguments.flag("dry-run") {
             let plan = try runner.plan()
+            let invalid = Dictionary(try runner.invalidRuns(plan.pending).map { ($0.run.id, $0.problem) }, uniquingKeysWith: { a, _ in a })
             var table = TextTable(headers: ["run_id", "status", "trace", "policy", "paging", "block"])
             for run in runner.runs {
-                table.add([String(run.id), plan.reusable[run.id] != nil ? "done" : "pending", run.trace, run.spec.label,
+                let status = plan.reusable[run.id] != nil ? "done" : invalid[run.id].map { "invalid: \($0)" } ?? "pending"
+                table.add([String(run.id), status, run.trace, run.spec.label,
                            run.layout.mode.rawValue, run.layout.blockSize.map(String.init) ?? "auto"])
             }
+            if !invalid.isEmpty { printError("thinkv-sim sweep: note: \(invalid.count) invalid run(s) (see status)") }
             print(table.render())
             print("\n\(runner.runs.count) run(s) in \(shard.map { "shard \($0.index)/\($0.count) of " } ?? "")a grid of \(grid.runs.count); \(plan.reusable.count) done, \(plan.pending.count) pending; output \(runner.outputPath)")
             return

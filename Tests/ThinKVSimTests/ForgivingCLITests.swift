@@ -106,4 +106,30 @@ final class ForgivingCLITests: XCTestCase {
         let bad = try run(["replay", path, "--progress=loud"])
         XCTAssertEqual(bad.status, 2)
     }
+
+    /// A sweep checks every grid point before replaying: all invalid points at once, or skipped.
+    func testSweepsListEveryInvalidGridPointAtOnce() throws {
+        let path = try trace()
+        func config(_ extra: String) throws -> String {
+            let file = directory.appendingPathComponent("grid\(extra.count).json")
+            try Data("""
+                {"traces": ["\(path)"], "output": "\(directory.path)/grid\(extra.count).csv", "steps": 4,
+                 "policies": ["h2o", {"policy": "snapkv", "parameters": {"window": [8]}}, "thinkv-tbe"],
+                 "parameters": {"budget": [6, 20], "theta1": [0.2], "theta2": [0.8]}\(extra)}
+                """.utf8).write(to: file)
+            return file.path
+        }
+        // snapkv needs budget > window (6 is not), thinkv-tbe needs budget ≥ sinks + recent (6 is not).
+        let strict = try run(["sweep", try config("")])
+        XCTAssertEqual(strict.status, 1, strict.stderr)
+        XCTAssertTrue(strict.stderr.contains("2 of the grid's runs are invalid"), strict.stderr)
+        XCTAssertTrue(strict.stderr.contains("snapkv") && strict.stderr.contains("thinkv-tbe"), "both named: \(strict.stderr)")
+        let dry = try run(["sweep", try config(""), "--dry-run"])
+        XCTAssertEqual(dry.status, 0, dry.stderr)
+        XCTAssertEqual(dry.stdout.components(separatedBy: "invalid:").count - 1, 2, dry.stdout)
+        let skipping = try run(["sweep", try config(", \"skip_invalid\": true")])
+        XCTAssertEqual(skipping.status, 0, skipping.stderr)
+        XCTAssertTrue(skipping.stderr.contains("skipping 2 invalid run(s)"), skipping.stderr)
+        XCTAssertTrue(skipping.stdout.contains("4 of 6 run(s)"), skipping.stdout)
+    }
 }

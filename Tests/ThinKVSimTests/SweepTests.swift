@@ -507,9 +507,9 @@ final class SweepRunnerTests: XCTestCase {
         let grid = try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "\#(output)", "policies": [{"policy": "streaming", "parameters": {"budget": [8, 4]}}]}"#,
                                          file: "combo.json")
         XCTAssertThrowsError(try SweepRunner(grid: grid).run()) { error in
-            XCTAssertTrue("\(error)".hasPrefix("combo.json: streaming: --sinks (4) must be below --budget (4)"), "\(error)")
+            XCTAssertTrue("\(error)".hasPrefix("combo.json: 1 of the grid's runs are invalid: run 1 (streaming(budget=4) on a.h5): streaming: --sinks (4) must be below --budget (4)"), "\(error)")
         }
-        XCTAssertFalse(FileManager.default.fileExists(atPath: output), "the failing engine run wrote no rows")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: output), "checked before any replay: no rows")
     }
 
     func testCSVReadsBackWithPythonsCSVModule() throws {

@@ -35,6 +35,10 @@ public protocol CachePolicy: AnyObject {
     /// `PolicySetup.prepared` (e.g. ThinKV's thought timeline, which averages the sparsity of
     /// several layers). Default: nothing.
     static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)?
+    /// A stand-in for `prepare`'s result, cheap to make, so that `init` can check a
+    /// configuration's parameters against a trace's shape without the work (sweeps check every
+    /// grid point first). Default nil.
+    static func validationPrepared(header: TraceHeader) -> (any Sendable)?
 
     /// When the cache compresses and what it may hold in between, in a few words for the
     /// report (e.g. R-KV: "every 128 positions; holds up to B+127"), so that equal token
@@ -64,6 +68,7 @@ extension CachePolicy {
     public static var readsAttention: Bool { true }
     public static func compressionCadence(_ parameters: PolicyParameters) -> String { "not stated" }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
+    public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {}

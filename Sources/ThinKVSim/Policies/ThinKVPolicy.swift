@@ -69,6 +69,11 @@ public class ThinKVPolicy: CachePolicy {
     /// The type of every decode step: complete before the replay, or (while the cache-sparsity
     /// classifier steps its own layers) appended one step ahead of the policy.
     public let thoughtTypes: ThoughtTypeLog
+
+    /// Every step reasoning: enough for `init` to check the parameters.
+    public class func validationPrepared(header: TraceHeader) -> (any Sendable)? {
+        ThoughtTimeline(types: Array(repeating: .reasoning, count: header.generatedLength), source: .labels)
+    }
     public let components: ThinKVComponents
     public let quantizerConfiguration: ThoughtGroupQuantizer.Configuration?
     public let budget: Int?

@@ -65,10 +65,12 @@ public struct SweepConfig: Sendable, Equatable {
     public var kvMatch: MemoryStatistic = .mean
     /// Most runs a grid may expand to (`max_runs`): a typo of a few bytes can ask for millions.
     public var maxRuns = 10_000
+    /// Skip grid points a policy refuses (`skip_invalid`) instead of refusing the sweep.
+    public var skipInvalid = false
 
     public static let topLevelKeys = ["comment", "name", "traces", "policies", "parameters", "output", "step_csv_dir", "metrics",
                                       "layers", "steps", "topk", "paging", "block_size", "threads", "batch",
-                                      "kv_percent", "kv_match", "max_runs"]
+                                      "kv_percent", "kv_match", "max_runs", "skip_invalid"]
     public static let policyKeys = ["comment", "policy", "parameters"]
     public static let traceKeys = ["comment", "path", "parameters"]
 
@@ -103,6 +105,7 @@ public struct SweepConfig: Sendable, Equatable {
             layers: raw.layers, steps: raw.steps, topK: raw.topK ?? 32, paging: raw.paging ?? [.ct],
             blockSizes: raw.blockSizes ?? [nil], threads: raw.threads, batch: raw.batch)
         config.kvPercents = raw.kvPercents ?? []
+        config.skipInvalid = raw.skipInvalid ?? false
         if let maxRuns = raw.maxRuns {
             guard maxRuns >= 1 else { throw SweepConfigError(file: file, path: "max_runs", "must be at least 1, got \(maxRuns)") }
             config.maxRuns = maxRuns
@@ -426,6 +429,7 @@ struct RawConfig: Decodable {
     let kvPercents: [Double]?
     let kvMatch: MemoryStatistic?
     let maxRuns: Int?
+    let skipInvalid: Bool?
 
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
@@ -468,6 +472,7 @@ struct RawConfig: Decodable {
         threads = try c.optional(Int.self, "threads")
         batch = try c.optional(Int.self, "batch")
         maxRuns = try c.optional(Int.self, "max_runs")
+        skipInvalid = try c.optional(Bool.self, "skip_invalid")
         kvPercents = try c.optional(OneOrMany<Double>.self, "kv_percent")?.values
         if kvPercents?.isEmpty == true { throw fail("kv_percent", "lists no value") }
         if let raw = try c.optional(String.self, "kv_match") {

@@ -142,9 +142,48 @@ public final class SweepRunner {
 
     // MARK: Running
 
+    /// Pending runs whose parameters their policy refuses on their trace (e.g. a budget not above
+    /// SnapKV's window), each with the policy's message, found without replaying anything.
+    public func invalidRuns(_ pending: [SweepRun]) throws -> [(run: SweepRun, problem: String)] {
+        var invalid: [(run: SweepRun, problem: String)] = []
+        var setups: [String: PolicySetup] = [:]
+        for run in pending where run.kvPercent == nil {
+            let setup: PolicySetup
+            if let known = setups[run.trace] {
+                setup = known
+            } else {
+                let reader = try TraceReader(path: run.trace)
+                let layer = (grid.config.layers?.first).flatMap(reader.layerInfo) ?? reader.layerInfo(reader.recordedLayerIndices[0])!
+                setup = PolicySetup(header: reader.header, layer: layer)
+                setups[run.trace] = setup
+            }
+            let prepared = PolicySetup(header: setup.header, layer: setup.layer, prepared: run.spec.type.validationPrepared(header: setup.header))
+            do {
+                _ = try run.spec.type.init(parameters: run.spec.parameters, setup: prepared)
+            } catch let error as PolicyError {
+                invalid.append((run, error.description))
+            }
+        }
+        return invalid
+    }
+
     public func run() throws -> SweepOutcome {
         let config = grid.config
-        let plan = try plan()
+        var plan = try plan()
+        // Every grid point is checked before any work: all mistakes at once, not one per hour.
+        let invalid = try invalidRuns(plan.pending)
+        if !invalid.isEmpty {
+            let lines = invalid.prefix(20).map { "run \($0.run.id) (\($0.run.spec.label) on \(URL(fileURLWithPath: $0.run.trace).lastPathComponent)): \($0.problem)" }
+            let more = invalid.count > 20 ? "; and \(invalid.count - 20) more" : ""
+            if config.skipInvalid {
+                let skipped = Set(invalid.map { $0.run.id })
+                plan.pending.removeAll { skipped.contains($0.id) }
+                note("skipping \(invalid.count) invalid run(s) (skip_invalid): " + lines.joined(separator: "; ") + more)
+            } else {
+                throw SweepConfigError(file: config.file, "\(invalid.count) of the grid's runs are invalid: " + lines.joined(separator: "; ") + more
+                                       + " (fix the values, or set \"skip_invalid\": true to run the rest)")
+            }
+        }
         if plan.droppedPartial { note("\(outputPath): last row was cut short (interrupted write); it is recomputed") }
         if plan.dropped > 0 {
             note("\(outputPath): dropping \(plan.dropped) row(s) that are not runs of this \(runs.count == grid.runs.count ? "sweep" : "shard")")
