@@ -32,7 +32,7 @@ POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi,thinkv,thinkv-tbq,thinkv-tbe
 PYTHON    ?= python3
 RECORDER_VENV ?= .venv-recorder
 
-.PHONY: all deps build run test bench sweep clean help recorder-venv test-recorder
+.PHONY: all deps build run test bench bench-torch sweep clean help recorder-venv test-recorder
 
 all: build
 
@@ -62,6 +62,11 @@ test: deps
 
 bench: build
 	$(RELEASE) bench
+
+# Optional peer run (tools/bench_torch.py): needs PyTorch, h5py and numpy in BENCH_PYTHON.
+BENCH_PYTHON ?= .venv-bench/bin/python
+bench-torch: bench
+	$(BENCH_PYTHON) tools/bench_torch.py .build/bench/synthetic-T8192-P512-H14x2-D128.h5 --budget 1024 --thinkv $(RELEASE)
 
 # Resumable: an interrupted `make sweep` continues where it stopped.
 sweep: build
