@@ -84,17 +84,6 @@ extension Kernels {
                 r += 1
             }
             #else
-            // 6 rows × 16 keys: 12 accumulators, 2 key loads and 1 broadcast fill 15 of the 16
-            // ymm registers; 12 fused multiply-adds per 2 loads where the 4-row tile does 8.
-            while r + 6 <= rows {
-                let q0 = queries + r * D, o0 = out + r * outStride
-                var j = blockStart
-                while j < blockEnd {
-                    scoresTile6(q0, D: D, panel: panels + j * D, scale: scale, o0 + j, outStride)
-                    j += 16
-                }
-                r += 6
-            }
             while r + 4 <= rows {
                 let q0 = queries + r * D, o0 = out + r * outStride
                 var j = blockStart
@@ -163,40 +152,6 @@ extension Kernels {
             }
             fold(o0, a00, a01, l, scale); fold(o1, a10, a11, l, scale)
             fold(o2, a20, a21, l, scale); fold(o3, a30, a31, l, scale)
-        }
-    }
-
-    /// 6 query rows (`D` apart) × 16 keys (two panels) of `scoresPanels`; row i goes to
-    /// `o + i·outStride`. Each output's bits are those of `scoresTile`'s.
-    @inline(__always)
-    private static func scoresTile6(_ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
-                                    _ o: UnsafeMutablePointer<Float>, _ outStride: Int) {
-        let second = panel + D * 8
-        let q1 = q + D, q2 = q1 + D, q3 = q2 + D, q4 = q3 + D, q5 = q4 + D
-        for l in 0..<8 {
-            var a00 = SIMD8<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00
-            var a20 = a00, a21 = a00, a30 = a00, a31 = a00
-            var a40 = a00, a41 = a00, a50 = a00, a51 = a00
-            var d = l
-            while d < D {
-                let k0 = load8(panel, d * 8), k1 = load8(second, d * 8)
-                let y0 = SIMD8<Float>(repeating: q[d])
-                multiplyAdd(&a00, y0, k0); multiplyAdd(&a01, y0, k1)
-                let y1 = SIMD8<Float>(repeating: q1[d])
-                multiplyAdd(&a10, y1, k0); multiplyAdd(&a11, y1, k1)
-                let y2 = SIMD8<Float>(repeating: q2[d])
-                multiplyAdd(&a20, y2, k0); multiplyAdd(&a21, y2, k1)
-                let y3 = SIMD8<Float>(repeating: q3[d])
-                multiplyAdd(&a30, y3, k0); multiplyAdd(&a31, y3, k1)
-                let y4 = SIMD8<Float>(repeating: q4[d])
-                multiplyAdd(&a40, y4, k0); multiplyAdd(&a41, y4, k1)
-                let y5 = SIMD8<Float>(repeating: q5[d])
-                multiplyAdd(&a50, y5, k0); multiplyAdd(&a51, y5, k1)
-                d += 8
-            }
-            fold(o, a00, a01, l, scale); fold(o + outStride, a10, a11, l, scale)
-            fold(o + 2 * outStride, a20, a21, l, scale); fold(o + 3 * outStride, a30, a31, l, scale)
-            fold(o + 4 * outStride, a40, a41, l, scale); fold(o + 5 * outStride, a50, a51, l, scale)
         }
     }
 
