@@ -103,6 +103,7 @@ def main():
     ap.add_argument("--layer", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--reference-only", action="store_true", help="skip the (slow, per-step Python) H2O loop")
     ap.add_argument("--thinkv", help="thinkv-sim binary: time `replay --policy full,h2o` on the same trace")
     args = ap.parse_args()
     try:
@@ -117,7 +118,8 @@ def main():
     with torch.inference_mode():
         reference(torch, q, k, v, P, scale, args.chunk)
         ref_seconds = time.perf_counter() - start
-        h2o(torch, q, k, v, P, scale, args.budget, args.budget // 2)
+        if not args.reference_only:
+            h2o(torch, q, k, v, P, scale, args.budget, args.budget // 2)
     seconds = time.perf_counter() - start
     flops = 4 * D * q.shape[1] * sum(p + 1 for p in range(P, T))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: reference {ref_seconds:.2f} s "
