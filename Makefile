@@ -37,7 +37,7 @@ PYTHON    ?= python3
 RECORDER_VENV ?= .venv-recorder
 PYTHON_VENV   ?= .venv-python
 
-.PHONY: all deps build run test test-python bench sweep clean help recorder-venv test-recorder
+.PHONY: all deps build run test test-python bench bench-torch sweep clean help recorder-venv test-recorder
 
 all: build
 
@@ -79,6 +79,11 @@ test-python:
 
 bench: build
 	$(RELEASE) bench
+
+# Optional peer run (tools/bench_torch.py): needs PyTorch, h5py and numpy in BENCH_PYTHON.
+BENCH_PYTHON ?= .venv-bench/bin/python
+bench-torch: bench
+	$(BENCH_PYTHON) tools/bench_torch.py .build/bench/synthetic-T8192-P512-H14x2-D128.h5 --budget 1024 --thinkv $(RELEASE)
 
 # Resumable: an interrupted `make sweep` continues where it stopped.
 sweep: build
