@@ -132,4 +132,24 @@ final class ForgivingCLITests: XCTestCase {
         XCTAssertTrue(skipping.stderr.contains("skipping 2 invalid run(s)"), skipping.stderr)
         XCTAssertTrue(skipping.stdout.contains("4 of 6 run(s)"), skipping.stdout)
     }
+
+    func testABudgetLargerThanTheTraceSaysItKeepsEverything() throws {
+        let path = try trace()
+        let outcome = try run(["replay", path, "--policy", "h2o", "--budget", "5000", "--json"])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        XCTAssertTrue(outcome.stderr.contains("h2o(budget=5000): the budget is at least the trace's 24 tokens, so it keeps everything"), outcome.stderr)
+    }
+
+    func testPlotRefusesABudgetTheResultsDoNotHave() throws {
+        let csv = directory.appendingPathComponent("r.csv")
+        try Data("""
+            trace,model,num_layers,decode_steps,policy,label,budget,attention_kl_mean,kv_bytes_mean
+            t.h5,m,4,100,h2o,h2o(budget=64),64,0.5,1000
+            t.h5,m,4,100,h2o,h2o(budget=128),128,0.3,2000
+
+            """.utf8).write(to: csv)
+        let outcome = try run(["plot", csv.path, "-o", directory.appendingPathComponent("p").path, "--budget", "100"])
+        XCTAssertEqual(outcome.status, 2)
+        XCTAssertTrue(outcome.stderr.contains("no run at that budget") && outcome.stderr.contains("64, 128"), outcome.stderr)
+    }
 }

@@ -47,6 +47,12 @@ public enum Plotter {
         } catch {
             throw CSVError("\(options.outputDirectory): cannot create directory (\(error.localizedDescription))")
         }
+        if let requested = options.budget {
+            let budgets = Set(data.table.rows.compactMap { data.number($0, "budget") })
+            guard budgets.contains(requested) else {
+                throw UsageError("--budget \(Int(requested)): no run at that budget (budgets in \(path): \(budgets.sorted().map { String(Int($0)) }.joined(separator: ", ")))")
+            }
+        }
         var stepCache: [String: StepBytesFigure.StepSeries] = [:]
         for trace in data.traces {
             let name = data.shortName(trace)

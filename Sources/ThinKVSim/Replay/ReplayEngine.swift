@@ -184,6 +184,11 @@ public final class ReplayEngine {
 
         let anyValues = layers.contains { reader.layerInfo($0)?.hasValues == true }
         var notes: [String] = []
+        for spec in configuration.policies where spec.type.parameters.contains(where: { $0.name == "budget" }) {
+            if let budget = spec.parameters.int("budget"), budget >= header.numTokens {
+                notes.append("\(spec.label): the budget is at least the trace's \(header.numTokens) tokens, so it keeps everything")
+            }
+        }
         for (spec, value) in zip(configuration.policies, prepared) {
             for note in (value as? ReplayNotes)?.replayNotes ?? [] where !notes.contains("\(spec.label): \(note)") {
                 notes.append("\(spec.label): \(note)")
