@@ -4,10 +4,12 @@ import ThinKVSim
 enum MergeCommand: Subcommand {
     static let spec = CommandSpec(
         name: "merge",
-        abstract: "join the results CSVs of a sweep's shards into one, ordered by run_id",
-        positionals: [("shard.csv...", "results of 'thinkv-sim sweep --shard', all from one config")],
+        abstract: "join a sweep's shard CSVs into one, or replays of one trace's layer shards into one report",
+        positionals: [("shard...", "results of 'thinkv-sim sweep --shard' (CSV), or of 'replay --layers ... --shard-state FILE'")],
         options: [
-            OptionDefinition("output", short: "o", value: "FILE", help: "merged CSV (required)"),
+            OptionDefinition("output", short: "o", value: "FILE", help: "merged CSV (required for sweep shards)"),
+            OptionDefinition("json", help: "replay shards: print the merged report as JSON"),
+            OptionDefinition("csv", value: "FILE", help: "replay shards: write the merged per-step CSV"),
             OptionDefinition("partial", help: "write what the shards hold even when some runs or shards are missing (exit 0)"),
         ],
         discussion: """
@@ -20,6 +22,20 @@ enum MergeCommand: Subcommand {
             """)
 
     static func run(_ arguments: ParsedArguments) throws {
+        if arguments.positionals.allSatisfy(isReplayShard) {
+            let shards = try arguments.positionals.map(ReplayShard.read)
+            let result = try ReplayShard.merge(shards, paths: arguments.positionals)
+            if let csv = arguments.value("csv") {
+                try OutputFile.write(ReplayReport.stepCSV(result), to: csv, protecting: arguments.positionals)
+            }
+            let report = arguments.flag("json") ? try ReplayReport.json(result) : ReplayReport.text(result)
+            if let output = arguments.value("output") {
+                try OutputFile.write(report + "\n", to: output, protecting: arguments.positionals)
+            } else {
+                print(report)
+            }
+            return
+        }
         guard let output = arguments.value("output") else { throw UsageError("--output FILE is required") }
         try OutputFile.checkWritable(output, protecting: arguments.positionals)
         let table = try ShardMerge.merge(paths: arguments.positionals)
@@ -37,5 +53,13 @@ enum MergeCommand: Subcommand {
         try OutputFile.write(table.render(), to: output, protecting: arguments.positionals)
         if !missing.isEmpty { printError("thinkv-sim merge: note: partial: \(missing.joined(separator: "; "))") }
         print("\(output): \(table.rows.count) row(s) from \(arguments.positionals.count) file(s)")
+    }
+
+    /// A file 'replay --shard-state' wrote (its JSON begins with the shard kind).
+    static func isReplayShard(_ path: String) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? handle.close() }
+        let head = (try? handle.read(upToCount: 4096)) ?? nil
+        return head.map { String(decoding: $0, as: UTF8.self).contains("\"\(ReplayShard.kind)\"") } ?? false
     }
 }

@@ -18,6 +18,7 @@ enum ReplayCommand: Subcommand {
             OptionDefinition("json", help: "print the report as JSON"),
             OptionDefinition("csv", value: "FILE", help: "write one row per (policy, layer, decode step) to FILE"),
             OptionDefinition("kept", value: "FILE", help: "write every compression event (kept positions) as JSON lines"),
+            OptionDefinition("shard-state", value: "FILE", help: "also write what 'thinkv-sim merge' needs to join replays of other --layers of this trace into one report"),
             OptionDefinition("kv-percent", value: "P", help: "compare at equal memory: find each policy's budget whose KV is P % of the full cache"),
             OptionDefinition("kv-bytes", value: "N", help: "as --kv-percent, with a target in bytes (all layers, metadata included)"),
             OptionDefinition("kv-match", value: "mean|peak", help: "the KV figure --kv-percent/--kv-bytes match", default: "mean"),
@@ -63,7 +64,7 @@ enum ReplayCommand: Subcommand {
             throw UsageError("--kept cannot be combined with a memory target (the search replays each policy several times)")
         }
         // Outputs are checked before the work: a missing directory fails now, not after the replay.
-        for option in ["csv", "kept"] {
+        for option in ["csv", "kept", "shard-state"] {
             if let output = arguments.value(option) { try OutputFile.checkWritable(output, protecting: [path]) }
         }
         let reader = try TraceReader(path: path)
@@ -90,6 +91,10 @@ enum ReplayCommand: Subcommand {
     }
 
     static func report(_ result: ReplayResult, _ arguments: ParsedArguments, input path: String) throws {
+        if let state = arguments.value("shard-state") {
+            let reader = try TraceReader(path: result.tracePath)
+            try ReplayShard(result, layersWithValues: result.layers.filter { reader.layerInfo($0)?.hasValues == true }).write(to: state)
+        }
         // Notes change how results read (e.g. thresholds calibrated on the trace itself): say them
         // on stderr too, where a script that keeps only --json or the CSV still shows them (the
         // text report on a terminal already ends with them).

@@ -65,6 +65,20 @@ public struct MemorySummary: Codable, Equatable, Sendable {
 
 /// Everything a report prints for one policy configuration.
 public struct RunSummary: Codable, Equatable, Sendable {
+    /// The summary of per-step records and samples gathered over `replayedLayers` layers, in
+    /// layer order (the engine's, and a layer-shard merge's: the same sums in the same order).
+    public static func of(records: [StepRecord], samples: MetricSamples, counters: [(name: String, value: Int)],
+                          numLayers: Int, replayedLayers: Int, anyValues: Bool) -> RunSummary {
+        RunSummary(
+            massRecall: MetricSummary(samples: samples.massRecall),
+            topKRecall: MetricSummary(samples: samples.topKRecall),
+            attentionKL: MetricSummary(samples: samples.attentionKL),
+            outputError: anyValues ? MetricSummary(samples: samples.outputError) : nil,
+            memory: MemorySummary(records: records, numLayers: numLayers, replayedLayers: replayedLayers),
+            thoughtBreakdown: ThoughtBreakdownSummary(records: records, numLayers: numLayers),
+            policyCounters: counters.isEmpty ? nil : Dictionary(counters.map { ($0.name, $0.value) }, uniquingKeysWith: +))
+    }
+
     public var massRecall: MetricSummary
     public var topKRecall: MetricSummary
     public var attentionKL: MetricSummary
@@ -77,12 +91,15 @@ public struct RunSummary: Codable, Equatable, Sendable {
     public var policyCounters: [String: Int]? = nil
 }
 
-/// Collects per-sample metric values while a run progresses.
-struct MetricSamples {
-    var massRecall: [Float] = []
-    var topKRecall: [Float] = []
-    var attentionKL: [Float] = []
-    var outputError: [Float] = []
+/// Collects per-sample metric values while a run progresses (kept with a run, so that layer
+/// shards of one replay merge into exactly the summaries of the whole).
+public struct MetricSamples: Codable, Equatable, Sendable {
+    public var massRecall: [Float] = []
+    public var topKRecall: [Float] = []
+    public var attentionKL: [Float] = []
+    public var outputError: [Float] = []
+
+    public init() {}
 
     mutating func reserve(_ n: Int, values: Bool) {
         massRecall.reserveCapacity(n)
@@ -91,7 +108,7 @@ struct MetricSamples {
         if values { outputError.reserveCapacity(n) }
     }
 
-    mutating func append(_ other: MetricSamples) {
+    public mutating func append(_ other: MetricSamples) {
         massRecall += other.massRecall
         topKRecall += other.topKRecall
         attentionKL += other.attentionKL

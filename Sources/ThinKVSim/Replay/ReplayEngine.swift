@@ -63,6 +63,9 @@ public struct PolicyRun: Sendable {
     public let blockSize: Int
     /// Set when the run's budget was chosen to meet a memory target (`MemoryMatcher`).
     public var memoryMatch: MemoryMatch? = nil
+    /// Every metric sample and the policy's counters, in layer order (`ReplayShard`).
+    public var samples = MetricSamples()
+    public var counters: [ReplayShard.Counter] = []
 }
 
 public struct ReplayResult: Sendable {
@@ -198,15 +201,13 @@ public final class ReplayEngine {
             notes.append("attention output error unavailable: the trace records no values (v)")
         }
         let runs = configuration.policies.enumerated().map { i, spec in
-            PolicyRun(spec: spec, steps: records[i], summary: RunSummary(
-                massRecall: MetricSummary(samples: samples[i].massRecall),
-                topKRecall: MetricSummary(samples: samples[i].topKRecall),
-                attentionKL: MetricSummary(samples: samples[i].attentionKL),
-                outputError: anyValues ? MetricSummary(samples: samples[i].outputError) : nil,
-                memory: MemorySummary(records: records[i], numLayers: header.numLayers, replayedLayers: layers.count),
-                thoughtBreakdown: ThoughtBreakdownSummary(records: records[i], numLayers: header.numLayers),
-                policyCounters: counters[i].isEmpty ? nil : Dictionary(counters[i].map { ($0.name, $0.value) }, uniquingKeysWith: +)),
+            var run = PolicyRun(spec: spec, steps: records[i], summary: RunSummary.of(
+                records: records[i], samples: samples[i], counters: counters[i], numLayers: header.numLayers,
+                replayedLayers: layers.count, anyValues: anyValues),
                 paging: configuration.layout(ofPolicy: i).mode, blockSize: configuration.effectiveBlockSize(ofPolicy: i))
+            run.samples = samples[i]
+            run.counters = counters[i].map { ReplayShard.Counter(name: $0.name, value: $0.value) }
+            return run
         }
         timing.wallSeconds = ReplayEngine.now() - started
         let sizes = configuration.policies.indices.map { configuration.effectiveBlockSize(ofPolicy: $0) }
