@@ -102,7 +102,8 @@ enum ReplayCommand: Subcommand {
             for note in result.notes { StandardError.write("note: \(note)\n") }
         }
         if let csvPath = arguments.value("csv") {
-            try OutputFile.write(ReplayReport.stepCSV(result), to: csvPath, protecting: [path])
+            let text = try TraceReader(path: result.tracePath).readTokenText()
+            try OutputFile.write(ReplayReport.stepCSV(result, tokenText: text), to: csvPath, protecting: [path])
         }
         print(arguments.flag("json") ? try ReplayReport.json(result) : ReplayReport.text(result))
     }

@@ -12,6 +12,7 @@ let commands: [any Subcommand.Type] = [
     BenchCommand.self,
     SweepCommand.self,
     MergeCommand.self,
+    LabelCommand.self,
     PlotCommand.self,
 ]
 

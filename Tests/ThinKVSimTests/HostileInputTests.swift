@@ -363,4 +363,16 @@ final class HostileInputTests: XCTestCase {
             XCTAssertTrue(o.stderr.contains("q and k give"), o.stderr)
         }
     }
+
+    /// The per-step CSV carries each step's token text when the trace records it.
+    func testPerStepCSVCarriesTokenText() throws {
+        let valid = directory.appendingPathComponent("text.h5").path
+        try Data(validTrace()).write(to: URL(fileURLWithPath: valid))
+        let csv = directory.appendingPathComponent("steps.csv").path
+        let outcome = try run(["replay", valid, "--steps", "2", "--csv", csv])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        let table = try CSVTable.read(path: csv).table
+        let column = try XCTUnwrap(table.index(of: "token_text"))
+        XCTAssertEqual(table.rows.prefix(2).map { $0[column] }, ["tok8 text", "tok9 text"], "prompt 8: step 0 is position 8")
+    }
 }

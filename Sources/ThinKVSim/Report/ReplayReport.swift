@@ -171,20 +171,25 @@ public enum ReplayReport {
     /// After the fixed columns: `policy_name`, then every parameter of the chosen policies as a
     /// column of its own (its effective value; empty for a policy without it), so a script need
     /// not parse labels.
-    public static func stepCSV(_ result: ReplayResult) -> String {
+    /// With `tokenText` (the trace's `/tokens/text`), a last `token_text` column gives the
+    /// decoded piece of each step's token (control characters escaped).
+    public static func stepCSV(_ result: ReplayResult, tokenText: [String]? = nil) -> String {
         var names: [String] = []
         for run in result.runs {
             for (name, _) in run.spec.parameters.effective where !names.contains(name) { names.append(name) }
         }
         names.sort()
-        var out = (stepColumns + ["policy_name"] + names.map { stepColumns.contains($0) || $0 == "policy_name" ? "param_\($0)" : $0 })
-            .joined(separator: ",") + "\n"
+        let text = tokenText.flatMap { $0.count == result.header.numTokens ? $0 : nil }
+        var out = (stepColumns + ["policy_name"] + names.map { stepColumns.contains($0) || $0 == "policy_name" ? "param_\($0)" : $0 }
+                   + (text == nil ? [] : ["token_text"])).joined(separator: ",") + "\n"
         for run in result.runs {
             let label = csvField(run.spec.label)
             let effective = Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) })
-            let suffix = "," + ([run.spec.name] + names.map { csvField(effective[$0] ?? "") }).joined(separator: ",") + "\n"
+            let suffix = "," + ([run.spec.name] + names.map { csvField(effective[$0] ?? "") }).joined(separator: ",")
             for r in run.steps {
                 out += stepRow(label, r, match: run.memoryMatch).dropLast() + suffix
+                if let text { out += "," + csvField(Format.printable(text[r.position])) }
+                out += "\n"
             }
         }
         return out

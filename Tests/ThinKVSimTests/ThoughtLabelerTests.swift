@@ -1,0 +1,29 @@
+import Foundation
+import XCTest
+@testable import ThinKVSim
+
+/// `thinkv-sim label`: a user's labels into /tokens/thought, then readable as the trace's labels.
+final class ThoughtLabelerTests: XCTestCase {
+    func testLabelsFromCSVBecomeTheTracesThoughtLabels() throws {
+        let directory = try TestTraces.directory(self)
+        let path = try TestTraces.write(to: directory.appendingPathComponent("l.h5"), T: 12, P: 4, Hq: 1, Hkv: 1, D: 8,
+                                        layers: [TestTraces.randomLayer(T: 12, Hq: 1, Hkv: 1, D: 8, seed: 2)])
+        XCTAssertNil(try TraceReader(path: path).readThoughtLabels())
+        let csv = directory.appendingPathComponent("labels.csv")
+        try Data("step,type\n0,R\n1,execution\n2,2\n# a comment\n7,t\n".utf8).write(to: csv)
+        let outcome = try CommandRunner.run(["label", path, "--from", csv.path], in: directory)
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        XCTAssertEqual(try TraceReader(path: path).readThoughtLabels(), [-1, -1, -1, -1, 0, 1, 2, -1, -1, -1, -1, 2])
+        // Relabelling replaces the dataset.
+        try Data("3,E\n".utf8).write(to: csv)
+        XCTAssertEqual(try CommandRunner.run(["label", path, "--from", csv.path], in: directory).status, 0)
+        XCTAssertEqual(try TraceReader(path: path).readThoughtLabels(), [-1, -1, -1, -1, -1, -1, -1, 1, -1, -1, -1, -1])
+        // Bad rows name the line.
+        XCTAssertThrowsError(try ThoughtLabeler.parse("0,R\n9,R\n", file: "x.csv", decodeSteps: 8)) {
+            XCTAssertTrue("\($0)".contains("x.csv: line 2: step 9 is not a decode step"), "\($0)")
+        }
+        XCTAssertThrowsError(try ThoughtLabeler.parse("0,Q\n", file: "x.csv", decodeSteps: 8)) {
+            XCTAssertTrue("\($0)".contains("type 'Q'"), "\($0)")
+        }
+    }
+}
