@@ -77,8 +77,8 @@ def build_parser():
                    help="dtype the model computes in. 'default': float32 on cpu, bfloat16 elsewhere; "
                    "'auto': the checkpoint's own dtype. Default: default")
     m.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads PyTorch uses (default: PyTorch's choice, usually the core count). "
-                   "On a CPU shared with other jobs, fewer threads can be much faster")
+                   help="CPU threads PyTorch uses (default: the cores this process may run on, from "
+                   "os.sched_getaffinity; PyTorch's own default can oversubscribe a shared machine many times over)")
     m.add_argument("--attn-implementation", default="eager", choices=["eager", "sdpa"],
                    help="transformers attention implementation to run (both are captured). Default: eager")
 
@@ -125,7 +125,8 @@ def build_parser():
                    help="positions per HDF5 chunk (and per write). Default: 256")
     o.add_argument("--compression", default="gzip", choices=["gzip", "none"],
                    help="gzip (deflate, with shuffle) or none. Default: gzip")
-    o.add_argument("--overwrite", action="store_true", help="replace existing trace files")
+    o.add_argument("-f", "--force", "--overwrite", dest="overwrite", action="store_true",
+                   help="replace existing trace files (--overwrite is the older spelling)")
     o.add_argument("--print-text", action="store_true", help="print each generated text to stdout")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--debug", action="store_true", help="show the Python traceback of a failure")
@@ -926,6 +927,14 @@ def record_one(job, ctx):
             "sinks": sorted(l for l in capture.sinks if l in layers)}
 
 
+def default_threads() -> int:
+    """The cores this process may run on (a Slurm or taskset allocation), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -952,7 +961,7 @@ def run(args):
     jobs = load_jobs(args)
     for job in jobs:
         if os.path.exists(job.output) and not args.overwrite:
-            raise RecorderError(f"{job.output}: exists (pass --overwrite to replace it)")
+            raise RecorderError(f"{job.output}: exists (pass --force to replace it)")
     folder, gguf = model_location(args.model)
     if args.tokenizer and not os.path.isdir(args.tokenizer):
         raise RecorderError(f"{args.tokenizer}: no such tokenizer folder")
@@ -960,8 +969,7 @@ def run(args):
     import torch
     import transformers
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads())
     if args.no_progress:
         transformers.utils.logging.disable_progress_bar()
     config = load_config(folder, gguf)

@@ -431,7 +431,7 @@ def test_bad_inputs_get_one_line_errors(tmp_path, llama_dir, capsys):
         capsys, "--model", llama_dir, *base, "-o", tmp_path / "a.h5", "--layers", "7")
     existing = tmp_path / "exists.h5"
     existing.write_bytes(b"")
-    assert "exists (pass --overwrite" in error_of(capsys, "--model", llama_dir, *base, "-o", existing)
+    assert "exists (pass --force" in error_of(capsys, "--model", llama_dir, *base, "-o", existing)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
     assert "bad.jsonl:2: 'prompt' must be a non-empty string" in error_of(
