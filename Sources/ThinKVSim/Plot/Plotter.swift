@@ -42,11 +42,7 @@ public enum Plotter {
             outcome.notes.append("\(path): no rows to plot")
             return outcome
         }
-        do {
-            try FileManager.default.createDirectory(atPath: options.outputDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw CSVError("\(options.outputDirectory): cannot create directory (\(error.localizedDescription))")
-        }
+        try makeOutputDirectory(options)
         if let requested = options.budget {
             let budgets = Set(data.table.rows.compactMap { data.number($0, "budget") })
             guard budgets.contains(requested) else {
@@ -122,16 +118,21 @@ public enum Plotter {
             outcome.notes.append("\(path): no rows to plot")
             return outcome
         }
-        do {
-            try FileManager.default.createDirectory(atPath: options.outputDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw CSVError("\(options.outputDirectory): cannot create directory (\(error.localizedDescription))")
-        }
+        try makeOutputDirectory(options)
         let directory = options.outputDirectory
         let file = (directory.hasSuffix("/") ? directory : directory + "/") + "\(name).steps.svg"
         try OutputFile.write(figure.render(), to: file)
         outcome.files = [file] + (try convert(file, options: options))
         return outcome
+    }
+
+    /// Creates the figures' directory (and its parents) if needed.
+    static func makeOutputDirectory(_ options: PlotOptions) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: options.outputDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw CSVError("\(options.outputDirectory): cannot create directory (\(error.localizedDescription))")
+        }
     }
 
     /// `rsvg-convert` on PATH, if any.
