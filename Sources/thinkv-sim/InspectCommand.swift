@@ -15,6 +15,7 @@ enum InspectCommand: Subcommand {
             OptionDefinition("thoughts", help: "thought decomposition: per-layer sparsity modes, classified timeline, accuracy against /tokens/thought"),
             OptionDefinition("calibration", value: "FILE", help: "with --thoughts: thresholds from 'thinkv-sim calibrate'", default: "calibrate on this trace"),
             OptionDefinition("tau", value: "N", help: "with --thoughts: refresh interval τ in decode steps", default: "the file's, else 128"),
+            OptionDefinition("text", help: "with --thoughts: list each predicted segment with the text of its tokens (/tokens/text)"),
         ],
         discussion: """
             --thoughts classifies every profiled decode step as reasoning, execution or transition from its
@@ -32,6 +33,7 @@ enum InspectCommand: Subcommand {
         if !thoughts {
             if arguments.value("calibration") != nil { throw UsageError("--calibration needs --thoughts") }
             if tau != nil { throw UsageError("--tau needs --thoughts") }
+            if arguments.flag("text") { throw UsageError("--text needs --thoughts") }
         }
         if thoughts && arguments.flag("no-sparsity") { throw UsageError("--thoughts needs the sparsity pass; drop --no-sparsity") }
         let reader = try TraceReader(path: arguments.positionals[0])
@@ -41,6 +43,14 @@ enum InspectCommand: Subcommand {
         if thoughts, let profile {
             summary.thoughts = try ThoughtInspection(reader: reader, profile: profile, calibrationFile: arguments.value("calibration"),
                                                      refreshInterval: tau, timelineWidth: width)
+            if arguments.flag("text") {
+                guard let text = try reader.readTokenText() else {
+                    throw TraceError(file: reader.path, object: "/tokens/text", "missing: --text shows the recorded token text")
+                }
+                let steps = summary.thoughts!.steps
+                summary.thoughts?.segmentTexts = ThoughtInspection.segmentTexts(
+                    steps: steps, tokenText: text, promptLength: reader.header.promptLength)
+            }
         }
         print(arguments.flag("json") ? try ReplayReport.encodeJSON(summary) : summary.text)
     }

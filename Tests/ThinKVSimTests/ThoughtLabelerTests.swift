@@ -26,4 +26,14 @@ final class ThoughtLabelerTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("type 'Q'"), "\($0)")
         }
     }
+
+    func testPredictedSegmentsCarryTheirTokensText() {
+        let text = ["<p>", "<p>", "Let", " me", " compute", "\n", "Wait"]
+        let segments = ThoughtInspection.segmentTexts(steps: "RREET", tokenText: text, promptLength: 2, maxCharacters: 12)
+        XCTAssertEqual(segments.map(\.type), ["reasoning", "execution", "transition"])
+        XCTAssertEqual(segments.map { [$0.firstStep, $0.lastStep] }, [[0, 1], [2, 3], [4, 4]])
+        XCTAssertEqual(segments.map(\.text), ["Let me", " compute\\n", "Wait"], "control characters escaped")
+        XCTAssertEqual(ThoughtInspection.segmentTexts(steps: "RRRRR", tokenText: ["a", "bcdefghij", "klmnopqrst", "u", "v", "w"],
+                                                      promptLength: 1, maxCharacters: 8)[0].text, "bcdef...")
+    }
 }

@@ -47,6 +47,35 @@ public struct ThoughtInspection: Encodable, Sendable {
     /// At τ and at τ = 1 (when the trace has labels).
     public var evaluations: [Evaluation]
     public var referenceSegments: [SegmentStatistics]?
+    /// With `--text`: each predicted segment (a run of one type at τ) and its tokens' text.
+    public var segmentTexts: [SegmentText]?
+
+    /// One predicted segment: decode steps `firstStep...lastStep` of `type`, and their text.
+    public struct SegmentText: Encodable, Sendable {
+        public var type: String
+        public var firstStep: Int
+        public var lastStep: Int
+        public var text: String
+    }
+
+    /// The predicted segments of `steps` (one letter per decode step) with the decoded text of
+    /// their tokens (`tokenText` has one piece per position), each text cut to `maxCharacters`.
+    public static func segmentTexts(steps: String, tokenText: [String], promptLength: Int, maxCharacters: Int = 120) -> [SegmentText] {
+        let letters = Array(steps)
+        var out: [SegmentText] = []
+        var start = 0
+        let names: [Character: String] = ["R": "reasoning", "E": "execution", "T": "transition"]
+        while start < letters.count {
+            var end = start
+            while end + 1 < letters.count && letters[end + 1] == letters[start] { end += 1 }
+            let pieces = (start...end).compactMap { promptLength + $0 < tokenText.count ? tokenText[promptLength + $0] : nil }
+            var text = Format.printable(pieces.joined())
+            if text.count > maxCharacters { text = String(text.prefix(maxCharacters - 3)) + "..." }
+            out.append(SegmentText(type: names[letters[start]] ?? String(letters[start]), firstStep: start, lastStep: end, text: text))
+            start = end + 1
+        }
+        return out
+    }
 
     /// Classifies the profiled steps of `reader`. Thresholds come from `calibrationFile` if given,
     /// else from calibrating on `profile` itself; `refreshInterval` overrides τ.
@@ -57,11 +86,14 @@ public struct ThoughtInspection: Encodable, Sendable {
         let selfCalibration = try ThoughtCalibration.calibrate(
             [ThoughtCalibration.Input(path: reader.path, model: reader.header.model, profile: profile)], options: own)
         var thresholds: ThoughtThresholds
+        var mappingNote: String?
         if let calibrationFile {
             thresholds = try ThoughtThresholds.load(path: calibrationFile)
             if let refreshInterval { thresholds.refreshInterval = refreshInterval }
-            for layer in thresholds.layers where profile.byLayer[layer] == nil {
-                throw CalibrationError("\(calibrationFile): L* holds layer \(layer), which \(reader.path) does not record (recorded: \(profile.layers.map(String.init).joined(separator: ",")))")
+            // As replay does: L* layers this trace lacks map to its nearest recorded ones.
+            if let (mapped, note) = ThinKVParameters.nearestRecorded(thresholds.layers, recorded: profile.layers.sorted()) {
+                thresholds.layers = mapped
+                mappingNote = "\(URL(fileURLWithPath: calibrationFile).lastPathComponent): \(note)"
             }
             if abs(thresholds.sparsityRatio - Sparsity.defaultRatio) > 1e-6 {
                 throw CalibrationError("\(calibrationFile): calibrated at sparsity ratio \(thresholds.sparsityRatio), but sparsity is measured at \(Sparsity.defaultRatio)")
@@ -75,7 +107,7 @@ public struct ThoughtInspection: Encodable, Sendable {
         self.thresholds = thresholds
         fallback = selfCalibration.fallback
         fallbackReason = selfCalibration.fallbackReason
-        notes = selfCalibration.notes
+        notes = selfCalibration.notes + (mappingNote.map { [$0] } ?? [])
         layers = selfCalibration.layers.map { l in
             var l = l
             l.selected = thresholds.layers.contains(l.layer)
@@ -167,6 +199,13 @@ public struct ThoughtInspection: Encodable, Sendable {
         out.append("timeline over \(decodeSteps) decode steps (majority per bin):")
         if let labelTimeline { out.append("  labels     \(labelTimeline)") }
         out.append("  predicted  \(timeline)  (τ = \(thresholds.refreshInterval))")
+        if let segmentTexts {
+            out.append("")
+            out.append("predicted segments at τ = \(thresholds.refreshInterval), with their text:")
+            var table = TextTable(headers: ["type", "steps", "text"])
+            for s in segmentTexts { table.add([s.type, "\(s.firstStep)-\(s.lastStep)", s.text]) }
+            out.append(table.render())
+        }
         if evaluations.isEmpty {
             out.append("")
             out.append("no /tokens/thought in this trace: no accuracy")
