@@ -36,4 +36,19 @@ final class ThoughtLabelerTests: XCTestCase {
         XCTAssertEqual(ThoughtInspection.segmentTexts(steps: "RRRRR", tokenText: ["a", "bcdefghij", "klmnopqrst", "u", "v", "w"],
                                                       promptLength: 1, maxCharacters: 8)[0].text, "bcdef...")
     }
+
+    func testTheThoughtFigureDrawsThresholdsAndTheClassifiersTypes() throws {
+        let thresholds = ThoughtThresholds(theta1: 0.3, theta2: 0.7, layers: [0])
+        let figure = try XCTUnwrap(ThoughtTimelineFigure.figure(
+            name: "t", subtitle: "s", labels: [0, 0, 2, 1], sparsity: [0.5, 0.5, 0.9, 0.1],
+            thresholds: thresholds, predicted: [.reasoning, .reasoning, .transition, .execution]))
+        let series = figure.panels[0].series
+        XCTAssertEqual(series.map(\.label), ["sparsity", "θ1 = 0.300", "θ2 = 0.700", "classified"])
+        // Step line in the middle of each zone: R at 0.5, T at 0.85, E at 0.15.
+        for (got, expected) in zip(series[3].points.map(\.1), [0.5, 0.5, 0.85, 0.85, 0.15, 0.15]) {
+            XCTAssertEqual(got, expected, accuracy: 1e-6)  // θs are Float
+        }
+        XCTAssertEqual(series[3].points.map(\.0), [0, 2, 2, 3, 3, 4])
+        XCTAssertTrue(figure.render().contains("θ2 = 0.700"))
+    }
 }

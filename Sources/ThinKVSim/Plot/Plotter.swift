@@ -194,9 +194,25 @@ public enum Plotter {
             }
         }
         guard labels != nil || sparsity != nil else { return nil }
+        // The thresholds ThinKV ran with (a calibration file named in the results), and the types
+        // its full-cache classifier gives every step.
+        var thresholds: ThoughtThresholds?, predicted: [ThoughtType]?
+        if let file = rows.lazy.compactMap({ data.cell($0, "calibration") }).first(where: { (try? ThoughtThresholds.load(path: $0)) != nil }),
+           var loaded = try? ThoughtThresholds.load(path: file) {
+            if let resolved = data.resolve(trace), let reader = try? TraceReader(path: resolved) {
+                let recorded = reader.recordedLayerIndices
+                if let (mapped, _) = ThinKVParameters.nearestRecorded(loaded.layers, recorded: recorded) { loaded.layers = mapped }
+                let G = min(decodeSteps ?? reader.header.generatedLength, reader.header.generatedLength)
+                if let profile = try? SparsityProfile.compute(reader, layers: loaded.layers, maxSteps: G, threads: options.threads) {
+                    predicted = ThoughtClassifier.timeline(averagedSparsity: profile.averaged(over: loaded.layers), thresholds: loaded)
+                }
+            }
+            thresholds = loaded
+        }
         let subtitle = FidelityFigure.subtitle(data, rows: rows, extra: labels == nil
             ? "full-cache attention sparsity (the trace has no thought labels)"
             : "bands: reference thought labels; line: full-cache attention sparsity")
-        return ThoughtTimelineFigure.figure(name: name, subtitle: subtitle, labels: labels, sparsity: sparsity)
+        return ThoughtTimelineFigure.figure(name: name, subtitle: subtitle, labels: labels, sparsity: sparsity,
+                                            thresholds: thresholds, predicted: predicted)
     }
 }
