@@ -1,4 +1,5 @@
-"""Tests of tools/record_trace.py on tiny randomly initialised models (no weights are downloaded).
+"""Tests of tools/record_trace.py (the recorder package) on tiny randomly initialised models
+(no weights are downloaded).
 
 The central check: attention probabilities recomputed from the recorded q and k exactly as
 docs/trace-format.md says (causal softmax(scale * q.k), query head h reads kv head h // group)
@@ -23,7 +24,8 @@ import transformers
 TOOLS = Path(__file__).resolve().parents[1]
 REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
-import record_trace  # noqa: E402
+import recorder  # noqa: E402
+from recorder import layers as layer_spec, model as models, sampling, writer  # noqa: E402
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
@@ -116,7 +118,7 @@ def llama_dir(tmp_path_factory):
 def record(model_dir, out, *extra, prompt=PROMPT):
     argv = ["--model", str(model_dir), "--prompt", prompt, "-o", str(out), "--device", "cpu",
             "--no-progress", "--overwrite", *map(str, extra)]
-    code = record_trace.main(argv)
+    code = recorder.main(argv)
     assert code == 0
     return out
 
@@ -233,8 +235,8 @@ def set_scaling(model, value):
 
 
 def test_softmax_scale_attribute_when_module_scaling_differs(tmp_path, llama_dir, monkeypatch):
-    loader = record_trace.load_model
-    monkeypatch.setattr(record_trace, "load_model", lambda *a, **k: set_scaling(loader(*a, **k), 0.2))
+    loader = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: set_scaling(loader(*a, **k), 0.2))
     out = record(llama_dir, tmp_path / "s.h5", "--dtype", "float32", "--max-new-tokens", 5, "--ignore-eos")
     monkeypatch.undo()
     attrs, ids, layers = read_trace(out)
@@ -290,14 +292,14 @@ def test_file_layout_types_and_streaming(tmp_path, llama_dir):
 
 
 def test_float16_overflow_is_refused(tmp_path, llama_dir, monkeypatch, capsys):
-    loader = record_trace.load_model
+    loader = models.load_model
 
     def huge_values(*args, **kwargs):
         model = loader(*args, **kwargs)
         model.model.layers[1].self_attn.v_proj.weight.data *= 1e7
         return model
 
-    monkeypatch.setattr(record_trace, "load_model", huge_values)
+    monkeypatch.setattr(models, "load_model", huge_values)
     out = tmp_path / "o.h5"
     msg = error_of(capsys, "--model", llama_dir, "--prompt", "x", "-o", out, "--no-progress", "--max-new-tokens", 2)
     assert "layer 1 v: values up to" in msg and "overflow float16 at position 0; record with --dtype float32" in msg
@@ -321,7 +323,7 @@ def test_stops_at_eos(tmp_path, llama_dir, monkeypatch):
         calls.append(1)
         return 257 if len(calls) == 4 else 65
 
-    monkeypatch.setattr(record_trace.Sampler, "__call__", sample)
+    monkeypatch.setattr(sampling.Sampler, "__call__", sample)
     out = record(llama_dir, tmp_path / "e.h5", "--max-new-tokens", 50, "--layers", "0")
     with h5py.File(out, "r") as f:
         ids = f["tokens/ids"][:]
@@ -332,7 +334,7 @@ def test_stops_at_eos(tmp_path, llama_dir, monkeypatch):
 def test_interrupt_keeps_a_consistent_trace(tmp_path, llama_dir, monkeypatch):
     """Ctrl-C in the middle of a decode forward (after some layers were captured) keeps a trace
     whose datasets all end at the last complete position."""
-    add = record_trace.TraceWriter.add_layer
+    add = writer.TraceWriter.add_layer
     count = []
 
     def flaky(self, layer, q, k, v):
@@ -341,9 +343,9 @@ def test_interrupt_keeps_a_consistent_trace(tmp_path, llama_dir, monkeypatch):
             raise KeyboardInterrupt
         return add(self, layer, q, k, v)
 
-    monkeypatch.setattr(record_trace.TraceWriter, "add_layer", flaky)
+    monkeypatch.setattr(writer.TraceWriter, "add_layer", flaky)
     out = tmp_path / "i.h5"
-    code = record_trace.main(["--model", str(llama_dir), "--prompt", "hi", "-o", str(out), "--no-progress",
+    code = recorder.main(["--model", str(llama_dir), "--prompt", "hi", "-o", str(out), "--no-progress",
                               "--max-new-tokens", "20", "--ignore-eos", "--chunk-size", "2"])
     assert code == 130
     with h5py.File(out, "r") as f:
@@ -361,7 +363,7 @@ def test_jsonl_prompts(tmp_path, llama_dir):
                                   "", json.dumps("plain string"),
                                   json.dumps({"prompt": "with system", "system": "be brief"})]) + "\n")
     outdir = tmp_path / "out"
-    code = record_trace.main(["--model", str(llama_dir), "--prompts", str(prompts), "-o", str(outdir),
+    code = recorder.main(["--model", str(llama_dir), "--prompts", str(prompts), "-o", str(outdir),
                               "--no-progress", "--max-new-tokens", "3", "--layers", "0"])
     assert code == 0
     assert sorted(os.listdir(outdir)) == ["first_one.h5", "prompt-0001.h5", "prompt-0002.h5"]
@@ -374,16 +376,16 @@ def test_jsonl_prompts(tmp_path, llama_dir):
 
 
 def test_layer_spec():
-    assert record_trace.resolve_layers("all", 4) == [0, 1, 2, 3]
-    assert record_trace.resolve_layers("0,-1, 2", 30) == [0, 2, 29]
-    assert record_trace.resolve_layers("1-3,2", 30) == [1, 2, 3]
-    with pytest.raises(record_trace.RecorderError, match="layer 30 does not exist; the model has 30 layers"):
-        record_trace.resolve_layers("30", 30)
-    with pytest.raises(record_trace.RecorderError, match="past the last layer"):
-        record_trace.resolve_layers("28-31", 30)
+    assert layer_spec.resolve_layers("all", 4) == [0, 1, 2, 3]
+    assert layer_spec.resolve_layers("0,-1, 2", 30) == [0, 2, 29]
+    assert layer_spec.resolve_layers("1-3,2", 30) == [1, 2, 3]
+    with pytest.raises(recorder.RecorderError, match="layer 30 does not exist; the model has 30 layers"):
+        layer_spec.resolve_layers("30", 30)
+    with pytest.raises(recorder.RecorderError, match="past the last layer"):
+        layer_spec.resolve_layers("28-31", 30)
     for bad in ("x", "1-", "3-1", ""):
         with pytest.raises(ValueError):
-            record_trace.parse_layer_spec(bad)
+            layer_spec.parse_layer_spec(bad)
 
 
 def run_cli(*argv):
@@ -408,7 +410,7 @@ def test_cli_help_and_usage_errors(tmp_path):
 
 
 def error_of(capsys, *argv):
-    code = record_trace.main(list(map(str, argv)))
+    code = recorder.main(list(map(str, argv)))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     # Status lines may come first (a failure after the model loaded); the error is one line, the last.
