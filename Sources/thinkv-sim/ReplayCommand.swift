@@ -18,6 +18,7 @@ enum ReplayCommand: Subcommand {
             OptionDefinition("json", help: "print the report as JSON"),
             OptionDefinition("csv", value: "FILE", help: "write one row per (policy, layer, decode step) to FILE"),
             OptionDefinition("kept", value: "FILE", help: "write every compression event (kept positions) as JSON lines"),
+            OptionDefinition("cache-timeline", value: "FILE", help: "write, per policy, layer and kv head, the step each position leaves the attended set and every quantization (JSON lines; tools/end_to_end reads it)"),
             OptionDefinition("shard-state", value: "FILE", help: "also write what 'thinkv-sim merge' needs to join replays of other --layers of this trace into one report"),
             OptionDefinition("kv-percent", value: "P", help: "compare at equal memory: find each policy's budget whose KV is P % of the full cache"),
             OptionDefinition("kv-bytes", value: "N", help: "as --kv-percent, with a target in bytes (all layers, metadata included)"),
@@ -60,11 +61,14 @@ enum ReplayCommand: Subcommand {
             configuration.paging = mode
         }
         configuration.blockSize = try arguments.int("block-size", min: 1, max: TraceLimits.maxBlockSize)
-        if target != nil && arguments.value("kept") != nil {
-            throw UsageError("--kept cannot be combined with a memory target (the search replays each policy several times)")
+        for option in ["kept", "cache-timeline"] where target != nil && arguments.value(option) != nil {
+            throw UsageError("--\(option) cannot be combined with a memory target (the search replays each policy several times); replay at the budgets it found")
+        }
+        if let kept = arguments.value("kept"), kept == arguments.value("cache-timeline") {
+            throw UsageError("--kept and --cache-timeline name the same file")
         }
         // Outputs are checked before the work: a missing directory fails now, not after the replay.
-        for option in ["csv", "kept", "shard-state"] {
+        for option in ["csv", "kept", "cache-timeline", "shard-state"] {
             if let output = arguments.value(option) { try OutputFile.checkWritable(output, protecting: [path]) }
         }
         let reader = try TraceReader(path: path)
@@ -79,14 +83,19 @@ enum ReplayCommand: Subcommand {
             return
         }
         let engine = ReplayEngine(reader: reader, configuration: configuration)
-        var keptWriter: KeptEventFileWriter?
+        var keptWriter: JSONLinesFileWriter?, timelineWriter: JSONLinesFileWriter?
         if let keptPath = arguments.value("kept") {
-            keptWriter = try KeptEventFileWriter(path: keptPath)
+            keptWriter = try JSONLinesFileWriter(path: keptPath, option: "--kept")
             engine.keptSink = keptWriter
+        }
+        if let timelinePath = arguments.value("cache-timeline") {
+            timelineWriter = try JSONLinesFileWriter(path: timelinePath, option: "--cache-timeline")
+            engine.timelineSink = timelineWriter
         }
         engine.progress = TerminalProgress(label: "replay")
         let result = try engine.run()
         try keptWriter?.close()
+        try timelineWriter?.close()
         try report(result, arguments, input: path)
     }
 

@@ -13,6 +13,7 @@ let commands: [any Subcommand.Type] = [
     SweepCommand.self,
     MergeCommand.self,
     LabelCommand.self,
+    QuantizeCommand.self,
     PlotCommand.self,
 ]
 

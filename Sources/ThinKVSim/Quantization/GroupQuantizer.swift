@@ -38,6 +38,28 @@ public enum GroupQuantizer: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The short name tools use: int<b> (1...8), fp8, nvfp4, ternary.
+    public var name: String {
+        switch self {
+        case .integer(let bits): return "int\(bits)"
+        case .fp8E4M3: return "fp8"
+        case .nvfp4: return "nvfp4"
+        case .ternary: return "ternary"
+        }
+    }
+
+    /// The quantizer a `name` names, nil for any other text.
+    public init?(name: String) {
+        switch name {
+        case "fp8": self = .fp8E4M3
+        case "nvfp4": self = .nvfp4
+        case "ternary": self = .ternary
+        default:
+            guard name.hasPrefix("int"), let bits = Int(name.dropFirst(3)), (1...8).contains(bits) else { return nil }
+            self = .integer(bits: bits)
+        }
+    }
+
     /// Bits each element is charged (the code width).
     public var elementBits: Int {
         switch self {

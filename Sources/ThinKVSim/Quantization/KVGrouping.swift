@@ -69,6 +69,8 @@ public enum KVGrouping {
         while start < n {
             let count = min(groupSize, n - start)
             metadata += D * quantizer.metadataBits(count: count)
+            cache.quantizationLog?.append((kvHead, QuantizedGroup(
+                tensor: .key, positions: positions[start..<(start + count)].map { Int32($0) }, quantizer: quantizer, channelGroup: D)))
             start += count
         }
         return metadata
@@ -99,6 +101,8 @@ public enum KVGrouping {
         }
         let bits = UInt8(quantizer.elementBits)
         for p in positions { cache.setValueBits(kvHead: kvHead, position: p, bits) }
+        cache.quantizationLog?.append((kvHead, QuantizedGroup(
+            tensor: .value, positions: positions.map { Int32($0) }, quantizer: quantizer, channelGroup: groupSize)))
         return positions.count * valueMetadataBitsPerToken(headDim: D, groupSize: groupSize, quantizer: quantizer)
     }
 

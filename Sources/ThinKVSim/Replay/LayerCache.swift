@@ -32,6 +32,10 @@ public final class LayerCache {
     /// type, i.e. one precision). Policies without classes leave it 0.
     public var pagingClass: [UInt8]
 
+    /// Quantizations applied since the replay last read them, with their kv head; nil (not
+    /// logged) unless `replay --cache-timeline` asked for them.
+    public var quantizationLog: [(kvHead: Int, group: QuantizedGroup)]?
+
     /// Set when a head's slots lost a position during the current step (for `--kept` events).
     public internal(set) var droppedThisStep: [Bool]
     /// Positions each head dropped since the paging model last consumed them.

@@ -117,6 +117,8 @@ public final class ReplayEngine {
     public let reader: TraceReader
     public let configuration: ReplayConfiguration
     public weak var keptSink: KeptEventSink?
+    /// Receives every policy's cache timeline of each replayed layer (`--cache-timeline`).
+    public weak var timelineSink: CacheTimelineSink?
     public var progress: ProgressReporting?
     /// Full-cache references kept across engine runs of the same trace (see `ReferenceStore`):
     /// a run finds a layer's reference there instead of computing it, or leaves it there.
@@ -236,7 +238,8 @@ public final class ReplayEngine {
             let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
             let run = PolicyLayerRun(spec: spec, policy: policy, data: data, setup: setup,
                                      topK: configuration.topK, steps: decodeSteps, paging: configuration.layout(ofPolicy: i).mode,
-                                     blockSize: configuration.effectiveBlockSize(ofPolicy: i), recordsEvents: keptSink != nil)
+                                     blockSize: configuration.effectiveBlockSize(ofPolicy: i), recordsEvents: keptSink != nil,
+                                     recordsTimeline: timelineSink != nil)
             for p in 0..<P { run.cache.append(position: p) }
             policy.prefill(prefill, cache: run.cache)
             run.pagePrompt()
@@ -398,6 +401,9 @@ public final class ReplayEngine {
             progress?.update(fraction: (Double(ordinal) + Double(first + steps) / Double(total)) / Double(count),
                              detail: "layer \(info.index) (\(ordinal + 1)/\(count)), step \(first + steps)/\(total)")
         }
+        if let sink = timelineSink {
+            for run in runs { if let timeline = run.timeline { sink.record(timeline.timelines(policy: run.spec.label, layer: info.index)) } }
+        }
         if let store, stored == nil { store.keep(computed, ofLayer: info.index) }
         let workers = Double(workerCount)
         timing.policySeconds += busy[..<runs.count].reduce(0, +) / workers
@@ -419,6 +425,8 @@ final class PolicyLayerRun {
     /// step is not free).
     private let recordsEvents: Bool
     private var events: [KeptEvent] = []
+    /// What the attended set and the quantizations were at each step (`--cache-timeline` only).
+    private(set) var timeline: CacheTimelineRecorder?
 
     // Scratch reused every step.
     private var attention: [Float] = []
@@ -439,13 +447,14 @@ final class PolicyLayerRun {
     private var paging: [PagedCacheModel]
 
     init(spec: PolicySpec, policy: any CachePolicy, data: LayerData, setup: PolicySetup, topK: Int, steps: Int,
-         paging mode: PagingMode = .ct, blockSize: Int = 16, recordsEvents: Bool = false) {
+         paging mode: PagingMode = .ct, blockSize: Int = 16, recordsEvents: Bool = false, recordsTimeline: Bool = false) {
         self.spec = spec
         self.recordsEvents = recordsEvents
         self.policy = policy
         self.data = data
         self.setup = setup
         cache = LayerCache(data: data)
+        if recordsTimeline { timeline = CacheTimelineRecorder(cache: cache, promptLength: setup.header.promptLength) }
         let h = setup.header
         offsets = [Int](repeating: 0, count: h.numQHeads)
         counts = [Int](repeating: 0, count: h.numQHeads)
@@ -527,6 +536,7 @@ final class PolicyLayerRun {
         cache.beginStep()
         cache.append(position: context.position)
         policy.beforeAttention(context, cache: cache)
+        timeline?.observe(cache, step: context.step)
 
         // The attended set: what this step's query sees.
         var total = 0

@@ -12,15 +12,19 @@ public enum OutputFile {
     public static let standardOutput = "-"
 
     public static func write(_ text: String, to path: String, protecting inputs: [String] = []) throws {
+        try write(Data(text.utf8), to: path, protecting: inputs)
+    }
+
+    public static func write(_ data: Data, to path: String, protecting inputs: [String] = []) throws {
         try checkWritable(path, protecting: inputs)
         if path == standardOutput {
-            try writeAll(Data(text.utf8), to: STDOUT_FILENO, path: "standard output")
+            try writeAll(data, to: STDOUT_FILENO, path: "standard output")
             return
         }
         let target = URL(fileURLWithPath: path).standardizedFileURL
         if isStandardOutput(target.path) {
             // /dev/stdout, /proc/self/fd/1 or the file stdout is redirected to: share its offset.
-            try writeAll(Data(text.utf8), to: STDOUT_FILENO, path: path)
+            try writeAll(data, to: STDOUT_FILENO, path: path)
             return
         }
         let isLink = linkKind(target.path) == S_IFLNK
@@ -30,7 +34,7 @@ public enum OutputFile {
             let fd = open(target.path, O_WRONLY | O_CLOEXEC | (kind == S_IFREG ? O_TRUNC : 0))
             guard fd >= 0 else { throw OutputError("\(path): cannot open for writing (\(String(cString: strerror(errno))))") }
             defer { close(fd) }
-            try writeAll(Data(text.utf8), to: fd, path: path)
+            try writeAll(data, to: fd, path: path)
             return
         }
         // Regular file or new path: a temporary file in the same directory, renamed over the target.
@@ -44,7 +48,7 @@ public enum OutputFile {
             if !renamed { unlink(temporary) }
         }
         do {
-            try writeAll(Data(text.utf8), to: fd, path: path)
+            try writeAll(data, to: fd, path: path)
             guard fsync(fd) == 0 || errno == EINVAL else { throw OutputError("\(path): cannot write (\(String(cString: strerror(errno))))") }
         } catch {
             close(fd)
