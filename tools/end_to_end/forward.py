@@ -1,0 +1,154 @@
+"""The teacher-forced forward with a policy's cache: one pass over the recorded tokens in which
+every layer's attention sees, per kv head and query row, only what the policy held at that step.
+
+One pass is exact, not an approximation of step-by-step decoding: position p's keys and values
+are computed once, in p's own row, from rows that attended the cache as it was at p's step; a
+later row never changes them. Rounded keys and values come from the same quantizers the
+simulator runs (quantizers.py), applied to the keys and values this forward computes.
+"""
+
+import sys
+
+import numpy as np
+import torch
+
+from . import quantizers
+from .timeline import attention_plan
+
+
+class HeadPlan:
+    """What one kv head of one layer attends: [T, T] boolean masks and the groups to round."""
+
+    def __init__(self, timeline, num_tokens, prompt_len, steps):
+        attend, key_q, value_q = attention_plan(timeline, num_tokens, prompt_len, steps)
+        self.attend = torch.from_numpy(attend)
+        self.key_q = torch.from_numpy(key_q) if key_q.any() else None
+        self.value_q = torch.from_numpy(value_q) if value_q.any() else None
+        self.key_groups = [g for g in timeline.groups if g["tensor"] == "key"]
+        self.value_groups = [g for g in timeline.groups if g["tensor"] == "value"]
+
+
+def layer_plans(policy_timeline, num_layers, num_kv_heads, num_tokens, prompt_len, steps):
+    """{layer: [HeadPlan per kv head]} for every layer of the model (all must be in the timeline)."""
+    missing = [layer for layer in range(num_layers)
+               if any((layer, h) not in policy_timeline.heads for h in range(num_kv_heads))]
+    if missing:
+        raise ValueError(f"{policy_timeline.policy}: the cache timeline lacks layer(s) {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}; record and replay every layer")
+    return {layer: [HeadPlan(policy_timeline.heads[(layer, h)], num_tokens, prompt_len, steps)
+                    for h in range(num_kv_heads)] for layer in range(num_layers)}
+
+
+def rounded_keys(keys, groups):
+    """keys [T, D]: each group rounds one channel over its positions (keys per channel)."""
+    exact = keys.detach().float().cpu().numpy()
+    out = exact.copy()
+    for g in groups:
+        positions = np.asarray(g["positions"], dtype=np.int64)
+        out[positions, :] = quantizers.round_trip(exact[positions, :].T, g["quantizer"]).T
+    return torch.from_numpy(out).to(keys.dtype)
+
+
+def rounded_values(values, groups):
+    """values [T, D]: each position's channels in runs of `channel_group` (values per token)."""
+    exact = values.detach().float().cpu().numpy()
+    out = exact.copy()
+    D = exact.shape[1]
+    for g in groups:
+        positions = np.asarray(g["positions"], dtype=np.int64)
+        width = int(g["channel_group"])
+        for start in range(0, D, width):
+            out[positions, start:start + width] = quantizers.round_trip(exact[positions, start:start + width], g["quantizer"])
+    return torch.from_numpy(out).to(values.dtype)
+
+
+def planned_attention(query, key, value, plans, scaling):
+    """query [1, Hq, T, D], key/value [1, Hkv, T, D] -> output [1, T, Hq, D] under `plans`."""
+    if query.shape[0] != 1:
+        raise ValueError("the end-to-end forward runs one sequence at a time")
+    Hq, Hkv = query.shape[1], key.shape[1]
+    group = Hq // Hkv
+    outputs = []
+    for h, plan in enumerate(plans):
+        q = query[0, h * group:(h + 1) * group]          # [g, T, D]
+        k, v = key[0, h], value[0, h]                     # [T, D]
+        logits = torch.matmul(q, k.transpose(0, 1)) * scaling
+        if plan.key_q is not None:
+            kq = rounded_keys(k, plan.key_groups)
+            logits = torch.where(plan.key_q, torch.matmul(q, kq.transpose(0, 1)) * scaling, logits)
+        logits = logits.masked_fill(~plan.attend, float("-inf"))
+        weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+        if plan.value_q is not None:
+            vq = rounded_values(v, plan.value_groups)
+            rounded = plan.value_q.to(weights.dtype)
+            out = torch.matmul(weights * (1 - rounded), v) + torch.matmul(weights * rounded, vq)
+        else:
+            out = torch.matmul(weights, v)
+        outputs.append(out)
+    return torch.cat(outputs, dim=0).unsqueeze(0).transpose(1, 2).contiguous()
+
+
+class PolicyAttention:
+    """Replaces the eager attention function of the model's attention modules, for the layers in
+    `plans`, with `planned_attention` (a context manager; restores the original on exit)."""
+
+    def __init__(self, model, plans):
+        self.plans = plans
+        self.by_module = {}
+        for module in model.modules():
+            idx = getattr(module, "layer_idx", None)
+            if idx is not None and type(module).__name__.endswith("Attention") and hasattr(module, "q_proj"):
+                self.by_module[id(module)] = idx
+                if getattr(module, "sinks", None) is not None or getattr(module, "sliding_window", None):
+                    raise ValueError(f"layer {idx} uses attention sinks or a sliding window; the end-to-end "
+                                     "forward supports plain causal attention only")
+        missing = set(plans) - set(self.by_module.values())
+        if missing:
+            raise ValueError(f"found no attention module for layer(s) {sorted(missing)}")
+        self.modules = {type(m).__module__ for m in model.modules() if id(m) in self.by_module}
+        self._restore = []
+        self.calls = 0
+
+    def __enter__(self):
+        for name in self.modules:
+            mod = sys.modules[name]
+            original = getattr(mod, "eager_attention_forward", None)
+            if original is None:
+                raise ValueError(f"{name} has no eager_attention_forward to replace (load the model with "
+                                 "attn_implementation='eager')")
+            setattr(mod, "eager_attention_forward", self._wrap(original))
+            self._restore.append(lambda mod=mod, fn=original: setattr(mod, "eager_attention_forward", fn))
+        return self
+
+    def __exit__(self, *exc):
+        for undo in reversed(self._restore):
+            undo()
+        self._restore.clear()
+        return False
+
+    def _wrap(self, original):
+        owner = self
+
+        def attention(module, query, key, value, attention_mask, *args, **kwargs):
+            layer = owner.by_module.get(id(module))
+            if layer is None or layer not in owner.plans:
+                return original(module, query, key, value, attention_mask, *args, **kwargs)
+            owner.calls += 1
+            scaling = kwargs.get("scaling", args[0] if args else None)
+            if scaling is None:
+                scaling = query.shape[-1] ** -0.5
+            return planned_attention(query, key, value, owner.plans[layer], scaling), None
+
+        return attention
+
+
+def next_token_log_probs(model, ids, plans, first, count):
+    """log p(next token) in float64 at positions first ..< first + count, one teacher-forced pass."""
+    input_ids = torch.tensor([list(ids)], dtype=torch.long)
+    with torch.no_grad(), PolicyAttention(model, plans) as hook:
+        hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+        if hook.calls != len(plans):
+            raise RuntimeError(f"the planned attention ran in {hook.calls} of {len(plans)} layers; load the model "
+                               "with attn_implementation='eager'")
+        logits = model.get_output_embeddings()(hidden[0, first:first + count])
+    return torch.log_softmax(logits.double(), dim=-1)
