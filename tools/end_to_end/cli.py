@@ -19,7 +19,7 @@ PROG = "end_to_end"
 
 COLUMNS = ["policy", "label", "budget", "kv_percent", "next_token_kl_mean", "next_token_kl_p95", "next_token_kl_max",
            "top1_agreement", "divergence_step", "diverged", "steps", "attention_kl_mean", "mass_recall_mean",
-           "output_error_mean", "trace", "model"]
+           "output_error_mean", "free_running_divergence_step", "free_running_exact", "free_running_rounds", "trace", "model"]
 
 
 class EndToEndError(Exception):
@@ -41,6 +41,11 @@ def build_parser():
     p.add_argument("--replay-arg", action="append", default=[], metavar="ARG",
                    help="extra thinkv-sim replay argument as one token, e.g. --replay-arg=--calibration=cal.json; "
                    "a policy parameter goes only to the replays of policies that have it; repeatable")
+    p.add_argument("--free-running", action="store_true",
+                   help="also find where greedy decoding with each policy in the loop departs from the full cache's "
+                   "(the trace must be a greedy recording: --temperature 0, no repetition penalty)")
+    p.add_argument("--free-running-rounds", type=int, default=8, metavar="N",
+                   help="rounds of the free-running fixed point before giving a lower bound. Default: 8")
     p.add_argument("-o", "--output", default="-", metavar="CSV", help="results CSV ('-': standard output). Default: -")
     p.add_argument("--steps-csv", metavar="CSV", help="also write per-step KL and top-1 agreement of every policy")
     p.add_argument("--thinkv-sim", metavar="PATH", help="the thinkv-sim binary (default: $THINKV_SIM, PATH, this checkout's build)")
@@ -72,11 +77,15 @@ def read_trace(path):
 
 def load_model(path, threads):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's bar, read when tqdm is imported
     import torch
+    import transformers
     from recorder import model as models
     from recorder.errors import RecorderError
     try:
         torch.set_num_threads(threads or models.default_threads())
+        transformers.utils.logging.disable_progress_bar()
         folder, gguf = models.model_location(path)
         config = models.load_config(folder, gguf)
         models.check_architecture(config)
@@ -87,7 +96,7 @@ def load_model(path, threads):
 
 
 def evaluate(args):
-    from . import forward, metrics, replay
+    from . import forward, free_running, metrics, replay
 
     binary = replay.find_thinkv_sim(args.thinkv_sim)
     trace = read_trace(args.trace)
@@ -125,11 +134,28 @@ def evaluate(args):
             full = next(t for label, t in timelines.items() if label == "full")
             plans = forward.layer_plans(full, layers, heads, T, P, steps)
             reference = forward.next_token_log_probs(model, trace["ids"], plans, P, steps)
+            greedy = reference.argmax(dim=-1).cpu().numpy()
+            if args.free_running:
+                recorded = trace["ids"][P + 1:P + steps]
+                off = [t for t, (a, b) in enumerate(zip(greedy, recorded)) if a != b]
+                if off:
+                    raise EndToEndError(f"{args.trace}: not a greedy recording (decode step {off[0]} holds token "
+                                        f"{recorded[off[0]]}, the full cache's argmax is {greedy[off[0]]}); "
+                                        "--free-running needs one made with --temperature 0 and no repetition penalty")
         label = run["label"]
         plans = forward.layer_plans(timelines[label], layers, heads, T, P, steps)
         started = time.time()
         result = metrics.compare(reference, forward.next_token_log_probs(model, trace["ids"], plans, P, steps))
         summary = run["summary"]
+        free = {}
+        if args.free_running:
+            if name == "full":
+                free = {"free_running_divergence_step": steps, "free_running_exact": True, "free_running_rounds": 0}
+            else:
+                step, rounds, exact = free_running.free_running_divergence(
+                    model, args.trace, trace, binary, name, label, budget, timelines[label], greedy, steps, extra,
+                    folder, args.free_running_rounds)
+                free = {"free_running_divergence_step": step, "free_running_exact": exact, "free_running_rounds": rounds}
         row = {
             "policy": name, "label": label,
             "budget": run.get("parameters", {}).get("budget", ""),
@@ -139,13 +165,18 @@ def evaluate(args):
             "attention_kl_mean": summary.get("attention_kl", {}).get("mean", ""),
             "mass_recall_mean": summary.get("mass_recall", {}).get("mean", ""),
             "output_error_mean": (summary.get("output_error") or {}).get("mean", ""),
+            **free,
             "trace": os.path.basename(args.trace), "model": trace["model"],
         }
         rows.append(row)
         for t, (kl, agree) in enumerate(zip(result["per_step_kl"], result["per_step_agree"])):
             per_step.append({"policy": name, "label": label, "step": t, "next_token_kl": float(kl), "top1_agree": int(agree)})
+        free_text = ""
+        if free:
+            free_text = (f", free-running departs at step {'' if free['free_running_exact'] else '>= '}"
+                         f"{free['free_running_divergence_step']} ({free['free_running_rounds']} rounds)")
         print(f"{PROG}: {label}: KV {row['kv_percent']:.1f} %, next-token KL {row['next_token_kl_mean']:.4g}, "
-              f"top-1 {row['top1_agreement']:.3f}, diverges at step {row['divergence_step']} "
+              f"top-1 {row['top1_agreement']:.3f}, diverges at step {row['divergence_step']}{free_text} "
               f"({time.time() - started:.1f} s)", file=sys.stderr)
     return rows, per_step
 
@@ -177,6 +208,8 @@ def main(argv=None):
         parser.error("--steps must be at least 1")
     if args.budget is not None and args.budget < 1:
         parser.error("--budget must be at least 1")
+    if args.free_running_rounds < 1:
+        parser.error("--free-running-rounds must be at least 1")
     if args.kv_percent is not None and not 0 < args.kv_percent <= 100:
         parser.error("--kv-percent must be in (0, 100]")
     from .replay import ReplayError

@@ -92,8 +92,10 @@ class PolicyAttention:
     """Replaces the eager attention function of the model's attention modules, for the layers in
     `plans`, with `planned_attention` (a context manager; restores the original on exit)."""
 
-    def __init__(self, model, plans):
+    def __init__(self, model, plans, capture=None):
         self.plans = plans
+        # {layer: (q [T, Hq, D], k, v [T, Hkv, D])} of every planned layer, when a dict is given.
+        self.capture = capture
         self.by_module = {}
         for module in model.modules():
             idx = getattr(module, "layer_idx", None)
@@ -137,15 +139,18 @@ class PolicyAttention:
             scaling = kwargs.get("scaling", args[0] if args else None)
             if scaling is None:
                 scaling = query.shape[-1] ** -0.5
+            if owner.capture is not None:
+                owner.capture[layer] = tuple(t[0].transpose(0, 1).detach().float().cpu().numpy() for t in (query, key, value))
             return planned_attention(query, key, value, owner.plans[layer], scaling), None
 
         return attention
 
 
-def next_token_log_probs(model, ids, plans, first, count):
-    """log p(next token) in float64 at positions first ..< first + count, one teacher-forced pass."""
+def next_token_log_probs(model, ids, plans, first, count, capture=None):
+    """log p(next token) in float64 at positions first ..< first + count, one teacher-forced pass
+    (with `capture` a dict: also every layer's q, k, v as the policy's model computes them)."""
     input_ids = torch.tensor([list(ids)], dtype=torch.long)
-    with torch.no_grad(), PolicyAttention(model, plans) as hook:
+    with torch.no_grad(), PolicyAttention(model, plans, capture) as hook:
         hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
         if hook.calls != len(plans):
             raise RuntimeError(f"the planned attention ran in {hook.calls} of {len(plans)} layers; load the model "

@@ -218,3 +218,69 @@ def test_end_to_end_refuses_a_trace_without_every_layer(tiny, tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("end_to_end: error: ") and "needs every layer" in err[-1]
+
+
+@pytest.fixture(scope="module")
+def greedy_trace(tiny):
+    folder, _, _ = tiny
+    return record(folder, folder / "greedy.h5", "--layers", "all", "--dtype", "float32", "--max-new-tokens",
+                  NEW_TOKENS, "--ignore-eos", "--temperature", 0)
+
+
+def test_end_to_end_first_difference_of_two_timelines():
+    from end_to_end.free_running import first_difference
+    a, b = PolicyTimeline("a"), PolicyTimeline("b")
+    a.heads[(0, 0)] = HeadTimeline([-1, 3, 5, -1], [{"tensor": "key", "step": 6, "quantizer": "int2", "positions": [0]}])
+    b.heads[(0, 0)] = HeadTimeline([-1, 3, -1, 4], [{"tensor": "key", "step": 6, "quantizer": "int2", "positions": [0]}])
+    assert first_difference(a, b) == 4           # position 3 dropped at 4 in b only; position 2 at 5 in a only
+    b.heads[(0, 0)] = HeadTimeline([-1, 3, 5, -1], [{"tensor": "key", "step": 2, "quantizer": "int2", "positions": [0]}])
+    assert first_difference(a, b) == 2           # the same drops, a group rounded at step 2 instead of 6
+    assert first_difference(a, a) is None
+
+
+def test_end_to_end_captured_full_run_is_the_recording(tiny, greedy_trace, tmp_path):
+    """Under the full plan the captured q, k, v are the recorder's (the policy's own run, when
+    nothing is dropped, is the recorded one)."""
+    import h5py
+    from end_to_end.free_running import write_captured_trace
+    _, _, model = tiny
+    ids, P = trace_ids(greedy_trace)
+    T = len(ids)
+    captured = {}
+    forward.next_token_log_probs(model, ids, uniform_plans(model, HeadTimeline([-1] * T, []), T, P, T - P), P, T - P,
+                                 capture=captured)
+    out = tmp_path / "captured.h5"
+    write_captured_trace(greedy_trace, out, captured)
+    with h5py.File(greedy_trace, "r") as a, h5py.File(out, "r") as b:
+        assert dict(a.attrs).keys() == dict(b.attrs).keys() and (a["tokens/ids"][:] == b["tokens/ids"][:]).all()
+        for layer in a["layers"]:
+            for t in ("q", "k", "v"):
+                assert np.abs(a[f"layers/{layer}/{t}"][:] - b[f"layers/{layer}/{t}"][:]).max() < 1e-4, (layer, t)
+    result = subprocess.run([thinkv_sim(), "validate", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_end_to_end_free_running(tiny, greedy_trace, tmp_path):
+    folder, _, _ = tiny
+    out = tmp_path / "free.csv"
+    code = cli.main([str(greedy_trace), "--model", str(folder), "--policy", "full,streaming,h2o", "--budget", "12",
+                     "--free-running", "-o", str(out), "--thinkv-sim", thinkv_sim(), "--threads", "1"])
+    assert code == 0
+    rows = {r["policy"]: r for r in csv.DictReader(open(out))}
+    assert rows["full"]["free_running_divergence_step"] == str(NEW_TOKENS) and rows["full"]["free_running_exact"] == "1"
+    # StreamingLLM decides from positions alone: its own run cannot change a decision, so the
+    # first round is a fixed point and greedy decoding departs where teacher forcing does.
+    streaming = rows["streaming"]
+    assert streaming["free_running_exact"] == "1" and streaming["free_running_rounds"] == "1"
+    assert streaming["free_running_divergence_step"] == streaming["divergence_step"]
+    h2o = rows["h2o"]
+    assert 1 <= int(h2o["free_running_rounds"]) <= 8
+    assert 0 <= int(h2o["free_running_divergence_step"]) <= NEW_TOKENS
+
+
+def test_end_to_end_free_running_needs_a_greedy_recording(tiny, capsys):
+    folder, trace, _ = tiny  # sampled at temperature 0.8
+    code = cli.main([str(trace), "--model", str(folder), "--policy", "h2o", "--budget", "12", "--free-running",
+                     "--thinkv-sim", thinkv_sim(), "-o", os.devnull])
+    assert code == 1
+    assert "not a greedy recording" in capsys.readouterr().err
