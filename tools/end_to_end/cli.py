@@ -17,9 +17,9 @@ import time
 
 PROG = "end_to_end"
 
-COLUMNS = ["policy", "label", "budget", "kv_percent", "next_token_kl_mean", "next_token_kl_p95", "next_token_kl_max",
+COLUMNS = ["policy", "label", "budget", "kv_percent", "achieved_percent", "kv_bytes_mean", "kv_bytes_peak", "next_token_kl_mean", "next_token_kl_p95", "next_token_kl_max",
            "top1_agreement", "divergence_step", "diverged", "steps", "attention_kl_mean", "mass_recall_mean",
-           "output_error_mean", "free_running_divergence_step", "free_running_exact", "free_running_rounds", "trace", "model"]
+           "output_error_mean", "free_running_divergence_step", "free_running_exact", "free_running_rounds", "decode_steps", "trace", "model"]
 
 
 class EndToEndError(Exception):
@@ -159,14 +159,18 @@ def evaluate(args):
         row = {
             "policy": name, "label": label,
             "budget": run.get("parameters", {}).get("budget", ""),
-            "kv_percent": summary["memory"]["mean_percent_of_full"],
+            # kv_percent is the memory target when there is one (as in a sweep), else the measured share.
+            "kv_percent": args.kv_percent if args.kv_percent is not None and name in budgets else summary["memory"]["mean_percent_of_full"],
+            "achieved_percent": summary["memory"]["mean_percent_of_full"],
+            "kv_bytes_mean": summary["memory"]["mean_bytes"], "kv_bytes_peak": summary["memory"]["peak_bytes"],
+            "decode_steps": steps,
             **{k: result[k] for k in ("next_token_kl_mean", "next_token_kl_p95", "next_token_kl_max", "top1_agreement",
                                       "divergence_step", "diverged", "steps")},
             "attention_kl_mean": summary.get("attention_kl", {}).get("mean", ""),
             "mass_recall_mean": summary.get("mass_recall", {}).get("mean", ""),
             "output_error_mean": (summary.get("output_error") or {}).get("mean", ""),
             **free,
-            "trace": os.path.basename(args.trace), "model": trace["model"],
+            "trace": args.trace, "model": trace["model"],
         }
         rows.append(row)
         for t, (kl, agree) in enumerate(zip(result["per_step_kl"], result["per_step_agree"])):
@@ -175,7 +179,7 @@ def evaluate(args):
         if free:
             free_text = (f", free-running departs at step {'' if free['free_running_exact'] else '>= '}"
                          f"{free['free_running_divergence_step']} ({free['free_running_rounds']} rounds)")
-        print(f"{PROG}: {label}: KV {row['kv_percent']:.1f} %, next-token KL {row['next_token_kl_mean']:.4g}, "
+        print(f"{PROG}: {label}: KV {row['achieved_percent']:.1f} %, next-token KL {row['next_token_kl_mean']:.4g}, "
               f"top-1 {row['top1_agreement']:.3f}, diverges at step {row['divergence_step']}{free_text} "
               f"({time.time() - started:.1f} s)", file=sys.stderr)
     return rows, per_step

@@ -204,7 +204,15 @@ def test_end_to_end_equal_memory_and_quantizing_policy(tiny, tmp_path):
                      "--replay-arg=--group=8", "--replay-arg=--residual=8"])
     assert code == 0
     rows = {r["policy"]: r for r in csv.DictReader(open(out))}
-    assert abs(float(rows["h2o"]["kv_percent"]) - 40) <= 1.0 and int(rows["h2o"]["budget"]) > 0
+    assert rows["h2o"]["kv_percent"] == "40"
+    assert abs(float(rows["h2o"]["achieved_percent"]) - 40) <= 1.0 and int(rows["h2o"]["budget"]) > 0
+    assert float(rows["kivi"]["kv_percent"]) == float(rows["kivi"]["achieved_percent"]) < 100  # not matched: measured
+    # thinkv-sim plot draws it against KV memory, next-token KL first.
+    figures = tmp_path / "figures"
+    result = subprocess.run([thinkv_sim(), "plot", str(out), "-o", str(figures), "--format", "svg"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    svg = (figures / "all-traces.fidelity-bytes.svg").read_text()
+    assert "Next-token KL" in svg and "Top-1 agreement" in svg and "Attention KL" in svg
     assert float(rows["kivi"]["next_token_kl_mean"]) > 0
     timelines = read_timelines(kept / "kivi.jsonl")
     label = next(k for k in timelines if k.startswith("kivi"))

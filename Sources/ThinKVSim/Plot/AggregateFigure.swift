@@ -3,6 +3,8 @@ import Foundation
 /// A fidelity metric a figure can show (`plot --metric`).
 public enum PlotMetric: String, CaseIterable, Sendable {
     case kl, outputError = "output_error", massRecall = "mass_recall", topKRecall = "top_k_recall"
+    /// End-to-end fidelity (tools/end_to_end): the model's next-token distribution.
+    case nextTokenKL = "next_token_kl", top1 = "top1"
 
     /// Results-CSV column, panel title, axis title.
     public var column: String {
@@ -11,6 +13,8 @@ public enum PlotMetric: String, CaseIterable, Sendable {
         case .outputError: return "output_error_mean"
         case .massRecall: return "mass_recall_mean"
         case .topKRecall: return "topk_recall_mean"
+        case .nextTokenKL: return "next_token_kl_mean"
+        case .top1: return "top1_agreement"
         }
     }
 
@@ -20,6 +24,8 @@ public enum PlotMetric: String, CaseIterable, Sendable {
         case .outputError: return "Attention output error"
         case .massRecall: return "Attention mass recall"
         case .topKRecall: return "Top-k recall"
+        case .nextTokenKL: return "Next-token KL (full ‖ policy)"
+        case .top1: return "Top-1 agreement with the full cache"
         }
     }
 
@@ -29,12 +35,16 @@ public enum PlotMetric: String, CaseIterable, Sendable {
         case .outputError: return "relative L2 error (mean)"
         case .massRecall: return "mass recall (mean)"
         case .topKRecall: return "top-k recall (mean)"
+        case .nextTokenKL: return "KL in nats (mean over steps)"
+        case .top1: return "fraction of steps"
         }
     }
 
     /// The metrics a figure shows by default, in order: fidelity first (KL, output error),
     /// mass recall after them (it cannot see quantization error).
     public static let defaultOrder: [PlotMetric] = [.kl, .outputError, .massRecall]
+    /// For an end-to-end results file: the model's predictions first, attention KL beside them.
+    public static let endToEndOrder: [PlotMetric] = [.nextTokenKL, .top1, .kl]
 }
 
 /// The mean of a metric over traces with a 95 % confidence interval: mean ± t(0.975, n − 1) · s / √n,

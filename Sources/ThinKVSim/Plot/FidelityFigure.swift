@@ -14,7 +14,7 @@ public enum FidelityFigure {
     static func yAxis(_ column: String, title: String, values: [Double]) -> Axis {
         let finite = values.filter(\.isFinite)
         let lo = finite.min() ?? 0, hi = finite.max() ?? 1
-        if column.contains("recall") {
+        if column.contains("recall") || column.contains("agreement") {
             return Axis.linear(min: lo, max: hi, title: title, clampUpper: 1, pad: 0.04)
         }
         return Axis.linear(min: lo, max: hi, title: title, includeZero: true, pad: 0.04)

@@ -37,6 +37,8 @@ public enum Plotter {
     public static func plot(results path: String, options: PlotOptions) throws -> Outcome {
         if let steps = try plotStepCSV(path, options: options) { return steps }
         let data = try PlotData(path: path)
+        var options = options
+        if options.metrics == nil && data.hasColumn(PlotMetric.nextTokenKL.column) { options.metrics = PlotMetric.endToEndOrder }
         var outcome = Outcome()
         guard !data.table.rows.isEmpty else {
             outcome.notes.append("\(path): no rows to plot")

@@ -5,13 +5,15 @@ import Foundation
 /// per metric over steps (the mean over layers and query heads of each step, smoothed with a
 /// centred moving average of `window` steps so the lines stay readable), one line per policy.
 public enum StepCSVFigure {
-    /// Per-step column of each metric.
+    /// Per-step column of each metric (tools/end_to_end's --steps-csv names its own).
     static func column(_ metric: PlotMetric) -> String {
         switch metric {
         case .kl: return "attention_kl"
         case .outputError: return "output_error"
         case .massRecall: return "mass_recall"
         case .topKRecall: return "topk_recall"
+        case .nextTokenKL: return "next_token_kl"
+        case .top1: return "top1_agree"
         }
     }
 
