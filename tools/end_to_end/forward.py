@@ -17,15 +17,19 @@ from .timeline import attention_plan
 
 
 class HeadPlan:
-    """What one kv head of one layer attends: [T, T] boolean masks and the groups to round."""
+    """What one kv head of one layer attends: [T, T] boolean masks (built when its layer runs, so
+    memory holds one layer's masks at a time) and the groups to round."""
 
     def __init__(self, timeline, num_tokens, prompt_len, steps):
-        attend, key_q, value_q = attention_plan(timeline, num_tokens, prompt_len, steps)
-        self.attend = torch.from_numpy(attend)
-        self.key_q = torch.from_numpy(key_q) if key_q.any() else None
-        self.value_q = torch.from_numpy(value_q) if value_q.any() else None
+        self.shape = (timeline, num_tokens, prompt_len, steps)
         self.key_groups = [g for g in timeline.groups if g["tensor"] == "key"]
         self.value_groups = [g for g in timeline.groups if g["tensor"] == "value"]
+
+    def masks(self):
+        """(attend, key rounded, value rounded) as torch booleans; the last two None when unused."""
+        attend, key_q, value_q = attention_plan(*self.shape)
+        return (torch.from_numpy(attend), torch.from_numpy(key_q) if key_q.any() else None,
+                torch.from_numpy(value_q) if value_q.any() else None)
 
 
 def layer_plans(policy_timeline, num_layers, num_kv_heads, num_tokens, prompt_len, steps):
@@ -70,17 +74,18 @@ def planned_attention(query, key, value, plans, scaling):
     group = Hq // Hkv
     outputs = []
     for h, plan in enumerate(plans):
+        attend, key_q, value_q = plan.masks()
         q = query[0, h * group:(h + 1) * group]          # [g, T, D]
         k, v = key[0, h], value[0, h]                     # [T, D]
         logits = torch.matmul(q, k.transpose(0, 1)) * scaling
-        if plan.key_q is not None:
+        if key_q is not None:
             kq = rounded_keys(k, plan.key_groups)
-            logits = torch.where(plan.key_q, torch.matmul(q, kq.transpose(0, 1)) * scaling, logits)
-        logits = logits.masked_fill(~plan.attend, float("-inf"))
+            logits = torch.where(key_q, torch.matmul(q, kq.transpose(0, 1)) * scaling, logits)
+        logits = logits.masked_fill(~attend, float("-inf"))
         weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
-        if plan.value_q is not None:
+        if value_q is not None:
             vq = rounded_values(v, plan.value_groups)
-            rounded = plan.value_q.to(weights.dtype)
+            rounded = value_q.to(weights.dtype)
             out = torch.matmul(weights * (1 - rounded), v) + torch.matmul(weights * rounded, vq)
         else:
             out = torch.matmul(weights, v)
