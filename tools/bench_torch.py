@@ -5,15 +5,16 @@ Optional peer benchmark (not used by the tests or CI): it times, on the same tra
 same threads, the full-cache reference attention as chunked batched matmuls (QK, softmax, AV, for
 every query head and decode step, 64 steps per chunk) plus H2O with the simulator's default rule
 (budget C, recent window C/2, group scores summed over the query heads of a kv head, one eviction
-per step after the step's attention, ties to the lower position). It prints its compute seconds
+per step after the step's attention, among tied scores the latest goes). It prints its compute seconds
 (trace reading excluded) and, with --thinkv BINARY, runs the simulator on the same trace and
-prints the ratios. The H2O part here is a plain per-step Python loop, so the ratio against the
-reference alone (chunked bmm, the strong part of a PyTorch replay) is the fairer one.
+prints the ratios and whether both H2Os kept the same positions at every step. The H2O here is
+vectorised over the kv heads and steps as the policy does (one eviction per step), and measures
+the policy's mass recall, KL and output error against the reference as the simulator does.
 
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install --index-url https://download.pytorch.org/whl/cpu torch h5py numpy
-    .venv-bench/bin/python tools/bench_torch.py .build/bench/synthetic-8192.h5 --budget 1024 \
-        --thinkv .build/release/thinkv-sim
+    .venv-bench/bin/python tools/bench_torch.py .build/bench/synthetic-T8192-P512-H14x2-D128.h5 \
+        --budget 1024 --threads 2 --repeat 5 --thinkv .build/release/thinkv-sim
 """
 import argparse
 import subprocess
@@ -37,63 +38,111 @@ def load_layer(path, layer):
     return P, T, D, scale, q, k, v
 
 
-def reference(torch, q, k, v, P, scale, chunk):
-    """Full-cache attention of every decode query: [G, Hq, D] outputs, chunked bmm."""
+def replay(torch, q, k, v, P, scale, chunk, budget=None, recent=None):
+    """Full-cache attention of every decode query as chunked batched matmuls (q·k with the causal
+    mask, softmax, Σ a·v), and, with a budget, H2O stepping through each chunk beside it.
+
+    H2O is vectorised over the kv heads, one step at a time as the policy works: it attends
+    its kept positions (their logits gathered from the chunk's, softmax), adds the step's
+    probabilities summed over the group's query heads (in head order) to the scores, and evicts
+    the lowest-scored candidate outside the recent window (among ties the latest, as slots are
+    in position order). After each chunk it mixes the kept values and measures mass recall, KL
+    and output error against the reference for all the chunk's steps at once. Returns the
+    step at which each position left each head's cache ([Hkv, T], -1: never), as
+    `thinkv-sim replay --cache-timeline` writes it."""
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     g = Hq // Hkv
     kh = k.permute(1, 0, 2).contiguous()  # [Hkv, T, D]
     vh = v.permute(1, 0, 2).contiguous()
-    outputs = []
+    dropped = torch.full((Hkv, T), -1, dtype=torch.long)
+    if budget is not None:
+        score = torch.zeros(Hkv, T)
+        # Prompt: column sums of each prompt query's causal softmax, summed over the group.
+        qp = q[:P].permute(1, 0, 2).reshape(Hkv, g, P, D)
+        logits = torch.einsum("hgid,hjd->hgij", qp, kh[:, :P]) * scale
+        logits.masked_fill_(torch.triu(torch.ones(P, P, dtype=torch.bool), 1), float("-inf"))
+        score[:, :P] = torch.softmax(logits, dim=-1).sum(dim=2).sum(dim=1)
+        if P > budget:
+            raise SystemExit("bench_torch.py: a prompt longer than the budget is not handled here")
+        kept = torch.arange(P).repeat(Hkv, 1)  # [Hkv, n]: the positions each head holds
+        heads = torch.arange(Hkv)
+        slot = None
+        metrics = torch.zeros(3)
     for start in range(P, T, chunk):
         end = min(T, start + chunk)
-        qc = q[start:end].permute(1, 0, 2).reshape(Hkv, g * (end - start), D)  # rows: (head in group, step)
+        n = end - start
+        qc = q[start:end].permute(1, 0, 2).reshape(Hkv, g * n, D)  # rows: (head in group, step)
         logits = torch.bmm(qc, kh[:, :end].transpose(1, 2)) * scale  # [Hkv, g·n, end]
         steps = torch.arange(start, end).repeat(g)
         mask = torch.arange(end)[None, :] > steps[:, None]
         logits.masked_fill_(mask[None], float("-inf"))
         probs = torch.softmax(logits, dim=-1)
-        outputs.append(torch.bmm(probs, vh[:, :end]))
-    return outputs
+        outputs = torch.bmm(probs, vh[:, :end])  # [Hkv, g·n, D]
+        if budget is None:
+            continue
+        logits4, probs4, out4 = logits.view(Hkv, g, n, end), probs.view(Hkv, g, n, end), outputs.view(Hkv, g, n, D)
+        attended, weights = [], []
+        for s in range(n):
+            p = start + s
+            if kept.shape[1] <= budget:  # filling up: append
+                kept = torch.cat([kept, torch.full((Hkv, 1), p, dtype=torch.long)], dim=1)
+            else:  # steady state: the new position takes the evicted one's slot
+                kept[heads, slot] = p
+            a = torch.softmax(logits4[:, :, s, :].gather(2, kept[:, None, :].expand(Hkv, g, kept.shape[1])), dim=-1)
+            attended.append(kept.clone())
+            weights.append(a)
+            step_score = a[:, 0]
+            for h in range(1, g):
+                step_score = step_score + a[:, h]
+            score.scatter_add_(1, kept, step_score)
+            if kept.shape[1] > budget:
+                # Candidates: outside the recent window; the lowest score goes, among ties the latest.
+                candidate = kept <= p - recent
+                ranked = torch.where(candidate, score.gather(1, kept), torch.inf)
+                lowest = ranked.min(dim=1, keepdim=True).values
+                slot = torch.where(ranked == lowest, kept, -1).argmax(dim=1)
+                if p + 1 < T:
+                    dropped[heads, kept[heads, slot]] = p + 1 - P
+        # The policy's attention metrics for the chunk's steps, batched: mass recall, KL, output error.
+        # (While the cache fills, steps attend different counts: pad with weight 0.)
+        m = max(x.shape[1] for x in attended)
+        index = torch.stack([torch.nn.functional.pad(x, (0, m - x.shape[1])) for x in attended])      # [n, Hkv, m]
+        valid = torch.stack([torch.arange(m) < x.shape[1] for x in attended])[:, None, None, :]
+        a = torch.stack([torch.nn.functional.pad(x, (0, m - x.shape[-1])) for x in weights])          # [n, Hkv, g, m]
+        ref = probs4.permute(2, 0, 1, 3).gather(3, index[:, :, None, :].expand(-1, -1, g, -1)) * valid
+        mass = ref.sum(dim=-1)
+        kl = (a * (a.clamp_min(1e-30).log() - (ref / mass[..., None]).clamp_min(1e-30).log())).sum(dim=-1)
+        # Σ a·v over the kept values as one dense matmul: the weights scattered over all positions.
+        dense = torch.zeros(Hkv, n, g, end).scatter_(
+            3, index.permute(1, 0, 2)[:, :, None, :].expand(-1, -1, g, -1), a.permute(1, 0, 2, 3))
+        out = torch.bmm(dense.view(Hkv, n * g, end), vh[:, :end]).view(Hkv, n, g, D).permute(1, 0, 2, 3)
+        full = out4.permute(2, 0, 1, 3)
+        error = (out - full).norm(dim=-1) / full.norm(dim=-1)
+        metrics += torch.stack([mass.mean(), kl.mean(), error.mean()])
+    return dropped
 
 
-def h2o(torch, q, k, v, P, scale, budget, recent):
-    """H2O over the decode steps; returns the kept positions of every kv head at the end."""
-    T, Hq, D = q.shape
-    Hkv = k.shape[1]
-    g = Hq // Hkv
-    kh = k.permute(1, 0, 2).contiguous()
-    vh = v.permute(1, 0, 2).contiguous()
-    score = torch.zeros(Hkv, T)
-    # Prompt: column sums of each prompt query's causal softmax, then evict down to the budget.
-    qp = q[:P].permute(1, 0, 2).reshape(Hkv, g, P, D)
-    logits = torch.einsum("hgid,hjd->hgij", qp, kh[:, :P]) * scale
-    logits.masked_fill_(torch.triu(torch.ones(P, P, dtype=torch.bool), 1), float("-inf"))
-    score[:, :P] = torch.softmax(logits, dim=-1).sum(dim=(1, 2))
-    kept = [list(range(P)) for _ in range(Hkv)]
-    for h in range(Hkv):
-        kept[h] = evict_to(torch, kept[h], score[h], budget, recent)
-    for p in range(P, T):
-        for h in range(Hkv):
-            kept[h].append(p)
-            idx = torch.tensor(kept[h])
-            ql = q[p, h * g:(h + 1) * g]  # [g, D]
-            probs = torch.softmax(ql @ kh[h, idx].T * scale, dim=-1)  # attention over the cache
-            _ = probs @ vh[h, idx]
-            score[h, idx] += probs.sum(dim=0)
-            kept[h] = evict_to(torch, kept[h], score[h], budget, recent)
-    return kept
+def compare_kept(torch, binary, trace, layer, budget, dropped):
+    """Positions whose eviction step differs between this H2O and thinkv-sim's (0: the same
+    kept set at every step), from `replay --cache-timeline`."""
+    import json
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/timeline.jsonl"
+        subprocess.run([binary, "replay", trace, "--policy", "h2o", "--budget", str(budget), "--layers", str(layer),
+                        "--cache-timeline", path, "--progress", "none"], check=True, stdout=subprocess.DEVNULL)
+        differ = 0
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                differ += int((torch.tensor(record["dropped_at"]) != dropped[record["kv_head"]]).sum())
+    return differ
 
 
-def evict_to(torch, kept, score, budget, recent):
-    while len(kept) > budget:
-        candidates = kept[:len(kept) - recent]
-        s = score[torch.tensor(candidates)]
-        # lowest score goes; among ties the lower position stays (the later one is evicted)
-        low = float(s.min())
-        victim = max(c for c, x in zip(candidates, s.tolist()) if x == low)
-        kept.remove(victim)
-    return kept
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
 
 
 def main():
@@ -103,8 +152,9 @@ def main():
     ap.add_argument("--layer", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument("--reference-only", action="store_true", help="skip the (slow, per-step Python) H2O loop")
-    ap.add_argument("--thinkv", help="thinkv-sim binary: time `replay --policy full,h2o` on the same trace")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs of each side; medians are compared")
+    ap.add_argument("--thinkv", help="thinkv-sim binary: time `replay --policy full,h2o` on the same trace and "
+                    "compare its kept sets with this H2O's")
     args = ap.parse_args()
     try:
         import torch
@@ -114,24 +164,31 @@ def main():
         torch.set_num_threads(args.threads)
     P, T, D, scale, q, k, v = load_layer(args.trace, args.layer)
     q, k, v = (torch.from_numpy(x) for x in (q, k, v))
-    start = time.perf_counter()
-    with torch.inference_mode():
-        reference(torch, q, k, v, P, scale, args.chunk)
-        ref_seconds = time.perf_counter() - start
-        if not args.reference_only:
-            h2o(torch, q, k, v, P, scale, args.budget, args.budget // 2)
-    seconds = time.perf_counter() - start
     flops = 4 * D * q.shape[1] * sum(p + 1 for p in range(P, T))
-    h2o_part = "" if args.reference_only else f", full+h2o {seconds:.2f} s"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: reference {ref_seconds:.2f} s "
-          f"({flops / ref_seconds / 1e9:.1f} GFLOP/s){h2o_part}")
+    reference_s, full_h2o_s, sim_s = [], [], []
+    dropped = None
+    for _ in range(args.repeat):
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            replay(torch, q, k, v, P, scale, args.chunk)
+            reference_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            dropped = replay(torch, q, k, v, P, scale, args.chunk, args.budget, args.budget // 2)
+            full_h2o_s.append(time.perf_counter() - t0)
+        if args.thinkv:
+            t0 = time.perf_counter()
+            subprocess.run([args.thinkv, "replay", args.trace, "--policy", "full,h2o", "--budget", str(args.budget),
+                            "--layers", str(args.layer), "--progress", "none"], check=True, stdout=subprocess.DEVNULL)
+            sim_s.append(time.perf_counter() - t0)
+    ref, both = median(reference_s), median(full_h2o_s)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeat}: reference "
+          f"{ref:.2f} s ({flops / ref / 1e9:.1f} GFLOP/s), full+h2o {both:.2f} s (trace reading excluded)")
     if args.thinkv:
-        t0 = time.perf_counter()
-        subprocess.run([args.thinkv, "replay", args.trace, "--policy", "full,h2o", "--budget", str(args.budget),
-                        "--layers", str(args.layer)], check=True, stdout=subprocess.DEVNULL)
-        sim = time.perf_counter() - t0
-        both = "" if args.reference_only else f"torch full+h2o / thinkv-sim = {seconds / sim:.2f}, "
-        print(f"thinkv-sim full,h2o {sim:.2f} s (whole process); {both}torch reference alone / thinkv-sim = {ref_seconds / sim:.2f}")
+        sim = median(sim_s)
+        differ = compare_kept(torch, args.thinkv, args.trace, args.layer, args.budget, dropped)
+        same = "the same kept sets at every step" if differ == 0 else f"{differ} positions evicted at other steps"
+        print(f"thinkv-sim full,h2o {sim:.2f} s (whole process, reading included): torch full+h2o / thinkv-sim = "
+              f"{both / sim:.2f}, torch reference alone / thinkv-sim = {ref / sim:.2f}; H2O: {same}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,11 @@ final class CLITests: XCTestCase {
             ["inspect", good, "--width", "2"],
             ["replay", missing, "--steps", "0"],       // the usage mistake is reported, not the file
             ["inspect", missing, "--width", "2"],
+            ["replay", good, "--policy", "h2o", "--kv-percent", "20", "--cache-timeline", "t.jsonl"],
+            ["replay", good, "--policy", "h2o", "--budget", "4", "--kept", "same.jsonl", "--cache-timeline", "same.jsonl"],
+            ["quantize", good, "-o", "out.f32"],                            // no --quantizer
+            ["quantize", good, "--quantizer", "int9", "-o", "out.f32"],
+            ["quantize", good, "--quantizer", "fp8"],                       // no -o
         ]
         for arguments in cases {
             let outcome = try run(arguments)
@@ -107,6 +112,51 @@ final class CLITests: XCTestCase {
                 XCTAssertTrue(outcome.stderr.hasPrefix("thinkv-sim"), "\(arguments): \(outcome.stderr)")
             }
         }
+    }
+
+    /// `quantize` rounds each group as the policies do; a file that is not float32 values is one
+    /// line and exit 1, and the output is not created.
+    func testQuantizeRoundTripsGroupsAndRefusesBadInput() throws {
+        let input = directory.appendingPathComponent("x.f32"), output = directory.appendingPathComponent("y.f32")
+        let values: [Float] = [0.1, 0.5, -0.3, 1.0, 2, 2, 2, 2, 7]
+        try values.withUnsafeBytes { Data($0) }.write(to: input)
+        let outcome = try run(["quantize", input.path, "--quantizer", "int2", "--group", "4", "-o", output.path])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        let data = try Data(contentsOf: output)
+        let got = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        var expected = values
+        for start in stride(from: 0, to: values.count, by: 4) {
+            var group = Array(expected[start..<min(start + 4, values.count)])
+            GroupQuantizer.integer(bits: 2).roundTrip(&group)
+            expected.replaceSubrange(start..<min(start + 4, values.count), with: group)
+        }
+        XCTAssertEqual(got, expected)
+        // By hand: min -0.3, scale (1.0 + 0.3) / 3; 0.1 → code 1 → -0.3 + 1.3/3.
+        XCTAssertEqual(got[0], Float(1) * (Float(1.3) / 3) + Float(-0.3), accuracy: 1e-6)
+        XCTAssertEqual(Array(got[4...8]), [2, 2, 2, 2, 7])  // constant groups are exact
+
+        let odd = directory.appendingPathComponent("odd.f32"), refused = directory.appendingPathComponent("no.f32")
+        try Data([1, 2, 3, 4, 5]).write(to: odd)
+        let bad = try run(["quantize", odd.path, "--quantizer", "nvfp4", "-o", refused.path])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.hasPrefix("thinkv-sim quantize: \(odd.path): 5 bytes is not a whole number of float32 values"), bad.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: refused.path))
+    }
+
+    func testCacheTimelineFileHasALinePerPolicyAndKVHead() throws {
+        let good = try goodTrace()
+        let timeline = directory.appendingPathComponent("timeline.jsonl").path
+        let outcome = try run(["replay", good, "--policy", "full,h2o", "--budget", "4", "--cache-timeline", timeline])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        let lines = try String(contentsOfFile: timeline, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 2)  // 2 policies × 1 kv head
+        let h2o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(lines[1].utf8)) as? [String: Any])
+        XCTAssertEqual(h2o["policy"] as? String, "h2o(budget=4)")
+        let dropped = try XCTUnwrap(h2o["dropped_at"] as? [Int])
+        XCTAssertEqual(dropped.count, 12)
+        // 8 decode steps at budget 4, one eviction after each: the first 7 are seen by a later
+        // step; the eviction after the last step has no step to show it.
+        XCTAssertEqual(dropped.filter { $0 >= 0 }.count, 12 - 4 - 1)
     }
 
     // MARK: Help: exit 0
