@@ -176,6 +176,9 @@ def main():
             dropped = replay(torch, q, k, v, P, scale, args.chunk, args.budget, args.budget // 2)
             full_h2o_s.append(time.perf_counter() - t0)
         if args.thinkv:
+            # PyTorch's worker threads spin for a while after their last parallel region; let them
+            # settle so that they do not take the simulator's cores.
+            time.sleep(1.0)
             t0 = time.perf_counter()
             subprocess.run([args.thinkv, "replay", args.trace, "--policy", "full,h2o", "--budget", str(args.budget),
                             "--layers", str(args.layer), "--progress", "none"], check=True, stdout=subprocess.DEVNULL)

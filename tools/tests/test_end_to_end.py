@@ -292,3 +292,28 @@ def test_end_to_end_free_running_needs_a_greedy_recording(tiny, capsys):
                      "--thinkv-sim", thinkv_sim(), "-o", os.devnull])
     assert code == 1
     assert "not a greedy recording" in capsys.readouterr().err
+
+
+def test_end_to_end_kept_set_equals_an_explicit_masked_forward(tiny):
+    """A hand-made kept set, the same in every layer and head, against the model's own eager
+    forward given that set as an explicit 4-D attention mask."""
+    _, trace, model = tiny
+    ids, P = trace_ids(trace)
+    T, steps = len(ids), len(ids) - P
+    dropped = np.full(T, -1)
+    dropped[[0, 3, 5, 8, 13]] = 0                 # prompt positions gone from the first step
+    dropped[[P, P + 1]] = [4, 6]                  # two generated ones later
+    dropped[P + 10] = 12
+    timeline = HeadTimeline(dropped.tolist(), [])
+    ours = forward.next_token_log_probs(model, ids, uniform_plans(model, timeline, T, P, steps), P, steps)
+    from end_to_end.timeline import attention_plan
+    attend, _, _ = attention_plan(timeline, T, P, steps)
+    mask = torch.zeros(1, 1, T, T).masked_fill(~torch.from_numpy(attend), float("-inf"))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids.tolist()]), attention_mask=mask, use_cache=False).logits[0, P:P + steps]
+    explicit = torch.log_softmax(logits.double(), dim=-1)
+    assert torch.allclose(ours, explicit, atol=1e-5, rtol=0), (ours - explicit).abs().max()
+    with torch.no_grad():
+        unmasked = torch.log_softmax(model(input_ids=torch.tensor([ids.tolist()]), use_cache=False).logits[0, P:P + steps].double(), -1)
+    assert (explicit - unmasked).abs().max() > 1e-3  # the mask was applied, and it matters
+    assert attend[P + 5, 3] == False and attend[P + 5, P] == False and attend[P + 3, P] == True  # noqa: E712
