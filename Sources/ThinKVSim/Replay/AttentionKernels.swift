@@ -59,9 +59,9 @@ public enum Kernels {
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
         var acc = SIMD8<Float>(repeating: 0)
         var i = 0
-        while i + 8 <= n {
+        while i &+ 8 <= n {
             multiplyAdd(&acc, load8(a, i), load8(b, i))
-            i += 8
+            i &+= 8
         }
         var sum = acc.sum()
         while i < n {
@@ -77,11 +77,11 @@ public enum Kernels {
         var i = 0
         let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
         let a = SIMD8<Float>(repeating: alpha)
-        while i + 8 <= n {
+        while i &+ 8 <= n {
             var yv = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
             multiplyAdd(&yv, a, rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
             ry.storeBytes(of: yv, toByteOffset: i * 4, as: SIMD8<Float>.self)
-            i += 8
+            i &+= 8
         }
         while i < n {
             y[i] += alpha * x[i]
@@ -229,9 +229,9 @@ public struct TopKSelector {
         let threshold = SIMD8<Float>(repeating: t)
         var counts = SIMD8<Int32>(repeating: 0)
         var i = 0
-        while i + 8 <= n {
+        while i &+ 8 <= n {
             counts &-= unsafeBitCast(Kernels.load8(a, i) .>= threshold, to: SIMD8<Int32>.self)  // true lanes are -1
-            i += 8
+            i &+= 8
         }
         var total = Int(counts.wrappedSum())
         while i < n {

@@ -13,7 +13,7 @@ extension Kernels {
         guard D % 8 == 0 else {
             for r in 0..<rows {
                 for j in 0..<count {
-                    out[r * outStride + j] = scale * dot(queries + r * D, keys + Int(indices[j]) * D, D)
+                    out[r * outStride + j] = scale * dot(queries + r * D, keys + Int(indices[j]) &* D, D)
                 }
             }
             return
@@ -105,8 +105,8 @@ extension Kernels {
                         var d = l
                         while d < D {
                             let y = SIMD8<Float>(repeating: q[d])
-                            multiplyAdd(&a0, y, load8(panel, d * 8)); multiplyAdd(&a1, y, load8(second, d * 8))
-                            d += 8
+                            multiplyAdd(&a0, y, load8(panel, d &* 8)); multiplyAdd(&a1, y, load8(second, d &* 8))
+                            d &+= 8
                         }
                         fold(o + j, a0, a1, l, scale)
                     }
@@ -139,7 +139,7 @@ extension Kernels {
             var a20 = a00, a21 = a00, a30 = a00, a31 = a00
             var d = l
             while d < D {
-                let k0 = load8(panel, d * 8), k1 = load8(second, d * 8)
+                let k0 = load8(panel, d &* 8), k1 = load8(second, d &* 8)
                 let y0 = SIMD8<Float>(repeating: q0[d])
                 multiplyAdd(&a00, y0, k0); multiplyAdd(&a01, y0, k1)
                 let y1 = SIMD8<Float>(repeating: q1[d])
@@ -148,7 +148,7 @@ extension Kernels {
                 multiplyAdd(&a20, y2, k0); multiplyAdd(&a21, y2, k1)
                 let y3 = SIMD8<Float>(repeating: q3[d])
                 multiplyAdd(&a30, y3, k0); multiplyAdd(&a31, y3, k1)
-                d += 8
+                d &+= 8
             }
             fold(o0, a00, a01, l, scale); fold(o1, a10, a11, l, scale)
             fold(o2, a20, a21, l, scale); fold(o3, a30, a31, l, scale)
@@ -187,7 +187,7 @@ extension Kernels {
             let o0 = out + r * outStride, o1 = o0 + outStride, o2 = o1 + outStride, o3 = o2 + outStride
             var j = range.lowerBound
             while j + 2 <= count {
-                let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                let k0 = keys + Int(indices[j]) &* D, k1 = keys + Int(indices[j + 1]) &* D
                 var a00 = SIMD8<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00
                 var a20 = a00, a21 = a00, a30 = a00, a31 = a00
                 var c = 0
@@ -210,7 +210,7 @@ extension Kernels {
                 j += 2
             }
             if j < count {
-                let k = keys + Int(indices[j]) * D
+                let k = keys + Int(indices[j]) &* D
                 o0[j] = scale * dot(q0, k, D); o1[j] = scale * dot(q1, k, D)
                 o2[j] = scale * dot(q2, k, D); o3[j] = scale * dot(q3, k, D)
             }
@@ -223,7 +223,7 @@ extension Kernels {
             let o0 = out + r * outStride, o1 = o0 + outStride, o2 = o1 + outStride
             var j = range.lowerBound
             while j + 2 <= count {
-                let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                let k0 = keys + Int(indices[j]) &* D, k1 = keys + Int(indices[j + 1]) &* D
                 var a00 = SIMD8<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00
                 var c = 0
                 while c < D {
@@ -242,7 +242,7 @@ extension Kernels {
                 j += 2
             }
             if j < count {
-                let k = keys + Int(indices[j]) * D
+                let k = keys + Int(indices[j]) &* D
                 o0[j] = scale * dot(q0, k, D); o1[j] = scale * dot(q1, k, D); o2[j] = scale * dot(q2, k, D)
             }
             r += 3
@@ -252,7 +252,7 @@ extension Kernels {
             let q = queries + r * D, o = out + r * outStride
             var j = range.lowerBound
             while j + 2 <= count {
-                let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                let k0 = keys + Int(indices[j]) &* D, k1 = keys + Int(indices[j + 1]) &* D
                 var a0 = SIMD8<Float>(repeating: 0), a1 = a0
                 var c = 0
                 while c < D {
@@ -263,7 +263,7 @@ extension Kernels {
                 o[j] = scale * a0.sum(); o[j + 1] = scale * a1.sum()
                 j += 2
             }
-            if j < count { o[j] = scale * dot(q, keys + Int(indices[j]) * D, D) }
+            if j < count { o[j] = scale * dot(q, keys + Int(indices[j]) &* D, D) }
             r += 1
         }
     }
@@ -277,7 +277,7 @@ extension Kernels {
             for r in 0..<rows {
                 let o = out + r * D
                 for d in 0..<D { o[d] = 0 }
-                for j in 0..<count { axpy(probs[r * probStride + j], values + Int(indices[j]) * D, o, D) }
+                for j in 0..<count { axpy(probs[r * probStride + j], values + Int(indices[j]) &* D, o, D) }
             }
             return
         }
@@ -314,7 +314,7 @@ extension Kernels {
                 var c0 = load8(o, 2 * D), c1 = load8(o, 2 * D + 8), d0 = load8(o, 3 * D), d1 = load8(o, 3 * D + 8)
                 var e0 = load8(o, 4 * D), e1 = load8(o, 4 * D + 8), f0 = load8(o, 5 * D), f1 = load8(o, 5 * D + 8)
                 for j in range {
-                    let v = values + Int(indices[j]) * D + tile
+                    let v = values + (Int(indices[j]) &* D &+ tile)
                     let v0 = load8(v, 0), v1 = load8(v, 8)
                     let w0 = SIMD8<Float>(repeating: p0[j])
                     multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1)
@@ -345,7 +345,7 @@ extension Kernels {
                 var a0 = load8(o0, 0), a1 = load8(o0, 8), a2 = load8(o0, 16), a3 = load8(o0, 24)
                 var b0 = load8(o1, 0), b1 = load8(o1, 8), b2 = load8(o1, 16), b3 = load8(o1, 24)
                 for j in range {
-                    let v = values + Int(indices[j]) * D + tile
+                    let v = values + (Int(indices[j]) &* D &+ tile)
                     let v0 = load8(v, 0), v1 = load8(v, 8), v2 = load8(v, 16), v3 = load8(v, 24)
                     let w0 = SIMD8<Float>(repeating: p0[j]), w1 = SIMD8<Float>(repeating: p1[j])
                     multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1); multiplyAdd(&a2, w0, v2); multiplyAdd(&a3, w0, v3)
@@ -365,7 +365,7 @@ extension Kernels {
                 let o0 = out + r * D + tile
                 var a0 = load8(o0, 0), a1 = load8(o0, 8), a2 = load8(o0, 16), a3 = load8(o0, 24)
                 for j in range {
-                    let v = values + Int(indices[j]) * D + tile
+                    let v = values + (Int(indices[j]) &* D &+ tile)
                     let w0 = SIMD8<Float>(repeating: p0[j])
                     multiplyAdd(&a0, w0, load8(v, 0)); multiplyAdd(&a1, w0, load8(v, 8))
                     multiplyAdd(&a2, w0, load8(v, 16)); multiplyAdd(&a3, w0, load8(v, 24))
@@ -416,9 +416,9 @@ extension Kernels {
         let sh = SIMD8<Float>(repeating: shift)
         var acc = SIMD8<Float>(repeating: 0)
         var i = 0
-        while i + 8 <= n {
+        while i &+ 8 <= n {
             acc += exp8(load8(x, i) - sh)
-            i += 8
+            i &+= 8
         }
         var s = acc.sum()
         while i < n {
@@ -433,9 +433,9 @@ extension Kernels {
     public static func sum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
         var acc = SIMD8<Float>(repeating: 0)
         var i = 0
-        while i + 8 <= n {
+        while i &+ 8 <= n {
             acc += load8(x, i)
-            i += 8
+            i &+= 8
         }
         var s = acc.sum()
         while i < n {
@@ -475,10 +475,10 @@ extension Kernels {
                 i += 64
             }
         }
-        while i + 8 <= n {
+        while i &+ 8 <= n {
             let v = load8(x, i)
             mv = mv.replacing(with: v, where: v .> mv)
-            i += 8
+            i &+= 8
         }
         var m = mv.max()
         while i < n {
@@ -495,11 +495,11 @@ extension Kernels {
         var sv = SIMD8<Float>(repeating: 0)
         let raw = UnsafeMutableRawPointer(x)
         var i = 0
-        while i + 8 <= n {
+        while i &+ 8 <= n {
             let e = exp8(load8(x, i) - mm)
             raw.storeBytes(of: e, toByteOffset: i * 4, as: SIMD8<Float>.self)
             sv += e
-            i += 8
+            i &+= 8
         }
         var s = sv.sum()
         while i < n {
@@ -521,11 +521,11 @@ extension Kernels {
         var i = 0
         if let total {
             let rawTotal = UnsafeMutableRawPointer(total)
-            while i + 8 <= n {
+            while i &+ 8 <= n {
                 let p = load8(x, i) * inv
                 raw.storeBytes(of: p, toByteOffset: i * 4, as: SIMD8<Float>.self)
                 rawTotal.storeBytes(of: load8(total, i) + p, toByteOffset: i * 4, as: SIMD8<Float>.self)
-                i += 8
+                i &+= 8
             }
             while i < n {
                 x[i] *= inv[0]
@@ -533,9 +533,9 @@ extension Kernels {
                 i += 1
             }
         } else {
-            while i + 8 <= n {
+            while i &+ 8 <= n {
                 raw.storeBytes(of: load8(x, i) * inv, toByteOffset: i * 4, as: SIMD8<Float>.self)
-                i += 8
+                i &+= 8
             }
             while i < n {
                 x[i] *= inv[0]

@@ -45,7 +45,7 @@ extension Kernels {
                 var e0 = load16(o, 4 * D), e1 = load16(o, 4 * D + 16), f0 = load16(o, 5 * D), f1 = load16(o, 5 * D + 16)
                 var g0 = load16(o, 6 * D), g1 = load16(o, 6 * D + 16)
                 for j in range {
-                    let v = values + Int(indices[j]) * D + tile
+                    let v = values + (Int(indices[j]) &* D &+ tile)
                     let v0 = load16(v, 0), v1 = load16(v, 16)
                     let w0 = SIMD16<Float>(repeating: p0[j])
                     multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1)
@@ -78,7 +78,7 @@ extension Kernels {
                 var a0 = load16(o, 0), a1 = load16(o, 16), b0 = load16(o, D), b1 = load16(o, D + 16)
                 var c0 = load16(o, 2 * D), c1 = load16(o, 2 * D + 16), d0 = load16(o, 3 * D), d1 = load16(o, 3 * D + 16)
                 for j in range {
-                    let v = values + Int(indices[j]) * D + tile
+                    let v = values + (Int(indices[j]) &* D &+ tile)
                     let v0 = load16(v, 0), v1 = load16(v, 16)
                     let w0 = SIMD16<Float>(repeating: p0[j])
                     multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1)
@@ -103,7 +103,7 @@ extension Kernels {
                 let o = out + r * D + tile
                 var a0 = load16(o, 0), a1 = load16(o, 16)
                 for j in range {
-                    let v = values + Int(indices[j]) * D + tile
+                    let v = values + (Int(indices[j]) &* D &+ tile)
                     let w0 = SIMD16<Float>(repeating: p0[j])
                     multiplyAdd(&a0, w0, load16(v, 0)); multiplyAdd(&a1, w0, load16(v, 16))
                 }
@@ -141,7 +141,7 @@ extension Kernels {
                 let y = inter + p0 * 2 * D
                 var j = 0
                 while j + 4 <= count {
-                    let k0 = keys + Int(indices[j]) * D, k1 = keys + Int(indices[j + 1]) * D
+                    let k0 = keys + Int(indices[j]) &* D, k1 = keys + Int(indices[j + 1]) &* D
                     let k2 = keys + Int(indices[j + 2]) * D, k3 = keys + Int(indices[j + 3]) * D
                     @inline(__always) func put(_ pair: Int, _ a: FourAccumulators) {
                         let r = 2 * (p0 + pair)
@@ -163,7 +163,7 @@ extension Kernels {
                 }
                 // The last keys (fewer than 4): plain dot products.
                 while j < count {
-                    let k = keys + Int(indices[j]) * D
+                    let k = keys + Int(indices[j]) &* D
                     for r in (2 * p0)..<min(rows, 2 * (p0 + group)) { out[r * outStride + j] = scale * dot(queries + r * D, k, D) }
                     j += 1
                 }
@@ -247,7 +247,7 @@ extension Kernels {
             var a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00
             var d = l
             while d < D {
-                let k0 = load16(panel, d * 16), k1 = load16(second, d * 16)
+                let k0 = load16(panel, d &* 16), k1 = load16(second, d &* 16)
                 let y0 = SIMD16<Float>(repeating: q0[d])
                 multiplyAdd(&a00, y0, k0); multiplyAdd(&a01, y0, k1)
                 let y1 = SIMD16<Float>(repeating: q1[d])
@@ -262,7 +262,7 @@ extension Kernels {
                 multiplyAdd(&a50, y5, k0); multiplyAdd(&a51, y5, k1)
                 let y6 = SIMD16<Float>(repeating: q6[d])
                 multiplyAdd(&a60, y6, k0); multiplyAdd(&a61, y6, k1)
-                d += 8
+                d &+= 8
             }
             fold16(o, a00, a01, l, scale); fold16(o + outStride, a10, a11, l, scale)
             fold16(o + 2 * outStride, a20, a21, l, scale); fold16(o + 3 * outStride, a30, a31, l, scale)
@@ -281,7 +281,7 @@ extension Kernels {
             var a00 = SIMD16<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00
             var d = l
             while d < D {
-                let k0 = load16(panel, d * 16), k1 = load16(second, d * 16)
+                let k0 = load16(panel, d &* 16), k1 = load16(second, d &* 16)
                 let y0 = SIMD16<Float>(repeating: q0[d])
                 multiplyAdd(&a00, y0, k0); multiplyAdd(&a01, y0, k1)
                 let y1 = SIMD16<Float>(repeating: q1[d])
@@ -290,7 +290,7 @@ extension Kernels {
                 multiplyAdd(&a20, y2, k0); multiplyAdd(&a21, y2, k1)
                 let y3 = SIMD16<Float>(repeating: q3[d])
                 multiplyAdd(&a30, y3, k0); multiplyAdd(&a31, y3, k1)
-                d += 8
+                d &+= 8
             }
             fold16(o, a00, a01, l, scale); fold16(o + outStride, a10, a11, l, scale)
             fold16(o + 2 * outStride, a20, a21, l, scale); fold16(o + 3 * outStride, a30, a31, l, scale)
@@ -307,8 +307,8 @@ extension Kernels {
             var d = l
             while d < D {
                 let y = SIMD16<Float>(repeating: q[d])
-                multiplyAdd(&a0, y, load16(panel, d * 16)); multiplyAdd(&a1, y, load16(second, d * 16))
-                d += 8
+                multiplyAdd(&a0, y, load16(panel, d &* 16)); multiplyAdd(&a1, y, load16(second, d &* 16))
+                d &+= 8
             }
             fold16(o, a0, a1, l, scale)
         }
