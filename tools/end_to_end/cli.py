@@ -217,13 +217,15 @@ def main(argv=None):
     if args.kv_percent is not None and not 0 < args.kv_percent <= 100:
         parser.error("--kv-percent must be in (0, 100]")
     from .replay import ReplayError
+    from . import forward  # noqa: F401  (puts tools/ on the path for the recorder package)
+    from recorder.errors import RecorderError
     try:
         rows, per_step = evaluate(args)
         write_csv(args.output, COLUMNS, rows)
         if args.steps_csv:
             write_csv(args.steps_csv, ["policy", "label", "step", "next_token_kl", "top1_agree"], per_step)
         return 0
-    except (EndToEndError, ReplayError, ValueError, OSError) as e:
+    except (EndToEndError, ReplayError, RecorderError, ValueError, OSError) as e:
         if args.debug:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)

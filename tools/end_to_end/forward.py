@@ -7,6 +7,7 @@ later row never changes them. Rounded keys and values come from the same quantiz
 simulator runs (quantizers.py), applied to the keys and values this forward computes.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -14,6 +15,9 @@ import torch
 
 from . import quantizers
 from .timeline import attention_plan
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recorder.hooks import AttentionHook  # noqa: E402
 
 
 class HeadPlan:
@@ -93,47 +97,23 @@ def planned_attention(query, key, value, plans, scaling):
     return torch.cat(outputs, dim=0).unsqueeze(0).transpose(1, 2).contiguous()
 
 
-class PolicyAttention:
+class PolicyAttention(AttentionHook):
     """Replaces the eager attention function of the model's attention modules, for the layers in
     `plans`, with `planned_attention` (a context manager; restores the original on exit)."""
 
     def __init__(self, model, plans, capture=None):
+        super().__init__(model, plans, "eager", require_eager=True)
+        for module in model.modules():
+            if id(module) in self.by_module and (getattr(module, "sinks", None) is not None
+                                                 or getattr(module, "sliding_window", None)):
+                raise ValueError(f"layer {module.layer_idx} uses attention sinks or a sliding window; the "
+                                 "end-to-end forward supports plain causal attention only")
         self.plans = plans
         # {layer: (q [T, Hq, D], k, v [T, Hkv, D])} of every planned layer, when a dict is given.
         self.capture = capture
-        self.by_module = {}
-        for module in model.modules():
-            idx = getattr(module, "layer_idx", None)
-            if idx is not None and type(module).__name__.endswith("Attention") and hasattr(module, "q_proj"):
-                self.by_module[id(module)] = idx
-                if getattr(module, "sinks", None) is not None or getattr(module, "sliding_window", None):
-                    raise ValueError(f"layer {idx} uses attention sinks or a sliding window; the end-to-end "
-                                     "forward supports plain causal attention only")
-        missing = set(plans) - set(self.by_module.values())
-        if missing:
-            raise ValueError(f"found no attention module for layer(s) {sorted(missing)}")
-        self.modules = {type(m).__module__ for m in model.modules() if id(m) in self.by_module}
-        self._restore = []
         self.calls = 0
 
-    def __enter__(self):
-        for name in self.modules:
-            mod = sys.modules[name]
-            original = getattr(mod, "eager_attention_forward", None)
-            if original is None:
-                raise ValueError(f"{name} has no eager_attention_forward to replace (load the model with "
-                                 "attn_implementation='eager')")
-            setattr(mod, "eager_attention_forward", self._wrap(original))
-            self._restore.append(lambda mod=mod, fn=original: setattr(mod, "eager_attention_forward", fn))
-        return self
-
-    def __exit__(self, *exc):
-        for undo in reversed(self._restore):
-            undo()
-        self._restore.clear()
-        return False
-
-    def _wrap(self, original):
+    def wrap(self, original):
         owner = self
 
         def attention(module, query, key, value, attention_mask, *args, **kwargs):

@@ -7,7 +7,8 @@ docs/trace-format.md: prompt positions from the prefill forward, then one positi
 forward. `python tools/record_trace.py --help` runs it; docs/recording.md describes it.
 
 Modules, one concern each: cli (arguments, the run, exit codes), prompts, layers, model (finding
-and loading a local model or GGUF), capture (the attention hook), writer (the HDF5 file),
+and loading a local model or GGUF), hooks (swapping the attention function in and out), capture
+(q, k, v through that hook), writer (the HDF5 file),
 tokens (per-token text), sampling, generate (one prompt's generation loop).
 """
 

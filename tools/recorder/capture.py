@@ -6,12 +6,11 @@ another implementation): it receives query [batch, q_heads, seq, D] and key/valu
 [batch, kv_heads, cached + seq, D]. See docs/recording.md.
 """
 
-import sys
-
 from .errors import RecorderError
+from .hooks import AttentionHook
 
 
-class AttentionCapture:
+class AttentionCapture(AttentionHook):
     """Wraps the attention function(s) the model's attention modules call and hands the new
     positions' q, k, v of the chosen layers to `sink(layer, q, k, v)` as [seq, heads, D] tensors.
 
@@ -19,28 +18,17 @@ class AttentionCapture:
     """
 
     def __init__(self, model, layers, attn_impl, shape):
+        super().__init__(model, layers, attn_impl)
         self.layers = set(layers)
         self.shape = shape  # (num_layers, q heads, kv heads, head dim) from the config
-        self.attn_impl = attn_impl
         self.sink = None
         self.expected_len = None
         self.calls = {}
         self.scaling = {}
         self.sinks = {}
         self.sliding_window = {}
-        self.by_module = {}
-        for module in model.modules():
-            idx = getattr(module, "layer_idx", None)
-            if idx is not None and type(module).__name__.endswith("Attention") and hasattr(module, "q_proj"):
-                self.by_module[id(module)] = idx
-        found = set(self.by_module.values())
-        missing = self.layers - found
-        if missing:
-            raise RecorderError(f"found no attention module for layer(s) {sorted(missing)} in {type(model).__name__}")
-        self.attention_modules = {type(m).__module__ for m in model.modules() if id(m) in self.by_module}
-        self._restore = []
 
-    def _wrap(self, original):
+    def wrap(self, original):
         capture = self
 
         def recording_attention(module, query, key, value, attention_mask, *args, **kwargs):
@@ -51,27 +39,6 @@ class AttentionCapture:
 
         recording_attention.__wrapped__ = original
         return recording_attention
-
-    def __enter__(self):
-        # The default ("eager") path: a module-level function looked up when the forward runs.
-        for name in self.attention_modules:
-            mod = sys.modules[name]
-            fn = getattr(mod, "eager_attention_forward", None)
-            if fn is not None:
-                setattr(mod, "eager_attention_forward", self._wrap(fn))
-                self._restore.append(lambda mod=mod, fn=fn: setattr(mod, "eager_attention_forward", fn))
-        if self.attn_impl != "eager":
-            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-            fn = ALL_ATTENTION_FUNCTIONS[self.attn_impl]
-            ALL_ATTENTION_FUNCTIONS[self.attn_impl] = self._wrap(fn)
-            self._restore.append(lambda: ALL_ATTENTION_FUNCTIONS.__setitem__(self.attn_impl, fn))
-        return self
-
-    def __exit__(self, *exc):
-        for undo in reversed(self._restore):
-            undo()
-        self._restore.clear()
-        return False
 
     def begin_forward(self, seq_len):
         self.expected_len = seq_len
