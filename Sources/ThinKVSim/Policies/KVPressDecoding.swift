@@ -77,6 +77,18 @@ struct KVPressDecoding {
     /// `ScorerPress.compress`'s kept count for a ratio.
     static func keptCount(length: Int, ratio: Double) -> Int { Int(Double(length) * (1 - ratio)) }
 
+    /// A compression at this step: each kv head holding more than the target keeps the tokens
+    /// `scores(kvHead, slots)` ranks highest (one score per slot, in slot order), as many as the
+    /// press's compression ratio leaves, in `topk` order.
+    func compressEachHead(_ context: StepContext, cache: LayerCache, scores: (Int, [Int32]) -> [Double]) {
+        let target = target(position: context.position)
+        for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > target {
+            let slots = cache.slots[g]
+            let ratio = Self.compressionRatio(keeping: target, of: slots.count)
+            cache.keep(kvHead: g, slotIndices: topkOrder(scores(g, slots), keep: Self.keptCount(length: slots.count, ratio: ratio)))
+        }
+    }
+
     /// The largest resident set per kv head after any step when every compression leaves at
     /// most `kept` tokens: the prompt is never compressed, and `interval − 1` steps pass between
     /// compressions. nil (unbounded) with `--compression-ratio`, whose target grows.

@@ -34,12 +34,8 @@ public final class KeyDiffPolicy: CachePolicy {
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         guard schedule.fires(step: context.step), let keys = context.data.keys else { return }
-        let target = schedule.target(position: context.position)
-        for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > target {
-            let slots = cache.slots[g]
-            let ratio = KVPressDecoding.compressionRatio(keeping: target, of: slots.count)
-            let scores = Self.scores(slots: slots, kvHead: g, data: context.data, keys: keys, dtype: dtype)
-            cache.keep(kvHead: g, slotIndices: topkOrder(scores, keep: KVPressDecoding.keptCount(length: slots.count, ratio: ratio)))
+        schedule.compressEachHead(context, cache: cache) { g, slots in
+            Self.scores(slots: slots, kvHead: g, data: context.data, keys: keys, dtype: dtype)
         }
     }
 

@@ -32,12 +32,9 @@ public final class KnormPolicy: CachePolicy {
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         guard schedule.fires(step: context.step), let keys = context.data.keys else { return }
-        let target = schedule.target(position: context.position)
-        let D = header.headDim
-        for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > target {
-            let slots = cache.slots[g]
-            let ratio = KVPressDecoding.compressionRatio(keeping: target, of: slots.count)
-            let scores: [Double] = slots.map { p in
+        let D = header.headDim, dtype = self.dtype
+        schedule.compressEachHead(context, cache: cache) { g, slots in
+            slots.map { p in
                 let base = context.data.offset(kvHead: g, position: Int(p))
                 var sum = 0.0
                 for d in 0..<D {
@@ -46,7 +43,6 @@ public final class KnormPolicy: CachePolicy {
                 }
                 return -dtype.round(sum.squareRoot())
             }
-            cache.keep(kvHead: g, slotIndices: topkOrder(scores, keep: KVPressDecoding.keptCount(length: slots.count, ratio: ratio)))
         }
     }
 }
