@@ -3,7 +3,7 @@ import ThinKVSim
 
 enum QuantizeCommand: Subcommand {
     /// Raw input larger than this is refused before it is read (the whole file is held in memory).
-    static let maxInputBytes = 1 << 30
+    static let maxInputBytes = 256 << 20
 
     static let spec = CommandSpec(
         name: "quantize",

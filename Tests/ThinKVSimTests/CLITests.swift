@@ -141,6 +141,15 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(bad.status, 1)
         XCTAssertTrue(bad.stderr.hasPrefix("thinkv-sim quantize: \(odd.path): 5 bytes is not a whole number of float32 values"), bad.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: refused.path))
+
+        // A device that never ends is cut at the limit; a full disk is an error, not a short file.
+        let endless = try run(["quantize", "/dev/zero", "--quantizer", "fp8", "-o", refused.path])
+        XCTAssertEqual(endless.status, 1)
+        XCTAssertTrue(endless.stderr.contains("/dev/zero: more than \(256 << 20) bytes"), endless.stderr)
+        if FileManager.default.fileExists(atPath: "/dev/full") {
+            let full = try run(["quantize", input.path, "--quantizer", "fp8", "-o", "/dev/full"])
+            XCTAssertEqual(full.status, 1, full.stderr)
+        }
     }
 
     func testCacheTimelineFileHasALinePerPolicyAndKVHead() throws {
