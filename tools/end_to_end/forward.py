@@ -21,17 +21,18 @@ from recorder.hooks import AttentionHook  # noqa: E402
 
 
 class HeadPlan:
-    """What one kv head of one layer attends: [T, T] boolean masks (built when its layer runs, so
-    memory holds one layer's masks at a time) and the groups to round."""
+    """What one kv head of one layer attends: boolean masks, built for a block of query rows when
+    its layer runs (memory holds one block's), and the groups to round."""
 
     def __init__(self, timeline, num_tokens, prompt_len, steps):
         self.shape = (timeline, num_tokens, prompt_len, steps)
         self.key_groups = [g for g in timeline.groups if g["tensor"] == "key"]
         self.value_groups = [g for g in timeline.groups if g["tensor"] == "value"]
 
-    def masks(self):
-        """(attend, key rounded, value rounded) as torch booleans; the last two None when unused."""
-        attend, key_q, value_q = attention_plan(*self.shape)
+    def masks(self, rows):
+        """(attend, key rounded, value rounded) of query rows `rows` as torch booleans [rows, T];
+        the last two None when no entry is set."""
+        attend, key_q, value_q = attention_plan(*self.shape, rows=rows)
         return (torch.from_numpy(attend), torch.from_numpy(key_q) if key_q.any() else None,
                 torch.from_numpy(value_q) if value_q.any() else None)
 
@@ -70,31 +71,39 @@ def rounded_values(values, groups):
     return torch.from_numpy(out).to(values.dtype)
 
 
-def planned_attention(query, key, value, plans, scaling):
-    """query [1, Hq, T, D], key/value [1, Hkv, T, D] -> output [1, T, Hq, D] under `plans`."""
+ROW_BLOCK = 512  # query rows per block: [group, 512, T] logits at a time, not [group, T, T]
+
+
+def planned_attention(query, key, value, plans, scaling, row_block=ROW_BLOCK):
+    """query [1, Hq, T, D], key/value [1, Hkv, T, D] -> output [1, T, Hq, D] under `plans`.
+    Rows are independent (each has its own mask), so blocks of rows give the same results (to the
+    rounding of differently shaped matrix products)."""
     if query.shape[0] != 1:
         raise ValueError("the end-to-end forward runs one sequence at a time")
-    Hq, Hkv = query.shape[1], key.shape[1]
+    Hq, Hkv, T = query.shape[1], key.shape[1], query.shape[2]
     group = Hq // Hkv
-    outputs = []
+    out = torch.empty(Hq, T, query.shape[3], dtype=query.dtype)
     for h, plan in enumerate(plans):
-        attend, key_q, value_q = plan.masks()
-        q = query[0, h * group:(h + 1) * group]          # [g, T, D]
         k, v = key[0, h], value[0, h]                     # [T, D]
-        logits = torch.matmul(q, k.transpose(0, 1)) * scaling
-        if key_q is not None:
-            kq = rounded_keys(k, plan.key_groups)
-            logits = torch.where(key_q, torch.matmul(q, kq.transpose(0, 1)) * scaling, logits)
-        logits = logits.masked_fill(~attend, float("-inf"))
-        weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
-        if value_q is not None:
-            vq = rounded_values(v, plan.value_groups)
-            rounded = value_q.to(weights.dtype)
-            out = torch.matmul(weights * (1 - rounded), v) + torch.matmul(weights * rounded, vq)
-        else:
-            out = torch.matmul(weights, v)
-        outputs.append(out)
-    return torch.cat(outputs, dim=0).unsqueeze(0).transpose(1, 2).contiguous()
+        kq = rounded_keys(k, plan.key_groups) if plan.key_groups else None
+        vq = rounded_values(v, plan.value_groups) if plan.value_groups else None
+        for start in range(0, T, row_block):
+            rows = range(start, min(T, start + row_block))
+            end = rows.stop  # causal: no row of the block sees past its last one
+            attend, key_q, value_q = plan.masks(rows)
+            q = query[0, h * group:(h + 1) * group, start:end]          # [g, rows, D]
+            logits = torch.matmul(q, k[:end].transpose(0, 1)) * scaling
+            if key_q is not None:
+                logits = torch.where(key_q[:, :end], torch.matmul(q, kq[:end].transpose(0, 1)) * scaling, logits)
+            logits = logits.masked_fill(~attend[:, :end], float("-inf"))
+            weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+            if value_q is not None:
+                rounded = value_q[:, :end].to(weights.dtype)
+                block = torch.matmul(weights * (1 - rounded), v[:end]) + torch.matmul(weights * rounded, vq[:end])
+            else:
+                block = torch.matmul(weights, v[:end])
+            out[h * group:(h + 1) * group, start:end] = block
+    return out.unsqueeze(0).transpose(1, 2).contiguous()
 
 
 class PolicyAttention(AttentionHook):

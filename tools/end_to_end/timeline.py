@@ -59,8 +59,9 @@ def read_timelines(path):
     return out
 
 
-def attention_plan(timeline, num_tokens, prompt_len, steps):
-    """Boolean [T, T] masks for one kv head over the sequence a teacher-forced forward runs.
+def attention_plan(timeline, num_tokens, prompt_len, steps, rows=None):
+    """Boolean [rows, T] masks for one kv head over the sequence a teacher-forced forward runs
+    (`rows`: a range of query positions, default all T).
 
     Row p is the query at position p. Prompt rows attend causally, at full precision (the
     prefill runs before any compression). Row P + t (decode step t < steps) attends the
@@ -68,7 +69,7 @@ def attention_plan(timeline, num_tokens, prompt_len, steps):
     (`value_q`) is set. Rows past the replayed steps attend causally, exact.
     """
     T, P = num_tokens, prompt_len
-    rows = np.arange(T)[:, None]
+    rows = np.arange(T)[:, None] if rows is None else np.arange(rows.start, rows.stop)[:, None]
     cols = np.arange(T)[None, :]
     causal = cols <= rows
     step = rows - P  # decode step of each row (negative for prompt rows)

@@ -317,3 +317,23 @@ def test_end_to_end_kept_set_equals_an_explicit_masked_forward(tiny):
         unmasked = torch.log_softmax(model(input_ids=torch.tensor([ids.tolist()]), use_cache=False).logits[0, P:P + steps].double(), -1)
     assert (explicit - unmasked).abs().max() > 1e-3  # the mask was applied, and it matters
     assert attend[P + 5, 3] == False and attend[P + 5, P] == False and attend[P + 3, P] == True  # noqa: E712
+
+
+def test_end_to_end_row_blocks_give_the_same_attention():
+    """Rows are attended in blocks (memory [group, block, T], not [group, T, T]): any block size
+    gives the same output, to the rounding of differently shaped matrix products."""
+    rng = np.random.default_rng(2)
+    T, P, D, Hq, Hkv = 40, 9, 16, 4, 2
+    q, k, v = (torch.from_numpy(rng.standard_normal((1, h, T, D)).astype(np.float32)) for h in (Hq, Hkv, Hkv))
+    dropped = np.where(rng.random(T) < 0.4, rng.integers(0, T - P, T), -1)
+    groups = [{"tensor": "key", "step": 2, "quantizer": "nvfp4", "positions": [1, 2, 3, 4]},
+              {"tensor": "value", "step": 5, "quantizer": "int3", "channel_group": 8, "positions": [0, P, P + 1]}]
+    for g in groups:
+        dropped[g["positions"]] = -1
+    plans = [forward.HeadPlan(HeadTimeline(dropped.tolist(), groups), T, P, T - P) for _ in range(Hkv)]
+    whole = forward.planned_attention(q, k, v, plans, 0.25, row_block=T)
+    for block in (1, 7, 16):
+        blocked = forward.planned_attention(q, k, v, plans, 0.25, row_block=block)
+        assert torch.allclose(blocked, whole, atol=2e-6, rtol=0), (block, (blocked - whole).abs().max())
+    exact = [forward.HeadPlan(HeadTimeline([-1] * T, []), T, P, T - P) for _ in range(Hkv)]
+    assert (forward.planned_attention(q, k, v, exact, 0.25) - whole).abs().max() > 1e-3
