@@ -17,7 +17,7 @@ import time
 
 PROG = "end_to_end"
 
-COLUMNS = ["policy", "label", "budget", "kv_percent", "achieved_percent", "kv_bytes_mean", "kv_bytes_peak", "next_token_kl_mean", "next_token_kl_p95", "next_token_kl_max",
+COLUMNS = ["policy", "label", "budget", "kv_percent", "kv_match_status", "achieved_percent", "kv_bytes_mean", "kv_bytes_peak", "next_token_kl_mean", "next_token_kl_p95", "next_token_kl_max",
            "top1_agreement", "divergence_step", "diverged", "steps", "attention_kl_mean", "mass_recall_mean",
            "output_error_mean", "free_running_divergence_step", "free_running_exact", "free_running_rounds", "decode_steps", "trace", "model"]
 
@@ -126,7 +126,9 @@ def evaluate(args):
     reference = None
     rows, per_step = [], []
     for name in policies:
-        budget = budgets.get(name, args.budget)
+        budget, status, note = budgets.get(name, (args.budget, "", ""))
+        if note:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
         path = os.path.join(folder, f"{name}.jsonl")
         extra = replay.arguments_for(name, args.replay_arg, parameters)
         timelines, run = replay.replay_with_timeline(binary, args.trace, name, budget, path, extra, steps)
@@ -161,6 +163,7 @@ def evaluate(args):
             "budget": run.get("parameters", {}).get("budget", ""),
             # kv_percent is the memory target when there is one (as in a sweep), else the measured share.
             "kv_percent": args.kv_percent if args.kv_percent is not None and name in budgets else summary["memory"]["mean_percent_of_full"],
+            "kv_match_status": status,
             "achieved_percent": summary["memory"]["mean_percent_of_full"],
             "kv_bytes_mean": summary["memory"]["mean_bytes"], "kv_bytes_peak": summary["memory"]["peak_bytes"],
             "decode_steps": steps,

@@ -51,8 +51,9 @@ def arguments_for(policy, extra, parameters):
 
 
 def matched_budgets(binary, trace, policies, kv_percent, extra=(), steps=None):
-    """{policy name: budget} whose mean KV is kv_percent % of the full cache (policies without a
-    budget are left out: they run as given)."""
+    """{policy name: (budget, match status, note)} for a mean KV of kv_percent % of the full
+    cache (policies without a budget are left out: they run as given). The status is the
+    replay's: matched, or unreachable (the note says why; the nearest budget is used)."""
     args = ["replay", trace, "--policy", ",".join(policies), "--kv-percent", str(kv_percent), "--json", *extra]
     if steps:
         args += ["--steps", str(steps)]
@@ -61,7 +62,8 @@ def matched_budgets(binary, trace, policies, kv_percent, extra=(), steps=None):
     for r in report["runs"]:
         budget = r.get("parameters", {}).get("budget")
         if budget is not None:
-            budgets[r["policy"]] = int(budget)
+            match = r.get("memory_match", {})
+            budgets[r["policy"]] = (int(budget), match.get("status", ""), match.get("note", ""))
     return budgets
 
 

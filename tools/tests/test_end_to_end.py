@@ -204,7 +204,8 @@ def test_end_to_end_equal_memory_and_quantizing_policy(tiny, tmp_path):
                      "--replay-arg=--group=8", "--replay-arg=--residual=8"])
     assert code == 0
     rows = {r["policy"]: r for r in csv.DictReader(open(out))}
-    assert rows["h2o"]["kv_percent"] == "40"
+    assert rows["h2o"]["kv_percent"] == "40" and rows["h2o"]["kv_match_status"] == "matched"
+    assert rows["kivi"]["kv_match_status"] == ""  # no budget: runs as given
     assert abs(float(rows["h2o"]["achieved_percent"]) - 40) <= 1.0 and int(rows["h2o"]["budget"]) > 0
     assert float(rows["kivi"]["kv_percent"]) == float(rows["kivi"]["achieved_percent"]) < 100  # not matched: measured
     # thinkv-sim plot draws it against KV memory, next-token KL first.
