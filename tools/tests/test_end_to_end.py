@@ -137,6 +137,8 @@ def pruned_cache_decode(model, ids, P, steps, timeline):
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         model(input_ids=torch.tensor([ids[:P].tolist()]), use_cache=True, **{cache_arg: cache})
+    if not all(hasattr(layer, "keys") for layer in getattr(cache, "layers", [None])):
+        pytest.skip(f"transformers {transformers.__version__}: DynamicCache has no per-layer keys/values to prune")
     held = list(range(P))
     out = []
     for t in range(steps):
