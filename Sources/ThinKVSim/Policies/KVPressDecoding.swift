@@ -18,6 +18,8 @@ struct KVPressDecoding {
     let interval: Int
     let budget: Int?
     let compressionRatio: Double?
+    /// `--score-dtype`: the dtype the press computes its scores in.
+    let dtype: ScoreDType
 
     /// The parameters every decode-time press shares; `window` callers add their own.
     static func parameters(defaultInterval: Int = 512) -> [PolicyParameter] {
@@ -36,6 +38,7 @@ struct KVPressDecoding {
         budget = parameters.int("budget")
         compressionRatio = parameters.double("compression-ratio")
         interval = parameters.int("interval")!
+        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
         switch (budget, compressionRatio) {
         case (nil, nil):
             throw PolicyError("\(policy): give --budget (kvpress target_size) or --compression-ratio (fraction removed)")
@@ -96,6 +99,9 @@ struct KVPressDecoding {
         guard let kept, budget != nil else { return nil }
         return max(P, kept) + interval - 1
     }
+
+    /// `residentCap` of a press whose compressions keep at most the budget.
+    func residentCap(promptLength P: Int) -> Int? { residentCap(promptLength: P, keptAtMost: budget) }
 }
 
 /// kvpress's `topk` + gather: the indices of the `keep` best scores in descending order, lower

@@ -22,20 +22,18 @@ public final class KeyDiffPolicy: CachePolicy {
 
     let schedule: KVPressDecoding
     private let header: TraceHeader
-    private let dtype: ScoreDType
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
         header = setup.header
-        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
     }
 
-    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength, keptAtMost: schedule.budget) }
+    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength) }
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         guard schedule.fires(step: context.step), let keys = context.data.keys else { return }
         schedule.compressEachHead(context, cache: cache) { g, slots in
-            Self.scores(slots: slots, kvHead: g, data: context.data, keys: keys, dtype: dtype)
+            Self.scores(slots: slots, kvHead: g, data: context.data, keys: keys, dtype: schedule.dtype)
         }
     }
 

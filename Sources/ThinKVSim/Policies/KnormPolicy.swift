@@ -20,19 +20,17 @@ public final class KnormPolicy: CachePolicy {
 
     let schedule: KVPressDecoding
     private let header: TraceHeader
-    private let dtype: ScoreDType
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
         header = setup.header
-        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
     }
 
-    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength, keptAtMost: schedule.budget) }
+    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength) }
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         guard schedule.fires(step: context.step), let keys = context.data.keys else { return }
-        let D = header.headDim, dtype = self.dtype
+        let D = header.headDim, dtype = schedule.dtype
         schedule.compressEachHead(context, cache: cache) { g, slots in
             slots.map { p in
                 let base = context.data.offset(kvHead: g, position: Int(p))

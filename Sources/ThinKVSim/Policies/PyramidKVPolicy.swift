@@ -67,7 +67,7 @@ public final class PyramidKVPolicy: CachePolicy {
         promptLength = header.promptLength
         let rule = WindowScoringRule(softmax: .causalFullRow, rowReduce: .mean, pool: .average, kernel: kernel,
                                      groupReduce: .meanScores, redundancy: nil,
-                                     dtype: ScoreDType(rawValue: parameters.string("score-dtype")!)!, softmaxCast: .afterSoftmax)
+                                     dtype: schedule.dtype, softmaxCast: .afterSoftmax)
         scorer = WindowScorer(rule: rule, header: header)
         queries = QueryWindow(capacity: window, numQHeads: header.numQHeads, headDim: header.headDim)
     }

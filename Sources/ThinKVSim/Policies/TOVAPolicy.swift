@@ -24,15 +24,13 @@ public final class TOVAPolicy: CachePolicy {
 
     let schedule: KVPressDecoding
     private let header: TraceHeader
-    private let dtype: ScoreDType
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
         header = setup.header
-        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
     }
 
-    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength, keptAtMost: schedule.budget) }
+    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength) }
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         guard schedule.fires(step: context.step), let keys = context.data.keys, context.queries != nil else { return }
@@ -41,7 +39,7 @@ public final class TOVAPolicy: CachePolicy {
         guard L > target else { return }
         // All kv heads hold the same positions in the same order (they always keep the same
         // indices of the same shared scores), so one score vector serves them all.
-        let scores = Self.scores(context: context, slots: cache.slots, keys: keys, header: header, dtype: dtype)
+        let scores = Self.scores(context: context, slots: cache.slots, keys: keys, header: header, dtype: schedule.dtype)
         let ratio = KVPressDecoding.compressionRatio(keeping: target, of: L)
         let kept = topkOrder(scores, keep: KVPressDecoding.keptCount(length: L, ratio: ratio))
         for g in 0..<cache.numKVHeads { cache.keep(kvHead: g, slotIndices: kept) }
