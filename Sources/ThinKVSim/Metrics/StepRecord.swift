@@ -49,13 +49,10 @@ public struct KeptEvent: Codable, Equatable, Sendable {
 
     /// One JSON line, fields in a fixed order.
     public var jsonLine: String {
-        var s = "{\"policy\":\"\(policy)\",\"step\":\(step),\"position\":\(position),\"layer\":\(layer),\"kv_head\":\(kvHead),\"kept\":["
+        var s = "{\"policy\":\(Format.jsonString(policy)),\"step\":\(step),\"position\":\(position),\"layer\":\(layer),\"kv_head\":\(kvHead),\"kept\":"
         s.reserveCapacity(s.utf8.count + kept.count * 6)
-        for (i, p) in kept.enumerated() {
-            if i > 0 { s += "," }
-            s += String(p)
-        }
-        return s + "]}"
+        Format.appendJSONArray(kept, to: &s)
+        return s + "}"
     }
 }
 

@@ -32,42 +32,19 @@ public struct CacheTimeline: Equatable, Sendable {
 
     /// One JSON line, fields in a fixed order (docs/end-to-end.md describes it).
     public var jsonLine: String {
-        var s = "{\"policy\":\(Self.quoted(policy)),\"layer\":\(layer),\"kv_head\":\(kvHead),\"dropped_at\":"
+        var s = "{\"policy\":\(Format.jsonString(policy)),\"layer\":\(layer),\"kv_head\":\(kvHead),\"dropped_at\":"
         s.reserveCapacity(droppedAt.count * 4 + groups.reduce(0) { $0 + $1.positions.count * 5 } + 128)
-        Self.append(droppedAt, to: &s)
+        Format.appendJSONArray(droppedAt, to: &s)
         s += ",\"groups\":["
         for (i, g) in groups.enumerated() {
             if i > 0 { s += "," }
             s += "{\"tensor\":\"\(g.tensor.rawValue)\",\"step\":\(g.step),\"quantizer\":\"\(g.quantizer.name)\""
             if g.tensor == .value { s += ",\"channel_group\":\(g.channelGroup)" }
             s += ",\"positions\":"
-            Self.append(g.positions, to: &s)
+            Format.appendJSONArray(g.positions, to: &s)
             s += "}"
         }
         return s + "]}"
-    }
-
-    /// A JSON string literal (labels may hold quotes or backslashes).
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
-
-    private static func append(_ values: [Int32], to s: inout String) {
-        s += "["
-        for (i, v) in values.enumerated() {
-            if i > 0 { s += "," }
-            s += String(v)
-        }
-        s += "]"
     }
 }
 

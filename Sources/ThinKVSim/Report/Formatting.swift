@@ -1,7 +1,32 @@
 import Foundation
 
-/// Number formatting shared by the text reports.
+/// Formatting shared by the text reports and the JSON-line outputs.
 public enum Format {
+    /// A JSON string literal: quotes, backslashes and control characters escaped (labels may
+    /// hold any of them).
+    public static func jsonString(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    /// Appends `[v0,v1,...]` to a JSON line being built (long position lists, no encoder).
+    public static func appendJSONArray(_ values: [Int32], to s: inout String) {
+        s += "["
+        for (i, v) in values.enumerated() {
+            if i > 0 { s += "," }
+            s += String(v)
+        }
+        s += "]"
+    }
+
     /// `text` safe to echo on a terminal: control characters (newlines, escape sequences that
     /// could rewrite the screen, C1 controls) shown as `\n`, `\t`, `\e` or `\u{XX}`.
     public static func printable(_ text: String) -> String {
