@@ -76,7 +76,6 @@ def read_trace(path):
 
 
 def load_model(path, threads):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's bar, read when tqdm is imported
     import torch
@@ -133,8 +132,7 @@ def evaluate(args):
         extra = replay.arguments_for(name, args.replay_arg, parameters)
         timelines, run = replay.replay_with_timeline(binary, args.trace, name, budget, path, extra, steps)
         if reference is None:
-            full = next(t for label, t in timelines.items() if label == "full")
-            plans = forward.layer_plans(full, layers, heads, T, P, steps)
+            plans = forward.layer_plans(timelines["full"], layers, heads, T, P, steps)
             reference = forward.next_token_log_probs(model, trace["ids"], plans, P, steps)
             greedy = reference.argmax(dim=-1).cpu().numpy()
             if args.free_running:
@@ -219,9 +217,9 @@ def main(argv=None):
         parser.error("--free-running-rounds must be at least 1")
     if args.kv_percent is not None and not 0 < args.kv_percent <= 100:
         parser.error("--kv-percent must be in (0, 100]")
-    from .replay import ReplayError
-    from . import forward  # noqa: F401  (puts tools/ on the path for the recorder package)
     from recorder.errors import RecorderError
+
+    from .replay import ReplayError
     try:
         rows, per_step = evaluate(args)
         write_csv(args.output, COLUMNS, rows)

@@ -7,17 +7,12 @@ later row never changes them. Rounded keys and values come from the same quantiz
 simulator runs (quantizers.py), applied to the keys and values this forward computes.
 """
 
-import os
-import sys
-
 import numpy as np
 import torch
+from recorder.hooks import AttentionHook  # tools/, which holds this package, holds the recorder too
 
 from . import quantizers
 from .timeline import attention_plan
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recorder.hooks import AttentionHook  # noqa: E402
 
 
 class HeadPlan:

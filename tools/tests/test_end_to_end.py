@@ -8,7 +8,6 @@ that is pruned and rounded as the timeline says.
 import csv
 import inspect
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,25 +18,19 @@ import torch
 import transformers
 
 TOOLS = Path(__file__).resolve().parents[1]
-REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 from end_to_end import cli, forward, metrics, quantizers  # noqa: E402
 from end_to_end.timeline import HeadTimeline, PolicyTimeline, read_timelines  # noqa: E402
-from test_record_trace import build_model, record  # noqa: E402
+from test_record_trace import build_model, record, thinkv_sim as find_thinkv_sim  # noqa: E402
 
 NEW_TOKENS = 40
 
 
 def thinkv_sim():
-    """$THINKV_SIM, else this checkout's newest build (a stale release build may lack commands)."""
-    if os.environ.get("THINKV_SIM"):
-        return os.environ["THINKV_SIM"]
-    builds = [p for p in (REPO / ".build/release/thinkv-sim", REPO / ".build/debug/thinkv-sim") if p.is_file()]
-    if builds:
-        return str(max(builds, key=lambda p: p.stat().st_mtime))
-    if shutil.which("thinkv-sim"):
-        return shutil.which("thinkv-sim")
-    pytest.skip("no thinkv-sim binary (make build)")
+    binary = find_thinkv_sim()
+    if binary is None:
+        pytest.skip("no thinkv-sim binary (make build)")
+    return binary
 
 
 @pytest.fixture(scope="module")

@@ -447,10 +447,13 @@ def test_bad_inputs_get_one_line_errors(tmp_path, llama_dir, capsys):
 
 
 def thinkv_sim():
-    candidates = [os.environ.get("THINKV_SIM"), REPO / ".build/release/thinkv-sim", REPO / ".build/debug/thinkv-sim"]
-    for c in candidates:
-        if c and os.access(c, os.X_OK):
-            return str(c)
+    """$THINKV_SIM, else this checkout's newest build (a stale release build may lack what the
+    debug build just gained), else thinkv-sim on PATH; None without any."""
+    if os.environ.get("THINKV_SIM"):
+        return os.environ["THINKV_SIM"]
+    builds = [p for p in (REPO / ".build/release/thinkv-sim", REPO / ".build/debug/thinkv-sim") if os.access(p, os.X_OK)]
+    if builds:
+        return str(max(builds, key=lambda p: p.stat().st_mtime))
     return shutil.which("thinkv-sim")
 
 
