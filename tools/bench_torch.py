@@ -49,13 +49,15 @@ def replay(torch, q, k, v, P, scale, chunk, budget=None, recent=None):
     in position order). After each chunk it mixes the kept values and measures mass recall, KL
     and output error against the reference for all the chunk's steps at once. Returns the
     step at which each position left each head's cache ([Hkv, T], -1: never), as
-    `thinkv-sim replay --cache-timeline` writes it."""
+    `thinkv-sim replay --cache-timeline` writes it, and H2O's mass recall, KL and output error,
+    each the mean over steps and query heads (zeros without a budget)."""
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     g = Hq // Hkv
     kh = k.permute(1, 0, 2).contiguous()  # [Hkv, T, D]
     vh = v.permute(1, 0, 2).contiguous()
     dropped = torch.full((Hkv, T), -1, dtype=torch.long)
+    metrics = torch.zeros(3)  # H2O: step-weighted sums of mass recall, KL and output error
     if budget is not None:
         score = torch.zeros(Hkv, T)
         # Prompt: column sums of each prompt query's causal softmax, summed over the group.
@@ -68,7 +70,6 @@ def replay(torch, q, k, v, P, scale, chunk, budget=None, recent=None):
         kept = torch.arange(P).repeat(Hkv, 1)  # [Hkv, n]: the positions each head holds
         heads = torch.arange(Hkv)
         slot = None
-        metrics = torch.zeros(3)
     for start in range(P, T, chunk):
         end = min(T, start + chunk)
         n = end - start
@@ -112,15 +113,15 @@ def replay(torch, q, k, v, P, scale, chunk, budget=None, recent=None):
         a = torch.stack([torch.nn.functional.pad(x, (0, m - x.shape[-1])) for x in weights])          # [n, Hkv, g, m]
         ref = probs4.permute(2, 0, 1, 3).gather(3, index[:, :, None, :].expand(-1, -1, g, -1)) * valid
         mass = ref.sum(dim=-1)
-        kl = (a * (a.clamp_min(1e-30).log() - (ref / mass[..., None]).clamp_min(1e-30).log())).sum(dim=-1)
+        kl = (a * (a.clamp_min(1e-30).log() - ref.clamp_min(1e-30).log())).sum(dim=-1)  # KL(policy || full)
         # Σ a·v over the kept values as one dense matmul: the weights scattered over all positions.
-        dense = torch.zeros(Hkv, n, g, end).scatter_(
+        dense = torch.zeros(Hkv, n, g, end).scatter_add_(  # add: padding entries (weight 0) repeat index 0
             3, index.permute(1, 0, 2)[:, :, None, :].expand(-1, -1, g, -1), a.permute(1, 0, 2, 3))
         out = torch.bmm(dense.view(Hkv, n * g, end), vh[:, :end]).view(Hkv, n, g, D).permute(1, 0, 2, 3)
         full = out4.permute(2, 0, 1, 3)
         error = (out - full).norm(dim=-1) / full.norm(dim=-1)
-        metrics += torch.stack([mass.mean(), kl.mean(), error.mean()])
-    return dropped
+        metrics += n * torch.stack([mass.mean(), kl.mean(), error.mean()])
+    return dropped, metrics / (T - P)
 
 
 def compare_kept(torch, binary, trace, layer, budget, dropped):
@@ -173,7 +174,7 @@ def main():
             replay(torch, q, k, v, P, scale, args.chunk)
             reference_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            dropped = replay(torch, q, k, v, P, scale, args.chunk, args.budget, args.budget // 2)
+            dropped, h2o_metrics = replay(torch, q, k, v, P, scale, args.chunk, args.budget, args.budget // 2)
             full_h2o_s.append(time.perf_counter() - t0)
         if args.thinkv:
             # PyTorch's worker threads spin for a while after their last parallel region; let them
@@ -185,7 +186,8 @@ def main():
             sim_s.append(time.perf_counter() - t0)
     ref, both = median(reference_s), median(full_h2o_s)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeat}: reference "
-          f"{ref:.2f} s ({flops / ref / 1e9:.1f} GFLOP/s), full+h2o {both:.2f} s (trace reading excluded)")
+          f"{ref:.2f} s ({flops / ref / 1e9:.1f} GFLOP/s), full+h2o {both:.2f} s (trace reading excluded); "
+          f"H2O mass recall {h2o_metrics[0]:.4f}, KL {h2o_metrics[1]:.4f}, output error {h2o_metrics[2]:.4f}")
     if args.thinkv:
         sim = median(sim_s)
         differ = compare_kept(torch, args.thinkv, args.trace, args.layer, args.budget, dropped)
