@@ -24,15 +24,3 @@ def compare(full, policy):
         "per_step_agree": agree,
     }
 
-
-def pearson(x, y):
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def spearman(x, y):
-    rank = lambda v: np.argsort(np.argsort(np.asarray(v, dtype=float))).astype(float)  # noqa: E731
-    return pearson(rank(x), rank(y))
-
