@@ -41,18 +41,12 @@ import sys
 
 import h5py
 import numpy as np
+from score_dtype import round_to
 
 
 def cast(x):
     """x rounded to the score dtype and widened to float64 (identity without --score-dtype)."""
-    x = np.asarray(x, dtype=np.float64)
-    if SCORE_DTYPE == "float16":
-        return x.astype(np.float32).astype(np.float16).astype(np.float64)
-    if SCORE_DTYPE == "bfloat16":
-        bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.astype(np.uint32).view(np.float32).astype(np.float64)
-    return x
+    return round_to(x, SCORE_DTYPE)
 
 
 def to_float32(x):
