@@ -27,6 +27,16 @@ final class ScoreDTypeTests: XCTestCase {
 
     // MARK: Hand example
 
+    /// Three orthogonal keys; the last query gives keys 0 and 1 weights 1 and 1.002.
+    private func nearTieTrace() throws -> String {
+        var trace = HandTrace(T: 3, P: 2)
+        trace.key(0, direction: 0)
+        trace.key(1, direction: 1)
+        trace.key(2, direction: 2)
+        trace.query(2, [0: 1, 1: 1.002])
+        return try trace.write(in: try TestTraces.directory(self))
+    }
+
     /// R-KV with λ = 1 (importance only), kernel 1, window 1, B = 2, divide 2; P = 2, T = 3.
     /// Keys: k0 = e0, k1 = e1, k2 = e2 (the window; not zero: in fp16 a zero key's norm + 1e-8
     /// is 0 and the reference's cosines become NaN). Query of position 2: weight 1 on e0 and 1.002 on e1, so
@@ -38,13 +48,7 @@ final class ScoreDTypeTests: XCTestCase {
     /// - float16: spacing 2^-12 below, 2^-11 above: 0.49951171875 < 0.50048828125 → [1 2].
     /// (The prompt, P = B, is scored with one candidate and keeps everything.)
     func testBFloat16RoundingTurnsANearTieIntoATieTheLowerSlotWins() throws {
-        let dir = try TestTraces.directory(self)
-        var trace = HandTrace(T: 3, P: 2)
-        trace.key(0, direction: 0)
-        trace.key(1, direction: 1)
-        trace.key(2, direction: 2)
-        trace.query(2, [0: 1, 1: 1.002])
-        let path = try trace.write(in: dir)
+        let path = try nearTieTrace()
         let expected: [String: [Int32]] = ["float32": [1, 2], "bfloat16": [0, 2], "float16": [1, 2]]
         for (dtype, kept) in expected {
             let spec = try PolicySpec(name: "rkv", values: ["budget": "2", "window": "1", "kernel": "1", "lambda": "1",
@@ -56,13 +60,7 @@ final class ScoreDTypeTests: XCTestCase {
 
     /// Same numbers for R-KV's decode-time SnapKV (importance only, cast after the row mean).
     func testSnapKVRKVVariantRoundsItsImportanceToo() throws {
-        let dir = try TestTraces.directory(self)
-        var trace = HandTrace(T: 3, P: 2)
-        trace.key(0, direction: 0)
-        trace.key(1, direction: 1)
-        trace.key(2, direction: 2)
-        trace.query(2, [0: 1, 1: 1.002])
-        let path = try trace.write(in: dir)
+        let path = try nearTieTrace()
         for (dtype, kept) in [("float32", [Int32(1), 2]), ("bfloat16", [0, 2])] {
             let spec = try PolicySpec(name: "snapkv", values: ["budget": "2", "window": "1", "kernel": "1",
                                                                "divide": "2", "score-dtype": dtype])
