@@ -15,8 +15,10 @@ let package = Package(
             pkgConfig: "hdf5",
             providers: [.apt(["libhdf5-dev", "zlib1g-dev", "pkg-config"])]
         ),
+        // Cache prefetch hints for the attention kernels (Swift has none of its own).
+        .target(name: "CPrefetch", path: "Sources/CPrefetch"),
         // All logic: trace I/O, replay engine, policies, metrics, reports, CLI commands.
-        .target(name: "ThinKVSim", dependencies: ["CHDF5"]),
+        .target(name: "ThinKVSim", dependencies: ["CHDF5", "CPrefetch"]),
         // The executable only dispatches to the library's commands.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.

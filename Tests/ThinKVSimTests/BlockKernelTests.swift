@@ -18,7 +18,7 @@ final class BlockKernelTests: XCTestCase {
             panels.withUnsafeMutableBufferPointer { Kernels.packKeyPanels(keys: K.baseAddress!, count: T, headDim: D, into: $0.baseAddress!) }
         }
         let scale: Float = 0.125
-        for rows in [1, 3, 4, 6, 7, 9, 10, 13] {
+        for rows in [1, 3, 4, 6, 7, 9, 10, 13, 14, 56] {
             let queries = randomFloats(rows * D, &rng)
             for count in [1, 15, 16, 33, 64, 75] {
                 var out = [Float](repeating: .nan, count: rows * T)
