@@ -99,9 +99,14 @@ enum BenchCommand: Subcommand {
                 peakResidentBytes: child.maxResidentKiB * 1024))
         }
 
+        // The reference's kernels alone, in the replay's shape (8 steps of one GQA group against
+        // every key of the first length): in cache and from memory.
+        printError("bench: timing the reference kernels alone on one core")
+        let kernels = KernelBenchmark.measure(rows: 8 * max(1, qHeads / kvHeads), tokens: lengths[0], headDim: headDim)
+
         if arguments.flag("json") {
-            struct Output: Encodable { let machine: MachineInfo; let budget: Int; let results: [Measurement] }
-            print(try ReplayReport.encodeJSON(Output(machine: machine, budget: budget, results: results)))
+            struct Output: Encodable { let machine: MachineInfo; let budget: Int; let results: [Measurement]; let kernels: KernelBenchmark }
+            print(try ReplayReport.encodeJSON(Output(machine: machine, budget: budget, results: results, kernels: kernels)))
             return
         }
         print("machine  \(machine.description)")
@@ -130,10 +135,21 @@ enum BenchCommand: Subcommand {
                          a.tokens, b.tokens, ratio, b.timing.referenceSeconds / max(a.timing.referenceSeconds, 1e-9), ratio * ratio,
                          b.timing.policySeconds / max(a.timing.policySeconds, 1e-9), ratio))
         }
+        print("")
+        print(String(format: "kernels  one core, %d query rows x %d keys, head dim %d; FMA loop on one core %.1f GFLOP/s",
+                     kernels.rows, kernels.tokens, kernels.headDim, kernels.corePeakGFLOPS))
+        var kernelTable = TextTable(headers: ["kernel", "in cache GFLOP/s", "% core", "from memory GFLOP/s", "% core"])
+        for f in kernels.figures {
+            kernelTable.add([f.kernel, String(format: "%.1f", f.inCacheGFLOPS), String(format: "%.1f", 100 * f.inCacheGFLOPS / kernels.corePeakGFLOPS),
+                             String(format: "%.1f", f.fromMemoryGFLOPS), String(format: "%.1f", 100 * f.fromMemoryGFLOPS / kernels.corePeakGFLOPS)])
+        }
+        print(kernelTable.render())
+        print("")
         print("wall: whole replay process (read, reference, policies, report); GFLOP/s: attention arithmetic (QK and AV,")
         print("reference and policies) over the time spent in it; ref: the full-cache attention kernel alone (QK, softmax,")
         print("top-k, AV over every visible position); % peak: of the assumed peak at the nominal clock; % meas: of the")
-        print("measured FMA-loop peak (turbo included); peak RSS: the replay process alone.")
+        print("measured FMA-loop peak (turbo included); peak RSS: the replay process alone. kernels: the reference's q.k and")
+        print("sum a.v alone, the same call repeated (in cache) or with 64 MiB read before each call (from memory).")
     }
 
     struct ChildResult {
