@@ -525,6 +525,19 @@ final class MetricIdentityTests: XCTestCase {
 
     /// A head that attends to nothing has no attention to compare: mass recall 0 and an infinite
     /// KL (-ln 0), never the 0 of a perfect score; summaries stay infinite rather than NaN.
+    /// 128-step chunks while their logits (128 × Hq × T floats) fit in 64 MiB, else 64; the thread
+    /// count plays no part (it would reorder the lines of `--kept`).
+    func testAutomaticChunkStepsFollowTheLogitMemory() {
+        func steps(Hq: Int, T: Int) -> Int {
+            ReplayEngine.automaticChunkSteps(header: TraceHeader(model: "m", numLayers: 1, numQHeads: Hq, numKVHeads: 1, headDim: 8,
+                                                                 promptLength: 1, numTokens: T))
+        }
+        XCTAssertEqual(steps(Hq: 14, T: 8192), 128)      // 128 · 14 · 8192 · 4 B = 56 MiB
+        XCTAssertEqual(steps(Hq: 14, T: 32768), 64)      // 224 MiB
+        XCTAssertEqual(steps(Hq: 1, T: 131_072), 128)    // exactly 64 MiB
+        XCTAssertEqual(steps(Hq: 1, T: 131_073), 64)
+    }
+
     func testEmptyAttendedSetHasInfiniteKL() throws {
         let path = try handTrace()
         let (result, _) = try TestTraces.replay(path, [try spec(EvictAllButFirst.self)])

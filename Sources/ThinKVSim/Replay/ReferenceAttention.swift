@@ -107,7 +107,8 @@ struct ReferenceAttention {
     let data: LayerData
     let workers: Int
     /// Decode steps whose queries share one pass over the keys.
-    var stepBlock = 8
+    var stepBlock = ReferenceAttention.defaultStepBlock
+    static let defaultStepBlock = 8
     /// 0, 1, ..., T-1: the identity gather for the kernels.
     let identity: [Int32]
     /// Each kv head's keys in panels of 8 positions (`Kernels.packKeyPanels`), for q+k layers.

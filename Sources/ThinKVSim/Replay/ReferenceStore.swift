@@ -30,15 +30,15 @@ public final class ReferenceStore: @unchecked Sendable {
 
     /// True when runs of `configuration` on `reader` may use (and fill) this store: the first
     /// run fixes steps, top-k and chunk size.
-    func matches(reader: TraceReader, configuration: ReplayConfiguration, decodeSteps steps: Int) -> Bool {
+    func matches(reader: TraceReader, configuration: ReplayConfiguration, chunkSteps chunk: Int, decodeSteps steps: Int) -> Bool {
         lock.withLock {
             guard reader.path == tracePath else { return false }
             if topK == nil {
                 topK = configuration.topK
-                chunkSteps = configuration.chunkSteps
+                chunkSteps = chunk
                 decodeSteps = steps
             }
-            return topK == configuration.topK && chunkSteps == configuration.chunkSteps && decodeSteps == steps
+            return topK == configuration.topK && chunkSteps == chunk && decodeSteps == steps
         }
     }
 

@@ -9,8 +9,9 @@ public struct ReplayConfiguration: Sendable {
     public var topK: Int = 32
     /// Replay only the first N decode steps (nil: all).
     public var maxSteps: Int?
-    /// Decode steps whose reference attention is computed together.
-    public var chunkSteps: Int = 64
+    /// Decode steps whose reference attention is computed together (nil: `automaticChunkSteps`).
+    /// Results do not depend on it; speed and memory do.
+    public var chunkSteps: Int?
     /// Worker threads (nil: every active core). Results do not depend on it.
     public var threads: Int?
     /// Memory layout model, and slots per block (nil: each policy's preferred size).
@@ -140,6 +141,23 @@ public final class ReplayEngine {
         return configuration.maxSteps.map { min($0, g) } ?? g
     }
 
+    /// Decode steps per reference chunk: the configuration's, else `automaticChunkSteps`.
+    public var chunkSteps: Int {
+        configuration.chunkSteps ?? ReplayEngine.automaticChunkSteps(header: reader.header)
+    }
+
+    /// 128 steps while a chunk's logits (steps × Hq × T floats) stay within 64 MiB, else 64. A
+    /// chunk ends at a barrier where the workers wait for the slowest reference part (one step
+    /// block each); more, shorter parts shorten that wait: at 8192 tokens on 2 cores, 128-step
+    /// chunks of 16 parts replay about a tenth faster than 64-step chunks of 8. At 32768 tokens a part
+    /// is long enough that the wait matters little, and 128 steps of logits would cost 117 MiB
+    /// more. The size depends on the trace alone, not on the thread count, so the order of the
+    /// lines `--kept` and `--cache-timeline` write (chunk by chunk) does not either.
+    public static func automaticChunkSteps(header: TraceHeader) -> Int {
+        let logitBytesPerStep = max(1, header.numQHeads * header.numTokens * 4)
+        return 128 * logitBytesPerStep <= 64 << 20 ? 128 : 64
+    }
+
     private var timing = ReplayTiming()
 
     private static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
@@ -162,7 +180,7 @@ public final class ReplayEngine {
         guard decodeSteps > 0 else {
             throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
         }
-        try TraceLimits.checkReplayMemory(header, file: reader.path, policies: configuration.policies.count, chunkSteps: configuration.chunkSteps)
+        try TraceLimits.checkReplayMemory(header, file: reader.path, policies: configuration.policies.count, chunkSteps: chunkSteps)
         // Where a layer records attn beside q and k, the two must agree (sampled steps).
         try AttentionCrossCheck.check(reader, layers: layers, samples: 4)
 
@@ -247,14 +265,16 @@ public final class ReplayEngine {
         }
 
         let reference = ReferenceAttention(header: header, data: data, workers: workerCount)
-        let store = referenceStore?.matches(reader: reader, configuration: configuration, decodeSteps: decodeSteps) == true
+        let store = referenceStore?.matches(reader: reader, configuration: configuration, chunkSteps: chunkSteps, decodeSteps: decodeSteps) == true
             ? referenceStore : nil
         let stored = store?.chunks(ofLayer: info.index)
         // The reference of chunk c+1 is computed while the policies step through chunk c, in one
         // pool of tasks: with a few policies of unequal cost on a few cores, neither phase alone
         // keeps every core busy. Two chunks alternate; the reference is split into more parts
-        // than cores so the tail balances.
-        let referenceParts = workerCount == 1 ? 1 : 4 * workerCount
+        // than cores (up to 8 per worker, one step block each) so the tail balances.
+        let chunkSteps = self.chunkSteps
+        let stepBlocks = (chunkSteps + reference.stepBlock - 1) / reference.stepBlock
+        let referenceParts = workerCount == 1 ? 1 : max(1, min(8 * workerCount, stepBlocks))
         let scratch = reference.makeScratch(k: configuration.topK, count: referenceParts)
         // Logits are kept only when some policy attends with the exact keys: chunkSteps × Hq × T
         // floats per chunk (117 MiB at 64 × 14 × 32768).
@@ -264,7 +284,7 @@ public final class ReplayEngine {
             ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK, keepsLogits: keepLogits)
         }
         let total = decodeSteps
-        let chunkCount = (total + configuration.chunkSteps - 1) / configuration.chunkSteps
+        let chunkCount = (total + chunkSteps - 1) / chunkSteps
         // q·k for every visible position (q+k layers), and Σ a·v when the layer has values.
         // Queries are read in aligned runs of 256 rows, a multiple of the synthetic traces' HDF5
         // chunk: reading 64 rows at a time decompressed each 256-row chunk four times.
@@ -291,7 +311,7 @@ public final class ReplayEngine {
         // (A policy that attends anything else recomputes those logits: the same bits, slower.)
         var attendable = [UInt64](repeating: 0, count: (header.numTokens + 63) / 64)
         func positionsAttendable(throughChunk c: Int) -> [[Int32]] {
-            let newPositions = (P + max(c - 1, 0) * configuration.chunkSteps)..<decodeRows(ofChunk: c).upperBound
+            let newPositions = (P + max(c - 1, 0) * chunkSteps)..<decodeRows(ofChunk: c).upperBound
             return (0..<header.numKVHeads).map { g in
                 for i in attendable.indices { attendable[i] = 0 }
                 for run in runs where !(run.policy is FullCachePolicy) {
@@ -310,8 +330,8 @@ public final class ReplayEngine {
             }
         }
         func decodeRows(ofChunk c: Int) -> Range<Int> {
-            let first = c * configuration.chunkSteps
-            return (P + first)..<(P + first + min(configuration.chunkSteps, total - first))
+            let first = c * chunkSteps
+            return (P + first)..<(P + first + min(chunkSteps, total - first))
         }
         // The queries of chunk c + 2 are read by one more task while chunk c is replayed, so
         // the serial section between chunks does not wait for the file.
@@ -319,7 +339,7 @@ public final class ReplayEngine {
         func load(_ c: Int) throws -> ReferenceChunk? {
             guard c < chunkCount else { return nil }
             let chunk = chunks[c % 2]
-            let first = c * configuration.chunkSteps, steps = min(configuration.chunkSteps, total - first)
+            let first = c * chunkSteps, steps = min(chunkSteps, total - first)
             let readStart = ReplayEngine.now()
             if keepLogits { chunk.logPositions(positionsAttendable(throughChunk: c), tokens: header.numTokens) }
             chunk.prepare(firstStep: first, stepCount: steps, hasValues: info.hasValues)
