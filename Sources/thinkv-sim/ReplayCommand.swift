@@ -85,11 +85,11 @@ enum ReplayCommand: Subcommand {
         let engine = ReplayEngine(reader: reader, configuration: configuration)
         var keptWriter: JSONLinesFileWriter?, timelineWriter: JSONLinesFileWriter?
         if let keptPath = arguments.value("kept") {
-            keptWriter = try JSONLinesFileWriter(path: keptPath, option: "--kept")
+            keptWriter = try JSONLinesFileWriter(path: keptPath)
             engine.keptSink = keptWriter
         }
         if let timelinePath = arguments.value("cache-timeline") {
-            timelineWriter = try JSONLinesFileWriter(path: timelinePath, option: "--cache-timeline")
+            timelineWriter = try JSONLinesFileWriter(path: timelinePath)
             engine.timelineSink = timelineWriter
         }
         engine.progress = TerminalProgress(label: "replay")

@@ -17,52 +17,88 @@ public enum OutputFile {
 
     public static func write(_ data: Data, to path: String, protecting inputs: [String] = []) throws {
         try checkWritable(path, protecting: inputs)
-        if path == standardOutput {
-            try writeAll(data, to: STDOUT_FILENO, path: "standard output")
-            return
-        }
-        let target = URL(fileURLWithPath: path).standardizedFileURL
-        if isStandardOutput(target.path) {
-            // /dev/stdout, /proc/self/fd/1 or the file stdout is redirected to: share its offset.
-            try writeAll(data, to: STDOUT_FILENO, path: path)
-            return
-        }
-        let isLink = linkKind(target.path) == S_IFLNK
-        if let kind = fileKind(target.path), kind != S_IFREG || isLink {
-            // A device, FIFO or terminal, or a link (/dev/stdout): write through it, as a shell
-            // redirection would, so the device or link stays what it is.
-            let fd = open(target.path, O_WRONLY | O_CLOEXEC | (kind == S_IFREG ? O_TRUNC : 0))
-            guard fd >= 0 else { throw OutputError("\(path): cannot open for writing (\(String(cString: strerror(errno))))") }
-            defer { close(fd) }
-            try writeAll(data, to: fd, path: path)
-            return
-        }
-        // Regular file or new path: a temporary file in the same directory, renamed over the target.
-        let directory = target.deletingLastPathComponent().path
-        var template = Array((directory + "/.\(target.lastPathComponent).tmp-XXXXXX").utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { throw OutputError("\(path): cannot create a file in \(directory) (\(String(cString: strerror(errno))))") }
-        let temporary = String(cString: template)
-        var renamed = false
-        defer {
-            if !renamed { unlink(temporary) }
-        }
+        let destination = try Destination(path)
         do {
-            try writeAll(data, to: fd, path: path)
-            guard fsync(fd) == 0 || errno == EINVAL else { throw OutputError("\(path): cannot write (\(String(cString: strerror(errno))))") }
+            try writeAll(data, to: destination.fd, path: destination.name)
+            try destination.finish()
         } catch {
-            close(fd)
+            destination.discard()
             throw error
         }
-        // New files get the usual permissions (mkstemp makes them 0600).
-        let mask = umask(0)
-        umask(mask)
-        fchmod(fd, 0o666 & ~mask)
-        close(fd)
-        guard rename(temporary, target.path) == 0 else {
-            throw OutputError("\(path): cannot replace (\(String(cString: strerror(errno))))")
+    }
+
+    /// An output open for writing in pieces (`writeAll` to `fd`, named `name` in errors): a
+    /// regular file or new path is a temporary file beside it that `finish()` renames into place
+    /// and `discard()` removes; anything else is written straight through.
+    public final class Destination {
+        public let fd: Int32
+        /// What error messages call it: the path, or "standard output" for "-".
+        public let name: String
+        private let target: String
+        /// The temporary file renamed over `target` by `finish()` (regular files only).
+        private let temporary: String?
+        private var done = false
+
+        public init(_ path: String) throws {
+            let target = URL(fileURLWithPath: path).standardizedFileURL
+            self.target = target.path
+            name = path == OutputFile.standardOutput ? "standard output" : path
+            if path == OutputFile.standardOutput || OutputFile.isStandardOutput(target.path) {
+                // "-", /dev/stdout, /proc/self/fd/1 or the file stdout is redirected to: share its offset.
+                fd = STDOUT_FILENO
+                temporary = nil
+                return
+            }
+            if let kind = OutputFile.fileKind(target.path), kind != S_IFREG || OutputFile.linkKind(target.path) == S_IFLNK {
+                // A device, FIFO or terminal, or a link: write through it, as a shell redirection
+                // would, so the device or link stays what it is.
+                fd = open(target.path, O_WRONLY | O_CLOEXEC | (kind == S_IFREG ? O_TRUNC : 0))
+                guard fd >= 0 else { throw OutputError("\(path): cannot open for writing (\(String(cString: strerror(errno))))") }
+                temporary = nil
+                return
+            }
+            let directory = target.deletingLastPathComponent().path
+            var template = Array((directory + "/.\(target.lastPathComponent).tmp-XXXXXX").utf8CString)
+            fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+            guard fd >= 0 else { throw OutputError("\(path): cannot create a file in \(directory) (\(String(cString: strerror(errno))))") }
+            temporary = String(cString: template)
         }
-        renamed = true
+
+        deinit { discard() }
+
+        /// Puts the written file in place: synced, with the usual permissions (mkstemp makes
+        /// 0600), renamed over the target. On failure nothing of it is left.
+        public func finish() throws {
+            guard !done else { return }
+            done = true
+            guard let temporary else {
+                if fd != STDOUT_FILENO { close(fd) }
+                return
+            }
+            guard fsync(fd) == 0 || errno == EINVAL else {
+                let reason = String(cString: strerror(errno))
+                close(fd)
+                unlink(temporary)
+                throw OutputError("\(name): cannot write (\(reason))")
+            }
+            let mask = umask(0)
+            umask(mask)
+            fchmod(fd, 0o666 & ~mask)
+            close(fd)
+            guard rename(temporary, target) == 0 else {
+                let reason = String(cString: strerror(errno))
+                unlink(temporary)
+                throw OutputError("\(name): cannot replace (\(reason))")
+            }
+        }
+
+        /// Gives up: closes, and removes the temporary file, leaving what was at the path.
+        public func discard() {
+            guard !done else { return }
+            done = true
+            if fd != STDOUT_FILENO { close(fd) }
+            if let temporary { unlink(temporary) }
+        }
     }
 
     /// Checks before any work that `path` can be written: not an input, not a directory, its
