@@ -103,7 +103,7 @@ enum BenchCommand: Subcommand {
         // every key of the first length, at most 32768 so its buffers stay small): in cache and
         // from memory.
         printError("bench: timing the reference kernels alone on one core")
-        let kernels = KernelBenchmark.measure(rows: 8 * max(1, qHeads / kvHeads), tokens: min(lengths[0], 32768), headDim: headDim)
+        let kernels = KernelBenchmark.measure(groupSize: qHeads / kvHeads, tokens: min(lengths[0], 32768), headDim: headDim)
 
         if arguments.flag("json") {
             struct Output: Encodable { let machine: MachineInfo; let budget: Int; let results: [Measurement]; let kernels: KernelBenchmark }

@@ -10,7 +10,7 @@ enum PlotCommand: Subcommand {
             OptionDefinition("output", short: "o", value: "DIR", help: "directory for the SVG files", default: "the CSV's directory"),
             OptionDefinition("log-bytes", help: "logarithmic byte axes (powers of two; the default)"),
             OptionDefinition("linear-bytes", help: "linear byte axes"),
-            OptionDefinition("metric", value: "kl|output_error|mass_recall|top_k_recall|next_token_kl|top1[,...]",
+            OptionDefinition("metric", value: PlotMetric.allCases.map(\.rawValue).joined(separator: "|") + "[,...]",
                              help: "fidelity metric(s) of the figures", default: "kl,output_error,mass_recall"),
             OptionDefinition("budget-labels", help: "write each point's budget (or memory target) beside it in the all-traces figure"),
             OptionDefinition("format", value: "svg|all", help: "svg only, or also PDF and PNG through rsvg-convert (all: when it is installed)", default: "all"),

@@ -85,8 +85,9 @@ extension Kernels {
                 r += 1
             }
             #else
-            // Six-row tiles (12 FMA chains) while they leave a multiple of four rows or more than
-            // eight; then four-row tiles (8 chains); 56 rows (8 steps of a group of 7) are 8 × 6 + 2 × 4.
+            // Six-row tiles (12 FMA chains) while six or more rows are left, except exactly eight,
+            // which two four-row tiles (8 chains) take; 56 rows (8 steps of a group of 7) are
+            // 8 × 6 + 2 × 4.
             while rows - r >= 6 && rows - r != 8 {
                 let q0 = queries + r * D, o0 = out + r * outStride
                 var j = blockStart

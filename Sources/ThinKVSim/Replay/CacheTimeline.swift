@@ -13,7 +13,6 @@ public struct QuantizedGroup: Equatable, Sendable {
     public var channelGroup: Int
     /// The first decode step whose attention sees the rounded vectors.
     public var step: Int = 0
-
 }
 
 /// What one policy's cache did to one kv head of one layer over the whole replay, in the form

@@ -25,10 +25,11 @@ public struct KernelBenchmark: Codable, Sendable {
     public static let evictionBytes = 64 << 20
 
     /// - Parameters:
-    ///   - rows: query rows per call (`ReferenceAttention.stepBlock` × the GQA group size).
+    ///   - groupSize: query heads per kv head; a call has the rows of one step block of them.
     ///   - tokens: keys and values per call (a trace's length, the longest row the replay meets).
     ///   - trials: timed calls per figure; the fastest counts (a shared machine only slows).
-    public static func measure(rows: Int, tokens: Int, headDim D: Int, trials: Int = 5) -> KernelBenchmark {
+    public static func measure(groupSize: Int, tokens: Int, headDim D: Int, trials: Int = 5) -> KernelBenchmark {
+        let rows = ReferenceAttention.defaultStepBlock * max(1, groupSize)
         var generator = SeededRandom(seed: 1)
         func random(_ n: Int, _ range: ClosedRange<Float>) -> [Float] {
             (0..<n).map { _ in range.lowerBound + (range.upperBound - range.lowerBound) * Float(generator.uniform()) }

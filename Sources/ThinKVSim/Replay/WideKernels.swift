@@ -142,7 +142,7 @@ extension Kernels {
                 var j = 0
                 while j + 4 <= count {
                     let k0 = keys + Int(indices[j]) &* D, k1 = keys + Int(indices[j + 1]) &* D
-                    let k2 = keys + Int(indices[j + 2]) * D, k3 = keys + Int(indices[j + 3]) * D
+                    let k2 = keys + Int(indices[j + 2]) &* D, k3 = keys + Int(indices[j + 3]) &* D
                     @inline(__always) func put(_ pair: Int, _ a: FourAccumulators) {
                         let r = 2 * (p0 + pair)
                         let sums = scale * laneSums(a.0.lowHalf, a.1.lowHalf, a.2.lowHalf, a.3.lowHalf,
