@@ -61,6 +61,12 @@ public struct MemorySummary: Codable, Equatable, Sendable {
     public var meanSlotOccupancy: Double
     public var peakPagedBytes: Double
     public var totalCompactionBytes: Double
+    /// Share of (layer, decode step) pairs on which the policy evicted anything, in percent:
+    /// how often compression runs (ThinKV reports 4.59 % for TBE against 82.93 % for R-KV).
+    public var evictionStepPercent: Double
+    /// Attended bytes (metadata included) per attended K or V element, in bits, mean over
+    /// steps and layers: 16 for the full cache, ThinKV reports 3.4–3.8.
+    public var meanBitsPerElement: Double
 }
 
 /// Everything a report prints for one policy configuration.
@@ -125,6 +131,7 @@ extension MemorySummary {
         var blocks: [Int: Int] = [:], paged: [Int: Int] = [:]
         var occupancySum = 0.0, moved = 0
         var tokens = 0.0
+        var evictionSteps = 0, bitsSum = 0.0
         var lastStep = -1
         var lastTokens = 0.0
         for r in records {
@@ -136,6 +143,10 @@ extension MemorySummary {
             occupancySum += r.slotOccupancy
             moved += r.compactionBytes
             tokens += r.attendedTokens
+            if r.evicted { evictionSteps += 1 }
+            // attendedTokens is the mean over kv heads; fullBytes / (p + 1) is 4 bytes per (head, dim).
+            let elementsPerToken = 2 * Double(r.fullBytes) / 4 / Double(r.position + 1)
+            bitsSum += r.attendedTokens > 0 ? 8 * Double(r.attendedBytes) / (r.attendedTokens * elementsPerToken) : 0
             if r.step > lastStep { lastStep = r.step; lastTokens = 0 }
             if r.step == lastStep { lastTokens += r.residentTokens }
         }
@@ -163,5 +174,7 @@ extension MemorySummary {
         meanSlotOccupancy = occupancySum / Double(Swift.max(records.count, 1))
         peakPagedBytes = Double(paged.values.max() ?? 0) * scale
         totalCompactionBytes = Double(moved) * scale
+        evictionStepPercent = 100 * Double(evictionSteps) / Double(Swift.max(records.count, 1))
+        meanBitsPerElement = bitsSum / Double(Swift.max(records.count, 1))
     }
 }

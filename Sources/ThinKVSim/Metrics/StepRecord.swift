@@ -29,6 +29,8 @@ public struct StepRecord: Codable, Equatable, Sendable {
     public var outputError: Float?
     /// Attention sparsity of the full cache at this step (context for ThinKV).
     public var sparsity: Float
+    /// The policy removed a position from some kv head during this step (an eviction ran).
+    public var evicted: Bool = false
     /// The attended set by thought type and precision (policies with thought types only).
     public var thought: ThoughtStepBreakdown? = nil
 }

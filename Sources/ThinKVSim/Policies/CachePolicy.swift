@@ -60,6 +60,10 @@ public protocol CachePolicy: AnyObject {
     func thoughtBreakdown(cache: LayerCache) -> ThoughtStepBreakdown?
     /// Event counts of this layer so far, in report order (summed over layers in the report).
     var reportCounters: [(name: String, value: Int)] { get }
+
+    /// Remarks on a finished run from its counters summed over `layers` replayed layers, e.g.
+    /// that a method's own mechanism did little of the work. Default: none.
+    static func runNotes(counters: [String: Int], parameters: PolicyParameters, layers: Int) -> [String]
 }
 
 extension CachePolicy {
@@ -75,6 +79,7 @@ extension CachePolicy {
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {}
     public func thoughtBreakdown(cache: LayerCache) -> ThoughtStepBreakdown? { nil }
     public var reportCounters: [(name: String, value: Int)] { [] }
+    public static func runNotes(counters: [String: Int], parameters: PolicyParameters, layers: Int) -> [String] { [] }
 }
 
 /// A `prepare` result with remarks the replay report should carry (e.g. that thresholds were

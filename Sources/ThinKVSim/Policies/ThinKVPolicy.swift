@@ -86,6 +86,12 @@ public class ThinKVPolicy: CachePolicy {
     public let trigger: TBETrigger
     /// How a shrinking segment picks its tokens.
     public let selection: RepresentativeSelection
+    /// What one segment is (a refresh interval, or a run of one type).
+    public let segmentRule: SegmentRule
+    /// How much budget pressure takes from a segment.
+    public let pressureCut: PressureCut
+    /// τ: decode steps per refresh interval (one segment each under `SegmentRule.refresh`).
+    public let refreshInterval: Int
     private var accumulatedAttention: [Float] = []
     private var attentionScratch: [Float] = []
     /// What tokens share a paging block with (see `BlockSharing`).
@@ -113,7 +119,7 @@ public class ThinKVPolicy: CachePolicy {
             guard timeline.types.count == setup.header.generatedLength else {
                 throw PolicyError("\(name): the thought timeline has \(timeline.types.count) steps, the trace \(setup.header.generatedLength)")
             }
-            thoughtTypes = ThoughtTypeLog(types: timeline.types)
+            thoughtTypes = ThoughtTypeLog(types: timeline.types, refreshInterval: timeline.thresholds?.refreshInterval)
         } else if let log = setup.prepared as? ThoughtTypeLog {
             thoughtTypes = log
         } else {
@@ -156,6 +162,9 @@ public class ThinKVPolicy: CachePolicy {
             seed = UInt64(parameters.int("seed")!)
             trigger = TBETrigger(rawValue: parameters.string("tbe-trigger")!)!
             selection = RepresentativeSelection(rawValue: parameters.string("representatives")!)!
+            segmentRule = SegmentRule(rawValue: parameters.string("segments")!)!
+            pressureCut = PressureCut(rawValue: parameters.string("pressure-cut")!)!
+            refreshInterval = parameters.int("tau") ?? thoughtTypes.refreshInterval ?? ThoughtThresholds.defaultRefreshInterval
             if let budget, budget < sinks + recent {
                 throw PolicyError("\(name): --budget (\(budget)) must be at least --sinks + --recent (\(sinks) + \(recent)): those positions are never evicted")
             }
@@ -167,8 +176,11 @@ public class ThinKVPolicy: CachePolicy {
             recent = 0
             kmeansIterations = 0
             seed = 0
-            trigger = .afterTransition
+            trigger = .transitionStart
             selection = .kmeans
+            segmentRule = .refresh
+            pressureCut = .excess
+            refreshInterval = ThoughtThresholds.defaultRefreshInterval
             segments = nil
         }
         evictedMark = [Bool](repeating: false, count: setup.header.numTokens)
@@ -209,7 +221,8 @@ public class ThinKVPolicy: CachePolicy {
         }
         guard let segments else { return }
         let previous = segments.segments.last?.kind
-        let beginsTransition = segments.append(position: context.position, type: type)
+        let opensSegment = segmentRule == .refresh && context.step % refreshInterval == 0
+        let beginsTransition = segments.append(position: context.position, type: type, opensSegment: opensSegment)
         switch trigger {
         case .transitionStart:
             transitionPending = beginsTransition
@@ -255,7 +268,7 @@ public class ThinKVPolicy: CachePolicy {
         guard transition || budget.map({ cache.count(kvHead: 0) > $0 }) == true else { return }
         let protection = ThoughtSegments.Protection(sinks: sinks, recent: recent, newest: newest)
         let decision = segments.decide(resident: cache.slots[0], transition: transition, budget: budget,
-                                       schedule: schedule, protection: protection)
+                                       schedule: schedule, protection: protection, pressureCut: pressureCut)
         var sizeBefore = decision.before
         for event in decision.events {
             let freed = event.reason == .split ? 0 : sizeBefore[event.segment] - event.size
@@ -457,8 +470,8 @@ enum ThinKVParameters {
                 help: "cache: the classifier reads the attention over the policy's own (compressed, quantized) cache, as deployed; full: the full cache's (oracle ablation)"),
         .integer("sparsity-window", default: 1, min: 1, max: 1 << 20,
                  help: "steps whose averaged sparsity (or, with --thoughts held-labels, whose majority label) decides the type at a refresh: 1 = the refresh step alone"),
-        .choice("ct-blocks", BlockSharing.allCases.map(\.rawValue), default: BlockSharing.precision.rawValue,
-                help: "what a Continuous-Thinking paging block may mix: tokens of one precision, or of one thought type"),
+        .choice("ct-blocks", BlockSharing.allCases.map(\.rawValue), default: BlockSharing.type.rawValue,
+                help: "what a Continuous-Thinking paging block may mix: tokens of one thought type (ThinKV: a freed slot is refilled by the same type), or of one precision"),
     ]
 
     static let quantization: [PolicyParameter] = [
@@ -486,8 +499,12 @@ enum ThinKVParameters {
         .integer("seed", default: 0, min: 0, help: "seed of the k-means++ initialisation"),
         .choice("representatives", RepresentativeSelection.allCases.map(\.rawValue), default: RepresentativeSelection.kmeans.rawValue,
                 help: "how a shrinking segment picks the tokens it keeps: k-means centroids' nearest (ThinKV), smallest key norms, most attention received, or random"),
-        .choice("tbe-trigger", TBETrigger.allCases.map(\.rawValue), default: TBETrigger.afterTransition.rawValue,
-                help: "when older thoughts take a schedule step: when the thought after a transition begins, or when the transition begins"),
+        .choice("tbe-trigger", TBETrigger.allCases.map(\.rawValue), default: TBETrigger.transitionStart.rawValue,
+                help: "when older thoughts take a schedule step: when a transition thought begins (ThinKV), or when the thought after it begins"),
+        .choice("segments", SegmentRule.allCases.map(\.rawValue), default: SegmentRule.refresh.rawValue,
+                help: "what one segment is: each refresh interval of τ steps (ThinKV), or a maximal run of one thought type"),
+        .choice("pressure-cut", PressureCut.allCases.map(\.rawValue), default: PressureCut.step.rawValue,
+                help: "over budget, the oldest least important segment drops whole schedule steps until the budget fits (ThinKV), or gives up only the excess"),
     ]
 
     static func declared(for components: ThinKVComponents) -> [PolicyParameter] {
@@ -607,6 +624,16 @@ enum ThinKVParameters {
     }
 }
 
+/// How much a budget-pressure step takes from a segment.
+public enum PressureCut: String, Sendable, CaseIterable {
+    /// Only the tokens over the budget leave; the segment reaches its next schedule size after
+    /// as many steps as that takes, so the cache stays at the budget.
+    case excess
+    /// The segment drops to its next schedule size at once, repeated until the budget fits; the
+    /// cache may fall below the budget.
+    case step
+}
+
 /// When TBE shrinks the older thoughts.
 public enum TBETrigger: String, Sendable, CaseIterable {
     /// When the first thought after a transition begins: the transition has settled where the
@@ -662,6 +689,22 @@ private final class SelfCalibrationMemo: @unchecked Sendable {
 }
 
 extension ThinKVPolicy {
+    /// Says when ThinKV's own eviction (transition cuts) did less than half of the evicting,
+    /// naming the rule that did most of it and how many transitions the classifier saw: a run
+    /// that evicts mostly under budget pressure is not the method the paper describes.
+    public static func runNotes(counters: [String: Int], parameters: PolicyParameters, layers: Int) -> [String] {
+        guard components.contains(.eviction) else { return [] }
+        let byRule = [("transition cuts", counters["transition_evicted_tokens"] ?? 0),
+                      ("budget pressure", counters["pressure_evicted_tokens"] ?? 0),
+                      ("floor breaches", counters["floor_breach_evicted_tokens"] ?? 0)]
+        let total = byRule.reduce(0) { $0 + $1.1 }
+        guard total > 0, 2 * byRule[0].1 < total else { return [] }
+        let transitions = (counters["transitions"] ?? 0) / max(layers, 1)
+        let main = byRule.dropFirst().max { $0.1 < $1.1 }!
+        let shares = byRule.map { String(format: "%@ %.1f %%", $0.0, 100 * Double($0.1) / Double(total)) }.joined(separator: ", ")
+        return ["ThinKV ran mostly as \(main.0) (evicted tokens: \(shares)); its classifier saw \(transitions) transition\(transitions == 1 ? "" : "s")"]
+    }
+
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         var parts: [String] = []
         if components.contains(.eviction) {

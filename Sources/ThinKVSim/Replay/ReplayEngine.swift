@@ -229,6 +229,12 @@ public final class ReplayEngine {
             run.counters = counters[i].map { ReplayShard.Counter(name: $0.name, value: $0.value) }
             return run
         }
+        for run in runs {
+            for note in run.spec.type.runNotes(counters: run.summary.policyCounters ?? [:], parameters: run.spec.parameters,
+                                               layers: layers.count) {
+                notes.append("\(run.spec.label): \(note)")
+            }
+        }
         timing.wallSeconds = ReplayEngine.now() - started
         let sizes = configuration.policies.indices.map { configuration.effectiveBlockSize(ofPolicy: $0) }
         let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
@@ -597,8 +603,10 @@ final class PolicyLayerRun {
 
         compactionBytes += updatePaging(newPosition: nil)
         var residentTokens = 0
+        var evicted = false
         for g in 0..<Hkv {
             residentTokens += cache.count(kvHead: g)
+            evicted = evicted || cache.droppedThisStep[g]
             if recordsEvents && cache.droppedThisStep[g] {
                 events.append(KeptEvent(policy: spec.label, step: context.step, position: context.position,
                                         layer: setup.layer.index, kvHead: g, kept: cache.slots[g].sorted()))
@@ -614,7 +622,7 @@ final class PolicyLayerRun {
             blocks: paged.blocks, slotOccupancy: paged.occupancy, pagedBytes: paged.bytes, compactionBytes: compactionBytes,
             massRecall: recallSum / n, massRecallMin: recallMin, topKRecall: topSum / n, attentionKL: klSum / n,
             outputError: data.values == nil ? nil : errSum / n,
-            sparsity: chunk.sparsity[s], thought: thought))
+            sparsity: chunk.sparsity[s], evicted: evicted, thought: thought))
     }
 
     private struct HeadMetrics {

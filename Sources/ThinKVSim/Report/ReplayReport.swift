@@ -83,16 +83,20 @@ public enum ReplayReport {
     /// Each run's compression cadence and, after a memory match, the budget found.
     static func cadenceTable(_ result: ReplayResult) -> String {
         let matched = result.runs.contains { $0.memoryMatch != nil }
-        var table = TextTable(headers: matched ? ["policy", "budget", "achieved", "match", "compresses"] : ["policy", "compresses"])
-        table.leftAligned = matched ? [0, 3, 4] : [0, 1]
+        var table = TextTable(headers: matched ? ["policy", "budget", "achieved", "match", "evicts", "bits/elem", "compresses"]
+                                               : ["policy", "evicts", "bits/elem", "compresses"])
+        table.leftAligned = matched ? [0, 3, 6] : [0, 3]
         for run in result.runs {
             let cadence = run.spec.type.compressionCadence(run.spec.parameters)
+            // How often eviction actually ran, and the precision it left.
+            let activity = [String(format: "%.1f %% of steps", run.summary.memory.evictionStepPercent),
+                            String(format: "%.2f", run.summary.memory.meanBitsPerElement)]
             if let m = run.memoryMatch {
                 let achieved = m.targetBytes == nil ? String(format: "%.2f %%", m.achievedPercent)
                     : "\(Format.bytes(m.achievedBytes)) (\(String(format: "%.2f %%", m.achievedPercent)))"
-                table.add([run.spec.label, m.budget.map(String.init) ?? "-", achieved, m.status.rawValue, cadence])
+                table.add([run.spec.label, m.budget.map(String.init) ?? "-", achieved, m.status.rawValue] + activity + [cadence])
             } else {
-                table.add([run.spec.label, cadence])
+                table.add([run.spec.label] + activity + [cadence])
             }
         }
         // The last column is left-aligned: no padding after it.

@@ -31,6 +31,8 @@ public enum SweepColumns {
         Metric(name: "slot_occupancy_mean", help: "live tokens / block slots, mean") { $0.memory.meanSlotOccupancy },
         Metric(name: "paged_bytes_peak", help: "largest bytes of the held blocks, all model layers") { $0.memory.peakPagedBytes },
         Metric(name: "compaction_bytes_total", help: "bytes a dense gather would have copied over the run, all model layers") { $0.memory.totalCompactionBytes },
+        Metric(name: "eviction_step_percent", help: "% of (layer, decode step) pairs on which the policy evicted anything") { $0.memory.evictionStepPercent },
+        Metric(name: "bits_per_element_mean", help: "attended KV bits (metadata included) per K or V element, mean") { $0.memory.meanBitsPerElement },
     ]
 
     public static var metricNames: [String] { metrics.map(\.name) }

@@ -25,7 +25,7 @@ enum CacheSparsityClassifier {
         if thresholds.isSingleType {
             return ThoughtTimeline(types: Array(repeating: .reasoning, count: G), source: .classifier, thresholds: thresholds)
         }
-        let log = ThoughtTypeLog()
+        let log = ThoughtTypeLog(refreshInterval: thresholds.refreshInterval)
         log.types.reserveCapacity(G)
         var lanes: [Lane] = []
         for (ordinal, layer) in thresholds.layers.enumerated() {

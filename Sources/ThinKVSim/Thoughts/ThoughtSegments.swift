@@ -69,12 +69,14 @@ public final class ThoughtSegments {
         for p in 0..<length { segmentOfPosition[p] = 0 }
     }
 
-    /// Adds the next decode position with its type: extends the current segment or opens a new
-    /// one. Returns true when the position begins a transition (a new T segment).
+    /// Adds the next decode position with its type: extends the current segment, or opens a
+    /// new one when the type changes or `opensSegment` is set (the first step of a refresh
+    /// interval, under `SegmentRule.refresh`). Returns true when the position begins a
+    /// transition (a new T segment).
     @discardableResult
-    public func append(position: Int, type: ThoughtType) -> Bool {
+    public func append(position: Int, type: ThoughtType, opensSegment: Bool = false) -> Bool {
         precondition(position == (segments.last?.end ?? 0), "positions arrive in order, one at a time")
-        if let last = segments.indices.last, segments[last].kind == .thought(type) {
+        if !opensSegment, let last = segments.indices.last, segments[last].kind == .thought(type) {
             segments[last].end += 1
             segmentOfPosition[position] = Int32(last)
             return false
@@ -180,7 +182,7 @@ public final class ThoughtSegments {
     /// same number per segment): advances segment levels, may split the current segment, and
     /// returns the target size of every segment. The caller evicts accordingly in every head.
     public func decide(resident: [Int32], transition: Bool, budget: Int?, schedule: RetentionSchedule,
-                       protection: Protection) -> Decision {
+                       protection: Protection, pressureCut: PressureCut = .excess) -> Decision {
         var (counts, protectedCounts) = census(resident: resident, protection: protection)
         var before = counts
         var events: [Event] = []
@@ -215,7 +217,7 @@ public final class ThoughtSegments {
                 // Only the excess leaves; the segment reaches its next size (and level) once it
                 // has given up everything above it, possibly over several steps.
                 let target = max(step.size, protectedCounts[s])
-                let give = min(excess, counts[s] - target)
+                let give = pressureCut == .step ? counts[s] - target : min(excess, counts[s] - target)
                 counts[s] -= give
                 excess -= give
                 if counts[s] == target { segments[s].level = step.level }
@@ -251,4 +253,13 @@ public final class ThoughtSegments {
         }
         return Decision(before: before, after: counts, protected: protectedCounts, events: events)
     }
+}
+
+/// What one thought segment is: the unit TBE's retention schedule shrinks.
+public enum SegmentRule: String, Sendable, CaseIterable {
+    /// Every refresh interval (τ decode steps, one classifier decision) is a segment of its own,
+    /// also when the next interval has the same type: a 512-step reasoning run is four segments.
+    case refresh
+    /// A maximal run of one thought type is one segment, however long.
+    case runs
 }

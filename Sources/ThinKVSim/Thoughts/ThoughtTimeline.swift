@@ -114,8 +114,13 @@ public struct ThoughtTimeline: Sendable, Equatable, ReplayNotes {
 /// ahead of the policies while the cache-sparsity classifier steps its own layers.
 public final class ThoughtTypeLog: @unchecked Sendable {
     public internal(set) var types: [ThoughtType]
+    /// τ of the classifier that decided the types (nil: labels, no refresh interval).
+    public let refreshInterval: Int?
 
-    public init(types: [ThoughtType] = []) { self.types = types }
+    public init(types: [ThoughtType] = [], refreshInterval: Int? = nil) {
+        self.types = types
+        self.refreshInterval = refreshInterval
+    }
 }
 
 /// The last averaged sparsity profile computed, so that several ThinKV configurations in one
