@@ -16,6 +16,8 @@ enum InspectCommand: Subcommand {
             OptionDefinition("calibration", value: "FILE", help: "with --thoughts: thresholds from 'thinkv-sim calibrate'", default: "calibrate on this trace"),
             OptionDefinition("tau", value: "N", help: "with --thoughts: refresh interval τ in decode steps", default: "the file's, else 128"),
             OptionDefinition("text", help: "with --thoughts: list each predicted segment with the text of its tokens (/tokens/text)"),
+            OptionDefinition("sparsity-gqa", value: "max-pool|mean-heads",
+                             help: "how a GQA group's query heads make one attention row for the sparsity", default: "the calibration's, else max-pool"),
         ],
         discussion: """
             --thoughts classifies every profiled decode step as reasoning, execution or transition from its
@@ -36,9 +38,18 @@ enum InspectCommand: Subcommand {
             if arguments.flag("text") { throw UsageError("--text needs --thoughts") }
         }
         if thoughts && arguments.flag("no-sparsity") { throw UsageError("--thoughts needs the sparsity pass; drop --no-sparsity") }
+        var gqa = GQASparsity.maxPool
+        if let raw = arguments.value("sparsity-gqa") {
+            guard let chosen = GQASparsity(rawValue: raw) else {
+                throw UsageError("--sparsity-gqa must be one of \(GQASparsity.allCases.map(\.rawValue).joined(separator: ", ")), got '\(raw)'")
+            }
+            gqa = chosen
+        } else if thoughts, let file = arguments.value("calibration") {
+            gqa = try ThoughtThresholds.load(path: file).gqa  // measure sparsity as the thresholds were calibrated
+        }
         let reader = try TraceReader(path: arguments.positionals[0])
         let profile = arguments.flag("no-sparsity") ? nil : try SparsityProfile.compute(
-            reader, maxSteps: steps, threads: threads, progress: TerminalProgress(label: "inspect"))
+            reader, maxSteps: steps, threads: threads, progress: TerminalProgress(label: "inspect"), gqa: gqa)
         var summary = try TraceSummary(reader: reader, profile: profile, timelineWidth: width)
         if thoughts, let profile {
             summary.thoughts = try ThoughtInspection(reader: reader, profile: profile, calibrationFile: arguments.value("calibration"),

@@ -205,7 +205,9 @@ final class ThinKVPolicyTests: XCTestCase {
         let path = try trace(prompt: P, letters, Hq: 4, Hkv: 2, D: 16, seed: 6)
         let labelled = labels(prompt: P, letters)
         for (budget, recent) in [(60, 16), (24, 8)] {
-            let values = ["thoughts": "labels", "budget": String(budget), "recent": String(recent), "sinks": "4", "ct-blocks": "type"]
+            // The excess rule over maximal runs (the paper's whole-step cut is tested on its own).
+            let values = ["thoughts": "labels", "budget": String(budget), "recent": String(recent), "sinks": "4", "ct-blocks": "type",
+                          "pressure-cut": "excess", "segments": "runs"]
             let (_, _, snapshots) = try observe(path, ThinKVPolicy.self, values)
             var previous: [Set<Int32>]? = nil
             var previousCounters = ThinKVCounters()
@@ -259,7 +261,7 @@ final class ThinKVPolicyTests: XCTestCase {
         // tokens still over budget leave on the way to 16 (below the protected 20, so 20): the
         // plan for 20 keeps no unprotected token and the two oldest representatives go first.
         let path = try trace(prompt: 50, runs([("R", 5)]), Hq: 2, Hkv: 2, D: 16)
-        let (_, _, snapshots) = try observe(path, ThinKVPolicy.self, ["thoughts": "labels", "budget": "30"])
+        let (_, _, snapshots) = try observe(path, ThinKVPolicy.self, ["thoughts": "labels", "budget": "30", "pressure-cut": "excess"])
         let prefill = try XCTUnwrap(snapshots.first { $0.step == nil })
         for h in 0..<2 {
             XCTAssertEqual(prefill.resident[h].count, 30, "head \(h): exactly the budget, not half the prompt")
@@ -276,7 +278,8 @@ final class ThinKVPolicyTests: XCTestCase {
         // R 4..<104 | T 104..<107 | E 107..<112. Nothing happens while T is written; when E
         // begins, R (100 tokens) takes its first schedule step to 64 and T (3) keeps its tokens.
         let path = try trace(prompt: 4, runs([("R", 100), ("T", 3), ("E", 5)]), Hq: 2, Hkv: 2, D: 16, seed: 5)
-        let (_, events, snapshots) = try observe(path, ThinKVEvictionOnlyPolicy.self, ["thoughts": "labels", "recent": "2"])
+        let (_, events, snapshots) = try observe(path, ThinKVEvictionOnlyPolicy.self, [
+            "thoughts": "labels", "recent": "2", "tbe-trigger": "after-transition"])
         XCTAssertTrue(snapshots.filter { ($0.step ?? -1) < 103 }.allSatisfy { $0.resident[0].count == $0.position + 1 },
                       "the transition itself evicts nothing")
         let at = snapshots.first { $0.step == 103 }!
@@ -359,7 +362,9 @@ final class ThinKVPolicyTests: XCTestCase {
         try JSONEncoder().encode(stored).write(to: file)
         let fromFile = try PolicyParameters(policy: "thinkv", specs: ThinKVPolicy.parameters, values: [
             "calibration": file.path, "tau": "7", "sparsity-source": "full"])
-        XCTAssertEqual(try ThinKVPolicy.prepare(reader, parameters: fromFile, layers: [0]) as? ThoughtTimeline, timeline)
+        let read = try XCTUnwrap(ThinKVPolicy.prepare(reader, parameters: fromFile, layers: [0]) as? ThoughtTimeline)
+        XCTAssertEqual(read.types, timeline.types)
+        XCTAssertEqual(read.thresholds, timeline.thresholds)
 
         // The deployed classifier reads its own cache; a cache that keeps every token (no
         // quantization, a schedule larger than the trace) sees exactly the full cache's attention.
@@ -494,7 +499,8 @@ final class ThinKVPolicyTests: XCTestCase {
         let keys = try XCTUnwrap(LayerData.load(from: reader, layer: 0).keys)
         func kept(_ selection: String) throws -> [[Int32]] {
             let (_, _, snapshots) = try observe(path, ThinKVEvictionOnlyPolicy.self, [
-                "thoughts": "labels", "schedule": "16,8", "recent": "2", "sinks": "0", "representatives": selection])
+                "thoughts": "labels", "schedule": "16,8", "recent": "2", "sinks": "0", "representatives": selection,
+                "tbe-trigger": "after-transition"])
             let at = try XCTUnwrap(snapshots.first { $0.step == 62 })
             return at.resident.map { $0.filter { (4..<64).contains($0) }.sorted() }
         }

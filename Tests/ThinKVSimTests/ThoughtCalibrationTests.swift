@@ -220,7 +220,9 @@ final class ThoughtCalibrationTests: XCTestCase {
         XCTAssertTrue(calibration.fallbackReason!.contains("no recorded layer has a tri-modal sparsity density (layer 7: 1 mode)"))
         XCTAssertTrue(calibration.fallbackReason!.contains("only 1 layer is recorded"))
         XCTAssertEqual(calibration.fallbackDensity?.modes.count, 1)
-        XCTAssertEqual(calibration.thresholds, ThoughtThresholds(theta1: 0, theta2: 1, layers: [7]))
+        var singleType = ThoughtThresholds(theta1: 0, theta2: 1, layers: [7])
+        singleType.domain = "full"
+        XCTAssertEqual(calibration.thresholds, singleType)
         // Every step, including the extremes 0 and the largest possible sparsity, is reasoning.
         let types = ThoughtClassifier.timeline(averagedSparsity: values + [0, Float(1).nextDown], thresholds: calibration.thresholds)
         XCTAssertEqual(Set(types), [.reasoning])
@@ -323,7 +325,8 @@ final class ThoughtCalibrationTests: XCTestCase {
         // Extra keys are ignored.
         let path = dir.appendingPathComponent("ok.json").path
         try Data("{\(good), \"calibration\": {\"anything\": [1, 2]}}".utf8).write(to: URL(fileURLWithPath: path))
-        XCTAssertEqual(try ThoughtThresholds.load(path: path), ThoughtThresholds(theta1: 0.3, theta2: 0.6, layers: [1, 2]))
+        // A file without sparsity_gqa predates max-pooling: its thresholds were calibrated on mean-heads.
+        XCTAssertEqual(try ThoughtThresholds.load(path: path), ThoughtThresholds(theta1: 0.3, theta2: 0.6, layers: [1, 2], gqa: .meanHeads))
     }
 
     // MARK: End to end through a trace file

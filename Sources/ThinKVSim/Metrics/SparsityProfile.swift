@@ -1,15 +1,27 @@
 import Foundation
 
+/// How the query heads of a GQA group become one attention row for ThinKV's sparsity.
+public enum GQASparsity: String, Codable, Sendable, CaseIterable {
+    /// ThinKV (App. C.2 as summarised): max-pool the logits within each GQA group, softmax,
+    /// average over kv groups; then the fraction of entries below 1 % of the row maximum.
+    case maxPool = "max-pool"
+    /// Every query head's softmax row averaged (this project's definition before ThinKV's).
+    case meanHeads = "mean-heads"
+}
+
 /// Per-step attention sparsity of each recorded layer under the full cache (see `Sparsity`):
 /// the signal ThinKV's thought classifier reads, and what `inspect` summarises.
 public struct SparsityProfile: Sendable {
     /// Layer index -> sparsity of each decode step (length G or the requested step count).
     public let byLayer: [Int: [Float]]
     public let layers: [Int]
+    /// How each step's GQA groups were combined.
+    public var gqa: GQASparsity = .maxPool
 
     /// Computes the profile; costs one full-attention pass over the chosen layers.
     public static func compute(_ reader: TraceReader, layers: [Int]? = nil, maxSteps: Int? = nil,
-                               threads: Int? = nil, progress: ProgressReporting? = nil) throws -> SparsityProfile {
+                               threads: Int? = nil, progress: ProgressReporting? = nil,
+                               gqa: GQASparsity = .maxPool) throws -> SparsityProfile {
         let header = reader.header
         let chosen = layers ?? reader.recordedLayerIndices
         let steps = min(maxSteps ?? header.generatedLength, header.generatedLength)
@@ -27,6 +39,7 @@ public struct SparsityProfile: Sendable {
             let reference = ReferenceAttention(header: header, data: data, workers: workers)
             let scratch = reference.makeScratch(k: 1)
             let chunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: 1)
+            chunk.poolsGroups = gqa == .maxPool
             var values = [Float]()
             values.reserveCapacity(steps)
             let chunkSteps = 64
@@ -40,13 +53,13 @@ public struct SparsityProfile: Sendable {
                     try reader.readRows(.attn, layer: layer, rows: first..<(first + n), into: &chunk.attentionRows)
                 }
                 reference.compute(chunk, scratch: scratch)
-                values += chunk.sparsity[0..<n]
+                values += (gqa == .maxPool ? chunk.sparsityMaxPool : chunk.sparsity)[0..<n]
                 progress?.update(fraction: (Double(ordinal) + Double(first + n) / Double(max(steps, 1))) / Double(chosen.count),
                                  detail: "layer \(layer)")
             }
             result[layer] = values
         }
-        return SparsityProfile(byLayer: result, layers: chosen)
+        return SparsityProfile(byLayer: result, layers: chosen, gqa: gqa)
     }
 
     /// Step-wise mean over the given layers (all profiled layers by default).

@@ -38,7 +38,7 @@ public struct PolicyParameter: Sendable, Equatable {
         PolicyParameter(name, .real(min...max), default: value.map { String($0) }, help: help)
     }
 
-    public static func choice(_ name: String, _ options: [String], default value: String, help: String) -> PolicyParameter {
+    public static func choice(_ name: String, _ options: [String], default value: String?, help: String) -> PolicyParameter {
         PolicyParameter(name, .choice(options), default: value, help: help)
     }
 

@@ -468,6 +468,10 @@ enum ThinKVParameters {
         .integer("tau", min: 1, help: "τ: decode steps a type is held before it is re-evaluated (default: the calibration file's, else 128)"),
         .choice("sparsity-source", ThoughtTimeline.SparsitySource.allCases.map(\.rawValue), default: ThoughtTimeline.SparsitySource.cache.rawValue,
                 help: "cache: the classifier reads the attention over the policy's own (compressed, quantized) cache, as deployed; full: the full cache's (oracle ablation)"),
+        .choice("sparsity-gqa", GQASparsity.allCases.map(\.rawValue), default: nil,
+                help: "how a GQA group's query heads make one row: max-pool = max-pooled logits per group, softmaxed, averaged over kv heads (ThinKV); mean-heads = every head's softmax averaged (default: the calibration's, else max-pool)"),
+        .choice("calibration-domain", CalibrationDomain.allCases.map(\.rawValue), default: CalibrationDomain.full.rawValue,
+                help: "without --calibration, calibrate on this trace's full-cache sparsity, or on the sparsity over the policy's own cache at --budget (what the classifier reads)"),
         .integer("sparsity-window", default: 1, min: 1, max: 1 << 20,
                  help: "steps whose averaged sparsity (or, with --thoughts held-labels, whose majority label) decides the type at a refresh: 1 = the refresh step alone"),
         .choice("ct-blocks", BlockSharing.allCases.map(\.rawValue), default: BlockSharing.type.rawValue,
@@ -522,7 +526,7 @@ enum ThinKVParameters {
             let tau = parameters.int("tau") ?? ThoughtThresholds.defaultRefreshInterval
             return try ThoughtTimeline.fromHeldLabels(reader, refreshInterval: tau, window: window, policy: policy)
         case .classifier:
-            let (thresholds, notes) = try self.thresholds(reader, parameters: parameters, policy: policy)
+            let (thresholds, notes) = try self.thresholds(reader, parameters: parameters, policyType: policyType)
             var timeline: ThoughtTimeline
             switch ThoughtTimeline.SparsitySource(rawValue: parameters.string("sparsity-source")!)! {
             case .full:
@@ -532,6 +536,10 @@ enum ThinKVParameters {
                                                                  thresholds: thresholds, window: window, policy: policy)
             }
             timeline.notes = notes
+            let source = parameters.string("sparsity-source")!
+            let domain = thresholds.domain.map { $0 == "full" ? "full-cache" : $0 }
+                ?? (parameters.string("calibration") == nil ? "given (--theta1/--theta2)" : "full-cache (assumed: the file predates sparsity_domain)")
+            timeline.notes.append("thresholds calibrated on \(domain) sparsity (\(thresholds.gqa.rawValue)); the classifier reads the \(source == "cache" ? "policy's own cache" : "full cache")")
             // On a labelled trace, how often the types the policy runs with are the true ones.
             if let labels = try reader.readThoughtLabels() {
                 let (accuracy, _) = ThoughtClassifier.accuracy(predicted: timeline.types, reference: Array(labels[reader.header.promptLength...]))
@@ -549,12 +557,14 @@ enum ThinKVParameters {
 
     /// Thresholds from `--calibration` and/or the explicit options (which win); without either,
     /// calibrated on the trace itself. Also returns what the report should say about them.
-    static func thresholds(_ reader: TraceReader, parameters: PolicyParameters, policy: String) throws -> (ThoughtThresholds, [String]) {
+    static func thresholds(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws -> (ThoughtThresholds, [String]) {
+        let policy = policyType.name
         let theta1 = parameters.double("theta1").map(Float.init)
         let theta2 = parameters.double("theta2").map(Float.init)
         let recorded = reader.recordedLayerIndices
         let layers = try parameters.string("thought-layers").map { try parseLayers($0, recorded: recorded, policy: policy) }
         let tau = parameters.int("tau")
+        let gqa = parameters.string("sparsity-gqa").map { GQASparsity(rawValue: $0)! }
         var notes: [String] = []
         var thresholds: ThoughtThresholds
         if let path = parameters.string("calibration") {
@@ -573,7 +583,14 @@ enum ThinKVParameters {
             if theta1 != nil || theta2 != nil {
                 throw PolicyError("\(policy): give both --theta1 and --theta2, or neither (to calibrate on the trace)")
             }
-            let calibration = try SelfCalibrationMemo.shared.calibration(of: reader)
+            let domain = CalibrationDomain(rawValue: parameters.string("calibration-domain")!)!
+            let budget = domain == .cache && policyType.components.contains(.eviction) ? parameters.int("budget") : nil
+            if domain == .cache && budget == nil {
+                throw PolicyError("\(policy): --calibration-domain cache calibrates on the cache at the run's budget: give --budget (or --kv-percent)")
+            }
+            let calibration = try SelfCalibrationMemo.shared.calibration(of: reader, gqa: gqa ?? .maxPool, budget: budget) { options in
+                try CacheDomainCalibration.calibrate(readers: [reader], policyType: policyType, parameters: parameters, options: options)
+            }
             thresholds = calibration.thresholds
             let t = thresholds
             notes.append("no --calibration: thresholds calibrated on this trace itself (θ1 = \(formatTheta(t.theta1)), θ2 = \(formatTheta(t.theta2)), L* = \(t.layers.map(String.init).joined(separator: ","))); for held-out results calibrate on other traces ('thinkv-sim calibrate')")
@@ -585,6 +602,12 @@ enum ThinKVParameters {
         if let theta2 { thresholds.theta2 = theta2 }
         if let layers { thresholds.layers = layers }
         if let tau { thresholds.refreshInterval = tau }
+        if let gqa, gqa != thresholds.gqa {
+            if parameters.string("calibration") != nil {
+                notes.append("--sparsity-gqa \(gqa.rawValue) reads sparsity unlike the calibration (\(thresholds.gqa.rawValue)) its thresholds came from")
+            }
+            thresholds.gqa = gqa
+        }
         return (thresholds, notes)
     }
 
@@ -622,6 +645,11 @@ enum ThinKVParameters {
         }
         return layers
     }
+}
+
+/// Whose attention self-calibration reads (see `CacheDomainCalibration`).
+public enum CalibrationDomain: String, Sendable, CaseIterable {
+    case full, cache
 }
 
 /// How much a budget-pressure step takes from a segment.
@@ -674,16 +702,36 @@ private final class SelfCalibrationMemo: @unchecked Sendable {
     static let shared = SelfCalibrationMemo()
     private let lock = NSLock()
     private weak var reader: TraceReader?
-    private var calibration: ThoughtCalibration?
+    private var full: ThoughtCalibration?
+    private var fullGQA = GQASparsity.maxPool
+    /// Cache-domain calibrations of `reader`, by budget and GQA rule.
+    private var byBudget: [String: ThoughtCalibration] = [:]
 
-    func calibration(of reader: TraceReader) throws -> ThoughtCalibration {
+    /// The full-cache calibration, or with a budget the cache-domain one that `cacheDomain` makes
+    /// from options whose GQA rule is set.
+    func calibration(of reader: TraceReader, gqa: GQASparsity, budget: Int?,
+                     cacheDomain: (CalibrationOptions) throws -> ThoughtCalibration) throws -> ThoughtCalibration {
         lock.lock()
         defer { lock.unlock() }
-        if self.reader === reader, let calibration { return calibration }
-        let profile = try SparsityProfile.compute(reader)
-        let made = try ThoughtCalibration.calibrate([.init(path: reader.path, model: reader.header.model, profile: profile)])
-        self.reader = reader
-        calibration = made
+        if self.reader !== reader {
+            self.reader = reader
+            full = nil
+            byBudget = [:]
+        }
+        var options = CalibrationOptions()
+        options.gqa = gqa
+        if let budget {
+            let key = "\(budget)/\(gqa.rawValue)"
+            if let made = byBudget[key] { return made }
+            let made = try cacheDomain(options)
+            byBudget[key] = made
+            return made
+        }
+        if fullGQA == gqa, let full { return full }
+        let profile = try SparsityProfile.compute(reader, gqa: gqa)
+        let made = try ThoughtCalibration.calibrate([.init(path: reader.path, model: reader.header.model, profile: profile)], options: options)
+        full = made
+        fullGQA = gqa
         return made
     }
 }

@@ -21,8 +21,13 @@ public final class ReferenceChunk {
     /// Positions of the k most attended tokens, `[step][Hq][k]`; `topKCount` says how many are valid.
     public var topKPositions: [Int32] = []
     public var topKCount: [Int32] = []
-    /// Attention sparsity of each step (see `Sparsity`).
+    /// Attention sparsity of each step (see `Sparsity`), query heads' rows averaged.
     public var sparsity: [Float] = []
+    /// Sparsity of each step with the logits max-pooled within each GQA group
+    /// (`GQASparsity.maxPool`), filled only when `poolsGroups` is set (q+k layers; attention-only
+    /// layers have no logits and repeat `sparsity`).
+    public var poolsGroups = false
+    public var sparsityMaxPool: [Float] = []
     /// Full-cache logits scale·q·k at the positions of `loggedPositions`, `[step][Hq][logitStride]`,
     /// kept when `keepsLogits` (q+k layers): a policy attending with the exact keys gathers its
     /// logits from here instead of recomputing the dot products (the kernels give the same bits
@@ -76,6 +81,7 @@ public final class ReferenceChunk {
         fit(&topKPositions, n * topK, -1)
         fit(&topKCount, n, 0)
         fit(&sparsity, stepCount, 0)
+        fit(&sparsityMaxPool, poolsGroups ? stepCount : 0, 0)
         fit(&outputs, hasValues ? n * headDim : 0, 0)
         fit(&outputNorms, hasValues ? n : 0, 0)
     }
@@ -85,6 +91,26 @@ public final class ReferenceChunk {
 /// the fraction of visible positions whose averaged weight is below `ratio` × the row's maximum.
 public enum Sparsity {
     public static let defaultRatio: Float = 0.01
+
+    /// Max-pools `rows` logit rows of `n` entries (stride `stride`) into `out`, turns it into a
+    /// softmax and adds it to `sum`: one GQA group's contribution under `GQASparsity.maxPool`.
+    static func addMaxPooledSoftmax(_ logits: UnsafePointer<Float>, rows: Int, stride: Int, count n: Int,
+                                    scratch out: UnsafeMutablePointer<Float>, into sum: UnsafeMutablePointer<Float>) {
+        maxPooledSoftmax(logits, rows: rows, stride: stride, count: n, into: out)
+        for j in 0..<n { sum[j] += out[j] }
+    }
+
+    /// The softmax of the element-wise maximum of `rows` logit rows (stride `stride`) into `out`.
+    static func maxPooledSoftmax(_ logits: UnsafePointer<Float>, rows: Int, stride: Int, count n: Int,
+                                 into out: UnsafeMutablePointer<Float>) {
+        guard n > 0 else { return }
+        out.update(from: logits, count: n)
+        for r in 1..<max(rows, 1) {
+            let row = logits + r * stride
+            for j in 0..<n where row[j] > out[j] { out[j] = row[j] }
+        }
+        Kernels.softmaxFast(out, n)
+    }
 
     public static func of(averagedRow row: UnsafePointer<Float>, count n: Int, ratio: Float = defaultRatio) -> Float {
         guard n > 0 else { return 0 }
@@ -140,6 +166,8 @@ struct ReferenceAttention {
     final class Scratch {
         var row: [Float]
         var average: [Float]
+        /// Per step of a block, the sum over kv groups of the max-pooled softmax (`poolsGroups`).
+        var pooledAverage: [Float]
         var logits: [Float]
         var queryBlock: [Float]
         var outputBlock: [Float]
@@ -152,6 +180,7 @@ struct ReferenceAttention {
         init(tokens: Int, k: Int, rows: Int, headDim: Int, stepBlock: Int, queryHeads: Int) {
             row = [Float](repeating: 0, count: tokens)
             average = [Float](repeating: 0, count: tokens * stepBlock)
+            pooledAverage = []
             logits = [Float](repeating: 0, count: tokens * rows)
             queryBlock = [Float](repeating: 0, count: rows * headDim)
             outputBlock = [Float](repeating: 0, count: rows * headDim)
@@ -206,6 +235,12 @@ struct ReferenceAttention {
         scratch.average.withUnsafeMutableBufferPointer { avg in
             for i in 0..<(range.count * T) { avg[i] = 0 }
         }
+        if chunk.poolsGroups {
+            if scratch.pooledAverage.count < (range.count + 1) * T {
+                scratch.pooledAverage = [Float](repeating: 0, count: (stepBlock + 1) * T)
+            }
+            for i in 0..<(range.count * T) { scratch.pooledAverage[i] = 0 }
+        }
         scratch.logits.withUnsafeMutableBufferPointer { L in
         scratch.queryBlock.withUnsafeMutableBufferPointer { QB in
         scratch.outputBlock.withUnsafeMutableBufferPointer { OB in
@@ -228,6 +263,17 @@ struct ReferenceAttention {
                                      panels: KP.baseAddress! + g * T * D,
                                      keys: K.baseAddress! + data.offset(kvHead: g, position: 0), identity: iota.baseAddress!,
                                      count: lastLength, scale: scale, out: L.baseAddress!, outStride: T)
+                if chunk.poolsGroups {
+                    // Before the rows below are turned into probabilities in place.
+                    scratch.pooledAverage.withUnsafeMutableBufferPointer { PA in
+                        let spare = PA.baseAddress! + stepBlock * T
+                        for (i, s) in range.enumerated() {
+                            Sparsity.addMaxPooledSoftmax(L.baseAddress! + i * gs * T, rows: gs, stride: T,
+                                                         count: P + chunk.firstStep + s + 1, scratch: spare,
+                                                         into: PA.baseAddress! + i * T)
+                        }
+                    }
+                }
                 for (i, s) in range.enumerated() {
                     let n = P + chunk.firstStep + s + 1
                     for hh in 0..<gs {
@@ -282,6 +328,11 @@ struct ReferenceAttention {
             }
             for (i, s) in range.enumerated() {
                 chunk.sparsity[s] = Sparsity.of(averagedRow: avg.baseAddress! + i * T, count: P + chunk.firstStep + s + 1)
+                if chunk.poolsGroups {
+                    chunk.sparsityMaxPool[s] = scratch.pooledAverage.withUnsafeBufferPointer {
+                        Sparsity.of(averagedRow: $0.baseAddress! + i * T, count: P + chunk.firstStep + s + 1)
+                    }
+                }
             }
         }}}}}}}}}
     }
@@ -336,5 +387,6 @@ struct ReferenceAttention {
             chunk.topKCount[idx] = Int32(c)
         }
         chunk.sparsity[s] = scratch.average.withUnsafeBufferPointer { Sparsity.of(averagedRow: $0.baseAddress!, count: n) }
+        if chunk.poolsGroups { chunk.sparsityMaxPool[s] = chunk.sparsity[s] }
     }
 }

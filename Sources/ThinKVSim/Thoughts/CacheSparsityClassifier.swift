@@ -19,21 +19,32 @@ import Foundation
 enum CacheSparsityClassifier {
     static func timeline(_ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
                          thresholds: ThoughtThresholds, window: Int, policy: String) throws -> ThoughtTimeline {
+        try run(reader, policyType: policyType, parameters: parameters, thresholds: thresholds, window: window, policy: policy).timeline
+    }
+
+    /// The timeline, and with `profiledLayers` the sparsity over the policy's own cache of every
+    /// decode step in each of those layers (they are stepped beside L*): what a classifier
+    /// calibrated in the compressed-cache domain is calibrated on.
+    static func run(_ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
+                    thresholds: ThoughtThresholds, window: Int, policy: String,
+                    profiledLayers: [Int] = []) throws -> (timeline: ThoughtTimeline, profile: SparsityProfile?) {
         try ThoughtTimeline.checkClassifier(reader, thresholds: thresholds, policy: policy)
         let header = reader.header
         let G = header.generatedLength, P = header.promptLength
-        if thresholds.isSingleType {
-            return ThoughtTimeline(types: Array(repeating: .reasoning, count: G), source: .classifier, thresholds: thresholds)
+        if thresholds.isSingleType && profiledLayers.isEmpty {
+            return (ThoughtTimeline(types: Array(repeating: .reasoning, count: G), source: .classifier, thresholds: thresholds), nil)
         }
         let log = ThoughtTypeLog(refreshInterval: thresholds.refreshInterval)
         log.types.reserveCapacity(G)
         var lanes: [Lane] = []
-        for (ordinal, layer) in thresholds.layers.enumerated() {
+        let classifierLanes = thresholds.layers.count
+        let laneLayers = thresholds.layers + profiledLayers.filter { !thresholds.layers.contains($0) }
+        for (ordinal, layer) in laneLayers.enumerated() {
             guard let info = reader.layerInfo(layer), info.hasQueriesAndKeys else {
                 throw PolicyError("\(policy): --sparsity-source cache needs q and k in every layer of L* (layer \(layer) of \(reader.path) has none); use --sparsity-source full")
             }
             let data = try LayerData.load(from: reader, layer: layer)
-            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: thresholds.layers.count, prepared: log)
+            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: laneLayers.count, prepared: log)
             let instance = try policyType.init(parameters: parameters, setup: setup)
             let cache = LayerCache(data: data)
             for p in 0..<P { cache.append(position: p) }
@@ -44,6 +55,7 @@ enum CacheSparsityClassifier {
         let tau = max(1, thresholds.refreshInterval)
         let window = max(1, window)
         var history = [Float](repeating: 0, count: G)
+        var profiled = Array(repeating: [Float](), count: profiledLayers.isEmpty ? 0 : lanes.count)
         var current = ThoughtType.reasoning
         var scratch = Scratch(header: header)
         let queryRun = 256
@@ -61,15 +73,18 @@ enum CacheSparsityClassifier {
                 lane.cache.append(position: p)
             }
             // Steps a refresh at or after t will average (the next refresh is (τ − t mod τ) mod τ away).
-            if (tau - t % tau) % tau < window {
+            if (tau - t % tau) % tau < window || !profiled.isEmpty {
                 var sum: Float = 0
-                for (i, lane) in lanes.enumerated() {
+                for (i, lane) in lanes.enumerated() where i < classifierLanes || !profiled.isEmpty {
                     let offset = (t % queryRun) * width
-                    sum += queries[i].withUnsafeBufferPointer {
-                        scratch.sparsity(of: lane, queries: $0.baseAddress! + offset, position: p, ratio: thresholds.sparsityRatio)
+                    let sparsity = queries[i].withUnsafeBufferPointer {
+                        scratch.sparsity(of: lane, queries: $0.baseAddress! + offset, position: p, ratio: thresholds.sparsityRatio,
+                                         gqa: thresholds.gqa)
                     }
+                    if i < classifierLanes { sum += sparsity }
+                    if !profiled.isEmpty { profiled[i].append(sparsity) }
                 }
-                history[t] = sum / Float(lanes.count)
+                history[t] = sum / Float(classifierLanes)
             }
             if t % tau == 0 { current = thresholds.classify(ThoughtClassifier.windowMean(history, endingAt: t, window: window)) }
             log.types.append(current)
@@ -87,7 +102,11 @@ enum CacheSparsityClassifier {
                 }
             }
         }
-        return ThoughtTimeline(types: log.types, source: .classifier, thresholds: thresholds)
+        let timeline = ThoughtTimeline(types: log.types, source: .classifier, thresholds: thresholds)
+        guard !profiled.isEmpty else { return (timeline, nil) }
+        var byLayer: [Int: [Float]] = [:]
+        for (i, layer) in laneLayers.enumerated() where profiledLayers.contains(layer) { byLayer[layer] = profiled[i] }
+        return (timeline, SparsityProfile(byLayer: byLayer, layers: profiledLayers, gqa: thresholds.gqa))
     }
 
     /// One layer of L* stepped by the classifier.
@@ -102,6 +121,7 @@ enum CacheSparsityClassifier {
     struct Scratch {
         let header: TraceHeader
         var logits: [Float] = []
+        var pooled: [Float] = []
         var row: [Float]
         var held: [Bool]
 
@@ -112,7 +132,8 @@ enum CacheSparsityClassifier {
         }
 
         /// Sparsity of the head-averaged attention of `queries` (`[Hq][D]`) over `lane`'s cache.
-        mutating func sparsity(of lane: Lane, queries: UnsafePointer<Float>, position p: Int, ratio: Float) -> Float {
+        mutating func sparsity(of lane: Lane, queries: UnsafePointer<Float>, position p: Int, ratio: Float,
+                               gqa: GQASparsity) -> Float {
             let h = header, D = h.headDim, gs = h.groupSize
             let cache = lane.cache
             guard let keys = cache.storedKeys else { return 0 }
@@ -121,6 +142,7 @@ enum CacheSparsityClassifier {
                 let n = cache.slots[g].count
                 guard n > 0 else { continue }
                 if logits.count < gs * n { logits = [Float](repeating: 0, count: gs * n) }
+                if pooled.count < n { pooled = [Float](repeating: 0, count: n) }
                 cache.slots[g].withUnsafeBufferPointer { slots in
                     keys.withUnsafeBufferPointer { K in
                         logits.withUnsafeMutableBufferPointer { out in
@@ -128,10 +150,18 @@ enum CacheSparsityClassifier {
                                            keys: K.baseAddress! + lane.data.offset(kvHead: g, position: 0),
                                            indices: slots.baseAddress!, count: n, scale: h.effectiveSoftmaxScale,
                                            out: out.baseAddress!, outStride: n)
-                            for r in 0..<gs {
-                                let x = out.baseAddress! + r * n
-                                Kernels.softmaxFast(x, n)
-                                for j in 0..<n { row[Int(slots[j])] += x[j] }
+                            switch gqa {
+                            case .maxPool:
+                                pooled.withUnsafeMutableBufferPointer { m in
+                                    Sparsity.maxPooledSoftmax(out.baseAddress!, rows: gs, stride: n, count: n, into: m.baseAddress!)
+                                    for j in 0..<n { row[Int(slots[j])] += m[j] }
+                                }
+                            case .meanHeads:
+                                for r in 0..<gs {
+                                    let x = out.baseAddress! + r * n
+                                    Kernels.softmaxFast(x, n)
+                                    for j in 0..<n { row[Int(slots[j])] += x[j] }
+                                }
                             }
                         }
                     }

@@ -9,6 +9,8 @@ public struct CalibrationOptions: Sendable, Equatable {
     /// Mode filter: see `DensityModes.find`.
     public var minRelativeProminence = DensityModes.defaultMinRelativeProminence
     public var gridPoints = KernelDensity.defaultGridPoints
+    /// How a GQA group's query heads make one attention row (ThinKV: max-pooled logits).
+    public var gqa = GQASparsity.maxPool
 
     public init(layerCount: Int = 4, refreshInterval: Int = 128,
                 minRelativeProminence: Double = DensityModes.defaultMinRelativeProminence) {
@@ -122,7 +124,7 @@ public struct ThoughtCalibration: Encodable, Sendable {
             let reader = try TraceReader(path: path)
             let part = progress.map { SubProgress($0, offset: Double(i) / Double(paths.count), scale: 1 / Double(paths.count),
                                                   prefix: paths.count > 1 ? "trace \(i + 1)/\(paths.count) " : "") }
-            let profile = try SparsityProfile.compute(reader, maxSteps: maxSteps, threads: threads, progress: part)
+            let profile = try SparsityProfile.compute(reader, maxSteps: maxSteps, threads: threads, progress: part, gqa: options.gqa)
             inputs.append(Input(path: path, model: reader.header.model, profile: profile))
         }
         return try calibrate(inputs, options: options)
@@ -133,6 +135,9 @@ public struct ThoughtCalibration: Encodable, Sendable {
         guard !inputs.isEmpty else { throw CalibrationError("calibration needs at least one trace") }
         guard options.layerCount >= 1 else { throw CalibrationError("|L*| must be at least 1, got \(options.layerCount)") }
         guard options.refreshInterval >= 1 else { throw CalibrationError("τ must be at least 1, got \(options.refreshInterval)") }
+        guard Set(inputs.map(\.profile.gqa)).count == 1 else {
+            throw CalibrationError("the traces' sparsity profiles combine GQA heads differently (\(Set(inputs.map(\.profile.gqa.rawValue)).sorted().joined(separator: ", ")))")
+        }
         var notes: [String] = []
         let models = inputs.map(\.model).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
         if models.count > 1 {
@@ -191,8 +196,9 @@ public struct ThoughtCalibration: Encodable, Sendable {
         }
         for i in layers.indices { layers[i].selected = chosen.contains(layers[i].layer) }
         // Valleys lie strictly between ordered modes, so θ1 < θ2 holds for every rule above.
-        let thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: chosen,
-                                           refreshInterval: options.refreshInterval)
+        var thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: chosen,
+                                           refreshInterval: options.refreshInterval, gqa: inputs[0].profile.gqa)
+        thresholds.domain = "full"  // `CacheDomainCalibration` relabels its own
         return ThoughtCalibration(thresholds: thresholds, model: models.joined(separator: ", "), traces: inputs.map(\.path),
                                   steps: inputs.map { $0.profile.byLayer[layerIndices[0]]?.count ?? 0 }, options: options,
                                   layers: layers, fallback: fallback, fallbackReason: fallbackReason,
@@ -202,7 +208,8 @@ public struct ThoughtCalibration: Encodable, Sendable {
     // MARK: Output
 
     enum CodingKeys: String, CodingKey {
-        case theta1, theta2, layers, refreshInterval = "refresh_interval", sparsityRatio = "sparsity_ratio", calibration
+        case theta1, theta2, layers, refreshInterval = "refresh_interval", sparsityRatio = "sparsity_ratio"
+        case gqa = "sparsity_gqa", domain = "sparsity_domain", calibration
     }
 
     /// Diagnostics nested under "calibration"; readers of thresholds ignore them.
@@ -240,6 +247,8 @@ public struct ThoughtCalibration: Encodable, Sendable {
         try c.encode(thresholds.layers, forKey: .layers)
         try c.encode(thresholds.refreshInterval, forKey: .refreshInterval)
         try c.encode(thresholds.sparsityRatio, forKey: .sparsityRatio)
+        try c.encode(thresholds.gqa, forKey: .gqa)
+        try c.encode(thresholds.domain ?? "full", forKey: .domain)
         let diagnostics = Diagnostics(
             model: model, traces: traces, decodeSteps: steps, generator: "thinkv-sim \(ThinKVSimVersion.current)",
             method: Method(gridPoints: options.gridPoints, minRelativeProminence: options.minRelativeProminence),

@@ -14,22 +14,43 @@ public struct ThoughtThresholds: Codable, Equatable, Sendable {
     public var refreshInterval: Int
     /// A position counts as "sparse" below this fraction of the row maximum (ThinKV: 1 %).
     public var sparsityRatio: Float
+    /// How a GQA group's query heads make one row (`sparsity_gqa`; files without the key were
+    /// calibrated before the choice existed, on `mean-heads`).
+    public var gqa: GQASparsity
+    /// Whose attention the calibration read: "full" (the full cache) or "cache@B" (ThinKV's own
+    /// cache at budget B; `CacheDomainCalibration`); nil in files that predate the choice.
+    public var domain: String? = nil
 
     /// τ when nothing sets it: ThinKV's 128 steps.
     public static let defaultRefreshInterval = 128
 
-    public init(theta1: Float, theta2: Float, layers: [Int], refreshInterval: Int = defaultRefreshInterval, sparsityRatio: Float = Sparsity.defaultRatio) {
+    public init(theta1: Float, theta2: Float, layers: [Int], refreshInterval: Int = defaultRefreshInterval,
+                sparsityRatio: Float = Sparsity.defaultRatio, gqa: GQASparsity = .maxPool) {
         self.theta1 = theta1
         self.theta2 = theta2
         self.layers = layers
         self.refreshInterval = refreshInterval
         self.sparsityRatio = sparsityRatio
+        self.gqa = gqa
     }
 
     enum CodingKeys: String, CodingKey {
         case theta1, theta2, layers
         case refreshInterval = "refresh_interval"
         case sparsityRatio = "sparsity_ratio"
+        case gqa = "sparsity_gqa"
+        case domain = "sparsity_domain"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        theta1 = try c.decode(Float.self, forKey: .theta1)
+        theta2 = try c.decode(Float.self, forKey: .theta2)
+        layers = try c.decode([Int].self, forKey: .layers)
+        refreshInterval = try c.decode(Int.self, forKey: .refreshInterval)
+        sparsityRatio = try c.decode(Float.self, forKey: .sparsityRatio)
+        gqa = try c.decodeIfPresent(GQASparsity.self, forKey: .gqa) ?? .meanHeads
+        domain = try c.decodeIfPresent(String.self, forKey: .domain)
     }
 
     /// θ1 = 0 and θ2 = 1, calibration's single-type fallback: every sparsity is reasoning.

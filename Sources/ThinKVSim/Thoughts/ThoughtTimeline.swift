@@ -85,7 +85,7 @@ public struct ThoughtTimeline: Sendable, Equatable, ReplayNotes {
         if thresholds.isSingleType {
             return ThoughtTimeline(types: Array(repeating: .reasoning, count: reader.header.generatedLength), source: .classifier, thresholds: thresholds)
         }
-        let averaged = try AveragedSparsityMemo.shared.averaged(reader, layers: thresholds.layers)
+        let averaged = try AveragedSparsityMemo.shared.averaged(reader, layers: thresholds.layers, gqa: thresholds.gqa)
         let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds, window: window)
         return ThoughtTimeline(types: types, source: .classifier, thresholds: thresholds)
     }
@@ -131,15 +131,17 @@ private final class AveragedSparsityMemo: @unchecked Sendable {
     private let lock = NSLock()
     private weak var reader: TraceReader?
     private var layers: [Int] = []
+    private var gqa = GQASparsity.maxPool
     private var averaged: [Float] = []
 
-    func averaged(_ reader: TraceReader, layers: [Int]) throws -> [Float] {
+    func averaged(_ reader: TraceReader, layers: [Int], gqa: GQASparsity) throws -> [Float] {
         lock.lock()
         defer { lock.unlock() }
-        if self.reader === reader && self.layers == layers { return averaged }
-        let profile = try SparsityProfile.compute(reader, layers: layers)
+        if self.reader === reader && self.layers == layers && self.gqa == gqa { return averaged }
+        let profile = try SparsityProfile.compute(reader, layers: layers, gqa: gqa)
         self.reader = reader
         self.layers = layers
+        self.gqa = gqa
         averaged = profile.averaged(over: layers)
         return averaged
     }
