@@ -187,7 +187,7 @@ final class SweepGridTests: XCTestCase {
         XCTAssertEqual(Set(grid.runs.map(\.key)).count, grid.runs.count)
         XCTAssertEqual(Array(grid.columns.prefix(9)), ["run_id", "run_key", "trace", "model", "num_layers", "decode_steps", "policy", "label", "budget"])
         XCTAssertTrue(grid.columns.contains("k_bits"), "parameter columns use underscores")
-        XCTAssertEqual(grid.columns.last, "bits_per_element_mean")
+        XCTAssertEqual(grid.columns.last, "transition_evicted_percent")
     }
 
     func testDefaultsGivenExplicitlyAreTheSameRunAsDefaults() throws {
@@ -537,7 +537,7 @@ final class SweepRunnerTests: XCTestCase {
         XCTAssertEqual(process.terminationStatus, 0)
         let grid = try SweepFixture.grid(SweepFixture.json(traces: traces, output: output))
         let fields = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).split(separator: " ").map(String.init)
-        XCTAssertEqual(fields, [String(grid.columns.count), "14", "run_id", "bits_per_element_mean", "kivi(group=4,k-bits=2,residual=4)", "10"])
+        XCTAssertEqual(fields, [String(grid.columns.count), "14", "run_id", "transition_evicted_percent", "kivi(group=4,k-bits=2,residual=4)", "10"])
     }
 }
 

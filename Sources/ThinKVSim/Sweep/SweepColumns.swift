@@ -33,6 +33,14 @@ public enum SweepColumns {
         Metric(name: "compaction_bytes_total", help: "bytes a dense gather would have copied over the run, all model layers") { $0.memory.totalCompactionBytes },
         Metric(name: "eviction_step_percent", help: "% of (layer, decode step) pairs on which the policy evicted anything") { $0.memory.evictionStepPercent },
         Metric(name: "bits_per_element_mean", help: "attended KV bits (metadata included) per K or V element, mean") { $0.memory.meanBitsPerElement },
+        Metric(name: "thought_transitions", help: "ThinKV: transitions its classifier saw, summed over replayed layers (empty for other policies)") {
+            $0.policyCounters?["transitions"].map(Double.init)
+        },
+        Metric(name: "transition_evicted_percent", help: "ThinKV: % of evicted tokens that transition cuts evicted (the rest: budget pressure, floor breaches)") {
+            guard let c = $0.policyCounters, let cut = c["transition_evicted_tokens"] else { return nil }
+            let total = cut + (c["pressure_evicted_tokens"] ?? 0) + (c["floor_breach_evicted_tokens"] ?? 0)
+            return total > 0 ? 100 * Double(cut) / Double(total) : nil
+        },
     ]
 
     public static var metricNames: [String] { metrics.map(\.name) }
