@@ -22,22 +22,28 @@ enum MergeCommand: Subcommand {
             """)
 
     static func run(_ arguments: ParsedArguments) throws {
-        if arguments.positionals.allSatisfy(isReplayShard) {
-            let shards = try arguments.positionals.map(ReplayShard.read)
-            let result = try ReplayShard.merge(shards, paths: arguments.positionals)
+        let inputs = arguments.positionals
+        if inputs.allSatisfy(isReplayShard) {
+            // Outputs first: one that is a shard under another name, or one another merge is
+            // writing, fails before anything is read.
+            let claim = try OutputClaim([arguments.value("csv"), arguments.value("output")], protecting: inputs)
+            defer { claim.release() }
+            let shards = try inputs.map(ReplayShard.read)
+            let result = try ReplayShard.merge(shards, paths: inputs)
             if let csv = arguments.value("csv") {
-                try OutputFile.write(ReplayReport.stepCSV(result), to: csv, protecting: arguments.positionals)
+                try OutputFile.write(ReplayReport.stepCSV(result), to: csv, protecting: inputs)
             }
             let report = arguments.flag("json") ? try ReplayReport.json(result) : ReplayReport.text(result)
             if let output = arguments.value("output") {
-                try OutputFile.write(report + "\n", to: output, protecting: arguments.positionals)
+                try OutputFile.write(report + "\n", to: output, protecting: inputs)
             } else {
                 print(report)
             }
             return
         }
         guard let output = arguments.value("output") else { throw UsageError("--output FILE is required") }
-        try OutputFile.checkWritable(output, protecting: arguments.positionals)
+        let claim = try OutputClaim([output], protecting: inputs)
+        defer { claim.release() }
         let table = try ShardMerge.merge(paths: arguments.positionals)
         let gaps = ShardMerge.gaps(table)
         let shards = ShardMerge.missingShards(arguments.positionals)
@@ -50,7 +56,7 @@ enum MergeCommand: Subcommand {
         if !missing.isEmpty && !arguments.flag("partial") {
             throw CSVError("incomplete: \(missing.joined(separator: "; ")); a shard is missing or unfinished (--partial writes what there is)")
         }
-        try OutputFile.write(table.render(), to: output, protecting: arguments.positionals)
+        try OutputFile.write(table.render(), to: output, protecting: inputs)
         if !missing.isEmpty { printError("thinkv-sim merge: note: partial: \(missing.joined(separator: "; "))") }
         print("\(output): \(table.rows.count) row(s) from \(arguments.positionals.count) file(s)")
     }

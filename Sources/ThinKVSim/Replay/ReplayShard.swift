@@ -54,12 +54,12 @@ public struct ReplayShard: Codable, Sendable {
         }
     }
 
-    public func write(to path: String) throws {
+    public func write(to path: String, protecting inputs: [String] = []) throws {
         let encoder = JSONEncoder()
         // Sorted keys put "kind" near the start, where 'merge' looks for it.
         encoder.outputFormatting = [.sortedKeys]
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        try OutputFile.write(String(decoding: try encoder.encode(self), as: UTF8.self), to: path)
+        try OutputFile.write(String(decoding: try encoder.encode(self), as: UTF8.self), to: path, protecting: inputs)
     }
 
     public static func read(_ path: String) throws -> ReplayShard {

@@ -167,8 +167,20 @@ public final class SweepRunner {
         return invalid
     }
 
+    /// Files the sweep reads, which no output may overwrite: the config, the traces and files
+    /// the policies read (ThinKV's calibration).
+    public var inputFiles: [String] {
+        [grid.config.file] + grid.traces + runs.flatMap(\.spec.parameters.inputFiles)
+    }
+
     public func run() throws -> SweepOutcome {
         let config = grid.config
+        // The output is locked for the whole sweep: a second sweep (or replay) writing it fails
+        // at once instead of both rewriting it and one losing the other's rows.
+        try makeDirectory(URL(fileURLWithPath: outputPath).deletingLastPathComponent().path)
+        let inputs = inputFiles
+        let claim = try OutputClaim([outputPath], protecting: inputs)
+        defer { claim.release() }
         var plan = try plan()
         // Every grid point is checked before any work: all mistakes at once, not one per hour.
         let invalid = try invalidRuns(plan.pending)
@@ -209,8 +221,9 @@ public final class SweepRunner {
 
         if let directory = config.stepCSVDirectory, !plan.pending.isEmpty {
             try makeDirectory(directory)
+            // A per-step file that is an input under another name fails now, not after its replay.
+            for run in plan.pending { if let path = stepsFilePath(run) { try OutputFile.checkWritable(path, protecting: inputs) } }
         }
-        try makeDirectory(URL(fileURLWithPath: outputPath).deletingLastPathComponent().path)
 
         var rows = plan.reusable
         var outcome = SweepOutcome(reused: plan.reusable.count, dropped: plan.dropped, outputPath: outputPath)
@@ -243,7 +256,7 @@ public final class SweepRunner {
             for (run, policyRun) in zip(batch, policyRuns) {
                 let stepsPath = stepsFilePath(run)
                 if let stepsPath {
-                    try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: grid.traces)
+                    try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: inputs)
                 }
                 rows[run.id] = row(run, policyRun, facts[trace]!, stepsPath: stepsPath)
             }
@@ -310,7 +323,7 @@ public final class SweepRunner {
     private func write(_ rows: [Int: [String]]) throws {
         var table = CSVTable(header: grid.columns)
         for run in runs { if let row = rows[run.id] { table.rows.append(row) } }
-        try OutputFile.write(table.render(), to: outputPath, protecting: grid.traces)
+        try OutputFile.write(table.render(), to: outputPath, protecting: inputFiles)
     }
 
     private func makeDirectory(_ path: String) throws {
