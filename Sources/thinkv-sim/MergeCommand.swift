@@ -23,7 +23,12 @@ enum MergeCommand: Subcommand {
 
     static func run(_ arguments: ParsedArguments) throws {
         let inputs = arguments.positionals
-        if inputs.allSatisfy(isReplayShard) {
+        let replayShards = inputs.filter(isReplayShard)
+        if !replayShards.isEmpty && replayShards.count < inputs.count {
+            let csv = inputs.first { !isReplayShard($0) }!
+            throw UsageError("\(csv) is not a replay shard like \(replayShards[0]); merge joins either replay shards (JSON) or sweep shards (CSV)")
+        }
+        if !replayShards.isEmpty {
             // Outputs first: one that is a shard under another name, or one another merge is
             // writing, fails before anything is read.
             let claim = try OutputClaim([arguments.value("csv"), arguments.value("output")], protecting: inputs)
@@ -31,7 +36,8 @@ enum MergeCommand: Subcommand {
             let shards = try inputs.map(ReplayShard.read)
             let result = try ReplayShard.merge(shards, paths: inputs)
             if let csv = arguments.value("csv") {
-                try OutputFile.write(ReplayReport.stepCSV(result), to: csv, protecting: inputs)
+                // The token text travels in the shards: the same per-step CSV as one replay's.
+                try OutputFile.write(ReplayReport.stepCSV(result, tokenText: shards[0].tokenText), to: csv, protecting: inputs)
             }
             let report = arguments.flag("json") ? try ReplayReport.json(result) : ReplayReport.text(result)
             if let output = arguments.value("output") {
@@ -42,6 +48,7 @@ enum MergeCommand: Subcommand {
             return
         }
         guard let output = arguments.value("output") else { throw UsageError("--output FILE is required") }
+        if let csv = arguments.value("csv") { throw UsageError("--csv \(csv): only for replay shards; sweep shards merge into -o FILE") }
         let claim = try OutputClaim([output], protecting: inputs)
         defer { claim.release() }
         let table = try ShardMerge.merge(paths: arguments.positionals)
@@ -61,11 +68,19 @@ enum MergeCommand: Subcommand {
         print("\(output): \(table.rows.count) row(s) from \(arguments.positionals.count) file(s)")
     }
 
-    /// A file 'replay --shard-state' wrote (its JSON begins with the shard kind).
+    /// A file 'replay --shard-state' wrote, or claims to be one: it names the shard kind
+    /// anywhere (not only near the start: keys may come in any order in a JSON file written by
+    /// another tool). `ReplayShard.read` then says what is wrong with it.
     static func isReplayShard(_ path: String) -> Bool {
         guard let handle = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? handle.close() }
-        let head = (try? handle.read(upToCount: 4096)) ?? nil
-        return head.map { String(decoding: $0, as: UTF8.self).contains("\"\(ReplayShard.kind)\"") } ?? false
+        let marker = Data("\"\(ReplayShard.kind)\"".utf8)
+        var tail = Data()
+        while let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+            let window = tail + chunk
+            if window.range(of: marker) != nil { return true }
+            tail = window.suffix(marker.count - 1)
+        }
+        return false
     }
 }

@@ -101,7 +101,8 @@ enum ReplayCommand: Subcommand {
     static func report(_ result: ReplayResult, _ arguments: ParsedArguments, inputs: [String]) throws {
         if let state = arguments.value("shard-state") {
             let reader = try TraceReader(path: result.tracePath)
-            try ReplayShard(result, layersWithValues: result.layers.filter { reader.layerInfo($0)?.hasValues == true })
+            try ReplayShard(result, layersWithValues: result.layers.filter { reader.layerInfo($0)?.hasValues == true },
+                            tokenText: try reader.readTokenText())
                 .write(to: state, protecting: inputs)
         }
         // Notes change how results read (e.g. thresholds calibrated on the trace itself): say them
