@@ -154,11 +154,14 @@ final class HostileOutputTests: XCTestCase {
         kill(killed.process.processIdentifier, SIGKILL)
         _ = try killed.wait()
         XCTAssertTrue(FileManager.default.fileExists(atPath: lock), "a killed writer leaves its lock file")
+        // ... and possibly a temporary beside the output, which the next writer removes.
+        try Data("partial".utf8).write(to: URL(fileURLWithPath: path(".c.csv.tmp-Kill01")))
         let before = try Data(contentsOf: URL(fileURLWithPath: path("c.csv")))
         let after = try run(["replay", "slow.h5", "--policy", "h2o", "--budget", "32", "--steps", "4", "--csv", "c.csv"], seconds: 10)
         XCTAssertEqual(after.status, 0, after.stderr)
         XCTAssertNotEqual(try Data(contentsOf: URL(fileURLWithPath: path("c.csv"))), before)
         XCTAssertFalse(FileManager.default.fileExists(atPath: lock))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path(".c.csv.tmp-Kill01")))
 
         // Two sweeps of one output: the second fails at once too.
         try Data(#"{"traces": ["slow.h5"], "policies": ["h2o", "tova"], "parameters": {"budget": [64]}, "threads": 1, "output": "r.csv"}"#.utf8)

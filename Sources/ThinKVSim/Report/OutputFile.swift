@@ -164,6 +164,33 @@ public enum OutputFile {
         return String(cString: resolved)
     }
 
+    /// Removes the hidden temporary files (`.<name>.tmp-XXXXXX`, as `Destination` makes them)
+    /// of the regular files `files` (resolved paths) that a killed process left: all of them
+    /// when the caller holds the files' locks (no one else can be writing them), else only those
+    /// older than `age` seconds (a temporary lives for moments, so an old one is orphaned).
+    /// Each directory is listed once.
+    public static func removeTemporaries(of files: [String], olderThan age: TimeInterval? = nil) {
+        var names: [String: Set<String>] = [:]
+        for file in files {
+            let url = URL(fileURLWithPath: file)
+            names[url.deletingLastPathComponent().path, default: []].insert(url.lastPathComponent)
+        }
+        let now = Date().timeIntervalSince1970
+        for (directory, owned) in names {
+            guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { continue }
+            for entry in entries where entry.hasPrefix(".") && entry.count > 12 {
+                // ".<name>.tmp-" followed by mkstemp's six characters.
+                let stem = entry.dropFirst().dropLast(6)
+                guard stem.hasSuffix(".tmp-"), owned.contains(String(stem.dropLast(5))) else { continue }
+                let path = directory + "/" + entry
+                var info = stat()
+                guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
+                if let age, now - Double(info.st_mtim.tv_sec) <= age { continue }
+                unlink(path)
+            }
+        }
+    }
+
     /// The file type bits (S_IFREG, S_IFDIR, S_IFCHR, S_IFIFO, ...) of what `path` names after
     /// following links, or nil when nothing is there.
     public static func fileKind(_ path: String) -> mode_t? {
@@ -228,7 +255,8 @@ public enum StandardError {
 /// exclusive `flock` on a hidden lock file beside it (`.<name>.lock`, beside the file its links
 /// lead to). A second process claiming the same output fails at once, naming it. The lock dies
 /// with the process, so a process killed with SIGKILL leaves at most an unlocked lock file,
-/// which the next claim takes over; `release()` (or deinit) removes it.
+/// which the next claim takes over (removing the temporary files such a process left beside the
+/// output); `release()` (or deinit) removes it.
 /// "-", devices and FIFOs are not locked: they are streams, not files anyone reads back.
 public final class OutputClaim {
     private struct Lock {
@@ -296,6 +324,8 @@ public final class OutputClaim {
             var held = stat(), named = stat()
             if fstat(fd, &held) == 0, stat(path, &named) == 0, held.st_dev == named.st_dev, held.st_ino == named.st_ino {
                 locks.append(Lock(path: path, fd: fd))
+                // Held: a temporary of this output can only be a killed writer's.
+                OutputFile.removeTemporaries(of: [file])
                 return
             }
             close(fd)  // the lock file was removed by its previous holder: take the new one

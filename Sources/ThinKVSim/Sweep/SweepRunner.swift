@@ -252,7 +252,7 @@ public final class SweepRunner {
         let inputs = inputFiles
         let claim = try OutputClaim([outputPath], protecting: inputs)
         defer { claim.release() }
-        removeOrphanedTemporaries()
+        removeOrphanedStepTemporaries()
         var plan = try plan()
         // Every grid point is checked before any work: all mistakes at once, not one per hour.
         let invalid = try invalidRuns(plan.pending)
@@ -401,33 +401,12 @@ public final class SweepRunner {
         try OutputFile.write(table.render(), to: outputPath, protecting: inputFiles)
     }
 
-    /// Removes what an earlier sweep killed while writing left behind (`OutputFile` writes a
-    /// hidden `.<name>.tmp-XXXXXX` beside each file and renames it): every temporary of the
-    /// output, which this process holds locked, and temporaries of this sweep's per-step files
-    /// older than ten minutes (such a file is written and renamed in moments, so an old one is
-    /// orphaned; a young one may be another sweep's sharing the directory).
-    func removeOrphanedTemporaries() {
-        func remove(in directory: String, names: Set<String>, olderThan age: TimeInterval?) {
-            guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
-            for entry in entries where entry.hasPrefix(".") {
-                guard let range = entry.range(of: ".tmp-", options: .backwards), names.contains(String(entry[entry.index(after: entry.startIndex)..<range.lowerBound])) else { continue }
-                let path = directory + "/" + entry
-                if let age {
-                    var info = stat()
-                    guard lstat(path, &info) == 0, Date().timeIntervalSince1970 - Double(info.st_mtim.tv_sec) > age else { continue }
-                }
-                unlink(path)
-            }
-        }
-        let output = URL(fileURLWithPath: OutputFile.resolvedPath(outputPath))
-        remove(in: output.deletingLastPathComponent().path, names: [output.lastPathComponent], olderThan: nil)
-        var stepNames: [String: Set<String>] = [:]
-        for run in runs {
-            guard let path = stepsFilePath(run) else { continue }
-            let url = URL(fileURLWithPath: OutputFile.resolvedPath(path))
-            stepNames[url.deletingLastPathComponent().path, default: []].insert(url.lastPathComponent)
-        }
-        for (directory, names) in stepNames { remove(in: directory, names: names, olderThan: 600) }
+    /// Removes the temporaries of this sweep's per-step files that a sweep killed while writing
+    /// left, when older than ten minutes: such a file is written and renamed in moments, and a
+    /// young one may be another sweep's sharing the directory. (Those of the output go when it
+    /// is claimed.)
+    func removeOrphanedStepTemporaries() {
+        OutputFile.removeTemporaries(of: runs.compactMap(stepsFilePath).map(OutputFile.resolvedPath), olderThan: 600)
     }
 
     private func makeDirectory(_ path: String) throws {
