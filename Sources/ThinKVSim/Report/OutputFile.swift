@@ -3,9 +3,13 @@ import Foundation
 /// Writes result files so that nothing the user had is lost:
 /// - a regular file (or a new path) is written to a temporary file beside it and renamed into
 ///   place, so an interrupted or failed run never leaves a half-written file where a good one was;
+///   through a symbolic link, the file the link leads to is replaced that way and the link kept;
 /// - anything else that can be written (a character device such as /dev/null or a terminal, a
 ///   FIFO, /dev/stdout) is written straight through, never replaced by a file;
-/// - "-" is standard output.
+/// - "-" is standard output;
+/// - an output is never one of the command's inputs under any name: files are compared by
+///   device and inode (`checkWritable`); `OutputClaim` also keeps two outputs, or two
+///   processes, off one file.
 /// Every write is checked: a full disk or /dev/full is an error, not a silent truncation.
 public enum OutputFile {
     /// "-": the path that means standard output.
