@@ -235,6 +235,8 @@ final class HostileOutputTests: XCTestCase {
                 editRun(&object) { run in run["records"] = Array((run["records"] as! [Any]).dropLast()) }
             },
             try forge("steps.json") { $0["decodeSteps"] = 1 << 40 },
+            try forge("param.json") { editRun(&$0) { run in run["given"] = ["budget": "abc"] } },
+            try forge("policy.json") { editRun(&$0) { run in run["policy"] = "nosuch" } },
             try forge("v1.json") { $0["version"] = 1 },
         ]
         for name in forged {

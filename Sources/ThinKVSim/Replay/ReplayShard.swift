@@ -120,7 +120,9 @@ public struct ReplayShard: Codable, Sendable {
         let expected = layers.count * decodeSteps
         for run in runs {
             let name = "run \(Format.printable(run.policy))"
-            guard PolicyRegistry.type(named: run.policy) != nil else { throw bad("\(name): no such policy") }
+            do { _ = try PolicySpec(name: run.policy, values: run.given) } catch {
+                throw bad("\(name): \(error)")
+            }
             guard PagingMode(rawValue: run.paging) != nil else { throw bad("\(name): paging '\(Format.printable(run.paging))' is not ct, compact or none") }
             guard (1...TraceLimits.maxBlockSize).contains(run.blockSize) else { throw bad("\(name): block size \(run.blockSize) is outside 1 ... \(TraceLimits.maxBlockSize)") }
             guard run.records.count == expected else {
@@ -220,7 +222,8 @@ public struct ReplayShard: Codable, Sendable {
             timing.threads = max(timing.threads, shard.timing.threads)
         }
         var notes: [String] = []
-        for i in order { for note in shards[i].notes where !notes.contains(note) { notes.append(note) } }
+        // Notes are shown as they are: escaped, in case a shard was written by something else.
+        for i in order { for note in shards[i].notes.map(Format.printable) where !notes.contains(note) { notes.append(note) } }
         if anyValues { notes.removeAll { $0.hasPrefix("attention output error unavailable") } }
         let runs = try first.runs.indices.map { r -> PolicyRun in
             var records: [StepRecord] = [], samples = MetricSamples(), counters: [(name: String, value: Int)] = []
