@@ -38,16 +38,10 @@ enum CalibrateCommand: Subcommand {
         }
         let steps = try arguments.int("steps", min: 1)
         let threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
-        // Refuse a bad output path before the attention pass, not after it.
-        let target = URL(fileURLWithPath: output).standardizedFileURL
-        if paths.contains(where: { URL(fileURLWithPath: $0).standardizedFileURL == target }) {
-            throw UsageError("\(output): refusing to overwrite an input file")
-        }
-        var isDirectory: ObjCBool = false
-        let directory = target.deletingLastPathComponent().path
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw UsageError("\(output): directory \(directory) does not exist")
-        }
+        // Refuse a bad output path (an input under any name, a missing directory, one another
+        // process is writing) before the attention pass, not after it.
+        let claim = try OutputClaim([output], protecting: paths)
+        defer { claim.release() }
 
         let calibration = try ThoughtCalibration.calibrate(traces: paths, options: options, maxSteps: steps, threads: threads,
                                                            progress: TerminalProgress(label: "calibrate"))

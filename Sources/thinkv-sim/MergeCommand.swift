@@ -22,22 +22,35 @@ enum MergeCommand: Subcommand {
             """)
 
     static func run(_ arguments: ParsedArguments) throws {
-        if arguments.positionals.allSatisfy(isReplayShard) {
-            let shards = try arguments.positionals.map(ReplayShard.read)
-            let result = try ReplayShard.merge(shards, paths: arguments.positionals)
+        let inputs = arguments.positionals
+        let replayShards = inputs.filter(isReplayShard)
+        if !replayShards.isEmpty && replayShards.count < inputs.count {
+            let csv = inputs.first { !isReplayShard($0) }!
+            throw UsageError("\(csv) is not a replay shard like \(replayShards[0]); merge joins either replay shards (JSON) or sweep shards (CSV)")
+        }
+        if !replayShards.isEmpty {
+            // Outputs first: one that is a shard under another name, or one another merge is
+            // writing, fails before anything is read.
+            let claim = try OutputClaim([arguments.value("csv"), arguments.value("output")], protecting: inputs)
+            defer { claim.release() }
+            let shards = try inputs.map(ReplayShard.read)
+            let result = try ReplayShard.merge(shards, paths: inputs)
             if let csv = arguments.value("csv") {
-                try OutputFile.write(ReplayReport.stepCSV(result), to: csv, protecting: arguments.positionals)
+                // The token text travels in the shards: the same per-step CSV as one replay's.
+                try OutputFile.write(ReplayReport.stepCSV(result, tokenText: shards[0].tokenText), to: csv, protecting: inputs)
             }
             let report = arguments.flag("json") ? try ReplayReport.json(result) : ReplayReport.text(result)
             if let output = arguments.value("output") {
-                try OutputFile.write(report + "\n", to: output, protecting: arguments.positionals)
+                try OutputFile.write(report + "\n", to: output, protecting: inputs)
             } else {
                 print(report)
             }
             return
         }
         guard let output = arguments.value("output") else { throw UsageError("--output FILE is required") }
-        try OutputFile.checkWritable(output, protecting: arguments.positionals)
+        if let csv = arguments.value("csv") { throw UsageError("--csv \(csv): only for replay shards; sweep shards merge into -o FILE") }
+        let claim = try OutputClaim([output], protecting: inputs)
+        defer { claim.release() }
         let table = try ShardMerge.merge(paths: arguments.positionals)
         let gaps = ShardMerge.gaps(table)
         let shards = ShardMerge.missingShards(arguments.positionals)
@@ -50,16 +63,24 @@ enum MergeCommand: Subcommand {
         if !missing.isEmpty && !arguments.flag("partial") {
             throw CSVError("incomplete: \(missing.joined(separator: "; ")); a shard is missing or unfinished (--partial writes what there is)")
         }
-        try OutputFile.write(table.render(), to: output, protecting: arguments.positionals)
+        try OutputFile.write(table.render(), to: output, protecting: inputs)
         if !missing.isEmpty { printError("thinkv-sim merge: note: partial: \(missing.joined(separator: "; "))") }
         print("\(output): \(table.rows.count) row(s) from \(arguments.positionals.count) file(s)")
     }
 
-    /// A file 'replay --shard-state' wrote (its JSON begins with the shard kind).
+    /// A file 'replay --shard-state' wrote, or claims to be one: it names the shard kind
+    /// anywhere (not only near the start: keys may come in any order in a JSON file written by
+    /// another tool). `ReplayShard.read` then says what is wrong with it.
     static func isReplayShard(_ path: String) -> Bool {
         guard let handle = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? handle.close() }
-        let head = (try? handle.read(upToCount: 4096)) ?? nil
-        return head.map { String(decoding: $0, as: UTF8.self).contains("\"\(ReplayShard.kind)\"") } ?? false
+        let marker = Data("\"\(ReplayShard.kind)\"".utf8)
+        var tail = Data()
+        while let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+            let window = tail + chunk
+            if window.range(of: marker) != nil { return true }
+            tail = window.suffix(marker.count - 1)
+        }
+        return false
     }
 }

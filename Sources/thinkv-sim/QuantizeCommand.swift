@@ -31,7 +31,8 @@ enum QuantizeCommand: Subcommand {
         }
         let group = try arguments.int("group", default: 16, min: 1, max: 1 << 20)!
         guard let output = arguments.value("output") else { throw UsageError("-o/--output FILE is required") }
-        try OutputFile.checkWritable(output, protecting: [input])
+        let claim = try OutputClaim([output], protecting: [input])
+        defer { claim.release() }
 
         var status = stat()
         guard stat(input, &status) == 0 else { throw OutputError("\(input): cannot be read (\(String(cString: strerror(errno))))") }

@@ -64,13 +64,12 @@ enum ReplayCommand: Subcommand {
         for option in ["kept", "cache-timeline"] where target != nil && arguments.value(option) != nil {
             throw UsageError("--\(option) cannot be combined with a memory target (the search replays each policy several times); replay at the budgets it found")
         }
-        if let kept = arguments.value("kept"), kept == arguments.value("cache-timeline") {
-            throw UsageError("--kept and --cache-timeline name the same file")
-        }
-        // Outputs are checked before the work: a missing directory fails now, not after the replay.
-        for option in ["csv", "kept", "cache-timeline", "shard-state"] {
-            if let output = arguments.value(option) { try OutputFile.checkWritable(output, protecting: [path]) }
-        }
+        // Outputs are checked and locked before the work: a missing directory, an output that is
+        // the trace (or a calibration file) under another name, two outputs naming one file or
+        // another replay writing the same file fails now, not after the replay.
+        let inputs = [path] + specs.flatMap(\.parameters.inputFiles)
+        let claim = try OutputClaim(["csv", "kept", "cache-timeline", "shard-state"].map { arguments.value($0) }, protecting: inputs)
+        defer { claim.release() }
         let reader = try TraceReader(path: path)
         configuration.layers = try requestedLayers.map {
             try LayerSelection.resolve($0, recorded: reader.recordedLayerIndices, option: "--layers", file: path)
@@ -79,30 +78,32 @@ enum ReplayCommand: Subcommand {
         if let target {
             let matcher = MemoryMatcher(reader: reader, configuration: configuration, target: target, statistic: statistic)
             matcher.progress = TerminalProgress(label: "replay")
-            try report(matcher.run(), arguments, input: path)
+            try report(matcher.run(), arguments, inputs: inputs)
             return
         }
         let engine = ReplayEngine(reader: reader, configuration: configuration)
         var keptWriter: JSONLinesFileWriter?, timelineWriter: JSONLinesFileWriter?
         if let keptPath = arguments.value("kept") {
-            keptWriter = try JSONLinesFileWriter(path: keptPath)
+            keptWriter = try JSONLinesFileWriter(path: keptPath, protecting: inputs)
             engine.keptSink = keptWriter
         }
         if let timelinePath = arguments.value("cache-timeline") {
-            timelineWriter = try JSONLinesFileWriter(path: timelinePath)
+            timelineWriter = try JSONLinesFileWriter(path: timelinePath, protecting: inputs)
             engine.timelineSink = timelineWriter
         }
         engine.progress = TerminalProgress(label: "replay")
         let result = try engine.run()
         try keptWriter?.close()
         try timelineWriter?.close()
-        try report(result, arguments, input: path)
+        try report(result, arguments, inputs: inputs)
     }
 
-    static func report(_ result: ReplayResult, _ arguments: ParsedArguments, input path: String) throws {
+    static func report(_ result: ReplayResult, _ arguments: ParsedArguments, inputs: [String]) throws {
         if let state = arguments.value("shard-state") {
             let reader = try TraceReader(path: result.tracePath)
-            try ReplayShard(result, layersWithValues: result.layers.filter { reader.layerInfo($0)?.hasValues == true }).write(to: state)
+            try ReplayShard(result, layersWithValues: result.layers.filter { reader.layerInfo($0)?.hasValues == true },
+                            tokenText: try reader.readTokenText())
+                .write(to: state, protecting: inputs)
         }
         // Notes change how results read (e.g. thresholds calibrated on the trace itself): say them
         // on stderr too, where a script that keeps only --json or the CSV still shows them (the
@@ -112,7 +113,7 @@ enum ReplayCommand: Subcommand {
         }
         if let csvPath = arguments.value("csv") {
             let text = try TraceReader(path: result.tracePath).readTokenText()
-            try OutputFile.write(ReplayReport.stepCSV(result, tokenText: text), to: csvPath, protecting: [path])
+            try OutputFile.write(ReplayReport.stepCSV(result, tokenText: text), to: csvPath, protecting: inputs)
         }
         print(arguments.flag("json") ? try ReplayReport.json(result) : ReplayReport.text(result))
     }

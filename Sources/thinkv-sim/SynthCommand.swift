@@ -91,15 +91,18 @@ enum SynthCommand: Subcommand {
 
         // Written next to the target and renamed into place: a failed or interrupted run never
         // leaves a half-written trace under the requested name.
-        let target = URL(fileURLWithPath: output).standardizedFileURL
-        let directory = target.deletingLastPathComponent()
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw UsageError("\(output): directory \(directory.path) does not exist")
-        }
-        if FileManager.default.fileExists(atPath: target.path) && !arguments.flag("force") {
+        // Through a link, the file the link leads to is replaced and the link kept, as for every
+        // other output (OutputFile); the lock keeps a second synth off the same file.
+        if OutputFile.linkKind(output) != nil && !arguments.flag("force") {
             throw UsageError("\(output) exists; pass --force to overwrite it")
         }
+        if let kind = OutputFile.fileKind(output), kind != S_IFREG {
+            throw UsageError("\(output): not a regular file (a trace is written as a file and renamed into place)")
+        }
+        let claim = try OutputClaim([output], protecting: [])
+        defer { claim.release() }
+        let target = URL(fileURLWithPath: OutputFile.resolvedPath(output))
+        let directory = target.deletingLastPathComponent()
         let temporary = directory.appendingPathComponent(".\(target.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).partial")
         generator.progress = TerminalProgress(label: "synth")
         var summary: SyntheticTraceSummary

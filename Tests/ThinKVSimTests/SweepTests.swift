@@ -185,7 +185,7 @@ final class SweepGridTests: XCTestCase {
         XCTAssertEqual(grid.runs[3].key,
                        "trace=\(traces[0]);policy=h2o;budget=4;gqa-reduce=sum;recent=auto;score-dtype=float32;layers=all;steps=all;topk=32;paging=ct;block_size=16")
         XCTAssertEqual(Set(grid.runs.map(\.key)).count, grid.runs.count)
-        XCTAssertEqual(Array(grid.columns.prefix(9)), ["run_id", "run_key", "trace", "model", "num_layers", "decode_steps", "policy", "label", "budget"])
+        XCTAssertEqual(Array(grid.columns.prefix(10)), ["run_id", "run_key", "trace", "trace_fingerprint", "model", "num_layers", "decode_steps", "policy", "label", "budget"])
         XCTAssertTrue(grid.columns.contains("k_bits"), "parameter columns use underscores")
         XCTAssertEqual(grid.columns.last, "transition_evicted_percent")
     }
@@ -370,15 +370,24 @@ final class SweepRunnerTests: XCTestCase {
     }
 
     func testChangedRowIsKeptNotRecomputed() throws {
-        // Proves rows are reused from the file rather than recomputed: an edited cell survives.
-        _ = try reference()
+        // Proves rows are reused from the file rather than recomputed: an edited cell that is
+        // still a possible value survives.
+        let expected = try reference()
         let output = path("reference.csv")
-        let text = try SweepFixture.contents(output)
-        let marked = text.replacingOccurrences(of: "test-model", with: "edited-model")
+        var (table, _) = try CSVTable.parse(expected, file: output)
+        let column = try XCTUnwrap(table.index(of: "mass_recall_mean"))
+        table.rows[2][column] = "0.5"
+        let marked = table.render()
         try Data(marked.utf8).write(to: URL(fileURLWithPath: output))
         let outcome = try runner(output: output).run()
         XCTAssertEqual(outcome.computed, 0)
         XCTAssertEqual(try SweepFixture.contents(output), marked)
+
+        // A cell that is not what this sweep writes (here the trace's model) is recomputed.
+        try Data(marked.replacingOccurrences(of: "test-model", with: "edited-model").utf8).write(to: URL(fileURLWithPath: output))
+        let again = try runner(output: output).run()
+        XCTAssertEqual(again.computed, 14)
+        XCTAssertEqual(try SweepFixture.contents(output), expected)
     }
 
     func testBatchingDoesNotChangeResults() throws {

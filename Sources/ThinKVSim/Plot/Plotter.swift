@@ -17,6 +17,8 @@ public struct PlotOptions: Sendable {
     public var budget: Double?
     /// Worker threads for a sparsity pass over a trace (only when no per-step CSV has it).
     public var threads: Int?
+    /// Files the figures are drawn from, which no figure may replace (set by `Plotter`).
+    public var inputs: [String] = []
 
     public init(outputDirectory: String) { self.outputDirectory = outputDirectory }
 }
@@ -45,6 +47,10 @@ public enum Plotter {
             return outcome
         }
         try makeOutputDirectory(options)
+        // Figures never replace what they are drawn from: the results, traces, per-step CSVs
+        // and calibration files they name (under whatever name: OutputFile compares files).
+        let named = Set(data.table.rows.flatMap { row in [SweepColumns.stepsFile, "calibration"].compactMap { data.cell(row, $0) } })
+        options.inputs = [path] + data.traces.compactMap(data.resolve) + named.sorted().compactMap(data.resolve)
         if let requested = options.budget {
             let budgets = Set(data.table.rows.compactMap { data.number($0, "budget") })
             guard budgets.contains(requested) else {
@@ -66,7 +72,7 @@ public enum Plotter {
                 }
                 let directory = options.outputDirectory
                 let file = (directory.hasSuffix("/") ? directory : directory + "/") + "\(name).\(kind).svg"
-                try OutputFile.write(figure.render(), to: file)
+                try OutputFile.write(figure.render(), to: file, protecting: options.inputs)
                 outcome.files.append(file)
                 outcome.files += try convert(file, options: options)
             }
@@ -102,7 +108,7 @@ public enum Plotter {
             guard let figure else { continue }
             let directory = options.outputDirectory
             let file = (directory.hasSuffix("/") ? directory : directory + "/") + "all-traces.\(kind).svg"
-            try OutputFile.write(figure.render(), to: file)
+            try OutputFile.write(figure.render(), to: file, protecting: options.inputs)
             outcome.files.append(file)
             outcome.files += try convert(file, options: options)
         }
@@ -113,6 +119,8 @@ public enum Plotter {
     static func plotStepCSV(_ path: String, options: PlotOptions) throws -> Outcome? {
         let table = try CSVTable.read(path: path).table
         guard StepCSVFigure.isStepCSV(table) else { return nil }
+        var options = options
+        options.inputs = [path]
         var outcome = Outcome()
         let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
         guard let figure = StepCSVFigure.figure(table, name: name, metrics: options.metrics ?? PlotMetric.defaultOrder,
@@ -123,7 +131,7 @@ public enum Plotter {
         try makeOutputDirectory(options)
         let directory = options.outputDirectory
         let file = (directory.hasSuffix("/") ? directory : directory + "/") + "\(name).steps.svg"
-        try OutputFile.write(figure.render(), to: file)
+        try OutputFile.write(figure.render(), to: file, protecting: options.inputs)
         outcome.files = [file] + (try convert(file, options: options))
         return outcome
     }
@@ -154,6 +162,7 @@ public enum Plotter {
         var written: [String] = []
         for (format, extra) in [("pdf", [String]()), ("png", ["--dpi-x", "144", "--dpi-y", "144", "--zoom", "1.5"])] {
             let output = "\(stem).\(format)"
+            try OutputFile.checkWritable(output, protecting: options.inputs)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: converter)
             process.arguments = ["--format", format] + extra + ["--output", output, svg]

@@ -127,6 +127,12 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
     public func string(_ name: String) -> String? { raw(name) }
     public func bool(_ name: String) -> Bool { raw(name) == "true" }
 
+    /// Files the policy reads (given values of FILE parameters, e.g. ThinKV's calibration):
+    /// inputs a command's outputs must not overwrite.
+    public var inputFiles: [String] {
+        specs.values.filter { $0.kind == .text("FILE") }.compactMap { given[$0.name] }.sorted()
+    }
+
     /// Every parameter in effect, for reports and CSV columns; derived ones read "auto".
     public var effective: [(name: String, value: String)] {
         specs.keys.sorted().map { ($0, raw($0) ?? "auto") }

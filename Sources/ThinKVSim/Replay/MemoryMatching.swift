@@ -234,7 +234,7 @@ public final class MemoryMatcher {
             : zip(runs, sizes).map { "\($0.spec.name) \($1)" }.joined(separator: ", ")
         return ReplayResult(tracePath: first.tracePath, header: first.header, layers: first.layers, decodeSteps: first.decodeSteps,
                             runs: runs, notes: generalNotes + runs.flatMap { notesByLabel[$0.spec.label + ": "] ?? [] },
-                            paging: first.paging, blockSizes: blockSizes, timing: timing)
+                            paging: first.paging, blockSizes: blockSizes, timing: timing, topK: first.topK)
     }
 
     private func unreachableNote(_ spec: PolicySpec, search: BudgetSearch, target: MemoryTarget) -> String {

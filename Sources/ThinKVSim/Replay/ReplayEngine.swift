@@ -81,6 +81,8 @@ public struct ReplayResult: Sendable {
     /// Block size per policy label, e.g. "16" or "full 16, thinkv 8".
     public let blockSizes: String
     public let timing: ReplayTiming
+    /// k of the top-k recall (a figure of the report; layer shards must agree on it).
+    public var topK: Int = 32
 }
 
 /// Where a replay's time went, and the attention arithmetic it did (for `bench`).
@@ -240,7 +242,8 @@ public final class ReplayEngine {
         let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
             : zip(configuration.policies, sizes).map { "\($0.name) \($1)" }.joined(separator: ", ")
         return ReplayResult(tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
-                            runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes, timing: timing)
+                            runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes, timing: timing,
+                            topK: configuration.topK)
     }
 
     // MARK: One layer

@@ -6,7 +6,9 @@ import Foundation
 /// `replay --shard-state FILE` writes one; `thinkv-sim merge` of such files rebuilds the result.
 public struct ReplayShard: Codable, Sendable {
     public static let kind = "thinkv-replay-shard"
-    public static let version = 1
+    /// 2: records `topK` and the trace's token text (version 1 shards cannot be checked for
+    /// the top-k they were made with, and are refused).
+    public static let version = 2
 
     public struct Counter: Codable, Equatable, Sendable {
         public var name: String
@@ -32,18 +34,24 @@ public struct ReplayShard: Codable, Sendable {
     /// Layers that record values (output error is reported when any merged layer has them).
     public var layersWithValues: [Int]
     public var decodeSteps: Int
+    /// k of the top-k recall.
+    public var topK: Int
     public var notes: [String]
     public var paging: String
     public var blockSizes: String
     public var timing: ReplayTiming
     public var runs: [Run]
+    /// The trace's /tokens/text (nil when it has none), so that the merged per-step CSV has the
+    /// `token_text` column of one replay's without the trace at hand.
+    public var tokenText: [String]?
 
-    public init(_ result: ReplayResult, layersWithValues: [Int]) {
+    public init(_ result: ReplayResult, layersWithValues: [Int], tokenText: [String]? = nil) {
         trace = result.tracePath
         header = result.header
         layers = result.layers
         self.layersWithValues = layersWithValues
         decodeSteps = result.decodeSteps
+        topK = result.topK
         notes = result.notes
         paging = result.paging.rawValue
         blockSizes = result.blockSizes
@@ -52,40 +60,149 @@ public struct ReplayShard: Codable, Sendable {
             Run(policy: run.spec.name, given: run.spec.parameters.given, paging: run.paging.rawValue, blockSize: run.blockSize,
                 records: run.steps, samples: run.samples, counters: run.counters)
         }
+        self.tokenText = tokenText
     }
 
-    public func write(to path: String) throws {
+    public func write(to path: String, protecting inputs: [String] = []) throws {
         let encoder = JSONEncoder()
         // Sorted keys put "kind" near the start, where 'merge' looks for it.
         encoder.outputFormatting = [.sortedKeys]
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        try OutputFile.write(String(decoding: try encoder.encode(self), as: UTF8.self), to: path)
+        try OutputFile.write(String(decoding: try encoder.encode(self), as: UTF8.self), to: path, protecting: inputs)
     }
 
     public static func read(_ path: String) throws -> ReplayShard {
         guard let data = FileManager.default.contents(atPath: path) else { throw CSVError("\(path): cannot be read") }
         let decoder = JSONDecoder()
         decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        struct Stamp: Decodable { var kind: String?; var version: Int? }
+        if let stamp = try? decoder.decode(Stamp.self, from: data), stamp.kind == kind, let found = stamp.version, found != version {
+            throw CSVError("\(path): a version \(found) replay shard; this thinkv-sim merges version \(version) (replay again with --shard-state)")
+        }
         let shard: ReplayShard
         do { shard = try decoder.decode(ReplayShard.self, from: data) } catch {
             throw CSVError("\(path): not a replay shard written by 'replay --shard-state' (\(error.localizedDescription))")
         }
         guard shard.kind == kind, shard.version == version else { throw CSVError("\(path): not a version \(version) replay shard") }
+        try shard.check(file: path)
         return shard
     }
 
+    /// Checks that the contents are what a replay writes: layers of the model, one record per
+    /// replayed layer and step in order, one sample per query head of each, every figure finite
+    /// and in its range. A shard edited by hand or damaged is refused, naming what is wrong,
+    /// rather than merged into a report with NaN or nonsense in it.
+    public func check(file path: String) throws {
+        func bad(_ what: String) -> CSVError { CSVError("\(path): \(what); not a shard 'replay --shard-state' writes") }
+        let h = header
+        guard h.numLayers >= 1, h.numLayers <= Int(Int32.max), h.numQHeads >= 1, h.numQHeads <= Int(Int32.max),
+              h.promptLength >= 0, h.numTokens > h.promptLength, h.numTokens <= Int(Int32.max) else {
+            throw bad("its trace header is impossible (layers \(h.numLayers), query heads \(h.numQHeads), prompt \(h.promptLength), tokens \(h.numTokens))")
+        }
+        guard !layers.isEmpty else { throw bad("it replays no layer") }
+        for layer in layers where layer < 0 || layer >= h.numLayers {
+            throw bad("layer \(layer) is not a layer of the model (0 ... \(h.numLayers - 1))")
+        }
+        guard layers == layers.sorted(), Set(layers).count == layers.count else {
+            throw bad("its layers \(layers.map(String.init).joined(separator: ",")) are not ascending and distinct")
+        }
+        for layer in layersWithValues where !layers.contains(layer) { throw bad("layer \(layer) has values but is not replayed") }
+        guard decodeSteps >= 1, decodeSteps <= h.generatedLength else {
+            throw bad("\(decodeSteps) decode steps, the trace has \(h.generatedLength)")
+        }
+        guard (1...TraceLimits.maxTopK).contains(topK) else { throw bad("top-k \(topK) is outside 1 ... \(TraceLimits.maxTopK)") }
+        guard PagingMode(rawValue: paging) != nil else { throw bad("paging '\(Format.printable(paging))' is not ct, compact or none") }
+        if let tokenText, tokenText.count != h.numTokens { throw bad("\(tokenText.count) token texts for \(h.numTokens) tokens") }
+        let seconds = [timing.wallSeconds, timing.referenceSeconds, timing.policySeconds, timing.readSeconds,
+                       timing.referenceFLOPs, timing.policyFLOPs]
+        guard seconds.allSatisfy({ $0.isFinite && $0 >= 0 }), timing.threads >= 0 else { throw bad("its timings are not finite non-negative numbers") }
+        guard !runs.isEmpty else { throw bad("it holds no policy run") }
+        let expected = layers.count * decodeSteps
+        for run in runs {
+            let name = "run \(Format.printable(run.policy))"
+            do { _ = try PolicySpec(name: run.policy, values: run.given) } catch {
+                throw bad("\(name): \(error)")
+            }
+            guard PagingMode(rawValue: run.paging) != nil else { throw bad("\(name): paging '\(Format.printable(run.paging))' is not ct, compact or none") }
+            guard (1...TraceLimits.maxBlockSize).contains(run.blockSize) else { throw bad("\(name): block size \(run.blockSize) is outside 1 ... \(TraceLimits.maxBlockSize)") }
+            guard run.records.count == expected else {
+                throw bad("\(name): \(run.records.count) step records, \(layers.count) layer(s) × \(decodeSteps) step(s) make \(expected)")
+            }
+            var withError = 0
+            for (i, r) in run.records.enumerated() {
+                let layer = layers[i / decodeSteps], step = i % decodeSteps
+                guard r.layer == layer, r.step == step, r.position == h.promptLength + step else {
+                    throw bad("\(name): record \(i) is layer \(r.layer) step \(r.step) position \(r.position), expected layer \(layer) step \(step) position \(h.promptLength + step)")
+                }
+                if let problem = Self.problem(r) { throw bad("\(name): layer \(r.layer) step \(r.step): \(problem)") }
+                if r.outputError != nil { withError += 1 }
+            }
+            let perHead = expected * h.numQHeads
+            let s = run.samples
+            guard s.massRecall.count == perHead, s.topKRecall.count == perHead, s.attentionKL.count == perHead,
+                  s.outputError.count == withError * h.numQHeads else {
+                throw bad("\(name): metric samples (\(s.massRecall.count), \(s.topKRecall.count), \(s.attentionKL.count), \(s.outputError.count)) do not match \(expected) records × \(h.numQHeads) query heads")
+            }
+            guard s.massRecall.allSatisfy(Self.isRecall), s.topKRecall.allSatisfy(Self.isRecall) else {
+                throw bad("\(name): a recall sample is not in [0, 1]")
+            }
+            guard s.attentionKL.allSatisfy({ !$0.isNaN && $0 >= 0 }) else { throw bad("\(name): a KL sample is NaN or negative") }
+            guard s.outputError.allSatisfy({ $0.isFinite && $0 >= 0 }) else { throw bad("\(name): an output-error sample is not a finite non-negative number") }
+            for counter in run.counters where counter.value < 0 || counter.name.isEmpty {
+                throw bad("\(name): counter '\(Format.printable(counter.name))' is \(counter.value)")
+            }
+        }
+    }
+
+    /// Recall samples are fractions; float sums may exceed 1 by rounding.
+    static func isRecall(_ x: Float) -> Bool { x >= 0 && x <= 1.001 }
+
+    /// What is impossible about one step record, or nil.
+    static func problem(_ r: StepRecord) -> String? {
+        let counts = [r.attendedBytes, r.residentBytes, r.fullBytes, r.blocks, r.pagedBytes, r.compactionBytes]
+        if counts.contains(where: { $0 < 0 }) { return "a byte or block count is negative" }
+        if !(r.attendedTokens.isFinite && r.attendedTokens >= 0 && r.residentTokens.isFinite && r.residentTokens >= 0) {
+            return "a token count is not a finite non-negative number"
+        }
+        if !(r.slotOccupancy >= 0 && r.slotOccupancy <= 1.001) { return "slot occupancy \(r.slotOccupancy) is not in [0, 1]" }
+        if !isRecall(r.massRecall) || !isRecall(r.massRecallMin) || !isRecall(r.topKRecall) { return "a recall is not in [0, 1]" }
+        if r.attentionKL.isNaN || r.attentionKL < 0 { return "KL \(r.attentionKL) is NaN or negative" }
+        if let e = r.outputError, !(e.isFinite && e >= 0) { return "output error \(e) is not a finite non-negative number" }
+        if !(r.sparsity >= 0 && r.sparsity <= 1.001) { return "sparsity \(r.sparsity) is not in [0, 1]" }
+        if let t = r.thought {
+            if t.tokens.contains(where: { !($0.isFinite && $0 >= 0) }) || t.tokensByBits.contains(where: { !($0.isFinite && $0 >= 0) })
+                || t.bytes.contains(where: { $0 < 0 }) {
+                return "a thought breakdown figure is negative or not finite"
+            }
+        }
+        return nil
+    }
+
     /// The report of one replay over the shards' layers together. The shards must come from
-    /// the same trace (same header and steps) and the same policies, over disjoint layers;
-    /// they are combined in ascending layer order, as one replay steps through them.
+    /// the same trace (same header and steps), the same policies, parameters and every setting
+    /// that changes a figure (top-k, paging, block sizes), over disjoint layers; they are
+    /// combined in ascending layer order, as one replay steps through them.
     public static func merge(_ shards: [ReplayShard], paths: [String]) throws -> ReplayResult {
         guard let first = shards.first else { throw UsageError("merge needs at least one replay shard") }
         for (shard, path) in zip(shards, paths) {
-            guard shard.header == first.header, shard.decodeSteps == first.decodeSteps else {
-                throw CSVError("\(path): another trace or step count than \(paths[0]); shards of one replay cannot differ")
+            func differs(_ what: String) -> CSVError {
+                CSVError("\(path): \(what) differs from \(paths[0]); shards of one replay cannot differ")
             }
+            guard shard.header == first.header else { throw differs("the trace (header)") }
+            guard shard.decodeSteps == first.decodeSteps else { throw differs("the step count (\(shard.decodeSteps) vs \(first.decodeSteps))") }
+            guard shard.topK == first.topK else { throw differs("--topk (\(shard.topK) vs \(first.topK))") }
+            guard shard.paging == first.paging else { throw differs("--paging (\(shard.paging) vs \(first.paging))") }
+            guard shard.blockSizes == first.blockSizes else { throw differs("--block-size (\(shard.blockSizes) vs \(first.blockSizes))") }
             guard shard.runs.map(\.policy) == first.runs.map(\.policy), shard.runs.map(\.given) == first.runs.map(\.given) else {
-                throw CSVError("\(path): other policies or parameters than \(paths[0])")
+                throw differs("the policies or parameters")
             }
+            for (run, other) in zip(shard.runs, first.runs) {
+                guard run.paging == other.paging, run.blockSize == other.blockSize else {
+                    throw differs("\(run.policy)'s paging or block size (\(run.paging) \(run.blockSize) vs \(other.paging) \(other.blockSize))")
+                }
+                guard run.counters.map(\.name) == other.counters.map(\.name) else { throw differs("\(run.policy)'s counters") }
+            }
+            if let text = shard.tokenText, let firstText = first.tokenText, text != firstText { throw differs("the token text") }
         }
         let order = shards.indices.sorted { (shards[$0].layers.first ?? 0) < (shards[$1].layers.first ?? 0) }
         var layers: [Int] = []
@@ -105,7 +222,8 @@ public struct ReplayShard: Codable, Sendable {
             timing.threads = max(timing.threads, shard.timing.threads)
         }
         var notes: [String] = []
-        for i in order { for note in shards[i].notes where !notes.contains(note) { notes.append(note) } }
+        // Notes are shown as they are: escaped, in case a shard was written by something else.
+        for i in order { for note in shards[i].notes.map(Format.printable) where !notes.contains(note) { notes.append(note) } }
         if anyValues { notes.removeAll { $0.hasPrefix("attention output error unavailable") } }
         let runs = try first.runs.indices.map { r -> PolicyRun in
             var records: [StepRecord] = [], samples = MetricSamples(), counters: [(name: String, value: Int)] = []
@@ -128,6 +246,6 @@ public struct ReplayShard: Codable, Sendable {
         }
         return ReplayResult(tracePath: first.trace, header: first.header, layers: layers, decodeSteps: first.decodeSteps,
                             runs: runs, notes: notes, paging: PagingMode(rawValue: first.paging) ?? .ct,
-                            blockSizes: first.blockSizes, timing: timing)
+                            blockSizes: first.blockSizes, timing: timing, topK: first.topK)
     }
 }

@@ -11,9 +11,10 @@ public final class JSONLinesFileWriter: KeptEventSink, CacheTimelineSink, @unche
     private var failure: Error?
     private var closed = false
 
-    public init(path: String) throws {
+    /// `inputs`: files of the command this one must not be (see `OutputFile.checkWritable`).
+    public init(path: String, protecting inputs: [String] = []) throws {
         self.path = path
-        try OutputFile.checkWritable(path)
+        try OutputFile.checkWritable(path, protecting: inputs)
         destination = try OutputFile.Destination(path)
     }
 

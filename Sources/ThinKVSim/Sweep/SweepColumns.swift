@@ -46,7 +46,10 @@ public enum SweepColumns {
     public static var metricNames: [String] { metrics.map(\.name) }
 
     /// Columns before the parameters: identity and context of a run.
-    public static let leading = ["run_id", "run_key", "trace", "model", "num_layers", "decode_steps", "policy", "label"]
+    public static let leading = ["run_id", "run_key", "trace", traceFingerprint, "model", "num_layers", "decode_steps", "policy", "label"]
+    /// The trace file a row was computed from (`TraceFingerprint`): a resumed sweep recomputes
+    /// rows whose trace has changed since.
+    public static let traceFingerprint = "trace_fingerprint"
     /// Replay options, after the parameters.
     public static let replayOptions = ["layers", "steps", "topk", "paging", "block_size"]
     /// Memory-match columns, after the replay options, when the config has `kv_percent`: the
@@ -61,6 +64,20 @@ public enum SweepColumns {
     public static func parameterColumn(_ name: String) -> String {
         let column = name.replacingOccurrences(of: "-", with: "_")
         return (leading + replayOptions + memoryMatch + metricNames + [stepsFile]).contains(column) ? "param_" + column : column
+    }
+
+    /// What is wrong with `cell` as the value of metric column `name` in a row this tool wrote,
+    /// or nil: a number in the canonical form `number` writes, finite and in the metric's range
+    /// (recalls and occupancy fractions, the rest non-negative); `inf` only for the KL; empty
+    /// only for the output error (a trace without values).
+    public static func metricProblem(_ name: String, _ cell: String) -> String? {
+        if cell.isEmpty { return name.hasPrefix("output_error") ? nil : "empty" }
+        if cell == "inf" { return name == "attention_kl_mean" ? nil : "infinite" }
+        guard let value = Double(cell), value.isFinite, number(value) == cell else { return "'\(Format.printable(cell))' is not a number as written" }
+        guard value >= 0 else { return "\(cell) is negative" }
+        let fraction = name.hasPrefix("mass_recall") || name.hasPrefix("topk_recall") || name == "slot_occupancy_mean"
+        if fraction && value > 1.001 { return "\(cell) is above 1" }
+        return nil
     }
 
     /// A number as a cell: integers exactly, other values with 8 significant digits, infinities

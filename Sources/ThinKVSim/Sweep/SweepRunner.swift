@@ -78,6 +78,15 @@ public final class SweepRunner {
         let model: String
         let numLayers: Int
         let decodeSteps: Int
+        /// `TraceFingerprint` of the file.
+        let fingerprint: String
+
+        init(_ reader: TraceReader, steps: Int?) throws {
+            model = reader.header.model
+            numLayers = reader.header.numLayers
+            decodeSteps = min(steps ?? reader.header.generatedLength, reader.header.generatedLength)
+            fingerprint = try TraceFingerprint.of(path: reader.path, header: reader.header)
+        }
     }
 
     /// Which runs an existing output already holds.
@@ -88,6 +97,11 @@ public final class SweepRunner {
         public var pending: [SweepRun] = []
         public var dropped = 0
         public var droppedPartial = false
+        /// Rows of this grid's runs that are recomputed because they are not what this sweep
+        /// writes (a cell edited or damaged, the trace changed since): how many, and why (the
+        /// first few).
+        public var stale = 0
+        public var staleReasons: [String] = []
     }
 
     /// Reads the existing output (if any) and decides what is left to do.
@@ -108,8 +122,20 @@ public final class SweepRunner {
             plan.dropped = old.keys.filter { !keys.contains($0) }.count
         }
         let parameterColumns = Set(grid.parameterNames.map(SweepColumns.parameterColumn))
+        // Facts of each trace with rows to check, read once (nil: the trace cannot be opened now,
+        // so its rows cannot be checked and are recomputed, which reports the problem).
+        var facts: [String: TraceFacts?] = [:]
         for run in runs {
             guard let cells = old[run.key], reusable(run, cells) else {
+                plan.pending.append(run)
+                continue
+            }
+            if facts[run.trace] == nil {
+                facts[run.trace] = .some(try? TraceFacts(TraceReader(path: run.trace), steps: grid.config.steps))
+            }
+            if let problem = staleness(run, cells, facts[run.trace]!) {
+                plan.stale += 1
+                if plan.staleReasons.count < 3 { plan.staleReasons.append("run \(run.id): \(problem)") }
                 plan.pending.append(run)
                 continue
             }
@@ -132,6 +158,51 @@ public final class SweepRunner {
             if complete { plan.reusable[run.id] = row } else { plan.pending.append(run) }
         }
         return plan
+    }
+
+    /// Why a row of the existing output is not the row this sweep would write for `run`, or
+    /// nil: every cell is checked (identity, the trace's fingerprint and shape, parameters and
+    /// options, each metric finite and in range), so an edited or damaged row, or a row of a
+    /// trace since replaced, is recomputed rather than carried into the results.
+    func staleness(_ run: SweepRun, _ cells: [String: String], _ facts: TraceFacts?) -> String? {
+        guard let facts else { return "\(run.trace) cannot be read now" }
+        func expect(_ column: String, _ value: String) -> String? {
+            let cell = cells[column] ?? ""
+            return cell == value ? nil : "\(column) is '\(Format.printable(cell))', expected '\(Format.printable(value))'"
+        }
+        guard cells[SweepColumns.traceFingerprint] == facts.fingerprint else {
+            return cells[SweepColumns.traceFingerprint] == nil ? "no \(SweepColumns.traceFingerprint) (written by an older thinkv-sim)"
+                : "\(run.trace) changed since the row was written (size, time or header)"
+        }
+        var expected: [(String, String)] = [("trace", run.trace), ("model", facts.model), ("num_layers", String(facts.numLayers)),
+                                            ("decode_steps", String(facts.decodeSteps)), ("policy", run.spec.name), ("label", run.spec.label)]
+        let effective = Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) })
+        for name in grid.parameterNames {
+            let column = SweepColumns.parameterColumn(name)
+            if run.kvPercent != nil && name == "budget" {
+                // The budget the memory search found: any budget the policy accepts.
+                guard let budget = Int(cells[column] ?? ""), budget >= 1, String(budget) == cells[column] else {
+                    return "budget '\(Format.printable(cells[column] ?? ""))' is not a budget"
+                }
+                continue
+            }
+            // A column the old file lacks is acceptable for a parameter this policy does not have.
+            if cells[column] == nil && effective[name] == nil { continue }
+            expected.append((column, effective[name] ?? ""))
+        }
+        expected += SweepGrid.replayOptionValues(config: grid.config, layout: run.layout)
+        if !grid.config.kvPercents.isEmpty {
+            expected.append(("kv_percent", run.kvPercent.map { SweepColumns.number($0) } ?? ""))
+            let match = cells["kv_match"] ?? "", status = cells["kv_match_status"] ?? "", achieved = cells["achieved_percent"] ?? ""
+            guard match.isEmpty || match == grid.config.kvMatch.rawValue else { return "kv_match '\(Format.printable(match))' is not this sweep's" }
+            guard MemoryMatch.Status(rawValue: status) != nil else { return "kv_match_status '\(Format.printable(status))' is not a status" }
+            if !achieved.isEmpty, let problem = SweepColumns.metricProblem("achieved_percent", achieved) { return "achieved_percent: \(problem)" }
+        }
+        for (column, value) in expected { if let problem = expect(column, value) { return problem } }
+        for name in grid.config.metrics {
+            if let problem = SweepColumns.metricProblem(name, cells[name] ?? "") { return "\(name): \(problem)" }
+        }
+        return nil
     }
 
     private func reusable(_ run: SweepRun, _ cells: [String: String]) -> Bool {
@@ -167,8 +238,21 @@ public final class SweepRunner {
         return invalid
     }
 
+    /// Files the sweep reads, which no output may overwrite: the config, the traces and files
+    /// the policies read (ThinKV's calibration).
+    public var inputFiles: [String] {
+        [grid.config.file] + grid.traces + runs.flatMap(\.spec.parameters.inputFiles)
+    }
+
     public func run() throws -> SweepOutcome {
         let config = grid.config
+        // The output is locked for the whole sweep: a second sweep (or replay) writing it fails
+        // at once instead of both rewriting it and one losing the other's rows.
+        try makeDirectory(URL(fileURLWithPath: outputPath).deletingLastPathComponent().path)
+        let inputs = inputFiles
+        let claim = try OutputClaim([outputPath], protecting: inputs)
+        defer { claim.release() }
+        removeOrphanedStepTemporaries()
         var plan = try plan()
         // Every grid point is checked before any work: all mistakes at once, not one per hour.
         let invalid = try invalidRuns(plan.pending)
@@ -185,6 +269,9 @@ public final class SweepRunner {
             }
         }
         if plan.droppedPartial { note("\(outputPath): last row was cut short (interrupted write); it is recomputed") }
+        if plan.stale > 0 {
+            note("\(outputPath): recomputing \(plan.stale) row(s) that are not what this sweep writes (\(plan.staleReasons.joined(separator: "; "))\(plan.stale > plan.staleReasons.count ? "; ..." : ""))")
+        }
         if plan.dropped > 0 {
             note("\(outputPath): dropping \(plan.dropped) row(s) that are not runs of this \(runs.count == grid.runs.count ? "sweep" : "shard")")
         }
@@ -200,17 +287,18 @@ public final class SweepRunner {
                 throw TraceError(file: trace, object: "/layers/\(layer)",
                                  "not recorded (recorded: \(reader.recordedLayerIndices.map(String.init).joined(separator: ", "))); see the config's 'layers'")
             }
-            let steps = min(config.steps ?? reader.header.generatedLength, reader.header.generatedLength)
-            guard steps > 0 else { throw TraceError(file: trace, "has no decode positions to replay (prompt_len equals num_tokens)") }
+            let traceFacts = try TraceFacts(reader, steps: config.steps)
+            guard traceFacts.decodeSteps > 0 else { throw TraceError(file: trace, "has no decode positions to replay (prompt_len equals num_tokens)") }
             for run in plan.pending where run.trace == trace { try run.spec.checkRequirements(reader, layers: layers) }
             readers[trace] = reader
-            facts[trace] = TraceFacts(model: reader.header.model, numLayers: reader.header.numLayers, decodeSteps: steps)
+            facts[trace] = traceFacts
         }
 
         if let directory = config.stepCSVDirectory, !plan.pending.isEmpty {
             try makeDirectory(directory)
+            // A per-step file that is an input under another name fails now, not after its replay.
+            for run in plan.pending { if let path = stepsFilePath(run) { try OutputFile.checkWritable(path, protecting: inputs) } }
         }
-        try makeDirectory(URL(fileURLWithPath: outputPath).deletingLastPathComponent().path)
 
         var rows = plan.reusable
         var outcome = SweepOutcome(reused: plan.reusable.count, dropped: plan.dropped, outputPath: outputPath)
@@ -243,7 +331,7 @@ public final class SweepRunner {
             for (run, policyRun) in zip(batch, policyRuns) {
                 let stepsPath = stepsFilePath(run)
                 if let stepsPath {
-                    try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: grid.traces)
+                    try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: inputs)
                 }
                 rows[run.id] = row(run, policyRun, facts[trace]!, stepsPath: stepsPath)
             }
@@ -310,7 +398,15 @@ public final class SweepRunner {
     private func write(_ rows: [Int: [String]]) throws {
         var table = CSVTable(header: grid.columns)
         for run in runs { if let row = rows[run.id] { table.rows.append(row) } }
-        try OutputFile.write(table.render(), to: outputPath, protecting: grid.traces)
+        try OutputFile.write(table.render(), to: outputPath, protecting: inputFiles)
+    }
+
+    /// Removes the temporaries of this sweep's per-step files that a sweep killed while writing
+    /// left, when older than ten minutes: such a file is written and renamed in moments, and a
+    /// young one may be another sweep's sharing the directory. (Those of the output go when it
+    /// is claimed.)
+    func removeOrphanedStepTemporaries() {
+        OutputFile.removeTemporaries(of: runs.compactMap(stepsFilePath).map(OutputFile.resolvedPath), olderThan: 600)
     }
 
     private func makeDirectory(_ path: String) throws {
@@ -327,7 +423,7 @@ public final class SweepRunner {
     func row(_ run: SweepRun, _ result: PolicyRun, _ facts: TraceFacts, stepsPath: String?) -> [String] {
         // The result's spec: a memory-matched run's holds the budget found.
         let effective = Dictionary(uniqueKeysWithValues: result.spec.parameters.effective.map { ($0.name, $0.value) })
-        var row = [String(run.id), run.key, run.trace, facts.model, String(facts.numLayers), String(facts.decodeSteps),
+        var row = [String(run.id), run.key, run.trace, facts.fingerprint, facts.model, String(facts.numLayers), String(facts.decodeSteps),
                    run.spec.name, run.spec.label]
         row += grid.parameterNames.map { effective[$0] ?? "" }
         row += SweepGrid.replayOptionValues(config: grid.config, layout: run.layout).map(\.1)
