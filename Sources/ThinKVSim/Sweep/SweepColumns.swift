@@ -8,6 +8,9 @@ public enum SweepColumns {
     public struct Metric: Sendable {
         public let name: String
         public let help: String
+        /// Whether a run may have no value (an empty cell): output error without values, the
+        /// ThinKV-only columns for other policies.
+        var mayBeEmpty = false
         let value: @Sendable (RunSummary) -> Double?
     }
 
@@ -17,8 +20,8 @@ public enum SweepColumns {
         Metric(name: "mass_recall_min", help: "minimum mass recall") { $0.massRecall.min },
         Metric(name: "topk_recall_mean", help: "top-k recall, mean") { $0.topKRecall.mean },
         Metric(name: "attention_kl_mean", help: "KL(policy || full) in nats, mean (inf when a head attends to nothing)") { $0.attentionKL.mean },
-        Metric(name: "output_error_mean", help: "relative L2 attention-output error, mean (empty without values)") { $0.outputError?.mean },
-        Metric(name: "output_error_p95", help: "95th percentile of the output error (empty without values)") { $0.outputError?.p95 },
+        Metric(name: "output_error_mean", help: "relative L2 attention-output error, mean (empty without values)", mayBeEmpty: true) { $0.outputError?.mean },
+        Metric(name: "output_error_p95", help: "95th percentile of the output error (empty without values)", mayBeEmpty: true) { $0.outputError?.p95 },
         Metric(name: "kv_bytes_peak", help: "largest attended KV bytes over steps, all model layers") { $0.memory.peakBytes },
         Metric(name: "kv_bytes_mean", help: "mean attended KV bytes over steps, all model layers") { $0.memory.meanBytes },
         Metric(name: "kv_bytes_final_resident", help: "resident KV bytes after the last step, all model layers") { $0.memory.finalResidentBytes },
@@ -33,10 +36,10 @@ public enum SweepColumns {
         Metric(name: "compaction_bytes_total", help: "bytes a dense gather would have copied over the run, all model layers") { $0.memory.totalCompactionBytes },
         Metric(name: "eviction_step_percent", help: "% of (layer, decode step) pairs on which the policy evicted anything") { $0.memory.evictionStepPercent },
         Metric(name: "bits_per_element_mean", help: "attended KV bits (metadata included) per K or V element, mean") { $0.memory.meanBitsPerElement },
-        Metric(name: "thought_transitions", help: "ThinKV: transitions its classifier saw, summed over replayed layers (empty for other policies)") {
+        Metric(name: "thought_transitions", help: "ThinKV: transitions its classifier saw, summed over replayed layers (empty for other policies)", mayBeEmpty: true) {
             $0.policyCounters?["transitions"].map(Double.init)
         },
-        Metric(name: "transition_evicted_percent", help: "ThinKV: % of evicted tokens that transition cuts evicted (the rest: budget pressure, floor breaches)") {
+        Metric(name: "transition_evicted_percent", help: "ThinKV: % of evicted tokens that transition cuts evicted (the rest: budget pressure, floor breaches)", mayBeEmpty: true) {
             guard let c = $0.policyCounters, let cut = c["transition_evicted_tokens"] else { return nil }
             let total = cut + (c["pressure_evicted_tokens"] ?? 0) + (c["floor_breach_evicted_tokens"] ?? 0)
             return total > 0 ? 100 * Double(cut) / Double(total) : nil
@@ -69,9 +72,9 @@ public enum SweepColumns {
     /// What is wrong with `cell` as the value of metric column `name` in a row this tool wrote,
     /// or nil: a number in the canonical form `number` writes, finite and in the metric's range
     /// (recalls and occupancy fractions, the rest non-negative); `inf` only for the KL; empty
-    /// only for the output error (a trace without values).
+    /// only where a run may have no value (`Metric.mayBeEmpty`).
     public static func metricProblem(_ name: String, _ cell: String) -> String? {
-        if cell.isEmpty { return name.hasPrefix("output_error") ? nil : "empty" }
+        if cell.isEmpty { return metrics.contains { $0.name == name && $0.mayBeEmpty } ? nil : "empty" }
         if cell == "inf" { return name == "attention_kl_mean" ? nil : "infinite" }
         guard let value = Double(cell), value.isFinite, number(value) == cell else { return "'\(Format.printable(cell))' is not a number as written" }
         guard value >= 0 else { return "\(cell) is negative" }
