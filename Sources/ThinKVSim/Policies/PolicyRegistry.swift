@@ -13,6 +13,7 @@ public enum PolicyRegistry {
         KnormPolicy.self,
         KeyDiffPolicy.self,
         PyramidKVPolicy.self,
+        RaaSPolicy.self,
         ThinKVPolicy.self,
         ThinKVQuantizationOnlyPolicy.self,
         ThinKVEvictionOnlyPolicy.self,
