@@ -77,7 +77,7 @@ final class ShippedTraceTests: XCTestCase {
             let tokens = try XCTUnwrap((summary["memory"] as? [String: Any])?["final_resident_tokens"] as? Int)
             XCTAssertTrue((0...1.000001).contains(recall), "\(policy): recall \(recall)")
             switch policy {
-            case "full", "kivi", "thinkv-tbq":
+            case "full", "kivi", "thinkv-tbq", "pmkvq":
                 XCTAssertEqual(tokens, 227 + 48, policy)
                 if policy == "full" { XCTAssertEqual(recall, 1, accuracy: 1e-6) }
             case "tova", "knorm", "keydiff", "pyramidkv":

@@ -5,6 +5,7 @@ public enum PolicyRegistry {
     public static let all: [any CachePolicy.Type] = [
         FullCachePolicy.self,
         KIVIPolicy.self,
+        PMKVQPolicy.self,
         H2OPolicy.self,
         StreamingLLMPolicy.self,
         RKVPolicy.self,
