@@ -15,6 +15,7 @@ public enum PolicyRegistry {
         KeyDiffPolicy.self,
         PyramidKVPolicy.self,
         RaaSPolicy.self,
+        LazyEvictionPolicy.self,
         ThinKVPolicy.self,
         ThinKVQuantizationOnlyPolicy.self,
         ThinKVEvictionOnlyPolicy.self,
