@@ -21,6 +21,10 @@ class HeadPlan:
 
     def __init__(self, timeline, num_tokens, prompt_len, steps):
         self.shape = (timeline, num_tokens, prompt_len, steps)
+        unknown = {g["tensor"] for g in timeline.groups} - {"key", "value"}
+        if unknown:
+            raise ValueError(f"{timeline.policy}: groups of tensor {sorted(unknown)} (e.g. PM-KVQ's keys per token) "
+                             "are not supported by the end-to-end forward, which rounds keys per channel")
         self.key_groups = [g for g in timeline.groups if g["tensor"] == "key"]
         self.value_groups = [g for g in timeline.groups if g["tensor"] == "value"]
 

@@ -6,16 +6,18 @@ import Foundation
 public enum Palette {
     /// Okabe–Ito without yellow (too light for lines on white): blue, vermillion, bluish green,
     /// reddish purple, orange, sky blue; then Tol's indigo, olive, wine, green, teal and purple,
-    /// so that every registered policy gets its own colour; black is kept for the full cache.
+    /// then Tol's dark brown, grey and dark cyan, so that every registered policy gets its own
+    /// colour; black is kept for the full cache.
     public static let colors = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#332288", "#999933", "#882255",
-                                "#117733", "#44AA99", "#AA4499"]
+                                "#117733", "#44AA99", "#AA4499", "#663333", "#777777", "#225555"]
     public static let reference = "#000000"
     public static let dashes: [String?] = [nil, "7 4", "2 3", "9 3 2 3"]
     /// Dashes of level lines (always dashed, so they read as references, not data).
     public static let levelDashes = ["7 4", "2 3", "9 3 2 3", "4 2"]
     /// As many markers as colours: a policy differs from every other in colour and in marker.
     public static let markers: [MarkerShape] = [.circle, .square, .triangleUp, .diamond, .triangleDown, .cross,
-                                                .triangleLeft, .triangleRight, .plus, .pentagon, .hexagon, .star]
+                                                .triangleLeft, .triangleRight, .plus, .pentagon, .hexagon, .star,
+                                                .hourglass, .bowtie, .asterisk]
     /// Thought bands: reasoning sky blue, execution bluish green, transition orange (Okabe–Ito).
     public static let thoughts = ["#56B4E9", "#009E73", "#E69F00"]
     static let grid = "#E5E5E5"

@@ -103,6 +103,22 @@ public final class SVGDocument {
             // Strokes only: hollow and filled look alike, thinner when hollow.
             let s = r * 0.85
             parts.append("<path d=\"M\(Self.n(x - s)),\(Self.n(y - s))L\(Self.n(x + s)),\(Self.n(y + s))M\(Self.n(x - s)),\(Self.n(y + s))L\(Self.n(x + s)),\(Self.n(y - s))\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2")\" fill=\"none\"/>")
+        case .hourglass, .bowtie:
+            let a = r * 1.0, b = r * 1.1
+            let pts = shape == .hourglass
+                ? [(x - a, y - b), (x + a, y - b), (x - a, y + b), (x + a, y + b)]
+                : [(x - b, y - a), (x + b, y + a), (x + b, y - a), (x - b, y + a)]
+            let list = pts.map { "\(Self.n($0.0)),\(Self.n($0.1))" }.joined(separator: " ")
+            parts.append("<polygon points=\"\(list)\" fill=\"\(fill)\"\(outline)/>")
+        case .asterisk:
+            // Strokes only, like the cross and the plus: three lines through the centre.
+            let s = r * 1.05
+            let d = (0..<3).map { i -> String in
+                let angle = Double.pi / 2 + Double.pi * Double(i) / 3
+                let dx = s * cos(angle), dy = s * sin(angle)
+                return "M\(Self.n(x - dx)),\(Self.n(y - dy))L\(Self.n(x + dx)),\(Self.n(y + dy))"
+            }.joined()
+            parts.append("<path d=\"\(d)\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2")\" fill=\"none\"/>")
         case .plus:
             let s = r * 1.05
             parts.append("<path d=\"M\(Self.n(x - s)),\(Self.n(y))L\(Self.n(x + s)),\(Self.n(y))M\(Self.n(x)),\(Self.n(y - s))L\(Self.n(x)),\(Self.n(y + s))\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2.2")\" fill=\"none\"/>")
@@ -162,4 +178,7 @@ public final class SVGDocument {
 
 public enum MarkerShape: CaseIterable, Sendable {
     case circle, square, triangleUp, diamond, triangleDown, cross, triangleLeft, triangleRight, plus, pentagon, hexagon, star
+    /// Two triangles meeting at their tips: vertical (hourglass) or horizontal (bowtie); and a
+    /// six-armed asterisk of strokes.
+    case hourglass, bowtie, asterisk
 }

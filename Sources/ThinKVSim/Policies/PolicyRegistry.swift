@@ -5,6 +5,7 @@ public enum PolicyRegistry {
     public static let all: [any CachePolicy.Type] = [
         FullCachePolicy.self,
         KIVIPolicy.self,
+        PMKVQPolicy.self,
         H2OPolicy.self,
         StreamingLLMPolicy.self,
         RKVPolicy.self,
@@ -13,6 +14,8 @@ public enum PolicyRegistry {
         KnormPolicy.self,
         KeyDiffPolicy.self,
         PyramidKVPolicy.self,
+        RaaSPolicy.self,
+        LazyEvictionPolicy.self,
         ThinKVPolicy.self,
         ThinKVQuantizationOnlyPolicy.self,
         ThinKVEvictionOnlyPolicy.self,

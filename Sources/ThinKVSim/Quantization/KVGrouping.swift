@@ -106,6 +106,42 @@ public enum KVGrouping {
         return positions.count * valueMetadataBitsPerToken(headDim: D, groupSize: groupSize, quantizer: quantizer)
     }
 
+    /// Quantizes the keys of `positions` in `kvHead` per token, as values are: each token's D
+    /// channels in runs of `groupSize` (PM-KVQ groups keys and values alike, along the head
+    /// dimension). Returns the metadata bits.
+    /// `channelScale` (D entries): the keys are divided by it before rounding and multiplied by
+    /// it after, as when a reparameterization (PM-KVQ's SmoothAttention) moves a per-channel
+    /// factor from the keys into the queries.
+    @discardableResult
+    public static func quantizeKeysPerToken(_ cache: LayerCache, kvHead: Int, positions: [Int], groupSize: Int,
+                                            quantizer: GroupQuantizer, channelScale: [Float]? = nil) -> Int {
+        precondition(groupSize > 0, "group size must be positive")
+        guard !positions.isEmpty else { return 0 }
+        let D = cache.headDim, T = cache.numTokens
+        if cache.storedKeys != nil {
+            cache.keysModified = true
+            cache.storedKeys!.withUnsafeMutableBufferPointer { keys in
+                let head = keys.baseAddress! + kvHead * T * D
+                for p in positions {
+                    let row = head + p * D
+                    if let channelScale { for d in 0..<D { row[d] /= channelScale[d] } }
+                    var start = 0
+                    while start < D {
+                        let count = min(groupSize, D - start)
+                        quantizer.roundTrip(row + start, count: count, stride: 1)
+                        start += count
+                    }
+                    if let channelScale { for d in 0..<D { row[d] *= channelScale[d] } }
+                }
+            }
+        }
+        let bits = UInt8(quantizer.elementBits)
+        for p in positions { cache.setKeyBits(kvHead: kvHead, position: p, bits) }
+        cache.quantizationLog?.append((kvHead, QuantizedGroup(
+            tensor: .keyPerToken, positions: positions.map { Int32($0) }, quantizer: quantizer, channelGroup: groupSize)))
+        return positions.count * valueMetadataBitsPerToken(headDim: D, groupSize: groupSize, quantizer: quantizer)
+    }
+
     /// Metadata bits of one token's values quantized per token.
     public static func valueMetadataBitsPerToken(headDim D: Int, groupSize: Int, quantizer: GroupQuantizer) -> Int {
         var bits = 0

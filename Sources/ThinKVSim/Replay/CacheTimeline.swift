@@ -4,10 +4,14 @@ import Foundation
 /// which quantizer and grouping. Enough to apply the same rounding to other tensors (the keys
 /// and values a model computes when it runs with this policy's cache; tools/end_to_end).
 public struct QuantizedGroup: Equatable, Sendable {
-    public enum Tensor: String, Sendable { case key, value }
+    public enum Tensor: String, Sendable {
+        case key, value
+        /// Keys grouped like values (PM-KVQ): every position's channels in runs of `channelGroup`.
+        case keyPerToken = "key_per_token"
+    }
     public var tensor: Tensor
     /// Keys: one group per channel over these positions (a run of at most the group size).
-    /// Values: every position's channels in runs of `channelGroup`.
+    /// Values and keys per token: every position's channels in runs of `channelGroup`.
     public var positions: [Int32]
     public var quantizer: GroupQuantizer
     public var channelGroup: Int
@@ -38,7 +42,7 @@ public struct CacheTimeline: Equatable, Sendable {
         for (i, g) in groups.enumerated() {
             if i > 0 { s += "," }
             s += "{\"tensor\":\"\(g.tensor.rawValue)\",\"step\":\(g.step),\"quantizer\":\"\(g.quantizer.name)\""
-            if g.tensor == .value { s += ",\"channel_group\":\(g.channelGroup)" }
+            if g.tensor != .key { s += ",\"channel_group\":\(g.channelGroup)" }
             s += ",\"positions\":"
             Format.appendJSONArray(g.positions, to: &s)
             s += "}"

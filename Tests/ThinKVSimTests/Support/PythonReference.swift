@@ -57,6 +57,14 @@ enum PythonReference {
         return try stdout.split(separator: "\n").map { try decoder.decode(KeptEvent.self, from: Data($0.utf8)) }
     }
 
+    /// The non-empty lines a reference script prints (for outputs other than kept events).
+    static func lines(script name: String, _ arguments: [String]) throws -> [String] {
+        try requireNumPy()
+        let (status, stdout, stderr) = try python([script(name)] + arguments)
+        XCTAssertEqual(status, 0, "\(name) failed: \(stderr)")
+        return stdout.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+    }
+
     /// Events keyed by (layer, step, kv head), kept positions as sorted arrays.
     static func byKey(_ events: [KeptEvent]) -> [String: [Int32]] {
         var out: [String: [Int32]] = [:]
