@@ -89,6 +89,26 @@ final class ThinKVPaperMechanismTests: XCTestCase {
         XCTAssertEqual(at.resident[0].filter { (4..<132).contains($0) }.count, 64, "R keeps its earlier step only")
     }
 
+    // MARK: Saying when it is not running
+
+    /// A run that evicts only under budget pressure says so, with the classifier's transitions;
+    /// one driven by transitions says nothing.
+    func testARunEvictingMostlyUnderPressureSaysSo() throws {
+        let pressure = try trace(prompt: 4, [("R", 300)])
+        let (result, _) = try TestTraces.replay(pressure, [PolicySpec(name: "thinkv-tbe", values: ["thoughts": "labels", "budget": "200"])])
+        let note = try XCTUnwrap(result.notes.first { $0.contains("ThinKV ran mostly as") }, "\(result.notes)")
+        XCTAssertTrue(note.hasPrefix("thinkv-tbe(budget=200,thoughts=labels): ThinKV ran mostly as budget pressure"), note)
+        XCTAssertTrue(note.contains("transition cuts 0.0 %, budget pressure 100.0 %, floor breaches 0.0 %"), note)
+        XCTAssertTrue(note.hasSuffix("its classifier saw 0 transitions"), note)
+        XCTAssertEqual(result.runs[0].summary.policyCounters?["pressure_evicted_tokens"], 112)
+
+        let transitions = try trace(prompt: 4, [("R", 300), ("T", 20), ("R", 20)])
+        let (driven, _) = try TestTraces.replay(transitions, [PolicySpec(name: "thinkv-tbe", values: ["thoughts": "labels"])])
+        XCTAssertFalse(driven.notes.contains { $0.contains("ran mostly as") }, "\(driven.notes)")
+        XCTAssertGreaterThan(driven.runs[0].summary.memory.evictionStepPercent, 0)
+        XCTAssertLessThan(driven.runs[0].summary.memory.evictionStepPercent, 1, "one transition step of 340")
+    }
+
     // MARK: GQA sparsity
 
     /// Two query heads of one group over three keys. Head a puts logit ln 1000 on key 0, head b
