@@ -13,14 +13,22 @@ enum CalibrateCommand: Subcommand {
             OptionDefinition("steps", value: "N", help: "use the first N decode steps of each trace", default: "all"),
             OptionDefinition("min-prominence", value: "R", help: "keep a density mode only if its prominence is at least R × the peak density",
                              default: "0.05"),
+            OptionDefinition("kde", value: "per-prompt|pooled",
+                             help: "one density per trace and layer (a layer must qualify on every trace; valleys averaged over traces), or one per layer over all traces pooled",
+                             default: "per-prompt"),
+            OptionDefinition("modes", value: "exactly-3|at-least-3",
+                             help: "modes a layer's density needs to be a candidate (at-least-3 uses the three most prominent)",
+                             default: "exactly-3"),
             OptionDefinition("threads", value: "N", help: "worker threads", default: "all cores"),
             OptionDefinition("json", help: "print the JSON written to FILE instead of the summary"),
         ],
         discussion: """
-            Per recorded layer: a Gaussian kernel density estimate (Scott's bandwidth) of the per-step attention
-            sparsity pooled over the traces; layers with three modes are candidates, L* is the N strongest, and
-            θ1, θ2 are the valleys between the modes averaged over L*. When no layer is tri-modal the output
-            says so and a documented fallback is used (docs/thinkv.md, "Thought decomposition").
+            Per trace and recorded layer: a Gaussian kernel density estimate (Scott's bandwidth) of the per-step
+            attention sparsity; layers whose density has exactly three modes on every trace are candidates, L*
+            is the N strongest, and θ1, θ2 are the valleys between the modes averaged over the traces and L*.
+            --kde pooled --modes at-least-3 gives the earlier rule (one density per layer over all traces, three
+            or more modes). When no layer qualifies the output says so and a documented fallback is used
+            (docs/thinkv.md, "Thought decomposition").
 
             example:
               thinkv-sim calibrate traces/sample-synthetic.h5 -o configs/thinkv-synthetic.json
@@ -35,6 +43,14 @@ enum CalibrateCommand: Subcommand {
         if let raw = arguments.value("min-prominence") {
             guard let r = Double(raw), r >= 0, r < 1 else { throw UsageError("--min-prominence must be a number in [0, 1), got '\(raw)'") }
             options.minRelativeProminence = r
+        }
+        if let raw = arguments.value("kde") {
+            guard let densities = CalibrationDensities(rawValue: raw) else { throw UsageError("--kde must be per-prompt or pooled, got '\(raw)'") }
+            options.densities = densities
+        }
+        if let raw = arguments.value("modes") {
+            guard let rule = CalibrationModeRule(rawValue: raw) else { throw UsageError("--modes must be exactly-3 or at-least-3, got '\(raw)'") }
+            options.modeRule = rule
         }
         let steps = try arguments.int("steps", min: 1)
         let threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
