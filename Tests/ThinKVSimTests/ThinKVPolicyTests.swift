@@ -99,15 +99,15 @@ final class ThinKVPolicyTests: XCTestCase {
         // scales: 16 key groups (one per channel) and 16 value groups (one per token), 1 B each.
         XCTAssertEqual(steps[15].residentBytes, 4 * token16 + 256 + 32)
         // Last step (position 39): the T group 20..<36 is ternary: 16×16×2×2/8 = 128 B plus an
-        // fp16 scale per key channel and per value token (64 B); 36..<40 still open at 16 bits.
-        XCTAssertEqual(steps[35].residentBytes, 4 * token16 + (256 + 32) + (128 + 64) + 4 * token16)
-        XCTAssertEqual(steps[35].residentBytes, 992)
+        // E4M3 scale per key channel and per value token (32 B); 36..<40 still open at 16 bits.
+        XCTAssertEqual(steps[35].residentBytes, 4 * token16 + (256 + 32) + (128 + 32) + 4 * token16)
+        XCTAssertEqual(steps[35].residentBytes, 960)
         // The transition at position 20 found R at 16 tokens, below the schedule's 64: no eviction.
         XCTAssertTrue(events.isEmpty)
         XCTAssertEqual(snapshots.last?.counters.transitions, 1)
         XCTAssertEqual(snapshots.last?.counters.transitionCuts, 0)
-        XCTAssertEqual(snapshots.last?.metadataBytes, [32 + 64])
-        XCTAssertEqual(snapshots.last?.chargedMetadataBytes, [32 + 64])
+        XCTAssertEqual(snapshots.last?.metadataBytes, [32 + 32])
+        XCTAssertEqual(snapshots.last?.chargedMetadataBytes, [32 + 32])
     }
 
     func testBytesAfterTransitionsShrinkAQuantizedSegment() throws {
