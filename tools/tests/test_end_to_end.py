@@ -19,7 +19,7 @@ import transformers
 
 TOOLS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOOLS))
-from end_to_end import cli, forward, metrics, quantizers  # noqa: E402
+from end_to_end import cli, forward, metrics  # noqa: E402
 from end_to_end.timeline import HeadTimeline, PolicyTimeline, read_timelines  # noqa: E402
 from test_record_trace import build_model, record, thinkv_sim as find_thinkv_sim  # noqa: E402
 
