@@ -114,6 +114,115 @@ final class CacheTimelineTests: XCTestCase {
         }
     }
 
+    /// The attended bytes of one kv head at decode step `t`, recomputed from its timeline alone:
+    /// each attended position's K and V elements at 16 bits until its quantization takes effect,
+    /// then at the quantizer's width; the key scales of every key group with an attended member
+    /// (one group per channel, D of them); the value scales of every attended quantized token.
+    /// Scales are charged in whole bytes per logged group (keys) or per token (values), as the
+    /// caches charge them.
+    static func recomputedAttendedBytes(_ timeline: CacheTimeline, step t: Int, promptLength P: Int, headDim D: Int) -> Int {
+        let visible = P + t + 1
+        func attended(_ j: Int) -> Bool {
+            let d = Int(timeline.droppedAt[j])
+            return d < 0 || d > t
+        }
+        var keyBits = [Int](repeating: 16, count: visible), valueBits = [Int](repeating: 16, count: visible)
+        var metadataBytes = 0
+        for group in timeline.groups where group.step <= t {
+            let members = group.positions.map(Int.init)
+            switch group.tensor {
+            case .key:
+                for p in members { keyBits[p] = group.quantizer.elementBits }
+                if members.contains(where: attended) {
+                    metadataBytes += (D * group.quantizer.metadataBits(count: members.count) + 7) / 8
+                }
+            case .value, .keyPerToken:
+                // Each token's D channels in runs of `channelGroup` (a shorter last run).
+                var perTokenBits = 0
+                for start in stride(from: 0, to: D, by: group.channelGroup) {
+                    perTokenBits += group.quantizer.metadataBits(count: min(group.channelGroup, D - start))
+                }
+                for p in members {
+                    if group.tensor == .value { valueBits[p] = group.quantizer.elementBits } else { keyBits[p] = group.quantizer.elementBits }
+                    if attended(p) { metadataBytes += (perTokenBits + 7) / 8 }
+                }
+            }
+        }
+        var elementBits = 0
+        for j in 0..<visible where attended(j) { elementBits += keyBits[j] + valueBits[j] }
+        return (elementBits * D + 7) / 8 + metadataBytes
+    }
+
+    /// Checks every step's attended bytes of every policy in `result` against the recomputation;
+    /// returns how many steps had quantized tokens and evictions in the attended set.
+    @discardableResult
+    private func assertBytesMatchTimelines(_ result: ReplayResult, _ timelines: [CacheTimeline], promptLength P: Int, headDim D: Int,
+                                           file: StaticString = #filePath, line: UInt = #line) -> (quantized: Int, evicted: Int) {
+        var quantized = 0, evicted = 0
+        for run in result.runs {
+            for record in run.steps {
+                let mine = timelines.filter { $0.policy == run.spec.label && $0.layer == record.layer }
+                XCTAssertFalse(mine.isEmpty, file: file, line: line)
+                let t = record.step
+                let expected = mine.reduce(0) { $0 + Self.recomputedAttendedBytes($1, step: t, promptLength: P, headDim: D) }
+                XCTAssertEqual(record.attendedBytes, expected, "\(run.spec.label) layer \(record.layer) step \(t)", file: file, line: line)
+                if mine.contains(where: { $0.groups.contains { $0.step <= t } }) { quantized += 1 }
+                if mine.contains(where: { $0.droppedAt.contains { $0 >= 0 && Int($0) <= t } }) { evicted += 1 }
+            }
+        }
+        return (quantized, evicted)
+    }
+
+    /// ThinKV's bytes at every step are what its timeline implies, to the byte: on a hand-labelled
+    /// trace with short thoughts (partial groups) and a budget that evicts, in the paper formats
+    /// (NVFP4, ternary; FP8 reasoning and prompt), in the int format, and with a head dim that is
+    /// not a multiple of the group size (value groups of 16 and 8 channels).
+    func testThinKVBytesEqualARecomputationFromTheTimelineAtEveryStep() throws {
+        let P = 20, decode = 150
+        var rng = SplitMix64(seed: 17)
+        var letters: [Int8] = []
+        while letters.count < decode {
+            let type = Int8(rng.next() % 3)
+            let length = type == 2 ? 1 + Int(rng.next() % 6) : 5 + Int(rng.next() % 30)
+            letters += [Int8](repeating: type, count: length)
+        }
+        let labels = [Int8](repeating: -1, count: P) + letters.prefix(decode)
+        let configurations: [(D: Int, values: [String: String])] = [
+            (16, ["budget": "48", "thoughts": "labels"]),
+            (16, ["budget": "40", "thoughts": "labels", "r-bits": "8", "prompt-bits": "8"]),
+            (16, ["budget": "56", "thoughts": "labels", "format": "int", "r-bits": "4", "e-bits": "3", "t-bits": "2", "prompt-bits": "4"]),
+            (24, ["budget": "48", "thoughts": "labels", "r-bits": "8"]),
+        ]
+        for (D, values) in configurations {
+            let T = P + decode, Hq = 4, Hkv = 2
+            let dir = try TestTraces.directory(self)
+            let path = try TestTraces.write(to: dir.appendingPathComponent("bytes-\(D).h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+                                            layers: [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 5)], thought: labels)
+            let (result, timelines, _) = try replay(path, [try PolicySpec(name: "thinkv", values: values)])
+            let seen = assertBytesMatchTimelines(result, timelines, promptLength: P, headDim: D)
+            // Not vacuous: most steps attend quantized tokens after some evictions.
+            XCTAssertGreaterThan(seen.quantized, decode / 2, "\(values)")
+            XCTAssertGreaterThan(seen.evicted, decode / 2, "\(values)")
+        }
+    }
+
+    /// The same on the shipped synthetic sample (first 300 decode steps, last layer).
+    func testThinKVBytesEqualARecomputationFromTheTimelineOnTheShippedSample() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("traces/sample-synthetic.h5").path
+        let reader = try TraceReader(path: path)
+        let engine = ReplayEngine(reader: reader, configuration: ReplayConfiguration(
+            policies: [try PolicySpec(name: "thinkv", values: ["budget": "160", "thoughts": "labels"])],
+            layers: [reader.layers.last!.index], maxSteps: 300, threads: 1))
+        let collector = Collector()
+        engine.timelineSink = collector
+        let result = try engine.run()
+        let seen = assertBytesMatchTimelines(result, collector.timelines, promptLength: reader.header.promptLength,
+                                             headDim: reader.header.headDim)
+        XCTAssertGreaterThan(seen.quantized, 150)
+        XCTAssertGreaterThan(seen.evicted, 100)
+    }
+
     func testJSONLine() {
         let timeline = CacheTimeline(policy: "h2o(budget=\"2\")", layer: 3, kvHead: 1, droppedAt: [-1, 2, -1],
                                      groups: [QuantizedGroup(tensor: .key, positions: [0, 1], quantizer: .nvfp4, channelGroup: 4, step: 1),

@@ -41,13 +41,20 @@ final class QuantizationTests: XCTestCase {
 
     func testConstantGroupsAreExactForIntegerAndTernaryAndZeroGroupsForAll() {
         for c: Float in [0.1, -3.7, 1e-3, 0] {
-            for q in [GroupQuantizer.integer(bits: 2), .integer(bits: 4), .ternary] {
+            for q in [GroupQuantizer.integer(bits: 2), .integer(bits: 4)] {
                 var x = [Float](repeating: c, count: 16)
                 q.roundTrip(&x)
                 XCTAssertEqual(x, [Float](repeating: c, count: 16), "\(q) on constant \(c)")
             }
         }
-        for q in [GroupQuantizer.fp8E4M3, .nvfp4] {
+        // Ternary's scale is an E4M3 value: a constant that is one comes back exactly, any
+        // other constant as ±e4m3(|c|).
+        for c: Float in [0.125, -3.5, powf(2, -9), 0.1, -3.7] {
+            var x = [Float](repeating: c, count: 16)
+            GroupQuantizer.ternary.roundTrip(&x)
+            XCTAssertEqual(x, [Float](repeating: MiniFloat.e4m3.round(c), count: 16), "ternary on constant \(c)")
+        }
+        for q in [GroupQuantizer.fp8E4M3, .nvfp4, .ternary] {
             var x = [Float](repeating: 0, count: 16)
             q.roundTrip(&x)
             XCTAssertEqual(x, [Float](repeating: 0, count: 16), "\(q) on zeros")
@@ -138,19 +145,55 @@ final class QuantizationTests: XCTestCase {
 
     // MARK: Paper formats at group level
 
-    func testFP8GroupScalesAmaxTo448AndKeepsRelativeError() {
-        let x = gaussian(16, seed: 21, scale: 5)
-        var y = x
-        XCTAssertEqual(GroupQuantizer.fp8E4M3.roundTrip(&y), 16, "one fp16 scale per group")
-        let amax = x.map(abs).max()!
-        let s = amax / 448
-        for i in 0..<16 where abs(x[i]) / s >= powf(2, -6) {
-            XCTAssertLessThanOrEqual(abs(y[i] - x[i]), abs(x[i]) * powf(2, -4) + 1e-6, "element \(i)")
-            let code = y[i] / s
-            XCTAssertEqual(MiniFloat.e4m3.round(code), code, accuracy: abs(code) * 1e-5, "x̂/s is an E4M3 value")
+    func testFP8GroupScaleIsE4M3RoundedUpAndElementsKeepRelativeError() {
+        for (seed, scale) in [(UInt64(21), Float(5)), (22, 0.5), (23, 1e-3), (24, 60)] {
+            let x = gaussian(16, seed: seed, scale: scale)
+            var y = x
+            XCTAssertEqual(GroupQuantizer.fp8E4M3.roundTrip(&y), 8, "one E4M3 scale per group")
+            let amax = x.map(abs).max()!
+            let s = FP8GroupQuantizer.groupScale(amax: amax)
+            XCTAssertEqual(MiniFloat.e4m3.round(s), s, "the scale is an E4M3 value")
+            XCTAssertGreaterThanOrEqual(s * 448, amax, "rounded up: no element saturates")
+            XCTAssertLessThan((s - MiniFloat.e4m3.spacing(around: s.nextDown)) * 448, amax, "the smallest such value")
+            for i in 0..<16 where abs(x[i]) / s >= powf(2, -6) {
+                XCTAssertLessThanOrEqual(abs(y[i] - x[i]), abs(x[i]) * powf(2, -4) * (1 + 1e-6), "seed \(seed) element \(i)")
+                let code = y[i] / s
+                XCTAssertEqual(MiniFloat.e4m3.round(code), code, "x̂/s is an E4M3 value")
+            }
         }
-        let i = x.firstIndex { abs($0) == amax }!
-        XCTAssertEqual(y[i], x[i], accuracy: amax * 1e-6, "the largest element maps to ±448·s")
+        // amax = 1: to nearest the scale would be 2^-9 and 1.0 would saturate at 0.875; rounded
+        // up it is 2^-8 and 1.0 is exact.
+        XCTAssertEqual(FP8GroupQuantizer.groupScale(amax: 1), powf(2, -8))
+        var one: [Float] = [1, -0.3, 0.01, 0]
+        GroupQuantizer.fp8E4M3.roundTrip(&one)
+        XCTAssertEqual(one[0], 1)
+        // A tiny nonzero group gets the smallest positive scale, never 0, and stays finite.
+        XCTAssertEqual(FP8GroupQuantizer.groupScale(amax: 1e-30), powf(2, -9))
+        var tiny: [Float] = [1e-30, -3e-31, 0, 2e-12]
+        GroupQuantizer.fp8E4M3.roundTrip(&tiny)
+        XCTAssertTrue(tiny.allSatisfy { $0.isFinite && $0 == 0 }, "\(tiny)")
+    }
+
+    func testE4M3RoundUp() {
+        let e4m3 = MiniFloat.e4m3
+        XCTAssertEqual(e4m3.roundUp(0), 0)
+        XCTAssertEqual(e4m3.roundUp(1e-30), powf(2, -9), "below the smallest subnormal: the smallest subnormal")
+        XCTAssertEqual(e4m3.roundUp(powf(2, -9)), powf(2, -9), "representable values stay")
+        XCTAssertEqual(e4m3.roundUp(1.0001), 1.125)
+        XCTAssertEqual(e4m3.roundUp(1.9), 2, "carries into the next binade")
+        XCTAssertEqual(e4m3.roundUp(1.126), 1.25)
+        XCTAssertEqual(e4m3.roundUp(447), 448)
+        XCTAssertEqual(e4m3.roundUp(1e6), 448, "saturates")
+        var rng = SplitMix64(seed: 9)
+        for _ in 0..<2000 {
+            let x = powf(2, -12 + 20.5 * rng.nextUniform())
+            let up = e4m3.roundUp(x)
+            XCTAssertEqual(e4m3.round(up), up)
+            XCTAssertGreaterThanOrEqual(up, x)
+            // No representable value lies in [x, up): the one below up is below x.
+            let below = up - e4m3.spacing(around: up.nextDown)
+            XCTAssertLessThan(below, x, "x = \(x), up = \(up)")
+        }
     }
 
     func testNVFP4ElementsAreScaleTimesE2M1WithinHalfTheLocalStep() {
@@ -181,8 +224,8 @@ final class QuantizationTests: XCTestCase {
         for seed in UInt64(50)..<UInt64(55) {
             let x = gaussian(16, seed: seed, scale: 2)
             var y = x
-            XCTAssertEqual(GroupQuantizer.ternary.roundTrip(&y), 16)
-            let s = x.map(abs).reduce(0, +) / 16
+            XCTAssertEqual(GroupQuantizer.ternary.roundTrip(&y), 8, "one E4M3 scale per group")
+            let s = MiniFloat.e4m3.round(x.map(abs).reduce(0, +) / 16)
             var levels = Set<Float>()
             for i in 0..<16 {
                 XCTAssertTrue(abs(y[i]) == 0 || abs(abs(y[i]) - s) <= s * 1e-5, "\(y[i]) not in {−s, 0, s}")
@@ -192,6 +235,15 @@ final class QuantizationTests: XCTestCase {
             }
             XCTAssertEqual(levels.count, 3, "Gaussian groups use all three levels")
         }
+    }
+
+    func testTernaryScaleOfATinyGroupIsTheSmallestE4M3ValueNotZero() {
+        XCTAssertEqual(TernaryGroupQuantizer.groupScale(meanMagnitude: 1e-6), powf(2, -9))
+        var x: [Float] = [1e-6, -2e-6, 0, 3e-3]
+        GroupQuantizer.ternary.roundTrip(&x)
+        XCTAssertTrue(x.allSatisfy(\.isFinite), "\(x)")
+        // mean |x| = 7.5e-4 rounds to 2^-10 → 0 in E4M3; s = 2^-9: only 3e-3 (> s/2) survives.
+        XCTAssertEqual(x, [0, 0, 0, powf(2, -9)])
     }
 
     func testFormatWidths() throws {

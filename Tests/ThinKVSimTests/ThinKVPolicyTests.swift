@@ -99,15 +99,15 @@ final class ThinKVPolicyTests: XCTestCase {
         // scales: 16 key groups (one per channel) and 16 value groups (one per token), 1 B each.
         XCTAssertEqual(steps[15].residentBytes, 4 * token16 + 256 + 32)
         // Last step (position 39): the T group 20..<36 is ternary: 16×16×2×2/8 = 128 B plus an
-        // fp16 scale per key channel and per value token (64 B); 36..<40 still open at 16 bits.
-        XCTAssertEqual(steps[35].residentBytes, 4 * token16 + (256 + 32) + (128 + 64) + 4 * token16)
-        XCTAssertEqual(steps[35].residentBytes, 992)
+        // E4M3 scale per key channel and per value token (32 B); 36..<40 still open at 16 bits.
+        XCTAssertEqual(steps[35].residentBytes, 4 * token16 + (256 + 32) + (128 + 32) + 4 * token16)
+        XCTAssertEqual(steps[35].residentBytes, 960)
         // The transition at position 20 found R at 16 tokens, below the schedule's 64: no eviction.
         XCTAssertTrue(events.isEmpty)
         XCTAssertEqual(snapshots.last?.counters.transitions, 1)
         XCTAssertEqual(snapshots.last?.counters.transitionCuts, 0)
-        XCTAssertEqual(snapshots.last?.metadataBytes, [32 + 64])
-        XCTAssertEqual(snapshots.last?.chargedMetadataBytes, [32 + 64])
+        XCTAssertEqual(snapshots.last?.metadataBytes, [32 + 32])
+        XCTAssertEqual(snapshots.last?.chargedMetadataBytes, [32 + 32])
     }
 
     func testBytesAfterTransitionsShrinkAQuantizedSegment() throws {
@@ -119,19 +119,20 @@ final class ThinKVPolicyTests: XCTestCase {
         let steps = result.runs[0].steps
         let token16 = 64, token4 = 16  // bytes of one token's K and V at 16 / 4 bits
         // Step 16 (position 20, T begins): R (16 quantized tokens) shrinks to 8 — position 19 is
-        // in the recent window, k-means picks 7 of 4..<19 — and its group's 32 B of scales stay.
+        // in the recent window, k-means picks 7 of 4..<19 — its group's 16 B of key scales stay
+        // and the 8 kept tokens keep their 1 B value scales (the evicted 8 take theirs along).
         let atFirst = snapshots.first { $0.step == 16 }!
         XCTAssertEqual(atFirst.resident[0].filter { (4..<20).contains($0) }.count, 8)
         XCTAssertTrue(atFirst.resident[0].contains(19))
-        XCTAssertEqual(steps[16].residentBytes, 4 * token16 + 8 * token4 + 32 + token16)
-        XCTAssertEqual(steps[16].residentBytes, 480)
+        XCTAssertEqual(steps[16].residentBytes, 4 * token16 + 8 * token4 + (16 + 8) + token16)
+        XCTAssertEqual(steps[16].residentBytes, 472)
         // Step 24 (position 28, second T): R 8 → 4; T 20..<24 and R 24..<28 have 4 ≤ 8 tokens.
         // T 20..<24 never filled a group (16-bit), nor did R 24..<28.
         let atSecond = snapshots.first { $0.step == 24 }!
         XCTAssertEqual(atSecond.resident[0].filter { (4..<20).contains($0) }.count, 4)
         XCTAssertEqual(Set(atSecond.resident[0]).isSuperset(of: (20..<29).map { Int32($0) }), true)
-        XCTAssertEqual(steps[24].residentBytes, 4 * token16 + (4 * token4 + 32) + 4 * token16 + 4 * token16 + token16)
-        XCTAssertEqual(steps[24].residentBytes, 928)
+        XCTAssertEqual(steps[24].residentBytes, 4 * token16 + (4 * token4 + 16 + 4) + 4 * token16 + 4 * token16 + token16)
+        XCTAssertEqual(steps[24].residentBytes, 916)
         // Kept events at exactly the two transitions.
         XCTAssertEqual(Set(events.map(\.step)), [16, 24])
         XCTAssertEqual(snapshots.last?.counters, ThinKVCounters(transitions: 2, transitionCuts: 2, transitionEvictions: 8 + 4))

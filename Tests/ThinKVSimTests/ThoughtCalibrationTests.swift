@@ -164,7 +164,7 @@ final class ThoughtCalibrationTests: XCTestCase {
     func testCalibrationPicksTriModalLayersAndAveragesTheirValleys() throws {
         let world = SyntheticSparsity(steps: 1200, seed: 11)
         let profile = world.profile()
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: profile)])
+        let calibration = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: profile)], options: .pooledAtLeastThree)
         XCTAssertFalse(calibration.fallback)
         let byLayer = Dictionary(uniqueKeysWithValues: calibration.layers.map { ($0.layer, $0) })
         for layer in world.triModalLayers { XCTAssertTrue(byLayer[layer]!.candidate, "layer \(layer): \(byLayer[layer]!.modes)") }
@@ -184,12 +184,12 @@ final class ThoughtCalibrationTests: XCTestCase {
 
         // |L*| = 2 keeps the two strongest: the least noisy layers.
         let two = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: profile)],
-                                                   options: CalibrationOptions(layerCount: 2))
+                                                   options: CalibrationOptions(layerCount: 2, densities: .pooled, modeRule: .atLeastThree))
         XCTAssertEqual(two.thresholds.layers, [0, 1])
         XCTAssertEqual(Set(two.candidateLayers.prefix(2)), [0, 1])
         // Asking for more than exist uses all candidates and says so.
         let six = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: profile)],
-                                                   options: CalibrationOptions(layerCount: 6))
+                                                   options: CalibrationOptions(layerCount: 6, densities: .pooled, modeRule: .atLeastThree))
         XCTAssertEqual(six.thresholds.layers, world.triModalLayers)
         XCTAssertTrue(six.notes.contains { $0.contains("only 4 tri-modal layers of 6") }, "\(six.notes)")
         XCTAssertTrue(six.text.contains("only 4 tri-modal layers"))
@@ -201,7 +201,7 @@ final class ThoughtCalibrationTests: XCTestCase {
         var byLayer = b.byLayer
         byLayer[3] = nil
         b = SparsityProfile(byLayer: byLayer, layers: b.layers.filter { $0 != 3 })
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "a", model: "m", profile: a), .init(path: "b", model: "m", profile: b)])
+        let calibration = try ThoughtCalibration.calibrate([.init(path: "a", model: "m", profile: a), .init(path: "b", model: "m", profile: b)], options: .pooledAtLeastThree)
         XCTAssertEqual(calibration.layers.map(\.layer), [0, 1, 2, 4, 5])
         XCTAssertEqual(calibration.layers[0].samples, 1000)
         XCTAssertEqual(calibration.steps, [600, 400])
@@ -214,7 +214,7 @@ final class ThoughtCalibrationTests: XCTestCase {
         var rng = SplitMix64(seed: 5)
         let values = (0..<300).map { _ in min(max(0.5 + 0.05 * rng.nextGaussian(), 0), 1) }
         let profile = SparsityProfile(byLayer: [7: values], layers: [7])
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "flat", model: "m", profile: profile)])
+        let calibration = try ThoughtCalibration.calibrate([.init(path: "flat", model: "m", profile: profile)], options: .pooledAtLeastThree)
         XCTAssertTrue(calibration.fallback)
         XCTAssertEqual(calibration.fallbackRule, "single-type")
         XCTAssertTrue(calibration.fallbackReason!.contains("no recorded layer has a tri-modal sparsity density (layer 7: 1 mode)"))
@@ -245,7 +245,7 @@ final class ThoughtCalibrationTests: XCTestCase {
             b.append(y + 0.02 * rng.nextGaussian())
         }
         let profile = SparsityProfile(byLayer: [0: a, 1: b], layers: [0, 1])
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "p", model: "m", profile: profile)])
+        let calibration = try ThoughtCalibration.calibrate([.init(path: "p", model: "m", profile: profile)], options: .pooledAtLeastThree)
         XCTAssertTrue(calibration.fallback)
         XCTAssertEqual(calibration.layers.map(\.modes.count), [2, 2])
         XCTAssertEqual(calibration.fallbackRule, "averaged-density-valleys")
@@ -257,7 +257,7 @@ final class ThoughtCalibrationTests: XCTestCase {
 
     func testConstantSparsityFallsBackToOneType() throws {
         let profile = SparsityProfile(byLayer: [0: [Float](repeating: 0.25, count: 50)], layers: [0])
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "c", model: "m", profile: profile)])
+        let calibration = try ThoughtCalibration.calibrate([.init(path: "c", model: "m", profile: profile)], options: .pooledAtLeastThree)
         XCTAssertTrue(calibration.fallback)
         XCTAssertEqual(calibration.layers[0].bandwidth, KernelDensity.defaultMinimumBandwidth)
         XCTAssertEqual(calibration.fallbackRule, "single-type")
@@ -271,9 +271,139 @@ final class ThoughtCalibrationTests: XCTestCase {
                                                               options: CalibrationOptions(layerCount: 0)))
         XCTAssertThrowsError(try ThoughtCalibration.calibrate([]))
         let empty = SparsityProfile(byLayer: [0: []], layers: [0])
-        XCTAssertThrowsError(try ThoughtCalibration.calibrate([.init(path: "e.h5", model: "m", profile: empty)])) { error in
+        XCTAssertThrowsError(try ThoughtCalibration.calibrate([.init(path: "e.h5", model: "m", profile: empty)], options: .pooledAtLeastThree)) { error in
             XCTAssertEqual("\(error)", "e.h5: no decode steps to calibrate on")
         }
+    }
+
+    // MARK: Per-prompt densities and the mode rule
+
+    /// Two "prompts" with hand-placed clusters (evenly filled, so every density is deterministic):
+    /// layer 0 is tri-modal on both, layer 1 on the first only (the second lacks the middle
+    /// cluster), layer 2 only when pooled (the first prompt has the low and middle clusters, the
+    /// second the high one), layer 3 has four modes on both.
+    private func twoPrompts() -> [ThoughtCalibration.Input] {
+        func f(_ centres: [Double], _ perCluster: Int = 60) -> [Float] { clusters(centres, perCluster: perCluster, halfWidth: 0.03).map(Float.init) }
+        let first: [Int: [Float]] = [0: f([0.2, 0.5, 0.8]), 1: f([0.25, 0.5, 0.75]), 2: f([0.2, 0.5]), 3: f([0.1, 0.37, 0.63, 0.9], 120)]
+        let second: [Int: [Float]] = [0: f([0.25, 0.55, 0.85]), 1: f([0.25, 0.75]), 2: f([0.8]), 3: f([0.12, 0.4, 0.65, 0.92], 120)]
+        return [first, second].enumerated().map { i, byLayer in
+            ThoughtCalibration.Input(path: "p\(i)", model: "m", profile: SparsityProfile(byLayer: byLayer, layers: [0, 1, 2, 3]))
+        }
+    }
+
+    /// The valleys between the modes of one input's density of `layer`, as the test reads them.
+    private func valleys(_ input: ThoughtCalibration.Input, layer: Int) -> [Double] {
+        let kde = KernelDensity(samples: input.profile.byLayer[layer]!.map(Double.init))
+        let modes = kde.modes()
+        return zip(modes, modes.dropFirst()).map { kde.valley(between: $0.index, and: $1.index).position }
+    }
+
+    func testPerPromptKeepsOnlyLayersTriModalOnEveryPrompt() throws {
+        let inputs = twoPrompts()
+        // The premise: each prompt's own density has the modes described above.
+        func modeCount(_ input: ThoughtCalibration.Input, _ layer: Int) -> Int {
+            KernelDensity(samples: input.profile.byLayer[layer]!.map(Double.init)).modes().count
+        }
+        XCTAssertEqual([0, 1, 2, 3].map { modeCount(inputs[0], $0) }, [3, 3, 2, 4])
+        XCTAssertEqual([0, 1, 2, 3].map { modeCount(inputs[1], $0) }, [3, 2, 1, 4])
+
+        let calibration = try ThoughtCalibration.calibrate(inputs)
+        XCTAssertEqual(calibration.options.densities, .perPrompt)
+        XCTAssertEqual(calibration.options.modeRule, .exactlyThree)
+        XCTAssertFalse(calibration.fallback)
+        XCTAssertEqual(calibration.candidateLayers, [0])
+        XCTAssertEqual(calibration.thresholds.layers, [0])
+        let byLayer = Dictionary(uniqueKeysWithValues: calibration.layers.map { ($0.layer, $0) })
+        XCTAssertEqual(byLayer[1]!.perTrace!.map(\.modeCount), [3, 2])
+        XCTAssertEqual(byLayer[1]!.rejectedTraces, 1)
+        XCTAssertEqual(byLayer[2]!.modes.count, 3, "layer 2's pooled density is tri-modal")
+        XCTAssertFalse(byLayer[2]!.candidate)
+        XCTAssertEqual(byLayer[2]!.rejectedTraces, 2)
+        XCTAssertFalse(byLayer[3]!.candidate)
+
+        // θ1, θ2 = the per-prompt valleys averaged over the prompts (L* is one layer here).
+        let v0 = valleys(inputs[0], layer: 0), v1 = valleys(inputs[1], layer: 0)
+        XCTAssertEqual(Double(calibration.thresholds.theta1), (v0[0] + v1[0]) / 2, accuracy: 1e-6)
+        XCTAssertEqual(Double(calibration.thresholds.theta2), (v0[1] + v1[1]) / 2, accuracy: 1e-6)
+        XCTAssertEqual(byLayer[0]!.perTrace!.map { $0.thresholds! }, [v0, v1])
+        // Strength = the mean of the per-prompt strengths.
+        let strengths = byLayer[0]!.perTrace!.map { $0.strength! }
+        XCTAssertEqual(byLayer[0]!.strength!, (strengths[0] + strengths[1]) / 2, accuracy: 1e-12)
+        XCTAssertTrue(calibration.text.contains("modes per trace"), calibration.text)
+
+        // Pooled with three or more modes (the earlier rule) takes layer 2, which no prompt
+        // shows as tri-modal, and layer 3 with its four modes.
+        let pooled = try ThoughtCalibration.calibrate(inputs, options: .pooledAtLeastThree)
+        XCTAssertTrue(Set(pooled.candidateLayers).isSuperset(of: [0, 2, 3]), "\(pooled.candidateLayers)")
+    }
+
+    func testPerPromptThresholdsAverageOverPromptsAndLayers() throws {
+        // Layers 0 and 4 tri-modal on both prompts: θ = the mean over both layers of the
+        // per-layer means over prompts.
+        var inputs = twoPrompts()
+        let extra: [[Float]] = [clusters([0.3, 0.5, 0.7], perCluster: 60, halfWidth: 0.02).map(Float.init),
+                                clusters([0.28, 0.52, 0.74], perCluster: 80, halfWidth: 0.02).map(Float.init)]
+        for i in inputs.indices {
+            var byLayer = inputs[i].profile.byLayer
+            byLayer[4] = extra[i]
+            inputs[i].profile = SparsityProfile(byLayer: byLayer, layers: [0, 1, 2, 3, 4])
+        }
+        let calibration = try ThoughtCalibration.calibrate(inputs)
+        XCTAssertEqual(calibration.thresholds.layers, [0, 4])
+        var expected = [0.0, 0.0]
+        for layer in [0, 4] {
+            let v = inputs.map { valleys($0, layer: layer) }
+            expected[0] += (v[0][0] + v[1][0]) / 4
+            expected[1] += (v[0][1] + v[1][1]) / 4
+        }
+        XCTAssertEqual(Double(calibration.thresholds.theta1), expected[0], accuracy: 1e-6)
+        XCTAssertEqual(Double(calibration.thresholds.theta2), expected[1], accuracy: 1e-6)
+        // |L*| = 1 keeps the one with the larger mean strength.
+        let one = try ThoughtCalibration.calibrate(inputs, options: CalibrationOptions(layerCount: 1))
+        let strongest = calibration.layers.filter(\.candidate).max { $0.strength! < $1.strength! }!.layer
+        XCTAssertEqual(one.thresholds.layers, [strongest])
+    }
+
+    func testExactlyThreeRejectsAFourModeLayerThatAtLeastThreeAccepts() throws {
+        let inputs = twoPrompts().map { input in
+            ThoughtCalibration.Input(path: input.path, model: "m",
+                                     profile: SparsityProfile(byLayer: [3: input.profile.byLayer[3]!], layers: [3]))
+        }
+        for densities in CalibrationDensities.allCases {
+            let exactly = try ThoughtCalibration.calibrate(inputs, options: CalibrationOptions(densities: densities, modeRule: .exactlyThree))
+            XCTAssertTrue(exactly.fallback, "\(densities)")
+            XCTAssertFalse(exactly.layers[0].candidate)
+            let atLeast = try ThoughtCalibration.calibrate(inputs, options: CalibrationOptions(densities: densities, modeRule: .atLeastThree))
+            XCTAssertFalse(atLeast.fallback, "\(densities)")
+            XCTAssertEqual(atLeast.thresholds.layers, [3])
+        }
+        // Per prompt, the fallback reason counts each layer's failed prompts.
+        let reason = try ThoughtCalibration.calibrate(inputs).fallbackReason ?? ""
+        XCTAssertTrue(reason.contains("exactly three modes on every one of the 2 prompts"), reason)
+        XCTAssertTrue(reason.contains("layer 3: failed on 2 of 2 prompts, modes per prompt 4/4"), reason)
+    }
+
+    func testPerPromptDiagnosticsAndOptionsAreInTheFile() throws {
+        let calibration = try ThoughtCalibration.calibrate(twoPrompts())
+        let object = try JSONSerialization.jsonObject(with: Data(try calibration.json().utf8)) as! [String: Any]
+        let diagnostics = try XCTUnwrap(object["calibration"] as? [String: Any])
+        let options = try XCTUnwrap(diagnostics["options"] as? [String: Any])
+        XCTAssertEqual(options["densities"] as? String, "per-prompt")
+        XCTAssertEqual(options["mode_rule"] as? String, "exactly-3")
+        XCTAssertEqual(options["layer_count"] as? Int, 4)
+        let layers = try XCTUnwrap(diagnostics["per_layer"] as? [[String: Any]])
+        let perTrace = try XCTUnwrap(layers[1]["per_trace"] as? [[String: Any]])
+        XCTAssertEqual(perTrace.map { $0["trace"] as? Int }, [0, 1])
+        XCTAssertEqual(perTrace.map { $0["mode_count"] as? Int }, [3, 2])
+        XCTAssertNotNil(perTrace[0]["strength"] as? Double)
+        XCTAssertNil(perTrace[1]["strength"])
+        XCTAssertEqual((perTrace[0]["valleys"] as? [Any])?.count, 2)
+        // Pooled densities have no per-trace entries.
+        let pooled = try ThoughtCalibration.calibrate(twoPrompts(), options: .pooledAtLeastThree)
+        let pooledObject = try JSONSerialization.jsonObject(with: Data(try pooled.json().utf8)) as! [String: Any]
+        let pooledLayers = (pooledObject["calibration"] as! [String: Any])["per_layer"] as! [[String: Any]]
+        XCTAssertNil(pooledLayers[0]["per_trace"])
+        XCTAssertEqual(((pooledObject["calibration"] as! [String: Any])["options"] as! [String: Any])["mode_rule"] as? String, "at-least-3")
     }
 
     // MARK: Thresholds file
@@ -281,7 +411,7 @@ final class ThoughtCalibrationTests: XCTestCase {
     func testCalibrationFileRoundTripsThroughLoad() throws {
         let dir = try TestTraces.directory(self)
         let calibration = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: SyntheticSparsity(steps: 800, seed: 3).profile())],
-                                                           options: CalibrationOptions(layerCount: 3, refreshInterval: 64))
+                                                           options: CalibrationOptions(layerCount: 3, refreshInterval: 64, densities: .pooled, modeRule: .atLeastThree))
         let path = dir.appendingPathComponent("thinkv-m.json").path
         try OutputFile.write(try calibration.json(), to: path)
         let loaded = try ThoughtThresholds.load(path: path)
@@ -347,7 +477,7 @@ final class ThoughtCalibrationTests: XCTestCase {
                 XCTAssertEqual(s, built[t], accuracy: 0.5 / Float(32 + t + 1) + 1e-6)
             }
         }
-        let calibration = try ThoughtCalibration.calibrate(traces: [path])
+        let calibration = try ThoughtCalibration.calibrate(traces: [path], options: .pooledAtLeastThree)
         XCTAssertFalse(calibration.fallback)
         XCTAssertEqual(calibration.thresholds.layers, world.triModalLayers)
 
@@ -378,7 +508,7 @@ final class ThoughtCalibrationTests: XCTestCase {
         let path = try TestTraces.write(to: dir.appendingPathComponent("random.h5"), T: T, P: P, Hq: 2, Hkv: 1, D: 8, numLayers: 2,
                                         layers: [TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 4, index: 0, values: false),
                                                  TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 5, index: 1, values: false)])
-        let calibration = try ThoughtCalibration.calibrate(traces: [path])
+        let calibration = try ThoughtCalibration.calibrate(traces: [path], options: .pooledAtLeastThree)
         XCTAssertTrue(calibration.fallback, calibration.text)
         XCTAssertEqual(calibration.thresholds.layers, [0, 1])
         XCTAssertLessThan(calibration.thresholds.theta1, calibration.thresholds.theta2)
@@ -497,6 +627,20 @@ final class ThoughtCalibrationCLITests: XCTestCase {
         XCTAssertTrue(text.stdout.contains("τ = 1: "))
     }
 
+    func testKDEAndModesOptionsReachTheFile() throws {
+        let trace = try SyntheticSparsity(steps: 480, seed: 21).writeTrace(in: directory, promptLength: 32)
+        let config = directory.appendingPathComponent("pooled.json").path
+        let outcome = try run(["calibrate", trace, "-o", config, "--kde", "pooled", "--modes", "at-least-3", "--json"])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        let object = try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as! [String: Any]
+        let options = try XCTUnwrap((object["calibration"] as? [String: Any])?["options"] as? [String: Any])
+        XCTAssertEqual(options["densities"] as? String, "pooled")
+        XCTAssertEqual(options["mode_rule"] as? String, "at-least-3")
+        // The same thresholds as the library with the same options.
+        let library = try ThoughtCalibration.calibrate(traces: [trace], options: .pooledAtLeastThree)
+        XCTAssertEqual(try ThoughtThresholds.load(path: config), library.thresholds)
+    }
+
     func testUsageMistakesExitTwoBeforeAnyWork() throws {
         let trace = try SyntheticSparsity(steps: 60, seed: 2).writeTrace(in: directory, promptLength: 8)
         for arguments in [["calibrate", trace],
@@ -504,6 +648,8 @@ final class ThoughtCalibrationCLITests: XCTestCase {
                           ["calibrate", trace, "-o", trace],
                           ["calibrate", trace, "-o", "x.json", "--tau", "0"],
                           ["calibrate", trace, "-o", "x.json", "--min-prominence", "2"],
+                          ["calibrate", trace, "-o", "x.json", "--kde", "both"],
+                          ["calibrate", trace, "-o", "x.json", "--modes", "4"],
                           ["inspect", trace, "--calibration", "x.json"],
                           ["inspect", trace, "--thoughts", "--no-sparsity"]] {
             let outcome = try run(arguments)

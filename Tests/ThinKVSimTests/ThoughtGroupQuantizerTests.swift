@@ -33,15 +33,16 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
     }
 
     func testPaperFormatBytesUseNVFP4AndTernaryScales() throws {
-        // Paper formats: R (4 bits) = NVFP4, one 1-byte E4M3 scale per 16 elements;
-        // T (2 bits) = ternary, one 2-byte scale per group.
+        // Paper formats: every scale is one 1-byte E4M3 value. R (4 bits) = NVFP4, one scale per
+        // 16 elements; T (2 bits) = ternary, one scale per group. Keys: 16 channel groups, values:
+        // 16 token groups of 16 channels, so 16 + 16 B per group of either type.
         let cache = QuantTestSupport.cache(T: 32, D: 16, seed: 2)
         let tbq = try TBQ(.init(format: .paper), cache: cache)
         feed(tbq, cache, from: 0, types: Array(repeating: TBQ.reasoning, count: 16))
         XCTAssertEqual(cache.metadataBytes[0], 16 + 16)
         feed(tbq, cache, from: 16, types: Array(repeating: TBQ.transition, count: 16))
-        XCTAssertEqual(cache.metadataBytes[0], 32 + 16 * 2 + 16 * 2)
-        XCTAssertEqual(cache.bytes(kvHead: 0), (16 * 16 * 4 * 2 + 16 * 16 * 2 * 2) / 8 + 96)
+        XCTAssertEqual(cache.metadataBytes[0], 32 + 16 + 16)
+        XCTAssertEqual(cache.bytes(kvHead: 0), (16 * 16 * 4 * 2 + 16 * 16 * 2 * 2) / 8 + 64)
         let v = cache.storedValues!
         for p in 16..<32 {
             let row = v[(p * 16)..<((p + 1) * 16)]
@@ -117,7 +118,7 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         tbq.prefill(promptLength: 20, cache: cache)
         for p in 0..<16 { XCTAssertEqual(cache.keyBits[p], 8) }
         for p in 16..<24 { XCTAssertEqual(cache.keyBits[p], 16, "the prompt's tail (20 mod 16) stays 16-bit") }
-        XCTAssertEqual(cache.metadataBytes[0], 16 * 2 + 16 * 2, "fp16 scale per FP8 key and value group")
+        XCTAssertEqual(cache.metadataBytes[0], 16 + 16, "one E4M3 scale per FP8 key and value group")
         // Decode tokens never join a prompt group: they open their own.
         feed(tbq, cache, from: 20, types: [0, 0])
         XCTAssertEqual(tbq.openGroup(kvHead: 0)?.positions, [20, 21])
@@ -128,18 +129,22 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         let tbq = try TBQ(.init(format: .int), cache: cache)
         feed(tbq, cache, from: 0, types: Array(repeating: TBQ.reasoning, count: 32))
         XCTAssertEqual(tbq.liveGroupCount(kvHead: 0), 2)
-        XCTAssertEqual(cache.metadataBytes[0], 2 * 128)
-        // Evict 15 of the first group's 16 tokens: its metadata stays.
+        // Per group (int, D = 16): keys 16 channel groups × 4 B, values 16 tokens × one 4 B group.
+        XCTAssertEqual(cache.metadataBytes[0], 2 * (64 + 64))
+        // Evict 15 of the first group's 16 tokens: their value scales leave with them, the
+        // group's key scales (which cover the remaining token too) stay.
         let firstFifteen = (0..<15).map { Int32($0) }
         cache.removeAll(kvHead: 0) { $0 < 15 }
         tbq.didEvict(kvHead: 0, positions: firstFifteen, cache: cache)
-        XCTAssertEqual(cache.metadataBytes[0], 2 * 128)
+        XCTAssertEqual(cache.metadataBytes[0], 2 * 128 - 15 * 4)
+        XCTAssertEqual(tbq.chargedMetadataBytes(kvHead: 0), 2 * 128 - 15 * 4)
         let before = cache.bytes(kvHead: 0)
         cache.removeAll(kvHead: 0) { $0 == 15 }
         tbq.didEvict(kvHead: 0, positions: [15], cache: cache)
         XCTAssertEqual(cache.metadataBytes[0], 128, "the first group's metadata is freed")
         XCTAssertEqual(tbq.liveGroupCount(kvHead: 0), 1)
-        XCTAssertEqual(before - cache.bytes(kvHead: 0), 16 * 4 * 2 / 8 + 128, "one 4-bit token's K and V, plus the group's metadata")
+        XCTAssertEqual(before - cache.bytes(kvHead: 0), 16 * 4 * 2 / 8 + 4 + 64,
+                       "one 4-bit token's K and V, its value scale, and the group's key scales")
     }
 
     func testReconcileAgreesWithDidEvict() throws {
@@ -166,9 +171,10 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         XCTAssertEqual(a.metadataBytes, b.metadataBytes)
         XCTAssertEqual(ta.liveGroupCount(kvHead: 0), tb.liveGroupCount(kvHead: 0))
         // Groups: R 0..<16 (FP8), T 20..<36, 36..<52 (ternary), E 60..<76 (NVFP4), per head.
-        let fp8 = 16 * 2 + 16 * 2, ternary = 16 * 2 + 16 * 2, nvfp4 = 16 + 16
-        XCTAssertEqual(a.metadataBytes[1], fp8 + 2 * ternary + nvfp4, "head 1 lost one token, no whole group")
-        XCTAssertEqual(a.metadataBytes[0], 2 * ternary + nvfp4, "head 0 lost all of the FP8 group")
+        // Each: 16 key scales + 16 tokens' value scales, 1 B each (E4M3).
+        let fp8 = 16 + 16, ternary = 16 + 16, nvfp4 = 16 + 16
+        XCTAssertEqual(a.metadataBytes[1], fp8 + 2 * ternary + nvfp4 - 1, "head 1 lost one token's value scale, no whole group")
+        XCTAssertEqual(a.metadataBytes[0], 2 * ternary + nvfp4 - 10, "head 0 lost all of the FP8 group and 10 tokens' value scales")
         XCTAssertEqual(ta.liveGroupCount(kvHead: 0), 3)
     }
 

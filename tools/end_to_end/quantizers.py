@@ -32,6 +32,22 @@ def e4m3(x):
     return _minifloat(x, 3, -6, 448.0)
 
 
+def _e4m3_spacing(mag):
+    """Spacing of E4M3 values in the binade of each magnitude (the subnormal step below 2^-6)."""
+    mag = np.asarray(mag, dtype=F32)
+    _, e = np.frexp(np.where(mag > 0, mag, F32(1)))
+    binade = np.where(mag > 0, np.maximum(e.astype(np.int64) - 1, -6), -6)
+    return np.ldexp(F32(1), (binade - 3).astype(np.int32)).astype(F32)
+
+
+def e4m3_up(x):
+    """The smallest E4M3 value >= x for x >= 0 (0 stays 0), saturating at 448."""
+    x = np.asarray(x, dtype=F32)
+    nearest = e4m3(x)
+    up = np.minimum(nearest + _e4m3_spacing(nearest), F32(448.0)).astype(F32)
+    return np.where(x >= F32(448.0), F32(448.0), np.where(nearest < x, up, nearest)).astype(F32)
+
+
 def e2m1(x):
     return _minifloat(x, 1, 0, 6.0)
 
@@ -49,10 +65,10 @@ def integer(x, bits):
 
 
 def fp8(x):
-    """E4M3 elements with one scale per group, amax / 448."""
+    """E4M3 elements with one E4M3 scale per group: amax / 448 rounded up to an E4M3 value."""
     x = np.asarray(x, dtype=F32)
     amax = np.abs(x).max(axis=-1, keepdims=True)
-    scale = (amax / F32(448.0)).astype(F32)
+    scale = e4m3_up((amax / F32(448.0)).astype(F32))
     zero = ~(amax > 0)
     safe = np.where(zero, F32(1), scale)
     return np.where(zero, x, e4m3(x / safe) * safe).astype(F32)
@@ -72,11 +88,12 @@ def nvfp4(x):
 
 
 def ternary(x):
-    """{-s, 0, +s} with s = mean |x|, summed in float64 in order."""
+    """{-s, 0, +s} with s = mean |x| (summed in float64 in order) rounded to E4M3, at least 2^-9."""
     x = np.asarray(x, dtype=F32)
     total = np.cumsum(np.abs(x).astype(np.float64), axis=-1)[..., -1:]
-    scale = (total / x.shape[-1]).astype(F32)
-    zero = ~(scale > 0)
+    mean = (total / x.shape[-1]).astype(F32)
+    zero = ~(mean > 0)
+    scale = np.maximum(e4m3(mean), F32(2.0 ** -9)).astype(F32)
     safe = np.where(zero, F32(1), scale)
     code = np.minimum(np.maximum(np.rint(x / safe), F32(-1)), F32(1))
     return np.where(zero, x, code * safe).astype(F32)

@@ -4,8 +4,8 @@ import Foundation
 public enum QuantFormat: String, CaseIterable, Sendable {
     /// Asymmetric min-max integers at any width 1...8 (KIVI's quantizer).
     case int
-    /// The formats ThinKV's TBQ names for each width: 8 = FP8 E4M3 with a per-group scale,
-    /// 4 = NVFP4 (E2M1 + E4M3 block scale), 2 = ternary.
+    /// The formats ThinKV's TBQ names for each width: 8 = FP8 E4M3, 4 = NVFP4 (E2M1), 2 =
+    /// ternary; every group (NVFP4: every 16-element block) shares one FP8 E4M3 scale, 8 bits.
     case paper
 
     /// Widths the format supports.

@@ -39,6 +39,20 @@ public struct MiniFloat: Sendable, Equatable {
         return x < 0 ? -rounded : rounded
     }
 
+    /// The smallest representable value ≥ `x` for `x` ≥ 0 (0 stays 0), saturating at
+    /// `maxFinite`. For scales that must not be smaller than what they stand for.
+    @inline(__always)
+    public func roundUp(_ x: Float) -> Float {
+        precondition(!(x < 0), "roundUp takes a non-negative value")
+        guard x > 0 else { return x }
+        guard x < maxFinite else { return maxFinite }
+        let nearest = round(x)
+        guard nearest < x else { return nearest }
+        // `nearest` is below x: the next representable value up is one spacing above it (the
+        // spacing of nearest's own binade, also right when nearest is a power of two or 0).
+        return min(nearest + spacing(around: nearest), maxFinite)
+    }
+
     /// Spacing of representable values around magnitude `m` (for error bounds in tests/docs).
     public func spacing(around magnitude: Float) -> Float {
         let binade = max(Int(abs(magnitude).exponent), minNormalExponent)

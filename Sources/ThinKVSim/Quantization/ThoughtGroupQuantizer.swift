@@ -10,9 +10,13 @@ import Foundation
 /// dequantized values, the tokens' bits are set, and the group's metadata is charged to
 /// `cache.metadataBytes[head]`. When the type changes (the thought ends), the open group is
 /// quantized as a short group with its own scales, charged like any group
-/// (`quantizesPartialGroups`; off, its tokens stay at 16 bits for good). A group's metadata stays charged while any of its tokens is
-/// resident in that head; tell the component about evictions (`didEvict` or `reconcile`) so
-/// that evicting all of a group's tokens frees it.
+/// (`quantizesPartialGroups`; off, its tokens stay at 16 bits for good).
+///
+/// Metadata residency follows what the scales belong to. A key scale covers one channel of all
+/// the group's tokens, so the group's key metadata stays charged while any of its tokens is
+/// resident in that head. A value scale covers channels of one token only, so each token's value
+/// metadata leaves with the token. Tell the component about evictions (`didEvict` or
+/// `reconcile`) so that both are freed.
 ///
 /// Timing, as a policy uses it:
 /// - `prefill(promptLength:cache:)` in the policy's `prefill`;
@@ -75,7 +79,8 @@ public final class ThoughtGroupQuantizer {
     private var groupHead: [Int] = []
     private var groupMembers: [[Int32]] = []
     private var groupLive: [Int] = []          // resident members
-    private var groupBytes: [Int] = []         // metadata bytes
+    private var groupKeyBytes: [Int] = []      // key metadata bytes, charged while any member is resident
+    private var groupValueBytesPerToken: [Int] = []  // one member's value metadata bytes, charged while it is resident
     private var liveGroups: [[Int]]            // per head, ids of groups with resident members
     private var charged: [Int]                 // per head, metadata bytes this component charged
     private var mark: [UInt32]
@@ -166,8 +171,9 @@ public final class ThoughtGroupQuantizer {
 
     // MARK: Evictions
 
-    /// Tells the component that `kvHead` evicted `positions`: a quantized group whose last
-    /// resident token goes frees its metadata; open-group members are dropped.
+    /// Tells the component that `kvHead` evicted `positions`: each quantized token frees its value
+    /// metadata, a quantized group whose last resident token goes frees its key metadata;
+    /// open-group members are dropped.
     public func didEvict(kvHead h: Int, positions: [Int32], cache: LayerCache) {
         guard !positions.isEmpty else { return }
         let base = h * numTokens
@@ -177,6 +183,7 @@ public final class ThoughtGroupQuantizer {
             if id >= 0 {
                 groupOf[base + Int(p)] = -1
                 groupLive[id] -= 1
+                uncharge(groupValueBytesPerToken[id], kvHead: h, cache: cache)
                 if groupLive[id] == 0 { release(group: id, cache: cache) }
             } else {
                 touchedOpen = true
@@ -189,8 +196,9 @@ public final class ThoughtGroupQuantizer {
     }
 
     /// Recomputes every head's group residency from the cache's slots (an alternative to
-    /// `didEvict` after arbitrary slot changes); frees the metadata of groups with no resident
-    /// token and drops evicted open-group members.
+    /// `didEvict` after arbitrary slot changes); frees the value metadata of evicted quantized
+    /// tokens and the key metadata of groups with no resident token, and drops evicted
+    /// open-group members.
     public func reconcile(cache: LayerCache) {
         for h in 0..<numKVHeads {
             markResident(kvHead: h, cache: cache)
@@ -206,6 +214,7 @@ public final class ThoughtGroupQuantizer {
                         groupOf[base + Int(p)] = -1
                     }
                 }
+                uncharge((groupLive[id] - live) * groupValueBytesPerToken[id], kvHead: h, cache: cache)
                 groupLive[id] = live
                 if live > 0 { stillLive.append(id) } else { free(group: id, cache: cache) }
             }
@@ -237,30 +246,39 @@ public final class ThoughtGroupQuantizer {
     private func quantizeGroup(kvHead h: Int, positions: [Int], quantizer: GroupQuantizer, cache: LayerCache) {
         let G = configuration.groupSize
         let keyBits = KVGrouping.quantizeKeysPerChannel(cache, kvHead: h, positions: positions, groupSize: G, quantizer: quantizer)
-        let valueBits = KVGrouping.quantizeValuesPerToken(cache, kvHead: h, positions: positions, groupSize: G, quantizer: quantizer)
-        let bytes = (keyBits + valueBits + 7) / 8
+        KVGrouping.quantizeValuesPerToken(cache, kvHead: h, positions: positions, groupSize: G, quantizer: quantizer)
+        // Every format's metadata is whole bytes per scale (8, 16 or 32 bits), so rounding the
+        // key and the per-token value metadata separately loses nothing.
+        let keyBytes = (keyBits + 7) / 8
+        let valueBytesPerToken = (KVGrouping.valueMetadataBitsPerToken(headDim: cache.headDim, groupSize: G, quantizer: quantizer) + 7) / 8
         let id = groupHead.count
         groupHead.append(h)
         groupMembers.append(positions.map { Int32($0) })
         groupLive.append(positions.count)
-        groupBytes.append(bytes)
+        groupKeyBytes.append(keyBytes)
+        groupValueBytesPerToken.append(valueBytesPerToken)
         for p in positions { groupOf[h * numTokens + p] = Int32(id) }
         liveGroups[h].append(id)
+        charge(keyBytes + positions.count * valueBytesPerToken, kvHead: h, cache: cache)
+    }
+
+    private func charge(_ bytes: Int, kvHead h: Int, cache: LayerCache) {
         charged[h] += bytes
         cache.metadataBytes[h] += bytes
     }
 
-    /// Frees a group's metadata and drops it from its head's live list.
+    private func uncharge(_ bytes: Int, kvHead h: Int, cache: LayerCache) { charge(-bytes, kvHead: h, cache: cache) }
+
+    /// Frees a group's key metadata and drops it from its head's live list.
     private func release(group id: Int, cache: LayerCache) {
         free(group: id, cache: cache)
         liveGroups[groupHead[id]].removeAll { $0 == id }
     }
 
+    /// Frees a group's key metadata (its members' value metadata left with them).
     private func free(group id: Int, cache: LayerCache) {
-        let h = groupHead[id]
-        cache.metadataBytes[h] -= groupBytes[id]
-        charged[h] -= groupBytes[id]
-        groupBytes[id] = 0
+        uncharge(groupKeyBytes[id], kvHead: groupHead[id], cache: cache)
+        groupKeyBytes[id] = 0
     }
 
     private func markResident(kvHead h: Int, cache: LayerCache) {

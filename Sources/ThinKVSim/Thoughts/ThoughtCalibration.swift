@@ -1,5 +1,29 @@
 import Foundation
 
+/// Which densities calibration estimates (`--kde`).
+public enum CalibrationDensities: String, Sendable, Equatable, CaseIterable {
+    /// One KDE per (trace, layer), as ThinKV describes: a layer qualifies only if every
+    /// prompt's density does, and its valleys are averaged over prompts.
+    case perPrompt = "per-prompt"
+    /// One KDE per layer over all traces' steps pooled (this project's first rule).
+    case pooled
+}
+
+/// How many density modes make a layer a candidate (`--modes`).
+public enum CalibrationModeRule: String, Sendable, Equatable, CaseIterable {
+    /// Exactly three modes after the prominence filter, as ThinKV states (|T| = 3 modes).
+    case exactlyThree = "exactly-3"
+    /// Three or more; the three most prominent are used (this project's first rule).
+    case atLeastThree = "at-least-3"
+
+    func accepts(modeCount: Int) -> Bool {
+        switch self {
+        case .exactlyThree: return modeCount == 3
+        case .atLeastThree: return modeCount >= 3
+        }
+    }
+}
+
 /// Settings of `ThoughtCalibration`.
 public struct CalibrationOptions: Sendable, Equatable {
     /// |L*|: how many tri-modal layers to average (ThinKV: 4).
@@ -11,18 +35,97 @@ public struct CalibrationOptions: Sendable, Equatable {
     public var gridPoints = KernelDensity.defaultGridPoints
     /// How a GQA group's query heads make one attention row (ThinKV: max-pooled logits).
     public var gqa = GQASparsity.maxPool
+    /// One density per prompt and layer (ThinKV), or one per layer over all prompts pooled.
+    public var densities: CalibrationDensities = .perPrompt
+    /// Exactly three modes (ThinKV) or at least three.
+    public var modeRule: CalibrationModeRule = .exactlyThree
 
     public init(layerCount: Int = 4, refreshInterval: Int = 128,
-                minRelativeProminence: Double = DensityModes.defaultMinRelativeProminence) {
+                minRelativeProminence: Double = DensityModes.defaultMinRelativeProminence,
+                densities: CalibrationDensities = .perPrompt, modeRule: CalibrationModeRule = .exactlyThree) {
         self.layerCount = layerCount
         self.refreshInterval = refreshInterval
         self.minRelativeProminence = minRelativeProminence
+        self.densities = densities
+        self.modeRule = modeRule
+    }
+
+    /// The rules this project used before per-prompt densities: one pooled KDE per layer,
+    /// three or more modes.
+    public static var pooledAtLeastThree: CalibrationOptions { CalibrationOptions(densities: .pooled, modeRule: .atLeastThree) }
+}
+
+/// One trace's density of one layer's sparsity (per-prompt calibration) and what it gave.
+public struct TraceSparsityDensity: Codable, Equatable, Sendable {
+    /// Index of the trace among the calibration inputs.
+    public var trace: Int
+    public var samples: Int
+    public var bandwidth: Double
+    public var modeCount: Int
+    public var modes: [DensityMode]
+    /// Minimum of the density between each pair of consecutive kept modes.
+    public var valleys: [DensityValley]
+    /// When the mode rule accepts this density: the valleys between its three most prominent modes.
+    public var thresholds: [Double]?
+    /// When the mode rule accepts this density: the smallest relative prominence of those three modes.
+    public var strength: Double?
+
+    init(trace: Int, sparsity: [Float], options: CalibrationOptions) {
+        self.trace = trace
+        samples = sparsity.count
+        guard !sparsity.isEmpty else {
+            // No steps of this layer in this trace: no density, so no modes.
+            bandwidth = 0
+            modeCount = 0
+            modes = []
+            valleys = []
+            return
+        }
+        let reading = DensityReading(sparsity: sparsity, options: options)
+        bandwidth = reading.kde.bandwidth
+        modes = reading.modes
+        modeCount = modes.count
+        valleys = reading.valleys
+        thresholds = reading.thresholds
+        strength = reading.strength
+    }
+}
+
+/// What calibration reads from one density: its kept modes, the valleys between them and, when
+/// the mode rule accepts the density, the valleys between its three most prominent modes and the
+/// weakest of those three modes' relative prominences.
+struct DensityReading {
+    let kde: KernelDensity
+    let modes: [DensityMode]
+    let valleys: [DensityValley]
+    let accepted: Bool
+    let thresholds: [Double]?
+    let strength: Double?
+
+    init(sparsity: [Float], options: CalibrationOptions) {
+        let kde = KernelDensity(samples: sparsity.map(Double.init), gridPoints: options.gridPoints)
+        let modes = kde.modes(minRelativeProminence: options.minRelativeProminence)
+        self.kde = kde
+        self.modes = modes
+        valleys = zip(modes, modes.dropFirst()).map { kde.valley(between: $0.index, and: $1.index) }
+        accepted = options.modeRule.accepts(modeCount: modes.count)
+        if accepted {
+            let three = LayerSparsityDensity.strongestThree(modes)
+            thresholds = [kde.valley(between: three[0].index, and: three[1].index).position,
+                          kde.valley(between: three[1].index, and: three[2].index).position]
+            strength = three.map(\.relativeProminence).min()
+        } else {
+            thresholds = nil
+            strength = nil
+        }
     }
 }
 
 /// The density of one layer's per-step sparsity and what calibration read from it.
 public struct LayerSparsityDensity: Codable, Equatable, Sendable {
     public var layer: Int
+    /// The density of the layer's steps pooled over all traces (with per-prompt densities it is
+    /// kept for reference: the selection reads `perTrace`).
     public var samples: Int
     public var mean: Double
     public var standardDeviation: Double
@@ -31,36 +134,57 @@ public struct LayerSparsityDensity: Codable, Equatable, Sendable {
     public var modes: [DensityMode]
     /// Minimum of the density between each pair of consecutive kept modes.
     public var valleys: [DensityValley]
-    /// Three or more modes: the layer can separate E, R and T.
+    /// The layer can separate E, R and T: its density has three modes (or at least three, by
+    /// the mode rule); with per-prompt densities, every trace's density does.
     public var candidate: Bool
     /// For candidates: the valleys between the three most prominent modes (in position order),
-    /// i.e. this layer's own θ1 and θ2.
+    /// i.e. this layer's own θ1 and θ2; with per-prompt densities, averaged over the traces.
     public var thresholds: [Double]?
-    /// For candidates: the smallest relative prominence among the three most prominent modes.
-    /// A layer is only as good as its weakest of the three thought clusters.
+    /// For candidates: the smallest relative prominence among the three most prominent modes
+    /// (with per-prompt densities, its mean over the traces). A layer is only as good as its
+    /// weakest of the three thought clusters.
     public var strength: Double?
     /// In L*.
     public var selected: Bool
+    /// Per-prompt densities only: each trace's density of this layer.
+    public var perTrace: [TraceSparsityDensity]?
 
     /// Analyses `sparsity` (the layer's per-step values, pooled over traces).
     public init(layer: Int, sparsity: [Float], options: CalibrationOptions) {
-        let kde = KernelDensity(samples: sparsity.map(Double.init), gridPoints: options.gridPoints)
+        let reading = DensityReading(sparsity: sparsity, options: options)
         self.layer = layer
-        samples = kde.sampleCount
-        mean = kde.mean
-        standardDeviation = kde.standardDeviation
-        bandwidth = kde.bandwidth
-        modes = kde.modes(minRelativeProminence: options.minRelativeProminence)
-        valleys = zip(modes, modes.dropFirst()).map { kde.valley(between: $0.index, and: $1.index) }
-        candidate = modes.count >= 3
+        samples = reading.kde.sampleCount
+        mean = reading.kde.mean
+        standardDeviation = reading.kde.standardDeviation
+        bandwidth = reading.kde.bandwidth
+        modes = reading.modes
+        valleys = reading.valleys
+        candidate = reading.accepted
+        thresholds = reading.thresholds
+        strength = reading.strength
         selected = false
+    }
+
+    /// Analyses each trace's steps of the layer on their own (`sparsityByTrace`, in input order):
+    /// a candidate when the mode rule accepts every trace's density; θs and strength are the
+    /// means over the traces. The pooled density is kept as the layer-level summary.
+    public init(layer: Int, sparsityByTrace: [[Float]], options: CalibrationOptions) {
+        self.init(layer: layer, sparsity: sparsityByTrace.flatMap { $0 }, options: options)
+        let traces = sparsityByTrace.enumerated().map { TraceSparsityDensity(trace: $0.offset, sparsity: $0.element, options: options) }
+        perTrace = traces
+        candidate = !traces.isEmpty && traces.allSatisfy { $0.thresholds != nil }
         if candidate {
-            let three = LayerSparsityDensity.strongestThree(modes)
-            thresholds = [kde.valley(between: three[0].index, and: three[1].index).position,
-                          kde.valley(between: three[1].index, and: three[2].index).position]
-            strength = three.map(\.relativeProminence).min()
+            let n = Double(traces.count)
+            thresholds = [traces.map { $0.thresholds![0] }.reduce(0, +) / n, traces.map { $0.thresholds![1] }.reduce(0, +) / n]
+            strength = traces.map { $0.strength! }.reduce(0, +) / n
+        } else {
+            thresholds = nil
+            strength = nil
         }
     }
+
+    /// Per-prompt densities: how many traces the mode rule rejected.
+    public var rejectedTraces: Int { perTrace?.filter { $0.thresholds == nil }.count ?? 0 }
 
     /// The three most prominent modes, by position (ties: the lower position wins).
     static func strongestThree(_ modes: [DensityMode]) -> [DensityMode] {
@@ -71,12 +195,15 @@ public struct LayerSparsityDensity: Codable, Equatable, Sendable {
     }
 }
 
-/// ThinKV's offline calibration of the thought classifier: per recorded layer, a Gaussian KDE
-/// of the per-step full-cache sparsity (pooled over the calibration traces); layers whose
-/// density has three modes are candidates; L* is the |L*| candidates with the strongest modes;
-/// θ1 and θ2 are the valleys between the modes, averaged over L*.
+/// ThinKV's offline calibration of the thought classifier: per recorded layer, Gaussian KDEs
+/// of the per-step full-cache sparsity. With per-prompt densities (the default, as ThinKV
+/// describes) there is one KDE per (trace, layer); a layer whose density has exactly three modes
+/// on every trace is a candidate, with the valleys and strength averaged over the traces. With
+/// pooled densities there is one KDE per layer over all traces. `modeRule` can relax "exactly
+/// three" to "at least three". L* is the |L*| candidates with the strongest modes; θ1 and θ2
+/// are the layers' valleys averaged over L* (so, per prompt, over prompts and L*).
 ///
-/// When no layer is tri-modal, calibration says so (`fallback`, `fallbackReason`) and falls back
+/// When no layer is a candidate, calibration says so (`fallback`, `fallbackReason`) and falls back
 /// to L* = every pooled layer and:
 /// - θ1, θ2 = the valleys of the density of the sparsity averaged over L*, if that density has
 ///   three modes (averaging can separate what single layers blur);
@@ -160,7 +287,14 @@ public struct ThoughtCalibration: Encodable, Sendable {
         }
         func pooled(_ layer: Int) -> [Float] { inputs.flatMap { $0.profile.byLayer[layer] ?? [] } }
 
-        var layers = layerIndices.map { LayerSparsityDensity(layer: $0, sparsity: pooled($0), options: options) }
+        var layers = layerIndices.map { layer in
+            switch options.densities {
+            case .pooled:
+                return LayerSparsityDensity(layer: layer, sparsity: pooled(layer), options: options)
+            case .perPrompt:
+                return LayerSparsityDensity(layer: layer, sparsityByTrace: inputs.map { $0.profile.byLayer[layer] ?? [] }, options: options)
+            }
+        }
         let candidates = layers.filter(\.candidate).sorted { a, b in
             a.strength! != b.strength! ? a.strength! > b.strength! : a.layer < b.layer
         }
@@ -177,12 +311,14 @@ public struct ThoughtCalibration: Encodable, Sendable {
             }
         } else {
             fallback = true
-            let modeCounts = layers.map { "layer \($0.layer): \($0.modes.count) mode\($0.modes.count == 1 ? "" : "s")" }
-            fallbackReason = "no recorded layer has a tri-modal sparsity density (\(modeCounts.joined(separator: ", ")))"
-                + (layers.count < 3 ? "; only \(layers.count) layer\(layers.count == 1 ? " is" : "s are") recorded" : "")
+            fallbackReason = ThoughtCalibration.noCandidateReason(layers, options: options, traceCount: inputs.count)
             chosen = layerIndices
+            // The fallback keeps its first rule whatever the options: one density of the
+            // averaged sparsity pooled over the traces, three or more modes.
             let averaged = inputs.flatMap { $0.profile.averaged(over: chosen) }
-            let summary = LayerSparsityDensity(layer: -1, sparsity: averaged, options: options)
+            var fallbackOptions = options
+            fallbackOptions.modeRule = .atLeastThree
+            let summary = LayerSparsityDensity(layer: -1, sparsity: averaged, options: fallbackOptions)
             fallbackDensity = summary
             if let t = summary.thresholds {
                 fallbackRule = "averaged-density-valleys"
@@ -205,6 +341,25 @@ public struct ThoughtCalibration: Encodable, Sendable {
                                   fallbackRule: fallbackRule, fallbackDensity: fallbackDensity, notes: notes)
     }
 
+    /// Why no layer is a candidate: each layer's mode count (pooled) or, per prompt, on how
+    /// many prompts its density failed the mode rule and the mode counts per prompt.
+    static func noCandidateReason(_ layers: [LayerSparsityDensity], options: CalibrationOptions, traceCount: Int) -> String {
+        let tooFew = layers.count < 3 ? "; only \(layers.count) layer\(layers.count == 1 ? " is" : "s are") recorded" : ""
+        let wanted = options.modeRule == .exactlyThree ? "exactly three modes" : "three or more modes"
+        guard options.densities == .perPrompt, let first = layers.first?.perTrace, first.count > 1 else {
+            let modeCounts = layers.map { layer -> String in
+                let count = layer.perTrace?.first?.modeCount ?? layer.modes.count
+                return "layer \(layer.layer): \(count) mode\(count == 1 ? "" : "s")"
+            }
+            return "no recorded layer has a tri-modal sparsity density (\(modeCounts.joined(separator: ", ")))" + tooFew
+        }
+        let perLayer = layers.map { layer -> String in
+            let traces = layer.perTrace ?? []
+            return "layer \(layer.layer): failed on \(layer.rejectedTraces) of \(traces.count) prompts, modes per prompt \(traces.map { String($0.modeCount) }.joined(separator: "/"))"
+        }
+        return "no recorded layer has a sparsity density with \(wanted) on every one of the \(traceCount) prompts (\(perLayer.joined(separator: "; ")))" + tooFew
+    }
+
     // MARK: Output
 
     enum CodingKeys: String, CodingKey {
@@ -219,6 +374,7 @@ public struct ThoughtCalibration: Encodable, Sendable {
         var decodeSteps: [Int]
         var generator: String
         var method: Method
+        var options: Options
         var layerCountRequested: Int
         var candidates: [Int]
         var selectedLayers: [Int]
@@ -237,7 +393,17 @@ public struct ThoughtCalibration: Encodable, Sendable {
         var gridPoints: Int
         var gridRange = [0.0, 1.0]
         var minRelativeProminence: Double
-        var strength = "smallest relative prominence among the three most prominent modes"
+        var strength: String
+    }
+
+    /// The calibration options as the file records them (`calibration.options`).
+    struct Options: Encodable {
+        var densities: String
+        var modeRule: String
+        var layerCount: Int
+        var refreshInterval: Int
+        var minRelativeProminence: Double
+        var gridPoints: Int
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -251,11 +417,20 @@ public struct ThoughtCalibration: Encodable, Sendable {
         try c.encode(thresholds.domain ?? "full", forKey: .domain)
         let diagnostics = Diagnostics(
             model: model, traces: traces, decodeSteps: steps, generator: "thinkv-sim \(ThinKVSimVersion.current)",
-            method: Method(gridPoints: options.gridPoints, minRelativeProminence: options.minRelativeProminence),
+            method: Method(gridPoints: options.gridPoints, minRelativeProminence: options.minRelativeProminence,
+                           strength: strengthDefinition),
+            options: Options(densities: options.densities.rawValue, modeRule: options.modeRule.rawValue,
+                             layerCount: options.layerCount, refreshInterval: options.refreshInterval,
+                             minRelativeProminence: options.minRelativeProminence, gridPoints: options.gridPoints),
             layerCountRequested: options.layerCount, candidates: candidateLayers, selectedLayers: thresholds.layers,
             fallback: fallback, fallbackReason: fallbackReason, fallbackRule: fallbackRule,
             fallbackDensity: fallbackDensity?.rounded, notes: notes, perLayer: layers.map(\.rounded))
         try c.encode(diagnostics, forKey: .calibration)
+    }
+
+    private var strengthDefinition: String {
+        let one = "smallest relative prominence among the three most prominent modes"
+        return options.densities == .perPrompt ? "mean over prompts of the \(one)" : one
     }
 
     /// Tri-modal layers, strongest first.
@@ -277,10 +452,18 @@ public struct ThoughtCalibration: Encodable, Sendable {
         var out: [String] = []
         let stepText = Set(steps).count == 1 ? "\(steps[0]) decode steps\(traces.count > 1 ? " each" : "")" : "\(steps.map(String.init).joined(separator: "/")) decode steps"
         out.append("calibrated on \(traces.count) trace\(traces.count == 1 ? "" : "s") of \(model): \(stepText), \(layers.count) layer\(layers.count == 1 ? "" : "s") (samples per layer: \(steps.reduce(0, +)))")
-        out.append("density: Gaussian KDE, Scott's bandwidth h = σ̂·n^(-1/5), \(options.gridPoints)-point grid on [0, 1]; modes kept when their prominence is ≥ \(Format.fixed(options.minRelativeProminence * 100, 1))% of the peak density")
+        let perPrompt = options.densities == .perPrompt && traces.count > 1
+        let where_ = options.densities == .perPrompt ? "one per (trace, layer)" : "one per layer over the traces pooled"
+        out.append("density: Gaussian KDE (\(where_)), Scott's bandwidth h = σ̂·n^(-1/5), \(options.gridPoints)-point grid on [0, 1]; modes kept when their prominence is ≥ \(Format.fixed(options.minRelativeProminence * 100, 1))% of the peak density")
+        let rule = options.modeRule == .exactlyThree ? "exactly three modes" : "three or more modes"
+        out.append("candidate: \(rule)\(options.densities == .perPrompt ? " on every trace; valleys and strength averaged over the traces" : "")")
         out.append("")
         out.append(ThoughtCalibration.layerTable(layers, showSelection: true))
-        out.append("modes: sparsity (relative prominence); strength: the weakest of the three most prominent modes")
+        if perPrompt {
+            out.append("modes per trace: kept mode counts in trace order; valleys: the layer's θ1 θ2 (means over the traces); strength: mean over the traces of the weakest of the three most prominent modes")
+        } else {
+            out.append("modes: sparsity (relative prominence); strength: the weakest of the three most prominent modes")
+        }
         out.append("")
         if fallback {
             out.append("WARNING: \(fallbackReason ?? "no tri-modal layer")")
@@ -297,13 +480,16 @@ public struct ThoughtCalibration: Encodable, Sendable {
         }
         for note in notes { out.append("note: \(note)") }
         out.append("θ1 = \(Format.fixed(Double(thresholds.theta1), 4))  (sparsity below: execution)")
-        out.append("θ2 = \(Format.fixed(Double(thresholds.theta2), 4))  (sparsity above: transition; between: reasoning)\(fallback ? "" : "; valleys averaged over L*")")
+        out.append("θ2 = \(Format.fixed(Double(thresholds.theta2), 4))  (sparsity above: transition; between: reasoning)\(fallback ? "" : perPrompt ? "; valleys averaged over the traces and L*" : "; valleys averaged over L*")")
         out.append("τ  = \(thresholds.refreshInterval) decode steps; sparsity ratio \(thresholds.sparsityRatio)")
         return out.joined(separator: "\n")
     }
 
-    /// Per-layer modes and valleys as a table (shared with `inspect --thoughts`).
+    /// Per-layer modes and valleys as a table (shared with `inspect --thoughts`). Layers with
+    /// densities of several traces get the per-prompt table; otherwise the single density's
+    /// modes are listed.
     public static func layerTable(_ layers: [LayerSparsityDensity], showSelection: Bool) -> String {
+        if layers.contains(where: { ($0.perTrace?.count ?? 0) > 1 }) { return perPromptTable(layers, showSelection: showSelection) }
         var headers = ["layer", "samples", "bandwidth", "modes", "valleys", "tri-modal", "strength"]
         if showSelection { headers.append("L*") }
         var table = TextTable(headers: headers)
@@ -316,6 +502,25 @@ public struct ThoughtCalibration: Encodable, Sendable {
             table.add(row)
         }
         table.leftAligned = [0, 3, 4, 5, 7]
+        return table.render()
+    }
+
+    /// One row per layer: mode counts per trace, how many traces the mode rule accepted, the
+    /// averaged valleys and strength of candidates.
+    static func perPromptTable(_ layers: [LayerSparsityDensity], showSelection: Bool) -> String {
+        var headers = ["layer", "samples", "modes per trace", "accepted", "valleys", "tri-modal", "strength"]
+        if showSelection { headers.append("L*") }
+        var table = TextTable(headers: headers)
+        for l in layers {
+            let traces = l.perTrace ?? []
+            var row = [String(l.layer), String(l.samples), traces.map { String($0.modeCount) }.joined(separator: " "),
+                       "\(traces.count - l.rejectedTraces)/\(traces.count)",
+                       l.thresholds.map { $0.map { Format.fixed($0, 3) }.joined(separator: " ") } ?? "-",
+                       l.candidate ? "yes" : "no", l.strength.map { Format.fixed($0, 3) } ?? "-"]
+            if showSelection { row.append(l.selected ? "*" : "") }
+            table.add(row)
+        }
+        table.leftAligned = [0, 2, 4, 5, 7]
         return table.render()
     }
 }
@@ -333,6 +538,16 @@ extension LayerSparsityDensity {
         c.valleys = valleys.map { DensityValley(position: r($0.position), index: $0.index, density: r($0.density)) }
         c.thresholds = thresholds?.map(r)
         c.strength = strength.map(r)
+        c.perTrace = perTrace?.map { t in
+            var u = t
+            u.bandwidth = r(t.bandwidth)
+            u.modes = t.modes.map { DensityMode(position: r($0.position), index: $0.index, density: r($0.density),
+                                                prominence: r($0.prominence), relativeProminence: r($0.relativeProminence)) }
+            u.valleys = t.valleys.map { DensityValley(position: r($0.position), index: $0.index, density: r($0.density)) }
+            u.thresholds = t.thresholds?.map(r)
+            u.strength = t.strength.map(r)
+            return u
+        }
         return c
     }
 }
