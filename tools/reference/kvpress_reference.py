@@ -26,6 +26,7 @@ import sys
 
 import h5py
 import numpy as np
+from trace_layers import qk_layers
 from score_dtype import round_to
 
 
@@ -197,15 +198,9 @@ def main():
     with h5py.File(args.trace, "r") as f:
         P = int(f.attrs["prompt_len"])
         layers = int(f.attrs["num_layers"])
-        names = sorted(f["layers"].keys(), key=int)
-        if args.layers:
-            names = [n for n in names if int(n) in {int(x) for x in args.layers.split(",")}]
-        for name in names:
-            group = f["layers"][name]
-            if "q" not in group or "k" not in group:
-                continue
+        for index, group in qk_layers(f, args.layers):
             replay_layer(group["q"][...].astype(np.float64), group["k"][...].astype(np.float64), P, args,
-                         int(name), layers, sys.stdout)
+                         index, layers, sys.stdout)
 
 
 DTYPE = None

@@ -28,6 +28,7 @@ import sys
 
 import h5py
 import numpy as np
+from trace_layers import qk_layers
 from score_dtype import round_to
 
 DTYPE = None
@@ -108,14 +109,8 @@ def main():
     DTYPE = None if args.score_dtype == "float32" else args.score_dtype
     with h5py.File(args.trace, "r") as f:
         P = int(f.attrs["prompt_len"])
-        names = sorted(f["layers"].keys(), key=int)
-        if args.layers:
-            names = [n for n in names if int(n) in {int(x) for x in args.layers.split(",")}]
-        for name in names:
-            grp = f["layers"][name]
-            if "q" not in grp or "k" not in grp:
-                continue
-            replay_layer(grp["q"][...].astype(np.float64), grp["k"][...].astype(np.float64), P, args, int(name),
+        for index, group in qk_layers(f, args.layers):
+            replay_layer(group["q"][...].astype(np.float64), group["k"][...].astype(np.float64), P, args, index,
                          sys.stdout)
 
 

@@ -38,6 +38,7 @@ import sys
 
 import h5py
 import numpy as np
+from trace_layers import qk_layers
 
 
 def round_trip(x, bits):
@@ -176,18 +177,12 @@ def main():
         if args.layer_bits:
             bits = [float(x) for x in args.layer_bits.split(",")]
             weights = [b / (sum(bits) / len(bits)) for b in bits]
-        names = sorted(f["layers"].keys(), key=int)
-        if args.layers:
-            names = [n for n in names if int(n) in {int(x) for x in args.layers.split(",")}]
-        for name in names:
-            group = f["layers"][name]
-            if "q" not in group or "k" not in group:
-                continue
+        for index, group in qk_layers(f, args.layers):
             q = group["q"][...].astype(np.float64)
             k = group["k"][...].astype(np.float32)
             v = group["v"][...].astype(np.float32) if "v" in group else None
             T = k.shape[0]
-            layer = Layer(k, v, args, weights[int(name)])
+            layer = Layer(k, v, args, weights[index])
             layer.smooth(P)
             layer.update(P, P)
             last = T if args.steps is None else min(T, P + args.steps)
@@ -196,7 +191,7 @@ def main():
                 if v is not None:
                     error = output_error(q, k.astype(np.float64), v.astype(np.float64), layer.k, layer.v, p, scale)
                 layer.update(p + 1, 1)
-                print(json.dumps({"layer": int(name), "step": p - P, "position": p, "kv_bits": layer.kv_bits,
+                print(json.dumps({"layer": index, "step": p - P, "position": p, "kv_bits": layer.kv_bits,
                                   "resident_bytes": layer.resident_bytes(p + 1), "output_error": error}))
 
 

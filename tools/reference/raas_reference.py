@@ -29,6 +29,7 @@ import sys
 
 import h5py
 import numpy as np
+from trace_layers import qk_layers
 
 EVICTED = None
 
@@ -100,15 +101,9 @@ def main():
         parser.error("the budget must hold at least two pages")
     with h5py.File(args.trace, "r") as f:
         P = int(f.attrs["prompt_len"])
-        names = sorted(f["layers"].keys(), key=int)
-        if args.layers:
-            names = [n for n in names if int(n) in {int(x) for x in args.layers.split(",")}]
-        for name in names:
-            group = f["layers"][name]
-            if "q" not in group or "k" not in group:
-                continue
+        for index, group in qk_layers(f, args.layers):
             replay_layer(group["q"][...].astype(np.float64), group["k"][...].astype(np.float64), P, args,
-                         int(name), sys.stdout)
+                         index, sys.stdout)
 
 
 if __name__ == "__main__":
