@@ -57,4 +57,10 @@ guard let command = commands.first(where: { $0.spec.name == name }) else {
     StandardError.write("thinkv-sim: unknown command '\(name)'" + Suggestions.hint(for: name, among: commands.map { $0.spec.name }) + "; run 'thinkv-sim --help'\n")
     exit(2)
 }
-exit(runSubcommand(command, Array(arguments.dropFirst())))
+let status = runSubcommand(command, Array(arguments.dropFirst()))
+if HDF5Library.closeFailed {
+    // The error is reported; HDF5's own exit handler would crash on the file it failed to close.
+    fflush(stdout)
+    _exit(status)
+}
+exit(status)

@@ -25,6 +25,14 @@ enum HDF5 {
     static var all: hid_t { thinkv_H5S_ALL() }
 }
 
+/// What the executable must know about the HDF5 library's state before it exits.
+public enum HDF5Library {
+    /// Set when H5Fclose failed (a full disk while the library wrote its metadata): the library
+    /// then still holds the file with metadata it could not write, and its exit handler, which
+    /// flushes open files again, crashes (SIGSEGV). The executable then leaves with `_exit`.
+    public internal(set) nonisolated(unsafe) static var closeFailed = false
+}
+
 struct HDF5Failure: Error {
     let message: String
 }
