@@ -13,8 +13,9 @@ enum LabelCommand: Subcommand {
             Steps the file does not list are -1 (unknown) and the prompt is always -1; a step listed
             twice, or a file with no rows, is refused. LF or CRLF line ends, with or without a UTF-8
             byte-order mark. An existing /tokens/thought is replaced: the labels go into a copy of
-            the trace that is renamed over it, so a full disk or a kill leaves the old labels. Then 'thinkv-sim inspect TRACE --thoughts' prints the classifier's
-            accuracy against these labels, and 'replay --thoughts labels' replays ThinKV with them.
+            the trace that is renamed over it, so a full disk or a kill leaves the old labels.
+            Then 'thinkv-sim inspect TRACE --thoughts' prints the classifier's accuracy against
+            these labels, and 'replay --thoughts labels' replays ThinKV with them.
 
             example:
               thinkv-sim label run.h5 --from run-labels.csv
