@@ -17,8 +17,10 @@ let package = Package(
         ),
         // Cache prefetch hints for the attention kernels (Swift has none of its own).
         .target(name: "CPrefetch", path: "Sources/CPrefetch"),
+        // prctl (variadic, so not callable from Swift), for children that must die with their parent.
+        .target(name: "CProcess", path: "Sources/CProcess"),
         // All logic: trace I/O, replay engine, policies, metrics, reports, CLI commands.
-        .target(name: "ThinKVSim", dependencies: ["CHDF5", "CPrefetch"]),
+        .target(name: "ThinKVSim", dependencies: ["CHDF5", "CPrefetch", "CProcess"]),
         // The executable only dispatches to the library's commands.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.
