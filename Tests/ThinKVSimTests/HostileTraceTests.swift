@@ -1,4 +1,5 @@
 import CHDF5
+import CZlib
 import Foundation
 import XCTest
 @testable import ThinKVSim
@@ -148,5 +149,85 @@ final class HostileTraceTests: XCTestCase {
         #else
         throw XCTSkip("reads /proc (Linux)")
         #endif
+    }
+
+    /// A zlib stream of `count` zero bytes (a multiple of 1 MiB), about 1/1000 of that. Each MiB
+    /// is compressed after a full flush, so every MiB after the first gives the same bytes:
+    /// two are compressed and the second repeated; the Adler-32 of n zeros is (n mod 65521)·2^16 + 1.
+    private func zerosStream(count: Int) throws -> [UInt8] {
+        let piece = 1 << 20
+        precondition(count % piece == 0 && count >= 2 * piece)
+        var stream = z_stream()
+        XCTAssertEqual(deflateInit_(&stream, 9, zlibVersion(), Int32(MemoryLayout<z_stream>.size)), Z_OK)
+        defer { deflateEnd(&stream) }
+        var zeros = [UInt8](repeating: 0, count: piece)
+        var out = [UInt8](repeating: 0, count: 1 << 16)
+        func step(_ input: Int, _ flush: Int32) -> [UInt8] {
+            var produced: [UInt8] = []
+            zeros.withUnsafeMutableBufferPointer { z in
+                stream.next_in = z.baseAddress
+                stream.avail_in = UInt32(input)
+                repeat {
+                    out.withUnsafeMutableBufferPointer { o in
+                        stream.next_out = o.baseAddress
+                        stream.avail_out = UInt32(o.count)
+                        _ = deflate(&stream, flush)
+                        produced += o.prefix(o.count - Int(stream.avail_out))
+                    }
+                } while stream.avail_out == 0 || stream.avail_in > 0
+            }
+            return produced
+        }
+        let first = step(piece, Z_FULL_FLUSH), second = step(piece, Z_FULL_FLUSH), third = step(piece, Z_FULL_FLUSH)
+        XCTAssertEqual(second, third, "a full flush makes each MiB of zeros compress alike")
+        var result = first
+        for _ in 1..<(count / piece) { result += second }
+        let end = step(0, Z_FINISH)  // the last, empty block, then the Adler-32 of what zlib saw
+        result += end.dropLast(4)
+        let adler = UInt32(count % 65521) << 16 | 1
+        result += [UInt8(adler >> 24), UInt8(adler >> 16 & 0xff), UInt8(adler >> 8 & 0xff), UInt8(adler & 0xff)]
+        return result
+    }
+
+    /// A 2 MB trace whose /layers/0/k declares one 2 KB chunk but stores a deflate stream of
+    /// 2 GiB of zeros (written raw with H5Dwrite_chunk). Its declared size is tiny and its stored
+    /// size larger, so neither the inflation ratio nor the chunk size limit saw it; the library's
+    /// deflate inflated all 2 GiB (validate, inspect and replay exit 0 at 2080 MiB). Refused now
+    /// when the chunk inflates past its declared size, under 1 GiB.
+    func testChunkInflatingBeyondItsDeclaredSizeIsRefused() throws {
+        let T = 64, D = 8
+        let layer = TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: D, seed: 9)
+        let path = try TestTraces.write(to: directory.appendingPathComponent("chunk-bomb.h5"), T: T, P: 8, Hq: 2, Hkv: 1, D: D,
+                                        layers: [TestTraces.Layer(index: 0, q: layer.q, k: nil, v: nil)])
+        let bomb = try zerosStream(count: 2 << 30)
+        try HDF5.withLibrary {
+            let file = H5Fopen(path, thinkv_H5F_ACC_RDWR(), thinkv_H5P_DEFAULT())
+            XCTAssertGreaterThanOrEqual(file, 0)
+            defer { H5Fclose(file) }
+            var dims: [hsize_t] = [hsize_t(T), 1, hsize_t(D)]
+            let space = H5Screate_simple(3, &dims, nil)
+            defer { H5Sclose(space) }
+            let create = H5Pcreate(thinkv_H5P_DATASET_CREATE())
+            defer { H5Pclose(create) }
+            H5Pset_chunk(create, 3, &dims)
+            H5Pset_deflate(create, 9)
+            let dataset = H5Dcreate2(file, "/layers/0/k", thinkv_H5T_IEEE_F32LE(), space, thinkv_H5P_DEFAULT(), create, thinkv_H5P_DEFAULT())
+            XCTAssertGreaterThanOrEqual(dataset, 0)
+            defer { H5Dclose(dataset) }
+            var offset: [hsize_t] = [0, 0, 0]
+            let status = bomb.withUnsafeBytes { H5Dwrite_chunk(dataset, thinkv_H5P_DEFAULT(), 0, &offset, $0.count, $0.baseAddress) }
+            XCTAssertGreaterThanOrEqual(status, 0, "raw chunk written")
+        }
+        let size = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
+        XCTAssertLessThan(size, 3 << 20, "a file of about 2 MB")
+        let before = FileChecksums([path])
+        for arguments in [["validate", path], ["inspect", path], ["replay", path, "--steps", "4"]] {
+            let outcome = try ChildProcess.thinkv(arguments, in: directory, seconds: 60)
+            assertHandled(outcome, "chunk bomb \(arguments[0])")
+            XCTAssertEqual(outcome.status, 1, "\(arguments[0]) refuses it")
+            XCTAssertTrue(outcome.stderr.contains("inflates to more than"), outcome.stderr)
+            XCTAssertLessThan(outcome.maxRSSKiB, 256 << 10, "\(arguments[0]): \(outcome.maxRSSKiB / 1024) MiB")
+        }
+        XCTAssertEqual(FileChecksums([path]), before)
     }
 }

@@ -8,9 +8,10 @@ public enum TraceLimits {
     /// and attention rows (half zeros, causally) a few times; deflate reaches ~1000× only on
     /// constant data, which is what a bomb is made of. Override: THINKV_MAX_INFLATION.
     public static var maxInflation: Double { environment("THINKV_MAX_INFLATION") ?? 200 }
-    /// Bytes of one HDF5 chunk once decompressed (a chunk is read whole). Override:
-    /// THINKV_MAX_CHUNK_MB.
-    public static var maxChunkBytes: Double { (environment("THINKV_MAX_CHUNK_MB") ?? 512) * 1_048_576 }
+    /// Bytes of one HDF5 chunk once decompressed (a chunk is read whole, and a row range of it
+    /// converted to float32 beside it: 256 MiB keeps a hostile file under 1 GiB; recorded traces
+    /// use chunks of a few MiB). Override: THINKV_MAX_CHUNK_MB.
+    public static var maxChunkBytes: Double { (environment("THINKV_MAX_CHUNK_MB") ?? 256) * 1_048_576 }
     /// Share of physical memory a replay may plan to hold. Override: THINKV_MAX_MEMORY_FRACTION.
     public static var maxMemoryFraction: Double { environment("THINKV_MAX_MEMORY_FRACTION") ?? 0.75 }
 

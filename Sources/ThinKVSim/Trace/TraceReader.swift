@@ -1,4 +1,5 @@
 import CHDF5
+import CInflate
 import CProcess
 import Foundation
 
@@ -243,6 +244,7 @@ public final class TraceReader {
         guard hasTokenText else { return nil }
         return try HDF5.withLibrary {
             let (dataset, _) = try openDataset("/tokens/text")
+            defer { HDF5.resetInflateLimit() }
             let fileType = try H5Handle(H5Dget_type(dataset.id), .datatype, "")
             let count = header.numTokens
             if H5Tis_variable_str(fileType.id) > 0 {
@@ -304,6 +306,7 @@ public final class TraceReader {
         if count == 0 { return }
         try HDF5.withLibrary {
             let (dataset, space) = try openDataset(object)
+            defer { HDF5.resetInflateLimit() }
             var start: [hsize_t] = [hsize_t(rows.lowerBound)] + shape.dropFirst().map { _ in 0 }
             var extent: [hsize_t] = [hsize_t(rows.count)] + shape.dropFirst().map { hsize_t($0) }
             guard H5Sselect_hyperslab(space.id, H5S_SELECT_SET, &start, nil, &extent, nil) >= 0 else {
@@ -390,21 +393,29 @@ public final class TraceReader {
     // MARK: Internals
 
     private func readFailure(_ object: String) -> TraceError {
-        TraceError(file: displayName, object: object, "read failed (damaged or truncated file)")
+        if thinkv_inflate_limit_exceeded() != 0 {
+            return TraceError(file: displayName, object: object,
+                              "a compressed chunk inflates to more than the \(thinkv_inflate_limit()) bytes its dataset declares for it (a compression bomb); refused before inflating further")
+        }
+        return TraceError(file: displayName, object: object, "read failed (damaged or truncated file)")
     }
 
-    /// Opens a dataset with a chunk cache large enough for row-range reads of 256-row chunks.
+    /// Opens a dataset with a chunk cache large enough for row-range reads of 256-row chunks,
+    /// and bounds what each of its compressed chunks may inflate to by the chunk size it declares
+    /// (callers reset the bound with `HDF5.resetInflateLimit()` when done).
     private func openDataset(_ object: String) throws -> (H5Handle, H5Handle) {
         let access = try H5Handle(H5Pcreate(thinkv_H5P_DATASET_ACCESS()), .propertyList, "")
         H5Pset_chunk_cache(access.id, 12_421, 64 << 20, 0.75)
         let dataset = try H5Handle(H5Dopen2(file.id, object, access.id), .dataset, readFailure(object).description)
         let space = try H5Handle(H5Dget_space(dataset.id), .dataspace, readFailure(object).description)
+        HDF5.limitInflation(to: declaredChunkBytes(dataset.id))
         return (dataset, space)
     }
 
     private func readIntegers(_ object: String) throws -> [Int64] {
         try HDF5.withLibrary {
             let (dataset, space) = try openDataset(object)
+            defer { HDF5.resetInflateLimit() }
             let count = try dataspaceShape(space.id).reduce(1, *)
             var values = [Int64](repeating: 0, count: count)
             guard count == 0 || H5Dread(dataset.id, thinkv_H5T_NATIVE_INT64(), HDF5.all, HDF5.all, HDF5.defaultProperties, &values) >= 0 else {
