@@ -230,4 +230,96 @@ final class HostileTraceTests: XCTestCase {
         }
         XCTAssertEqual(FileChecksums([path]), before)
     }
+
+    /// A 6 MB file of nearly constant tensors, inside the inflation limit, that declares 2^18
+    /// tokens: a replay of four policies would plan 1.3 GiB. Refused before loading, by a
+    /// bound tied to the file's size (a recorded trace plans at most about 12× its file).
+    func testSmallFileDeclaringAHugeReplayIsRefused() throws {
+        let T = 1 << 18, D = 128
+        let path = directory.appendingPathComponent("constant.h5").path
+        try HDF5.withLibrary {
+            let file = H5Fcreate(path, thinkv_H5F_ACC_TRUNC(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
+            XCTAssertGreaterThanOrEqual(file, 0)
+            defer { H5Fclose(file) }
+            func integer(_ name: String, _ value: Int32) {
+                let space = H5Screate(H5S_SCALAR)
+                let attribute = H5Acreate2(file, name, thinkv_H5T_STD_I32LE(), space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
+                var v = value
+                H5Awrite(attribute, thinkv_H5T_NATIVE_INT32(), &v)
+                H5Aclose(attribute)
+                H5Sclose(space)
+            }
+            let type = H5Tcopy(thinkv_H5T_C_S1())
+            H5Tset_size(type, 12)
+            let scalar = H5Screate(H5S_SCALAR)
+            for (name, value) in [("format", "thinkv-trace"), ("model", "constant")] {
+                let attribute = H5Acreate2(file, name, type, scalar, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
+                var bytes = Array(value.utf8) + [UInt8](repeating: 0, count: 12 - value.utf8.count)
+                H5Awrite(attribute, type, &bytes)
+                H5Aclose(attribute)
+            }
+            H5Sclose(scalar)
+            H5Tclose(type)
+            for (name, value) in [("version", 1), ("num_layers", 1), ("num_q_heads", 1), ("num_kv_heads", 1), ("head_dim", Int32(D)),
+                                  ("prompt_len", 16), ("num_tokens", Int32(T))] as [(String, Int32)] { integer(name, value) }
+            for group in ["/tokens", "/layers", "/layers/0"] {
+                H5Gclose(H5Gcreate2(file, group, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT()))
+            }
+            func dataset(_ name: String, _ shape: [Int], _ fileType: hid_t, _ memoryType: hid_t, _ bytes: [UInt8]) {
+                var dims = shape.map { hsize_t($0) }
+                let space = H5Screate_simple(Int32(dims.count), &dims, nil)
+                let create = H5Pcreate(thinkv_H5P_DATASET_CREATE())
+                var chunk = dims
+                chunk[0] = 4096
+                H5Pset_chunk(create, Int32(chunk.count), &chunk)
+                H5Pset_deflate(create, 1)
+                let id = H5Dcreate2(file, name, fileType, space, thinkv_H5P_DEFAULT(), create, thinkv_H5P_DEFAULT())
+                _ = bytes.withUnsafeBytes { H5Dwrite(id, memoryType, thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(), $0.baseAddress) }
+                H5Dclose(id)
+                H5Pclose(create)
+                H5Sclose(space)
+            }
+            dataset("/tokens/ids", [T], thinkv_H5T_STD_I32LE(), thinkv_H5T_NATIVE_INT32(), (0..<T).map { Int32(truncatingIfNeeded: $0 &* 2_654_435_761) }.withUnsafeBytes { Array($0) })
+            // About one value in 150 random, the rest 0: compressed far more than activations,
+            // but inside the 200× inflation limit.
+            var random = SplitMix64(seed: 77)
+            var values = [Float](repeating: 0, count: T * D)
+            for _ in 0..<(values.count / 150) { values[Int(random.next() % UInt64(values.count))] = random.nextGaussian() }
+            for name in ["q", "k", "v"] {
+                dataset("/layers/0/\(name)", [T, 1, D], thinkv_H5T_IEEE_F32LE(), thinkv_H5T_NATIVE_FLOAT(), values.withUnsafeBytes { Array($0) })
+            }
+        }
+        let size = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
+        XCTAssertLessThan(size, 8 << 20, "a small file")
+        let before = FileChecksums([path])
+        // Four policies: K and V as float32 and each policy's copies, about 1.3 GiB planned.
+        let replay = try ChildProcess.thinkv(["replay", path, "--policy", "full,h2o,snapkv,streaming", "--budget", "64", "--steps", "2"],
+                                             in: directory)
+        assertHandled(replay, "constant tensors replay")
+        XCTAssertEqual(replay.status, 1)
+        XCTAssertTrue(replay.stderr.contains("THINKV_MAX_PLAN_PER_FILE_BYTE"), replay.stderr)
+        XCTAssertEqual(FileChecksums([path]), before)
+    }
+
+    /// '--' ends the options: a trace named like an option is a path, for every command that
+    /// reads one (the Python package relies on it), and --progress after '--' is a path too.
+    func testDoubleDashEndsOptions() throws {
+        let valid = try traceWithText("valid.h5")
+        for name in ["-x.h5", "--progress", "--help"] {
+            let path = directory.appendingPathComponent(name).path
+            try FileManager.default.copyItem(atPath: valid, toPath: path)
+            let before = FileChecksums([path])
+            let process = try ChildProcess.run(try XCTUnwrap(CommandRunner.binary).path, ["validate", "--", name], in: directory,
+                                               seconds: 30, workingDirectory: directory.path)
+            assertHandled(process, "validate -- \(name)")
+            XCTAssertEqual(process.status, 0, "\(name): \(process.stderr)")
+            XCTAssertTrue(process.stdout.hasPrefix("\(name): ok"), process.stdout)
+            XCTAssertEqual(FileChecksums([path]), before)
+        }
+        let missing = try ChildProcess.run(try XCTUnwrap(CommandRunner.binary).path, ["replay", "--", "--version"], in: directory,
+                                           seconds: 30, workingDirectory: directory.path)
+        assertHandled(missing, "replay -- --version")
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.contains("--version: no such file"), missing.stderr)
+    }
 }

@@ -19,7 +19,7 @@ enum ChildProcess {
     /// Runs `executable arguments…` with stdin from /dev/null, stdout and stderr to files in
     /// `directory`; after `seconds` the child is killed (SIGKILL) and `timedOut` set.
     static func run(_ executable: String, _ arguments: [String], in directory: URL, seconds: Double = 60,
-                    environment: [String: String] = [:], stdoutPath: String? = nil) throws -> Outcome {
+                    environment: [String: String] = [:], stdoutPath: String? = nil, workingDirectory: String? = nil) throws -> Outcome {
         let outPath = stdoutPath ?? directory.appendingPathComponent("stdout-\(UUID().uuidString)").path
         let errPath = directory.appendingPathComponent("stderr-\(UUID().uuidString)").path
         var actions = posix_spawn_file_actions_t()
@@ -29,6 +29,12 @@ enum ChildProcess {
         posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         // The test's own limits (THINKV_PROBE_SECONDS and the like) must not reach the child.
+        // posix_spawn's chdir action is not in every libc: a shell changes directory, then execs.
+        var (executable, arguments) = (executable, arguments)
+        if let workingDirectory {
+            arguments = ["-c", "cd \"$0\" && exec \"$@\"", workingDirectory, executable] + arguments
+            executable = "/bin/sh"
+        }
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("THINKV_") || $0.key == "THINKV_SIM" }
         for (key, value) in environment { env[key] = value }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
