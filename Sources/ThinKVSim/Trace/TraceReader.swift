@@ -57,7 +57,7 @@ public final class TraceReader {
         let attributes = AttributeReader(location: file.id, fail: fail)
         let format = try attributes.string("format", required: true)!
         guard format == TraceHeader.formatName else {
-            throw fail("attribute 'format'", "is '\(format)', expected '\(TraceHeader.formatName)'")
+            throw fail("attribute 'format'", "is '\(Format.excerpt(format))', expected '\(TraceHeader.formatName)'")
         }
         let version = try attributes.integer("version", required: true)!
         guard version == Int64(TraceHeader.supportedVersion) else {
@@ -505,7 +505,7 @@ public final class TraceReader {
                     heads = (found.shape.count == 3 && found.shape[1] == header.numKVHeads && header.numKVHeads != header.numQHeads)
                         ? .keyValue : .query
                 case let other?:
-                    throw fail(object, "attribute 'heads' is '\(other)', expected 'q' or 'kv'")
+                    throw fail(object, "attribute 'heads' is '\(Format.excerpt(other))', expected 'q' or 'kv'")
                 }
                 info.attentionHeads = heads
                 expected = [G, heads == .query ? header.numQHeads : header.numKVHeads, T]
