@@ -17,10 +17,6 @@ enum HDF5 {
         return true
     }()
 
-    /// Whether deflated chunks are read through `thinkv_deflate_filter`, which inflates a chunk
-    /// to at most the size its dataset declares.
-    nonisolated(unsafe) static private(set) var inflationIsBounded = false
-
     /// Puts the bounded deflate filter in place of the library's own, which inflates whatever
     /// the stream holds (2 GiB from a 2 MB chunk whose dataset declares 2 KB). Same zlib format,
     /// so files read and write as before. The public H5Zregister refuses to replace a predefined
@@ -34,7 +30,7 @@ enum HDF5 {
         var deflate = H5Z_class2_t(version: Int32(H5Z_CLASS_T_VERS), id: H5Z_filter_t(H5Z_FILTER_DEFLATE), encoder_present: 1,
                                    decoder_present: 1, name: boundedDeflateName, can_apply: nil, set_local: nil,
                                    filter: thinkv_deflate_filter)
-        inflationIsBounded = register(&deflate) >= 0
+        _ = register(&deflate)
     }
 
     private static let boundedDeflateName: UnsafePointer<CChar> = UnsafePointer(strdup("deflate (bounded)")!)

@@ -70,7 +70,7 @@ public enum ThoughtLabeler {
 
         let temporary = directory + "/." + URL(fileURLWithPath: target).lastPathComponent + ".label-\(getpid()).tmp"
         do {
-            try copyFile(target, to: temporary, mode: info.st_mode & 0o7777, trace: path)
+            try copyFile(target, to: temporary, owner: (info.st_uid, info.st_gid), mode: info.st_mode & 0o7777, trace: path)
             try writeLabels(all, into: temporary, trace: path)
             try syncFile(temporary, trace: path)
             guard rename(temporary, target) == 0 else {
@@ -98,9 +98,9 @@ public enum ThoughtLabeler {
         }
     }
 
-    /// Copies `source` to a new file `destination` (created exclusively, with `mode`), every
-    /// write checked.
-    private static func copyFile(_ source: String, to destination: String, mode: mode_t, trace: String) throws {
+    /// Copies `source` to a new file `destination` (created exclusively, with `mode`, and the
+    /// owner where this process may set it), every write checked.
+    private static func copyFile(_ source: String, to destination: String, owner: (uid_t, gid_t), mode: mode_t, trace: String) throws {
         let input = open(source, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw TraceError(file: trace, "cannot be read (\(String(cString: strerror(errno))))") }
         defer { close(input) }
@@ -109,7 +109,9 @@ public enum ThoughtLabeler {
             throw TraceError(file: trace, "cannot create the temporary copy \(destination) (\(String(cString: strerror(errno))))")
         }
         defer { close(output) }
-        // open() applies the umask; the copy gets the trace's own permissions.
+        // open() applies the umask; the copy gets the trace's own permissions (and, run as
+        // root, its owner; otherwise the copy belongs to whoever labels it).
+        _ = fchown(output, owner.0, owner.1)
         _ = fchmod(output, mode)
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         var offset: off_t = 0
