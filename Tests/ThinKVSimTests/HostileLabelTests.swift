@@ -177,6 +177,8 @@ final class HostileLabelTests: XCTestCase {
                 try FileManager.default.copyItem(atPath: original, toPath: trace)
                 XCTAssertEqual(chmod(trace, 0o640), 0)
             }
+            try fresh()
+            let originalSums = FileChecksums([trace])
             // An unfailed run, counting its writes.
             try fresh()
             let log = directory.appendingPathComponent("writes.log").path
@@ -210,6 +212,9 @@ final class HostileLabelTests: XCTestCase {
                     XCTAssertEqual(validate.status, 0, "\(what): the trace no longer opens: \(validate.stderr)")
                     let found = try labels(trace)
                     XCTAssertTrue(found == oldLabels || found == newLabels, "\(what): labels \(String(describing: found))")
+                    // Every write goes to the copy and the rename comes after the last: the trace is
+                    // byte for byte what it was.
+                    XCTAssertEqual(FileChecksums([trace]), originalSums, "\(what): the trace is unchanged")
                     var info = stat()
                     XCTAssertEqual(stat(trace, &info), 0)
                     XCTAssertEqual(info.st_mode & 0o777, 0o640, "\(what): permissions")
