@@ -36,11 +36,17 @@ enum HDF5 {
     private static let boundedDeflateName: UnsafePointer<CChar> = UnsafePointer(strdup("deflate (bounded)")!)
 
     /// Compressed chunks read from now on may inflate to at most `bytes` each (nil: the
-    /// default bound, the largest chunk a trace may have).
+    /// default bound, the largest chunk a trace may have). 4 KiB more are allowed: a filter
+    /// applied before deflate on writing can add a few bytes (Fletcher-32 adds 4).
     static func limitInflation(to bytes: Int?) {
         thinkv_reset_inflate_limit_exceeded()
-        thinkv_set_inflate_limit(bytes ?? Int(TraceLimits.maxChunkBytes))
+        thinkv_set_inflate_limit((bytes ?? Int(TraceLimits.maxChunkBytes)) + inflationSlack)
     }
+
+    static let inflationSlack = 4096
+
+    /// The chunk size the current inflation bound allows (without the slack), for messages.
+    static var declaredChunkLimit: Int { thinkv_inflate_limit() - inflationSlack }
 
     static func resetInflateLimit() { limitInflation(to: nil) }
 

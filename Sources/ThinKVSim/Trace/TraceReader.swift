@@ -396,7 +396,7 @@ public final class TraceReader {
     private func readFailure(_ object: String) -> TraceError {
         if thinkv_inflate_limit_exceeded() != 0 {
             return TraceError(file: displayName, object: object,
-                              "a compressed chunk inflates to more than the \(thinkv_inflate_limit()) bytes its dataset declares for it (a compression bomb); refused before inflating further")
+                              "a compressed chunk inflates to more than the \(HDF5.declaredChunkLimit) bytes its dataset declares for it (a compression bomb); refused before inflating further")
         }
         return TraceError(file: displayName, object: object, "read failed (damaged or truncated file)")
     }
