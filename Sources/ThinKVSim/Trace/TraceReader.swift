@@ -151,7 +151,8 @@ public final class TraceReader {
         return 5 + 2 * Double(max(fileBytes, 0)) / Double(1 << 30)
     }
 
-    /// Opens the file and reads its metadata and token datasets in a forked child first: on a
+    /// Opens the file and reads its metadata, token datasets and the first and last rows of each
+    /// layer tensor in a forked child first: on a
     /// damaged file the HDF5 library itself can crash (corrupt variable-length strings) or loop
     /// forever (corrupt metadata), which no check in this process could survive. The child's
     /// death or a timeout becomes a one-line error; a child that fails cleanly is left to the
@@ -197,6 +198,20 @@ public final class TraceReader {
                 _ = try? reader.readTokenIDs()
                 _ = try? reader.readThoughtLabels()
                 _ = try? reader.readTokenText()
+                // The first and last rows of every layer tensor, in the blocks validate and replay
+                // read (256 rows; 8 of attn, whose rows are whole sequences): a damaged chunk key
+                // (a bit flip in a B-tree coordinate) passes every metadata call of libhdf5 1.10
+                // but makes a read of its chunk copy past a buffer (SIGSEGV). Two blocks per
+                // tensor keep this cheap; a damaged chunk elsewhere is met by the read itself.
+                for info in reader.layers {
+                    for tensor in LayerTensor.allCases where info.has(tensor) {
+                        let rows = reader.shape(of: tensor, layer: info.index)[0]
+                        let block = min(rows, tensor == .attn ? 8 : 256)
+                        for start in Set([0, rows - block]) where block > 0 {
+                            _ = try? reader.readRows(tensor, layer: info.index, rows: start..<(start + block))
+                        }
+                    }
+                }
             }
             _exit(0)
         }
@@ -219,7 +234,7 @@ public final class TraceReader {
         }
         let signal = status & 0x7f
         if signal != 0 {
-            throw fail(nil, "damaged HDF5 file: reading its metadata or token datasets crashed the HDF5 library (signal \(signal))")
+            throw fail(nil, "damaged HDF5 file: reading its metadata, token datasets or a layer's first or last rows crashed the HDF5 library (signal \(signal))")
         }
     }
 
