@@ -17,13 +17,20 @@ let package = Package(
         ),
         // Cache prefetch hints for the attention kernels (Swift has none of its own).
         .target(name: "CPrefetch", path: "Sources/CPrefetch"),
+        // prctl (variadic, so not callable from Swift), for children that must die with their parent.
+        .target(name: "CProcess", path: "Sources/CProcess"),
+        // HDF5's deflate filter with a bound on what one chunk inflates to (a compression bomb
+        // in a chunk that declares a few KB); zlib comes with the HDF5 packages.
+        .target(name: "CInflate", path: "Sources/CInflate", linkerSettings: [.linkedLibrary("z")]),
         // All logic: trace I/O, replay engine, policies, metrics, reports, CLI commands.
-        .target(name: "ThinKVSim", dependencies: ["CHDF5", "CPrefetch"]),
+        .target(name: "ThinKVSim", dependencies: ["CHDF5", "CPrefetch", "CProcess", "CInflate"]),
         // The executable only dispatches to the library's commands.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.
         // Tests use the HDF5 C API directly to build malformed files a writer would refuse to make.
-        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "CHDF5"]),
+        // zlib lets tests build compressed chunks by hand (compression bombs).
+        .systemLibrary(name: "CZlib", path: "Tests/CZlib"),
+        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "CHDF5", "CZlib"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -3,6 +3,16 @@
 # when pkg-config cannot find HDF5. Debian/Ubuntu only; uses sudo when not root.
 set -euo pipefail
 
+# `ensure-deps.sh --python-venv`: Debian's python3 lacks venv and ensurepip until python3-venv is installed.
+if [ "${1:-}" = "--python-venv" ]; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    echo "ensure-deps: installing python3-venv" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    exit 0
+fi
+
 if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists hdf5; then
     exit 0
 fi

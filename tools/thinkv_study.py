@@ -9,7 +9,7 @@ floor breaches). Results are also written as JSON lines (--jsonl) so that two bu
 and after a change) can be tabulated side by side with --compare.
 
     python3 tools/thinkv_study.py --binary .build/release/thinkv-sim --percent 5,10,20 \
-        --jsonl out/study.jsonl traces/*.h5 extra/*.h5
+        --jsonl out/study.jsonl traces/*.h5 extra/*.h5 [--replay-arg=--calibration-domain=cache]
     python3 tools/thinkv_study.py --compare before.jsonl after.jsonl
 
 Only the standard library is needed.
@@ -109,12 +109,13 @@ def main():
     parser.add_argument("--policies", default=POLICIES)
     parser.add_argument("--jsonl", help="append every row as a JSON line")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="tabulate two --jsonl files")
-    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options passed to every replay")
+    parser.add_argument("--replay-arg", action="append", default=[], metavar="ARG",
+                        help="an option passed to every replay, e.g. --replay-arg=--calibration-domain=cache")
     args = parser.parse_args()
     if args.compare:
         compare(*args.compare)
         return
-    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    extra = args.replay_arg
     sink = open(args.jsonl, "a") if args.jsonl else None
     for percent in [float(p) for p in args.percent.split(",")]:
         rows = []

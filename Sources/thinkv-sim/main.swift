@@ -34,8 +34,10 @@ func topLevelHelp() -> String {
 }
 
 var arguments = Array(CommandLine.arguments.dropFirst())
-// --progress auto|plain|none applies to every command, so it is taken here.
-if let i = arguments.firstIndex(where: { $0 == "--progress" || $0.hasPrefix("--progress=") }) {
+// --progress auto|plain|none applies to every command, so it is taken here (before any '--',
+// after which every argument is a path or value: a trace may be named '--progress').
+let optionsEnd = arguments.firstIndex(of: "--") ?? arguments.endIndex
+if let i = arguments[..<optionsEnd].firstIndex(where: { $0 == "--progress" || $0.hasPrefix("--progress=") }) {
     let inline = arguments[i].hasPrefix("--progress=") ? String(arguments[i].dropFirst("--progress=".count)) : nil
     let raw = inline ?? (i + 1 < arguments.count ? arguments[i + 1] : "")
     guard let mode = TerminalProgress.Mode(rawValue: raw) else {
@@ -57,4 +59,10 @@ guard let command = commands.first(where: { $0.spec.name == name }) else {
     StandardError.write("thinkv-sim: unknown command '\(name)'" + Suggestions.hint(for: name, among: commands.map { $0.spec.name }) + "; run 'thinkv-sim --help'\n")
     exit(2)
 }
-exit(runSubcommand(command, Array(arguments.dropFirst())))
+let status = runSubcommand(command, Array(arguments.dropFirst()))
+if HDF5Library.closeFailed {
+    // The error is reported; HDF5's own exit handler would crash on the file it failed to close.
+    fflush(stdout)
+    _exit(status)
+}
+exit(status)

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from typing import Optional, Sequence, Union
 
 import pandas as pd
 
-from .runner import options, run
+from .runner import options, run, run_json
 
 
 def _arguments(trace: str, policies: Union[str, Sequence[str]], budget: Optional[int], kv_percent: Optional[float],
-               layers: Optional[Sequence[int]], steps: Optional[int], params: dict) -> list[str]:
+               layers: Optional[Sequence[int]], steps: Optional[int], params: dict, extra: Sequence[str] = ()) -> list[str]:
     names = policies if isinstance(policies, str) else ",".join(policies)
-    arguments = ["replay", os.fspath(trace), "--policy", names]
+    arguments = ["replay", f"--policy={names}"]
     if layers is not None:
-        arguments += ["--layers", ",".join(str(layer) for layer in layers)]
+        arguments.append("--layers=" + ",".join(str(layer) for layer in layers))
     if steps is not None:
-        arguments += ["--steps", str(steps)]
-    return arguments + options({"budget": budget, "kv_percent": kv_percent, **params})
+        arguments.append(f"--steps={steps}")
+    arguments += options({"budget": budget, "kv_percent": kv_percent, **params})
+    # '--' ends the options: a trace named '-x.h5' or '--help' is a path, not an option.
+    return arguments + list(extra) + ["--", os.fspath(trace)]
 
 
 def _flatten(prefix: str, value, row: dict) -> None:
@@ -42,8 +43,7 @@ def replay(trace: str, policies: Union[str, Sequence[str]] = "full", budget: Opt
     The report's notes are in `df.attrs["notes"]`. Other keyword arguments are policy
     parameters (r_bits=8 -> --r-bits 8).
     """
-    done = run(_arguments(trace, policies, budget, kv_percent, layers, steps, params) + ["--json"])
-    report = json.loads(done.stdout)
+    report = run_json(_arguments(trace, policies, budget, kv_percent, layers, steps, params, extra=["--json"]))
     rows = []
     for entry in report["runs"]:
         row = {"policy": entry["policy"], "label": entry["label"]}
@@ -65,5 +65,5 @@ def replay_steps(trace: str, policies: Union[str, Sequence[str]] = "full", budge
     """The per-step table of `replay --csv`: one row per (policy, layer, decode step)."""
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "steps.csv")
-        run(_arguments(trace, policies, budget, kv_percent, layers, steps, params) + ["--csv", path])
+        run(_arguments(trace, policies, budget, kv_percent, layers, steps, params, extra=[f"--csv={path}"]))
         return pd.read_csv(path)

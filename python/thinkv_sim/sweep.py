@@ -18,10 +18,11 @@ def sweep(config: str, output: Optional[str] = None, shard: Optional[str] = None
     command line); without, it goes to a temporary file. `shard` is "i/n".
     """
     def go(path: str) -> pd.DataFrame:
-        arguments = ["sweep", os.fspath(config), "-o", path]
+        arguments = ["sweep", f"--output={path}"]
         if shard:
-            arguments += ["--shard", shard]
-        run(arguments)
+            arguments.append(f"--shard={shard}")
+        # '--' ends the options: a config named '-x.json' is a path, not an option.
+        run(arguments + ["--", os.fspath(config)])
         return pd.read_csv(path)
 
     if output is not None:

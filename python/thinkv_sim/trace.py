@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, Optional
 
 import h5py
@@ -43,23 +44,46 @@ def _attribute(value):
 
 def read_trace(path: str, layers=None, tensors=("q", "k", "v", "attn")) -> Trace:
     """Loads a trace; `layers` limits which recorded layers are read (negative indices count
-    from the last recorded one), `tensors` which datasets of each layer."""
+    from the last recorded one), `tensors` which datasets of each layer.
+
+    A file that is not a thinkv trace, or a layer that is not recorded, raises ValueError with a
+    one-line message naming the file."""
+    path = os.fspath(path)
     with h5py.File(path, "r") as f:
         if _attribute(f.attrs.get("format")) != "thinkv-trace":
             raise ValueError(f"{path}: not a thinkv-trace file (root attribute 'format' is {f.attrs.get('format')!r})")
         attrs = {name: _attribute(value) for name, value in f.attrs.items()}
+        if not isinstance(f.get("tokens"), h5py.Group) or not isinstance(f["tokens"].get("ids"), h5py.Dataset):
+            raise ValueError(f"{path}: missing /tokens/ids (a required dataset)")
         tokens = f["tokens"]
         text = None
         if "text" in tokens:
             text = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in tokens["text"][()]]
-        recorded = sorted(int(name) for name in f["layers"].keys()) if "layers" in f else []
-        wanted = recorded if layers is None else [recorded[n] if n < 0 else n for n in layers]
+        group = f.get("layers")
+        names = list(group.keys()) if isinstance(group, h5py.Group) else []
+        bad = [name for name in names if not name.isdigit()]
+        if bad:
+            raise ValueError(f"{path}: /layers/{bad[0]}: layer group names must be decimal layer indices")
+        recorded = sorted(int(name) for name in names)
+        wanted = recorded if layers is None else [_layer_index(path, n, recorded) for n in layers]
         missing = [n for n in wanted if n not in recorded]
         if missing:
             raise ValueError(f"{path}: layers {missing} are not recorded (recorded: {recorded})")
         out = {}
         for n in wanted:
-            group = f["layers"][str(n)]
-            out[n] = {name: group[name][()] for name in tensors if name in group}
+            layer = f["layers"][str(n)]
+            out[n] = {name: layer[name][()] for name in tensors if name in layer}
         return Trace(path=path, attrs=attrs, token_ids=tokens["ids"][()],
                      token_text=text, thought=tokens["thought"][()] if "thought" in tokens else None, layers=out)
+
+
+def _layer_index(path: str, n, recorded: list) -> int:
+    """A requested layer: its index, or, negative, counted from the last recorded layer."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"{path}: layer {n!r} is not an integer index")
+    n = int(n)
+    if n >= 0:
+        return n
+    if -n > len(recorded):
+        raise ValueError(f"{path}: layer {n} counts back past the first recorded layer ({len(recorded)} recorded: {recorded})")
+    return recorded[n]

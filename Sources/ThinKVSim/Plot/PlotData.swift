@@ -32,7 +32,7 @@ public struct PlotData {
             guard let i = table.index(of: column) else { continue }
             for (n, row) in table.rows.enumerated() where !row[i].isEmpty && !Self.wordValues.contains(row[i]) {
                 guard let value = Int(row[i]), value >= 0, value <= Int(Int32.max) else {
-                    throw CSVError("\(path): line \(n + 2): \(column) '\(Format.printable(row[i]))' is not a count between 0 and \(Int32.max)")
+                    throw CSVError("\(path): line \(n + 2): \(column) '\(Format.excerpt(row[i]))' is not a count between 0 and \(Int32.max)")
                 }
             }
         }

@@ -24,7 +24,7 @@ public enum StepBytesFigure {
         for (n, row) in table.rows.enumerated() {
             // Every step has a row per layer: a step beyond the row count is a damaged file.
             guard let s = Int(row[step]), s >= 0, s < table.rows.count else {
-                throw CSVError("\(path): line \(n + 2): step '\(Format.printable(row[step]))' is not a decode step of this file")
+                throw CSVError("\(path): line \(n + 2): step '\(Format.excerpt(row[step]))' is not a decode step of this file")
             }
             steps = max(steps, s + 1)
             layers.insert(row[layer])

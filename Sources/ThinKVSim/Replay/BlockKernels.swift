@@ -498,6 +498,16 @@ extension Kernels {
         return s
     }
 
+    /// log Σ exp(x[i]) for i in 0..<n, shifted by the maximum so no exponential overflows;
+    /// x is left as it is. −∞ for n = 0.
+    @inline(__always)
+    public static func logSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        guard n > 0 else { return -.infinity }
+        let m = rowMax(x, n, laneMaxima: nil)
+        guard m.isFinite else { return m }
+        return m + logf(sumExp(x, n, shift: m))
+    }
+
     /// Σ x[i] for i in 0..<n (8-lane partial sums, then the tail).
     @inline(__always)
     public static func sum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {

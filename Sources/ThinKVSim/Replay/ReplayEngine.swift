@@ -710,7 +710,12 @@ final class PolicyLayerRun {
                             let lse = chunk.logSumExp[s * h.numQHeads + firstHead + hh]
                             let x = e + hh * n, y = a + hh * n
                             if cache.keysModified {
-                                recall[hh] = Kernels.sumExp(x, n, shift: lse)
+                                // As on the exact path: m = exp(lse_S − lse) from the log-sum-exp of
+                                // the exact logits over S, capped at 1. The exact logits here and the
+                                // reference's lse can differ by rounding, which with large q·k is
+                                // more than exp's argument can absorb (a raw Σ exp(x − lse) gave 65).
+                                let exactKeptLSE = Kernels.logSumExp(x, n)
+                                recall[hh] = Swift.min(expf(exactKeptLSE - lse), 1)
                                 for i in 0..<n { x[i] = y[i] - x[i] }
                                 let keptLSE = Kernels.softmaxFast(y, n)
                                 kl[hh] = Kernels.dot(y, x, n) + (lse - keptLSE) * Kernels.sum(y, n)

@@ -45,6 +45,14 @@ public enum Format {
         return out
     }
 
+    /// Text from an input quoted in an error message: printable, and cut to `limit` characters
+    /// so a huge line or attribute cannot flood the terminal (the message says how long it was).
+    public static func excerpt(_ text: some StringProtocol, limit: Int = 80) -> String {
+        let count = text.count
+        guard count > limit else { return printable(String(text)) }
+        return printable(String(text.prefix(limit))) + "… (\(count) characters)"
+    }
+
     private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
         scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
     }

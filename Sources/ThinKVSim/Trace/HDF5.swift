@@ -1,4 +1,5 @@
 import CHDF5
+import CInflate
 import Foundation
 
 /// A thin, owning layer over the HDF5 C API: identifiers close themselves, failures become
@@ -11,8 +12,43 @@ enum HDF5 {
     private static let initialized: Bool = {
         H5open()
         thinkv_silence_hdf5_errors()
+        installBoundedDeflate()
+        resetInflateLimit()
         return true
     }()
+
+    /// Puts the bounded deflate filter in place of the library's own, which inflates whatever
+    /// the stream holds (2 GiB from a 2 MB chunk whose dataset declares 2 KB). Same zlib format,
+    /// so files read and write as before. The public H5Zregister refuses to replace a predefined
+    /// filter ("unable to modify predefined filters"); the library's internal H5Z_register, which
+    /// it calls, does not, and is looked up at run time so that a library without it (it is not
+    /// part of the public API) still works, unbounded.
+    private static func installBoundedDeflate() {
+        typealias Register = @convention(c) (UnsafePointer<H5Z_class2_t>) -> herr_t
+        guard let symbol = dlsym(nil, "H5Z_register") else { return }
+        let register = unsafeBitCast(symbol, to: Register.self)
+        var deflate = H5Z_class2_t(version: Int32(H5Z_CLASS_T_VERS), id: H5Z_filter_t(H5Z_FILTER_DEFLATE), encoder_present: 1,
+                                   decoder_present: 1, name: boundedDeflateName, can_apply: nil, set_local: nil,
+                                   filter: thinkv_deflate_filter)
+        _ = register(&deflate)
+    }
+
+    private static let boundedDeflateName: UnsafePointer<CChar> = UnsafePointer(strdup("deflate (bounded)")!)
+
+    /// Compressed chunks read from now on may inflate to at most `bytes` each (nil: the
+    /// default bound, the largest chunk a trace may have). 4 KiB more are allowed: a filter
+    /// applied before deflate on writing can add a few bytes (Fletcher-32 adds 4).
+    static func limitInflation(to bytes: Int?) {
+        thinkv_reset_inflate_limit_exceeded()
+        thinkv_set_inflate_limit((bytes ?? Int(TraceLimits.maxChunkBytes)) + inflationSlack)
+    }
+
+    static let inflationSlack = 4096
+
+    /// The chunk size the current inflation bound allows (without the slack), for messages.
+    static var declaredChunkLimit: Int { thinkv_inflate_limit() - inflationSlack }
+
+    static func resetInflateLimit() { limitInflation(to: nil) }
 
     static func withLibrary<R>(_ body: () throws -> R) rethrows -> R {
         _ = initialized
@@ -23,6 +59,14 @@ enum HDF5 {
 
     static var defaultProperties: hid_t { thinkv_H5P_DEFAULT() }
     static var all: hid_t { thinkv_H5S_ALL() }
+}
+
+/// What the executable must know about the HDF5 library's state before it exits.
+public enum HDF5Library {
+    /// Set when H5Fclose failed (a full disk while the library wrote its metadata): the library
+    /// then still holds the file with metadata it could not write, and its exit handler, which
+    /// flushes open files again, crashes (SIGSEGV). The executable then leaves with `_exit`.
+    public internal(set) nonisolated(unsafe) static var closeFailed = false
 }
 
 struct HDF5Failure: Error {
@@ -164,6 +208,25 @@ func unavailableFilter(_ dataset: hid_t) -> (id: Int32, name: String)? {
         }
     }
     return nil
+}
+
+/// Bytes one chunk of `dataset` holds once decompressed, as its creation properties declare
+/// (nil for a dataset that is not chunked). Variable-length elements are counted at 16 bytes,
+/// their size inside a chunk (length and global-heap reference).
+func declaredChunkBytes(_ dataset: hid_t) -> Int? {
+    let plist = H5Dget_create_plist(dataset)
+    guard plist >= 0 else { return nil }
+    defer { H5Pclose(plist) }
+    guard H5Pget_layout(plist) == H5D_CHUNKED else { return nil }
+    var dims = [hsize_t](repeating: 0, count: 32)
+    let rank = H5Pget_chunk(plist, Int32(dims.count), &dims)
+    guard rank > 0 else { return nil }
+    let type = H5Dget_type(dataset)
+    guard type >= 0 else { return nil }
+    defer { H5Tclose(type) }
+    let variable = H5Tis_variable_str(type) > 0 || H5Tget_class(type) == H5T_VLEN
+    let elementBytes = variable ? max(H5Tget_size(type), 16) : H5Tget_size(type)
+    return TraceLimits.product(dims.prefix(Int(rank)).map { Int($0) } + [elementBytes])
 }
 
 /// Why reading a dataset in full would be unsafe: its declared size is far larger than what the

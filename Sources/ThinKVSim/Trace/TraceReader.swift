@@ -1,4 +1,6 @@
 import CHDF5
+import CInflate
+import CProcess
 import Foundation
 
 /// Opens a thinkv-trace file, validates its structure against format version 1, and reads
@@ -55,7 +57,7 @@ public final class TraceReader {
         let attributes = AttributeReader(location: file.id, fail: fail)
         let format = try attributes.string("format", required: true)!
         guard format == TraceHeader.formatName else {
-            throw fail("attribute 'format'", "is '\(format)', expected '\(TraceHeader.formatName)'")
+            throw fail("attribute 'format'", "is '\(Format.excerpt(format))', expected '\(TraceHeader.formatName)'")
         }
         let version = try attributes.integer("version", required: true)!
         guard version == Int64(TraceHeader.supportedVersion) else {
@@ -136,12 +138,21 @@ public final class TraceReader {
     /// Set in the child of `probeInChild`, which must not probe again.
     nonisolated(unsafe) private static var isProbeChild = false
 
-    /// Seconds the metadata probe may take (THINKV_PROBE_SECONDS overrides).
-    static var probeSeconds: Double {
-        ProcessInfo.processInfo.environment["THINKV_PROBE_SECONDS"].flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 60
+    /// Seconds the metadata probe may take on a file of `fileBytes` (THINKV_PROBE_SECONDS
+    /// overrides). The probe reads the metadata and the token datasets, not the layer tensors:
+    /// on the shipped traces (3.6 and 8 MB) it takes about 7 ms, on a 181 MB trace of 65,536
+    /// tokens with token text and 8 layers 35–95 ms (debug build). 5 s plus 2 s per GiB of file
+    /// leaves room for traces far larger, while a damaged file that sends the library into an
+    /// endless loop is refused in seconds rather than a minute.
+    static func probeSeconds(fileBytes: Int64) -> Double {
+        if let raw = ProcessInfo.processInfo.environment["THINKV_PROBE_SECONDS"], let seconds = Double(raw), seconds > 0 {
+            return seconds
+        }
+        return 5 + 2 * Double(max(fileBytes, 0)) / Double(1 << 30)
     }
 
-    /// Opens the file and reads its metadata and token datasets in a forked child first: on a
+    /// Opens the file and reads its metadata, token datasets and the first and last rows of each
+    /// layer tensor in a forked child first: on a
     /// damaged file the HDF5 library itself can crash (corrupt variable-length strings) or loop
     /// forever (corrupt metadata), which no check in this process could survive. The child's
     /// death or a timeout becomes a one-line error; a child that fails cleanly is left to the
@@ -151,10 +162,35 @@ public final class TraceReader {
         // Anything buffered would be written twice, once by each process.
         fflush(stdout)
         fflush(stderr)
+        var info = stat()
+        let seconds = probeSeconds(fileBytes: stat(path, &info) == 0 ? Int64(info.st_size) : 0)
+        let parent = getpid()
+        #if !os(Linux)
+        // Without PR_SET_PDEATHSIG: the child watches a pipe whose write end only the parent
+        // holds; it reads end-of-file when the parent is gone.
+        var watch: [Int32] = [-1, -1]
+        guard pipe(&watch) == 0 else { return }
+        _ = fcntl(watch[1], F_SETFD, FD_CLOEXEC)  // no other child may hold the parent's end
+        #endif
         let pid = fork()
         if pid < 0 { return }  // cannot fork: read without the safety net
         if pid == 0 {
             isProbeChild = true
+            // The probe must die with the command: a killed command (a scheduler cancelling a
+            // job) would otherwise leave it running, forever on a file that loops the library.
+            #if os(Linux)
+            _ = thinkv_set_parent_death_signal(SIGKILL)
+            #else
+            close(watch[1])
+            let readEnd = watch[0]
+            Thread.detachNewThread {
+                var byte: UInt8 = 0
+                while read(readEnd, &byte, 1) < 0 && errno == EINTR {}
+                _exit(0)
+            }
+            #endif
+            // The parent may have died before the request took effect.
+            if getppid() != parent { _exit(0) }
             // Quiet: the parent reports. Exit 0 whether the file is good or cleanly refused.
             let devnull = open("/dev/null", O_WRONLY)
             if devnull >= 0 { dup2(devnull, STDERR_FILENO); dup2(devnull, STDOUT_FILENO) }
@@ -162,11 +198,29 @@ public final class TraceReader {
                 _ = try? reader.readTokenIDs()
                 _ = try? reader.readThoughtLabels()
                 _ = try? reader.readTokenText()
+                // The first and last rows of every layer tensor, in the blocks validate and replay
+                // read (256 rows; 8 of attn, whose rows are whole sequences): a damaged chunk key
+                // (a bit flip in a B-tree coordinate) passes every metadata call of libhdf5 1.10
+                // but makes a read of its chunk copy past a buffer (SIGSEGV). Two blocks per
+                // tensor keep this cheap; a damaged chunk elsewhere is met by the read itself.
+                for info in reader.layers {
+                    for tensor in LayerTensor.allCases where info.has(tensor) {
+                        let rows = reader.shape(of: tensor, layer: info.index)[0]
+                        let block = min(rows, tensor == .attn ? 8 : 256)
+                        for start in Set([0, rows - block]) where block > 0 {
+                            _ = try? reader.readRows(tensor, layer: info.index, rows: start..<(start + block))
+                        }
+                    }
+                }
             }
             _exit(0)
         }
+        #if !os(Linux)
+        close(watch[0])
+        defer { close(watch[1]) }
+        #endif
         var status: Int32 = 0
-        let deadline = Date().addingTimeInterval(probeSeconds)
+        let deadline = Date().addingTimeInterval(seconds)
         while true {
             let done = waitpid(pid, &status, WNOHANG)
             if done == pid { break }
@@ -174,13 +228,13 @@ public final class TraceReader {
             if Date() > deadline {
                 kill(pid, SIGKILL)
                 waitpid(pid, &status, 0)
-                throw fail(nil, String(format: "reading its metadata did not finish in %.0f s (a damaged HDF5 file can send the library into an endless loop); THINKV_PROBE_SECONDS raises the limit", probeSeconds))
+                throw fail(nil, String(format: "reading its metadata did not finish in %.0f s (a damaged HDF5 file can send the library into an endless loop); THINKV_PROBE_SECONDS raises the limit", seconds))
             }
             usleep(2_000)
         }
         let signal = status & 0x7f
         if signal != 0 {
-            throw fail(nil, "damaged HDF5 file: reading its metadata or token datasets crashed the HDF5 library (signal \(signal))")
+            throw fail(nil, "damaged HDF5 file: reading its metadata, token datasets or a layer's first or last rows crashed the HDF5 library (signal \(signal))")
         }
     }
 
@@ -206,6 +260,7 @@ public final class TraceReader {
         guard hasTokenText else { return nil }
         return try HDF5.withLibrary {
             let (dataset, _) = try openDataset("/tokens/text")
+            defer { HDF5.resetInflateLimit() }
             let fileType = try H5Handle(H5Dget_type(dataset.id), .datatype, "")
             let count = header.numTokens
             if H5Tis_variable_str(fileType.id) > 0 {
@@ -267,6 +322,7 @@ public final class TraceReader {
         if count == 0 { return }
         try HDF5.withLibrary {
             let (dataset, space) = try openDataset(object)
+            defer { HDF5.resetInflateLimit() }
             var start: [hsize_t] = [hsize_t(rows.lowerBound)] + shape.dropFirst().map { _ in 0 }
             var extent: [hsize_t] = [hsize_t(rows.count)] + shape.dropFirst().map { hsize_t($0) }
             guard H5Sselect_hyperslab(space.id, H5S_SELECT_SET, &start, nil, &extent, nil) >= 0 else {
@@ -353,21 +409,29 @@ public final class TraceReader {
     // MARK: Internals
 
     private func readFailure(_ object: String) -> TraceError {
-        TraceError(file: displayName, object: object, "read failed (damaged or truncated file)")
+        if thinkv_inflate_limit_exceeded() != 0 {
+            return TraceError(file: displayName, object: object,
+                              "a compressed chunk inflates to more than the \(HDF5.declaredChunkLimit) bytes its dataset declares for it (a compression bomb); refused before inflating further")
+        }
+        return TraceError(file: displayName, object: object, "read failed (damaged or truncated file)")
     }
 
-    /// Opens a dataset with a chunk cache large enough for row-range reads of 256-row chunks.
+    /// Opens a dataset with a chunk cache large enough for row-range reads of 256-row chunks,
+    /// and bounds what each of its compressed chunks may inflate to by the chunk size it declares
+    /// (callers reset the bound with `HDF5.resetInflateLimit()` when done).
     private func openDataset(_ object: String) throws -> (H5Handle, H5Handle) {
         let access = try H5Handle(H5Pcreate(thinkv_H5P_DATASET_ACCESS()), .propertyList, "")
         H5Pset_chunk_cache(access.id, 12_421, 64 << 20, 0.75)
         let dataset = try H5Handle(H5Dopen2(file.id, object, access.id), .dataset, readFailure(object).description)
         let space = try H5Handle(H5Dget_space(dataset.id), .dataspace, readFailure(object).description)
+        HDF5.limitInflation(to: declaredChunkBytes(dataset.id))
         return (dataset, space)
     }
 
     private func readIntegers(_ object: String) throws -> [Int64] {
         try HDF5.withLibrary {
             let (dataset, space) = try openDataset(object)
+            defer { HDF5.resetInflateLimit() }
             let count = try dataspaceShape(space.id).reduce(1, *)
             var values = [Int64](repeating: 0, count: count)
             guard count == 0 || H5Dread(dataset.id, thinkv_H5T_NATIVE_INT64(), HDF5.all, HDF5.all, HDF5.defaultProperties, &values) >= 0 else {
@@ -457,7 +521,7 @@ public final class TraceReader {
                     heads = (found.shape.count == 3 && found.shape[1] == header.numKVHeads && header.numKVHeads != header.numQHeads)
                         ? .keyValue : .query
                 case let other?:
-                    throw fail(object, "attribute 'heads' is '\(other)', expected 'q' or 'kv'")
+                    throw fail(object, "attribute 'heads' is '\(Format.excerpt(other))', expected 'q' or 'kv'")
                 }
                 info.attentionHeads = heads
                 expected = [G, heads == .query ? header.numQHeads : header.numKVHeads, T]
