@@ -89,16 +89,18 @@ def table(rows):
 def compare(before_path, after_path):
     def load(path):
         return {(r["trace"], r["percent"], r["policy"]): r for r in map(json.loads, Path(path).read_text().splitlines())}
+    def shares(row):
+        return " / ".join(share(row, rule) for rule in ("transition", "pressure", "floor")) if row.get("evicted") else ""
     before, after = load(before_path), load(after_path)
-    print("| trace | % | policy | KL before | KL after | err before | err after | transitions before → after | agreement before → after |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for key in sorted(after, key=lambda k: (k[1], k[0], k[2])):
-        a, b = after[key], before.get(key, {})
-        if not key[2].startswith("thinkv") and not b:
+    print("| % | trace | policy | KL before → after | err before → after | transitions | agreement % | evicted by T / pressure / floor % |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key in sorted(after, key=lambda k: (k[1], k[2], k[0])):
+        a, b = after[key], before.get(key)
+        if b is None:
             continue
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {fmt(b.get('kl'))} | {fmt(a['kl'])} | {fmt(b.get('err'))} | {fmt(a['err'])} "
-              f"| {b.get('transitions', '')} → {a['transitions'] if a['transitions'] is not None else ''} "
-              f"| {fmt(b.get('agreement'), 1)} → {fmt(a['agreement'], 1)} |")
+        transitions = f"{'' if b['transitions'] is None else b['transitions']} → {'' if a['transitions'] is None else a['transitions']}"
+        print(f"| {key[1]:g} | {key[0]} | {key[2]} | {fmt(b['kl'])} → {fmt(a['kl'])} | {fmt(b['err'])} → {fmt(a['err'])} "
+              f"| {transitions} | {fmt(b['agreement'], 1)} → {fmt(a['agreement'], 1)} | {shares(b)} → {shares(a)} |")
 
 
 def main():
