@@ -44,7 +44,7 @@ enum ReplayCommand: Subcommand {
 
     static func run(_ arguments: ParsedArguments) throws {
         let path = arguments.positionals[0]
-        let names = listValues(arguments.all("policy"))
+        let names = try listValues(arguments.all("policy"), option: "policy")
         let target = try memoryTarget(arguments)
         let statistic = try memoryStatistic(arguments)
         let policyNames = names.isEmpty ? ["full"] : names
