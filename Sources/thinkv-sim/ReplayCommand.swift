@@ -74,6 +74,11 @@ enum ReplayCommand: Subcommand {
         configuration.layers = try requestedLayers.map {
             try LayerSelection.resolve($0, recorded: reader.recordedLayerIndices, option: "--layers", file: path)
         }
+        // Combinations of parameters are refused now, before any policy prepares (ThinKV
+        // calibrates on the trace first, which takes seconds).
+        if let layer = (configuration.layers ?? reader.recordedLayerIndices).first.flatMap(reader.layerInfo) {
+            for spec in specs { try spec.checkParameters(header: reader.header, layer: layer) }
+        }
 
         if let target {
             let matcher = MemoryMatcher(reader: reader, configuration: configuration, target: target, statistic: statistic)

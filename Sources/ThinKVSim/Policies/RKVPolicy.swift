@@ -97,6 +97,12 @@ public final class RKVPolicy: CachePolicy {
                                          thinkEndIDs: parameters.string("think-end-ids"), policy: name)
     }
 
+    /// No token marks: enough for `init` to check the parameters without reading the tokens.
+    public static func validationPrepared(header: TraceHeader) -> (any Sendable)? {
+        let none = [Bool](repeating: false, count: header.numTokens)
+        return RKVTriggerTokens(newline: none, afterThink: none)
+    }
+
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         budget = parameters.int("budget")!
         window = parameters.int("window")!
