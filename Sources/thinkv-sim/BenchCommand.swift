@@ -38,7 +38,7 @@ enum BenchCommand: Subcommand {
     }
 
     static func run(_ arguments: ParsedArguments) throws {
-        let lengths = try listValues([arguments.value("tokens") ?? "8192,32768"]).map { item -> Int in
+        let lengths = try listValues([arguments.value("tokens") ?? "8192,32768"], option: "tokens").map { item -> Int in
             guard let v = Int(item), v > 0 else { throw UsageError("--tokens takes lengths like 8192,32768, got '\(item)'") }
             return v
         }
@@ -48,7 +48,7 @@ enum BenchCommand: Subcommand {
         let headDim = try arguments.int("head-dim", default: 128, min: 1)!
         let budget = try arguments.int("budget", default: 1024, min: 1)!
         let threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
-        let requested = listValues([arguments.value("policy") ?? "full,h2o,rkv,thinkv"])
+        let requested = try listValues([arguments.value("policy") ?? "full,h2o,rkv,thinkv"], option: "policy")
         let policies = requested.filter { PolicyRegistry.type(named: $0) != nil }
         let missing = requested.filter { PolicyRegistry.type(named: $0) == nil }
         guard !policies.isEmpty else { throw UsageError("none of the policies \(requested.joined(separator: ",")) exists") }

@@ -39,7 +39,7 @@ enum PlotCommand: Subcommand {
         if arguments.flag("log-bytes") && arguments.flag("linear-bytes") { throw UsageError("--log-bytes and --linear-bytes exclude each other") }
         options.logBytes = !arguments.flag("linear-bytes")
         if let raw = arguments.value("metric") {
-            options.metrics = try raw.split(separator: ",").map { name in
+            options.metrics = try CommaList.items(raw, of: "--metric", error: UsageError.init).map { name in
                 guard let metric = PlotMetric(rawValue: String(name)) else {
                     throw UsageError("--metric must be one of \(PlotMetric.allCases.map(\.rawValue).joined(separator: ", ")), got '\(name)'")
                 }

@@ -44,7 +44,7 @@ enum ReplayCommand: Subcommand {
 
     static func run(_ arguments: ParsedArguments) throws {
         let path = arguments.positionals[0]
-        let names = listValues(arguments.all("policy"))
+        let names = try listValues(arguments.all("policy"), option: "policy")
         let target = try memoryTarget(arguments)
         let statistic = try memoryStatistic(arguments)
         let policyNames = names.isEmpty ? ["full"] : names
@@ -73,6 +73,11 @@ enum ReplayCommand: Subcommand {
         let reader = try TraceReader(path: path)
         configuration.layers = try requestedLayers.map {
             try LayerSelection.resolve($0, recorded: reader.recordedLayerIndices, option: "--layers", file: path)
+        }
+        // Combinations of parameters are refused now, before any policy prepares (ThinKV
+        // calibrates on the trace first, which takes seconds).
+        if let layer = (configuration.layers ?? reader.recordedLayerIndices).first.flatMap(reader.layerInfo) {
+            for spec in specs { try spec.checkParameters(header: reader.header, layer: layer) }
         }
 
         if let target {

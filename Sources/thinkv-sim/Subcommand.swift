@@ -36,8 +36,9 @@ func printError(_ message: String) {
     StandardError.write(message + "\n")
 }
 
-/// Splits comma-separated and repeated option values: `--policy a,b --policy c` -> [a, b, c].
-func listValues(_ raw: [String]) -> [String] {
-    raw.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+/// Splits comma-separated and repeated values of `--<option>`: `--policy a,b --policy c` ->
+/// [a, b, c]. An empty item (`--policy h2o,`) is a usage error (`CommaList`).
+func listValues(_ raw: [String], option: String) throws -> [String] {
+    try raw.flatMap { try CommaList.items($0, of: "--\(option)", error: UsageError.init) }
 }
 

@@ -48,6 +48,14 @@ enum SynthCommand: Subcommand {
 
     static func run(_ arguments: ParsedArguments) throws {
         guard let output = arguments.value("output") else { throw UsageError("missing --output FILE") }
+        // The output first: an existing file is the first thing to say, before any option
+        // that would also need changing.
+        if OutputFile.linkKind(output) != nil && !arguments.flag("force") {
+            throw UsageError("\(output) exists; pass --force to overwrite it")
+        }
+        if let kind = OutputFile.fileKind(output), kind != S_IFREG {
+            throw UsageError("\(output): not a regular file (a trace is written as a file and renamed into place)")
+        }
         var config = SyntheticTraceConfig()
         config.tokens = try arguments.int("tokens", default: config.tokens, min: 2)!
         config.promptLength = try arguments.int("prompt", default: config.promptLength, min: 1)!
@@ -93,12 +101,6 @@ enum SynthCommand: Subcommand {
         // leaves a half-written trace under the requested name.
         // Through a link, the file the link leads to is replaced and the link kept, as for every
         // other output (OutputFile); the lock keeps a second synth off the same file.
-        if OutputFile.linkKind(output) != nil && !arguments.flag("force") {
-            throw UsageError("\(output) exists; pass --force to overwrite it")
-        }
-        if let kind = OutputFile.fileKind(output), kind != S_IFREG {
-            throw UsageError("\(output): not a regular file (a trace is written as a file and renamed into place)")
-        }
         let claim = try OutputClaim([output], protecting: [])
         defer { claim.release() }
         let target = URL(fileURLWithPath: OutputFile.resolvedPath(output))

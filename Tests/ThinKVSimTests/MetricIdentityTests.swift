@@ -9,6 +9,7 @@ import XCTest
 /// kept keys are exact, so the identities of docs/metrics.md hold exactly.
 final class EvictResidues: CachePolicy {
     static let name = "test-evict-residues"
+    static func compressionCadence(_ parameters: PolicyParameters) -> String { "every step (a test policy)" }
     static let summary = "test only: evicts positions with a given residue"
     static let parameters: [PolicyParameter] = [
         .integer("stride", default: 3, min: 1, help: "modulus"),
@@ -44,6 +45,7 @@ final class EvictResidues: CachePolicy {
 /// StreamingLLM and R-KV do): the attended set is one larger than the resident one.
 final class KeepNewestAfterAttention: CachePolicy {
     static let name = "test-keep-newest"
+    static func compressionCadence(_ parameters: PolicyParameters) -> String { "every step (a test policy)" }
     static let summary = "test only: sliding window applied after attention"
     static let parameters: [PolicyParameter] = [.integer("window", default: 4, min: 1, help: "positions kept")]
     let window: Int
@@ -62,6 +64,7 @@ final class KeepNewestAfterAttention: CachePolicy {
 /// without touching the stored vectors: a pure byte-accounting probe.
 final class ChargePromptBits: CachePolicy {
     static let name = "test-charge-bits"
+    static func compressionCadence(_ parameters: PolicyParameters) -> String { "every step (a test policy)" }
     static let summary = "test only: charges prompt tokens of head 0 at 3/2 bits"
     static let parameters: [PolicyParameter] = []
     init(parameters: PolicyParameters, setup: PolicySetup) throws {}
@@ -75,6 +78,7 @@ final class ChargePromptBits: CachePolicy {
 /// Evicts everything (the new token included) before attention, or keeps only position 0.
 final class EvictAllButFirst: CachePolicy {
     static let name = "test-evict-all"
+    static func compressionCadence(_ parameters: PolicyParameters) -> String { "every step (a test policy)" }
     static let summary = "test only: leaves at most position 0"
     static let parameters: [PolicyParameter] = [.flag("keep-first", help: "keep position 0")]
     let keepFirst: Bool
@@ -90,6 +94,7 @@ final class EvictAllButFirst: CachePolicy {
 /// The step's own position is always kept.
 final class EvictThenReadmit: CachePolicy {
     static let name = "test-evict-readmit"
+    static func compressionCadence(_ parameters: PolicyParameters) -> String { "every step (a test policy)" }
     static let summary = "test only: evicts one residue, readmits it, evicts another"
     static let parameters: [PolicyParameter] = [.integer("readmit", default: 20, min: 0, help: "decode step of the readmission")]
     let readmit: Int

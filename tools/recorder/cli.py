@@ -162,7 +162,10 @@ def main(argv=None):
 
 
 def run(args):
-    if args.no_progress:
+    # Off a terminal the recorder prints plain progress lines (generate.PlainProgress); tqdm's
+    # bars, transformers' own while loading included, would fill a log with carriage returns.
+    plain = not sys.stderr.isatty()
+    if args.no_progress or plain:
         os.environ.setdefault("TQDM_DISABLE", "1")  # also transformers' own bars (read when tqdm is imported)
     jobs = load_jobs(args)
     for job in jobs:
@@ -176,7 +179,7 @@ def run(args):
     import transformers
 
     torch.set_num_threads(args.threads or models.default_threads())
-    if args.no_progress:
+    if args.no_progress or plain:
         transformers.utils.logging.disable_progress_bar()
     config = models.load_config(folder, gguf)
     models.check_architecture(config)

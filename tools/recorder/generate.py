@@ -12,11 +12,60 @@ from .tokens import PieceDecoder
 from .writer import TraceWriter
 
 
+class PlainProgress:
+    """Progress off a terminal: a plain line every `interval` seconds and one at the end. tqdm's
+    bar redraws itself with carriage returns, which a log file or CI output keeps as one long
+    garbled line."""
+
+    def __init__(self, total, desc, interval=10.0, stream=None):
+        self.total, self.desc, self.interval = total, desc, interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.count, self.started = 0, time.monotonic()
+        self.last = self.started
+        self.reported = None
+
+    def update(self, n=1):
+        self.count += n
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._line(now)
+
+    def close(self):
+        if self.count and self.reported != self.count:
+            self._line(time.monotonic())
+
+    def _line(self, now):
+        rate = self.count / max(now - self.started, 1e-9)
+        print(f"{self.desc}: {self.count}/{self.total} tokens ({rate:.1f} tok/s)", file=self.stream, flush=True)
+        self.reported = self.count
+
+
+class NoProgress:
+    """--no-progress."""
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total, desc, no_progress, stream=None):
+    """tqdm's bar on a terminal, plain lines elsewhere, nothing with --no-progress."""
+    stream = stream if stream is not None else sys.stderr
+    if no_progress:
+        return NoProgress()
+    if stream.isatty():
+        from tqdm import tqdm
+        return tqdm(total=total, unit="tok", desc=desc, leave=False, dynamic_ncols=True, file=stream)
+    return PlainProgress(total, desc, stream=stream)
+
+
 def record_one(job, ctx):
     """Generate for one prompt and write its trace. Returns a summary dict."""
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     args, model, tokenizer = ctx["args"], ctx["model"], ctx["tokenizer"]
     prompt_ids = encode_prompt(tokenizer, job, ctx["use_template"], args.template_kwargs)
@@ -88,8 +137,7 @@ def record_one(job, ctx):
         capture.sink = writer.add_layer
         logits = run(prompt_ids)
         prefill_seconds = time.time() - started
-        bar = tqdm(total=args.max_new_tokens, unit="tok", desc=job.name or "generate", leave=False,
-                   disable=True if args.no_progress else None, dynamic_ncols=True)
+        bar = progress_bar(args.max_new_tokens, job.name or "generate", args.no_progress)
         decode_started = time.time()
         while True:
             token = sampler(logits, prompt_ids + generated)

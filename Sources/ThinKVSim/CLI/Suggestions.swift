@@ -9,8 +9,20 @@ public enum Suggestions {
         let prefixed = candidates.filter { $0.lowercased().hasPrefix(lowered) && $0.count > word.count }
         if !lowered.isEmpty, prefixed.count == 1 { return prefixed[0] }
         let limit = max(1, word.count / 3)
-        let scored = candidates.map { ($0, distance(lowered, $0.lowercased())) }.filter { $0.1 <= limit }
+        // A plural of a singular name ("--policies" for --policy) is as likely a slip as a typo,
+        // but English plurals are too far from their singular for the edit distance alone.
+        let forms = Set([lowered, singular(lowered)])
+        let scored = candidates.map { candidate in
+            (candidate, forms.map { distance($0, candidate.lowercased()) }.min()!)
+        }.filter { $0.1 <= limit }
         return scored.min { ($0.1, $0.0) < ($1.1, $1.0) }?.0
+    }
+
+    /// "policies" → "policy", "layers" → "layer", "thresholds" → "threshold"; other words unchanged.
+    static func singular(_ word: String) -> String {
+        if word.hasSuffix("ies") && word.count > 4 { return String(word.dropLast(3)) + "y" }
+        if word.hasSuffix("s") && !word.hasSuffix("ss") && word.count > 3 { return String(word.dropLast()) }
+        return word
     }
 
     /// " (did you mean X?)" or "".

@@ -24,7 +24,7 @@ public struct PlotData {
         self.path = path
         table = try CSVTable.read(path: path).table
         for column in Self.required where table.index(of: column) == nil {
-            throw CSVError("\(path): no '\(column)' column; is this a 'thinkv-sim sweep' results file?")
+            throw PlotInputKind.notResults(path, missing: column, header: table.header)
         }
         // Counts and indices must be integers a trace can have: a damaged or hand-edited CSV
         // (nan, -5, 1e300) is refused here, not turned into a trap or an endless axis later.

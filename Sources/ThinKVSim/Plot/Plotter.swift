@@ -37,6 +37,7 @@ public enum Plotter {
     }
 
     public static func plot(results path: String, options: PlotOptions) throws -> Outcome {
+        try PlotInputKind.check(path)
         if let steps = try plotStepCSV(path, options: options) { return steps }
         let data = try PlotData(path: path)
         var options = options

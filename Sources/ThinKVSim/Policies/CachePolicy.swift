@@ -44,6 +44,11 @@ public protocol CachePolicy: AnyObject {
     /// report (e.g. R-KV: "every 128 positions; holds up to B+127"), so that equal token
     /// budgets are not read as equal memory.
     static func compressionCadence(_ parameters: PolicyParameters) -> String
+    /// The integer parameter that sets how far the cache grows between compressions (R-KV's
+    /// `divide`: it holds up to B+divide−1), which bounds the least memory any budget reaches;
+    /// an equal-memory match names a value of it when its target is out of reach. Default nil:
+    /// the budget alone sets the memory.
+    static func cadenceParameter(_ parameters: PolicyParameters) -> String?
 
     init(parameters: PolicyParameters, setup: PolicySetup) throws
 
@@ -70,9 +75,9 @@ extension CachePolicy {
     public static var requirements: PolicyRequirements { [] }
     public static var preferredBlockSize: Int { 16 }
     public static var readsAttention: Bool { true }
-    public static func compressionCadence(_ parameters: PolicyParameters) -> String { "not stated" }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { nil }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {}

@@ -48,6 +48,16 @@ struct KVPressDecoding {
         }
     }
 
+    /// The cadence every decode-time press reports: when it compresses and what it may hold in
+    /// between (the prompt is never compressed).
+    static func cadence(_ parameters: PolicyParameters) -> String {
+        let n = parameters.int("interval")!
+        let target = parameters.double("compression-ratio").map { "keeps (1 − \(String(format: "%g", $0))) of the tokens seen" }
+            ?? "keeps B"
+        let holds = parameters.double("compression-ratio") == nil ? "; holds up to max(P, B)+\(n - 1)" : ""
+        return "every \(n) decode steps (--interval), after the attention; \(target)\(holds)"
+    }
+
     /// Whether decode step t (0-based) compresses.
     func fires(step: Int) -> Bool { CompressionSchedule.everyNFires(step: step, interval: interval) }
 

@@ -16,6 +16,8 @@ import Foundation
 public final class KeyDiffPolicy: CachePolicy {
     public static let name = "keydiff"
     public static let summary = "kvpress KeyDiffPress at decode time: every --interval steps keep the keys least similar to the mean unit key"
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String { KVPressDecoding.cadence(parameters) }
     public static let parameters: [PolicyParameter] = KVPressDecoding.parameters()
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false

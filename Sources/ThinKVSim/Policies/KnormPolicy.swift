@@ -14,6 +14,8 @@ import Foundation
 public final class KnormPolicy: CachePolicy {
     public static let name = "knorm"
     public static let summary = "kvpress KnormPress at decode time: every --interval steps keep the keys with the smallest L2 norm"
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String { KVPressDecoding.cadence(parameters) }
     public static let parameters: [PolicyParameter] = KVPressDecoding.parameters()
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false

@@ -30,6 +30,7 @@ import Foundation
 public final class LazyEvictionPolicy: CachePolicy {
     public static let name = "lazyeviction"
     public static let summary = "LazyEviction: every W steps, keep the W recent tokens and the budget's rest by recurrence (last important step, maximum recurrence interval)"
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "window" }
     public static let parameters: [PolicyParameter] = [
         .integer("budget", min: 1, required: true,
                  help: "max_kv_capacity: tokens per kv head after an eviction (≥ --window)"),

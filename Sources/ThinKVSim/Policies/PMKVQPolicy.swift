@@ -88,7 +88,7 @@ public final class PMKVQPolicy: CachePolicy {
         groupSize = min(parameters.int("group")!, setup.header.headDim)
         var weight = 1.0
         if let list = parameters.string("layer-bits") {
-            let bits = list.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+            let bits = try CommaList.items(list, of: "pmkvq: --layer-bits", error: PolicyError.init).map { Double($0) }
             guard bits.allSatisfy({ $0 != nil && $0! > 0 }), bits.count == setup.header.numLayers else {
                 throw PolicyError("pmkvq: --layer-bits needs one positive bit width per model layer (\(setup.header.numLayers)), got '\(list)'")
             }

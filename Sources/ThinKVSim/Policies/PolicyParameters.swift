@@ -71,9 +71,12 @@ public struct PolicyParameter: Sendable, Equatable {
             case "false", "0", "no", "off": return "false"
             default: throw bad("must be true or false")
             }
-        case .text:
+        case .text(let form):
             let trimmed = raw.trimmingCharacters(in: .whitespaces)
             guard !trimmed.isEmpty else { throw bad("must not be empty") }
+            // A list's items are the policy's to read, but an empty one is refused here, where a
+            // sweep config names the key it came from.
+            if form == "LIST" { _ = try CommaList.items(trimmed, of: "\(policy): --\(name)", error: PolicyError.init) }
             return trimmed
         }
     }

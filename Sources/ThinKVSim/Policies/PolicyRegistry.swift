@@ -133,7 +133,22 @@ extension PolicySpec {
             for option in options where type.parameters.contains(where: { $0.name == option.name }) {
                 values[option.name] = option.value
             }
-            return try PolicySpec(name: name, values: values)
+            // The values are what the user typed: a refused one is a usage error.
+            do { return try PolicySpec(name: name, values: values) } catch let error as PolicyError {
+                throw UsageError(error.description)
+            }
+        }
+    }
+
+    /// Makes one layer's policy on `validationPrepared` instead of `prepare`'s result, so that
+    /// the checks of parameter combinations in `init` (a budget not above the window, ThinKV's
+    /// budget below sinks + recent) refuse a configuration before `prepare`'s work (ThinKV
+    /// calibrates its thresholds on the trace). Refusals are usage errors: the parameters are
+    /// what the user typed, checked against the trace's shape.
+    public func checkParameters(header: TraceHeader, layer: LayerInfo) throws {
+        let setup = PolicySetup(header: header, layer: layer, prepared: type.validationPrepared(header: header))
+        do { _ = try type.init(parameters: parameters, setup: setup) } catch let error as PolicyError {
+            throw UsageError(error.description)
         }
     }
 }

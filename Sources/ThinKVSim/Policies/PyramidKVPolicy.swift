@@ -29,6 +29,13 @@ import Foundation
 public final class PyramidKVPolicy: CachePolicy {
     public static let name = "pyramidkv"
     public static let summary = "kvpress PyramidKVPress at decode time: SnapKV scores with layer budgets shrinking from the first layer to the last"
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
+    /// A compression leaves this layer's pyramid share of the budget, at most about 2B + 2.
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        guard parameters.double("compression-ratio") == nil else { return KVPressDecoding.cadence(parameters) }
+        let n = parameters.int("interval")!
+        return "every \(n) decode steps (--interval), after the attention; keeps this layer's pyramid share of B (at most 2B+2); holds up to max(P, 2B+2)+\(n - 1)"
+    }
     public static let parameters: [PolicyParameter] = KVPressDecoding.parameters() + [
         .integer("window", default: 64, min: 1, help: "w, observation window of the newest queries, always kept (kvpress window_size)"),
         .integer("kernel", default: 5, min: 1, help: "average-pooling kernel over neighbouring slots, odd (kvpress kernel_size)"),

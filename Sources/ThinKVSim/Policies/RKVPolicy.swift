@@ -41,6 +41,9 @@ import Foundation
 public final class RKVPolicy: CachePolicy {
     public static let name = "rkv"
     public static let summary = "R-KV: importance from the last queries minus key redundancy, compressing to the budget every --divide positions (or --buffer decode tokens)"
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
+        DecodeTrigger(rawValue: parameters.string("trigger")!)!.cadenceParameter
+    }
     public static let parameters: [PolicyParameter] = [
         .integer("budget", min: 2, required: true,
                  help: "B, tokens per kv head after a compression, the window included; must exceed --window"),
@@ -95,6 +98,12 @@ public final class RKVPolicy: CachePolicy {
                                          newlineIDs: parameters.string("newline-ids"),
                                          thinkEnd: parameters.string("compression-content") == "think",
                                          thinkEndIDs: parameters.string("think-end-ids"), policy: name)
+    }
+
+    /// No token marks: enough for `init` to check the parameters without reading the tokens.
+    public static func validationPrepared(header: TraceHeader) -> (any Sendable)? {
+        let none = [Bool](repeating: false, count: header.numTokens)
+        return RKVTriggerTokens(newline: none, afterThink: none)
     }
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
@@ -202,6 +211,9 @@ public enum DecodeTrigger: String, CaseIterable, Sendable {
     case buffer
 
     /// The report's cadence line (the bounds of `RKVPolicy.residentCap`).
+    /// The parameter that sets how far the cache grows between compressions.
+    var cadenceParameter: String { self == .legacy ? "divide" : "buffer" }
+
     func cadence(divide: Int, buffer: Int) -> String {
         switch self {
         case .legacy: return "every \(divide) positions; holds up to B+\(divide - 1)"

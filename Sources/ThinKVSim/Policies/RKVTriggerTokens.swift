@@ -33,8 +33,8 @@ struct RKVTriggerTokens: Sendable {
         let text = (needsNewline && newlineIDs == nil) || (needsThinkEnd && thinkEndIDs == nil) ? try reader.readTokenText() : nil
         func marks(_ list: String?, pieces: Set<String>, option: String) throws -> [Bool] {
             if let list {
-                let parsed = try list.split(separator: ",").map { item -> Int32 in
-                    guard let id = Int32(item.trimmingCharacters(in: .whitespaces)) else {
+                let parsed = try CommaList.items(list, of: "\(policy): --\(option)", error: PolicyError.init).map { item -> Int32 in
+                    guard let id = Int32(item) else {
                         throw PolicyError("\(policy): --\(option) must be a comma-separated list of token ids, got '\(list)'")
                     }
                     return id

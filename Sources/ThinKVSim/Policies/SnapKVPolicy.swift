@@ -28,6 +28,13 @@ import Foundation
 public final class SnapKVPolicy: CachePolicy {
     public static let name = "snapkv"
     public static let summary = "SnapKV: keep the window and the tokens its queries attend to most (R-KV's decode-time variant, the original prefill-only one, or kvpress's DecodingPress)"
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
+        switch Variant(rawValue: parameters.string("snap-variant")!)! {
+        case .rkv: return DecodeTrigger(rawValue: parameters.string("trigger")!)!.cadenceParameter
+        case .original: return nil  // compresses the prompt only: no cadence bounds the decode cache
+        case .kvpress: return "interval"
+        }
+    }
     public static let parameters: [PolicyParameter] = [
         .choice("snap-variant", Variant.allCases.map(\.rawValue), default: Variant.rkv.rawValue,
                 help: "rkv = R-KV's decode-time SnapKV; original = FasterDecoding prefill-only; kvpress = DecodingPress(SnapKVPress)"),

@@ -25,6 +25,9 @@ import Foundation
 public final class StreamingLLMPolicy: CachePolicy {
     public static let name = "streaming"
     public static let summary = "StreamingLLM: attention sinks plus a recent window; every step (streaming-llm repo) or every --divide positions (R-KV)"
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
+        Trigger(rawValue: parameters.string("trigger")!)! == .legacy ? "divide" : nil
+    }
     public static let parameters: [PolicyParameter] = [
         .integer("budget", min: 1, required: true,
                  help: "B, resident tokens per kv head after a compression: the sinks plus B − sinks recent tokens"),

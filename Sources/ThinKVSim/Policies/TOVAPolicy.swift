@@ -18,6 +18,8 @@ import Foundation
 public final class TOVAPolicy: CachePolicy {
     public static let name = "tova"
     public static let summary = "kvpress TOVAPress at decode time: every --interval steps keep the tokens the current query attends most (mean over all heads)"
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String { KVPressDecoding.cadence(parameters) }
     public static let parameters: [PolicyParameter] = KVPressDecoding.parameters()
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false

@@ -629,9 +629,9 @@ enum ThinKVParameters {
     /// A comma list of layer indices; negative ones count from the last recorded layer
     /// (−1: the last), as Python indexes lists.
     static func parseLayers(_ text: String, recorded: [Int], policy: String) throws -> [Int] {
-        let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let parts = try CommaList.items(text, of: "\(policy): --thought-layers", error: PolicyError.init)
         var layers = parts.compactMap { Int($0) }
-        guard !parts.isEmpty, layers.count == parts.count else {
+        guard layers.count == parts.count else {
             throw PolicyError("\(policy): --thought-layers must be a comma list of layer indices such as 0,5,9, got '\(text)'")
         }
         for (i, layer) in layers.enumerated() where layer < 0 {

@@ -206,6 +206,11 @@ public final class MemoryMatcher {
             case .percent: tolerance = self.tolerance
             case .bytes: tolerance = self.tolerance / 100 * (fullBytes ?? 0)
             }
+            var remedy: String?
+            if let search = searches[i], !search.choice(tolerance: tolerance).withinTolerance,
+               let least = search.lowestValue, least > Self.value(of: target) {
+                remedy = try cadenceRemedy(policies[i], layout: configuration.layouts?[i], target: target, layers: layers)
+            }
             let targetPercent: Double? = if case .percent(let p) = target { p } else { nil }
             let targetBytes: Double? = if case .bytes(let b) = target { b } else { nil }
             if let search = searches[i] {
@@ -217,7 +222,8 @@ public final class MemoryMatcher {
                     achievedPercent: percent(run.summary.memory),
                     achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
                     trials: search.trials,
-                    note: choice.withinTolerance ? nil : unreachableNote(policies[i], search: search, target: target))
+                    note: choice.withinTolerance ? nil
+                        : unreachableNote(policies[i], search: search, target: target) + (remedy.map { "; \($0)" } ?? ""))
                 runs.append(run)
             } else {
                 var run = finished[i]!
@@ -247,6 +253,45 @@ public final class MemoryMatcher {
         let range = "budgets \(search.lowest)...\(search.highest) give \(unit(low)) to \(unit(search.highestValue ?? .nan))"
         let ran = low > targetValue ? "ran the smallest budget" : "ran the largest budget found not above it"
         return "\(spec.name): \(statistic.rawValue) KV of \(unit(targetValue)) within \(String(format: "%g", tolerance)) point(s) is out of reach (\(range)); \(ran)"
+    }
+
+    /// Why a target below a policy's smallest budget is out of reach, and what reaches it: the
+    /// cache grows by up to its cadence parameter between compressions (R-KV's --divide, a
+    /// press's --interval), so no budget brings the mean below that growth. Replays, at the
+    /// smallest budget each accepts, the halvings of the parameter's value (in one engine run,
+    /// sharing the reference) and names the largest that meets the target; nil when the policy
+    /// has no such parameter or no halving meets it.
+    func cadenceRemedy(_ base: PolicySpec, layout: PagingLayout?, target: MemoryTarget, layers: [Int]) throws -> String? {
+        guard let name = base.type.cadenceParameter(base.parameters), let current = base.parameters.int(name) else { return nil }
+        let header = reader.header
+        var candidates: [(value: Int, spec: PolicySpec)] = []
+        var value = current / 2
+        while value >= 1 {
+            var values = base.parameters.given
+            values[name] = String(value)
+            // A value the policy refuses (e.g. a buffer below the window) is skipped.
+            if let spec = try? PolicySpec(name: base.name, values: values),
+               let lowest = try? lowestBudget(spec, prepared: spec.type.validationPrepared(header: header), layers: layers),
+               let trial = try? Self.spec(spec, budget: lowest) {
+                candidates.append((value, trial))
+            }
+            value /= 2
+        }
+        guard !candidates.isEmpty else { return nil }
+        var trialConfiguration = configuration
+        trialConfiguration.policies = candidates.map(\.spec)
+        trialConfiguration.layouts = layout.map { layout in candidates.map { _ in layout } }
+        let engine = ReplayEngine(reader: reader, configuration: trialConfiguration)
+        engine.referenceStore = store
+        let result = try engine.run()
+        let goal = Self.value(of: target)
+        for (candidate, run) in zip(candidates, result.runs) where self.value(run.summary.memory, target) <= goal {
+            let budget = candidate.spec.parameters.int(Self.budgetParameter) ?? 0
+            let reached = self.value(run.summary.memory, target)
+            let shown = if case .percent = target { String(format: "%.2f %%", reached) } else { Format.bytes(reached) }
+            return "--\(name) \(candidate.value) reaches it (\(shown) at budget \(budget)): at --\(name) \(current) the cache grows by up to \(current - 1) tokens between compressions"
+        }
+        return "no --\(name) down to 1 reaches it either"
     }
 
     static func spec(_ base: PolicySpec, budget: Int) throws -> PolicySpec {

@@ -342,7 +342,8 @@ public struct TokenImportance: Sendable, Equatable {
     public mutating func parse(_ text: String) throws {
         let keys = ["R": 0, "E": 1, "T": 2, "P": 3]
         var seen = Set<Int>()
-        for item in text.split(separator: ",", omittingEmptySubsequences: false) {
+        let items = try CommaList.items(text, of: "--importance", error: UsageError.init)
+        for item in items {
             let parts = item.split(separator: "=", omittingEmptySubsequences: false)
             guard parts.count == 2, let key = keys[parts[0].trimmingCharacters(in: .whitespaces).uppercased()],
                   let weight = Double(parts[1].trimmingCharacters(in: .whitespaces)), weight >= 0, weight.isFinite else {

@@ -28,8 +28,7 @@ public struct RetentionSchedule: Sendable, Equatable, CustomStringConvertible {
 
     /// Parses a comma list such as `64,32,16,8,4` (spaces allowed).
     public init(parsing text: String) throws {
-        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
-            .map { $0.trimmingCharacters(in: .whitespaces) }
+        let parts = try CommaList.items(text, of: "retention schedule", error: PolicyError.init)
         var sizes: [Int] = []
         for part in parts {
             guard let value = Int(part) else {

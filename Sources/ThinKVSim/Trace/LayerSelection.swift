@@ -5,9 +5,9 @@ import Foundation
 public enum LayerSelection {
     /// Parses "0,3,-1" into integers (no resolution yet: the trace is not open).
     public static func parse(_ text: String, option: String) throws -> [Int] {
-        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let parts = try CommaList.items(text, of: option, error: UsageError.init)
         let values = parts.compactMap { Int($0) }
-        guard !parts.isEmpty, values.count == parts.count else {
+        guard values.count == parts.count else {
             throw UsageError("\(option) takes layer indices like 0,3,7 (negative counts from the last recorded layer), got '\(text)'")
         }
         return values
