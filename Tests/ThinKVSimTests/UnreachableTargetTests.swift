@@ -28,9 +28,9 @@ final class UnreachableTargetTests: XCTestCase {
 
     func testRKVAtFivePercentNamesADivideThatReachesIt() throws {
         let directory = try TestTraces.directory(self)
-        // 400 decode steps keep the test short; R-KV's default --divide 128 still holds the
-        // cache far above 5 % of the full one at its smallest budget.
-        let common = ["--kv-percent", "5", "--steps", "400", "--json", "--progress", "none"]
+        // One layer and 400 decode steps keep the test short; R-KV's default --divide 128 still
+        // holds the cache far above 5 % of the full one at its smallest budget.
+        let common = ["--kv-percent", "5", "--layers", "0", "--steps", "400", "--json", "--progress", "none"]
         let first = try CommandRunner.run(["replay", Self.realTrace, "--policy", "rkv"] + common, in: directory)
         XCTAssertEqual(first.status, 0, first.stderr)
         let match = try Self.memoryMatch(first.stdout)
