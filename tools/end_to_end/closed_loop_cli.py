@@ -62,7 +62,9 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, metavar="CSV", help="results CSV, rewritten as each policy and level finishes")
     p.add_argument("--generations-csv", metavar="CSV", help="also one row per generation")
     p.add_argument("--thinkv-sim", metavar="PATH", help="the thinkv-sim binary (default: $THINKV_SIM, PATH, this checkout's build)")
-    p.add_argument("--threads", type=int, metavar="N", help="PyTorch CPU threads")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="PyTorch CPU threads. Default: 1 (a one-token step is too small to split; on a shared "
+                   "machine two threads were 18 times slower than one)")
     p.add_argument("--work-dir", metavar="DIR", help="keep the full cache's greedy traces and timelines here (default: a temporary folder)")
     p.add_argument("--progress", choices=["auto", "bar", "plain", "none"], default="auto",
                    help="stderr progress: a bar on a terminal, plain lines otherwise (auto). Default: auto")
@@ -182,6 +184,8 @@ def write_trace(path, model_name, shape, prompt_ids, tokens, captured, scale):
 
 
 def run(args):
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's bar, read when tqdm is imported
     import numpy as np
     import torch
 
