@@ -257,9 +257,8 @@ def run(args):
         """Teacher-forced next-token KL and top-1 agreement on the full cache's greedy run."""
         if i not in traces:
             return float("nan"), float("nan")
-        trace = traces[i]
-        header = {"ids": None}
         import h5py
+        trace = traces[i]
         with h5py.File(trace, "r") as f:
             ids = np.asarray(f["tokens/ids"][:], dtype=np.int64)
             P, T = int(f.attrs["prompt_len"]), int(f.attrs["num_tokens"])
@@ -272,7 +271,6 @@ def run(args):
                     full.heads[(layer, h)] = HeadTimeline([-1] * T, [])
             plans = forward.layer_plans(full, L, Hkv, T, P, steps)
             tf_reference[i] = forward.next_token_log_probs(model, ids, plans, P, steps)
-        del header
         timelines, run_report = replay.replay_with_timeline(binary, trace, policy, budget,
                                                             os.path.join(work, f"{policy}-{i}.jsonl"), extra, steps)
         plans = forward.layer_plans(timelines[run_report["label"]], L, Hkv, T, P, steps)
