@@ -278,12 +278,14 @@ def run(args):
         return result["next_token_kl_mean"], result["top1_agreement"]
 
     for policy, level in runs:
+        if policy not in budgeted:
+            level = None  # no budget: runs once, as given, whatever the levels
         run_started = time.time()
         extra = replay.arguments_for(policy, args.replay_arg, parameters) if policy != "full" else []
         serve_extra = [a for a in extra if a[2:].split("=", 1)[0] in parameters[policy]]
         gens, used_budgets, tf = [], [], []
         for i, problem in enumerate(problem_set):
-            budget = budgets_for(i, level).get(policy) if policy != "full" else None
+            budget = budgets_for(i, level).get(policy) if policy in budgeted else None
             if budget is not None:
                 used_budgets.append(budget)
             policy_args = serve_extra + (["--budget", str(budget)] if budget is not None else [])
