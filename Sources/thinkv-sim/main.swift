@@ -14,6 +14,7 @@ let commands: [any Subcommand.Type] = [
     MergeCommand.self,
     LabelCommand.self,
     QuantizeCommand.self,
+    ServePolicyCommand.self,
     PlotCommand.self,
 ]
 

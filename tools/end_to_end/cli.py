@@ -152,7 +152,7 @@ def evaluate(args):
             if name == "full":
                 free = {"free_running_divergence_step": steps, "free_running_exact": True, "free_running_rounds": 0}
             else:
-                step, rounds, exact = free_running.free_running_divergence(
+                step, rounds, exact, _ = free_running.free_running_divergence(
                     model, args.trace, trace, binary, name, label, budget, timelines[label], greedy, steps, extra,
                     folder, args.free_running_rounds)
                 free = {"free_running_divergence_step": step, "free_running_exact": exact, "free_running_rounds": rounds}
@@ -207,6 +207,10 @@ def write_csv(path, columns, rows):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["closed-loop"]:
+        from . import closed_loop_cli
+        return closed_loop_cli.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:

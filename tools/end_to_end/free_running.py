@@ -71,8 +71,10 @@ def first_departure(log_probs, greedy):
 
 def free_running_divergence(model, trace, header, binary, policy, label, budget, first_timeline, greedy,
                             steps, extra, folder, rounds):
-    """(divergence step, rounds run, exact) of greedy decoding with `policy` in the loop; when not
-    exact, the step is a lower bound."""
+    """(divergence step, rounds run, exact, tokens) of greedy decoding with `policy` in the loop;
+    when not exact, the step is a lower bound. `tokens`: the greedy choices of decode steps
+    0 .. d (the token each step's row picks, d included when it is a step of the run) under the
+    settled decisions; those before d are the full cache's. With exact False, those of the last round."""
     P, T = header["prompt_len"], header["num_tokens"]
     layers, heads = header["num_layers"], header["num_kv_heads"]
     timeline = first_timeline
@@ -88,8 +90,9 @@ def free_running_divergence(model, trace, header, binary, policy, label, budget,
         os.remove(path)
         own = timelines[label]
         differs = first_difference(own, timeline)
+        tokens = log_probs.argmax(dim=-1).cpu().numpy()[:min(departure + 1, steps)].tolist()
         if differs is None or differs > min(departure, steps - 1):
-            return departure, round_number, True
+            return departure, round_number, True, tokens
         verified = differs  # self-consistent, and greedy, on every step before this one
         timeline = own
-    return verified, rounds, False
+    return verified, rounds, False, tokens

@@ -8,10 +8,11 @@ public final class LayerData: @unchecked Sendable {
     public let numTokens: Int
     public let numKVHeads: Int
     public let headDim: Int
-    /// nil for attention-only layers.
-    public let keys: [Float]?
+    /// nil for attention-only layers. Written only by `setRow` (the online driver, which
+    /// receives positions as a model produces them); a replay never changes them.
+    public internal(set) var keys: [Float]?
     /// nil when the trace has no `v` for this layer.
-    public let values: [Float]?
+    public internal(set) var values: [Float]?
 
     public init(info: LayerInfo, numTokens: Int, numKVHeads: Int, headDim: Int, keys: [Float]?, values: [Float]?) {
         self.info = info
@@ -24,6 +25,22 @@ public final class LayerData: @unchecked Sendable {
 
     @inline(__always)
     public func offset(kvHead: Int, position: Int) -> Int { (kvHead * numTokens + position) * headDim }
+
+    /// Writes position p's keys and values (`[numKVHeads][headDim]` each) into the per-head
+    /// layout: the online driver fills a layer row by row, before any policy sees position p.
+    func setRow(position p: Int, keys k: UnsafeBufferPointer<Float>, values v: UnsafeBufferPointer<Float>?) {
+        let D = headDim
+        if keys != nil {
+            keys!.withUnsafeMutableBufferPointer { dst in
+                for g in 0..<numKVHeads { for d in 0..<D { dst[offset(kvHead: g, position: p) + d] = k[g * D + d] } }
+            }
+        }
+        if let v, values != nil {
+            values!.withUnsafeMutableBufferPointer { dst in
+                for g in 0..<numKVHeads { for d in 0..<D { dst[offset(kvHead: g, position: p) + d] = v[g * D + d] } }
+            }
+        }
+    }
 
     /// Reads k and v of a layer and transposes `[T][Hkv][D]` into the per-head layout.
     public static func load(from reader: TraceReader, layer: Int) throws -> LayerData {

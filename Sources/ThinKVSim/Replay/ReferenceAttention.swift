@@ -138,7 +138,7 @@ struct ReferenceAttention {
     /// 0, 1, ..., T-1: the identity gather for the kernels.
     let identity: [Int32]
     /// Each kv head's keys in panels of 8 positions (`Kernels.packKeyPanels`), for q+k layers.
-    let keyPanels: [Float]
+    private(set) var keyPanels: [Float]
 
     init(header: TraceHeader, data: LayerData, workers: Int) {
         self.header = header
@@ -159,6 +159,21 @@ struct ReferenceAttention {
             keyPanels = panels
         } else {
             keyPanels = []
+        }
+    }
+
+    /// Repacks position p's keys into the panels after `LayerData.setRow` wrote them (online
+    /// driver): entry (panel p / 8, dimension d, lane p % 8), as `Kernels.packKeyPanels` lays it out.
+    mutating func refreshKeyPanels(position p: Int) {
+        guard let keys = data.keys else { return }
+        let T = header.numTokens, D = header.headDim, W = Kernels.panelWidth
+        guard p / W * W + W <= T else { return }  // a partial last panel is read from the keys
+        keyPanels.withUnsafeMutableBufferPointer { panels in
+            for g in 0..<header.numKVHeads {
+                let k = data.offset(kvHead: g, position: p)
+                let base = g * T * D + (p / W) * D * W + p % W
+                for d in 0..<D { panels[base + d * W] = keys[k + d] }
+            }
         }
     }
 

@@ -261,15 +261,10 @@ public final class ReplayEngine {
         var runs: [PolicyLayerRun] = []
         for (i, spec) in configuration.policies.enumerated() {
             let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: count, prepared: prepared[i])
-            let prefill = PrefillContext(setup: setup, data: data, promptQueries: promptQueries)
-            let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
-            let run = PolicyLayerRun(spec: spec, policy: policy, data: data, setup: setup,
-                                     topK: configuration.topK, steps: decodeSteps, paging: configuration.layout(ofPolicy: i).mode,
-                                     blockSize: configuration.effectiveBlockSize(ofPolicy: i), recordsEvents: keptSink != nil,
-                                     recordsTimeline: timelineSink != nil)
-            for p in 0..<P { run.cache.append(position: p) }
-            policy.prefill(prefill, cache: run.cache)
-            run.pagePrompt()
+            let run = try PolicyLayerRun.prefilled(spec: spec, data: data, setup: setup, promptQueries: promptQueries,
+                                                   topK: configuration.topK, steps: decodeSteps, paging: configuration.layout(ofPolicy: i).mode,
+                                                   blockSize: configuration.effectiveBlockSize(ofPolicy: i), recordsEvents: keptSink != nil,
+                                                   recordsTimeline: timelineSink != nil)
             runs.append(run)
         }
 
@@ -496,6 +491,26 @@ final class PolicyLayerRun {
         samples.reserve(steps * h.numQHeads, values: data.values != nil)
     }
 
+    /// A policy instance made for one layer, its cache holding the prompt (slots `0..<P`) after
+    /// the policy's prefill hook, the kept prompt placed in the block tables: where every layer
+    /// run starts, in a replay and in the online driver (`OnlinePolicyDriver`).
+    static func prefilled(spec: PolicySpec, data: LayerData, setup: PolicySetup, promptQueries: [Float]?, topK: Int, steps: Int,
+                          paging: PagingMode = .ct, blockSize: Int = 16, recordsEvents: Bool = false,
+                          recordsTimeline: Bool = false, logsQuantizations: Bool = false) throws -> PolicyLayerRun {
+        let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
+        let run = PolicyLayerRun(spec: spec, policy: policy, data: data, setup: setup, topK: topK, steps: steps, paging: paging,
+                                 blockSize: blockSize, recordsEvents: recordsEvents, recordsTimeline: recordsTimeline)
+        if logsQuantizations && run.cache.quantizationLog == nil { run.cache.quantizationLog = [] }
+        for p in 0..<setup.header.promptLength { run.cache.append(position: p) }
+        policy.prefill(PrefillContext(setup: setup, data: data, promptQueries: promptQueries), cache: run.cache)
+        run.pagePrompt()
+        return run
+    }
+
+    /// Called in every step right after the policy's pre-attention hook, with the cache as this
+    /// step's query sees it (the online driver answers with it).
+    var attendObserver: ((LayerCache) -> Void)?
+
     /// Places the prompt tokens the policy kept after prefill into the block tables.
     func pagePrompt() {
         for g in 0..<setup.header.numKVHeads {
@@ -566,6 +581,7 @@ final class PolicyLayerRun {
         cache.append(position: context.position)
         policy.beforeAttention(context, cache: cache)
         timeline?.observe(cache, step: context.step)
+        attendObserver?(cache)
 
         // The attended set: what this step's query sees.
         var total = 0

@@ -1,0 +1,95 @@
+"""A seeded generator of short arithmetic word problems with exact integer answers, and an
+answer extractor for what a model writes (closed-loop accuracy, docs/end-to-end.md).
+
+Every problem takes two or three operations on small integers (sums, differences, products, an
+exact division), so a small instruction model can solve some of them and the answers are
+unambiguous.
+"""
+
+import random
+import re
+
+NAMES = ["Tom", "Ana", "Ravi", "Mia", "Leo", "Sara", "Ken", "Lena", "Omar", "Ivy", "Ben", "Nora"]
+ITEMS = ["apples", "pencils", "marbles", "stickers", "books", "cookies", "cards", "shells", "coins", "stamps"]
+INSTRUCTION = "Solve the problem step by step, then give the final answer on its own line as 'Answer: <number>'."
+
+
+class Problem:
+    def __init__(self, index, text, answer):
+        self.index = index
+        self.text = text
+        self.answer = answer
+
+    def prompt(self):
+        return f"{self.text}\n{INSTRUCTION}"
+
+
+def _one(rng):
+    name, other = rng.sample(NAMES, 2)
+    item = rng.choice(ITEMS)
+    kind = rng.randrange(6)
+    if kind == 0:
+        a, b, c = rng.randint(3, 40), rng.randint(2, 30), rng.randint(1, 20)
+        return (f"{name} has {a} {item}. {name} buys {b} more and then gives {c} to {other}. "
+                f"How many {item} does {name} have now?", a + b - c)
+    if kind == 1:
+        boxes, per, extra = rng.randint(2, 9), rng.randint(3, 12), rng.randint(1, 15)
+        return (f"{name} has {boxes} boxes with {per} {item} in each box, and {extra} loose {item}. "
+                f"How many {item} does {name} have in total?", boxes * per + extra)
+    if kind == 2:
+        friends, each = rng.randint(2, 8), rng.randint(2, 12)
+        left = rng.randint(0, 9)
+        total = friends * each + left
+        return (f"{name} had {total} {item} and gave {each} to each of {friends} friends. "
+                f"How many {item} are left?", left)
+    if kind == 3:
+        price, count, paid_extra = rng.randint(2, 15), rng.randint(2, 9), rng.randint(1, 20)
+        paid = price * count + paid_extra
+        return (f"One notebook costs {price} dollars. {name} buys {count} notebooks and pays with {paid} dollars. "
+                f"How much change does {name} get?", paid_extra)
+    if kind == 4:
+        per_day, days, used = rng.randint(3, 12), rng.randint(2, 7), rng.randint(1, 10)
+        return (f"{name} collects {per_day} {item} every day for {days} days, then loses {used} of them. "
+                f"How many {item} does {name} have?", per_day * days - used)
+    groups, size = rng.randint(2, 9), rng.randint(2, 9)
+    total = groups * size
+    more = rng.randint(1, 12)
+    return (f"{name} shares {total} {item} equally among {groups} bags, then adds {more} {item} to one bag. "
+            f"How many {item} are in that bag now?", size + more)
+
+
+def generate(count, seed=0):
+    """`count` distinct problems, the same for the same seed."""
+    rng = random.Random(seed)
+    out, seen = [], set()
+    while len(out) < count:
+        text, answer = _one(rng)
+        if text in seen:
+            continue
+        seen.add(text)
+        out.append(Problem(len(out), text, answer))
+    return out
+
+
+_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
+
+
+def _parse(token):
+    token = token.replace("$", "").replace(",", "")
+    try:
+        value = float(token)
+    except ValueError:
+        return None
+    return int(value) if value == int(value) else value
+
+
+def extract_answer(text):
+    """The model's final answer: the number after the first 'Answer:' (or 'answer is'), else the
+    last number in the text; None without a number."""
+    cleaned = text.replace("*", "")
+    for pattern in (r"[Aa]nswer\s*:\s*(" + _NUMBER + ")", r"answer is\s*(" + _NUMBER + ")"):
+        match = re.search(pattern, cleaned)
+        if match:
+            return _parse(match.group(1))
+    numbers = re.findall(_NUMBER, cleaned)
+    return _parse(numbers[-1]) if numbers else None
