@@ -46,7 +46,7 @@ enum ServePolicyCommand: Subcommand {
 
     static func run(_ arguments: ParsedArguments) throws {
         guard let name = arguments.value("policy") else { throw UsageError("--policy NAME is required") }
-        let names = listValues([name])
+        let names = try listValues([name], option: "policy")
         guard names.count == 1 else { throw UsageError("--policy takes one policy (one process serves one cache)") }
         let specs = try PolicySpec.specs(policies: names, options: arguments.extra, commandOptions: spec.options.map(\.name))
         let topK = try arguments.int("topk", default: 32, min: 1, max: TraceLimits.maxTopK)!
