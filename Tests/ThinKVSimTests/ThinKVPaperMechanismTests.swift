@@ -99,7 +99,7 @@ final class ThinKVPaperMechanismTests: XCTestCase {
         let note = try XCTUnwrap(result.notes.first { $0.contains("ThinKV ran mostly as") }, "\(result.notes)")
         XCTAssertTrue(note.hasPrefix("thinkv-tbe(budget=200,thoughts=labels): ThinKV ran mostly as budget pressure"), note)
         XCTAssertTrue(note.contains("transition cuts 0.0 %, budget pressure 100.0 %, floor breaches 0.0 %"), note)
-        XCTAssertTrue(note.hasSuffix("its classifier saw 0 transitions"), note)
+        XCTAssertTrue(note.hasSuffix("its thought labels held 0 transitions"), note)
         XCTAssertEqual(result.runs[0].summary.policyCounters?["pressure_evicted_tokens"], 112)
 
         let transitions = try trace(prompt: 4, [("R", 300), ("T", 20), ("R", 20)])

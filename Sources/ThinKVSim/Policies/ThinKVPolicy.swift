@@ -750,7 +750,8 @@ extension ThinKVPolicy {
         let transitions = (counters["transitions"] ?? 0) / max(layers, 1)
         let main = byRule.dropFirst().max { $0.1 < $1.1 }!
         let shares = byRule.map { String(format: "%@ %.1f %%", $0.0, 100 * Double($0.1) / Double(total)) }.joined(separator: ", ")
-        return ["ThinKV ran mostly as \(main.0) (evicted tokens: \(shares)); its classifier saw \(transitions) transition\(transitions == 1 ? "" : "s")"]
+        let source = parameters.string("thoughts") == ThoughtTimeline.Source.classifier.rawValue ? "its classifier saw" : "its thought labels held"
+        return ["ThinKV ran mostly as \(main.0) (evicted tokens: \(shares)); \(source) \(transitions) transition\(transitions == 1 ? "" : "s")"]
     }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
