@@ -577,6 +577,9 @@ enum ThinKVParameters {
                 thresholds.layers = mapped
                 notes.append("\(URL(fileURLWithPath: path).lastPathComponent): \(note)")
             }
+            if parameters.string("calibration-domain") == CalibrationDomain.cache.rawValue {
+                notes.append("--calibration-domain cache applies to calibrating on the trace itself; the thresholds are the file's (calibrate --budget B makes a cache-domain file)")
+            }
         } else if let theta1, let theta2 {
             thresholds = ThoughtThresholds(theta1: theta1, theta2: theta2, layers: recorded)
         } else {
@@ -757,9 +760,12 @@ extension ThinKVPolicy {
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         var parts: [String] = []
         if components.contains(.eviction) {
+            let overBudget = parameters.string("pressure-cut") == PressureCut.excess.rawValue
+                ? "over B, by the excess; holds B"
+                : "over B, the least important by whole schedule steps; holds at most B"
             parts.append(parameters.int("budget") == nil
                 ? "segments shrink after each transition; no budget"
-                : "segments shrink after each transition and, over B, by the excess; holds B")
+                : "segments shrink after each transition and, \(overBudget)")
         }
         if components.contains(.quantization) {
             parts.append("each group of \(parameters.int("group")!) same-type tokens quantized once full or when its thought ends")
