@@ -87,16 +87,8 @@ public enum KVGrouping {
         if cache.storedValues != nil {
             cache.valuesModified = true
             cache.storedValues!.withUnsafeMutableBufferPointer { values in
-                let head = values.baseAddress! + kvHead * T * D
-                for p in positions {
-                    let row = head + p * D
-                    var start = 0
-                    while start < D {
-                        let count = min(groupSize, D - start)
-                        quantizer.roundTrip(row + start, count: count, stride: 1)
-                        start += count
-                    }
-                }
+                roundTripRows(values.baseAddress! + kvHead * T * D, positions: positions, headDim: D, groupSize: groupSize,
+                              quantizer: quantizer)
             }
         }
         let bits = UInt8(quantizer.elementBits)
@@ -121,18 +113,8 @@ public enum KVGrouping {
         if cache.storedKeys != nil {
             cache.keysModified = true
             cache.storedKeys!.withUnsafeMutableBufferPointer { keys in
-                let head = keys.baseAddress! + kvHead * T * D
-                for p in positions {
-                    let row = head + p * D
-                    if let channelScale { for d in 0..<D { row[d] /= channelScale[d] } }
-                    var start = 0
-                    while start < D {
-                        let count = min(groupSize, D - start)
-                        quantizer.roundTrip(row + start, count: count, stride: 1)
-                        start += count
-                    }
-                    if let channelScale { for d in 0..<D { row[d] *= channelScale[d] } }
-                }
+                roundTripRows(keys.baseAddress! + kvHead * T * D, positions: positions, headDim: D, groupSize: groupSize,
+                              quantizer: quantizer, channelScale: channelScale)
             }
         }
         let bits = UInt8(quantizer.elementBits)
@@ -140,6 +122,24 @@ public enum KVGrouping {
         cache.quantizationLog?.append((kvHead, QuantizedGroup(
             tensor: .keyPerToken, positions: positions.map { Int32($0) }, quantizer: quantizer, channelGroup: groupSize)))
         return positions.count * valueMetadataBitsPerToken(headDim: D, groupSize: groupSize, quantizer: quantizer)
+    }
+
+    /// Rounds the rows `positions` of one head's `[T][D]` tensor in place, each in runs of
+    /// `groupSize` channels (a shorter last run); with `channelScale`, divided by it before and
+    /// multiplied by it after.
+    private static func roundTripRows(_ head: UnsafeMutablePointer<Float>, positions: [Int], headDim D: Int, groupSize: Int,
+                                      quantizer: GroupQuantizer, channelScale: [Float]? = nil) {
+        for p in positions {
+            let row = head + p * D
+            if let channelScale { for d in 0..<D { row[d] /= channelScale[d] } }
+            var start = 0
+            while start < D {
+                let count = min(groupSize, D - start)
+                quantizer.roundTrip(row + start, count: count, stride: 1)
+                start += count
+            }
+            if let channelScale { for d in 0..<D { row[d] *= channelScale[d] } }
+        }
     }
 
     /// Metadata bits of one token's values quantized per token.
