@@ -5,20 +5,11 @@ import XCTest
 /// `replay --cache-timeline`: per policy, layer and kv head, the step each position leaves the
 /// attended set and every quantization with the step it takes effect.
 final class CacheTimelineTests: XCTestCase {
-    private final class Collector: CacheTimelineSink, @unchecked Sendable {
-        private let lock = NSLock()
-        private(set) var timelines: [CacheTimeline] = []
-        func record(_ timelines: [CacheTimeline]) {
-            lock.lock()
-            self.timelines += timelines
-            lock.unlock()
-        }
-    }
 
     private func replay(_ path: String, _ specs: [PolicySpec]) throws -> (ReplayResult, [CacheTimeline], [KeptEvent]) {
         let reader = try TraceReader(path: path)
         let engine = ReplayEngine(reader: reader, configuration: ReplayConfiguration(policies: specs, threads: 1))
-        let timelines = Collector(), kept = KeptEventCollector()
+        let timelines = CacheTimelineCollector(), kept = KeptEventCollector()
         engine.timelineSink = timelines
         engine.keptSink = kept
         let result = try engine.run()
@@ -214,7 +205,7 @@ final class CacheTimelineTests: XCTestCase {
         let engine = ReplayEngine(reader: reader, configuration: ReplayConfiguration(
             policies: [try PolicySpec(name: "thinkv", values: ["budget": "160", "thoughts": "labels"])],
             layers: [reader.layers.last!.index], maxSteps: 300, threads: 1))
-        let collector = Collector()
+        let collector = CacheTimelineCollector()
         engine.timelineSink = collector
         let result = try engine.run()
         let seen = assertBytesMatchTimelines(result, collector.timelines, promptLength: reader.header.promptLength,

@@ -142,29 +142,12 @@ final class HostileInputTests: XCTestCase {
         let file = H5Fcreate(path, thinkv_H5F_ACC_TRUNC(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
         XCTAssertGreaterThanOrEqual(file, 0)
         defer { H5Fclose(file) }
-        func attribute(_ name: String, _ value: Int32) {
-            let space = H5Screate(H5S_SCALAR)
-            let attribute = H5Acreate2(file, name, thinkv_H5T_STD_I32LE(), space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
-            var v = value
-            H5Awrite(attribute, thinkv_H5T_NATIVE_INT32(), &v)
-            H5Aclose(attribute)
-            H5Sclose(space)
-        }
-        func text(_ name: String, _ value: String) {
-            let type = H5Tcopy(thinkv_H5T_C_S1())
-            H5Tset_size(type, value.utf8.count)
-            let space = H5Screate(H5S_SCALAR)
-            let attribute = H5Acreate2(file, name, type, space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
-            var bytes = Array(value.utf8)
-            H5Awrite(attribute, type, &bytes)
-            H5Aclose(attribute)
-            H5Sclose(space)
-            H5Tclose(type)
-        }
-        text("format", "thinkv-trace")
-        text("model", "hostile")
+        HDF5Editor.writeTextAttribute(file, "format", "thinkv-trace")
+        HDF5Editor.writeTextAttribute(file, "model", "hostile")
         for (name, value) in [("version", 1), ("num_layers", 1), ("num_q_heads", 1), ("num_kv_heads", 1), ("head_dim", 8),
-                              ("prompt_len", 4), ("num_tokens", Int32(T))] as [(String, Int32)] { attribute(name, value) }
+                              ("prompt_len", 4), ("num_tokens", Int32(T))] as [(String, Int32)] {
+            HDF5Editor.writeInt32Attribute(file, name, value)
+        }
         func dataset(_ name: String, _ shape: [Int], _ type: hid_t) {
             var dims = shape.map { hsize_t($0) }
             let space = H5Screate_simple(Int32(dims.count), &dims, nil)

@@ -28,25 +28,6 @@ final class HostileLabelTests: XCTestCase {
             let file = H5Fcreate(path, thinkv_H5F_ACC_TRUNC(), thinkv_H5P_DEFAULT(), access)
             guard file >= 0 else { throw HDF5Editor.Failure(description: "cannot create \(path)") }
             defer { H5Fclose(file) }
-            func integer(_ name: String, _ value: Int32) {
-                let space = H5Screate(H5S_SCALAR)
-                let attribute = H5Acreate2(file, name, thinkv_H5T_STD_I32LE(), space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
-                var v = value
-                H5Awrite(attribute, thinkv_H5T_NATIVE_INT32(), &v)
-                H5Aclose(attribute)
-                H5Sclose(space)
-            }
-            func text(_ name: String, _ value: String) {
-                let type = H5Tcopy(thinkv_H5T_C_S1())
-                H5Tset_size(type, value.utf8.count)
-                let space = H5Screate(H5S_SCALAR)
-                let attribute = H5Acreate2(file, name, type, space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
-                var bytes = Array(value.utf8)
-                H5Awrite(attribute, type, &bytes)
-                H5Aclose(attribute)
-                H5Sclose(space)
-                H5Tclose(type)
-            }
             func dataset(_ name: String, _ shape: [Int], fileType: hid_t, memoryType: hid_t, _ bytes: [UInt8]) {
                 var dims = shape.map { hsize_t($0) }
                 let space = H5Screate_simple(Int32(dims.count), &dims, nil)
@@ -56,10 +37,12 @@ final class HostileLabelTests: XCTestCase {
                 H5Dclose(id)
                 H5Sclose(space)
             }
-            text("format", "thinkv-trace")
-            text("model", "label-test")
+            HDF5Editor.writeTextAttribute(file, "format", "thinkv-trace")
+            HDF5Editor.writeTextAttribute(file, "model", "label-test")
             for (name, value) in [("version", 1), ("num_layers", 1), ("num_q_heads", 2), ("num_kv_heads", 1), ("head_dim", 8),
-                                  ("prompt_len", Int32(P)), ("num_tokens", Int32(T))] as [(String, Int32)] { integer(name, value) }
+                                  ("prompt_len", Int32(P)), ("num_tokens", Int32(T))] as [(String, Int32)] {
+                HDF5Editor.writeInt32Attribute(file, name, value)
+            }
             for group in ["/tokens", "/layers", "/layers/0"] {
                 H5Gclose(H5Gcreate2(file, group, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT()))
             }

@@ -241,14 +241,6 @@ final class HostileTraceTests: XCTestCase {
             let file = H5Fcreate(path, thinkv_H5F_ACC_TRUNC(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
             XCTAssertGreaterThanOrEqual(file, 0)
             defer { H5Fclose(file) }
-            func integer(_ name: String, _ value: Int32) {
-                let space = H5Screate(H5S_SCALAR)
-                let attribute = H5Acreate2(file, name, thinkv_H5T_STD_I32LE(), space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
-                var v = value
-                H5Awrite(attribute, thinkv_H5T_NATIVE_INT32(), &v)
-                H5Aclose(attribute)
-                H5Sclose(space)
-            }
             let type = H5Tcopy(thinkv_H5T_C_S1())
             H5Tset_size(type, 12)
             let scalar = H5Screate(H5S_SCALAR)
@@ -261,7 +253,9 @@ final class HostileTraceTests: XCTestCase {
             H5Sclose(scalar)
             H5Tclose(type)
             for (name, value) in [("version", 1), ("num_layers", 1), ("num_q_heads", 1), ("num_kv_heads", 1), ("head_dim", Int32(D)),
-                                  ("prompt_len", 16), ("num_tokens", Int32(T))] as [(String, Int32)] { integer(name, value) }
+                                  ("prompt_len", 16), ("num_tokens", Int32(T))] as [(String, Int32)] {
+                HDF5Editor.writeInt32Attribute(file, name, value)
+            }
             for group in ["/tokens", "/layers", "/layers/0"] {
                 H5Gclose(H5Gcreate2(file, group, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT()))
             }

@@ -7,15 +7,6 @@ import XCTest
 /// attended set at every step and the same quantizations at the same steps — for every policy
 /// that needs no whole-trace preparation, with a header longer than the trace.
 final class OnlinePolicyDriverTests: XCTestCase {
-    private final class Collector: CacheTimelineSink, @unchecked Sendable {
-        private let lock = NSLock()
-        private(set) var timelines: [CacheTimeline] = []
-        func record(_ timelines: [CacheTimeline]) {
-            lock.lock()
-            self.timelines += timelines
-            lock.unlock()
-        }
-    }
 
     private static let settings: [String: [String: String]] = [
         "full": [:], "kivi": ["group": "4", "residual": "8"], "pmkvq": ["budget": "24"],
@@ -41,7 +32,7 @@ final class OnlinePolicyDriverTests: XCTestCase {
                 continue
             }
             let engine = ReplayEngine(reader: reader, configuration: ReplayConfiguration(policies: [spec], threads: 1))
-            let sink = Collector()
+            let sink = CacheTimelineCollector()
             engine.timelineSink = sink
             let replayed = try engine.run()
 

@@ -13,6 +13,30 @@ final class HDF5Editor {
         let description: String
     }
 
+    /// Writes a scalar int32 attribute on the open file or object `owner` (tests that build a
+    /// file from nothing through the C API; the caller holds the library).
+    static func writeInt32Attribute(_ owner: hid_t, _ name: String, _ value: Int32) {
+        let space = H5Screate(H5S_SCALAR)
+        let attribute = H5Acreate2(owner, name, thinkv_H5T_STD_I32LE(), space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
+        var v = value
+        H5Awrite(attribute, thinkv_H5T_NATIVE_INT32(), &v)
+        H5Aclose(attribute)
+        H5Sclose(space)
+    }
+
+    /// Writes a scalar fixed-length string attribute on `owner`, as `writeInt32Attribute`.
+    static func writeTextAttribute(_ owner: hid_t, _ name: String, _ value: String) {
+        let type = H5Tcopy(thinkv_H5T_C_S1())
+        H5Tset_size(type, value.utf8.count)
+        let space = H5Screate(H5S_SCALAR)
+        let attribute = H5Acreate2(owner, name, type, space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
+        var bytes = Array(value.utf8)
+        H5Awrite(attribute, type, &bytes)
+        H5Aclose(attribute)
+        H5Sclose(space)
+        H5Tclose(type)
+    }
+
     /// Element types a test dataset or attribute can be stored as.
     enum ElementType {
         case int8, int32, int64, float16, float32, float64
