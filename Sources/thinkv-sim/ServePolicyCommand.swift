@@ -71,7 +71,7 @@ enum ServePolicyCommand: Subcommand {
                   "\(L) layers x \(T) positions x \(Hkv) kv heads x \(D) would need more than \(maxBytes >> 30) GiB")
         let header = TraceHeader(model: "serve-policy", numLayers: L, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
                                  promptLength: P, numTokens: T, softmaxScale: scale == 0 ? nil : scale)
-        let driver = OnlinePolicyDriver(spec: specs[0], header: header, topK: topK)
+        let driver = try OnlinePolicyDriver(spec: specs[0], header: header, topK: topK)
         output.ints([0])
         try output.flush()
 
@@ -112,6 +112,11 @@ enum ServePolicyCommand: Subcommand {
                     output.bytes(name)
                     output.ints([group.positions.count])
                     output.int32s(group.positions)
+                    if group.tensor == .keyPerToken {
+                        let scale = group.channelScale ?? []
+                        output.ints([scale.count])
+                        output.floats(scale)
+                    }
                 }
             case 3:
                 let json = Array(summaryJSON(driver).utf8)
@@ -209,6 +214,7 @@ final class FrameWriter {
     func bytes(_ b: [UInt8]) { pending += b }
     func ints(_ values: [Int]) { for v in values { withUnsafeBytes(of: Int32(v).littleEndian) { pending += $0 } } }
     func int32s(_ values: [Int32]) { for v in values { withUnsafeBytes(of: v.littleEndian) { pending += $0 } } }
+    func floats(_ values: [Float]) { for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { pending += $0 } } }
 
     func flush() throws {
         try OutputFile.writeAll(Data(pending), to: fd, path: "standard output")

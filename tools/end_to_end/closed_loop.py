@@ -45,27 +45,40 @@ class ClosedLoopAttention(AttentionHook):
         self.calls = 0
 
     def _apply(self, layer, groups):
+        """Rounds what the groups say, as the simulator rounds its stored tensors: from the
+        current copy (exact, or rounded already: PM-KVQ re-quantizes at a lower width)."""
         for g in groups:
             h, positions = g["kv_head"], torch.tensor(g["positions"], dtype=torch.long)
+            name = g["quantizer"]
             if g["tensor"] == "key":
-                if self.key_rounded[layer, h, positions].any():
-                    raise ValueError("a position's key is quantized twice; closed-loop generation holds one rounded copy")
-                exact = self.K[layer, h, positions].numpy()
-                self.Kr[layer, h, positions] = torch.from_numpy(quantizers.round_trip(exact.T, g["quantizer"]).T.copy())
+                current = self._current(self.K, self.Kr, self.key_rounded, layer, h, positions)
+                self.Kr[layer, h, positions] = torch.from_numpy(quantizers.round_trip(current.T, name).T.copy())
                 self.key_rounded[layer, h, positions] = True
-            elif g["tensor"] == "value":
-                if self.value_rounded[layer, h, positions].any():
-                    raise ValueError("a position's value is quantized twice; closed-loop generation holds one rounded copy")
-                exact = self.V[layer, h, positions].numpy()
-                out = exact.copy()
+            elif g["tensor"] in ("value", "key_per_token"):
+                keys = g["tensor"] == "key_per_token"
+                exact, rounded, mask = (self.K, self.Kr, self.key_rounded) if keys else (self.V, self.Vr, self.value_rounded)
+                out = self._current(exact, rounded, mask, layer, h, positions)
+                scale = g.get("channel_scale")
+                if scale is not None:
+                    out = out / scale[None, :]        # float32, one rounding each, as the simulator
                 width = int(g["channel_group"])
-                for start in range(0, exact.shape[1], width):
-                    out[:, start:start + width] = quantizers.round_trip(exact[:, start:start + width], g["quantizer"])
-                self.Vr[layer, h, positions] = torch.from_numpy(out)
-                self.value_rounded[layer, h, positions] = True
+                for start in range(0, out.shape[1], width):
+                    out[:, start:start + width] = quantizers.round_trip(out[:, start:start + width], name)
+                if scale is not None:
+                    out = out * scale[None, :]
+                rounded[layer, h, positions] = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+                mask[layer, h, positions] = True
             else:
-                raise ValueError(f"groups of tensor {g['tensor']} (e.g. PM-KVQ's keys per token) are not supported by "
-                                 "closed-loop generation, which rounds keys per channel")
+                raise ValueError(f"groups of tensor {g['tensor']} are not supported by closed-loop generation")
+
+    @staticmethod
+    def _current(exact, rounded, mask, layer, h, positions):
+        """The stored rows of `positions` (float32 numpy copy): rounded where rounded before."""
+        out = exact[layer, h, positions].numpy().copy()
+        was = mask[layer, h, positions].numpy()
+        if was.any():
+            out[was] = rounded[layer, h, positions].numpy()[was]
+        return out
 
     def wrap(self, original):
         owner = self

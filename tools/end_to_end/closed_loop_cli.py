@@ -49,6 +49,8 @@ def build_parser():
     target.add_argument("--budget", type=int, metavar="B", help="one token budget for every policy that has one")
     p.add_argument("--problems", type=int, default=20, metavar="N", help="problems (tools/end_to_end/problems.py). Default: 20")
     p.add_argument("--problem-seed", type=int, default=0, metavar="S", help="seed of the problem generator. Default: 0")
+    p.add_argument("--problem-level", choices=["easy", "standard"], default="easy",
+                   help="easy: one sum, difference or product; standard: two or three operations. Default: easy")
     p.add_argument("--samples", type=int, default=4, metavar="K", help="sampled generations per problem (0: greedy only). Default: 4")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature. Default: 0.7")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling. Default: 0.95")
@@ -223,7 +225,7 @@ def run(args):
 
     work = args.work_dir or tempfile.mkdtemp(prefix="closed-loop-")
     os.makedirs(work, exist_ok=True)
-    problem_set = problems.generate(args.problems, args.problem_seed)
+    problem_set = problems.generate(args.problems, args.problem_seed, args.problem_level)
     prompts = [encode_prompt(tokenizer, PromptJob(p.prompt(), None), use_template, {}) for p in problem_set]
     budgeted = {p for p in policies if "budget" in parameters[p]}
     runs = [("full", None)] + [(p, level) for level in levels for p in policies if p in budgeted or level == levels[0]]

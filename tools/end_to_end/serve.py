@@ -98,7 +98,8 @@ class PolicyServer:
     def step(self, layer, step, q, k, v):
         """q [Hq, D], k and v [Hkv, D] of position P + step. Returns (attended, groups): per kv head
         the positions the query attends (int64 arrays), and the quantizations that take effect now
-        as dicts {kv_head, tensor, quantizer, channel_group, positions} (the timeline's form)."""
+        as dicts {kv_head, tensor, quantizer, channel_group, positions[, channel_scale]} (the
+        timeline's form)."""
         self._send(struct.pack("<3i", STEP, layer, step) + self._f32(q) + self._f32(k) + self._f32(v))
         self._expect(STEP, layer, step)
         attended = []
@@ -112,8 +113,13 @@ class PolicyServer:
             name = self._read(8).rstrip(b"\0").decode("ascii")
             (n,) = self._ints(1)
             positions = np.frombuffer(self._read(4 * n), dtype="<i4").astype(np.int64).tolist()
-            groups.append({"kv_head": head, "tensor": TENSORS.get(tensor, str(tensor)), "quantizer": name,
-                           "channel_group": channel_group, "positions": positions, "step": step})
+            group = {"kv_head": head, "tensor": TENSORS.get(tensor, str(tensor)), "quantizer": name,
+                     "channel_group": channel_group, "positions": positions, "step": step}
+            if tensor == 2:   # keys per token carry their channel scale (m floats; m = 0: none)
+                (m,) = self._ints(1)
+                if m:
+                    group["channel_scale"] = np.frombuffer(self._read(4 * m), dtype="<f4").copy()
+            groups.append(group)
         return attended, groups
 
     def end(self):

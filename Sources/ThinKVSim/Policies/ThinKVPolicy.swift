@@ -474,6 +474,8 @@ enum ThinKVParameters {
                 help: "without --calibration, calibrate on this trace's full-cache sparsity, or on the sparsity over the policy's own cache at --budget (what the classifier reads)"),
         .integer("sparsity-window", default: 1, min: 1, max: 1 << 20,
                  help: "steps whose averaged sparsity (or, with --thoughts held-labels, whose majority label) decides the type at a refresh: 1 = the refresh step alone"),
+        .integer("type-lag", default: 0, min: 0, max: 1 << 20,
+                 help: "a refresh at step t reads the sparsity window ending at step t − lag: 0 = its own step's (a replay knows every layer's attention at once); 1 = the previous step's, what a model generating layer by layer knows before its first layer runs (serve-policy needs 1)"),
         .choice("ct-blocks", BlockSharing.allCases.map(\.rawValue), default: BlockSharing.type.rawValue,
                 help: "what a Continuous-Thinking paging block may mix: tokens of one thought type (ThinKV: a freed slot is refilled by the same type), or of one precision"),
     ]
@@ -519,6 +521,7 @@ enum ThinKVParameters {
     static func timeline(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws -> ThoughtTimeline {
         let policy = policyType.name
         let window = parameters.int("sparsity-window")!
+        let lag = parameters.int("type-lag")!
         switch ThoughtTimeline.Source(rawValue: parameters.string("thoughts")!)! {
         case .labels:
             return try ThoughtTimeline.fromLabels(reader, policy: policy)
@@ -530,10 +533,10 @@ enum ThinKVParameters {
             var timeline: ThoughtTimeline
             switch ThoughtTimeline.SparsitySource(rawValue: parameters.string("sparsity-source")!)! {
             case .full:
-                timeline = try ThoughtTimeline.fromClassifier(reader, thresholds: thresholds, window: window, policy: policy)
+                timeline = try ThoughtTimeline.fromClassifier(reader, thresholds: thresholds, window: window, lag: lag, policy: policy)
             case .cache:
                 timeline = try CacheSparsityClassifier.timeline(reader, policyType: policyType, parameters: parameters,
-                                                                 thresholds: thresholds, window: window, policy: policy)
+                                                                 thresholds: thresholds, window: window, lag: lag, policy: policy)
             }
             timeline.notes = notes
             let source = parameters.string("sparsity-source")!
@@ -563,7 +566,6 @@ enum ThinKVParameters {
         let theta2 = parameters.double("theta2").map(Float.init)
         let recorded = reader.recordedLayerIndices
         let layers = try parameters.string("thought-layers").map { try parseLayers($0, recorded: recorded, policy: policy) }
-        let tau = parameters.int("tau")
         let gqa = parameters.string("sparsity-gqa").map { GQASparsity(rawValue: $0)! }
         var notes: [String] = []
         var thresholds: ThoughtThresholds
@@ -601,17 +603,64 @@ enum ThinKVParameters {
                 notes.append("calibration fell back to '\(calibration.fallbackRule ?? "?")': \(reason)")
             }
         }
-        if let theta1 { thresholds.theta1 = theta1 }
-        if let theta2 { thresholds.theta2 = theta2 }
+        notes += applyOverrides(parameters, layers: layers, to: &thresholds)
+        return (thresholds, notes)
+    }
+
+    /// The options that override a calibration's fields (θ1, θ2, L*, τ, GQA reading); returns
+    /// what the report should say about them.
+    private static func applyOverrides(_ parameters: PolicyParameters, layers: [Int]?, to thresholds: inout ThoughtThresholds) -> [String] {
+        if let theta1 = parameters.double("theta1") { thresholds.theta1 = Float(theta1) }
+        if let theta2 = parameters.double("theta2") { thresholds.theta2 = Float(theta2) }
         if let layers { thresholds.layers = layers }
-        if let tau { thresholds.refreshInterval = tau }
-        if let gqa, gqa != thresholds.gqa {
+        if let tau = parameters.int("tau") { thresholds.refreshInterval = tau }
+        var notes: [String] = []
+        if let gqa = parameters.string("sparsity-gqa").map({ GQASparsity(rawValue: $0)! }), gqa != thresholds.gqa {
             if parameters.string("calibration") != nil {
                 notes.append("--sparsity-gqa \(gqa.rawValue) reads sparsity unlike the calibration (\(thresholds.gqa.rawValue)) its thresholds came from")
             }
             thresholds.gqa = gqa
         }
-        return (thresholds, notes)
+        return notes
+    }
+
+    /// The classifier of a generation served online (`OnlinePolicyDriver`): thresholds from
+    /// `--calibration` or `--theta1`/`--theta2` (there is no trace to calibrate on), the
+    /// sparsity over the policy's own cache, and a refresh that reads only finished steps.
+    /// Throws a usage message when the parameters ask for what cannot run online.
+    static func onlineClassifier(parameters: PolicyParameters, header: TraceHeader, policy: String) throws -> OnlineThoughtClassifier {
+        guard parameters.string("thoughts") == ThoughtTimeline.Source.classifier.rawValue else {
+            throw UsageError("\(policy): --thoughts \(parameters.string("thoughts")!) reads a trace's labels; online only the classifier (--thoughts classifier) can type thoughts")
+        }
+        guard parameters.string("sparsity-source") == ThoughtTimeline.SparsitySource.cache.rawValue else {
+            throw UsageError("\(policy): --sparsity-source full needs the full cache's attention; online the classifier reads the policy's own cache (--sparsity-source cache)")
+        }
+        let all = Array(0..<header.numLayers)
+        let layers = try parameters.string("thought-layers").map { try parseLayers($0, recorded: all, policy: policy) }
+        var thresholds: ThoughtThresholds
+        if let path = parameters.string("calibration") {
+            do {
+                thresholds = try ThoughtThresholds.load(path: path)
+            } catch let error as CalibrationError {
+                throw PolicyError("\(policy): --calibration \(error.description)")
+            }
+        } else if let theta1 = parameters.double("theta1"), let theta2 = parameters.double("theta2") {
+            thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: all)
+        } else {
+            throw UsageError("\(policy): online there is no trace to calibrate on; give --calibration FILE ('thinkv-sim calibrate') or --theta1 and --theta2")
+        }
+        let lag = parameters.int("type-lag")!
+        guard lag >= 1 else {
+            throw UsageError("\(policy): online, a step's type is needed before its L* layers attend; give --type-lag 1 (replay with the same --type-lag to compare)")
+        }
+        _ = applyOverrides(parameters, layers: layers, to: &thresholds)
+        if let outside = thresholds.layers.first(where: { !all.indices.contains($0) }) {
+            throw PolicyError("\(policy): L* layer \(outside) is not among the model's \(header.numLayers) layers")
+        }
+        guard thresholds.theta1 < thresholds.theta2, thresholds.refreshInterval >= 1, !thresholds.layers.isEmpty else {
+            throw PolicyError("\(policy): thresholds need θ1 < θ2, τ ≥ 1 and a layer in L*")
+        }
+        return OnlineThoughtClassifier(thresholds: thresholds, window: parameters.int("sparsity-window")!, lag: lag, header: header)
     }
 
     private static func formatTheta(_ x: Float) -> String { String(format: "%.3f", x) }

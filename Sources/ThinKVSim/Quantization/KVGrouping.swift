@@ -120,7 +120,8 @@ public enum KVGrouping {
         let bits = UInt8(quantizer.elementBits)
         for p in positions { cache.setKeyBits(kvHead: kvHead, position: p, bits) }
         cache.quantizationLog?.append((kvHead, QuantizedGroup(
-            tensor: .keyPerToken, positions: positions.map { Int32($0) }, quantizer: quantizer, channelGroup: groupSize)))
+            tensor: .keyPerToken, positions: positions.map { Int32($0) }, quantizer: quantizer, channelGroup: groupSize,
+            channelScale: channelScale)))
         return positions.count * valueMetadataBitsPerToken(headDim: D, groupSize: groupSize, quantizer: quantizer)
     }
 

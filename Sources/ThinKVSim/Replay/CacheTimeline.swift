@@ -17,6 +17,9 @@ public struct QuantizedGroup: Equatable, Sendable {
     public var channelGroup: Int
     /// The first decode step whose attention sees the rounded vectors.
     public var step: Int = 0
+    /// Keys per token only: per channel, what the keys were divided by before rounding and
+    /// multiplied by after (PM-KVQ's SmoothAttention factors); nil when none.
+    public var channelScale: [Float]? = nil
 }
 
 /// What one policy's cache did to one kv head of one layer over the whole replay, in the form
@@ -43,6 +46,11 @@ public struct CacheTimeline: Equatable, Sendable {
             if i > 0 { s += "," }
             s += "{\"tensor\":\"\(g.tensor.rawValue)\",\"step\":\(g.step),\"quantizer\":\"\(g.quantizer.name)\""
             if g.tensor != .key { s += ",\"channel_group\":\(g.channelGroup)" }
+            if let scale = g.channelScale {
+                s += ",\"channel_scale\":["
+                s += scale.map { "\($0)" }.joined(separator: ",")  // shortest text that reads back exactly
+                s += "]"
+            }
             s += ",\"positions\":"
             Format.appendJSONArray(g.positions, to: &s)
             s += "}"

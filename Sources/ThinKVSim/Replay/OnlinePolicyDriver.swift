@@ -45,14 +45,22 @@ public final class OnlinePolicyDriver {
     }
 
     private var layers: [Layer?]
+    /// ThinKV's thought types, decided as the steps arrive (nil for other policies).
+    private let classifier: OnlineThoughtClassifier?
 
-    /// Policies whose `prepare` reads a whole trace before the first step (ThinKV's thought
-    /// timeline, R-KV's token marks) cannot run online; their `init` refuses without it.
-    public init(spec: PolicySpec, header: TraceHeader, topK: Int = 32) {
+    /// Policies whose `prepare` reads a whole trace before the first step (R-KV's token marks)
+    /// cannot run online; their `init` refuses without it. ThinKV types its thoughts online
+    /// (`OnlineThoughtClassifier`); the parameters that cannot run online throw a `UsageError`.
+    public init(spec: PolicySpec, header: TraceHeader, topK: Int = 32) throws {
         self.spec = spec
         self.header = header
         self.topK = topK
         layers = Array(repeating: nil, count: header.numLayers)
+        if spec.type is ThinKVPolicy.Type {
+            classifier = try ThinKVParameters.onlineClassifier(parameters: spec.parameters, header: header, policy: spec.type.name)
+        } else {
+            classifier = nil
+        }
     }
 
     public var promptLength: Int { header.promptLength }
@@ -76,17 +84,24 @@ public final class OnlinePolicyDriver {
             }
         }
         let reference = ReferenceAttention(header: h, data: data, workers: 1)
-        let setup = PolicySetup(header: h, layer: info, layerOrdinal: l, layerCount: h.numLayers, prepared: nil)
+        let setup = PolicySetup(header: h, layer: info, layerOrdinal: l, layerCount: h.numLayers, prepared: classifier?.log)
         let run: PolicyLayerRun
         do {
             run = try PolicyLayerRun.prefilled(spec: spec, data: data, setup: setup, promptQueries: P > 0 ? queries : nil,
                                                topK: topK, steps: h.generatedLength, blockSize: spec.type.preferredBlockSize,
                                                logsQuantizations: true)
-        } catch let error as PolicyError where spec.type.name.hasPrefix("thinkv") || error.description.contains("prepare") {
+        } catch let error as PolicyError where error.description.contains("prepare") {
             throw PolicyError("\(error.description) (a policy whose preparation reads the whole trace cannot run online)")
         }
         let layer = Layer(data: data, reference: reference, scratch: reference.makeScratch(k: topK, count: 1),
                           chunk: ReferenceChunk(numQHeads: h.numQHeads, headDim: D, topK: topK), run: run)
+        if let classifier, classifier.reads(layer: l) {
+            let lane = CacheSparsityClassifier.Lane(data: data, setup: setup, policy: run.policy, cache: run.cache)
+            run.appendObserver = { cache, context in
+                guard let queries = context.queries?.baseAddress else { return }
+                classifier.measure(layer: l, step: context.step, lane: lane, queries: queries, position: context.position)
+            }
+        }
         run.attendObserver = { [unowned layer] cache in
             layer.answer.attended = cache.slots.map { $0.sorted() }
             layer.answer.groups = cache.quantizationLog ?? []
@@ -106,6 +121,13 @@ public final class OnlinePolicyDriver {
         let p = h.promptLength + t
         guard p < h.numTokens else {
             throw PolicyError("layer \(l): step \(t) is position \(p), beyond the header's \(h.numTokens) positions")
+        }
+        if let classifier {
+            // Step t's type must be known before its first layer runs.
+            if let behind = layers.firstIndex(where: { ($0?.nextStep ?? 0) < t }) {
+                throw PolicyError("layer \(l): step \(t) arrived before layer \(behind) finished step \(t - 1) (\(spec.type.name) types a step from every layer's previous steps)")
+            }
+            try classifier.beginStep(t)
         }
         let D = h.headDim, Hkv = h.numKVHeads
         keys.withUnsafeBufferPointer { K in
@@ -137,6 +159,9 @@ public final class OnlinePolicyDriver {
         defer { layer.answer = StepAnswer(attended: [], groups: []) }
         return layer.answer
     }
+
+    /// ThinKV's thought type of every started step (empty for other policies).
+    public var thoughtTypes: [ThoughtType] { classifier?.log.types ?? [] }
 
     /// Decode steps every layer has run.
     public var completedSteps: Int { layers.map { $0?.nextStep ?? 0 }.min() ?? 0 }

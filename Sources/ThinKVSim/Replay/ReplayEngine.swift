@@ -510,6 +510,9 @@ final class PolicyLayerRun {
     /// Called in every step right after the policy's pre-attention hook, with the cache as this
     /// step's query sees it (the online driver answers with it).
     var attendObserver: ((LayerCache) -> Void)?
+    /// Called in every step right after the new position is appended, before the policy's
+    /// pre-attention hook (the online thought classifier measures sparsity here).
+    var appendObserver: ((LayerCache, StepContext) -> Void)?
 
     /// Places the prompt tokens the policy kept after prefill into the block tables.
     func pagePrompt() {
@@ -579,6 +582,7 @@ final class PolicyLayerRun {
         let Hq = h.numQHeads, Hkv = h.numKVHeads
         cache.beginStep()
         cache.append(position: context.position)
+        appendObserver?(cache, context)
         policy.beforeAttention(context, cache: cache)
         timeline?.observe(cache, step: context.step)
         attendObserver?(cache)

@@ -18,15 +18,16 @@ import Foundation
 /// maximum (`Sparsity.of`). With the full cache this is exactly the full-cache definition.
 enum CacheSparsityClassifier {
     static func timeline(_ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
-                         thresholds: ThoughtThresholds, window: Int, policy: String) throws -> ThoughtTimeline {
-        try run(reader, policyType: policyType, parameters: parameters, thresholds: thresholds, window: window, policy: policy).timeline
+                         thresholds: ThoughtThresholds, window: Int, lag: Int = 0, policy: String) throws -> ThoughtTimeline {
+        try run(reader, policyType: policyType, parameters: parameters, thresholds: thresholds, window: window, lag: lag,
+                policy: policy).timeline
     }
 
     /// The timeline, and with `profiledLayers` the sparsity over the policy's own cache of every
     /// decode step in each of those layers (they are stepped beside L*): what a classifier
     /// calibrated in the compressed-cache domain is calibrated on.
     static func run(_ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
-                    thresholds: ThoughtThresholds, window: Int, policy: String,
+                    thresholds: ThoughtThresholds, window: Int, lag: Int = 0, policy: String,
                     profiledLayers: [Int] = []) throws -> (timeline: ThoughtTimeline, profile: SparsityProfile?) {
         try ThoughtTimeline.checkClassifier(reader, thresholds: thresholds, policy: policy)
         let header = reader.header
@@ -72,8 +73,7 @@ enum CacheSparsityClassifier {
                 lane.cache.beginStep()
                 lane.cache.append(position: p)
             }
-            // Steps a refresh at or after t will average (the next refresh is (τ − t mod τ) mod τ away).
-            if (tau - t % tau) % tau < window || !profiled.isEmpty {
+            if ThoughtClassifier.isRead(step: t, refreshInterval: tau, window: window, lag: lag) || !profiled.isEmpty {
                 var sum: Float = 0
                 for (i, lane) in lanes.enumerated() where i < classifierLanes || !profiled.isEmpty {
                     let offset = (t % queryRun) * width
@@ -86,7 +86,9 @@ enum CacheSparsityClassifier {
                 }
                 history[t] = sum / Float(classifierLanes)
             }
-            if t % tau == 0 { current = thresholds.classify(ThoughtClassifier.windowMean(history, endingAt: t, window: window)) }
+            if let decided = ThoughtClassifier.refresh(at: t, history: history, thresholds: thresholds, window: window, lag: lag) {
+                current = decided
+            }
             log.types.append(current)
             noAttention.withUnsafeBufferPointer { empty in
                 let view = AttentionView(storage: empty, offsets: [], counts: [])

@@ -68,17 +68,34 @@ public enum ThoughtClassifier {
     /// Types of every decode step from the step-wise sparsity averaged over L*: step t takes
     /// the type decided at step τ·⌊t/τ⌋ (the last refresh), so types change only at refresh
     /// steps. At a refresh step r the type is that of the mean sparsity of steps
-    /// max(0, r − window + 1)...r (window 1: step r alone).
-    public static func timeline(averagedSparsity: [Float], thresholds: ThoughtThresholds, window: Int = 1) -> [ThoughtType] {
-        let tau = max(1, thresholds.refreshInterval)
+    /// max(0, r − window + 1)...r (window 1: step r alone); with `lag` k, of the window ending at
+    /// r − k instead (before step 0 nothing is known, and the type stays reasoning).
+    public static func timeline(averagedSparsity: [Float], thresholds: ThoughtThresholds, window: Int = 1,
+                                lag: Int = 0) -> [ThoughtType] {
         var out: [ThoughtType] = []
         out.reserveCapacity(averagedSparsity.count)
         var current = ThoughtType.reasoning
         for t in averagedSparsity.indices {
-            if t % tau == 0 { current = thresholds.classify(windowMean(averagedSparsity, endingAt: t, window: window)) }
+            if let decided = refresh(at: t, history: averagedSparsity, thresholds: thresholds, window: window, lag: lag) {
+                current = decided
+            }
             out.append(current)
         }
         return out
+    }
+
+    /// The type a refresh at step `t` decides, nil when `t` is not a refresh step or (with `lag`)
+    /// no step has been measured yet. `history[u]` must be known for the window ending at t − lag.
+    static func refresh(at t: Int, history: [Float], thresholds: ThoughtThresholds, window: Int, lag: Int) -> ThoughtType? {
+        guard t % max(1, thresholds.refreshInterval) == 0, t - lag >= 0 else { return nil }
+        return thresholds.classify(windowMean(history, endingAt: t - lag, window: window))
+    }
+
+    /// Whether step `t`'s sparsity enters some refresh's window (a refresh r reads the steps
+    /// r − lag − window + 1 ... r − lag).
+    static func isRead(step t: Int, refreshInterval: Int, window: Int, lag: Int) -> Bool {
+        let tau = max(1, refreshInterval)
+        return (tau - (t + lag) % tau) % tau < max(1, window)
     }
 
     /// Mean of values[max(0, t − window + 1)...t], summed in order.

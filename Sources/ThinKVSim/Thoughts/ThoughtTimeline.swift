@@ -80,13 +80,14 @@ public struct ThoughtTimeline: Sendable, Equatable, ReplayNotes {
     /// layer of L*, averaged over L*, thresholded by θ1/θ2 and held for τ steps
     /// (`ThoughtClassifier.timeline`). The sparsity is that of the uncompressed cache, as
     /// everything in a teacher-forced replay; an online system reads the attention it computes.
-    public static func fromClassifier(_ reader: TraceReader, thresholds: ThoughtThresholds, window: Int = 1, policy: String) throws -> ThoughtTimeline {
+    public static func fromClassifier(_ reader: TraceReader, thresholds: ThoughtThresholds, window: Int = 1, lag: Int = 0,
+                                      policy: String) throws -> ThoughtTimeline {
         try checkClassifier(reader, thresholds: thresholds, policy: policy)
         if thresholds.isSingleType {
             return ThoughtTimeline(types: Array(repeating: .reasoning, count: reader.header.generatedLength), source: .classifier, thresholds: thresholds)
         }
         let averaged = try AveragedSparsityMemo.shared.averaged(reader, layers: thresholds.layers, gqa: thresholds.gqa)
-        let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds, window: window)
+        let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds, window: window, lag: lag)
         return ThoughtTimeline(types: types, source: .classifier, thresholds: thresholds)
     }
 
