@@ -49,35 +49,23 @@ class ClosedLoopAttention(AttentionHook):
         current copy (exact, or rounded already: PM-KVQ re-quantizes at a lower width)."""
         for g in groups:
             h, positions = g["kv_head"], torch.tensor(g["positions"], dtype=torch.long)
-            name = g["quantizer"]
-            if g["tensor"] == "key":
-                current = self._current(self.K, self.Kr, self.key_rounded, layer, h, positions)
-                self.Kr[layer, h, positions] = torch.from_numpy(quantizers.round_trip(current.T, name).T.copy())
+            keys = self._current(self.K, self.Kr, self.key_rounded, layer, h)
+            values = self._current(self.V, self.Vr, self.value_rounded, layer, h)
+            quantizers.apply_group(keys, values, g)
+            if g["tensor"] in ("key", "key_per_token"):
+                self.Kr[layer, h, positions] = torch.from_numpy(keys[g["positions"]])
                 self.key_rounded[layer, h, positions] = True
-            elif g["tensor"] in ("value", "key_per_token"):
-                keys = g["tensor"] == "key_per_token"
-                exact, rounded, mask = (self.K, self.Kr, self.key_rounded) if keys else (self.V, self.Vr, self.value_rounded)
-                out = self._current(exact, rounded, mask, layer, h, positions)
-                scale = g.get("channel_scale")
-                if scale is not None:
-                    out = out / scale[None, :]        # float32, one rounding each, as the simulator
-                width = int(g["channel_group"])
-                for start in range(0, out.shape[1], width):
-                    out[:, start:start + width] = quantizers.round_trip(out[:, start:start + width], name)
-                if scale is not None:
-                    out = out * scale[None, :]
-                rounded[layer, h, positions] = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
-                mask[layer, h, positions] = True
             else:
-                raise ValueError(f"groups of tensor {g['tensor']} are not supported by closed-loop generation")
+                self.Vr[layer, h, positions] = torch.from_numpy(values[g["positions"]])
+                self.value_rounded[layer, h, positions] = True
 
     @staticmethod
-    def _current(exact, rounded, mask, layer, h, positions):
-        """The stored rows of `positions` (float32 numpy copy): rounded where rounded before."""
-        out = exact[layer, h, positions].numpy().copy()
-        was = mask[layer, h, positions].numpy()
+    def _current(exact, rounded, mask, layer, h):
+        """One head's stored rows ([T, D] float32 numpy copy): rounded where rounded before."""
+        out = exact[layer, h].numpy().copy()
+        was = mask[layer, h].numpy()
         if was.any():
-            out[was] = rounded[layer, h, positions].numpy()[was]
+            out[was] = rounded[layer, h].numpy()[was]
         return out
 
     def wrap(self, original):

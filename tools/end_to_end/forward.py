@@ -17,23 +17,45 @@ from .timeline import attention_plan
 
 class HeadPlan:
     """What one kv head of one layer attends: boolean masks, built for a block of query rows when
-    its layer runs (memory holds one block's), and the groups to round."""
+    its layer runs (memory holds one block's), and the groups to round.
+
+    A head whose positions are rounded more than once, or whose keys are rounded per token
+    (PM-KVQ re-quantizes at lower widths and groups keys per token), is `versioned`: its keys and
+    values change along the sequence, so the forward runs its rows in segments between the
+    steps at which groups take effect, each segment attending the copies as they are then."""
 
     def __init__(self, timeline, num_tokens, prompt_len, steps):
         self.shape = (timeline, num_tokens, prompt_len, steps)
-        unknown = {g["tensor"] for g in timeline.groups} - {"key", "value"}
+        unknown = {g["tensor"] for g in timeline.groups} - {"key", "value", "key_per_token"}
         if unknown:
-            raise ValueError(f"{timeline.policy}: groups of tensor {sorted(unknown)} (e.g. PM-KVQ's keys per token) "
-                             "are not supported by the end-to-end forward, which rounds keys per channel")
+            raise ValueError(f"{timeline.policy if hasattr(timeline, 'policy') else 'timeline'}: groups of tensor "
+                             f"{sorted(unknown)} are not supported by the end-to-end forward")
+        self.versioned = _is_versioned(timeline.groups)
+        # In the order the simulator made them (a stable sort keeps a step's own order).
+        self.events = sorted(timeline.groups, key=lambda g: g["step"]) if self.versioned else []
         self.key_groups = [g for g in timeline.groups if g["tensor"] == "key"]
         self.value_groups = [g for g in timeline.groups if g["tensor"] == "value"]
 
     def masks(self, rows):
         """(attend, key rounded, value rounded) of query rows `rows` as torch booleans [rows, T];
-        the last two None when no entry is set."""
-        attend, key_q, value_q = attention_plan(*self.shape, rows=rows)
+        the last two None when no entry is set (always None for a versioned head)."""
+        attend, key_q, value_q = attention_plan(*self.shape, rows=rows, rounding=not self.versioned)
+        if self.versioned:
+            return torch.from_numpy(attend), None, None
         return (torch.from_numpy(attend), torch.from_numpy(key_q) if key_q.any() else None,
                 torch.from_numpy(value_q) if value_q.any() else None)
+
+
+def _is_versioned(groups):
+    seen = {"key": set(), "value": set()}
+    for g in groups:
+        if g["tensor"] == "key_per_token":
+            return True
+        positions = set(g["positions"])
+        if positions & seen[g["tensor"]]:
+            return True
+        seen[g["tensor"]] |= positions
+    return False
 
 
 def layer_plans(policy_timeline, num_layers, num_kv_heads, num_tokens, prompt_len, steps):
@@ -84,6 +106,10 @@ def planned_attention(query, key, value, plans, scaling, row_block=ROW_BLOCK):
     out = torch.empty(Hq, T, query.shape[3], dtype=query.dtype)
     for h, plan in enumerate(plans):
         k, v = key[0, h], value[0, h]                     # [T, D]
+        if plan.versioned:
+            out[h * group:(h + 1) * group] = _versioned_attention(query[0, h * group:(h + 1) * group], k, v, plan,
+                                                                  scaling, row_block)
+            continue
         kq = rounded_keys(k, plan.key_groups) if plan.key_groups else None
         vq = rounded_values(v, plan.value_groups) if plan.value_groups else None
         for start in range(0, T, row_block):
@@ -103,6 +129,34 @@ def planned_attention(query, key, value, plans, scaling, row_block=ROW_BLOCK):
                 block = torch.matmul(weights, v[:end])
             out[h * group:(h + 1) * group, start:end] = block
     return out.unsqueeze(0).transpose(1, 2).contiguous()
+
+
+def _versioned_attention(q, k, v, plan, scaling, row_block):
+    """One versioned head: q [g, T, D], k and v [T, D] -> [g, T, D]. Rows run in segments that
+    start where groups take effect (row P + step); before a segment, its step's groups round the
+    current copies, so every row attends the keys and values as the cache held them then."""
+    _, T, P, steps = plan.shape
+    keys = k.detach().float().cpu().numpy().copy()
+    values = v.detach().float().cpu().numpy().copy()
+    starts = sorted({P + g["step"] for g in plan.events if P + g["step"] < T})
+    bounds = sorted(set(list(range(0, T, row_block)) + starts + [min(T, P + steps), T]))
+    out = torch.empty(q.shape[0], T, q.shape[2], dtype=q.dtype)
+    pending = list(plan.events)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        while pending and P + pending[0]["step"] <= start:
+            quantizers.apply_group(keys, values, pending.pop(0))
+        if start == P + steps:   # rows past the replayed steps attend causally, exact
+            keys = k.detach().float().cpu().numpy().copy()
+            values = v.detach().float().cpu().numpy().copy()
+            pending = []
+        attend, _, _ = plan.masks(range(start, stop))
+        kt = torch.from_numpy(keys[:stop]).to(q.dtype)
+        vt = torch.from_numpy(values[:stop]).to(q.dtype)
+        logits = torch.matmul(q[:, start:stop], kt.transpose(0, 1)) * scaling
+        logits = logits.masked_fill(~attend[:, :stop], float("-inf"))
+        weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)
+        out[:, start:stop] = torch.matmul(weights, vt)
+    return out
 
 
 class PolicyAttention(AttentionHook):

@@ -123,3 +123,35 @@ def round_trip_groups(x, name, group):
     if whole < len(x):
         out[whole:] = round_trip(x[whole:], name)
     return out
+
+
+def round_rows(rows, name, channel_group, channel_scale=None):
+    """rows [n, D] float32, each row's channels in runs of `channel_group` (the last may be
+    shorter): values, and PM-KVQ's keys per token. With `channel_scale` ([D]), divided by it
+    before rounding and multiplied by it after, one float32 operation each, as the simulator."""
+    out = np.array(rows, dtype=F32, copy=True)
+    if channel_scale is not None:
+        scale = np.asarray(channel_scale, dtype=F32)[None, :]
+        out = out / scale
+    width = int(channel_group)
+    for start in range(0, out.shape[1], width):
+        out[:, start:start + width] = round_trip(out[:, start:start + width], name)
+    if channel_scale is not None:
+        out = out * scale
+    return out.astype(F32, copy=False)
+
+
+def apply_group(keys, values, group):
+    """Rounds `group` (a timeline or serve-policy group dict) into `keys` and `values` ([T, D]
+    float32 numpy, the current copies, changed in place): keys per channel, values and keys per
+    token per position."""
+    positions = np.asarray(group["positions"], dtype=np.int64)
+    name, tensor = group["quantizer"], group["tensor"]
+    if tensor == "key":
+        keys[positions, :] = round_trip(keys[positions, :].T, name).T
+    elif tensor == "value":
+        values[positions, :] = round_rows(values[positions, :], name, group["channel_group"])
+    elif tensor == "key_per_token":
+        keys[positions, :] = round_rows(keys[positions, :], name, group["channel_group"], group.get("channel_scale"))
+    else:
+        raise ValueError(f"unknown group tensor {tensor!r}")

@@ -59,14 +59,15 @@ def read_timelines(path):
     return out
 
 
-def attention_plan(timeline, num_tokens, prompt_len, steps, rows=None):
+def attention_plan(timeline, num_tokens, prompt_len, steps, rows=None, rounding=True):
     """Boolean [rows, T] masks for one kv head over the sequence a teacher-forced forward runs
     (`rows`: a range of query positions, default all T).
 
     Row p is the query at position p. Prompt rows attend causally, at full precision (the
     prefill runs before any compression). Row P + t (decode step t < steps) attends the
     positions the policy's cache held at step t, with keys (values) rounded where `key_q`
-    (`value_q`) is set. Rows past the replayed steps attend causally, exact.
+    (`value_q`) is set. Rows past the replayed steps attend causally, exact. With
+    `rounding=False` only `attend` is built (the other two are None).
     """
     T, P = num_tokens, prompt_len
     rows = np.arange(T)[:, None] if rows is None else np.arange(rows.start, rows.stop)[:, None]
@@ -77,6 +78,8 @@ def attention_plan(timeline, num_tokens, prompt_len, steps, rows=None):
     dropped = timeline.dropped_at[None, :]
     held = (dropped < 0) | (dropped > step)
     attend = causal & (~decode | held)
+    if not rounding:   # a versioned head (forward.HeadPlan) rounds by segments instead
+        return attend, None, None
     key_from = timeline.quantized_from("key", T)[None, :]
     value_from = timeline.quantized_from("value", T)[None, :]
     key_q = attend & decode & (key_from <= step)

@@ -37,6 +37,15 @@ from test_end_to_end import NEW_TOKENS, greedy_trace, thinkv_sim, tiny, trace_id
     ("snapkv", ["--budget", "60"]),
     ("kivi", ["--group", "8", "--residual", "8", "--k-bits", "4", "--v-bits", "4"]),
     ("kivi", ["--group", "8", "--residual", "8"]),
+    # Thought types from the sparsity over its own cache, a refresh reading the steps before it.
+    ("thinkv", ["--budget", "90", "--theta1", "0.4", "--theta2", "0.55", "--type-lag", "1", "--tau", "4",
+                "--recent", "8", "--schedule", "8,4,2", "--r-bits", "8", "--e-bits", "8", "--t-bits", "8"]),
+    ("thinkv-tbe", ["--budget", "85", "--theta1", "0.4", "--theta2", "0.55", "--type-lag", "1", "--tau", "4",
+                    "--recent", "8", "--schedule", "8,4,2"]),
+    ("thinkv", ["--budget", "80", "--theta1", "0.4", "--theta2", "0.55", "--type-lag", "1", "--tau", "4",
+                "--recent", "8", "--schedule", "8,4,2"]),
+    # Keys per token with SmoothAttention's channel scales; widths halved and re-quantized.
+    ("pmkvq", ["--budget", "12", "--window", "8", "--group", "8"]),
 ])
 def test_closed_loop_greedy_equals_the_fixed_point(tiny, greedy_trace, tmp_path, policy, args):
     folder, _, model = tiny
@@ -58,6 +67,19 @@ def test_closed_loop_greedy_equals_the_fixed_point(tiny, greedy_trace, tmp_path,
             model, str(greedy_trace), header, binary, policy, label, budget, timelines[label], greedy, steps, extra,
             str(tmp_path), 8)
     assert exact
+    groups = [g for t in timelines[label].heads.values() for g in t.groups]
+    if policy.startswith("thinkv"):
+        # Not vacuous: the classifier changes types along the run, and thoughts are cut at transitions.
+        assert run["summary"]["policy_counters"]["transitions"] > 0, run["summary"]["policy_counters"]
+    if policy == "pmkvq":
+        # Keys per token with SmoothAttention's scales, and positions re-quantized at a lower width.
+        assert any(g["tensor"] == "key_per_token" and g.get("channel_scale") for g in groups)
+        seen, twice = set(), False
+        for g in groups:
+            if g["tensor"] == "key_per_token":
+                twice |= bool(seen & set(g["positions"]))
+                seen |= set(g["positions"])
+        assert twice
     result = closed_loop.generate(model, binary, policy, args, ids[:P].tolist(), steps + 1, closed_loop.greedy)
     tokens = result["tokens"]
     assert tokens[0] == ids[P]                         # the first token comes from the exact prefill
