@@ -43,11 +43,11 @@ done
 say "$doc shows every script of scripts/slurm/ verbatim"
 
 # --- 2. A one-node Slurm ------------------------------------------------------------------
+[ "$(id -u)" -eq 0 ] || skip "not root: slurmd must run as root to start jobs"
 for program in munged munge slurmctld slurmd sbatch sinfo squeue scontrol scancel; do
     command -v "$program" >/dev/null 2>&1 || skip "$program not found (apt-get install slurmctld slurmd munge)"
 done
 command -v python3 >/dev/null 2>&1 || skip "python3 not found (it picks free ports and compares the JSON reports)"
-[ "$(id -u)" -eq 0 ] || skip "not root: slurmd must run as root to start jobs"
 [ -x "$binary" ] || fail "$binary not built (make build)"
 
 work=$(mktemp -d /tmp/thinkv-slurm.XXXXXX)

@@ -12,7 +12,12 @@ if [ $# -lt 4 ]; then
     exit 2
 fi
 tasks=$3 outdir=$4
-mkdir -p logs "$outdir"
+IFS=, read -ra listed <<< "$2"
+if ! [[ $tasks =~ ^[1-9][0-9]*$ ]] || [ "$tasks" -gt "${#listed[@]}" ]; then
+    echo "submit-replay: TASKS must be 1 to ${#listed[@]} (one layer a task at most), got '$tasks'" >&2
+    exit 2
+fi
+mkdir -p logs
 array=$(sbatch --parsable --array="0-$((tasks - 1))" scripts/slurm/replay-layers.sbatch "$@")
 merge=".build/release/thinkv-sim merge"
 for ((i = 0; i < tasks; i++)); do merge+=" $(printf %q "$outdir/layers-$i.json")"; done

@@ -9,7 +9,11 @@ if [ $# -ne 3 ]; then
     exit 2
 fi
 config=$1 shards=$2 output=$3
-mkdir -p logs "$(dirname "$output")"
+if ! [[ $shards =~ ^[1-9][0-9]*$ ]]; then
+    echo "submit-sweep: SHARDS must be a positive number, got '$shards'" >&2
+    exit 2
+fi
+mkdir -p logs
 array=$(sbatch --parsable --array="0-$((shards - 1))" scripts/slurm/sweep.sbatch "$config" "$shards" "$output")
 merge=".build/release/thinkv-sim merge"
 for ((i = 0; i < shards; i++)); do merge+=" $(printf %q "${output%.csv}.shard-$i-of-$shards.csv")"; done
