@@ -9,7 +9,8 @@
 #    release binary), submit-replay.sh replays the shipped SmolLM2 trace's four layers as three
 #    array tasks and submit-sweep.sh runs configs/quick-sweep.json as three shards; their merge
 #    jobs must write exactly what one replay and one sweep write in a second copy (the replay's
-#    JSON report compared without its timing block, which measures the run).
+#    JSON report compared without its timing block, which measures the run). One sweep task
+#    resubmitted alone, as the doc advises after a time limit, must find its shard complete.
 #
 # Skips (exit 0, one line saying why) when the Slurm or munge programs are missing, when not
 # root (slurmd starts jobs as their user), or when the daemons do not bring the node up within
@@ -196,6 +197,16 @@ for i in 0 1 2; do
 done
 [ "$(ls logs/replay-*.out | wc -l)" -eq 3 ] || fail "expected 3 replay task logs, found: $(ls logs)"
 [ "$(ls logs/sweep-*.out | wc -l)" -eq 3 ] || fail "expected 3 sweep task logs, found: $(ls logs)"
+
+# A task resubmitted alone (docs/cluster.md's advice after a time limit) runs its own shard of
+# the whole grid, finds every row there, and leaves the file as it was.
+cp out/quick-sweep.shard-1-of-3.csv "$work/shard-1-before.csv"
+resubmitted=$(timeout 60 sbatch --parsable --wait --array=1 scripts/slurm/sweep.sbatch configs/quick-sweep.json 3 \
+    out/quick-sweep.csv) || fail "the resubmitted sweep task failed: $(tail -n 1 logs/sweep-*-1.out)"
+grep -q "(0 computed in 0 engine run(s), [1-9][0-9]* already there)" "logs/sweep-${resubmitted%;*}-1.out" \
+    || fail "the resubmitted sweep task did not find its rows: $(cat "logs/sweep-${resubmitted%;*}-1.out")"
+cmp -s out/quick-sweep.shard-1-of-3.csv "$work/shard-1-before.csv" || fail "the resubmitted task changed its shard"
+say "a sweep task resubmitted alone found its shard complete"
 
 cd "$work/single"
 mkdir -p out/replay
