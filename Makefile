@@ -37,7 +37,7 @@ PYTHON    ?= python3
 RECORDER_VENV ?= .venv-recorder
 PYTHON_VENV   ?= .venv-python
 
-.PHONY: all deps build run test test-python python-venv bench bench-torch sweep clean help recorder-venv test-recorder
+.PHONY: all deps build run test test-python test-slurm python-venv bench bench-torch sweep clean help recorder-venv test-recorder
 
 all: build
 
@@ -47,6 +47,7 @@ help:
 	@echo "make bench  replay benchmark (release build)"
 	@echo "make sweep  budget sweep and equal-memory sweep over the sample traces, CSVs + plots in out/"
 	@echo "make test-recorder  Python env of tools/record_trace.py (cached in $(RECORDER_VENV)) and its tests"
+	@echo "make test-slurm  docs/cluster.md's Slurm scripts on a one-node Slurm started here (root; skips without Slurm)"
 
 deps:
 	@scripts/ensure-deps.sh
@@ -73,6 +74,12 @@ test: deps python-venv
 # index the tests are skipped with a message, never failed.
 test-python: python-venv
 	PYTHONPATH=python THINKV_SIM=$(CURDIR)/.build/debug/thinkv-sim $(PYTHON_VENV)/bin/python -m pytest python/tests -q
+
+# The Slurm scripts of docs/cluster.md (scripts/slurm/) as array jobs on a one-node Slurm the
+# test starts itself (Debian's slurmctld, slurmd and munge; root), against one run each. Not part
+# of `make test`: it skips, with the reason, where Slurm is not installed or cannot start.
+test-slurm: build
+	scripts/test-slurm.sh
 
 # numpy, pandas, h5py and pytest from PyPI, cached in $(PYTHON_VENV). A machine that cannot
 # install them fails the tests: a cross-check that silently skips checks nothing.
