@@ -61,13 +61,14 @@ public enum PolicyList {
                 groups.append(piece)
             }
         }
-        return try groups.map { try item($0, of: option) }
+        return try groups.map { try item($0, of: "\(option) item") }
     }
 
-    /// One item, `NAME[:PARAM=VALUE...]` (a sweep config's policy entry is one item).
-    public static func item(_ text: String, of option: String = "--policy") throws -> PolicyItem {
+    /// One item, `NAME[:PARAM=VALUE...]` (a sweep config's policy entry is one item); `what`
+    /// starts each message.
+    public static func item(_ text: String, of what: String = "--policy item") throws -> PolicyItem {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
-        func bad(_ problem: String) -> UsageError { UsageError("\(option) item '\(trimmed)': \(problem)") }
+        func bad(_ problem: String) -> UsageError { UsageError("\(what) '\(trimmed)': \(problem)") }
         let parts = trimmed.split(separator: ":", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
         let name = parts[0]
         guard !name.isEmpty else { throw bad("no policy name before ':'") }
