@@ -250,6 +250,12 @@ final class PolicyListTests: XCTestCase {
         XCTAssertTrue(statuses[0] != "not matched" && statuses[1] != "not matched", "\(statuses)")
         let labels = runs.compactMap { $0["label"] as? String }
         XCTAssertEqual(Set(labels).count, 3, "\(labels)")
+
+        // A target out of reach: each run's note says which of the two runs it is.
+        let unreachable = try json(run(["replay", path, "--policy", "rkv:divide=4,rkv:divide=2", "--kv-percent", "1", "--json"]))
+        let notes = unreachable.map { ($0["memory_match"] as? [String: Any])?["note"] as? String ?? "" }
+        XCTAssertTrue(notes[0].hasPrefix("rkv(divide=4): mean KV of 1.00 %"), notes[0])
+        XCTAssertTrue(notes[1].hasPrefix("rkv(divide=2): mean KV of 1.00 %"), notes[1])
     }
 
     // MARK: serve-policy and sweep configs

@@ -262,7 +262,15 @@ public final class MemoryMatcher {
         let low = search.lowestValue ?? .nan
         let range = "budgets \(search.lowest)...\(search.highest) give \(unit(low)) to \(unit(search.highestValue ?? .nan))"
         let ran = low > targetValue ? "ran the smallest budget" : "ran the largest budget found not above it"
-        return "\(spec.name): \(statistic.rawValue) KV of \(unit(targetValue)) within \(String(format: "%g", tolerance)) point(s) is out of reach (\(range)); \(ran)"
+        return "\(noteName(spec)): \(statistic.rawValue) KV of \(unit(targetValue)) within \(String(format: "%g", tolerance)) point(s) is out of reach (\(range)); \(ran)"
+    }
+
+    /// The policy as a note names it: its name, or, when the comparison runs it more than once
+    /// (`h2o:recent=8,h2o:recent=32`), its label without the budget the search sets.
+    private func noteName(_ spec: PolicySpec) -> String {
+        guard configuration.policies.filter({ $0.name == spec.name }).count > 1 else { return spec.name }
+        let given = spec.parameters.given.filter { $0.key != Self.budgetParameter }.sorted { $0.key < $1.key }
+        return given.isEmpty ? spec.name : "\(spec.name)(\(given.map { "\($0.key)=\($0.value)" }.joined(separator: ",")))"
     }
 
     /// Why a target below a policy's smallest budget is out of reach, and what reaches it: the
