@@ -8,7 +8,8 @@ enum ReplayCommand: Subcommand {
         positionals: [("trace", "a thinkv-trace HDF5 file")],
         options: [
             OptionDefinition("policy", short: "p", value: "NAME[:P=V...][,...]",
-                             help: "policies to compare (see 'thinkv-sim policies'), each with parameters of its own after ':'",
+                             help: "policies to compare (see 'thinkv-sim policies'), each with parameters of its own "
+                                 + "after ':'",
                              default: "full", repeatable: true),
             OptionDefinition("layers", value: "LIST", help: "recorded layers to replay, e.g. 0,3 or -1 (the last recorded)", default: "all recorded"),
             OptionDefinition("steps", value: "N", help: "replay only the first N decode steps", default: "all"),
@@ -54,9 +55,9 @@ enum ReplayCommand: Subcommand {
         let target = try memoryTarget(arguments)
         let statistic = try memoryStatistic(arguments)
         let policies = items.isEmpty ? [PolicyItem(name: "full")] : items
-        let commandOptions = spec.options.map(\.name)
-        let specs = target == nil ? try PolicySpec.specs(items: policies, options: arguments.extra, commandOptions: commandOptions)
-            : try MemoryMatcher.specs(items: policies, options: arguments.extra, commandOptions: commandOptions)
+        let (options, known) = (arguments.extra, spec.options.map(\.name))
+        let specs = target == nil ? try PolicySpec.specs(items: policies, options: options, commandOptions: known)
+            : try MemoryMatcher.specs(items: policies, options: options, commandOptions: known)
         // Every option is checked before the trace is opened: a usage mistake is exit 2 whatever the file.
         var configuration = ReplayConfiguration(policies: specs)
         let requestedLayers = try arguments.value("layers").map { try LayerSelection.parse($0, option: "--layers") }

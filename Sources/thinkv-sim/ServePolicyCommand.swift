@@ -15,7 +15,8 @@ enum ServePolicyCommand: Subcommand {
         abstract: "run one policy online: per decode step, read each layer's q/k/v on stdin, answer with what its cache attends",
         options: [
             OptionDefinition("policy", short: "p", value: "NAME[:P=V...]",
-                             help: "the policy (see 'thinkv-sim policies'), parameters after ':' as in replay; required"),
+                             help: "the policy (see 'thinkv-sim policies'), parameters after ':' as in replay; "
+                                 + "required"),
             OptionDefinition("topk", value: "K", help: "k of the top-k recall in the end-of-run summary", default: "32"),
         ],
         acceptsExtraOptions: true,
@@ -49,7 +50,8 @@ enum ServePolicyCommand: Subcommand {
         guard let name = arguments.value("policy") else { throw UsageError("--policy NAME is required") }
         let items = try PolicyList.items(name)
         guard items.count == 1 else { throw UsageError("--policy takes one policy (one process serves one cache)") }
-        let specs = try PolicySpec.specs(items: items, options: arguments.extra, commandOptions: spec.options.map(\.name))
+        let specs = try PolicySpec.specs(items: items, options: arguments.extra,
+                                         commandOptions: spec.options.map(\.name))
         let topK = try arguments.int("topk", default: 32, min: 1, max: TraceLimits.maxTopK)!
         let input = FrameReader(fd: STDIN_FILENO)
         let output = FrameWriter(fd: STDOUT_FILENO)

@@ -54,7 +54,8 @@ public enum PolicyList {
             // A piece continues a list value when the item before it ends in a parameter.
             if let last = groups.last, last.contains("="), continuesList(piece) {
                 guard !piece.contains(":") else {
-                    throw UsageError("\(option) item '\(last),\(piece)': a list value must be the last parameter of its item")
+                    throw UsageError("\(option) item '\(last),\(piece)': "
+                                     + "a list value must be the last parameter of its item")
                 }
                 groups[groups.count - 1] = last + "," + piece
             } else {
@@ -69,10 +70,13 @@ public enum PolicyList {
     public static func item(_ text: String, of what: String = "--policy item") throws -> PolicyItem {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         func bad(_ problem: String) -> UsageError { UsageError("\(what) '\(trimmed)': \(problem)") }
-        let parts = trimmed.split(separator: ":", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let parts = trimmed.split(separator: ":", omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
         let name = parts[0]
         guard !name.isEmpty else { throw bad("no policy name before ':'") }
-        guard !name.contains("=") else { throw bad("'\(name)' is a parameter; write it after a policy name (h2o:budget=64)") }
+        guard !name.contains("=") else {
+            throw bad("'\(name)' is a parameter; write it after a policy name (h2o:budget=64)")
+        }
         var settings: [PolicyItem.Setting] = []
         for part in parts.dropFirst() {
             guard !part.isEmpty else {
@@ -86,7 +90,9 @@ public enum PolicyList {
             let value = part[part.index(after: equals)...].trimmingCharacters(in: .whitespaces)
             guard !parameter.isEmpty else { throw bad("'\(part)' has no parameter name before '='") }
             guard !value.isEmpty else { throw bad("parameter '\(parameter)' has an empty value") }
-            guard !settings.contains(where: { $0.name == parameter }) else { throw bad("parameter '\(parameter)' is given twice") }
+            guard !settings.contains(where: { $0.name == parameter }) else {
+                throw bad("parameter '\(parameter)' is given twice")
+            }
             settings.append(.init(parameter, value))
         }
         return PolicyItem(name: name, settings: settings, text: trimmed)
@@ -116,8 +122,9 @@ extension PolicySpec {
         }
         let types = try items.map { item -> any CachePolicy.Type in
             guard let type = PolicyRegistry.type(named: item.name) else {
-                let hint = Suggestions.closest(to: item.name, among: PolicyRegistry.names).map { "did you mean \($0)? " } ?? ""
-                throw UsageError("unknown policy '\(item.name)' (\(hint)known: \(PolicyRegistry.names.joined(separator: ", ")))")
+                let known = PolicyRegistry.names
+                let hint = Suggestions.closest(to: item.name, among: known).map { "did you mean \($0)? " } ?? ""
+                throw UsageError("unknown policy '\(item.name)' (\(hint)known: \(known.joined(separator: ", ")))")
             }
             return type
         }
@@ -126,12 +133,15 @@ extension PolicySpec {
             for setting in item.settings {
                 guard let parameter = type.parameters.first(where: { $0.name == setting.name }) else {
                     let hint = Suggestions.hint(for: setting.name, among: declared)
-                    let known = declared.isEmpty ? "it has no parameters" : "its parameters: \(declared.joined(separator: ", "))"
-                    throw UsageError("--policy \(item.text): \(item.name) has no parameter '\(setting.name)'\(hint); \(known)")
+                    let known = declared.isEmpty ? "it has no parameters"
+                        : "its parameters: \(declared.joined(separator: ", "))"
+                    throw UsageError("--policy \(item.text): \(item.name) has no parameter '\(setting.name)'\(hint); "
+                                     + known)
                 }
                 do { _ = try parameter.validate(setting.value, policy: item.name) } catch let error as PolicyError {
                     // "h2o: --budget must be ..." names the option; here the value came from the item.
-                    let problem = error.description.replacingOccurrences(of: "\(item.name): --\(setting.name) ", with: "\(setting.name) ")
+                    let problem = error.description
+                        .replacingOccurrences(of: "\(item.name): --\(setting.name) ", with: "\(setting.name) ")
                     throw UsageError("--policy \(item.text): \(problem)")
                 }
             }
@@ -141,10 +151,13 @@ extension PolicySpec {
             var chosenParameters: [String] = []
             for type in types { chosenParameters += type.parameters.map { $0.name } }
             var owners: [String] = []
-            for type in PolicyRegistry.all where type.parameters.contains(where: { $0.name == option.name }) { owners.append(type.name) }
+            for type in PolicyRegistry.all where type.parameters.contains(where: { $0.name == option.name }) {
+                owners.append(type.name)
+            }
             let hint = Suggestions.hint(for: option.name, among: commandOptions + chosenParameters, prefix: "--")
             let elsewhere = owners.isEmpty ? "" : " (a parameter of \(owners.joined(separator: ", ")))"
-            throw UsageError("unknown option --\(option.name)\(hint.isEmpty ? elsewhere : hint): not a parameter of \(names.joined(separator: ", ")); see 'thinkv-sim policies'")
+            throw UsageError("unknown option --\(option.name)\(hint.isEmpty ? elsewhere : hint): "
+                             + "not a parameter of \(names.joined(separator: ", ")); see 'thinkv-sim policies'")
         }
         // A shared option every policy with the parameter overrides would change nothing: the
         // command line does not say what was meant.
@@ -174,8 +187,8 @@ extension PolicySpec {
                 throw UsageError("--policy names the same run twice (\(items[j].text) and \(items[i].text)); "
                                  + "give each its own parameters, e.g. \(spec.name):PARAM=A,\(spec.name):PARAM=B")
             }
-            throw UsageError("--policy items \(items[j].text) and \(items[i].text) would both be labelled \(spec.label) "
-                             + "(labels show file names only); give the files different names")
+            throw UsageError("--policy items \(items[j].text) and \(items[i].text) would both be labelled "
+                             + "\(spec.label) (labels show file names only); give the files different names")
         }
         return specs
     }

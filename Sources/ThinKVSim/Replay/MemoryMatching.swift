@@ -110,8 +110,8 @@ public final class MemoryMatcher {
         }
         let types = items.map { PolicyRegistry.type(named: $0.name) }
         for (item, type) in zip(items, types) where item.values[budgetParameter] != nil && type.map(hasBudget) == true {
-            throw UsageError("--policy \(item.text): a budget of its own and a memory target (--kv-percent, --kv-bytes) "
-                             + "exclude each other: the target sets each budget")
+            throw UsageError("--policy \(item.text): a budget of its own and a memory target "
+                             + "(--kv-percent, --kv-bytes) exclude each other: the target sets each budget")
         }
         let budgeted = types.contains { $0.map(hasBudget) == true }
         // A placeholder budget passes the check that a required budget is given; the search replaces it.
@@ -262,7 +262,9 @@ public final class MemoryMatcher {
         let low = search.lowestValue ?? .nan
         let range = "budgets \(search.lowest)...\(search.highest) give \(unit(low)) to \(unit(search.highestValue ?? .nan))"
         let ran = low > targetValue ? "ran the smallest budget" : "ran the largest budget found not above it"
-        return "\(noteName(spec)): \(statistic.rawValue) KV of \(unit(targetValue)) within \(String(format: "%g", tolerance)) point(s) is out of reach (\(range)); \(ran)"
+        let tolerance = String(format: "%g", self.tolerance)
+        return "\(noteName(spec)): \(statistic.rawValue) KV of \(unit(targetValue)) within \(tolerance) point(s) "
+            + "is out of reach (\(range)); \(ran)"
     }
 
     /// The policy as a note names it: its name, or, when the comparison runs it more than once
@@ -270,7 +272,8 @@ public final class MemoryMatcher {
     private func noteName(_ spec: PolicySpec) -> String {
         guard configuration.policies.filter({ $0.name == spec.name }).count > 1 else { return spec.name }
         let given = spec.parameters.given.filter { $0.key != Self.budgetParameter }.sorted { $0.key < $1.key }
-        return given.isEmpty ? spec.name : "\(spec.name)(\(given.map { "\($0.key)=\($0.value)" }.joined(separator: ",")))"
+        let shown = given.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        return given.isEmpty ? spec.name : "\(spec.name)(\(shown))"
     }
 
     /// Why a target below a policy's smallest budget is out of reach, and what reaches it: the

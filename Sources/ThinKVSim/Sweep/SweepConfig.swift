@@ -403,8 +403,8 @@ struct RawPolicyEntry: Decodable {
         let name = try c.required(String.self, "policy")
         if name.contains(":") {
             throw ConfigKeyError(path: c.codingPath + [AnyKey("policy")],
-                                 problem: "'\(name)': in an object entry, 'policy' is a name and its values go in 'parameters' "
-                                     + "(the NAME:PARAM=VALUE spelling is for a string entry)")
+                                 problem: "'\(name)': in an object entry, 'policy' is a name and its values go in "
+                                     + "'parameters' (the NAME:PARAM=VALUE spelling is for a string entry)")
         }
         let parameters = try c.optional(RawParameters.self, "parameters")?.values ?? [:]
         entry = SweepConfig.PolicyEntry(policy: name, parameters: parameters)
