@@ -7,7 +7,9 @@ enum ReplayCommand: Subcommand {
         abstract: "replay a trace through one or more cache policies and report fidelity and memory",
         positionals: [("trace", "a thinkv-trace HDF5 file")],
         options: [
-            OptionDefinition("policy", short: "p", value: "NAME[,NAME...]", help: "policies to compare (see 'thinkv-sim policies')",
+            OptionDefinition("policy", short: "p", value: "NAME[:P=V...][,...]",
+                             help: "policies to compare (see 'thinkv-sim policies'), each with parameters of its own "
+                                 + "after ':'",
                              default: "full", repeatable: true),
             OptionDefinition("layers", value: "LIST", help: "recorded layers to replay, e.g. 0,3 or -1 (the last recorded)", default: "all recorded"),
             OptionDefinition("steps", value: "N", help: "replay only the first N decode steps", default: "all"),
@@ -27,11 +29,15 @@ enum ReplayCommand: Subcommand {
         acceptsExtraOptions: true,
         discussion: """
             Policy parameters (--budget, --window, ...) follow the policy names and apply to every chosen
-            policy that has them; 'thinkv-sim policies' lists them with defaults.
+            policy that has them; 'thinkv-sim policies' lists them with defaults. Parameters written after a
+            name, NAME:PARAM=VALUE[:PARAM=VALUE...], are that policy's alone and win over the shared ones,
+            so one replay compares settings: --policy h2o:budget=64,rkv:budget=128:divide=8, or the same
+            policy twice, h2o:budget=64,h2o:budget=128 (runs are told apart by their labels).
 
             With --kv-percent or --kv-bytes, every policy with a budget is replayed at the budget found by
             bisection whose mean (or peak) KV bytes meet the target within 1 point of the full cache; the
-            others (full, kivi, thinkv-tbq) run as given and are marked 'not matched'. docs/metrics.md.
+            others (full, kivi, thinkv-tbq) run as given and are marked 'not matched'. A budget is then refused,
+            shared or after a name (h2o:budget=64): the target sets it. docs/metrics.md.
 
             Replay is teacher-forced: queries come from the recorded full-cache run, so errors do not compound.
             docs/metrics.md defines every reported number.
@@ -40,16 +46,18 @@ enum ReplayCommand: Subcommand {
               thinkv-sim replay traces/sample-synthetic.h5
               thinkv-sim replay traces/sample-synthetic.h5 --policy full,h2o,rkv --budget 256 --csv steps.csv
               thinkv-sim replay traces/sample-synthetic.h5 --policy h2o,rkv,snapkv,kivi --kv-percent 10
+              thinkv-sim replay traces/sample-synthetic.h5 --policy h2o:budget=64,h2o:budget=128,rkv --budget 256
             """)
 
     static func run(_ arguments: ParsedArguments) throws {
         let path = arguments.positionals[0]
-        let names = try listValues(arguments.all("policy"), option: "policy")
+        let items = try PolicyList.items(arguments.all("policy"))
         let target = try memoryTarget(arguments)
         let statistic = try memoryStatistic(arguments)
-        let policyNames = names.isEmpty ? ["full"] : names
-        let specs = target == nil ? try PolicySpec.specs(policies: policyNames, options: arguments.extra, commandOptions: spec.options.map(\.name))
-            : try MemoryMatcher.specs(policies: policyNames, options: arguments.extra, commandOptions: spec.options.map(\.name))
+        let policies = items.isEmpty ? [PolicyItem(name: "full")] : items
+        let (options, known) = (arguments.extra, spec.options.map(\.name))
+        let specs = target == nil ? try PolicySpec.specs(items: policies, options: options, commandOptions: known)
+            : try MemoryMatcher.specs(items: policies, options: options, commandOptions: known)
         // Every option is checked before the trace is opened: a usage mistake is exit 2 whatever the file.
         var configuration = ReplayConfiguration(policies: specs)
         let requestedLayers = try arguments.value("layers").map { try LayerSelection.parse($0, option: "--layers") }

@@ -14,14 +14,16 @@ enum ServePolicyCommand: Subcommand {
         name: "serve-policy",
         abstract: "run one policy online: per decode step, read each layer's q/k/v on stdin, answer with what its cache attends",
         options: [
-            OptionDefinition("policy", short: "p", value: "NAME", help: "the policy (see 'thinkv-sim policies'); required"),
+            OptionDefinition("policy", short: "p", value: "NAME[:P=V...]",
+                             help: "the policy (see 'thinkv-sim policies'), parameters after ':' as in replay; "
+                                 + "required"),
             OptionDefinition("topk", value: "K", help: "k of the top-k recall in the end-of-run summary", default: "32"),
         ],
         acceptsExtraOptions: true,
         discussion: """
-            Policy parameters (--budget, --window, ...) follow --policy, as in replay. The model's process
-            writes binary frames on standard input and reads the answers on standard output (little-endian
-            int32/float32):
+            Policy parameters (--budget, --window, ...) follow --policy, or are written after its name
+            (--policy rkv:budget=128:divide=8), as in replay. The model's process writes binary frames on
+            standard input and reads the answers on standard output (little-endian int32/float32):
 
               header  "TKVSERV1", layers, q heads, kv heads, head dim, prompt length P, max positions T, scale (float32, 0: 1/sqrt(D))
                       answer: int32 0
@@ -46,9 +48,10 @@ enum ServePolicyCommand: Subcommand {
 
     static func run(_ arguments: ParsedArguments) throws {
         guard let name = arguments.value("policy") else { throw UsageError("--policy NAME is required") }
-        let names = try listValues([name], option: "policy")
-        guard names.count == 1 else { throw UsageError("--policy takes one policy (one process serves one cache)") }
-        let specs = try PolicySpec.specs(policies: names, options: arguments.extra, commandOptions: spec.options.map(\.name))
+        let items = try PolicyList.items(name)
+        guard items.count == 1 else { throw UsageError("--policy takes one policy (one process serves one cache)") }
+        let specs = try PolicySpec.specs(items: items, options: arguments.extra,
+                                         commandOptions: spec.options.map(\.name))
         let topK = try arguments.int("topk", default: 32, min: 1, max: TraceLimits.maxTopK)!
         let input = FrameReader(fd: STDIN_FILENO)
         let output = FrameWriter(fd: STDOUT_FILENO)

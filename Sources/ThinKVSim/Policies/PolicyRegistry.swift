@@ -101,43 +101,11 @@ extension PolicySpec {
     /// Specs for several policies sharing one set of `--name value` options: each option goes
     /// to every chosen policy that declares it; an option no chosen policy declares is an error.
     /// `commandOptions` are the command's own option names, for suggestions (`--layer` → `--layers`).
-    /// A policy named twice is refused: both runs would be the same.
+    /// A policy named twice is refused: both runs would be the same. `specs(items:...)` (in
+    /// PolicyList.swift) takes items with parameters of their own.
     public static func specs(policies names: [String], options: [(name: String, value: String)],
                              commandOptions: [String] = []) throws -> [PolicySpec] {
-        var seen = Set<String>()
-        for option in options where !seen.insert(option.name).inserted {
-            throw UsageError("--\(option.name) given more than once")
-        }
-        var named = Set<String>()
-        for name in names where !named.insert(name).inserted {
-            throw UsageError("--policy names '\(name)' twice; each policy runs once with the shared options (use a sweep config to compare settings)")
-        }
-        let types = try names.map { name -> any CachePolicy.Type in
-            guard let type = PolicyRegistry.type(named: name) else {
-                let hint = Suggestions.closest(to: name, among: PolicyRegistry.names).map { "did you mean \($0)? " } ?? ""
-                throw UsageError("unknown policy '\(name)' (\(hint)known: \(PolicyRegistry.names.joined(separator: ", ")))")
-            }
-            return type
-        }
-        for option in options where !types.contains(where: { $0.parameters.contains { $0.name == option.name } }) {
-            var chosenParameters: [String] = []
-            for type in types { chosenParameters += type.parameters.map { $0.name } }
-            var owners: [String] = []
-            for type in PolicyRegistry.all where type.parameters.contains(where: { $0.name == option.name }) { owners.append(type.name) }
-            let hint = Suggestions.hint(for: option.name, among: commandOptions + chosenParameters, prefix: "--")
-            let elsewhere = owners.isEmpty ? "" : " (a parameter of \(owners.joined(separator: ", ")))"
-            throw UsageError("unknown option --\(option.name)\(hint.isEmpty ? elsewhere : hint): not a parameter of \(names.joined(separator: ", ")); see 'thinkv-sim policies'")
-        }
-        return try zip(names, types).map { name, type in
-            var values: [String: String] = [:]
-            for option in options where type.parameters.contains(where: { $0.name == option.name }) {
-                values[option.name] = option.value
-            }
-            // The values are what the user typed: a refused one is a usage error.
-            do { return try PolicySpec(name: name, values: values) } catch let error as PolicyError {
-                throw UsageError(error.description)
-            }
-        }
+        try specs(items: names.map { PolicyItem(name: $0) }, options: options, commandOptions: commandOptions)
     }
 
     /// Makes one layer's policy on `validationPrepared` instead of `prepare`'s result, so that

@@ -97,16 +97,26 @@ public final class MemoryMatcher {
     }
 
     /// Specs for `replay --kv-percent`: like `PolicySpec.specs`, but `budget` is not required
-    /// (the search sets it) and may not be given.
+    /// (the search sets it) and may not be given, shared or in an item (`h2o:budget=64`).
     public static func specs(policies names: [String], options: [(name: String, value: String)],
+                             commandOptions: [String] = []) throws -> [PolicySpec] {
+        try specs(items: names.map { PolicyItem(name: $0) }, options: options, commandOptions: commandOptions)
+    }
+
+    public static func specs(items: [PolicyItem], options: [(name: String, value: String)],
                              commandOptions: [String] = []) throws -> [PolicySpec] {
         if options.contains(where: { $0.name == budgetParameter }) {
             throw UsageError("--budget and a memory target (--kv-percent, --kv-bytes) exclude each other: the target sets each budget")
         }
-        let budgeted = names.contains { PolicyRegistry.type(named: $0).map(hasBudget) == true }
+        let types = items.map { PolicyRegistry.type(named: $0.name) }
+        for (item, type) in zip(items, types) where item.values[budgetParameter] != nil && type.map(hasBudget) == true {
+            throw UsageError("--policy \(item.text): a budget of its own and a memory target "
+                             + "(--kv-percent, --kv-bytes) exclude each other: the target sets each budget")
+        }
+        let budgeted = types.contains { $0.map(hasBudget) == true }
         // A placeholder budget passes the check that a required budget is given; the search replaces it.
         let withBudget = budgeted ? options + [(budgetParameter, placeholderBudget)] : options
-        return try PolicySpec.specs(policies: names, options: withBudget, commandOptions: commandOptions)
+        return try PolicySpec.specs(items: items, options: withBudget, commandOptions: commandOptions)
     }
 
     /// The memory figure a target is compared with, in the target's unit.
@@ -252,7 +262,18 @@ public final class MemoryMatcher {
         let low = search.lowestValue ?? .nan
         let range = "budgets \(search.lowest)...\(search.highest) give \(unit(low)) to \(unit(search.highestValue ?? .nan))"
         let ran = low > targetValue ? "ran the smallest budget" : "ran the largest budget found not above it"
-        return "\(spec.name): \(statistic.rawValue) KV of \(unit(targetValue)) within \(String(format: "%g", tolerance)) point(s) is out of reach (\(range)); \(ran)"
+        let tolerance = String(format: "%g", self.tolerance)
+        return "\(noteName(spec)): \(statistic.rawValue) KV of \(unit(targetValue)) within \(tolerance) point(s) "
+            + "is out of reach (\(range)); \(ran)"
+    }
+
+    /// The policy as a note names it: its name, or, when the comparison runs it more than once
+    /// (`h2o:recent=8,h2o:recent=32`), its label without the budget the search sets.
+    private func noteName(_ spec: PolicySpec) -> String {
+        guard configuration.policies.filter({ $0.name == spec.name }).count > 1 else { return spec.name }
+        let given = spec.parameters.given.filter { $0.key != Self.budgetParameter }.sorted { $0.key < $1.key }
+        let shown = given.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        return given.isEmpty ? spec.name : "\(spec.name)(\(shown))"
     }
 
     /// Why a target below a policy's smallest budget is out of reach, and what reaches it: the

@@ -387,15 +387,25 @@ struct RawPolicyEntry: Decodable {
     let entry: SweepConfig.PolicyEntry
 
     init(from decoder: Decoder) throws {
-        // A bare name is a policy with its defaults (plus shared parameters).
-        if let name = try? decoder.singleValueContainer().decode(String.self) {
-            entry = SweepConfig.PolicyEntry(policy: name, parameters: [:])
+        // A bare name is a policy with its defaults (plus shared parameters); a string may also
+        // carry one value per parameter as `replay --policy` spells an item: "rkv:divide=8".
+        if let text = try? decoder.singleValueContainer().decode(String.self) {
+            let item: PolicyItem
+            do { item = try PolicyList.item(text, of: "entry") } catch let error as UsageError {
+                throw ConfigKeyError(path: decoder.codingPath, problem: error.description)
+            }
+            entry = SweepConfig.PolicyEntry(policy: item.name, parameters: item.values.mapValues { [$0] })
             return
         }
         let c = try decoder.container(keyedBy: AnyKey.self)
         try c.rejectUnknownKeys(allowed: SweepConfig.policyKeys)
         _ = try c.optional(String.self, "comment")
         let name = try c.required(String.self, "policy")
+        if name.contains(":") {
+            throw ConfigKeyError(path: c.codingPath + [AnyKey("policy")],
+                                 problem: "'\(name)': in an object entry, 'policy' is a name and its values go in "
+                                     + "'parameters' (the NAME:PARAM=VALUE spelling is for a string entry)")
+        }
         let parameters = try c.optional(RawParameters.self, "parameters")?.values ?? [:]
         entry = SweepConfig.PolicyEntry(policy: name, parameters: parameters)
     }
