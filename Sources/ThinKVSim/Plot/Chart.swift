@@ -62,15 +62,17 @@ public enum Palette {
     static let precomputed = derived(count: 32)
 
     /// Candidates: a grid of hues, saturations and lightnesses, keeping those dark enough to
-    /// read as a line on white and light enough to tell from black (L* in 30...62).
+    /// read as a line on white and light enough to tell from black (L* in 25...60). Saturation
+    /// stays moderate: at full saturation the farthest points are neon magentas and blues that
+    /// differ in CIELAB more than they do to the eye.
     static let candidates: [(hex: String, lab: (Double, Double, Double))] = {
         var out: [(String, (Double, Double, Double))] = []
         for h in 0..<36 {
-            for l in [0.3, 0.4, 0.5, 0.6] {
-                for s in [0.5, 0.7, 0.9] {
+            for l in [0.25, 0.35, 0.45, 0.55] {
+                for s in [0.4, 0.55, 0.7] {
                     let hex = hexFromHSL(hue: Double(h) / 36, saturation: s, lightness: l)
                     let lab = Self.lab(hex)
-                    if lab.0 >= 30 && lab.0 <= 62 { out.append((hex, lab)) }
+                    if lab.0 >= 25 && lab.0 <= 60 { out.append((hex, lab)) }
                 }
             }
         }
@@ -307,16 +309,22 @@ public struct Figure: Sendable {
         }
         let labelsOfPanel = panels.map { Set($0.series.filter { $0.role == "series" }.map(\.label)) }
         var labels: [String: String] = [:]
-        var footnotes: [String] = []
+        // Per panel and twin, the lines identical to it there only.
+        var partial: [(panel: Int, twin: String, labels: [String])] = []
         for (p, label, twin) in byPanel {
             let both = labelsOfPanel.filter { $0.contains(label) && $0.contains(twin) }.count
             let same = byPanel.filter { $0.label == label && $0.twin == twin }.count
             if same == both {
                 labels[label] = "\(label) (= \(twin))"
+            } else if let k = partial.firstIndex(where: { $0.panel == p && $0.twin == twin }) {
+                partial[k].labels.append(label)
             } else {
-                let name = panels[p].title.flatMap { $0.split(separator: " ").first.map(String.init) } ?? "panel \(p + 1)"
-                footnotes.append("\(name): \(label) = \(twin) (identical values, drawn interleaved)")
+                partial.append((p, twin, [label]))
             }
+        }
+        let footnotes = partial.map { p, twin, same in
+            let name = panels[p].title.flatMap { $0.split(separator: " ").first.map(String.init) } ?? "panel \(p + 1)"
+            return "\(name): \(same.joined(separator: ", ")) = \(twin) (identical values, drawn interleaved)"
         }
         return (labels, footnotes)
     }
@@ -355,21 +363,22 @@ public struct Figure: Sendable {
         let stripLabels = panels.flatMap { $0.strips.map(\.label) }.map { SVGDocument.textWidth($0, size: Self.tickSize) }
         let widestTick = (panels.flatMap { $0.y.labels }.map { SVGDocument.textWidth($0, size: Self.tickSize) } + stripLabels).max() ?? 0
         let left = max(56, widestTick + 36), bottom = 50.0, panelTop = panels.contains { $0.title != nil } ? 24.0 : 8.0, gap = 36.0
-        let header = subtitle == nil ? 40.0 : 58.0
         let legendWidth = legend.isEmpty ? 0 : 48 + (legend.map { SVGDocument.textWidth($0.label, size: Self.legendSize) }
             + [legendTitle.map { SVGDocument.textWidth($0, size: Self.legendSize) } ?? 0]).max()!
         let cellWidth = left + panelWidth
-        let textWidth = max(SVGDocument.textWidth(title, size: Self.titleSize) * 1.1, subtitle.map { SVGDocument.textWidth($0, size: 12) } ?? 0,
-                            notes.map { SVGDocument.textWidth($0, size: 11) }.max() ?? 0)
+        let textWidth = max(SVGDocument.textWidth(title, size: Self.titleSize) * 1.1, notes.map { SVGDocument.textWidth($0, size: 11) }.max() ?? 0)
         let width = max(Self.margin + Double(panels.count) * cellWidth + Double(max(panels.count - 1, 0)) * gap + 24 + legendWidth + Self.margin,
                         textWidth + 2 * Self.margin)
+        // The subtitle wraps at its separators to the figure's width, never widening it.
+        let subtitleLines = subtitle.map { Self.wrap($0, width: width - 2 * Self.margin, size: 12) } ?? []
+        let header = 40.0 + 16 * Double(subtitleLines.count) + (subtitleLines.isEmpty ? 0 : 2)
         let legendHeight = Double(legend.count) * 20 + (legendTitle == nil ? 0 : 20) + 12
         let body = max(header + panelTop + panelHeight + bottom, header + legendHeight)
         let height = body + Double(notes.count) * 16 + Self.margin
         let svg = SVGDocument(width: width, height: height)
 
         svg.text(title, x: Self.margin, y: 26, size: Self.titleSize, weight: "bold")
-        if let subtitle { svg.text(subtitle, x: Self.margin, y: 46, size: 12, fill: "#555555") }
+        for (k, line) in subtitleLines.enumerated() { svg.text(line, x: Self.margin, y: 46 + 16 * Double(k), size: 12, fill: "#555555") }
 
         for (i, panel) in panels.enumerated() {
             let x0 = Self.margin + Double(i) * (cellWidth + gap) + left
@@ -525,6 +534,31 @@ public struct Figure: Sendable {
         let titleX = x - max(widest + 22, 40)
         svg.text(panel.y.title, x: titleX, y: y + h / 2, size: Self.axisTitleSize, anchor: .middle, rotate: -90)
         svg.endGroup()
+    }
+
+    /// `text` in lines no wider than `width`, broken after " · " or "; " (a part wider than a
+    /// line gets a line of its own).
+    static func wrap(_ text: String, width: Double, size: Double) -> [String] {
+        var parts: [String] = []
+        var current = ""
+        var rest = Substring(text)
+        while !rest.isEmpty {
+            let next = [rest.range(of: " · "), rest.range(of: "; ")].compactMap { $0 }.min { $0.lowerBound < $1.lowerBound }
+            let end = next?.upperBound ?? rest.endIndex
+            current += rest[..<end]
+            rest = rest[end...]
+            parts.append(current)
+            current = ""
+        }
+        var lines: [String] = []
+        for part in parts {
+            if let last = lines.last, SVGDocument.textWidth(last + part, size: size) <= width {
+                lines[lines.count - 1] = last + part
+            } else {
+                lines.append(part)
+            }
+        }
+        return lines.map { $0.trimmingCharacters(in: .whitespaces) }
     }
 
     /// Where member `rank` of `count` coincident dense lines puts its markers: about one every

@@ -64,7 +64,7 @@ public enum ThoughtTimelineFigure {
         }
         let x = Axis.linear(min: 0, max: Double(steps), title: stepAxisTitle, includeZero: true, tight: true)
         // Sparsity is a fraction: a fixed 0–1 axis keeps traces comparable.
-        let y = Axis.linear(min: 0, max: 1, title: "attention sparsity (fraction of positions)", count: 6)
+        let y = Axis.linear(min: 0, max: 1, title: "sparsity (fraction of keys)", count: 6)
         var panel = Panel(title: nil, x: x, y: y, series: series, bands: bands, markers: false)
         panel.strips = strips
         var figure = Figure(title: "Thought timeline — \(name)",
