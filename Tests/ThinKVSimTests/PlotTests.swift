@@ -277,6 +277,12 @@ final class FigureReadabilityTests: XCTestCase {
         let second = try XCTUnwrap(AggregateFigure.fidelityVsBytes(measured, metrics: [.kl], bytesColumn: "kv_bytes_mean",
                                                                    logBytes: false, budgetLabels: false))
         XCTAssertEqual(second.panels[0].series.first { $0.role == "series" }?.points.map(\.x), [15])
+        // tools/end_to_end's results: the measured share in achieved_percent, no full cache run.
+        let endToEnd = try results("trace,policy,label,budget,kv_bytes_mean,achieved_percent,attention_kl_mean",
+                                   ["a.h5,h2o,h2o,64,100,30,0.4", "b.h5,h2o,h2o,64,2000,40,0.2"])
+        let third = try XCTUnwrap(AggregateFigure.fidelityVsBytes(endToEnd, metrics: [.kl], bytesColumn: "kv_bytes_mean",
+                                                                  logBytes: true, budgetLabels: false))
+        XCTAssertEqual(third.panels[0].series.first { $0.role == "series" }?.points.map(\.x), [35])
     }
 
     /// Two traces: each trace's point, no interval. Three: the 95 % Student-t interval

@@ -116,14 +116,17 @@ public enum AggregateFigure {
 
     /// A run's KV memory as % of its own trace's 16-bit full cache: the mean over steps of the
     /// per-step percentage (`percent_of_full_mean`), or the peak against the full cache's last
-    /// step, as memory matching measures them. Without those columns, the bytes over the full
-    /// cache run's bytes on the same trace. nil when neither is known.
+    /// step, as memory matching measures them. Without those columns, `achieved_percent` when it
+    /// measured the same summary (tools/end_to_end writes the mean's), else the bytes over the
+    /// full cache run's bytes on the same trace. nil when none is known.
     static func percentOfFull(_ data: PlotData, _ row: [String], bytesColumn: String) -> Double? {
         let peak = bytesColumn.hasSuffix("peak")
         if !peak, let percent = data.number(row, "percent_of_full_mean"), percent.isFinite { return percent }
         if peak, let bytes = data.number(row, bytesColumn), let full = data.number(row, "full_bytes_final"), full > 0 {
             return 100 * bytes / full
         }
+        if (data.cell(row, "kv_match") ?? "mean") == (peak ? "peak" : "mean"),
+           let percent = data.number(row, "achieved_percent"), percent.isFinite { return percent }
         guard let trace = data.cell(row, "trace"), let bytes = data.number(row, bytesColumn),
               let fullRow = data.rows(of: trace).first(where: { data.cell($0, "policy") == FullCachePolicy.name }),
               let full = data.number(fullRow, bytesColumn), full > 0 else { return nil }
