@@ -243,7 +243,9 @@ final class FigureReadabilityTests: XCTestCase {
         var nearest = Double.infinity
         for (i, a) in colored.enumerated() {
             nearest = min(nearest, Palette.distance(Palette.lab(a.color), Palette.lab(Palette.reference)))
-            for b in colored[(i + 1)...] { nearest = min(nearest, Palette.distance(Palette.lab(a.color), Palette.lab(b.color))) }
+            for b in colored[(i + 1)...] {
+                nearest = min(nearest, Palette.distance(Palette.lab(a.color), Palette.lab(b.color)))
+            }
         }
         XCTAssertGreaterThan(nearest, 20, "two policies' colours are too close")
         // Deterministic, and a policy outside the registry still gets a colour of its own.
@@ -251,7 +253,9 @@ final class FigureReadabilityTests: XCTestCase {
         let extra = Palette.style(ofPolicy: "not-registered", unregistered: ["not-registered"])
         XCTAssertFalse(styles.map(\.color).contains(extra.color))
         // Colour, marker and dash together stay unique far beyond the registry.
-        let many = (0..<(4 * Palette.markers.count)).map { "\(Palette.color($0)) \(Palette.marker($0)) \(Palette.dash($0) ?? "-")" }
+        let many = (0..<(4 * Palette.markers.count)).map {
+            "\(Palette.color($0)) \(Palette.marker($0)) \(Palette.dash($0) ?? "-")"
+        }
         XCTAssertEqual(Set(many).count, many.count)
     }
 
@@ -273,15 +277,17 @@ final class FigureReadabilityTests: XCTestCase {
         XCTAssertEqual(own.points.map(\.y), [0.4, 0.2])
         XCTAssertTrue(panel.x.title.contains("% of each trace's full cache"), panel.x.title)
         // With the sweep's percentage column, that is what x is.
-        let measured = try results(header + ",percent_of_full_mean", ["a.h5,h2o,h2o,64,100,0.4,12", "b.h5,h2o,h2o,64,2000,0.2,18"])
+        let measured = try results(header + ",percent_of_full_mean",
+                                   ["a.h5,h2o,h2o,64,100,0.4,12", "b.h5,h2o,h2o,64,2000,0.2,18"])
         let second = try XCTUnwrap(AggregateFigure.fidelityVsBytes(measured, metrics: [.kl], bytesColumn: "kv_bytes_mean",
                                                                    logBytes: false, budgetLabels: false))
         XCTAssertEqual(second.panels[0].series.first { $0.role == "series" }?.points.map(\.x), [15])
         // tools/end_to_end's results: the measured share in achieved_percent, no full cache run.
         let endToEnd = try results("trace,policy,label,budget,kv_bytes_mean,achieved_percent,attention_kl_mean",
                                    ["a.h5,h2o,h2o,64,100,30,0.4", "b.h5,h2o,h2o,64,2000,40,0.2"])
-        let third = try XCTUnwrap(AggregateFigure.fidelityVsBytes(endToEnd, metrics: [.kl], bytesColumn: "kv_bytes_mean",
-                                                                  logBytes: true, budgetLabels: false))
+        let third = try XCTUnwrap(AggregateFigure.fidelityVsBytes(endToEnd, metrics: [.kl],
+                                                                  bytesColumn: "kv_bytes_mean", logBytes: true,
+                                                                  budgetLabels: false))
         XCTAssertEqual(third.panels[0].series.first { $0.role == "series" }?.points.map(\.x), [35])
     }
 
@@ -292,7 +298,8 @@ final class FigureReadabilityTests: XCTestCase {
         let rows = ["a.h5,h2o,h2o,64,100,10,0.1", "b.h5,h2o,h2o,64,100,10,0.2", "c.h5,h2o,h2o,64,100,10,0.9"]
         func panel(_ rows: [String]) throws -> (Panel, Figure) {
             let figure = try XCTUnwrap(AggregateFigure.fidelityVsBytes(try results(header, rows), metrics: [.kl],
-                                                                       bytesColumn: "kv_bytes_mean", logBytes: true, budgetLabels: false))
+                                                                       bytesColumn: "kv_bytes_mean", logBytes: true,
+                                                                       budgetLabels: false))
             return (figure.panels[0], figure)
         }
         let (two, twoFigure) = try panel(Array(rows.prefix(2)))
@@ -325,18 +332,18 @@ final class FigureReadabilityTests: XCTestCase {
                       Series(label: "rkv", points: [(0, 0.7), (1, 0.8)], style: style(2)),
                       Series(label: "kivi", points: [(0, 0.7), (1, 0.8)], style: style(3))]
         let kivi = Series(label: "kivi", points: shared.map { ($0.x, $0.y + 9) }, style: style(3))
-        var dense = Panel(title: "(a) KV", x: Axis.linear(min: 0, max: 200, title: "x (u)"), y: Axis.linear(min: 0, max: 30, title: "y (u)"),
-                          series: bytes + [kivi], markers: false)
-        dense.markers = false
-        let sparse = Panel(title: "(b) recall", x: Axis.linear(min: 0, max: 1, title: "x (u)"), y: Axis.linear(min: 0, max: 1, title: "y (u)"),
-                           series: recall)
+        let dense = Panel(title: "(a) KV", x: Axis.linear(min: 0, max: 200, title: "x (u)"),
+                          y: Axis.linear(min: 0, max: 30, title: "y (u)"), series: bytes + [kivi], markers: false)
+        let sparse = Panel(title: "(b) recall", x: Axis.linear(min: 0, max: 1, title: "x (u)"),
+                           y: Axis.linear(min: 0, max: 1, title: "y (u)"), series: recall)
         let figure = Figure(title: "t", panels: [dense, sparse],
                             legend: (bytes + [kivi]).map { LegendEntry(label: $0.label, style: $0.style) })
         let path = directory.appendingPathComponent("identical.svg").path
         try OutputFile.write(figure.render(), to: path)
         let census = try FigureCensus.parse(path)
         XCTAssertTrue(census.texts.contains("streaming (= h2o)"), "\(census.texts)")
-        XCTAssertFalse(census.texts.contains { $0.hasPrefix("rkv (=") || $0.hasPrefix("kivi (=") }, "identical in (b) only")
+        XCTAssertFalse(census.texts.contains { $0.hasPrefix("rkv (=") || $0.hasPrefix("kivi (=") },
+                       "identical in (b) only")
         XCTAssertTrue(census.texts.contains("(b): kivi = rkv (identical values, drawn interleaved)"), "\(census.texts)")
         // The dense panel: h2o and streaming carry a few markers each, at different places; rkv none.
         let svg = try SweepFixture.contents(path)
@@ -356,7 +363,8 @@ final class FigureReadabilityTests: XCTestCase {
         XCTAssertGreaterThan(h2oXs.count, 2)
         XCTAssertGreaterThan(streamingXs.count, 2)
         XCTAssertEqual(markerXs("rkv"), [], "a dense line of its own has no markers")
-        XCTAssertTrue(h2oXs.allSatisfy { x in streamingXs.allSatisfy { abs($0 - x) > 5 } }, "staggered: \(h2oXs) \(streamingXs)")
+        XCTAssertTrue(h2oXs.allSatisfy { x in streamingXs.allSatisfy { abs($0 - x) > 5 } },
+                      "staggered: \(h2oXs) \(streamingXs)")
         XCTAssertEqual(Figure.identicalGroups(bytes + [kivi]), [[0, 1]])
         XCTAssertEqual(Figure.identicalGroups(recall), [[0, 1], [2, 3]])
     }
@@ -365,7 +373,8 @@ final class FigureReadabilityTests: XCTestCase {
     func testAxisTitlesCarryUnits() throws {
         let traces = try SweepFixture.traces(in: directory)
         let output = directory.appendingPathComponent("units.csv").path
-        let json = SweepFixture.json(traces: traces, output: output, steps: directory.appendingPathComponent("steps").path)
+        let steps = directory.appendingPathComponent("steps").path
+        let json = SweepFixture.json(traces: traces, output: output, steps: steps)
         _ = try SweepRunner(grid: try SweepFixture.grid(json)).run()
         let data = try PlotData(path: output)
         let trace = data.traces[0]
@@ -373,8 +382,8 @@ final class FigureReadabilityTests: XCTestCase {
             FidelityFigure.againstBudget(data, trace: trace),
             FidelityFigure.againstBytes(data, trace: trace, bytesColumn: "kv_bytes_mean", logBytes: true),
             FidelityFigure.againstBytes(data, trace: trace, bytesColumn: "kv_bytes_peak", logBytes: false),
-            AggregateFigure.fidelityVsBytes(data, metrics: PlotMetric.allCases, bytesColumn: "kv_bytes_mean", logBytes: true,
-                                            budgetLabels: false),
+            AggregateFigure.fidelityVsBytes(data, metrics: PlotMetric.allCases, bytesColumn: "kv_bytes_mean",
+                                            logBytes: true, budgetLabels: false),
             try StepBytesFigure.figure(data, trace: trace, budget: nil, logBytes: true) { file in
                 try StepBytesFigure.load(data.resolve(file)!, numLayers: 4)
             },
@@ -382,12 +391,13 @@ final class FigureReadabilityTests: XCTestCase {
         ]
         let matched = try results("trace,policy,label,budget,kv_percent,attention_kl_mean", ["a.h5,h2o,h2o,8,20,0.1"])
         figures.append(AggregateFigure.equalMemory(matched, metrics: [.kl]))
-        let titles = figures.map { try? XCTUnwrap($0) }.flatMap { ($0?.panels ?? []).flatMap { [$0.x.title, $0.y.title] } }
+        let titles = figures.flatMap { ($0?.panels ?? []).flatMap { [$0.x.title, $0.y.title] } }
         XCTAssertGreaterThan(titles.count, 20)
         XCTAssertEqual(figures.filter { $0 == nil }.count, 0)
         let unit = try NSRegularExpression(pattern: #"\([^()]+\)$"#)
         for title in titles {
-            XCTAssertNotNil(unit.firstMatch(in: title, range: NSRange(title.startIndex..., in: title)), "no unit: '\(title)'")
+            XCTAssertNotNil(unit.firstMatch(in: title, range: NSRange(title.startIndex..., in: title)),
+                            "no unit: '\(title)'")
         }
     }
 
@@ -395,7 +405,8 @@ final class FigureReadabilityTests: XCTestCase {
     /// never a line on the sparsity axis.
     func testThoughtFigureDrawsTheClassifierAsABand() throws {
         let labels: [Int8] = [0, 0, 0, 1, 1, 2, 0, 0]
-        let predicted: [ThoughtType] = [.reasoning, .reasoning, .execution, .execution, .execution, .transition, .transition, .reasoning]
+        let predicted: [ThoughtType] = [.reasoning, .reasoning, .execution, .execution, .execution,
+                                        .transition, .transition, .reasoning]
         let thresholds = ThoughtThresholds(theta1: 0.3, theta2: 0.7, layers: [0])
         let figure = try XCTUnwrap(ThoughtTimelineFigure.figure(name: "t", subtitle: "", labels: labels,
                                                                 sparsity: [0.5, 0.5, 0.2, 0.1, 0.2, 0.9, 0.8, 0.5],
@@ -406,7 +417,8 @@ final class FigureReadabilityTests: XCTestCase {
         XCTAssertEqual(classifier.map(\.from), [0, 2, 5, 7])
         XCTAssertEqual(classifier.map(\.to), [2, 5, 7, 8])
         XCTAssertEqual(classifier.map(\.color), [0, 1, 2, 0].map { Palette.thoughts[$0] })
-        XCTAssertEqual(panel.series.map(\.label), ["sparsity", "θ1 = 0.300", "θ2 = 0.700"], "no type on the sparsity axis")
+        XCTAssertEqual(panel.series.map(\.label), ["sparsity", "θ1 = 0.300", "θ2 = 0.700"],
+                       "no type on the sparsity axis")
         let path = directory.appendingPathComponent("thoughts.svg").path
         try OutputFile.write(figure.render(), to: path)
         let svg = try SweepFixture.contents(path)

@@ -147,7 +147,8 @@ public enum AggregateFigure {
         let interval = "95 % Student-t interval of the mean"
         if n == 1 { return "one trace: its values" }
         if n < minimumTracesForInterval {
-            return "line: mean of \(n) traces; hollow markers: each trace; no interval (\(interval) drawn from n ≥ \(minimumTracesForInterval))"
+            return "line: mean of \(n) traces; hollow markers: each trace; "
+                + "no interval (\(interval) drawn from n ≥ \(minimumTracesForInterval))"
         }
         return "line: mean over traces; hollow markers: each trace; bars: \(interval) where n ≥ \(minimumTracesForInterval)"
     }
@@ -160,6 +161,17 @@ public enum AggregateFigure {
         out.markerSize = 6
         out.width = 0
         return out
+    }
+
+    /// One entry per policy line, then the look of a trace's point and of an interval.
+    static func legend(_ lines: [(label: String, style: SeriesStyle, rows: [[String]])], traces: Int,
+                       intervals: Bool) -> [LegendEntry] {
+        var legend = lines.map { LegendEntry(label: $0.label, style: $0.style) }
+        if traces > 1 {
+            legend.append(LegendEntry(label: "one trace", style: traceStyle(SeriesStyle(color: Palette.axis, marker: .circle))))
+        }
+        if intervals { legend.append(LegendEntry(label: "95 % interval", style: SeriesStyle(color: Palette.axis, width: 1.2))) }
+        return legend
     }
 
     /// A percentage axis: logarithmic with ticks at 1, 2, 5 × powers of ten, or linear from 0.
@@ -188,7 +200,8 @@ public enum AggregateFigure {
         let matched = data.hasColumn("kv_percent")
         let axis = matched ? "kv_percent" : "budget"
         let lines = lines(data, along: axis, ignoring: matched ? ["budget"] : [])
-        let allPercents = data.table.rows.compactMap { percentOfFull(data, $0, bytesColumn: bytesColumn) }.filter { $0 > 0 && $0.isFinite }
+        let allPercents = data.table.rows.compactMap { percentOfFull(data, $0, bytesColumn: bytesColumn) }
+            .filter { $0 > 0 && $0.isFinite }
         guard !allPercents.isEmpty else { return nil }
         let kind = bytesColumn.hasSuffix("peak") ? "peak" : "mean over steps"
         let x = percentAxis(min: allPercents.min()!, max: allPercents.max()!,
@@ -230,8 +243,8 @@ public enum AggregateFigure {
                         style.marker = nil
                         style.dash = nil
                         style.width = 1.2
-                        intervals.append(Series(label: line.label, points: [(xm.mean, lower), (xm.mean, upper)], style: style,
-                                                role: "interval"))
+                        intervals.append(Series(label: line.label, points: [(xm.mean, lower), (xm.mean, upper)],
+                                                style: style, role: "interval"))
                         values += [lower, upper]
                         intervalsDrawn = true
                     }
@@ -242,8 +255,8 @@ public enum AggregateFigure {
                 }
                 series.append(Series(label: line.label, points: drawn.sorted { $0.x < $1.x }, style: line.style))
                 if n > 1 && !own.isEmpty {
-                    tracePoints.append(Series(label: line.label, points: own, style: traceStyle(line.style), role: "trace-points",
-                                              connect: false))
+                    tracePoints.append(Series(label: line.label, points: own, style: traceStyle(line.style),
+                                              role: "trace-points", connect: false))
                     values += own.map(\.y)
                 }
             }
@@ -254,12 +267,10 @@ public enum AggregateFigure {
             panels.append(panel)
         }
         guard !panels.isEmpty else { return nil }
-        var legend = lines.map { LegendEntry(label: $0.label, style: $0.style) }
-        if n > 1 { legend.append(LegendEntry(label: "one trace", style: traceStyle(SeriesStyle(color: Palette.axis, marker: .circle)))) }
-        if intervalsDrawn { legend.append(LegendEntry(label: "95 % interval", style: SeriesStyle(color: Palette.axis, width: 1.2))) }
+        let entries = Self.legend(lines, traces: n, intervals: intervalsDrawn)
         return Figure(title: "Fidelity vs. KV cache size — \(n) trace\(n == 1 ? "" : "s")",
                       subtitle: "\(describe(traces: n)); bytes of all model layers with quantization metadata",
-                      panels: panels, legend: legend, legendTitle: "policy")
+                      panels: panels, legend: entries, legendTitle: "policy")
     }
 
     /// Fidelity at equal memory: one bar group per memory target (`kv_percent`), one bar per
@@ -297,8 +308,8 @@ public enum AggregateFigure {
                     if n > 1 {
                         var style = traceStyle(SeriesStyle(color: Palette.axis, marker: line.style.marker))
                         style.markerSize = 5
-                        marks.append(Series(label: line.label, points: ys.map { (center, $0) }, style: style, role: "trace-points",
-                                            connect: false))
+                        marks.append(Series(label: line.label, points: ys.map { (center, $0) }, style: style,
+                                            role: "trace-points", connect: false))
                         values += ys
                     }
                     if m.count >= minimumTracesForInterval {
@@ -319,12 +330,10 @@ public enum AggregateFigure {
         }
         guard !panels.isEmpty else { return nil }
         let kind = rows.first.flatMap { data.cell($0, "kv_match") } ?? "mean"
-        var legend = lines.map { LegendEntry(label: $0.label, style: $0.style) }
-        if n > 1 { legend.append(LegendEntry(label: "one trace", style: traceStyle(SeriesStyle(color: Palette.axis, marker: .circle)))) }
-        if intervalsDrawn { legend.append(LegendEntry(label: "95 % interval", style: SeriesStyle(color: Palette.axis, width: 1.2))) }
+        let entries = Self.legend(lines, traces: n, intervals: intervalsDrawn)
         let what = describe(traces: n).replacingOccurrences(of: "line: mean", with: "bar: mean")
         return Figure(title: "Fidelity at equal KV memory — \(n) trace\(n == 1 ? "" : "s")",
                       subtitle: "each budget found so that the policy's \(kind) KV is the target; \(what)",
-                      panels: panels, legend: legend, legendTitle: "policy")
+                      panels: panels, legend: entries, legendTitle: "policy")
     }
 }

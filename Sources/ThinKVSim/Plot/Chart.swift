@@ -9,7 +9,8 @@ import Foundation
 public enum Palette {
     /// Okabe–Ito without yellow (too light for lines on white): blue, vermillion, bluish green,
     /// reddish purple, orange, sky blue; then Tol's wine, olive and indigo.
-    public static let base = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#999933", "#332288"]
+    public static let base = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
+                              "#882255", "#999933", "#332288"]
     public static let reference = "#000000"
     public static let dashes: [String?] = [nil, "7 4", "2 3", "9 3 2 3"]
     /// Dashes of level lines (always dashed, so they read as references, not data).
@@ -35,7 +36,9 @@ public enum Palette {
 
     /// Each round through the markers shifts the dash, so no two indices share colour, marker
     /// and dash even if colours ran out.
-    public static func dash(_ i: Int, variant: Int = 0) -> String? { dashes[(variant + i / markers.count) % dashes.count] }
+    public static func dash(_ i: Int, variant: Int = 0) -> String? {
+        dashes[(variant + i / markers.count) % dashes.count]
+    }
 
     /// A policy's index: its place among the registered policies other than the full cache;
     /// an unregistered name comes after them, in the order of `unregistered`. nil for the full
@@ -87,11 +90,13 @@ public enum Palette {
         var nearest = candidates.map { c in taken.map { distance(c.lab, $0) }.min()! }
         var out: [String] = []
         while out.count < count {
-            guard let best = nearest.indices.max(by: { nearest[$0] < nearest[$1] || (nearest[$0] == nearest[$1] && $0 > $1) }),
-                  nearest[best] > 0 else { break }
+            let farther = { (a: Int, b: Int) in nearest[a] < nearest[b] || (nearest[a] == nearest[b] && a > b) }
+            guard let best = nearest.indices.max(by: farther), nearest[best] > 0 else { break }
             out.append(candidates[best].hex)
             taken.append(candidates[best].lab)
-            for j in candidates.indices { nearest[j] = min(nearest[j], distance(candidates[j].lab, candidates[best].lab)) }
+            for j in candidates.indices {
+                nearest[j] = min(nearest[j], distance(candidates[j].lab, candidates[best].lab))
+            }
         }
         let distinct = max(out.count, 1)
         while out.count < count { out.append(out.isEmpty ? base[0] : out[out.count % distinct]) }
@@ -140,8 +145,8 @@ public struct SeriesStyle: Sendable {
     public var hollow = false
     public var markerSize = 8.0
 
-    public init(color: String, marker: MarkerShape? = nil, dash: String? = nil, width: Double = 1.8, hollow: Bool = false,
-                markerSize: Double = 8) {
+    public init(color: String, marker: MarkerShape? = nil, dash: String? = nil, width: Double = 1.8,
+                hollow: Bool = false, markerSize: Double = 8) {
         self.color = color
         self.marker = marker
         self.dash = dash
@@ -331,9 +336,16 @@ public struct Figure: Sendable {
 
     /// Coincident lines of a panel under its on-screen scale (`coincidentGroups`).
     func coincident(_ panel: Panel) -> [[Int]] {
-        let stripBlock = panel.strips.isEmpty ? 0 : Double(panel.strips.count) * (Self.stripHeight + Self.stripGap) + Self.stripGap
-        let h = panelHeight - stripBlock
-        return Self.coincidentGroups(panel.series, x: { panel.x.fraction($0) * panelWidth }, y: { panel.y.fraction($0) * h })
+        let h = panelHeight - Self.stripBlock(panel)
+        return Self.coincidentGroups(panel.series, x: { panel.x.fraction($0) * panelWidth },
+                                     y: { panel.y.fraction($0) * h })
+    }
+
+    /// Height the strips of a panel take above its plot area.
+    public static func stripBlock(_ panel: Panel) -> Double { stripBlock(count: panel.strips.count) }
+
+    public static func stripBlock(count: Int) -> Double {
+        count == 0 ? 0 : Double(count) * (stripHeight + stripGap) + stripGap
     }
 
     public func render() -> String {
@@ -360,13 +372,14 @@ public struct Figure: Sendable {
         unmarked.subtract(marked)
 
         // Room left of each panel for its widest y tick label (or strip label) and the rotated axis title.
-        let stripLabels = panels.flatMap { $0.strips.map(\.label) }.map { SVGDocument.textWidth($0, size: Self.tickSize) }
-        let widestTick = (panels.flatMap { $0.y.labels }.map { SVGDocument.textWidth($0, size: Self.tickSize) } + stripLabels).max() ?? 0
+        let leftLabels = panels.flatMap { $0.y.labels + $0.strips.map(\.label) }
+        let widestTick = leftLabels.map { SVGDocument.textWidth($0, size: Self.tickSize) }.max() ?? 0
         let left = max(56, widestTick + 36), bottom = 50.0, panelTop = panels.contains { $0.title != nil } ? 24.0 : 8.0, gap = 36.0
         let legendWidth = legend.isEmpty ? 0 : 48 + (legend.map { SVGDocument.textWidth($0.label, size: Self.legendSize) }
             + [legendTitle.map { SVGDocument.textWidth($0, size: Self.legendSize) } ?? 0]).max()!
         let cellWidth = left + panelWidth
-        let textWidth = max(SVGDocument.textWidth(title, size: Self.titleSize) * 1.1, notes.map { SVGDocument.textWidth($0, size: 11) }.max() ?? 0)
+        let textWidth = max(SVGDocument.textWidth(title, size: Self.titleSize) * 1.1,
+                            notes.map { SVGDocument.textWidth($0, size: 11) }.max() ?? 0)
         let width = max(Self.margin + Double(panels.count) * cellWidth + Double(max(panels.count - 1, 0)) * gap + 24 + legendWidth + Self.margin,
                         textWidth + 2 * Self.margin)
         // The subtitle wraps at its separators to the figure's width, never widening it.
@@ -378,7 +391,9 @@ public struct Figure: Sendable {
         let svg = SVGDocument(width: width, height: height)
 
         svg.text(title, x: Self.margin, y: 26, size: Self.titleSize, weight: "bold")
-        for (k, line) in subtitleLines.enumerated() { svg.text(line, x: Self.margin, y: 46 + 16 * Double(k), size: 12, fill: "#555555") }
+        for (k, line) in subtitleLines.enumerated() {
+            svg.text(line, x: Self.margin, y: 46 + 16 * Double(k), size: 12, fill: "#555555")
+        }
 
         for (i, panel) in panels.enumerated() {
             let x0 = Self.margin + Double(i) * (cellWidth + gap) + left
@@ -398,9 +413,12 @@ public struct Figure: Sendable {
                 if let patch = entry.patch {
                     svg.rect(x: lx, y: ly - 6, width: 30, height: 12, fill: patch.color, opacity: patch.opacity)
                 } else if let style = entry.style {
-                    if style.width > 0 { svg.line(lx, ly, lx + 30, ly, stroke: style.color, width: style.width, dash: style.dash) }
+                    if style.width > 0 {
+                        svg.line(lx, ly, lx + 30, ly, stroke: style.color, width: style.width, dash: style.dash)
+                    }
                     if let marker = style.marker, !unmarked.contains(original.label) {
-                        svg.marker(marker, x: lx + 15, y: ly, size: style.markerSize, color: style.color, hollow: style.hollow)
+                        svg.marker(marker, x: lx + 15, y: ly, size: style.markerSize, color: style.color,
+                                   hollow: style.hollow)
                     }
                 }
                 svg.text(entry.label, x: lx + 38, y: ly + 4, size: Self.legendSize)
@@ -420,7 +438,7 @@ public struct Figure: Sendable {
 
     private func draw(_ panel: Panel, index: Int, svg: SVGDocument, x: Double, y y0: Double, w: Double, h h0: Double) {
         // Strips take the top of the panel; the plot area is what is left under them.
-        let stripBlock = panel.strips.isEmpty ? 0 : Double(panel.strips.count) * (Self.stripHeight + Self.stripGap) + Self.stripGap
+        let stripBlock = Self.stripBlock(panel)
         let y = y0 + stripBlock, h = h0 - stripBlock
         func px(_ v: Double) -> Double { x + panel.x.fraction(v) * w }
         func py(_ v: Double) -> Double { y + h - panel.y.fraction(v) * h }
@@ -434,7 +452,8 @@ public struct Figure: Sendable {
             svg.rect(x: x, y: top, width: w, height: Self.stripHeight, fill: "#F4F4F4")
             for segment in strip.segments {
                 let a = px(segment.from), b = px(segment.to)
-                svg.rect(x: a, y: top, width: max(b - a, 0.5), height: Self.stripHeight, fill: segment.color, opacity: segment.opacity)
+                svg.rect(x: a, y: top, width: max(b - a, 0.5), height: Self.stripHeight, fill: segment.color,
+                         opacity: segment.opacity)
             }
             svg.endGroup()
             svg.text(strip.label, x: x - 8, y: top + Self.stripHeight - 3, size: Self.tickSize, anchor: .end)
@@ -468,7 +487,8 @@ public struct Figure: Sendable {
             let a = px(bar.from), b = px(bar.to), top = py(max(bar.y0, bar.y1)), bottom = py(min(bar.y0, bar.y1))
             svg.rect(x: a, y: top, width: b - a, height: max(bottom - top, 0.5), fill: bar.style.color, opacity: 0.75)
             if let marker = bar.style.marker {
-                svg.marker(marker, x: (a + b) / 2, y: py(bar.y1), size: bar.style.markerSize, color: bar.style.color, hollow: bar.style.hollow)
+                svg.marker(marker, x: (a + b) / 2, y: py(bar.y1), size: bar.style.markerSize, color: bar.style.color,
+                           hollow: bar.style.hollow)
             }
         }
         let interleaved = Self.interleavedDashes(panel.series, x: px, y: py)
@@ -495,14 +515,16 @@ public struct Figure: Sendable {
                         // Coincident markers are drawn largest first, so each shows as a ring.
                         let grow = rank[i].map { Double($0.k - 1 - $0.r) * 4 } ?? 0
                         for p in pixels {
-                            svg.marker(marker, x: p.0, y: p.1, size: style.markerSize + grow, color: style.color, hollow: style.hollow)
+                            svg.marker(marker, x: p.0, y: p.1, size: style.markerSize + grow, color: style.color,
+                                       hollow: style.hollow)
                         }
                     } else if let (r, k) = rank[i] {
                         // A dense line among others on the same pixels: a few markers, staggered
                         // so that each member's sit where the others' do not.
                         for mx in Self.staggeredMarkerXs(from: x, width: w, rank: r, of: k) {
                             guard let my = Self.interpolate(pixels, at: mx) else { continue }
-                            svg.marker(marker, x: mx, y: my, size: style.markerSize, color: style.color, hollow: style.hollow)
+                            svg.marker(marker, x: mx, y: my, size: style.markerSize, color: style.color,
+                                       hollow: style.hollow)
                         }
                     }
                 }
@@ -543,7 +565,8 @@ public struct Figure: Sendable {
         var current = ""
         var rest = Substring(text)
         while !rest.isEmpty {
-            let next = [rest.range(of: " · "), rest.range(of: "; ")].compactMap { $0 }.min { $0.lowerBound < $1.lowerBound }
+            let breaks = [rest.range(of: " · "), rest.range(of: "; ")].compactMap { $0 }
+            let next = breaks.min { $0.lowerBound < $1.lowerBound }
             let end = next?.upperBound ?? rest.endIndex
             current += rest[..<end]
             rest = rest[end...]
@@ -590,18 +613,23 @@ public struct Figure: Sendable {
         func equal(_ a: Double, _ b: Double) -> Bool { a == b || abs(a - b) <= 1e-12 * max(abs(a), abs(b)) }
         func same(_ a: Series, _ b: Series) -> Bool {
             if let la = a.level, let lb = b.level { return equal(la, lb) }
-            guard a.level == nil, b.level == nil, !a.points.isEmpty, a.points.count == b.points.count else { return false }
+            guard a.level == nil, b.level == nil, !a.points.isEmpty, a.points.count == b.points.count else {
+                return false
+            }
             return zip(a.points, b.points).allSatisfy { equal($0.x, $1.x) && equal($0.y, $1.y) }
         }
         return groups(series, same)
     }
 
     /// Lines within half a pixel of each other (identical ones included), as `identicalGroups`.
-    static func coincidentGroups(_ series: [Series], x: (Double) -> Double = { $0 }, y: (Double) -> Double = { $0 }) -> [[Int]] {
+    static func coincidentGroups(_ series: [Series], x: (Double) -> Double = { $0 },
+                                 y: (Double) -> Double = { $0 }) -> [[Int]] {
         func near(_ a: Double, _ b: Double) -> Bool { abs(a - b) < 0.5 }
         func same(_ a: Series, _ b: Series) -> Bool {
             if let la = a.level, let lb = b.level { return near(y(la), y(lb)) }
-            guard a.level == nil, b.level == nil, a.points.count > 1, a.points.count == b.points.count else { return false }
+            guard a.level == nil, b.level == nil, a.points.count > 1, a.points.count == b.points.count else {
+                return false
+            }
             return zip(a.points, b.points).allSatisfy { near(x($0.x), x($1.x)) && near(y($0.y), y($1.y)) }
         }
         return groups(series, same)
@@ -610,7 +638,11 @@ public struct Figure: Sendable {
     private static func groups(_ series: [Series], _ same: (Series, Series) -> Bool) -> [[Int]] {
         var groups: [[Int]] = []
         for i in series.indices where series[i].role == "series" {
-            if let g = groups.firstIndex(where: { same(series[$0[0]], series[i]) }) { groups[g].append(i) } else { groups.append([i]) }
+            if let g = groups.firstIndex(where: { same(series[$0[0]], series[i]) }) {
+                groups[g].append(i)
+            } else {
+                groups.append([i])
+            }
         }
         return groups.filter { $0.count > 1 }
     }

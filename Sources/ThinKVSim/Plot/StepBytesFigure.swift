@@ -109,8 +109,10 @@ public enum StepBytesFigure {
         let steps = series.map { ($0.points.last?.x ?? 0) + 1 }.max() ?? 1
         let values = series.flatMap { $0.points.map(\.y) }
         let positive = values.filter { $0 > 0 }
-        let y = Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: values.max() ?? 1, title: "KV cache, all layers", log: logBytes && !positive.isEmpty)
-        let x = Axis.linear(min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true, tight: true)
+        let y = Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: values.max() ?? 1, title: "KV cache, all layers",
+                           log: logBytes && !positive.isEmpty)
+        let x = Axis.linear(min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true,
+                            tight: true)
         let panel = Panel(title: nil, x: x, y: y, series: series, markers: false)
         let rows = data.rows(of: trace)
         var figure = Figure(title: "KV cache over decode steps — \(data.shortName(trace))",

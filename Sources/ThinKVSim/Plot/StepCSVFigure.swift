@@ -59,10 +59,11 @@ public enum StepCSVFigure {
         let byteValues = byteSeries.flatMap { $0.map(\.y) }
         let positive = byteValues.filter { $0 > 0 }
         let steps = Double(byteSeries.map { ($0.last?.x ?? 0) + 1 }.max() ?? 1)
-        let x = Axis.linear(min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true, tight: true)
+        let x = Axis.linear(min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true,
+                            tight: true)
         panels.append(Panel(title: "(a) KV cache, replayed layers", x: x,
-                            y: Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: byteValues.max() ?? 1, title: "attended KV",
-                                          log: logBytes && !positive.isEmpty),
+                            y: Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: byteValues.max() ?? 1,
+                                          title: "attended KV", log: logBytes && !positive.isEmpty),
                             series: zip(order, byteSeries).enumerated().map { Series(label: $1.0, points: $1.1, style: styles[$0]) },
                             markers: false))
         for metric in metrics {

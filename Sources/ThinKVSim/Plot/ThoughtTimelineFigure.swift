@@ -14,7 +14,8 @@ public enum ThoughtTimelineFigure {
         for i in 1...types.count where i == types.count || types[i] != types[start] {
             let type = types[start]
             if type >= 0 && Int(type) < Palette.thoughts.count {
-                out.append(Band(from: Double(start), to: Double(i), color: Palette.thoughts[Int(type)], opacity: opacity))
+                let color = Palette.thoughts[Int(type)]
+                out.append(Band(from: Double(start), to: Double(i), color: color, opacity: opacity))
             }
             start = i
         }
@@ -46,7 +47,8 @@ public enum ThoughtTimelineFigure {
             shown.formUnion(types)
         }
         for t in ThoughtType.allCases where shown.contains(t.rawValue) {
-            legend.append(LegendEntry(label: "\(t.letter): \(t.name)", patch: Palette.thoughts[Int(t.rawValue)], opacity: opacity))
+            let color = Palette.thoughts[Int(t.rawValue)]
+            legend.append(LegendEntry(label: "\(t.letter): \(t.name)", patch: color, opacity: opacity))
         }
         var series: [Series] = []
         if let sparsity {
@@ -71,7 +73,7 @@ public enum ThoughtTimelineFigure {
                             subtitle: subtitle,
                             panels: [panel], legend: legend, legendTitle: shown.isEmpty ? nil : "thought")
         figure.panelWidth = 680
-        figure.panelHeight = 220 + Double(strips.count) * (Figure.stripHeight + Figure.stripGap) + (strips.isEmpty ? 0 : Figure.stripGap)
+        figure.panelHeight = 220 + Figure.stripBlock(count: strips.count)
         return figure
     }
 }
