@@ -19,7 +19,8 @@ enum PlotCommand: Subcommand {
             OptionDefinition("threads", value: "N", help: "worker threads for a sparsity pass over a trace", default: "all cores"),
         ],
         discussion: """
-            Over all traces: all-traces.fidelity-bytes.svg (mean and 95 % interval per policy and budget) and,
+            Over all traces: all-traces.fidelity-bytes.svg (x: KV as % of each trace's full cache; per policy
+            and budget the mean over traces, each trace's point, a 95 % interval from three traces on) and,
             for a sweep with kv_percent, all-traces.equal-memory.svg (bar groups per memory target). PDF and PNG
             beside each SVG when rsvg-convert is installed (apt-get install librsvg2-bin). docs/plots.md.
 

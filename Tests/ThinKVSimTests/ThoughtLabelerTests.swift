@@ -43,12 +43,11 @@ final class ThoughtLabelerTests: XCTestCase {
             name: "t", subtitle: "s", labels: [0, 0, 2, 1], sparsity: [0.5, 0.5, 0.9, 0.1],
             thresholds: thresholds, predicted: [.reasoning, .reasoning, .transition, .execution]))
         let series = figure.panels[0].series
-        XCTAssertEqual(series.map(\.label), ["sparsity", "θ1 = 0.300", "θ2 = 0.700", "classified"])
-        // Step line in the middle of each zone: R at 0.5, T at 0.85, E at 0.15.
-        for (got, expected) in zip(series[3].points.map(\.1), [0.5, 0.5, 0.85, 0.85, 0.15, 0.15]) {
-            XCTAssertEqual(got, expected, accuracy: 1e-6)  // θs are Float
-        }
-        XCTAssertEqual(series[3].points.map(\.0), [0, 2, 2, 3, 3, 4])
+        XCTAssertEqual(series.map(\.label), ["sparsity", "θ1 = 0.300", "θ2 = 0.700"])
+        // The classifier's types are a strip of their own: R for steps 0-1, T for 2, E for 3.
+        let strip = try XCTUnwrap(figure.panels[0].strips.first { $0.label == "classifier" })
+        XCTAssertEqual(strip.segments.map { [$0.from, $0.to] }, [[0, 2], [2, 3], [3, 4]])
+        XCTAssertEqual(strip.segments.map(\.color), [0, 2, 1].map { Palette.thoughts[$0] })
         XCTAssertTrue(figure.render().contains("θ2 = 0.700"))
     }
 }

@@ -122,10 +122,10 @@ public struct Axis: Sendable {
     }
 
     /// An axis of byte counts: linear in the unit that suits the largest value (named in the
-    /// title), or logarithmic at powers of two with a unit on every tick.
+    /// title), or logarithmic at powers of two with a unit on every tick (and "bytes" in the title).
     public static func bytes(min: Double, max: Double, title: String, log: Bool) -> Axis {
         if log && min > 0 {
-            return logarithmic(min: min, max: max, base: 2, title: title, label: byteLabel)
+            return logarithmic(min: min, max: max, base: 2, title: "\(title) (bytes)", label: byteLabel)
         }
         let unit = byteUnit(for: max)
         return linear(min: min, max: max, title: "\(title) (\(unit.name))", includeZero: true, unit: unit.size)

@@ -9,7 +9,7 @@ public struct PlotData {
     public let traces: [String]
     /// Policy parameter columns (between `label` and the replay options).
     public let parameterColumns: [String]
-    /// Policies in order of first appearance: fixes each policy's colour in every figure.
+    /// Policies in order of first appearance (the order of lines and legends).
     public let policies: [String]
 
     static let required = ["trace", "policy", "label"]
@@ -105,18 +105,15 @@ public struct PlotData {
                 if members[key] == nil { order.append(key) }
                 members[key, default: []].append(row)
             }
-            let p = policies.firstIndex(of: policy)!
-            let colored = policies.filter { $0 != "full" }
-            let c = colored.firstIndex(of: policy) ?? p
-            // Past the palette's length colours repeat; the marker then shifts by one per round,
-            // so no two policies share both colour and marker.
-            let round = c / Palette.colors.count
+            // Colour, marker and dash follow the policy's place in the registry, so a policy
+            // looks the same in every figure of every results file.
+            let index = Palette.index(ofPolicy: policy, unregistered: policies)
             for (v, key) in order.enumerated() {
                 let variant = zip(varying, key).map { (column: $0, value: $1) }
                 let style = SeriesStyle(
-                    color: policy == "full" ? Palette.reference : Palette.colors[c % Palette.colors.count],
-                    marker: Palette.markers[(c + round) % Palette.markers.count],
-                    dash: Palette.dashes[(v + round) % Palette.dashes.count], hollow: v % 2 == 1)
+                    color: index.map(Palette.color) ?? Palette.reference,
+                    marker: Palette.marker(index ?? 0),
+                    dash: Palette.dash(index ?? 0, variant: v), hollow: v % 2 == 1)
                 let suffix = variant.map { "\(Self.parameterName($0.column, policy: policy))=\($0.value)" }.joined(separator: ", ")
                 out.append(Group(policy: policy, variant: variant, rows: members[key]!,
                                  label: suffix.isEmpty ? policy : "\(policy) \(suffix)", style: style, variantIndex: v))

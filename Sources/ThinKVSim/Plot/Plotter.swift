@@ -221,9 +221,13 @@ public enum Plotter {
             }
             thresholds = loaded
         }
-        let subtitle = FidelityFigure.subtitle(data, rows: rows, extra: labels == nil
+        var parts = [labels == nil
             ? "full-cache attention sparsity (the trace has no thought labels)"
-            : "bands: reference thought labels; line: full-cache attention sparsity")
+            : "bands and 'labels' strip: the trace's thought labels; line: full-cache attention sparsity"]
+        if predicted != nil {
+            parts.append("'classifier' strip: ThinKV's type of each step (full cache, held τ steps)")
+        }
+        let subtitle = FidelityFigure.subtitle(data, rows: rows, extra: parts.joined(separator: "; "))
         return ThoughtTimelineFigure.figure(name: name, subtitle: subtitle, labels: labels, sparsity: sparsity,
                                             thresholds: thresholds, predicted: predicted)
     }

@@ -95,7 +95,8 @@ public enum StepBytesFigure {
             if let b = data.cell(row, "budget"), Double(b) != budget { label += " (budget \(b))" }  // no run at the chosen budget
             var style = group.style
             style.width = 1.6
-            style.marker = nil  // thousands of points: lines only
+            // Thousands of points: the panel draws no markers, except a few on a line that
+            // coincides with another (eviction policies at one budget hold the same bytes).
             series.append(Series(label: label, points: decimate(steps.attended), style: style))
             legend.append(LegendEntry(label: label, style: style))
         }
@@ -108,8 +109,10 @@ public enum StepBytesFigure {
         let steps = series.map { ($0.points.last?.x ?? 0) + 1 }.max() ?? 1
         let values = series.flatMap { $0.points.map(\.y) }
         let positive = values.filter { $0 > 0 }
-        let y = Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: values.max() ?? 1, title: "KV cache", log: logBytes && !positive.isEmpty)
-        let x = Axis.linear(min: 0, max: steps, title: "decode step", includeZero: true, tight: true)
+        let y = Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: values.max() ?? 1, title: "KV cache, all layers",
+                           log: logBytes && !positive.isEmpty)
+        let x = Axis.linear(min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true,
+                            tight: true)
         let panel = Panel(title: nil, x: x, y: y, series: series, markers: false)
         let rows = data.rows(of: trace)
         var figure = Figure(title: "KV cache over decode steps — \(data.shortName(trace))",

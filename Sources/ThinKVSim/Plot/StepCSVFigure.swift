@@ -46,20 +46,24 @@ public enum StepCSVFigure {
             }
             return zip(total, count).map { sum ? $0 : ($1 > 0 ? $0 / $1 : .nan) }
         }
-        let styles = order.enumerated().map { i, label -> SeriesStyle in
-            let isFull = label == "full"
-            return SeriesStyle(color: isFull ? Palette.reference : Palette.colors[i % Palette.colors.count],
-                               marker: Palette.markers[i % Palette.markers.count], width: 1.5)
+        // A label is the policy with its parameters (`h2o(budget=8)`): styled as its policy.
+        let policyNames = order.map { String($0.prefix { $0 != "(" }) }
+        let styles = policyNames.map { name -> SeriesStyle in
+            var style = Palette.style(ofPolicy: name, unregistered: policyNames)
+            style.dash = nil
+            style.width = 1.5
+            return style
         }
         var panels: [Panel] = []
         let byteSeries = order.map { StepBytesFigure.decimate(series(perPolicy[$0]!, bytes, sum: true)) }
         let byteValues = byteSeries.flatMap { $0.map(\.y) }
         let positive = byteValues.filter { $0 > 0 }
         let steps = Double(byteSeries.map { ($0.last?.x ?? 0) + 1 }.max() ?? 1)
-        let x = Axis.linear(min: 0, max: steps, title: "decode step", includeZero: true, tight: true)
+        let x = Axis.linear(min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true,
+                            tight: true)
         panels.append(Panel(title: "(a) KV cache, replayed layers", x: x,
-                            y: Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: byteValues.max() ?? 1, title: "attended bytes",
-                                          log: logBytes && !positive.isEmpty),
+                            y: Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: byteValues.max() ?? 1,
+                                          title: "attended KV", log: logBytes && !positive.isEmpty),
                             series: zip(order, byteSeries).enumerated().map { Series(label: $1.0, points: $1.1, style: styles[$0]) },
                             markers: false))
         for metric in metrics {
