@@ -25,6 +25,7 @@ enum ReplayCommand: Subcommand {
             OptionDefinition("kv-percent", value: "P", help: "compare at equal memory: find each policy's budget whose KV is P % of the full cache"),
             OptionDefinition("kv-bytes", value: "N", help: "as --kv-percent, with a target in bytes (all layers, metadata included)"),
             OptionDefinition("kv-match", value: "mean|peak", help: "the KV figure --kv-percent/--kv-bytes match", default: "mean"),
+            OptionDefinition("kv-adapt", help: "when a target is out of reach at a policy's compression cadence (R-KV's --divide, a press's --interval), run it at the largest halving of that parameter that reaches the target (the note says so)"),
         ],
         acceptsExtraOptions: true,
         discussion: """
@@ -90,6 +91,7 @@ enum ReplayCommand: Subcommand {
 
         if let target {
             let matcher = MemoryMatcher(reader: reader, configuration: configuration, target: target, statistic: statistic)
+            matcher.adaptsCadence = arguments.flag("kv-adapt")
             matcher.progress = TerminalProgress(label: "replay")
             try report(matcher.run(), arguments, inputs: inputs)
             return
@@ -151,6 +153,9 @@ enum ReplayCommand: Subcommand {
     }
 
     static func memoryStatistic(_ arguments: ParsedArguments) throws -> MemoryStatistic {
+        if arguments.flag("kv-adapt") && arguments.value("kv-percent") == nil && arguments.value("kv-bytes") == nil {
+            throw UsageError("--kv-adapt needs --kv-percent or --kv-bytes")
+        }
         guard let raw = arguments.value("kv-match") else { return .mean }
         guard let statistic = MemoryStatistic(rawValue: raw) else { throw UsageError("--kv-match must be mean or peak, got '\(raw)'") }
         if arguments.value("kv-percent") == nil && arguments.value("kv-bytes") == nil {

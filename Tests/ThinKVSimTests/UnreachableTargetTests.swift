@@ -46,6 +46,21 @@ final class UnreachableTargetTests: XCTestCase {
         let rematch = try Self.memoryMatch(second.stdout)
         XCTAssertEqual(rematch["status"] as? String, "matched", "--divide \(value) reaches 5 %: \(rematch)")
         XCTAssertEqual(try XCTUnwrap(rematch["achieved_percent"] as? Double), 5, accuracy: 1)
+        XCTAssertTrue(note.hasSuffix("(--kv-adapt runs it)"), note)
+
+        // --kv-adapt makes the same change itself, and says so.
+        let adapted = try CommandRunner.run(["replay", Self.realTrace, "--policy", "rkv", "--kv-adapt"] + common, in: directory)
+        XCTAssertEqual(adapted.status, 0, adapted.stderr)
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(adapted.stdout.utf8)) as? [String: Any])
+        let run = try XCTUnwrap((report["runs"] as? [[String: Any]])?.first)
+        XCTAssertEqual((run["parameters"] as? [String: Any])?["divide"] as? Int, Int(value), "\(run)")
+        let adaptedMatch = try Self.memoryMatch(adapted.stdout)
+        XCTAssertEqual(adaptedMatch["status"] as? String, "matched")
+        XCTAssertEqual(try XCTUnwrap(adaptedMatch["achieved_percent"] as? Double), try XCTUnwrap(rematch["achieved_percent"] as? Double),
+                       accuracy: 1e-9, "the same run as --divide \(value)")
+        XCTAssertTrue((adaptedMatch["note"] as? String)?.contains("--kv-adapt set --divide \(value) (was 128)") == true, "\(adaptedMatch)")
+        let refused = try CommandRunner.run(["replay", Self.realTrace, "--policy", "rkv", "--budget", "64", "--kv-adapt"], in: directory)
+        XCTAssertEqual(refused.status, 2, refused.stderr)
     }
 
     private static func memoryMatch(_ json: String) throws -> [String: Any] {

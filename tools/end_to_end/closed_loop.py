@@ -128,14 +128,15 @@ def model_shape(model):
 
 
 def generate(model, binary, policy, policy_args, prompt_ids, max_new_tokens, choose, stops=(), capture=None,
-             keep_log_probs=True):
+             keep_log_probs=True, done=None):
     """One closed-loop generation. `choose(logits, ids so far) -> token` (greedy or a seeded
     sampler); stops at a token of `stops` or after `max_new_tokens` tokens.
 
     Returns a dict: tokens (generated ids), stop ("eos" or "limit"), log_probs (float32 [n - 1, V]:
     the policy's next-token log-probabilities of decode steps 0 .. n-2, rows P .. P + n - 2; the
     first token comes from the exact prefill), summary (serve-policy's: KV memory, attention
-    metrics)."""
+    metrics). With `done(tokens) -> bool`, the generation also stops (stop "answer") once it
+    says so."""
     shape = model_shape(model)
     P = len(prompt_ids)
     T = P + max_new_tokens
@@ -158,6 +159,9 @@ def generate(model, binary, policy, policy_args, prompt_ids, max_new_tokens, cho
                 tokens.append(token)
                 if token in stops:
                     stop = "eos"
+                    break
+                if done is not None and done(tokens):
+                    stop = "answer"
                     break
                 if len(tokens) >= max_new_tokens:
                     break

@@ -57,6 +57,9 @@ def build_parser():
     p.add_argument("--seed", type=int, default=1, help="sample j of problem i uses seed S + 1000 i + j, the same for every policy. Default: 1")
     p.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="generation limit. Default: 256")
     p.add_argument("--ignore-eos", action="store_true", help="generate to the limit")
+    p.add_argument("--no-stop-at-answer", action="store_true",
+                   help="do not end a generation at its first finished 'Answer: <number>' line (a small model goes on "
+                        "inventing further examples)")
     p.add_argument("--no-chat-template", action="store_true", help="encode the problem as plain text")
     p.add_argument("--replay-arg", action="append", default=[], metavar="ARG",
                    help="extra policy parameter or replay option as one token, e.g. --replay-arg=--window=8; "
@@ -243,6 +246,12 @@ def run(args):
     runs = [("full", None)] + [(p, level) for level in levels for p in policies if p in budgeted or level == levels[0]]
     progress = Progress(args.progress, len(runs) * len(problem_set) * (1 + args.samples))
 
+    def answered(tokens):
+        return problems.answer_given(tokenizer.decode(tokens, skip_special_tokens=True))
+
+    if args.no_stop_at_answer or args.ignore_eos:
+        answered = None  # noqa: F811
+
     def seed_of(i, j):
         return args.seed + 1000 * i + j
 
@@ -308,7 +317,7 @@ def run(args):
             for j in [-1] + list(range(args.samples)):
                 capture = {} if policy == "full" and j < 0 else None
                 result = closed_loop.generate(model, binary, policy, policy_args, prompts[i], args.max_new_tokens,
-                                              chooser(j, i), stops, capture=capture)
+                                              chooser(j, i), stops, capture=capture, done=answered)
                 tokens = result["tokens"]
                 if policy == "full":
                     full_runs[(i, j)] = tokens

@@ -2,9 +2,10 @@
 answer extractor for what a model writes (closed-loop accuracy, docs/end-to-end.md).
 
 Two levels: `standard` problems take two or three operations on small integers (sums,
-differences, products, an exact division); `easy` ones a single sum, difference or product of
-numbers up to 20, so that a small instruction model solves a measurable share of them (the share
-SmolLM2-135M-Instruct solves is in docs/end-to-end.md). The answers are unambiguous integers.
+differences, products, an exact division); `easy` ones a single sum or difference of one-digit
+numbers, after two worked examples, so that a small instruction model solves a measurable share
+of them (the share SmolLM2-135M-Instruct solves is in docs/end-to-end.md). The answers are
+unambiguous integers.
 """
 
 import random
@@ -16,12 +17,15 @@ INSTRUCTION = "Solve the problem step by step, then give the final answer on its
 
 
 class Problem:
-    def __init__(self, index, text, answer):
+    def __init__(self, index, text, answer, level="standard"):
         self.index = index
         self.text = text
         self.answer = answer
+        self.level = level
 
     def prompt(self):
+        if self.level == "easy":
+            return f"{EASY_EXAMPLES}Now solve: {self.text}\n{EASY_INSTRUCTION}"
         return f"{self.text}\n{INSTRUCTION}"
 
 
@@ -60,19 +64,22 @@ def _one(rng):
 
 
 def _easy(rng):
-    name, other = rng.sample(NAMES, 2)
+    name = rng.choice(NAMES)
     item = rng.choice(ITEMS)
-    kind = rng.randrange(3)
-    if kind == 0:
-        a, b = rng.randint(2, 20), rng.randint(2, 20)
-        return (f"{name} has {a} {item}. {other} gives {name} {b} more {item}. "
-                f"How many {item} does {name} have now?", a + b)
-    if kind == 1:
-        b = rng.randint(2, 15)
-        a = b + rng.randint(1, 15)
-        return f"{name} has {a} {item} and gives {b} of them to {other}. How many {item} does {name} have left?", a - b
-    boxes, per = rng.randint(2, 9), rng.randint(2, 9)
-    return f"{name} has {boxes} boxes with {per} {item} in each box. How many {item} does {name} have?", boxes * per
+    b = rng.randint(1, 9)
+    if rng.randrange(2) == 0:
+        a = rng.randint(1, 9)
+        return f"{name} has {a} {item}. A friend gives {name} {b} more {item}. How many {item} does {name} have now?", a + b
+    a = b + rng.randint(1, 9)
+    return f"{name} has {a} {item} and gives {b} of them away. How many {item} does {name} have left?", a - b
+
+
+# Two worked examples before an easy problem: the format a small model copies.
+EASY_EXAMPLES = ("Example: Sara has 5 pencils. A friend gives Sara 3 more pencils. How many pencils does Sara have now?\n"
+                 "5 + 3 = 8\nAnswer: 8\n\n"
+                 "Example: Leo has 9 cards and gives 4 of them away. How many cards does Leo have left?\n"
+                 "9 - 4 = 5\nAnswer: 5\n\n")
+EASY_INSTRUCTION = "Write the calculation, then 'Answer: <number>'."
 
 
 LEVELS = {"standard": _one, "easy": _easy}
@@ -90,7 +97,7 @@ def generate(count, seed=0, level="standard"):
         if text in seen:
             continue
         seen.add(text)
-        out.append(Problem(len(out), text, answer))
+        out.append(Problem(len(out), text, answer, level))
     return out
 
 
@@ -116,3 +123,12 @@ def extract_answer(text):
             return _parse(match.group(1))
     numbers = re.findall(_NUMBER, cleaned)
     return _parse(numbers[-1]) if numbers else None
+
+
+_ANSWER_LINE = re.compile(r"[Aa]nswer\s*:\s*" + _NUMBER + r"[^\n]*\n")
+
+
+def answer_given(text):
+    """Whether `text` holds a finished 'Answer: <number>' line: where a generation may stop (a
+    small model goes on to invent further examples)."""
+    return _ANSWER_LINE.search(text.replace("*", "")) is not None

@@ -65,6 +65,9 @@ public final class MemoryMatcher {
     public let tolerance: Double
     public var progress: ProgressReporting?
     public let store: ReferenceStore
+    /// When a target is out of reach at the policy's cadence (`--kv-adapt`): match again with
+    /// the cadence parameter set to the largest halving that reaches it (`cadenceRemedy`).
+    public var adaptsCadence = false
 
     public static let budgetParameter = "budget"
     /// The budget a spec carries until the search sets it.
@@ -216,10 +219,14 @@ public final class MemoryMatcher {
             case .percent: tolerance = self.tolerance
             case .bytes: tolerance = self.tolerance / 100 * (fullBytes ?? 0)
             }
-            var remedy: String?
+            var remedy: CadenceRemedy?
             if let search = searches[i], !search.choice(tolerance: tolerance).withinTolerance,
                let least = search.lowestValue, least > Self.value(of: target) {
                 remedy = try cadenceRemedy(policies[i], layout: configuration.layouts?[i], target: target, layers: layers)
+            }
+            if adaptsCadence, let remedy, let value = remedy.value {
+                runs.append(try adapted(i, parameter: remedy.parameter, value: value, target: target))
+                continue
             }
             let targetPercent: Double? = if case .percent(let p) = target { p } else { nil }
             let targetBytes: Double? = if case .bytes(let b) = target { b } else { nil }
@@ -233,7 +240,8 @@ public final class MemoryMatcher {
                     achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
                     trials: search.trials,
                     note: choice.withinTolerance ? nil
-                        : unreachableNote(policies[i], search: search, target: target) + (remedy.map { "; \($0)" } ?? ""))
+                        : unreachableNote(policies[i], search: search, target: target)
+                            + (remedy.map { "; \($0.text)" } ?? "") + (remedy?.value == nil || adaptsCadence ? "" : " (--kv-adapt runs it)"))
                 runs.append(run)
             } else {
                 var run = finished[i]!
@@ -276,13 +284,40 @@ public final class MemoryMatcher {
         return given.isEmpty ? spec.name : "\(spec.name)(\(shown))"
     }
 
+    /// Policy `i` matched again with its cadence parameter at `value`; its note says so.
+    private func adapted(_ i: Int, parameter: String, value: Int, target: MemoryTarget) throws -> PolicyRun {
+        let base = configuration.policies[i]
+        var values = base.parameters.given
+        let was = base.parameters.int(parameter).map(String.init) ?? "?"
+        values[parameter] = String(value)
+        var sub = configuration
+        sub.policies = [try PolicySpec(name: base.name, values: values)]
+        sub.layouts = configuration.layouts.map { [$0[i]] }
+        let matcher = MemoryMatcher(reader: reader, configuration: sub, targets: [target], statistic: statistic,
+                                    tolerance: tolerance, store: store)
+        var run = try matcher.run().runs[0]
+        let adaptedNote = "\(noteName(base)): --kv-adapt set --\(parameter) \(value) (was \(was)): at --\(parameter) \(was) "
+            + "no budget reaches the target"
+        let earlier = run.memoryMatch?.note
+        run.memoryMatch?.note = [adaptedNote, earlier].compactMap { $0 }.joined(separator: "; ")
+        return run
+    }
+
+    /// What reaches an out-of-reach target: the cadence parameter, the largest halving of its
+    /// value that reaches it (nil when none does), and the sentence the note gives.
+    struct CadenceRemedy {
+        let parameter: String
+        let value: Int?
+        let text: String
+    }
+
     /// Why a target below a policy's smallest budget is out of reach, and what reaches it: the
     /// cache grows by up to its cadence parameter between compressions (R-KV's --divide, a
     /// press's --interval), so no budget brings the mean below that growth. Replays, at the
     /// smallest budget each accepts, the halvings of the parameter's value (in one engine run,
     /// sharing the reference) and names the largest that meets the target; nil when the policy
     /// has no such parameter or no halving meets it.
-    func cadenceRemedy(_ base: PolicySpec, layout: PagingLayout?, target: MemoryTarget, layers: [Int]) throws -> String? {
+    func cadenceRemedy(_ base: PolicySpec, layout: PagingLayout?, target: MemoryTarget, layers: [Int]) throws -> CadenceRemedy? {
         guard let name = base.type.cadenceParameter(base.parameters), let current = base.parameters.int(name) else { return nil }
         let header = reader.header
         var candidates: [(value: Int, spec: PolicySpec)] = []
@@ -310,9 +345,10 @@ public final class MemoryMatcher {
             let budget = candidate.spec.parameters.int(Self.budgetParameter) ?? 0
             let reached = self.value(run.summary.memory, target)
             let shown = if case .percent = target { String(format: "%.2f %%", reached) } else { Format.bytes(reached) }
-            return "--\(name) \(candidate.value) reaches it (\(shown) at budget \(budget)): at --\(name) \(current) the cache grows by up to \(current - 1) tokens between compressions"
+            return CadenceRemedy(parameter: name, value: candidate.value,
+                                 text: "--\(name) \(candidate.value) reaches it (\(shown) at budget \(budget)): at --\(name) \(current) the cache grows by up to \(current - 1) tokens between compressions")
         }
-        return "no --\(name) down to 1 reaches it either"
+        return CadenceRemedy(parameter: name, value: nil, text: "no --\(name) down to 1 reaches it either")
     }
 
     static func spec(_ base: PolicySpec, budget: Int) throws -> PolicySpec {
