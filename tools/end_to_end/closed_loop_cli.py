@@ -208,6 +208,18 @@ def run(args):
     unknown = [p for p in policies if p not in parameters]
     if unknown:
         raise ClosedLoopError(f"unknown policy {unknown[0]} (thinkv-sim policies lists them)")
+    # A policy that types thoughts (ThinKV) serves online only with a refresh that reads finished
+    # steps (--type-lag 1) and thresholds given in advance; its replays use the same.
+    for p in policies:
+        if "type-lag" in parameters[p]:
+            given = {a[2:].split("=", 1)[0] for a in replay.arguments_for(p, args.replay_arg, parameters) if a.startswith("--")}
+            if not given & {"calibration", "theta1"}:
+                raise ClosedLoopError(f"{p} needs its classifier's thresholds in advance: --replay-arg=--calibration=FILE "
+                                      "('thinkv-sim calibrate') or --replay-arg=--theta1=X --replay-arg=--theta2=Y")
+            if "type-lag" not in given:
+                args.replay_arg.append("--type-lag=1")
+                print(f"{PROG}: {p} runs with --type-lag 1 (a refresh reads the steps before it), in its replays too",
+                      file=sys.stderr)
     levels = [None]
     if args.kv_percent is not None:
         try:
@@ -230,18 +242,6 @@ def run(args):
     os.makedirs(work, exist_ok=True)
     problem_set = problems.generate(args.problems, args.problem_seed, args.problem_level)
     prompts = [encode_prompt(tokenizer, PromptJob(p.prompt(), None), use_template, {}) for p in problem_set]
-    # A policy that types thoughts (ThinKV) serves online only with a refresh that reads finished
-    # steps (--type-lag 1) and thresholds given in advance; its replays use the same.
-    for p in policies:
-        if "type-lag" in parameters[p]:
-            given = {a[2:].split("=", 1)[0] for a in replay.arguments_for(p, args.replay_arg, parameters) if a.startswith("--")}
-            if not given & {"calibration", "theta1"}:
-                raise ClosedLoopError(f"{p} needs its classifier's thresholds in advance: --replay-arg=--calibration=FILE "
-                                      "('thinkv-sim calibrate') or --replay-arg=--theta1=X --replay-arg=--theta2=Y")
-            if "type-lag" not in given:
-                args.replay_arg.append("--type-lag=1")
-                print(f"{PROG}: {p} runs with --type-lag 1 (a refresh reads the steps before it), in its replays too",
-                      file=sys.stderr)
     budgeted = {p for p in policies if "budget" in parameters[p]}
     runs = [("full", None)] + [(p, level) for level in levels for p in policies if p in budgeted or level == levels[0]]
     progress = Progress(args.progress, len(runs) * len(problem_set) * (1 + args.samples))

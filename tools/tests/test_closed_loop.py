@@ -8,6 +8,7 @@ step, and the same token at the departure.
 """
 
 import csv
+import re
 import os
 import signal
 import struct
@@ -186,6 +187,20 @@ def test_closed_loop_problems_are_seeded_and_answers_extracted():
     assert closed_loop.ends_in_cycle([1, 2, 3] + [7, 8] * 6)
     assert not closed_loop.ends_in_cycle(list(range(40)))
     assert not closed_loop.ends_in_cycle([1, 2, 3, 4, 5, 6, 9, 9])   # a short run is not a loop
+    easy = problems.generate(30, seed=0, level="easy")
+    assert [p.text for p in easy] == [p.text for p in problems.generate(30, seed=0, level="easy")]
+    assert len({p.text for p in easy}) == 30 and all(0 <= p.answer <= 18 for p in easy)
+    for p in easy:   # one sum or difference of one-digit numbers, as written in the text
+        a, b = [int(x) for x in re.findall(r"\d+", p.text)]
+        assert p.answer in (a + b, a - b)
+        assert p.prompt().startswith(problems.EASY_EXAMPLES) and p.prompt().endswith(problems.EASY_INSTRUCTION)
+    with pytest.raises(ValueError):
+        problems.generate(3, level="hard")
+    # Where a generation may stop: a finished answer line, not an unfinished one.
+    assert problems.answer_given("3 + 4 = 7\nAnswer: 7\n")
+    assert problems.answer_given("**Answer:** 12 apples\n\nExample")
+    assert not problems.answer_given("3 + 4 = 7\nAnswer: 7")      # the number may go on
+    assert not problems.answer_given("Answer:\n")
 
 
 def test_closed_loop_cli_tiny_run(tiny, tmp_path):
@@ -207,3 +222,15 @@ def test_closed_loop_cli_tiny_run(tiny, tmp_path):
     gens = list(csv.DictReader(open(generations)))
     assert len(gens) == 3 * 2 * 3
     assert {g["sample"] for g in gens} == {"greedy", "0", "1"}
+
+
+def test_closed_loop_cli_refuses_thinkv_without_thresholds(tiny, tmp_path, capsys):
+    """ThinKV online needs its thresholds in advance (no trace to calibrate on); refused before
+    the model loads, with the options that give them."""
+    folder, _, _ = tiny
+    code = closed_loop_cli.main(["--model", str(folder), "--policy", "h2o,thinkv", "--budget", "10", "--problems", "1",
+                                 "-o", str(tmp_path / "cl.csv"), "--thinkv-sim", thinkv_sim(), "--progress", "none"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "thinkv needs its classifier's thresholds in advance" in err and "--replay-arg=--calibration=FILE" in err
+    assert not (tmp_path / "cl.csv").exists()
