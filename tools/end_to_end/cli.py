@@ -211,6 +211,9 @@ def main(argv=None):
     if argv[:1] == ["closed-loop"]:
         from . import closed_loop_cli
         return closed_loop_cli.main(argv[1:])
+    if argv[:1] == ["closed-loop-table"]:
+        from . import closed_loop_table
+        return closed_loop_table.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:

@@ -26,7 +26,7 @@ COLUMNS = ["policy", "kv_target", "budget", "kv_percent", "problems", "samples",
            "loop_rate", "loop_rate_ci_low", "loop_rate_ci_high",
            "diverged_share", "divergence_step_mean", "divergence_step_median",
            "next_token_kl_mean", "next_token_kl_p95", "attention_kl_mean",
-           "tf_next_token_kl_mean", "tf_top1_agreement", "seconds", "model"]
+           "tf_next_token_kl_mean", "tf_top1_agreement", "tf_attention_kl_mean", "tf_output_error_mean", "seconds", "model"]
 GENERATION_COLUMNS = ["policy", "kv_target", "budget", "problem", "sample", "seed", "tokens", "stop", "loop", "answer",
                       "expected", "correct", "length_ratio", "divergence_step", "next_token_kl_mean", "kv_percent"]
 
@@ -279,7 +279,7 @@ def run(args):
     def teacher_forced(i, policy, budget, extra):
         """Teacher-forced next-token KL and top-1 agreement on the full cache's greedy run."""
         if i not in traces:
-            return float("nan"), float("nan")
+            return float("nan"), float("nan"), float("nan"), float("nan")
         import h5py
         trace = traces[i]
         with h5py.File(trace, "r") as f:
@@ -298,7 +298,10 @@ def run(args):
                                                             os.path.join(work, f"{policy}-{i}.jsonl"), extra, steps)
         plans = forward.layer_plans(timelines[run_report["label"]], L, Hkv, T, P, steps)
         result = metrics.compare(tf_reference[i], forward.next_token_log_probs(model, ids, plans, P, steps))
-        return result["next_token_kl_mean"], result["top1_agreement"]
+        summary = run_report.get("summary", {})
+        return (result["next_token_kl_mean"], result["top1_agreement"],
+                summary.get("attention_kl", {}).get("mean", float("nan")),
+                summary.get("output_error", {}).get("mean", float("nan")))
 
     for policy, level in runs:
         if policy not in budgeted:
@@ -402,20 +405,39 @@ def summarize(policy, level, budgets, gens, tf, args, seconds, model_name):
         "attention_kl_mean": float(np.mean(finite([g["attention_kl"] for g in gens]) or [float("nan")])),
         "tf_next_token_kl_mean": float(np.mean(finite([t[0] for t in tf]) or [float("nan")])) if tf else float("nan"),
         "tf_top1_agreement": float(np.mean(finite([t[1] for t in tf]) or [float("nan")])) if tf else float("nan"),
+        "tf_attention_kl_mean": float(np.mean(finite([t[2] for t in tf]) or [float("nan")])) if tf else float("nan"),
+        "tf_output_error_mean": float(np.mean(finite([t[3] for t in tf]) or [float("nan")])) if tf else float("nan"),
         "seconds": seconds, "model": model_name,
     }
 
 
-def report_correlations(rows, progress):
-    """Spearman rank correlation, over the policy rows, of the teacher-forced next-token KL with
-    each closed-loop figure."""
+# What the teacher-forced figures are asked to predict, and the predictors.
+CLOSED_LOOP_FIGURES = ("next_token_kl_mean", "greedy_accuracy", "pass1", "loop_rate", "length_ratio_mean",
+                       "divergence_step_mean")
+TEACHER_FORCED_FIGURES = ("tf_attention_kl_mean", "tf_output_error_mean", "tf_next_token_kl_mean")
+
+
+def correlations(rows):
+    """{(teacher-forced column, closed-loop column): (Spearman rho, n)} over the policy rows."""
     policy_rows = [r for r in rows if r["policy"] != "full"]
-    tf = [r["tf_next_token_kl_mean"] for r in policy_rows]
-    parts = []
-    for column in ("next_token_kl_mean", "greedy_accuracy", "pass1", "loop_rate", "length_ratio_mean", "divergence_step_mean"):
-        rho, n = spearman(tf, [r[column] for r in policy_rows])
-        parts.append(f"{column} {rho:.2f} (n={n})" if rho == rho else f"{column} - (n={n})")
-    progress.note("rank correlation (Spearman) of teacher-forced next-token KL with " + ", ".join(parts))
+    out = {}
+    for predictor in TEACHER_FORCED_FIGURES:
+        x = [float(r[predictor]) if r[predictor] != "" else float("nan") for r in policy_rows]
+        for column in CLOSED_LOOP_FIGURES:
+            y = [float(r[column]) if r[column] != "" else float("nan") for r in policy_rows]
+            out[(predictor, column)] = spearman(x, y)
+    return out
+
+
+def report_correlations(rows, progress):
+    """Spearman rank correlation, over the policy rows, of each teacher-forced figure with each
+    closed-loop figure."""
+    for predictor in TEACHER_FORCED_FIGURES:
+        parts = []
+        for column in CLOSED_LOOP_FIGURES:
+            rho, n = correlations(rows)[(predictor, column)]
+            parts.append(f"{column} {rho:.2f} (n={n})" if rho == rho else f"{column} - (n={n})")
+        progress.note(f"rank correlation (Spearman) of {predictor} with " + ", ".join(parts))
 
 
 def main(argv=None):

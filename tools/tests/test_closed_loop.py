@@ -234,3 +234,43 @@ def test_closed_loop_cli_refuses_thinkv_without_thresholds(tiny, tmp_path, capsy
     err = capsys.readouterr().err
     assert "thinkv needs its classifier's thresholds in advance" in err and "--replay-arg=--calibration=FILE" in err
     assert not (tmp_path / "cl.csv").exists()
+
+
+def test_closed_loop_table_merges_runs_and_ranks(tmp_path):
+    """closed-loop-table: one full-cache row for runs split over processes (they must agree), rows
+    ordered by level, and Spearman correlations of hand-checkable columns."""
+    from end_to_end import closed_loop_table
+
+    columns = closed_loop_cli.COLUMNS
+
+    def row(policy, level, tf, kl, loop):
+        r = {c: "" for c in columns}
+        r.update(policy=policy, kv_target=level, budget="8", kv_percent="20", greedy_accuracy="0.5",
+                 greedy_accuracy_ci_low="0.1", greedy_accuracy_ci_high="0.9", pass1="0.25", pass1_ci_low="0",
+                 pass1_ci_high="0.5", length_ratio_mean="1", length_ratio_p10="1", length_ratio_p90="1",
+                 loop_rate=loop, loop_rate_ci_low="0", loop_rate_ci_high="1", diverged_share="1",
+                 divergence_step_median="3", next_token_kl_mean=kl, tf_next_token_kl_mean=tf,
+                 tf_attention_kl_mean=tf, tf_output_error_mean=tf, generations="6")
+        return r
+
+    def write(path, rows):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+
+    full = row("full", "", "", "0", "0.5")
+    write(tmp_path / "a.csv", [full, row("h2o", "50", "0.1", "0.2", "0.1"), row("rkv", "10", "0.9", "0.8", "0.3")])
+    write(tmp_path / "b.csv", [full, row("snapkv", "25", "0.5", "0.4", "0.2")])
+    rows = closed_loop_table.read_rows([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    assert [r["policy"] for r in rows] == ["full", "rkv", "snapkv", "h2o"]          # full, then by level
+    text = closed_loop_table.markdown(rows)
+    assert text.count("| full |") == 1 and "| 10 | rkv | 8 |" in text
+    found = closed_loop_cli.correlations(rows)
+    assert found[("tf_next_token_kl_mean", "next_token_kl_mean")] == (1.0, 3)       # same order: rho = 1
+    assert found[("tf_attention_kl_mean", "loop_rate")] == (1.0, 3)
+    assert found[("tf_output_error_mean", "greedy_accuracy")][0] != found[("tf_output_error_mean", "greedy_accuracy")][0]
+    other = dict(full, loop_rate="0.75")
+    write(tmp_path / "c.csv", [other])
+    with pytest.raises(closed_loop_table.TableError, match="full-cache row differs"):
+        closed_loop_table.read_rows([str(tmp_path / "a.csv"), str(tmp_path / "c.csv")])
