@@ -39,10 +39,11 @@ def sweep(config: Union[str, os.PathLike, Mapping], output: Optional[str] = None
             path = os.path.join(directory, "sweep-config.json")
             with open(path, "w", encoding="utf-8") as file:
                 json.dump(config, file)
-            configured = config.get("output")
+            content = dict(config)
         else:
             path = os.fspath(config)
-            configured = _configured_output(path)
+            content = _content(path)
+        configured = content.get("output") if isinstance(content.get("output"), str) and content["output"] else None
         arguments = ["sweep"]
         if output is not None or configured is None:
             target = os.fspath(output) if output is not None else os.path.join(directory, "sweep.csv")
@@ -55,7 +56,8 @@ def sweep(config: Union[str, os.PathLike, Mapping], output: Optional[str] = None
             arguments.append(f"--threads={threads}")
         # '--' ends the options: a config named '-x.json' is a path, not an option.
         try:
-            done = run(arguments + ["--", path], progress=progress, configs=[path], outputs=[target])
+            done = run(arguments + ["--", path], progress=progress, configs=[path], outputs=[target],
+                       traces=_traces(content))
         except ThinKVSimError as error:
             if isinstance(config, Mapping) and error.path == path:
                 _rename(error, path, _DICT_NAME)
@@ -73,14 +75,25 @@ def _shard_path(output: str, shard: str) -> str:
     return f"{stem}.shard-{index.strip()}-of-{count.strip()}{extension or '.csv'}"
 
 
-def _configured_output(path: str) -> Optional[str]:
-    """The config's "output", or None (also when the file cannot be read: the binary says why)."""
+def _content(path: str) -> dict:
+    """The config's keys, or {} when it cannot be read (the binary then says why)."""
     try:
         with open(path, encoding="utf-8") as file:
-            value = json.load(file).get("output")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and value else None
+            content = json.load(file)
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _traces(content: Mapping) -> list:
+    """The trace paths a config names (patterns too: a message names the file, not the pattern)."""
+    entries = content.get("traces")
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        path = entry.get("path") if isinstance(entry, Mapping) else entry
+        if isinstance(path, str):
+            out.append(path)
+    return out
 
 
 def _rename(error: ThinKVSimError, old: str, new: str) -> None:
