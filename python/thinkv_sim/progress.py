@@ -6,7 +6,7 @@ than the interval report nothing.
 
 >>> import thinkv_sim as tk
 >>> seen = []
->>> runs = tk.replay("traces/smollm2-135m-math.h5", policies=["h2o", "rkv"], kv_percent=10, progress=seen.append)
+>>> runs = tk.replay("traces/smollm2-135m-math.h5", ["h2o", "rkv"], kv_percent=10, progress=seen.append)  # doctest: +SKIP
 >>> seen[0]                                   # doctest: +SKIP
 Progress(command='replay', fraction=0.13, detail='matching round 1: layer 29 (1/1), step 128/1005', elapsed=3.0)
 """
@@ -55,7 +55,10 @@ ProgressArgument = Union[None, bool, str, Callable[[Progress], object]]
 class Reporter:
     """Receives `Progress` reports during one run; `close()` ends the run's display."""
 
-    interval: Optional[float] = None  # None: the binary prints no progress at all
+    @property
+    def interval(self) -> Optional[float]:
+        """Seconds between the binary's progress lines; None: it prints none."""
+        return None
 
     def report(self, progress: Progress) -> None:
         pass
@@ -65,7 +68,9 @@ class Reporter:
 
 
 class _Lines(Reporter):
-    interval = STDERR_INTERVAL
+    @property
+    def interval(self) -> float:
+        return STDERR_INTERVAL
 
     def report(self, progress: Progress) -> None:
         print(f"thinkv-sim {progress.command}: {progress.fraction:.0%} {progress.detail} ({progress.elapsed:.0f} s)",
@@ -73,7 +78,9 @@ class _Lines(Reporter):
 
 
 class _Callback(Reporter):
-    interval = CALLBACK_INTERVAL
+    @property
+    def interval(self) -> float:
+        return CALLBACK_INTERVAL
 
     def __init__(self, function: Callable[[Progress], object]):
         self.function = function
@@ -82,14 +89,13 @@ class _Callback(Reporter):
         self.function(progress)
 
 
-class _Bar(Reporter):
-    interval = CALLBACK_INTERVAL
-
+class _Bar(_Callback):
     def __init__(self, tqdm):
+        super().__init__(self._update)
         self.tqdm = tqdm
         self.bar = None
 
-    def report(self, progress: Progress) -> None:
+    def _update(self, progress: Progress) -> None:
         if self.bar is None:
             self.bar = self.tqdm(total=100, desc=progress.command, unit="%", leave=False)
         # An equal-memory replay restarts at 0 % for each bisection round: the bar follows.

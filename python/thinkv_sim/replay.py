@@ -24,6 +24,7 @@ def _arguments(trace, policies: PolicyArgument, budget, kv_percent, layers, step
     shared = dict(params)
     if budget is not None:
         shared["budget"] = budget
+    parameter_options = options(shared)  # first: refuses the command's own options (csv=, json=) by name
     check(pairs, {k: v for k, v in shared.items() if v is not None and v is not False}, _OWN_KEYWORDS)
     arguments = ["replay", f"--policy={spelling(pairs)}"]
     if layers is not None:
@@ -35,7 +36,7 @@ def _arguments(trace, policies: PolicyArgument, budget, kv_percent, layers, step
     for name, value in replay_options.items():
         if value is not None:
             arguments.append(f"--{option_name(name)}={value}")
-    arguments += options(shared)
+    arguments += parameter_options
     # The binary's messages name options; the error shows the keyword the caller wrote.
     keywords = {option_name(k): k for k in [*shared, *replay_options, "kv_percent", "layers", "steps"]}
     for _, per_policy in pairs:
