@@ -108,8 +108,11 @@ def interval(values: Sequence[float]) -> Tuple[float, Optional[float]]:
     """(mean, half-width of its 95 % Student-t interval) of the finite values; the half-width is
     None with fewer than `MIN_INTERVAL_TRACES` values.
 
-    >>> interval([1.0, 2.0, 3.0])
+    >>> mean, half = interval([1.0, 2.0, 3.0])      # t(0.975, 2) = 4.303, s = 1
+    >>> mean, round(half, 3)
     (2.0, 2.484)
+    >>> interval([1.0, 2.0])                        # two traces: no interval
+    (1.5, None)
     """
     finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if finite.size == 0:

@@ -111,8 +111,8 @@ def classify(message: str, status: int, *, traces: Sequence[str] = (), outputs: 
              configs: Sequence[str] = (), keywords: Optional[Mapping[str, str]] = None) -> ThinKVSimError:
     """The typed error for one message of the binary (with its "thinkv-sim CMD: " prefix or not).
 
-    The file the message is about decides first: a trace the request named -> TraceError, a
-    file it writes -> OutputError, its sweep config -> ConfigError; otherwise exit status 2 ->
+    The file the message is about decides first: a file the request writes -> OutputError, a
+    trace it reads -> TraceError, its sweep config -> ConfigError; otherwise exit status 2 ->
     UsageError, anything else ThinKVSimError. `keywords` maps options that came from keyword
     arguments to their Python names, which replace them in the message (--r-bits -> r_bits).
 
@@ -132,7 +132,8 @@ def classify(message: str, status: int, *, traces: Sequence[str] = (), outputs: 
     def about(paths: Sequence[str]) -> Optional[str]:
         return next((p for p in sorted(paths, key=len, reverse=True) if p and message.startswith(p + ":")), None)
 
-    for kind, paths in ((TraceError, traces), (OutputError, outputs), (ConfigError, configs)):
+    # Outputs first: an output that is also an input is refused as an output.
+    for kind, paths in ((OutputError, outputs), (TraceError, traces), (ConfigError, configs)):
         path = about([_stringify(p) for p in paths])
         if path is not None:
             return kind(message, status, suggestion=suggestion, command=command, path=path)
