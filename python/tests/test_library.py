@@ -295,3 +295,36 @@ def test_the_docstring_examples_run(monkeypatch, root):
     for module in (tk, errors, columns, policy_module, progress, runner_module, trace, plot):
         result = doctest.testmod(module, extraglobs={"tk": tk, "plot": plot}, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
+
+
+def test_a_tqdm_bar_follows_the_run_and_a_missing_tqdm_is_named(monkeypatch, sample):
+    import sys
+    import types
+
+    bars = []
+
+    class FakeBar:
+        def __init__(self, total, desc, unit, leave):
+            self.total, self.desc, self.n, self.closed, self.values = total, desc, 0, False, []
+            bars.append(self)
+
+        def set_postfix_str(self, text, refresh):
+            self.postfix = text
+
+        def refresh(self):
+            self.values.append(self.n)
+
+        def close(self):
+            self.closed = True
+
+    package, auto = types.ModuleType("tqdm"), types.ModuleType("tqdm.auto")
+    auto.tqdm = FakeBar
+    monkeypatch.setitem(sys.modules, "tqdm", package)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", auto)
+    monkeypatch.setattr(progress_module, "CALLBACK_INTERVAL", 0.05)
+    tk.replay(sample, "h2o", budget=64, layers=[-1], steps=400, progress="tqdm")
+    assert len(bars) == 1 and bars[0].desc == "replay" and bars[0].closed
+    assert bars[0].values and all(0 <= v <= 100 for v in bars[0].values) and "step" in bars[0].postfix
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with pytest.raises(tk.UsageError, match="needs the tqdm package"):
+        tk.replay(sample, "full", steps=2, progress="tqdm")
