@@ -166,7 +166,8 @@ def test_a_config_the_binary_refuses_is_a_config_error_naming_the_key(tmp_path, 
 def test_classify_parses_suggestions_and_renames_options():
     error = runner.classify("thinkv-sim replay: unknown option --layer (did you mean --layers?): not a parameter", 2)
     assert isinstance(error, tk.UsageError) and error.suggestion == "layers" and error.command == "replay"
-    error = runner.classify("thinkv-sim replay: thinkv: --r-bits must be in 1...8, got '9'", 2, keywords={"r-bits": "r_bits"})
+    error = runner.classify("thinkv-sim replay: thinkv: --r-bits must be in 1...8, got '9'", 2,
+                            keywords={"r-bits": "r_bits"})
     assert str(error) == "thinkv: r_bits must be in 1...8, got '9'"
     assert runner.classify("thinkv-sim replay: unknown policy 'thinkv-tbx' (did you mean thinkv-tbq? known: ...)",
                            2).suggestion == "thinkv-tbq", "a policy name keeps its dashes"
@@ -280,7 +281,8 @@ def test_every_public_function_has_a_docstring_with_an_example():
 
     from thinkv_sim import plot
 
-    public = [getattr(tk, name) for name in tk.__all__ if callable(getattr(tk, name)) and not inspect.isclass(getattr(tk, name))]
+    public = [getattr(tk, name) for name in tk.__all__
+              if callable(getattr(tk, name)) and not inspect.isclass(getattr(tk, name))]
     public += [plot.fidelity_budget, plot.fidelity_bytes, plot.fidelity_memory, plot.equal_memory, plot.steps]
     missing = [f.__name__ for f in public if ">>>" not in (f.__doc__ or "")]
     assert missing == []

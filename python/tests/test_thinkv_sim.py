@@ -13,7 +13,8 @@ def test_replay_returns_the_cli_summary_one_row_per_run(sample):
     assert frame.loc[0, "attention_kl_mean"] == 0
     assert frame.loc[1, "param_budget"] == 64, "parameters are typed numbers"
     # The same numbers as the command line's own JSON: nothing is recomputed in Python.
-    report = json.loads(tk.run(["replay", sample, "--policy", "full,h2o", "--budget", "64", "--steps", "40", "--json"]).stdout)
+    arguments = ["replay", sample, "--policy", "full,h2o", "--budget", "64", "--steps", "40", "--json"]
+    report = json.loads(tk.run(arguments).stdout)
     h2o = report["runs"][1]["summary"]
     assert frame.loc[1, "attention_kl_mean"] == h2o["attention_kl"]["mean"]
     assert frame.loc[1, "kv_bytes_mean"] == h2o["memory"]["mean_bytes"]

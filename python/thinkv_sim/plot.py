@@ -12,7 +12,7 @@ save (`fig.savefig("kl.png", dpi=150)`). The rules every figure follows:
   full cache black) so it is the same in every figure of a table, and its own marker; the
   variants of a policy (runs differing in more than the budget) have their own dash patterns.
 - Series that coincide (within half a pixel) are drawn with interleaved dashes, a segment of
-  each in turn, so none hides another.
+  each in turn, and nested markers, so none hides another.
 - Aggregated figures put each trace's own share of its full cache on x (% of the trace's full
   cache: traces of different lengths are comparable), show every trace's point, and draw the
   95 % Student-t interval of the mean over traces only where there are at least 3 traces.
@@ -213,6 +213,8 @@ def _separate_coincident(ax, tolerance_px: float = 0.5, segment: float = 5.0) ->
         k = len(group)
         for i, line in enumerate(group):
             line.set_linestyle((i * segment, (segment, (k - 1) * segment)))
+            # Markers nest, the first drawn largest, so each shape shows around the next.
+            line.set_markersize(line.get_markersize() * (1 + 0.6 * (k - 1 - i)))
 
 
 def _log2_axis(ax, values: Sequence[float]) -> None:
@@ -271,7 +273,7 @@ def _legend(fig, axes, extra: Sequence[Tuple[object, str]] = ()) -> None:
         handles.append(handle)
         labels.append(label)
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small", frameon=False)
+        fig.legend(handles, labels, loc="outside right center", fontsize="small", frameon=False)
 
 
 # MARK: figures
@@ -283,7 +285,8 @@ def fidelity_budget(results: pd.DataFrame, trace: Optional[str] = None,
     per policy variant through its budgets; policies without a budget (the full cache, KIVI) are
     levels across each panel. `trace` is needed when the table holds several.
 
-    >>> fig = plot.fidelity_budget(tk.sweep("configs/quick-sweep.json"), trace="traces/sample-synthetic.h5")  # doctest: +SKIP
+    >>> table = tk.sweep("configs/quick-sweep.json")                              # doctest: +SKIP
+    >>> fig = plot.fidelity_budget(table, trace="traces/sample-synthetic.h5")     # doctest: +SKIP
     """
     table, name = _one_trace(results, trace)
     chosen = _metrics(table, metrics)
@@ -422,7 +425,8 @@ def equal_memory(results: pd.DataFrame, metrics: Optional[Sequence[str]] = None)
     >>> fig = plot.equal_memory(tk.replay(trace, ["h2o", "rkv", "snapkv"], kv_percent=20))  # doctest: +SKIP
     """
     if "kv_percent" not in results.columns:
-        raise UsageError("the table has no kv_percent column: run a sweep with kv_percent, or replay(kv_percent=...)", 2)
+        raise UsageError("the table has no kv_percent column: run a sweep with kv_percent, or replay(kv_percent=...)",
+                         2)
     table = results.reset_index(drop=True)
     targets = pd.to_numeric(table["kv_percent"], errors="coerce")
     table = table[targets.notna()]
@@ -481,7 +485,7 @@ def steps(per_step: pd.DataFrame, metrics: Optional[Sequence[str]] = None, smoot
     table = per_step.reset_index(drop=True)
     chosen = _metrics(table, metrics, per_step=True)
     # Variants by label: a per-step table's runs are its labels.
-    table = table.assign(_series=table["label"].astype(str) if "label" in table.columns else table["policy"].astype(str))
+    table = table.assign(_series=table["label" if "label" in table.columns else "policy"].astype(str))
     styles_table = table.drop_duplicates("_series")
     series = pd.Series(styles_table["_series"].values, index=styles_table.index)
     styles = _Styles(styles_table, series)

@@ -102,7 +102,8 @@ def _hint(word: str, candidates: Sequence[str]) -> Optional[str]:
 
 def _unknown_policy(name: str, known: Sequence[str]) -> UsageError:
     hint = _hint(name, known)
-    message = f"unknown policy {name!r} (" + (f"did you mean {hint}? " if hint else "") + "known: " + ", ".join(known) + ")"
+    message = f"unknown policy {name!r} (" + (f"did you mean {hint}? " if hint else "") + "known: " + ", ".join(known)
+    message += ")"
     return UsageError(message, 2, suggestion=hint)
 
 
@@ -140,7 +141,8 @@ def normalize(policies: PolicyArgument) -> List[Tuple[str, Dict[str, str]]]:
         if isinstance(item, str):
             out += _split(item)
             continue
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Mapping)):
+        pair = isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Mapping)
+        if not pair:
             raise UsageError(f"policies: {item!r} is not a policy name or a (name, {{parameter: value}}) pair", 2)
         name, params = item
         values = {}

@@ -6,7 +6,8 @@ than the interval report nothing.
 
 >>> import thinkv_sim as tk
 >>> seen = []
->>> runs = tk.replay("traces/smollm2-135m-math.h5", ["h2o", "rkv"], kv_percent=10, progress=seen.append)  # doctest: +SKIP
+>>> trace = "traces/smollm2-135m-math.h5"
+>>> runs = tk.replay(trace, ["h2o", "rkv"], kv_percent=10, progress=seen.append)  # doctest: +SKIP
 >>> seen[0]                                   # doctest: +SKIP
 Progress(command='replay', fraction=0.13, detail='matching round 1: layer 29 (1/1), step 128/1005', elapsed=3.0)
 """

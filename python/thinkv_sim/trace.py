@@ -64,10 +64,12 @@ def read_trace(path: str, layers=None, tensors=("q", "k", "v", "attn")) -> Trace
     try:
         f = h5py.File(path, "r")
     except OSError as error:
-        raise TraceError(f"{path}: not a readable HDF5 file ({str(error).splitlines()[0][:200]})", 1, path=path) from None
+        reason = str(error).splitlines()[0][:200]
+        raise TraceError(f"{path}: not a readable HDF5 file ({reason})", 1, path=path) from None
     with f:
         if _attribute(f.attrs.get("format")) != "thinkv-trace":
-            raise _error(path, f"{path}: not a thinkv-trace file (root attribute 'format' is {f.attrs.get('format')!r})")
+            found = f.attrs.get("format")
+            raise _error(path, f"{path}: not a thinkv-trace file (root attribute 'format' is {found!r})")
         attrs = {name: _attribute(value) for name, value in f.attrs.items()}
         if not isinstance(f.get("tokens"), h5py.Group) or not isinstance(f["tokens"].get("ids"), h5py.Dataset):
             raise _error(path, f"{path}: missing /tokens/ids (a required dataset)")
@@ -101,7 +103,8 @@ def _layer_index(path: str, n, recorded: list) -> int:
     if n >= 0:
         return n
     if -n > len(recorded):
-        raise UsageError(f"{path}: layer {n} counts back past the first recorded layer ({len(recorded)} recorded: {recorded})",
+        raise UsageError(f"{path}: layer {n} counts back past the first recorded layer "
+                         f"({len(recorded)} recorded: {recorded})",
                          2, path=path)
     return recorded[n]
 
