@@ -330,3 +330,21 @@ def test_a_tqdm_bar_follows_the_run_and_a_missing_tqdm_is_named(monkeypatch, sam
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     with pytest.raises(tk.UsageError, match="needs the tqdm package"):
         tk.replay(sample, "full", steps=2, progress="tqdm")
+
+
+def test_the_notebook_example_runs(tmp_path, root):
+    import os
+    import subprocess
+    import sys
+
+    figure = tmp_path / "example.png"
+    environment = dict(os.environ, PYTHONPATH=str(root / "python"), MPLBACKEND="Agg")
+    done = subprocess.run([sys.executable, str(root / "python/examples/notebook.py"), "--quick", "--figure", str(figure),
+                           "--workdir", str(tmp_path / "work")], cwd=root, env=environment, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "UsageError: windw=3: not a parameter of h2o" in done.stdout and "suggestion 'window'" in done.stdout
+    assert "TraceError: no-such-trace.h5: no such file" in done.stdout
+    table = tk.read_results(tmp_path / "work/sweep.csv")
+    assert table["trace"].nunique() == 3 and set(table["kv_percent"].dropna()) == {20, 40}

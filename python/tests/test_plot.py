@@ -139,3 +139,17 @@ def test_figures_of_real_runs(sample):
     kib = {line.get_label(): line for line in fig.axes[0].get_lines()}
     h2o_steps = steps[steps.policy == "h2o"].groupby("step")["attended_bytes"].sum() / 1024
     assert list(kib["h2o(budget=32)"].get_ydata()) == list(h2o_steps.values)
+
+
+def test_a_point_two_series_share_shows_both_markers_nested():
+    table = _table(1, policies=("h2o", "rkv"))
+    shared = (table.policy == "rkv") & (table.param_budget == 64)
+    h2o_at_64 = (table.policy == "h2o") & (table.param_budget == 64)
+    table.loc[shared, "attention_kl_mean"] = table.loc[h2o_at_64, "attention_kl_mean"].values
+    fig = plot.fidelity_budget(table, metrics=["kl"])
+    nested = [line for line in fig.axes[0].get_lines() if line.get_label() == "_shared point"]
+    assert len(nested) == 2, "one marker per series at the shared point"
+    sizes = [line.get_markersize() for line in nested]
+    assert sizes[0] > sizes[1], "the one below is larger, so it shows around the one on top"
+    assert nested[0].get_zorder() < nested[1].get_zorder()
+    assert {line.get_marker() for line in nested} == {plot.policy_markers(["h2o", "rkv"])[p] for p in ("h2o", "rkv")}

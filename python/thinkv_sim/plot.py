@@ -192,7 +192,9 @@ def _separate_coincident(ax, tolerance_px: float = 0.5, segment: float = 5.0) ->
     """Lines drawn on one another (same points within half a pixel) get interleaved dashes: line
     i of k draws segment i of every k, so each shows its colour."""
     ax.autoscale_view()
-    lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 0 and line.get_visible()]
+    # Series only: an interval's caps are lines too, and sit on their mean.
+    lines = [line for line in ax.get_lines()
+             if len(line.get_xdata()) > 0 and line.get_visible() and not line.get_label().startswith("_")]
     points = {}
     for line in lines:
         xy = np.column_stack([np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)])
@@ -213,8 +215,37 @@ def _separate_coincident(ax, tolerance_px: float = 0.5, segment: float = 5.0) ->
         k = len(group)
         for i, line in enumerate(group):
             line.set_linestyle((i * segment, (segment, (k - 1) * segment)))
-            # Markers nest, the first drawn largest, so each shape shows around the next.
-            line.set_markersize(line.get_markersize() * (1 + 0.6 * (k - 1 - i)))
+    _nest_shared_points(ax, lines, points, tolerance_px)
+
+
+def _nest_shared_points(ax, lines, points, tolerance_px: float) -> None:
+    """Where series share a point (a marker on another's marker), their markers are drawn again
+    there, nested: the first series' largest, each next one smaller and on top."""
+    seen: List[Tuple[np.ndarray, List]] = []
+    for line in lines:
+        if line.get_marker() in (None, "None", "", " "):
+            continue
+        for xy in points[line]:
+            if not np.all(np.isfinite(xy)):
+                continue
+            for place, members in seen:
+                if np.all(np.abs(place - xy) <= tolerance_px):
+                    if line not in members:
+                        members.append(line)
+                    break
+            else:
+                seen.append((xy, [line]))
+    inverse = ax.transData.inverted()
+    for place, members in seen:
+        if len(members) < 2:
+            continue
+        x, y = inverse.transform(place)
+        k = len(members)
+        for i, line in enumerate(members):
+            ax.plot([x], [y], linestyle="none", marker=line.get_marker(), color=line.get_color(),
+                    markerfacecolor=line.get_markerfacecolor(), markeredgecolor=line.get_markeredgecolor(),
+                    markersize=line.get_markersize() * (1 + 0.7 * (k - 1 - i)), zorder=line.get_zorder() + 0.01 * (i + 1),
+                    label="_shared point")
 
 
 def _log2_axis(ax, values: Sequence[float]) -> None:
