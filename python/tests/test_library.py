@@ -283,7 +283,8 @@ def test_every_public_function_has_a_docstring_with_an_example():
 
     public = [getattr(tk, name) for name in tk.__all__
               if callable(getattr(tk, name)) and not inspect.isclass(getattr(tk, name))]
-    public += [plot.fidelity_budget, plot.fidelity_bytes, plot.fidelity_memory, plot.equal_memory, plot.steps]
+    public += [plot.fidelity_budget, plot.fidelity_bytes, plot.fidelity_memory, plot.equal_memory, plot.steps,
+               plot.kv_steps, plot.thoughts]
     missing = [f.__name__ for f in public if ">>>" not in (f.__doc__ or "")]
     assert missing == []
 

@@ -153,3 +153,32 @@ def test_a_point_two_series_share_shows_both_markers_nested():
     assert sizes[0] > sizes[1], "the one below is larger, so it shows around the one on top"
     assert nested[0].get_zorder() < nested[1].get_zorder()
     assert {line.get_marker() for line in nested} == {plot.policy_markers(["h2o", "rkv"])[p] for p in ("h2o", "rkv")}
+
+
+def test_kv_steps_draws_every_layer_of_each_policy_at_one_budget(tmp_path, sample):
+    table = tk.sweep({"traces": [sample], "policies": ["h2o", {"policy": "streaming", "parameters": {"budget": [16]}}],
+                      "parameters": {"budget": [16, 32, 64]}, "steps": 30, "layers": [2, 3],
+                      "step_csv_dir": str(tmp_path / "steps")})
+    fig = plot.kv_steps(table)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert "h2o" in lines and "streaming (budget 16, nearest)" in lines, "the middle budget is 32; streaming has 16 only"
+    run = table[(table.policy == "h2o") & (table.param_budget == 32)].iloc[0]
+    steps = tk.read_steps(run["steps_csv"])
+    expected = steps.groupby("step")["attended_bytes"].sum() * run["num_layers"] / 2 / 2**20
+    assert list(lines["h2o"].get_ydata()) == pytest.approx(list(expected.values))
+    assert "full cache (16-bit)" in lines
+    with pytest.raises(tk.UsageError, match="step_csv_dir"):
+        plot.kv_steps(table.drop(columns=["steps_csv"]))
+
+
+def test_thoughts_draws_the_label_runs_and_the_sparsity(sample):
+    trace = tk.read_trace(sample, tensors=())
+    labels = trace.thought[trace.prompt_len:]
+    runs = 1 + int((labels[1:] != labels[:-1]).sum())
+    steps = tk.replay_steps(sample, "full", steps=20, layers=[2, 3])
+    fig = plot.thoughts(sample, steps)
+    ax = fig.axes[0]
+    assert len(ax.patches) == runs, "one band per run of one thought type"
+    line = ax.get_lines()[0]
+    assert list(line.get_ydata()) == pytest.approx(list(steps.groupby("step")["sparsity"].mean().values))
+    assert ax.get_ylim() == (0, 1) and UNIT.search(ax.get_ylabel()) and UNIT.search(ax.get_xlabel())

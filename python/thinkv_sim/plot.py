@@ -260,7 +260,8 @@ def _log2_axis(ax, values: Sequence[float]) -> None:
 
 
 def _panels(count: int, title: str, height: float = 3.6) -> Tuple[Figure, List]:
-    fig, axes = plt.subplots(1, count, figsize=(2.0 + 3.6 * count, height), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, count, figsize=(max(8.0, 2.0 + 3.6 * count), height), squeeze=False,
+                             layout="constrained")
     fig.suptitle(title)
     return fig, list(axes[0])
 
@@ -543,5 +544,103 @@ def steps(per_step: pd.DataFrame, metrics: Optional[Sequence[str]] = None, smoot
     for ax in axes:
         ax.set_xlabel("decode step (tokens generated)")
         _separate_coincident(ax)
+    _legend(fig, axes)
+    return fig
+
+
+def kv_steps(results: pd.DataFrame, trace: Optional[str] = None, budget: Optional[float] = None) -> Figure:
+    """Attended KV bytes at every decode step on one trace (`<trace>.kv-steps` of the CLI), all
+    model layers (the replayed layers' sum scaled by num_layers / replayed layers), one line per
+    policy variant at one budget (default the middle budget of the trace; a variant without a
+    run at it shows its nearest and says so in the legend), with the 16-bit full cache. Needs
+    the per-step CSVs of a sweep with `step_csv_dir` (its `steps_csv` column).
+
+    >>> table = tk.sweep("configs/quick-sweep.json")                   # doctest: +SKIP
+    >>> fig = plot.kv_steps(table, trace="traces/sample-synthetic.h5")  # doctest: +SKIP
+    """
+    from .columns import read_steps
+
+    table, name = _one_trace(results, trace)
+    if "steps_csv" not in table.columns or table["steps_csv"].isna().all():
+        raise UsageError("the table has no per-step files (steps_csv): give the sweep config a step_csv_dir", 2)
+    budgets = pd.to_numeric(table.get("param_budget", pd.Series(np.nan, index=table.index)), errors="coerce")
+    known = sorted(budgets.dropna().unique())
+    if budget is None and known:
+        budget = known[(len(known) - 1) // 2]
+    variants = _variants(table)
+    styles = _Styles(table, variants)
+    fig, axes = _panels(1, f"KV cache over the decode steps: {name}" + (f", budget {_text(float(budget))}"
+                                                                         if budget is not None else ""))
+    ax = axes[0]
+    full_drawn = False
+    for variant in dict.fromkeys(variants):
+        rows = table[(variants == variant) & table["steps_csv"].notna()]
+        if rows.empty:
+            continue
+        label = variant
+        with_budget = budgets[rows.index].notna()
+        if with_budget.any() and budget is not None:
+            distance = (budgets[rows.index] - budget).abs()
+            row = rows.loc[distance.idxmin()]
+            if row["param_budget"] != budget:
+                label += f" (budget {_text(float(row['param_budget']))}, nearest)"
+        else:
+            row = rows.iloc[0]
+        steps = read_steps(row["steps_csv"])
+        layers = steps["layer"].nunique()
+        scale = float(row["num_layers"]) / layers if "num_layers" in row and pd.notna(row["num_layers"]) else 1.0
+        per_step = steps.groupby("step")[["attended_bytes", "full_bytes"]].sum() * scale / 2**20
+        style = dict(styles(variant))
+        style["marker"] = None
+        ax.plot(per_step.index, per_step["attended_bytes"], label=label, **style)
+        if not full_drawn and "full" not in set(table["policy"]):
+            ax.plot(per_step.index, per_step["full_bytes"], label="full cache (16-bit)", color=FULL_COLOR,
+                    linestyle=(0, (8, 3)), linewidth=1)
+            full_drawn = True
+    ax.set_xlabel("decode step (tokens generated)")
+    ax.set_ylabel("attended KV (MiB, all layers)")
+    _letter(ax, 0, "Attended KV bytes")
+    _separate_coincident(ax)
+    _legend(fig, axes)
+    return fig
+
+
+#: Thought types of /tokens/thought (docs/trace-format.md) and their band colours.
+THOUGHTS = {0: ("reasoning", "#CFE3F3"), 1: ("execution", "#F6E0C4"), 2: ("transition", "#E4D2EA")}
+
+
+def thoughts(trace: str, per_step: Optional[pd.DataFrame] = None) -> Figure:
+    """A trace's thought timeline (`<trace>.thoughts` of the CLI): reasoning, execution and
+    transition bands over the decode steps from the trace's /tokens/thought and, given a per-step
+    table of the trace (`replay_steps`), the full-cache attention sparsity of every step (mean
+    over the replayed layers) on a fixed 0-1 axis.
+
+    >>> steps = tk.replay_steps("traces/sample-synthetic.h5", steps=64, layers=[-1])
+    >>> fig = plot.thoughts("traces/sample-synthetic.h5", steps)
+    """
+    from .trace import read_trace
+
+    loaded = read_trace(trace, tensors=())
+    labels = None if loaded.thought is None else np.asarray(loaded.thought[loaded.prompt_len:], dtype=int)
+    if labels is None and per_step is None:
+        raise UsageError(f"{trace}: no thought labels (/tokens/thought) and no per-step table to draw", 2)
+    fig, axes = _panels(1, f"Thoughts and attention sparsity: {trace}", height=3.0)
+    ax = axes[0]
+    if labels is not None:
+        start = 0
+        for step in range(1, len(labels) + 1):
+            if step == len(labels) or labels[step] != labels[start]:
+                kind = THOUGHTS.get(int(labels[start]))
+                if kind is not None:
+                    ax.axvspan(start - 0.5, step - 0.5, color=kind[1], linewidth=0, label=kind[0])
+                start = step
+    if per_step is not None:
+        sparsity = pd.to_numeric(per_step["sparsity"], errors="coerce").groupby(per_step["step"]).mean()
+        ax.plot(sparsity.index, sparsity.values, color=FULL_COLOR, linewidth=1, label="sparsity (full cache)")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(-0.5, (len(labels) if labels is not None else int(per_step["step"].max()) + 1) - 0.5)
+    ax.set_xlabel("decode step (tokens generated)")
+    ax.set_ylabel("attention sparsity (fraction)")
+    _letter(ax, 0, "Thought types and full-cache sparsity")
     _legend(fig, axes)
     return fig
