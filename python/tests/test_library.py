@@ -273,7 +273,7 @@ def test_version_and_typing_marker(root):
     assert (root / "python/thinkv_sim/py.typed").exists()
     pyproject = (root / "python/pyproject.toml").read_text()
     assert 'version = {attr = "thinkv_sim.__version__"}' in pyproject and '"py.typed"' in pyproject
-    assert '"matplotlib"' in pyproject
+    assert '"matplotlib>=3.7"' in pyproject
 
 
 def test_every_public_function_has_a_docstring_with_an_example():

@@ -193,6 +193,7 @@ def run(arguments: Iterable[object], *, progress: ProgressArgument = None, trace
         raise
     finally:
         relay.close()
+        reader.join(timeout=10)  # the pipe is at its end once the binary is gone
         process.stdout.close()
         process.stderr.close()
     stdout = captured[0] if captured else ""
