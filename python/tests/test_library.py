@@ -163,6 +163,16 @@ def test_a_config_the_binary_refuses_is_a_config_error_naming_the_key(tmp_path, 
     assert error.value.path == str(path)
 
 
+def test_a_suggestion_of_the_binary_reaches_the_error(sample):
+    # run() passes arguments straight to the binary: the suggestion is the binary's own.
+    with pytest.raises(tk.UsageError) as error:
+        tk.run(["replay", sample, "--policy", "h20", "--steps", "2"])
+    assert error.value.suggestion == "h2o" and error.value.command == "replay"
+    with pytest.raises(tk.UsageError) as error:
+        tk.run(["replay", sample, "--layer", "1", "--steps", "2"])
+    assert error.value.suggestion == "layers", "an option is suggested in Python spelling"
+
+
 def test_classify_parses_suggestions_and_renames_options():
     error = runner.classify("thinkv-sim replay: unknown option --layer (did you mean --layers?): not a parameter", 2)
     assert isinstance(error, tk.UsageError) and error.suggestion == "layers" and error.command == "replay"
