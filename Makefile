@@ -69,11 +69,11 @@ test: deps python-venv
 	PATH="$(CURDIR)/$(PYTHON_VENV)/bin:$$PATH" $(SWIFT) test $(SWIFTFLAGS)
 	@$(MAKE) --no-print-directory test-python
 
-# The Python package (python/) against the debug binary just built. Its environment (numpy,
-# pandas, h5py, pytest from PyPI) is cached in $(PYTHON_VENV); without python3 or a package
-# index the tests are skipped with a message, never failed.
+# The Python package (python/) against the debug binary just built, figures drawn off-screen.
+# Its environment is cached in $(PYTHON_VENV); a missing package fails the tests, never skips them.
 test-python: python-venv
-	PYTHONPATH=python THINKV_SIM=$(CURDIR)/.build/debug/thinkv-sim $(PYTHON_VENV)/bin/python -m pytest python/tests -q
+	PYTHONPATH=python MPLBACKEND=Agg THINKV_SIM=$(CURDIR)/.build/debug/thinkv-sim \
+		$(PYTHON_VENV)/bin/python -m pytest python/tests -q
 
 # The Slurm scripts of docs/cluster.md (scripts/slurm/) as array jobs on a one-node Slurm the
 # test starts itself (Debian's slurmctld, slurmd and munge; root), against one run each. Not part
@@ -81,14 +81,15 @@ test-python: python-venv
 test-slurm: build
 	scripts/test-slurm.sh
 
-# numpy, pandas, h5py and pytest from PyPI, cached in $(PYTHON_VENV). A machine that cannot
-# install them fails the tests: a cross-check that silently skips checks nothing.
+# The packages of python/requirements-test.txt (numpy, pandas, h5py, matplotlib, pytest), cached
+# in $(PYTHON_VENV) and reinstalled when that list changes. A machine that cannot install them
+# fails the tests: a cross-check that silently skips checks nothing.
 python-venv: $(PYTHON_VENV)/.installed
 
-$(PYTHON_VENV)/.installed:
+$(PYTHON_VENV)/.installed: python/requirements-test.txt
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-deps.sh --python-venv
 	$(PYTHON) -m venv $(PYTHON_VENV)
-	$(PYTHON_VENV)/bin/python -m pip install --quiet numpy pandas h5py pytest
+	$(PYTHON_VENV)/bin/python -m pip install --quiet -r python/requirements-test.txt
 	touch $@
 
 bench: build

@@ -9,11 +9,9 @@ enum PoliciesCommand: Subcommand {
 
     static func run(_ arguments: ParsedArguments) throws {
         if arguments.flag("json") {
-            struct Entry: Encodable { let name, summary: String; let parameters: [[String: String]] }
+            struct Entry: Encodable { let name, summary: String; let parameters: [JSONParameter] }
             let entries = PolicyRegistry.all.map { type in
-                Entry(name: type.name, summary: type.summary, parameters: type.parameters.map {
-                    ["name": $0.name, "default": $0.defaultValue ?? "auto", "help": $0.help, "kind": describe($0.kind)]
-                })
+                Entry(name: type.name, summary: type.summary, parameters: type.parameters.map(JSONParameter.init))
             }
             print(try ReplayReport.encodeJSON(entries))
             return
@@ -26,6 +24,40 @@ enum PoliciesCommand: Subcommand {
                 print("        \(p.help)")
             }
             print("")
+        }
+    }
+
+    /// One parameter in `policies --json`: the text listing's fields, plus what a program needs to
+    /// check a value before a run (required, the accepted range or choices).
+    struct JSONParameter: Encodable {
+        let name, kind, help: String
+        /// As typed; "auto" when derived from other parameters, or when required.
+        let `default`: String
+        let required: Bool
+        /// The accepted range of an integer or a number (a bound left open is absent).
+        let minimum, maximum: Double?
+        let choices: [String]?
+
+        init(_ p: PolicyParameter) {
+            name = p.name
+            kind = PoliciesCommand.describe(p.kind)
+            help = p.help
+            `default` = p.defaultValue ?? "auto"
+            required = p.required
+            var choices: [String]? = nil
+            var minimum: Double? = nil, maximum: Double? = nil
+            switch p.kind {
+            case .integer(let range): (minimum, maximum) = (Double(range.lowerBound), Double(range.upperBound))
+            case .real(let range):
+                if range.lowerBound > -.greatestFiniteMagnitude { minimum = range.lowerBound }
+                if range.upperBound < .greatestFiniteMagnitude { maximum = range.upperBound }
+            case .choice(let options): choices = options
+            case .flag: choices = ["true", "false"]
+            case .text: break
+            }
+            self.minimum = minimum
+            self.maximum = maximum
+            self.choices = choices
         }
     }
 

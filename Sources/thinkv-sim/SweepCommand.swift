@@ -30,7 +30,7 @@ enum SweepCommand: Subcommand {
         let shard = try arguments.value("shard").map(parseShard)
         let threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         let stopAfter = try arguments.int("stop-after", min: 1)
-        var config = try SweepConfig.load(path: arguments.positionals[0])
+        var config = try SweepConfig.load(path: arguments.positionals[0], output: arguments.value("output"))
         if let threads { config.threads = threads }
         let grid = try SweepGrid(config: config)
         let runner = SweepRunner(grid: grid, shard: shard, output: arguments.value("output"))

@@ -87,6 +87,17 @@ final class SweepConfigTests: XCTestCase {
         XCTAssertTrue(error.problem.contains("recent"), "lists the known ones: \(error.description)")
     }
 
+    func testOutputMayComeFromTheCommandLineInstead() throws {
+        let json = #"{"traces": ["t.h5"], "policies": ["full"]}"#
+        let missing = try XCTUnwrap(configError(json))
+        XCTAssertEqual(missing.path, "output")
+        XCTAssertTrue(missing.problem.contains("--output"), missing.description)
+        let given = try SweepConfig.decode(Data(json.utf8), file: "cfg.json", output: "cli.csv")
+        XCTAssertEqual(given.output, "cli.csv")
+        let overridden = try SweepConfig.decode(Data(#"{\#(base), "policies": ["full"]}"#.utf8), file: "cfg.json", output: "cli.csv")
+        XCTAssertEqual(overridden.output, "cli.csv", "--output wins over the config's key")
+    }
+
     func testSharedParameterNoPolicyHasIsAnError() throws {
         let error = try XCTUnwrap(configError(#"{\#(base), "policies": ["full", "kivi"], "parameters": {"budget": [4]}}"#))
         XCTAssertEqual(error.path, "parameters.budget")
@@ -133,7 +144,7 @@ final class SweepConfigTests: XCTestCase {
             (#"{\#(base), "policies": ["full"], "paging": ["ct", "pages"]}"#, "paging"),
             (#"{\#(base), "policies": ["full"], "block_size": [8, "big"]}"#, "block_size[1]"),
             (#"{\#(base), "policies": ["full"], "topk": "32"}"#, "topk"),
-            (#"{"traces": ["t.h5"], "policies": ["full"]}"#, ""),
+            (#"{"traces": ["t.h5"], "policies": ["full"]}"#, "output"),
         ]
         for (json, path) in cases {
             let error = try XCTUnwrap(configError(json), json)

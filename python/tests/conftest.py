@@ -3,6 +3,9 @@ import pathlib
 
 import pytest
 
+# Figures are drawn off-screen: the tests run without a display.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -21,3 +24,8 @@ def thinkv_binary():
 @pytest.fixture
 def sample():
     return str(ROOT / "traces/sample-synthetic.h5")
+
+
+@pytest.fixture
+def root():
+    return ROOT

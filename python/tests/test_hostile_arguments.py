@@ -21,9 +21,9 @@ def test_a_trace_named_like_an_option_is_a_path(tmp_path, monkeypatch, sample):
 
 @pytest.mark.parametrize("name", ["--help", "--version", "-h", "--progress"])
 def test_an_option_given_as_the_trace_is_a_missing_file(name):
-    with pytest.raises(tk.ThinKVSimError) as error:
+    with pytest.raises(tk.TraceError) as error:
         tk.replay(name, policies="full", steps=2)
-    assert error.value.status == 1
+    assert error.value.status == 1 and error.value.path == name
     assert "no such file" in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -33,11 +33,11 @@ def test_a_config_named_like_an_option_is_a_path(tmp_path, monkeypatch, sample):
                                                   "steps": 4, "output": str(tmp_path / "configured.csv")}))
     monkeypatch.chdir(tmp_path)
     table = tk.sweep("-c.json", output=str(tmp_path / "out.csv"))
-    assert list(table["budget"]) == [32]
+    assert list(table["param_budget"]) == [32]
 
 
 @pytest.mark.parametrize("option", [{"csv": "steps.csv"}, {"kept": "kept.jsonl"}, {"cache_timeline": "t.jsonl"},
-                                    {"shard_state": "s.json"}, {"json": True}, {"help": True}, {"progress": "bar"}])
+                                    {"shard_state": "s.json"}, {"json": True}, {"help": True}, {"output": "o.csv"}])
 def test_options_that_write_files_are_not_parameters(tmp_path, monkeypatch, sample, option):
     monkeypatch.chdir(tmp_path)
     for call in (tk.replay, tk.replay_steps):

@@ -9,6 +9,8 @@ from typing import Dict, Optional
 import h5py
 import numpy as np
 
+from .errors import TraceError, UsageError
+
 
 @dataclasses.dataclass
 class Trace:
@@ -46,15 +48,31 @@ def read_trace(path: str, layers=None, tensors=("q", "k", "v", "attn")) -> Trace
     """Loads a trace; `layers` limits which recorded layers are read (negative indices count
     from the last recorded one), `tensors` which datasets of each layer.
 
-    A file that is not a thinkv trace, or a layer that is not recorded, raises ValueError with a
-    one-line message naming the file."""
+    A file that is missing, not HDF5 or not a thinkv trace, or a layer that is not recorded,
+    raises TraceError (also a ValueError) with a one-line message naming the file.
+
+    >>> import thinkv_sim as tk
+    >>> trace = tk.read_trace("traces/sample-synthetic.h5", layers=[-1], tensors=("k",))
+    >>> trace.layers[3]["k"].shape == (trace.num_tokens, trace.attrs["num_kv_heads"], trace.attrs["head_dim"])
+    True
+    """
     path = os.fspath(path)
-    with h5py.File(path, "r") as f:
+    if not os.path.exists(path):
+        raise TraceError(f"{path}: no such file", 1, path=path)
+    if os.path.isdir(path):
+        raise TraceError(f"{path}: is a directory, not a trace file", 1, path=path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        reason = str(error).splitlines()[0][:200]
+        raise TraceError(f"{path}: not a readable HDF5 file ({reason})", 1, path=path) from None
+    with f:
         if _attribute(f.attrs.get("format")) != "thinkv-trace":
-            raise ValueError(f"{path}: not a thinkv-trace file (root attribute 'format' is {f.attrs.get('format')!r})")
+            found = f.attrs.get("format")
+            raise _error(path, f"{path}: not a thinkv-trace file (root attribute 'format' is {found!r})")
         attrs = {name: _attribute(value) for name, value in f.attrs.items()}
         if not isinstance(f.get("tokens"), h5py.Group) or not isinstance(f["tokens"].get("ids"), h5py.Dataset):
-            raise ValueError(f"{path}: missing /tokens/ids (a required dataset)")
+            raise _error(path, f"{path}: missing /tokens/ids (a required dataset)")
         tokens = f["tokens"]
         text = None
         if "text" in tokens:
@@ -63,12 +81,12 @@ def read_trace(path: str, layers=None, tensors=("q", "k", "v", "attn")) -> Trace
         names = list(group.keys()) if isinstance(group, h5py.Group) else []
         bad = [name for name in names if not name.isdigit()]
         if bad:
-            raise ValueError(f"{path}: /layers/{bad[0]}: layer group names must be decimal layer indices")
+            raise _error(path, f"{path}: /layers/{bad[0]}: layer group names must be decimal layer indices")
         recorded = sorted(int(name) for name in names)
         wanted = recorded if layers is None else [_layer_index(path, n, recorded) for n in layers]
         missing = [n for n in wanted if n not in recorded]
         if missing:
-            raise ValueError(f"{path}: layers {missing} are not recorded (recorded: {recorded})")
+            raise _error(path, f"{path}: layers {missing} are not recorded (recorded: {recorded})")
         out = {}
         for n in wanted:
             layer = f["layers"][str(n)]
@@ -80,10 +98,16 @@ def read_trace(path: str, layers=None, tensors=("q", "k", "v", "attn")) -> Trace
 def _layer_index(path: str, n, recorded: list) -> int:
     """A requested layer: its index, or, negative, counted from the last recorded layer."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"{path}: layer {n!r} is not an integer index")
+        raise UsageError(f"{path}: layer {n!r} is not an integer index", 2, path=path)
     n = int(n)
     if n >= 0:
         return n
     if -n > len(recorded):
-        raise ValueError(f"{path}: layer {n} counts back past the first recorded layer ({len(recorded)} recorded: {recorded})")
+        raise UsageError(f"{path}: layer {n} counts back past the first recorded layer "
+                         f"({len(recorded)} recorded: {recorded})",
+                         2, path=path)
     return recorded[n]
+
+
+def _error(path: str, message: str) -> TraceError:
+    return TraceError(message, 1, path=path)

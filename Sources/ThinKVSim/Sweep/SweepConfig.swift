@@ -75,16 +75,18 @@ public struct SweepConfig: Sendable, Equatable {
     public static let traceKeys = ["comment", "path", "parameters"]
 
     /// Reads and checks `path`; every problem names the file and the key.
-    public static func load(path: String) throws -> SweepConfig {
+    /// `output` (the command line's `--output`) stands in for the config's `output` key, which
+    /// may then be left out.
+    public static func load(path: String, output: String? = nil) throws -> SweepConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
             var isDirectory: ObjCBool = false
             let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
             throw SweepConfigError(file: path, exists ? (isDirectory.boolValue ? "is a directory" : "cannot be read") : "does not exist")
         }
-        return try decode(data, file: path)
+        return try decode(data, file: path, output: output)
     }
 
-    public static func decode(_ data: Data, file: String) throws -> SweepConfig {
+    public static func decode(_ data: Data, file: String, output: String? = nil) throws -> SweepConfig {
         let raw: RawConfig
         do {
             raw = try JSONDecoder().decode(RawConfig.self, from: data)
@@ -99,9 +101,12 @@ public struct SweepConfig: Sendable, Equatable {
         if let duplicate = JSONDuplicateKeys.first(in: data) {
             throw SweepConfigError(file: file, "key '\(duplicate.key)' appears twice in one object (line \(duplicate.line)); JSON keeps only one of them")
         }
+        guard let resultsPath = output ?? raw.output else {
+            throw SweepConfigError(file: file, path: "output", "missing: name the results CSV here or with --output")
+        }
         var config = SweepConfig(
             file: file, name: raw.name, traces: raw.traces, policies: raw.policies, sharedParameters: raw.parameters,
-            output: raw.output, stepCSVDirectory: raw.stepCSVDirectory, metrics: raw.metrics ?? SweepColumns.metricNames,
+            output: resultsPath, stepCSVDirectory: raw.stepCSVDirectory, metrics: raw.metrics ?? SweepColumns.metricNames,
             layers: raw.layers, steps: raw.steps, topK: raw.topK ?? 32, paging: raw.paging ?? [.ct],
             blockSizes: raw.blockSizes ?? [nil], threads: raw.threads, batch: raw.batch)
         config.kvPercents = raw.kvPercents ?? []
@@ -426,7 +431,7 @@ struct RawConfig: Decodable {
     let traces: [SweepConfig.TraceEntry]
     let policies: [SweepConfig.PolicyEntry]
     let parameters: [String: [String]]
-    let output: String
+    let output: String?
     let stepCSVDirectory: String?
     let metrics: [String]?
     let layers: [Int]?
@@ -452,7 +457,7 @@ struct RawConfig: Decodable {
         policies = try c.required([RawPolicyEntry].self, "policies").map(\.entry)
         if policies.isEmpty { throw fail("policies", "lists no policy") }
         parameters = try c.optional(RawParameters.self, "parameters")?.values ?? [:]
-        output = try c.required(String.self, "output")
+        output = try c.optional(String.self, "output")
         stepCSVDirectory = try c.optional(String.self, "step_csv_dir")
         metrics = try c.optional([String].self, "metrics")
         // "all" or a list of recorded layer indices.
