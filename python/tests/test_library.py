@@ -245,6 +245,18 @@ def test_per_policy_parameters_take_the_command_lines_spelling(sample):
     assert arguments[1] == "--policy=kivi:k-bits=4", "keywords are spelt as options"
 
 
+def test_per_policy_parameters_run_as_separate_replays_would(sample):
+    """One replay with per-policy parameters gives each run what a replay of it alone gives."""
+    both = tk.replay(sample, {"h2o": {"budget": 24}, "rkv": {"budget": 40, "divide": 8}}, steps=20, layers=[1],
+                     progress=None).set_index("label")
+    alone = pd.concat([tk.replay(sample, "h2o", budget=24, steps=20, layers=[1], progress=None),
+                       tk.replay(sample, "rkv", budget=40, divide=8, steps=20, layers=[1], progress=None)]).set_index("label")
+    assert list(both.index) == ["h2o(budget=24)", "rkv(budget=40,divide=8)"]
+    assert both.loc["rkv(budget=40,divide=8)", "param_divide"] == 8
+    for column in ("attention_kl_mean", "kv_bytes_mean", "mass_recall_mean"):
+        assert both[column].tolist() == alone.loc[both.index, column].tolist(), column
+
+
 def test_per_policy_parameters_are_checked_against_their_policy(sample):
     with pytest.raises(tk.UsageError) as error:
         tk.replay(sample, {"h2o": {"budgt": 3}})
