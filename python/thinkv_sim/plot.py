@@ -342,10 +342,7 @@ def fidelity_budget(results: pd.DataFrame, trace: Optional[str] = None,
                                linestyle=(0, (4, 3)) if variant != "full" else (0, (8, 3)), linewidth=1.2)
         _log2_axis(ax, budgets.dropna().tolist())
         ax.set_xlabel("budget (tokens per kv head)")
-        ax.set_ylabel(unit)
-        _letter(ax, index, title)
-        _bound(ax, metric)
-        _separate_coincident(ax)
+        _finish_panel(ax, index, title, unit, metric)
     _legend(fig, axes)
     return fig
 
@@ -375,13 +372,18 @@ def fidelity_bytes(results: pd.DataFrame, trace: Optional[str] = None, metrics: 
         if log:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(f"KV cache, {bytes} over decode steps (MiB, all layers)")
-        ax.set_ylabel(unit)
-        _letter(ax, index, title)
-        _bound(ax, metric)
-        _separate_coincident(ax)
+        _finish_panel(ax, index, title, unit, metric)
     _legend(fig, axes)
     return fig
 
+
+
+def _finish_panel(ax, index: int, title: str, unit: str, metric: str) -> None:
+    """A metric panel's y title, letter and range, with coinciding lines told apart."""
+    ax.set_ylabel(unit)
+    _letter(ax, index, title)
+    _bound(ax, metric)
+    _separate_coincident(ax)
 
 def _points(table: pd.DataFrame, variants: pd.Series) -> pd.Series:
     """Each row's point within its series: the memory target in a kv_percent table, else the budget."""
@@ -434,10 +436,7 @@ def fidelity_memory(results: pd.DataFrame, metrics: Optional[Sequence[str]] = No
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("KV cache (% of the trace's full cache)")
-        ax.set_ylabel(unit)
-        _letter(ax, index, title)
-        _bound(ax, metric)
-        _separate_coincident(ax)
+        _finish_panel(ax, index, title, unit, metric)
     _legend(fig, axes, extra=_trace_notes(any_interval, "small points: one trace each"))
     return fig
 

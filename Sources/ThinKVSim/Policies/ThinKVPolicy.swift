@@ -570,11 +570,7 @@ enum ThinKVParameters {
         var notes: [String] = []
         var thresholds: ThoughtThresholds
         if let path = parameters.string("calibration") {
-            do {
-                thresholds = try ThoughtThresholds.load(path: path)
-            } catch let error as CalibrationError {
-                throw PolicyError("\(policy): --calibration \(error.description)")
-            }
+            thresholds = try loadCalibration(path, policy: policy)
             if layers == nil, let (mapped, note) = nearestRecorded(thresholds.layers, recorded: recorded) {
                 thresholds.layers = mapped
                 notes.append("\(URL(fileURLWithPath: path).lastPathComponent): \(note)")
@@ -605,6 +601,14 @@ enum ThinKVParameters {
         }
         notes += applyOverrides(parameters, layers: layers, to: &thresholds)
         return (thresholds, notes)
+    }
+
+    private static func loadCalibration(_ path: String, policy: String) throws -> ThoughtThresholds {
+        do {
+            return try ThoughtThresholds.load(path: path)
+        } catch let error as CalibrationError {
+            throw PolicyError("\(policy): --calibration \(error.description)")
+        }
     }
 
     /// The options that override a calibration's fields (θ1, θ2, L*, τ, GQA reading); returns
@@ -639,11 +643,7 @@ enum ThinKVParameters {
         let layers = try parameters.string("thought-layers").map { try parseLayers($0, recorded: all, policy: policy) }
         var thresholds: ThoughtThresholds
         if let path = parameters.string("calibration") {
-            do {
-                thresholds = try ThoughtThresholds.load(path: path)
-            } catch let error as CalibrationError {
-                throw PolicyError("\(policy): --calibration \(error.description)")
-            }
+            thresholds = try loadCalibration(path, policy: policy)
         } else if let theta1 = parameters.double("theta1"), let theta2 = parameters.double("theta2") {
             thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: all)
         } else {
