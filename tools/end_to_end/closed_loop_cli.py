@@ -422,9 +422,9 @@ def correlations(rows):
     policy_rows = [r for r in rows if r["policy"] != "full"]
     out = {}
     for predictor in TEACHER_FORCED_FIGURES:
-        x = [float(r[predictor]) if r[predictor] != "" else float("nan") for r in policy_rows]
+        x = [float(r[predictor]) if r.get(predictor, "") != "" else float("nan") for r in policy_rows]
         for column in CLOSED_LOOP_FIGURES:
-            y = [float(r[column]) if r[column] != "" else float("nan") for r in policy_rows]
+            y = [float(r[column]) if r.get(column, "") != "" else float("nan") for r in policy_rows]
             out[(predictor, column)] = spearman(x, y)
     return out
 
