@@ -58,6 +58,8 @@ public class ThinKVPolicy: CachePolicy {
     public class var requirements: PolicyRequirements { components.contains(.eviction) ? .queriesAndKeys : [] }
     /// One block holds one thought type; small blocks waste fewer slots per type.
     public class var preferredBlockSize: Int { 8 }
+    /// A type held τ = 128 steps (the default) would not change within a small test trace.
+    public class var conformanceSettings: [String: String] { ["tau": "8"] }
     /// Segments shrink by k-means over keys; the step's attention is never read.
     public class var readsAttention: Bool { false }
 
