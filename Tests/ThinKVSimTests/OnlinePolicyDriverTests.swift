@@ -35,17 +35,20 @@ final class OnlinePolicyDriverTests: XCTestCase {
         let reader = try twoLayerTrace()
         var tested = 0
         for type in PolicyRegistry.all {
-            let budgets: [PolicyConformance.Budget] = PolicyConformance.declaresBudget(type) ? [.smallest, .moderate] : [.smallest]
+            let budgets: [PolicyConformance.Budget] = PolicyConformance.declaresBudget(type)
+                ? [.smallest, .moderate] : [.smallest]
             for budget in budgets {
                 let spec: PolicySpec
                 do {
-                    spec = try PolicyConformance.spec(type, PolicyConformance.settings(for: type, reader: reader, budget: budget))
+                    let values = try PolicyConformance.settings(for: type, reader: reader, budget: budget)
+                    spec = try PolicyConformance.spec(type, values)
                 } catch {
                     XCTFail("\(type.name): \(error)")
                     continue
                 }
                 // Whole-trace preparation (ThinKV's thought timeline) is tested online below.
-                guard try type.prepare(reader, parameters: spec.parameters, layers: reader.recordedLayerIndices) == nil else { continue }
+                let layers = reader.recordedLayerIndices
+                guard try type.prepare(reader, parameters: spec.parameters, layers: layers) == nil else { continue }
                 try assertOnlineEqualsReplay(spec, reader: reader)
                 tested += 1
             }

@@ -45,13 +45,16 @@ final class PolicyConformanceTests: XCTestCase {
         shared.lock.lock()
         defer { shared.lock.unlock() }
         if let traces = shared.traces { return traces }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("thinkv-conformance-\(UUID().uuidString)")
+        let dir = FileManager.default.temporaryDirectory
+            .appendingPathComponent("thinkv-conformance-\(UUID().uuidString)", isDirectory: true)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         shared.directory = dir
-        let traces = try [(T: 72, P: 16, D: 8, seed: UInt64(301)), (T: 88, P: 40, D: 16, seed: UInt64(302))].map { shape in
+        let shapes = [(T: 72, P: 16, D: 8, seed: UInt64(301)), (T: 88, P: 40, D: 16, seed: UInt64(302))]
+        let traces = try shapes.map { shape in
             let (Hq, Hkv) = (4, 2)
             var layers = (0..<2).map { l in
-                TestTraces.randomLayer(T: shape.T, Hq: Hq, Hkv: Hkv, D: shape.D, seed: shape.seed + UInt64(10 * l), index: l)
+                TestTraces.randomLayer(T: shape.T, Hq: Hq, Hkv: Hkv, D: shape.D, seed: shape.seed + UInt64(10 * l),
+                                       index: l)
             }
             let factors: [Float] = [0.3, 1.6, 8]
             for l in layers.indices {
@@ -79,7 +82,8 @@ final class PolicyConformanceTests: XCTestCase {
     }
 
     /// The replay of `type` with `values` on `trace` with 1 thread, made once per class run.
-    private func replay(_ trace: SmallTrace, _ type: any CachePolicy.Type, _ values: [String: String]) throws -> Replayed {
+    private func replay(_ trace: SmallTrace, _ type: any CachePolicy.Type,
+                        _ values: [String: String]) throws -> Replayed {
         let key = "\(trace.path) \(type.name) \(values.sorted { $0.key < $1.key })"
         let shared = Self.shared
         shared.lock.lock()
@@ -99,27 +103,39 @@ final class PolicyConformanceTests: XCTestCase {
     }
 
     /// Failures per policy and property, reported once each with the first few cases.
+    /// `expected`: documented behaviours that break a property, by key, with the reason; they
+    /// must show (as XCTExpectFailure would demand, which this platform's XCTest lacks).
     private final class Findings {
         private var cases: [String: [String]] = [:]
+        private let expected: [String: String]
+        init(expected: [String: String] = [:]) { self.expected = expected }
         func add(_ key: String, _ message: String) { cases[key, default: []].append(message) }
         func report(file: StaticString = #filePath, line: UInt = #line) {
-            for key in cases.keys.sorted() {
+            for key in cases.keys.sorted() where expected[key] == nil {
                 let all = cases[key]!
-                XCTFail("\(key): \(all.count) case(s), first: \(all.prefix(3).joined(separator: " | "))", file: file, line: line)
+                XCTFail("\(key): \(all.count) case(s), first: \(all.prefix(3).joined(separator: " | "))",
+                        file: file, line: line)
+            }
+            for (key, reason) in expected.sorted(by: { $0.key < $1.key }) where cases[key] == nil {
+                XCTFail("\(key): expected to fail (\(reason)) but holds; drop the expectation", file: file, line: line)
             }
         }
     }
 
     /// Calls `body` for every registered policy, trace and budget with the derived settings;
     /// a policy whose settings cannot be derived is itself a failure.
-    private func forEveryPolicy(budgets chosen: ((any CachePolicy.Type) -> [PolicyConformance.Budget])? = nil,
-                                _ body: (any CachePolicy.Type, SmallTrace, PolicyConformance.Budget, [String: String]) throws -> Void) throws {
+    private func forEveryPolicy(
+        budgets chosen: ((any CachePolicy.Type) -> [PolicyConformance.Budget])? = nil,
+        _ body: (any CachePolicy.Type, SmallTrace, PolicyConformance.Budget, [String: String]) throws -> Void
+    ) throws {
         let traces = try smallTraces()
         for type in PolicyRegistry.all {
             for trace in traces {
                 for budget in (chosen ?? budgets)(type) {
                     let values: [String: String]
-                    do { values = try PolicyConformance.settings(for: type, reader: trace.reader, budget: budget) } catch {
+                    do {
+                        values = try PolicyConformance.settings(for: type, reader: trace.reader, budget: budget)
+                    } catch {
                         XCTFail("\(type.name) on \(trace.name): no settings for a \(budget.rawValue) budget: \(error)")
                         continue
                     }
@@ -130,7 +146,8 @@ final class PolicyConformanceTests: XCTestCase {
     }
 
     private func describe(_ type: any CachePolicy.Type, _ values: [String: String], _ trace: SmallTrace) -> String {
-        "\(type.name)(\(values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))) on \(trace.name)"
+        let given = values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        return "\(type.name)(\(given)) on \(trace.name)"
     }
 
     // MARK: Resident cap and slots
@@ -154,7 +171,8 @@ final class PolicyConformanceTests: XCTestCase {
                     if let cap = snapshot.residentCap {
                         capped += 1
                         if slots.count > cap {
-                            findings.add("\(type.name): resident cap", "\(label) \(when) head \(g): \(slots.count) > cap \(cap)")
+                            findings.add("\(type.name): resident cap",
+                                         "\(label) \(when) head \(g): \(slots.count) > cap \(cap)")
                         }
                     }
                     for (kind, held) in [("resident", slots), ("attended", snapshot.attended?[g] ?? [])] {
@@ -162,11 +180,13 @@ final class PolicyConformanceTests: XCTestCase {
                             findings.add("\(type.name): duplicate slots", "\(label) \(when) head \(g): \(kind) \(held)")
                         }
                         if let bad = held.first(where: { $0 < 0 || Int($0) > position }) {
-                            findings.add("\(type.name): slot out of range", "\(label) \(when) head \(g): \(kind) holds \(bad)")
+                            findings.add("\(type.name): slot out of range",
+                                         "\(label) \(when) head \(g): \(kind) holds \(bad)")
                         }
                     }
                     if let attended = snapshot.attended?[g], !attended.contains(Int32(position)) {
-                        findings.add("\(type.name): new position attended", "\(label) \(when) head \(g) does not attend \(position)")
+                        findings.add("\(type.name): new position attended",
+                                     "\(label) \(when) head \(g) does not attend \(position)")
                     }
                 }
             }
@@ -174,7 +194,7 @@ final class PolicyConformanceTests: XCTestCase {
                 let records = try replay(trace, type, values).run.steps
                 if !records.contains(where: { $0.attendedBytes < $0.fullBytes }) {
                     findings.add("\(type.name): compresses at its smallest budget",
-                                 "\(label): the cache equals the full cache at every step (declare conformanceSettings)")
+                                 "\(label): the cache is the full cache at every step (see conformanceSettings)")
                 }
             }
         }
@@ -212,16 +232,23 @@ final class PolicyConformanceTests: XCTestCase {
     private func fingerprint(_ replayed: Replayed) throws -> [(what: String, text: String)] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        func text<T: Encodable>(_ value: T) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf",
+                                                                      nan: "nan")
+        func text<T: Encodable>(_ value: T) throws -> String {
+            String(decoding: try encoder.encode(value), as: UTF8.self)
+        }
         let run = replayed.run
         var parts = try run.steps.map { (what: "step record of layer \($0.layer) step \($0.step)", text: try text($0)) }
         parts.append(("summary", try text(run.summary)))
         parts.append(("metric samples", try text(run.samples)))
         parts.append(("counters", try text(run.counters)))
         parts.append(("notes", try text(replayed.result.notes)))
-        parts += try replayed.kept.map { (what: "kept event of layer \($0.layer) step \($0.step) head \($0.kvHead)", text: try text($0)) }
-        parts += replayed.timelines.map { (what: "cache timeline of layer \($0.layer) head \($0.kvHead)", text: $0.jsonLine) }
+        parts += try replayed.kept.map { event in
+            (what: "kept event of layer \(event.layer) step \(event.step) head \(event.kvHead)", text: try text(event))
+        }
+        parts += replayed.timelines.map { timeline in
+            (what: "cache timeline of layer \(timeline.layer) head \(timeline.kvHead)", text: timeline.jsonLine)
+        }
         return parts
     }
 
@@ -237,9 +264,16 @@ final class PolicyConformanceTests: XCTestCase {
     /// Also, at a budget of exactly the trace's length, where the replay notes that the budget
     /// "keeps everything", no position is dropped.
     func testABudgetCoveringTheTraceGivesTheFullCachesNumbers() throws {
-        let findings = Findings()
+        let findings = Findings(expected: [
+            "thinkv-tbe: full cache's numbers at a budget covering the trace":
+                "TBE shrinks older thought segments at every transition whatever the budget (ThinKVPolicy; --budget: "
+                + "'default: no budget, segments shrink at transitions only')",
+        ])
         var checked = 0
-        try forEveryPolicy(budgets: { PolicyConformance.declaresBudget($0) ? [.traceLength, .coveringTheTrace] : [] }) { type, trace, budget, values in
+        let budgets: (any CachePolicy.Type) -> [PolicyConformance.Budget] = {
+            PolicyConformance.declaresBudget($0) ? [.traceLength, .coveringTheTrace] : []
+        }
+        try forEveryPolicy(budgets: budgets) { type, trace, budget, values in
             let label = describe(type, values, trace)
             let replayed = try replay(trace, type, values)
             if budget == .traceLength {
@@ -247,7 +281,8 @@ final class PolicyConformanceTests: XCTestCase {
                 for timeline in replayed.timelines {
                     if let j = timeline.droppedAt.firstIndex(where: { $0 >= 0 }) {
                         findings.add("\(type.name): the note 'keeps everything' holds",
-                                     "\(label) layer \(timeline.layer) head \(timeline.kvHead): position \(j) dropped at step \(timeline.droppedAt[j])")
+                                     "\(label) layer \(timeline.layer) head \(timeline.kvHead): position \(j) "
+                                         + "dropped at step \(timeline.droppedAt[j])")
                         break
                     }
                 }
@@ -259,18 +294,22 @@ final class PolicyConformanceTests: XCTestCase {
             for r in replayed.run.steps {
                 let at = "\(label) layer \(r.layer) step \(r.step)"
                 if r.attendedTokens != Double(r.position + 1) || r.residentTokens != Double(r.position + 1) {
-                    findings.add(key, "\(at): attends \(r.attendedTokens), holds \(r.residentTokens) of \(r.position + 1)")
+                    findings.add(key, "\(at): attends \(r.attendedTokens), holds \(r.residentTokens) of "
+                                     + "\(r.position + 1)")
                 }
                 if r.attendedBytes != r.fullBytes {
                     findings.add(key, "\(at): \(r.attendedBytes) bytes, the full cache \(r.fullBytes)")
                 }
-                if r.massRecall != 1 || r.massRecallMin != 1 || r.topKRecall != 1 || r.attentionKL != 0 || r.outputError != 0 {
-                    findings.add(key, "\(at): recall \(r.massRecall) (min \(r.massRecallMin)), top-k \(r.topKRecall), KL \(r.attentionKL), output error \(String(describing: r.outputError))")
+                if r.massRecall != 1 || r.massRecallMin != 1 || r.topKRecall != 1 || r.attentionKL != 0
+                    || r.outputError != 0 {
+                    findings.add(key, "\(at): recall \(r.massRecall) (min \(r.massRecallMin)), top-k \(r.topKRecall), "
+                                     + "KL \(r.attentionKL), output error \(String(describing: r.outputError))")
                 }
             }
             let samples = replayed.run.samples
             if samples.massRecall.contains(where: { $0 != 1 }) || samples.topKRecall.contains(where: { $0 != 1 })
-                || samples.attentionKL.contains(where: { $0 != 0 }) || samples.outputError.contains(where: { $0 != 0 }) {
+                || samples.attentionKL.contains(where: { $0 != 0 })
+                || samples.outputError.contains(where: { $0 != 0 }) {
                 findings.add(key, "\(label): some query head's sample is not the full cache's")
             }
         }
@@ -302,14 +341,16 @@ final class PolicyConformanceTests: XCTestCase {
                 if bytes != r.attendedBytes {
                     let perHead = mine.map { String($0.recomputedAttendedBytes(step: t, promptLength: P, headDim: D)) }
                     findings.add("\(type.name): attended bytes from the timeline",
-                                 "\(label) layer \(r.layer) step \(t): replay \(r.attendedBytes), timeline \(bytes) (per head \(perHead.joined(separator: "+")))")
+                                 "\(label) layer \(r.layer) step \(t): replay \(r.attendedBytes), timeline \(bytes) "
+                                     + "(per head \(perHead.joined(separator: "+")))")
                 }
                 let seen = mine.reduce(0) { total, timeline in
                     total + (0...(P + t)).filter { timeline.droppedAt[$0] < 0 || Int(timeline.droppedAt[$0]) > t }.count
                 }
                 if Double(seen) / Double(header.numKVHeads) != r.attendedTokens {
                     findings.add("\(type.name): attended tokens from the timeline",
-                                 "\(label) layer \(r.layer) step \(t): replay \(r.attendedTokens), timeline \(Double(seen) / Double(header.numKVHeads))")
+                                 "\(label) layer \(r.layer) step \(t): replay \(r.attendedTokens), "
+                                     + "timeline \(Double(seen) / Double(header.numKVHeads))")
                 }
                 if mine.contains(where: { $0.groups.contains { $0.step <= t } }) { quantizedSteps += 1 }
                 if mine.contains(where: { $0.droppedAt.contains { $0 >= 0 && Int($0) <= t } }) { evictedSteps += 1 }

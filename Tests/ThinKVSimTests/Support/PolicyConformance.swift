@@ -30,7 +30,8 @@ enum PolicyConformance {
 
     /// A spec of `type` with `values`: by name for a registered policy, else unregistered.
     static func spec(_ type: any CachePolicy.Type, _ values: [String: String]) throws -> PolicySpec {
-        if let registered = PolicyRegistry.type(named: type.name), ObjectIdentifier(registered) == ObjectIdentifier(type) {
+        if let registered = PolicyRegistry.type(named: type.name),
+           ObjectIdentifier(registered) == ObjectIdentifier(type) {
             return try PolicySpec(name: type.name, values: values)
         }
         return try PolicySpec(unregistered: type, values: values)
@@ -38,7 +39,8 @@ enum PolicyConformance {
 
     /// Whether the policy accepts `values` on every recorded layer of the trace (its `init` on
     /// `validationPrepared`, as a replay checks a configuration before preparing it).
-    static func accepts(_ type: any CachePolicy.Type, _ values: [String: String], reader: TraceReader) -> Bool {
+    static func accepts(_ type: any CachePolicy.Type, _ values: [String: String],
+                        reader: TraceReader) -> Bool {
         guard let spec = try? spec(type, values) else { return false }
         return reader.recordedLayerIndices.allSatisfy { layer in
             guard let info = reader.layerInfo(layer) else { return false }
@@ -48,17 +50,21 @@ enum PolicyConformance {
 
     /// The values to replay `type` with on `reader`; `budget` matters only to a policy that
     /// declares one. Throws when the policy accepts no budget up to the trace length.
-    static func settings(for type: any CachePolicy.Type, reader: TraceReader, budget: Budget = .smallest) throws -> [String: String] {
+    static func settings(for type: any CachePolicy.Type, reader: TraceReader,
+                         budget: Budget = .smallest) throws -> [String: String] {
         var values = type.conformanceSettings
         let declared = Dictionary(type.parameters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        if let theta1 = declared["theta1"], let theta2 = declared["theta2"], theta1.defaultValue == nil, theta2.defaultValue == nil,
-           case .real = theta1.kind, case .real = theta2.kind, values["theta1"] == nil, values["theta2"] == nil {
+        if let theta1 = declared["theta1"], let theta2 = declared["theta2"],
+           theta1.defaultValue == nil, theta2.defaultValue == nil, case .real = theta1.kind, case .real = theta2.kind,
+           values["theta1"] == nil, values["theta2"] == nil {
             // Midway between neighbours at each tertile; when a third of the steps share the least
             // sparsity (uniform attention gives 0), θ1 goes just above it, so some steps fall below.
             let sparsity = try SparsityProfile.compute(reader, threads: 1).averaged().sorted()
             let n = sparsity.count
             var theta1 = (sparsity[n / 3 - 1] + sparsity[n / 3]) / 2
-            if theta1 <= sparsity[0], let above = sparsity.first(where: { $0 > sparsity[0] }) { theta1 = (sparsity[0] + above) / 2 }
+            if theta1 <= sparsity[0], let above = sparsity.first(where: { $0 > sparsity[0] }) {
+                theta1 = (sparsity[0] + above) / 2
+            }
             var theta2 = (sparsity[2 * n / 3 - 1] + sparsity[2 * n / 3]) / 2
             if theta2 <= theta1 { theta2 = (theta1 + sparsity[n - 1]) / 2 }
             // Equal sparsity everywhere: no thresholds split it; the policy calibrates its own.
@@ -68,19 +74,18 @@ enum PolicyConformance {
             }
         }
         let hasBudget = declaresBudget(type)
-        func accepted(_ candidate: [String: String]) -> [String: String]? {
-            guard hasBudget, candidate["budget"] == nil else { return accepts(type, candidate, reader: reader) ? candidate : nil }
-            let lowest = smallestBudget(type, candidate, reader: reader)
-            return lowest.map { candidate.merging(["budget": String($0)]) { $1 } }
+        func acceptsSome(_ candidate: [String: String]) -> Bool {
+            guard hasBudget, candidate["budget"] == nil else { return accepts(type, candidate, reader: reader) }
+            return smallestBudget(type, candidate, reader: reader) != nil
         }
-        // A required budget is given for the look-up only (the cadence parameter may depend on others).
+        // A required budget is given for the look-up only (which parameter it is may depend on others).
         let placeholder = hasBudget && values["budget"] == nil ? ["budget": String(reader.header.numTokens)] : [:]
         if let parameters = try? spec(type, values.merging(placeholder) { a, _ in a }).parameters,
            let cadence = type.cadenceParameter(parameters),
            values[cadence] == nil, case .integer(let range)? = declared[cadence]?.kind {
             var shorter = values
             shorter[cadence] = String(min(max(cadenceSteps, range.lowerBound), range.upperBound))
-            if accepted(shorter) != nil { values = shorter }
+            if acceptsSome(shorter) { values = shorter }
         }
         guard hasBudget, values["budget"] == nil else {
             guard accepts(type, values, reader: reader) else {
@@ -104,7 +109,8 @@ enum PolicyConformance {
         for b in wanted...max(wanted, 2 * T) {
             let candidate = values.merging(["budget": String(b)]) { $1 }
             guard accepts(type, candidate, reader: reader) else { continue }
-            if budget == .coveringTheTrace, try residentCaps(type, candidate, reader: reader).contains(where: { ($0 ?? T) < T }) {
+            if budget == .coveringTheTrace,
+               try residentCaps(type, candidate, reader: reader).contains(where: { ($0 ?? T) < T }) {
                 continue
             }
             return candidate
@@ -113,7 +119,8 @@ enum PolicyConformance {
     }
 
     /// The resident cap of an instance on each recorded layer (made on `validationPrepared`).
-    static func residentCaps(_ type: any CachePolicy.Type, _ values: [String: String], reader: TraceReader) throws -> [Int?] {
+    static func residentCaps(_ type: any CachePolicy.Type, _ values: [String: String],
+                             reader: TraceReader) throws -> [Int?] {
         let parameters = try spec(type, values).parameters
         return try reader.recordedLayerIndices.enumerated().map { ordinal, layer in
             let setup = PolicySetup(header: reader.header, layer: reader.layerInfo(layer)!, layerOrdinal: ordinal,
@@ -123,12 +130,14 @@ enum PolicyConformance {
         }
     }
 
-    private static func smallestBudget(_ type: any CachePolicy.Type, _ values: [String: String], reader: TraceReader) -> Int? {
-        guard let parameter = type.parameters.first(where: { $0.name == "budget" }), case .integer(let range) = parameter.kind else {
-            return nil
-        }
+    private static func smallestBudget(_ type: any CachePolicy.Type, _ values: [String: String],
+                                       reader: TraceReader) -> Int? {
+        guard let parameter = type.parameters.first(where: { $0.name == "budget" }),
+              case .integer(let range) = parameter.kind else { return nil }
         let upper = max(range.lowerBound, min(range.upperBound, reader.header.numTokens))
-        return (range.lowerBound...upper).first { accepts(type, values.merging(["budget": String($0)]) { $1 }, reader: reader) }
+        return (range.lowerBound...upper).first { b in
+            accepts(type, values.merging(["budget": String(b)]) { $1 }, reader: reader)
+        }
     }
 }
 
@@ -138,7 +147,8 @@ struct ConformanceSnapshot {
     /// nil after prefill.
     let step: Int?
     let residentCap: Int?
-    /// Each kv head's slots during the step's attention (nil after prefill), and after the policy acted.
+    /// Each kv head's slots during the step's attention (nil after prefill), and after the
+    /// policy acted.
     let attended: [[Int32]]?
     let resident: [[Int32]]
 }
@@ -150,15 +160,16 @@ enum ConformanceProbe<Inner: CachePolicy>: PolicyProbe {
     static var log: ObservationLog<ConformanceSnapshot> { conformanceObservations }
     static func snapshot(of inner: Inner, layer: Int, step: Int?, position: Int, attended: [[Int32]]?,
                          cache: LayerCache) -> ConformanceSnapshot {
-        ConformanceSnapshot(layer: layer, step: step, residentCap: inner.residentCap, attended: attended, resident: cache.slots)
+        ConformanceSnapshot(layer: layer, step: step, residentCap: inner.residentCap, attended: attended,
+                            resident: cache.slots)
     }
 }
 
 extension TestTraces {
     /// Replays `type` (opened from an existential metatype) wrapped in `ProbedPolicy`, with the
     /// conformance probe, and returns its snapshots: prefill first, then the steps, per layer.
-    static func conformanceSnapshots<P: CachePolicy>(_ path: String, _ type: P.Type, _ values: [String: String])
-        throws -> [ConformanceSnapshot] {
+    static func conformanceSnapshots<P: CachePolicy>(_ path: String, _ type: P.Type,
+                                                     _ values: [String: String]) throws -> [ConformanceSnapshot] {
         try observe(path, probe: ConformanceProbe<P>.self, values).2
     }
 }
