@@ -162,8 +162,8 @@ final class PolicyConformanceTests: XCTestCase {
         try forEveryPolicy { type, trace, budget, values in
             let label = describe(type, values, trace)
             let snapshots = try TestTraces.conformanceSnapshots(trace.path, type, values)
-            let P = trace.reader.header.promptLength
-            XCTAssertEqual(snapshots.count, 2 * (1 + trace.reader.header.generatedLength), label)
+            let (P, steps) = (trace.reader.header.promptLength, trace.reader.header.generatedLength)
+            XCTAssertEqual(snapshots.count, trace.reader.recordedLayerIndices.count * (1 + steps), label)
             for snapshot in snapshots {
                 let position = snapshot.step.map { P + $0 } ?? P - 1
                 let when = "layer \(snapshot.layer) \(snapshot.step.map { "step \($0)" } ?? "prefill")"
