@@ -105,47 +105,9 @@ final class CacheTimelineTests: XCTestCase {
         }
     }
 
-    /// The attended bytes of one kv head at decode step `t`, recomputed from its timeline alone:
-    /// each attended position's K and V elements at 16 bits until its quantization takes effect,
-    /// then at the quantizer's width; the key scales of every key group with an attended member
-    /// (one group per channel, D of them); the value scales of every attended quantized token.
-    /// Scales are charged in whole bytes per logged group (keys) or per token (values), as the
-    /// caches charge them.
-    static func recomputedAttendedBytes(_ timeline: CacheTimeline, step t: Int, promptLength P: Int, headDim D: Int) -> Int {
-        let visible = P + t + 1
-        func attended(_ j: Int) -> Bool {
-            let d = Int(timeline.droppedAt[j])
-            return d < 0 || d > t
-        }
-        var keyBits = [Int](repeating: 16, count: visible), valueBits = [Int](repeating: 16, count: visible)
-        var metadataBytes = 0
-        for group in timeline.groups where group.step <= t {
-            let members = group.positions.map(Int.init)
-            switch group.tensor {
-            case .key:
-                for p in members { keyBits[p] = group.quantizer.elementBits }
-                if members.contains(where: attended) {
-                    metadataBytes += (D * group.quantizer.metadataBits(count: members.count) + 7) / 8
-                }
-            case .value, .keyPerToken:
-                // Each token's D channels in runs of `channelGroup` (a shorter last run).
-                var perTokenBits = 0
-                for start in stride(from: 0, to: D, by: group.channelGroup) {
-                    perTokenBits += group.quantizer.metadataBits(count: min(group.channelGroup, D - start))
-                }
-                for p in members {
-                    if group.tensor == .value { valueBits[p] = group.quantizer.elementBits } else { keyBits[p] = group.quantizer.elementBits }
-                    if attended(p) { metadataBytes += (perTokenBits + 7) / 8 }
-                }
-            }
-        }
-        var elementBits = 0
-        for j in 0..<visible where attended(j) { elementBits += keyBits[j] + valueBits[j] }
-        return (elementBits * D + 7) / 8 + metadataBytes
-    }
-
-    /// Checks every step's attended bytes of every policy in `result` against the recomputation;
-    /// returns how many steps had quantized tokens and evictions in the attended set.
+    /// Checks every step's attended bytes of every policy in `result` against the recomputation
+    /// from its timeline (`CacheTimeline.recomputedAttendedBytes`, in Support); returns how many
+    /// steps had quantized tokens and evictions in the attended set.
     @discardableResult
     private func assertBytesMatchTimelines(_ result: ReplayResult, _ timelines: [CacheTimeline], promptLength P: Int, headDim D: Int,
                                            file: StaticString = #filePath, line: UInt = #line) -> (quantized: Int, evicted: Int) {
@@ -155,7 +117,7 @@ final class CacheTimelineTests: XCTestCase {
                 let mine = timelines.filter { $0.policy == run.spec.label && $0.layer == record.layer }
                 XCTAssertFalse(mine.isEmpty, file: file, line: line)
                 let t = record.step
-                let expected = mine.reduce(0) { $0 + Self.recomputedAttendedBytes($1, step: t, promptLength: P, headDim: D) }
+                let expected = mine.reduce(0) { $0 + $1.recomputedAttendedBytes(step: t, promptLength: P, headDim: D) }
                 XCTAssertEqual(record.attendedBytes, expected, "\(run.spec.label) layer \(record.layer) step \(t)", file: file, line: line)
                 if mine.contains(where: { $0.groups.contains { $0.step <= t } }) { quantized += 1 }
                 if mine.contains(where: { $0.droppedAt.contains { $0 >= 0 && Int($0) <= t } }) { evicted += 1 }

@@ -8,14 +8,6 @@ import XCTest
 /// that needs no whole-trace preparation, with a header longer than the trace.
 final class OnlinePolicyDriverTests: XCTestCase {
 
-    private static let settings: [String: [String: String]] = [
-        "full": [:], "kivi": ["group": "4", "residual": "8"], "pmkvq": ["budget": "24"],
-        "h2o": ["budget": "16"], "streaming": ["budget": "12"], "rkv": ["budget": "24", "window": "4", "buffer": "8"],
-        "snapkv": ["budget": "16", "window": "4"], "tova": ["budget": "16"], "knorm": ["budget": "16"],
-        "keydiff": ["budget": "16"], "pyramidkv": ["budget": "16", "window": "4"], "raas": ["budget": "32"],
-        "lazyeviction": ["budget": "24", "window": "8"],
-    ]
-
     private static let T = 70, P = 14, Hq = 4, Hkv = 2, D = 8
 
     /// Two random layers; with `sharpness`, the queries of each run of 8 positions are scaled by
@@ -36,18 +28,32 @@ final class OnlinePolicyDriverTests: XCTestCase {
         return try TraceReader(path: path)
     }
 
+    /// Every registered policy whose `prepare` reads nothing of the trace, with the settings the
+    /// conformance tests derive from its declarations (`PolicyConformance`), at its smallest
+    /// accepted budget and a moderate one: a new policy is covered without an edit here.
     func testOnlineDecisionsEqualTheReplayForEveryPolicy() throws {
         let reader = try twoLayerTrace()
-        let online = PolicyRegistry.names.filter { !$0.hasPrefix("thinkv") }
-        XCTAssertEqual(Set(online), Set(Self.settings.keys), "a new policy: give it settings here")
-        for name in online {
-            let spec: PolicySpec
-            do { spec = try PolicySpec(name: name, values: Self.settings[name] ?? [:]) } catch {
-                XCTFail("\(name): \(error)")
-                continue
+        var tested = 0
+        for type in PolicyRegistry.all {
+            let budgets: [PolicyConformance.Budget] = PolicyConformance.declaresBudget(type)
+                ? [.smallest, .moderate] : [.smallest]
+            for budget in budgets {
+                let spec: PolicySpec
+                do {
+                    let values = try PolicyConformance.settings(for: type, reader: reader, budget: budget)
+                    spec = try PolicyConformance.spec(type, values)
+                } catch {
+                    XCTFail("\(type.name): \(error)")
+                    continue
+                }
+                // Whole-trace preparation (ThinKV's thought timeline) is tested online below.
+                let layers = reader.recordedLayerIndices
+                guard try type.prepare(reader, parameters: spec.parameters, layers: layers) == nil else { continue }
+                try assertOnlineEqualsReplay(spec, reader: reader)
+                tested += 1
             }
-            try assertOnlineEqualsReplay(spec, reader: reader)
         }
+        XCTAssertGreaterThan(tested, PolicyRegistry.all.count, "most policies need no preparation")
     }
 
     /// ThinKV types its thoughts online from the sparsity over its own cache, a refresh reading

@@ -49,6 +49,12 @@ public protocol CachePolicy: AnyObject {
     /// an equal-memory match names a value of it when its target is out of reach. Default nil:
     /// the budget alone sets the memory.
     static func cadenceParameter(_ parameters: PolicyParameters) -> String?
+    /// Parameters a small test trace needs (about 100 tokens): the conformance tests replay
+    /// every registered policy with these, plus what they derive from the declarations (the
+    /// smallest budget the policy accepts, a cadence of a few steps, thresholds from the trace),
+    /// e.g. a window shorter than the default so that a small budget compresses at all.
+    /// Default: none.
+    static var conformanceSettings: [String: String] { get }
 
     init(parameters: PolicyParameters, setup: PolicySetup) throws
 
@@ -78,6 +84,7 @@ extension CachePolicy {
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { nil }
+    public static var conformanceSettings: [String: String] { [:] }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {}

@@ -39,6 +39,8 @@ public final class PMKVQPolicy: CachePolicy {
     public static let summary = "PM-KVQ: no eviction; bit width halved block by block (16→8→4→2) whenever a layer's cache outgrows its memory budget; sink and window stay 16-bit"
     public static let readsAttention = false
     static let widths = ["16", "8", "4", "2"]
+    /// The default 128-token 16-bit window would hold all of a small test trace: nothing quantized.
+    public static let conformanceSettings = ["window": "8"]
     public static let parameters: [PolicyParameter] = [
         .integer("budget", min: 1, required: true,
                  help: "B, the layer's memory budget as the bytes of B tokens at 16 bits (kv_budget MB = B·2·Hkv·D·2/2^20)"),

@@ -36,6 +36,9 @@ public final class PyramidKVPolicy: CachePolicy {
         let n = parameters.int("interval")!
         return "every \(n) decode steps (--interval), after the attention; keeps this layer's pyramid share of B (at most 2B+2); holds up to max(P, 2B+2)+\(n - 1)"
     }
+    /// With the default 64-query window the smallest budget (65) would not compress a small test
+    /// trace, and a short --interval needs a window below it.
+    public static let conformanceSettings = ["window": "4"]
     public static let parameters: [PolicyParameter] = KVPressDecoding.parameters() + [
         .integer("window", default: 64, min: 1, help: "w, observation window of the newest queries, always kept (kvpress window_size)"),
         .integer("kernel", default: 5, min: 1, help: "average-pooling kernel over neighbouring slots, odd (kvpress kernel_size)"),

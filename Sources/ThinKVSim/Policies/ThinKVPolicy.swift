@@ -58,6 +58,11 @@ public class ThinKVPolicy: CachePolicy {
     public class var requirements: PolicyRequirements { components.contains(.eviction) ? .queriesAndKeys : [] }
     /// One block holds one thought type; small blocks waste fewer slots per type.
     public class var preferredBlockSize: Int { 8 }
+    /// A type held τ = 128 steps (the default) would not change within a small test trace, and
+    /// segments of τ tokens would not shrink at transitions before the schedule reaches 4.
+    public class var conformanceSettings: [String: String] {
+        components.contains(.eviction) ? ["tau": "8", "schedule": "4,2"] : ["tau": "8"]
+    }
     /// Segments shrink by k-means over keys; the step's attention is never read.
     public class var readsAttention: Bool { false }
 

@@ -1,0 +1,364 @@
+import Foundation
+import XCTest
+@testable import ThinKVSim
+
+/// Properties every policy in `PolicyRegistry.all` must have, on small random traces, with
+/// settings derived from what each policy declares (`PolicyConformance`): a new policy is tested
+/// by these without an edit here. Each failure names the policy, its settings, the trace, and
+/// the first layer, step and kv head where the property breaks.
+final class PolicyConformanceTests: XCTestCase {
+
+    private struct SmallTrace {
+        let path: String
+        let reader: TraceReader
+        var name: String { "T \(reader.header.numTokens) P \(reader.header.promptLength) D \(reader.header.headDim)" }
+    }
+
+    private struct Replayed {
+        let result: ReplayResult
+        let run: PolicyRun
+        let kept: [KeptEvent]
+        let timelines: [CacheTimeline]
+    }
+
+    /// The traces, and each configuration's replay with 1 thread, shared by the tests of this
+    /// class (replays dominate its time); the directory goes in the class's `tearDown`.
+    private final class Shared: @unchecked Sendable {
+        let lock = NSLock()
+        var directory: URL?
+        var traces: [SmallTrace]?
+        var replays: [String: Replayed] = [:]
+    }
+    private static let shared = Shared()
+
+    override class func tearDown() {
+        if let directory = shared.directory { try? FileManager.default.removeItem(at: directory) }
+        super.tearDown()
+    }
+
+    /// Two layers of Gaussian q/k/v (GQA: 4 query heads on 2 kv heads); the queries of each run
+    /// of 8 positions are scaled by 0.3, 1.6 or 8 in turn, so the attention's sparsity changes
+    /// along the trace (thought types for the policies that have them). The second trace's
+    /// prompt is longer than most small budgets (compression at prefill).
+    private func smallTraces() throws -> [SmallTrace] {
+        let shared = Self.shared
+        shared.lock.lock()
+        defer { shared.lock.unlock() }
+        if let traces = shared.traces { return traces }
+        let dir = FileManager.default.temporaryDirectory
+            .appendingPathComponent("thinkv-conformance-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        shared.directory = dir
+        let shapes = [(T: 72, P: 16, D: 8, seed: UInt64(301)), (T: 88, P: 40, D: 16, seed: UInt64(302))]
+        let traces = try shapes.map { shape in
+            let (Hq, Hkv) = (4, 2)
+            var layers = (0..<2).map { l in
+                TestTraces.randomLayer(T: shape.T, Hq: Hq, Hkv: Hkv, D: shape.D, seed: shape.seed + UInt64(10 * l),
+                                       index: l)
+            }
+            let factors: [Float] = [0.3, 1.6, 8]
+            for l in layers.indices {
+                for p in 0..<shape.T {
+                    for i in 0..<(Hq * shape.D) { layers[l].q![p * Hq * shape.D + i] *= factors[(p / 8) % 3] }
+                }
+            }
+            let path = try TestTraces.write(to: dir.appendingPathComponent("conformance-\(shape.seed).h5"), T: shape.T,
+                                            P: shape.P, Hq: Hq, Hkv: Hkv, D: shape.D, numLayers: 2, layers: layers)
+            return SmallTrace(path: path, reader: try TraceReader(path: path))
+        }
+        shared.traces = traces
+        return traces
+    }
+
+    private func replay(_ trace: SmallTrace, _ spec: PolicySpec, threads: Int) throws -> Replayed {
+        let engine = ReplayEngine(reader: try TraceReader(path: trace.path),
+                                  configuration: ReplayConfiguration(policies: [spec], threads: threads))
+        let kept = KeptEventCollector(), timelines = CacheTimelineCollector()
+        engine.keptSink = kept
+        engine.timelineSink = timelines
+        let result = try engine.run()
+        let ordered = timelines.timelines.sorted { ($0.layer, $0.kvHead) < ($1.layer, $1.kvHead) }
+        return Replayed(result: result, run: result.runs[0], kept: kept.events, timelines: ordered)
+    }
+
+    /// The replay of `type` with `values` on `trace` with 1 thread, made once per class run.
+    private func replay(_ trace: SmallTrace, _ type: any CachePolicy.Type,
+                        _ values: [String: String]) throws -> Replayed {
+        let key = "\(trace.path) \(type.name) \(values.sorted { $0.key < $1.key })"
+        let shared = Self.shared
+        shared.lock.lock()
+        let stored = shared.replays[key]
+        shared.lock.unlock()
+        if let stored { return stored }
+        let replayed = try replay(trace, try PolicyConformance.spec(type, values), threads: 1)
+        shared.lock.lock()
+        shared.replays[key] = replayed
+        shared.lock.unlock()
+        return replayed
+    }
+
+    /// The budgets a policy is replayed at: two for a policy with a budget, else its settings alone.
+    private func budgets(_ type: any CachePolicy.Type) -> [PolicyConformance.Budget] {
+        PolicyConformance.declaresBudget(type) ? [.smallest, .moderate] : [.smallest]
+    }
+
+    /// Failures per policy and property, reported once each with the first few cases.
+    /// `expected`: documented behaviours that break a property, by key, with the reason; they
+    /// must show (as XCTExpectFailure would demand, which this platform's XCTest lacks).
+    private final class Findings {
+        private var cases: [String: [String]] = [:]
+        private let expected: [String: String]
+        init(expected: [String: String] = [:]) { self.expected = expected }
+        func add(_ key: String, _ message: String) { cases[key, default: []].append(message) }
+        func report(file: StaticString = #filePath, line: UInt = #line) {
+            for key in cases.keys.sorted() where expected[key] == nil {
+                let all = cases[key]!
+                XCTFail("\(key): \(all.count) case(s), first: \(all.prefix(3).joined(separator: " | "))",
+                        file: file, line: line)
+            }
+            for (key, reason) in expected.sorted(by: { $0.key < $1.key }) where cases[key] == nil {
+                XCTFail("\(key): expected to fail (\(reason)) but holds; drop the expectation", file: file, line: line)
+            }
+        }
+    }
+
+    /// Calls `body` for every registered policy, trace and budget with the derived settings;
+    /// a policy whose settings cannot be derived is itself a failure.
+    private func forEveryPolicy(
+        budgets chosen: ((any CachePolicy.Type) -> [PolicyConformance.Budget])? = nil,
+        _ body: (any CachePolicy.Type, SmallTrace, PolicyConformance.Budget, [String: String]) throws -> Void
+    ) throws {
+        let traces = try smallTraces()
+        for type in PolicyRegistry.all {
+            for trace in traces {
+                for budget in (chosen ?? budgets)(type) {
+                    let values: [String: String]
+                    do {
+                        values = try PolicyConformance.settings(for: type, reader: trace.reader, budget: budget)
+                    } catch {
+                        XCTFail("\(type.name) on \(trace.name): no settings for a \(budget.rawValue) budget: \(error)")
+                        continue
+                    }
+                    try body(type, trace, budget, values)
+                }
+            }
+        }
+    }
+
+    private func describe(_ type: any CachePolicy.Type, _ values: [String: String], _ trace: SmallTrace) -> String {
+        let given = values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        return "\(type.name)(\(given)) on \(trace.name)"
+    }
+
+    // MARK: Resident cap and slots
+
+    /// After prefill and after every step, no kv head holds more than the instance's
+    /// `residentCap`, and no kv head's slots (attended or resident) repeat a position or hold
+    /// one not yet seen. Not vacuous: at the smallest budget every budgeted policy's cache
+    /// departs from the full cache (fewer bytes) at some step.
+    func testResidentTokensStayWithinTheCapWithoutDuplicateSlots() throws {
+        let findings = Findings()
+        var capped = 0
+        try forEveryPolicy { type, trace, budget, values in
+            let label = describe(type, values, trace)
+            let snapshots = try TestTraces.conformanceSnapshots(trace.path, type, values)
+            let (P, steps) = (trace.reader.header.promptLength, trace.reader.header.generatedLength)
+            XCTAssertEqual(snapshots.count, trace.reader.recordedLayerIndices.count * (1 + steps), label)
+            for snapshot in snapshots {
+                let position = snapshot.step.map { P + $0 } ?? P - 1
+                let when = "layer \(snapshot.layer) \(snapshot.step.map { "step \($0)" } ?? "prefill")"
+                for (g, slots) in snapshot.resident.enumerated() {
+                    if let cap = snapshot.residentCap {
+                        capped += 1
+                        if slots.count > cap {
+                            findings.add("\(type.name): resident cap",
+                                         "\(label) \(when) head \(g): \(slots.count) > cap \(cap)")
+                        }
+                    }
+                    for (kind, held) in [("resident", slots), ("attended", snapshot.attended?[g] ?? [])] {
+                        if Set(held).count != held.count {
+                            findings.add("\(type.name): duplicate slots", "\(label) \(when) head \(g): \(kind) \(held)")
+                        }
+                        if let bad = held.first(where: { $0 < 0 || Int($0) > position }) {
+                            findings.add("\(type.name): slot out of range",
+                                         "\(label) \(when) head \(g): \(kind) holds \(bad)")
+                        }
+                    }
+                    if let attended = snapshot.attended?[g], !attended.contains(Int32(position)) {
+                        findings.add("\(type.name): new position attended",
+                                     "\(label) \(when) head \(g) does not attend \(position)")
+                    }
+                }
+            }
+            if PolicyConformance.declaresBudget(type) && budget == .smallest {
+                let records = try replay(trace, type, values).run.steps
+                if !records.contains(where: { $0.attendedBytes < $0.fullBytes }) {
+                    findings.add("\(type.name): compresses at its smallest budget",
+                                 "\(label): the cache is the full cache at every step (see conformanceSettings)")
+                }
+            }
+        }
+        findings.report()
+        XCTAssertGreaterThan(capped, 1000)
+    }
+
+    // MARK: Threads and determinism
+
+    /// Every figure the replay reports (each step record, the summary, every metric sample, the
+    /// counters, the notes), the `--kept` events and the `--cache-timeline` records are the
+    /// same, bit for bit, with 1, 2 and 3 threads, and for a second run with 1 thread.
+    func testResultsAreIdenticalForAnyThreadCountAndRepeatable() throws {
+        let findings = Findings()
+        try forEveryPolicy(budgets: { _ in [.smallest] }) { type, trace, _, values in
+            let label = describe(type, values, trace)
+            let spec = try PolicyConformance.spec(type, values)
+            let first = try fingerprint(try replay(trace, type, values))
+            for (threads, run) in [(1, "a second run"), (2, "2 threads"), (3, "3 threads")] {
+                let other = try fingerprint(try replay(trace, spec, threads: threads))
+                let differing = (0..<min(first.count, other.count)).first { first[$0].text != other[$0].text }
+                    ?? (first.count == other.count ? nil : min(first.count, other.count))
+                if let i = differing {
+                    let what = i < first.count ? first[i].what : other[i].what
+                    findings.add("\(type.name): \(run) differs", "\(label): \(what)")
+                }
+            }
+        }
+        findings.report()
+    }
+
+    /// The replay's outputs as (what, exact text) pairs, one per step record: JSON with sorted
+    /// keys (dictionary order is not fixed), every Float and Double as the shortest text that
+    /// reads back to the same bits, so equal text is equal bits.
+    private func fingerprint(_ replayed: Replayed) throws -> [(what: String, text: String)] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf",
+                                                                      nan: "nan")
+        func text<T: Encodable>(_ value: T) throws -> String {
+            String(decoding: try encoder.encode(value), as: UTF8.self)
+        }
+        let run = replayed.run
+        var parts = try run.steps.map { (what: "step record of layer \($0.layer) step \($0.step)", text: try text($0)) }
+        parts.append(("summary", try text(run.summary)))
+        parts.append(("metric samples", try text(run.samples)))
+        parts.append(("counters", try text(run.counters)))
+        parts.append(("notes", try text(replayed.result.notes)))
+        parts += try replayed.kept.map { event in
+            (what: "kept event of layer \(event.layer) step \(event.step) head \(event.kvHead)", text: try text(event))
+        }
+        parts += replayed.timelines.map { timeline in
+            (what: "cache timeline of layer \(timeline.layer) head \(timeline.kvHead)", text: timeline.jsonLine)
+        }
+        return parts
+    }
+
+    // MARK: A budget covering the trace
+
+    /// With a budget that covers the trace (at least its length, and a resident cap, where the
+    /// policy declares one, that holds every position), a policy that only evicts keeps every
+    /// position and gives the full cache's numbers, exactly: at every step and query head mass
+    /// and top-k recall 1, attention KL 0, output error 0, and the full cache's tokens and bytes.
+    /// Policies that quantize (their timeline logs a quantization) are exempt: rounding changes
+    /// attention and output even when nothing is evicted, and their budget may be a memory budget
+    /// that quantization, not eviction, meets (PM-KVQ).
+    /// Also, at a budget of exactly the trace's length, where the replay notes that the budget
+    /// "keeps everything", no position is dropped.
+    func testABudgetCoveringTheTraceGivesTheFullCachesNumbers() throws {
+        let findings = Findings(expected: [
+            "thinkv-tbe: full cache's numbers at a budget covering the trace":
+                "TBE shrinks older thought segments at every transition whatever the budget (ThinKVPolicy; --budget: "
+                + "'default: no budget, segments shrink at transitions only')",
+        ])
+        var checked = 0
+        let budgets: (any CachePolicy.Type) -> [PolicyConformance.Budget] = {
+            PolicyConformance.declaresBudget($0) ? [.traceLength, .coveringTheTrace] : []
+        }
+        try forEveryPolicy(budgets: budgets) { type, trace, budget, values in
+            let label = describe(type, values, trace)
+            let replayed = try replay(trace, type, values)
+            if budget == .traceLength {
+                guard replayed.result.notes.contains(where: { $0.contains("so it keeps everything") }) else { return }
+                for timeline in replayed.timelines {
+                    if let j = timeline.droppedAt.firstIndex(where: { $0 >= 0 }) {
+                        findings.add("\(type.name): the note 'keeps everything' holds",
+                                     "\(label) layer \(timeline.layer) head \(timeline.kvHead): position \(j) "
+                                         + "dropped at step \(timeline.droppedAt[j])")
+                        break
+                    }
+                }
+                return
+            }
+            guard !replayed.timelines.contains(where: { !$0.groups.isEmpty }) else { return }
+            checked += 1
+            let key = "\(type.name): full cache's numbers at a budget covering the trace"
+            for r in replayed.run.steps {
+                let at = "\(label) layer \(r.layer) step \(r.step)"
+                if r.attendedTokens != Double(r.position + 1) || r.residentTokens != Double(r.position + 1) {
+                    findings.add(key, "\(at): attends \(r.attendedTokens), holds \(r.residentTokens) of "
+                                     + "\(r.position + 1)")
+                }
+                if r.attendedBytes != r.fullBytes {
+                    findings.add(key, "\(at): \(r.attendedBytes) bytes, the full cache \(r.fullBytes)")
+                }
+                if r.massRecall != 1 || r.massRecallMin != 1 || r.topKRecall != 1 || r.attentionKL != 0
+                    || r.outputError != 0 {
+                    findings.add(key, "\(at): recall \(r.massRecall) (min \(r.massRecallMin)), top-k \(r.topKRecall), "
+                                     + "KL \(r.attentionKL), output error \(String(describing: r.outputError))")
+                }
+            }
+            let samples = replayed.run.samples
+            if samples.massRecall.contains(where: { $0 != 1 }) || samples.topKRecall.contains(where: { $0 != 1 })
+                || samples.attentionKL.contains(where: { $0 != 0 })
+                || samples.outputError.contains(where: { $0 != 0 }) {
+                findings.add(key, "\(label): some query head's sample is not the full cache's")
+            }
+        }
+        findings.report()
+        XCTAssertGreaterThan(checked, 10, "most budgeted policies only evict")
+    }
+
+    // MARK: Bytes from the cache timeline
+
+    /// At every step and layer, the attended bytes the replay measured equal a recomputation from
+    /// the `--cache-timeline` records alone (`CacheTimeline.recomputedAttendedBytes`), and the
+    /// attended tokens equal the positions the timeline says are seen.
+    func testAttendedBytesEqualARecomputationFromTheCacheTimeline() throws {
+        let findings = Findings()
+        var quantizedSteps = 0, evictedSteps = 0
+        try forEveryPolicy { type, trace, _, values in
+            let label = describe(type, values, trace)
+            let replayed = try replay(trace, type, values)
+            let header = trace.reader.header
+            let (P, D) = (header.promptLength, header.headDim)
+            for r in replayed.run.steps {
+                let mine = replayed.timelines.filter { $0.layer == r.layer }
+                guard mine.count == header.numKVHeads else {
+                    findings.add("\(type.name): cache timeline", "\(label) layer \(r.layer): \(mine.count) timelines")
+                    continue
+                }
+                let t = r.step
+                let bytes = mine.reduce(0) { $0 + $1.recomputedAttendedBytes(step: t, promptLength: P, headDim: D) }
+                if bytes != r.attendedBytes {
+                    let perHead = mine.map { String($0.recomputedAttendedBytes(step: t, promptLength: P, headDim: D)) }
+                    findings.add("\(type.name): attended bytes from the timeline",
+                                 "\(label) layer \(r.layer) step \(t): replay \(r.attendedBytes), timeline \(bytes) "
+                                     + "(per head \(perHead.joined(separator: "+")))")
+                }
+                let seen = mine.reduce(0) { total, timeline in
+                    total + (0...(P + t)).filter { timeline.droppedAt[$0] < 0 || Int(timeline.droppedAt[$0]) > t }.count
+                }
+                if Double(seen) / Double(header.numKVHeads) != r.attendedTokens {
+                    findings.add("\(type.name): attended tokens from the timeline",
+                                 "\(label) layer \(r.layer) step \(t): replay \(r.attendedTokens), "
+                                     + "timeline \(Double(seen) / Double(header.numKVHeads))")
+                }
+                if mine.contains(where: { $0.groups.contains { $0.step <= t } }) { quantizedSteps += 1 }
+                if mine.contains(where: { $0.droppedAt.contains { $0 >= 0 && Int($0) <= t } }) { evictedSteps += 1 }
+            }
+        }
+        findings.report()
+        // Not vacuous: many steps attend quantized tokens, many follow evictions.
+        XCTAssertGreaterThan(quantizedSteps, 500)
+        XCTAssertGreaterThan(evictedSteps, 2000)
+    }
+}
