@@ -209,11 +209,6 @@ public final class ReplayEngine {
 
         let anyValues = layers.contains { reader.layerInfo($0)?.hasValues == true }
         var notes: [String] = []
-        for spec in configuration.policies where spec.type.parameters.contains(where: { $0.name == "budget" }) {
-            if let budget = spec.parameters.int("budget"), budget >= header.numTokens {
-                notes.append("\(spec.label): the budget is at least the trace's \(header.numTokens) tokens, so it keeps everything")
-            }
-        }
         for (spec, value) in zip(configuration.policies, prepared) {
             for note in (value as? ReplayNotes)?.replayNotes ?? [] where !notes.contains("\(spec.label): \(note)") {
                 notes.append("\(spec.label): \(note)")
@@ -230,6 +225,16 @@ public final class ReplayEngine {
             run.samples = samples[i]
             run.counters = counters[i].map { ReplayShard.Counter(name: $0.name, value: $0.value) }
             return run
+        }
+        for run in runs where run.spec.type.parameters.contains(where: { $0.name == "budget" }) {
+            guard let budget = run.spec.parameters.int("budget"), budget >= header.numTokens else { continue }
+            // A budget that covers the trace keeps everything only for a policy that evicts just over budget.
+            let evicting = run.summary.memory.evictionStepPercent
+            notes.append(evicting == 0
+                ? "\(run.spec.label): the budget is at least the trace's \(header.numTokens) tokens, so it keeps everything"
+                : "\(run.spec.label): the budget is at least the trace's \(header.numTokens) tokens, yet it evicted on "
+                    + String(format: "%.1f", evicting) + " % of decode steps: "
+                    + run.spec.type.compressionCadence(run.spec.parameters))
         }
         for run in runs {
             for note in run.spec.type.runNotes(counters: run.summary.policyCounters ?? [:], parameters: run.spec.parameters,
