@@ -22,9 +22,10 @@ let package = Package(
         // HDF5's deflate filter with a bound on what one chunk inflates to (a compression bomb
         // in a chunk that declares a few KB); zlib comes with the HDF5 packages.
         .target(name: "CInflate", path: "Sources/CInflate", linkerSettings: [.linkedLibrary("z")]),
-        // All logic: trace I/O, replay engine, policies, metrics, reports, CLI commands.
+        // All logic: trace I/O, replay engine, policies, metrics, sweeps, plots, reports, and the
+        // pieces commands share (argument parsing, policy lists, progress on stderr).
         .target(name: "ThinKVSim", dependencies: ["CHDF5", "CPrefetch", "CProcess", "CInflate"]),
-        // The executable only dispatches to the library's commands.
+        // One file per subcommand: each parses its options and calls the library.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.
         // Tests use the HDF5 C API directly to build malformed files a writer would refuse to make.
