@@ -3,6 +3,7 @@ progress while the binary runs, per-policy parameters, sweeps from dicts and wit
 
 import importlib
 import json
+import pathlib
 import re
 import time
 
@@ -255,6 +256,16 @@ def test_per_policy_parameters_run_as_separate_replays_would(sample):
     assert both.loc["rkv(budget=40,divide=8)", "param_divide"] == 8
     for column in ("attention_kl_mean", "kv_bytes_mean", "mass_recall_mean"):
         assert both[column].tolist() == alone.loc[both.index, column].tolist(), column
+
+
+def test_kv_adapt_lets_the_matcher_change_the_cadence(sample):
+    """10 % of the full cache is out of reach at R-KV's --divide 128 on 150 steps; kv_adapt runs
+    the halving of --divide that reaches it, and says so."""
+    adapted = tk.replay(sample, "rkv", kv_percent=10, layers=[0], steps=150, kv_adapt=True, progress=None)
+    row = adapted.iloc[0]
+    assert row["kv_match_status"] == "matched" and row["param_divide"] < 128
+    assert row["kv_match_note"].startswith(f"rkv: --kv-adapt set --divide {row['param_divide']} (was 128)")
+    assert abs(row["achieved_percent"] - 10) <= 1
 
 
 def test_per_policy_parameters_are_checked_against_their_policy(sample):

@@ -14,7 +14,7 @@ from .progress import ProgressArgument
 from .runner import notes, option_name, options, run, run_json
 
 # The functions' own arguments, suggested when a keyword parameter is misspelt (layer -> layers).
-_OWN_KEYWORDS = ("budget", "kv_percent", "kv_bytes", "kv_match", "layers", "steps", "topk", "threads", "paging",
+_OWN_KEYWORDS = ("budget", "kv_percent", "kv_bytes", "kv_match", "kv_adapt", "layers", "steps", "topk", "threads", "paging",
                  "block_size", "progress")
 
 
@@ -47,9 +47,9 @@ def _arguments(trace, policies: PolicyArgument, budget, kv_percent, layers, step
 
 def replay(trace: str, policies: PolicyArgument = "full", budget: Optional[int] = None,
            kv_percent: Optional[float] = None, layers: Optional[Sequence[int]] = None, steps: Optional[int] = None,
-           *, kv_bytes: Optional[int] = None, kv_match: Optional[str] = None, topk: Optional[int] = None,
-           threads: Optional[int] = None, paging: Optional[str] = None, block_size: Optional[int] = None,
-           progress: ProgressArgument = "auto", **params) -> pd.DataFrame:
+           *, kv_bytes: Optional[int] = None, kv_match: Optional[str] = None, kv_adapt: bool = False,
+           topk: Optional[int] = None, threads: Optional[int] = None, paging: Optional[str] = None,
+           block_size: Optional[int] = None, progress: ProgressArgument = "auto", **params) -> pd.DataFrame:
     """Replays `trace` through `policies`; one row per run with the summary the CLI reports.
 
     `policies`: "h2o", "h2o,rkv", a list, or per-policy parameters as the command line spells
@@ -65,6 +65,8 @@ def replay(trace: str, policies: PolicyArgument = "full", budget: Optional[int] 
     param_<name> per parameter, the summary under the sweep CSV's names (attention_kl_mean,
     output_error_p95, kv_bytes_mean, percent_of_full_mean, ...), with a memory target
     kv_percent, kv_match_status, achieved_percent, and compresses (when the cache compresses).
+    With `kv_adapt=True`, a target out of reach at a policy's compression cadence is matched at
+    the cadence value that reaches it (`replay --kv-adapt`; the note says what changed).
     The report's notes are in `df.attrs["notes"]`, its timing in `df.attrs["timing"]`.
 
     >>> import thinkv_sim as tk
@@ -75,7 +77,7 @@ def replay(trace: str, policies: PolicyArgument = "full", budget: Optional[int] 
     replay_options = {"kv_bytes": kv_bytes, "kv_match": kv_match, "topk": topk, "threads": threads, "paging": paging,
                       "block_size": block_size}
     arguments, keywords = _arguments(trace, policies, budget, kv_percent, layers, steps, replay_options, params,
-                                     extra=["--json"])
+                                     extra=["--json"] + (["--kv-adapt"] if kv_adapt else []))
     report = run_json(arguments, progress=progress, traces=[os.fspath(trace)], keywords=keywords)
     rows = [columns.replay_row(entry, report) for entry in report["runs"]]
     frame = pd.DataFrame(rows)
