@@ -114,12 +114,11 @@ def replay_strong(torch, np, q, k, v, P, scale, chunk, budget, recent):
                 x = buffer[: n * g * end].view(n * g, end)
                 torch.mm(qc[h], kh[h, :end].t(), out=x)
                 x[:, start:].masked_fill_(future, float("-inf"))
-                top = x.amax(dim=1, keepdim=True)
-                x.sub_(top).exp_()
-                total = x.sum(dim=1, keepdim=True)
+                top = x.amax(dim=1)
+                torch.softmax(x, dim=1, out=x)  # row by row, in place
+                # The largest probability is exp(0) / Σ exp(x − top): the log-sum-exp without another exp pass.
+                torch.sub(top, x.amax(dim=1).log(), out=lse[h])
                 torch.mm(x, vh[h, :end], out=out[h])
-                out[h].div_(total)
-                lse[h] = (top + total.log()).squeeze(1)
             return lse, out
 
     if P > budget:
@@ -133,54 +132,63 @@ def replay_strong(torch, np, q, k, v, P, scale, chunk, budget, recent):
     starts = list(range(P, T, chunk))
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(reference, P, min(T, P + chunk))
-        for i, start in enumerate(starts):
+        for start in starts:
             end = min(T, start + chunk)
             n = end - start
             following = pool.submit(reference, end, min(T, end + chunk)) if end < T else None
+            # U: the kept positions, then the chunk's (ascending). Step s attends the columns up to
+            # K0 + s that have not been evicted before it.
             K0 = kept.shape[1]
             L = K0 + n
             positions = np.concatenate([kept, np.broadcast_to(np.arange(start, end), (Hkv, n))], axis=1)
             index = torch.from_numpy(positions)
             keys_u, values_u = kh[heads_t, index], vh[heads_t, index]  # [Hkv, L, D]
-            logits = torch.bmm(chunk_queries(start, end), keys_u.transpose(1, 2))  # [Hkv, n·g, L]
-            steps = logits.numpy().reshape(Hkv, n, g, L)
+            logits = torch.bmm(chunk_queries(start, end), keys_u.transpose(1, 2)).view(Hkv, n, g, L)
+            future = torch.from_numpy(np.arange(L)[None, :] > K0 + np.arange(n)[:, None])  # [n, L]
+            visible = logits.masked_fill(future[None, :, None, :], float("-inf"))
+            # Every step's exponentials at once, against the row's largest visible logit; an evicted
+            # column is zeroed for the steps after its eviction.
+            exps = visible.sub_(visible.amax(dim=-1, keepdim=True)).exp_().numpy()  # [Hkv, n, g, L]
             score = np.concatenate([kept_score, np.zeros((Hkv, n), dtype=np.float32)], axis=1)
-            mask = np.full((Hkv, L), -np.inf, dtype=np.float32)  # 0: attended, -inf: not (yet, or evicted)
-            mask[:, :K0] = 0
-            attended = np.empty((n, Hkv, L), dtype=np.float32)
+            evicted_at = np.full((Hkv, L), n)  # the last step that attends each column (n: none evicts it)
+            total = np.empty((Hkv, g, 1), dtype=np.float32)
+            step_score = np.empty((Hkv, L), dtype=np.float32)
             whole = np.zeros(n, dtype=bool)  # steps that attend every visible position
             count = K0
             for s in range(n):
-                p = start + s
-                mask[:, K0 + s] = 0
                 count += 1
-                attended[s] = mask
-                whole[s] = count == p + 1
-                a = steps[:, s] + mask[:, None, :]  # [Hkv, g, L]
-                a -= a.max(axis=2, keepdims=True)
-                np.exp(a, out=a)
-                a /= a.sum(axis=2, keepdims=True)
-                score += a.sum(axis=1)  # the group's heads in order; evicted columns stay +inf
+                whole[s] = count == start + s + 1
+                a = exps[:, s]  # [Hkv, g, L]: this step's softmax over its attended columns
+                np.sum(a, axis=2, keepdims=True, out=total)
+                a /= total
+                np.sum(a, axis=1, out=step_score)  # the group's heads in order
+                score += step_score
                 if count > budget:
-                    # Candidates: outside the recent window; the lowest score goes, among ties the latest.
-                    ranked = np.where(positions <= p - recent, score, np.inf)
-                    column = L - 1 - ranked[:, ::-1].argmin(axis=1)
+                    # Candidates: every column up to position p − R (column K0 − R + s, as the last
+                    # R kept positions are never evicted); the lowest score goes, among ties the latest.
+                    last = K0 - recent + s
+                    column = last - score[:, last::-1].argmin(axis=1)
                     score[heads, column] = np.inf
-                    mask[heads, column] = -np.inf
+                    exps[heads, s + 1:, :, column] = 0
+                    evicted_at[heads, column] = s
                     count -= 1
-                    if p + 1 < T:
-                        dropped[heads, positions[heads, column]] = p + 1 - P
-            alive = mask == 0
+            head, column = np.nonzero(evicted_at < n)
+            step = start + evicted_at[head, column]  # the position of the step that evicted it
+            recorded = step + 1 < T
+            dropped[head[recorded], positions[head, column][recorded]] = step[recorded] + 1 - P
+            alive = evicted_at == n
             kept = positions[alive].reshape(Hkv, -1)
             kept_score = score[alive].reshape(Hkv, -1)
 
             # Every step's attention over what it attended, as one masked matmul over U.
+            steps = np.arange(n)[None, :, None]
+            attended = (np.arange(L)[None, None, :] <= K0 + steps) & (steps <= evicted_at[:, None, :])  # [Hkv, n, L]
+            masked = logits.masked_fill(torch.from_numpy(~attended)[:, :, None, :], float("-inf"))
+            kept_lse = torch.logsumexp(masked, dim=-1)  # [Hkv, n, g]
+            probs = masked.sub_(kept_lse[..., None]).exp_()
+            out = torch.bmm(probs.view(Hkv, n * g, L), values_u).view(Hkv, n, g, D)
             full_lse, full_out = pending.result()
             pending = following
-            masked = logits.view(Hkv, n, g, L) + torch.from_numpy(attended).permute(1, 0, 2)[:, :, None, :]
-            kept_lse = torch.logsumexp(masked, dim=-1)  # [Hkv, n, g]
-            probs = torch.exp(masked - kept_lse[..., None])
-            out = torch.bmm(probs.view(Hkv, n * g, L), values_u).view(Hkv, n, g, D)
             full_lse, full_out = full_lse.view(Hkv, n, g), full_out.view(Hkv, n, g, D)
             recall = torch.exp(kept_lse - full_lse).clamp_max(1)
             kl = ((full_lse - kept_lse) * probs.sum(dim=-1)).clamp_min(0)
