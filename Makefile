@@ -45,7 +45,7 @@ help:
 	@echo "make run    build (release), inspect the synthetic sample, replay both shipped traces through every policy"
 	@echo "make test   build and run the test suite (Swift, then the Python package's)"
 	@echo "make bench  replay benchmark (release build)"
-	@echo "make bench-torch  PyTorch/NumPy peers of the 8K and 32K full,h2o replays: same kept sets, timed against thinkv-sim"
+	@echo "make bench-torch  PyTorch/NumPy peers of the 8K and 32K full,h2o replays, checked and timed against it"
 	@echo "make sweep  budget sweep and equal-memory sweep over the sample traces, CSVs + plots in out/"
 	@echo "make test-recorder  Python env of tools/record_trace.py (cached in $(RECORDER_VENV)) and its tests"
 	@echo "make test-slurm  docs/cluster.md's Slurm scripts on a one-node Slurm started here (root; skips without Slurm)"

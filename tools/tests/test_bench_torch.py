@@ -31,7 +31,8 @@ def binary():
     """$THINKV_SIM, else this checkout's newest build, else thinkv-sim on PATH."""
     if os.environ.get("THINKV_SIM"):
         return os.environ["THINKV_SIM"]
-    builds = [p for p in (REPO / ".build/release/thinkv-sim", REPO / ".build/debug/thinkv-sim") if os.access(p, os.X_OK)]
+    builds = [p for p in (REPO / ".build/release/thinkv-sim", REPO / ".build/debug/thinkv-sim")
+              if os.access(p, os.X_OK)]
     if builds:
         return str(max(builds, key=lambda p: p.stat().st_mtime))
     found = shutil.which("thinkv-sim")
