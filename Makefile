@@ -45,6 +45,7 @@ help:
 	@echo "make run    build (release), inspect the synthetic sample, replay both shipped traces through every policy"
 	@echo "make test   build and run the test suite (Swift, then the Python package's)"
 	@echo "make bench  replay benchmark (release build)"
+	@echo "make bench-torch  PyTorch/NumPy peers of the 8K and 32K full,h2o replays, checked and timed against it"
 	@echo "make sweep  budget sweep and equal-memory sweep over the sample traces, CSVs + plots in out/"
 	@echo "make test-recorder  Python env of tools/record_trace.py (cached in $(RECORDER_VENV)) and its tests"
 	@echo "make test-slurm  docs/cluster.md's Slurm scripts on a one-node Slurm started here (root; skips without Slurm)"
@@ -95,10 +96,25 @@ $(PYTHON_VENV)/.installed: python/requirements-test.txt
 bench: build
 	$(RELEASE) bench
 
-# Optional peer run (tools/bench_torch.py): needs PyTorch, h5py and numpy in BENCH_PYTHON.
-BENCH_PYTHON ?= .venv-bench/bin/python
-bench-torch: bench
-	$(BENCH_PYTHON) tools/bench_torch.py .build/bench/synthetic-T8192-P512-H14x2-D128.h5 --budget 1024 --thinkv $(RELEASE)
+# Optional peer run (tools/bench_torch.py, docs/performance.md): PyTorch/NumPy replays of
+# `replay --policy full,h2o --budget 1024` on the 8K and 32K bench traces, checked to keep
+# thinkv-sim's kept sets and metrics, timed against it; the simple peer only at 8K (it takes
+# minutes at 32K). Needs PyTorch, h5py and numpy in BENCH_PYTHON (default: .venv-bench, else
+# the recorder's environment). The traces are `make bench`'s, made here if missing.
+BENCH_PYTHON ?= $(firstword $(wildcard .venv-bench/bin/python $(RECORDER_VENV)/bin/python) .venv-bench/bin/python)
+BENCH_TRACE   = .build/bench/synthetic-T$(1)-P512-H14x2-D128.h5
+bench-torch: build $(call BENCH_TRACE,8192) $(call BENCH_TRACE,32768)
+	$(BENCH_PYTHON) tools/bench_torch.py $(call BENCH_TRACE,8192) --budget 1024 --repeat 3 --peer strong,simple \
+		--thinkv $(RELEASE)
+	$(BENCH_PYTHON) tools/bench_torch.py $(call BENCH_TRACE,32768) --budget 1024 --repeat 1 --thinkv $(RELEASE)
+
+# A bench trace as `thinkv-sim bench` makes it (order-only on the build: a new binary does not
+# remake it); written aside first so an interrupted synth leaves no trace behind.
+.build/bench/synthetic-T%-P512-H14x2-D128.h5: | build
+	@mkdir -p $(@D)
+	$(RELEASE) synth -o $@.partial --tokens $* --prompt 512 --layers 1 --q-heads 14 --kv-heads 2 \
+		--head-dim 128 --dtype float16 --seed 1 --force
+	mv $@.partial $@
 
 # Resumable: an interrupted `make sweep` continues where it stopped.
 sweep: build
