@@ -54,7 +54,7 @@ final class KVPressPolicyTests: XCTestCase {
         // The scores themselves.
         let reader = try TraceReader(path: path)
         let data = try LayerData.load(from: reader, layer: 0)
-        let scores = KeyDiffPolicy.scores(slots: [0, 1, 2, 3], kvHead: 0, data: data, keys: data.keys!, dtype: .float32)
+        let scores = KeyDiffScorer.scores(slots: [0, 1, 2, 3], kvHead: 0, data: data, keys: data.keys!, dtype: .float32)
         let a = 0.75 / (0.75 * 0.75 + 0.25 * 0.25).squareRoot(), b = 0.25 / (0.75 * 0.75 + 0.25 * 0.25).squareRoot()
         for (s, e) in zip(scores, [-a, -a, -b, -a]) { XCTAssertEqual(s, e, accuracy: 1e-12) }
     }

@@ -58,7 +58,8 @@ final class ShippedTraceTests: XCTestCase {
     }
 
     /// Every registered policy replays the real trace (first decode steps of the last layer), keeps
-    /// no more than its cap, and the full cache is exact.
+    /// no more than its cap, and the full cache is exact. Nothing here names a policy but the full
+    /// cache and LazyEviction (whose default window exceeds this budget).
     func testRealTraceReplaysThroughEveryPolicy() throws {
         let directory = try TestTraces.directory(self)
         // LazyEviction's default window (128) exceeds this budget, which it refuses: it runs on
@@ -84,17 +85,16 @@ final class ShippedTraceTests: XCTestCase {
             let recall = try XCTUnwrap((summary["mass_recall"] as? [String: Any])?["mean"] as? Double)
             let tokens = try XCTUnwrap((summary["memory"] as? [String: Any])?["final_resident_tokens"] as? Int)
             XCTAssertTrue((0...1.000001).contains(recall), "\(policy): recall \(recall)")
-            switch policy {
-            case "full", "kivi", "thinkv-tbq", "pmkvq":
-                XCTAssertEqual(tokens, 227 + 48, policy)
-                if policy == "full" { XCTAssertEqual(recall, 1, accuracy: 1e-6) }
-            case "tova", "knorm", "keydiff", "pyramidkv":
-                // kvpress's DecodingPress compresses after every 512 decode steps by default.
-                XCTAssertEqual(tokens, 227 + 48, policy)
-            default:
+            // A run that evicted keeps at most its budget plus a buffer and loses some attention; one that
+            // did not (quantization only, or a press whose interval is longer than 48 steps) holds every token.
+            let evicted = try XCTUnwrap((summary["memory"] as? [String: Any])?["eviction_step_percent"] as? Double)
+            if evicted > 0 {
                 XCTAssertLessThanOrEqual(tokens, budget + 128, "\(policy) keeps at most budget plus its buffer")
                 XCTAssertLessThan(recall, 1, policy)
+            } else {
+                XCTAssertEqual(tokens, 227 + 48, policy)
             }
+            if policy == FullCachePolicy.name { XCTAssertEqual(recall, 1, accuracy: 1e-6) }
         }
     }
 }

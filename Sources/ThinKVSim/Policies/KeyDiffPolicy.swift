@@ -13,30 +13,15 @@ import Foundation
 ///
 /// `--score-dtype`: k; each norm; each division; the anchor mean; each product of the cosine's
 /// sum and the sum itself are cast to the dtype.
-public final class KeyDiffPolicy: CachePolicy {
+public typealias KeyDiffPolicy = DecodingPress<KeyDiffScorer>
+
+public enum KeyDiffScorer: DecodingScorer {
     public static let name = "keydiff"
     public static let summary = "kvpress KeyDiffPress at decode time: every --interval steps keep the keys least similar to the mean unit key"
-    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
-    public static func compressionCadence(_ parameters: PolicyParameters) -> String { KVPressDecoding.cadence(parameters) }
-    public static let parameters: [PolicyParameter] = KVPressDecoding.parameters()
     public static let requirements: PolicyRequirements = .queriesAndKeys
-    public static let readsAttention = false
 
-    let schedule: KVPressDecoding
-    private let header: TraceHeader
-
-    public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
-        header = setup.header
-    }
-
-    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength) }
-
-    public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
-        guard schedule.fires(step: context.step), let keys = context.data.keys else { return }
-        schedule.compressEachHead(context, cache: cache) { g, slots in
-            Self.scores(slots: slots, kvHead: g, data: context.data, keys: keys, dtype: schedule.dtype)
-        }
+    public static func scores(_ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {
+        scores(slots: slots, kvHead: g, data: context.data, keys: context.data.keys!, dtype: dtype)
     }
 
     /// −cos(k_j, anchor) for every slot, in slot order.

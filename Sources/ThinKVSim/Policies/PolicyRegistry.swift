@@ -13,6 +13,7 @@ public enum PolicyRegistry {
         TOVAPolicy.self,
         KnormPolicy.self,
         KeyDiffPolicy.self,
+        DecodingPress<ValueNormScorer>.self,
         PyramidKVPolicy.self,
         RaaSPolicy.self,
         LazyEvictionPolicy.self,

@@ -1,0 +1,47 @@
+import Foundation
+
+/// What a kvpress-style scorer writes: a score for every token a kv head holds (higher stays).
+/// `DecodingPress` decides when to compress and how many stay; a scorer decides only which.
+public protocol DecodingScorer {
+    static var name: String { get }
+    static var summary: String { get }
+    /// The tensors the score reads (keys only, or values too).
+    static var requirements: PolicyRequirements { get }
+    /// Scores of `slots` (kv head `kvHead`'s positions, in slot order), cast through `dtype`
+    /// where the authors' code computes in the model's dtype.
+    static func scores(_ context: StepContext, kvHead: Int, slots: [Int32], dtype: ScoreDType) -> [Double]
+}
+
+/// kvpress's `DecodingPress` around any per-head scorer: every `--interval` decode steps, after
+/// that step's attention, each kv head holding more than the target keeps the target count of its
+/// highest scores, in `topk` order (`KVPressDecoding` has the target and the cadence). A new
+/// scorer is one `DecodingScorer` and one registry line, `DecodingPress<Scorer>.self`.
+public final class DecodingPress<Scorer: DecodingScorer>: CachePolicy {
+    public static var name: String { Scorer.name }
+    public static var summary: String { Scorer.summary }
+    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String { KVPressDecoding.cadence(parameters) }
+    public static var parameters: [PolicyParameter] { KVPressDecoding.parameters() }
+    public static var requirements: PolicyRequirements { Scorer.requirements }
+    public static var readsAttention: Bool { false }
+
+    let schedule: KVPressDecoding
+    private let header: TraceHeader
+
+    public init(parameters: PolicyParameters, setup: PolicySetup) throws {
+        schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
+        header = setup.header
+    }
+
+    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength) }
+
+    public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
+        guard schedule.fires(step: context.step) else { return }
+        // A layer without the tensors the score reads is left as it is.
+        if Scorer.requirements.contains(.queriesAndKeys) && context.data.keys == nil { return }
+        if Scorer.requirements.contains(.values) && context.data.values == nil { return }
+        schedule.compressEachHead(context, cache: cache) { g, slots in
+            Scorer.scores(context, kvHead: g, slots: slots, dtype: schedule.dtype)
+        }
+    }
+}
