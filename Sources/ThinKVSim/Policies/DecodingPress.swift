@@ -45,3 +45,21 @@ public final class DecodingPress<Scorer: DecodingScorer>: CachePolicy {
         }
     }
 }
+
+extension DecodingScorer {
+    /// The L2 norm of each held token's row of `tensor` (keys or values) in kv head `g`, each
+    /// element cast through `dtype`, summed in float64, the norm cast again (`tensor.norm(dim=-1)`
+    /// in the model's dtype).
+    static func norms(of tensor: [Float], _ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {
+        let D = context.data.headDim
+        return slots.map { p in
+            let base = context.data.offset(kvHead: g, position: Int(p))
+            var sum = 0.0
+            for d in 0..<D {
+                let x = Double(dtype.round(tensor[base + d]))
+                sum += x * x
+            }
+            return dtype.round(sum.squareRoot())
+        }
+    }
+}

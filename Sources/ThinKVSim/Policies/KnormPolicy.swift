@@ -19,15 +19,6 @@ public enum KnormScorer: DecodingScorer {
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
     public static func scores(_ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {
-        let keys = context.data.keys!, D = context.data.headDim
-        return slots.map { p in
-            let base = context.data.offset(kvHead: g, position: Int(p))
-            var sum = 0.0
-            for d in 0..<D {
-                let x = Double(dtype.round(keys[base + d]))
-                sum += x * x
-            }
-            return -dtype.round(sum.squareRoot())
-        }
+        norms(of: context.data.keys!, context, kvHead: g, slots: slots, dtype: dtype).map { -$0 }
     }
 }

@@ -10,15 +10,6 @@ public enum ValueNormScorer: DecodingScorer {
     public static let requirements: PolicyRequirements = .values
 
     public static func scores(_ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {
-        let values = context.data.values!, D = context.data.headDim
-        return slots.map { p in
-            let base = context.data.offset(kvHead: g, position: Int(p))
-            var sum = 0.0
-            for d in 0..<D {
-                let x = Double(dtype.round(values[base + d]))
-                sum += x * x
-            }
-            return dtype.round(sum.squareRoot())
-        }
+        norms(of: context.data.values!, context, kvHead: g, slots: slots, dtype: dtype)
     }
 }
