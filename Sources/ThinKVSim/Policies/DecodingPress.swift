@@ -10,6 +10,13 @@ public protocol DecodingScorer {
     /// Scores of `slots` (kv head `kvHead`'s positions, in slot order), cast through `dtype`
     /// where the authors' code computes in the model's dtype.
     static func scores(_ context: StepContext, kvHead: Int, slots: [Int32], dtype: ScoreDType) -> [Double]
+    /// True when one score vector serves every kv head (TOVA averages over all query heads), so
+    /// it is computed once per compression; every head then holds the same positions.
+    static var scoresEveryHeadAlike: Bool { get }
+}
+
+extension DecodingScorer {
+    public static var scoresEveryHeadAlike: Bool { false }
 }
 
 /// kvpress's `DecodingPress` around any per-head scorer: every `--interval` decode steps, after
@@ -38,10 +45,14 @@ public final class DecodingPress<Scorer: DecodingScorer>: CachePolicy {
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         guard schedule.fires(step: context.step) else { return }
         // A layer without the tensors the score reads is left as it is.
-        if Scorer.requirements.contains(.queriesAndKeys) && context.data.keys == nil { return }
+        if Scorer.requirements.contains(.queriesAndKeys) && (context.data.keys == nil || context.queries == nil) { return }
         if Scorer.requirements.contains(.values) && context.data.values == nil { return }
+        var shared: [Double]?
         schedule.compressEachHead(context, cache: cache) { g, slots in
-            Scorer.scores(context, kvHead: g, slots: slots, dtype: schedule.dtype)
+            if let shared { return shared }
+            let scores = Scorer.scores(context, kvHead: g, slots: slots, dtype: schedule.dtype)
+            if Scorer.scoresEveryHeadAlike { shared = scores }
+            return scores
         }
     }
 }

@@ -15,36 +15,20 @@ import Foundation
 /// the lowest-scoring token whenever it is full).
 ///
 /// `--score-dtype`: q, k, q·k, q·k/√D, the float32 softmax and the head mean are cast.
-public final class TOVAPolicy: CachePolicy {
+public typealias TOVAPolicy = DecodingPress<TOVAScorer>
+
+public enum TOVAScorer: DecodingScorer {
     public static let name = "tova"
     public static let summary = "kvpress TOVAPress at decode time: every --interval steps keep the tokens the current query attends most (mean over all heads)"
-    public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
-    public static func compressionCadence(_ parameters: PolicyParameters) -> String { KVPressDecoding.cadence(parameters) }
-    public static let parameters: [PolicyParameter] = KVPressDecoding.parameters()
     public static let requirements: PolicyRequirements = .queriesAndKeys
-    public static let readsAttention = false
+    // All kv heads hold the same positions in the same order (they always keep the same indices
+    // of the same shared scores), so one score vector serves them all.
+    public static let scoresEveryHeadAlike = true
 
-    let schedule: KVPressDecoding
-    private let header: TraceHeader
-
-    public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
-        header = setup.header
-    }
-
-    public var residentCap: Int? { schedule.residentCap(promptLength: header.promptLength) }
-
-    public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
-        guard schedule.fires(step: context.step), let keys = context.data.keys, context.queries != nil else { return }
-        let target = schedule.target(position: context.position)
-        let L = cache.count(kvHead: 0)
-        guard L > target else { return }
-        // All kv heads hold the same positions in the same order (they always keep the same
-        // indices of the same shared scores), so one score vector serves them all.
-        let scores = Self.scores(context: context, slots: cache.slots, keys: keys, header: header, dtype: schedule.dtype)
-        let ratio = KVPressDecoding.compressionRatio(keeping: target, of: L)
-        let kept = topkOrder(scores, keep: KVPressDecoding.keptCount(length: L, ratio: ratio))
-        for g in 0..<cache.numKVHeads { cache.keep(kvHead: g, slotIndices: kept) }
+    public static func scores(_ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {
+        let header = context.setup.header
+        return scores(context: context, slots: Array(repeating: slots, count: header.numKVHeads), keys: context.data.keys!,
+                      header: header, dtype: dtype)
     }
 
     /// Scores of every slot (the last one, the newest token, padded with the maximum + 1).
