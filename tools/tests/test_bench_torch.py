@@ -4,8 +4,6 @@ A small synthetic trace (thinkv-sim synth) whose cache fills in the middle of a 
 evicts for several chunks; each peer's eviction steps and mean mass recall, KL and output error
 are compared with `thinkv-sim replay --cache-timeline --json` on the same trace.
 """
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +15,10 @@ torch = pytest.importorskip("torch", reason="bench_torch.py's peers need PyTorch
 pytest.importorskip("h5py", reason="bench_torch.py reads traces with h5py")
 
 TOOLS = Path(__file__).resolve().parents[1]
-REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 
 import bench_torch  # noqa: E402
+from binaries import thinkv_sim  # noqa: E402
 
 BUDGET = 96   # recent window 48
 CHUNK = 16    # the cache (prompt 40) fills at step 56, inside the fourth chunk
@@ -28,14 +26,7 @@ CHUNK = 16    # the cache (prompt 40) fills at step 56, inside the fourth chunk
 
 @pytest.fixture(scope="module")
 def binary():
-    """$THINKV_SIM, else this checkout's newest build, else thinkv-sim on PATH."""
-    if os.environ.get("THINKV_SIM"):
-        return os.environ["THINKV_SIM"]
-    builds = [p for p in (REPO / ".build/release/thinkv-sim", REPO / ".build/debug/thinkv-sim")
-              if os.access(p, os.X_OK)]
-    if builds:
-        return str(max(builds, key=lambda p: p.stat().st_mtime))
-    found = shutil.which("thinkv-sim")
+    found = thinkv_sim()
     if found is None:
         pytest.skip("no thinkv-sim binary (make build, or set THINKV_SIM)")
     return found

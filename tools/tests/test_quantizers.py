@@ -4,8 +4,6 @@ Needs numpy and a thinkv-sim binary only (no torch), so it runs wherever the sim
 `python3 -m pytest tools/tests/test_quantizers.py`.
 """
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,19 +12,11 @@ import numpy as np
 import pytest
 
 TOOLS = Path(__file__).resolve().parents[1]
-REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 from end_to_end import quantizers  # noqa: E402
+from binaries import thinkv_sim  # noqa: E402
 
 
-def thinkv_sim():
-    """$THINKV_SIM, else this checkout's newest build, else thinkv-sim on PATH; None without any."""
-    if os.environ.get("THINKV_SIM"):
-        return os.environ["THINKV_SIM"]
-    builds = [p for p in (REPO / ".build/release/thinkv-sim", REPO / ".build/debug/thinkv-sim") if os.access(p, os.X_OK)]
-    if builds:
-        return str(max(builds, key=lambda p: p.stat().st_mtime))
-    return shutil.which("thinkv-sim")
 
 
 def test_end_to_end_quantizers_match_thinkv_sim_bit_for_bit(tmp_path):

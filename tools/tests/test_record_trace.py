@@ -10,7 +10,6 @@ Run: make test-recorder (or python -m pytest tools/tests from an environment wit
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ TOOLS = Path(__file__).resolve().parents[1]
 REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 import recorder  # noqa: E402
+from binaries import thinkv_sim  # noqa: E402
 from recorder import layers as layer_spec, model as models, sampling, writer  # noqa: E402
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -446,15 +446,6 @@ def test_bad_inputs_get_one_line_errors(tmp_path, llama_dir, capsys):
         assert "no CUDA device" in error_of(capsys, "--model", llama_dir, *base, "-o", tmp_path / "a.h5", "--device", "cuda")
 
 
-def thinkv_sim():
-    """$THINKV_SIM, else this checkout's newest build (a stale release build may lack what the
-    debug build just gained), else thinkv-sim on PATH; None without any."""
-    if os.environ.get("THINKV_SIM"):
-        return os.environ["THINKV_SIM"]
-    builds = [p for p in (REPO / ".build/release/thinkv-sim", REPO / ".build/debug/thinkv-sim") if os.access(p, os.X_OK)]
-    if builds:
-        return str(max(builds, key=lambda p: p.stat().st_mtime))
-    return shutil.which("thinkv-sim")
 
 
 def test_trace_passes_thinkv_sim_validate(tmp_path, llama_dir):
