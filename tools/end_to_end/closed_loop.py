@@ -49,13 +49,14 @@ class ClosedLoopAttention(AttentionHook):
         current copy (exact, or rounded already: PM-KVQ re-quantizes at a lower width)."""
         for g in groups:
             h, positions = g["kv_head"], torch.tensor(g["positions"], dtype=torch.long)
-            keys = self._current(self.K, self.Kr, self.key_rounded, layer, h)
-            values = self._current(self.V, self.Vr, self.value_rounded, layer, h)
-            quantizers.apply_group(keys, values, g)
             if g["tensor"] in ("key", "key_per_token"):
+                keys = self._current(self.K, self.Kr, self.key_rounded, layer, h)
+                quantizers.apply_group(keys, None, g)
                 self.Kr[layer, h, positions] = torch.from_numpy(keys[g["positions"]])
                 self.key_rounded[layer, h, positions] = True
             else:
+                values = self._current(self.V, self.Vr, self.value_rounded, layer, h)
+                quantizers.apply_group(None, values, g)
                 self.Vr[layer, h, positions] = torch.from_numpy(values[g["positions"]])
                 self.value_rounded[layer, h, positions] = True
 

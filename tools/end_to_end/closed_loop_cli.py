@@ -246,11 +246,10 @@ def run(args):
     runs = [("full", None)] + [(p, level) for level in levels for p in policies if p in budgeted or level == levels[0]]
     progress = Progress(args.progress, len(runs) * len(problem_set) * (1 + args.samples))
 
-    def answered(tokens):
+    def stop_at_answer(tokens):
         return problems.answer_given(tokenizer.decode(tokens, skip_special_tokens=True))
 
-    if args.no_stop_at_answer or args.ignore_eos:
-        answered = None  # noqa: F811
+    answered = None if args.no_stop_at_answer or args.ignore_eos else stop_at_answer
 
     def seed_of(i, j):
         return args.seed + 1000 * i + j
@@ -432,10 +431,11 @@ def correlations(rows):
 def report_correlations(rows, progress):
     """Spearman rank correlation, over the policy rows, of each teacher-forced figure with each
     closed-loop figure."""
+    found = correlations(rows)
     for predictor in TEACHER_FORCED_FIGURES:
         parts = []
         for column in CLOSED_LOOP_FIGURES:
-            rho, n = correlations(rows)[(predictor, column)]
+            rho, n = found[(predictor, column)]
             parts.append(f"{column} {rho:.2f} (n={n})" if rho == rho else f"{column} - (n={n})")
         progress.note(f"rank correlation (Spearman) of {predictor} with " + ", ".join(parts))
 

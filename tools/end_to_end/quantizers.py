@@ -143,8 +143,8 @@ def round_rows(rows, name, channel_group, channel_scale=None):
 
 def apply_group(keys, values, group):
     """Rounds `group` (a timeline or serve-policy group dict) into `keys` and `values` ([T, D]
-    float32 numpy, the current copies, changed in place): keys per channel, values and keys per
-    token per position."""
+    float32 numpy, the current copies, changed in place; the one a group does not touch may be
+    None): keys per channel, values and keys per token per position."""
     positions = np.asarray(group["positions"], dtype=np.int64)
     name, tensor = group["quantizer"], group["tensor"]
     if tensor == "key":

@@ -34,15 +34,15 @@ final class OnlineThoughtClassifier {
     /// must have finished step t − 1, so that the window the refresh reads is complete.
     func beginStep(_ t: Int) throws {
         guard log.types.count == t else { return }
-        if !thresholds.isSingleType, t % max(1, thresholds.refreshInterval) == 0, t - lag >= 0 {
-            let first = max(0, t - lag - window + 1)
-            for u in first...(t - lag) where u >= history.count || history[u].isNaN {
-                throw PolicyError("thought type of step \(t): the sparsity of step \(u) is not complete (every layer must finish a step before any starts the next)")
+        if !thresholds.isSingleType {
+            if t % max(1, thresholds.refreshInterval) == 0, t - lag >= 0 {
+                for u in max(0, t - lag - window + 1)...(t - lag) where u >= history.count || history[u].isNaN {
+                    throw PolicyError("thought type of step \(t): the sparsity of step \(u) is not complete (every layer must finish a step before any starts the next)")
+                }
             }
-        }
-        if let decided = ThoughtClassifier.refresh(at: t, history: history, thresholds: thresholds, window: window, lag: lag),
-           !thresholds.isSingleType {
-            current = decided
+            if let decided = ThoughtClassifier.refresh(at: t, history: history, thresholds: thresholds, window: window, lag: lag) {
+                current = decided
+            }
         }
         log.types.append(current)
     }
