@@ -16,3 +16,13 @@ def thinkv_sim():
     if builds:
         return str(max(builds, key=lambda p: p.stat().st_mtime))
     return shutil.which("thinkv-sim")
+
+
+def required_thinkv_sim():
+    """`thinkv_sim()`, or the calling test skipped with the reason when there is none."""
+    import pytest
+
+    binary = thinkv_sim()
+    if binary is None:
+        pytest.skip("no thinkv-sim binary (make build, or set THINKV_SIM)")
+    return binary

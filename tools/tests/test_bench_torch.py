@@ -18,7 +18,7 @@ TOOLS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOOLS))
 
 import bench_torch  # noqa: E402
-from binaries import thinkv_sim  # noqa: E402
+from binaries import required_thinkv_sim  # noqa: E402
 
 BUDGET = 96   # recent window 48
 CHUNK = 16    # the cache (prompt 40) fills at step 56, inside the fourth chunk
@@ -26,10 +26,7 @@ CHUNK = 16    # the cache (prompt 40) fills at step 56, inside the fourth chunk
 
 @pytest.fixture(scope="module")
 def binary():
-    found = thinkv_sim()
-    if found is None:
-        pytest.skip("no thinkv-sim binary (make build, or set THINKV_SIM)")
-    return found
+    return required_thinkv_sim()
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,10 @@ TOOLS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOOLS))
 from end_to_end import cli, forward, metrics  # noqa: E402
 from end_to_end.timeline import HeadTimeline, PolicyTimeline, read_timelines  # noqa: E402
-from test_record_trace import build_model, record, thinkv_sim as find_thinkv_sim  # noqa: E402
+from binaries import required_thinkv_sim as thinkv_sim  # noqa: E402,F401
+from test_record_trace import build_model, record  # noqa: E402
 
 NEW_TOKENS = 40
-
-
-def thinkv_sim():
-    binary = find_thinkv_sim()
-    if binary is None:
-        pytest.skip("no thinkv-sim binary (make build)")
-    return binary
 
 
 @pytest.fixture(scope="module")
