@@ -37,13 +37,14 @@ PYTHON    ?= python3
 RECORDER_VENV ?= .venv-recorder
 PYTHON_VENV   ?= .venv-python
 
-.PHONY: all deps build run test test-python test-slurm python-venv bench bench-torch sweep clean help recorder-venv test-recorder
+.PHONY: all deps build run test test-slow test-python test-slurm python-venv bench bench-torch sweep clean help recorder-venv test-recorder
 
 all: build
 
 help:
 	@echo "make run    build (release), inspect the synthetic sample, replay both shipped traces through every policy"
 	@echo "make test   build and run the test suite (Swift, then the Python package's)"
+	@echo "make test-slow  the Swift tests that replay whole traces through the debug build (CI runs both)"
 	@echo "make bench  replay benchmark (release build)"
 	@echo "make bench-torch  PyTorch/NumPy peers of the 8K and 32K full,h2o replays, checked and timed against it"
 	@echo "make sweep  budget sweep and equal-memory sweep over the sample traces, CSVs + plots in out/"
@@ -65,10 +66,23 @@ run: build
 
 # The Swift tests run with the Python environment first on PATH: its NumPy and h5py run the
 # NumPy re-derivations of the policies that the cross-check tests compare kept sets with.
+# Test cases run in TEST_WORKERS processes side by side (XCTest's --parallel); the few cases
+# that replay whole traces through the debug build form the slow tier, `make test-slow`.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 2 ] && echo $$n || echo 3)
+SLOW_TESTS   := UnreachableTargetTests.testRKVAtFivePercentNamesADivideThatReachesIt|ReadmeCommandTests.testEveryReadmeShellCommandRuns|ShippedTraceTests.testSyntheticSampleCalibratesTriModalAndClassifiesItsLabels
+SWIFT_TEST    = PATH="$(CURDIR)/$(PYTHON_VENV)/bin:$$PATH" $(SWIFT) test --skip-build $(SWIFTFLAGS) \
+	--parallel --num-workers $(TEST_WORKERS) --disable-swift-testing --xunit-output .build/xunit-$(1).xml
+
 test: deps python-venv
 	$(SWIFT) build --build-tests $(SWIFTFLAGS)
-	PATH="$(CURDIR)/$(PYTHON_VENV)/bin:$$PATH" $(SWIFT) test $(SWIFTFLAGS)
+	$(call SWIFT_TEST,fast) --skip '$(SLOW_TESTS)' || { scripts/test-summary.sh .build/xunit-fast.xml; exit 1; }
+	@scripts/test-summary.sh .build/xunit-fast.xml
 	@$(MAKE) --no-print-directory test-python
+
+test-slow: deps python-venv
+	$(SWIFT) build --build-tests $(SWIFTFLAGS)
+	$(call SWIFT_TEST,slow) --filter '$(SLOW_TESTS)' || { scripts/test-summary.sh .build/xunit-slow.xml; exit 1; }
+	@scripts/test-summary.sh .build/xunit-slow.xml
 
 # The Python package (python/) against the debug binary just built, figures drawn off-screen.
 # Its environment is cached in $(PYTHON_VENV); a missing package fails the tests, never skips them.
