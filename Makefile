@@ -35,7 +35,10 @@ BUDGET    ?= 256
 POLICIES  ?= full,h2o,streaming,snapkv,rkv,kivi,thinkv,thinkv-tbq,thinkv-tbe
 PYTHON    ?= python3
 RECORDER_VENV ?= .venv-recorder
-PYTHON_VENV   ?= .venv-python
+# The test packages' environment lives in the user's cache, not in the work tree, so that a new
+# clone reuses it; it is keyed by the package list's content (a changed list installs anew).
+PYTHON_VENV_KEY := $(shell cat python/requirements-test.txt 2>/dev/null | cksum | cut -d' ' -f1)
+PYTHON_VENV   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/thinkv-sim/python-$(PYTHON_VENV_KEY)
 
 .PHONY: all deps build run test test-slow test-python test-slurm python-venv bench bench-torch sweep clean help recorder-venv test-recorder
 
@@ -70,7 +73,7 @@ run: build
 # that replay whole traces through the debug build form the slow tier, `make test-slow`.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 2 ] && echo $$n || echo 3)
 SLOW_TESTS   := UnreachableTargetTests.testRKVAtFivePercentNamesADivideThatReachesIt|ReadmeCommandTests.testEveryReadmeShellCommandRuns|ShippedTraceTests.testSyntheticSampleCalibratesTriModalAndClassifiesItsLabels
-SWIFT_TEST    = PATH="$(CURDIR)/$(PYTHON_VENV)/bin:$$PATH" $(SWIFT) test --skip-build $(SWIFTFLAGS) \
+SWIFT_TEST    = PATH="$(abspath $(PYTHON_VENV))/bin:$$PATH" $(SWIFT) test --skip-build $(SWIFTFLAGS) \
 	--parallel --num-workers $(TEST_WORKERS) --disable-swift-testing --xunit-output .build/xunit-$(1).xml
 
 test: deps python-venv
@@ -97,15 +100,18 @@ test-slurm: build
 	scripts/test-slurm.sh
 
 # The packages of python/requirements-test.txt (numpy, pandas, h5py, matplotlib, pytest), cached
-# in $(PYTHON_VENV) and reinstalled when that list changes. A machine that cannot install them
-# fails the tests: a cross-check that silently skips checks nothing.
+# in $(PYTHON_VENV). A machine that cannot install them fails the tests: a cross-check that
+# silently skips checks nothing. Installed aside and moved into place, so an interrupted install
+# leaves no half environment behind.
 python-venv: $(PYTHON_VENV)/.installed
 
-$(PYTHON_VENV)/.installed: python/requirements-test.txt
+$(PYTHON_VENV)/.installed:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-deps.sh --python-venv
-	$(PYTHON) -m venv $(PYTHON_VENV)
-	$(PYTHON_VENV)/bin/python -m pip install --quiet -r python/requirements-test.txt
-	touch $@
+	rm -rf $(PYTHON_VENV).partial
+	$(PYTHON) -m venv $(PYTHON_VENV).partial
+	$(PYTHON_VENV).partial/bin/python -m pip install --quiet -r python/requirements-test.txt
+	touch $(PYTHON_VENV).partial/.installed
+	rm -rf $(PYTHON_VENV) && mv $(PYTHON_VENV).partial $(PYTHON_VENV)
 
 bench: build
 	$(RELEASE) bench
