@@ -22,9 +22,15 @@ let package = Package(
         // HDF5's deflate filter with a bound on what one chunk inflates to (a compression bomb
         // in a chunk that declares a few KB); zlib comes with the HDF5 packages.
         .target(name: "CInflate", path: "Sources/CInflate", linkerSettings: [.linkedLibrary("z")]),
-        // All logic: trace I/O, replay engine, policies, metrics, sweeps, plots, reports, and the
-        // pieces commands share (argument parsing, policy lists, progress on stderr).
-        .target(name: "ThinKVSim", dependencies: ["CHDF5", "CPrefetch", "CProcess", "CInflate"]),
+        // What every layer uses and which knows nothing of traces or policies: usage errors and
+        // argument parsing, number formats, output files written aside and moved into place,
+        // text and CSV files, comma lists, suggestions, the seeded random generator, the machine
+        // description, the version. A dependency on the rest of the package is a compile error.
+        .target(name: "ThinKVSupport"),
+        // The simulator: trace I/O, replay engine, policies, metrics, sweeps, plots, reports, and
+        // the pieces commands share (policy lists, progress on stderr). It re-exports
+        // ThinKVSupport, so its users import one module.
+        .target(name: "ThinKVSim", dependencies: ["ThinKVSupport", "CHDF5", "CPrefetch", "CProcess", "CInflate"]),
         // One file per subcommand: each parses its options and calls the library.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.

@@ -226,9 +226,5 @@ public enum ReplayReport {
     }
 
     /// Quotes a CSV field when it holds a comma, quote or newline (RFC 4180).
-    public static func csvField(_ s: String) -> String {
-        // Scalars, not Characters: "\r\n" is one Character equal to neither "\r" nor "\n".
-        guard s.unicodeScalars.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return s }
-        return "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\""
-    }
+    public static func csvField(_ s: String) -> String { CSV.field(s) }
 }

@@ -19,7 +19,7 @@ public enum Suggestions {
     }
 
     /// "policies" → "policy", "layers" → "layer", "thresholds" → "threshold"; other words unchanged.
-    static func singular(_ word: String) -> String {
+    package static func singular(_ word: String) -> String {
         if word.hasSuffix("ies") && word.count > 4 { return String(word.dropLast(3)) + "y" }
         if word.hasSuffix("s") && !word.hasSuffix("ss") && word.count > 3 { return String(word.dropLast()) }
         return word
@@ -32,7 +32,7 @@ public enum Suggestions {
 
     /// Optimal string alignment distance: insertions, deletions, substitutions and swaps of
     /// two neighbouring characters each cost 1 ("h20" → "h2o" is 1, "hto" → "h2o" is 1).
-    static func distance(_ a: String, _ b: String) -> Int {
+    package static func distance(_ a: String, _ b: String) -> Int {
         let x = Array(a), y = Array(b)
         guard !x.isEmpty else { return y.count }
         guard !y.isEmpty else { return x.count }

@@ -10,7 +10,11 @@ public struct CSVError: Error, CustomStringConvertible, Equatable {
 /// quote, CR or LF is quoted, with quotes doubled. The writer quotes only where needed and ends
 /// every record with LF, so reading a file it wrote and writing it again gives the same bytes.
 public enum CSV {
-    public static func field(_ s: String) -> String { ReplayReport.csvField(s) }
+    public static func field(_ s: String) -> String {
+        // Scalars, not Characters: "\r\n" is one Character equal to neither "\r" nor "\n".
+        guard s.unicodeScalars.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return s }
+        return "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
 
     public static func record(_ fields: [String]) -> String { fields.map(field).joined(separator: ",") + "\n" }
 
