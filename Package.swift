@@ -27,17 +27,20 @@ let package = Package(
         // text and CSV files, comma lists, suggestions, the seeded random generator, the machine
         // description, the version. A dependency on the rest of the package is a compile error.
         .target(name: "ThinKVSupport"),
-        // The simulator: trace I/O, replay engine, policies, metrics, sweeps, plots, reports, and
+        // Traces: the HDF5 format of docs (header, layers, tensors read in rows with bounded sizes),
+        // the writer, layer selections, thought labels, and the recorded attention's cross-check.
+        .target(name: "ThinKVTrace", dependencies: ["ThinKVSupport", "CHDF5", "CInflate", "CProcess"]),
+        // The simulator: replay engine, policies, metrics, sweeps, plots, reports, and
         // the pieces commands share (policy lists, progress on stderr). It re-exports
-        // ThinKVSupport, so its users import one module.
-        .target(name: "ThinKVSim", dependencies: ["ThinKVSupport", "CHDF5", "CPrefetch", "CProcess", "CInflate"]),
+        // ThinKVSupport and ThinKVTrace, so its users import one module.
+        .target(name: "ThinKVSim", dependencies: ["ThinKVSupport", "ThinKVTrace", "CHDF5", "CPrefetch", "CProcess", "CInflate"]),
         // One file per subcommand: each parses its options and calls the library.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.
         // Tests use the HDF5 C API directly to build malformed files a writer would refuse to make.
         // zlib lets tests build compressed chunks by hand (compression bombs).
         .systemLibrary(name: "CZlib", path: "Tests/CZlib"),
-        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "CHDF5", "CZlib"]),
+        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "ThinKVTrace", "CHDF5", "CZlib"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -2,6 +2,7 @@ import CHDF5
 import Foundation
 import XCTest
 @testable import ThinKVSim
+@testable import ThinKVTrace
 
 /// `thinkv-sim label` against hostile label files, full disks and kills, through the built
 /// binary: the trace ends with exactly its old labels or exactly the new ones, and stays readable.

@@ -3,6 +3,7 @@ import CZlib
 import Foundation
 import XCTest
 @testable import ThinKVSim
+@testable import ThinKVTrace
 
 /// Hostile traces run through the built binary: each must be read with sane numbers or refused
 /// in one line, within the time and memory limits of `assertHandled`, leaving the file as it was.

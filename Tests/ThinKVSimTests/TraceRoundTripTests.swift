@@ -2,6 +2,7 @@ import CHDF5
 import Foundation
 import XCTest
 @testable import ThinKVSim
+@testable import ThinKVTrace
 
 /// What TraceWriter writes, TraceReader reads back: exactly for float32, rounded to nearest
 /// (ties to even) for float16; chunked along T with shuffle + deflate; streamable by row range.

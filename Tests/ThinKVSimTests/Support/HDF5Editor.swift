@@ -2,6 +2,7 @@ import CHDF5
 import Foundation
 import XCTest
 @testable import ThinKVSim
+@testable import ThinKVTrace
 
 /// Changes an existing HDF5 file through the C API, to make the malformed traces that
 /// `TraceWriter` (which follows the format) would never produce: attributes removed or of the

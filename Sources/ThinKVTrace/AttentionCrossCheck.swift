@@ -1,4 +1,5 @@
 import Foundation
+import ThinKVSupport
 
 /// The format's cross-check for a layer that records both `q`+`k` and `attn`: the recorded
 /// probabilities must be softmax(scale · q·k) over the visible positions. A recording that

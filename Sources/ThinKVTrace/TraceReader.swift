@@ -2,6 +2,7 @@ import CHDF5
 import CInflate
 import CProcess
 import Foundation
+import ThinKVSupport
 
 /// Opens a thinkv-trace file, validates its structure against format version 1, and reads
 /// tensors in row ranges (hyperslabs along the first axis) so long traces stream.

@@ -1,5 +1,6 @@
 import CHDF5
 import Foundation
+import ThinKVSupport
 
 /// Writes thinkv-trace version 1 files: root attributes, token datasets, and layer tensors
 /// chunked along T with shuffle + deflate. Tensors can be written whole or in row ranges, so a

@@ -1,5 +1,6 @@
 import CHDF5
 import Foundation
+import ThinKVSupport
 
 /// Writes a user's thought labels into a trace's `/tokens/thought`, so recorded traces can be
 /// scored (`inspect --thoughts`, `replay --thoughts labels`). Labels come as CSV rows

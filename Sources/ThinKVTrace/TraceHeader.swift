@@ -1,4 +1,5 @@
 import Foundation
+import ThinKVSupport
 
 /// A problem with a trace file, reported as one line: `file: object: what is wrong`.
 public struct TraceError: Error, CustomStringConvertible, Equatable {

@@ -1,4 +1,5 @@
 import Foundation
+import ThinKVSupport
 
 /// Bounds on what a trace or a request may make the tool do, so that a hostile or damaged file
 /// (a header claiming 2^31 tokens, a compression bomb, a sparse dataset) is refused before any

@@ -1,6 +1,7 @@
 import CHDF5
 import CInflate
 import Foundation
+import ThinKVSupport
 
 /// A thin, owning layer over the HDF5 C API: identifiers close themselves, failures become
 /// `HDF5Failure` values that the trace layer turns into one-line `TraceError`s.

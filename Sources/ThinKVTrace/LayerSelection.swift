@@ -1,4 +1,5 @@
 import Foundation
+import ThinKVSupport
 
 /// Layer lists as users write them: recorded layer indices, or negative indices counting from
 /// the last recorded layer (−1 is the last), as Python indexes a list.
