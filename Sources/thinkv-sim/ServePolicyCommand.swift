@@ -17,7 +17,8 @@ enum ServePolicyCommand: Subcommand {
             OptionDefinition("policy", short: "p", value: "NAME[:P=V...]",
                              help: "the policy (see 'thinkv-sim policies'), parameters after ':' as in replay; "
                                  + "required"),
-            OptionDefinition("topk", value: "K", help: "k of the top-k recall in the end-of-run summary", default: String(TraceLimits.defaultTopK)),
+            OptionDefinition("topk", value: "K", help: "k of the top-k recall in the end-of-run summary",
+                             default: String(TraceLimits.defaultTopK)),
         ],
         acceptsExtraOptions: true,
         discussion: """

@@ -60,7 +60,8 @@ final class UsageErrorTests: XCTestCase {
         let (tokens, tensors) = try { () throws -> (Int, [String]) in
             let reader = try TraceReader(path: poisoned)
             return (reader.header.numTokens, reader.recordedLayerIndices.flatMap { layer in
-                LayerTensor.allCases.filter { reader.layerInfo(layer)!.has($0) }.map { "/layers/\(layer)/\($0.rawValue)" }
+                LayerTensor.allCases.filter { reader.layerInfo(layer)!.has($0) }
+                    .map { "/layers/\(layer)/\($0.rawValue)" }
             })
         }()
         try HDF5Editor.edit(poisoned) { editor in
@@ -75,15 +76,20 @@ final class UsageErrorTests: XCTestCase {
         try assertUsageError(["replay", poisoned, "--policy", "thinkv", "--budget", "256", "--schedule", "64,128"],
                              "strictly decreasing")
         // A memory target: no budget up to the trace's length holds sinks + recent.
-        try assertUsageError(["replay", poisoned, "--policy", "h2o,thinkv", "--kv-percent", "20", "--recent", String(tokens)],
+        try assertUsageError(["replay", poisoned, "--policy", "h2o,thinkv", "--kv-percent", "20",
+                              "--recent", String(tokens)],
                              "thinkv: --budget (\(tokens)) must be at least --sinks + --recent (4 + \(tokens))")
         let config = directory.appendingPathComponent("refused.json")
-        try #"{"traces": ["\#(poisoned)"], "output": "\#(directory.path)/o.csv", "policies": ["thinkv"], "parameters": {"budget": [4]}}"#
-            .write(to: config, atomically: true, encoding: .utf8)
+        let output = directory.appendingPathComponent("o.csv").path
+        try #"""
+            {"traces": ["\#(poisoned)"], "output": "\#(output)", "policies": ["thinkv"], "parameters": {"budget": [4]}}
+            """#.write(to: config, atomically: true, encoding: .utf8)
         try assertUsageError(["sweep", config.path], "thinkv: --budget (4) must be at least --sinks + --recent")
         let matched = directory.appendingPathComponent("matched.json")
-        try #"{"traces": ["\#(poisoned)"], "output": "\#(directory.path)/m.csv", "policies": ["thinkv"], "parameters": {"recent": [\#(tokens)]}, "kv_percent": 20}"#
-            .write(to: matched, atomically: true, encoding: .utf8)
+        try #"""
+            {"traces": ["\#(poisoned)"], "output": "\#(output)", "policies": ["thinkv"],
+             "parameters": {"recent": [\#(tokens)]}, "kv_percent": 20}
+            """#.write(to: matched, atomically: true, encoding: .utf8)
         try assertUsageError(["sweep", matched.path], "must be at least --sinks + --recent")
     }
 

@@ -87,7 +87,8 @@ extension CachePolicy {
     public static var readsAttention: Bool { true }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
-    public static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader, layer: LayerInfo) throws {
+    public static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader,
+                                          layer: LayerInfo) throws {
         _ = try Self(parameters: parameters, setup: PolicySetup(header: header, layer: layer,
                                                                 prepared: validationPrepared(header: header)))
     }

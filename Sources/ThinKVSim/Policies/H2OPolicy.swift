@@ -71,10 +71,14 @@ public final class H2OPolicy: ConfiguredPolicy {
             dtype = try values.choice("score-dtype")
             let source = given == nil ? "the default budget/2 gives --recent 0 for --budget \(budget)" : "--recent is 0"
             guard recent >= 1 else {
-                throw PolicyError("h2o: \(source); H2O needs a recent window of at least 1: without one a new token enters with only its own attention as score, is usually the weakest candidate and is evicted right after its step, so the cache freezes on old heavy hitters and never holds the tokens being generated (give --recent ≥ 1)")
+                throw PolicyError("h2o: \(source); H2O needs a recent window of at least 1: without one a new "
+                                  + "token enters with only its own attention as score, is usually the weakest "
+                                  + "candidate and is evicted right after its step, so the cache freezes on old heavy "
+                                  + "hitters and never holds the tokens being generated (give --recent ≥ 1)")
             }
             guard recent <= budget else {
-                throw PolicyError("h2o: --recent (\(recent)) must not exceed --budget (\(budget)): the recent window is part of the budget")
+                throw PolicyError("h2o: --recent (\(recent)) must not exceed --budget (\(budget)): "
+                                  + "the recent window is part of the budget")
             }
         }
     }

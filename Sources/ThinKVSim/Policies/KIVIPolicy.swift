@@ -44,15 +44,18 @@ public final class KIVIPolicy: ConfiguredPolicy {
             residual = try values.integer("residual")
             format = try values.choice("format")
             guard residual % groupSize == 0 else {
-                throw PolicyError("kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), as KIVI asserts")
+                throw PolicyError("kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), "
+                                  + "as KIVI asserts")
             }
             // Refuse unsupported widths before any replay.
             _ = try Self.quantizers(format: format, keyBits: keyBits, valueBits: valueBits)
         }
 
-        static func quantizers(format: QuantFormat, keyBits: Int, valueBits: Int) throws -> (GroupQuantizer, GroupQuantizer) {
+        static func quantizers(format: QuantFormat, keyBits: Int,
+                               valueBits: Int) throws -> (key: GroupQuantizer, value: GroupQuantizer) {
             do {
-                return (try GroupQuantizer(format: format, bits: keyBits), try GroupQuantizer(format: format, bits: valueBits))
+                return (try GroupQuantizer(format: format, bits: keyBits),
+                        try GroupQuantizer(format: format, bits: valueBits))
             } catch let error as PolicyError {
                 throw PolicyError("kivi: \(error.description)")
             }

@@ -54,7 +54,8 @@ public final class LazyEvictionPolicy: ConfiguredPolicy {
             alpha = try values.real("alpha")
             dtype = try values.choice("score-dtype")
             guard budget >= window else {
-                throw PolicyError("lazyeviction: --budget (\(budget)) must be at least --window (\(window)): an eviction keeps the window and budget − window older tokens")
+                throw PolicyError("lazyeviction: --budget (\(budget)) must be at least --window (\(window)): "
+                                  + "an eviction keeps the window and budget − window older tokens")
             }
         }
     }

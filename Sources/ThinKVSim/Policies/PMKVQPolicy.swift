@@ -42,7 +42,8 @@ public final class PMKVQPolicy: ConfiguredPolicy {
     /// The default 128-token 16-bit window would hold all of a small test trace: nothing quantized.
     public static let conformanceSettings = ["window": "8"]
     public static let parameters: [PolicyParameter] = [
-        .budget(help: "B, the layer's memory budget as the bytes of B tokens at 16 bits (kv_budget MB = B·2·Hkv·D·2/2^20)"),
+        .budget(help: "B, the layer's memory budget as the bytes of B tokens at 16 bits "
+                + "(kv_budget MB = B·2·Hkv·D·2/2^20)"),
         .integer("sink", default: 1, min: 0, help: "n_sink_token: first tokens kept at --sink-bits"),
         .choice("sink-bits", widths, default: "16", help: "n_sink_token_bits"),
         .integer("window", default: 128, min: 0, help: "n_window_token: recent tokens at --window-bits, flushed as one block when full"),
@@ -81,7 +82,8 @@ public final class PMKVQPolicy: ConfiguredPolicy {
             smoothAlpha = try values.real("smooth-alpha")
             layerBitsText = try values.optionalText("layer-bits")
             if let list = layerBitsText {
-                let bits = try CommaList.items(list, of: "pmkvq: --layer-bits", error: PolicyError.init).map { Double($0) }
+                let bits = try CommaList.items(list, of: "pmkvq: --layer-bits", error: PolicyError.init)
+                    .map { Double($0) }
                 guard bits.allSatisfy({ $0 != nil && $0! > 0 }) else {
                     throw PolicyError("pmkvq: --layer-bits needs one positive bit width per model layer, got '\(list)'")
                 }

@@ -22,7 +22,8 @@ public protocol ConfiguredPolicy: CachePolicy {
 }
 
 extension ConfiguredPolicy {
-    public static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader, layer: LayerInfo) throws {
+    public static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader,
+                                          layer: LayerInfo) throws {
         try Configuration(parameters).check(header: header, layer: layer)
     }
 }

@@ -169,7 +169,9 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
     /// The value in effect of a declared parameter of `kind`'s form, nil when it has none.
     private func typedRaw(_ name: String, _ form: String, _ fits: (PolicyParameter.Kind) -> Bool) throws -> String? {
         let spec = try declaration(name)
-        guard fits(spec.kind) else { throw PolicyError("\(policy): reads --\(name) as \(form), which it is not declared as") }
+        guard fits(spec.kind) else {
+            throw PolicyError("\(policy): reads --\(name) as \(form), which it is not declared as")
+        }
         if awaited.contains(name) && given[name] == nil {
             throw PolicyError("\(policy): --\(name) is read before it is set")
         }
@@ -199,15 +201,19 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
     public func optionalText(_ name: String) throws -> String? {
         try typedRaw(name, "text") { if case .integer = $0 { false } else if case .real = $0 { false } else { true } }
     }
-    public func choice<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T where T.RawValue == String {
+    public func choice<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T
+    where T.RawValue == String {
         try present(name, optionalChoice(name, as: type))
     }
     /// A choice decoded as `T`; an option `T` does not have is a PolicyError (the declaration and
     /// the type disagree).
     public func optionalChoice<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T?
     where T.RawValue == String {
-        guard let raw = try typedRaw(name, "a choice", { if case .choice = $0 { true } else { false } }) else { return nil }
-        guard let value = T(rawValue: raw) else { throw PolicyError("\(policy): --\(name) '\(raw)' is not a \(T.self)") }
+        let isChoice = { (kind: PolicyParameter.Kind) in if case .choice = kind { true } else { false } }
+        guard let raw = try typedRaw(name, "a choice", isChoice) else { return nil }
+        guard let value = T(rawValue: raw) else {
+            throw PolicyError("\(policy): --\(name) '\(raw)' is not a \(T.self)")
+        }
         return value
     }
 

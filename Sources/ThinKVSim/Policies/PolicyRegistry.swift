@@ -55,7 +55,8 @@ public struct PolicySpec: Hashable, Sendable {
     init(unregistered type: any CachePolicy.Type, values: [String: String] = [:], awaitingBudget: Bool = false) throws {
         self.name = type.name
         let awaited = awaitingBudget ? Set(type.budgetParameter.map { [$0.name] } ?? []) : []
-        self.parameters = try PolicyParameters(policy: type.name, specs: type.parameters, values: values, awaiting: awaited)
+        self.parameters = try PolicyParameters(policy: type.name, specs: type.parameters, values: values,
+                                               awaiting: awaited)
         self.unregistered = UnregisteredPolicyType(type: type)
     }
 

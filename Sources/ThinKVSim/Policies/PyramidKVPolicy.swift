@@ -32,7 +32,8 @@ public final class PyramidKVPolicy: ConfiguredPolicy {
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
     /// A compression leaves this layer's pyramid share of the budget, at most about 2B + 2.
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        guard (try? parameters.optionalReal("compression-ratio")) == nil, let n = try? parameters.integer("interval") else {
+        guard (try? parameters.optionalReal("compression-ratio")) == nil,
+              let n = try? parameters.integer("interval") else {
             return KVPressDecoding.cadence(parameters)
         }
         return "every \(n) decode steps (--interval), after the attention; keeps this layer's pyramid share of B (at most 2B+2); holds up to max(P, 2B+2)+\(n - 1)"

@@ -111,10 +111,12 @@ public final class RKVPolicy: ConfiguredPolicy {
             try PolicyGuard.budget(budget, exceedsWindow: window, "rkv")
             try PolicyGuard.oddKernel(kernel, "rkv")
             if trigger == .buffer && (newlineTrigger || thinkOnly) {
-                throw PolicyError("rkv: --divide-method newline and --compression-content think belong to the legacy HF loop; use them with --trigger legacy")
+                throw PolicyError("rkv: --divide-method newline and --compression-content think belong to the legacy "
+                                  + "HF loop; use them with --trigger legacy")
             }
             if trigger == .buffer && buffer < window {
-                throw PolicyError("rkv: --buffer (\(buffer)) must be at least --window (\(window)): the window's queries are observed within one buffer")
+                throw PolicyError("rkv: --buffer (\(buffer)) must be at least --window (\(window)): "
+                                  + "the window's queries are observed within one buffer")
             }
         }
     }
@@ -138,8 +140,9 @@ public final class RKVPolicy: ConfiguredPolicy {
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
         let configuration = try Configuration(parameters)
         guard configuration.newlineTrigger || configuration.thinkOnly else { return nil }
-        return try RKVTriggerTokens.read(reader, newline: configuration.newlineTrigger, newlineIDs: configuration.newlineIDs,
-                                         thinkEnd: configuration.thinkOnly, thinkEndIDs: configuration.thinkEndIDs, policy: name)
+        return try RKVTriggerTokens.read(reader, newline: configuration.newlineTrigger,
+                                         newlineIDs: configuration.newlineIDs, thinkEnd: configuration.thinkOnly,
+                                         thinkEndIDs: configuration.thinkEndIDs, policy: name)
     }
 
     /// No token marks: enough for `init` to check the parameters without reading the tokens.
@@ -246,7 +249,8 @@ public enum DecodeTrigger: String, CaseIterable, Sendable {
     /// The cadence line of the trigger, divide and buffer in `parameters` (nil if one is not declared).
     static func cadence(_ parameters: PolicyParameters) -> String? {
         guard let trigger = try? parameters.choice("trigger", as: DecodeTrigger.self),
-              let divide = try? parameters.integer("divide"), let buffer = try? parameters.integer("buffer") else { return nil }
+              let divide = try? parameters.integer("divide"),
+              let buffer = try? parameters.integer("buffer") else { return nil }
         return trigger.cadence(divide: divide, buffer: buffer)
     }
 

@@ -42,7 +42,8 @@ public final class RaaSPolicy: ConfiguredPolicy {
     public static let name = "raas"
     public static let summary = "RaaS: paged LRU cache whose page timestamps are refreshed when a query's Quest estimate ranks the page in its top half-budget"
     public static let parameters: [PolicyParameter] = [
-        .budget(help: "B, token budget per kv head; the cache holds ⌊B/S⌋ pages (token_budget // page_size), at least 2"),
+        .budget(help: "B, token budget per kv head; the cache holds ⌊B/S⌋ pages (token_budget // page_size), "
+                + "at least 2"),
         .integer("page-size", default: 16, min: 1, max: 1 << 16,
                  help: "S, tokens per page (the authors' page_size, 16 in their runs)"),
         .choice("prefill", PrefillRule.allCases.map(\.rawValue), default: PrefillRule.lru.rawValue,
@@ -67,7 +68,9 @@ public final class RaaSPolicy: ConfiguredPolicy {
             prefillRule = try values.choice("prefill")
             refreshAmong = try values.choice("refresh-among")
             guard budget / pageSize >= 2 else {
-                throw PolicyError("raas: --budget \(budget) holds \(budget / pageSize) page(s) of \(pageSize); RaaS needs at least 2 (the page being filled and one more), so give --budget ≥ \(2 * pageSize)")
+                throw PolicyError("raas: --budget \(budget) holds \(budget / pageSize) page(s) of \(pageSize); "
+                                  + "RaaS needs at least 2 (the page being filled and one more), "
+                                  + "so give --budget ≥ \(2 * pageSize)")
             }
         }
     }
@@ -126,7 +129,8 @@ public final class RaaSPolicy: ConfiguredPolicy {
     }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        guard let b = try? parameters.integer("budget"), let s = try? parameters.integer("page-size") else { return "?" }
+        guard let b = try? parameters.integer("budget"),
+              let s = try? parameters.integer("page-size") else { return "?" }
         let keep = (try? parameters.choice("prefill", as: PrefillRule.self)) == .keep
         return "when a decode position opens a page of \(s) and more than \(b / s) pages are held, the least recently used page goes\(keep ? " (prompt pages stay)" : ""); holds ≤ \(b / s * s)"
     }

@@ -85,7 +85,8 @@ public final class SnapKVPolicy: ConfiguredPolicy {
             budget = try values.integer("budget")
             window = try values.optionalInteger("window") ?? variant.defaultWindow
             kernel = try values.optionalInteger("kernel") ?? variant.defaultKernel
-            pool = try values.optionalText("pool").map { $0 == "max" ? WindowScoringRule.Pool.max : .average } ?? variant.defaultPool
+            pool = try values.optionalText("pool").map { $0 == "max" ? WindowScoringRule.Pool.max : .average }
+                ?? variant.defaultPool
             trigger = try values.choice("trigger")
             divide = try values.integer("divide")
             buffer = try values.integer("buffer")
@@ -100,7 +101,8 @@ public final class SnapKVPolicy: ConfiguredPolicy {
             let given = Set(values.given.keys)
             let rkvOnly = given.intersection(["trigger", "divide", "buffer"])
             if variant != .rkv, let name = rkvOnly.sorted().first {
-                throw refuse("--\(name) applies to --snap-variant rkv only (original compresses the prompt once; kvpress uses --interval)")
+                throw refuse("--\(name) applies to --snap-variant rkv only (original compresses the prompt once; "
+                             + "kvpress uses --interval)")
             }
             if variant != .kvpress && given.contains("interval") {
                 throw refuse("--interval applies to --snap-variant kvpress only")

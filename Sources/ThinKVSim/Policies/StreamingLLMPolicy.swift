@@ -55,7 +55,8 @@ public final class StreamingLLMPolicy: ConfiguredPolicy {
             trigger = try values.choice("trigger")
             divide = try values.integer("divide")
             guard sinks < budget else {
-                throw PolicyError("streaming: --sinks (\(sinks)) must be below --budget (\(budget)): the recent window budget − sinks must hold at least the newest token")
+                throw PolicyError("streaming: --sinks (\(sinks)) must be below --budget (\(budget)): "
+                                  + "the recent window budget − sinks must hold at least the newest token")
             }
         }
     }

@@ -152,7 +152,8 @@ public class ThinKVPolicy: CachePolicy {
             selection = eviction.selection
             segmentRule = eviction.segmentRule
             pressureCut = eviction.pressureCut
-            refreshInterval = configuration.thoughts.tau ?? thoughtTypes.refreshInterval ?? ThoughtThresholds.defaultRefreshInterval
+            refreshInterval = configuration.thoughts.tau ?? thoughtTypes.refreshInterval
+                ?? ThoughtThresholds.defaultRefreshInterval
             segments = ThoughtSegments(numTokens: setup.header.numTokens)
         } else {
             budget = nil
@@ -541,7 +542,8 @@ extension ThinKVPolicy {
                 segmentRule = try values.choice("segments")
                 pressureCut = try values.choice("pressure-cut")
                 if let budget, budget < sinks + recent {
-                    throw PolicyError("\(name): --budget (\(budget)) must be at least --sinks + --recent (\(sinks) + \(recent)): those positions are never evicted")
+                    throw PolicyError("\(name): --budget (\(budget)) must be at least --sinks + --recent "
+                                      + "(\(sinks) + \(recent)): those positions are never evicted")
                 }
             }
         }
@@ -597,7 +599,8 @@ enum ThinKVParameters {
 
     static let eviction: [PolicyParameter] = [
         .budget(required: false,
-                help: "resident tokens per kv head; over it the least important old segment shrinks (default: no budget, segments shrink at transitions only)"),
+                help: "resident tokens per kv head; over it the least important old segment shrinks "
+                    + "(default: no budget, segments shrink at transitions only)"),
         .text("schedule", "LIST", default: "64,32,16,8,4",
               help: "retention schedule: sizes an old segment shrinks to, one step per transition or per budget overflow; the last is the floor"),
         .integer("sinks", default: 4, min: 0, help: "first positions never evicted (attention sinks)"),
@@ -643,7 +646,8 @@ enum ThinKVParameters {
             timeline.notes = notes
             let source = thoughts.sparsitySource.rawValue
             let domain = thresholds.domain.map { $0 == "full" ? "full-cache" : $0 }
-                ?? (thoughts.calibration == nil ? "given (--theta1/--theta2)" : "full-cache (assumed: the file predates sparsity_domain)")
+                ?? (thoughts.calibration == nil ? "given (--theta1/--theta2)"
+                    : "full-cache (assumed: the file predates sparsity_domain)")
             timeline.notes.append("thresholds calibrated on \(domain) sparsity (\(thresholds.gqa.rawValue)); the classifier reads the \(source == "cache" ? "policy's own cache" : "full cache")")
             // On a labelled trace, how often the types the policy runs with are the true ones.
             if let labels = try reader.readThoughtLabels() {
@@ -740,7 +744,8 @@ enum ThinKVParameters {
     static func onlineClassifier(parameters: PolicyParameters, header: TraceHeader, policy: String) throws -> OnlineThoughtClassifier {
         let thoughts = try ThinKVPolicy.Configuration.Thoughts(parameters)
         guard thoughts.source == .classifier else {
-            throw UsageError("\(policy): --thoughts \(thoughts.source.rawValue) reads a trace's labels; online only the classifier (--thoughts classifier) can type thoughts")
+            throw UsageError("\(policy): --thoughts \(thoughts.source.rawValue) reads a trace's labels; "
+                             + "online only the classifier (--thoughts classifier) can type thoughts")
         }
         guard thoughts.sparsitySource == .cache else {
             throw UsageError("\(policy): --sparsity-source full needs the full cache's attention; online the classifier reads the policy's own cache (--sparsity-source cache)")
@@ -766,7 +771,8 @@ enum ThinKVParameters {
         guard thresholds.theta1 < thresholds.theta2, thresholds.refreshInterval >= 1, !thresholds.layers.isEmpty else {
             throw PolicyError("\(policy): thresholds need θ1 < θ2, τ ≥ 1 and a layer in L*")
         }
-        return OnlineThoughtClassifier(thresholds: thresholds, window: thoughts.sparsityWindow, lag: lag, header: header)
+        return OnlineThoughtClassifier(thresholds: thresholds, window: thoughts.sparsityWindow, lag: lag,
+                                       header: header)
     }
 
     private static func formatTheta(_ x: Float) -> String { String(format: "%.3f", x) }

@@ -18,7 +18,7 @@ public struct MemoryMatch: Codable, Equatable, Sendable {
     public enum Status: String, Codable, Sendable {
         /// A budget was found within the tolerance.
         case matched
-        /// The policy has no `budget` parameter: it ran as given.
+        /// The policy has no budget (`CachePolicy.budgetParameter`): it ran as given.
         case notMatched = "not matched"
         /// No budget reaches the target within the tolerance; the closest one not above it ran.
         case unreachable
@@ -113,7 +113,8 @@ public final class MemoryMatcher {
             throw UsageError("--policy \(item.text): a budget of its own and a memory target "
                              + "(--kv-percent, --kv-bytes) exclude each other: the target sets each budget")
         }
-        return try PolicySpec.specs(items: items, options: options, commandOptions: commandOptions, awaitingBudgets: true)
+        return try PolicySpec.specs(items: items, options: options, commandOptions: commandOptions,
+                                    awaitingBudgets: true)
     }
 
     /// The memory figure a target is compared with, in the target's unit.

@@ -22,7 +22,8 @@ public struct ReplayConfiguration: Sendable {
     /// never changes what a policy keeps). nil: every policy uses `paging` and `blockSize`.
     public var layouts: [PagingLayout]?
 
-    public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = TraceLimits.defaultTopK, maxSteps: Int? = nil, threads: Int? = nil) {
+    public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = TraceLimits.defaultTopK,
+                maxSteps: Int? = nil, threads: Int? = nil) {
         self.policies = policies
         self.layers = layers
         self.topK = topK
@@ -228,7 +229,8 @@ public final class ReplayEngine {
         }
         for run in runs {
             guard let parameter = run.spec.type.budgetParameter,
-                  let budget = try? run.spec.parameters.optionalInteger(parameter.name), budget >= header.numTokens else { continue }
+                  let budget = try? run.spec.parameters.optionalInteger(parameter.name),
+                  budget >= header.numTokens else { continue }
             // A budget that covers the trace keeps everything only for a policy that evicts just over budget.
             let evicting = run.summary.memory.evictionStepPercent
             notes.append(evicting == 0

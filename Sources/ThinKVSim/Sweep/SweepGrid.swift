@@ -73,7 +73,8 @@ public struct SweepGrid: Sendable {
             var out: [PolicySpec] = []
             for combination in Self.cartesian(keys.map { values[$0]! }) {
                 do {
-                    out.append(try PolicySpec(name: config.policies[i].policy, values: Dictionary(uniqueKeysWithValues: zip(keys, combination)),
+                    let values = Dictionary(uniqueKeysWithValues: zip(keys, combination))
+                    out.append(try PolicySpec(name: config.policies[i].policy, values: values,
                                               awaitingBudget: awaitingBudget))
                 } catch let error as PolicyError {
                     let scope = config.traces[t].parameters.isEmpty ? "" : " (with the parameters of traces[\(t)])"
