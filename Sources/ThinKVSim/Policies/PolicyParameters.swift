@@ -138,7 +138,8 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
             given[name] = try spec.validate(raw, policy: policy)
         }
         for name in awaiting where table[name] == nil || given[name] != nil {
-            throw PolicyError("\(policy): --\(name) is set later and may not be given now")
+            throw PolicyError(table[name] == nil ? "\(policy): awaits --\(name), which it does not declare"
+                              : "\(policy): --\(name) is set later and may not be given now")
         }
         for spec in specs where spec.required && given[spec.name] == nil && !awaiting.contains(spec.name) {
             throw PolicyError("\(policy): --\(spec.name) is required (\(spec.help))")
