@@ -22,6 +22,8 @@ public enum TraceLimits {
     /// Command-line bounds.
     public static let maxThreads = 1024
     public static let maxTopK = 1 << 20
+    /// k of the top-k recall metric when none is given (replay, serve-policy, sweep configs).
+    public static let defaultTopK = 32
     public static let maxBlockSize = 1 << 16
 
     private static func environment(_ name: String) -> Double? {

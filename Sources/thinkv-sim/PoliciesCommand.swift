@@ -20,7 +20,9 @@ enum PoliciesCommand: Subcommand {
             print("\(type.name): \(type.summary)")
             for p in type.parameters {
                 let value = p.required ? "required" : "default \(p.defaultValue ?? "auto")"
-                print("    --\(p.name) \(describe(p.kind))  (\(value))")
+                // The budget is the parameter a memory target (--kv-percent, --kv-bytes) sets.
+                let role = p.role == .budget ? "; the budget --kv-percent sets" : ""
+                print("    --\(p.name) \(describe(p.kind))  (\(value)\(role))")
                 print("        \(p.help)")
             }
             print("")
@@ -34,6 +36,8 @@ enum PoliciesCommand: Subcommand {
         /// As typed; "auto" when derived from other parameters, or when required.
         let `default`: String
         let required: Bool
+        /// "budget" for the parameter a memory target sets; absent otherwise.
+        let role: String?
         /// The accepted range of an integer or a number (a bound left open is absent).
         let minimum, maximum: Double?
         let choices: [String]?
@@ -44,6 +48,11 @@ enum PoliciesCommand: Subcommand {
             help = p.help
             `default` = p.defaultValue ?? "auto"
             required = p.required
+            role = p.role.map { role in
+                switch role {
+                case .budget: return "budget"
+                }
+            }
             var choices: [String]? = nil
             var minimum: Double? = nil, maximum: Double? = nil
             switch p.kind {

@@ -13,7 +13,8 @@ enum ReplayCommand: Subcommand {
                              default: "full", repeatable: true),
             OptionDefinition("layers", value: "LIST", help: "recorded layers to replay, e.g. 0,3 or -1 (the last recorded)", default: "all recorded"),
             OptionDefinition("steps", value: "N", help: "replay only the first N decode steps", default: "all"),
-            OptionDefinition("topk", value: "K", help: "k of the top-k recall metric", default: "32"),
+            OptionDefinition("topk", value: "K", help: "k of the top-k recall metric",
+                             default: String(TraceLimits.defaultTopK)),
             OptionDefinition("threads", value: "N", help: "worker threads; results do not depend on it", default: "all cores"),
             OptionDefinition("paging", value: "ct|compact|none", help: "memory layout: Continuous-Thinking in-place reuse, dense compaction, or no pages", default: "ct"),
             OptionDefinition("block-size", value: "N", help: "slots per PagedAttention block", default: "per policy: 16, thinkv 8"),
@@ -63,7 +64,8 @@ enum ReplayCommand: Subcommand {
         var configuration = ReplayConfiguration(policies: specs)
         let requestedLayers = try arguments.value("layers").map { try LayerSelection.parse($0, option: "--layers") }
         configuration.maxSteps = try arguments.int("steps", min: 1)
-        configuration.topK = try arguments.int("topk", default: 32, min: 1, max: TraceLimits.maxTopK)!
+        configuration.topK = try arguments.int("topk", default: TraceLimits.defaultTopK, min: 1,
+                                               max: TraceLimits.maxTopK)!
         configuration.threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         if let raw = arguments.value("paging") {
             guard let mode = PagingMode(rawValue: raw) else { throw UsageError("--paging must be ct, compact or none, got '\(raw)'") }

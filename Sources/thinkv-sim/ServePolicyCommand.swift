@@ -17,7 +17,8 @@ enum ServePolicyCommand: Subcommand {
             OptionDefinition("policy", short: "p", value: "NAME[:P=V...]",
                              help: "the policy (see 'thinkv-sim policies'), parameters after ':' as in replay; "
                                  + "required"),
-            OptionDefinition("topk", value: "K", help: "k of the top-k recall in the end-of-run summary", default: "32"),
+            OptionDefinition("topk", value: "K", help: "k of the top-k recall in the end-of-run summary",
+                             default: String(TraceLimits.defaultTopK)),
         ],
         acceptsExtraOptions: true,
         discussion: """
@@ -52,7 +53,7 @@ enum ServePolicyCommand: Subcommand {
         guard items.count == 1 else { throw UsageError("--policy takes one policy (one process serves one cache)") }
         let specs = try PolicySpec.specs(items: items, options: arguments.extra,
                                          commandOptions: spec.options.map(\.name))
-        let topK = try arguments.int("topk", default: 32, min: 1, max: TraceLimits.maxTopK)!
+        let topK = try arguments.int("topk", default: TraceLimits.defaultTopK, min: 1, max: TraceLimits.maxTopK)!
         let input = FrameReader(fd: STDIN_FILENO)
         let output = FrameWriter(fd: STDOUT_FILENO)
 

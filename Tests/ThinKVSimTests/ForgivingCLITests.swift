@@ -121,7 +121,7 @@ final class ForgivingCLITests: XCTestCase {
         }
         // snapkv needs budget > window (6 is not), thinkv-tbe needs budget ≥ sinks + recent (6 is not).
         let strict = try run(["sweep", try config("")])
-        XCTAssertEqual(strict.status, 1, strict.stderr)
+        XCTAssertEqual(strict.status, 2, "values the policies refuse together are a usage error: \(strict.stderr)")
         XCTAssertTrue(strict.stderr.contains("2 of the grid's runs are invalid"), strict.stderr)
         XCTAssertTrue(strict.stderr.contains("snapkv") && strict.stderr.contains("thinkv-tbe"), "both named: \(strict.stderr)")
         let dry = try run(["sweep", try config(""), "--dry-run"])

@@ -126,8 +126,12 @@ final class PolicyListTests: XCTestCase {
         }
         let items = [item("h2o", [("recent", "2")]), item("h2o", [("recent", "4")]), item("kivi")]
         let specs = try MemoryMatcher.specs(items: items, options: [])
-        let placeholder = MemoryMatcher.placeholderBudget
-        XCTAssertEqual(specs.map { $0.parameters.given["budget"] }, [placeholder, placeholder, nil])
+        // No stand-in value: the budget awaits the search, and a typed read of it throws until then.
+        XCTAssertEqual(specs.map { $0.parameters.given["budget"] }, [nil, nil, nil])
+        XCTAssertEqual(specs.map(\.awaitsBudget), [true, true, false])
+        XCTAssertEqual(specs.map(\.label), ["h2o(recent=2)", "h2o(recent=4)", "kivi"])
+        XCTAssertThrowsError(try specs[0].parameters.integer("budget"))
+        XCTAssertEqual(try specs[0].withBudget(12).parameters.integer("budget"), 12)
         XCTAssertEqual(specs.map { $0.parameters.given["recent"] }, ["2", "4", nil])
     }
 

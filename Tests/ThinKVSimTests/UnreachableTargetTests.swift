@@ -14,10 +14,11 @@ final class UnreachableTargetTests: XCTestCase {
     /// of its integer parameters.
     func testEveryPolicyStatesItsCadence() throws {
         for type in PolicyRegistry.all {
-            let budgeted = type.parameters.contains { $0.name == "budget" }
-            let spec = try PolicySpec(name: type.name, values: budgeted ? ["budget": "256"] : [:])
+            let budget = type.budgetParameter.map { [$0.name: "256"] } ?? [:]
+            let spec = try PolicySpec(name: type.name, values: budget)
             let cadence = type.compressionCadence(spec.parameters)
             XCTAssertFalse(cadence.isEmpty, type.name)
+            XCTAssertFalse(cadence.contains("?"), "\(type.name): every value the cadence names is declared: \(cadence)")
             XCTAssertFalse(cadence.contains("not stated"), type.name)
             if let name = type.cadenceParameter(spec.parameters) {
                 let parameter = try XCTUnwrap(type.parameters.first { $0.name == name }, "\(type.name): --\(name)")

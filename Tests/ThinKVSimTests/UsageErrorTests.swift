@@ -48,15 +48,49 @@ final class UsageErrorTests: XCTestCase {
         XCTAssertEqual(Suggestions.singular("class"), "class", "a double s is not a plural")
     }
 
-    /// ThinKV calibrates its thresholds on the trace before the first layer; a budget it refuses
-    /// anyway is refused before that work.
+    /// ThinKV calibrates its thresholds on the trace before the first layer; a combination it
+    /// refuses anyway is refused before that work, from replay, a memory target and a sweep alike.
+    /// The copy of the trace holds a NaN in every layer's tensors, which any reading of them (a
+    /// calibration, a preparation, a replay) reports with exit 1 (the control): a usage error
+    /// (exit 2) shows that nothing read them.
     func testACombinationIsRefusedBeforeThePolicyPrepares() throws {
-        let started = Date()
-        try assertUsageError(["replay", Self.realTrace, "--policy", "thinkv", "--budget", "4"],
-                             "thinkv: --budget (4) must be at least --sinks + --recent")
-        XCTAssertLessThan(Date().timeIntervalSince(started), 1.5, "refused before the self-calibration")
-        try assertUsageError(["replay", Self.realTrace, "--policy", "thinkv", "--budget", "256", "--schedule", "64,128"],
+        let poisoned = directory.appendingPathComponent("poisoned.h5").path
+        try FileManager.default.copyItem(atPath: Self.syntheticTrace, toPath: poisoned)
+        // The reader is closed (released) before the file is edited.
+        let (tokens, tensors) = try { () throws -> (Int, [String]) in
+            let reader = try TraceReader(path: poisoned)
+            return (reader.header.numTokens, reader.recordedLayerIndices.flatMap { layer in
+                LayerTensor.allCases.filter { reader.layerInfo(layer)!.has($0) }
+                    .map { "/layers/\(layer)/\($0.rawValue)" }
+            })
+        }()
+        try HDF5Editor.edit(poisoned) { editor in
+            for tensor in tensors { try editor.patch(tensor, element: 0, with: .nan) }
+        }
+        let control = try run(["replay", poisoned, "--policy", "thinkv", "--budget", "256"])
+        XCTAssertEqual(control.status, 1, "reading the tensors meets the NaN: \(control.stderr)")
+        XCTAssertTrue(control.stderr.contains("NaN"), control.stderr)
+
+        try assertUsageError(["replay", poisoned, "--policy", "thinkv", "--budget", "4"],
+                             "thinkv: --budget (4) must be at least --sinks + --recent (4 + 16)")
+        try assertUsageError(["replay", poisoned, "--policy", "thinkv", "--budget", "256", "--schedule", "64,128"],
                              "strictly decreasing")
+        // A memory target: no budget up to the trace's length holds sinks + recent.
+        try assertUsageError(["replay", poisoned, "--policy", "h2o,thinkv", "--kv-percent", "20",
+                              "--recent", String(tokens)],
+                             "thinkv: --budget (\(tokens)) must be at least --sinks + --recent (4 + \(tokens))")
+        let config = directory.appendingPathComponent("refused.json")
+        let output = directory.appendingPathComponent("o.csv").path
+        try #"""
+            {"traces": ["\#(poisoned)"], "output": "\#(output)", "policies": ["thinkv"], "parameters": {"budget": [4]}}
+            """#.write(to: config, atomically: true, encoding: .utf8)
+        try assertUsageError(["sweep", config.path], "thinkv: --budget (4) must be at least --sinks + --recent")
+        let matched = directory.appendingPathComponent("matched.json")
+        try #"""
+            {"traces": ["\#(poisoned)"], "output": "\#(output)", "policies": ["thinkv"],
+             "parameters": {"recent": [\#(tokens)]}, "kv_percent": 20}
+            """#.write(to: matched, atomically: true, encoding: .utf8)
+        try assertUsageError(["sweep", matched.path], "must be at least --sinks + --recent")
     }
 
     func testPlotNamesTheKindOfFileItWasGiven() throws {

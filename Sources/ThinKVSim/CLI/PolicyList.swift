@@ -111,9 +111,11 @@ extension PolicySpec {
     /// `--name value` options: each shared option goes to every chosen policy that declares it
     /// and does not set it itself. An option no chosen policy would take is an error, and so
     /// are two items that make the same run or the same label (every output tells runs apart
-    /// by label). `commandOptions` are the command's own option names, for suggestions.
+    /// by label). `commandOptions` are the command's own option names, for suggestions. With
+    /// `awaitingBudgets`, each policy with a budget is left without one for a memory target's
+    /// search to set (`PolicySpec.init(name:values:awaitingBudget:)`).
     public static func specs(items: [PolicyItem], options: [(name: String, value: String)],
-                             commandOptions: [String] = []) throws -> [PolicySpec] {
+                             commandOptions: [String] = [], awaitingBudgets: Bool = false) throws -> [PolicySpec] {
         var seen = Set<String>()
         for option in options where !seen.insert(option.name).inserted {
             let perPolicy = items.count > 1 ? "; to give policies different values, write them after each name "
@@ -177,7 +179,9 @@ extension PolicySpec {
             }
             for setting in item.settings { values[setting.name] = setting.value }
             // The values are what the user typed: a refused one is a usage error.
-            do { return try PolicySpec(name: item.name, values: values) } catch let error as PolicyError {
+            do {
+                return try PolicySpec(name: item.name, values: values, awaitingBudget: awaitingBudgets)
+            } catch let error as PolicyError {
                 throw UsageError(error.description)
             }
         }

@@ -39,6 +39,10 @@ public protocol CachePolicy: AnyObject {
     /// configuration's parameters against a trace's shape without the work (sweeps check every
     /// grid point first). Default nil.
     static func validationPrepared(header: TraceHeader) -> (any Sendable)?
+    /// Checks the parameters together and against the trace's shape, before any `prepare`
+    /// (throws a PolicyError). A `ConfiguredPolicy` decodes its `Configuration`; the default
+    /// makes one layer's instance on `validationPrepared`.
+    static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader, layer: LayerInfo) throws
 
     /// When the cache compresses and what it may hold in between, in a few words for the
     /// report (e.g. R-KV: "every 128 positions; holds up to B+127"), so that equal token
@@ -83,6 +87,13 @@ extension CachePolicy {
     public static var readsAttention: Bool { true }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
+    public static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader,
+                                          layer: LayerInfo) throws {
+        _ = try Self(parameters: parameters, setup: PolicySetup(header: header, layer: layer,
+                                                                prepared: validationPrepared(header: header)))
+    }
+    /// The parameter with the budget role (`PolicyParameter.Role.budget`), if the policy has one.
+    public static var budgetParameter: PolicyParameter? { parameters.first { $0.role == .budget } }
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { nil }
     public static var conformanceSettings: [String: String] { [:] }
     public var residentCap: Int? { nil }

@@ -23,7 +23,8 @@ extension DecodingScorer {
 /// that step's attention, each kv head holding more than the target keeps the target count of its
 /// highest scores, in `topk` order (`KVPressDecoding` has the target and the cadence). A new
 /// scorer is one `DecodingScorer` and one registry line, `DecodingPress<Scorer>.self`.
-public final class DecodingPress<Scorer: DecodingScorer>: CachePolicy {
+public final class DecodingPress<Scorer: DecodingScorer>: ConfiguredPolicy {
+    public typealias Configuration = KVPressDecoding
     public static var name: String { Scorer.name }
     public static var summary: String { Scorer.summary }
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
@@ -36,7 +37,7 @@ public final class DecodingPress<Scorer: DecodingScorer>: CachePolicy {
     private let header: TraceHeader
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
+        schedule = try KVPressDecoding(parameters)
         header = setup.header
     }
 

@@ -45,18 +45,43 @@ import Foundation
 ///   it most values it less than every other candidate. It differs from `max`, which takes
 ///   the maximum step by step, before accumulating.
 /// With one query head per kv head (MHA) the three modes are the reference rule and coincide.
-public final class H2OPolicy: CachePolicy {
+public final class H2OPolicy: ConfiguredPolicy {
     public static let name = "h2o"
     public static let summary = "H2O: keep the recent window plus the heavy hitters by accumulated attention, evicting one token per step"
     public static let parameters: [PolicyParameter] = [
-        .integer("budget", min: 1, required: true,
-                 help: "C, resident tokens per kv head: heavy hitters (C − R) plus the recent window R"),
+        .budget(help: "C, resident tokens per kv head: heavy hitters (C − R) plus the recent window R"),
         .integer("recent", min: 0,
                  help: "R, most recent positions always kept, 1 ≤ R ≤ C (default C/2, the paper's even split)"),
         .choice("gqa-reduce", GroupReduce.allCases.map(\.rawValue), default: GroupReduce.sum.rawValue,
                 help: "how the query heads of a kv head's group combine scores: sum, max (per step), per-qhead (own totals, ranked by the largest)"),
         ScoreDType.parameter,
     ]
+
+    public struct Configuration: PolicyConfiguration {
+        public let budget: Int
+        public let recent: Int
+        public let reduce: GroupReduce
+        public let dtype: ScoreDType
+
+        public init(_ values: PolicyParameters) throws {
+            budget = try values.integer("budget")
+            let given = try values.optionalInteger("recent")
+            recent = given ?? budget / 2
+            reduce = try values.choice("gqa-reduce")
+            dtype = try values.choice("score-dtype")
+            let source = given == nil ? "the default budget/2 gives --recent 0 for --budget \(budget)" : "--recent is 0"
+            guard recent >= 1 else {
+                throw PolicyError("h2o: \(source); H2O needs a recent window of at least 1: without one a new "
+                                  + "token enters with only its own attention as score, is usually the weakest "
+                                  + "candidate and is evicted right after its step, so the cache freezes on old heavy "
+                                  + "hitters and never holds the tokens being generated (give --recent ≥ 1)")
+            }
+            guard recent <= budget else {
+                throw PolicyError("h2o: --recent (\(recent)) must not exceed --budget (\(budget)): "
+                                  + "the recent window is part of the budget")
+            }
+        }
+    }
 
     public enum GroupReduce: String, CaseIterable, Sendable {
         case sum
@@ -83,18 +108,11 @@ public final class H2OPolicy: CachePolicy {
     private var logits: [Float] = []
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        budget = parameters.int("budget")!
-        let given = parameters.int("recent")
-        recent = given ?? budget / 2
-        reduce = GroupReduce(rawValue: parameters.string("gqa-reduce")!)!
-        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
-        let source = given == nil ? "the default budget/2 gives --recent 0 for --budget \(budget)" : "--recent is 0"
-        guard recent >= 1 else {
-            throw PolicyError("h2o: \(source); H2O needs a recent window of at least 1: without one a new token enters with only its own attention as score, is usually the weakest candidate and is evicted right after its step, so the cache freezes on old heavy hitters and never holds the tokens being generated (give --recent ≥ 1)")
-        }
-        guard recent <= budget else {
-            throw PolicyError("h2o: --recent (\(recent)) must not exceed --budget (\(budget)): the recent window is part of the budget")
-        }
+        let configuration = try Configuration(parameters)
+        budget = configuration.budget
+        recent = configuration.recent
+        reduce = configuration.reduce
+        dtype = configuration.dtype
         header = setup.header
         scorerScale = header.referenceScorerScale
         // A stored 1/sqrt(D) may differ from ours in the last bit; that is not a different scale.

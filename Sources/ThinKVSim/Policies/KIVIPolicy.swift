@@ -16,7 +16,7 @@ import Foundation
 ///   token's values form ⌈D/G⌉ groups, the last one shorter.
 ///
 /// On attention-only layers (no recorded keys/values) only the memory is modelled.
-public final class KIVIPolicy: CachePolicy {
+public final class KIVIPolicy: ConfiguredPolicy {
     public static let name = "kivi"
     public static let summary = "KIVI: keys per channel, values per token at low bits, 16-bit residual window, no eviction"
     public static let parameters: [PolicyParameter] = [
@@ -30,8 +30,40 @@ public final class KIVIPolicy: CachePolicy {
                 help: "int = asymmetric min-max integers (KIVI); paper = FP8 E4M3 (8), NVFP4 (4), ternary (2)"),
     ]
 
+    public struct Configuration: PolicyConfiguration {
+        public let keyBits: Int
+        public let valueBits: Int
+        public let groupSize: Int
+        public let residual: Int
+        public let format: QuantFormat
+
+        public init(_ values: PolicyParameters) throws {
+            keyBits = try values.integer("k-bits")
+            valueBits = try values.integer("v-bits")
+            groupSize = try values.integer("group")
+            residual = try values.integer("residual")
+            format = try values.choice("format")
+            guard residual % groupSize == 0 else {
+                throw PolicyError("kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), "
+                                  + "as KIVI asserts")
+            }
+            // Refuse unsupported widths before any replay.
+            _ = try Self.quantizers(format: format, keyBits: keyBits, valueBits: valueBits)
+        }
+
+        static func quantizers(format: QuantFormat, keyBits: Int,
+                               valueBits: Int) throws -> (key: GroupQuantizer, value: GroupQuantizer) {
+            do {
+                return (try GroupQuantizer(format: format, bits: keyBits),
+                        try GroupQuantizer(format: format, bits: valueBits))
+            } catch let error as PolicyError {
+                throw PolicyError("kivi: \(error.description)")
+            }
+        }
+    }
+
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        let r = parameters.int("residual")!
+        let r = (try? parameters.integer("residual")).map(String.init) ?? "?"
         return "evicts nothing; keys quantized in blocks of \(r), values one per step, the last \(r) stay 16-bit"
     }
 
@@ -46,18 +78,11 @@ public final class KIVIPolicy: CachePolicy {
     public private(set) var valuesQuantizedEnd = 0
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        groupSize = parameters.int("group")!
-        residual = parameters.int("residual")!
-        guard residual % groupSize == 0 else {
-            throw PolicyError("kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), as KIVI asserts")
-        }
-        let format = QuantFormat(rawValue: parameters.string("format")!)!
-        do {
-            keyQuantizer = try GroupQuantizer(format: format, bits: parameters.int("k-bits")!)
-            valueQuantizer = try GroupQuantizer(format: format, bits: parameters.int("v-bits")!)
-        } catch let error as PolicyError {
-            throw PolicyError("kivi: \(error.description)")
-        }
+        let configuration = try Configuration(parameters)
+        groupSize = configuration.groupSize
+        residual = configuration.residual
+        (keyQuantizer, valueQuantizer) = try Configuration.quantizers(
+            format: configuration.format, keyBits: configuration.keyBits, valueBits: configuration.valueBits)
     }
 
     public func prefill(_ context: PrefillContext, cache: LayerCache) {

@@ -14,18 +14,18 @@ import Foundation
 ///   (`_find_target_compression_ratio`, reproduced step by step in double precision, as Python
 ///   computes it) and hands r to the scorer press, which keeps ⌊L(1 − r)⌋ tokens by `topk` of
 ///   its scores and gathers them in that order (descending score, lower slot first among ties).
-struct KVPressDecoding {
-    let interval: Int
-    let budget: Int?
-    let compressionRatio: Double?
+public struct KVPressDecoding: PolicyConfiguration {
+    public let interval: Int
+    public let budget: Int?
+    public let compressionRatio: Double?
     /// `--score-dtype`: the dtype the press computes its scores in.
-    let dtype: ScoreDType
+    public let dtype: ScoreDType
 
     /// The parameters every decode-time press shares; `window` callers add their own.
     static func parameters(defaultInterval: Int = 512) -> [PolicyParameter] {
         [
-            .integer("budget", min: 1,
-                     help: "target_size: tokens per kv head after a compression (give this or --compression-ratio)"),
+            .budget(required: false,
+                    help: "target_size: tokens per kv head after a compression (give this or --compression-ratio)"),
             .real("compression-ratio", min: 0, max: 0.999999,
                   help: "fraction of the tokens seen so far to remove at each compression, as kvpress means it (CompressionRatioDecodingPress); instead of --budget"),
             .integer("interval", default: defaultInterval, min: 1,
@@ -34,11 +34,12 @@ struct KVPressDecoding {
         ]
     }
 
-    init(parameters: PolicyParameters, policy: String) throws {
-        budget = parameters.int("budget")
-        compressionRatio = parameters.double("compression-ratio")
-        interval = parameters.int("interval")!
-        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
+    public init(_ values: PolicyParameters) throws {
+        let policy = values.policy
+        budget = try values.optionalInteger("budget")
+        compressionRatio = try values.optionalReal("compression-ratio")
+        interval = try values.integer("interval")
+        dtype = try values.choice("score-dtype")
         switch (budget, compressionRatio) {
         case (nil, nil):
             throw PolicyError("\(policy): give --budget (kvpress target_size) or --compression-ratio (fraction removed)")
@@ -51,10 +52,10 @@ struct KVPressDecoding {
     /// The cadence every decode-time press reports: when it compresses and what it may hold in
     /// between (the prompt is never compressed).
     static func cadence(_ parameters: PolicyParameters) -> String {
-        let n = parameters.int("interval")!
-        let target = parameters.double("compression-ratio").map { "keeps (1 − \(String(format: "%g", $0))) of the tokens seen" }
-            ?? "keeps B"
-        let holds = parameters.double("compression-ratio") == nil ? "; holds up to max(P, B)+\(n - 1)" : ""
+        guard let n = try? parameters.integer("interval") else { return "?" }
+        let ratio = try? parameters.optionalReal("compression-ratio")
+        let target = ratio.map { "keeps (1 − \(String(format: "%g", $0))) of the tokens seen" } ?? "keeps B"
+        let holds = ratio == nil ? "; holds up to max(P, B)+\(n - 1)" : ""
         return "every \(n) decode steps (--interval), after the attention; \(target)\(holds)"
     }
 

@@ -27,13 +27,12 @@ import Foundation
 /// tensors do (q·k/√D, the softmax's cast, the step counters `last` and `mri`, which the code
 /// stores in fp16 tensors, and every operation of the importance); the default float32 computes
 /// in double precision.
-public final class LazyEvictionPolicy: CachePolicy {
+public final class LazyEvictionPolicy: ConfiguredPolicy {
     public static let name = "lazyeviction"
     public static let summary = "LazyEviction: every W steps, keep the W recent tokens and the budget's rest by recurrence (last important step, maximum recurrence interval)"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "window" }
     public static let parameters: [PolicyParameter] = [
-        .integer("budget", min: 1, required: true,
-                 help: "max_kv_capacity: tokens per kv head after an eviction (≥ --window)"),
+        .budget(help: "max_kv_capacity: tokens per kv head after an eviction (≥ --window)"),
         .integer("window", default: 128, min: 1,
                  help: "W, the observation window (decoding_recent_size = obs_size): evict every W decode steps, keep the W most recent (the code's default 128; its scripts use 101 gsm8k, 175 math, 363 aime)"),
         .real("alpha", default: 0.0001, min: 0, max: 1,
@@ -42,6 +41,24 @@ public final class LazyEvictionPolicy: CachePolicy {
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false
+
+    public struct Configuration: PolicyConfiguration {
+        public let budget: Int
+        public let window: Int
+        public let alpha: Double
+        public let dtype: ScoreDType
+
+        public init(_ values: PolicyParameters) throws {
+            budget = try values.integer("budget")
+            window = try values.integer("window")
+            alpha = try values.real("alpha")
+            dtype = try values.choice("score-dtype")
+            guard budget >= window else {
+                throw PolicyError("lazyeviction: --budget (\(budget)) must be at least --window (\(window)): "
+                                  + "an eviction keeps the window and budget − window older tokens")
+            }
+        }
+    }
 
     public let budget: Int
     public let window: Int
@@ -56,13 +73,11 @@ public final class LazyEvictionPolicy: CachePolicy {
     private var evictions = 0
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        budget = parameters.int("budget")!
-        window = parameters.int("window")!
-        alpha = parameters.double("alpha")!
-        dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
-        guard budget >= window else {
-            throw PolicyError("lazyeviction: --budget (\(budget)) must be at least --window (\(window)): an eviction keeps the window and budget − window older tokens")
-        }
+        let configuration = try Configuration(parameters)
+        budget = configuration.budget
+        window = configuration.window
+        alpha = configuration.alpha
+        dtype = configuration.dtype
         header = setup.header
         last = [Double](repeating: 0, count: header.numKVHeads * header.numTokens)
         mri = [Double](repeating: 0, count: header.numKVHeads * header.numTokens)
@@ -71,7 +86,7 @@ public final class LazyEvictionPolicy: CachePolicy {
     public var residentCap: Int? { max(header.promptLength, budget) + window - 1 }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        let b = parameters.int("budget")!, w = parameters.int("window")!
+        guard let b = try? parameters.integer("budget"), let w = try? parameters.integer("window") else { return "?" }
         return "every \(w) decode steps, before the attention, when over \(b); holds up to B+\(w - 1)"
     }
 

@@ -34,7 +34,7 @@ import Foundation
 /// calibration set with interpolated positions, without the α search (it needs the model);
 /// `--layer-bits` gives the block-wise allocation as a parameter (it needs the model's gradients
 /// to compute), layer l's budget being B·bits_l / mean(bits).
-public final class PMKVQPolicy: CachePolicy {
+public final class PMKVQPolicy: ConfiguredPolicy {
     public static let name = "pmkvq"
     public static let summary = "PM-KVQ: no eviction; bit width halved block by block (16→8→4→2) whenever a layer's cache outgrows its memory budget; sink and window stay 16-bit"
     public static let readsAttention = false
@@ -42,8 +42,8 @@ public final class PMKVQPolicy: CachePolicy {
     /// The default 128-token 16-bit window would hold all of a small test trace: nothing quantized.
     public static let conformanceSettings = ["window": "8"]
     public static let parameters: [PolicyParameter] = [
-        .integer("budget", min: 1, required: true,
-                 help: "B, the layer's memory budget as the bytes of B tokens at 16 bits (kv_budget MB = B·2·Hkv·D·2/2^20)"),
+        .budget(help: "B, the layer's memory budget as the bytes of B tokens at 16 bits "
+                + "(kv_budget MB = B·2·Hkv·D·2/2^20)"),
         .integer("sink", default: 1, min: 0, help: "n_sink_token: first tokens kept at --sink-bits"),
         .choice("sink-bits", widths, default: "16", help: "n_sink_token_bits"),
         .integer("window", default: 128, min: 0, help: "n_window_token: recent tokens at --window-bits, flushed as one block when full"),
@@ -55,8 +55,54 @@ public final class PMKVQPolicy: CachePolicy {
         .text("layer-bits", "LIST", help: "block-wise allocation: one bit width per model layer (allocate_memory.py's optimal_bitwidth); layer l's budget is B·bits_l/mean (default: every layer B, as scripts/evaluation.py's float --kv_budgets)"),
     ]
 
+    public struct Configuration: PolicyConfiguration {
+        public let budget: Int
+        public let sink: Int, sinkBits: Int
+        public let window: Int, windowBits: Int
+        public let initialBits: Int
+        public let group: Int
+        public let smoothAlpha: Double
+        /// One bit width per model layer, when given.
+        public let layerBits: [Double]?
+        private let layerBitsText: String?
+
+        public init(_ values: PolicyParameters) throws {
+            func width(_ name: String) throws -> Int {
+                let text = try values.optionalText(name) ?? ""
+                guard let bits = Int(text) else { throw PolicyError("pmkvq: --\(name) '\(text)' is not a bit width") }
+                return bits
+            }
+            budget = try values.integer("budget")
+            sink = try values.integer("sink")
+            sinkBits = try width("sink-bits")
+            window = try values.integer("window")
+            windowBits = try width("window-bits")
+            initialBits = try width("init-bits")
+            group = try values.integer("group")
+            smoothAlpha = try values.real("smooth-alpha")
+            layerBitsText = try values.optionalText("layer-bits")
+            if let list = layerBitsText {
+                let bits = try CommaList.items(list, of: "pmkvq: --layer-bits", error: PolicyError.init)
+                    .map { Double($0) }
+                guard bits.allSatisfy({ $0 != nil && $0! > 0 }) else {
+                    throw PolicyError("pmkvq: --layer-bits needs one positive bit width per model layer, got '\(list)'")
+                }
+                layerBits = bits.map { $0! }
+            } else {
+                layerBits = nil
+            }
+        }
+
+        public func check(header: TraceHeader, layer: LayerInfo) throws {
+            if let layerBits, layerBits.count != header.numLayers {
+                throw PolicyError("pmkvq: --layer-bits needs one positive bit width per model layer (\(header.numLayers)), "
+                                  + "got '\(layerBitsText ?? "")'")
+            }
+        }
+    }
+
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        let w = parameters.int("window")!
+        let w = (try? parameters.integer("window")).map(String.init) ?? "?"
         return "evicts nothing; blocks of \(w) leave the 16-bit window at the current width, which halves (once per step) while the layer is over budget"
     }
 
@@ -81,24 +127,21 @@ public final class PMKVQPolicy: CachePolicy {
     private var overBudgetSteps = 0
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        budget = parameters.int("budget")!
-        sink = parameters.int("sink")!
-        sinkBits = Int(parameters.string("sink-bits")!)!
-        window = parameters.int("window")!
-        windowBits = Int(parameters.string("window-bits")!)!
-        kvBits = Int(parameters.string("init-bits")!)!
-        groupSize = min(parameters.int("group")!, setup.header.headDim)
+        let configuration = try Configuration(parameters)
+        try configuration.check(header: setup.header, layer: setup.layer)
+        budget = configuration.budget
+        sink = configuration.sink
+        sinkBits = configuration.sinkBits
+        window = configuration.window
+        windowBits = configuration.windowBits
+        kvBits = configuration.initialBits
+        groupSize = min(configuration.group, setup.header.headDim)
         var weight = 1.0
-        if let list = parameters.string("layer-bits") {
-            let bits = try CommaList.items(list, of: "pmkvq: --layer-bits", error: PolicyError.init).map { Double($0) }
-            guard bits.allSatisfy({ $0 != nil && $0! > 0 }), bits.count == setup.header.numLayers else {
-                throw PolicyError("pmkvq: --layer-bits needs one positive bit width per model layer (\(setup.header.numLayers)), got '\(list)'")
-            }
-            let values = bits.map { $0! }
+        if let values = configuration.layerBits {
             weight = values[setup.layer.index] / (values.reduce(0, +) / Double(values.count))
         }
         budgetBitsPerElement = 16 * Double(budget) * weight
-        smoothAlpha = parameters.double("smooth-alpha")!
+        smoothAlpha = configuration.smoothAlpha
         charged = [Bool](repeating: false, count: setup.header.numTokens)
     }
 

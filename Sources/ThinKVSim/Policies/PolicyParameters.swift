@@ -12,6 +12,15 @@ public struct PolicyParameter: Sendable, Equatable {
         case text(String)
     }
 
+    /// What a parameter is to the tools around a policy, beyond its value: the memory matcher,
+    /// sweeps and the conformance tests find a policy's budget by its role, not by its name.
+    public enum Role: Sendable, Equatable {
+        /// The integer that bounds the tokens (or the memory) a kv head holds; a memory target
+        /// (`--kv-percent`) sets it. A policy declares at most one. (How far the cache grows
+        /// between compressions depends on other values, so it is `cadenceParameter(_:)`.)
+        case budget
+    }
+
     public let name: String
     public let kind: Kind
     /// The default as it would be typed; nil when it is derived from other parameters (the
@@ -19,18 +28,27 @@ public struct PolicyParameter: Sendable, Equatable {
     public let defaultValue: String?
     public let required: Bool
     public let help: String
+    public let role: Role?
 
-    public init(_ name: String, _ kind: Kind, default defaultValue: String? = nil, required: Bool = false, help: String) {
+    public init(_ name: String, _ kind: Kind, default defaultValue: String? = nil, required: Bool = false, help: String,
+                role: Role? = nil) {
         self.name = name
         self.kind = kind
         self.defaultValue = defaultValue
         self.required = required
         self.help = help
+        self.role = role
     }
 
     public static func integer(_ name: String, default value: Int? = nil, min: Int = 0, max: Int = Int(Int32.max),
-                               required: Bool = false, help: String) -> PolicyParameter {
-        PolicyParameter(name, .integer(min...max), default: value.map(String.init), required: required, help: help)
+                               required: Bool = false, help: String, role: Role? = nil) -> PolicyParameter {
+        PolicyParameter(name, .integer(min...max), default: value.map(String.init), required: required, help: help,
+                        role: role)
+    }
+
+    /// The `--budget` of a policy, with the budget role.
+    public static func budget(min: Int = 1, required: Bool = true, help: String) -> PolicyParameter {
+        integer("budget", min: min, required: required, help: help, role: .budget)
     }
 
     public static func real(_ name: String, default value: Double? = nil, min: Double = -.greatestFiniteMagnitude,
@@ -94,13 +112,19 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
     public let policy: String
     /// Explicitly given values, normalised.
     public let given: [String: String]
+    /// Required parameters another step sets later (the budget a memory target's search finds),
+    /// absent until then: a typed read of one throws.
+    public let awaited: Set<String>
     private let specs: [String: PolicyParameter]
 
-    public static func == (a: PolicyParameters, b: PolicyParameters) -> Bool { a.policy == b.policy && a.given == b.given }
+    public static func == (a: PolicyParameters, b: PolicyParameters) -> Bool {
+        a.policy == b.policy && a.given == b.given && a.awaited == b.awaited
+    }
     public func hash(into hasher: inout Hasher) { hasher.combine(policy); hasher.combine(given) }
 
-    /// Validates `values` against `specs`: unknown names and bad values are errors.
-    public init(policy: String, specs: [PolicyParameter], values: [String: String]) throws {
+    /// Validates `values` against `specs`: unknown names and bad values are errors. A parameter
+    /// in `awaiting` may be missing even when required (and may not be given).
+    public init(policy: String, specs: [PolicyParameter], values: [String: String], awaiting: Set<String> = []) throws {
         self.policy = policy
         var table: [String: PolicyParameter] = [:]
         for spec in specs { table[spec.name] = spec }
@@ -113,10 +137,15 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
             }
             given[name] = try spec.validate(raw, policy: policy)
         }
-        for spec in specs where spec.required && given[spec.name] == nil {
+        for name in awaiting where table[name] == nil || given[name] != nil {
+            throw PolicyError(table[name] == nil ? "\(policy): awaits --\(name), which it does not declare"
+                              : "\(policy): --\(name) is set later and may not be given now")
+        }
+        for spec in specs where spec.required && given[spec.name] == nil && !awaiting.contains(spec.name) {
             throw PolicyError("\(policy): --\(spec.name) is required (\(spec.help))")
         }
         self.given = given
+        self.awaited = awaiting
     }
 
     /// The value in effect: given, else the default, else nil (derived or absent).
@@ -129,6 +158,65 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
     public func double(_ name: String) -> Double? { raw(name).flatMap { Double($0) } }
     public func string(_ name: String) -> String? { raw(name) }
     public func bool(_ name: String) -> Bool { raw(name) == "true" }
+
+    /// The declaration of `name`, or a PolicyError naming the undeclared read.
+    public func declaration(_ name: String) throws -> PolicyParameter {
+        guard let spec = specs[name] else {
+            throw PolicyError("\(policy): reads --\(name), which it does not declare")
+        }
+        return spec
+    }
+
+    /// The value in effect of a declared parameter of `kind`'s form, nil when it has none.
+    private func typedRaw(_ name: String, _ form: String, _ fits: (PolicyParameter.Kind) -> Bool) throws -> String? {
+        let spec = try declaration(name)
+        guard fits(spec.kind) else {
+            throw PolicyError("\(policy): reads --\(name) as \(form), which it is not declared as")
+        }
+        if awaited.contains(name) && given[name] == nil {
+            throw PolicyError("\(policy): --\(name) is read before it is set")
+        }
+        return raw(name)
+    }
+
+    /// The value of a declared parameter that has one (given, a default, or required).
+    private func present<T>(_ name: String, _ value: T?) throws -> T {
+        guard let value else { throw PolicyError("\(policy): --\(name) has no value (no default; give it)") }
+        return value
+    }
+
+    /// Typed reads of declared parameters, for a policy's `Configuration`: a parameter that is not
+    /// declared, declared as another kind, or without a value throws a PolicyError (never a trap).
+    public func integer(_ name: String) throws -> Int { try present(name, optionalInteger(name)) }
+    public func optionalInteger(_ name: String) throws -> Int? {
+        try typedRaw(name, "an integer") { if case .integer = $0 { true } else { false } }.flatMap { Int($0) }
+    }
+    public func real(_ name: String) throws -> Double { try present(name, optionalReal(name)) }
+    public func optionalReal(_ name: String) throws -> Double? {
+        try typedRaw(name, "a number") { if case .real = $0 { true } else { false } }.flatMap { Double($0) }
+    }
+    public func flag(_ name: String) throws -> Bool {
+        try typedRaw(name, "a flag") { $0 == .flag } == "true"
+    }
+    /// Free text or a choice as written, nil when absent.
+    public func optionalText(_ name: String) throws -> String? {
+        try typedRaw(name, "text") { if case .integer = $0 { false } else if case .real = $0 { false } else { true } }
+    }
+    public func choice<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T
+    where T.RawValue == String {
+        try present(name, optionalChoice(name, as: type))
+    }
+    /// A choice decoded as `T`; an option `T` does not have is a PolicyError (the declaration and
+    /// the type disagree).
+    public func optionalChoice<T: RawRepresentable>(_ name: String, as type: T.Type = T.self) throws -> T?
+    where T.RawValue == String {
+        let isChoice = { (kind: PolicyParameter.Kind) in if case .choice = kind { true } else { false } }
+        guard let raw = try typedRaw(name, "a choice", isChoice) else { return nil }
+        guard let value = T(rawValue: raw) else {
+            throw PolicyError("\(policy): --\(name) '\(raw)' is not a \(T.self)")
+        }
+        return value
+    }
 
     /// Files the policy reads (given values of FILE parameters, e.g. ThinKV's calibration):
     /// inputs a command's outputs must not overwrite.

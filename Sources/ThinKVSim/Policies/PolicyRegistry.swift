@@ -37,22 +37,62 @@ public struct PolicySpec: Hashable, Sendable {
     private let unregistered: UnregisteredPolicyType?
 
     /// Builds a spec from raw `name -> value` strings, validating them against the policy's declared parameters.
-    public init(name: String, values: [String: String] = [:]) throws {
+    /// With `awaitingBudget`, a policy with a budget (`CachePolicy.budgetParameter`) is left
+    /// without one: a memory target's search sets it (`withBudget`); it may not be given.
+    public init(name: String, values: [String: String] = [:], awaitingBudget: Bool = false) throws {
         guard let type = PolicyRegistry.type(named: name) else {
             let hint = Suggestions.closest(to: name, among: PolicyRegistry.names).map { "did you mean \($0)? " } ?? ""
             throw PolicyError("unknown policy '\(name)' (\(hint)known: \(PolicyRegistry.names.joined(separator: ", ")))")
         }
         self.name = name
-        self.parameters = try PolicyParameters(policy: name, specs: type.parameters, values: values)
+        let awaited = awaitingBudget ? Set(type.budgetParameter.map { [$0.name] } ?? []) : []
+        self.parameters = try PolicyParameters(policy: name, specs: type.parameters, values: values, awaiting: awaited)
         self.unregistered = nil
     }
 
     /// A spec for a policy type the registry does not list: tests replay small policies
     /// declared next to them (e.g. one that evicts fixed positions) without registering them.
-    init(unregistered type: any CachePolicy.Type, values: [String: String] = [:]) throws {
+    init(unregistered type: any CachePolicy.Type, values: [String: String] = [:], awaitingBudget: Bool = false) throws {
         self.name = type.name
-        self.parameters = try PolicyParameters(policy: type.name, specs: type.parameters, values: values)
+        let awaited = awaitingBudget ? Set(type.budgetParameter.map { [$0.name] } ?? []) : []
+        self.parameters = try PolicyParameters(policy: type.name, specs: type.parameters, values: values,
+                                               awaiting: awaited)
         self.unregistered = UnregisteredPolicyType(type: type)
+    }
+
+    /// True while a memory target's search has not set the budget.
+    public var awaitsBudget: Bool { !parameters.awaited.isEmpty }
+
+    /// This spec with its budget set to `budget` (given values kept), e.g. one trial of a
+    /// memory target's search. Throws when the policy has no budget or refuses the value.
+    public func withBudget(_ budget: Int) throws -> PolicySpec {
+        guard let parameter = type.budgetParameter else { throw PolicyError("\(name): has no budget to set") }
+        var values = parameters.given
+        values[parameter.name] = String(budget)
+        if let unregistered { return try PolicySpec(unregistered: unregistered.type, values: values) }
+        return try PolicySpec(name: name, values: values)
+    }
+
+    /// The smallest budget the policy accepts with its other parameters on a trace of this shape
+    /// (e.g. StreamingLLM's must exceed its sinks): from the declared minimum up to the trace's
+    /// token count, each checked by `checkConfiguration`. Throws the refusal of the last budget
+    /// tried when none is accepted (the other parameters are at fault), and a PolicyError for a
+    /// policy without a budget.
+    public func lowestBudget(header: TraceHeader, layer: LayerInfo) throws -> Int {
+        guard let parameter = type.budgetParameter, case .integer(let range) = parameter.kind else {
+            throw PolicyError("\(name): has no budget to set")
+        }
+        var lastError: Error?
+        for budget in range.lowerBound...max(range.lowerBound, min(range.upperBound, header.numTokens)) {
+            do {
+                let spec = try withBudget(budget)
+                try spec.type.checkConfiguration(spec.parameters, header: header, layer: layer)
+                return budget
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError ?? PolicyError("\(name): no budget is accepted")
     }
 
     public var type: any CachePolicy.Type { unregistered?.type ?? PolicyRegistry.type(named: name)! }
@@ -109,14 +149,19 @@ extension PolicySpec {
         try specs(items: names.map { PolicyItem(name: $0) }, options: options, commandOptions: commandOptions)
     }
 
-    /// Makes one layer's policy on `validationPrepared` instead of `prepare`'s result, so that
-    /// the checks of parameter combinations in `init` (a budget not above the window, ThinKV's
-    /// budget below sinks + recent) refuse a configuration before `prepare`'s work (ThinKV
-    /// calibrates its thresholds on the trace). Refusals are usage errors: the parameters are
-    /// what the user typed, checked against the trace's shape.
+    /// Checks the combinations of parameters (a budget not above the window, ThinKV's budget
+    /// below sinks + recent) against the trace's shape before any `prepare` (ThinKV calibrates its
+    /// thresholds on the trace), by the policy's `checkConfiguration`. A spec awaiting its budget
+    /// (a memory target's) is checked at the smallest budget it accepts, which must exist.
+    /// Refusals are usage errors: the parameters are what the user typed.
     public func checkParameters(header: TraceHeader, layer: LayerInfo) throws {
-        let setup = PolicySetup(header: header, layer: layer, prepared: type.validationPrepared(header: header))
-        do { _ = try type.init(parameters: parameters, setup: setup) } catch let error as PolicyError {
+        do {
+            if awaitsBudget {
+                _ = try lowestBudget(header: header, layer: layer)
+            } else {
+                try type.checkConfiguration(parameters, header: header, layer: layer)
+            }
+        } catch let error as PolicyError {
             throw UsageError(error.description)
         }
     }

@@ -26,14 +26,16 @@ import Foundation
 /// kvpress asserts more buffered queries than the window (`hidden_states_buffer_size` 256,
 /// emptied at each compression), so min(interval, 256) > window is required.
 /// `--score-dtype`: as `snapkv --snap-variant kvpress` (see docs/policies.md).
-public final class PyramidKVPolicy: CachePolicy {
+public final class PyramidKVPolicy: ConfiguredPolicy {
     public static let name = "pyramidkv"
     public static let summary = "kvpress PyramidKVPress at decode time: SnapKV scores with layer budgets shrinking from the first layer to the last"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
     /// A compression leaves this layer's pyramid share of the budget, at most about 2B + 2.
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        guard parameters.double("compression-ratio") == nil else { return KVPressDecoding.cadence(parameters) }
-        let n = parameters.int("interval")!
+        guard (try? parameters.optionalReal("compression-ratio")) == nil,
+              let n = try? parameters.integer("interval") else {
+            return KVPressDecoding.cadence(parameters)
+        }
         return "every \(n) decode steps (--interval), after the attention; keeps this layer's pyramid share of B (at most 2B+2); holds up to max(P, 2B+2)+\(n - 1)"
     }
     /// With the default 64-query window the smallest budget (65) would not compress a small test
@@ -47,6 +49,23 @@ public final class PyramidKVPolicy: CachePolicy {
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false
 
+    public struct Configuration: PolicyConfiguration {
+        let schedule: KVPressDecoding
+        public let window: Int
+        public let kernel: Int
+        public let beta: Int
+
+        public init(_ values: PolicyParameters) throws {
+            schedule = try KVPressDecoding(values)
+            window = try values.integer("window")
+            kernel = try values.integer("kernel")
+            beta = try values.integer("beta")
+            try PolicyGuard.oddKernel(kernel, "pyramidkv")
+            if let budget = schedule.budget { try PolicyGuard.budget(budget, exceedsWindow: window, "pyramidkv") }
+            try PolicyGuard.kvpressQueries(interval: schedule.interval, window: window, "pyramidkv")
+        }
+    }
+
     let schedule: KVPressDecoding
     public let window: Int
     public let beta: Int
@@ -58,19 +77,11 @@ public final class PyramidKVPolicy: CachePolicy {
     private var scores: [Double] = []
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        schedule = try KVPressDecoding(parameters: parameters, policy: Self.name)
-        window = parameters.int("window")!
-        beta = parameters.int("beta")!
-        let kernel = parameters.int("kernel")!
-        guard kernel % 2 == 1 else {
-            throw PolicyError("pyramidkv: --kernel must be odd, got \(kernel) (same-length pooling pads kernel/2 on each side)")
-        }
-        if let budget = schedule.budget, budget <= window {
-            throw PolicyError("pyramidkv: --budget (\(budget)) must exceed --window (\(window)): the budget holds the window plus at least one scored token")
-        }
-        guard min(schedule.interval, SnapKVPolicy.kvpressQueryBuffer) > window else {
-            throw PolicyError("pyramidkv: the press scores with the min(--interval, \(SnapKVPolicy.kvpressQueryBuffer)) queries buffered since its last compression and needs more of them than --window (\(window)); got --interval \(schedule.interval)")
-        }
+        let configuration = try Configuration(parameters)
+        schedule = configuration.schedule
+        window = configuration.window
+        beta = configuration.beta
+        let kernel = configuration.kernel
         let header = setup.header
         layerIndex = setup.layer.index
         modelLayers = header.numLayers

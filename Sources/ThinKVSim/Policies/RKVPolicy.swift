@@ -38,15 +38,14 @@ import Foundation
 /// reference holds in that dtype, to ask what the authors' run kept; the scorer's scale is
 /// 1/sqrt(D) even when the trace's `softmax_scale` differs (the reference hard-codes it);
 /// ties are broken by slot index (torch leaves them unspecified).
-public final class RKVPolicy: CachePolicy {
+public final class RKVPolicy: ConfiguredPolicy {
     public static let name = "rkv"
     public static let summary = "R-KV: importance from the last queries minus key redundancy, compressing to the budget every --divide positions (or --buffer decode tokens)"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
-        DecodeTrigger(rawValue: parameters.string("trigger")!)!.cadenceParameter
+        (try? parameters.choice("trigger", as: DecodeTrigger.self))?.cadenceParameter
     }
     public static let parameters: [PolicyParameter] = [
-        .integer("budget", min: 2, required: true,
-                 help: "B, tokens per kv head after a compression, the window included; must exceed --window"),
+        .budget(min: 2, help: "B, tokens per kv head after a compression, the window included; must exceed --window"),
         .integer("window", default: 8, min: 1,
                  help: "w, observation window: the last w queries score the cache and the last w slots are always kept"),
         .integer("kernel", default: 7, min: 1,
@@ -76,6 +75,52 @@ public final class RKVPolicy: CachePolicy {
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
+    public struct Configuration: PolicyConfiguration {
+        public let budget: Int
+        public let window: Int
+        public let kernel: Int
+        public let lambda: Double
+        public let threshold: Double
+        public let trigger: DecodeTrigger
+        public let divide: Int
+        public let buffer: Int
+        public let slotOrder: KeptSlotOrder
+        public let meanPool: Bool
+        public let newlineTrigger: Bool
+        public let thinkOnly: Bool
+        public let newlineIDs: String?
+        public let thinkEndIDs: String?
+        public let dtype: ScoreDType
+
+        public init(_ values: PolicyParameters) throws {
+            budget = try values.integer("budget")
+            window = try values.integer("window")
+            kernel = try values.integer("kernel")
+            lambda = try values.real("lambda")
+            threshold = try values.real("threshold")
+            trigger = try values.choice("trigger")
+            divide = try values.integer("divide")
+            buffer = try values.integer("buffer")
+            slotOrder = try values.choice("slot-order")
+            meanPool = try values.optionalText("gqa-pool") == "mean"
+            newlineTrigger = try values.optionalText("divide-method") == "newline"
+            thinkOnly = try values.optionalText("compression-content") == "think"
+            newlineIDs = try values.optionalText("newline-ids")
+            thinkEndIDs = try values.optionalText("think-end-ids")
+            dtype = try values.choice("score-dtype")
+            try PolicyGuard.budget(budget, exceedsWindow: window, "rkv")
+            try PolicyGuard.oddKernel(kernel, "rkv")
+            if trigger == .buffer && (newlineTrigger || thinkOnly) {
+                throw PolicyError("rkv: --divide-method newline and --compression-content think belong to the legacy "
+                                  + "HF loop; use them with --trigger legacy")
+            }
+            if trigger == .buffer && buffer < window {
+                throw PolicyError("rkv: --buffer (\(buffer)) must be at least --window (\(window)): "
+                                  + "the window's queries are observed within one buffer")
+            }
+        }
+    }
+
     public let budget: Int
     public let window: Int
     public let trigger: DecodeTrigger
@@ -93,11 +138,11 @@ public final class RKVPolicy: CachePolicy {
 
     /// Reads the token marks when `divide-method newline` or `compression-content think` asks.
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
-        guard parameters.string("divide-method") == "newline" || parameters.string("compression-content") == "think" else { return nil }
-        return try RKVTriggerTokens.read(reader, newline: parameters.string("divide-method") == "newline",
-                                         newlineIDs: parameters.string("newline-ids"),
-                                         thinkEnd: parameters.string("compression-content") == "think",
-                                         thinkEndIDs: parameters.string("think-end-ids"), policy: name)
+        let configuration = try Configuration(parameters)
+        guard configuration.newlineTrigger || configuration.thinkOnly else { return nil }
+        return try RKVTriggerTokens.read(reader, newline: configuration.newlineTrigger,
+                                         newlineIDs: configuration.newlineIDs, thinkEnd: configuration.thinkOnly,
+                                         thinkEndIDs: configuration.thinkEndIDs, policy: name)
     }
 
     /// No token marks: enough for `init` to check the parameters without reading the tokens.
@@ -107,24 +152,15 @@ public final class RKVPolicy: CachePolicy {
     }
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        budget = parameters.int("budget")!
-        window = parameters.int("window")!
-        let kernel = parameters.int("kernel")!
-        trigger = DecodeTrigger(rawValue: parameters.string("trigger")!)!
-        divide = parameters.int("divide")!
-        buffer = parameters.int("buffer")!
-        slotOrder = KeptSlotOrder(rawValue: parameters.string("slot-order")!)!
-        guard budget > window else {
-            throw PolicyError("rkv: --budget (\(budget)) must exceed --window (\(window)): the budget holds the window plus at least one scored token")
-        }
-        guard kernel % 2 == 1 else {
-            throw PolicyError("rkv: --kernel must be odd, got \(kernel) (same-length pooling pads kernel/2 on each side)")
-        }
-        newlineTrigger = parameters.string("divide-method") == "newline"
-        thinkOnly = parameters.string("compression-content") == "think"
-        if trigger == .buffer && (newlineTrigger || thinkOnly) {
-            throw PolicyError("rkv: --divide-method newline and --compression-content think belong to the legacy HF loop; use them with --trigger legacy")
-        }
+        let configuration = try Configuration(parameters)
+        budget = configuration.budget
+        window = configuration.window
+        trigger = configuration.trigger
+        divide = configuration.divide
+        buffer = configuration.buffer
+        slotOrder = configuration.slotOrder
+        newlineTrigger = configuration.newlineTrigger
+        thinkOnly = configuration.thinkOnly
         if newlineTrigger || thinkOnly {
             guard let marks = setup.prepared as? RKVTriggerTokens else {
                 throw PolicyError("rkv: --divide-method newline / --compression-content think need the trace's tokens (prepare was not run)")
@@ -133,16 +169,13 @@ public final class RKVPolicy: CachePolicy {
         } else {
             tokens = nil
         }
-        if trigger == .buffer && buffer < window {
-            throw PolicyError("rkv: --buffer (\(buffer)) must be at least --window (\(window)): the window's queries are observed within one buffer")
-        }
         let header = setup.header
         promptLength = header.promptLength
         let rule = WindowScoringRule(
-            softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: kernel,
-            groupReduce: parameters.string("gqa-pool") == "mean" ? .meanLogits : .maxLogits,
-            redundancy: .init(lambda: parameters.double("lambda")!, threshold: parameters.double("threshold")!),
-            dtype: ScoreDType(rawValue: parameters.string("score-dtype")!)!, softmaxCast: .afterRowReduce)
+            softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: configuration.kernel,
+            groupReduce: configuration.meanPool ? .meanLogits : .maxLogits,
+            redundancy: .init(lambda: configuration.lambda, threshold: configuration.threshold),
+            dtype: configuration.dtype, softmaxCast: .afterRowReduce)
         scorer = WindowScorer(rule: rule, header: header)
         queries = QueryWindow(capacity: window, numQHeads: header.numQHeads, headDim: header.headDim)
     }
@@ -156,8 +189,7 @@ public final class RKVPolicy: CachePolicy {
     ///   leaves fewer than B + buffer tokens; then `buffer − 1` steps pass before the next one:
     ///   max(P, B + buffer − 1) + buffer − 1.
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        DecodeTrigger(rawValue: parameters.string("trigger")!)!
-            .cadence(divide: parameters.int("divide")!, buffer: parameters.int("buffer")!)
+        DecodeTrigger.cadence(parameters) ?? "?"
     }
 
     public var residentCap: Int? {
@@ -213,6 +245,14 @@ public enum DecodeTrigger: String, CaseIterable, Sendable {
     /// The report's cadence line (the bounds of `RKVPolicy.residentCap`).
     /// The parameter that sets how far the cache grows between compressions.
     var cadenceParameter: String { self == .legacy ? "divide" : "buffer" }
+
+    /// The cadence line of the trigger, divide and buffer in `parameters` (nil if one is not declared).
+    static func cadence(_ parameters: PolicyParameters) -> String? {
+        guard let trigger = try? parameters.choice("trigger", as: DecodeTrigger.self),
+              let divide = try? parameters.integer("divide"),
+              let buffer = try? parameters.integer("buffer") else { return nil }
+        return trigger.cadence(divide: divide, buffer: buffer)
+    }
 
     func cadence(divide: Int, buffer: Int) -> String {
         switch self {

@@ -38,12 +38,12 @@ import Foundation
 /// - A prompt of more than ⌊B/S⌋ pages (the kernel warns "Evicing while prefill!"): with
 ///   `--prefill lru` the first new page evicts down to ⌊B/S⌋ pages, oldest first.
 /// - Scores in float64 (the kernel uses float16); ties in the top-k go to the lower page.
-public final class RaaSPolicy: CachePolicy {
+public final class RaaSPolicy: ConfiguredPolicy {
     public static let name = "raas"
     public static let summary = "RaaS: paged LRU cache whose page timestamps are refreshed when a query's Quest estimate ranks the page in its top half-budget"
     public static let parameters: [PolicyParameter] = [
-        .integer("budget", min: 1, required: true,
-                 help: "B, token budget per kv head; the cache holds ⌊B/S⌋ pages (token_budget // page_size), at least 2"),
+        .budget(help: "B, token budget per kv head; the cache holds ⌊B/S⌋ pages (token_budget // page_size), "
+                + "at least 2"),
         .integer("page-size", default: 16, min: 1, max: 1 << 16,
                  help: "S, tokens per page (the authors' page_size, 16 in their runs)"),
         .choice("prefill", PrefillRule.allCases.map(\.rawValue), default: PrefillRule.lru.rawValue,
@@ -53,6 +53,27 @@ public final class RaaSPolicy: CachePolicy {
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false
+
+    public struct Configuration: PolicyConfiguration {
+        public let budget: Int
+        public let pageSize: Int
+        public let prefillRule: PrefillRule
+        public let refreshAmong: RefreshCandidates
+        /// ⌊B/S⌋: pages the cache holds after an eviction.
+        public var pageBudget: Int { budget / pageSize }
+
+        public init(_ values: PolicyParameters) throws {
+            budget = try values.integer("budget")
+            pageSize = try values.integer("page-size")
+            prefillRule = try values.choice("prefill")
+            refreshAmong = try values.choice("refresh-among")
+            guard budget / pageSize >= 2 else {
+                throw PolicyError("raas: --budget \(budget) holds \(budget / pageSize) page(s) of \(pageSize); "
+                                  + "RaaS needs at least 2 (the page being filled and one more), "
+                                  + "so give --budget ≥ \(2 * pageSize)")
+            }
+        }
+    }
 
     public enum PrefillRule: String, CaseIterable, Sendable {
         case lru, keep
@@ -86,14 +107,12 @@ public final class RaaSPolicy: CachePolicy {
     private var refreshes = 0
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        budget = parameters.int("budget")!
-        pageSize = parameters.int("page-size")!
-        pageBudget = budget / pageSize
-        prefillRule = PrefillRule(rawValue: parameters.string("prefill")!)!
-        refreshAmong = RefreshCandidates(rawValue: parameters.string("refresh-among")!)!
-        guard pageBudget >= 2 else {
-            throw PolicyError("raas: --budget \(budget) holds \(pageBudget) page(s) of \(pageSize); RaaS needs at least 2 (the page being filled and one more), so give --budget ≥ \(2 * pageSize)")
-        }
+        let configuration = try Configuration(parameters)
+        budget = configuration.budget
+        pageSize = configuration.pageSize
+        pageBudget = configuration.pageBudget
+        prefillRule = configuration.prefillRule
+        refreshAmong = configuration.refreshAmong
         header = setup.header
         numPages = (header.numTokens + pageSize - 1) / pageSize
         promptPages = (header.promptLength + pageSize - 1) / pageSize
@@ -110,8 +129,9 @@ public final class RaaSPolicy: CachePolicy {
     }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        let b = parameters.int("budget")!, s = parameters.int("page-size")!
-        let keep = parameters.string("prefill") == PrefillRule.keep.rawValue
+        guard let b = try? parameters.integer("budget"),
+              let s = try? parameters.integer("page-size") else { return "?" }
+        let keep = (try? parameters.choice("prefill", as: PrefillRule.self)) == .keep
         return "when a decode position opens a page of \(s) and more than \(b / s) pages are held, the least recently used page goes\(keep ? " (prompt pages stay)" : ""); holds ≤ \(b / s * s)"
     }
 

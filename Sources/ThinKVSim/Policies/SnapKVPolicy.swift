@@ -25,21 +25,20 @@ import Foundation
 ///
 /// All variants score with 1/sqrt(D) in float64 (see `WindowScorer`), or with the reference's
 /// roundings under `--score-dtype bfloat16|float16`; ties go to the lower slot index (CUDA topk).
-public final class SnapKVPolicy: CachePolicy {
+public final class SnapKVPolicy: ConfiguredPolicy {
     public static let name = "snapkv"
     public static let summary = "SnapKV: keep the window and the tokens its queries attend to most (R-KV's decode-time variant, the original prefill-only one, or kvpress's DecodingPress)"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
-        switch Variant(rawValue: parameters.string("snap-variant")!)! {
-        case .rkv: return DecodeTrigger(rawValue: parameters.string("trigger")!)!.cadenceParameter
-        case .original: return nil  // compresses the prompt only: no cadence bounds the decode cache
-        case .kvpress: return "interval"
+        switch try? parameters.choice("snap-variant", as: Variant.self) {
+        case .rkv?: return (try? parameters.choice("trigger", as: DecodeTrigger.self))?.cadenceParameter
+        case .original?, nil: return nil  // compresses the prompt only: no cadence bounds the decode cache
+        case .kvpress?: return "interval"
         }
     }
     public static let parameters: [PolicyParameter] = [
         .choice("snap-variant", Variant.allCases.map(\.rawValue), default: Variant.rkv.rawValue,
                 help: "rkv = R-KV's decode-time SnapKV; original = FasterDecoding prefill-only; kvpress = DecodingPress(SnapKVPress)"),
-        .integer("budget", min: 2, required: true,
-                 help: "B, tokens per kv head after a compression, the window included; must exceed --window"),
+        .budget(min: 2, help: "B, tokens per kv head after a compression, the window included; must exceed --window"),
         .integer("window", min: 1,
                  help: "w, observation window (default per variant: rkv 8, original 32, kvpress 64)"),
         .integer("kernel", min: 1,
@@ -68,9 +67,55 @@ public final class SnapKVPolicy: CachePolicy {
         var defaultPool: WindowScoringRule.Pool { self == .rkv ? .max : .average }
     }
 
-    /// kvpress `DecodingPress.hidden_states_buffer_size`: the press scores with at most this
-    /// many buffered decode queries and asserts that they outnumber the window.
-    static let kvpressQueryBuffer = 256
+    public struct Configuration: PolicyConfiguration {
+        public let variant: Variant
+        public let budget: Int
+        public let window: Int
+        public let kernel: Int
+        let pool: WindowScoringRule.Pool
+        public let trigger: DecodeTrigger
+        public let divide: Int
+        public let buffer: Int
+        public let interval: Int
+        public let slotOrder: KeptSlotOrder
+        public let dtype: ScoreDType
+
+        public init(_ values: PolicyParameters) throws {
+            variant = try values.choice("snap-variant")
+            budget = try values.integer("budget")
+            window = try values.optionalInteger("window") ?? variant.defaultWindow
+            kernel = try values.optionalInteger("kernel") ?? variant.defaultKernel
+            pool = try values.optionalText("pool").map { $0 == "max" ? WindowScoringRule.Pool.max : .average }
+                ?? variant.defaultPool
+            trigger = try values.choice("trigger")
+            divide = try values.integer("divide")
+            buffer = try values.integer("buffer")
+            interval = try values.integer("interval")
+            slotOrder = try values.choice("slot-order")
+            dtype = try values.choice("score-dtype")
+
+            let prefix = "snapkv (\(variant.rawValue))"
+            try PolicyGuard.budget(budget, exceedsWindow: window, prefix)
+            try PolicyGuard.oddKernel(kernel, prefix)
+            let refuse = { (why: String) in PolicyError("\(prefix): \(why)") }
+            let given = Set(values.given.keys)
+            let rkvOnly = given.intersection(["trigger", "divide", "buffer"])
+            if variant != .rkv, let name = rkvOnly.sorted().first {
+                throw refuse("--\(name) applies to --snap-variant rkv only (original compresses the prompt once; "
+                             + "kvpress uses --interval)")
+            }
+            if variant != .kvpress && given.contains("interval") {
+                throw refuse("--interval applies to --snap-variant kvpress only")
+            }
+            if variant == .rkv && trigger == .buffer && buffer < window {
+                throw refuse("--buffer (\(buffer)) must be at least --window (\(window))")
+            }
+            if variant == .kvpress { try PolicyGuard.kvpressQueries(interval: interval, window: window, prefix) }
+        }
+    }
+
+    /// kvpress `DecodingPress.hidden_states_buffer_size` (`PolicyGuard.kvpressQueryBuffer`).
+    static let kvpressQueryBuffer = PolicyGuard.kvpressQueryBuffer
 
     public let variant: Variant
     public let budget: Int
@@ -86,39 +131,17 @@ public final class SnapKVPolicy: CachePolicy {
     private var scores: [Double] = []
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        variant = Variant(rawValue: parameters.string("snap-variant")!)!
-        budget = parameters.int("budget")!
-        window = parameters.int("window") ?? variant.defaultWindow
-        let kernel = parameters.int("kernel") ?? variant.defaultKernel
-        let pool = parameters.string("pool").map { $0 == "max" ? WindowScoringRule.Pool.max : .average } ?? variant.defaultPool
-        trigger = DecodeTrigger(rawValue: parameters.string("trigger")!)!
-        divide = parameters.int("divide")!
-        buffer = parameters.int("buffer")!
-        interval = parameters.int("interval")!
-        slotOrder = KeptSlotOrder(rawValue: parameters.string("slot-order")!)!
-
-        let prefix = "snapkv (\(variant.rawValue))"
-        let refuse = { (why: String) in PolicyError("\(prefix): \(why)") }
-        guard budget > window else {
-            throw refuse("--budget (\(budget)) must exceed --window (\(window)): the budget holds the window plus at least one scored token")
-        }
-        guard kernel % 2 == 1 else {
-            throw refuse("--kernel must be odd, got \(kernel) (same-length pooling pads kernel/2 on each side)")
-        }
-        let given = Set(parameters.given.keys)
-        let rkvOnly = given.intersection(["trigger", "divide", "buffer"])
-        if variant != .rkv, let name = rkvOnly.sorted().first {
-            throw refuse("--\(name) applies to --snap-variant rkv only (original compresses the prompt once; kvpress uses --interval)")
-        }
-        if variant != .kvpress && given.contains("interval") {
-            throw refuse("--interval applies to --snap-variant kvpress only")
-        }
-        if variant == .rkv && trigger == .buffer && buffer < window {
-            throw refuse("--buffer (\(buffer)) must be at least --window (\(window))")
-        }
-        if variant == .kvpress && min(interval, Self.kvpressQueryBuffer) <= window {
-            throw refuse("the press scores with the min(--interval, \(Self.kvpressQueryBuffer)) queries buffered since its last compression and needs more of them than --window (\(window)); got --interval \(interval)")
-        }
+        let configuration = try Configuration(parameters)
+        variant = configuration.variant
+        budget = configuration.budget
+        window = configuration.window
+        let kernel = configuration.kernel
+        let pool = configuration.pool
+        trigger = configuration.trigger
+        divide = configuration.divide
+        buffer = configuration.buffer
+        interval = configuration.interval
+        slotOrder = configuration.slotOrder
 
         let header = setup.header
         promptLength = header.promptLength
@@ -135,7 +158,7 @@ public final class SnapKVPolicy: CachePolicy {
                                      groupReduce: .meanScores, redundancy: nil)
         }
         var rounded = rule
-        rounded.dtype = ScoreDType(rawValue: parameters.string("score-dtype")!)!
+        rounded.dtype = configuration.dtype
         // R-KV's SnapKV casts after the mean over the window; the original and kvpress cast the softmax.
         rounded.softmaxCast = variant == .rkv ? .afterRowReduce : .afterSoftmax
         scorer = WindowScorer(rule: rounded, header: header)
@@ -148,14 +171,13 @@ public final class SnapKVPolicy: CachePolicy {
     /// - kvpress: the prompt stays (P); a compression leaves at most B; `interval − 1` steps pass
     ///   between compressions: max(P, B) + interval − 1.
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        switch Variant(rawValue: parameters.string("snap-variant")!)! {
-        case .rkv:
-            return DecodeTrigger(rawValue: parameters.string("trigger")!)!
-                .cadence(divide: parameters.int("divide")!, buffer: parameters.int("buffer")!)
-        case .original: return "the prompt once; the cache grows while decoding"
-        case .kvpress:
-            let n = parameters.int("interval")!
+        switch try? parameters.choice("snap-variant", as: Variant.self) {
+        case .rkv?: return DecodeTrigger.cadence(parameters) ?? "?"
+        case .original?: return "the prompt once; the cache grows while decoding"
+        case .kvpress?:
+            guard let n = try? parameters.integer("interval") else { return "?" }
             return "every \(n) decode steps; holds up to max(P, B)+\(n - 1)"
+        case nil: return "?"
         }
     }
 

@@ -22,15 +22,14 @@ import Foundation
 /// Positions are as recorded: the reference's position-shift variant re-rotates cached keys
 /// with their cache positions, which a post-RoPE trace cannot reproduce; its kept sets are the
 /// same as here, its attention values are not.
-public final class StreamingLLMPolicy: CachePolicy {
+public final class StreamingLLMPolicy: ConfiguredPolicy {
     public static let name = "streaming"
     public static let summary = "StreamingLLM: attention sinks plus a recent window; every step (streaming-llm repo) or every --divide positions (R-KV)"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
-        Trigger(rawValue: parameters.string("trigger")!)! == .legacy ? "divide" : nil
+        (try? parameters.choice("trigger", as: Trigger.self)) == .legacy ? "divide" : nil
     }
     public static let parameters: [PolicyParameter] = [
-        .integer("budget", min: 1, required: true,
-                 help: "B, resident tokens per kv head after a compression: the sinks plus B − sinks recent tokens"),
+        .budget(help: "B, resident tokens per kv head after a compression: the sinks plus B − sinks recent tokens"),
         .integer("sinks", default: 4, min: 0,
                  help: "first positions always kept (attention sinks); must be below --budget"),
         .choice("trigger", Trigger.allCases.map(\.rawValue), default: Trigger.everyStep.rawValue,
@@ -44,12 +43,30 @@ public final class StreamingLLMPolicy: CachePolicy {
         case legacy
     }
 
+    public struct Configuration: PolicyConfiguration {
+        public let budget: Int
+        public let sinks: Int
+        public let trigger: Trigger
+        public let divide: Int
+
+        public init(_ values: PolicyParameters) throws {
+            budget = try values.integer("budget")
+            sinks = try values.integer("sinks")
+            trigger = try values.choice("trigger")
+            divide = try values.integer("divide")
+            guard sinks < budget else {
+                throw PolicyError("streaming: --sinks (\(sinks)) must be below --budget (\(budget)): "
+                                  + "the recent window budget − sinks must hold at least the newest token")
+            }
+        }
+    }
+
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
-        switch Trigger(rawValue: parameters.string("trigger")!)! {
+        guard let trigger = try? parameters.choice("trigger", as: Trigger.self),
+              let divide = try? parameters.integer("divide") else { return "?" }
+        switch trigger {
         case .everyStep: return "every step; holds B, attends B+1"
-        case .legacy:
-            let d = parameters.int("divide")!
-            return "at positions divisible by \(d); holds up to B+\(d - 1)"
+        case .legacy: return "at positions divisible by \(divide); holds up to B+\(divide - 1)"
         }
     }
 
@@ -61,13 +78,11 @@ public final class StreamingLLMPolicy: CachePolicy {
     public var recent: Int { budget - sinks }
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        budget = parameters.int("budget")!
-        sinks = parameters.int("sinks")!
-        trigger = Trigger(rawValue: parameters.string("trigger")!)!
-        divide = parameters.int("divide")!
-        guard sinks < budget else {
-            throw PolicyError("streaming: --sinks (\(sinks)) must be below --budget (\(budget)): the recent window budget − sinks must hold at least the newest token")
-        }
+        let configuration = try Configuration(parameters)
+        budget = configuration.budget
+        sinks = configuration.sinks
+        trigger = configuration.trigger
+        divide = configuration.divide
     }
 
     /// every-step: at most B after any step. legacy: a compression brings the cache back to B

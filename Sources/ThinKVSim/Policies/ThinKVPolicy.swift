@@ -79,6 +79,11 @@ public class ThinKVPolicy: CachePolicy {
     public class func validationPrepared(header: TraceHeader) -> (any Sendable)? {
         ThoughtTimeline(types: Array(repeating: .reasoning, count: header.generatedLength), source: .labels)
     }
+
+    /// Decodes the configuration of this policy's components: its checks need no timeline.
+    public class func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader, layer: LayerInfo) throws {
+        _ = try Configuration(parameters, components: components)
+    }
     public let components: ThinKVComponents
     public let quantizerConfiguration: ThoughtGroupQuantizer.Configuration?
     public let budget: Int?
@@ -131,48 +136,24 @@ public class ThinKVPolicy: CachePolicy {
             throw PolicyError("\(name): no thought timeline; the replay runs \(name).prepare before the layers")
         }
         self.setup = setup
-        let blockSharing = BlockSharing(rawValue: parameters.string("ct-blocks")!)!
+        let configuration = try Configuration(parameters, components: components)
+        let blockSharing = configuration.thoughts.blockSharing
         self.blockSharing = blockSharing
+        quantizerConfiguration = configuration.quantization?.quantizer(blockSharing: blockSharing)
 
-        if components.contains(.quantization) {
-            let format = QuantFormat(rawValue: parameters.string("format")!)!
-            let promptBits = parameters.int("prompt-bits")!
-            let configuration = ThoughtGroupQuantizer.Configuration(
-                format: format, reasoningBits: parameters.int("r-bits")!, executionBits: parameters.int("e-bits")!,
-                transitionBits: parameters.int("t-bits")!, groupSize: parameters.int("group")!,
-                promptBits: promptBits == 16 ? nil : promptBits,
-                promptPagingClass: blockSharing.promptClass(bits: promptBits),
-                pagingClassByType: [parameters.int("r-bits")!, parameters.int("e-bits")!, parameters.int("t-bits")!].enumerated()
-                    .map { blockSharing.thoughtClass(type: $0.offset, bits: $0.element) },
-                quantizesPartialGroups: parameters.string("partial-groups")! == "quantize")
-            // Refuse unsupported widths now rather than at the first layer's prefill.
-            for bits in configuration.bitsByType + (configuration.promptBits.map { [$0] } ?? []) {
-                do { _ = try GroupQuantizer(format: format, bits: bits) } catch let error as PolicyError {
-                    throw PolicyError("\(name): \(error.description)")
-                }
-            }
-            quantizerConfiguration = configuration
-        } else {
-            quantizerConfiguration = nil
-        }
-
-        if components.contains(.eviction) {
-            budget = parameters.int("budget")
-            do { schedule = try RetentionSchedule(parsing: parameters.string("schedule")!) } catch let error as PolicyError {
-                throw PolicyError("\(name): --schedule: \(error.description)")
-            }
-            sinks = parameters.int("sinks")!
-            recent = parameters.int("recent")!
-            kmeansIterations = parameters.int("kmeans-iters")!
-            seed = UInt64(parameters.int("seed")!)
-            trigger = TBETrigger(rawValue: parameters.string("tbe-trigger")!)!
-            selection = RepresentativeSelection(rawValue: parameters.string("representatives")!)!
-            segmentRule = SegmentRule(rawValue: parameters.string("segments")!)!
-            pressureCut = PressureCut(rawValue: parameters.string("pressure-cut")!)!
-            refreshInterval = parameters.int("tau") ?? thoughtTypes.refreshInterval ?? ThoughtThresholds.defaultRefreshInterval
-            if let budget, budget < sinks + recent {
-                throw PolicyError("\(name): --budget (\(budget)) must be at least --sinks + --recent (\(sinks) + \(recent)): those positions are never evicted")
-            }
+        if let eviction = configuration.eviction {
+            budget = eviction.budget
+            schedule = eviction.schedule
+            sinks = eviction.sinks
+            recent = eviction.recent
+            kmeansIterations = eviction.kmeansIterations
+            seed = eviction.seed
+            trigger = eviction.trigger
+            selection = eviction.selection
+            segmentRule = eviction.segmentRule
+            pressureCut = eviction.pressureCut
+            refreshInterval = configuration.thoughts.tau ?? thoughtTypes.refreshInterval
+                ?? ThoughtThresholds.defaultRefreshInterval
             segments = ThoughtSegments(numTokens: setup.header.numTokens)
         } else {
             budget = nil
@@ -458,6 +439,123 @@ public enum RepresentativeSelection: String, Sendable, CaseIterable {
     case random
 }
 
+extension ThinKVPolicy {
+    /// The parameters of a ThinKV policy as typed values, per component (nil: switched off).
+    public struct Configuration: Sendable {
+        public let thoughts: Thoughts
+        public let quantization: Quantization?
+        public let eviction: Eviction?
+
+        /// How thought types are decided (every ThinKV policy declares these).
+        public struct Thoughts: Sendable {
+            public let source: ThoughtTimeline.Source
+            public let calibration: String?
+            public let theta1: Double?
+            public let theta2: Double?
+            public let thoughtLayers: String?
+            public let tau: Int?
+            public let sparsitySource: ThoughtTimeline.SparsitySource
+            public let sparsityGQA: GQASparsity?
+            public let calibrationDomain: CalibrationDomain
+            public let sparsityWindow: Int
+            public let typeLag: Int
+            public let blockSharing: BlockSharing
+
+            public init(_ values: PolicyParameters) throws {
+                source = try values.choice("thoughts")
+                calibration = try values.optionalText("calibration")
+                theta1 = try values.optionalReal("theta1")
+                theta2 = try values.optionalReal("theta2")
+                thoughtLayers = try values.optionalText("thought-layers")
+                tau = try values.optionalInteger("tau")
+                sparsitySource = try values.choice("sparsity-source")
+                sparsityGQA = try values.optionalChoice("sparsity-gqa")
+                calibrationDomain = try values.choice("calibration-domain")
+                sparsityWindow = try values.integer("sparsity-window")
+                typeLag = try values.integer("type-lag")
+                blockSharing = try values.choice("ct-blocks")
+            }
+        }
+
+        /// TBQ: bits per thought type.
+        public struct Quantization: Sendable {
+            public let format: QuantFormat
+            public let reasoningBits: Int, executionBits: Int, transitionBits: Int
+            public let group: Int
+            public let promptBits: Int
+            public let quantizesPartialGroups: Bool
+
+            public init(_ values: PolicyParameters) throws {
+                format = try values.choice("format")
+                reasoningBits = try values.integer("r-bits")
+                executionBits = try values.integer("e-bits")
+                transitionBits = try values.integer("t-bits")
+                group = try values.integer("group")
+                promptBits = try values.integer("prompt-bits")
+                quantizesPartialGroups = try values.optionalText("partial-groups") == "quantize"
+                // Refuse unsupported widths before any replay rather than at the first layer's prefill.
+                for bits in [reasoningBits, executionBits, transitionBits] + (promptBits == 16 ? [] : [promptBits]) {
+                    do { _ = try GroupQuantizer(format: format, bits: bits) } catch let error as PolicyError {
+                        throw PolicyError("\(values.policy): \(error.description)")
+                    }
+                }
+            }
+
+            func quantizer(blockSharing: BlockSharing) -> ThoughtGroupQuantizer.Configuration {
+                ThoughtGroupQuantizer.Configuration(
+                    format: format, reasoningBits: reasoningBits, executionBits: executionBits,
+                    transitionBits: transitionBits, groupSize: group,
+                    promptBits: promptBits == 16 ? nil : promptBits,
+                    promptPagingClass: blockSharing.promptClass(bits: promptBits),
+                    pagingClassByType: [reasoningBits, executionBits, transitionBits].enumerated()
+                        .map { blockSharing.thoughtClass(type: $0.offset, bits: $0.element) },
+                    quantizesPartialGroups: quantizesPartialGroups)
+            }
+        }
+
+        /// TBE: segments, schedule and budget.
+        public struct Eviction: Sendable {
+            public let budget: Int?
+            public let schedule: RetentionSchedule
+            public let sinks: Int
+            public let recent: Int
+            public let kmeansIterations: Int
+            public let seed: UInt64
+            public let selection: RepresentativeSelection
+            public let trigger: TBETrigger
+            public let segmentRule: SegmentRule
+            public let pressureCut: PressureCut
+
+            public init(_ values: PolicyParameters) throws {
+                let name = values.policy
+                budget = try values.optionalInteger("budget")
+                let scheduleText = try values.optionalText("schedule") ?? ""
+                do { schedule = try RetentionSchedule(parsing: scheduleText) } catch let error as PolicyError {
+                    throw PolicyError("\(name): --schedule: \(error.description)")
+                }
+                sinks = try values.integer("sinks")
+                recent = try values.integer("recent")
+                kmeansIterations = try values.integer("kmeans-iters")
+                seed = UInt64(try values.integer("seed"))
+                selection = try values.choice("representatives")
+                trigger = try values.choice("tbe-trigger")
+                segmentRule = try values.choice("segments")
+                pressureCut = try values.choice("pressure-cut")
+                if let budget, budget < sinks + recent {
+                    throw PolicyError("\(name): --budget (\(budget)) must be at least --sinks + --recent "
+                                      + "(\(sinks) + \(recent)): those positions are never evicted")
+                }
+            }
+        }
+
+        public init(_ values: PolicyParameters, components: ThinKVComponents) throws {
+            thoughts = try Thoughts(values)
+            quantization = components.contains(.quantization) ? try Quantization(values) : nil
+            eviction = components.contains(.eviction) ? try Eviction(values) : nil
+        }
+    }
+}
+
 /// The parameters of the ThinKV policies, grouped by the component that reads them, and the
 /// assembly of the thought timeline from them.
 enum ThinKVParameters {
@@ -500,8 +598,9 @@ enum ThinKVParameters {
     ]
 
     static let eviction: [PolicyParameter] = [
-        .integer("budget", min: 1,
-                 help: "resident tokens per kv head; over it the least important old segment shrinks (default: no budget, segments shrink at transitions only)"),
+        .budget(required: false,
+                help: "resident tokens per kv head; over it the least important old segment shrinks "
+                    + "(default: no budget, segments shrink at transitions only)"),
         .text("schedule", "LIST", default: "64,32,16,8,4",
               help: "retention schedule: sizes an old segment shrinks to, one step per transition or per budget overflow; the last is the floor"),
         .integer("sinks", default: 4, min: 0, help: "first positions never evicted (attention sinks)"),
@@ -525,18 +624,19 @@ enum ThinKVParameters {
     /// The thought timeline the parameters ask for.
     static func timeline(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws -> ThoughtTimeline {
         let policy = policyType.name
-        let window = parameters.int("sparsity-window")!
-        let lag = parameters.int("type-lag")!
-        switch ThoughtTimeline.Source(rawValue: parameters.string("thoughts")!)! {
+        let thoughts = try ThinKVPolicy.Configuration(parameters, components: policyType.components).thoughts
+        let window = thoughts.sparsityWindow
+        let lag = thoughts.typeLag
+        switch thoughts.source {
         case .labels:
             return try ThoughtTimeline.fromLabels(reader, policy: policy)
         case .heldLabels:
-            let tau = parameters.int("tau") ?? ThoughtThresholds.defaultRefreshInterval
+            let tau = thoughts.tau ?? ThoughtThresholds.defaultRefreshInterval
             return try ThoughtTimeline.fromHeldLabels(reader, refreshInterval: tau, window: window, policy: policy)
         case .classifier:
             let (thresholds, notes) = try self.thresholds(reader, parameters: parameters, policyType: policyType)
             var timeline: ThoughtTimeline
-            switch ThoughtTimeline.SparsitySource(rawValue: parameters.string("sparsity-source")!)! {
+            switch thoughts.sparsitySource {
             case .full:
                 timeline = try ThoughtTimeline.fromClassifier(reader, thresholds: thresholds, window: window, lag: lag, policy: policy)
             case .cache:
@@ -544,16 +644,17 @@ enum ThinKVParameters {
                                                                  thresholds: thresholds, window: window, lag: lag, policy: policy)
             }
             timeline.notes = notes
-            let source = parameters.string("sparsity-source")!
+            let source = thoughts.sparsitySource.rawValue
             let domain = thresholds.domain.map { $0 == "full" ? "full-cache" : $0 }
-                ?? (parameters.string("calibration") == nil ? "given (--theta1/--theta2)" : "full-cache (assumed: the file predates sparsity_domain)")
+                ?? (thoughts.calibration == nil ? "given (--theta1/--theta2)"
+                    : "full-cache (assumed: the file predates sparsity_domain)")
             timeline.notes.append("thresholds calibrated on \(domain) sparsity (\(thresholds.gqa.rawValue)); the classifier reads the \(source == "cache" ? "policy's own cache" : "full cache")")
             // On a labelled trace, how often the types the policy runs with are the true ones.
             if let labels = try reader.readThoughtLabels() {
                 let (accuracy, _) = ThoughtClassifier.accuracy(predicted: timeline.types, reference: Array(labels[reader.header.promptLength...]))
                 if accuracy.isFinite {
                     timeline.notes.append(String(format: "thought types agree with /tokens/thought on %.1f %% of labelled decode steps (sparsity source: %@, τ = %d, window %d)",
-                                                 100 * accuracy, parameters.string("sparsity-source")!, thresholds.refreshInterval, window))
+                                                 100 * accuracy, source, thresholds.refreshInterval, window))
                 }
             }
             if thresholds.isSingleType {
@@ -567,20 +668,22 @@ enum ThinKVParameters {
     /// calibrated on the trace itself. Also returns what the report should say about them.
     static func thresholds(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws -> (ThoughtThresholds, [String]) {
         let policy = policyType.name
-        let theta1 = parameters.double("theta1").map(Float.init)
-        let theta2 = parameters.double("theta2").map(Float.init)
+        let configuration = try ThinKVPolicy.Configuration(parameters, components: policyType.components)
+        let thoughts = configuration.thoughts
+        let theta1 = thoughts.theta1.map(Float.init)
+        let theta2 = thoughts.theta2.map(Float.init)
         let recorded = reader.recordedLayerIndices
-        let layers = try parameters.string("thought-layers").map { try parseLayers($0, recorded: recorded, policy: policy) }
-        let gqa = parameters.string("sparsity-gqa").map { GQASparsity(rawValue: $0)! }
+        let layers = try thoughts.thoughtLayers.map { try parseLayers($0, recorded: recorded, policy: policy) }
+        let gqa = thoughts.sparsityGQA
         var notes: [String] = []
         var thresholds: ThoughtThresholds
-        if let path = parameters.string("calibration") {
+        if let path = thoughts.calibration {
             thresholds = try loadCalibration(path, policy: policy)
             if layers == nil, let (mapped, note) = nearestRecorded(thresholds.layers, recorded: recorded) {
                 thresholds.layers = mapped
                 notes.append("\(URL(fileURLWithPath: path).lastPathComponent): \(note)")
             }
-            if parameters.string("calibration-domain") == CalibrationDomain.cache.rawValue {
+            if thoughts.calibrationDomain == .cache {
                 notes.append("--calibration-domain cache applies to calibrating on the trace itself; the thresholds are the file's (calibrate --budget B makes a cache-domain file)")
             }
         } else if let theta1, let theta2 {
@@ -589,8 +692,8 @@ enum ThinKVParameters {
             if theta1 != nil || theta2 != nil {
                 throw PolicyError("\(policy): give both --theta1 and --theta2, or neither (to calibrate on the trace)")
             }
-            let domain = CalibrationDomain(rawValue: parameters.string("calibration-domain")!)!
-            let budget = domain == .cache && policyType.components.contains(.eviction) ? parameters.int("budget") : nil
+            let domain = thoughts.calibrationDomain
+            let budget = domain == .cache ? configuration.eviction?.budget : nil
             if domain == .cache && budget == nil {
                 throw PolicyError("\(policy): --calibration-domain cache calibrates on the cache at the run's budget: give --budget (or --kv-percent)")
             }
@@ -604,7 +707,7 @@ enum ThinKVParameters {
                 notes.append("calibration fell back to '\(calibration.fallbackRule ?? "?")': \(reason)")
             }
         }
-        notes += applyOverrides(parameters, layers: layers, to: &thresholds)
+        notes += applyOverrides(thoughts, layers: layers, to: &thresholds)
         return (thresholds, notes)
     }
 
@@ -618,14 +721,15 @@ enum ThinKVParameters {
 
     /// The options that override a calibration's fields (θ1, θ2, L*, τ, GQA reading); returns
     /// what the report should say about them.
-    private static func applyOverrides(_ parameters: PolicyParameters, layers: [Int]?, to thresholds: inout ThoughtThresholds) -> [String] {
-        if let theta1 = parameters.double("theta1") { thresholds.theta1 = Float(theta1) }
-        if let theta2 = parameters.double("theta2") { thresholds.theta2 = Float(theta2) }
+    private static func applyOverrides(_ thoughts: ThinKVPolicy.Configuration.Thoughts, layers: [Int]?,
+                                       to thresholds: inout ThoughtThresholds) -> [String] {
+        if let theta1 = thoughts.theta1 { thresholds.theta1 = Float(theta1) }
+        if let theta2 = thoughts.theta2 { thresholds.theta2 = Float(theta2) }
         if let layers { thresholds.layers = layers }
-        if let tau = parameters.int("tau") { thresholds.refreshInterval = tau }
+        if let tau = thoughts.tau { thresholds.refreshInterval = tau }
         var notes: [String] = []
-        if let gqa = parameters.string("sparsity-gqa").map({ GQASparsity(rawValue: $0)! }), gqa != thresholds.gqa {
-            if parameters.string("calibration") != nil {
+        if let gqa = thoughts.sparsityGQA, gqa != thresholds.gqa {
+            if thoughts.calibration != nil {
                 notes.append("--sparsity-gqa \(gqa.rawValue) reads sparsity unlike the calibration (\(thresholds.gqa.rawValue)) its thresholds came from")
             }
             thresholds.gqa = gqa
@@ -638,34 +742,37 @@ enum ThinKVParameters {
     /// sparsity over the policy's own cache, and a refresh that reads only finished steps.
     /// Throws a usage message when the parameters ask for what cannot run online.
     static func onlineClassifier(parameters: PolicyParameters, header: TraceHeader, policy: String) throws -> OnlineThoughtClassifier {
-        guard parameters.string("thoughts") == ThoughtTimeline.Source.classifier.rawValue else {
-            throw UsageError("\(policy): --thoughts \(parameters.string("thoughts")!) reads a trace's labels; online only the classifier (--thoughts classifier) can type thoughts")
+        let thoughts = try ThinKVPolicy.Configuration.Thoughts(parameters)
+        guard thoughts.source == .classifier else {
+            throw UsageError("\(policy): --thoughts \(thoughts.source.rawValue) reads a trace's labels; "
+                             + "online only the classifier (--thoughts classifier) can type thoughts")
         }
-        guard parameters.string("sparsity-source") == ThoughtTimeline.SparsitySource.cache.rawValue else {
+        guard thoughts.sparsitySource == .cache else {
             throw UsageError("\(policy): --sparsity-source full needs the full cache's attention; online the classifier reads the policy's own cache (--sparsity-source cache)")
         }
         let all = Array(0..<header.numLayers)
-        let layers = try parameters.string("thought-layers").map { try parseLayers($0, recorded: all, policy: policy) }
+        let layers = try thoughts.thoughtLayers.map { try parseLayers($0, recorded: all, policy: policy) }
         var thresholds: ThoughtThresholds
-        if let path = parameters.string("calibration") {
+        if let path = thoughts.calibration {
             thresholds = try loadCalibration(path, policy: policy)
-        } else if let theta1 = parameters.double("theta1"), let theta2 = parameters.double("theta2") {
+        } else if let theta1 = thoughts.theta1, let theta2 = thoughts.theta2 {
             thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: all)
         } else {
             throw UsageError("\(policy): online there is no trace to calibrate on; give --calibration FILE ('thinkv-sim calibrate') or --theta1 and --theta2")
         }
-        let lag = parameters.int("type-lag")!
+        let lag = thoughts.typeLag
         guard lag >= 1 else {
             throw UsageError("\(policy): online, a step's type is needed before its L* layers attend; give --type-lag 1 (replay with the same --type-lag to compare)")
         }
-        _ = applyOverrides(parameters, layers: layers, to: &thresholds)
+        _ = applyOverrides(thoughts, layers: layers, to: &thresholds)
         if let outside = thresholds.layers.first(where: { !all.indices.contains($0) }) {
             throw PolicyError("\(policy): L* layer \(outside) is not among the model's \(header.numLayers) layers")
         }
         guard thresholds.theta1 < thresholds.theta2, thresholds.refreshInterval >= 1, !thresholds.layers.isEmpty else {
             throw PolicyError("\(policy): thresholds need θ1 < θ2, τ ≥ 1 and a layer in L*")
         }
-        return OnlineThoughtClassifier(thresholds: thresholds, window: parameters.int("sparsity-window")!, lag: lag, header: header)
+        return OnlineThoughtClassifier(thresholds: thresholds, window: thoughts.sparsityWindow, lag: lag,
+                                       header: header)
     }
 
     private static func formatTheta(_ x: Float) -> String { String(format: "%.3f", x) }
@@ -807,22 +914,24 @@ extension ThinKVPolicy {
         let transitions = (counters["transitions"] ?? 0) / max(layers, 1)
         let main = byRule.dropFirst().max { $0.1 < $1.1 }!
         let shares = byRule.map { String(format: "%@ %.1f %%", $0.0, 100 * Double($0.1) / Double(total)) }.joined(separator: ", ")
-        let source = parameters.string("thoughts") == ThoughtTimeline.Source.classifier.rawValue ? "its classifier saw" : "its thought labels held"
+        let classifier = (try? parameters.choice("thoughts", as: ThoughtTimeline.Source.self)) == .classifier
+        let source = classifier ? "its classifier saw" : "its thought labels held"
         return ["ThinKV ran mostly as \(main.0) (evicted tokens: \(shares)); \(source) \(transitions) transition\(transitions == 1 ? "" : "s")"]
     }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         var parts: [String] = []
         if components.contains(.eviction) {
-            let overBudget = parameters.string("pressure-cut") == PressureCut.excess.rawValue
+            let overBudget = (try? parameters.choice("pressure-cut", as: PressureCut.self)) == .excess
                 ? "over B, by the excess; holds B"
                 : "over B, the least important by whole schedule steps; holds at most B"
-            parts.append(parameters.int("budget") == nil
+            parts.append((try? parameters.optionalInteger("budget")).flatMap { $0 } == nil
                 ? "segments shrink after each transition; no budget"
                 : "segments shrink after each transition and, \(overBudget)")
         }
         if components.contains(.quantization) {
-            parts.append("each group of \(parameters.int("group")!) same-type tokens quantized once full or when its thought ends")
+            let group = (try? parameters.integer("group")).map(String.init) ?? "?"
+            parts.append("each group of \(group) same-type tokens quantized once full or when its thought ends")
         }
         return parts.joined(separator: "; ")
     }

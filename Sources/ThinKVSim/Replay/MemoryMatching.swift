@@ -18,7 +18,7 @@ public struct MemoryMatch: Codable, Equatable, Sendable {
     public enum Status: String, Codable, Sendable {
         /// A budget was found within the tolerance.
         case matched
-        /// The policy has no `budget` parameter: it ran as given.
+        /// The policy has no budget (`CachePolicy.budgetParameter`): it ran as given.
         case notMatched = "not matched"
         /// No budget reaches the target within the tolerance; the closest one not above it ran.
         case unreachable
@@ -39,7 +39,7 @@ public struct MemoryMatch: Codable, Equatable, Sendable {
     public var note: String?
 }
 
-/// Finds, for every policy with an integer `budget` parameter, the budget at which its mean (or
+/// Finds, for every policy with a budget (`CachePolicy.budgetParameter`), the budget at which its mean (or
 /// peak) KV memory is the target, within `tolerance` percentage points of the full cache.
 ///
 /// The search does not assume memory grows with the budget. It brackets first: the smallest
@@ -69,10 +69,6 @@ public final class MemoryMatcher {
     /// the cadence parameter set to the largest halving that reaches it (`cadenceRemedy`).
     public var adaptsCadence = false
 
-    public static let budgetParameter = "budget"
-    /// The budget a spec carries until the search sets it.
-    public static let placeholderBudget = String(Int32.max)
-
     public convenience init(reader: TraceReader, configuration: ReplayConfiguration, target: MemoryTarget,
                             statistic: MemoryStatistic = .mean, tolerance: Double = 1, store: ReferenceStore? = nil) {
         self.init(reader: reader, configuration: configuration, targets: configuration.policies.map { _ in target },
@@ -91,16 +87,14 @@ public final class MemoryMatcher {
         self.store = store ?? ReferenceStore(tracePath: reader.path)
     }
 
-    /// True when policy type has the integer `budget` parameter a match can set.
+    /// True when the policy type declares an integer parameter with the budget role, which a match sets.
     public static func hasBudget(_ type: any CachePolicy.Type) -> Bool {
-        type.parameters.contains { p in
-            if p.name == budgetParameter, case .integer = p.kind { return true }
-            return false
-        }
+        guard case .integer? = type.budgetParameter?.kind else { return false }
+        return true
     }
 
-    /// Specs for `replay --kv-percent`: like `PolicySpec.specs`, but `budget` is not required
-    /// (the search sets it) and may not be given, shared or in an item (`h2o:budget=64`).
+    /// Specs for `replay --kv-percent`: like `PolicySpec.specs`, but each budget awaits the search
+    /// (`PolicySpec.awaitsBudget`) and may not be given, shared or in an item (`h2o:budget=64`).
     public static func specs(policies names: [String], options: [(name: String, value: String)],
                              commandOptions: [String] = []) throws -> [PolicySpec] {
         try specs(items: names.map { PolicyItem(name: $0) }, options: options, commandOptions: commandOptions)
@@ -108,18 +102,19 @@ public final class MemoryMatcher {
 
     public static func specs(items: [PolicyItem], options: [(name: String, value: String)],
                              commandOptions: [String] = []) throws -> [PolicySpec] {
-        if options.contains(where: { $0.name == budgetParameter }) {
-            throw UsageError("--budget and a memory target (--kv-percent, --kv-bytes) exclude each other: the target sets each budget")
-        }
         let types = items.map { PolicyRegistry.type(named: $0.name) }
-        for (item, type) in zip(items, types) where item.values[budgetParameter] != nil && type.map(hasBudget) == true {
+        let budgetNames = Set(types.compactMap { $0?.budgetParameter?.name })
+        if let shared = options.first(where: { budgetNames.contains($0.name) }) {
+            throw UsageError("--\(shared.name) and a memory target (--kv-percent, --kv-bytes) exclude each other: "
+                             + "the target sets each budget")
+        }
+        for (item, type) in zip(items, types) {
+            guard let budget = type?.budgetParameter, item.values[budget.name] != nil else { continue }
             throw UsageError("--policy \(item.text): a budget of its own and a memory target "
                              + "(--kv-percent, --kv-bytes) exclude each other: the target sets each budget")
         }
-        let budgeted = types.contains { $0.map(hasBudget) == true }
-        // A placeholder budget passes the check that a required budget is given; the search replaces it.
-        let withBudget = budgeted ? options + [(budgetParameter, placeholderBudget)] : options
-        return try PolicySpec.specs(items: items, options: withBudget, commandOptions: commandOptions)
+        return try PolicySpec.specs(items: items, options: options, commandOptions: commandOptions,
+                                    awaitingBudgets: true)
     }
 
     /// The memory figure a target is compared with, in the target's unit.
@@ -151,10 +146,14 @@ public final class MemoryMatcher {
         let policies = configuration.policies
         let layers = configuration.layers ?? reader.recordedLayerIndices
         for spec in policies { try spec.checkRequirements(reader, layers: layers) }
-        let prepared = try policies.map { try $0.type.prepare(reader, parameters: $0.parameters, layers: layers) }
+        // The smallest budget each policy accepts, and the combinations of the others, are
+        // checked before any policy prepares (ThinKV calibrates on the trace first).
         var searches: [BudgetSearch?] = try policies.indices.map { i in
-            guard Self.hasBudget(policies[i].type) else { return nil }
-            let lowest = try lowestBudget(policies[i], prepared: prepared[i], layers: layers)
+            guard Self.hasBudget(policies[i].type) else {
+                try checkParameters(policies[i], layers: layers)
+                return nil
+            }
+            let lowest = try lowestBudget(policies[i], layers: layers)
             return BudgetSearch(target: Self.value(of: targets[i]), lowest: lowest, highest: max(lowest, reader.header.numTokens))
         }
         var finished: [Int: PolicyRun] = [:]
@@ -279,7 +278,8 @@ public final class MemoryMatcher {
     /// (`h2o:recent=8,h2o:recent=32`), its label without the budget the search sets.
     private func noteName(_ spec: PolicySpec) -> String {
         guard configuration.policies.filter({ $0.name == spec.name }).count > 1 else { return spec.name }
-        let given = spec.parameters.given.filter { $0.key != Self.budgetParameter }.sorted { $0.key < $1.key }
+        let budget = spec.type.budgetParameter?.name
+        let given = spec.parameters.given.filter { $0.key != budget }.sorted { $0.key < $1.key }
         let shown = given.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
         return given.isEmpty ? spec.name : "\(spec.name)(\(shown))"
     }
@@ -288,10 +288,10 @@ public final class MemoryMatcher {
     private func adapted(_ i: Int, parameter: String, value: Int, target: MemoryTarget) throws -> PolicyRun {
         let base = configuration.policies[i]
         var values = base.parameters.given
-        let was = base.parameters.int(parameter).map(String.init) ?? "?"
+        let was = (try? base.parameters.optionalInteger(parameter)).flatMap { $0 }.map(String.init) ?? "?"
         values[parameter] = String(value)
         var sub = configuration
-        sub.policies = [try PolicySpec(name: base.name, values: values)]
+        sub.policies = [try PolicySpec(name: base.name, values: values, awaitingBudget: base.awaitsBudget)]
         sub.layouts = configuration.layouts.map { [$0[i]] }
         let matcher = MemoryMatcher(reader: reader, configuration: sub, targets: [target], statistic: statistic,
                                     tolerance: tolerance, store: store)
@@ -318,16 +318,16 @@ public final class MemoryMatcher {
     /// sharing the reference) and names the largest that meets the target; nil when the policy
     /// has no such parameter or no halving meets it.
     func cadenceRemedy(_ base: PolicySpec, layout: PagingLayout?, target: MemoryTarget, layers: [Int]) throws -> CadenceRemedy? {
-        guard let name = base.type.cadenceParameter(base.parameters), let current = base.parameters.int(name) else { return nil }
-        let header = reader.header
+        guard let name = base.type.cadenceParameter(base.parameters),
+              let current = (try? base.parameters.optionalInteger(name)).flatMap({ $0 }) else { return nil }
         var candidates: [(value: Int, spec: PolicySpec)] = []
         var value = current / 2
         while value >= 1 {
             var values = base.parameters.given
             values[name] = String(value)
             // A value the policy refuses (e.g. a buffer below the window) is skipped.
-            if let spec = try? PolicySpec(name: base.name, values: values),
-               let lowest = try? lowestBudget(spec, prepared: spec.type.validationPrepared(header: header), layers: layers),
+            if let spec = try? PolicySpec(name: base.name, values: values, awaitingBudget: base.awaitsBudget),
+               let lowest = try? lowestBudget(spec, layers: layers),
                let trial = try? Self.spec(spec, budget: lowest) {
                 candidates.append((value, trial))
             }
@@ -342,7 +342,8 @@ public final class MemoryMatcher {
         let result = try engine.run()
         let goal = Self.value(of: target)
         for (candidate, run) in zip(candidates, result.runs) where self.value(run.summary.memory, target) <= goal {
-            let budget = candidate.spec.parameters.int(Self.budgetParameter) ?? 0
+            let budget = candidate.spec.type.budgetParameter
+                .flatMap { try? candidate.spec.parameters.optionalInteger($0.name) }.flatMap { $0 } ?? 0
             let reached = self.value(run.summary.memory, target)
             let shown = if case .percent = target { String(format: "%.2f %%", reached) } else { Format.bytes(reached) }
             return CadenceRemedy(parameter: name, value: candidate.value,
@@ -352,32 +353,29 @@ public final class MemoryMatcher {
     }
 
     static func spec(_ base: PolicySpec, budget: Int) throws -> PolicySpec {
-        var values = base.parameters.given
-        values[budgetParameter] = String(budget)
-        return try PolicySpec(name: base.name, values: values)
+        try base.withBudget(budget)
     }
 
-    /// The smallest budget the policy accepts with its other parameters (e.g. StreamingLLM's
-    /// budget must exceed its sinks): the declared minimum, raised until a layer instance can
-    /// be made. The instance's refusal is the error when no budget up to the token count works.
-    func lowestBudget(_ base: PolicySpec, prepared: (any Sendable)?, layers: [Int]) throws -> Int {
-        guard let parameter = base.type.parameters.first(where: { $0.name == Self.budgetParameter }),
-              case .integer(let range) = parameter.kind else { return 1 }
+    /// The first layer replayed, whose shape the checks of a configuration read.
+    private func firstLayer(_ layers: [Int]) throws -> LayerInfo {
         guard let layer = layers.first.flatMap(reader.layerInfo) else {
             throw TraceError(file: reader.path, "has no recorded layer to replay")
         }
-        let setup = PolicySetup(header: reader.header, layer: layer, layerOrdinal: 0, layerCount: layers.count, prepared: prepared)
-        var lastError: Error?
-        for budget in range.lowerBound...max(range.lowerBound, min(range.upperBound, reader.header.numTokens)) {
-            do {
-                let spec = try Self.spec(base, budget: budget)
-                _ = try spec.type.init(parameters: spec.parameters, setup: setup)
-                return budget
-            } catch {
-                lastError = error
-            }
+        return layer
+    }
+
+    /// The smallest budget the policy accepts with its other parameters (`PolicySpec.lowestBudget`).
+    /// A refusal is a usage error: the parameters are what the user typed.
+    func lowestBudget(_ base: PolicySpec, layers: [Int]) throws -> Int {
+        let layer = try firstLayer(layers)
+        do { return try base.lowestBudget(header: reader.header, layer: layer) } catch let error as PolicyError {
+            throw UsageError(error.description)
         }
-        throw lastError ?? PolicyError("\(base.name): no budget is accepted")
+    }
+
+    /// A policy without a budget checked as given (`PolicySpec.checkParameters`).
+    private func checkParameters(_ spec: PolicySpec, layers: [Int]) throws {
+        try spec.checkParameters(header: reader.header, layer: try firstLayer(layers))
     }
 }
 

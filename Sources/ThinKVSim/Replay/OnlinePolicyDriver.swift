@@ -51,7 +51,7 @@ public final class OnlinePolicyDriver {
     /// Policies whose `prepare` reads a whole trace before the first step (R-KV's token marks)
     /// cannot run online; their `init` refuses without it. ThinKV types its thoughts online
     /// (`OnlineThoughtClassifier`); the parameters that cannot run online throw a `UsageError`.
-    public init(spec: PolicySpec, header: TraceHeader, topK: Int = 32) throws {
+    public init(spec: PolicySpec, header: TraceHeader, topK: Int = TraceLimits.defaultTopK) throws {
         self.spec = spec
         self.header = header
         self.topK = topK

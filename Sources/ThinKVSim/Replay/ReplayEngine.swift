@@ -6,7 +6,7 @@ public struct ReplayConfiguration: Sendable {
     /// Layers to replay (nil: every recorded layer).
     public var layers: [Int]?
     /// k of top-k recall.
-    public var topK: Int = 32
+    public var topK: Int = TraceLimits.defaultTopK
     /// Replay only the first N decode steps (nil: all).
     public var maxSteps: Int?
     /// Decode steps whose reference attention is computed together (nil: `automaticChunkSteps`).
@@ -22,7 +22,8 @@ public struct ReplayConfiguration: Sendable {
     /// never changes what a policy keeps). nil: every policy uses `paging` and `blockSize`.
     public var layouts: [PagingLayout]?
 
-    public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = 32, maxSteps: Int? = nil, threads: Int? = nil) {
+    public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = TraceLimits.defaultTopK,
+                maxSteps: Int? = nil, threads: Int? = nil) {
         self.policies = policies
         self.layers = layers
         self.topK = topK
@@ -82,7 +83,7 @@ public struct ReplayResult: Sendable {
     public let blockSizes: String
     public let timing: ReplayTiming
     /// k of the top-k recall (a figure of the report; layer shards must agree on it).
-    public var topK: Int = 32
+    public var topK: Int = TraceLimits.defaultTopK
 }
 
 /// Where a replay's time went, and the attention arithmetic it did (for `bench`).
@@ -226,8 +227,10 @@ public final class ReplayEngine {
             run.counters = counters[i].map { ReplayShard.Counter(name: $0.name, value: $0.value) }
             return run
         }
-        for run in runs where run.spec.type.parameters.contains(where: { $0.name == "budget" }) {
-            guard let budget = run.spec.parameters.int("budget"), budget >= header.numTokens else { continue }
+        for run in runs {
+            guard let parameter = run.spec.type.budgetParameter,
+                  let budget = try? run.spec.parameters.optionalInteger(parameter.name),
+                  budget >= header.numTokens else { continue }
             // A budget that covers the trace keeps everything only for a policy that evicts just over budget.
             let evicting = run.summary.memory.evictionStepPercent
             notes.append(evicting == 0

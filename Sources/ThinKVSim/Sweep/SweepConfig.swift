@@ -107,7 +107,8 @@ public struct SweepConfig: Sendable, Equatable {
         var config = SweepConfig(
             file: file, name: raw.name, traces: raw.traces, policies: raw.policies, sharedParameters: raw.parameters,
             output: resultsPath, stepCSVDirectory: raw.stepCSVDirectory, metrics: raw.metrics ?? SweepColumns.metricNames,
-            layers: raw.layers, steps: raw.steps, topK: raw.topK ?? 32, paging: raw.paging ?? [.ct],
+            layers: raw.layers, steps: raw.steps, topK: raw.topK ?? TraceLimits.defaultTopK,
+            paging: raw.paging ?? [.ct],
             blockSizes: raw.blockSizes ?? [nil], threads: raw.threads, batch: raw.batch)
         config.kvPercents = raw.kvPercents ?? []
         config.skipInvalid = raw.skipInvalid ?? false
@@ -166,13 +167,17 @@ public struct SweepConfig: Sendable, Equatable {
                         }
                     }
                 }
-                let matched = !kvPercents.isEmpty && MemoryMatcher.hasBudget(types[i])
-                if matched, resolved[MemoryMatcher.budgetParameter] != nil {
-                    let where_ = entry.parameters["budget"] != nil ? "policies[\(i)].parameters.budget"
-                        : traces[t].parameters["budget"] != nil ? "traces[\(t)].parameters.budget" : "parameters.budget"
-                    throw fail(where_, "budget and kv_percent exclude each other: kv_percent sets the budget of \(entry.policy)")
+                // With kv_percent the memory search sets the budget.
+                let matchedBudget = kvPercents.isEmpty || !MemoryMatcher.hasBudget(types[i]) ? nil
+                    : types[i].budgetParameter?.name
+                if let budget = matchedBudget, resolved[budget] != nil {
+                    let where_ = entry.parameters[budget] != nil ? "policies[\(i)].parameters.\(budget)"
+                        : traces[t].parameters[budget] != nil ? "traces[\(t)].parameters.\(budget)"
+                        : "parameters.\(budget)"
+                    throw fail(where_, "\(budget) and kv_percent exclude each other: "
+                               + "kv_percent sets the budget of \(entry.policy)")
                 }
-                for p in types[i].parameters where p.required && resolved[p.name] == nil && !(matched && p.name == MemoryMatcher.budgetParameter) {
+                for p in types[i].parameters where p.required && resolved[p.name] == nil && p.name != matchedBudget {
                     let scope = traces.count > 1 ? " on traces[\(t)]" : ""
                     throw fail("policies[\(i)]", "\(entry.policy) needs parameter '\(p.name)'\(scope) (\(p.help))")
                 }

@@ -66,16 +66,16 @@ public struct SweepGrid: Sendable {
         var specCache: [[Int]: [PolicySpec]] = [:]
         func specs(traceEntry t: Int, policyEntry i: Int) throws -> [PolicySpec] {
             if let cached = specCache[[t, i]] { return cached }
-            var values = config.resolvedParameters(of: i, trace: t)
-            if !config.kvPercents.isEmpty && MemoryMatcher.hasBudget(PolicyRegistry.type(named: config.policies[i].policy)!) {
-                // A placeholder the search replaces; the run key names the target instead.
-                values[MemoryMatcher.budgetParameter] = [MemoryMatcher.placeholderBudget]
-            }
+            let values = config.resolvedParameters(of: i, trace: t)
+            // With kv_percent the search sets each budget; the run key names the target instead.
+            let awaitingBudget = !config.kvPercents.isEmpty
             let keys = values.keys.sorted()
             var out: [PolicySpec] = []
             for combination in Self.cartesian(keys.map { values[$0]! }) {
                 do {
-                    out.append(try PolicySpec(name: config.policies[i].policy, values: Dictionary(uniqueKeysWithValues: zip(keys, combination))))
+                    let values = Dictionary(uniqueKeysWithValues: zip(keys, combination))
+                    out.append(try PolicySpec(name: config.policies[i].policy, values: values,
+                                              awaitingBudget: awaitingBudget))
                 } catch let error as PolicyError {
                     let scope = config.traces[t].parameters.isEmpty ? "" : " (with the parameters of traces[\(t)])"
                     throw SweepConfigError(file: config.file, path: "policies[\(i)]", error.description + scope)
@@ -152,7 +152,7 @@ public struct SweepGrid: Sendable {
     public static func runKey(trace: String, spec: PolicySpec, layout: PagingLayout, config: SweepConfig, kvPercent: Double? = nil) -> String {
         var parts = ["trace=\(trace)", "policy=\(spec.name)"]
         for (name, value) in spec.parameters.effective {
-            if let kvPercent, name == MemoryMatcher.budgetParameter {
+            if let kvPercent, name == spec.type.budgetParameter?.name {
                 parts.append("kv_percent=\(SweepColumns.number(kvPercent))")
                 parts.append("kv_match=\(config.kvMatch.rawValue)")
             } else {

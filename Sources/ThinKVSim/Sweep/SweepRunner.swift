@@ -179,7 +179,7 @@ public final class SweepRunner {
         let effective = Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) })
         for name in grid.parameterNames {
             let column = SweepColumns.parameterColumn(name)
-            if run.kvPercent != nil && name == "budget" {
+            if run.kvPercent != nil && name == run.spec.type.budgetParameter?.name {
                 // The budget the memory search found: any budget the policy accepts.
                 guard let budget = Int(cells[column] ?? ""), budget >= 1, String(budget) == cells[column] else {
                     return "budget '\(Format.printable(cells[column] ?? ""))' is not a budget"
@@ -214,24 +214,24 @@ public final class SweepRunner {
     // MARK: Running
 
     /// Pending runs whose parameters their policy refuses on their trace (e.g. a budget not above
-    /// SnapKV's window), each with the policy's message, found without replaying anything.
+    /// SnapKV's window), each with the policy's message, found without replaying or preparing
+    /// anything (`PolicySpec.checkParameters`); a run with a memory target must accept some budget.
     public func invalidRuns(_ pending: [SweepRun]) throws -> [(run: SweepRun, problem: String)] {
         var invalid: [(run: SweepRun, problem: String)] = []
-        var setups: [String: PolicySetup] = [:]
-        for run in pending where run.kvPercent == nil {
-            let setup: PolicySetup
-            if let known = setups[run.trace] {
-                setup = known
+        var shapes: [String: (header: TraceHeader, layer: LayerInfo)] = [:]
+        for run in pending {
+            let shape: (header: TraceHeader, layer: LayerInfo)
+            if let known = shapes[run.trace] {
+                shape = known
             } else {
                 let reader = try TraceReader(path: run.trace)
                 let layer = (grid.config.layers?.first).flatMap(reader.layerInfo) ?? reader.layerInfo(reader.recordedLayerIndices[0])!
-                setup = PolicySetup(header: reader.header, layer: layer)
-                setups[run.trace] = setup
+                shape = (reader.header, layer)
+                shapes[run.trace] = shape
             }
-            let prepared = PolicySetup(header: setup.header, layer: setup.layer, prepared: run.spec.type.validationPrepared(header: setup.header))
             do {
-                _ = try run.spec.type.init(parameters: run.spec.parameters, setup: prepared)
-            } catch let error as PolicyError {
+                try run.spec.checkParameters(header: shape.header, layer: shape.layer)
+            } catch let error as UsageError {
                 invalid.append((run, error.description))
             }
         }
@@ -264,8 +264,11 @@ public final class SweepRunner {
                 plan.pending.removeAll { skipped.contains($0.id) }
                 note("skipping \(invalid.count) invalid run(s) (skip_invalid): " + lines.joined(separator: "; ") + more)
             } else {
-                throw SweepConfigError(file: config.file, "\(invalid.count) of the grid's runs are invalid: " + lines.joined(separator: "; ") + more
-                                       + " (fix the values, or set \"skip_invalid\": true to run the rest)")
+                // Values the policies refuse together are a usage error (exit 2), as in replay.
+                let problem = SweepConfigError(file: config.file, "\(invalid.count) of the grid's runs are invalid: "
+                                               + lines.joined(separator: "; ") + more
+                                               + " (fix the values, or set \"skip_invalid\": true to run the rest)")
+                throw UsageError(problem.description)
             }
         }
         if plan.droppedPartial { note("\(outputPath): last row was cut short (interrupted write); it is recomputed") }

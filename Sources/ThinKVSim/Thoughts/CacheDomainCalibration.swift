@@ -19,7 +19,7 @@ public enum CacheDomainCalibration {
                                  options: CalibrationOptions, full: ThoughtCalibration? = nil,
                                  progress: ProgressReporting? = nil) throws -> ThoughtCalibration {
         defer { progress?.finish() }
-        guard let budget = parameters.int("budget") else {
+        guard let name = policyType.budgetParameter?.name, let budget = try? parameters.optionalInteger(name) else {
             throw CalibrationError("calibrating in the cache domain needs a budget (the cache the classifier reads depends on it)")
         }
         let first: ThoughtCalibration

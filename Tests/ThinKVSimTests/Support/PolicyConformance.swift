@@ -10,9 +10,10 @@ import XCTest
 ///    over its layers, so that several thought types occur;
 /// 3. the integer parameter its `cadenceParameter` names, when not given: `cadenceSteps`, so
 ///    that a small trace compresses several times (defaults are often 128 or more);
-/// 4. an integer `budget`: the smallest the policy accepts with the rest (its own checks on the
-///    trace's shape, as `MemoryMatcher.lowestBudget` searches), a quarter of the trace more, the
-///    trace's length, or the smallest that covers the trace (`Budget`).
+/// 4. the parameter with the budget role (`CachePolicy.budgetParameter`): the smallest the policy
+///    accepts with the rest (its own checks on the trace's shape, as `PolicySpec.lowestBudget`
+///    searches), a quarter of the trace more, the trace's length, or the smallest that covers the
+///    trace (`Budget`).
 /// A step that the policy refuses is left out (the cadence) or reported (the rest).
 enum PolicyConformance {
     enum Budget: String, CaseIterable {
@@ -25,8 +26,11 @@ enum PolicyConformance {
 
     static let cadenceSteps = 8
 
-    /// True when the policy declares the integer `budget` a memory match sets.
+    /// True when the policy declares an integer budget (the role a memory match sets).
     static func declaresBudget(_ type: any CachePolicy.Type) -> Bool { MemoryMatcher.hasBudget(type) }
+
+    /// The name of the policy's budget parameter ("budget" for every policy so far).
+    static func budgetName(_ type: any CachePolicy.Type) -> String { type.budgetParameter?.name ?? "budget" }
 
     /// A spec of `type` with `values`: by name for a registered policy, else unregistered.
     static func spec(_ type: any CachePolicy.Type, _ values: [String: String]) throws -> PolicySpec {
@@ -37,8 +41,8 @@ enum PolicyConformance {
         return try PolicySpec(unregistered: type, values: values)
     }
 
-    /// Whether the policy accepts `values` on every recorded layer of the trace (its `init` on
-    /// `validationPrepared`, as a replay checks a configuration before preparing it).
+    /// Whether the policy accepts `values` on every recorded layer of the trace (its
+    /// `checkConfiguration`, as a replay checks a configuration before preparing it).
     static func accepts(_ type: any CachePolicy.Type, _ values: [String: String],
                         reader: TraceReader) -> Bool {
         guard let spec = try? spec(type, values) else { return false }
@@ -74,12 +78,13 @@ enum PolicyConformance {
             }
         }
         let hasBudget = declaresBudget(type)
+        let budgetName = budgetName(type)
         func acceptsSome(_ candidate: [String: String]) -> Bool {
-            guard hasBudget, candidate["budget"] == nil else { return accepts(type, candidate, reader: reader) }
+            guard hasBudget, candidate[budgetName] == nil else { return accepts(type, candidate, reader: reader) }
             return smallestBudget(type, candidate, reader: reader) != nil
         }
         // A required budget is given for the look-up only (which parameter it is may depend on others).
-        let placeholder = hasBudget && values["budget"] == nil ? ["budget": String(reader.header.numTokens)] : [:]
+        let placeholder = hasBudget && values[budgetName] == nil ? [budgetName: String(reader.header.numTokens)] : [:]
         if let parameters = try? spec(type, values.merging(placeholder) { a, _ in a }).parameters,
            let cadence = type.cadenceParameter(parameters),
            values[cadence] == nil, case .integer(let range)? = declared[cadence]?.kind {
@@ -87,7 +92,7 @@ enum PolicyConformance {
             shorter[cadence] = String(min(max(cadenceSteps, range.lowerBound), range.upperBound))
             if acceptsSome(shorter) { values = shorter }
         }
-        guard hasBudget, values["budget"] == nil else {
+        guard hasBudget, values[budgetName] == nil else {
             guard accepts(type, values, reader: reader) else {
                 throw PolicyError("\(type.name): its conformance settings \(values) are refused on \(reader.path)")
             }
@@ -107,7 +112,7 @@ enum PolicyConformance {
         // whose resident cap (where it declares one) holds every position (a paged cache holds
         // whole pages only).
         for b in wanted...max(wanted, 2 * T) {
-            let candidate = values.merging(["budget": String(b)]) { $1 }
+            let candidate = values.merging([budgetName: String(b)]) { $1 }
             guard accepts(type, candidate, reader: reader) else { continue }
             if budget == .coveringTheTrace,
                try residentCaps(type, candidate, reader: reader).contains(where: { ($0 ?? T) < T }) {
@@ -132,11 +137,10 @@ enum PolicyConformance {
 
     private static func smallestBudget(_ type: any CachePolicy.Type, _ values: [String: String],
                                        reader: TraceReader) -> Int? {
-        guard let parameter = type.parameters.first(where: { $0.name == "budget" }),
-              case .integer(let range) = parameter.kind else { return nil }
+        guard let parameter = type.budgetParameter, case .integer(let range) = parameter.kind else { return nil }
         let upper = max(range.lowerBound, min(range.upperBound, reader.header.numTokens))
         return (range.lowerBound...upper).first { b in
-            accepts(type, values.merging(["budget": String(b)]) { $1 }, reader: reader)
+            accepts(type, values.merging([parameter.name: String(b)]) { $1 }, reader: reader)
         }
     }
 }
