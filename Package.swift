@@ -30,17 +30,21 @@ let package = Package(
         // Traces: the HDF5 format of docs (header, layers, tensors read in rows with bounded sizes),
         // the writer, layer selections, thought labels, and the recorded attention's cross-check.
         .target(name: "ThinKVTrace", dependencies: ["ThinKVSupport", "CHDF5", "CInflate", "CProcess"]),
-        // The simulator: replay engine, policies, metrics, sweeps, plots, reports, and
-        // the pieces commands share (policy lists, progress on stderr). It re-exports
-        // ThinKVSupport and ThinKVTrace, so its users import one module.
-        .target(name: "ThinKVSim", dependencies: ["ThinKVSupport", "ThinKVTrace", "CHDF5", "CPrefetch", "CProcess", "CInflate"]),
+        // The simulator's engine: the replay engine (one driver for every policy), the full-cache
+        // reference and its kernels, the fidelity metrics, quantizers, thought classification,
+        // the policies and their registry, synthetic traces. It re-exports ThinKVSupport and
+        // ThinKVTrace.
+        .target(name: "ThinKVEngine", dependencies: ["ThinKVSupport", "ThinKVTrace", "CPrefetch", "CProcess"]),
+        // What the commands make of replays: sweeps over configs, reports, figures. It re-exports
+        // ThinKVEngine, so a command or a test imports one module.
+        .target(name: "ThinKVSim", dependencies: ["ThinKVEngine"]),
         // One file per subcommand: each parses its options and calls the library.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.
         // Tests use the HDF5 C API directly to build malformed files a writer would refuse to make.
         // zlib lets tests build compressed chunks by hand (compression bombs).
         .systemLibrary(name: "CZlib", path: "Tests/CZlib"),
-        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "ThinKVTrace", "CHDF5", "CZlib"]),
+        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "ThinKVEngine", "ThinKVTrace", "CHDF5", "CZlib"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Every kind of bad file the format lists (trace-format.md, "What a reader must do with a bad

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// The blocked kernels must give the bits of `Kernels.dot` row by row: policies recompute

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// The executable's contract: a bad trace is one line on stderr and exit 1, a usage mistake is

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// `replay --cache-timeline`: per policy, layer and kv head, the step each position leaves the

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// H2O (reference-policies 1.4): hand-computed kept sets, GQA reductions, ties, prefill,

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Outputs that would destroy something: an output that is an input under another name (a

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// KIVI's residual timing, its bytes (reference-policies 5.3), and a replay.

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// kvpress's decode-time presses (tova, knorm, keydiff, pyramidkv): hand-computed kept sets and

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// LazyEviction (recurrence tracking, lagged eviction every W steps): steps counted by hand,

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 // MARK: Test-only policies (replayed through PolicySpec(unregistered:), never registered)

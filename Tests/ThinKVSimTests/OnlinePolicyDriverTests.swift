@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// `OnlinePolicyDriver` (thinkv-sim serve-policy): a policy fed a trace's rows one step and one

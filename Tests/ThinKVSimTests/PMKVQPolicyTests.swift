@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// PM-KVQ (progressive halving of the bit width under a memory budget): a schedule counted by

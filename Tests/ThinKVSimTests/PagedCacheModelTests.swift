@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Hand-checked block-table behaviour: in-place reuse (CT), dense compaction, byte accounting.

@@ -3,6 +3,7 @@ import Foundation
 import FoundationXML
 #endif
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Counts what an SVG figure holds, and fails on anything that is not well-formed XML.

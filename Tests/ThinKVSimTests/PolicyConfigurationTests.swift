@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Typed parameters: reads that throw instead of trapping, the budget as a declared role, and

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Properties every policy in `PolicyRegistry.all` must have, on small random traces, with

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Element formats, group quantizers and the K/V grouping helpers.

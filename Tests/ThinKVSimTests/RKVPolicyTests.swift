@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// R-KV (reference-policies.md 2.2-2.6): hand-computed kept sets and slot orders, the

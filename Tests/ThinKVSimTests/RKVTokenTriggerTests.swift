@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// R-KV's token-driven options (`divide_method=newline`, `compression_content=think`): when

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// RaaS (paged LRU with Quest-estimate refreshes): steps counted by hand, properties on random

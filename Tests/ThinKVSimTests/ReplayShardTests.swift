@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// A replay sharded by layer and merged equals one replay over all layers, bit for bit.

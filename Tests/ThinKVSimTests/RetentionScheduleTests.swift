@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// The retention schedule, and TBE's decisions (rules 1–4 of `ThoughtSegments`) on hand-built

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// `--score-dtype`: the rounding itself, a hand example where bf16 rounding changes what R-KV

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// The traces and ThinKV calibration files in traces/ and configs/: what the README and the

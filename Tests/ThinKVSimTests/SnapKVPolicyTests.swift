@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// SnapKV's three variants (reference-policies.md 2.7 and 3): hand-computed selections that

@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// StreamingLLM (reference-policies 4 and 2.7) with both triggers, and the shared

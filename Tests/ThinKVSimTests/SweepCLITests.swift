@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// `thinkv-sim sweep`, `merge` and `plot` as a user runs them: exit statuses, one-line errors,

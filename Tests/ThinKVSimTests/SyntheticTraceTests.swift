@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// The synthetic generator: format conformance, determinism, labels, and the attention

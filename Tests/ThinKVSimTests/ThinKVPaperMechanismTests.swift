@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// ThinKV's mechanisms as the paper's second version specifies them, each on an example small

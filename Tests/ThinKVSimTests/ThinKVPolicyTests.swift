@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// What a ThinKV policy instance held after one hook, as `ThinKVProbe` records it.

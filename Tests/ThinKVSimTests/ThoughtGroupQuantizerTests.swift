@@ -1,4 +1,5 @@
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// TBQ's group rule, bit and metadata accounting, and eviction bookkeeping.

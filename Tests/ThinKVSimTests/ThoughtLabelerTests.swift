@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// `thinkv-sim label`: a user's labels into /tokens/thought, then readable as the trace's labels.

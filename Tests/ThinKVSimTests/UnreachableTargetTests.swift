@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// An equal-memory target below what a policy's smallest budget holds is out of reach because

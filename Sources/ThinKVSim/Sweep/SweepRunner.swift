@@ -32,7 +32,7 @@ public final class SweepRunner {
     /// Stop after this many engine runs (nil: run everything). Rows written so far stay; the
     /// next call resumes.
     public var stopAfterEngineRuns: Int?
-    public var progress: ProgressReporting?
+    public var progress: ThinKVEngine.ProgressReporting?
     /// Receives one-line notes (dropped rows, an interrupted file) for stderr.
     public var note: (String) -> Void = { _ in }
 
@@ -353,7 +353,7 @@ public final class SweepRunner {
     /// then those with one through a `MemoryMatcher`, all sharing `store`. Results come
     /// back in the batch's order.
     /// The batch's runs in batch order, and the replays' notes.
-    func replay(_ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ProgressReporting) throws -> ([PolicyRun], [String]) {
+    func replay(_ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ThinKVEngine.ProgressReporting) throws -> ([PolicyRun], [String]) {
         let config = grid.config
         func configuration(_ runs: [SweepRun]) -> ReplayConfiguration {
             var configuration = ReplayConfiguration(policies: runs.map(\.spec), layers: config.layers, topK: config.topK,
@@ -451,12 +451,12 @@ public final class SweepRunner {
 }
 
 /// Maps one engine run's progress onto the whole sweep; the runner ends the line itself.
-private final class BatchProgress: ProgressReporting {
-    let inner: ProgressReporting?
+private final class BatchProgress: ThinKVEngine.ProgressReporting {
+    let inner: ThinKVEngine.ProgressReporting?
     let done: Int, size: Int, total: Int
     let detail: String
 
-    init(inner: ProgressReporting?, done: Int, size: Int, total: Int, detail: String) {
+    init(inner: ThinKVEngine.ProgressReporting?, done: Int, size: Int, total: Int, detail: String) {
         self.inner = inner
         self.done = done
         self.size = size

@@ -1,4 +1,5 @@
 import Foundation
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Keeps the cache timelines a replay writes (`--cache-timeline`), for tests to read back.

@@ -1,6 +1,7 @@
 import CHDF5
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 @testable import ThinKVTrace
 

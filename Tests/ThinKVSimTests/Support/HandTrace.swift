@@ -1,4 +1,5 @@
 import Foundation
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Hand-made q/k for examples that can be checked on paper. D = 4 and the default softmax

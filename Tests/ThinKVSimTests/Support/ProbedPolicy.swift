@@ -1,4 +1,5 @@
 import Foundation
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// What one policy instance's cache held, per kv head, at one point of a replay.

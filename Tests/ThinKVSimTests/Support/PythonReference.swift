@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// Runs the independent NumPy re-derivations under tools/reference/ and reads their kept events,

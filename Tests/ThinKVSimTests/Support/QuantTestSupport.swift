@@ -1,4 +1,5 @@
 import Foundation
+@testable import ThinKVEngine
 @testable import ThinKVSim
 
 /// In-memory caches for quantization tests (no trace file needed).

@@ -69,7 +69,7 @@ public struct PolicyParameter: Sendable, Equatable {
     }
 
     /// Checks one raw value; returns it normalised (e.g. `1e3` for an integer is refused).
-    func validate(_ raw: String, policy: String) throws -> String {
+    package func validate(_ raw: String, policy: String) throws -> String {
         func bad(_ why: String) -> PolicyError { PolicyError("\(policy): --\(name) \(why), got '\(raw)'") }
         switch kind {
         case .integer(let range):

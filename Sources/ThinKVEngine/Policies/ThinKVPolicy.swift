@@ -558,7 +558,7 @@ extension ThinKVPolicy {
 
 /// The parameters of the ThinKV policies, grouped by the component that reads them, and the
 /// assembly of the thought timeline from them.
-enum ThinKVParameters {
+package enum ThinKVParameters {
     static let thoughts: [PolicyParameter] = [
         .choice("thoughts", ThoughtTimeline.Source.allCases.map(\.rawValue), default: ThoughtTimeline.Source.classifier.rawValue,
                 help: "thought types from the sparsity classifier, or from the trace's /tokens/thought labels (oracle ablation)"),
@@ -779,7 +779,7 @@ enum ThinKVParameters {
 
     /// L* mapped onto the recorded layers: each layer the trace lacks becomes the nearest
     /// recorded one (the lower on a tie), repeats dropped. nil when every layer is recorded.
-    static func nearestRecorded(_ layers: [Int], recorded: [Int]) -> ([Int], String)? {
+    package static func nearestRecorded(_ layers: [Int], recorded: [Int]) -> ([Int], String)? {
         guard !recorded.isEmpty, layers.contains(where: { !recorded.contains($0) }) else { return nil }
         var mapped: [Int] = [], moves: [String] = []
         for layer in layers {
