@@ -27,8 +27,9 @@ let package = Package(
         // text and CSV files, comma lists, suggestions, the seeded random generator, the machine
         // description, the version. A dependency on the rest of the package is a compile error.
         .target(name: "ThinKVSupport"),
-        // Traces: the HDF5 format of docs (header, layers, tensors read in rows with bounded sizes),
-        // the writer, layer selections, thought labels, and the recorded attention's cross-check.
+        // Traces: the HDF5 format of docs/trace-format.md (header, layers, tensors read in rows with
+        // bounded sizes), the writer, layer selections, thought labels and types, and the recorded
+        // attention's cross-check.
         .target(name: "ThinKVTrace", dependencies: ["ThinKVSupport", "CHDF5", "CInflate", "CProcess"]),
         // The simulator's engine: the replay engine (one driver for every policy), the full-cache
         // reference and its kernels, the fidelity metrics, quantizers, thought classification,
