@@ -43,8 +43,8 @@ enum AttentionFidelity {
     /// is more than exp's argument can absorb (a raw Σ exp(x − lse) gave 65): hence the cap.
     /// `policyLogits` are turned into Â in place; `exactLogits` are overwritten (with y − x).
     @inline(__always)
-    static func storedKeyFidelity(exactLogits x: UnsafeMutablePointer<Float>, policyLogits y: UnsafeMutablePointer<Float>,
-                                  count n: Int, fullLogSumExp lse: Float) -> (massRecall: Float, attentionKL: Float) {
+    static func storedKeyFidelity(exactLogits x: UnsafeMutablePointer<Float>,
+                                  policyLogits y: UnsafeMutablePointer<Float>, count n: Int, fullLogSumExp lse: Float) -> (massRecall: Float, attentionKL: Float) {
         let exactAttendedLSE = Kernels.logSumExp(x, n)
         let recall = massRecall(attendedLogSumExp: exactAttendedLSE, fullLogSumExp: lse)
         for i in 0..<n { x[i] = y[i] - x[i] }
@@ -60,7 +60,8 @@ enum AttentionFidelity {
     @inline(__always)
     static func recordedRowFidelity(row: UnsafePointer<Float>, slots: UnsafePointer<Int32>, count n: Int,
                                     probabilities a: UnsafeMutablePointer<Float>,
-                                    logScratch logA: UnsafeMutablePointer<Float>) -> (massRecall: Float, attentionKL: Float) {
+                                    logScratch logA: UnsafeMutablePointer<Float>)
+        -> (massRecall: Float, attentionKL: Float) {
         var m: Float = 0
         for i in 0..<n {
             let v = row[Int(slots[i])]

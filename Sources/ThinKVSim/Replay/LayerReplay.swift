@@ -62,7 +62,8 @@ final class LayerReplay {
         // Logits are kept only when some policy attends with the exact keys a set other than every
         // position: chunkSteps × Hq × T floats per chunk at most (117 MiB at 64 × 14 × 32768).
         // A stored reference has no logits: policies then compute their own (the same bits).
-        let keepsLogits = stored == nil && info.hasQueriesAndKeys && runs.contains { !type(of: $0.policy).evictsNothing }
+        let keepsLogits = stored == nil && info.hasQueriesAndKeys
+            && runs.contains { !type(of: $0.policy).evictsNothing }
         self.keepsLogits = keepsLogits
         chunks = (0..<2).map { _ in
             ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK,
@@ -105,7 +106,8 @@ final class LayerReplay {
               let bad = chunk.logSumExp.prefix(chunk.stepCount * header.numQHeads).firstIndex(where: { !$0.isFinite })
         else { return }
         throw TraceError(file: reader.path, object: "/layers/\(info.index)",
-                         "attention logits overflow float32 at decode step \(chunk.firstStep + bad / header.numQHeads), "
+                         "attention logits overflow float32 at decode step "
+                             + "\(chunk.firstStep + bad / header.numQHeads), "
                              + "query head \(bad % header.numQHeads) (q·k too large)")
     }
 
@@ -174,7 +176,8 @@ final class LayerReplay {
     /// One phase of the pool: task 0 reads the queries of chunk `prefetch` (so the file is read
     /// early in the phase), then one task per policy steps it through `chunk`, then the parts of
     /// `next`'s reference (none when it is stored or there is no next chunk).
-    private func stepPolicies(through chunk: ReferenceChunk, referenceOf next: ReferenceChunk?, prefetching: Int?) throws {
+    private func stepPolicies(through chunk: ReferenceChunk, referenceOf next: ReferenceChunk?,
+                              prefetching: Int?) throws {
         let prefetch = info.hasQueriesAndKeys ? prefetching : nil
         var prefetchSeconds = 0.0
         var prefetchError: Error?

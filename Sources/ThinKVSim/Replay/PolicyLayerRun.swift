@@ -72,7 +72,8 @@ final class PolicyLayerRun {
     private var paging: [PagedCacheModel]
 
     private init(label: String, policy: any CachePolicy, data: LayerData, setup: PolicySetup, mode: Mode,
-                 steps: Int, paging pagingMode: PagingMode, blockSize: Int, recordsEvents: Bool, recordsTimeline: Bool) {
+                 steps: Int, paging pagingMode: PagingMode, blockSize: Int, recordsEvents: Bool,
+                 recordsTimeline: Bool) {
         self.label = label
         self.policy = policy
         self.data = data
@@ -117,8 +118,8 @@ final class PolicyLayerRun {
                           recordsEvents: Bool = false, recordsTimeline: Bool = false,
                           logsQuantizations: Bool = false) throws -> PolicyLayerRun {
         let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
-        return try prefilled(policy, label: spec.label, data: data, setup: setup, promptQueries: promptQueries, mode: mode,
-                             steps: steps, paging: paging, blockSize: blockSize, recordsEvents: recordsEvents,
+        return try prefilled(policy, label: spec.label, data: data, setup: setup, promptQueries: promptQueries,
+                             mode: mode, steps: steps, paging: paging, blockSize: blockSize, recordsEvents: recordsEvents,
                              recordsTimeline: recordsTimeline, logsQuantizations: logsQuantizations)
     }
 
@@ -233,8 +234,8 @@ final class PolicyLayerRun {
                 let rows = attention.base + offsets[g * gs]
                 cache.slots[g].withUnsafeBufferPointer { slots in
                     Kernels.scores(queries: queries + g * gs * D, rows: gs, headDim: D,
-                                   keys: K.baseAddress! + data.offset(kvHead: g, position: 0), indices: slots.baseAddress!,
-                                   count: n, scale: h.effectiveSoftmaxScale, out: rows, outStride: n)
+                                   keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
+                                   indices: slots.baseAddress!, count: n, scale: h.effectiveSoftmaxScale, out: rows, outStride: n)
                 }
                 for hh in 0..<gs { Kernels.softmaxFast(rows + hh * n, n) }
             }
@@ -279,7 +280,8 @@ final class PolicyLayerRun {
             residentTokens: Double(residentTokens) / Double(Hkv),
             attendedBytes: attendedBytes, residentBytes: cache.totalBytes(),
             fullBytes: (context.position + 1) * Hkv * h.headDim * 4,
-            blocks: paged.blocks, slotOccupancy: paged.occupancy, pagedBytes: paged.bytes, compactionBytes: compactionBytes,
+            blocks: paged.blocks, slotOccupancy: paged.occupancy, pagedBytes: paged.bytes,
+            compactionBytes: compactionBytes,
             massRecall: fidelity.recallSum / n, massRecallMin: fidelity.recallMin, topKRecall: fidelity.topKSum / n,
             attentionKL: fidelity.klSum / n, outputError: data.values == nil ? nil : fidelity.errorSum / n,
             sparsity: chunk.sparsity[s], evicted: evicted, thought: thought))
@@ -319,7 +321,8 @@ final class PolicyLayerRun {
     /// Computes the attention of kv head g's query heads over its attended slots into
     /// `attention` (rows of the group are contiguous there) and their fidelity against the
     /// reference (`AttentionFidelity`), appending one `HeadMetrics` per query head to `out`.
-    private func measureGroup(_ g: Int, context: StepContext, chunk: ReferenceChunk, s: Int, into out: inout [HeadMetrics]) {
+    private func measureGroup(_ g: Int, context: StepContext, chunk: ReferenceChunk, s: Int,
+                              into out: inout [HeadMetrics]) {
         let h = setup.header
         let gs = h.groupSize, D = h.headDim
         if !type(of: policy).readsAttention && attendsExactFullCache(g, position: context.position) {
@@ -391,9 +394,11 @@ final class PolicyLayerRun {
     /// The group's logits as the policy's cache gives them: over the stored keys when a policy
     /// changed them, else the exact logits.
     @inline(__always)
-    private func policyLogits(_ rows: GroupRows, kvHead g: Int, queries: UnsafePointer<Float>, slots: UnsafePointer<Int32>) {
+    private func policyLogits(_ rows: GroupRows, kvHead g: Int, queries: UnsafePointer<Float>,
+                              slots: UnsafePointer<Int32>) {
         if cache.keysModified {
-            scores(rows.policyBase, kvHead: g, queries: queries, keys: cache.storedKeys!, slots: slots, count: rows.count)
+            scores(rows.policyBase, kvHead: g, queries: queries, keys: cache.storedKeys!, slots: slots,
+                   count: rows.count)
         } else {
             rows.policyBase.update(from: rows.exactBase, count: rows.headCount * rows.count)
         }
@@ -425,7 +430,8 @@ final class PolicyLayerRun {
 
     /// Attention-only layer: the recorded row restricted to the attended set.
     @inline(__always)
-    private func recordedRowFidelity(_ rows: GroupRows, kvHead g: Int, chunk: ReferenceChunk, slots: UnsafePointer<Int32>) {
+    private func recordedRowFidelity(_ rows: GroupRows, kvHead g: Int, chunk: ReferenceChunk,
+                                     slots: UnsafePointer<Int32>) {
         let h = setup.header
         let H = setup.layer.attentionHeads == .keyValue ? h.numKVHeads : h.numQHeads
         chunk.attentionRows.withUnsafeBufferPointer { A in

@@ -72,10 +72,11 @@ enum CacheSparsityClassifier {
                 for (i, lane) in lanes.enumerated() { try reader.readRows(.q, layer: lane.setup.layer.index, rows: rows, into: &queries[i]) }
             }
             let row = t % queryRun
+            func stepQueries(_ all: UnsafeBufferPointer<Float>) -> UnsafeBufferPointer<Float> {
+                UnsafeBufferPointer(rebasing: all[(row * width)..<((row + 1) * width)])
+            }
             for (i, lane) in lanes.enumerated() {
-                queries[i].withUnsafeBufferPointer { all in
-                    lane.beginStep(context(lane, step: t, queries: UnsafeBufferPointer(rebasing: all[(row * width)..<((row + 1) * width)])))
-                }
+                queries[i].withUnsafeBufferPointer { lane.beginStep(context(lane, step: t, queries: stepQueries($0))) }
             }
             // Between the append and the hooks: the step's sparsity over each lane's cache.
             if ThoughtClassifier.isRead(step: t, refreshInterval: tau, window: window, lag: lag) || !profiled.isEmpty {
@@ -83,8 +84,8 @@ enum CacheSparsityClassifier {
                 for (i, lane) in lanes.enumerated() where i < classifierLanes || !profiled.isEmpty {
                     let offset = row * width
                     let sparsity = queries[i].withUnsafeBufferPointer {
-                        scratch.sparsity(of: lane.cache, data: lane.data, queries: $0.baseAddress! + offset, position: p,
-                                         ratio: thresholds.sparsityRatio, gqa: thresholds.gqa)
+                        scratch.sparsity(of: lane.cache, data: lane.data, queries: $0.baseAddress! + offset,
+                                         position: p, ratio: thresholds.sparsityRatio, gqa: thresholds.gqa)
                     }
                     if i < classifierLanes { sum += sparsity }
                     if !profiled.isEmpty { profiled[i].append(sparsity) }
@@ -97,7 +98,7 @@ enum CacheSparsityClassifier {
             log.types.append(current)
             for (i, lane) in lanes.enumerated() {
                 queries[i].withUnsafeBufferPointer { all in
-                    lane.finishStep(context(lane, step: t, queries: UnsafeBufferPointer(rebasing: all[(row * width)..<((row + 1) * width)])))
+                    lane.finishStep(context(lane, step: t, queries: stepQueries(all)))
                 }
             }
         }
@@ -110,7 +111,8 @@ enum CacheSparsityClassifier {
 
     /// Step t of a lane, as the engine builds it, without the full-cache sparsity (there is no
     /// reference here; no policy reads it).
-    private static func context(_ lane: PolicyLayerRun, step t: Int, queries: UnsafeBufferPointer<Float>) -> StepContext {
+    private static func context(_ lane: PolicyLayerRun, step t: Int,
+                                queries: UnsafeBufferPointer<Float>) -> StepContext {
         StepContext(setup: lane.setup, data: lane.data, step: t, position: lane.setup.header.promptLength + t,
                     queries: queries, fullCacheSparsity: .nan)
     }

@@ -141,6 +141,44 @@ enum PolicyConformance {
     }
 }
 
+extension PolicyConformance {
+    /// Every layer of `reader` stepped by `PolicyLayerRun` in its unmeasured mode (as ThinKV's
+    /// cache-sparsity classifier steps its lanes: `beginStep`, then `finishStep` without a
+    /// reference), recording the cache timelines a replay's `--cache-timeline` would write; in
+    /// (layer, kv head) order.
+    static func unmeasuredTimelines(_ spec: PolicySpec, reader: TraceReader) throws -> [CacheTimeline] {
+        let header = reader.header
+        let layers = reader.recordedLayerIndices
+        let prepared = try spec.type.prepare(reader, parameters: spec.parameters, layers: layers)
+        var timelines: [CacheTimeline] = []
+        for (ordinal, layer) in layers.enumerated() {
+            let info = reader.layerInfo(layer)!
+            let data = try LayerData.load(from: reader, layer: layer)
+            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: layers.count,
+                                    prepared: prepared)
+            let P = header.promptLength
+            let hasQueries = info.hasQueriesAndKeys
+            let promptQueries = hasQueries && P > 0 ? try reader.readRows(.q, layer: layer, rows: 0..<P) : nil
+            let run = try PolicyLayerRun.prefilled(spec: spec, data: data, setup: setup, promptQueries: promptQueries,
+                                                   mode: .unmeasured, steps: header.generatedLength,
+                                                   recordsTimeline: true)
+            let queries = hasQueries ? try reader.readRows(.q, layer: layer, rows: P..<header.numTokens) : []
+            let width = header.numQHeads * header.headDim
+            for t in 0..<header.generatedLength {
+                queries.withUnsafeBufferPointer { all in
+                    let row = hasQueries ? UnsafeBufferPointer(rebasing: all[(t * width)..<((t + 1) * width)]) : nil
+                    let context = StepContext(setup: setup, data: data, step: t, position: P + t, queries: row,
+                                              fullCacheSparsity: .nan)
+                    run.beginStep(context)
+                    run.finishStep(context)
+                }
+            }
+            timelines += run.timeline!.timelines(policy: spec.label, layer: layer)
+        }
+        return timelines
+    }
+}
+
 /// What the conformance tests record of a policy instance after prefill and after each step.
 struct ConformanceSnapshot {
     let layer: Int
