@@ -13,6 +13,10 @@ import Foundation
 /// The replay then gives every layer this timeline; on the L* layers it repeats exactly the
 /// same decisions (same types, same caches), so the timeline is the one the policy would have
 /// produced online.
+/// The lanes get what the replay gives a layer (the prompt's queries at prefill, the step's
+/// attention for a policy that reads it); ThinKV reads neither, and its types are those of the
+/// classifier that stepped its instances itself without them (the shipped traces' results are
+/// unchanged bit for bit).
 ///
 /// Sparsity over a cache: each query head's softmax over its kv head's held positions, summed
 /// into one row over the positions any head holds (a position a head does not hold adds 0),
