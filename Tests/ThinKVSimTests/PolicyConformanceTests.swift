@@ -333,18 +333,20 @@ final class PolicyConformanceTests: XCTestCase {
     // MARK: Bytes from the cache timeline
 
     /// At every step and layer, the attended bytes the replay measured equal a recomputation from
-    /// the `--cache-timeline` records alone (`CacheTimeline.recomputedAttendedBytes`), and the
-    /// attended tokens equal the positions the timeline says are seen.
+    /// the `--cache-timeline` lines alone, as written and read back (`CacheTimeline.jsonLine`,
+    /// `recomputedAttendedBytes`): each step's kept sets and precisions. The attended tokens equal
+    /// the positions the timeline says are seen.
     func testAttendedBytesEqualARecomputationFromTheCacheTimeline() throws {
         let findings = Findings()
         var quantizedSteps = 0, evictedSteps = 0
         try forEveryPolicy { type, trace, _, values in
             let label = describe(type, values, trace)
             let replayed = try replay(trace, type, values)
+            let written = try replayed.timelines.map { try CacheTimeline(readingJSONLine: $0.jsonLine) }
             let header = trace.reader.header
             let (P, D) = (header.promptLength, header.headDim)
             for r in replayed.run.steps {
-                let mine = replayed.timelines.filter { $0.layer == r.layer }
+                let mine = written.filter { $0.layer == r.layer }
                 guard mine.count == header.numKVHeads else {
                     findings.add("\(type.name): cache timeline", "\(label) layer \(r.layer): \(mine.count) timelines")
                     continue

@@ -213,6 +213,29 @@ extension TestTraces {
 }
 
 extension CacheTimeline {
+    /// A timeline read back from the JSON line `replay --cache-timeline` writes (`jsonLine`), so
+    /// that a test recomputes from what the file says, not from the records the replay kept.
+    init(readingJSONLine line: String) throws {
+        func bad(_ what: String) -> PolicyError { PolicyError("cache timeline line: \(what): \(line.prefix(200))") }
+        guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              let policy = object["policy"] as? String, let layer = object["layer"] as? Int,
+              let kvHead = object["kv_head"] as? Int, let droppedAt = object["dropped_at"] as? [Int],
+              let groups = object["groups"] as? [[String: Any]] else { throw bad("missing fields") }
+        let parsed = try groups.map { group -> QuantizedGroup in
+            guard let tensor = (group["tensor"] as? String).flatMap(QuantizedGroup.Tensor.init(rawValue:)),
+                  let step = group["step"] as? Int, let positions = group["positions"] as? [Int],
+                  let quantizer = (group["quantizer"] as? String).flatMap(GroupQuantizer.init(name:)) else {
+                throw bad("a group lacks tensor, step, positions or a known quantizer")
+            }
+            // Key groups are per channel over their positions: no channel group is written.
+            let channelGroup = group["channel_group"] as? Int ?? positions.count
+            let scale = (group["channel_scale"] as? [Double])?.map(Float.init)
+            return QuantizedGroup(tensor: tensor, positions: positions.map(Int32.init), quantizer: quantizer,
+                                  channelGroup: channelGroup, step: step, channelScale: scale)
+        }
+        self.init(policy: policy, layer: layer, kvHead: kvHead, droppedAt: droppedAt.map(Int32.init), groups: parsed)
+    }
+
     /// The attended bytes of this kv head at decode step `t`, recomputed from the timeline alone
     /// (docs/end-to-end.md, "The cache timeline"): each attended position's K and V elements at
     /// 16 bits until a quantization of it takes effect, then at the latest one's element width;
