@@ -71,9 +71,11 @@ final class PolicyConformanceTests: XCTestCase {
         return traces
     }
 
-    private func replay(_ trace: SmallTrace, _ spec: PolicySpec, threads: Int) throws -> Replayed {
-        let engine = ReplayEngine(reader: try TraceReader(path: trace.path),
-                                  configuration: ReplayConfiguration(policies: [spec], threads: threads))
+    private func replay(_ trace: SmallTrace, _ spec: PolicySpec, threads: Int,
+                        chunkSteps: Int? = nil) throws -> Replayed {
+        var configuration = ReplayConfiguration(policies: [spec], threads: threads)
+        configuration.chunkSteps = chunkSteps
+        let engine = ReplayEngine(reader: try TraceReader(path: trace.path), configuration: configuration)
         let kept = KeptEventCollector(), timelines = CacheTimelineCollector()
         engine.keptSink = kept
         engine.timelineSink = timelines
@@ -205,17 +207,23 @@ final class PolicyConformanceTests: XCTestCase {
 
     // MARK: Threads and determinism
 
-    /// Every figure the replay reports (each step record, the summary, every metric sample, the
-    /// counters, the notes), the `--kept` events and the `--cache-timeline` records are the
-    /// same, bit for bit, with 1, 2 and 3 threads, and for a second run with 1 thread.
-    func testResultsAreIdenticalForAnyThreadCountAndRepeatable() throws {
+    /// The whole result (each step record, the summary, every metric sample, the counters, the
+    /// notes, the layers, steps, layout and top-k), the `--kept` events and the `--cache-timeline`
+    /// records are the same, bit for bit, with 1, 2 and 3 threads, with reference chunks of 5 and
+    /// 7 steps (several chunks: the logits kept across chunks, the queries read ahead) as with one
+    /// chunk of the whole trace, and for a second run with 1 thread.
+    func testResultsAreIdenticalForAnyThreadCountOrChunkSizeAndRepeatable() throws {
         let findings = Findings()
         try forEveryPolicy(budgets: { _ in [.smallest] }) { type, trace, _, values in
             let label = describe(type, values, trace)
             let spec = try PolicyConformance.spec(type, values)
             let first = try fingerprint(try replay(trace, type, values))
-            for (threads, run) in [(1, "a second run"), (2, "2 threads"), (3, "3 threads")] {
-                let other = try fingerprint(try replay(trace, spec, threads: threads))
+            let variants: [(threads: Int, chunkSteps: Int?, run: String)] = [
+                (1, nil, "a second run"), (2, nil, "2 threads"), (3, 7, "3 threads, chunks of 7 steps"),
+                (1, 5, "chunks of 5 steps"),
+            ]
+            for (threads, chunkSteps, run) in variants {
+                let other = try fingerprint(try replay(trace, spec, threads: threads, chunkSteps: chunkSteps))
                 let differing = (0..<min(first.count, other.count)).first { first[$0].text != other[$0].text }
                     ?? (first.count == other.count ? nil : min(first.count, other.count))
                 if let i = differing {
@@ -238,8 +246,11 @@ final class PolicyConformanceTests: XCTestCase {
         func text<T: Encodable>(_ value: T) throws -> String {
             String(decoding: try encoder.encode(value), as: UTF8.self)
         }
-        let run = replayed.run
+        let run = replayed.run, result = replayed.result
         var parts = try run.steps.map { (what: "step record of layer \($0.layer) step \($0.step)", text: try text($0)) }
+        parts.append(("what was replayed", "layers \(result.layers), \(result.decodeSteps) steps, top-\(result.topK), "
+                          + "paging \(result.paging.rawValue)/\(run.paging.rawValue), "
+                          + "blocks \(result.blockSizes)/\(run.blockSize)"))
         parts.append(("summary", try text(run.summary)))
         parts.append(("metric samples", try text(run.samples)))
         parts.append(("counters", try text(run.counters)))
@@ -262,6 +273,7 @@ final class PolicyConformanceTests: XCTestCase {
     /// Policies that quantize (their timeline logs a quantization) are exempt: rounding changes
     /// attention and output even when nothing is evicted, and their budget may be a memory budget
     /// that quantization, not eviction, meets (PM-KVQ).
+    /// A policy that declares `evictsNothing` and has no budget is held to the same at its settings.
     /// Also, at a budget of exactly the trace's length, where the replay notes that the budget
     /// "keeps everything", no position is dropped.
     func testABudgetCoveringTheTraceGivesTheFullCachesNumbers() throws {
@@ -272,7 +284,8 @@ final class PolicyConformanceTests: XCTestCase {
         ])
         var checked = 0
         let budgets: (any CachePolicy.Type) -> [PolicyConformance.Budget] = {
-            PolicyConformance.declaresBudget($0) ? [.traceLength, .coveringTheTrace] : []
+            PolicyConformance.declaresBudget($0) ? [.traceLength, .coveringTheTrace]
+                : $0.evictsNothing ? [.smallest] : []
         }
         try forEveryPolicy(budgets: budgets) { type, trace, budget, values in
             let label = describe(type, values, trace)
@@ -321,18 +334,20 @@ final class PolicyConformanceTests: XCTestCase {
     // MARK: Bytes from the cache timeline
 
     /// At every step and layer, the attended bytes the replay measured equal a recomputation from
-    /// the `--cache-timeline` records alone (`CacheTimeline.recomputedAttendedBytes`), and the
-    /// attended tokens equal the positions the timeline says are seen.
+    /// the `--cache-timeline` lines alone, as written and read back (`CacheTimeline.jsonLine`,
+    /// `recomputedAttendedBytes`): each step's kept sets and precisions. The attended tokens equal
+    /// the positions the timeline says are seen.
     func testAttendedBytesEqualARecomputationFromTheCacheTimeline() throws {
         let findings = Findings()
         var quantizedSteps = 0, evictedSteps = 0
         try forEveryPolicy { type, trace, _, values in
             let label = describe(type, values, trace)
             let replayed = try replay(trace, type, values)
+            let written = try replayed.timelines.map { try CacheTimeline(readingJSONLine: $0.jsonLine) }
             let header = trace.reader.header
             let (P, D) = (header.promptLength, header.headDim)
             for r in replayed.run.steps {
-                let mine = replayed.timelines.filter { $0.layer == r.layer }
+                let mine = written.filter { $0.layer == r.layer }
                 guard mine.count == header.numKVHeads else {
                     findings.add("\(type.name): cache timeline", "\(label) layer \(r.layer): \(mine.count) timelines")
                     continue
@@ -361,5 +376,63 @@ final class PolicyConformanceTests: XCTestCase {
         // Not vacuous: many steps attend quantized tokens, many follow evictions.
         XCTAssertGreaterThan(quantizedSteps, 500)
         XCTAssertGreaterThan(evictedSteps, 2000)
+    }
+
+    // MARK: Declared capabilities
+
+    /// A policy that declares `evictsNothing` never drops a position: no position leaves its
+    /// attended set (cache timeline) and every step attends and keeps all p + 1 positions.
+    func testAPolicyThatDeclaresItEvictsNothingKeepsEveryPosition() throws {
+        let findings = Findings()
+        var declaring = 0
+        try forEveryPolicy(budgets: { _ in [.smallest] }) { type, trace, _, values in
+            guard type.evictsNothing else { return }
+            declaring += 1
+            let label = describe(type, values, trace)
+            let replayed = try replay(trace, type, values)
+            for timeline in replayed.timelines {
+                if let j = timeline.droppedAt.firstIndex(where: { $0 >= 0 }) {
+                    findings.add("\(type.name): evicts nothing", "\(label) layer \(timeline.layer) head "
+                                     + "\(timeline.kvHead): position \(j) dropped at step \(timeline.droppedAt[j])")
+                }
+            }
+            for r in replayed.run.steps where r.attendedTokens != Double(r.position + 1)
+                || r.residentTokens != Double(r.position + 1) {
+                findings.add("\(type.name): evicts nothing", "\(label) layer \(r.layer) step \(r.step): attends "
+                                 + "\(r.attendedTokens), holds \(r.residentTokens) of \(r.position + 1)")
+            }
+        }
+        findings.report()
+        XCTAssertGreaterThan(declaring, 0, "the full cache declares it")
+    }
+
+    // MARK: One engine
+
+    /// Stepped unmeasured, as ThinKV's cache-sparsity classifier steps its lanes (no reference, no
+    /// metrics, no paging), every policy makes the decisions it makes in a replay: the same
+    /// attended set at every step and the same quantizations (the `--cache-timeline` records).
+    func testUnmeasuredSteppingDecidesAsTheReplay() throws {
+        let findings = Findings()
+        var compared = 0
+        try forEveryPolicy { type, trace, _, values in
+            let label = describe(type, values, trace)
+            let spec = try PolicyConformance.spec(type, values)
+            let unmeasured = try PolicyConformance.unmeasuredTimelines(spec, reader: trace.reader)
+            let replayed = try replay(trace, type, values).timelines
+            guard unmeasured.count == replayed.count else {
+                findings.add("\(type.name): unmeasured timelines", "\(label): \(unmeasured.count) vs \(replayed.count)")
+                return
+            }
+            for (a, b) in zip(unmeasured, replayed) where a != b {
+                let step = a.droppedAt.indices.first { a.droppedAt[$0] != b.droppedAt[$0] }
+                findings.add("\(type.name): unmeasured stepping decides as the replay",
+                             "\(label) layer \(b.layer) head \(b.kvHead): "
+                                 + (step.map { "position \($0) dropped at \(a.droppedAt[$0]), replay "
+                                               + "\(b.droppedAt[$0])" } ?? "quantizations differ"))
+            }
+            compared += 1
+        }
+        findings.report()
+        XCTAssertGreaterThan(compared, PolicyRegistry.all.count)
     }
 }

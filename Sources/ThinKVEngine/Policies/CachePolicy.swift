@@ -30,6 +30,12 @@ public protocol CachePolicy: AnyObject {
     /// engine skip recomputing attention that equals the reference (the complete, unmodified
     /// cache); its view is then left unfilled.
     static var readsAttention: Bool { get }
+    /// Whether every instance keeps every position it is given, at every step (it may still
+    /// quantize them): its attended set is every visible position. The engine then leaves it out
+    /// of the positions whose reference logits it keeps for gathering (they would be all of them).
+    /// A composition declares it from its parts (e.g. true for the full cache under a quantizer).
+    /// The conformance tests hold a policy that declares it to it. Default false.
+    static var evictsNothing: Bool { get }
 
     /// Work done once per replay before any layer, shared by the per-layer instances through
     /// `PolicySetup.prepared` (e.g. ThinKV's thought timeline, which averages the sparsity of
@@ -85,6 +91,7 @@ extension CachePolicy {
     public static var requirements: PolicyRequirements { [] }
     public static var preferredBlockSize: Int { 16 }
     public static var readsAttention: Bool { true }
+    public static var evictsNothing: Bool { false }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
     public static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader,

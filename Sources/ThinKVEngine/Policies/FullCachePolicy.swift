@@ -7,6 +7,7 @@ public final class FullCachePolicy: ConfiguredPolicy {
     public static let summary = "keep every token at 16 bits (the uncompressed cache)"
     public static let parameters: [PolicyParameter] = []
     public static let readsAttention = false
+    public static let evictsNothing = true
     public static func compressionCadence(_ parameters: PolicyParameters) -> String { "never compresses" }
 
     /// No parameters, nothing to check.

@@ -4,8 +4,8 @@ import Foundation
 /// `thinkv-sim serve-policy`, tools/end_to_end --closed-loop). Not a second engine: every layer
 /// is the replay's own `PolicyLayerRun`, started by `PolicyLayerRun.prefilled` and stepped by
 /// `advance(through:)` over a one-step `ReferenceChunk`, so the policy sees the hooks in the
-/// replay's order (prefill; per step: append, `beforeAttention`, attention over its own cache
-/// from the stored keys, `afterAttention`) with the same contexts. The only difference is where
+/// engine's order (`PolicyLayerRun`: prefill; per step: append, `beforeAttention`, attention over
+/// its own cache from the stored keys, `afterAttention`) with the same contexts. The only difference is where
 /// the tensors come from: position p's q, k and v arrive when the model has computed them, and
 /// are written into the layer's `LayerData` before any hook of step p - P runs (the rows of later
 /// positions are zero until then; no policy reads past the current position).
@@ -88,7 +88,7 @@ public final class OnlinePolicyDriver {
         let run: PolicyLayerRun
         do {
             run = try PolicyLayerRun.prefilled(spec: spec, data: data, setup: setup, promptQueries: P > 0 ? queries : nil,
-                                               topK: topK, steps: h.generatedLength, blockSize: spec.type.preferredBlockSize,
+                                               steps: h.generatedLength, blockSize: spec.type.preferredBlockSize,
                                                logsQuantizations: true)
         } catch let error as PolicyError where error.description.contains("prepare") {
             throw PolicyError("\(error.description) (a policy whose preparation reads the whole trace cannot run online)")
@@ -96,10 +96,10 @@ public final class OnlinePolicyDriver {
         let layer = Layer(data: data, reference: reference, scratch: reference.makeScratch(k: topK, count: 1),
                           chunk: ReferenceChunk(numQHeads: h.numQHeads, headDim: D, topK: topK), run: run)
         if let classifier, classifier.reads(layer: l) {
-            let lane = CacheSparsityClassifier.Lane(data: data, setup: setup, policy: run.policy, cache: run.cache)
             run.appendObserver = { cache, context in
                 guard let queries = context.queries?.baseAddress else { return }
-                classifier.measure(layer: l, step: context.step, lane: lane, queries: queries, position: context.position)
+                classifier.measure(layer: l, step: context.step, cache: cache, data: data, queries: queries,
+                                   position: context.position)
             }
         }
         run.attendObserver = { [unowned layer] cache in

@@ -5,12 +5,18 @@ import Foundation
 /// averaged over L*, so the thought types depend on the policy's earlier decisions.
 ///
 /// A replay processes one layer at a time, while a step's type needs every layer of L* at that
-/// step. So `prepare` runs the policy on the layers of L* alone, in lockstep: at each step it
-/// appends the new token to each L* layer's cache, measures the sparsity of the attention over
-/// that cache, decides the type (at refresh steps) and hands it to the policy instances before
-/// their hooks. The replay then gives every layer this timeline; on the L* layers it repeats
-/// exactly the same decisions (same types, same caches), so the timeline is the one the
-/// policy would have produced online.
+/// step. So `prepare` runs the policy on the layers of L* alone, in lockstep, each layer a
+/// `PolicyLayerRun` in its unmeasured mode (the engine's hooks in the engine's order, without a
+/// reference): at each step every lane's `beginStep` appends the new token, the classifier
+/// measures the sparsity of the attention over each lane's cache, decides the type (at refresh
+/// steps) and hands it to the policy instances, then every lane's `finishStep` runs the hooks.
+/// The replay then gives every layer this timeline; on the L* layers it repeats exactly the
+/// same decisions (same types, same caches), so the timeline is the one the policy would have
+/// produced online.
+/// The lanes get what the replay gives a layer (the prompt's queries at prefill, the step's
+/// attention for a policy that reads it); ThinKV reads neither, and its types are those of the
+/// classifier that stepped its instances itself without them (the shipped traces' results are
+/// unchanged bit for bit).
 ///
 /// Sparsity over a cache: each query head's softmax over its kv head's held positions, summed
 /// into one row over the positions any head holds (a position a head does not hold adds 0),
@@ -37,7 +43,9 @@ enum CacheSparsityClassifier {
         }
         let log = ThoughtTypeLog(refreshInterval: thresholds.refreshInterval)
         log.types.reserveCapacity(G)
-        var lanes: [Lane] = []
+        // The lanes are the policy's own layer runs, stepped unmeasured through the engine's
+        // hooks (`PolicyLayerRun`): the same prefill (with the prompt's queries), the same order.
+        var lanes: [PolicyLayerRun] = []
         let classifierLanes = thresholds.layers.count
         let laneLayers = thresholds.layers + profiledLayers.filter { !thresholds.layers.contains($0) }
         for (ordinal, layer) in laneLayers.enumerated() {
@@ -46,11 +54,10 @@ enum CacheSparsityClassifier {
             }
             let data = try LayerData.load(from: reader, layer: layer)
             let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: laneLayers.count, prepared: log)
+            let promptQueries = P > 0 ? try reader.readRows(.q, layer: layer, rows: 0..<P) : nil
             let instance = try policyType.init(parameters: parameters, setup: setup)
-            let cache = LayerCache(data: data)
-            for p in 0..<P { cache.append(position: p) }
-            instance.prefill(PrefillContext(setup: setup, data: data, promptQueries: nil), cache: cache)
-            lanes.append(Lane(data: data, setup: setup, policy: instance, cache: cache))
+            lanes.append(try PolicyLayerRun.prefilled(instance, label: policy, data: data, setup: setup,
+                                                      promptQueries: promptQueries, mode: .unmeasured, steps: G))
         }
 
         let tau = max(1, thresholds.refreshInterval)
@@ -62,24 +69,27 @@ enum CacheSparsityClassifier {
         let queryRun = 256
         var queries: [[Float]] = Array(repeating: [], count: lanes.count)
         let width = header.numQHeads * header.headDim
-        let noAttention: [Float] = []
         for t in 0..<G {
             let p = P + t
             if t % queryRun == 0 {
                 let rows = p..<min(header.numTokens, p + queryRun)
                 for (i, lane) in lanes.enumerated() { try reader.readRows(.q, layer: lane.setup.layer.index, rows: rows, into: &queries[i]) }
             }
-            for lane in lanes {
-                lane.cache.beginStep()
-                lane.cache.append(position: p)
+            let row = t % queryRun
+            func stepQueries(_ all: UnsafeBufferPointer<Float>) -> UnsafeBufferPointer<Float> {
+                UnsafeBufferPointer(rebasing: all[(row * width)..<((row + 1) * width)])
             }
+            for (i, lane) in lanes.enumerated() {
+                queries[i].withUnsafeBufferPointer { lane.beginStep(context(lane, step: t, queries: stepQueries($0))) }
+            }
+            // Between the append and the hooks: the step's sparsity over each lane's cache.
             if ThoughtClassifier.isRead(step: t, refreshInterval: tau, window: window, lag: lag) || !profiled.isEmpty {
                 var sum: Float = 0
                 for (i, lane) in lanes.enumerated() where i < classifierLanes || !profiled.isEmpty {
-                    let offset = (t % queryRun) * width
+                    let offset = row * width
                     let sparsity = queries[i].withUnsafeBufferPointer {
-                        scratch.sparsity(of: lane, queries: $0.baseAddress! + offset, position: p, ratio: thresholds.sparsityRatio,
-                                         gqa: thresholds.gqa)
+                        scratch.sparsity(of: lane.cache, data: lane.data, queries: $0.baseAddress! + offset,
+                                         position: p, ratio: thresholds.sparsityRatio, gqa: thresholds.gqa)
                     }
                     if i < classifierLanes { sum += sparsity }
                     if !profiled.isEmpty { profiled[i].append(sparsity) }
@@ -90,17 +100,9 @@ enum CacheSparsityClassifier {
                 current = decided
             }
             log.types.append(current)
-            noAttention.withUnsafeBufferPointer { empty in
-                let view = AttentionView(storage: empty, offsets: [], counts: [])
-                for (i, lane) in lanes.enumerated() {
-                    queries[i].withUnsafeBufferPointer { all in
-                        let row = t % queryRun
-                        let context = StepContext(setup: lane.setup, data: lane.data, step: t, position: p,
-                                                  queries: UnsafeBufferPointer(rebasing: all[(row * width)..<((row + 1) * width)]),
-                                                  fullCacheSparsity: .nan)
-                        lane.policy.beforeAttention(context, cache: lane.cache)
-                        lane.policy.afterAttention(context, attention: view, cache: lane.cache)
-                    }
+            for (i, lane) in lanes.enumerated() {
+                queries[i].withUnsafeBufferPointer { all in
+                    lane.finishStep(context(lane, step: t, queries: stepQueries(all)))
                 }
             }
         }
@@ -111,12 +113,12 @@ enum CacheSparsityClassifier {
         return (timeline, SparsityProfile(byLayer: byLayer, layers: profiledLayers, gqa: thresholds.gqa))
     }
 
-    /// One layer of L* stepped by the classifier.
-    struct Lane {
-        let data: LayerData
-        let setup: PolicySetup
-        let policy: any CachePolicy
-        let cache: LayerCache
+    /// Step t of a lane, as the engine builds it, without the full-cache sparsity (there is no
+    /// reference here; no policy reads it).
+    private static func context(_ lane: PolicyLayerRun, step t: Int,
+                                queries: UnsafeBufferPointer<Float>) -> StepContext {
+        StepContext(setup: lane.setup, data: lane.data, step: t, position: lane.setup.header.promptLength + t,
+                    queries: queries, fullCacheSparsity: .nan)
     }
 
     /// Buffers reused every step.
@@ -133,11 +135,11 @@ enum CacheSparsityClassifier {
             held = [Bool](repeating: false, count: header.numTokens)
         }
 
-        /// Sparsity of the head-averaged attention of `queries` (`[Hq][D]`) over `lane`'s cache.
-        mutating func sparsity(of lane: Lane, queries: UnsafePointer<Float>, position p: Int, ratio: Float,
-                               gqa: GQASparsity) -> Float {
+        /// Sparsity of the head-averaged attention of `queries` (`[Hq][D]`) over `cache` (of the
+        /// layer whose tensors are `data`).
+        mutating func sparsity(of cache: LayerCache, data: LayerData, queries: UnsafePointer<Float>, position p: Int,
+                               ratio: Float, gqa: GQASparsity) -> Float {
             let h = header, D = h.headDim, gs = h.groupSize
-            let cache = lane.cache
             guard let keys = cache.storedKeys else { return 0 }
             for i in 0...p { row[i] = 0; held[i] = false }
             for g in 0..<h.numKVHeads {
@@ -149,7 +151,7 @@ enum CacheSparsityClassifier {
                     keys.withUnsafeBufferPointer { K in
                         logits.withUnsafeMutableBufferPointer { out in
                             Kernels.scores(queries: queries + g * gs * D, rows: gs, headDim: D,
-                                           keys: K.baseAddress! + lane.data.offset(kvHead: g, position: 0),
+                                           keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
                                            indices: slots.baseAddress!, count: n, scale: h.effectiveSoftmaxScale,
                                            out: out.baseAddress!, outStride: n)
                             switch gqa {

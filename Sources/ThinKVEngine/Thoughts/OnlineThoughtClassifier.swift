@@ -53,7 +53,8 @@ final class OnlineThoughtClassifier {
     /// Measures one L* layer at step `t`: the sparsity of `queries` (`[Hq][D]`) over `cache`
     /// with position `p` just appended, before the policy's pre-attention hook — where the
     /// replay's classifier measures it.
-    func measure(layer: Int, step t: Int, lane: CacheSparsityClassifier.Lane, queries: UnsafePointer<Float>, position p: Int) {
+    func measure(layer: Int, step t: Int, cache: LayerCache, data: LayerData, queries: UnsafePointer<Float>,
+                 position p: Int) {
         guard let index = thresholds.layers.firstIndex(of: layer) else { return }
         let L = thresholds.layers.count
         while measured.count <= t { measured.append([Float](repeating: .nan, count: L)) }
@@ -62,8 +63,8 @@ final class OnlineThoughtClassifier {
             history[t] = 0  // no refresh reads this step; the replay leaves it 0 too
             return
         }
-        measured[t][index] = scratch.sparsity(of: lane, queries: queries, position: p, ratio: thresholds.sparsityRatio,
-                                               gqa: thresholds.gqa)
+        measured[t][index] = scratch.sparsity(of: cache, data: data, queries: queries, position: p,
+                                               ratio: thresholds.sparsityRatio, gqa: thresholds.gqa)
         if !measured[t].contains(where: \.isNaN) {
             // Summed in L* order, as the replay's classifier sums its lanes.
             var sum: Float = 0

@@ -146,6 +146,44 @@ enum PolicyConformance {
     }
 }
 
+extension PolicyConformance {
+    /// Every layer of `reader` stepped by `PolicyLayerRun` in its unmeasured mode (as ThinKV's
+    /// cache-sparsity classifier steps its lanes: `beginStep`, then `finishStep` without a
+    /// reference), recording the cache timelines a replay's `--cache-timeline` would write; in
+    /// (layer, kv head) order.
+    static func unmeasuredTimelines(_ spec: PolicySpec, reader: TraceReader) throws -> [CacheTimeline] {
+        let header = reader.header
+        let layers = reader.recordedLayerIndices
+        let prepared = try spec.type.prepare(reader, parameters: spec.parameters, layers: layers)
+        var timelines: [CacheTimeline] = []
+        for (ordinal, layer) in layers.enumerated() {
+            let info = reader.layerInfo(layer)!
+            let data = try LayerData.load(from: reader, layer: layer)
+            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: layers.count,
+                                    prepared: prepared)
+            let P = header.promptLength
+            let hasQueries = info.hasQueriesAndKeys
+            let promptQueries = hasQueries && P > 0 ? try reader.readRows(.q, layer: layer, rows: 0..<P) : nil
+            let run = try PolicyLayerRun.prefilled(spec: spec, data: data, setup: setup, promptQueries: promptQueries,
+                                                   mode: .unmeasured, steps: header.generatedLength,
+                                                   recordsTimeline: true)
+            let queries = hasQueries ? try reader.readRows(.q, layer: layer, rows: P..<header.numTokens) : []
+            let width = header.numQHeads * header.headDim
+            for t in 0..<header.generatedLength {
+                queries.withUnsafeBufferPointer { all in
+                    let row = hasQueries ? UnsafeBufferPointer(rebasing: all[(t * width)..<((t + 1) * width)]) : nil
+                    let context = StepContext(setup: setup, data: data, step: t, position: P + t, queries: row,
+                                              fullCacheSparsity: .nan)
+                    run.beginStep(context)
+                    run.finishStep(context)
+                }
+            }
+            timelines += run.timeline!.timelines(policy: spec.label, layer: layer)
+        }
+        return timelines
+    }
+}
+
 /// What the conformance tests record of a policy instance after prefill and after each step.
 struct ConformanceSnapshot {
     let layer: Int
@@ -180,6 +218,29 @@ extension TestTraces {
 }
 
 extension CacheTimeline {
+    /// A timeline read back from the JSON line `replay --cache-timeline` writes (`jsonLine`), so
+    /// that a test recomputes from what the file says, not from the records the replay kept.
+    init(readingJSONLine line: String) throws {
+        func bad(_ what: String) -> PolicyError { PolicyError("cache timeline line: \(what): \(line.prefix(200))") }
+        guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              let policy = object["policy"] as? String, let layer = object["layer"] as? Int,
+              let kvHead = object["kv_head"] as? Int, let droppedAt = object["dropped_at"] as? [Int],
+              let groups = object["groups"] as? [[String: Any]] else { throw bad("missing fields") }
+        let parsed = try groups.map { group -> QuantizedGroup in
+            guard let tensor = (group["tensor"] as? String).flatMap(QuantizedGroup.Tensor.init(rawValue:)),
+                  let step = group["step"] as? Int, let positions = group["positions"] as? [Int],
+                  let quantizer = (group["quantizer"] as? String).flatMap(GroupQuantizer.init(name:)) else {
+                throw bad("a group lacks tensor, step, positions or a known quantizer")
+            }
+            // Key groups are per channel over their positions: no channel group is written.
+            let channelGroup = group["channel_group"] as? Int ?? positions.count
+            let scale = (group["channel_scale"] as? [Double])?.map(Float.init)
+            return QuantizedGroup(tensor: tensor, positions: positions.map(Int32.init), quantizer: quantizer,
+                                  channelGroup: channelGroup, step: step, channelScale: scale)
+        }
+        self.init(policy: policy, layer: layer, kvHead: kvHead, droppedAt: droppedAt.map(Int32.init), groups: parsed)
+    }
+
     /// The attended bytes of this kv head at decode step `t`, recomputed from the timeline alone
     /// (docs/end-to-end.md, "The cache timeline"): each attended position's K and V elements at
     /// 16 bits until a quantization of it takes effect, then at the latest one's element width;

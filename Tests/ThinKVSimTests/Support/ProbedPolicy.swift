@@ -61,6 +61,7 @@ final class ProbedPolicy<Probe: PolicyProbe>: CachePolicy {
     static var requirements: PolicyRequirements { Inner.requirements }
     static var preferredBlockSize: Int { Inner.preferredBlockSize }
     static var readsAttention: Bool { Inner.readsAttention }
+    static var evictsNothing: Bool { Inner.evictsNothing }
     static func compressionCadence(_ parameters: PolicyParameters) -> String { Inner.compressionCadence(parameters) }
     static func cadenceParameter(_ parameters: PolicyParameters) -> String? { Inner.cadenceParameter(parameters) }
     static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
