@@ -40,13 +40,15 @@ RECORDER_VENV ?= .venv-recorder
 PYTHON_VENV_KEY := $(shell cat python/requirements-test.txt 2>/dev/null | cksum | cut -d' ' -f1)
 PYTHON_VENV   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/thinkv-sim/python-$(PYTHON_VENV_KEY)
 
-.PHONY: all deps build run test test-slow test-python test-slurm python-venv bench bench-torch sweep clean help recorder-venv test-recorder
+.PHONY: all deps build run format lint test test-slow test-python test-slurm python-venv bench bench-torch sweep clean help recorder-venv test-recorder
 
 all: build
 
 help:
 	@echo "make run    build (release), inspect the synthetic sample, replay both shipped traces through every policy"
 	@echo "make test   build and run the test suite (Swift, then the Python package's)"
+	@echo "make format  reformat the Swift sources with swift-format (.swift-format: 4 spaces, 120 columns)"
+	@echo "make lint   check that the Swift sources are as make format leaves them, no line over 120 columns"
 	@echo "make test-slow  the Swift tests that replay whole traces through the debug build (CI runs both)"
 	@echo "make bench  replay benchmark (release build)"
 	@echo "make bench-torch  PyTorch/NumPy peers of the 8K and 32K full,h2o replays, checked and timed against it"
@@ -86,6 +88,18 @@ test-slow: deps python-venv
 	$(SWIFT) build --build-tests $(SWIFTFLAGS)
 	$(call SWIFT_TEST,slow) --filter '$(SLOW_TESTS)' || { scripts/test-summary.sh .build/xunit-slow.xml; exit 1; }
 	@scripts/test-summary.sh .build/xunit-slow.xml
+
+# The code's layout is swift-format's with .swift-format (4-space indents, 120 columns, no
+# rewriting rules): `make format` applies it, `make lint` checks it, and also that no line is
+# over 120 columns (swift-format leaves long string literals and comments as they are).
+SWIFT_SOURCES = Package.swift Sources Tests
+format:
+	$(SWIFT) format --in-place --recursive --parallel $(SWIFT_SOURCES)
+
+lint:
+	$(SWIFT) format lint --strict --recursive --parallel $(SWIFT_SOURCES)
+	@long=$$(find Sources Tests -name '*.swift' -exec awk 'length > 120 { print FILENAME ":" FNR ": " length " columns" }' {} +); \
+		if [ -n "$$long" ]; then echo "$$long"; echo "lint: lines over 120 columns"; exit 1; fi
 
 # The Python package (python/) against the debug binary just built, figures drawn off-screen.
 # Its environment is cached in $(PYTHON_VENV); a missing package fails the tests, never skips them.
