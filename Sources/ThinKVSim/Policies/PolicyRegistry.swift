@@ -22,8 +22,10 @@ public enum PolicyRegistry {
         ThinKVEvictionOnlyPolicy.self,
     ]
 
+    /// A registered policy, or the type of a composition of registered policies and parts
+    /// (`rkv+tbq`, see `PolicyAlgebra`).
     public static func type(named name: String) -> (any CachePolicy.Type)? {
-        all.first { $0.name == name }
+        all.first { $0.name == name } ?? (PolicyAlgebra.isComposition(name) ? try? PolicyAlgebra.resolve(name).type : nil)
     }
 
     public static var names: [String] { all.map { $0.name } }
@@ -38,6 +40,21 @@ public struct PolicySpec: Hashable, Sendable {
 
     /// Builds a spec from raw `name -> value` strings, validating them against the policy's declared parameters.
     public init(name: String, values: [String: String] = [:]) throws {
+        if PolicyAlgebra.isComposition(name) {
+            // A composition's name may set parameters (`@every-64`): they join the given values.
+            let (type, implied) = try PolicyAlgebra.resolve(name)
+            var merged = values
+            for (key, value) in implied {
+                if let given = values[key], given != value {
+                    throw PolicyError("\(name): --\(key) is set by the name (\(value)), got \(given)")
+                }
+                merged[key] = value
+            }
+            self.name = name
+            self.parameters = try PolicyParameters(policy: name, specs: type.parameters, values: merged)
+            self.unregistered = nil
+            return
+        }
         guard let type = PolicyRegistry.type(named: name) else {
             let hint = Suggestions.closest(to: name, among: PolicyRegistry.names).map { "did you mean \($0)? " } ?? ""
             throw PolicyError("unknown policy '\(name)' (\(hint)known: \(PolicyRegistry.names.joined(separator: ", ")))")
@@ -70,7 +87,8 @@ public struct PolicySpec: Hashable, Sendable {
     /// `h2o(budget=256,recent=64)`: the policy and the parameters given explicitly; a path
     /// (a calibration file) is shortened to its file name, so tables stay readable.
     public var label: String {
-        let given = parameters.given.sorted { $0.key < $1.key }.map { entry -> String in
+        let implied = PolicyAlgebra.impliedValues(name)
+        let given = parameters.given.filter { implied[$0.key] != $0.value }.sorted { $0.key < $1.key }.map { entry -> String in
             let value = entry.value.contains("/") ? URL(fileURLWithPath: entry.value).lastPathComponent : entry.value
             return "\(entry.key)=\(value)"
         }
