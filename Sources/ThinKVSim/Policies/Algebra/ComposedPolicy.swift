@@ -110,9 +110,12 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
         var settings: [String: String] = [:]
         let visible = Set(layout.map(\.declared.name))
         for (key, value) in Base.conformanceSettings where visible.contains(key) { settings[key] = value }
-        for (key, value) in Quantizer.conformanceSettings {
-            if let entry = layout.first(where: { $0.part == .quantizer && $0.original == key }) {
-                settings[entry.declared.name] = value
+        for (part, values) in [(CompositionPart.trigger, Trigger.conformanceSettings),
+                               (.quantizer, Quantizer.conformanceSettings)] {
+            for (key, value) in values {
+                if let entry = layout.first(where: { $0.part == part && $0.original == key }) {
+                    settings[entry.declared.name] = value
+                }
             }
         }
         return settings
@@ -143,7 +146,7 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
     }
 
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
-        guard !overridesTrigger, !pools, let base = try? self.parameters(of: .base, parameters) else { return nil }
+        guard !overridesTrigger, let base = try? self.parameters(of: .base, parameters) else { return nil }
         return Base.cadenceParameter(base)
     }
 

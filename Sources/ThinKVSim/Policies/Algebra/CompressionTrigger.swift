@@ -10,6 +10,8 @@ public protocol CompressionTrigger {
     static var example: String { get }
     static var summary: String { get }
     static var parameters: [PolicyParameter] { get }
+    /// Values for a small test trace (see `CachePolicy.conformanceSettings`).
+    static var conformanceSettings: [String: String] { get }
     /// The parameter values a written trigger sets (`every-64` → every=64), or nil when the
     /// text is not this trigger.
     static func parse(_ text: String) -> [String: String]?
@@ -26,6 +28,7 @@ public protocol CompressionTrigger {
 extension CompressionTrigger {
     public static var parameters: [PolicyParameter] { [] }
     public static var example: String { spelling }
+    public static var conformanceSettings: [String: String] { [:] }
     public static func parse(_ text: String) -> [String: String]? { text == spelling ? [:] : nil }
 }
 
@@ -54,6 +57,7 @@ public struct EveryStepTrigger: CompressionTrigger {
 public struct EveryNTrigger: CompressionTrigger {
     public static let spelling = "every-N"
     public static let example = "every-4"
+    public static let conformanceSettings = ["every": "4"]
     public static let summary = "compress after every N decode steps (kvpress DecodingPress compression_interval)"
     public static let parameters: [PolicyParameter] = [
         .integer("every", min: 1, required: true, help: "N of @every-N: decode steps between compressions (set by the name)"),

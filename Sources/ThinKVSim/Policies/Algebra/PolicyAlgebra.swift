@@ -114,18 +114,21 @@ public enum PolicyAlgebra {
         ComposedPolicy<B, T, Q, A>.self
     }
 
-    /// One composition of every allowed (part, base) pair, from the parts' declarations: each
-    /// trigger over each base it can drive, each quantizer over each base it can join, each
-    /// wrapper over each base it can wrap, and every part at once over the first base that takes
-    /// them all. The conformance tests replay these.
+    /// Compositions that exercise every part, derived from the declarations: each trigger over
+    /// every base it can drive; each quantizer over `full` (nothing evicted), over the first
+    /// base that evicts on its own trigger only and over the first a trigger can drive; each
+    /// wrapper over every base it can wrap; and each trigger with the first quantizer and every
+    /// wrapper over the first base that takes them all. The conformance tests replay these.
     public static var exampleCompositions: [String] {
         var names: [String] = []
         for trigger in triggers { names += triggerableBases.map { "\($0)@\(trigger.example)" } }
-        for quantizer in quantizers { names += quantizableBases.map { "\($0)+\(quantizer.name)" } }
+        let evictingOnly = quantizableBases.first { $0 != FullCachePolicy.name && !triggerableBases.contains($0) }
+        let quantizerBases = [FullCachePolicy.name, evictingOnly, triggerableBases.first(where: quantizableBases.contains)]
+        for quantizer in quantizers { names += quantizerBases.compactMap { $0 }.map { "\($0)+\(quantizer.name)" } }
         for wrapper in wrappers { names += poolableBases.map { "\($0)+\(wrapper.name)" } }
-        if let base = poolableBases.first(where: quantizableBases.contains) {
+        if let base = poolableBases.first(where: quantizableBases.contains), let quantizer = quantizers.first {
             for trigger in triggers {
-                names.append("\(base)@\(trigger.example)+\(quantizers[0].name)" + wrappers.map { "+" + $0.name }.joined())
+                names.append("\(base)@\(trigger.example)+\(quantizer.name)" + wrappers.map { "+" + $0.name }.joined())
             }
         }
         return names
