@@ -79,7 +79,9 @@ extension RKVPolicy: CompressibleNow {
 }
 
 extension SnapKVPolicy: CompressibleNow {
-    public static var ownTriggerParameters: [String] { ["trigger", "divide", "buffer", "interval"] }
+    // kvpress's variant also scores with the min(interval, 256) queries it buffers: `interval`
+    // is not only a trigger, and stays.
+    public static var ownTriggerParameters: [String] { ["trigger", "divide", "buffer"] }
     public var fixedTarget: Int? { budget }
     public func compressionTarget(position: Int) -> Int { budget }
 
