@@ -38,7 +38,7 @@ final class PolicyAlgebraTests: XCTestCase {
             ("rkv+foo", "quantizers: kivi, tbq, uniform; wrappers: adakv"),
             ("kivi+tbq", "kivi quantizes the cache itself"),
             ("h2o+adakv", "it wraps: tova, knorm, keydiff"),
-            ("rkv@sometimes", "triggers: @every-step, @every-N, @on-overflow"),
+            ("rkv@sometimes", "triggers: @every-step, @every-N, @on-overflow, @on-thought"),
             ("rkv+kivi+uniform", "one quantizer at most"),
             ("rkvv+kivi", "did you mean rkv?"),
             ("tova+adakv@every-8", "right after the base policy"),
@@ -61,15 +61,22 @@ final class PolicyAlgebraTests: XCTestCase {
         XCTAssertNil(EveryNTrigger.parse("every-step"))
         XCTAssertEqual(EveryStepTrigger.parse("every-step"), [:])
         let every4 = EveryNTrigger(parameters: try PolicyParameters(policy: "t", specs: EveryNTrigger.parameters,
-                                                                     values: ["every": "4"]))
+                                                                     values: ["every": "4"]), prepared: nil)
         // Decode steps 3 and 7 end the first two runs of 4 generated tokens.
         XCTAssertEqual((0..<10).filter { every4.fires(step: $0, overflow: false) }, [3, 7])
         XCTAssertEqual(every4.stepsBetween, 4)
         let none = try PolicyParameters(policy: "t", specs: [], values: [:])
-        XCTAssertEqual((0..<3).filter { EveryStepTrigger(parameters: none).fires(step: $0, overflow: false) }, [0, 1, 2])
-        let overflow = OverflowTrigger(parameters: none)
+        XCTAssertEqual((0..<3).filter { EveryStepTrigger(parameters: none, prepared: nil).fires(step: $0, overflow: false) }, [0, 1, 2])
+        let overflow = OverflowTrigger(parameters: none, prepared: nil)
         XCTAssertEqual([false, true, false].enumerated().filter { overflow.fires(step: $0.offset, overflow: $0.element) }
             .map { $0.offset }, [1])
+        // Thought types R R E E E T R: new thoughts begin at steps 2, 5 and 6.
+        let types: [ThoughtType] = [.reasoning, .reasoning, .execution, .execution, .execution, .transition, .reasoning]
+        let timeline = ThoughtTimeline(types: types, source: .labels)
+        let onThought = try ThoughtTransitionTrigger(parameters: try PolicyParameters(
+            policy: "t", specs: ThoughtTransitionTrigger.parameters, values: [:]), prepared: timeline)
+        XCTAssertEqual((0..<types.count).filter { onThought.fires(step: $0, overflow: true) }, [2, 5, 6])
+        XCTAssertNil(onThought.stepsBetween)
     }
 
     /// Two heads of four tokens, two per head on average (four in all). Head 1's scores are the

@@ -15,10 +15,11 @@ public struct ComposedParameter: Sendable {
 /// What the composition's `prepare` returns: each part's own result.
 struct ComposedPrepared: Sendable, ReplayNotes {
     let base: (any Sendable)?
+    let trigger: (any Sendable)?
     let quantizer: (any Sendable)?
 
     var replayNotes: [String] {
-        ((base as? ReplayNotes)?.replayNotes ?? []) + ((quantizer as? ReplayNotes)?.replayNotes ?? [])
+        [base, trigger, quantizer].flatMap { ($0 as? ReplayNotes)?.replayNotes ?? [] }
     }
 }
 
@@ -123,18 +124,21 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
 
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
         ComposedPrepared(base: try Base.prepare(reader, parameters: try self.parameters(of: .base, parameters), layers: layers),
+                         trigger: try Trigger.prepare(reader, parameters: try self.parameters(of: .trigger, parameters),
+                                                      layers: layers),
                          quantizer: try Quantizer.prepare(reader, parameters: try self.parameters(of: .quantizer, parameters),
                                                           layers: layers))
     }
 
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? {
-        ComposedPrepared(base: Base.validationPrepared(header: header), quantizer: Quantizer.validationPrepared(header: header))
+        ComposedPrepared(base: Base.validationPrepared(header: header), trigger: Trigger.validationPrepared(header: header),
+                         quantizer: Quantizer.validationPrepared(header: header))
     }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         var lines: [String] = []
         if overridesTrigger, let trigger = try? self.parameters(of: .trigger, parameters) {
-            lines.append(Trigger(parameters: trigger).cadence + "; keeps B per head")
+            lines.append(Trigger.cadence(trigger) + "; keeps B per head")
         } else if let base = try? self.parameters(of: .base, parameters) {
             lines.append(Base.compressionCadence(base))
         }
@@ -172,7 +176,7 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
                         layerCount: setup.layerCount, prepared: value)
         }
         base = try Base(parameters: try Self.parameters(of: .base, parameters), setup: partSetup(prepared?.base))
-        trigger = Trigger(parameters: try Self.parameters(of: .trigger, parameters))
+        trigger = try Trigger(parameters: try Self.parameters(of: .trigger, parameters), prepared: prepared?.trigger)
         quantizer = try Quantizer(parameters: try Self.parameters(of: .quantizer, parameters),
                                   setup: partSetup(prepared?.quantizer))
         alpha = Self.pools ? try Self.parameters(of: .allocation, parameters).double("alpha")! : 0
@@ -195,7 +199,7 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
     public var residentCap: Int? {
         guard let driven else { return base.residentCap }
         guard let target = driven.fixedTarget else { return nil }
-        let steps = Self.overridesTrigger ? trigger.stepsBetween : scorer!.ownCadenceSteps
+        guard let steps = Self.overridesTrigger ? trigger.stepsBetween : scorer!.ownCadenceSteps else { return nil }
         let kept = Self.pools ? target * numKVHeads : target
         return max(promptLength, kept) + steps - 1
     }

@@ -11,7 +11,9 @@ import Foundation
 /// (`CompressibleNow`), Ada-KV one with per-head scores (`PerHeadScoring`), and a quantizer a
 /// base that does not quantize itself. Parameters are the parts' (see `ComposedPolicy`).
 public enum PolicyAlgebra {
-    public static let triggers: [any CompressionTrigger.Type] = [EveryStepTrigger.self, EveryNTrigger.self, OverflowTrigger.self]
+    public static let triggers: [any CompressionTrigger.Type] = [
+        EveryStepTrigger.self, EveryNTrigger.self, OverflowTrigger.self, ThoughtTransitionTrigger.self,
+    ]
     public static let quantizers: [any CacheQuantizer.Type] = [KIVIQuantizer.self, TBQQuantizer.self, UniformQuantizer.self]
     public static let wrappers: [any HeadAllocation.Type] = [AdaKV.self]
 
