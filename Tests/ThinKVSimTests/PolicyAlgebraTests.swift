@@ -53,6 +53,20 @@ final class PolicyAlgebraTests: XCTestCase {
         }
     }
 
+    /// A sweep config names compositions as the command line does, with the same refusals.
+    func testASweepConfigTakesCompositionsAndRefusesImpossibleOnes() throws {
+        let trace = Self.path("traces/sample-synthetic.h5")
+        let base = #""traces": ["\#(trace)"], "output": "o.csv", "parameters": {"budget": [64]}"#
+        let grid = try SweepGrid(config: SweepConfig.decode(
+            Data(#"{\#(base), "policies": ["rkv+kivi", "snapkv@every-8+uniform", "keydiff@every-16"]}"#.utf8), file: "c.json"))
+        XCTAssertFalse(grid.runs.isEmpty)
+        XCTAssertThrowsError(try SweepConfig.decode(Data(#"{\#(base), "policies": ["h2o@every-8"]}"#.utf8), file: "c.json")) {
+            let error = $0 as? SweepConfigError
+            XCTAssertEqual(error?.path, "policies[0].policy")
+            XCTAssertTrue(error?.problem.contains("cannot hand its compression to a trigger") == true, "\($0)")
+        }
+    }
+
     // MARK: Triggers, Ada-KV, a quantizer, by hand
 
     func testTriggersFireOnTheStepsTheirSpellingSays() throws {
@@ -60,8 +74,8 @@ final class PolicyAlgebraTests: XCTestCase {
         XCTAssertNil(EveryNTrigger.parse("every-0"))
         XCTAssertNil(EveryNTrigger.parse("every-step"))
         XCTAssertEqual(EveryStepTrigger.parse("every-step"), [:])
-        let every4 = EveryNTrigger(parameters: try PolicyParameters(policy: "t", specs: EveryNTrigger.parameters,
-                                                                     values: ["every": "4"]), prepared: nil)
+        let every4 = try EveryNTrigger(parameters: try PolicyParameters(policy: "t", specs: EveryNTrigger.parameters,
+                                                                         values: ["every": "4"]), prepared: nil)
         // Decode steps 3 and 7 end the first two runs of 4 generated tokens.
         XCTAssertEqual((0..<10).filter { every4.fires(step: $0, overflow: false) }, [3, 7])
         XCTAssertEqual(every4.stepsBetween, 4)
@@ -170,21 +184,26 @@ final class PolicyAlgebraTests: XCTestCase {
     }
 
     /// The pairs each trace is replayed with: an existing policy and the composition it is.
-    private func equalPairs(budget: Int, interval: Int, calibration: String?) throws -> [(PolicySpec, PolicySpec)] {
+    private func equalPairs(budget: Int, interval: Int, calibration: String?,
+                            withTBQ: Bool = true) throws -> [(PolicySpec, PolicySpec)] {
         let b = String(budget), n = String(interval)
         var tbq: [String: String] = [:]
-        if let calibration { tbq["calibration"] = calibration } else { tbq["thoughts"] = "labels" }
+        // On the shipped traces the classifier reads the full cache's sparsity: the same timeline
+        // for both, without replaying TBQ's own cache over the whole trace first (slow in debug).
+        if let calibration { tbq = ["calibration": calibration, "sparsity-source": "full"] } else { tbq["thoughts"] = "labels" }
         var pairs = [
             (try PolicySpec(name: "kivi"), try PolicySpec(name: "full+kivi")),
             (try PolicySpec(name: "kivi", values: ["k-bits": "4", "residual": "64"]),
              try PolicySpec(name: "full+kivi", values: ["k-bits": "4", "residual": "64"])),
-            (try PolicySpec(name: "thinkv-tbq", values: tbq), try PolicySpec(name: "full+tbq", values: tbq)),
             // kvpress's SnapKV also buffers min(interval, 256) queries to score with: `interval`
             // stays a parameter of the composition.
             (try PolicySpec(name: "snapkv", values: ["snap-variant": "kvpress", "budget": b, "interval": n, "window": "2"]),
              try PolicySpec(name: "snapkv@every-\(n)",
                             values: ["snap-variant": "kvpress", "budget": b, "interval": n, "window": "2"])),
         ]
+        if withTBQ {
+            pairs.append((try PolicySpec(name: "thinkv-tbq", values: tbq), try PolicySpec(name: "full+tbq", values: tbq)))
+        }
         for scorer in PolicyAlgebra.poolableBases {
             pairs.append((try PolicySpec(name: scorer, values: ["budget": b, "interval": n]),
                           try PolicySpec(name: "\(scorer)@every-\(n)", values: ["budget": b])))
@@ -209,15 +228,16 @@ final class PolicyAlgebraTests: XCTestCase {
         }
     }
 
-    /// The shipped traces, first recorded layer, 384 decode steps, ThinKV with its shipped
-    /// calibration.
+    /// The shipped traces, first recorded layer, 128 decode steps, ThinKV with its shipped
+    /// calibration. TBQ's timeline reads every step of the thought layers: on the synthetic
+    /// sample only (on SmolLM2's 30 layers it would take minutes in a debug build).
     func testExistingPoliciesEqualTheirCompositionsOnTheShippedTraces() throws {
-        for (trace, calibration) in [("traces/sample-synthetic.h5", "configs/thinkv-synthetic.json"),
-                                     ("traces/smollm2-135m-math.h5", "configs/thinkv-smollm2-135m.json")] {
+        for (trace, calibration, withTBQ) in [("traces/sample-synthetic.h5", "configs/thinkv-synthetic.json", true),
+                                              ("traces/smollm2-135m-math.h5", "configs/thinkv-smollm2-135m.json", false)] {
             let path = Self.path(trace)
             let first = try TraceReader(path: path).recordedLayerIndices[0]
-            for (a, b) in try equalPairs(budget: 96, interval: 32, calibration: Self.path(calibration)) {
-                try assertSameOutputs(path, a, b, layers: [first], maxSteps: 384)
+            for (a, b) in try equalPairs(budget: 96, interval: 32, calibration: Self.path(calibration), withTBQ: withTBQ) {
+                try assertSameOutputs(path, a, b, layers: [first], maxSteps: 128)
             }
         }
     }

@@ -69,7 +69,8 @@ public struct EveryNTrigger: CompressionTrigger {
     public static let conformanceSettings = ["every": "4"]
     public static let summary = "compress after every N decode steps (kvpress DecodingPress compression_interval)"
     public static let parameters: [PolicyParameter] = [
-        .integer("every", min: 1, required: true, help: "N of @every-N: decode steps between compressions (set by the name)"),
+        // Set by the name (`@every-64`), hence not required of a config or a command line.
+        .integer("every", min: 1, help: "N of @every-N: decode steps between compressions (set by the name)"),
     ]
 
     public static func parse(_ text: String) -> [String: String]? {
@@ -78,11 +79,14 @@ public struct EveryNTrigger: CompressionTrigger {
     }
 
     public let interval: Int
-    public init(parameters: PolicyParameters, prepared: (any Sendable)?) { interval = parameters.int("every")! }
+    public init(parameters: PolicyParameters, prepared: (any Sendable)?) throws {
+        guard let interval = parameters.int("every") else { throw PolicyError("@every-N: write N, e.g. @every-64") }
+        self.interval = interval
+    }
     public func fires(step: Int, overflow: Bool) -> Bool { CompressionSchedule.everyNFires(step: step, interval: interval) }
     public var stepsBetween: Int? { interval }
     public static func cadence(_ parameters: PolicyParameters) -> String {
-        let n = parameters.int("every")!
+        let n = parameters.int("every").map(String.init) ?? "N"
         return "every \(n) decode steps (@every-\(n))"
     }
 }

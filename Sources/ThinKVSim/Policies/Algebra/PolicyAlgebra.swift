@@ -140,7 +140,7 @@ public enum PolicyAlgebra {
     public static var partsListing: [String] {
         func parameterLines(_ parameters: [PolicyParameter]) -> [String] {
             parameters.map { p in
-                "        --\(p.name)  (\(p.required ? "set by the name" : "default \(p.defaultValue ?? "auto")")): \(p.help)"
+                "        --\(p.name)  (default \(p.defaultValue ?? "auto")): \(p.help)"
             }
         }
         var lines = ["Compositions: BASE[@TRIGGER][+QUANTIZER][+WRAPPER], e.g. rkv+tbq, snapkv@every-8+kivi, tova+adakv.",
