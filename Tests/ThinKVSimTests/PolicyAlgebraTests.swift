@@ -57,10 +57,11 @@ final class PolicyAlgebraTests: XCTestCase {
     func testASweepConfigTakesCompositionsAndRefusesImpossibleOnes() throws {
         let trace = Self.path("traces/sample-synthetic.h5")
         let base = #""traces": ["\#(trace)"], "output": "o.csv", "parameters": {"budget": [64]}"#
-        let grid = try SweepGrid(config: SweepConfig.decode(
-            Data(#"{\#(base), "policies": ["rkv+kivi", "snapkv@every-8+uniform", "keydiff@every-16"]}"#.utf8), file: "c.json"))
+        let policies = #""policies": ["rkv+kivi", "snapkv@every-8+uniform", "keydiff@every-16"]"#
+        let grid = try SweepGrid(config: SweepConfig.decode(Data("{\(base), \(policies)}".utf8), file: "c.json"))
         XCTAssertFalse(grid.runs.isEmpty)
-        XCTAssertThrowsError(try SweepConfig.decode(Data(#"{\#(base), "policies": ["h2o@every-8"]}"#.utf8), file: "c.json")) {
+        let refused = Data(#"{\#(base), "policies": ["h2o@every-8"]}"#.utf8)
+        XCTAssertThrowsError(try SweepConfig.decode(refused, file: "c.json")) {
             let error = $0 as? SweepConfigError
             XCTAssertEqual(error?.path, "policies[0].policy")
             XCTAssertTrue(error?.problem.contains("cannot hand its compression to a trigger") == true, "\($0)")
@@ -80,10 +81,11 @@ final class PolicyAlgebraTests: XCTestCase {
         XCTAssertEqual((0..<10).filter { every4.fires(step: $0, overflow: false) }, [3, 7])
         XCTAssertEqual(every4.stepsBetween, 4)
         let none = try PolicyParameters(policy: "t", specs: [], values: [:])
-        XCTAssertEqual((0..<3).filter { EveryStepTrigger(parameters: none, prepared: nil).fires(step: $0, overflow: false) }, [0, 1, 2])
+        let everyStep = EveryStepTrigger(parameters: none, prepared: nil)
+        XCTAssertEqual((0..<3).filter { everyStep.fires(step: $0, overflow: false) }, [0, 1, 2])
         let overflow = OverflowTrigger(parameters: none, prepared: nil)
-        XCTAssertEqual([false, true, false].enumerated().filter { overflow.fires(step: $0.offset, overflow: $0.element) }
-            .map { $0.offset }, [1])
+        let overflowing = [false, true, false]
+        XCTAssertEqual(overflowing.indices.filter { overflow.fires(step: $0, overflow: overflowing[$0]) }, [1])
         // Thought types R R E E E T R: new thoughts begin at steps 2, 5 and 6.
         let types: [ThoughtType] = [.reasoning, .reasoning, .execution, .execution, .execution, .transition, .reasoning]
         let timeline = ThoughtTimeline(types: types, source: .labels)
@@ -152,7 +154,9 @@ final class PolicyAlgebraTests: XCTestCase {
         encoder.outputFormatting = .sortedKeys
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf",
                                                                       nan: "nan")
-        func text<T: Encodable>(_ value: T) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
+        func text<T: Encodable>(_ value: T) throws -> String {
+            String(decoding: try encoder.encode(value), as: UTF8.self)
+        }
         var parts = try run.steps.map { (what: "step record of layer \($0.layer) step \($0.step)", text: try text($0)) }
         parts.append(("metric samples", try text(run.samples)))
         parts.append(("counters", try text(run.counters)))
@@ -190,19 +194,23 @@ final class PolicyAlgebraTests: XCTestCase {
         var tbq: [String: String] = [:]
         // On the shipped traces the classifier reads the full cache's sparsity: the same timeline
         // for both, without replaying TBQ's own cache over the whole trace first (slow in debug).
-        if let calibration { tbq = ["calibration": calibration, "sparsity-source": "full"] } else { tbq["thoughts"] = "labels" }
+        if let calibration {
+            tbq = ["calibration": calibration, "sparsity-source": "full"]
+        } else {
+            tbq["thoughts"] = "labels"
+        }
+        let snap = ["snap-variant": "kvpress", "budget": b, "interval": n, "window": "2"]
         var pairs = [
             (try PolicySpec(name: "kivi"), try PolicySpec(name: "full+kivi")),
             (try PolicySpec(name: "kivi", values: ["k-bits": "4", "residual": "64"]),
              try PolicySpec(name: "full+kivi", values: ["k-bits": "4", "residual": "64"])),
             // kvpress's SnapKV also buffers min(interval, 256) queries to score with: `interval`
             // stays a parameter of the composition.
-            (try PolicySpec(name: "snapkv", values: ["snap-variant": "kvpress", "budget": b, "interval": n, "window": "2"]),
-             try PolicySpec(name: "snapkv@every-\(n)",
-                            values: ["snap-variant": "kvpress", "budget": b, "interval": n, "window": "2"])),
+            (try PolicySpec(name: "snapkv", values: snap), try PolicySpec(name: "snapkv@every-\(n)", values: snap)),
         ]
         if withTBQ {
-            pairs.append((try PolicySpec(name: "thinkv-tbq", values: tbq), try PolicySpec(name: "full+tbq", values: tbq)))
+            pairs.append((try PolicySpec(name: "thinkv-tbq", values: tbq),
+                          try PolicySpec(name: "full+tbq", values: tbq)))
         }
         for scorer in PolicyAlgebra.poolableBases {
             pairs.append((try PolicySpec(name: scorer, values: ["budget": b, "interval": n]),
@@ -232,11 +240,13 @@ final class PolicyAlgebraTests: XCTestCase {
     /// calibration. TBQ's timeline reads every step of the thought layers: on the synthetic
     /// sample only (on SmolLM2's 30 layers it would take minutes in a debug build).
     func testExistingPoliciesEqualTheirCompositionsOnTheShippedTraces() throws {
-        for (trace, calibration, withTBQ) in [("traces/sample-synthetic.h5", "configs/thinkv-synthetic.json", true),
-                                              ("traces/smollm2-135m-math.h5", "configs/thinkv-smollm2-135m.json", false)] {
+        let traces = [("traces/sample-synthetic.h5", "configs/thinkv-synthetic.json", true),
+                      ("traces/smollm2-135m-math.h5", "configs/thinkv-smollm2-135m.json", false)]
+        for (trace, calibration, withTBQ) in traces {
             let path = Self.path(trace)
             let first = try TraceReader(path: path).recordedLayerIndices[0]
-            for (a, b) in try equalPairs(budget: 96, interval: 32, calibration: Self.path(calibration), withTBQ: withTBQ) {
+            let pairs = try equalPairs(budget: 96, interval: 32, calibration: Self.path(calibration), withTBQ: withTBQ)
+            for (a, b) in pairs {
                 try assertSameOutputs(path, a, b, layers: [first], maxSteps: 128)
             }
         }

@@ -25,7 +25,8 @@ public enum PolicyRegistry {
     /// A registered policy, or the type of a composition of registered policies and parts
     /// (`rkv+tbq`, see `PolicyAlgebra`).
     public static func type(named name: String) -> (any CachePolicy.Type)? {
-        all.first { $0.name == name } ?? (PolicyAlgebra.isComposition(name) ? try? PolicyAlgebra.resolve(name).type : nil)
+        if let registered = all.first(where: { $0.name == name }) { return registered }
+        return PolicyAlgebra.isComposition(name) ? try? PolicyAlgebra.resolve(name).type : nil
     }
 
     public static var names: [String] { all.map { $0.name } }
@@ -88,7 +89,8 @@ public struct PolicySpec: Hashable, Sendable {
     /// (a calibration file) is shortened to its file name, so tables stay readable.
     public var label: String {
         let implied = PolicyAlgebra.impliedValues(name)
-        let given = parameters.given.filter { implied[$0.key] != $0.value }.sorted { $0.key < $1.key }.map { entry -> String in
+        let shown = parameters.given.filter { implied[$0.key] != $0.value }
+        let given = shown.sorted { $0.key < $1.key }.map { entry -> String in
             let value = entry.value.contains("/") ? URL(fileURLWithPath: entry.value).lastPathComponent : entry.value
             return "\(entry.key)=\(value)"
         }

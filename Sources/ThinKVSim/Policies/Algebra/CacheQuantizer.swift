@@ -29,7 +29,8 @@ extension CacheQuantizer {
     public static var requirements: PolicyRequirements { [] }
     public static var preferredBlockSize: Int? { nil }
     public static var conformanceSettings: [String: String] { [:] }
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
+                               layers: [Int]) throws -> (any Sendable)? {
         nil
     }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }

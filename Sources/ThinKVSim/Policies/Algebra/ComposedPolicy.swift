@@ -47,8 +47,8 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
     static var pools: Bool { Allocation.self == AdaKV.self }
 
     public static var name: String {
-        Base.name + (overridesTrigger ? "@" + Trigger.spelling : "") + (Quantizer.name.isEmpty ? "" : "+" + Quantizer.name)
-            + (Allocation.name.isEmpty ? "" : "+" + Allocation.name)
+        Base.name + (overridesTrigger ? "@" + Trigger.spelling : "")
+            + (Quantizer.name.isEmpty ? "" : "+" + Quantizer.name) + (Allocation.name.isEmpty ? "" : "+" + Allocation.name)
     }
 
     public static var summary: String {
@@ -77,7 +77,8 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
             for p in parameters {
                 let name = taken.contains(p.name) ? "\(prefix)-\(p.name)" : p.name
                 taken.insert(name)
-                let declared = PolicyParameter(name, p.kind, default: p.defaultValue, required: p.required, help: p.help)
+                let declared = PolicyParameter(name, p.kind, default: p.defaultValue, required: p.required,
+                                               help: p.help)
                 out.append(ComposedParameter(declared: declared, part: part, original: p.name))
             }
         }
@@ -122,16 +123,18 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
         return settings
     }
 
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
-        ComposedPrepared(base: try Base.prepare(reader, parameters: try self.parameters(of: .base, parameters), layers: layers),
-                         trigger: try Trigger.prepare(reader, parameters: try self.parameters(of: .trigger, parameters),
-                                                      layers: layers),
-                         quantizer: try Quantizer.prepare(reader, parameters: try self.parameters(of: .quantizer, parameters),
-                                                          layers: layers))
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
+                               layers: [Int]) throws -> (any Sendable)? {
+        ComposedPrepared(
+            base: try Base.prepare(reader, parameters: try self.parameters(of: .base, parameters), layers: layers),
+            trigger: try Trigger.prepare(reader, parameters: try self.parameters(of: .trigger, parameters), layers: layers),
+            quantizer: try Quantizer.prepare(reader, parameters: try self.parameters(of: .quantizer, parameters),
+                                             layers: layers))
     }
 
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? {
-        ComposedPrepared(base: Base.validationPrepared(header: header), trigger: Trigger.validationPrepared(header: header),
+        ComposedPrepared(base: Base.validationPrepared(header: header),
+                         trigger: Trigger.validationPrepared(header: header),
                          quantizer: Quantizer.validationPrepared(header: header))
     }
 
@@ -221,7 +224,8 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
             let target = driven.compressionTarget(position: context.position)
             let fires: Bool
             if Self.overridesTrigger {
-                let overflow = Self.pools ? before.reduce(0, +) > target * before.count : before.contains { $0 > target }
+                let overflow = Self.pools ? before.reduce(0, +) > target * before.count
+                    : before.contains { $0 > target }
                 fires = trigger.fires(step: context.step, overflow: overflow)
             } else {
                 fires = scorer!.ownCadenceFires(context)

@@ -60,7 +60,8 @@ extension DecodingPress: PerHeadScoring {
     public var ownCadenceSteps: Int { schedule.interval }
 
     public func headScores(_ context: StepContext, kvHead: Int, slots: [Int32]) -> [Double]? {
-        if Scorer.requirements.contains(.queriesAndKeys) && (context.data.keys == nil || context.queries == nil) { return nil }
+        let needsKeys = Scorer.requirements.contains(.queriesAndKeys)
+        if needsKeys && (context.data.keys == nil || context.queries == nil) { return nil }
         if Scorer.requirements.contains(.values) && context.data.values == nil { return nil }
         return Scorer.scores(context, kvHead: kvHead, slots: slots, dtype: schedule.dtype)
     }

@@ -35,7 +35,8 @@ extension CompressionTrigger {
     public static var example: String { spelling }
     public static var conformanceSettings: [String: String] { [:] }
     public static func parse(_ text: String) -> [String: String]? { text == spelling ? [:] : nil }
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
+                               layers: [Int]) throws -> (any Sendable)? {
         nil
     }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
@@ -83,7 +84,9 @@ public struct EveryNTrigger: CompressionTrigger {
         guard let interval = parameters.int("every") else { throw PolicyError("@every-N: write N, e.g. @every-64") }
         self.interval = interval
     }
-    public func fires(step: Int, overflow: Bool) -> Bool { CompressionSchedule.everyNFires(step: step, interval: interval) }
+    public func fires(step: Int, overflow: Bool) -> Bool {
+        CompressionSchedule.everyNFires(step: step, interval: interval)
+    }
     public var stepsBetween: Int? { interval }
     public static func cadence(_ parameters: PolicyParameters) -> String {
         let n = parameters.int("every").map(String.init) ?? "N"
@@ -125,7 +128,8 @@ public struct ThoughtTransitionTrigger: CompressionTrigger {
                              values: parameters.given)
     }
 
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
+                               layers: [Int]) throws -> (any Sendable)? {
         try ThinKVQuantizationOnlyPolicy.prepare(reader, parameters: try timelineParameters(parameters), layers: layers)
     }
 

@@ -34,7 +34,8 @@ public final class KIVIQuantizer: CacheQuantizer {
         groupSize = parameters.int("group")!
         residual = parameters.int("residual")!
         guard residual % groupSize == 0 else {
-            throw PolicyError("kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), as KIVI asserts")
+            throw PolicyError("kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), "
+                              + "as KIVI asserts")
         }
         let format = QuantFormat(rawValue: parameters.string("format")!)!
         do {
@@ -73,8 +74,8 @@ public final class KIVIQuantizer: CacheQuantizer {
             var start = 0
             while start < positions.count {
                 let group = Array(positions[start..<min(start + groupSize, positions.count)])
-                let groupBits = KVGrouping.quantizeKeysPerChannel(cache, kvHead: h, positions: group, groupSize: groupSize,
-                                                                  quantizer: keyQuantizer)
+                let groupBits = KVGrouping.quantizeKeysPerChannel(cache, kvHead: h, positions: group,
+                                                                  groupSize: groupSize, quantizer: keyQuantizer)
                 for p in group { keyGroupOf[h][p] = Int32(keyGroupBits[h].count) }
                 keyGroupBits[h].append(groupBits)
                 bits += groupBits

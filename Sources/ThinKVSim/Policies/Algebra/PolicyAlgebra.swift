@@ -14,7 +14,9 @@ public enum PolicyAlgebra {
     public static let triggers: [any CompressionTrigger.Type] = [
         EveryStepTrigger.self, EveryNTrigger.self, OverflowTrigger.self, ThoughtTransitionTrigger.self,
     ]
-    public static let quantizers: [any CacheQuantizer.Type] = [KIVIQuantizer.self, TBQQuantizer.self, UniformQuantizer.self]
+    public static let quantizers: [any CacheQuantizer.Type] = [
+        KIVIQuantizer.self, TBQQuantizer.self, UniformQuantizer.self,
+    ]
     public static let wrappers: [any HeadAllocation.Type] = [AdaKV.self]
 
     /// True for a name written as a composition.
@@ -24,7 +26,8 @@ public enum PolicyAlgebra {
     public static var triggerableBases: [String] { PolicyRegistry.all.filter(isCompressible).map { $0.name } }
     public static var poolableBases: [String] { PolicyRegistry.all.filter(scoresPerHead).map { $0.name } }
     public static var quantizableBases: [String] {
-        PolicyRegistry.all.filter { (($0 as? any SelfQuantizing.Type)?.quantizesCache ?? false) == false }.map { $0.name }
+        PolicyRegistry.all.filter { (($0 as? any SelfQuantizing.Type)?.quantizesCache ?? false) == false }
+            .map { $0.name }
     }
 
     /// The policy type of a composition and the parameter values its name sets
@@ -42,14 +45,16 @@ public enum PolicyAlgebra {
         }
         let baseName = head[0]
         guard let base = PolicyRegistry.all.first(where: { $0.name == baseName }) else {
-            let hint = Suggestions.closest(to: baseName, among: PolicyRegistry.names).map { "did you mean \($0)? " } ?? ""
-            throw bad("unknown base policy '\(baseName)' (\(hint)known: \(PolicyRegistry.names.joined(separator: ", ")))")
+            let known = PolicyRegistry.names
+            let hint = Suggestions.closest(to: baseName, among: known).map { "did you mean \($0)? " } ?? ""
+            throw bad("unknown base policy '\(baseName)' (\(hint)known: \(known.joined(separator: ", ")))")
         }
         var trigger: any CompressionTrigger.Type = BaseTrigger.self
         var implied: [String: String] = [:]
         if head.count == 2 {
             guard let match = triggers.lazy.compactMap({ t in t.parse(head[1]).map { (t, $0) } }).first else {
-                throw bad("unknown trigger '@\(head[1])' (triggers: \(triggers.map { "@" + $0.spelling }.joined(separator: ", ")))")
+                let known = triggers.map { "@" + $0.spelling }.joined(separator: ", ")
+                throw bad("unknown trigger '@\(head[1])' (triggers: \(known))")
             }
             guard isCompressible(base) else {
                 throw bad("\(baseName) cannot hand its compression to a trigger "
@@ -77,7 +82,8 @@ public enum PolicyAlgebra {
             } else {
                 let known = quantizers.map { $0.name } + wrappers.map { $0.name }
                 let hint = Suggestions.closest(to: part, among: known).map { "did you mean \($0)? " } ?? ""
-                throw bad("unknown part '+\(part)' (\(hint)quantizers: \(quantizers.map { $0.name }.joined(separator: ", ")); "
+                let quantizerNames = quantizers.map { $0.name }.joined(separator: ", ")
+                throw bad("unknown part '+\(part)' (\(hint)quantizers: \(quantizerNames); "
                           + "wrappers: \(wrappers.map { $0.name }.joined(separator: ", ")))")
             }
         }
@@ -125,7 +131,8 @@ public enum PolicyAlgebra {
         var names: [String] = []
         for trigger in triggers { names += triggerableBases.map { "\($0)@\(trigger.example)" } }
         let evictingOnly = quantizableBases.first { $0 != FullCachePolicy.name && !triggerableBases.contains($0) }
-        let quantizerBases = [FullCachePolicy.name, evictingOnly, triggerableBases.first(where: quantizableBases.contains)]
+        let triggerable = triggerableBases.first(where: quantizableBases.contains)
+        let quantizerBases = [FullCachePolicy.name, evictingOnly, triggerable]
         for quantizer in quantizers { names += quantizerBases.compactMap { $0 }.map { "\($0)+\(quantizer.name)" } }
         for wrapper in wrappers { names += poolableBases.map { "\($0)+\(wrapper.name)" } }
         if let base = poolableBases.first(where: quantizableBases.contains), let quantizer = quantizers.first {
@@ -143,7 +150,8 @@ public enum PolicyAlgebra {
                 "        --\(p.name)  (default \(p.defaultValue ?? "auto")): \(p.help)"
             }
         }
-        var lines = ["Compositions: BASE[@TRIGGER][+QUANTIZER][+WRAPPER], e.g. rkv+tbq, snapkv@every-8+kivi, tova+adakv.",
+        var lines = ["Compositions: BASE[@TRIGGER][+QUANTIZER][+WRAPPER], e.g. rkv+tbq, snapkv@every-8+kivi, "
+                     + "tova+adakv.",
                      "A composition takes its parts' parameters; a part's parameter whose name is taken is renamed",
                      "PART-NAME (e.g. kivi-group). Parameters per item as usual: rkv+tbq:budget=128.", "",
                      "Triggers (replace the base's own; bases: \(triggerableBases.joined(separator: ", "))):"]
@@ -151,7 +159,8 @@ public enum PolicyAlgebra {
             lines.append("    @\(t.spelling): \(t.summary)")
             lines += parameterLines(t.parameters)
         }
-        lines += ["", "Quantizers (bases that do not quantize themselves: \(quantizableBases.joined(separator: ", "))):"]
+        let quantizable = quantizableBases.joined(separator: ", ")
+        lines += ["", "Quantizers (bases that do not quantize themselves: \(quantizable)):"]
         for q in quantizers {
             lines.append("    +\(q.name): \(q.summary)")
             lines.append("        parameters: \(q.parameters.map { "--" + $0.name }.joined(separator: " "))")

@@ -7,18 +7,21 @@ import Foundation
 /// (`ThoughtGroupQuantizer.reconcile`). Over `full` nothing is evicted: `full+tbq` ≡ `thinkv-tbq`.
 public final class TBQQuantizer: CacheQuantizer {
     public static let name = "tbq"
-    public static let summary = "ThinKV TBQ: each decoded token at its thought type's precision (thinkv-tbq's quantization)"
+    public static let summary =
+        "ThinKV TBQ: each decoded token at its thought type's precision (thinkv-tbq's quantization)"
     public static var parameters: [PolicyParameter] { ThinKVQuantizationOnlyPolicy.parameters }
     public static var preferredBlockSize: Int? { ThinKVQuantizationOnlyPolicy.preferredBlockSize }
     public static var conformanceSettings: [String: String] { ThinKVQuantizationOnlyPolicy.conformanceSettings }
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
+                               layers: [Int]) throws -> (any Sendable)? {
         try ThinKVQuantizationOnlyPolicy.prepare(reader, parameters: parameters, layers: layers)
     }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? {
         ThinKVQuantizationOnlyPolicy.validationPrepared(header: header)
     }
     public static func cadence(_ parameters: PolicyParameters) -> String {
-        "decoded tokens at R/E/T = \(parameters.int("r-bits")!)/\(parameters.int("e-bits")!)/\(parameters.int("t-bits")!) bits (TBQ)"
+        let bits = ["r-bits", "e-bits", "t-bits"].map { String(parameters.int($0)!) }.joined(separator: "/")
+        return "decoded tokens at R/E/T = \(bits) bits (TBQ)"
     }
 
     let policy: ThinKVQuantizationOnlyPolicy
