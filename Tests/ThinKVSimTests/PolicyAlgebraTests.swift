@@ -129,6 +129,26 @@ final class PolicyAlgebraTests: XCTestCase {
         XCTAssertEqual(bytes, (0..<(T - P)).map { 12 * (P + $0) + 16 })
     }
 
+    /// `streaming+kivi` (B = 4, one sink; KIVI at 4 bits, G = R = 2) on one kv head with D = 2:
+    /// a 16-bit token's K+V is 8 bytes, a quantized key or value 1 byte, a key group's scales
+    /// D × 4 = 8 bytes, a value's 4. Prefill quantizes keys 0-3 (groups {0,1}, {2,3}) and values
+    /// 0-1. Each step StreamingLLM drops the oldest non-sink token; KIVI then frees a value's
+    /// scales with it, a key group's once no member is held, and quantizes on:
+    /// step 0 attends 0-4: keys 4·1 + 4, values 2·1 + 3·4, scales 16 + 8: 46 bytes;
+    /// step 1 attends 0,2-5: keys 3 + 8, values 2 + 12, scales 16 + 8 (value 2 in, value 1 out): 49;
+    /// step 2 attends 0,3-6: keys 4 + 4 (group {4,5} in), values 2 + 12, scales 24 + 8: 54;
+    /// step 3 attends 0,4-7: keys 3 + 8, values 2 + 12, scales 16 ({2,3} out) + 8: 49.
+    func testKIVIOnAnEvictingBaseFreesTheScalesOfTokensThatLeave() throws {
+        let (T, P, D) = (8, 4, 2)
+        let dir = try temporaryDirectory()
+        let layer = TestTraces.randomLayer(T: T, Hq: 1, Hkv: 1, D: D, seed: 11)
+        let path = try TestTraces.write(to: dir.appendingPathComponent("k.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
+                                        layers: [layer])
+        let values = ["budget": "4", "sinks": "1", "k-bits": "4", "v-bits": "4", "group": "2", "residual": "2"]
+        let (result, _) = try TestTraces.replay(path, [try PolicySpec(name: "streaming+kivi", values: values)])
+        XCTAssertEqual(result.runs[0].steps.map { $0.attendedBytes }, [46, 49, 54, 49])
+    }
+
     // MARK: Existing policies as compositions
 
     private func temporaryDirectory() throws -> URL {
