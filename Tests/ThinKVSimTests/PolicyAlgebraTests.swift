@@ -53,6 +53,24 @@ final class PolicyAlgebraTests: XCTestCase {
         }
     }
 
+    /// From the command line: exit 2 and one line before anything is replayed, and
+    /// `thinkv-sim policies` lists every part with the bases it takes.
+    func testTheCommandLineRefusesImpossibleCompositionsWithExitTwoAndListsTheParts() throws {
+        let dir = try temporaryDirectory()
+        let trace = Self.path("traces/sample-synthetic.h5")
+        let refused = try CommandRunner.run(["replay", trace, "--policy", "rkv,h2o+adakv", "--budget", "64"], in: dir)
+        XCTAssertEqual(refused.status, 2, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("h2o has no per-head scores for +adakv to pool"), refused.stderr)
+        XCTAssertEqual(refused.stdout, "")
+        let listing = try CommandRunner.run(["policies"], in: dir)
+        XCTAssertEqual(listing.status, 0, listing.stderr)
+        for part in PolicyAlgebra.triggers.map({ "@" + $0.spelling }) + PolicyAlgebra.quantizers.map({ "+" + $0.name })
+            + PolicyAlgebra.wrappers.map({ "+" + $0.name }) {
+            XCTAssertTrue(listing.stdout.contains("    \(part): "), part)
+        }
+        XCTAssertTrue(listing.stdout.contains("bases: \(PolicyAlgebra.triggerableBases.joined(separator: ", "))"))
+    }
+
     /// A sweep config names compositions as the command line does, with the same refusals.
     func testASweepConfigTakesCompositionsAndRefusesImpossibleOnes() throws {
         let trace = Self.path("traces/sample-synthetic.h5")
