@@ -1,9 +1,9 @@
 import Foundation
 
-/// KIVI's quantization (Liu et al., ICML 2024) as a quantizer part, `+kivi`: the rules of
-/// `KIVIPolicy` (keys per channel in R-blocks, values per token, the last tokens at 16 bits),
-/// applied to the tokens the base policy still holds. Over `full` (nothing evicted) it quantizes
-/// exactly what `kivi` quantizes, with the same groups and metadata: `full+kivi` ≡ `kivi`.
+/// KIVI's quantization (Liu et al., ICML 2024; rules in `KIVIPolicy`'s comment: keys per channel
+/// in R-blocks, values per token, the last tokens at 16 bits), applied to the tokens the base
+/// policy still holds: `+kivi` on any base, and `kivi` itself (`KIVIPolicy` is this over the
+/// full cache: `full+kivi` ≡ `kivi`).
 ///
 /// With eviction: a key block quantizes the held tokens of its positions, each head its own, in
 /// groups of G held tokens (consecutive in position order, not necessarily adjacent); a key
@@ -16,12 +16,12 @@ public final class KIVIQuantizer: CacheQuantizer {
         "keys quantized in blocks of \(parameters.int("residual")!), values one per step (KIVI)"
     }
 
-    let keyQuantizer: GroupQuantizer
-    let valueQuantizer: GroupQuantizer
-    let groupSize: Int
-    let residual: Int
-    private(set) var keysQuantizedEnd = 0
-    private(set) var valuesQuantizedEnd = 0
+    public let keyQuantizer: GroupQuantizer
+    public let valueQuantizer: GroupQuantizer
+    public let groupSize: Int
+    public let residual: Int
+    public private(set) var keysQuantizedEnd = 0
+    public private(set) var valuesQuantizedEnd = 0
     /// Per head: the key group of each position (-1: key at 16 bits) and each group's metadata bits.
     private var keyGroupOf: [[Int32]]
     private var keyGroupBits: [[Int]]
