@@ -27,6 +27,7 @@ enum PoliciesCommand: Subcommand {
             }
             print("")
         }
+        for line in PolicyAlgebra.partsListing { print(line) }
     }
 
     /// One parameter in `policies --json`: the text listing's fields, plus what a program needs to

@@ -132,7 +132,7 @@ final class PolicyConformanceTests: XCTestCase {
         _ body: (any CachePolicy.Type, SmallTrace, PolicyConformance.Budget, [String: String]) throws -> Void
     ) throws {
         let traces = try smallTraces()
-        for type in PolicyRegistry.all {
+        for type in Self.policiesAndCompositions {
             for trace in traces {
                 for budget in (chosen ?? budgets)(type) {
                     let values: [String: String]
@@ -146,6 +146,32 @@ final class PolicyConformanceTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// Every registered policy, then one type of each composition `PolicyAlgebra` derives from
+    /// its parts (`keydiff@every-4` and `keydiff@every-8` are one type: the number is a parameter).
+    static let policiesAndCompositions: [any CachePolicy.Type] = {
+        var types = PolicyRegistry.all
+        for name in PolicyAlgebra.exampleCompositions {
+            let type = PolicyRegistry.type(named: name)!
+            if !types.contains(where: { ObjectIdentifier($0) == ObjectIdentifier(type) }) { types.append(type) }
+        }
+        return types
+    }()
+
+    /// The list covers every trigger, quantizer and wrapper, and every base a trigger can drive.
+    func testTheCompositionsCoverEveryPart() {
+        let names = Self.policiesAndCompositions.map { $0.name }
+        for trigger in PolicyAlgebra.triggers {
+            XCTAssertTrue(names.contains { $0.contains("@" + trigger.spelling) }, trigger.spelling)
+        }
+        for part in PolicyAlgebra.quantizers.map({ $0.name }) + PolicyAlgebra.wrappers.map({ $0.name }) {
+            XCTAssertTrue(names.contains { $0.hasSuffix("+" + part) || $0.contains("+" + part + "+") }, part)
+        }
+        for base in PolicyAlgebra.triggerableBases {
+            XCTAssertTrue(names.contains("\(base)@every-step"), base)
+        }
+        XCTAssertGreaterThan(names.count, PolicyRegistry.all.count + 20)
     }
 
     private func describe(_ type: any CachePolicy.Type, _ values: [String: String], _ trace: SmallTrace) -> String {

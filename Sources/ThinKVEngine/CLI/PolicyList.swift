@@ -123,6 +123,11 @@ extension PolicySpec {
             throw UsageError("--\(option.name) given more than once\(perPolicy)")
         }
         let types = try items.map { item -> any CachePolicy.Type in
+            if PolicyAlgebra.isComposition(item.name) {
+                do { return try PolicyAlgebra.resolve(item.name).type } catch let error as PolicyError {
+                    throw UsageError(error.description)
+                }
+            }
             guard let type = PolicyRegistry.type(named: item.name) else {
                 let known = PolicyRegistry.names
                 let hint = Suggestions.closest(to: item.name, among: known).map { "did you mean \($0)? " } ?? ""

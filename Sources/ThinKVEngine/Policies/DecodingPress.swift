@@ -45,6 +45,12 @@ public final class DecodingPress<Scorer: DecodingScorer>: ConfiguredPolicy {
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         guard schedule.fires(step: context.step) else { return }
+        compressNow(context, cache: cache)
+    }
+
+    /// One compression to the target, whatever the step: the press's own cadence calls it, and
+    /// so does a trigger that replaces the cadence (`snapkv@every-step`, see Policies/Algebra).
+    public func compressNow(_ context: StepContext, cache: LayerCache) {
         // A layer without the tensors the score reads is left as it is.
         if Scorer.requirements.contains(.queriesAndKeys) && (context.data.keys == nil || context.queries == nil) { return }
         if Scorer.requirements.contains(.values) && context.data.values == nil { return }

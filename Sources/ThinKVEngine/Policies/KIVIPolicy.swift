@@ -67,57 +67,28 @@ public final class KIVIPolicy: ConfiguredPolicy {
         return "evicts nothing; keys quantized in blocks of \(r), values one per step, the last \(r) stay 16-bit"
     }
 
-    public let keyQuantizer: GroupQuantizer
-    public let valueQuantizer: GroupQuantizer
-    public let groupSize: Int
-    public let residual: Int
+    /// The quantization itself, shared with `+kivi` on any base (Policies/Algebra): `kivi` is
+    /// `full+kivi`, nothing evicted.
+    let quantization: KIVIQuantizer
 
+    public var keyQuantizer: GroupQuantizer { quantization.keyQuantizer }
+    public var valueQuantizer: GroupQuantizer { quantization.valueQuantizer }
+    public var groupSize: Int { quantization.groupSize }
+    public var residual: Int { quantization.residual }
     /// Keys of positions below this are quantized (all heads alike: KIVI evicts nothing).
-    public private(set) var keysQuantizedEnd = 0
+    public var keysQuantizedEnd: Int { quantization.keysQuantizedEnd }
     /// Values of positions below this are quantized.
-    public private(set) var valuesQuantizedEnd = 0
+    public var valuesQuantizedEnd: Int { quantization.valuesQuantizedEnd }
 
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
-        let configuration = try Configuration(parameters)
-        groupSize = configuration.groupSize
-        residual = configuration.residual
-        (keyQuantizer, valueQuantizer) = try Configuration.quantizers(
-            format: configuration.format, keyBits: configuration.keyBits, valueBits: configuration.valueBits)
+        quantization = try KIVIQuantizer(parameters: parameters, setup: setup)
     }
 
     public func prefill(_ context: PrefillContext, cache: LayerCache) {
-        let P = context.setup.header.promptLength
-        quantizeKeys(upTo: P - P % residual, cache: cache)
-        if P > residual { quantizeValues(upTo: P - residual, cache: cache) }
+        quantization.prefill(context, cache: cache, evicted: false)
     }
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
-        let end = context.position + 1
-        if end - keysQuantizedEnd >= residual { quantizeKeys(upTo: end, cache: cache) }
-        if end - valuesQuantizedEnd > residual { quantizeValues(upTo: end - residual, cache: cache) }
-    }
-
-    /// Quantizes the 16-bit keys `keysQuantizedEnd..<end` (a whole number of groups) per channel.
-    private func quantizeKeys(upTo end: Int, cache: LayerCache) {
-        guard end > keysQuantizedEnd else { return }
-        let positions = Array(keysQuantizedEnd..<end)
-        for h in 0..<cache.numKVHeads {
-            let bits = KVGrouping.quantizeKeysPerChannel(cache, kvHead: h, positions: positions, groupSize: groupSize,
-                                                         quantizer: keyQuantizer)
-            cache.metadataBytes[h] += (bits + 7) / 8
-        }
-        keysQuantizedEnd = end
-    }
-
-    /// Quantizes the 16-bit values `valuesQuantizedEnd..<end` per token.
-    private func quantizeValues(upTo end: Int, cache: LayerCache) {
-        guard end > valuesQuantizedEnd else { return }
-        let positions = Array(valuesQuantizedEnd..<end)
-        for h in 0..<cache.numKVHeads {
-            let bits = KVGrouping.quantizeValuesPerToken(cache, kvHead: h, positions: positions, groupSize: groupSize,
-                                                         quantizer: valueQuantizer)
-            cache.metadataBytes[h] += (bits + 7) / 8
-        }
-        valuesQuantizedEnd = end
+        quantization.afterAttention(context, attention: attention, cache: cache, evicted: false)
     }
 }

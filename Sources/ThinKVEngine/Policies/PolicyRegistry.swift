@@ -22,8 +22,11 @@ public enum PolicyRegistry {
         ThinKVEvictionOnlyPolicy.self,
     ]
 
+    /// A registered policy, or the type of a composition of registered policies and parts
+    /// (`rkv+tbq`, see `PolicyAlgebra`).
     public static func type(named name: String) -> (any CachePolicy.Type)? {
-        all.first { $0.name == name }
+        if let registered = all.first(where: { $0.name == name }) { return registered }
+        return PolicyAlgebra.isComposition(name) ? try? PolicyAlgebra.resolve(name).type : nil
     }
 
     public static var names: [String] { all.map { $0.name } }
@@ -40,6 +43,22 @@ public struct PolicySpec: Hashable, Sendable {
     /// With `awaitingBudget`, a policy with a budget (`CachePolicy.budgetParameter`) is left
     /// without one: a memory target's search sets it (`withBudget`); it may not be given.
     public init(name: String, values: [String: String] = [:], awaitingBudget: Bool = false) throws {
+        if PolicyAlgebra.isComposition(name) {
+            // A composition's name may set parameters (`@every-64`): they join the given values.
+            let (type, implied) = try PolicyAlgebra.resolve(name)
+            var merged = values
+            for (key, value) in implied {
+                if let given = values[key], given != value {
+                    throw PolicyError("\(name): --\(key) is set by the name (\(value)), got \(given)")
+                }
+                merged[key] = value
+            }
+            self.name = name
+            let awaited = awaitingBudget ? Set(type.budgetParameter.map { [$0.name] } ?? []) : []
+            self.parameters = try PolicyParameters(policy: name, specs: type.parameters, values: merged, awaiting: awaited)
+            self.unregistered = nil
+            return
+        }
         guard let type = PolicyRegistry.type(named: name) else {
             let hint = Suggestions.closest(to: name, among: PolicyRegistry.names).map { "did you mean \($0)? " } ?? ""
             throw PolicyError("unknown policy '\(name)' (\(hint)known: \(PolicyRegistry.names.joined(separator: ", ")))")
@@ -110,7 +129,9 @@ public struct PolicySpec: Hashable, Sendable {
     /// `h2o(budget=256,recent=64)`: the policy and the parameters given explicitly; a path
     /// (a calibration file) is shortened to its file name, so tables stay readable.
     public var label: String {
-        let given = parameters.given.sorted { $0.key < $1.key }.map { entry -> String in
+        let implied = PolicyAlgebra.impliedValues(name)
+        let shown = parameters.given.filter { implied[$0.key] != $0.value }
+        let given = shown.sorted { $0.key < $1.key }.map { entry -> String in
             let value = entry.value.contains("/") ? URL(fileURLWithPath: entry.value).lastPathComponent : entry.value
             return "\(entry.key)=\(value)"
         }

@@ -227,4 +227,16 @@ public final class SnapKVPolicy: ConfiguredPolicy {
         scorer.compress(kvHead: g, cache: cache, budget: budget, window: window, queries: queries, keys: keys,
                         order: slotOrder, windowFirst: variant == .kvpress, scores: &scores)
     }
+
+    /// A step driven by a trigger that replaces the variant's own (Policies/Algebra): the step's
+    /// query joins the observation window and, if `compress`, every kv head holding more than B
+    /// tokens compresses to B with the variant's scoring.
+    func triggeredStep(_ context: StepContext, compress: Bool, cache: LayerCache) {
+        guard let stepQueries = context.queries, let keys = context.data.keys else { return }
+        queries.push(stepQueries)
+        guard compress else { return }
+        for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > budget {
+            self.compress(kvHead: g, cache: cache, keys: keys)
+        }
+    }
 }

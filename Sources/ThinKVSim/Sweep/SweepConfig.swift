@@ -131,6 +131,11 @@ public struct SweepConfig: Sendable, Equatable {
         if metrics.isEmpty { throw fail("metrics", "lists no metric") }
         var types: [any CachePolicy.Type] = []
         for (i, entry) in policies.enumerated() {
+            if PolicyAlgebra.isComposition(entry.policy) {
+                do { _ = try PolicyAlgebra.resolve(entry.policy) } catch let error as PolicyError {
+                    throw fail("policies[\(i)].policy", error.description)
+                }
+            }
             guard let type = PolicyRegistry.type(named: entry.policy) else {
                 throw fail("policies[\(i)].policy", "unknown policy '\(entry.policy)' (known: \(PolicyRegistry.names.joined(separator: ", ")))")
             }
