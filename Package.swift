@@ -31,21 +31,25 @@ let package = Package(
         // bounded sizes), the writer, layer selections, thought labels and types, and the recorded
         // attention's cross-check.
         .target(name: "ThinKVTrace", dependencies: ["ThinKVSupport", "CHDF5", "CInflate", "CProcess"]),
-        // The simulator's engine: the replay engine (one driver for every policy), the full-cache
-        // reference and its kernels, the fidelity metrics, quantizers, thought classification,
-        // the policies and their registry, synthetic traces. It re-exports ThinKVSupport and
-        // ThinKVTrace.
+        // The simulator's engine: the replay engine (one driver for every policy, `PolicyLayerRun`),
+        // the full-cache reference and its kernels, the fidelity metrics, quantizers, synthetic
+        // traces, and what a policy is (`CachePolicy`, typed parameters, `PolicySpec`) but no
+        // policy. It re-exports ThinKVSupport and ThinKVTrace.
         .target(name: "ThinKVEngine", dependencies: ["ThinKVSupport", "ThinKVTrace", "CPrefetch", "CProcess"]),
+        // The policies, one file each, their registry and algebra (compositions), ThinKV's thought
+        // classification, policy lists as commands spell them, the memory matcher and the online
+        // driver. It re-exports ThinKVEngine.
+        .target(name: "ThinKVPolicies", dependencies: ["ThinKVEngine"]),
         // What the commands make of replays: sweeps over configs, reports, figures. It re-exports
-        // ThinKVEngine, so a command or a test imports one module.
-        .target(name: "ThinKVSim", dependencies: ["ThinKVEngine"]),
+        // ThinKVPolicies, so a command or a test imports one module.
+        .target(name: "ThinKVSim", dependencies: ["ThinKVPolicies"]),
         // One file per subcommand: each parses its options and calls the library.
         .executableTarget(name: "thinkv-sim", dependencies: ["ThinKVSim"]),
         // Fixture files live in Tests/Fixtures and are found relative to the test sources.
         // Tests use the HDF5 C API directly to build malformed files a writer would refuse to make.
         // zlib lets tests build compressed chunks by hand (compression bombs).
         .systemLibrary(name: "CZlib", path: "Tests/CZlib"),
-        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "ThinKVEngine", "ThinKVTrace", "CHDF5", "CZlib"]),
+        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "ThinKVPolicies", "ThinKVEngine", "ThinKVTrace", "CHDF5", "CZlib"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,3 +1,3 @@
-// The engine and the layers below it are part of this module's interface: `import ThinKVSim`
-// gives a command or a test everything.
-@_exported import ThinKVEngine
+// The policies, the engine and the layers below them are part of this module's interface:
+// `import ThinKVSim` gives a command or a test everything.
+@_exported import ThinKVPolicies

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// The blocked kernels must give the bits of `Kernels.dot` row by row: policies recompute

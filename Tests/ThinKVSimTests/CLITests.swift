@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// The executable's contract: a bad trace is one line on stderr and exit 1, a usage mistake is

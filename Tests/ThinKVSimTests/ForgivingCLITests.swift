@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Mistakes a newcomer makes get a suggestion and a usage exit (2); layer lists accept Python's

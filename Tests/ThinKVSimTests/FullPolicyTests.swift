@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// The full cache must reproduce the reference exactly: recall 1, KL 0, output error 0.

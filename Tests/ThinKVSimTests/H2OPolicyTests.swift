@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// H2O (reference-policies 1.4): hand-computed kept sets, GQA reductions, ties, prefill,

@@ -2,6 +2,7 @@ import CHDF5
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Hostile inputs and output faults, each run through the real binary in a child process:

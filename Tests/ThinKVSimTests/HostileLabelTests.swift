@@ -2,6 +2,7 @@ import CHDF5
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 @testable import ThinKVTrace
 

@@ -3,6 +3,7 @@ import CZlib
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 @testable import ThinKVTrace
 

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// KIVI's residual timing, its bytes (reference-policies 5.3), and a replay.

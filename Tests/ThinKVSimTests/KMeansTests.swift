@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// The seeded k-means that picks a segment's representative tokens.

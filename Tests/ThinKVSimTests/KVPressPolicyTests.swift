@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// kvpress's decode-time presses (tova, knorm, keydiff, pyramidkv): hand-computed kept sets and

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// LazyEviction (recurrence tracking, lagged eviction every W steps): steps counted by hand,

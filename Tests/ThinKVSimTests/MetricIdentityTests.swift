@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 // MARK: Test-only policies (replayed through PolicySpec(unregistered:), never registered)

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// `OnlinePolicyDriver` (thinkv-sim serve-policy): a policy fed a trace's rows one step and one

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// PM-KVQ (progressive halving of the bit width under a memory budget): a schedule counted by

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Hand-checked block-table behaviour: in-place reuse (CT), dense compaction, byte accounting.

@@ -4,6 +4,7 @@ import FoundationXML
 #endif
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Counts what an SVG figure holds, and fails on anything that is not well-formed XML.

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// The policy algebra (Policies/Algebra): the spelling and its usage errors, existing policies

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Policy lists with parameters per item (`--policy h2o:budget=64,rkv:budget=128:divide=8`):

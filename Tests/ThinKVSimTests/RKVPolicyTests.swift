@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// R-KV (reference-policies.md 2.2-2.6): hand-computed kept sets and slot orders, the

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// R-KV's token-driven options (`divide_method=newline`, `compression_content=think`): when

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// RaaS (paged LRU with Quest-estimate refreshes): steps counted by hand, properties on random

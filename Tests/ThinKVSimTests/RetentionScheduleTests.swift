@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// The retention schedule, and TBE's decisions (rules 1–4 of `ThoughtSegments`) on hand-built

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// `--score-dtype`: the rounding itself, a hand example where bf16 rounding changes what R-KV

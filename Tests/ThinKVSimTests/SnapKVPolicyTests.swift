@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// SnapKV's three variants (reference-policies.md 2.7 and 3): hand-computed selections that

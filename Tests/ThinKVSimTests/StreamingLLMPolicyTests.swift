@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// StreamingLLM (reference-policies 4 and 2.7) with both triggers, and the shared

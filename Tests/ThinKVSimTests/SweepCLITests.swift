@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// `thinkv-sim sweep`, `merge` and `plot` as a user runs them: exit statuses, one-line errors,

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Token importance per thought type and sparsity that grows with context length in the

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// What a ThinKV policy instance held after one hook, as `ThinKVProbe` records it.

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Kernel density, mode finding, calibration of L*/θ1/θ2, the classification rule, the refresh

@@ -1,5 +1,6 @@
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// TBQ's group rule, bit and metadata accounting, and eviction bookkeeping.

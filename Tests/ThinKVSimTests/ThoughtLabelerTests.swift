@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// `thinkv-sim label`: a user's labels into /tokens/thought, then readable as the trace's labels.

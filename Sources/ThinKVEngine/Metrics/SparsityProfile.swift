@@ -18,6 +18,12 @@ public struct SparsityProfile: Sendable {
     /// How each step's GQA groups were combined.
     public var gqa: GQASparsity = .maxPool
 
+    package init(byLayer: [Int: [Float]], layers: [Int], gqa: GQASparsity = .maxPool) {
+        self.byLayer = byLayer
+        self.layers = layers
+        self.gqa = gqa
+    }
+
     /// Computes the profile; costs one full-attention pass over the chosen layers.
     public static func compute(_ reader: TraceReader, layers: [Int]? = nil, maxSteps: Int? = nil,
                                threads: Int? = nil, progress: ProgressReporting? = nil,

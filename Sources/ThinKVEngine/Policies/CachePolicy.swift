@@ -169,6 +169,16 @@ public struct StepContext {
     /// signal an uncompressed model would show; teacher-forced like everything in replay.
     public let fullCacheSparsity: Float
 
+    package init(setup: PolicySetup, data: LayerData, step: Int, position: Int, queries: UnsafeBufferPointer<Float>?,
+                 fullCacheSparsity: Float) {
+        self.setup = setup
+        self.data = data
+        self.step = step
+        self.position = position
+        self.queries = queries
+        self.fullCacheSparsity = fullCacheSparsity
+    }
+
     public func query(head: Int) -> UnsafeBufferPointer<Float>? {
         guard let queries else { return nil }
         let d = setup.header.headDim

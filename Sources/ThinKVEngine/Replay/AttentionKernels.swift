@@ -12,7 +12,7 @@ public enum Kernels {
     // one generic function: through a generic `SIMD` parameter the arithmetic would compile to
     // the protocol's lane-by-lane code, not to one instruction per vector.
     @inline(__always)
-    static func multiplyAdd(_ acc: inout SIMD8<Float>, _ a: SIMD8<Float>, _ b: SIMD8<Float>) {
+    @inlinable package static func multiplyAdd(_ acc: inout SIMD8<Float>, _ a: SIMD8<Float>, _ b: SIMD8<Float>) {
         #if THINKV_FMA
         acc.addProduct(a, b)
         #else
@@ -21,7 +21,7 @@ public enum Kernels {
     }
 
     @inline(__always)
-    static func multiplyAdd(_ acc: inout SIMD16<Float>, _ a: SIMD16<Float>, _ b: SIMD16<Float>) {
+    @inlinable package static func multiplyAdd(_ acc: inout SIMD16<Float>, _ a: SIMD16<Float>, _ b: SIMD16<Float>) {
         #if THINKV_FMA
         acc.addProduct(a, b)
         #else
@@ -30,7 +30,7 @@ public enum Kernels {
     }
 
     @inline(__always)
-    static func multiplyAdd(_ acc: inout SIMD4<Double>, _ a: SIMD4<Double>, _ b: SIMD4<Double>) {
+    @inlinable package static func multiplyAdd(_ acc: inout SIMD4<Double>, _ a: SIMD4<Double>, _ b: SIMD4<Double>) {
         #if THINKV_FMA
         acc.addProduct(a, b)
         #else
@@ -39,7 +39,7 @@ public enum Kernels {
     }
 
     @inline(__always)
-    static func multiplyAdd(_ acc: inout SIMD8<Double>, _ a: SIMD8<Double>, _ b: SIMD8<Double>) {
+    @inlinable package static func multiplyAdd(_ acc: inout SIMD8<Double>, _ a: SIMD8<Double>, _ b: SIMD8<Double>) {
         #if THINKV_FMA
         acc.addProduct(a, b)
         #else
@@ -48,7 +48,7 @@ public enum Kernels {
     }
 
     @inline(__always)
-    static func load8(_ p: UnsafePointer<Float>, _ i: Int) -> SIMD8<Float> {
+    @inlinable package static func load8(_ p: UnsafePointer<Float>, _ i: Int) -> SIMD8<Float> {
         UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Float>.self)
     }
 
@@ -56,6 +56,7 @@ public enum Kernels {
     /// lanes summed, then the tail. `scores` computes exactly the same sums, so a dot product
     /// gives the same bits whichever kernel computed it.
     @inline(__always)
+    @inlinable
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
         var acc = SIMD8<Float>(repeating: 0)
         var i = 0
@@ -73,6 +74,7 @@ public enum Kernels {
 
     /// y[i] += alpha·x[i] for i in 0..<n.
     @inline(__always)
+    @inlinable
     public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
         var i = 0
         let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
@@ -92,6 +94,7 @@ public enum Kernels {
     /// Replaces logits x[0..<n] by softmax probabilities; returns the log-sum-exp of the logits.
     @inline(__always)
     @discardableResult
+    @inlinable
     public static func softmaxInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
         guard n > 0 else { return -.infinity }
         var m = -Float.infinity
@@ -109,6 +112,7 @@ public enum Kernels {
 
     /// ‖x‖₂ of n elements.
     @inline(__always)
+    @inlinable
     public static func norm(_ x: UnsafePointer<Float>, _ n: Int) -> Float { dot(x, x, n).squareRoot() }
 }
 

@@ -28,7 +28,7 @@ public final class LayerData: @unchecked Sendable {
 
     /// Writes position p's keys and values (`[numKVHeads][headDim]` each) into the per-head
     /// layout: the online driver fills a layer row by row, before any policy sees position p.
-    func setRow(position p: Int, keys k: UnsafeBufferPointer<Float>, values v: UnsafeBufferPointer<Float>?) {
+    package func setRow(position p: Int, keys k: UnsafeBufferPointer<Float>, values v: UnsafeBufferPointer<Float>?) {
         let D = headDim
         if keys != nil {
             keys!.withUnsafeMutableBufferPointer { dst in

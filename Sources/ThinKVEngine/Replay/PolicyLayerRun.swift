@@ -27,18 +27,18 @@ import Foundation
 ///   computed over its cache as the measured mode computes it (same kernels, same bits); a policy
 ///   that does not read it gets the view unfilled, as in the measured mode when its attention
 ///   equals the reference. `StepContext.fullCacheSparsity` is NaN (there is no reference).
-final class PolicyLayerRun {
-    enum Mode { case measured, unmeasured }
+package final class PolicyLayerRun {
+    package enum Mode { case measured, unmeasured }
 
     /// The policy's label (`PolicySpec.label`), as kept events and timelines name it.
     let label: String
-    let policy: any CachePolicy
-    let cache: LayerCache
-    let data: LayerData
-    let setup: PolicySetup
+    package let policy: any CachePolicy
+    package let cache: LayerCache
+    package let data: LayerData
+    package let setup: PolicySetup
     let mode: Mode
-    var records: [StepRecord] = []
-    var samples = MetricSamples()
+    package var records: [StepRecord] = []
+    package var samples = MetricSamples()
     /// Kept-set events are collected only for a sink (sorting every changed head's slots each
     /// step is not free).
     private let recordsEvents: Bool
@@ -48,10 +48,10 @@ final class PolicyLayerRun {
 
     /// Called in every step right after the new position is appended, before the policy's
     /// pre-attention hook (the online thought classifier measures sparsity here).
-    var appendObserver: ((LayerCache, StepContext) -> Void)?
+    package var appendObserver: ((LayerCache, StepContext) -> Void)?
     /// Called in every step right after the policy's pre-attention hook, with the cache as this
     /// step's query sees it (the online driver answers with it).
-    var attendObserver: ((LayerCache) -> Void)?
+    package var attendObserver: ((LayerCache) -> Void)?
 
     // Scratch reused every step.
     /// The policy's attention over the attended set: query head q's row at `offsets[q]`, of
@@ -113,7 +113,7 @@ final class PolicyLayerRun {
     /// A policy instance made for one layer, its cache holding the prompt (slots `0..<P`) after
     /// the policy's prefill hook (and, measured, the kept prompt placed in the block tables):
     /// where every layer run starts, in a replay, in the online driver and in the classifier.
-    static func prefilled(spec: PolicySpec, data: LayerData, setup: PolicySetup, promptQueries: [Float]?,
+    package static func prefilled(spec: PolicySpec, data: LayerData, setup: PolicySetup, promptQueries: [Float]?,
                           mode: Mode = .measured, steps: Int, paging: PagingMode = .ct, blockSize: Int = 16,
                           recordsEvents: Bool = false, recordsTimeline: Bool = false,
                           logsQuantizations: Bool = false) throws -> PolicyLayerRun {
@@ -124,7 +124,7 @@ final class PolicyLayerRun {
     }
 
     /// `prefilled` with an instance made by the caller (`label` names it in kept events).
-    static func prefilled(_ policy: any CachePolicy, label: String, data: LayerData, setup: PolicySetup,
+    package static func prefilled(_ policy: any CachePolicy, label: String, data: LayerData, setup: PolicySetup,
                           promptQueries: [Float]?, mode: Mode = .measured, steps: Int, paging: PagingMode = .ct,
                           blockSize: Int = 16, recordsEvents: Bool = false, recordsTimeline: Bool = false,
                           logsQuantizations: Bool = false) throws -> PolicyLayerRun {
@@ -143,7 +143,7 @@ final class PolicyLayerRun {
         return run
     }
 
-    func takeFLOPs() -> Double {
+    package func takeFLOPs() -> Double {
         defer { flops = 0 }
         return flops
     }
@@ -156,7 +156,7 @@ final class PolicyLayerRun {
     // MARK: Stepping
 
     /// Steps through every decode step of `chunk`, measuring each against it.
-    func advance(through chunk: ReferenceChunk) {
+    package func advance(through chunk: ReferenceChunk) {
         let h = setup.header
         let stride = h.numQHeads * h.headDim
         chunk.queries.withUnsafeBufferPointer { allQueries in
@@ -173,7 +173,7 @@ final class PolicyLayerRun {
     }
 
     /// The first half of a step: the new position joins every kv head's cache.
-    func beginStep(_ context: StepContext) {
+    package func beginStep(_ context: StepContext) {
         cache.beginStep()
         cache.append(position: context.position)
         appendObserver?(cache, context)
@@ -181,7 +181,7 @@ final class PolicyLayerRun {
 
     /// The second half of a step: `beforeAttention`, the step's attention (measured against step
     /// `s` of `chunk` in the measured mode; `chunk` is nil in the unmeasured mode), `afterAttention`.
-    func finishStep(_ context: StepContext, measuredAgainst chunk: ReferenceChunk? = nil, _ s: Int = 0) {
+    package func finishStep(_ context: StepContext, measuredAgainst chunk: ReferenceChunk? = nil, _ s: Int = 0) {
         policy.beforeAttention(context, cache: cache)
         timeline?.observe(cache, step: context.step)
         attendObserver?(cache)

@@ -64,7 +64,7 @@ public final class ReferenceChunk {
         logitStride = positions.map(\.count).max() ?? 0
     }
 
-    func prepare(firstStep: Int, stepCount: Int, hasValues: Bool) {
+    package func prepare(firstStep: Int, stepCount: Int, hasValues: Bool) {
         self.firstStep = firstStep
         self.stepCount = stepCount
         if keepsLogits && logitStorage.count < stepCount * numQHeads * logitStride {
@@ -101,7 +101,7 @@ public enum Sparsity {
     }
 
     /// The softmax of the element-wise maximum of `rows` logit rows (stride `stride`) into `out`.
-    static func maxPooledSoftmax(_ logits: UnsafePointer<Float>, rows: Int, stride: Int, count n: Int,
+    package static func maxPooledSoftmax(_ logits: UnsafePointer<Float>, rows: Int, stride: Int, count n: Int,
                                  into out: UnsafeMutablePointer<Float>) {
         guard n > 0 else { return }
         out.update(from: logits, count: n)
@@ -128,7 +128,7 @@ public enum Sparsity {
 /// For q+k layers the steps of a chunk are processed in blocks of `stepBlock` steps; within a
 /// block the query heads of one kv head form the rows of one matrix, so each key and value
 /// row is read once for all of them (`Kernels.scores`, `Kernels.weightedSum`).
-struct ReferenceAttention {
+package struct ReferenceAttention {
     let header: TraceHeader
     let data: LayerData
     let workers: Int
@@ -140,7 +140,7 @@ struct ReferenceAttention {
     /// Each kv head's keys in panels of 8 positions (`Kernels.packKeyPanels`), for q+k layers.
     private(set) var keyPanels: [Float]
 
-    init(header: TraceHeader, data: LayerData, workers: Int) {
+    package init(header: TraceHeader, data: LayerData, workers: Int) {
         self.header = header
         self.data = data
         self.workers = workers
@@ -164,7 +164,7 @@ struct ReferenceAttention {
 
     /// Repacks position p's keys into the panels after `LayerData.setRow` wrote them (online
     /// driver): entry (panel p / 8, dimension d, lane p % 8), as `Kernels.packKeyPanels` lays it out.
-    mutating func refreshKeyPanels(position p: Int) {
+    package mutating func refreshKeyPanels(position p: Int) {
         guard let keys = data.keys else { return }
         let T = header.numTokens, D = header.headDim, W = Kernels.panelWidth
         guard p / W * W + W <= T else { return }  // a partial last panel is read from the keys
@@ -178,7 +178,7 @@ struct ReferenceAttention {
     }
 
     /// Per-worker scratch, reused across chunks so the hot loop does not allocate.
-    final class Scratch {
+    package final class Scratch {
         var row: [Float]
         var average: [Float]
         /// Per step of a block, the sum over kv groups of the max-pooled softmax (`poolsGroups`).
@@ -205,7 +205,7 @@ struct ReferenceAttention {
         }
     }
 
-    func makeScratch(k: Int, count: Int? = nil) -> [Scratch] {
+    package func makeScratch(k: Int, count: Int? = nil) -> [Scratch] {
         let rows = stepBlock * header.groupSize
         return (0..<(count ?? workers)).map { _ in
             Scratch(tokens: header.numTokens, k: k, rows: rows, headDim: header.headDim, stepBlock: stepBlock,
@@ -214,7 +214,7 @@ struct ReferenceAttention {
     }
 
     /// Fills `chunk` (whose queries or attention rows are already read) for its steps.
-    func compute(_ chunk: ReferenceChunk, scratch: [Scratch]) {
+    package func compute(_ chunk: ReferenceChunk, scratch: [Scratch]) {
         let parts = min(workers, scratch.count)
         if parts <= 1 {
             computePart(chunk, part: 0, of: 1, scratch: scratch[0])

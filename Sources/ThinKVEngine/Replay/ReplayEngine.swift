@@ -65,9 +65,22 @@ public struct PolicyRun: Sendable {
     public let blockSize: Int
     /// Set when the run's budget was chosen to meet a memory target (`MemoryMatcher`).
     public var memoryMatch: MemoryMatch? = nil
-    /// Every metric sample and the policy's counters, in layer order (`ReplayShard`).
+    /// Every metric sample and the policy's counters, in layer order (what `ReplayShard` stores).
     public var samples = MetricSamples()
-    public var counters: [ReplayShard.Counter] = []
+    public var counters: [PolicyCounter] = []
+
+    package init(spec: PolicySpec, steps: [StepRecord], summary: RunSummary, paging: PagingMode, blockSize: Int,
+                 memoryMatch: MemoryMatch? = nil, samples: MetricSamples = MetricSamples(),
+                 counters: [PolicyCounter] = []) {
+        self.spec = spec
+        self.steps = steps
+        self.summary = summary
+        self.paging = paging
+        self.blockSize = blockSize
+        self.memoryMatch = memoryMatch
+        self.samples = samples
+        self.counters = counters
+    }
 }
 
 public struct ReplayResult: Sendable {
@@ -84,6 +97,21 @@ public struct ReplayResult: Sendable {
     public let timing: ReplayTiming
     /// k of the top-k recall (a figure of the report; layer shards must agree on it).
     public var topK: Int = TraceLimits.defaultTopK
+
+    package init(tracePath: String, header: TraceHeader, layers: [Int], decodeSteps: Int, runs: [PolicyRun],
+                 notes: [String], paging: PagingMode, blockSizes: String, timing: ReplayTiming,
+                 topK: Int = TraceLimits.defaultTopK) {
+        self.tracePath = tracePath
+        self.header = header
+        self.layers = layers
+        self.decodeSteps = decodeSteps
+        self.runs = runs
+        self.notes = notes
+        self.paging = paging
+        self.blockSizes = blockSizes
+        self.timing = timing
+        self.topK = topK
+    }
 }
 
 /// Where a replay's time went, and the attention arithmetic it did (for `bench`).
@@ -224,7 +252,7 @@ public final class ReplayEngine {
                 replayedLayers: layers.count, anyValues: anyValues),
                 paging: configuration.layout(ofPolicy: i).mode, blockSize: configuration.effectiveBlockSize(ofPolicy: i))
             run.samples = samples[i]
-            run.counters = counters[i].map { ReplayShard.Counter(name: $0.name, value: $0.value) }
+            run.counters = counters[i].map { PolicyCounter(name: $0.name, value: $0.value) }
             return run
         }
         for run in runs {
@@ -293,4 +321,9 @@ public final class ReplayEngine {
         }
         return runs
     }
+}
+
+extension ReplayTiming {
+    /// No time yet: what several runs' timings are added to.
+    package static var zero: ReplayTiming { ReplayTiming() }
 }

@@ -1,5 +1,6 @@
 import Foundation
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Keeps the cache timelines a replay writes (`--cache-timeline`), for tests to read back.

@@ -1,5 +1,6 @@
 import Foundation
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Hand-made q/k for examples that can be checked on paper. D = 4 and the default softmax

@@ -1,5 +1,6 @@
 import Foundation
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// What one policy instance's cache held, per kv head, at one point of a replay.

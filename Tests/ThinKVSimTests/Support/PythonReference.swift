@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// Runs the independent NumPy re-derivations under tools/reference/ and reads their kept events,

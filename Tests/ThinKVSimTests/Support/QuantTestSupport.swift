@@ -1,5 +1,6 @@
 import Foundation
 @testable import ThinKVEngine
+@testable import ThinKVPolicies
 @testable import ThinKVSim
 
 /// In-memory caches for quantization tests (no trace file needed).

@@ -10,10 +10,7 @@ public struct ReplayShard: Codable, Sendable {
     /// the top-k they were made with, and are refused).
     public static let version = 2
 
-    public struct Counter: Codable, Equatable, Sendable {
-        public var name: String
-        public var value: Int
-    }
+    public typealias Counter = PolicyCounter
 
     public struct Run: Codable, Sendable {
         public var policy: String
@@ -211,7 +208,7 @@ public struct ReplayShard: Codable, Sendable {
             throw CSVError("the shards' layers overlap or interleave (\(layers.map(String.init).joined(separator: ","))); give each shard a contiguous, disjoint set")
         }
         let anyValues = shards.contains { !$0.layersWithValues.isEmpty }
-        var timing = ReplayTiming()
+        var timing = ReplayTiming.zero
         for shard in shards {
             timing.wallSeconds += shard.timing.wallSeconds
             timing.referenceSeconds += shard.timing.referenceSeconds

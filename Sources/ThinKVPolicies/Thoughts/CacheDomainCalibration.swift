@@ -17,7 +17,7 @@ public enum CacheDomainCalibration {
     /// budget). `full` is step 1's result when the caller already has it.
     public static func calibrate(readers: [TraceReader], policyType: ThinKVPolicy.Type, parameters: PolicyParameters,
                                  options: CalibrationOptions, full: ThoughtCalibration? = nil,
-                                 progress: ProgressReporting? = nil) throws -> ThoughtCalibration {
+                                 progress: ThinKVEngine.ProgressReporting? = nil) throws -> ThoughtCalibration {
         defer { progress?.finish() }
         guard let name = policyType.budgetParameter?.name, let budget = try? parameters.optionalInteger(name) else {
             throw CalibrationError("calibrating in the cache domain needs a budget (the cache the classifier reads depends on it)")

@@ -8,37 +8,6 @@ public enum MemoryTarget: Equatable, Sendable {
     case bytes(Double)
 }
 
-/// Which memory figure of a run is matched: its mean over decode steps, or its peak.
-public enum MemoryStatistic: String, Codable, CaseIterable, Sendable {
-    case mean, peak
-}
-
-/// How a policy's run relates to the memory target.
-public struct MemoryMatch: Codable, Equatable, Sendable {
-    public enum Status: String, Codable, Sendable {
-        /// A budget was found within the tolerance.
-        case matched
-        /// The policy has no budget (`CachePolicy.budgetParameter`): it ran as given.
-        case notMatched = "not matched"
-        /// No budget reaches the target within the tolerance; the closest one not above it ran.
-        case unreachable
-    }
-
-    public var status: Status
-    public var statistic: MemoryStatistic
-    /// The target as a percentage of the full cache, or in bytes (one of them is set).
-    public var targetPercent: Double?
-    public var targetBytes: Double?
-    /// The budget replayed (nil when not matched), and the run's memory figure.
-    public var budget: Int?
-    public var achievedPercent: Double
-    public var achievedBytes: Double
-    /// Budgets replayed to find it.
-    public var trials: Int
-    /// One line on an unreachable target.
-    public var note: String?
-}
-
 /// Finds, for every policy with a budget (`CachePolicy.budgetParameter`), the budget at which its mean (or
 /// peak) KV memory is the target, within `tolerance` percentage points of the full cache.
 ///
@@ -63,7 +32,7 @@ public final class MemoryMatcher {
     public let statistic: MemoryStatistic
     /// Percentage points of the full cache (for a byte target: that share of the full cache).
     public let tolerance: Double
-    public var progress: ProgressReporting?
+    public var progress: ThinKVEngine.ProgressReporting?
     public let store: ReferenceStore
     /// When a target is out of reach at the policy's cadence (`--kv-adapt`): match again with
     /// the cadence parameter set to the largest halving that reaches it (`cadenceRemedy`).
@@ -157,7 +126,7 @@ public final class MemoryMatcher {
             return BudgetSearch(target: Self.value(of: targets[i]), lowest: lowest, highest: max(lowest, reader.header.numTokens))
         }
         var finished: [Int: PolicyRun] = [:]
-        var timing = ReplayTiming()
+        var timing = ReplayTiming.zero
         var first: ReplayResult?
         var generalNotes: [String] = [], notesByLabel: [String: [String]] = [:]
         var fullBytes: Double?  // the full cache's figure for the tolerance of a byte target
@@ -447,25 +416,13 @@ struct BudgetSearch {
 }
 
 /// A matching round's progress, labelled with the round.
-private final class RoundProgress: ProgressReporting {
-    let inner: ProgressReporting
+private final class RoundProgress: ThinKVEngine.ProgressReporting {
+    let inner: ThinKVEngine.ProgressReporting
     let round: Int
-    init(inner: ProgressReporting, round: Int) {
+    init(inner: ThinKVEngine.ProgressReporting, round: Int) {
         self.inner = inner
         self.round = round
     }
     func update(fraction: Double, detail: String) { inner.update(fraction: fraction, detail: "matching round \(round): \(detail)") }
     func finish() {}
-}
-
-extension ReplayTiming {
-    mutating func add(_ other: ReplayTiming) {
-        wallSeconds += other.wallSeconds
-        referenceSeconds += other.referenceSeconds
-        policySeconds += other.policySeconds
-        readSeconds += other.readSeconds
-        referenceFLOPs += other.referenceFLOPs
-        policyFLOPs += other.policyFLOPs
-        threads = other.threads
-    }
 }

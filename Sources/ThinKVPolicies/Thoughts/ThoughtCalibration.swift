@@ -244,7 +244,7 @@ public struct ThoughtCalibration: Encodable, Sendable {
 
     /// Profiles every recorded layer of each trace (first `maxSteps` decode steps) and calibrates.
     public static func calibrate(traces paths: [String], options: CalibrationOptions = CalibrationOptions(), maxSteps: Int? = nil,
-                                 threads: Int? = nil, progress: ProgressReporting? = nil) throws -> ThoughtCalibration {
+                                 threads: Int? = nil, progress: ThinKVEngine.ProgressReporting? = nil) throws -> ThoughtCalibration {
         defer { progress?.finish() }
         var inputs: [Input] = []
         for (i, path) in paths.enumerated() {
@@ -612,11 +612,11 @@ extension ThoughtThresholds {
 }
 
 /// Forwards a part of a longer job's progress (and leaves `finish` to the whole job).
-final class SubProgress: ProgressReporting {
-    let base: ProgressReporting
+final class SubProgress: ThinKVEngine.ProgressReporting {
+    let base: ThinKVEngine.ProgressReporting
     let offset: Double, scale: Double
     let prefix: String
-    init(_ base: ProgressReporting, offset: Double, scale: Double, prefix: String) {
+    init(_ base: ThinKVEngine.ProgressReporting, offset: Double, scale: Double, prefix: String) {
         self.base = base
         self.offset = offset
         self.scale = scale
