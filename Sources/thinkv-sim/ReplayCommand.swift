@@ -85,11 +85,6 @@ enum ReplayCommand: Subcommand {
                         throw UsageError("--metric-steps \(raw): \(spec.label) \(reason); use --metric-steps all")
                     }
                 }
-                if arguments.value("shard-state") != nil {
-                    throw UsageError("--metric-steps \(raw) cannot be combined with --shard-state yet "
-                                     + "(a merge could not recompute the intervals); "
-                                     + "replay each shard with --metric-steps all")
-                }
             }
         }
         if let raw = arguments.value("paging") {

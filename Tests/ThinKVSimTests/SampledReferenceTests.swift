@@ -150,11 +150,42 @@ final class SampledReferenceTests: XCTestCase {
                          "--metric-steps", "stride:8"], "--sparsity-source full")
         try assertUsage(["replay", trace, "--policy", "h2o", "--kv-percent", "20", "--metric-steps", "stride:8"],
                         "memory target")
-        try assertUsage(["replay", trace, "--policy", "h2o", "--budget", "64", "--metric-steps", "stride:8",
-                         "--shard-state", directory.appendingPathComponent("s.json").path], "--shard-state")
         let fine = try CommandRunner.run(["replay", trace, "--policy", "full,h2o", "--budget", "64", "--metric-steps",
                                           "random:40:2", "--layers", "0"], in: directory)
         XCTAssertEqual(fine.status, 0, fine.stderr)
         XCTAssertTrue(fine.stdout.contains("fidelity measured on 40 of"), fine.stdout)
+    }
+
+    /// Layer shards of a sampled replay merge into the sampled replay over every layer (same
+    /// summaries and intervals, same per-step CSV); shards of different samples do not merge.
+    func testSampledLayerShardsMergeIntoTheSampledReplay() throws {
+        let (T, P) = (160, 16)
+        let layers = (0..<3).map { TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 8, seed: 60 + UInt64($0), index: $0) }
+        let path = try TestTraces.write(to: directory.appendingPathComponent("three.h5"), T: T, P: P, Hq: 4, Hkv: 2,
+                                        D: 8, numLayers: 3, layers: layers)
+        func replay(_ subset: [Int]?, _ selection: MetricStepSelection) throws -> ReplayResult {
+            var configuration = ReplayConfiguration(policies: [try PolicySpec(name: "h2o", values: ["budget": "40"])],
+                                                    layers: subset, threads: 2)
+            configuration.metricSteps = selection
+            return try ReplayEngine(reader: try TraceReader(path: path), configuration: configuration).run()
+        }
+        let whole = try replay(nil, .random(count: 30, seed: 4))
+        var paths: [String] = []
+        for (n, subset) in [[2], [0, 1]].enumerated() {
+            let file = directory.appendingPathComponent("shard\(n).json").path
+            try ReplayShard(try replay(subset, .random(count: 30, seed: 4)), layersWithValues: subset).write(to: file)
+            paths.append(file)
+        }
+        let merged = try ReplayShard.merge(try paths.map(ReplayShard.read), paths: paths)
+        XCTAssertEqual(merged.metricSampling, whole.metricSampling)
+        XCTAssertEqual(merged.runs[0].summary, whole.runs[0].summary)
+        XCTAssertNotNil(merged.runs[0].summary.massRecall.ci95HalfWidth)
+        XCTAssertEqual(ReplayReport.stepCSV(merged), ReplayReport.stepCSV(whole))
+
+        let other = directory.appendingPathComponent("other.json").path
+        try ReplayShard(try replay([2], .stride(4)), layersWithValues: [2]).write(to: other)
+        XCTAssertThrowsError(try ReplayShard.merge(try [paths[1], other].map(ReplayShard.read), paths: [paths[1], other])) {
+            XCTAssertTrue("\($0)".contains("--metric-steps (stride:4 vs random:30:4)"), "\($0)")
+        }
     }
 }
