@@ -98,8 +98,8 @@ public enum ReplayReport {
                        interval(s.topKRecall)])
         }
         return table.render() + "\n" + "sampled: fidelity on \(sampling.sampledSteps) of \(sampling.decodeSteps) steps "
-            + "(\(sampling.selection)); ± is the \(sampling.interval);\n"
-            + "  percentiles and minima are of the sampled steps; tokens, KV and paging are over every step."
+            + "(\(sampling.selection)); percentiles and minima are of those steps; tokens, KV and paging of every step;\n"
+            + "  ±: the confidence half-width, \(sampling.interval)."
     }
 
     /// Each run's compression cadence and, after a memory match, the budget found.
