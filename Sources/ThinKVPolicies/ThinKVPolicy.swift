@@ -919,6 +919,15 @@ extension ThinKVPolicy {
         return ["ThinKV ran mostly as \(main.0) (evicted tokens: \(shares)); \(source) \(transitions) transition\(transitions == 1 ? "" : "s")"]
     }
 
+    /// The classifier with `--sparsity-source full` types thoughts from the full cache's sparsity
+    /// at every step (computed over the whole trace before the replay).
+    public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? {
+        guard let thoughts = try? Configuration.Thoughts(parameters),
+              thoughts.source == .classifier, thoughts.sparsitySource == .full else { return nil }
+        return "types thoughts from the full cache's attention sparsity at every step (--sparsity-source full), "
+            + "which a sampled reference does not compute"
+    }
+
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         var parts: [String] = []
         if components.contains(.eviction) {

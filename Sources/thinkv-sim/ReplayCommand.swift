@@ -15,6 +15,12 @@ enum ReplayCommand: Subcommand {
             OptionDefinition("steps", value: "N", help: "replay only the first N decode steps", default: "all"),
             OptionDefinition("topk", value: "K", help: "k of the top-k recall metric",
                              default: String(TraceLimits.defaultTopK)),
+            OptionDefinition("metric-steps", value: "all|stride:N|random:N[:SEED]",
+                             help: "measure fidelity against the full-cache reference only on these decode "
+                                 + "steps (every N-th and the last, or N drawn at random); policies attend over "
+                                 + "their own caches on the others, and the report gives each mean with a 95 % "
+                                 + "confidence interval",
+                             default: "all"),
             OptionDefinition("threads", value: "N", help: "worker threads; results do not depend on it", default: "all cores"),
             OptionDefinition("paging", value: "ct|compact|none", help: "memory layout: Continuous-Thinking in-place reuse, dense compaction, or no pages", default: "ct"),
             OptionDefinition("block-size", value: "N", help: "slots per PagedAttention block", default: "per policy: 16, thinkv 8"),
@@ -67,6 +73,20 @@ enum ReplayCommand: Subcommand {
         configuration.topK = try arguments.int("topk", default: TraceLimits.defaultTopK, min: 1,
                                                max: TraceLimits.maxTopK)!
         configuration.threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
+        if let raw = arguments.value("metric-steps") {
+            configuration.metricSteps = try MetricStepSelection.parse(raw)
+            if configuration.metricSteps != .all {
+                if target != nil {
+                    throw UsageError("--metric-steps \(raw) cannot be combined with a memory target yet; "
+                                     + "find the budgets with --metric-steps all, then replay at them")
+                }
+                for spec in specs {
+                    if let reason = spec.type.fullReferenceNeed(spec.parameters) {
+                        throw UsageError("--metric-steps \(raw): \(spec.label) \(reason); use --metric-steps all")
+                    }
+                }
+            }
+        }
         if let raw = arguments.value("paging") {
             guard let mode = PagingMode(rawValue: raw) else { throw UsageError("--paging must be ct, compact or none, got '\(raw)'") }
             configuration.paging = mode

@@ -73,9 +73,10 @@ final class PolicyConformanceTests: XCTestCase {
     }
 
     private func replay(_ trace: SmallTrace, _ spec: PolicySpec, threads: Int,
-                        chunkSteps: Int? = nil) throws -> Replayed {
+                        chunkSteps: Int? = nil, metricSteps: MetricStepSelection = .all) throws -> Replayed {
         var configuration = ReplayConfiguration(policies: [spec], threads: threads)
         configuration.chunkSteps = chunkSteps
+        configuration.metricSteps = metricSteps
         let engine = ReplayEngine(reader: try TraceReader(path: trace.path), configuration: configuration)
         let kept = KeptEventCollector(), timelines = CacheTimelineCollector()
         engine.keptSink = kept
@@ -456,6 +457,74 @@ final class PolicyConformanceTests: XCTestCase {
                              "\(label) layer \(b.layer) head \(b.kvHead): "
                                  + (step.map { "position \($0) dropped at \(a.droppedAt[$0]), replay "
                                                + "\(b.droppedAt[$0])" } ?? "quantizations differ"))
+            }
+            compared += 1
+        }
+        findings.report()
+        XCTAssertGreaterThan(compared, PolicyRegistry.all.count)
+    }
+
+    // MARK: Sampled metric steps
+
+    /// With `--metric-steps` a policy attends over its own cache on the unsampled steps, which is
+    /// what it sees in a full replay: its kept sets (kept events, cache timelines), its tokens,
+    /// bytes and paging at every step, and its counters are those of the full replay, for every
+    /// registered policy (ThinKV's `--sparsity-source full` alone refuses sampling). On a sampled
+    /// step its fidelity is the full replay's; on the others the record has none (NaN). With a
+    /// stride of 1 every output is the full replay's, the intervals aside (a census: 0).
+    func testSampledMetricStepsLeaveWhatEveryPolicyKeepsUnchanged() throws {
+        let findings = Findings()
+        var compared = 0
+        try forEveryPolicy { type, trace, _, values in
+            let label = describe(type, values, trace)
+            let spec = try PolicyConformance.spec(type, values)
+            guard spec.type.fullReferenceNeed(spec.parameters) == nil else { return }
+            let full = try replay(trace, type, values)
+            for selection in [MetricStepSelection.stride(1), .stride(5), .random(count: 7, seed: 3)] {
+                let sampled = try replay(trace, spec, threads: 2, metricSteps: selection)
+                let what = "\(label), \(selection.description)"
+                let measured = Set(selection.steps(of: full.result.decodeSteps))
+                XCTAssertEqual(sampled.result.metricSampling?.sampledSteps, measured.count, what)
+                if sampled.kept != full.kept { findings.add("\(type.name): kept events differ when sampled", what) }
+                if sampled.timelines != full.timelines {
+                    findings.add("\(type.name): cache timelines differ when sampled", what)
+                }
+                if sampled.run.counters != full.run.counters { findings.add("\(type.name): counters differ", what) }
+                for (a, b) in zip(sampled.run.steps, full.run.steps) {
+                    var memoryOnly = a, expected = b
+                    if measured.contains(a.step) {
+                        guard a != b else { continue }
+                        findings.add("\(type.name): a sampled step's record differs",
+                                     "\(what) layer \(a.layer) step \(a.step)")
+                        break
+                    }
+                    guard a.massRecall.isNaN, a.attentionKL.isNaN, a.topKRecall.isNaN, a.sparsity.isNaN,
+                          a.outputError.map(\.isNaN) ?? true else {
+                        findings.add("\(type.name): an unsampled step has fidelity", "\(what) step \(a.step)")
+                        break
+                    }
+                    (memoryOnly.massRecall, memoryOnly.massRecallMin, memoryOnly.topKRecall) = (0, 0, 0)
+                    (memoryOnly.attentionKL, memoryOnly.sparsity) = (0, 0)
+                    (expected.massRecall, expected.massRecallMin, expected.topKRecall) = (0, 0, 0)
+                    (expected.attentionKL, expected.sparsity) = (0, 0)
+                    memoryOnly.outputError = memoryOnly.outputError.map { _ in 0 }
+                    expected.outputError = expected.outputError.map { _ in 0 }
+                    if memoryOnly != expected {
+                        findings.add("\(type.name): an unsampled step's memory differs",
+                                     "\(what) layer \(a.layer) step \(a.step)")
+                        break
+                    }
+                }
+                if sampled.run.steps.count != full.run.steps.count { findings.add("\(type.name): record count", what) }
+                if case .stride(1) = selection {
+                    let (a, b) = (sampled.run.summary, full.run.summary)
+                    if a.massRecall.mean != b.massRecall.mean || a.attentionKL.mean != b.attentionKL.mean
+                        || a.topKRecall.mean != b.topKRecall.mean || a.outputError?.mean != b.outputError?.mean
+                        || a.memory != b.memory || sampled.run.samples != full.run.samples {
+                        findings.add("\(type.name): stride:1 differs from all", what)
+                    }
+                    if a.massRecall.ci95HalfWidth != 0 { findings.add("\(type.name): a census has an interval", what) }
+                }
             }
             compared += 1
         }

@@ -147,6 +147,9 @@ final class SweepConfigTests: XCTestCase {
             (#"{\#(base), "policies": ["full"], "block_size": [8, "big"]}"#, "block_size[1]"),
             (#"{\#(base), "policies": ["full"], "topk": "32"}"#, "topk"),
             (#"{"traces": ["t.h5"], "policies": ["full"]}"#, "output"),
+            (#"{\#(base), "policies": ["full"], "metric_steps": "stride:0"}"#, "metric_steps"),
+            (#"{\#(base), "policies": ["full"], "metric_steps": "every:4"}"#, "metric_steps"),
+            (#"{\#(base), "policies": ["h2o"], "metric_steps": "stride:4", "kv_percent": 20}"#, "metric_steps"),
         ]
         for (json, path) in cases {
             let error = try XCTUnwrap(configError(json), json)
@@ -325,6 +328,30 @@ final class SweepRunnerTests: XCTestCase {
         XCTAssertEqual(h2o[column("kv_bytes_peak")], SweepColumns.number(summary.memory.peakBytes))
         XCTAssertLessThan(Double(h2o[column("mass_recall_mean")])!, 1, "eviction loses mass on a random trace")
         XCTAssertEqual(h2o[column("tokens_resident_final")], "4")
+    }
+
+    /// `metric_steps` samples every run's fidelity as `replay --metric-steps` does, and adds the
+    /// sample and the confidence half-widths as columns; without it the columns are absent.
+    func testMetricStepsSampleTheRowsAndAddIntervals() throws {
+        let output = path("sampled.csv")
+        _ = try runner(output: output, extra: ",\n  \"metric_steps\": \"stride:4\"").run()
+        let csv = try CSVTable.parse(try SweepFixture.contents(output), file: "sampled.csv").table
+        let column = { (name: String) in csv.index(of: name)! }
+        let h2o = csv.rows[3]
+        XCTAssertEqual(h2o[column("label")], "h2o(budget=4)")
+        XCTAssertEqual(h2o[column("metric_steps")], "stride:4")
+        var configuration = ReplayConfiguration(policies: [try PolicySpec(name: "h2o", values: ["budget": "4"])])
+        configuration.metricSteps = .stride(4)
+        let summary = try ReplayEngine(reader: try TraceReader(path: traces[0]), configuration: configuration).run()
+            .runs[0].summary
+        XCTAssertEqual(h2o[column("mass_recall_mean")], SweepColumns.number(summary.massRecall.mean))
+        XCTAssertEqual(h2o[column("mass_recall_ci95")], SweepColumns.number(summary.massRecall.ci95HalfWidth))
+        XCTAssertGreaterThan(Double(h2o[column("attention_kl_ci95")]) ?? 0, 0)
+        XCTAssertTrue(h2o[column("run_key")].hasSuffix(";metric_steps=stride:4"), h2o[column("run_key")])
+        let exact = try CSVTable.parse(try reference(), file: "reference.csv").table
+        XCTAssertNil(exact.index(of: "metric_steps"))
+        XCTAssertNil(exact.index(of: "mass_recall_ci95"))
+        XCTAssertNotEqual(exact.rows[3][exact.index(of: "mass_recall_mean")!], h2o[column("mass_recall_mean")])
     }
 
     func testTraceEntryParametersReachTheEngine() throws {

@@ -10,6 +10,9 @@ public struct MetricSummary: Codable, Equatable, Sendable {
     public var min: Double
     public var max: Double
     public var count: Int
+    /// Half-width of the 95 % confidence interval of `mean` when the fidelity metrics were
+    /// measured on a sample of decode steps (`MetricSampling`); nil when every step was measured.
+    public var ci95HalfWidth: Double? = nil
 
     public init(samples: [Float]) {
         count = samples.count
@@ -74,12 +77,22 @@ public struct RunSummary: Codable, Equatable, Sendable {
     /// The summary of per-step records and samples gathered over `replayedLayers` layers, in
     /// layer order (the engine's, and a layer-shard merge's: the same sums in the same order).
     public static func of(records: [StepRecord], samples: MetricSamples, counters: [(name: String, value: Int)],
-                          numLayers: Int, replayedLayers: Int, anyValues: Bool) -> RunSummary {
-        RunSummary(
-            massRecall: MetricSummary(samples: samples.massRecall),
-            topKRecall: MetricSummary(samples: samples.topKRecall),
-            attentionKL: MetricSummary(samples: samples.attentionKL),
-            outputError: anyValues ? MetricSummary(samples: samples.outputError) : nil,
+                          numLayers: Int, replayedLayers: Int, anyValues: Bool,
+                          sampling: MetricSampling? = nil, headsPerStep: Int = 0) -> RunSummary {
+        func summary(_ values: [Float]) -> MetricSummary {
+            var s = MetricSummary(samples: values)
+            if let sampling {
+                s.ci95HalfWidth = MetricSummary.stepSampleHalfWidth(values, sampledSteps: sampling.sampledSteps,
+                                                                    headsPerStep: headsPerStep,
+                                                                    decodeSteps: sampling.decodeSteps)
+            }
+            return s
+        }
+        return RunSummary(
+            massRecall: summary(samples.massRecall),
+            topKRecall: summary(samples.topKRecall),
+            attentionKL: summary(samples.attentionKL),
+            outputError: anyValues ? summary(samples.outputError) : nil,
             memory: MemorySummary(records: records, numLayers: numLayers, replayedLayers: replayedLayers),
             thoughtBreakdown: ThoughtBreakdownSummary(records: records, numLayers: numLayers),
             policyCounters: counters.isEmpty ? nil : Dictionary(counters.map { ($0.name, $0.value) }, uniquingKeysWith: +))

@@ -66,6 +66,11 @@ public protocol CachePolicy: AnyObject {
     /// Default: none.
     static var conformanceSettings: [String: String] { get }
 
+    /// Why this configuration needs the full-cache attention of every decode step, or nil: a
+    /// replay whose metrics are sampled (`--metric-steps`) computes that attention on sampled
+    /// steps only, and refuses such a policy. Default nil: a policy sees its own cache.
+    static func fullReferenceNeed(_ parameters: PolicyParameters) -> String?
+
     init(parameters: PolicyParameters, setup: PolicySetup) throws
 
     /// Upper bound on the *resident* tokens per kv head after any step (nil: unbounded).
@@ -103,6 +108,7 @@ extension CachePolicy {
     public static var budgetParameter: PolicyParameter? { parameters.first { $0.role == .budget } }
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { nil }
     public static var conformanceSettings: [String: String] { [:] }
+    public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? { nil }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {}

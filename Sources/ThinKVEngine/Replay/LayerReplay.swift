@@ -28,6 +28,10 @@ final class LayerReplay {
     private var computed: [StoredReferenceChunk] = []
     private let keepsLogits: Bool
     private let chunks: [ReferenceChunk]
+    /// The decode steps whose fidelity is measured (`--metric-steps`; nil: every step), and the
+    /// chunk holding the reference of those of the current chunk.
+    private let sampledSteps: [Int]?
+    private let sampledChunk: ReferenceChunk
     private var chunkCount: Int { (decodeSteps + chunkSteps - 1) / chunkSteps }
 
     private var queryRows: QueryRows
@@ -38,20 +42,26 @@ final class LayerReplay {
     private var busy: [Double]
 
     init(reader: TraceReader, data: LayerData, runs: [PolicyLayerRun], configuration: ReplayConfiguration,
-         referenceStore: ReferenceStore?, workerCount: Int, chunkSteps: Int, decodeSteps: Int) {
+         referenceStore: ReferenceStore?, workerCount: Int, chunkSteps: Int, decodeSteps: Int,
+         sampledSteps: [Int]? = nil) {
         let header = reader.header, info = data.info
         self.reader = reader
         self.header = header
         self.info = info
         self.runs = runs
         self.workerCount = workerCount
-        self.chunkSteps = chunkSteps
+        // Sampled, a chunk holds no logits and few reference steps: longer chunks give the
+        // reference's parts more steps to share out (the queries of 512 steps are a few MiB).
+        self.chunkSteps = sampledSteps == nil ? chunkSteps : max(chunkSteps, 512)
+        self.sampledSteps = sampledSteps
         self.decodeSteps = decodeSteps
         timing = ReplayTiming(threads: workerCount)
         let reference = ReferenceAttention(header: header, data: data, workers: workerCount)
         self.reference = reference
-        let store = referenceStore?.matches(reader: reader, configuration: configuration, chunkSteps: chunkSteps,
-                                            decodeSteps: decodeSteps) == true ? referenceStore : nil
+        // A sampled replay computes only part of the reference: it neither reads nor fills a store.
+        let matches = referenceStore?.matches(reader: reader, configuration: configuration, chunkSteps: chunkSteps,
+                                              decodeSteps: decodeSteps) == true
+        let store = sampledSteps == nil && matches ? referenceStore : nil
         self.store = store
         let stored = store?.chunks(ofLayer: info.index)
         self.stored = stored
@@ -62,13 +72,14 @@ final class LayerReplay {
         // Logits are kept only when some policy attends with the exact keys a set other than every
         // position: chunkSteps × Hq × T floats per chunk at most (117 MiB at 64 × 14 × 32768).
         // A stored reference has no logits: policies then compute their own (the same bits).
-        let keepsLogits = stored == nil && info.hasQueriesAndKeys
+        let keepsLogits = stored == nil && info.hasQueriesAndKeys && sampledSteps == nil
             && runs.contains { !type(of: $0.policy).evictsNothing }
         self.keepsLogits = keepsLogits
         chunks = (0..<2).map { _ in
             ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK,
                            keepsLogits: keepsLogits)
         }
+        sampledChunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK)
         queryRows = QueryRows(reader: reader, layer: info.index)
         attendable = [UInt64](repeating: 0, count: (header.numTokens + 63) / 64)
         busy = [Double](repeating: 0, count: runs.count + referenceParts)
@@ -77,6 +88,7 @@ final class LayerReplay {
     /// Steps every run through the layer. `afterChunk` is called in the serial section after
     /// each chunk with the decode steps done so far.
     func run(afterChunk: (_ stepsDone: Int) -> Void) throws {
+        if let sampledSteps { return try runSampled(sampledSteps, afterChunk: afterChunk) }
         if let chunk = try load(0), stored == nil {
             let start = Self.now()
             reference.compute(chunk, scratch: scratch)
@@ -107,8 +119,67 @@ final class LayerReplay {
         else { return }
         throw TraceError(file: reader.path, object: "/layers/\(info.index)",
                          "attention logits overflow float32 at decode step "
-                             + "\(chunk.firstStep + bad / header.numQHeads), "
+                             + "\(chunk.decodeStep(bad / header.numQHeads)), "
                              + "query head \(bad % header.numQHeads) (q·k too large)")
+    }
+
+    /// `run` when only `sampled` steps are measured: per chunk, the queries are read, the
+    /// reference of the chunk's sampled steps is computed (its parts across the workers), then
+    /// every policy steps through the chunk (one task each). The reference is a small share of
+    /// the work here, so it is not overlapped with the policies' steps.
+    private func runSampled(_ sampled: [Int], afterChunk: (_ stepsDone: Int) -> Void) throws {
+        let chunk = chunks[0]
+        let width = header.numQHeads * header.headDim
+        let perPair = Double(((info.hasValues ? 2 : 0) + 2) * header.headDim * header.numQHeads)
+        var next = 0
+        for c in 0..<chunkCount {
+            let rows = decodeRows(ofChunk: c)
+            let first = c * chunkSteps
+            let readStart = Self.now()
+            chunk.prepare(firstStep: first, stepCount: rows.count, hasValues: info.hasValues)
+            try queryRows.read(rows, into: &chunk.queries)
+            var steps: [Int] = []
+            while next < sampled.count && sampled[next] < first + rows.count {
+                steps.append(sampled[next])
+                next += 1
+            }
+            sampledChunk.prepare(sampled: steps, hasValues: info.hasValues)
+            if sampledChunk.queries.count != steps.count * width {
+                sampledChunk.queries = [Float](repeating: 0, count: steps.count * width)
+            }
+            chunk.queries.withUnsafeBufferPointer { all in
+                sampledChunk.queries.withUnsafeMutableBufferPointer { out in
+                    for (i, step) in steps.enumerated() {
+                        let from = all.baseAddress! + (step - first) * width
+                        (out.baseAddress! + i * width).update(from: from, count: width)
+                    }
+                }
+            }
+            timing.readSeconds += Self.now() - readStart
+            if !steps.isEmpty {
+                let start = Self.now()
+                reference.compute(sampledChunk, scratch: scratch)
+                timing.referenceSeconds += Self.now() - start
+                for step in steps { timing.referenceFLOPs += perPair * Double(header.promptLength + step + 1) }
+                try checkLogSumExp(sampledChunk)
+            }
+            busy.withUnsafeMutableBufferPointer { buffer in
+                let seconds = buffer.baseAddress!
+                let task = { (i: Int) in
+                    let start = Self.now()
+                    self.runs[i].advance(through: chunk, sampled: self.sampledChunk)
+                    seconds[i] += Self.now() - start
+                }
+                if workerCount == 1 || runs.count == 1 {
+                    for i in runs.indices { task(i) }
+                } else {
+                    DispatchQueue.concurrentPerform(iterations: runs.count, execute: task)
+                }
+            }
+            for run in runs { timing.policyFLOPs += run.takeFLOPs() }
+            afterChunk(rows.upperBound - header.promptLength)
+        }
+        timing.policySeconds += busy[..<runs.count].reduce(0, +) / Double(workerCount)
     }
 
     /// The trace rows of chunk c's decode positions.

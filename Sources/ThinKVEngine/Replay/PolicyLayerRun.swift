@@ -172,6 +172,35 @@ package final class PolicyLayerRun {
         }
     }
 
+    /// Steps through every decode step of `chunk` (whose queries are read; its reference is not
+    /// computed), measuring only the steps of `sampled`, a chunk holding the reference of those
+    /// of its steps that are sampled (`--metric-steps`). The others are stepped as in a deployed
+    /// cache: the policy's attention over its own cache, memory and paging accounting, no
+    /// fidelity (NaN in the record).
+    func advance(through chunk: ReferenceChunk, sampled: ReferenceChunk) {
+        let h = setup.header
+        let stride = h.numQHeads * h.headDim
+        var next = 0
+        chunk.queries.withUnsafeBufferPointer { allQueries in
+            for s in 0..<chunk.stepCount {
+                let step = chunk.firstStep + s
+                let isSampled = next < sampled.stepCount && sampled.decodeStep(next) == step
+                let queries = setup.layer.hasQueriesAndKeys
+                    ? UnsafeBufferPointer(rebasing: allQueries[(s * stride)..<((s + 1) * stride)]) : nil
+                let context = StepContext(setup: setup, data: data, step: step, position: h.promptLength + step,
+                                          queries: queries,
+                                          fullCacheSparsity: isSampled ? sampled.sparsity[next] : .nan)
+                beginStep(context)
+                if isSampled {
+                    finishStep(context, measuredAgainst: sampled, next)
+                    next += 1
+                } else {
+                    finishUnsampledStep(context)
+                }
+            }
+        }
+    }
+
     /// The first half of a step: the new position joins every kv head's cache.
     package func beginStep(_ context: StepContext) {
         cache.beginStep()
@@ -199,6 +228,15 @@ package final class PolicyLayerRun {
                 cache.rechargedPending[g].removeAll(keepingCapacity: true)
             }
         }
+    }
+
+    /// The second half of a measured-mode step without a reference (`--metric-steps`).
+    private func finishUnsampledStep(_ context: StepContext) {
+        precondition(mode == .measured, "only a measured run samples its metric steps")
+        policy.beforeAttention(context, cache: cache)
+        timeline?.observe(cache, step: context.step)
+        attendObserver?(cache)
+        measureStep(context, chunk: nil, s: 0, total: layOutAttention())
     }
 
     /// Where each query head's row of the attention sits (`offsets`, `counts`); sizes the buffer.
@@ -245,8 +283,10 @@ package final class PolicyLayerRun {
     // MARK: Measured steps
 
     /// The measured mode's attention and afterAttention, with the step's record: tokens and bytes
-    /// of the attended set, paging, fidelity per query head, then the resident set.
-    private func measureStep(_ context: StepContext, chunk: ReferenceChunk, s: Int, total: Int) {
+    /// of the attended set, paging, fidelity per query head, then the resident set. Without a
+    /// reference chunk (an unsampled step) the attention is the policy's own over its cache, when
+    /// it reads it, and the record's fidelity and sparsity are NaN.
+    private func measureStep(_ context: StepContext, chunk: ReferenceChunk?, s: Int, total: Int) {
         let h = setup.header
         let Hq = h.numQHeads, Hkv = h.numKVHeads
         var attendedTokens = 0
@@ -255,9 +295,17 @@ package final class PolicyLayerRun {
         var compactionBytes = updatePaging(newPosition: Int32(context.position))
         let paged = pagingState()
 
-        headMetrics.removeAll(keepingCapacity: true)
-        for g in 0..<Hkv { measureGroup(g, context: context, chunk: chunk, s: s, into: &headMetrics) }
-        let fidelity = collect(headMetrics)
+        let unmeasured = Float.nan
+        var fidelity = (recallSum: unmeasured, recallMin: unmeasured, topKSum: unmeasured, klSum: unmeasured,
+                        errorSum: unmeasured)
+        if let chunk {
+            headMetrics.removeAll(keepingCapacity: true)
+            for g in 0..<Hkv { measureGroup(g, context: context, chunk: chunk, s: s, into: &headMetrics) }
+            fidelity = collect(headMetrics)
+        } else if type(of: policy).readsAttention {
+            computeAttention(context)
+            for g in 0..<Hkv { flops += Double(2 * h.headDim * h.groupSize * cache.count(kvHead: g)) }
+        }
 
         let thought = policy.thoughtBreakdown(cache: cache)
         callAfterAttention(context, total: total)
@@ -284,7 +332,7 @@ package final class PolicyLayerRun {
             compactionBytes: compactionBytes,
             massRecall: fidelity.recallSum / n, massRecallMin: fidelity.recallMin, topKRecall: fidelity.topKSum / n,
             attentionKL: fidelity.klSum / n, outputError: data.values == nil ? nil : fidelity.errorSum / n,
-            sparsity: chunk.sparsity[s], evicted: evicted, thought: thought))
+            sparsity: chunk?.sparsity[s] ?? unmeasured, evicted: evicted, thought: thought))
     }
 
     /// Appends every head's sample to `samples` and returns the sums over the step's heads.

@@ -8,6 +8,12 @@ public final class ReferenceChunk {
     public let topK: Int
     public private(set) var firstStep = 0
     public private(set) var stepCount = 0
+    /// The decode step of each entry when the chunk holds sampled steps (`--metric-steps`),
+    /// ascending; nil: the consecutive steps `firstStep ..< firstStep + stepCount`.
+    public private(set) var sampledSteps: [Int]?
+
+    /// The decode step of entry s.
+    @inline(__always) public func decodeStep(_ s: Int) -> Int { sampledSteps?[s] ?? firstStep + s }
 
     /// Queries of the chunk's positions, `[step][Hq][D]` (q+k layers).
     public var queries: [Float] = []
@@ -64,9 +70,16 @@ public final class ReferenceChunk {
         logitStride = positions.map(\.count).max() ?? 0
     }
 
+    /// Sizes the chunk for the steps `sampled` (ascending; none: nothing to compute).
+    package func prepare(sampled steps: [Int], hasValues: Bool) {
+        prepare(firstStep: steps.first ?? 0, stepCount: steps.count, hasValues: hasValues)
+        sampledSteps = steps
+    }
+
     package func prepare(firstStep: Int, stepCount: Int, hasValues: Bool) {
         self.firstStep = firstStep
         self.stepCount = stepCount
+        sampledSteps = nil
         if keepsLogits && logitStorage.count < stepCount * numQHeads * logitStride {
             // Grown, never shrunk, a quarter beyond the need; not zeroed: entries are written
             // before they are read.
@@ -245,7 +258,7 @@ package struct ReferenceAttention {
         let P = header.promptLength
         let scale = header.effectiveSoftmaxScale
         let k = chunk.topK
-        let lastLength = P + chunk.firstStep + range.upperBound  // visible positions of the last step
+        let lastLength = P + chunk.decodeStep(range.upperBound - 1) + 1  // visible positions of the last step
         let rows = range.count * gs
         scratch.average.withUnsafeMutableBufferPointer { avg in
             for i in 0..<(range.count * T) { avg[i] = 0 }
@@ -284,13 +297,13 @@ package struct ReferenceAttention {
                         let spare = PA.baseAddress! + stepBlock * T
                         for (i, s) in range.enumerated() {
                             Sparsity.addMaxPooledSoftmax(L.baseAddress! + i * gs * T, rows: gs, stride: T,
-                                                         count: P + chunk.firstStep + s + 1, scratch: spare,
+                                                         count: P + chunk.decodeStep(s) + 1, scratch: spare,
                                                          into: PA.baseAddress! + i * T)
                         }
                     }
                 }
                 for (i, s) in range.enumerated() {
-                    let n = P + chunk.firstStep + s + 1
+                    let n = P + chunk.decodeStep(s) + 1
                     for hh in 0..<gs {
                         let h = g * gs + hh
                         let idx = s * Hq + h
@@ -342,10 +355,10 @@ package struct ReferenceAttention {
                 }
             }
             for (i, s) in range.enumerated() {
-                chunk.sparsity[s] = Sparsity.of(averagedRow: avg.baseAddress! + i * T, count: P + chunk.firstStep + s + 1)
+                chunk.sparsity[s] = Sparsity.of(averagedRow: avg.baseAddress! + i * T, count: P + chunk.decodeStep(s) + 1)
                 if chunk.poolsGroups {
                     chunk.sparsityMaxPool[s] = scratch.pooledAverage.withUnsafeBufferPointer {
-                        Sparsity.of(averagedRow: $0.baseAddress! + i * T, count: P + chunk.firstStep + s + 1)
+                        Sparsity.of(averagedRow: $0.baseAddress! + i * T, count: P + chunk.decodeStep(s) + 1)
                     }
                 }
             }
@@ -355,7 +368,7 @@ package struct ReferenceAttention {
     /// One step of an attention-only layer: the recorded rows are the reference.
     private func computeRecordedStep(_ s: Int, _ chunk: ReferenceChunk, _ scratch: Scratch) {
         let Hq = header.numQHeads, D = header.headDim, T = header.numTokens
-        let p = header.promptLength + chunk.firstStep + s
+        let p = header.promptLength + chunk.decodeStep(s)
         let n = p + 1
         let k = chunk.topK
         let attnHeads = data.info.attentionHeads == .keyValue ? header.numKVHeads : Hq

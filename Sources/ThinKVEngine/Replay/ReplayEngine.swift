@@ -21,6 +21,9 @@ public struct ReplayConfiguration: Sendable {
     /// sweep can compare layouts against one shared reference (paging is accounting only: it
     /// never changes what a policy keeps). nil: every policy uses `paging` and `blockSize`.
     public var layouts: [PagingLayout]?
+    /// The decode steps whose fidelity is measured against the full-cache reference (`--metric-steps`);
+    /// on the others the reference is not computed and policies attend over their own caches.
+    public var metricSteps: MetricStepSelection = .all
 
     public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = TraceLimits.defaultTopK,
                 maxSteps: Int? = nil, threads: Int? = nil) {
@@ -97,10 +100,12 @@ public struct ReplayResult: Sendable {
     public let timing: ReplayTiming
     /// k of the top-k recall (a figure of the report; layer shards must agree on it).
     public var topK: Int = TraceLimits.defaultTopK
+    /// Set when fidelity was measured on a sample of the decode steps (`--metric-steps`).
+    public var metricSampling: MetricSampling? = nil
 
     package init(tracePath: String, header: TraceHeader, layers: [Int], decodeSteps: Int, runs: [PolicyRun],
                  notes: [String], paging: PagingMode, blockSizes: String, timing: ReplayTiming,
-                 topK: Int = TraceLimits.defaultTopK) {
+                 topK: Int = TraceLimits.defaultTopK, metricSampling: MetricSampling? = nil) {
         self.tracePath = tracePath
         self.header = header
         self.layers = layers
@@ -111,6 +116,7 @@ public struct ReplayResult: Sendable {
         self.blockSizes = blockSizes
         self.timing = timing
         self.topK = topK
+        self.metricSampling = metricSampling
     }
 }
 
@@ -211,6 +217,7 @@ public final class ReplayEngine {
         guard decodeSteps > 0 else {
             throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
         }
+        let sampledSteps = try metricStepsToMeasure(layers: layers)
         try TraceLimits.checkReplayMemory(header, file: reader.path, policies: configuration.policies.count, chunkSteps: chunkSteps)
         // Where a layer records attn beside q and k, the two must agree (sampled steps).
         try AttentionCrossCheck.check(reader, layers: layers, samples: 4)
@@ -226,7 +233,7 @@ public final class ReplayEngine {
             let readStart = ReplayEngine.now()
             let data = try LayerData.load(from: reader, layer: layer)
             timing.readSeconds += ReplayEngine.now() - readStart
-            let layerRuns = try replayLayer(data, ordinal: ordinal, count: layers.count)
+            let layerRuns = try replayLayer(data, ordinal: ordinal, count: layers.count, sampledSteps: sampledSteps)
             for (i, run) in layerRuns.enumerated() {
                 records[i] += run.records
                 samples[i].append(run.samples)
@@ -237,6 +244,9 @@ public final class ReplayEngine {
         }
 
         let anyValues = layers.contains { reader.layerInfo($0)?.hasValues == true }
+        let sampling = sampledSteps.map {
+            MetricSampling(selection: configuration.metricSteps, sampledSteps: $0.count, decodeSteps: decodeSteps)
+        }
         var notes: [String] = []
         for (spec, value) in zip(configuration.policies, prepared) {
             for note in (value as? ReplayNotes)?.replayNotes ?? [] where !notes.contains("\(spec.label): \(note)") {
@@ -249,7 +259,7 @@ public final class ReplayEngine {
         let runs = configuration.policies.enumerated().map { i, spec in
             var run = PolicyRun(spec: spec, steps: records[i], summary: RunSummary.of(
                 records: records[i], samples: samples[i], counters: counters[i], numLayers: header.numLayers,
-                replayedLayers: layers.count, anyValues: anyValues),
+                replayedLayers: layers.count, anyValues: anyValues, sampling: sampling, headsPerStep: header.numQHeads),
                 paging: configuration.layout(ofPolicy: i).mode, blockSize: configuration.effectiveBlockSize(ofPolicy: i))
             run.samples = samples[i]
             run.counters = counters[i].map { PolicyCounter(name: $0.name, value: $0.value) }
@@ -277,9 +287,31 @@ public final class ReplayEngine {
         let sizes = configuration.policies.indices.map { configuration.effectiveBlockSize(ofPolicy: $0) }
         let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
             : zip(configuration.policies, sizes).map { "\($0.name) \($1)" }.joined(separator: ", ")
-        return ReplayResult(tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
-                            runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes, timing: timing,
-                            topK: configuration.topK)
+        var result = ReplayResult(tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
+                                  runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes,
+                                  timing: timing, topK: configuration.topK)
+        result.metricSampling = sampling
+        return result
+    }
+
+    /// The decode steps to measure, or nil for every step (`metricSteps` is `all`). Sampling
+    /// refuses what needs the full-cache attention on every step, and layers without q and k
+    /// (their policies could not attend over their own caches without the recorded rows).
+    private func metricStepsToMeasure(layers: [Int]) throws -> [Int]? {
+        let selection = configuration.metricSteps
+        guard selection != .all else { return nil }
+        for spec in configuration.policies {
+            if let reason = spec.type.fullReferenceNeed(spec.parameters) {
+                throw UsageError("--metric-steps \(selection.description): \(spec.label) \(reason); "
+                                 + "use --metric-steps all")
+            }
+        }
+        if let layer = layers.first(where: { reader.layerInfo($0)?.hasQueriesAndKeys != true }) {
+            throw UsageError("--metric-steps \(selection.description): layer \(layer) of \(reader.path) records "
+                             + "no q and k, so its policies cannot attend over their own caches; "
+                             + "use --metric-steps all")
+        }
+        return selection.steps(of: decodeSteps)
     }
 
     // MARK: One layer
@@ -289,7 +321,8 @@ public final class ReplayEngine {
     private var workerCount: Int { max(1, configuration.threads ?? ProcessInfo.processInfo.activeProcessorCount) }
 
     /// Every policy's run over one layer (`LayerReplay`), started from the prompt.
-    private func replayLayer(_ data: LayerData, ordinal: Int, count: Int) throws -> [PolicyLayerRun] {
+    private func replayLayer(_ data: LayerData, ordinal: Int, count: Int,
+                             sampledSteps: [Int]?) throws -> [PolicyLayerRun] {
         let header = reader.header
         let info = data.info
         let P = header.promptLength
@@ -304,7 +337,7 @@ public final class ReplayEngine {
         }
         let layer = LayerReplay(reader: reader, data: data, runs: runs, configuration: configuration,
                                 referenceStore: referenceStore, workerCount: workerCount, chunkSteps: chunkSteps,
-                                decodeSteps: decodeSteps)
+                                decodeSteps: decodeSteps, sampledSteps: sampledSteps)
         let total = decodeSteps
         try layer.run { done in
             if let sink = keptSink {

@@ -13,6 +13,8 @@ public protocol CacheQuantizer: AnyObject {
     /// Slots per paging block the quantizer prefers (nil: the base's).
     static var preferredBlockSize: Int? { get }
     static var conformanceSettings: [String: String] { get }
+    /// As `CachePolicy.fullReferenceNeed`: why this quantizer needs every step's full-cache attention.
+    static func fullReferenceNeed(_ parameters: PolicyParameters) -> String?
     static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)?
     static func validationPrepared(header: TraceHeader) -> (any Sendable)?
     static func cadence(_ parameters: PolicyParameters) -> String
@@ -29,6 +31,7 @@ extension CacheQuantizer {
     public static var requirements: PolicyRequirements { [] }
     public static var preferredBlockSize: Int? { nil }
     public static var conformanceSettings: [String: String] { [:] }
+    public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? { nil }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
                                layers: [Int]) throws -> (any Sendable)? {
         nil

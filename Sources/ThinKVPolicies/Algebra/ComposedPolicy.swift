@@ -105,6 +105,13 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
     }
 
     public static var requirements: PolicyRequirements { Base.requirements.union(Quantizer.requirements) }
+    public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? {
+        if let base = try? self.parameters(of: .base, parameters), let reason = Base.fullReferenceNeed(base) {
+            return reason
+        }
+        guard let quantizer = try? self.parameters(of: .quantizer, parameters) else { return nil }
+        return Quantizer.fullReferenceNeed(quantizer)
+    }
     public static var preferredBlockSize: Int { Quantizer.preferredBlockSize ?? Base.preferredBlockSize }
     public static var readsAttention: Bool { Base.readsAttention }
 

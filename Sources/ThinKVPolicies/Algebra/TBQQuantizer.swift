@@ -12,6 +12,9 @@ public final class TBQQuantizer: CacheQuantizer {
     public static var parameters: [PolicyParameter] { ThinKVQuantizationOnlyPolicy.parameters }
     public static var preferredBlockSize: Int? { ThinKVQuantizationOnlyPolicy.preferredBlockSize }
     public static var conformanceSettings: [String: String] { ThinKVQuantizationOnlyPolicy.conformanceSettings }
+    public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? {
+        ThinKVQuantizationOnlyPolicy.fullReferenceNeed(parameters)
+    }
     public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
                                layers: [Int]) throws -> (any Sendable)? {
         try ThinKVQuantizationOnlyPolicy.prepare(reader, parameters: parameters, layers: layers)

@@ -41,6 +41,10 @@ public struct ReplayShard: Codable, Sendable {
     /// The trace's /tokens/text (nil when it has none), so that the merged per-step CSV has the
     /// `token_text` column of one replay's without the trace at hand.
     public var tokenText: [String]?
+    /// Set when the replay measured fidelity on a sample of steps (`--metric-steps`); absent
+    /// otherwise, so a shard of a full replay is what it always was. Shards merge only with
+    /// shards of the same sample.
+    public var metricSampling: MetricSampling?
 
     public init(_ result: ReplayResult, layersWithValues: [Int], tokenText: [String]? = nil) {
         trace = result.tracePath
@@ -58,6 +62,25 @@ public struct ReplayShard: Codable, Sendable {
                 records: run.steps, samples: run.samples, counters: run.counters)
         }
         self.tokenText = tokenText
+        metricSampling = result.metricSampling
+    }
+
+    /// The steps whose fidelity the records hold (nil: every step).
+    func measuredSteps(file path: String) throws -> Set<Int>? {
+        guard let sampling = metricSampling else { return nil }
+        let selection: MetricStepSelection
+        do {
+            selection = try MetricStepSelection.parse(sampling.selection, option: "metric_sampling.selection")
+        } catch {
+            throw CSVError("\(path): \(error); not a shard 'replay --shard-state' writes")
+        }
+        let steps = selection.steps(of: decodeSteps)
+        guard selection != .all, steps.count == sampling.sampledSteps, sampling.decodeSteps == decodeSteps else {
+            throw CSVError("\(path): its metric sample (\(Format.printable(sampling.selection)), \(sampling.sampledSteps) of "
+                           + "\(sampling.decodeSteps) steps) does not fit its \(decodeSteps) decode steps; "
+                           + "not a shard 'replay --shard-state' writes")
+        }
+        return Set(steps)
     }
 
     public func write(to path: String, protecting inputs: [String] = []) throws {
@@ -115,6 +138,7 @@ public struct ReplayShard: Codable, Sendable {
         guard seconds.allSatisfy({ $0.isFinite && $0 >= 0 }), timing.threads >= 0 else { throw bad("its timings are not finite non-negative numbers") }
         guard !runs.isEmpty else { throw bad("it holds no policy run") }
         let expected = layers.count * decodeSteps
+        let measured = try measuredSteps(file: path)
         for run in runs {
             let name = "run \(Format.printable(run.policy))"
             do { _ = try PolicySpec(name: run.policy, values: run.given) } catch {
@@ -125,20 +149,34 @@ public struct ReplayShard: Codable, Sendable {
             guard run.records.count == expected else {
                 throw bad("\(name): \(run.records.count) step records, \(layers.count) layer(s) × \(decodeSteps) step(s) make \(expected)")
             }
-            var withError = 0
+            var withError = 0, measuredRecords = 0
             for (i, r) in run.records.enumerated() {
                 let layer = layers[i / decodeSteps], step = i % decodeSteps
                 guard r.layer == layer, r.step == step, r.position == h.promptLength + step else {
                     throw bad("\(name): record \(i) is layer \(r.layer) step \(r.step) position \(r.position), expected layer \(layer) step \(step) position \(h.promptLength + step)")
                 }
-                if let problem = Self.problem(r) { throw bad("\(name): layer \(r.layer) step \(r.step): \(problem)") }
-                if r.outputError != nil { withError += 1 }
+                // An unmeasured step's fidelity is NaN; it is checked as a measured one's would be.
+                var checked = r
+                if let measured, !measured.contains(step) {
+                    let fidelity = [r.massRecall, r.massRecallMin, r.topKRecall, r.attentionKL, r.sparsity,
+                                    r.outputError ?? .nan]
+                    guard fidelity.allSatisfy(\.isNaN) else {
+                        throw bad("\(name): layer \(r.layer) step \(r.step) is not a sampled step but has fidelity")
+                    }
+                    (checked.massRecall, checked.massRecallMin, checked.topKRecall, checked.attentionKL) = (1, 1, 1, 0)
+                    checked.sparsity = 0
+                    checked.outputError = r.outputError.map { _ in 0 }
+                } else {
+                    measuredRecords += 1
+                    if r.outputError != nil { withError += 1 }
+                }
+                if let problem = Self.problem(checked) { throw bad("\(name): layer \(r.layer) step \(r.step): \(problem)") }
             }
-            let perHead = expected * h.numQHeads
+            let perHead = measuredRecords * h.numQHeads
             let s = run.samples
             guard s.massRecall.count == perHead, s.topKRecall.count == perHead, s.attentionKL.count == perHead,
                   s.outputError.count == withError * h.numQHeads else {
-                throw bad("\(name): metric samples (\(s.massRecall.count), \(s.topKRecall.count), \(s.attentionKL.count), \(s.outputError.count)) do not match \(expected) records × \(h.numQHeads) query heads")
+                throw bad("\(name): metric samples (\(s.massRecall.count), \(s.topKRecall.count), \(s.attentionKL.count), \(s.outputError.count)) do not match \(measuredRecords) measured records × \(h.numQHeads) query heads")
             }
             guard s.massRecall.allSatisfy(Self.isRecall), s.topKRecall.allSatisfy(Self.isRecall) else {
                 throw bad("\(name): a recall sample is not in [0, 1]")
@@ -200,6 +238,10 @@ public struct ReplayShard: Codable, Sendable {
                 guard run.counters.map(\.name) == other.counters.map(\.name) else { throw differs("\(run.policy)'s counters") }
             }
             if let text = shard.tokenText, let firstText = first.tokenText, text != firstText { throw differs("the token text") }
+            guard shard.metricSampling == first.metricSampling else {
+                let (mine, theirs) = (shard.metricSampling?.selection ?? "all", first.metricSampling?.selection ?? "all")
+                throw differs("--metric-steps (\(mine) vs \(theirs))")
+            }
         }
         let order = shards.indices.sorted { (shards[$0].layers.first ?? 0) < (shards[$1].layers.first ?? 0) }
         var layers: [Int] = []
@@ -235,14 +277,18 @@ public struct ReplayShard: Codable, Sendable {
             let spec = try PolicySpec(name: first.runs[r].policy, values: first.runs[r].given)
             var run = PolicyRun(spec: spec, steps: records, summary: RunSummary.of(
                 records: records, samples: samples, counters: counters, numLayers: first.header.numLayers,
-                replayedLayers: layers.count, anyValues: anyValues),
+                replayedLayers: layers.count, anyValues: anyValues, sampling: first.metricSampling,
+                headsPerStep: first.header.numQHeads),
                 paging: PagingMode(rawValue: first.runs[r].paging) ?? .ct, blockSize: first.runs[r].blockSize)
             run.samples = samples
             run.counters = counters.map { Counter(name: $0.name, value: $0.value) }
             return run
         }
-        return ReplayResult(tracePath: first.trace, header: first.header, layers: layers, decodeSteps: first.decodeSteps,
-                            runs: runs, notes: notes, paging: PagingMode(rawValue: first.paging) ?? .ct,
-                            blockSizes: first.blockSizes, timing: timing, topK: first.topK)
+        var result = ReplayResult(tracePath: first.trace, header: first.header, layers: layers,
+                                  decodeSteps: first.decodeSteps, runs: runs, notes: notes,
+                                  paging: PagingMode(rawValue: first.paging) ?? .ct, blockSizes: first.blockSizes,
+                                  timing: timing, topK: first.topK)
+        result.metricSampling = first.metricSampling
+        return result
     }
 }

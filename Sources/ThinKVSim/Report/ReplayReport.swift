@@ -11,6 +11,7 @@ public enum ReplayReport {
         out.append("model   \(Format.printable(h.model)): \(h.numLayers) layers, \(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads, head dim \(h.headDim)")
         out.append("tokens  \(h.numTokens) (prompt \(h.promptLength), replayed \(result.decodeSteps) decode steps)")
         out.append("layers  \(result.layers.map(String.init).joined(separator: ", ")) (bytes extrapolated to all \(h.numLayers) layers)")
+        if let sampling = result.metricSampling { out.append("sampled \(sampling.summaryLine)") }
         out.append("")
         // Fidelity leads (KL, output error); mass recall, blind to quantization error, follows.
         var table = TextTable(headers: ["policy", "tokens", "KV peak", "KV mean", "% full", "KL", "out err", "err p95",
@@ -41,6 +42,10 @@ public enum ReplayReport {
             ])
         }
         out.append(table.render())
+        if let sampling = result.metricSampling {
+            out.append("")
+            out.append(sampledTable(result, sampling))
+        }
         out.append("")
         out.append(cadenceTable(result))
         if result.paging != .none {
@@ -78,6 +83,23 @@ public enum ReplayReport {
         }
         for note in result.notes { out.append("note: \(note)") }
         return out.joined(separator: "\n")
+    }
+
+    /// The fidelity means with their 95 % confidence half-widths, when the metrics were sampled.
+    static func sampledTable(_ result: ReplayResult, _ sampling: MetricSampling) -> String {
+        var table = TextTable(headers: ["policy", "KL ± 95 %", "out err ± 95 %", "recall ± 95 %", "top-k ± 95 %"])
+        func interval(_ m: MetricSummary?) -> String {
+            guard let m else { return "n/a" }
+            return Format.fixed(m.mean) + " ± " + (m.ci95HalfWidth.map { $0.isNaN ? "n/a" : Format.fixed($0) } ?? "n/a")
+        }
+        for run in result.runs {
+            let s = run.summary
+            table.add([run.spec.label, interval(s.attentionKL), interval(s.outputError), interval(s.massRecall),
+                       interval(s.topKRecall)])
+        }
+        return table.render() + "\n" + "sampled: fidelity on \(sampling.sampledSteps) of \(sampling.decodeSteps) steps "
+            + "(\(sampling.selection)); percentiles and minima are of those steps; tokens, KV and paging of every step;\n"
+            + "  ±: the confidence half-width, \(sampling.interval)."
     }
 
     /// Each run's compression cadence and, after a memory match, the budget found.
@@ -135,6 +157,8 @@ public enum ReplayReport {
         let notes: [String]
         let timing: ReplayTiming
         let runs: [JSONRun]
+        /// Present only when fidelity was measured on a sample of the steps.
+        let metricSteps: MetricSampling?
     }
 
     public static func json(_ result: ReplayResult) throws -> String {
@@ -146,7 +170,7 @@ public enum ReplayReport {
                         parameters: run.spec.parameters.typedEffective,
                         compresses: run.spec.type.compressionCadence(run.spec.parameters),
                         memoryMatch: run.memoryMatch, summary: run.summary)
-            })
+            }, metricSteps: result.metricSampling)
         return try encodeJSON(report)
     }
 
@@ -171,7 +195,8 @@ public enum ReplayReport {
         "tokens_16bit", "tokens_8bit", "tokens_4bit", "tokens_2bit", "tokens_other_bits",
     ]
 
-    /// One row per (policy, layer, decode step); an unavailable output error is an empty cell.
+    /// One row per (policy, layer, decode step); an unavailable output error is an empty cell, and
+    /// so are the fidelity and sparsity cells of a step whose metrics were not sampled (NaN).
     /// After the fixed columns: `policy_name`, then every parameter of the chosen policies as a
     /// column of its own (its effective value; empty for a policy without it), so a script need
     /// not parse labels.

@@ -59,6 +59,10 @@ public enum SweepColumns {
     /// target, the figure matched, the outcome (matched, not matched, unreachable) and the
     /// percentage achieved; the budget found is in the `budget` column.
     public static let memoryMatch = ["kv_percent", "kv_match", "kv_match_status", "achieved_percent"]
+    /// Columns after the memory-match ones when the config has `metric_steps` other than `all`:
+    /// the sample, and the 95 % confidence half-width of each fidelity mean (docs/metrics.md).
+    public static let metricSampling = ["metric_steps", "mass_recall_ci95", "topk_recall_ci95", "attention_kl_ci95",
+                                        "output_error_ci95"]
     /// Last column when per-step CSVs are written.
     public static let stepsFile = "steps_csv"
 
@@ -66,7 +70,8 @@ public enum SweepColumns {
     /// with `param_` if that would collide with a fixed column.
     public static func parameterColumn(_ name: String) -> String {
         let column = name.replacingOccurrences(of: "-", with: "_")
-        return (leading + replayOptions + memoryMatch + metricNames + [stepsFile]).contains(column) ? "param_" + column : column
+        return (leading + replayOptions + memoryMatch + metricSampling + metricNames + [stepsFile]).contains(column)
+            ? "param_" + column : column
     }
 
     /// What is wrong with `cell` as the value of metric column `name` in a row this tool wrote,

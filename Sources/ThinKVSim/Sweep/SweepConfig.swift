@@ -67,10 +67,12 @@ public struct SweepConfig: Sendable, Equatable {
     public var maxRuns = 10_000
     /// Skip grid points a policy refuses (`skip_invalid`) instead of refusing the sweep.
     public var skipInvalid = false
+    /// The decode steps whose fidelity is measured (`metric_steps`, as `replay --metric-steps`).
+    public var metricSteps: MetricStepSelection = .all
 
     public static let topLevelKeys = ["comment", "name", "traces", "policies", "parameters", "output", "step_csv_dir", "metrics",
                                       "layers", "steps", "topk", "paging", "block_size", "threads", "batch",
-                                      "kv_percent", "kv_match", "max_runs", "skip_invalid"]
+                                      "kv_percent", "kv_match", "max_runs", "skip_invalid", "metric_steps"]
     public static let policyKeys = ["comment", "policy", "parameters"]
     public static let traceKeys = ["comment", "path", "parameters"]
 
@@ -112,6 +114,7 @@ public struct SweepConfig: Sendable, Equatable {
             blockSizes: raw.blockSizes ?? [nil], threads: raw.threads, batch: raw.batch)
         config.kvPercents = raw.kvPercents ?? []
         config.skipInvalid = raw.skipInvalid ?? false
+        config.metricSteps = raw.metricSteps ?? .all
         if let maxRuns = raw.maxRuns {
             guard maxRuns >= 1 else { throw SweepConfigError(file: file, path: "max_runs", "must be at least 1, got \(maxRuns)") }
             config.maxRuns = maxRuns
@@ -455,6 +458,7 @@ struct RawConfig: Decodable {
     let kvMatch: MemoryStatistic?
     let maxRuns: Int?
     let skipInvalid: Bool?
+    let metricSteps: MetricStepSelection?
 
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
@@ -498,6 +502,16 @@ struct RawConfig: Decodable {
         batch = try c.optional(Int.self, "batch")
         maxRuns = try c.optional(Int.self, "max_runs")
         skipInvalid = try c.optional(Bool.self, "skip_invalid")
+        if let raw = try c.optional(String.self, "metric_steps") {
+            do { metricSteps = try MetricStepSelection.parse(raw, option: "metric_steps") } catch let error as UsageError {
+                // The key is named once, by the error's path.
+                var problem = Substring(error.description).dropFirst("metric_steps".count)
+                if problem.hasPrefix(":") { problem = problem.dropFirst() }
+                throw fail("metric_steps", problem.trimmingCharacters(in: .whitespaces))
+            }
+        } else {
+            metricSteps = nil
+        }
         kvPercents = try c.optional(OneOrMany<Double>.self, "kv_percent")?.values
         if kvPercents?.isEmpty == true { throw fail("kv_percent", "lists no value") }
         if let raw = try c.optional(String.self, "kv_match") {
@@ -506,6 +520,9 @@ struct RawConfig: Decodable {
             kvMatch = statistic
         } else {
             kvMatch = nil
+        }
+        if let metricSteps, metricSteps != .all, kvPercents != nil {
+            throw fail("metric_steps", "cannot be combined with kv_percent yet; match budgets with metric_steps \"all\"")
         }
     }
 }

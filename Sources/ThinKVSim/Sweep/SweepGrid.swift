@@ -130,7 +130,8 @@ public struct SweepGrid: Sendable {
     /// Every column of the results CSV, in order.
     public var columns: [String] {
         SweepColumns.leading + parameterNames.map(SweepColumns.parameterColumn) + SweepColumns.replayOptions
-            + (config.kvPercents.isEmpty ? [] : SweepColumns.memoryMatch) + config.metrics
+            + (config.kvPercents.isEmpty ? [] : SweepColumns.memoryMatch)
+            + (config.metricSteps == .all ? [] : SweepColumns.metricSampling) + config.metrics
             + (config.stepCSVDirectory != nil ? [SweepColumns.stepsFile] : [])
     }
 
@@ -160,6 +161,8 @@ public struct SweepGrid: Sendable {
             }
         }
         parts += replayOptionValues(config: config, layout: layout).map { "\($0)=\($1)" }
+        // Only when sampled, so that the keys of every sweep written before the option stand.
+        if config.metricSteps != .all { parts.append("metric_steps=\(config.metricSteps.description)") }
         return parts.joined(separator: ";")
     }
 

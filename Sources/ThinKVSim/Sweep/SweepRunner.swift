@@ -191,6 +191,7 @@ public final class SweepRunner {
             expected.append((column, effective[name] ?? ""))
         }
         expected += SweepGrid.replayOptionValues(config: grid.config, layout: run.layout)
+        if grid.config.metricSteps != .all { expected.append(("metric_steps", grid.config.metricSteps.description)) }
         if !grid.config.kvPercents.isEmpty {
             expected.append(("kv_percent", run.kvPercent.map { SweepColumns.number($0) } ?? ""))
             let match = cells["kv_match"] ?? "", status = cells["kv_match_status"] ?? "", achieved = cells["achieved_percent"] ?? ""
@@ -359,6 +360,7 @@ public final class SweepRunner {
             var configuration = ReplayConfiguration(policies: runs.map(\.spec), layers: config.layers, topK: config.topK,
                                                     maxSteps: config.steps, threads: config.threads)
             configuration.layouts = runs.map(\.layout)
+            configuration.metricSteps = config.metricSteps
             return configuration
         }
         var results: [Int: PolicyRun] = [:]  // run id -> result
@@ -434,6 +436,11 @@ public final class SweepRunner {
             let match = result.memoryMatch
             row += [run.kvPercent.map { SweepColumns.number($0) } ?? "", match == nil ? "" : grid.config.kvMatch.rawValue,
                     match?.status.rawValue ?? MemoryMatch.Status.notMatched.rawValue, SweepColumns.number(match?.achievedPercent)]
+        }
+        if grid.config.metricSteps != .all {
+            let s = result.summary
+            row.append(grid.config.metricSteps.description)
+            row += [s.massRecall, s.topKRecall, s.attentionKL, s.outputError].map { SweepColumns.number($0?.ci95HalfWidth) }
         }
         let byName = Dictionary(uniqueKeysWithValues: SweepColumns.metrics.map { ($0.name, $0) })
         row += grid.config.metrics.map { SweepColumns.number(byName[$0]!.value(result.summary)) }
