@@ -98,8 +98,8 @@ format:
 
 lint:
 	$(SWIFT) format lint --strict --recursive --parallel $(SWIFT_SOURCES)
-	@long=$$(find Sources Tests -name '*.swift' -exec awk 'length > 120 { print FILENAME ":" FNR ": " length " columns" }' {} +); \
-		if [ -n "$$long" ]; then echo "$$long"; echo "lint: lines over 120 columns"; exit 1; fi
+	@long=$$(find Sources Tests -name '*.swift' -exec env LC_ALL=C.UTF-8 grep -nHE '^.{121,}' {} + | cut -c1-100); \
+		if [ -n "$$long" ]; then echo "$$long"; echo "lint: lines over 120 characters"; exit 1; fi
 
 # The Python package (python/) against the debug binary just built, figures drawn off-screen.
 # Its environment is cached in $(PYTHON_VENV); a missing package fails the tests, never skips them.

@@ -5,7 +5,7 @@ let package = Package(
     name: "thinkv-sim",
     products: [
         .executable(name: "thinkv-sim", targets: ["thinkv-sim"]),
-        .library(name: "ThinKVSim", targets: ["ThinKVSim"]),
+        .library(name: "ThinKVSim", targets: ["ThinKVSim"])
     ],
     targets: [
         // HDF5 through pkg-config; shim.h wraps the macros Swift cannot import.
@@ -49,7 +49,9 @@ let package = Package(
         // Tests use the HDF5 C API directly to build malformed files a writer would refuse to make.
         // zlib lets tests build compressed chunks by hand (compression bombs).
         .systemLibrary(name: "CZlib", path: "Tests/CZlib"),
-        .testTarget(name: "ThinKVSimTests", dependencies: ["ThinKVSim", "ThinKVPolicies", "ThinKVEngine", "ThinKVTrace", "CHDF5", "CZlib"]),
+        .testTarget(
+            name: "ThinKVSimTests",
+            dependencies: ["ThinKVSim", "ThinKVPolicies", "ThinKVEngine", "ThinKVTrace", "CHDF5", "CZlib"])
     ],
     swiftLanguageModes: [.v5]
 )

@@ -28,7 +28,9 @@ public final class DecodingPress<Scorer: DecodingScorer>: ConfiguredPolicy {
     public static var name: String { Scorer.name }
     public static var summary: String { Scorer.summary }
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
-    public static func compressionCadence(_ parameters: PolicyParameters) -> String { KVPressDecoding.cadence(parameters) }
+    public static func compressionCadence(_ parameters: PolicyParameters) -> String {
+        KVPressDecoding.cadence(parameters)
+    }
     public static var parameters: [PolicyParameter] { KVPressDecoding.parameters() }
     public static var requirements: PolicyRequirements { Scorer.requirements }
     public static var readsAttention: Bool { false }
@@ -52,7 +54,9 @@ public final class DecodingPress<Scorer: DecodingScorer>: ConfiguredPolicy {
     /// so does a trigger that replaces the cadence (`snapkv@every-step`, see Policies/Algebra).
     public func compressNow(_ context: StepContext, cache: LayerCache) {
         // A layer without the tensors the score reads is left as it is.
-        if Scorer.requirements.contains(.queriesAndKeys) && (context.data.keys == nil || context.queries == nil) { return }
+        if Scorer.requirements.contains(.queriesAndKeys) && (context.data.keys == nil || context.queries == nil) {
+            return
+        }
         if Scorer.requirements.contains(.values) && context.data.values == nil { return }
         var shared: [Double]?
         schedule.compressEachHead(context, cache: cache) { g, slots in
@@ -68,7 +72,9 @@ extension DecodingScorer {
     /// The L2 norm of each held token's row of `tensor` (keys or values) in kv head `g`, each
     /// element cast through `dtype`, summed in float64, the norm cast again (`tensor.norm(dim=-1)`
     /// in the model's dtype).
-    static func norms(of tensor: [Float], _ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {
+    static func norms(of tensor: [Float], _ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType)
+        -> [Double]
+    {
         let D = context.data.headDim
         return slots.map { p in
             let base = context.data.offset(kvHead: g, position: Int(p))

@@ -47,14 +47,20 @@ import Foundation
 /// With one query head per kv head (MHA) the three modes are the reference rule and coincide.
 public final class H2OPolicy: ConfiguredPolicy {
     public static let name = "h2o"
-    public static let summary = "H2O: keep the recent window plus the heavy hitters by accumulated attention, evicting one token per step"
+    public static let summary =
+        "H2O: keep the recent window plus the heavy hitters by accumulated attention, evicting one token per step"
     public static let parameters: [PolicyParameter] = [
         .budget(help: "C, resident tokens per kv head: heavy hitters (C − R) plus the recent window R"),
-        .integer("recent", min: 0,
-                 help: "R, most recent positions always kept, 1 ≤ R ≤ C (default C/2, the paper's even split)"),
-        .choice("gqa-reduce", GroupReduce.allCases.map(\.rawValue), default: GroupReduce.sum.rawValue,
-                help: "how the query heads of a kv head's group combine scores: sum, max (per step), per-qhead (own totals, ranked by the largest)"),
-        ScoreDType.parameter,
+        .integer(
+            "recent", min: 0,
+            help: "R, most recent positions always kept, 1 ≤ R ≤ C (default C/2, the paper's even split)"),
+        .choice(
+            "gqa-reduce", GroupReduce.allCases.map(\.rawValue), default: GroupReduce.sum.rawValue,
+            help:
+                "how the query heads of a kv head's group combine scores: sum, max (per step), per-qhead (own "
+                + "totals, ranked by the largest)"
+        ),
+        ScoreDType.parameter
     ]
 
     public struct Configuration: PolicyConfiguration {
@@ -71,14 +77,16 @@ public final class H2OPolicy: ConfiguredPolicy {
             dtype = try values.choice("score-dtype")
             let source = given == nil ? "the default budget/2 gives --recent 0 for --budget \(budget)" : "--recent is 0"
             guard recent >= 1 else {
-                throw PolicyError("h2o: \(source); H2O needs a recent window of at least 1: without one a new "
-                                  + "token enters with only its own attention as score, is usually the weakest "
-                                  + "candidate and is evicted right after its step, so the cache freezes on old heavy "
-                                  + "hitters and never holds the tokens being generated (give --recent ≥ 1)")
+                throw PolicyError(
+                    "h2o: \(source); H2O needs a recent window of at least 1: without one a new "
+                        + "token enters with only its own attention as score, is usually the weakest "
+                        + "candidate and is evicted right after its step, so the cache freezes on old heavy "
+                        + "hitters and never holds the tokens being generated (give --recent ≥ 1)")
             }
             guard recent <= budget else {
-                throw PolicyError("h2o: --recent (\(recent)) must not exceed --budget (\(budget)): "
-                                  + "the recent window is part of the budget")
+                throw PolicyError(
+                    "h2o: --recent (\(recent)) must not exceed --budget (\(budget)): "
+                        + "the recent window is part of the budget")
             }
         }
     }
@@ -152,7 +160,8 @@ public final class H2OPolicy: ConfiguredPolicy {
                     case .max:
                         let first = h == g * header.groupSize
                         for j in 0..<P {
-                            score[g * T + j] = first ? columns[column + j] : Swift.max(score[g * T + j], columns[column + j])
+                            score[g * T + j] =
+                                first ? columns[column + j] : Swift.max(score[g * T + j], columns[column + j])
                         }
                     }
                 }
@@ -180,7 +189,9 @@ public final class H2OPolicy: ConfiguredPolicy {
                         for i in 0..<P {
                             let q = qBase + (i * Hq + h) * D
                             if dtype.rounds {
-                                for j in 0...i { row[j] = dtype.round(dtype.round(Kernels.dot(q, keysOfHead + j * D, D)) * scale) }
+                                for j in 0...i {
+                                    row[j] = dtype.round(dtype.round(Kernels.dot(q, keysOfHead + j * D, D)) * scale)
+                                }
                                 Kernels.softmaxInPlace(row, i + 1)
                                 for j in 0...i { sums[j] += dtype.round(row[j]) }
                             } else {
@@ -207,10 +218,13 @@ public final class H2OPolicy: ConfiguredPolicy {
             let n = slots.count
             if stepScore.count < n { stepScore = [Float](repeating: 0, count: n) }
             for (k, h) in queryHeads(ofKVHead: g).enumerated() {
-                withScoringProbabilities(queryHead: h, kvHead: g, slots: slots, context: context, attention: attention) { a in
+                withScoringProbabilities(queryHead: h, kvHead: g, slots: slots, context: context, attention: attention)
+                { a in
                     switch reduce {
                     case .perQueryHead:
-                        for i in 0..<n { score[h * T + Int(slots[i])] = dtype.round(score[h * T + Int(slots[i])] + a[i]) }
+                        for i in 0..<n {
+                            score[h * T + Int(slots[i])] = dtype.round(score[h * T + Int(slots[i])] + a[i])
+                        }
                     case .sum:
                         for i in 0..<n { stepScore[i] = k == 0 ? a[i] : stepScore[i] + a[i] }
                     case .max:
@@ -222,7 +236,9 @@ public final class H2OPolicy: ConfiguredPolicy {
                 // Rounded scoring: the step's (group) score is cast, then the addition is.
                 for i in 0..<n {
                     let position = g * T + Int(slots[i])
-                    score[position] = dtype.rounds ? dtype.round(score[position] + dtype.round(stepScore[i])) : score[position] + stepScore[i]
+                    score[position] =
+                        dtype.rounds
+                        ? dtype.round(score[position] + dtype.round(stepScore[i])) : score[position] + stepScore[i]
                 }
             }
             if n > budget { evict(kvHead: g, cache: cache) }
@@ -232,8 +248,10 @@ public final class H2OPolicy: ConfiguredPolicy {
     /// Calls `body` with query head h's probabilities over the attended slots as H2O scores
     /// them: the engine's attention, or a recomputation with `1/sqrt(D)` when the trace's
     /// scale differs.
-    private func withScoringProbabilities(queryHead h: Int, kvHead g: Int, slots: [Int32], context: StepContext,
-                                          attention: AttentionView, _ body: (UnsafeBufferPointer<Float>) -> Void) {
+    private func withScoringProbabilities(
+        queryHead h: Int, kvHead g: Int, slots: [Int32], context: StepContext,
+        attention: AttentionView, _ body: (UnsafeBufferPointer<Float>) -> Void
+    ) {
         let n = slots.count, D = header.headDim
         if logits.count < n { logits = [Float](repeating: 0, count: n) }
         guard rescore, let query = context.query(head: h), let keys = context.data.keys else {
@@ -258,7 +276,9 @@ public final class H2OPolicy: ConfiguredPolicy {
                         out[i] = dtype.round(dtype.round(dot) * scorerScale)
                     }
                 } else {
-                    for i in 0..<n { out[i] = scorerScale * Kernels.dot(query.baseAddress!, base + Int(slots[i]) * D, D) }
+                    for i in 0..<n {
+                        out[i] = scorerScale * Kernels.dot(query.baseAddress!, base + Int(slots[i]) * D, D)
+                    }
                 }
             }
             Kernels.softmaxInPlace(out.baseAddress!, n)

@@ -18,16 +18,20 @@ import Foundation
 /// On attention-only layers (no recorded keys/values) only the memory is modelled.
 public final class KIVIPolicy: ConfiguredPolicy {
     public static let name = "kivi"
-    public static let summary = "KIVI: keys per channel, values per token at low bits, 16-bit residual window, no eviction"
+    public static let summary =
+        "KIVI: keys per channel, values per token at low bits, 16-bit residual window, no eviction"
     public static let parameters: [PolicyParameter] = [
         .integer("k-bits", default: 2, min: 1, max: 8, help: "bits per key element"),
         .integer("v-bits", default: 2, min: 1, max: 8, help: "bits per value element"),
-        .integer("group", default: 32, min: 1, max: 1 << 16,
-                 help: "group size: tokens per key group (per channel), channels per value group (per token)"),
-        .integer("residual", default: 32, min: 1, max: 1 << 20,
-                 help: "16-bit residual length R (a multiple of --group): keys flush in R-blocks, values keep the last R"),
-        .choice("format", QuantFormat.allCases.map(\.rawValue), default: QuantFormat.int.rawValue,
-                help: "int = asymmetric min-max integers (KIVI); paper = FP8 E4M3 (8), NVFP4 (4), ternary (2)"),
+        .integer(
+            "group", default: 32, min: 1, max: 1 << 16,
+            help: "group size: tokens per key group (per channel), channels per value group (per token)"),
+        .integer(
+            "residual", default: 32, min: 1, max: 1 << 20,
+            help: "16-bit residual length R (a multiple of --group): keys flush in R-blocks, values keep the last R"),
+        .choice(
+            "format", QuantFormat.allCases.map(\.rawValue), default: QuantFormat.int.rawValue,
+            help: "int = asymmetric min-max integers (KIVI); paper = FP8 E4M3 (8), NVFP4 (4), ternary (2)")
     ]
 
     public struct Configuration: PolicyConfiguration {
@@ -44,18 +48,23 @@ public final class KIVIPolicy: ConfiguredPolicy {
             residual = try values.integer("residual")
             format = try values.choice("format")
             guard residual % groupSize == 0 else {
-                throw PolicyError("kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), "
-                                  + "as KIVI asserts")
+                throw PolicyError(
+                    "kivi: --residual (\(residual)) must be a multiple of --group (\(groupSize)), "
+                        + "as KIVI asserts")
             }
             // Refuse unsupported widths before any replay.
             _ = try Self.quantizers(format: format, keyBits: keyBits, valueBits: valueBits)
         }
 
-        static func quantizers(format: QuantFormat, keyBits: Int,
-                               valueBits: Int) throws -> (key: GroupQuantizer, value: GroupQuantizer) {
+        static func quantizers(
+            format: QuantFormat, keyBits: Int,
+            valueBits: Int
+        ) throws -> (key: GroupQuantizer, value: GroupQuantizer) {
             do {
-                return (try GroupQuantizer(format: format, bits: keyBits),
-                        try GroupQuantizer(format: format, bits: valueBits))
+                return (
+                    try GroupQuantizer(format: format, bits: keyBits),
+                    try GroupQuantizer(format: format, bits: valueBits)
+                )
             } catch let error as PolicyError {
                 throw PolicyError("kivi: \(error.description)")
             }

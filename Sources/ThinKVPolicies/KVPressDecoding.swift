@@ -24,13 +24,19 @@ public struct KVPressDecoding: PolicyConfiguration {
     /// The parameters every decode-time press shares; `window` callers add their own.
     static func parameters(defaultInterval: Int = 512) -> [PolicyParameter] {
         [
-            .budget(required: false,
-                    help: "target_size: tokens per kv head after a compression (give this or --compression-ratio)"),
-            .real("compression-ratio", min: 0, max: 0.999999,
-                  help: "fraction of the tokens seen so far to remove at each compression, as kvpress means it (CompressionRatioDecodingPress); instead of --budget"),
-            .integer("interval", default: defaultInterval, min: 1,
-                     help: "compress after every N decode steps (DecodingPress compression_interval; 1 = every step)"),
-            ScoreDType.parameter,
+            .budget(
+                required: false,
+                help: "target_size: tokens per kv head after a compression (give this or --compression-ratio)"),
+            .real(
+                "compression-ratio", min: 0, max: 0.999999,
+                help:
+                    "fraction of the tokens seen so far to remove at each compression, as kvpress means it "
+                    + "(CompressionRatioDecodingPress); instead of --budget"
+            ),
+            .integer(
+                "interval", default: defaultInterval, min: 1,
+                help: "compress after every N decode steps (DecodingPress compression_interval; 1 = every step)"),
+            ScoreDType.parameter
         ]
     }
 
@@ -42,9 +48,13 @@ public struct KVPressDecoding: PolicyConfiguration {
         dtype = try values.choice("score-dtype")
         switch (budget, compressionRatio) {
         case (nil, nil):
-            throw PolicyError("\(policy): give --budget (kvpress target_size) or --compression-ratio (fraction removed)")
+            throw PolicyError(
+                "\(policy): give --budget (kvpress target_size) or --compression-ratio (fraction removed)")
         case (.some, .some):
-            throw PolicyError("\(policy): --budget and --compression-ratio are alternatives (DecodingPress or CompressionRatioDecodingPress); give one")
+            throw PolicyError(
+                "\(policy): --budget and --compression-ratio are alternatives (DecodingPress or "
+                    + "CompressionRatioDecodingPress); give one"
+            )
         default: break
         }
     }
@@ -99,7 +109,9 @@ public struct KVPressDecoding: PolicyConfiguration {
         for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > target {
             let slots = cache.slots[g]
             let ratio = Self.compressionRatio(keeping: target, of: slots.count)
-            cache.keep(kvHead: g, slotIndices: topkOrder(scores(g, slots), keep: Self.keptCount(length: slots.count, ratio: ratio)))
+            cache.keep(
+                kvHead: g,
+                slotIndices: topkOrder(scores(g, slots), keep: Self.keptCount(length: slots.count, ratio: ratio)))
         }
     }
 

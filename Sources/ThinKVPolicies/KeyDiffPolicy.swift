@@ -17,7 +17,8 @@ public typealias KeyDiffPolicy = DecodingPress<KeyDiffScorer>
 
 public enum KeyDiffScorer: DecodingScorer {
     public static let name = "keydiff"
-    public static let summary = "kvpress KeyDiffPress at decode time: every --interval steps keep the keys least similar to the mean unit key"
+    public static let summary =
+        "kvpress KeyDiffPress at decode time: every --interval steps keep the keys least similar to the mean unit key"
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
     public static func scores(_ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {

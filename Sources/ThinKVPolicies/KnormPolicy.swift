@@ -15,7 +15,8 @@ public typealias KnormPolicy = DecodingPress<KnormScorer>
 
 public enum KnormScorer: DecodingScorer {
     public static let name = "knorm"
-    public static let summary = "kvpress KnormPress at decode time: every --interval steps keep the keys with the smallest L2 norm"
+    public static let summary =
+        "kvpress KnormPress at decode time: every --interval steps keep the keys with the smallest L2 norm"
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
     public static func scores(_ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {

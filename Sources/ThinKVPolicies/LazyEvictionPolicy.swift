@@ -29,15 +29,22 @@ import Foundation
 /// in double precision.
 public final class LazyEvictionPolicy: ConfiguredPolicy {
     public static let name = "lazyeviction"
-    public static let summary = "LazyEviction: every W steps, keep the W recent tokens and the budget's rest by recurrence (last important step, maximum recurrence interval)"
+    public static let summary =
+        "LazyEviction: every W steps, keep the W recent tokens and the budget's rest by recurrence (last important "
+        + "step, maximum recurrence interval)"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "window" }
     public static let parameters: [PolicyParameter] = [
         .budget(help: "max_kv_capacity: tokens per kv head after an eviction (≥ --window)"),
-        .integer("window", default: 128, min: 1,
-                 help: "W, the observation window (decoding_recent_size = obs_size): evict every W decode steps, keep the W most recent (the code's default 128; its scripts use 101 gsm8k, 175 math, 363 aime)"),
-        .real("alpha", default: 0.0001, min: 0, max: 1,
-              help: "attention probability at or above which a token counts as important at a step"),
-        ScoreDType.parameter,
+        .integer(
+            "window", default: 128, min: 1,
+            help:
+                "W, the observation window (decoding_recent_size = obs_size): evict every W decode steps, keep the W "
+                + "most recent (the code's default 128; its scripts use 101 gsm8k, 175 math, 363 aime)"
+        ),
+        .real(
+            "alpha", default: 0.0001, min: 0, max: 1,
+            help: "attention probability at or above which a token counts as important at a step"),
+        ScoreDType.parameter
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false
@@ -54,8 +61,9 @@ public final class LazyEvictionPolicy: ConfiguredPolicy {
             alpha = try values.real("alpha")
             dtype = try values.choice("score-dtype")
             guard budget >= window else {
-                throw PolicyError("lazyeviction: --budget (\(budget)) must be at least --window (\(window)): "
-                                  + "an eviction keeps the window and budget − window older tokens")
+                throw PolicyError(
+                    "lazyeviction: --budget (\(budget)) must be at least --window (\(window)): "
+                        + "an eviction keeps the window and budget − window older tokens")
             }
         }
     }

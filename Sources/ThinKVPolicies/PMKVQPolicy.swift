@@ -36,23 +36,41 @@ import Foundation
 /// to compute), layer l's budget being B·bits_l / mean(bits).
 public final class PMKVQPolicy: ConfiguredPolicy {
     public static let name = "pmkvq"
-    public static let summary = "PM-KVQ: no eviction; bit width halved block by block (16→8→4→2) whenever a layer's cache outgrows its memory budget; sink and window stay 16-bit"
+    public static let summary =
+        "PM-KVQ: no eviction; bit width halved block by block (16→8→4→2) whenever a layer's cache outgrows its "
+        + "memory budget; sink and window stay 16-bit"
     public static let readsAttention = false
     static let widths = ["16", "8", "4", "2"]
     /// The default 128-token 16-bit window would hold all of a small test trace: nothing quantized.
     public static let conformanceSettings = ["window": "8"]
     public static let parameters: [PolicyParameter] = [
-        .budget(help: "B, the layer's memory budget as the bytes of B tokens at 16 bits "
+        .budget(
+            help: "B, the layer's memory budget as the bytes of B tokens at 16 bits "
                 + "(kv_budget MB = B·2·Hkv·D·2/2^20)"),
         .integer("sink", default: 1, min: 0, help: "n_sink_token: first tokens kept at --sink-bits"),
         .choice("sink-bits", widths, default: "16", help: "n_sink_token_bits"),
-        .integer("window", default: 128, min: 0, help: "n_window_token: recent tokens at --window-bits, flushed as one block when full"),
+        .integer(
+            "window", default: 128, min: 0,
+            help: "n_window_token: recent tokens at --window-bits, flushed as one block when full"),
         .choice("window-bits", widths, default: "16", help: "n_window_token_bits"),
-        .choice("init-bits", widths, default: "16", help: "n_init_kv_bits: the width blocks start at before any halving"),
-        .integer("group", default: 128, min: 1, max: 1 << 16, help: "channels per quantization group (keys and values per token)"),
-        .real("smooth-alpha", default: 0.5, min: 0, max: 1,
-              help: "SmoothAttention reparameterization: keys divided per channel by (max |k| over the prompt)^alpha before quantizing, queries multiplied (0 = off; the code's default alpha 0.5)"),
-        .text("layer-bits", "LIST", help: "block-wise allocation: one bit width per model layer (allocate_memory.py's optimal_bitwidth); layer l's budget is B·bits_l/mean (default: every layer B, as scripts/evaluation.py's float --kv_budgets)"),
+        .choice(
+            "init-bits", widths, default: "16", help: "n_init_kv_bits: the width blocks start at before any halving"),
+        .integer(
+            "group", default: 128, min: 1, max: 1 << 16,
+            help: "channels per quantization group (keys and values per token)"),
+        .real(
+            "smooth-alpha", default: 0.5, min: 0, max: 1,
+            help:
+                "SmoothAttention reparameterization: keys divided per channel by (max |k| over the prompt)^alpha "
+                + "before quantizing, queries multiplied (0 = off; the code's default alpha 0.5)"
+        ),
+        .text(
+            "layer-bits", "LIST",
+            help:
+                "block-wise allocation: one bit width per model layer (allocate_memory.py's optimal_bitwidth); layer "
+                + "l's budget is B·bits_l/mean (default: every layer B, as scripts/evaluation.py's float "
+                + "--kv_budgets)"
+        )
     ]
 
     public struct Configuration: PolicyConfiguration {
@@ -95,15 +113,18 @@ public final class PMKVQPolicy: ConfiguredPolicy {
 
         public func check(header: TraceHeader, layer: LayerInfo) throws {
             if let layerBits, layerBits.count != header.numLayers {
-                throw PolicyError("pmkvq: --layer-bits needs one positive bit width per model layer (\(header.numLayers)), "
-                                  + "got '\(layerBitsText ?? "")'")
+                throw PolicyError(
+                    "pmkvq: --layer-bits needs one positive bit width per model layer (\(header.numLayers)), "
+                        + "got '\(layerBitsText ?? "")'")
             }
         }
     }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         let w = (try? parameters.integer("window")).map(String.init) ?? "?"
-        return "evicts nothing; blocks of \(w) leave the 16-bit window at the current width, which halves (once per step) while the layer is over budget"
+        return
+            "evicts nothing; blocks of \(w) leave the 16-bit window at the current width, which halves (once per "
+            + "step) while the layer is over budget"
     }
 
     public let budget: Int
@@ -151,12 +172,16 @@ public final class PMKVQPolicy: ConfiguredPolicy {
 
     public static func runNotes(counters: [String: Int], parameters: PolicyParameters, layers: Int) -> [String] {
         guard let over = counters["steps over budget"], over > 0 else { return [] }
-        return ["pmkvq: \(over) layer-steps stayed over the memory budget at 2 bits (or with only sink and window left), where the authors' code raises MemoryError"]
+        return [
+            "pmkvq: \(over) layer-steps stayed over the memory budget at 2 bits (or with only sink and window left), "
+                + "where the authors' code raises MemoryError"
+        ]
     }
 
     public func prefill(_ context: PrefillContext, cache: LayerCache) {
         if smoothAlpha > 0, let keys = context.data.keys, context.setup.header.promptLength > 0 {
-            keyScale = Self.smoothScales(keys: keys, data: context.data, header: context.setup.header, alpha: smoothAlpha)
+            keyScale = Self.smoothScales(
+                keys: keys, data: context.data, header: context.setup.header, alpha: smoothAlpha)
         }
         update(length: context.setup.header.promptLength, appended: context.setup.header.promptLength, cache: cache)
     }
@@ -233,11 +258,14 @@ public final class PMKVQPolicy: ConfiguredPolicy {
         let quantizer = GroupQuantizer.integer(bits: bits)
         let newlyCharged = positions.filter { !charged[$0] }
         for p in newlyCharged { charged[p] = true }
-        let metadataBits = 2 * KVGrouping.valueMetadataBitsPerToken(headDim: cache.headDim, groupSize: groupSize, quantizer: quantizer)
+        let metadataBits =
+            2 * KVGrouping.valueMetadataBitsPerToken(headDim: cache.headDim, groupSize: groupSize, quantizer: quantizer)
         for h in 0..<cache.numKVHeads {
-            KVGrouping.quantizeKeysPerToken(cache, kvHead: h, positions: positions, groupSize: groupSize, quantizer: quantizer,
-                                            channelScale: keyScale?[h])
-            KVGrouping.quantizeValuesPerToken(cache, kvHead: h, positions: positions, groupSize: groupSize, quantizer: quantizer)
+            KVGrouping.quantizeKeysPerToken(
+                cache, kvHead: h, positions: positions, groupSize: groupSize, quantizer: quantizer,
+                channelScale: keyScale?[h])
+            KVGrouping.quantizeValuesPerToken(
+                cache, kvHead: h, positions: positions, groupSize: groupSize, quantizer: quantizer)
             cache.metadataBytes[h] += (newlyCharged.count * metadataBits + 7) / 8
         }
     }

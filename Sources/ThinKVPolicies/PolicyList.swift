@@ -54,8 +54,9 @@ public enum PolicyList {
             // A piece continues a list value when the item before it ends in a parameter.
             if let last = groups.last, last.contains("="), continuesList(piece) {
                 guard !piece.contains(":") else {
-                    throw UsageError("\(option) item '\(last),\(piece)': "
-                                     + "a list value must be the last parameter of its item")
+                    throw UsageError(
+                        "\(option) item '\(last),\(piece)': "
+                            + "a list value must be the last parameter of its item")
                 }
                 groups[groups.count - 1] = last + "," + piece
             } else {
@@ -80,8 +81,10 @@ public enum PolicyList {
         var settings: [PolicyItem.Setting] = []
         for part in parts.dropFirst() {
             guard !part.isEmpty else {
-                throw bad(parts.count == 2 ? "no parameter after ':' (write \(name):PARAM=VALUE, or \(name) alone)"
-                          : "an empty parameter between ':' (a stray ':'?)")
+                throw bad(
+                    parts.count == 2
+                        ? "no parameter after ':' (write \(name):PARAM=VALUE, or \(name) alone)"
+                        : "an empty parameter between ':' (a stray ':'?)")
             }
             guard let equals = part.firstIndex(of: "=") else {
                 throw bad("parameter '\(part)' has no value (write \(part)=VALUE)")
@@ -114,12 +117,16 @@ extension PolicySpec {
     /// by label). `commandOptions` are the command's own option names, for suggestions. With
     /// `awaitingBudgets`, each policy with a budget is left without one for a memory target's
     /// search to set (`PolicySpec.init(name:values:awaitingBudget:)`).
-    public static func specs(items: [PolicyItem], options: [(name: String, value: String)],
-                             commandOptions: [String] = [], awaitingBudgets: Bool = false) throws -> [PolicySpec] {
+    public static func specs(
+        items: [PolicyItem], options: [(name: String, value: String)],
+        commandOptions: [String] = [], awaitingBudgets: Bool = false
+    ) throws -> [PolicySpec] {
         var seen = Set<String>()
         for option in options where !seen.insert(option.name).inserted {
-            let perPolicy = items.count > 1 ? "; to give policies different values, write them after each name "
-                + "(--policy \(items[0].name):\(option.name)=A,\(items[1].name):\(option.name)=B)" : ""
+            let perPolicy =
+                items.count > 1
+                ? "; to give policies different values, write them after each name "
+                    + "(--policy \(items[0].name):\(option.name)=A,\(items[1].name):\(option.name)=B)" : ""
             throw UsageError("--\(option.name) given more than once\(perPolicy)")
         }
         let types = try items.map { item -> any CachePolicy.Type in
@@ -140,10 +147,13 @@ extension PolicySpec {
             for setting in item.settings {
                 guard let parameter = type.parameters.first(where: { $0.name == setting.name }) else {
                     let hint = Suggestions.hint(for: setting.name, among: declared)
-                    let known = declared.isEmpty ? "it has no parameters"
+                    let known =
+                        declared.isEmpty
+                        ? "it has no parameters"
                         : "its parameters: \(declared.joined(separator: ", "))"
-                    throw UsageError("--policy \(item.text): \(item.name) has no parameter '\(setting.name)'\(hint); "
-                                     + known)
+                    throw UsageError(
+                        "--policy \(item.text): \(item.name) has no parameter '\(setting.name)'\(hint); "
+                            + known)
                 }
                 do { _ = try parameter.validate(setting.value, policy: item.name) } catch let error as PolicyError {
                     // "h2o: --budget must be ..." names the option; here the value came from the item.
@@ -163,8 +173,9 @@ extension PolicySpec {
             }
             let hint = Suggestions.hint(for: option.name, among: commandOptions + chosenParameters, prefix: "--")
             let elsewhere = owners.isEmpty ? "" : " (a parameter of \(owners.joined(separator: ", ")))"
-            throw UsageError("unknown option --\(option.name)\(hint.isEmpty ? elsewhere : hint): "
-                             + "not a parameter of \(names.joined(separator: ", ")); see 'thinkv-sim policies'")
+            throw UsageError(
+                "unknown option --\(option.name)\(hint.isEmpty ? elsewhere : hint): "
+                    + "not a parameter of \(names.joined(separator: ", ")); see 'thinkv-sim policies'")
         }
         // A shared option every policy with the parameter overrides would change nothing: the
         // command line does not say what was meant.
@@ -172,7 +183,9 @@ extension PolicySpec {
             let takers = zip(items, types).filter { $0.1.parameters.contains { $0.name == option.name } }
             if takers.allSatisfy({ $0.0.values[option.name] != nil }) {
                 let setters = takers.map(\.0.text)
-                let who = setters.count == 1 ? "\(setters[0]) sets its own"
+                let who =
+                    setters.count == 1
+                    ? "\(setters[0]) sets its own"
                     : "\(setters.dropLast().joined(separator: ", ")) and \(setters.last!) set their own"
                 throw UsageError("--\(option.name) \(option.value) applies to no policy: \(who)")
             }
@@ -193,11 +206,13 @@ extension PolicySpec {
         for (i, spec) in specs.enumerated() {
             guard let j = specs[..<i].firstIndex(where: { $0 == spec || $0.label == spec.label }) else { continue }
             if specs[j] == spec {
-                throw UsageError("--policy names the same run twice (\(items[j].text) and \(items[i].text)); "
-                                 + "give each its own parameters, e.g. \(spec.name):PARAM=A,\(spec.name):PARAM=B")
+                throw UsageError(
+                    "--policy names the same run twice (\(items[j].text) and \(items[i].text)); "
+                        + "give each its own parameters, e.g. \(spec.name):PARAM=A,\(spec.name):PARAM=B")
             }
-            throw UsageError("--policy items \(items[j].text) and \(items[i].text) would both be labelled "
-                             + "\(spec.label) (labels show file names only); give the files different names")
+            throw UsageError(
+                "--policy items \(items[j].text) and \(items[i].text) would both be labelled "
+                    + "\(spec.label) (labels show file names only); give the files different names")
         }
         return specs
     }

@@ -19,7 +19,7 @@ public enum PolicyRegistry {
         LazyEvictionPolicy.self,
         ThinKVPolicy.self,
         ThinKVQuantizationOnlyPolicy.self,
-        ThinKVEvictionOnlyPolicy.self,
+        ThinKVEvictionOnlyPolicy.self
     ]
 
     /// A registered policy, or the type of a composition of registered policies and parts
@@ -45,7 +45,8 @@ extension PolicySpec {
         }
         guard let type = PolicyRegistry.type(named: name) else {
             let hint = Suggestions.closest(to: name, among: PolicyRegistry.names).map { "did you mean \($0)? " } ?? ""
-            throw PolicyError("unknown policy '\(name)' (\(hint)known: \(PolicyRegistry.names.joined(separator: ", ")))")
+            throw PolicyError(
+                "unknown policy '\(name)' (\(hint)known: \(PolicyRegistry.names.joined(separator: ", ")))")
         }
         try self.init(name: name, type: type, values: values, awaitingBudget: awaitingBudget)
     }
@@ -55,8 +56,10 @@ extension PolicySpec {
     /// `commandOptions` are the command's own option names, for suggestions (`--layer` → `--layers`).
     /// A policy named twice is refused: both runs would be the same. `specs(items:...)` (in
     /// PolicyList.swift) takes items with parameters of their own.
-    public static func specs(policies names: [String], options: [(name: String, value: String)],
-                             commandOptions: [String] = []) throws -> [PolicySpec] {
+    public static func specs(
+        policies names: [String], options: [(name: String, value: String)],
+        commandOptions: [String] = []
+    ) throws -> [PolicySpec] {
         try specs(items: names.map { PolicyItem(name: $0) }, options: options, commandOptions: commandOptions)
     }
 }

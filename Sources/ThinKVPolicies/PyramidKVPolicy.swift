@@ -28,24 +28,36 @@ import Foundation
 /// `--score-dtype`: as `snapkv --snap-variant kvpress` (see docs/policies.md).
 public final class PyramidKVPolicy: ConfiguredPolicy {
     public static let name = "pyramidkv"
-    public static let summary = "kvpress PyramidKVPress at decode time: SnapKV scores with layer budgets shrinking from the first layer to the last"
+    public static let summary =
+        "kvpress PyramidKVPress at decode time: SnapKV scores with layer budgets shrinking from the first layer to "
+        + "the last"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { "interval" }
     /// A compression leaves this layer's pyramid share of the budget, at most about 2B + 2.
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         guard (try? parameters.optionalReal("compression-ratio")) == nil,
-              let n = try? parameters.integer("interval") else {
+            let n = try? parameters.integer("interval")
+        else {
             return KVPressDecoding.cadence(parameters)
         }
-        return "every \(n) decode steps (--interval), after the attention; keeps this layer's pyramid share of B (at most 2B+2); holds up to max(P, 2B+2)+\(n - 1)"
+        return
+            "every \(n) decode steps (--interval), after the attention; keeps this layer's pyramid share of B (at "
+            + "most 2B+2); holds up to max(P, 2B+2)+\(n - 1)"
     }
     /// With the default 64-query window the smallest budget (65) would not compress a small test
     /// trace, and a short --interval needs a window below it.
     public static let conformanceSettings = ["window": "4"]
-    public static let parameters: [PolicyParameter] = KVPressDecoding.parameters() + [
-        .integer("window", default: 64, min: 1, help: "w, observation window of the newest queries, always kept (kvpress window_size)"),
-        .integer("kernel", default: 5, min: 1, help: "average-pooling kernel over neighbouring slots, odd (kvpress kernel_size)"),
-        .integer("beta", default: 20, min: 1, help: "β, steepness of the pyramid: the last layer's budget is about 1/β of the mean"),
-    ]
+    public static let parameters: [PolicyParameter] =
+        KVPressDecoding.parameters() + [
+            .integer(
+                "window", default: 64, min: 1,
+                help: "w, observation window of the newest queries, always kept (kvpress window_size)"),
+            .integer(
+                "kernel", default: 5, min: 1,
+                help: "average-pooling kernel over neighbouring slots, odd (kvpress kernel_size)"),
+            .integer(
+                "beta", default: 20, min: 1,
+                help: "β, steepness of the pyramid: the last layer's budget is about 1/β of the mean")
+        ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false
 
@@ -86,9 +98,10 @@ public final class PyramidKVPolicy: ConfiguredPolicy {
         layerIndex = setup.layer.index
         modelLayers = header.numLayers
         promptLength = header.promptLength
-        let rule = WindowScoringRule(softmax: .causalFullRow, rowReduce: .mean, pool: .average, kernel: kernel,
-                                     groupReduce: .meanScores, redundancy: nil,
-                                     dtype: schedule.dtype, softmaxCast: .afterSoftmax)
+        let rule = WindowScoringRule(
+            softmax: .causalFullRow, rowReduce: .mean, pool: .average, kernel: kernel,
+            groupReduce: .meanScores, redundancy: nil,
+            dtype: schedule.dtype, softmaxCast: .afterSoftmax)
         scorer = WindowScorer(rule: rule, header: header)
         queries = QueryWindow(capacity: window, numQHeads: header.numQHeads, headDim: header.headDim)
     }
@@ -100,7 +113,9 @@ public final class PyramidKVPolicy: ConfiguredPolicy {
     }
 
     /// kvpress `PyramidKVPress.get_layer_budget` for a cache of `length` tokens and ratio r.
-    public static func layerBudget(length L: Int, ratio: Double, window w: Int, beta: Int, layer: Int, layers: Int) -> Int {
+    public static func layerBudget(length L: Int, ratio: Double, window w: Int, beta: Int, layer: Int, layers: Int)
+        -> Int
+    {
         let capacity = Double(w) + Double(L) * (1 - ratio)
         var minimum = (capacity - Double(w)) / Double(beta)
         var maximum = (capacity - Double(w)) * 2 - minimum
@@ -129,13 +144,15 @@ public final class PyramidKVPolicy: ConfiguredPolicy {
         for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > target {
             let L = cache.count(kvHead: g)
             let ratio = KVPressDecoding.compressionRatio(keeping: target, of: L)
-            let n = Self.layerBudget(length: L, ratio: ratio, window: window, beta: beta, layer: layerIndex, layers: modelLayers)
+            let n = Self.layerBudget(
+                length: L, ratio: ratio, window: window, beta: beta, layer: layerIndex, layers: modelLayers)
             if n <= window {
                 // topk reaches only into the window, whose tied scores come lowest slot first.
                 cache.keep(kvHead: g, slotIndices: Array((L - window)..<(L - window + n)))
             } else {
-                scorer.compress(kvHead: g, cache: cache, budget: n, window: window, queries: queries, keys: keys,
-                                order: .score, windowFirst: true, scores: &scores)
+                scorer.compress(
+                    kvHead: g, cache: cache, budget: n, window: window, queries: queries, keys: keys,
+                    order: .score, windowFirst: true, scores: &scores)
             }
         }
     }

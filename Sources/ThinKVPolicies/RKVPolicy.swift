@@ -40,38 +40,72 @@ import Foundation
 /// ties are broken by slot index (torch leaves them unspecified).
 public final class RKVPolicy: ConfiguredPolicy {
     public static let name = "rkv"
-    public static let summary = "R-KV: importance from the last queries minus key redundancy, compressing to the budget every --divide positions (or --buffer decode tokens)"
+    public static let summary =
+        "R-KV: importance from the last queries minus key redundancy, compressing to the budget every --divide "
+        + "positions (or --buffer decode tokens)"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
         (try? parameters.choice("trigger", as: DecodeTrigger.self))?.cadenceParameter
     }
     public static let parameters: [PolicyParameter] = [
         .budget(min: 2, help: "B, tokens per kv head after a compression, the window included; must exceed --window"),
-        .integer("window", default: 8, min: 1,
-                 help: "w, observation window: the last w queries score the cache and the last w slots are always kept"),
-        .integer("kernel", default: 7, min: 1,
-                 help: "max-pooling kernel over neighbouring slots of the importance (odd)"),
-        .real("lambda", default: 0.07, min: 0, max: 1,
-              help: "λ, weight of importance against redundancy: score = λ·importance − (1 − λ)·redundancy (R1KV default 0.07; README/serving 0.1)"),
-        .real("threshold", default: 0.5, min: 0, max: 1,
-              help: "cosine similarity above which a key is a near-duplicate in the redundancy term"),
-        .choice("trigger", DecodeTrigger.allCases.map(\.rawValue), default: DecodeTrigger.legacy.rawValue,
-                help: "legacy = at positions p with p % divide == 0 if L ≥ B (HF loop); buffer = every --buffer decoded tokens if L ≥ B + buffer (2026 serving)"),
-        .integer("divide", default: 128, min: 1,
-                 help: "legacy trigger: compress while processing positions that are multiples of this (prompt counted)"),
-        .integer("buffer", default: 128, min: 1,
-                 help: "buffer trigger: decoded tokens between compressions; at least --window"),
-        .choice("slot-order", KeptSlotOrder.allCases.map(\.rawValue), default: KeptSlotOrder.score.rawValue,
-                help: "physical order of kept tokens: score (the HF reference) or position (the serving ports); later compressions depend on it"),
-        .choice("gqa-pool", ["max", "mean"], default: "max",
-                help: "how a kv head's query heads combine their logits before the softmax"),
-        .choice("divide-method", ["step-length", "newline"], default: "step-length",
-                help: "legacy trigger: step-length = positions that are multiples of --divide; newline = positions holding a newline-like token (divide_method=newline)"),
-        .choice("compression-content", ["all", "think"], default: "all",
-                help: "legacy trigger: all = compress throughout; think = stop once </think> has been generated (compression_content=think)"),
-        .text("newline-ids", "LIST",
-              help: "token ids that count as newlines (default: tokens whose /tokens/text is \\n, .\\n, )\\n, \\n\\n, .\\n\\n or )\\n\\n)"),
-        .text("think-end-ids", "LIST", help: "token ids that end the thinking span (default: tokens whose /tokens/text is </think>)"),
-        ScoreDType.parameter,
+        .integer(
+            "window", default: 8, min: 1,
+            help: "w, observation window: the last w queries score the cache and the last w slots are always kept"),
+        .integer(
+            "kernel", default: 7, min: 1,
+            help: "max-pooling kernel over neighbouring slots of the importance (odd)"),
+        .real(
+            "lambda", default: 0.07, min: 0, max: 1,
+            help:
+                "λ, weight of importance against redundancy: score = λ·importance − (1 − λ)·redundancy (R1KV default "
+                + "0.07; README/serving 0.1)"
+        ),
+        .real(
+            "threshold", default: 0.5, min: 0, max: 1,
+            help: "cosine similarity above which a key is a near-duplicate in the redundancy term"),
+        .choice(
+            "trigger", DecodeTrigger.allCases.map(\.rawValue), default: DecodeTrigger.legacy.rawValue,
+            help:
+                "legacy = at positions p with p % divide == 0 if L ≥ B (HF loop); buffer = every --buffer decoded "
+                + "tokens if L ≥ B + buffer (2026 serving)"
+        ),
+        .integer(
+            "divide", default: 128, min: 1,
+            help: "legacy trigger: compress while processing positions that are multiples of this (prompt counted)"),
+        .integer(
+            "buffer", default: 128, min: 1,
+            help: "buffer trigger: decoded tokens between compressions; at least --window"),
+        .choice(
+            "slot-order", KeptSlotOrder.allCases.map(\.rawValue), default: KeptSlotOrder.score.rawValue,
+            help:
+                "physical order of kept tokens: score (the HF reference) or position (the serving ports); later "
+                + "compressions depend on it"
+        ),
+        .choice(
+            "gqa-pool", ["max", "mean"], default: "max",
+            help: "how a kv head's query heads combine their logits before the softmax"),
+        .choice(
+            "divide-method", ["step-length", "newline"], default: "step-length",
+            help:
+                "legacy trigger: step-length = positions that are multiples of --divide; newline = positions holding "
+                + "a newline-like token (divide_method=newline)"
+        ),
+        .choice(
+            "compression-content", ["all", "think"], default: "all",
+            help:
+                "legacy trigger: all = compress throughout; think = stop once </think> has been generated "
+                + "(compression_content=think)"
+        ),
+        .text(
+            "newline-ids", "LIST",
+            help:
+                "token ids that count as newlines (default: tokens whose /tokens/text is \\n, .\\n, )\\n, \\n\\n, "
+                + ".\\n\\n or )\\n\\n)"
+        ),
+        .text(
+            "think-end-ids", "LIST",
+            help: "token ids that end the thinking span (default: tokens whose /tokens/text is </think>)"),
+        ScoreDType.parameter
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
@@ -111,12 +145,14 @@ public final class RKVPolicy: ConfiguredPolicy {
             try PolicyGuard.budget(budget, exceedsWindow: window, "rkv")
             try PolicyGuard.oddKernel(kernel, "rkv")
             if trigger == .buffer && (newlineTrigger || thinkOnly) {
-                throw PolicyError("rkv: --divide-method newline and --compression-content think belong to the legacy "
-                                  + "HF loop; use them with --trigger legacy")
+                throw PolicyError(
+                    "rkv: --divide-method newline and --compression-content think belong to the legacy "
+                        + "HF loop; use them with --trigger legacy")
             }
             if trigger == .buffer && buffer < window {
-                throw PolicyError("rkv: --buffer (\(buffer)) must be at least --window (\(window)): "
-                                  + "the window's queries are observed within one buffer")
+                throw PolicyError(
+                    "rkv: --buffer (\(buffer)) must be at least --window (\(window)): "
+                        + "the window's queries are observed within one buffer")
             }
         }
     }
@@ -137,12 +173,15 @@ public final class RKVPolicy: ConfiguredPolicy {
     private let thinkOnly: Bool
 
     /// Reads the token marks when `divide-method newline` or `compression-content think` asks.
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (
+        any Sendable
+    )? {
         let configuration = try Configuration(parameters)
         guard configuration.newlineTrigger || configuration.thinkOnly else { return nil }
-        return try RKVTriggerTokens.read(reader, newline: configuration.newlineTrigger,
-                                         newlineIDs: configuration.newlineIDs, thinkEnd: configuration.thinkOnly,
-                                         thinkEndIDs: configuration.thinkEndIDs, policy: name)
+        return try RKVTriggerTokens.read(
+            reader, newline: configuration.newlineTrigger,
+            newlineIDs: configuration.newlineIDs, thinkEnd: configuration.thinkOnly,
+            thinkEndIDs: configuration.thinkEndIDs, policy: name)
     }
 
     /// No token marks: enough for `init` to check the parameters without reading the tokens.
@@ -163,7 +202,10 @@ public final class RKVPolicy: ConfiguredPolicy {
         thinkOnly = configuration.thinkOnly
         if newlineTrigger || thinkOnly {
             guard let marks = setup.prepared as? RKVTriggerTokens else {
-                throw PolicyError("rkv: --divide-method newline / --compression-content think need the trace's tokens (prepare was not run)")
+                throw PolicyError(
+                    "rkv: --divide-method newline / --compression-content think need the trace's tokens (prepare was "
+                        + "not run)"
+                )
             }
             tokens = marks
         } else {
@@ -216,7 +258,8 @@ public final class RKVPolicy: ConfiguredPolicy {
         switch trigger {
         case .legacy:
             let p = context.position
-            let armed = newlineTrigger ? tokens!.newline[p] : CompressionSchedule.legacyFires(position: p, divide: divide)
+            let armed =
+                newlineTrigger ? tokens!.newline[p] : CompressionSchedule.legacyFires(position: p, divide: divide)
             guard armed, !(thinkOnly && tokens!.afterThink[p]) else { return }
             for g in 0..<cache.numKVHeads where cache.count(kvHead: g) >= budget {
                 compress(kvHead: g, cache: cache, keys: keys)
@@ -230,8 +273,9 @@ public final class RKVPolicy: ConfiguredPolicy {
     }
 
     private func compress(kvHead g: Int, cache: LayerCache, keys: [Float]) {
-        scorer.compress(kvHead: g, cache: cache, budget: budget, window: window, queries: queries,
-                        keys: keys, order: slotOrder, windowFirst: false, scores: &scores)
+        scorer.compress(
+            kvHead: g, cache: cache, budget: budget, window: window, queries: queries,
+            keys: keys, order: slotOrder, windowFirst: false, scores: &scores)
     }
 
     /// A step driven by a trigger that replaces R-KV's own (Policies/Algebra): the step's query
@@ -261,8 +305,9 @@ public enum DecodeTrigger: String, CaseIterable, Sendable {
     /// The cadence line of the trigger, divide and buffer in `parameters` (nil if one is not declared).
     static func cadence(_ parameters: PolicyParameters) -> String? {
         guard let trigger = try? parameters.choice("trigger", as: DecodeTrigger.self),
-              let divide = try? parameters.integer("divide"),
-              let buffer = try? parameters.integer("buffer") else { return nil }
+            let divide = try? parameters.integer("divide"),
+            let buffer = try? parameters.integer("buffer")
+        else { return nil }
         return trigger.cadence(divide: divide, buffer: buffer)
     }
 

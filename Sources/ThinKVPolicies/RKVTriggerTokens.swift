@@ -27,15 +27,21 @@ struct RKVTriggerTokens: Sendable {
 
     /// Reads `/tokens/ids` (and `/tokens/text` when a needed list is not given); marks that are
     /// not needed stay all false.
-    static func read(_ reader: TraceReader, newline needsNewline: Bool, newlineIDs: String?,
-                     thinkEnd needsThinkEnd: Bool, thinkEndIDs: String?, policy: String) throws -> RKVTriggerTokens {
+    static func read(
+        _ reader: TraceReader, newline needsNewline: Bool, newlineIDs: String?,
+        thinkEnd needsThinkEnd: Bool, thinkEndIDs: String?, policy: String
+    ) throws -> RKVTriggerTokens {
         let ids = try reader.readTokenIDs()
-        let text = (needsNewline && newlineIDs == nil) || (needsThinkEnd && thinkEndIDs == nil) ? try reader.readTokenText() : nil
+        let text =
+            (needsNewline && newlineIDs == nil) || (needsThinkEnd && thinkEndIDs == nil)
+            ? try reader.readTokenText() : nil
         func marks(_ list: String?, pieces: Set<String>, option: String) throws -> [Bool] {
             if let list {
-                let parsed = try CommaList.items(list, of: "\(policy): --\(option)", error: PolicyError.init).map { item -> Int32 in
+                let parsed = try CommaList.items(list, of: "\(policy): --\(option)", error: PolicyError.init).map {
+                    item -> Int32 in
                     guard let id = Int32(item) else {
-                        throw PolicyError("\(policy): --\(option) must be a comma-separated list of token ids, got '\(list)'")
+                        throw PolicyError(
+                            "\(policy): --\(option) must be a comma-separated list of token ids, got '\(list)'")
                     }
                     return id
                 }
@@ -43,7 +49,10 @@ struct RKVTriggerTokens: Sendable {
                 return ids.map { set.contains($0) }
             }
             guard let text else {
-                throw PolicyError("\(reader.path): policy \(policy) needs /tokens/text to find its trigger tokens, which this trace does not record (give --\(option))")
+                throw PolicyError(
+                    "\(reader.path): policy \(policy) needs /tokens/text to find its trigger tokens, which this "
+                        + "trace does not record (give --\(option))"
+                )
             }
             return text.map { pieces.contains($0) }
         }

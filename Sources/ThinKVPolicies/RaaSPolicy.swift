@@ -40,16 +40,28 @@ import Foundation
 /// - Scores in float64 (the kernel uses float16); ties in the top-k go to the lower page.
 public final class RaaSPolicy: ConfiguredPolicy {
     public static let name = "raas"
-    public static let summary = "RaaS: paged LRU cache whose page timestamps are refreshed when a query's Quest estimate ranks the page in its top half-budget"
+    public static let summary =
+        "RaaS: paged LRU cache whose page timestamps are refreshed when a query's Quest estimate ranks the page in "
+        + "its top half-budget"
     public static let parameters: [PolicyParameter] = [
-        .budget(help: "B, token budget per kv head; the cache holds ⌊B/S⌋ pages (token_budget // page_size), "
+        .budget(
+            help: "B, token budget per kv head; the cache holds ⌊B/S⌋ pages (token_budget // page_size), "
                 + "at least 2"),
-        .integer("page-size", default: 16, min: 1, max: 1 << 16,
-                 help: "S, tokens per page (the authors' page_size, 16 in their runs)"),
-        .choice("prefill", PrefillRule.allCases.map(\.rawValue), default: PrefillRule.lru.rawValue,
-                help: "lru = prompt pages age like any other (the authors' code); keep = never evict a page holding a prompt token (the paper's description)"),
-        .choice("refresh-among", RefreshCandidates.allCases.map(\.rawValue), default: RefreshCandidates.all.rawValue,
-                help: "pages the Quest estimate ranks for the refresh: all opened pages, evicted ones too (the kernel code), or resident ones (the mask version)"),
+        .integer(
+            "page-size", default: 16, min: 1, max: 1 << 16,
+            help: "S, tokens per page (the authors' page_size, 16 in their runs)"),
+        .choice(
+            "prefill", PrefillRule.allCases.map(\.rawValue), default: PrefillRule.lru.rawValue,
+            help:
+                "lru = prompt pages age like any other (the authors' code); keep = never evict a page holding a "
+                + "prompt token (the paper's description)"
+        ),
+        .choice(
+            "refresh-among", RefreshCandidates.allCases.map(\.rawValue), default: RefreshCandidates.all.rawValue,
+            help:
+                "pages the Quest estimate ranks for the refresh: all opened pages, evicted ones too (the kernel "
+                + "code), or resident ones (the mask version)"
+        )
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
     public static let readsAttention = false
@@ -68,9 +80,10 @@ public final class RaaSPolicy: ConfiguredPolicy {
             prefillRule = try values.choice("prefill")
             refreshAmong = try values.choice("refresh-among")
             guard budget / pageSize >= 2 else {
-                throw PolicyError("raas: --budget \(budget) holds \(budget / pageSize) page(s) of \(pageSize); "
-                                  + "RaaS needs at least 2 (the page being filled and one more), "
-                                  + "so give --budget ≥ \(2 * pageSize)")
+                throw PolicyError(
+                    "raas: --budget \(budget) holds \(budget / pageSize) page(s) of \(pageSize); "
+                        + "RaaS needs at least 2 (the page being filled and one more), "
+                        + "so give --budget ≥ \(2 * pageSize)")
             }
         }
     }
@@ -130,9 +143,12 @@ public final class RaaSPolicy: ConfiguredPolicy {
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         guard let b = try? parameters.integer("budget"),
-              let s = try? parameters.integer("page-size") else { return "?" }
+            let s = try? parameters.integer("page-size")
+        else { return "?" }
         let keep = (try? parameters.choice("prefill", as: PrefillRule.self)) == .keep
-        return "when a decode position opens a page of \(s) and more than \(b / s) pages are held, the least recently used page goes\(keep ? " (prompt pages stay)" : ""); holds ≤ \(b / s * s)"
+        return
+            "when a decode position opens a page of \(s) and more than \(b / s) pages are held, the least recently "
+            + "used page goes\(keep ? " (prompt pages stay)" : ""); holds ≤ \(b / s * s)"
     }
 
     public var reportCounters: [(name: String, value: Int)] {
@@ -183,7 +199,7 @@ public final class RaaSPolicy: ConfiguredPolicy {
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         let p = context.position
-        let complete = p / pageSize                  // pages before the one p is in
+        let complete = p / pageSize  // pages before the one p is in
         let k = min(min(pageBudget, complete + 1) - 1, pageBudget / 2)
         guard k > 0, let keys = context.data.keys else { return }
         summarisePages(upTo: complete, keys: keys, data: context.data)

@@ -19,7 +19,10 @@ public enum ScoreDType: String, CaseIterable, Sendable {
     /// The `--score-dtype` parameter every baseline that supports it declares.
     static let parameter = PolicyParameter.choice(
         "score-dtype", allCases.map(\.rawValue), default: ScoreDType.float32.rawValue,
-        help: "dtype the reference scores in: float32 (no rounding, default), bfloat16 or float16 (every intermediate the authors' code holds in the model dtype is rounded to it)")
+        help:
+            "dtype the reference scores in: float32 (no rounding, default), bfloat16 or float16 (every intermediate "
+            + "the authors' code holds in the model dtype is rounded to it)"
+    )
 
     /// Whether anything is rounded.
     public var rounds: Bool { self != .float32 }

@@ -27,7 +27,9 @@ import Foundation
 /// roundings under `--score-dtype bfloat16|float16`; ties go to the lower slot index (CUDA topk).
 public final class SnapKVPolicy: ConfiguredPolicy {
     public static let name = "snapkv"
-    public static let summary = "SnapKV: keep the window and the tokens its queries attend to most (R-KV's decode-time variant, the original prefill-only one, or kvpress's DecodingPress)"
+    public static let summary =
+        "SnapKV: keep the window and the tokens its queries attend to most (R-KV's decode-time variant, the original "
+        + "prefill-only one, or kvpress's DecodingPress)"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
         switch try? parameters.choice("snap-variant", as: Variant.self) {
         case .rkv?: return (try? parameters.choice("trigger", as: DecodeTrigger.self))?.cadenceParameter
@@ -36,26 +38,47 @@ public final class SnapKVPolicy: ConfiguredPolicy {
         }
     }
     public static let parameters: [PolicyParameter] = [
-        .choice("snap-variant", Variant.allCases.map(\.rawValue), default: Variant.rkv.rawValue,
-                help: "rkv = R-KV's decode-time SnapKV; original = FasterDecoding prefill-only; kvpress = DecodingPress(SnapKVPress)"),
+        .choice(
+            "snap-variant", Variant.allCases.map(\.rawValue), default: Variant.rkv.rawValue,
+            help:
+                "rkv = R-KV's decode-time SnapKV; original = FasterDecoding prefill-only; kvpress = "
+                + "DecodingPress(SnapKVPress)"
+        ),
         .budget(min: 2, help: "B, tokens per kv head after a compression, the window included; must exceed --window"),
-        .integer("window", min: 1,
-                 help: "w, observation window (default per variant: rkv 8, original 32, kvpress 64)"),
-        .integer("kernel", min: 1,
-                 help: "pooling kernel over neighbouring slots, odd (default per variant: rkv 7, original 5, kvpress 5)"),
-        PolicyParameter("pool", .choice(["max", "avg"]),
-                        help: "pooling: max (padding as −inf) or avg (zero padding counted) (default per variant: rkv max, original avg, kvpress avg)"),
-        .choice("trigger", DecodeTrigger.allCases.map(\.rawValue), default: DecodeTrigger.legacy.rawValue,
-                help: "rkv variant only: legacy = at positions p with p % divide == 0 if L ≥ B; buffer = every --buffer decoded tokens if L ≥ B + buffer"),
-        .integer("divide", default: 128, min: 1,
-                 help: "rkv variant, legacy trigger: compress while processing positions that are multiples of this"),
-        .integer("buffer", default: 128, min: 1,
-                 help: "rkv variant, buffer trigger: decoded tokens between compressions; at least --window"),
-        .integer("interval", default: 512, min: 1,
-                 help: "kvpress variant: compress after every N decode steps (DecodingPress compression_interval); must exceed --window"),
-        .choice("slot-order", KeptSlotOrder.allCases.map(\.rawValue), default: KeptSlotOrder.score.rawValue,
-                help: "physical order of kept tokens: score (as the references gather them) or position"),
-        ScoreDType.parameter,
+        .integer(
+            "window", min: 1,
+            help: "w, observation window (default per variant: rkv 8, original 32, kvpress 64)"),
+        .integer(
+            "kernel", min: 1,
+            help: "pooling kernel over neighbouring slots, odd (default per variant: rkv 7, original 5, kvpress 5)"),
+        PolicyParameter(
+            "pool", .choice(["max", "avg"]),
+            help:
+                "pooling: max (padding as −inf) or avg (zero padding counted) (default per variant: rkv max, "
+                + "original avg, kvpress avg)"
+        ),
+        .choice(
+            "trigger", DecodeTrigger.allCases.map(\.rawValue), default: DecodeTrigger.legacy.rawValue,
+            help:
+                "rkv variant only: legacy = at positions p with p % divide == 0 if L ≥ B; buffer = every --buffer "
+                + "decoded tokens if L ≥ B + buffer"
+        ),
+        .integer(
+            "divide", default: 128, min: 1,
+            help: "rkv variant, legacy trigger: compress while processing positions that are multiples of this"),
+        .integer(
+            "buffer", default: 128, min: 1,
+            help: "rkv variant, buffer trigger: decoded tokens between compressions; at least --window"),
+        .integer(
+            "interval", default: 512, min: 1,
+            help:
+                "kvpress variant: compress after every N decode steps (DecodingPress compression_interval); must "
+                + "exceed --window"
+        ),
+        .choice(
+            "slot-order", KeptSlotOrder.allCases.map(\.rawValue), default: KeptSlotOrder.score.rawValue,
+            help: "physical order of kept tokens: score (as the references gather them) or position"),
+        ScoreDType.parameter
     ]
     public static let requirements: PolicyRequirements = .queriesAndKeys
 
@@ -85,7 +108,8 @@ public final class SnapKVPolicy: ConfiguredPolicy {
             budget = try values.integer("budget")
             window = try values.optionalInteger("window") ?? variant.defaultWindow
             kernel = try values.optionalInteger("kernel") ?? variant.defaultKernel
-            pool = try values.optionalText("pool").map { $0 == "max" ? WindowScoringRule.Pool.max : .average }
+            pool =
+                try values.optionalText("pool").map { $0 == "max" ? WindowScoringRule.Pool.max : .average }
                 ?? variant.defaultPool
             trigger = try values.choice("trigger")
             divide = try values.integer("divide")
@@ -101,8 +125,9 @@ public final class SnapKVPolicy: ConfiguredPolicy {
             let given = Set(values.given.keys)
             let rkvOnly = given.intersection(["trigger", "divide", "buffer"])
             if variant != .rkv, let name = rkvOnly.sorted().first {
-                throw refuse("--\(name) applies to --snap-variant rkv only (original compresses the prompt once; "
-                             + "kvpress uses --interval)")
+                throw refuse(
+                    "--\(name) applies to --snap-variant rkv only (original compresses the prompt once; "
+                        + "kvpress uses --interval)")
             }
             if variant != .kvpress && given.contains("interval") {
                 throw refuse("--interval applies to --snap-variant kvpress only")
@@ -148,14 +173,17 @@ public final class SnapKVPolicy: ConfiguredPolicy {
         let rule: WindowScoringRule
         switch variant {
         case .rkv:
-            rule = WindowScoringRule(softmax: .candidatesOnly, rowReduce: .mean, pool: pool, kernel: kernel,
-                                     groupReduce: .maxLogits, redundancy: nil)
+            rule = WindowScoringRule(
+                softmax: .candidatesOnly, rowReduce: .mean, pool: pool, kernel: kernel,
+                groupReduce: .maxLogits, redundancy: nil)
         case .original:
-            rule = WindowScoringRule(softmax: .causalFullRow, rowReduce: .sum, pool: pool, kernel: kernel,
-                                     groupReduce: .meanScores, redundancy: nil)
+            rule = WindowScoringRule(
+                softmax: .causalFullRow, rowReduce: .sum, pool: pool, kernel: kernel,
+                groupReduce: .meanScores, redundancy: nil)
         case .kvpress:
-            rule = WindowScoringRule(softmax: .causalFullRow, rowReduce: .mean, pool: pool, kernel: kernel,
-                                     groupReduce: .meanScores, redundancy: nil)
+            rule = WindowScoringRule(
+                softmax: .causalFullRow, rowReduce: .mean, pool: pool, kernel: kernel,
+                groupReduce: .meanScores, redundancy: nil)
         }
         var rounded = rule
         rounded.dtype = configuration.dtype
@@ -224,8 +252,9 @@ public final class SnapKVPolicy: ConfiguredPolicy {
     }
 
     private func compress(kvHead g: Int, cache: LayerCache, keys: [Float]) {
-        scorer.compress(kvHead: g, cache: cache, budget: budget, window: window, queries: queries, keys: keys,
-                        order: slotOrder, windowFirst: variant == .kvpress, scores: &scores)
+        scorer.compress(
+            kvHead: g, cache: cache, budget: budget, window: window, queries: queries, keys: keys,
+            order: slotOrder, windowFirst: variant == .kvpress, scores: &scores)
     }
 
     /// A step driven by a trigger that replaces the variant's own (Policies/Algebra): the step's

@@ -24,18 +24,27 @@ import Foundation
 /// same as here, its attention values are not.
 public final class StreamingLLMPolicy: ConfiguredPolicy {
     public static let name = "streaming"
-    public static let summary = "StreamingLLM: attention sinks plus a recent window; every step (streaming-llm repo) or every --divide positions (R-KV)"
+    public static let summary =
+        "StreamingLLM: attention sinks plus a recent window; every step (streaming-llm repo) or every --divide "
+        + "positions (R-KV)"
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? {
         (try? parameters.choice("trigger", as: Trigger.self)) == .legacy ? "divide" : nil
     }
     public static let parameters: [PolicyParameter] = [
         .budget(help: "B, resident tokens per kv head after a compression: the sinks plus B − sinks recent tokens"),
-        .integer("sinks", default: 4, min: 0,
-                 help: "first positions always kept (attention sinks); must be below --budget"),
-        .choice("trigger", Trigger.allCases.map(\.rawValue), default: Trigger.everyStep.rawValue,
-                help: "every-step = after each step's attention when over budget (streaming-llm repo); legacy = at positions p with p % divide == 0 (R-KV's loop)"),
-        .integer("divide", default: 128, min: 1,
-                 help: "legacy trigger only: compress while processing positions that are multiples of this (prompt counted)"),
+        .integer(
+            "sinks", default: 4, min: 0,
+            help: "first positions always kept (attention sinks); must be below --budget"),
+        .choice(
+            "trigger", Trigger.allCases.map(\.rawValue), default: Trigger.everyStep.rawValue,
+            help:
+                "every-step = after each step's attention when over budget (streaming-llm repo); legacy = at "
+                + "positions p with p % divide == 0 (R-KV's loop)"
+        ),
+        .integer(
+            "divide", default: 128, min: 1,
+            help: "legacy trigger only: compress while processing positions that are multiples of this (prompt counted)"
+        )
     ]
 
     public enum Trigger: String, CaseIterable, Sendable {
@@ -55,15 +64,17 @@ public final class StreamingLLMPolicy: ConfiguredPolicy {
             trigger = try values.choice("trigger")
             divide = try values.integer("divide")
             guard sinks < budget else {
-                throw PolicyError("streaming: --sinks (\(sinks)) must be below --budget (\(budget)): "
-                                  + "the recent window budget − sinks must hold at least the newest token")
+                throw PolicyError(
+                    "streaming: --sinks (\(sinks)) must be below --budget (\(budget)): "
+                        + "the recent window budget − sinks must hold at least the newest token")
             }
         }
     }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         guard let trigger = try? parameters.choice("trigger", as: Trigger.self),
-              let divide = try? parameters.integer("divide") else { return "?" }
+            let divide = try? parameters.integer("divide")
+        else { return "?" }
         switch trigger {
         case .everyStep: return "every step; holds B, attends B+1"
         case .legacy: return "at positions divisible by \(divide); holds up to B+\(divide - 1)"
@@ -97,17 +108,23 @@ public final class StreamingLLMPolicy: ConfiguredPolicy {
     }
 
     public func prefill(_ context: PrefillContext, cache: LayerCache) {
-        for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > budget { keepSinksAndRecent(kvHead: g, cache: cache) }
+        for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > budget {
+            keepSinksAndRecent(kvHead: g, cache: cache)
+        }
     }
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         switch trigger {
         case .everyStep:
-            for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > budget { keepSinksAndRecent(kvHead: g, cache: cache) }
+            for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > budget {
+                keepSinksAndRecent(kvHead: g, cache: cache)
+            }
         case .legacy:
             guard CompressionSchedule.legacyFires(position: context.position, divide: divide) else { return }
             // At exactly B tokens the reference still "compresses" but keeps everything.
-            for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > budget { keepSinksAndRecent(kvHead: g, cache: cache) }
+            for g in 0..<cache.numKVHeads where cache.count(kvHead: g) > budget {
+                keepSinksAndRecent(kvHead: g, cache: cache)
+            }
         }
     }
 

@@ -19,7 +19,9 @@ public typealias TOVAPolicy = DecodingPress<TOVAScorer>
 
 public enum TOVAScorer: DecodingScorer {
     public static let name = "tova"
-    public static let summary = "kvpress TOVAPress at decode time: every --interval steps keep the tokens the current query attends most (mean over all heads)"
+    public static let summary =
+        "kvpress TOVAPress at decode time: every --interval steps keep the tokens the current query attends most "
+        + "(mean over all heads)"
     public static let requirements: PolicyRequirements = .queriesAndKeys
     // All kv heads hold the same positions in the same order (they always keep the same indices
     // of the same shared scores), so one score vector serves them all.
@@ -27,12 +29,15 @@ public enum TOVAScorer: DecodingScorer {
 
     public static func scores(_ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {
         let header = context.setup.header
-        return scores(context: context, slots: Array(repeating: slots, count: header.numKVHeads), keys: context.data.keys!,
-                      header: header, dtype: dtype)
+        return scores(
+            context: context, slots: Array(repeating: slots, count: header.numKVHeads), keys: context.data.keys!,
+            header: header, dtype: dtype)
     }
 
     /// Scores of every slot (the last one, the newest token, padded with the maximum + 1).
-    static func scores(context: StepContext, slots: [[Int32]], keys: [Float], header: TraceHeader, dtype: ScoreDType) -> [Double] {
+    static func scores(context: StepContext, slots: [[Int32]], keys: [Float], header: TraceHeader, dtype: ScoreDType)
+        -> [Double]
+    {
         let D = header.headDim, Hq = header.numQHeads
         let L = slots[0].count
         let scale = 1 / Double(D).squareRoot()

@@ -67,7 +67,9 @@ public class ThinKVPolicy: CachePolicy {
     public class var readsAttention: Bool { false }
 
     /// The thought timeline (`ThoughtTimeline`), computed once per replay.
-    public class func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? {
+    public class func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (
+        any Sendable
+    )? {
         try ThinKVParameters.timeline(reader, parameters: parameters, policyType: self)
     }
 
@@ -121,13 +123,15 @@ public class ThinKVPolicy: CachePolicy {
     private var evictedMark: [Bool]
     private var gathered: [Float] = []
 
-
     public required init(parameters: PolicyParameters, setup: PolicySetup) throws {
         let name = Self.name
         components = Self.components
         if let timeline = setup.prepared as? ThoughtTimeline {
             guard timeline.types.count == setup.header.generatedLength else {
-                throw PolicyError("\(name): the thought timeline has \(timeline.types.count) steps, the trace \(setup.header.generatedLength)")
+                throw PolicyError(
+                    "\(name): the thought timeline has \(timeline.types.count) steps, the trace "
+                        + "\(setup.header.generatedLength)"
+                )
             }
             thoughtTypes = ThoughtTypeLog(types: timeline.types, refreshInterval: timeline.thresholds?.refreshInterval)
         } else if let log = setup.prepared as? ThoughtTypeLog {
@@ -152,7 +156,8 @@ public class ThinKVPolicy: CachePolicy {
             selection = eviction.selection
             segmentRule = eviction.segmentRule
             pressureCut = eviction.pressureCut
-            refreshInterval = configuration.thoughts.tau ?? thoughtTypes.refreshInterval
+            refreshInterval =
+                configuration.thoughts.tau ?? thoughtTypes.refreshInterval
                 ?? ThoughtThresholds.defaultRefreshInterval
             segments = ThoughtSegments(numTokens: setup.header.numTokens)
         } else {
@@ -219,7 +224,8 @@ public class ThinKVPolicy: CachePolicy {
 
     public func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         if selection == .attention { accumulateAttention(context, cache: cache) }
-        quantizer?.append(position: context.position, thoughtType: Int(thoughtTypes.types[context.step].rawValue), cache: cache)
+        quantizer?.append(
+            position: context.position, thoughtType: Int(thoughtTypes.types[context.step].rawValue), cache: cache)
         if segments != nil {
             evict(newest: context.position, transition: transitionPending, cache: cache)
             transitionPending = false
@@ -236,9 +242,12 @@ public class ThinKVPolicy: CachePolicy {
     public var reportCounters: [(name: String, value: Int)] {
         guard segments != nil else { return [] }
         let c = counters
-        return [("transitions", c.transitions), ("transition_cuts", c.transitionCuts), ("transition_evicted_tokens", c.transitionEvictions),
-                ("pressure_cuts", c.pressureCuts), ("pressure_evicted_tokens", c.pressureEvictions), ("splits", c.splits),
-                ("floor_breaches", c.floorBreaches), ("floor_breach_evicted_tokens", c.floorBreachEvictions)]
+        return [
+            ("transitions", c.transitions), ("transition_cuts", c.transitionCuts),
+            ("transition_evicted_tokens", c.transitionEvictions),
+            ("pressure_cuts", c.pressureCuts), ("pressure_evicted_tokens", c.pressureEvictions), ("splits", c.splits),
+            ("floor_breaches", c.floorBreaches), ("floor_breach_evicted_tokens", c.floorBreachEvictions)
+        ]
     }
 
     // MARK: Eviction
@@ -253,8 +262,9 @@ public class ThinKVPolicy: CachePolicy {
         // Nothing to decide between transitions while under budget (every head holds as many).
         guard transition || budget.map({ cache.count(kvHead: 0) > $0 }) == true else { return }
         let protection = ThoughtSegments.Protection(sinks: sinks, recent: recent, newest: newest)
-        let decision = segments.decide(resident: cache.slots[0], transition: transition, budget: budget,
-                                       schedule: schedule, protection: protection, pressureCut: pressureCut)
+        let decision = segments.decide(
+            resident: cache.slots[0], transition: transition, budget: budget,
+            schedule: schedule, protection: protection, pressureCut: pressureCut)
         var sizeBefore = decision.before
         for event in decision.events {
             let freed = event.reason == .split ? 0 : sizeBefore[event.segment] - event.size
@@ -296,11 +306,13 @@ public class ThinKVPolicy: CachePolicy {
                 let victims: [Int32]
                 switch event.reason {
                 case .transition:
-                    let kept = representatives(of: pool, keep: keep, kvHead: h, segment: segments.segments[s], cache: cache)
+                    let kept = representatives(
+                        of: pool, keep: keep, kvHead: h, segment: segments.segments[s], cache: cache)
                     victims = Self.complement(of: kept, in: pool)
                 case .pressure:
-                    victims = pressureVictims(segment: s, target: event.target - decision.protected[s], pool: pool,
-                                              count: pool.count - keep, kvHead: h, cache: cache)
+                    victims = pressureVictims(
+                        segment: s, target: event.target - decision.protected[s], pool: pool,
+                        count: pool.count - keep, kvHead: h, cache: cache)
                 case .floorBreach, .split:
                     victims = Array(pool.prefix(pool.count - keep))
                 }
@@ -328,16 +340,20 @@ public class ThinKVPolicy: CachePolicy {
     /// chosen once, when the segment starts towards that size, and the others leave oldest
     /// first as the budget requires. A plan is redone when the pool has grown past it (tokens
     /// that left the recent window) or the target changed.
-    private func pressureVictims(segment s: Int, target: Int, pool: [Int32], count: Int, kvHead h: Int, cache: LayerCache) -> [Int32] {
+    private func pressureVictims(
+        segment s: Int, target: Int, pool: [Int32], count: Int, kvHead h: Int, cache: LayerCache
+    ) -> [Int32] {
         if var plan = pressurePlans[s], plan.keep == target, let leaving = plan.leaving[h], leaving.count >= count,
-           pool.count - leaving.count == target {
+            pool.count - leaving.count == target
+        {
             plan.leaving[h] = Array(leaving.dropFirst(count))
             pressurePlans[s] = plan
             return Array(leaving.prefix(count))
         }
         let kept = representatives(of: pool, keep: target, kvHead: h, segment: segments!.segments[s], cache: cache)
         let leaving = Self.complement(of: kept, in: pool)
-        var plan = pressurePlans[s].flatMap { $0.keep == target ? $0 : nil }
+        var plan =
+            pressurePlans[s].flatMap { $0.keep == target ? $0 : nil }
             ?? PressurePlan(keep: target, leaving: Array(repeating: nil, count: cache.numKVHeads))
         plan.leaving[h] = Array(leaving.dropFirst(count))
         pressurePlans[s] = plan
@@ -353,12 +369,15 @@ public class ThinKVPolicy: CachePolicy {
 
     /// Indices into `pool` of the `keep` tokens nearest the centroids of a k-means over their
     /// exact keys in head `h`.
-    private func representatives(of pool: [Int32], keep: Int, kvHead h: Int, segment: ThoughtSegment, cache: LayerCache) -> [Int] {
+    private func representatives(of pool: [Int32], keep: Int, kvHead h: Int, segment: ThoughtSegment, cache: LayerCache)
+        -> [Int]
+    {
         guard keep > 0 else { return [] }
         guard keep < pool.count else { return Array(pool.indices) }
         guard let exactKeys = data?.keys else { preconditionFailure("TBE needs keys (declared in its requirements)") }
         let D = setup.header.headDim, T = setup.header.numTokens
-        var stream = SeededRandom(seed: seed, stream: [UInt64(setup.layer.index), UInt64(h), UInt64(segment.start), UInt64(segment.level)])
+        var stream = SeededRandom(
+            seed: seed, stream: [UInt64(setup.layer.index), UInt64(h), UInt64(segment.start), UInt64(segment.level)])
         let callSeed = stream.next()
         // The `keep` best of the pool by a score (higher first; ties: the earlier position).
         func best(by score: (Int32) -> Double) -> [Int] {
@@ -393,8 +412,9 @@ public class ThinKVPolicy: CachePolicy {
             }
         }
         return gathered.withUnsafeBufferPointer {
-            KMeans.representatives(points: $0.baseAddress!, count: pool.count, dimension: D, k: keep,
-                                   iterations: kmeansIterations, seed: callSeed)
+            KMeans.representatives(
+                points: $0.baseAddress!, count: pool.count, dimension: D, k: keep,
+                iterations: kmeansIterations, seed: callSeed)
         }
     }
 
@@ -411,9 +431,10 @@ public class ThinKVPolicy: CachePolicy {
             cache.slots[g].withUnsafeBufferPointer { slots in
                 keys.withUnsafeBufferPointer { K in
                     attentionScratch.withUnsafeMutableBufferPointer { out in
-                        Kernels.scores(queries: queries.baseAddress! + g * gs * D, rows: gs, headDim: D,
-                                       keys: K.baseAddress! + g * T * D, indices: slots.baseAddress!, count: n,
-                                       scale: header.effectiveSoftmaxScale, out: out.baseAddress!, outStride: n)
+                        Kernels.scores(
+                            queries: queries.baseAddress! + g * gs * D, rows: gs, headDim: D,
+                            keys: K.baseAddress! + g * T * D, indices: slots.baseAddress!, count: n,
+                            scale: header.effectiveSoftmaxScale, out: out.baseAddress!, outStride: n)
                         for r in 0..<gs {
                             let row = out.baseAddress! + r * n
                             Kernels.softmaxFast(row, n)
@@ -542,8 +563,9 @@ extension ThinKVPolicy {
                 segmentRule = try values.choice("segments")
                 pressureCut = try values.choice("pressure-cut")
                 if let budget, budget < sinks + recent {
-                    throw PolicyError("\(name): --budget (\(budget)) must be at least --sinks + --recent "
-                                      + "(\(sinks) + \(recent)): those positions are never evicted")
+                    throw PolicyError(
+                        "\(name): --budget (\(budget)) must be at least --sinks + --recent "
+                            + "(\(sinks) + \(recent)): those positions are never evicted")
                 }
             }
         }
@@ -560,69 +582,150 @@ extension ThinKVPolicy {
 /// assembly of the thought timeline from them.
 package enum ThinKVParameters {
     static let thoughts: [PolicyParameter] = [
-        .choice("thoughts", ThoughtTimeline.Source.allCases.map(\.rawValue), default: ThoughtTimeline.Source.classifier.rawValue,
-                help: "thought types from the sparsity classifier, or from the trace's /tokens/thought labels (oracle ablation)"),
-        .text("calibration", "FILE",
-              help: "classifier thresholds as JSON (theta1, theta2, layers, refresh_interval, sparsity_ratio), e.g. from 'thinkv-sim calibrate'; the options below override its fields"),
+        .choice(
+            "thoughts", ThoughtTimeline.Source.allCases.map(\.rawValue),
+            default: ThoughtTimeline.Source.classifier.rawValue,
+            help:
+                "thought types from the sparsity classifier, or from the trace's /tokens/thought labels (oracle "
+                + "ablation)"
+        ),
+        .text(
+            "calibration", "FILE",
+            help:
+                "classifier thresholds as JSON (theta1, theta2, layers, refresh_interval, sparsity_ratio), e.g. from "
+                + "'thinkv-sim calibrate'; the options below override its fields"
+        ),
         .real("theta1", min: 0, max: 1, help: "θ1: averaged sparsity below it is execution (E)"),
-        .real("theta2", min: 0, max: 1, help: "θ2: averaged sparsity above it is transition (T); between θ1 and θ2 reasoning (R)"),
-        .text("thought-layers", "LIST",
-              help: "L*: layers whose sparsity is averaged, e.g. 0,5,9 (default: the calibration file's, else every recorded layer)"),
-        .integer("tau", min: 1, help: "τ: decode steps a type is held before it is re-evaluated (default: the calibration file's, else 128)"),
-        .choice("sparsity-source", ThoughtTimeline.SparsitySource.allCases.map(\.rawValue), default: ThoughtTimeline.SparsitySource.cache.rawValue,
-                help: "cache: the classifier reads the attention over the policy's own (compressed, quantized) cache, as deployed; full: the full cache's (oracle ablation)"),
-        .choice("sparsity-gqa", GQASparsity.allCases.map(\.rawValue), default: nil,
-                help: "how a GQA group's query heads make one row: max-pool = max-pooled logits per group, softmaxed, averaged over kv heads (ThinKV); mean-heads = every head's softmax averaged (default: the calibration's, else max-pool)"),
-        .choice("calibration-domain", CalibrationDomain.allCases.map(\.rawValue), default: CalibrationDomain.full.rawValue,
-                help: "without --calibration, calibrate on this trace's full-cache sparsity, or on the sparsity over the policy's own cache at --budget (what the classifier reads)"),
-        .integer("sparsity-window", default: 1, min: 1, max: 1 << 20,
-                 help: "steps whose averaged sparsity (or, with --thoughts held-labels, whose majority label) decides the type at a refresh: 1 = the refresh step alone"),
-        .integer("type-lag", default: 0, min: 0, max: 1 << 20,
-                 help: "a refresh at step t reads the sparsity window ending at step t − lag: 0 = its own step's (a replay knows every layer's attention at once); 1 = the previous step's, what a model generating layer by layer knows before its first layer runs (serve-policy needs 1)"),
-        .choice("ct-blocks", BlockSharing.allCases.map(\.rawValue), default: BlockSharing.type.rawValue,
-                help: "what a Continuous-Thinking paging block may mix: tokens of one thought type (ThinKV: a freed slot is refilled by the same type), or of one precision"),
+        .real(
+            "theta2", min: 0, max: 1,
+            help: "θ2: averaged sparsity above it is transition (T); between θ1 and θ2 reasoning (R)"),
+        .text(
+            "thought-layers", "LIST",
+            help:
+                "L*: layers whose sparsity is averaged, e.g. 0,5,9 (default: the calibration file's, else every "
+                + "recorded layer)"
+        ),
+        .integer(
+            "tau", min: 1,
+            help: "τ: decode steps a type is held before it is re-evaluated (default: the calibration file's, else 128)"
+        ),
+        .choice(
+            "sparsity-source", ThoughtTimeline.SparsitySource.allCases.map(\.rawValue),
+            default: ThoughtTimeline.SparsitySource.cache.rawValue,
+            help:
+                "cache: the classifier reads the attention over the policy's own (compressed, quantized) cache, as "
+                + "deployed; full: the full cache's (oracle ablation)"
+        ),
+        .choice(
+            "sparsity-gqa", GQASparsity.allCases.map(\.rawValue), default: nil,
+            help:
+                "how a GQA group's query heads make one row: max-pool = max-pooled logits per group, softmaxed, "
+                + "averaged over kv heads (ThinKV); mean-heads = every head's softmax averaged (default: the "
+                + "calibration's, else max-pool)"
+        ),
+        .choice(
+            "calibration-domain", CalibrationDomain.allCases.map(\.rawValue), default: CalibrationDomain.full.rawValue,
+            help:
+                "without --calibration, calibrate on this trace's full-cache sparsity, or on the sparsity over the "
+                + "policy's own cache at --budget (what the classifier reads)"
+        ),
+        .integer(
+            "sparsity-window", default: 1, min: 1, max: 1 << 20,
+            help:
+                "steps whose averaged sparsity (or, with --thoughts held-labels, whose majority label) decides the "
+                + "type at a refresh: 1 = the refresh step alone"
+        ),
+        .integer(
+            "type-lag", default: 0, min: 0, max: 1 << 20,
+            help:
+                "a refresh at step t reads the sparsity window ending at step t − lag: 0 = its own step's (a replay "
+                + "knows every layer's attention at once); 1 = the previous step's, what a model generating "
+                + "layer by layer knows before its first layer runs (serve-policy needs 1)"
+        ),
+        .choice(
+            "ct-blocks", BlockSharing.allCases.map(\.rawValue), default: BlockSharing.type.rawValue,
+            help:
+                "what a Continuous-Thinking paging block may mix: tokens of one thought type (ThinKV: a freed slot "
+                + "is refilled by the same type), or of one precision"
+        )
     ]
 
     static let quantization: [PolicyParameter] = [
-        .choice("format", QuantFormat.allCases.map(\.rawValue), default: QuantFormat.paper.rawValue,
-                help: "paper = FP8 E4M3 (8 bits), NVFP4 (4), ternary (2); int = asymmetric min-max integers"),
-        .integer("r-bits", default: 4, min: 1, max: 8, help: "bits per element of reasoning tokens (paper format: 2, 4 or 8)"),
+        .choice(
+            "format", QuantFormat.allCases.map(\.rawValue), default: QuantFormat.paper.rawValue,
+            help: "paper = FP8 E4M3 (8 bits), NVFP4 (4), ternary (2); int = asymmetric min-max integers"),
+        .integer(
+            "r-bits", default: 4, min: 1, max: 8, help: "bits per element of reasoning tokens (paper format: 2, 4 or 8)"
+        ),
         .integer("e-bits", default: 4, min: 1, max: 8, help: "bits per element of execution tokens"),
         .integer("t-bits", default: 2, min: 1, max: 8, help: "bits per element of transition tokens"),
-        .integer("group", default: 16, min: 1, max: 1 << 16,
-                 help: "tokens per key group (per channel) and channels per value group; a group never mixes thought types"),
-        .integer("prompt-bits", default: 16, min: 1, max: 16,
-                 help: "bits of the prompt, in whole groups of prompt tokens; 16 keeps it unquantized"),
-        .choice("partial-groups", ["quantize", "keep16"], default: "quantize",
-                help: "a thought that ends short of --group tokens: quantize its last group short (own scales, charged), or keep it at 16 bits"),
+        .integer(
+            "group", default: 16, min: 1, max: 1 << 16,
+            help: "tokens per key group (per channel) and channels per value group; a group never mixes thought types"),
+        .integer(
+            "prompt-bits", default: 16, min: 1, max: 16,
+            help: "bits of the prompt, in whole groups of prompt tokens; 16 keeps it unquantized"),
+        .choice(
+            "partial-groups", ["quantize", "keep16"], default: "quantize",
+            help:
+                "a thought that ends short of --group tokens: quantize its last group short (own scales, charged), "
+                + "or keep it at 16 bits"
+        )
     ]
 
     static let eviction: [PolicyParameter] = [
-        .budget(required: false,
-                help: "resident tokens per kv head; over it the least important old segment shrinks "
-                    + "(default: no budget, segments shrink at transitions only)"),
-        .text("schedule", "LIST", default: "64,32,16,8,4",
-              help: "retention schedule: sizes an old segment shrinks to, one step per transition or per budget overflow; the last is the floor"),
+        .budget(
+            required: false,
+            help: "resident tokens per kv head; over it the least important old segment shrinks "
+                + "(default: no budget, segments shrink at transitions only)"),
+        .text(
+            "schedule", "LIST", default: "64,32,16,8,4",
+            help:
+                "retention schedule: sizes an old segment shrinks to, one step per transition or per budget "
+                + "overflow; the last is the floor"
+        ),
         .integer("sinks", default: 4, min: 0, help: "first positions never evicted (attention sinks)"),
-        .integer("recent", default: 16, min: 1, help: "newest positions never evicted (covers TBQ's open 16-bit group at the default --group)"),
-        .integer("kmeans-iters", default: 10, min: 0, help: "Lloyd iterations of the k-means that picks a segment's representatives"),
+        .integer(
+            "recent", default: 16, min: 1,
+            help: "newest positions never evicted (covers TBQ's open 16-bit group at the default --group)"),
+        .integer(
+            "kmeans-iters", default: 10, min: 0,
+            help: "Lloyd iterations of the k-means that picks a segment's representatives"),
         .integer("seed", default: 0, min: 0, help: "seed of the k-means++ initialisation"),
-        .choice("representatives", RepresentativeSelection.allCases.map(\.rawValue), default: RepresentativeSelection.kmeans.rawValue,
-                help: "how a shrinking segment picks the tokens it keeps: k-means centroids' nearest (ThinKV), smallest key norms, most attention received, or random"),
-        .choice("tbe-trigger", TBETrigger.allCases.map(\.rawValue), default: TBETrigger.transitionStart.rawValue,
-                help: "when older thoughts take a schedule step: when a transition thought begins (ThinKV), or when the thought after it begins"),
-        .choice("segments", SegmentRule.allCases.map(\.rawValue), default: SegmentRule.refresh.rawValue,
-                help: "what one segment is: each refresh interval of τ steps (ThinKV), or a maximal run of one thought type"),
-        .choice("pressure-cut", PressureCut.allCases.map(\.rawValue), default: PressureCut.step.rawValue,
-                help: "over budget, the oldest least important segment drops whole schedule steps until the budget fits (ThinKV), or gives up only the excess"),
+        .choice(
+            "representatives", RepresentativeSelection.allCases.map(\.rawValue),
+            default: RepresentativeSelection.kmeans.rawValue,
+            help:
+                "how a shrinking segment picks the tokens it keeps: k-means centroids' nearest (ThinKV), smallest "
+                + "key norms, most attention received, or random"
+        ),
+        .choice(
+            "tbe-trigger", TBETrigger.allCases.map(\.rawValue), default: TBETrigger.transitionStart.rawValue,
+            help:
+                "when older thoughts take a schedule step: when a transition thought begins (ThinKV), or when the "
+                + "thought after it begins"
+        ),
+        .choice(
+            "segments", SegmentRule.allCases.map(\.rawValue), default: SegmentRule.refresh.rawValue,
+            help: "what one segment is: each refresh interval of τ steps (ThinKV), or a maximal run of one thought type"
+        ),
+        .choice(
+            "pressure-cut", PressureCut.allCases.map(\.rawValue), default: PressureCut.step.rawValue,
+            help:
+                "over budget, the oldest least important segment drops whole schedule steps until the budget fits "
+                + "(ThinKV), or gives up only the excess"
+        )
     ]
 
     static func declared(for components: ThinKVComponents) -> [PolicyParameter] {
-        thoughts + (components.contains(.quantization) ? quantization : []) + (components.contains(.eviction) ? eviction : [])
+        thoughts + (components.contains(.quantization) ? quantization : [])
+            + (components.contains(.eviction) ? eviction : [])
     }
 
     /// The thought timeline the parameters ask for.
-    static func timeline(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws -> ThoughtTimeline {
+    static func timeline(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws
+        -> ThoughtTimeline
+    {
         let policy = policyType.name
         let thoughts = try ThinKVPolicy.Configuration(parameters, components: policyType.components).thoughts
         let window = thoughts.sparsityWindow
@@ -638,27 +741,42 @@ package enum ThinKVParameters {
             var timeline: ThoughtTimeline
             switch thoughts.sparsitySource {
             case .full:
-                timeline = try ThoughtTimeline.fromClassifier(reader, thresholds: thresholds, window: window, lag: lag, policy: policy)
+                timeline = try ThoughtTimeline.fromClassifier(
+                    reader, thresholds: thresholds, window: window, lag: lag, policy: policy)
             case .cache:
-                timeline = try CacheSparsityClassifier.timeline(reader, policyType: policyType, parameters: parameters,
-                                                                 thresholds: thresholds, window: window, lag: lag, policy: policy)
+                timeline = try CacheSparsityClassifier.timeline(
+                    reader, policyType: policyType, parameters: parameters,
+                    thresholds: thresholds, window: window, lag: lag, policy: policy)
             }
             timeline.notes = notes
             let source = thoughts.sparsitySource.rawValue
-            let domain = thresholds.domain.map { $0 == "full" ? "full-cache" : $0 }
-                ?? (thoughts.calibration == nil ? "given (--theta1/--theta2)"
+            let domain =
+                thresholds.domain.map { $0 == "full" ? "full-cache" : $0 }
+                ?? (thoughts.calibration == nil
+                    ? "given (--theta1/--theta2)"
                     : "full-cache (assumed: the file predates sparsity_domain)")
-            timeline.notes.append("thresholds calibrated on \(domain) sparsity (\(thresholds.gqa.rawValue)); the classifier reads the \(source == "cache" ? "policy's own cache" : "full cache")")
+            timeline.notes.append(
+                "thresholds calibrated on \(domain) sparsity (\(thresholds.gqa.rawValue)); the classifier reads the "
+                    + "\(source == "cache" ? "policy's own cache" : "full cache")"
+            )
             // On a labelled trace, how often the types the policy runs with are the true ones.
             if let labels = try reader.readThoughtLabels() {
-                let (accuracy, _) = ThoughtClassifier.accuracy(predicted: timeline.types, reference: Array(labels[reader.header.promptLength...]))
+                let (accuracy, _) = ThoughtClassifier.accuracy(
+                    predicted: timeline.types, reference: Array(labels[reader.header.promptLength...]))
                 if accuracy.isFinite {
-                    timeline.notes.append(String(format: "thought types agree with /tokens/thought on %.1f %% of labelled decode steps (sparsity source: %@, τ = %d, window %d)",
-                                                 100 * accuracy, source, thresholds.refreshInterval, window))
+                    timeline.notes.append(
+                        String(
+                            format:
+                                "thought types agree with /tokens/thought on %.1f %% of labelled decode steps "
+                                + "(sparsity source: %@, τ = %d, window %d)",
+                            100 * accuracy, source, thresholds.refreshInterval, window))
                 }
             }
             if thresholds.isSingleType {
-                timeline.notes.append("thresholds θ1 = 0, θ2 = 1 are the single-type fallback (no tri-modal layer): every step is reasoning, so ThinKV runs with one thought type")
+                timeline.notes.append(
+                    "thresholds θ1 = 0, θ2 = 1 are the single-type fallback (no tri-modal layer): every step is "
+                        + "reasoning, so ThinKV runs with one thought type"
+                )
             }
             return timeline
         }
@@ -666,7 +784,9 @@ package enum ThinKVParameters {
 
     /// Thresholds from `--calibration` and/or the explicit options (which win); without either,
     /// calibrated on the trace itself. Also returns what the report should say about them.
-    static func thresholds(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws -> (ThoughtThresholds, [String]) {
+    static func thresholds(_ reader: TraceReader, parameters: PolicyParameters, policyType: ThinKVPolicy.Type) throws
+        -> (ThoughtThresholds, [String])
+    {
         let policy = policyType.name
         let configuration = try ThinKVPolicy.Configuration(parameters, components: policyType.components)
         let thoughts = configuration.thoughts
@@ -684,7 +804,10 @@ package enum ThinKVParameters {
                 notes.append("\(URL(fileURLWithPath: path).lastPathComponent): \(note)")
             }
             if thoughts.calibrationDomain == .cache {
-                notes.append("--calibration-domain cache applies to calibrating on the trace itself; the thresholds are the file's (calibrate --budget B makes a cache-domain file)")
+                notes.append(
+                    "--calibration-domain cache applies to calibrating on the trace itself; the thresholds are the "
+                        + "file's (calibrate --budget B makes a cache-domain file)"
+                )
             }
         } else if let theta1, let theta2 {
             thresholds = ThoughtThresholds(theta1: theta1, theta2: theta2, layers: recorded)
@@ -695,14 +818,24 @@ package enum ThinKVParameters {
             let domain = thoughts.calibrationDomain
             let budget = domain == .cache ? configuration.eviction?.budget : nil
             if domain == .cache && budget == nil {
-                throw PolicyError("\(policy): --calibration-domain cache calibrates on the cache at the run's budget: give --budget (or --kv-percent)")
+                throw PolicyError(
+                    "\(policy): --calibration-domain cache calibrates on the cache at the run's budget: give "
+                        + "--budget (or --kv-percent)"
+                )
             }
-            let calibration = try SelfCalibrationMemo.shared.calibration(of: reader, gqa: gqa ?? .maxPool, budget: budget) { options in
-                try CacheDomainCalibration.calibrate(readers: [reader], policyType: policyType, parameters: parameters, options: options)
+            let calibration = try SelfCalibrationMemo.shared.calibration(
+                of: reader, gqa: gqa ?? .maxPool, budget: budget
+            ) { options in
+                try CacheDomainCalibration.calibrate(
+                    readers: [reader], policyType: policyType, parameters: parameters, options: options)
             }
             thresholds = calibration.thresholds
             let t = thresholds
-            notes.append("no --calibration: thresholds calibrated on this trace itself (θ1 = \(formatTheta(t.theta1)), θ2 = \(formatTheta(t.theta2)), L* = \(t.layers.map(String.init).joined(separator: ","))); for held-out results calibrate on other traces ('thinkv-sim calibrate')")
+            notes.append(
+                "no --calibration: thresholds calibrated on this trace itself (θ1 = \(formatTheta(t.theta1)), θ2 = "
+                    + "\(formatTheta(t.theta2)), L* = \(t.layers.map(String.init).joined(separator: ","))); for "
+                    + "held-out results calibrate on other traces ('thinkv-sim calibrate')"
+            )
             if calibration.fallback, let reason = calibration.fallbackReason {
                 notes.append("calibration fell back to '\(calibration.fallbackRule ?? "?")': \(reason)")
             }
@@ -721,8 +854,10 @@ package enum ThinKVParameters {
 
     /// The options that override a calibration's fields (θ1, θ2, L*, τ, GQA reading); returns
     /// what the report should say about them.
-    private static func applyOverrides(_ thoughts: ThinKVPolicy.Configuration.Thoughts, layers: [Int]?,
-                                       to thresholds: inout ThoughtThresholds) -> [String] {
+    private static func applyOverrides(
+        _ thoughts: ThinKVPolicy.Configuration.Thoughts, layers: [Int]?,
+        to thresholds: inout ThoughtThresholds
+    ) -> [String] {
         if let theta1 = thoughts.theta1 { thresholds.theta1 = Float(theta1) }
         if let theta2 = thoughts.theta2 { thresholds.theta2 = Float(theta2) }
         if let layers { thresholds.layers = layers }
@@ -730,7 +865,10 @@ package enum ThinKVParameters {
         var notes: [String] = []
         if let gqa = thoughts.sparsityGQA, gqa != thresholds.gqa {
             if thoughts.calibration != nil {
-                notes.append("--sparsity-gqa \(gqa.rawValue) reads sparsity unlike the calibration (\(thresholds.gqa.rawValue)) its thresholds came from")
+                notes.append(
+                    "--sparsity-gqa \(gqa.rawValue) reads sparsity unlike the calibration "
+                        + "(\(thresholds.gqa.rawValue)) its thresholds came from"
+                )
             }
             thresholds.gqa = gqa
         }
@@ -741,14 +879,20 @@ package enum ThinKVParameters {
     /// `--calibration` or `--theta1`/`--theta2` (there is no trace to calibrate on), the
     /// sparsity over the policy's own cache, and a refresh that reads only finished steps.
     /// Throws a usage message when the parameters ask for what cannot run online.
-    static func onlineClassifier(parameters: PolicyParameters, header: TraceHeader, policy: String) throws -> OnlineThoughtClassifier {
+    static func onlineClassifier(parameters: PolicyParameters, header: TraceHeader, policy: String) throws
+        -> OnlineThoughtClassifier
+    {
         let thoughts = try ThinKVPolicy.Configuration.Thoughts(parameters)
         guard thoughts.source == .classifier else {
-            throw UsageError("\(policy): --thoughts \(thoughts.source.rawValue) reads a trace's labels; "
-                             + "online only the classifier (--thoughts classifier) can type thoughts")
+            throw UsageError(
+                "\(policy): --thoughts \(thoughts.source.rawValue) reads a trace's labels; "
+                    + "online only the classifier (--thoughts classifier) can type thoughts")
         }
         guard thoughts.sparsitySource == .cache else {
-            throw UsageError("\(policy): --sparsity-source full needs the full cache's attention; online the classifier reads the policy's own cache (--sparsity-source cache)")
+            throw UsageError(
+                "\(policy): --sparsity-source full needs the full cache's attention; online the classifier reads the "
+                    + "policy's own cache (--sparsity-source cache)"
+            )
         }
         let all = Array(0..<header.numLayers)
         let layers = try thoughts.thoughtLayers.map { try parseLayers($0, recorded: all, policy: policy) }
@@ -758,11 +902,17 @@ package enum ThinKVParameters {
         } else if let theta1 = thoughts.theta1, let theta2 = thoughts.theta2 {
             thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: all)
         } else {
-            throw UsageError("\(policy): online there is no trace to calibrate on; give --calibration FILE ('thinkv-sim calibrate') or --theta1 and --theta2")
+            throw UsageError(
+                "\(policy): online there is no trace to calibrate on; give --calibration FILE ('thinkv-sim "
+                    + "calibrate') or --theta1 and --theta2"
+            )
         }
         let lag = thoughts.typeLag
         guard lag >= 1 else {
-            throw UsageError("\(policy): online, a step's type is needed before its L* layers attend; give --type-lag 1 (replay with the same --type-lag to compare)")
+            throw UsageError(
+                "\(policy): online, a step's type is needed before its L* layers attend; give --type-lag 1 (replay "
+                    + "with the same --type-lag to compare)"
+            )
         }
         _ = applyOverrides(thoughts, layers: layers, to: &thresholds)
         if let outside = thresholds.layers.first(where: { !all.indices.contains($0) }) {
@@ -771,8 +921,9 @@ package enum ThinKVParameters {
         guard thresholds.theta1 < thresholds.theta2, thresholds.refreshInterval >= 1, !thresholds.layers.isEmpty else {
             throw PolicyError("\(policy): thresholds need θ1 < θ2, τ ≥ 1 and a layer in L*")
         }
-        return OnlineThoughtClassifier(thresholds: thresholds, window: thoughts.sparsityWindow, lag: lag,
-                                       header: header)
+        return OnlineThoughtClassifier(
+            thresholds: thresholds, window: thoughts.sparsityWindow, lag: lag,
+            header: header)
     }
 
     private static func formatTheta(_ x: Float) -> String { String(format: "%.3f", x) }
@@ -787,7 +938,11 @@ package enum ThinKVParameters {
             if nearest != layer { moves.append("\(layer)→\(nearest)") }
             if !mapped.contains(nearest) { mapped.append(nearest) }
         }
-        return (mapped.sorted(), "L* layers not recorded in this trace mapped to the nearest recorded ones (\(moves.joined(separator: ", "))); L* = \(mapped.sorted().map(String.init).joined(separator: ","))")
+        return (
+            mapped.sorted(),
+            "L* layers not recorded in this trace mapped to the nearest recorded ones "
+                + "(\(moves.joined(separator: ", "))); L* = \(mapped.sorted().map(String.init).joined(separator: ","))"
+        )
     }
 
     /// A comma list of layer indices; negative ones count from the last recorded layer
@@ -796,11 +951,15 @@ package enum ThinKVParameters {
         let parts = try CommaList.items(text, of: "\(policy): --thought-layers", error: PolicyError.init)
         var layers = parts.compactMap { Int($0) }
         guard layers.count == parts.count else {
-            throw PolicyError("\(policy): --thought-layers must be a comma list of layer indices such as 0,5,9, got '\(text)'")
+            throw PolicyError(
+                "\(policy): --thought-layers must be a comma list of layer indices such as 0,5,9, got '\(text)'")
         }
         for (i, layer) in layers.enumerated() where layer < 0 {
             guard -layer <= recorded.count else {
-                throw PolicyError("\(policy): --thought-layers \(layer) reaches before the first recorded layer (recorded: \(recorded.map(String.init).joined(separator: ",")))")
+                throw PolicyError(
+                    "\(policy): --thought-layers \(layer) reaches before the first recorded layer (recorded: "
+                        + "\(recorded.map(String.init).joined(separator: ",")))"
+                )
             }
             layers[i] = recorded[recorded.count + layer]
         }
@@ -873,8 +1032,10 @@ private final class SelfCalibrationMemo: @unchecked Sendable {
 
     /// The full-cache calibration, or with a budget the cache-domain one that `cacheDomain` makes
     /// from options whose GQA rule is set.
-    func calibration(of reader: TraceReader, gqa: GQASparsity, budget: Int?,
-                     cacheDomain: (CalibrationOptions) throws -> ThoughtCalibration) throws -> ThoughtCalibration {
+    func calibration(
+        of reader: TraceReader, gqa: GQASparsity, budget: Int?,
+        cacheDomain: (CalibrationOptions) throws -> ThoughtCalibration
+    ) throws -> ThoughtCalibration {
         lock.lock()
         defer { lock.unlock() }
         if self.reader !== reader {
@@ -893,7 +1054,8 @@ private final class SelfCalibrationMemo: @unchecked Sendable {
         }
         if fullGQA == gqa, let full { return full }
         let profile = try SparsityProfile.compute(reader, gqa: gqa)
-        let made = try ThoughtCalibration.calibrate([.init(path: reader.path, model: reader.header.model, profile: profile)], options: options)
+        let made = try ThoughtCalibration.calibrate(
+            [.init(path: reader.path, model: reader.header.model, profile: profile)], options: options)
         full = made
         fullGQA = gqa
         return made
@@ -906,24 +1068,31 @@ extension ThinKVPolicy {
     /// that evicts mostly under budget pressure is not the method the paper describes.
     public static func runNotes(counters: [String: Int], parameters: PolicyParameters, layers: Int) -> [String] {
         guard components.contains(.eviction) else { return [] }
-        let byRule = [("transition cuts", counters["transition_evicted_tokens"] ?? 0),
-                      ("budget pressure", counters["pressure_evicted_tokens"] ?? 0),
-                      ("floor breaches", counters["floor_breach_evicted_tokens"] ?? 0)]
+        let byRule = [
+            ("transition cuts", counters["transition_evicted_tokens"] ?? 0),
+            ("budget pressure", counters["pressure_evicted_tokens"] ?? 0),
+            ("floor breaches", counters["floor_breach_evicted_tokens"] ?? 0)
+        ]
         let total = byRule.reduce(0) { $0 + $1.1 }
         guard total > 0, 2 * byRule[0].1 < total else { return [] }
         let transitions = (counters["transitions"] ?? 0) / max(layers, 1)
         let main = byRule.dropFirst().max { $0.1 < $1.1 }!
-        let shares = byRule.map { String(format: "%@ %.1f %%", $0.0, 100 * Double($0.1) / Double(total)) }.joined(separator: ", ")
+        let shares = byRule.map { String(format: "%@ %.1f %%", $0.0, 100 * Double($0.1) / Double(total)) }.joined(
+            separator: ", ")
         let classifier = (try? parameters.choice("thoughts", as: ThoughtTimeline.Source.self)) == .classifier
         let source = classifier ? "its classifier saw" : "its thought labels held"
-        return ["ThinKV ran mostly as \(main.0) (evicted tokens: \(shares)); \(source) \(transitions) transition\(transitions == 1 ? "" : "s")"]
+        return [
+            "ThinKV ran mostly as \(main.0) (evicted tokens: \(shares)); \(source) \(transitions) "
+                + "transition\(transitions == 1 ? "" : "s")"
+        ]
     }
 
     /// The classifier with `--sparsity-source full` types thoughts from the full cache's sparsity
     /// at every step (computed over the whole trace before the replay).
     public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? {
         guard let thoughts = try? Configuration.Thoughts(parameters),
-              thoughts.source == .classifier, thoughts.sparsitySource == .full else { return nil }
+            thoughts.source == .classifier, thoughts.sparsitySource == .full
+        else { return nil }
         return "types thoughts from the full cache's attention sparsity at every step (--sparsity-source full), "
             + "which a sampled reference does not compute"
     }
@@ -931,12 +1100,14 @@ extension ThinKVPolicy {
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
         var parts: [String] = []
         if components.contains(.eviction) {
-            let overBudget = (try? parameters.choice("pressure-cut", as: PressureCut.self)) == .excess
+            let overBudget =
+                (try? parameters.choice("pressure-cut", as: PressureCut.self)) == .excess
                 ? "over B, by the excess; holds B"
                 : "over B, the least important by whole schedule steps; holds at most B"
-            parts.append((try? parameters.optionalInteger("budget")).flatMap { $0 } == nil
-                ? "segments shrink after each transition; no budget"
-                : "segments shrink after each transition and, \(overBudget)")
+            parts.append(
+                (try? parameters.optionalInteger("budget")).flatMap { $0 } == nil
+                    ? "segments shrink after each transition; no budget"
+                    : "segments shrink after each transition and, \(overBudget)")
         }
         if components.contains(.quantization) {
             let group = (try? parameters.integer("group")).map(String.init) ?? "?"

@@ -6,7 +6,8 @@ import Foundation
 /// float64 of the values cast through `--score-dtype`, like KnormPress's key norm.
 public enum ValueNormScorer: DecodingScorer {
     public static let name = "vnorm"
-    public static let summary = "decode-time press: every --interval steps keep the tokens with the largest value L2 norm"
+    public static let summary =
+        "decode-time press: every --interval steps keep the tokens with the largest value L2 norm"
     public static let requirements: PolicyRequirements = .values
 
     public static func scores(_ context: StepContext, kvHead g: Int, slots: [Int32], dtype: ScoreDType) -> [Double] {

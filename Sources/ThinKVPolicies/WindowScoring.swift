@@ -126,14 +126,14 @@ final class WindowScorer {
     let scale: Double
 
     // Scratch, grown on demand.
-    private var slotKeys: [Double] = []       // L × D, the head's keys in slot order
+    private var slotKeys: [Double] = []  // L × D, the head's keys in slot order
     private var windowQueries: [Double] = []  // rows × group × D
-    private var logits: [Double] = []         // one row, up to L
-    private var rowAccumulator: [Double] = [] // per candidate
-    private var headScores: [Double] = []     // per candidate, one query head (meanScores)
-    private var unitKeys: [Double] = []       // L × D, normalised keys
-    private var columnSums: [Double] = []     // per slot
-    private var lastSimilar: [Int] = []       // per slot
+    private var logits: [Double] = []  // one row, up to L
+    private var rowAccumulator: [Double] = []  // per candidate
+    private var headScores: [Double] = []  // per candidate, one query head (meanScores)
+    private var unitKeys: [Double] = []  // L × D, normalised keys
+    private var columnSums: [Double] = []  // per slot
+    private var lastSimilar: [Int] = []  // per slot
     private var lastSimilarValue: [Double] = []
     private var similarityToFirst: [Double] = []
     private var redundancyScores: [Double] = []
@@ -157,8 +157,10 @@ final class WindowScorer {
     /// Scores the candidate slots `[0, L − window)` of kv head `kvHead` into `scores` (resized
     /// to the candidate count). `slots` are the head's positions in physical order; `keys` the
     /// layer's keys in the per-kv-head layout of `LayerData`.
-    func score(kvHead g: Int, slots: [Int32], window w: Int, queries: QueryWindow,
-               keys: UnsafePointer<Float>, numTokens T: Int, into scores: inout [Double]) {
+    func score(
+        kvHead g: Int, slots: [Int32], window w: Int, queries: QueryWindow,
+        keys: UnsafePointer<Float>, numTokens T: Int, into scores: inout [Double]
+    ) {
         let L = slots.count
         let C = L - w
         precondition(C > 0, "scoring needs at least one candidate")
@@ -200,8 +202,10 @@ final class WindowScorer {
     // MARK: Importance
 
     /// Pooled window attention per candidate, reduced over the group, into `out[0..<C]`.
-    private func importance(kvHead g: Int, slots L: Int, candidates C: Int, queries: QueryWindow,
-                            into out: inout [Double]) {
+    private func importance(
+        kvHead g: Int, slots L: Int, candidates C: Int, queries: QueryWindow,
+        into out: inout [Double]
+    ) {
         let rows = queries.count
         precondition(rows > 0, "scoring needs at least one window query")
         if rule.softmax == .causalFullRow {
@@ -237,8 +241,10 @@ final class WindowScorer {
                                 let q = Q.baseAddress! + (r * G + k) * D
                                 for j in 0..<visible {
                                     // Rounded scoring: the matmul's output, then the division by √D.
-                                    let v = rounding ? dtype.round(dtype.round(dotDouble(q, K.baseAddress! + j * D, D)) * scale)
-                                                     : dotDouble(q, K.baseAddress! + j * D, D) * scale
+                                    let v =
+                                        rounding
+                                        ? dtype.round(dtype.round(dotDouble(q, K.baseAddress! + j * D, D)) * scale)
+                                        : dotDouble(q, K.baseAddress! + j * D, D) * scale
                                     if n == 0 {
                                         x[j] = v
                                     } else if rule.groupReduce == .maxLogits {
@@ -359,48 +365,48 @@ final class WindowScorer {
                             // Blocks ascend within a tile and tiles ascend, so every sum still
                             // receives its additions in the same order.
                             for tile in stride(from: 0, to: L, by: WindowScorer.partnerTile) {
-                            let tileEnd = Swift.min(L, tile + WindowScorer.partnerTile)
-                            for i0 in stride(from: 0, to: tileEnd - 1, by: 4) {
-                                let rows = Swift.min(4, L - i0)
-                                var own = SIMD4<Double>(repeating: 0)
-                                for r in 0..<rows { own[r] = sums[i0 + r] }
-                                // Partner j's similarities to the block's rows i < j, in row order.
-                                func take(_ j: Int, _ pair: SIMD4<Double>, live: Int) {
-                                    let inBlock = j < i0 + rows
-                                    var partnerSum = inBlock ? own[j - i0] : sums[j]
-                                    for r in 0..<live {
-                                        let i = i0 + r, s = pair[r]
-                                        own[r] += s
-                                        partnerSum += s
-                                        if s > threshold {
-                                            // Keep each row's largest similar partner.
-                                            if j > last[i] { last[i] = j; lastValue[i] = s }
-                                            if i > last[j] { last[j] = i; lastValue[j] = s }
+                                let tileEnd = Swift.min(L, tile + WindowScorer.partnerTile)
+                                for i0 in stride(from: 0, to: tileEnd - 1, by: 4) {
+                                    let rows = Swift.min(4, L - i0)
+                                    var own = SIMD4<Double>(repeating: 0)
+                                    for r in 0..<rows { own[r] = sums[i0 + r] }
+                                    // Partner j's similarities to the block's rows i < j, in row order.
+                                    func take(_ j: Int, _ pair: SIMD4<Double>, live: Int) {
+                                        let inBlock = j < i0 + rows
+                                        var partnerSum = inBlock ? own[j - i0] : sums[j]
+                                        for r in 0..<live {
+                                            let i = i0 + r, s = pair[r]
+                                            own[r] += s
+                                            partnerSum += s
+                                            if s > threshold {
+                                                // Keep each row's largest similar partner.
+                                                if j > last[i] { last[i] = j; lastValue[i] = s }
+                                                if i > last[j] { last[j] = i; lastValue[j] = s }
+                                            }
+                                            if i == 0 { first[j] = s }
                                         }
-                                        if i == 0 { first[j] = s }
+                                        if inBlock { own[j - i0] = partnerSum } else { sums[j] = partnerSum }
                                     }
-                                    if inBlock { own[j - i0] = partnerSum } else { sums[j] = partnerSum }
-                                }
-                                var j = Swift.max(i0 + 1, tile)
-                                while j < tileEnd {
-                                    #if THINKV_AVX512
-                                    // Four partners past the block at once: sixteen FMA chains.
-                                    if rows == 4 && j >= i0 + 4 && j + 3 < tileEnd {
-                                        let dots = dotRows4x4(base + i0 * D, base + j * D, D)
-                                        take(j, dots.0, live: 4)
-                                        take(j + 1, dots.1, live: 4)
-                                        take(j + 2, dots.2, live: 4)
-                                        take(j + 3, dots.3, live: 4)
-                                        j += 4
-                                        continue
+                                    var j = Swift.max(i0 + 1, tile)
+                                    while j < tileEnd {
+                                        #if THINKV_AVX512
+                                        // Four partners past the block at once: sixteen FMA chains.
+                                        if rows == 4 && j >= i0 + 4 && j + 3 < tileEnd {
+                                            let dots = dotRows4x4(base + i0 * D, base + j * D, D)
+                                            take(j, dots.0, live: 4)
+                                            take(j + 1, dots.1, live: 4)
+                                            take(j + 2, dots.2, live: 4)
+                                            take(j + 3, dots.3, live: 4)
+                                            j += 4
+                                            continue
+                                        }
+                                        #endif
+                                        let live = Swift.min(rows, j - i0)  // rows i < j of this block
+                                        take(j, dotRows(base + i0 * D, rows: live, base + j * D, D), live: live)
+                                        j += 1
                                     }
-                                    #endif
-                                    let live = Swift.min(rows, j - i0)  // rows i < j of this block
-                                    take(j, dotRows(base + i0 * D, rows: live, base + j * D, D), live: live)
-                                    j += 1
+                                    for r in 0..<rows { sums[i0 + r] = own[r] }
                                 }
-                                for r in 0..<rows { sums[i0 + r] = own[r] }
-                            }
                             }
                         }
                     }
@@ -470,10 +476,12 @@ func dotDouble(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int)
     let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
     var i = 0
     while i + 8 <= n {
-        Kernels.multiplyAdd(&acc0, ra.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self),
-                    rb.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self))
-        Kernels.multiplyAdd(&acc1, ra.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self),
-                    rb.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self))
+        Kernels.multiplyAdd(
+            &acc0, ra.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self),
+            rb.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self))
+        Kernels.multiplyAdd(
+            &acc1, ra.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self),
+            rb.loadUnaligned(fromByteOffset: (i + 4) * 8, as: SIMD4<Double>.self))
         i += 8
     }
     var sum = (acc0 + acc1).sum()
@@ -496,7 +504,8 @@ func dotRows(_ a: UnsafePointer<Double>, rows: Int, _ b: UnsafePointer<Double>, 
     let zero = SIMD4<Double>(repeating: 0)
     var a0 = zero, a1 = zero, b0 = zero, b1 = zero, c0 = zero, c1 = zero, d0 = zero, d1 = zero
     let rb = UnsafeRawPointer(b)
-    let r0 = UnsafeRawPointer(a), r1 = UnsafeRawPointer(a + n), r2 = UnsafeRawPointer(a + 2 * n), r3 = UnsafeRawPointer(a + 3 * n)
+    let r0 = UnsafeRawPointer(a), r1 = UnsafeRawPointer(a + n), r2 = UnsafeRawPointer(a + 2 * n),
+        r3 = UnsafeRawPointer(a + 3 * n)
     var i = 0
     while i + 8 <= n {
         let lo = rb.loadUnaligned(fromByteOffset: i * 8, as: SIMD4<Double>.self)
@@ -528,7 +537,8 @@ func dotRows(_ a: UnsafePointer<Double>, rows: Int, _ b: UnsafePointer<Double>, 
 /// adds them.
 @inline(__always)
 func dotRows4x4(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int)
-    -> (SIMD4<Double>, SIMD4<Double>, SIMD4<Double>, SIMD4<Double>) {
+    -> (SIMD4<Double>, SIMD4<Double>, SIMD4<Double>, SIMD4<Double>)
+{
     @inline(__always) func load(_ p: UnsafePointer<Double>, _ i: Int) -> SIMD8<Double> {
         UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<Double>.self)
     }
@@ -540,13 +550,17 @@ func dotRows4x4(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int
     while i + 8 <= n {
         let x0 = load(b, i), x1 = load(b, n &+ i), x2 = load(b, 2 &* n &+ i), x3 = load(b, 3 &* n &+ i)
         let u0 = load(a, i)
-        Kernels.multiplyAdd(&a0, u0, x0); Kernels.multiplyAdd(&a1, u0, x1); Kernels.multiplyAdd(&a2, u0, x2); Kernels.multiplyAdd(&a3, u0, x3)
+        Kernels.multiplyAdd(&a0, u0, x0); Kernels.multiplyAdd(&a1, u0, x1); Kernels.multiplyAdd(&a2, u0, x2);
+        Kernels.multiplyAdd(&a3, u0, x3)
         let u1 = load(a, n &+ i)
-        Kernels.multiplyAdd(&b0, u1, x0); Kernels.multiplyAdd(&b1, u1, x1); Kernels.multiplyAdd(&b2, u1, x2); Kernels.multiplyAdd(&b3, u1, x3)
+        Kernels.multiplyAdd(&b0, u1, x0); Kernels.multiplyAdd(&b1, u1, x1); Kernels.multiplyAdd(&b2, u1, x2);
+        Kernels.multiplyAdd(&b3, u1, x3)
         let u2 = load(a, 2 &* n &+ i)
-        Kernels.multiplyAdd(&c0, u2, x0); Kernels.multiplyAdd(&c1, u2, x1); Kernels.multiplyAdd(&c2, u2, x2); Kernels.multiplyAdd(&c3, u2, x3)
+        Kernels.multiplyAdd(&c0, u2, x0); Kernels.multiplyAdd(&c1, u2, x1); Kernels.multiplyAdd(&c2, u2, x2);
+        Kernels.multiplyAdd(&c3, u2, x3)
         let u3 = load(a, 3 &* n &+ i)
-        Kernels.multiplyAdd(&d0, u3, x0); Kernels.multiplyAdd(&d1, u3, x1); Kernels.multiplyAdd(&d2, u3, x2); Kernels.multiplyAdd(&d3, u3, x3)
+        Kernels.multiplyAdd(&d0, u3, x0); Kernels.multiplyAdd(&d1, u3, x1); Kernels.multiplyAdd(&d2, u3, x2);
+        Kernels.multiplyAdd(&d3, u3, x3)
         i &+= 8
     }
     var s0 = SIMD4(total(a0), total(b0), total(c0), total(d0)), s1 = SIMD4(total(a1), total(b1), total(c1), total(d1))
@@ -605,14 +619,17 @@ extension WindowScorer {
     /// before the candidates (kvpress, whose window carries the top score); otherwise it follows
     /// them (R-KV, SnapKV). The window slots keep their order either way; with
     /// `KeptSlotOrder.position` everything kept is sorted by position.
-    func compress(kvHead g: Int, cache: LayerCache, budget: Int, window w: Int, queries: QueryWindow,
-                  keys: [Float], order: KeptSlotOrder, windowFirst: Bool, scores: inout [Double]) {
+    func compress(
+        kvHead g: Int, cache: LayerCache, budget: Int, window w: Int, queries: QueryWindow,
+        keys: [Float], order: KeptSlotOrder, windowFirst: Bool, scores: inout [Double]
+    ) {
         let slots = cache.slots[g]
         let L = slots.count
         let C = L - w
         keys.withUnsafeBufferPointer { K in
-            score(kvHead: g, slots: slots, window: w, queries: queries, keys: K.baseAddress!,
-                  numTokens: cache.numTokens, into: &scores)
+            score(
+                kvHead: g, slots: slots, window: w, queries: queries, keys: K.baseAddress!,
+                numTokens: cache.numTokens, into: &scores)
         }
         var kept = topCandidates(scores, count: C, keep: budget - w)
         let windowSlots = Array(C..<L)

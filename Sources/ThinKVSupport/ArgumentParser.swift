@@ -19,8 +19,10 @@ public struct OptionDefinition: Sendable {
     /// May be given more than once (values accumulate).
     public let repeatable: Bool
 
-    public init(_ name: String, short: Character? = nil, value valueName: String? = nil, help: String,
-                default defaultDescription: String? = nil, repeatable: Bool = false) {
+    public init(
+        _ name: String, short: Character? = nil, value valueName: String? = nil, help: String,
+        default defaultDescription: String? = nil, repeatable: Bool = false
+    ) {
         self.name = name
         self.short = short
         self.valueName = valueName
@@ -43,8 +45,10 @@ public struct CommandSpec: Sendable {
     public let acceptsExtraOptions: Bool
     public let discussion: String?
 
-    public init(name: String, abstract: String, positionals: [(name: String, help: String)] = [],
-                options: [OptionDefinition], acceptsExtraOptions: Bool = false, discussion: String? = nil) {
+    public init(
+        name: String, abstract: String, positionals: [(name: String, help: String)] = [],
+        options: [OptionDefinition], acceptsExtraOptions: Bool = false, discussion: String? = nil
+    ) {
         self.name = name
         self.abstract = abstract
         self.positionals = positionals
@@ -62,7 +66,9 @@ public struct CommandSpec: Sendable {
             lines.append("")
             lines.append("arguments:")
             let width = positionals.map { $0.name.count + 2 }.max() ?? 0
-            for p in positionals { lines.append("  " + "<\(p.name)>".padding(toLength: width + 2, withPad: " ", startingAt: 0) + p.help) }
+            for p in positionals {
+                lines.append("  " + "<\(p.name)>".padding(toLength: width + 2, withPad: " ", startingAt: 0) + p.help)
+            }
         }
         lines.append("")
         lines.append("options:")
@@ -104,10 +110,13 @@ public struct ParsedArguments: Sendable {
     public func all(_ name: String) -> [String] { values[name] ?? [] }
     public func flag(_ name: String) -> Bool { flags.contains(name) }
 
-    public func int(_ name: String, default fallback: Int? = nil, min lower: Int = Int.min, max upper: Int = Int.max) throws -> Int? {
+    public func int(_ name: String, default fallback: Int? = nil, min lower: Int = Int.min, max upper: Int = Int.max)
+        throws -> Int?
+    {
         guard let raw = value(name) else { return fallback }
         guard let v = Int(raw), v >= lower, v <= upper else {
-            let range = lower > Int.min && upper < Int.max ? " in \(lower)...\(upper)" : lower > Int.min ? " ≥ \(lower)" : ""
+            let range =
+                lower > Int.min && upper < Int.max ? " in \(lower)...\(upper)" : lower > Int.min ? " ≥ \(lower)" : ""
             throw UsageError("--\(name) must be an integer\(range), got '\(raw)'")
         }
         return v
@@ -152,7 +161,10 @@ public enum ArgumentParser {
                     definition = byName[name]
                 } else {
                     guard arg.count == 2, let d = byShort[arg.last!] else {
-                        throw UsageError("unknown option \(arg)" + Suggestions.hint(for: String(arg.drop { $0 == "-" }), among: spec.options.map(\.name), prefix: "--"))
+                        throw UsageError(
+                            "unknown option \(arg)"
+                                + Suggestions.hint(
+                                    for: String(arg.drop { $0 == "-" }), among: spec.options.map(\.name), prefix: "--"))
                     }
                     definition = d
                     name = d.name
@@ -180,7 +192,9 @@ public enum ArgumentParser {
                 } else if spec.acceptsExtraOptions && arg.hasPrefix("--") && !name.isEmpty {
                     result.extra.append((name, try takeValue(for: name, inline: inline)))
                 } else {
-                    throw UsageError("unknown option --\(name)" + Suggestions.hint(for: name, among: spec.options.map(\.name), prefix: "--"))
+                    throw UsageError(
+                        "unknown option --\(name)"
+                            + Suggestions.hint(for: name, among: spec.options.map(\.name), prefix: "--"))
                 }
             }
             i += 1

@@ -12,7 +12,9 @@ public struct CSVError: Error, CustomStringConvertible, Equatable {
 public enum CSV {
     public static func field(_ s: String) -> String {
         // Scalars, not Characters: "\r\n" is one Character equal to neither "\r" nor "\n".
-        guard s.unicodeScalars.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return s }
+        guard s.unicodeScalars.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else {
+            return s
+        }
         return "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }
 
@@ -27,8 +29,8 @@ public enum CSV {
         var line = 1
         let bytes = Array(text.utf8)
         var i = 0
-        var quoted = false      // inside a quoted field
-        var wasQuoted = false   // the current field was quoted (only a separator may follow)
+        var quoted = false  // inside a quoted field
+        var wasQuoted = false  // the current field was quoted (only a separator may follow)
         var fieldStarted = false
         func endField() {
             record.append(String(decoding: field, as: UTF8.self))
@@ -101,7 +103,9 @@ public struct CSVTable: Equatable, Sendable {
     /// Reads a table; every record must have the header's field count. With
     /// `dropPartialLast`, a last record cut short (no final newline) is dropped and reported in
     /// `droppedPartial` instead of failing: what is left of an interrupted write.
-    public static func read(path: String, dropPartialLast: Bool = false) throws -> (table: CSVTable, droppedPartial: Bool) {
+    public static func read(path: String, dropPartialLast: Bool = false) throws -> (
+        table: CSVTable, droppedPartial: Bool
+    ) {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw CSVError("\(path): cannot be read")
         }
@@ -109,11 +113,15 @@ public struct CSVTable: Equatable, Sendable {
         return try parse(text, file: path, dropPartialLast: dropPartialLast)
     }
 
-    public static func parse(_ text: String, file: String, dropPartialLast: Bool = false) throws -> (table: CSVTable, droppedPartial: Bool) {
+    public static func parse(_ text: String, file: String, dropPartialLast: Bool = false) throws -> (
+        table: CSVTable, droppedPartial: Bool
+    ) {
         var (records, complete) = try CSV.parse(text, file: file)
         var dropped = false
         if !complete {
-            guard dropPartialLast else { throw CSVError("\(file): line \(records.count): last record is cut short (no final newline)") }
+            guard dropPartialLast else {
+                throw CSVError("\(file): line \(records.count): last record is cut short (no final newline)")
+            }
             records.removeLast()
             dropped = true
         }

@@ -10,7 +10,9 @@ public enum CommaList {
     /// `name` says whose list it is (`--layers`, `rkv: --newline-ids`); `error` makes the
     /// caller's kind of error (a usage error, a policy error) from the message.
     public static func items(_ text: String, of name: String, error: (String) -> any Error) throws -> [String] {
-        let items = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let items = text.split(separator: ",", omittingEmptySubsequences: false).map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }
         guard !items.contains(where: \.isEmpty) else { throw error(emptyItemMessage(text, of: name)) }
         return items
     }

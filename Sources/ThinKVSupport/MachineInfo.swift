@@ -39,9 +39,10 @@ public struct MachineInfo: Codable, Sendable {
         #else
         let lanes = 8
         #endif
-        return MachineInfo(cpuModel: field("model name") ?? "unknown", cores: ProcessInfo.processInfo.activeProcessorCount,
-                           megahertz: Double(field("cpu MHz") ?? "") ?? 0, lanes: lanes, fmaPipes: 2,
-                           fusedMultiplyAdd: fused, cpuFlags: vectorFlags)
+        return MachineInfo(
+            cpuModel: field("model name") ?? "unknown", cores: ProcessInfo.processInfo.activeProcessorCount,
+            megahertz: Double(field("cpu MHz") ?? "") ?? 0, lanes: lanes, fmaPipes: 2,
+            fusedMultiplyAdd: fused, cpuFlags: vectorFlags)
     }
 
     /// Times `iterations` rounds of 12 independent multiply-adds (fused, or a multiply then an
@@ -55,7 +56,9 @@ public struct MachineInfo: Codable, Sendable {
             let start = DispatchTime.now().uptimeNanoseconds
             sinks.withUnsafeMutableBufferPointer { out in
                 let sink = out.baseAddress!
-                DispatchQueue.concurrentPerform(iterations: threads) { sink[$0] = MachineInfo.fmaLoop(iterations, seed: Float($0)) }
+                DispatchQueue.concurrentPerform(iterations: threads) {
+                    sink[$0] = MachineInfo.fmaLoop(iterations, seed: Float($0))
+                }
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             // The sinks keep the loop from being optimised away; they are never NaN for these inputs.
@@ -94,14 +97,21 @@ public struct MachineInfo: Codable, Sendable {
     }
 
     public var description: String {
-        let build = !fusedMultiplyAdd ? "portable build (8-lane multiply then add, no FMA)"
+        let build =
+            !fusedMultiplyAdd
+            ? "portable build (8-lane multiply then add, no FMA)"
             : lanes == 16 ? "AVX-512 build (16-lane fp32 FMA)" : "AVX2+FMA build (8-lane fp32 FMA)"
-        var text = String(format: "%@, %d cores at %.0f MHz, CPU flags %@; %@; assumed fp32 peak %.1f GFLOP/s = %d cores × %.3f GHz × %d pipes × %d lanes × %d",
-                          cpuModel, cores, megahertz, cpuFlags.joined(separator: "/"), build, peakGFLOPS, cores, megahertz / 1000,
-                          fmaPipes, lanes, fusedMultiplyAdd ? 2 : 1)
+        var text = String(
+            format:
+                "%@, %d cores at %.0f MHz, CPU flags %@; %@; assumed fp32 peak %.1f GFLOP/s = %d cores × %.3f GHz × "
+                + "%d pipes × %d lanes × %d",
+            cpuModel, cores, megahertz, cpuFlags.joined(separator: "/"), build, peakGFLOPS, cores, megahertz / 1000,
+            fmaPipes, lanes, fusedMultiplyAdd ? 2 : 1)
         if let measured = measuredPeakGFLOPS {
             let perCycle = Double(cores * fmaPipes * lanes * (fusedMultiplyAdd ? 2 : 1))
-            text += String(format: "; measured %.1f GFLOP/s (FMA loop on every core: %.2f GHz effective)", measured, measured / perCycle)
+            text += String(
+                format: "; measured %.1f GFLOP/s (FMA loop on every core: %.2f GHz effective)", measured,
+                measured / perCycle)
         }
         return text
     }

@@ -56,7 +56,9 @@ public enum OutputFile {
                 // A device, FIFO or terminal (also through a link): write through it, as a shell
                 // redirection would, so the device stays what it is.
                 fd = open(path, O_WRONLY | O_CLOEXEC)
-                guard fd >= 0 else { throw OutputError("\(path): cannot open for writing (\(String(cString: strerror(errno))))") }
+                guard fd >= 0 else {
+                    throw OutputError("\(path): cannot open for writing (\(String(cString: strerror(errno))))")
+                }
                 target = path
                 temporary = nil
                 return
@@ -68,7 +70,9 @@ public enum OutputFile {
             let directory = resolved.deletingLastPathComponent().path
             var template = Array((directory + "/.\(resolved.lastPathComponent).tmp-XXXXXX").utf8CString)
             fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-            guard fd >= 0 else { throw OutputError("\(path): cannot create a file in \(directory) (\(String(cString: strerror(errno))))") }
+            guard fd >= 0 else {
+                throw OutputError("\(path): cannot create a file in \(directory) (\(String(cString: strerror(errno))))")
+            }
             temporary = String(cString: template)
         }
 
@@ -281,7 +285,8 @@ public final class OutputClaim {
             if let identity, identity.kind != S_IFREG { continue }
             let file = OutputFile.resolvedPath(output)
             if let earlier = seen.first(where: { $0.file == file || (identity != nil && $0.identity == identity) }) {
-                let same = earlier.path == output ? "named for two outputs" : "the same file as the output \(earlier.path)"
+                let same =
+                    earlier.path == output ? "named for two outputs" : "the same file as the output \(earlier.path)"
                 throw UsageError("\(output): \(same); give each output its own file")
             }
             seen.append((output, file, identity))
@@ -314,7 +319,8 @@ public final class OutputClaim {
         for _ in 0..<100 {
             let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
             guard fd >= 0 else {
-                throw OutputError("\(output): cannot create the lock file \(path) (\(String(cString: strerror(errno))))")
+                throw OutputError(
+                    "\(output): cannot create the lock file \(path) (\(String(cString: strerror(errno))))")
             }
             var result: Int32
             repeat { result = flock(fd, LOCK_EX | LOCK_NB) } while result != 0 && errno == EINTR
@@ -322,11 +328,17 @@ public final class OutputClaim {
                 let busy = errno == EWOULDBLOCK
                 let reason = String(cString: strerror(errno))
                 close(fd)
-                if busy { throw OutputError("\(output): another thinkv-sim is writing this file (lock \(path) is held); wait for it or choose another output") }
+                if busy {
+                    throw OutputError(
+                        "\(output): another thinkv-sim is writing this file (lock \(path) is held); wait for it or "
+                            + "choose another output"
+                    )
+                }
                 throw OutputError("\(output): cannot lock \(path) (\(reason))")
             }
             var held = stat(), named = stat()
-            if fstat(fd, &held) == 0, stat(path, &named) == 0, held.st_dev == named.st_dev, held.st_ino == named.st_ino {
+            if fstat(fd, &held) == 0, stat(path, &named) == 0, held.st_dev == named.st_dev, held.st_ino == named.st_ino
+            {
                 locks.append(Lock(path: path, fd: fd))
                 // Held: a temporary of this output can only be a killed writer's.
                 OutputFile.removeTemporaries(of: [file])

@@ -86,7 +86,7 @@ public struct SeededRandom {
     public mutating func geometric(mean: Double) -> Int {
         guard mean > 0 else { return 0 }
         let p = 1 / (mean + 1)  // success probability: mean = (1 - p) / p
-        let u = 1 - uniform()   // in (0, 1]
+        let u = 1 - uniform()  // in (0, 1]
         return Int(PortableMath.log(u) / PortableMath.log(1 - p))
     }
 
@@ -131,8 +131,10 @@ public enum SyntheticMath {
     /// The dot products of four rows a0...a3 with one b, loading b once: each equals `dot(ai, b, n)`
     /// bit for bit (same lanes, same order).
     @inline(__always)
-    public static func dot4(_ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: UnsafePointer<Float>,
-                            _ a3: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> SIMD4<Float> {
+    public static func dot4(
+        _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: UnsafePointer<Float>,
+        _ a3: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int
+    ) -> SIMD4<Float> {
         var acc0 = SIMD8<Float>(repeating: 0), acc1 = acc0, acc2 = acc0, acc3 = acc0
         let rb = UnsafeRawPointer(b)
         let r0 = UnsafeRawPointer(a0), r1 = UnsafeRawPointer(a1), r2 = UnsafeRawPointer(a2), r3 = UnsafeRawPointer(a3)
@@ -163,7 +165,8 @@ public enum SyntheticMath {
 
     /// y[i] += alpha · x[i].
     @inline(__always)
-    public static func addScaled(_ alpha: Float, _ x: UnsafePointer<Float>, to y: UnsafeMutablePointer<Float>, _ n: Int) {
+    public static func addScaled(_ alpha: Float, _ x: UnsafePointer<Float>, to y: UnsafeMutablePointer<Float>, _ n: Int)
+    {
         for i in 0..<n {
             let product = alpha * x[i]
             y[i] = y[i] + product

@@ -35,7 +35,9 @@ public enum TextFile {
     public static func decode(_ data: Data, file: String) throws -> String {
         var bytes = data[...]
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes = bytes.dropFirst(3) }
-        guard let text = String(validating: Array(bytes), as: UTF8.self) else { throw CSVError("\(file): not UTF-8 text") }
+        guard let text = String(validating: Array(bytes), as: UTF8.self) else {
+            throw CSVError("\(file): not UTF-8 text")
+        }
         return text
     }
 

@@ -15,7 +15,9 @@ public enum AttentionCrossCheck {
         let h = reader.header
         let G = h.generatedLength, P = h.promptLength, D = h.headDim, T = h.numTokens
         guard G > 0 else { return }
-        let steps = Array(Set((0..<min(samples, G)).map { i in samples <= 1 || G == 1 ? 0 : i * (G - 1) / (min(samples, G) - 1) })).sorted()
+        let steps = Array(
+            Set((0..<min(samples, G)).map { i in samples <= 1 || G == 1 ? 0 : i * (G - 1) / (min(samples, G) - 1) })
+        ).sorted()
         for index in layers ?? reader.recordedLayerIndices {
             guard let info = reader.layerInfo(index), info.hasQueriesAndKeys, info.hasAttention else { continue }
             let keys = try reader.readRows(.k, layer: index, rows: 0..<T)
@@ -43,9 +45,14 @@ public enum AttentionCrossCheck {
                     for j in 0...p {
                         let a = recorded[head * T + j], b = expected[head * (p + 1) + j]
                         if abs(a - b) > tolerance {
-                            throw TraceError(file: reader.path, object: "/layers/\(index)/attn",
-                                             String(format: "decode step %d, head %d, position %d: recorded %.4f but q and k give %.4f (more than %.2f apart); attn must be softmax(scale · q·k) of the same step",
-                                                    g, head, j, a, b, tolerance))
+                            throw TraceError(
+                                file: reader.path, object: "/layers/\(index)/attn",
+                                String(
+                                    format:
+                                        "decode step %d, head %d, position %d: recorded %.4f but q and k give %.4f "
+                                        + "(more than %.2f apart); attn must be softmax(scale · q·k) of the same "
+                                        + "step",
+                                    g, head, j, a, b, tolerance))
                         }
                     }
                 }

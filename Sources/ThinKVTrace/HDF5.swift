@@ -28,9 +28,10 @@ enum HDF5 {
         typealias Register = @convention(c) (UnsafePointer<H5Z_class2_t>) -> herr_t
         guard let symbol = dlsym(nil, "H5Z_register") else { return }
         let register = unsafeBitCast(symbol, to: Register.self)
-        var deflate = H5Z_class2_t(version: Int32(H5Z_CLASS_T_VERS), id: H5Z_filter_t(H5Z_FILTER_DEFLATE), encoder_present: 1,
-                                   decoder_present: 1, name: boundedDeflateName, can_apply: nil, set_local: nil,
-                                   filter: thinkv_deflate_filter)
+        var deflate = H5Z_class2_t(
+            version: Int32(H5Z_CLASS_T_VERS), id: H5Z_filter_t(H5Z_FILTER_DEFLATE), encoder_present: 1,
+            decoder_present: 1, name: boundedDeflateName, can_apply: nil, set_local: nil,
+            filter: thinkv_deflate_filter)
         _ = register(&deflate)
     }
 
@@ -139,7 +140,7 @@ enum H5ElementClass: Equatable, CustomStringConvertible {
 func makeVariableStringType() throws -> H5Handle {
     let t = try H5Handle(H5Tcopy(thinkv_H5T_C_S1()), .datatype, "cannot create string type")
     guard H5Tset_size(t.id, Int(bitPattern: UInt(bitPattern: -1))) >= 0,  // H5T_VARIABLE
-          H5Tset_cset(t.id, H5T_CSET_UTF8) >= 0
+        H5Tset_cset(t.id, H5T_CSET_UTF8) >= 0
     else { throw HDF5Failure(message: "cannot create string type") }
     return t
 }
@@ -244,8 +245,11 @@ func storageProblem(_ dataset: hid_t, shape: [Int], elementBytes: Int) -> String
     }
     let ratio = Double(logical) / stored
     if ratio > TraceLimits.maxInflation {
-        return String(format: "declares %d bytes but stores %.0f (%.0f× larger, the limit is %.0f×: a compression bomb or sparse dataset; THINKV_MAX_INFLATION raises it)",
-                      logical, stored, ratio, TraceLimits.maxInflation)
+        return String(
+            format:
+                "declares %d bytes but stores %.0f (%.0f× larger, the limit is %.0f×: a compression bomb or sparse "
+                + "dataset; THINKV_MAX_INFLATION raises it)",
+            logical, stored, ratio, TraceLimits.maxInflation)
     }
     let plist = H5Dget_create_plist(dataset)
     guard plist >= 0 else { return nil }
@@ -256,8 +260,9 @@ func storageProblem(_ dataset: hid_t, shape: [Int], elementBytes: Int) -> String
     guard rank > 0 else { return nil }
     let chunk = dims.prefix(Int(rank)).reduce(Double(elementBytes)) { $0 * Double($1) }
     if chunk > TraceLimits.maxChunkBytes {
-        return String(format: "has chunks of %.0f MiB once decompressed (limit %.0f MiB; THINKV_MAX_CHUNK_MB raises it)",
-                      chunk / 1_048_576, TraceLimits.maxChunkBytes / 1_048_576)
+        return String(
+            format: "has chunks of %.0f MiB once decompressed (limit %.0f MiB; THINKV_MAX_CHUNK_MB raises it)",
+            chunk / 1_048_576, TraceLimits.maxChunkBytes / 1_048_576)
     }
     return nil
 }

@@ -9,7 +9,9 @@ public enum LayerSelection {
         let parts = try CommaList.items(text, of: option, error: UsageError.init)
         let values = parts.compactMap { Int($0) }
         guard values.count == parts.count else {
-            throw UsageError("\(option) takes layer indices like 0,3,7 (negative counts from the last recorded layer), got '\(text)'")
+            throw UsageError(
+                "\(option) takes layer indices like 0,3,7 (negative counts from the last recorded layer), got '\(text)'"
+            )
         }
         return values
     }
@@ -23,7 +25,8 @@ public enum LayerSelection {
             let resolved: Int
             if layer < 0 {
                 guard -layer <= recorded.count else {
-                    throw TraceError(file: file, "\(option) \(layer) reaches before the first recorded layer (recorded: \(list))")
+                    throw TraceError(
+                        file: file, "\(option) \(layer) reaches before the first recorded layer (recorded: \(list))")
                 }
                 resolved = recorded[recorded.count + layer]
             } else {

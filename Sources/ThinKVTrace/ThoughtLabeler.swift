@@ -14,11 +14,15 @@ public enum ThoughtLabeler {
         var labels = [Int8](repeating: -1, count: decodeSteps)
         var firstLine = [Int: Int]()  // step -> the line that labelled it
         var sawRow = false
-        let names: [String: Int8] = ["r": 0, "reasoning": 0, "0": 0, "e": 1, "execution": 1, "1": 1, "t": 2, "transition": 2, "2": 2]
+        let names: [String: Int8] = [
+            "r": 0, "reasoning": 0, "0": 0, "e": 1, "execution": 1, "1": 1, "t": 2, "transition": 2, "2": 2
+        ]
         for (n, raw) in TextFile.lines(text).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
             if line.isEmpty || line.hasPrefix("#") { continue }
-            let fields = line.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            let fields = line.split(separator: ",", omittingEmptySubsequences: false).map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
             // A header may come first (after comments and blank lines).
             if !sawRow, fields.first?.lowercased() == "step" {
                 sawRow = true
@@ -32,10 +36,14 @@ public enum ThoughtLabeler {
                 throw CSVError("\(file): line \(n + 1): step \(step) is not a decode step (0...\(decodeSteps - 1))")
             }
             guard let type = names[fields[1].lowercased()] else {
-                throw CSVError("\(file): line \(n + 1): type '\(Format.excerpt(fields[1]))' is not R, E, T (reasoning, execution, transition)")
+                throw CSVError(
+                    "\(file): line \(n + 1): type '\(Format.excerpt(fields[1]))' is not R, E, T (reasoning, "
+                        + "execution, transition)"
+                )
             }
             if let earlier = firstLine[step] {
-                throw CSVError("\(file): line \(n + 1): step \(step) is already labelled on line \(earlier); list each step once")
+                throw CSVError(
+                    "\(file): line \(n + 1): step \(step) is already labelled on line \(earlier); list each step once")
             }
             firstLine[step] = n + 1
             labels[step] = type
@@ -65,17 +73,23 @@ public enum ThoughtLabeler {
         let target = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
         let directory = URL(fileURLWithPath: target).deletingLastPathComponent().path
         var info = stat()
-        guard stat(target, &info) == 0 else { throw TraceError(file: path, "cannot be read (\(String(cString: strerror(errno))))") }
-        guard access(target, W_OK) == 0 else { throw TraceError(file: path, "not writable (permission denied); labels are written into the trace") }
+        guard stat(target, &info) == 0 else {
+            throw TraceError(file: path, "cannot be read (\(String(cString: strerror(errno))))")
+        }
+        guard access(target, W_OK) == 0 else {
+            throw TraceError(file: path, "not writable (permission denied); labels are written into the trace")
+        }
         try checkFreeSpace(in: directory, for: Int64(info.st_size) + Int64(all.count) + (1 << 20), trace: path)
 
         let temporary = directory + "/." + URL(fileURLWithPath: target).lastPathComponent + ".label-\(getpid()).tmp"
         do {
-            try copyFile(target, to: temporary, owner: (info.st_uid, info.st_gid), mode: info.st_mode & 0o7777, trace: path)
+            try copyFile(
+                target, to: temporary, owner: (info.st_uid, info.st_gid), mode: info.st_mode & 0o7777, trace: path)
             try writeLabels(all, into: temporary, trace: path)
             try syncFile(temporary, trace: path)
             guard rename(temporary, target) == 0 else {
-                throw TraceError(file: path, "cannot replace it with the labelled copy (\(String(cString: strerror(errno))))")
+                throw TraceError(
+                    file: path, "cannot replace it with the labelled copy (\(String(cString: strerror(errno))))")
             }
         } catch {
             unlink(temporary)
@@ -95,19 +109,26 @@ public enum ThoughtLabeler {
         guard statvfs(directory, &fs) == 0 else { return }  // unknown: the writes themselves are checked
         let free = Int64(fs.f_bavail) * Int64(fs.f_frsize)
         if free < bytes {
-            throw TraceError(file: trace, "not enough free space in \(directory) for the labelled copy (needs \(Format.bytes(Double(bytes))), \(Format.bytes(Double(free))) free)")
+            throw TraceError(
+                file: trace,
+                "not enough free space in \(directory) for the labelled copy (needs \(Format.bytes(Double(bytes))), "
+                    + "\(Format.bytes(Double(free))) free)"
+            )
         }
     }
 
     /// Copies `source` to a new file `destination` (created exclusively, with `mode`, and the
     /// owner where this process may set it), every write checked.
-    private static func copyFile(_ source: String, to destination: String, owner: (uid_t, gid_t), mode: mode_t, trace: String) throws {
+    private static func copyFile(
+        _ source: String, to destination: String, owner: (uid_t, gid_t), mode: mode_t, trace: String
+    ) throws {
         let input = open(source, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw TraceError(file: trace, "cannot be read (\(String(cString: strerror(errno))))") }
         defer { close(input) }
         let output = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         guard output >= 0 else {
-            throw TraceError(file: trace, "cannot create the temporary copy \(destination) (\(String(cString: strerror(errno))))")
+            throw TraceError(
+                file: trace, "cannot create the temporary copy \(destination) (\(String(cString: strerror(errno))))")
         }
         defer { close(output) }
         // open() applies the umask; the copy gets the trace's own permissions (and, run as
@@ -125,10 +146,14 @@ public enum ThoughtLabeler {
             if got == 0 { break }
             var done = 0
             while done < got {
-                let wrote = buffer.withUnsafeBytes { pwrite(output, $0.baseAddress! + done, got - done, offset + off_t(done)) }
+                let wrote = buffer.withUnsafeBytes {
+                    pwrite(output, $0.baseAddress! + done, got - done, offset + off_t(done))
+                }
                 if wrote < 0 {
                     if errno == EINTR { continue }
-                    throw TraceError(file: trace, "cannot write the temporary copy \(destination) (\(String(cString: strerror(errno))))")
+                    throw TraceError(
+                        file: trace,
+                        "cannot write the temporary copy \(destination) (\(String(cString: strerror(errno))))")
                 }
                 done += wrote
             }
@@ -142,7 +167,9 @@ public enum ThoughtLabeler {
         try HDF5.withLibrary {
             let file = H5Fopen(copy, thinkv_H5F_ACC_RDWR(), HDF5.defaultProperties)
             guard file >= 0 else {
-                throw TraceError(file: path, "its temporary copy \(copy) cannot be opened for writing (out of disk space, or an I/O error)")
+                throw TraceError(
+                    file: path,
+                    "its temporary copy \(copy) cannot be opened for writing (out of disk space, or an I/O error)")
             }
             var failure: TraceError?
             func fail(_ problem: String) {
@@ -154,13 +181,19 @@ public enum ThoughtLabeler {
             if failure == nil {
                 var dims = [hsize_t(all.count)]
                 let space = H5Screate_simple(1, &dims, nil)
-                let dataset = space < 0 ? -1 : H5Dcreate2(file, "/tokens/thought", thinkv_H5T_STD_I8LE(), space, HDF5.defaultProperties,
-                                                          HDF5.defaultProperties, HDF5.defaultProperties)
+                let dataset =
+                    space < 0
+                    ? -1
+                    : H5Dcreate2(
+                        file, "/tokens/thought", thinkv_H5T_STD_I8LE(), space, HDF5.defaultProperties,
+                        HDF5.defaultProperties, HDF5.defaultProperties)
                 if dataset < 0 {
                     fail("cannot be created")
                 } else {
                     let status = all.withUnsafeBufferPointer {
-                        H5Dwrite(dataset, thinkv_H5T_NATIVE_INT8(), HDF5.all, HDF5.all, HDF5.defaultProperties, $0.baseAddress)
+                        H5Dwrite(
+                            dataset, thinkv_H5T_NATIVE_INT8(), HDF5.all, HDF5.all, HDF5.defaultProperties,
+                            $0.baseAddress)
                     }
                     if status < 0 { fail("write failed") }
                     if H5Dclose(dataset) < 0 { fail("write failed (closing the dataset)") }

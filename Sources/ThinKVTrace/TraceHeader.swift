@@ -58,9 +58,11 @@ public struct TraceHeader: Equatable, Codable, Sendable {
     public var prompt: String?
     public var seed: Int64?
 
-    public init(model: String, numLayers: Int, numQHeads: Int, numKVHeads: Int, headDim: Int,
-                promptLength: Int, numTokens: Int, softmaxScale: Float? = nil, source: String? = nil,
-                generator: String? = nil, prompt: String? = nil, seed: Int64? = nil) {
+    public init(
+        model: String, numLayers: Int, numQHeads: Int, numKVHeads: Int, headDim: Int,
+        promptLength: Int, numTokens: Int, softmaxScale: Float? = nil, source: String? = nil,
+        generator: String? = nil, prompt: String? = nil, seed: Int64? = nil
+    ) {
         self.model = model
         self.numLayers = numLayers
         self.numQHeads = numQHeads

@@ -61,15 +61,28 @@ public enum TraceLimits {
             let fileBytes = Double(fileInfo.st_size)
             let bound = max(768 * 1_048_576, maxPlanPerFileByte * fileBytes)
             guard planned <= bound else {
-                throw TraceError(file: file, String(format: "a replay of one layer would need about %.1f GiB (num_tokens %d, num_kv_heads %d, head_dim %d), %.0f× the %@ file: its tensors are nearly constant data that compresses far more than recorded activations; THINKV_MAX_PLAN_PER_FILE_BYTE (default %.0f) raises the limit",
-                                                    planned / 1_073_741_824, T, header.numKVHeads, D, planned / max(fileBytes, 1),
-                                                    Format.bytes(fileBytes), maxPlanPerFileByte))
+                throw TraceError(
+                    file: file,
+                    String(
+                        format:
+                            "a replay of one layer would need about %.1f GiB (num_tokens %d, num_kv_heads %d, "
+                            + "head_dim %d), %.0f× the %@ file: its tensors are nearly constant data that "
+                            + "compresses far more than recorded activations; THINKV_MAX_PLAN_PER_FILE_BYTE "
+                            + "(default %.0f) raises the limit",
+                        planned / 1_073_741_824, T, header.numKVHeads, D, planned / max(fileBytes, 1),
+                        Format.bytes(fileBytes), maxPlanPerFileByte))
             }
         }
         guard planned <= allowed else {
-            throw TraceError(file: file, String(format: "a replay of one layer would need about %.1f GiB (num_tokens %d, num_kv_heads %d, head_dim %d), more than %.0f %% of this machine's %.1f GiB; replay fewer --steps or raise THINKV_MAX_MEMORY_FRACTION (docs/limits.md)",
-                                                planned / 1_073_741_824, T, header.numKVHeads, D, maxMemoryFraction * 100,
-                                                Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824))
+            throw TraceError(
+                file: file,
+                String(
+                    format:
+                        "a replay of one layer would need about %.1f GiB (num_tokens %d, num_kv_heads %d, head_dim "
+                        + "%d), more than %.0f %% of this machine's %.1f GiB; replay fewer --steps or raise "
+                        + "THINKV_MAX_MEMORY_FRACTION (docs/limits.md)",
+                    planned / 1_073_741_824, T, header.numKVHeads, D, maxMemoryFraction * 100,
+                    Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824))
         }
     }
 }

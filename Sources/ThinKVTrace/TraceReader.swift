@@ -34,10 +34,13 @@ public final class TraceReader {
         case nil: throw fail(nil, "no such file")
         case S_IFDIR?: throw fail(nil, "is a directory, not a trace file")
         case S_IFREG?: break
-        case S_IFIFO?: throw fail(nil, "is a FIFO (named pipe), not a trace file; HDF5 needs a regular file it can seek in")
+        case S_IFIFO?:
+            throw fail(nil, "is a FIFO (named pipe), not a trace file; HDF5 needs a regular file it can seek in")
         default: throw fail(nil, "is not a regular file (a device or socket); give the path of an HDF5 trace file")
         }
-        guard FileManager.default.isReadableFile(atPath: path) else { throw fail(nil, "not readable (permission denied)") }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw fail(nil, "not readable (permission denied)")
+        }
         try TraceReader.probeInChild(path: path, fail: fail)
 
         let opened: hid_t = HDF5.withLibrary {
@@ -45,7 +48,8 @@ public final class TraceReader {
         }
         guard opened >= 0 else {
             if TraceReader.isLockedForWriting(path) {
-                throw fail(nil, "is open for writing in another program (HDF5 file lock held); wait for it to close the file")
+                throw fail(
+                    nil, "is open for writing in another program (HDF5 file lock held); wait for it to close the file")
             }
             if TraceReader.hasHDF5Signature(path) {
                 throw fail(nil, "damaged or truncated HDF5 file (the HDF5 library cannot open it)")
@@ -62,7 +66,9 @@ public final class TraceReader {
         }
         let version = try attributes.integer("version", required: true)!
         guard version == Int64(TraceHeader.supportedVersion) else {
-            throw fail("attribute 'version'", "unsupported format version \(version); this reader supports version \(TraceHeader.supportedVersion)")
+            throw fail(
+                "attribute 'version'",
+                "unsupported format version \(version); this reader supports version \(TraceHeader.supportedVersion)")
         }
         func positive(_ key: String, allowZero: Bool = false) throws -> Int {
             let value = try attributes.integer(key, required: true)!
@@ -92,7 +98,8 @@ public final class TraceReader {
         header.seed = try attributes.integer("seed")
 
         guard header.numQHeads % header.numKVHeads == 0 else {
-            throw fail("attribute 'num_q_heads'", "\(header.numQHeads) is not a multiple of num_kv_heads \(header.numKVHeads)")
+            throw fail(
+                "attribute 'num_q_heads'", "\(header.numQHeads) is not a multiple of num_kv_heads \(header.numKVHeads)")
         }
         guard header.promptLength <= header.numTokens else {
             throw fail("attribute 'prompt_len'", "\(header.promptLength) exceeds num_tokens \(header.numTokens)")
@@ -101,8 +108,10 @@ public final class TraceReader {
 
         let T = header.numTokens
         try TraceReader.checkDataset(file.id, "/tokens/ids", shape: [T], kind: .integer, required: true, fail: fail)
-        hasTokenText = try TraceReader.checkDataset(file.id, "/tokens/text", shape: [T], kind: .string, required: false, fail: fail)
-        hasThoughtLabels = try TraceReader.checkDataset(file.id, "/tokens/thought", shape: [T], kind: .integer, required: false, fail: fail)
+        hasTokenText = try TraceReader.checkDataset(
+            file.id, "/tokens/text", shape: [T], kind: .string, required: false, fail: fail)
+        hasThoughtLabels = try TraceReader.checkDataset(
+            file.id, "/tokens/thought", shape: [T], kind: .integer, required: false, fail: fail)
 
         guard HDF5.withLibrary({ linkExists(file.id, "/layers") }) else {
             throw fail("/layers", "missing: a trace records at least one layer")
@@ -146,7 +155,8 @@ public final class TraceReader {
     /// leaves room for traces far larger, while a damaged file that sends the library into an
     /// endless loop is refused in seconds rather than a minute.
     static func probeSeconds(fileBytes: Int64) -> Double {
-        if let raw = ProcessInfo.processInfo.environment["THINKV_PROBE_SECONDS"], let seconds = Double(raw), seconds > 0 {
+        if let raw = ProcessInfo.processInfo.environment["THINKV_PROBE_SECONDS"], let seconds = Double(raw), seconds > 0
+        {
             return seconds
         }
         return 5 + 2 * Double(max(fileBytes, 0)) / Double(1 << 30)
@@ -229,13 +239,23 @@ public final class TraceReader {
             if Date() > deadline {
                 kill(pid, SIGKILL)
                 waitpid(pid, &status, 0)
-                throw fail(nil, String(format: "reading its metadata did not finish in %.0f s (a damaged HDF5 file can send the library into an endless loop); THINKV_PROBE_SECONDS raises the limit", seconds))
+                throw fail(
+                    nil,
+                    String(
+                        format:
+                            "reading its metadata did not finish in %.0f s (a damaged HDF5 file can send the library "
+                            + "into an endless loop); THINKV_PROBE_SECONDS raises the limit",
+                        seconds))
             }
             usleep(2_000)
         }
         let signal = status & 0x7f
         if signal != 0 {
-            throw fail(nil, "damaged HDF5 file: reading its metadata, token datasets or a layer's first or last rows crashed the HDF5 library (signal \(signal))")
+            throw fail(
+                nil,
+                "damaged HDF5 file: reading its metadata, token datasets or a layer's first or last rows crashed the "
+                    + "HDF5 library (signal \(signal))"
+            )
         }
     }
 
@@ -251,8 +271,9 @@ public final class TraceReader {
         guard hasThoughtLabels else { return nil }
         let values = try readIntegers("/tokens/thought")
         if let bad = values.firstIndex(where: { $0 < -1 || $0 > 2 }) {
-            throw TraceError(file: displayName, object: "/tokens/thought",
-                             "value \(values[bad]) at position \(bad); labels are -1, 0, 1 or 2")
+            throw TraceError(
+                file: displayName, object: "/tokens/thought",
+                "value \(values[bad]) at position \(bad); labels are -1, 0, 1 or 2")
         }
         return values.map { Int8($0) }
     }
@@ -333,13 +354,16 @@ public final class TraceReader {
             switch dtype {
             case .float32:
                 let status = buffer.withUnsafeMutableBytes {
-                    H5Dread(dataset.id, thinkv_H5T_NATIVE_FLOAT(), memSpace.id, space.id, HDF5.defaultProperties, $0.baseAddress)
+                    H5Dread(
+                        dataset.id, thinkv_H5T_NATIVE_FLOAT(), memSpace.id, space.id, HDF5.defaultProperties,
+                        $0.baseAddress)
                 }
                 guard status >= 0 else { throw readFailure(object) }
             case .float16:
                 let halfType = try H5Handle(thinkv_create_float16_type(), .datatype, "")
                 var halves = [UInt16](repeating: 0, count: count)
-                guard H5Dread(dataset.id, halfType.id, memSpace.id, space.id, HDF5.defaultProperties, &halves) >= 0 else {
+                guard H5Dread(dataset.id, halfType.id, memSpace.id, space.id, HDF5.defaultProperties, &halves) >= 0
+                else {
                     throw readFailure(object)
                 }
                 buffer.withUnsafeMutableBufferPointer { out in
@@ -371,20 +395,26 @@ public final class TraceReader {
                 for j in 0..<T {
                     let x = values[base + j]
                     if x < 0 || x > ceiling {
-                        throw TraceError(file: displayName, object: object,
-                                         "value \(x) in row \(row), head \(head), position \(j) is not a probability")
+                        throw TraceError(
+                            file: displayName, object: object,
+                            "value \(x) in row \(row), head \(head), position \(j) is not a probability")
                     }
                     if j > P + row && x != 0 {
-                        throw TraceError(file: displayName, object: object,
-                                         "row \(row), head \(head) gives weight \(x) to position \(j), after its own position \(P + row); entries after P+g must be 0")
+                        throw TraceError(
+                            file: displayName, object: object,
+                            "row \(row), head \(head) gives weight \(x) to position \(j), after its own position "
+                                + "\(P + row); entries after P+g must be 0"
+                        )
                     }
                 }
                 // A probability row sums to 1 (float16 storage leaves ~1e-3 of rounding).
                 var sum: Double = 0
                 for j in 0..<T { sum += Double(values[base + j]) }
                 if abs(sum - 1) > 0.01 {
-                    throw TraceError(file: displayName, object: object,
-                                     String(format: "row %d, head %d sums to %.4g, not 1: not attention probabilities", row, head, sum))
+                    throw TraceError(
+                        file: displayName, object: object,
+                        String(
+                            format: "row %d, head %d sums to %.4g, not 1: not attention probabilities", row, head, sum))
                 }
             }
         }
@@ -411,8 +441,11 @@ public final class TraceReader {
 
     private func readFailure(_ object: String) -> TraceError {
         if thinkv_inflate_limit_exceeded() != 0 {
-            return TraceError(file: displayName, object: object,
-                              "a compressed chunk inflates to more than the \(HDF5.declaredChunkLimit) bytes its dataset declares for it (a compression bomb); refused before inflating further")
+            return TraceError(
+                file: displayName, object: object,
+                "a compressed chunk inflates to more than the \(HDF5.declaredChunkLimit) bytes its dataset declares "
+                    + "for it (a compression bomb); refused before inflating further"
+            )
         }
         return TraceError(file: displayName, object: object, "read failed (damaged or truncated file)")
     }
@@ -435,7 +468,11 @@ public final class TraceReader {
             defer { HDF5.resetInflateLimit() }
             let count = try dataspaceShape(space.id).reduce(1, *)
             var values = [Int64](repeating: 0, count: count)
-            guard count == 0 || H5Dread(dataset.id, thinkv_H5T_NATIVE_INT64(), HDF5.all, HDF5.all, HDF5.defaultProperties, &values) >= 0 else {
+            guard
+                count == 0
+                    || H5Dread(
+                        dataset.id, thinkv_H5T_NATIVE_INT64(), HDF5.all, HDF5.all, HDF5.defaultProperties, &values) >= 0
+            else {
                 throw readFailure(object)
             }
             return values
@@ -445,8 +482,10 @@ public final class TraceReader {
     private enum ExpectedKind { case integer, string, float }
 
     @discardableResult
-    private static func checkDataset(_ file: hid_t, _ object: String, shape: [Int], kind: ExpectedKind,
-                                     required: Bool, fail: (String?, String) -> TraceError) throws -> Bool {
+    private static func checkDataset(
+        _ file: hid_t, _ object: String, shape: [Int], kind: ExpectedKind,
+        required: Bool, fail: (String?, String) -> TraceError
+    ) throws -> Bool {
         try HDF5.withLibrary {
             guard linkExists(file, object) else {
                 if required { throw fail(object, "missing required dataset") }
@@ -463,7 +502,9 @@ public final class TraceReader {
             }
             let type = try H5Handle(H5Dget_type(dataset.id), .datatype, "")
             let cls = H5ElementClass.of(type: type.id)
-            if kind != .string, let problem = storageProblem(dataset.id, shape: actual, elementBytes: max(1, H5Tget_size(type.id))) {
+            if kind != .string,
+                let problem = storageProblem(dataset.id, shape: actual, elementBytes: max(1, H5Tget_size(type.id)))
+            {
                 throw fail(object, problem)
             }
             switch (kind, cls) {
@@ -476,8 +517,10 @@ public final class TraceReader {
         }
     }
 
-    private static func inspectLayer(_ file: hid_t, index: Int, header: TraceHeader,
-                                     fail: @escaping (String?, String) -> TraceError) throws -> LayerInfo {
+    private static func inspectLayer(
+        _ file: hid_t, index: Int, header: TraceHeader,
+        fail: @escaping (String?, String) -> TraceError
+    ) throws -> LayerInfo {
         var info = LayerInfo(index: index)
         let T = header.numTokens, D = header.headDim
         for tensor in LayerTensor.allCases {
@@ -519,7 +562,9 @@ public final class TraceReader {
                 case "kv": heads = .keyValue
                 case nil:
                     // Without the attribute the head count decides, when it can.
-                    heads = (found.shape.count == 3 && found.shape[1] == header.numKVHeads && header.numKVHeads != header.numQHeads)
+                    heads =
+                        (found.shape.count == 3 && found.shape[1] == header.numKVHeads
+                            && header.numKVHeads != header.numQHeads)
                         ? .keyValue : .query
                 case let other?:
                     throw fail(object, "attribute 'heads' is '\(Format.excerpt(other))', expected 'q' or 'kv'")
@@ -546,7 +591,11 @@ public final class TraceReader {
     /// as blosc) opens but cannot be read; say so rather than calling the file damaged.
     private static func checkFilters(_ dataset: hid_t, _ object: String, fail: (String?, String) -> TraceError) throws {
         if let (id, name) = unavailableFilter(dataset) {
-            throw fail(object, "compressed with HDF5 filter \(id)\(name.isEmpty ? "" : " '\(name)'"), which this HDF5 library does not provide; rewrite the file with gzip (deflate) or no compression")
+            throw fail(
+                object,
+                "compressed with HDF5 filter \(id)\(name.isEmpty ? "" : " '\(name)'"), which this HDF5 library does "
+                    + "not provide; rewrite the file with gzip (deflate) or no compression"
+            )
         }
     }
 
@@ -591,8 +640,9 @@ struct AttributeReader {
                 if required { throw fail("attribute '\(name)'", "missing (a required root attribute)") }
                 return nil
             }
-            let attribute = try H5Handle(H5Aopen(location, name, HDF5.defaultProperties), .attribute,
-                                         fail("attribute '\(name)'", "unreadable").description)
+            let attribute = try H5Handle(
+                H5Aopen(location, name, HDF5.defaultProperties), .attribute,
+                fail("attribute '\(name)'", "unreadable").description)
             let type = try H5Handle(H5Aget_type(attribute.id), .datatype, "")
             let space = try H5Handle(H5Aget_space(attribute.id), .dataspace, "")
             let count = H5Sget_simple_extent_npoints(space.id)
@@ -610,7 +660,9 @@ struct AttributeReader {
             if variable {
                 let memType = try makeVariableStringType()
                 var pointer: UnsafeMutablePointer<CChar>? = nil
-                guard H5Aread(attribute.id, memType.id, &pointer) >= 0 else { throw fail("attribute '\(name)'", "unreadable") }
+                guard H5Aread(attribute.id, memType.id, &pointer) >= 0 else {
+                    throw fail("attribute '\(name)'", "unreadable")
+                }
                 defer { if pointer != nil { H5free_memory(pointer) } }
                 return pointer.map { String(cString: $0) } ?? ""
             }
@@ -618,7 +670,9 @@ struct AttributeReader {
             let memType = try H5Handle(H5Tcopy(thinkv_H5T_C_S1()), .datatype, "")
             H5Tset_size(memType.id, width)
             var buffer = [UInt8](repeating: 0, count: width + 1)
-            guard H5Aread(attribute.id, memType.id, &buffer) >= 0 else { throw fail("attribute '\(name)'", "unreadable") }
+            guard H5Aread(attribute.id, memType.id, &buffer) >= 0 else {
+                throw fail("attribute '\(name)'", "unreadable")
+            }
             return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
         }
     }

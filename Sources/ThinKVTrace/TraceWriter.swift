@@ -52,20 +52,24 @@ public final class TraceWriter {
         precondition(ids.count == header.numTokens, "ids must have num_tokens entries")
         try HDF5.withLibrary {
             try ensureGroup("/tokens")
-            try writeWhole("/tokens/ids", fileType: thinkv_H5T_STD_I32LE(), memType: thinkv_H5T_NATIVE_INT32(),
-                           shape: [ids.count], ids)
+            try writeWhole(
+                "/tokens/ids", fileType: thinkv_H5T_STD_I32LE(), memType: thinkv_H5T_NATIVE_INT32(),
+                shape: [ids.count], ids)
             if let thought {
                 precondition(thought.count == header.numTokens)
-                try writeWhole("/tokens/thought", fileType: thinkv_H5T_STD_I8LE(), memType: thinkv_H5T_NATIVE_INT8(),
-                               shape: [thought.count], thought)
+                try writeWhole(
+                    "/tokens/thought", fileType: thinkv_H5T_STD_I8LE(), memType: thinkv_H5T_NATIVE_INT8(),
+                    shape: [thought.count], thought)
             }
             if let text {
                 precondition(text.count == header.numTokens)
                 let type = try makeVariableStringType()
                 var dims = [hsize_t(text.count)]
                 let space = try H5Handle(H5Screate_simple(1, &dims, nil), .dataspace, failure("/tokens/text"))
-                let dataset = try H5Handle(H5Dcreate2(file.id, "/tokens/text", type.id, space.id, HDF5.defaultProperties,
-                                                      HDF5.defaultProperties, HDF5.defaultProperties), .dataset, failure("/tokens/text"))
+                let dataset = try H5Handle(
+                    H5Dcreate2(
+                        file.id, "/tokens/text", type.id, space.id, HDF5.defaultProperties,
+                        HDF5.defaultProperties, HDF5.defaultProperties), .dataset, failure("/tokens/text"))
                 let cStrings = text.map { strdup($0) }
                 defer { cStrings.forEach { free($0) } }
                 var pointers: [UnsafePointer<CChar>?] = cStrings.map { UnsafePointer($0) }
@@ -79,8 +83,10 @@ public final class TraceWriter {
     // MARK: Layers
 
     /// Creates a layer tensor dataset (its shape follows from the header); fill it with `writeRows`.
-    public func createTensor(_ tensor: LayerTensor, layer: Int, dtype: TraceDType,
-                             attentionHeads: AttentionHeads = .query, compress: Bool = true) throws {
+    public func createTensor(
+        _ tensor: LayerTensor, layer: Int, dtype: TraceDType,
+        attentionHeads: AttentionHeads = .query, compress: Bool = true
+    ) throws {
         let h = header
         let shape: [Int]
         switch tensor {
@@ -106,11 +112,14 @@ public final class TraceWriter {
                     H5Pset_deflate(create.id, 4)
                 }
             }
-            let fileType = try dtype == .float16
+            let fileType =
+                try dtype == .float16
                 ? H5Handle(thinkv_create_float16_type(), .datatype, failure(object))
                 : H5Handle(H5Tcopy(thinkv_H5T_IEEE_F32LE()), .datatype, failure(object))
-            let dataset = try H5Handle(H5Dcreate2(file.id, object, fileType.id, space.id, HDF5.defaultProperties,
-                                                  create.id, HDF5.defaultProperties), .dataset, failure(object))
+            let dataset = try H5Handle(
+                H5Dcreate2(
+                    file.id, object, fileType.id, space.id, HDF5.defaultProperties,
+                    create.id, HDF5.defaultProperties), .dataset, failure(object))
             if tensor == .attn {
                 try writeStringAttribute(dataset.id, "heads", attentionHeads.rawValue)
             }
@@ -141,15 +150,21 @@ public final class TraceWriter {
             var extent = [hsize_t(rows)] + shape.dropFirst().map { hsize_t($0) }
             H5Sselect_hyperslab(space.id, H5S_SELECT_SET, &offset, nil, &extent, nil)
             if let bad = values.firstIndex(where: { !$0.isFinite }) {
-                throw TraceError(file: path, object: object,
-                                 "cannot write \(values[bad].isNaN ? "NaN" : "an infinite value") (row \(start + bad / rowWidth)); traces hold finite values only")
+                throw TraceError(
+                    file: path, object: object,
+                    "cannot write \(values[bad].isNaN ? "NaN" : "an infinite value") (row "
+                        + "\(start + bad / rowWidth)); traces hold finite values only"
+                )
             }
-            let memSpace = try H5Handle(H5Screate_simple(Int32(extent.count), &extent, nil), .dataspace, failure(object))
+            let memSpace = try H5Handle(
+                H5Screate_simple(Int32(extent.count), &extent, nil), .dataspace, failure(object))
             let status: herr_t
             switch dtype {
             case .float32:
                 status = values.withUnsafeBytes {
-                    H5Dwrite(dataset.id, thinkv_H5T_NATIVE_FLOAT(), memSpace.id, space.id, HDF5.defaultProperties, $0.baseAddress)
+                    H5Dwrite(
+                        dataset.id, thinkv_H5T_NATIVE_FLOAT(), memSpace.id, space.id, HDF5.defaultProperties,
+                        $0.baseAddress)
                 }
             case .float16:
                 // Rounded here rather than by HDF5, whose float->half conversion rounds ties up,
@@ -158,8 +173,11 @@ public final class TraceWriter {
                 for (i, x) in values.enumerated() {
                     let half = Float16(x)
                     guard half.isFinite else {
-                        throw TraceError(file: path, object: object,
-                                         "value \(x) (row \(start + i / rowWidth)) is beyond float16's range (largest finite value 65504)")
+                        throw TraceError(
+                            file: path, object: object,
+                            "value \(x) (row \(start + i / rowWidth)) is beyond float16's range (largest finite "
+                                + "value 65504)"
+                        )
                     }
                     halves[i] = half.bitPattern
                 }
@@ -171,8 +189,10 @@ public final class TraceWriter {
     }
 
     /// Creates and fills a tensor in one call.
-    public func writeTensor(_ tensor: LayerTensor, layer: Int, dtype: TraceDType, _ values: [Float],
-                            attentionHeads: AttentionHeads = .query) throws {
+    public func writeTensor(
+        _ tensor: LayerTensor, layer: Int, dtype: TraceDType, _ values: [Float],
+        attentionHeads: AttentionHeads = .query
+    ) throws {
         try createTensor(tensor, layer: layer, dtype: dtype, attentionHeads: attentionHeads)
         try writeRows(tensor, layer: layer, start: 0, values)
     }
@@ -185,15 +205,18 @@ public final class TraceWriter {
 
     private func ensureGroup(_ name: String) throws {
         if linkExists(try file.id, name) { return }
-        _ = try H5Handle(H5Gcreate2(file.id, name, HDF5.defaultProperties, HDF5.defaultProperties, HDF5.defaultProperties),
-                         .group, failure(name))
+        _ = try H5Handle(
+            H5Gcreate2(file.id, name, HDF5.defaultProperties, HDF5.defaultProperties, HDF5.defaultProperties),
+            .group, failure(name))
     }
 
     private func writeWhole<T>(_ object: String, fileType: hid_t, memType: hid_t, shape: [Int], _ values: [T]) throws {
         var dims = shape.map { hsize_t($0) }
         let space = try H5Handle(H5Screate_simple(Int32(dims.count), &dims, nil), .dataspace, failure(object))
-        let dataset = try H5Handle(H5Dcreate2(file.id, object, fileType, space.id, HDF5.defaultProperties,
-                                              HDF5.defaultProperties, HDF5.defaultProperties), .dataset, failure(object))
+        let dataset = try H5Handle(
+            H5Dcreate2(
+                file.id, object, fileType, space.id, HDF5.defaultProperties,
+                HDF5.defaultProperties, HDF5.defaultProperties), .dataset, failure(object))
         let status = values.withUnsafeBytes {
             H5Dwrite(dataset.id, memType, HDF5.all, HDF5.all, HDF5.defaultProperties, $0.baseAddress)
         }
@@ -206,8 +229,10 @@ public final class TraceWriter {
             try writeStringAttribute(file.id, "format", TraceHeader.formatName)
             try writeScalarAttribute(file.id, "version", Int32(TraceHeader.supportedVersion))
             try writeStringAttribute(file.id, "model", h.model)
-            for (name, value) in [("num_layers", h.numLayers), ("num_q_heads", h.numQHeads), ("num_kv_heads", h.numKVHeads),
-                                  ("head_dim", h.headDim), ("prompt_len", h.promptLength), ("num_tokens", h.numTokens)] {
+            for (name, value) in [
+                ("num_layers", h.numLayers), ("num_q_heads", h.numQHeads), ("num_kv_heads", h.numKVHeads),
+                ("head_dim", h.headDim), ("prompt_len", h.promptLength), ("num_tokens", h.numTokens)
+            ] {
                 try writeScalarAttribute(file.id, name, Int32(value))
             }
             if let scale = h.softmaxScale { try writeScalarAttribute(file.id, "softmax_scale", scale) }
@@ -221,8 +246,9 @@ public final class TraceWriter {
     private func writeStringAttribute(_ location: hid_t, _ name: String, _ value: String) throws {
         let type = try makeVariableStringType()
         let space = try H5Handle(H5Screate(H5S_SCALAR), .dataspace, failure("attribute '\(name)'"))
-        let attribute = try H5Handle(H5Acreate2(location, name, type.id, space.id, HDF5.defaultProperties, HDF5.defaultProperties),
-                                     .attribute, failure("attribute '\(name)'"))
+        let attribute = try H5Handle(
+            H5Acreate2(location, name, type.id, space.id, HDF5.defaultProperties, HDF5.defaultProperties),
+            .attribute, failure("attribute '\(name)'"))
         let status = value.withCString { cString -> herr_t in
             var pointer: UnsafePointer<CChar>? = cString
             return H5Awrite(attribute.id, type.id, &pointer)
@@ -239,8 +265,9 @@ public final class TraceWriter {
         default: preconditionFailure("unsupported attribute type \(T.self)")
         }
         let space = try H5Handle(H5Screate(H5S_SCALAR), .dataspace, failure("attribute '\(name)'"))
-        let attribute = try H5Handle(H5Acreate2(location, name, fileType, space.id, HDF5.defaultProperties, HDF5.defaultProperties),
-                                     .attribute, failure("attribute '\(name)'"))
+        let attribute = try H5Handle(
+            H5Acreate2(location, name, fileType, space.id, HDF5.defaultProperties, HDF5.defaultProperties),
+            .attribute, failure("attribute '\(name)'"))
         let status = withUnsafeBytes(of: value) { H5Awrite(attribute.id, memType, $0.baseAddress) }
         guard status >= 0 else {
             throw TraceError(file: path, object: "attribute '\(name)'", "write failed")

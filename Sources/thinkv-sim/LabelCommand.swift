@@ -4,10 +4,16 @@ import ThinKVSim
 enum LabelCommand: Subcommand {
     static let spec = CommandSpec(
         name: "label",
-        abstract: "write thought labels (CSV of step,type) into a trace's /tokens/thought, to score the classifier on it",
+        abstract:
+            "write thought labels (CSV of step,type) into a trace's /tokens/thought, to score the classifier on it",
         positionals: [("trace", "a thinkv-trace HDF5 file (replaced by a labelled copy)")],
         options: [
-            OptionDefinition("from", value: "FILE", help: "CSV rows 'step,type': decode step (0-based) and R/E/T (or reasoning/execution/transition, 0/1/2); required"),
+            OptionDefinition(
+                "from", value: "FILE",
+                help:
+                    "CSV rows 'step,type': decode step (0-based) and R/E/T (or reasoning/execution/transition, "
+                    + "0/1/2); required"
+            )
         ],
         discussion: """
             Steps the file does not list are -1 (unknown) and the prompt is always -1; a step listed
@@ -30,6 +36,10 @@ enum LabelCommand: Subcommand {
         let labels = try ThoughtLabeler.parse(text, file: from, decodeSteps: decodeSteps)
         try ThoughtLabeler.write(labels, to: path)
         let known = labels.filter { $0 >= 0 }.count
-        print("\(path): /tokens/thought written (\(known) of \(labels.count) decode steps labelled: R \(labels.filter { $0 == 0 }.count), E \(labels.filter { $0 == 1 }.count), T \(labels.filter { $0 == 2 }.count))")
+        print(
+            "\(path): /tokens/thought written (\(known) of \(labels.count) decode steps labelled: R "
+                + "\(labels.filter { $0 == 0 }.count), E \(labels.filter { $0 == 1 }.count), T "
+                + "\(labels.filter { $0 == 2 }.count))"
+        )
     }
 }

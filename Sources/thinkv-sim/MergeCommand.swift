@@ -5,12 +5,15 @@ enum MergeCommand: Subcommand {
     static let spec = CommandSpec(
         name: "merge",
         abstract: "join a sweep's shard CSVs into one, or replays of one trace's layer shards into one report",
-        positionals: [("shard...", "results of 'thinkv-sim sweep --shard' (CSV), or of 'replay --layers ... --shard-state FILE'")],
+        positionals: [
+            ("shard...", "results of 'thinkv-sim sweep --shard' (CSV), or of 'replay --layers ... --shard-state FILE'")
+        ],
         options: [
             OptionDefinition("output", short: "o", value: "FILE", help: "merged CSV (required for sweep shards)"),
             OptionDefinition("json", help: "replay shards: print the merged report as JSON"),
             OptionDefinition("csv", value: "FILE", help: "replay shards: write the merged per-step CSV"),
-            OptionDefinition("partial", help: "write what the shards hold even when some runs or shards are missing (exit 0)"),
+            OptionDefinition(
+                "partial", help: "write what the shards hold even when some runs or shards are missing (exit 0)")
         ],
         discussion: """
             The shards must have the same columns (the same config). The merged file is byte for byte the
@@ -26,7 +29,10 @@ enum MergeCommand: Subcommand {
         let replayShards = inputs.filter(isReplayShard)
         if !replayShards.isEmpty && replayShards.count < inputs.count {
             let csv = inputs.first { !isReplayShard($0) }!
-            throw UsageError("\(csv) is not a replay shard like \(replayShards[0]); merge joins either replay shards (JSON) or sweep shards (CSV)")
+            throw UsageError(
+                "\(csv) is not a replay shard like \(replayShards[0]); merge joins either replay shards (JSON) or "
+                    + "sweep shards (CSV)"
+            )
         }
         if !replayShards.isEmpty {
             // Outputs first: one that is a shard under another name, or one another merge is
@@ -37,7 +43,8 @@ enum MergeCommand: Subcommand {
             let result = try ReplayShard.merge(shards, paths: inputs)
             if let csv = arguments.value("csv") {
                 // The token text travels in the shards: the same per-step CSV as one replay's.
-                try OutputFile.write(ReplayReport.stepCSV(result, tokenText: shards[0].tokenText), to: csv, protecting: inputs)
+                try OutputFile.write(
+                    ReplayReport.stepCSV(result, tokenText: shards[0].tokenText), to: csv, protecting: inputs)
             }
             let report = arguments.flag("json") ? try ReplayReport.json(result) : ReplayReport.text(result)
             if let output = arguments.value("output") {
@@ -48,7 +55,9 @@ enum MergeCommand: Subcommand {
             return
         }
         guard let output = arguments.value("output") else { throw UsageError("--output FILE is required") }
-        if let csv = arguments.value("csv") { throw UsageError("--csv \(csv): only for replay shards; sweep shards merge into -o FILE") }
+        if let csv = arguments.value("csv") {
+            throw UsageError("--csv \(csv): only for replay shards; sweep shards merge into -o FILE")
+        }
         let claim = try OutputClaim([output], protecting: inputs)
         defer { claim.release() }
         let table = try ShardMerge.merge(paths: arguments.positionals)
@@ -56,12 +65,16 @@ enum MergeCommand: Subcommand {
         let shards = ShardMerge.missingShards(arguments.positionals)
         var missing: [String] = []
         if gaps.count > 0 {
-            let shown = gaps.first.map(String.init).joined(separator: ", ") + (gaps.count > gaps.first.count ? ", ..." : "")
+            let shown =
+                gaps.first.map(String.init).joined(separator: ", ") + (gaps.count > gaps.first.count ? ", ..." : "")
             missing.append("\(gaps.count) run id(s) missing (\(shown))")
         }
         if !shards.isEmpty { missing.append("no file for \(shards.joined(separator: ", "))") }
         if !missing.isEmpty && !arguments.flag("partial") {
-            throw CSVError("incomplete: \(missing.joined(separator: "; ")); a shard is missing or unfinished (--partial writes what there is)")
+            throw CSVError(
+                "incomplete: \(missing.joined(separator: "; ")); a shard is missing or unfinished (--partial writes "
+                    + "what there is)"
+            )
         }
         try OutputFile.write(table.render(), to: output, protecting: inputs)
         if !missing.isEmpty { printError("thinkv-sim merge: note: partial: \(missing.joined(separator: "; "))") }

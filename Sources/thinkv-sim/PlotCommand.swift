@@ -4,19 +4,33 @@ import ThinKVSim
 enum PlotCommand: Subcommand {
     static let spec = CommandSpec(
         name: "plot",
-        abstract: "draw SVG figures from a sweep's results CSV: fidelity vs budget and bytes, KV bytes over steps, thought timeline",
+        abstract:
+            "draw SVG figures from a sweep's results CSV: fidelity vs budget and bytes, KV bytes over steps, thought "
+            + "timeline",
         positionals: [("results.csv", "results of 'thinkv-sim sweep' (or 'merge')")],
         options: [
-            OptionDefinition("output", short: "o", value: "DIR", help: "directory for the SVG files", default: "the CSV's directory"),
+            OptionDefinition(
+                "output", short: "o", value: "DIR",
+                help: "directory for the SVG "
+                    + "files", default: "the CSV's directory"),
             OptionDefinition("log-bytes", help: "logarithmic byte axes (powers of two; the default)"),
             OptionDefinition("linear-bytes", help: "linear byte axes"),
-            OptionDefinition("metric", value: PlotMetric.allCases.map(\.rawValue).joined(separator: "|") + "[,...]",
-                             help: "fidelity metric(s) of the figures", default: "kl,output_error,mass_recall"),
-            OptionDefinition("budget-labels", help: "write each point's budget (or memory target) beside it in the all-traces figure"),
-            OptionDefinition("format", value: "svg|all", help: "svg only, or also PDF and PNG through rsvg-convert (all: when it is installed)", default: "all"),
-            OptionDefinition("bytes", value: "mean|peak", help: "KV bytes summary fidelity is plotted against", default: "mean"),
-            OptionDefinition("budget", value: "N", help: "budget of the runs in the KV-over-steps figure", default: "the middle budget"),
-            OptionDefinition("threads", value: "N", help: "worker threads for a sparsity pass over a trace", default: "all cores"),
+            OptionDefinition(
+                "metric", value: PlotMetric.allCases.map(\.rawValue).joined(separator: "|") + "[,...]",
+                help: "fidelity metric(s) of the figures", default: "kl,output_error,mass_recall"),
+            OptionDefinition(
+                "budget-labels", help: "write each point's budget (or memory target) beside it in the all-traces figure"
+            ),
+            OptionDefinition(
+                "format", value: "svg|all",
+                help: "svg only, or also PDF and PNG through rsvg-convert (all: when it is installed)", default: "all"),
+            OptionDefinition(
+                "bytes", value: "mean|peak", help: "KV bytes summary fidelity is plotted against", default: "mean"),
+            OptionDefinition(
+                "budget", value: "N", help: "budget of the runs in the KV-over-steps figure",
+                default: "the middle budget"),
+            OptionDefinition(
+                "threads", value: "N", help: "worker threads for a sparsity pass over a trace", default: "all cores")
         ],
         discussion: """
             Over all traces: all-traces.fidelity-bytes.svg (x: KV as % of each trace's full cache; per policy
@@ -37,12 +51,17 @@ enum PlotCommand: Subcommand {
         let path = arguments.positionals[0]
         let beside = (path as NSString).deletingLastPathComponent
         var options = PlotOptions(outputDirectory: arguments.value("output") ?? (beside.isEmpty ? "." : beside))
-        if arguments.flag("log-bytes") && arguments.flag("linear-bytes") { throw UsageError("--log-bytes and --linear-bytes exclude each other") }
+        if arguments.flag("log-bytes") && arguments.flag("linear-bytes") {
+            throw UsageError("--log-bytes and --linear-bytes exclude each other")
+        }
         options.logBytes = !arguments.flag("linear-bytes")
         if let raw = arguments.value("metric") {
             options.metrics = try CommaList.items(raw, of: "--metric", error: UsageError.init).map { name in
                 guard let metric = PlotMetric(rawValue: String(name)) else {
-                    throw UsageError("--metric must be one of \(PlotMetric.allCases.map(\.rawValue).joined(separator: ", ")), got '\(name)'")
+                    throw UsageError(
+                        "--metric must be one of \(PlotMetric.allCases.map(\.rawValue).joined(separator: ", ")), got "
+                            + "'\(name)'"
+                    )
                 }
                 return metric
             }

@@ -10,9 +10,14 @@ enum QuantizeCommand: Subcommand {
         abstract: "round-trip raw float32 values through one of the policies' quantizers (what a cache would hold)",
         positionals: [("input", "raw little-endian float32 values")],
         options: [
-            OptionDefinition("quantizer", value: "NAME", help: "int1 ... int8, fp8, nvfp4 or ternary (docs/quantization.md); required"),
-            OptionDefinition("group", value: "N", help: "consecutive values per group (the last may be shorter)", default: "16"),
-            OptionDefinition("output", short: "o", value: "FILE", help: "where the dequantized float32 values go ('-': standard output); required"),
+            OptionDefinition(
+                "quantizer", value: "NAME",
+                help: "int1 ... int8, fp8, nvfp4 or ternary (docs/quantization.md); required"),
+            OptionDefinition(
+                "group", value: "N", help: "consecutive values per group (the last may be shorter)", default: "16"),
+            OptionDefinition(
+                "output", short: "o", value: "FILE",
+                help: "where the dequantized float32 values go ('-': standard output); required")
         ],
         discussion: """
             Every group of N consecutive values is quantized and dequantized by the same code the
@@ -35,10 +40,15 @@ enum QuantizeCommand: Subcommand {
         defer { claim.release() }
 
         var status = stat()
-        guard stat(input, &status) == 0 else { throw OutputError("\(input): cannot be read (\(String(cString: strerror(errno))))") }
-        if status.st_mode & S_IFMT == S_IFDIR { throw OutputError("\(input): is a directory, not a file of float32 values") }
+        guard stat(input, &status) == 0 else {
+            throw OutputError("\(input): cannot be read (\(String(cString: strerror(errno))))")
+        }
+        if status.st_mode & S_IFMT == S_IFDIR {
+            throw OutputError("\(input): is a directory, not a file of float32 values")
+        }
         if status.st_mode & S_IFMT == S_IFREG && Int(status.st_size) > maxInputBytes {
-            throw OutputError("\(input): \(status.st_size) bytes is more than the \(maxInputBytes)-byte limit of this command")
+            throw OutputError(
+                "\(input): \(status.st_size) bytes is more than the \(maxInputBytes)-byte limit of this command")
         }
         guard let handle = FileHandle(forReadingAtPath: input) else {
             throw OutputError("\(input): cannot be read (\(String(cString: strerror(errno))))")

@@ -12,13 +12,17 @@ enum ServePolicyCommand: Subcommand {
 
     static let spec = CommandSpec(
         name: "serve-policy",
-        abstract: "run one policy online: per decode step, read each layer's q/k/v on stdin, answer with what its cache attends",
+        abstract:
+            "run one policy online: per decode step, read each layer's q/k/v on stdin, answer with what its cache "
+            + "attends",
         options: [
-            OptionDefinition("policy", short: "p", value: "NAME[:P=V...]",
-                             help: "the policy (see 'thinkv-sim policies'), parameters after ':' as in replay; "
-                                 + "required"),
-            OptionDefinition("topk", value: "K", help: "k of the top-k recall in the end-of-run summary",
-                             default: String(TraceLimits.defaultTopK)),
+            OptionDefinition(
+                "policy", short: "p", value: "NAME[:P=V...]",
+                help: "the policy (see 'thinkv-sim policies'), parameters after ':' as in replay; "
+                    + "required"),
+            OptionDefinition(
+                "topk", value: "K", help: "k of the top-k recall in the end-of-run summary",
+                default: String(TraceLimits.defaultTopK))
         ],
         acceptsExtraOptions: true,
         discussion: """
@@ -26,7 +30,8 @@ enum ServePolicyCommand: Subcommand {
             (--policy rkv:budget=128:divide=8), as in replay. The model's process writes binary frames on
             standard input and reads the answers on standard output (little-endian int32/float32):
 
-              header  "TKVSERV1", layers, q heads, kv heads, head dim, prompt length P, max positions T, scale (float32, 0: 1/sqrt(D))
+              header  "TKVSERV1", layers, q heads, kv heads, head dim, prompt length P, max positions T, \
+              scale (float32, 0: 1/sqrt(D))
                       answer: int32 0
               prefill int32 1, layer, then q [P][Hq][D], k [P][Hkv][D], v [P][Hkv][D]
                       answer: int32 1, layer
@@ -51,8 +56,9 @@ enum ServePolicyCommand: Subcommand {
         guard let name = arguments.value("policy") else { throw UsageError("--policy NAME is required") }
         let items = try PolicyList.items(name)
         guard items.count == 1 else { throw UsageError("--policy takes one policy (one process serves one cache)") }
-        let specs = try PolicySpec.specs(items: items, options: arguments.extra,
-                                         commandOptions: spec.options.map(\.name))
+        let specs = try PolicySpec.specs(
+            items: items, options: arguments.extra,
+            commandOptions: spec.options.map(\.name))
         let topK = try arguments.int("topk", default: TraceLimits.defaultTopK, min: 1, max: TraceLimits.maxTopK)!
         let input = FrameReader(fd: STDIN_FILENO)
         let output = FrameWriter(fd: STDOUT_FILENO)
@@ -65,16 +71,19 @@ enum ServePolicyCommand: Subcommand {
         let scale = try input.floats(1, what: "the header")[0]
         func check(_ ok: Bool, _ message: String) throws { if !ok { throw ServeError("header: \(message)") } }
         try check((1...4096).contains(L), "layers must be 1...4096, got \(L)")
-        try check((1...1024).contains(Hq) && (1...1024).contains(Hkv), "head counts must be 1...1024, got \(Hq) and \(Hkv)")
+        try check(
+            (1...1024).contains(Hq) && (1...1024).contains(Hkv), "head counts must be 1...1024, got \(Hq) and \(Hkv)")
         try check(Hq % Hkv == 0, "q heads (\(Hq)) must be a multiple of kv heads (\(Hkv))")
         try check((1...1024).contains(D), "head dim must be 1...1024, got \(D)")
         try check(P >= 1 && P < T, "need 1 <= prompt length (\(P)) < max positions (\(T))")
         try check(T <= 1 << 20, "max positions \(T) is more than \(1 << 20)")
         try check(scale.isFinite && scale >= 0, "scale must be finite and >= 0, got \(scale)")
-        try check(5 * L * T * Hkv * D * 4 <= maxBytes,
-                  "\(L) layers x \(T) positions x \(Hkv) kv heads x \(D) would need more than \(maxBytes >> 30) GiB")
-        let header = TraceHeader(model: "serve-policy", numLayers: L, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
-                                 promptLength: P, numTokens: T, softmaxScale: scale == 0 ? nil : scale)
+        try check(
+            5 * L * T * Hkv * D * 4 <= maxBytes,
+            "\(L) layers x \(T) positions x \(Hkv) kv heads x \(D) would need more than \(maxBytes >> 30) GiB")
+        let header = TraceHeader(
+            model: "serve-policy", numLayers: L, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
+            promptLength: P, numTokens: T, softmaxScale: scale == 0 ? nil : scale)
         let driver = try OnlinePolicyDriver(spec: specs[0], header: header, topK: topK)
         output.ints([0])
         try output.flush()
@@ -87,7 +96,9 @@ enum ServePolicyCommand: Subcommand {
             switch kind {
             case 1:
                 let layer = try input.ints(1, what: "a prefill frame")[0]
-                guard layer == prefilled else { throw ServeError("prefill of layer \(layer) where layer \(prefilled) was due") }
+                guard layer == prefilled else {
+                    throw ServeError("prefill of layer \(layer) where layer \(prefilled) was due")
+                }
                 let q = try input.floats(P * Hq * D, what: "layer \(layer)'s prefill q")
                 let k = try input.floats(P * Hkv * D, what: "layer \(layer)'s prefill k")
                 let v = try input.floats(P * Hkv * D, what: "layer \(layer)'s prefill v")
@@ -97,7 +108,9 @@ enum ServePolicyCommand: Subcommand {
             case 2:
                 let at = try input.ints(2, what: "a step frame")
                 let (layer, step) = (at[0], at[1])
-                guard prefilled == L else { throw ServeError("step frame before every layer was prefilled (\(prefilled) of \(L))") }
+                guard prefilled == L else {
+                    throw ServeError("step frame before every layer was prefilled (\(prefilled) of \(L))")
+                }
                 let q = try input.floats(Hq * D, what: "layer \(layer) step \(step)'s q")
                 let k = try input.floats(Hkv * D, what: "layer \(layer) step \(step)'s k")
                 let v = try input.floats(Hkv * D, what: "layer \(layer) step \(step)'s v")
@@ -145,7 +158,7 @@ enum ServePolicyCommand: Subcommand {
             "\"kv_bytes_mean\":\(number(s.memory.meanBytes))",
             "\"kv_bytes_peak\":\(number(s.memory.peakBytes))",
             "\"attention_kl_mean\":\(number(Double(s.attentionKL.mean)))",
-            "\"mass_recall_mean\":\(number(Double(s.massRecall.mean)))",
+            "\"mass_recall_mean\":\(number(Double(s.massRecall.mean)))"
         ]
         if let e = s.outputError { fields.append("\"output_error_mean\":\(number(Double(e.mean)))") }
         return "{" + fields.joined(separator: ",") + "}"
@@ -175,7 +188,9 @@ final class FrameReader {
     func bytes(_ count: Int, what: String) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         let got = try out.withUnsafeMutableBytes { try fill($0) }
-        guard got == count else { throw ServePolicyCommand.ServeError("input ended inside \(what) (\(got) of \(count) bytes)") }
+        guard got == count else {
+            throw ServePolicyCommand.ServeError("input ended inside \(what) (\(got) of \(count) bytes)")
+        }
         return out
     }
 
@@ -218,7 +233,9 @@ final class FrameWriter {
     func bytes(_ b: [UInt8]) { pending += b }
     func ints(_ values: [Int]) { for v in values { withUnsafeBytes(of: Int32(v).littleEndian) { pending += $0 } } }
     func int32s(_ values: [Int32]) { for v in values { withUnsafeBytes(of: v.littleEndian) { pending += $0 } } }
-    func floats(_ values: [Float]) { for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { pending += $0 } } }
+    func floats(_ values: [Float]) {
+        for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { pending += $0 } }
+    }
 
     func flush() throws {
         try OutputFile.writeAll(Data(pending), to: fd, path: "standard output")

@@ -41,4 +41,3 @@ func printError(_ message: String) {
 func listValues(_ raw: [String], option: String) throws -> [String] {
     try raw.flatMap { try CommaList.items($0, of: "--\(option)", error: UsageError.init) }
 }
-

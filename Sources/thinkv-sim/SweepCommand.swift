@@ -4,14 +4,22 @@ import ThinKVSim
 enum SweepCommand: Subcommand {
     static let spec = CommandSpec(
         name: "sweep",
-        abstract: "run a grid of traces x policies x parameters from a JSON config into a results CSV (resumable, shardable)",
+        abstract:
+            "run a grid of traces x policies x parameters from a JSON config into a results CSV (resumable, shardable)",
         positionals: [("config", "a sweep config (docs/configs.md), e.g. configs/budget-sweep.json")],
         options: [
-            OptionDefinition("shard", value: "I/N", help: "run only slice I (0-based) of N of the grid, into <output>.shard-I-of-N.csv"),
-            OptionDefinition("output", short: "o", value: "FILE", help: "results CSV", default: "the config's 'output'"),
-            OptionDefinition("threads", value: "N", help: "worker threads; results do not depend on it", default: "the config's, else all cores"),
-            OptionDefinition("stop-after", value: "N", help: "stop after N engine runs (one per trace, unless the config sets batch); a later call resumes"),
-            OptionDefinition("dry-run", help: "print the grid with each run's status (done/pending) and exit"),
+            OptionDefinition(
+                "shard", value: "I/N",
+                help: "run only slice I (0-based) of N of the grid, into <output>.shard-I-of-N.csv"),
+            OptionDefinition(
+                "output", short: "o", value: "FILE", help: "results CSV", default: "the config's 'output'"),
+            OptionDefinition(
+                "threads", value: "N", help: "worker threads; results do not depend on it",
+                default: "the config's, else all cores"),
+            OptionDefinition(
+                "stop-after", value: "N",
+                help: "stop after N engine runs (one per trace, unless the config sets batch); a later call resumes"),
+            OptionDefinition("dry-run", help: "print the grid with each run's status (done/pending) and exit")
         ],
         discussion: """
             Every run is a row of the CSV, keyed by its run key (trace, policy, every effective parameter,
@@ -40,21 +48,30 @@ enum SweepCommand: Subcommand {
 
         if arguments.flag("dry-run") {
             let plan = try runner.plan()
-            let invalid = Dictionary(try runner.invalidRuns(plan.pending).map { ($0.run.id, $0.problem) }, uniquingKeysWith: { a, _ in a })
+            let invalid = Dictionary(
+                try runner.invalidRuns(plan.pending).map { ($0.run.id, $0.problem) }, uniquingKeysWith: { a, _ in a })
             var table = TextTable(headers: ["run_id", "status", "trace", "policy", "paging", "block"])
             for run in runner.runs {
-                let status = plan.reusable[run.id] != nil ? "done" : invalid[run.id].map { "invalid: \($0)" } ?? "pending"
-                table.add([String(run.id), status, run.trace, run.spec.label,
-                           run.layout.mode.rawValue, run.layout.blockSize.map(String.init) ?? "auto"])
+                let status =
+                    plan.reusable[run.id] != nil ? "done" : invalid[run.id].map { "invalid: \($0)" } ?? "pending"
+                table.add([
+                    String(run.id), status, run.trace, run.spec.label,
+                    run.layout.mode.rawValue, run.layout.blockSize.map(String.init) ?? "auto"
+                ])
             }
             if !invalid.isEmpty { printError("thinkv-sim sweep: note: \(invalid.count) invalid run(s) (see status)") }
             print(table.render())
-            print("\n\(runner.runs.count) run(s) in \(shard.map { "shard \($0.index)/\($0.count) of " } ?? "")a grid of \(grid.runs.count); \(plan.reusable.count) done, \(plan.pending.count) pending; output \(runner.outputPath)")
+            print(
+                "\n\(runner.runs.count) run(s) in \(shard.map { "shard \($0.index)/\($0.count) of " } ?? "")a grid "
+                    + "of \(grid.runs.count); \(plan.reusable.count) done, \(plan.pending.count) pending; output "
+                    + "\(runner.outputPath)"
+            )
             return
         }
         let outcome = try runner.run()
         var summary = "\(runner.outputPath): \(outcome.computed + outcome.reused) of \(runner.runs.count) run(s)"
-        summary += " (\(outcome.computed) computed in \(outcome.engineRuns) engine run(s), \(outcome.reused) already there)"
+        summary +=
+            " (\(outcome.computed) computed in \(outcome.engineRuns) engine run(s), \(outcome.reused) already there)"
         if outcome.pending > 0 { summary += "; \(outcome.pending) pending: run the same command again to resume" }
         print(summary)
     }
@@ -62,7 +79,9 @@ enum SweepCommand: Subcommand {
     /// `2/8` -> (2, 8); the index is 0-based, as Slurm's SLURM_ARRAY_TASK_ID with --array=0-7.
     static func parseShard(_ raw: String) throws -> (index: Int, count: Int) {
         let parts = raw.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let index = Int(parts[0]), let count = Int(parts[1]), count >= 1, index >= 0, index < count else {
+        guard parts.count == 2, let index = Int(parts[0]), let count = Int(parts[1]), count >= 1, index >= 0,
+            index < count
+        else {
             throw UsageError("--shard takes I/N with 0 <= I < N (e.g. 0/4), got '\(raw)'")
         }
         return (index, count)

@@ -11,21 +11,43 @@ enum SynthCommand: Subcommand {
             OptionDefinition("prompt", value: "N", help: "prompt (prefill) positions", default: "128"),
             OptionDefinition("layers", value: "N", help: "layers, all recorded", default: "4"),
             OptionDefinition("q-heads", value: "N", help: "query heads per layer", default: "8"),
-            OptionDefinition("kv-heads", value: "N", help: "key/value heads per layer; divides --q-heads", default: "2"),
+            OptionDefinition(
+                "kv-heads", value: "N", help: "key/value heads per layer; divides --q-heads", default: "2"),
             OptionDefinition("head-dim", value: "N", help: "width of one head", default: "64"),
-            OptionDefinition("dtype", value: "float16|float32", help: "storage type of q, k, v and attn", default: "float16"),
-            OptionDefinition("seed", value: "N", help: "random seed (0 ... 2^63-1); same seed and options, same tensors", default: "1"),
-            OptionDefinition("segment-scale", value: "X", help: "multiply every thought segment's minimum and mean length", default: "1"),
-            OptionDefinition("importance", value: "R=x,E=y,T=z[,P=w]",
-                             help: "importance of old tokens of each type and of the prompt (P): how often later thoughts revisit them, heavy hitters, salience", default: "R=1,E=0.6,T=0.15,P=1"),
-            OptionDefinition("legacy-anchors", help: "anchors at the start of every transition and reasoning thought, revisited uniformly (the old generator)"),
-            OptionDefinition("sparsity-growth", value: "X|off",
-                             help: "how fast target sparsity rises with context length, times the fit to a recorded trace; off (= 0): fixed per type", default: "1"),
-            OptionDefinition("sparsity-reference", value: "N", help: "position at which each type's sparsity equals its mean", default: "512"),
+            OptionDefinition(
+                "dtype", value: "float16|float32", help: "storage type of q, k, v and attn", default: "float16"),
+            OptionDefinition(
+                "seed", value: "N", help: "random seed (0 ... 2^63-1); same seed and options, same tensors",
+                default: "1"),
+            OptionDefinition(
+                "segment-scale", value: "X", help: "multiply every thought segment's minimum and mean length",
+                default: "1"),
+            OptionDefinition(
+                "importance", value: "R=x,E=y,T=z[,P=w]",
+                help:
+                    "importance of old tokens of each type and of the prompt (P): how often later thoughts revisit "
+                    + "them, heavy hitters, salience",
+                default: "R=1,E=0.6,T=0.15,P=1"),
+            OptionDefinition(
+                "legacy-anchors",
+                help:
+                    "anchors at the start of every transition and reasoning thought, revisited uniformly (the old "
+                    + "generator)"
+            ),
+            OptionDefinition(
+                "sparsity-growth", value: "X|off",
+                help:
+                    "how fast target sparsity rises with context length, times the fit to a recorded trace; off (= "
+                    + "0): fixed per type",
+                default: "1"),
+            OptionDefinition(
+                "sparsity-reference", value: "N", help: "position at which each type's sparsity equals its mean",
+                default: "512"),
             OptionDefinition("no-values", help: "do not write values (v)"),
             OptionDefinition("attn", help: "also write the exact attention rows (G × q-heads × T per layer: large)"),
-            OptionDefinition("threads", value: "N", help: "worker threads; the output does not depend on it", default: "all cores"),
-            OptionDefinition("force", short: "f", help: "overwrite FILE if it exists"),
+            OptionDefinition(
+                "threads", value: "N", help: "worker threads; the output does not depend on it", default: "all cores"),
+            OptionDefinition("force", short: "f", help: "overwrite FILE if it exists")
         ],
         discussion: """
             The trace is a prompt followed by a chain of reasoning (R), execution (E) and transition (T)
@@ -66,7 +88,9 @@ enum SynthCommand: Subcommand {
         config.seed = UInt64(try arguments.int("seed", default: Int(config.seed), min: 0)!)
         config.threads = try arguments.int("threads", min: 1, max: TraceLimits.maxThreads)
         if let raw = arguments.value("dtype") {
-            guard let dtype = TraceDType(rawValue: raw) else { throw UsageError("--dtype must be float16 or float32, got '\(raw)'") }
+            guard let dtype = TraceDType(rawValue: raw) else {
+                throw UsageError("--dtype must be float16 or float32, got '\(raw)'")
+            }
             config.dtype = dtype
         }
         if let raw = arguments.value("segment-scale") {
@@ -77,7 +101,8 @@ enum SynthCommand: Subcommand {
         }
         if arguments.flag("legacy-anchors") {
             guard arguments.value("importance") == nil else {
-                throw UsageError("--importance and --legacy-anchors exclude each other (legacy anchors ignore importance)")
+                throw UsageError(
+                    "--importance and --legacy-anchors exclude each other (legacy anchors ignore importance)")
             }
             config.attention.importance.legacyAnchors = true
         }
@@ -92,7 +117,8 @@ enum SynthCommand: Subcommand {
                 config.sparsity.growth.strength = strength
             }
         }
-        config.sparsity.growth.referencePosition = try arguments.int("sparsity-reference", default: config.sparsity.growth.referencePosition, min: 0)!
+        config.sparsity.growth.referencePosition = try arguments.int(
+            "sparsity-reference", default: config.sparsity.growth.referencePosition, min: 0)!
         config.includeValues = !arguments.flag("no-values")
         config.includeAttention = arguments.flag("attn")
         let generator = try SyntheticTraceGenerator(config: config)  // validates the options
@@ -105,14 +131,16 @@ enum SynthCommand: Subcommand {
         defer { claim.release() }
         let target = URL(fileURLWithPath: OutputFile.resolvedPath(output))
         let directory = target.deletingLastPathComponent()
-        let temporary = directory.appendingPathComponent(".\(target.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).partial")
+        let temporary = directory.appendingPathComponent(
+            ".\(target.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).partial")
         generator.progress = TerminalProgress(label: "synth")
         var summary: SyntheticTraceSummary
         do {
             summary = try generator.write(to: temporary.path)
             // rename(2) replaces an existing file atomically.
             guard rename(temporary.path, target.path) == 0 else {
-                throw TraceError(file: output, "cannot move the finished trace into place (\(String(cString: strerror(errno))))")
+                throw TraceError(
+                    file: output, "cannot move the finished trace into place (\(String(cString: strerror(errno))))")
             }
         } catch {
             try? FileManager.default.removeItem(at: temporary)

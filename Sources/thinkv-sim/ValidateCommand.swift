@@ -17,7 +17,10 @@ enum ValidateCommand: Subcommand {
             try AttentionCrossCheck.check(reader)
             progress.finish()
             let h = reader.header
-            print("\(path): ok (thinkv-trace v1, \(Format.printable(h.model)), \(h.numTokens) tokens, layers \(reader.recordedLayerIndices.map(String.init).joined(separator: ",")))")
+            print(
+                "\(path): ok (thinkv-trace v1, \(Format.printable(h.model)), \(h.numTokens) tokens, layers "
+                    + "\(reader.recordedLayerIndices.map(String.init).joined(separator: ",")))"
+            )
         }
     }
 }

@@ -15,7 +15,7 @@ let commands: [any Subcommand.Type] = [
     LabelCommand.self,
     QuantizeCommand.self,
     ServePolicyCommand.self,
-    PlotCommand.self,
+    PlotCommand.self
 ]
 
 func topLevelHelp() -> String {
@@ -24,13 +24,17 @@ func topLevelHelp() -> String {
         "",
         "usage: thinkv-sim <command> [arguments] [options]",
         "",
-        "commands:",
+        "commands:"
     ]
     let width = commands.map { $0.spec.name.count }.max() ?? 0
-    for c in commands { lines.append("  " + c.spec.name.padding(toLength: width + 2, withPad: " ", startingAt: 0) + c.spec.abstract) }
-    lines += ["", "Run 'thinkv-sim <command> --help' for a command's options.",
-              "--progress auto|bar|plain|none (any command): a bar on a terminal, else a line every 10 s (auto), or none.",
-              "Exit status: 0 success, 1 bad input or failed run, 2 usage error."]
+    for c in commands {
+        lines.append("  " + c.spec.name.padding(toLength: width + 2, withPad: " ", startingAt: 0) + c.spec.abstract)
+    }
+    lines += [
+        "", "Run 'thinkv-sim <command> --help' for a command's options.",
+        "--progress auto|bar|plain|none (any command): a bar on a terminal, else a line every 10 s (auto), or none.",
+        "Exit status: 0 success, 1 bad input or failed run, 2 usage error."
+    ]
     return lines.joined(separator: "\n")
 }
 
@@ -57,7 +61,9 @@ if name == "--version" {
     exit(0)
 }
 guard let command = commands.first(where: { $0.spec.name == name }) else {
-    StandardError.write("thinkv-sim: unknown command '\(name)'" + Suggestions.hint(for: name, among: commands.map { $0.spec.name }) + "; run 'thinkv-sim --help'\n")
+    StandardError.write(
+        "thinkv-sim: unknown command '\(name)'" + Suggestions.hint(for: name, among: commands.map { $0.spec.name })
+            + "; run 'thinkv-sim --help'\n")
     exit(2)
 }
 let status = runSubcommand(command, Array(arguments.dropFirst()))

@@ -20,14 +20,17 @@ final class BadTraceTests: XCTestCase {
     }
 
     /// Writes a valid base trace and returns its path.
-    private func validTrace(_ name: String, dtype: TraceDType = .float32, attnOnQKLayer: Bool = false) throws -> String {
+    private func validTrace(_ name: String, dtype: TraceDType = .float32, attnOnQKLayer: Bool = false) throws -> String
+    {
         let T = Self.T, P = Self.P, Hq = Self.Hq, Hkv = Self.Hkv, D = Self.D
         let path = directory.appendingPathComponent(name).path
-        let header = TraceHeader(model: "bad-input-test", numLayers: Self.numLayers, numQHeads: Hq, numKVHeads: Hkv,
-                                 headDim: D, promptLength: P, numTokens: T, source: "synthetic", generator: "tests")
+        let header = TraceHeader(
+            model: "bad-input-test", numLayers: Self.numLayers, numQHeads: Hq, numKVHeads: Hkv,
+            headDim: D, promptLength: P, numTokens: T, source: "synthetic", generator: "tests")
         let writer = try TraceWriter(path: path, header: header)
-        try writer.writeTokens(ids: (0..<T).map { Int32($0) }, text: (0..<T).map { "t\($0)" },
-                               thought: [-1, -1, -1, -1, 0, 1, 2, 0])
+        try writer.writeTokens(
+            ids: (0..<T).map { Int32($0) }, text: (0..<T).map { "t\($0)" },
+            thought: [-1, -1, -1, -1, 0, 1, 2, 0])
         let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 11)
         try writer.writeTensor(.q, layer: 0, dtype: dtype, layer.q!)
         try writer.writeTensor(.k, layer: 0, dtype: dtype, layer.k!)
@@ -54,8 +57,10 @@ final class BadTraceTests: XCTestCase {
     }
 
     /// A valid trace changed by `edit`.
-    private func malformed(_ name: String, dtype: TraceDType = .float32, attnOnQKLayer: Bool = false,
-                           _ edit: (HDF5Editor) throws -> Void) throws -> String {
+    private func malformed(
+        _ name: String, dtype: TraceDType = .float32, attnOnQKLayer: Bool = false,
+        _ edit: (HDF5Editor) throws -> Void
+    ) throws -> String {
         let path = try validTrace(name, dtype: dtype, attnOnQKLayer: attnOnQKLayer)
         try HDF5Editor.edit(path, edit)
         return path
@@ -82,7 +87,9 @@ final class BadTraceTests: XCTestCase {
     func testMissingFileAndDirectory() throws {
         let missing = directory.appendingPathComponent("nowhere.h5").path
         assertTraceError(path: missing, object: nil, mentions: ["no such file"]) { _ = try TraceReader(path: missing) }
-        assertTraceError(path: directory.path, object: nil, mentions: ["directory"]) { _ = try TraceReader(path: self.directory.path) }
+        assertTraceError(path: directory.path, object: nil, mentions: ["directory"]) {
+            _ = try TraceReader(path: self.directory.path)
+        }
     }
 
     func testTruncatedFilesAreReportedAsDamaged() throws {
@@ -101,7 +108,9 @@ final class BadTraceTests: XCTestCase {
 
     func testFormatMissing() throws {
         let path = try malformed("no-format.h5") { try $0.deleteAttribute("format") }
-        assertTraceError(path: path, object: "attribute 'format'", mentions: ["missing"]) { _ = try TraceReader(path: path) }
+        assertTraceError(path: path, object: "attribute 'format'", mentions: ["missing"]) {
+            _ = try TraceReader(path: path)
+        }
     }
 
     func testFormatDifferent() throws {
@@ -118,16 +127,22 @@ final class BadTraceTests: XCTestCase {
     func testUnsupportedVersion() throws {
         for version in [2, 0] {
             let path = try malformed("version-\(version).h5") { try $0.setAttribute("version", .int32(Int32(version))) }
-            assertTraceError(path: path, object: "attribute 'version'", mentions: ["unsupported", "version \(version)"]) {
+            assertTraceError(path: path, object: "attribute 'version'", mentions: ["unsupported", "version \(version)"])
+            {
                 _ = try TraceReader(path: path)
             }
         }
     }
 
     func testEachRequiredRootAttributeMissing() throws {
-        for name in ["format", "version", "model", "num_layers", "num_q_heads", "num_kv_heads", "head_dim", "prompt_len", "num_tokens"] {
+        for name in [
+            "format", "version", "model", "num_layers", "num_q_heads", "num_kv_heads", "head_dim", "prompt_len",
+            "num_tokens"
+        ] {
             let path = try malformed("no-\(name).h5") { try $0.deleteAttribute(name) }
-            assertTraceError(path: path, object: "attribute '\(name)'", mentions: ["missing"]) { _ = try TraceReader(path: path) }
+            assertTraceError(path: path, object: "attribute '\(name)'", mentions: ["missing"]) {
+                _ = try TraceReader(path: path)
+            }
         }
     }
 
@@ -161,7 +176,9 @@ final class BadTraceTests: XCTestCase {
             _ = try TraceReader(path: array)
         }
         let zero = try malformed("zero-kv.h5") { try $0.setAttribute("num_kv_heads", .int32(0)) }
-        assertTraceError(path: zero, object: "attribute 'num_kv_heads'", mentions: ["got 0"]) { _ = try TraceReader(path: zero) }
+        assertTraceError(path: zero, object: "attribute 'num_kv_heads'", mentions: ["got 0"]) {
+            _ = try TraceReader(path: zero)
+        }
         let negative = try malformed("negative-prompt.h5") { try $0.setAttribute("prompt_len", .int32(-1)) }
         assertTraceError(path: negative, object: "attribute 'prompt_len'", mentions: ["got -1"]) {
             _ = try TraceReader(path: negative)
@@ -203,7 +220,9 @@ final class BadTraceTests: XCTestCase {
         let path = try malformed("no-ids.h5") { try $0.delete("/tokens/ids") }
         assertTraceError(path: path, object: "/tokens/ids", mentions: ["missing"]) { _ = try TraceReader(path: path) }
         let noGroup = try malformed("no-tokens.h5") { try $0.delete("/tokens") }
-        assertTraceError(path: noGroup, object: "/tokens/ids", mentions: ["missing"]) { _ = try TraceReader(path: noGroup) }
+        assertTraceError(path: noGroup, object: "/tokens/ids", mentions: ["missing"]) {
+            _ = try TraceReader(path: noGroup)
+        }
     }
 
     func testLayersMissingEmptyOrNotAGroup() throws {
@@ -213,39 +232,52 @@ final class BadTraceTests: XCTestCase {
             try editor.delete("/layers")
             try editor.createGroup("/layers")
         }
-        assertTraceError(path: empty, object: "/layers", mentions: ["no recorded layer"]) { _ = try TraceReader(path: empty) }
+        assertTraceError(path: empty, object: "/layers", mentions: ["no recorded layer"]) {
+            _ = try TraceReader(path: empty)
+        }
         let dataset = try malformed("layers-dataset.h5") { editor in
             try editor.delete("/layers")
             try editor.setDataset("/layers", type: .float32, shape: [2])
         }
-        assertTraceError(path: dataset, object: "/layers", mentions: ["not a group"]) { _ = try TraceReader(path: dataset) }
+        assertTraceError(path: dataset, object: "/layers", mentions: ["not a group"]) {
+            _ = try TraceReader(path: dataset)
+        }
     }
 
     func testLayerGroupNames() throws {
         let beyond = try malformed("layer-3.h5") { try $0.createGroup("/layers/3") }
-        assertTraceError(path: beyond, object: "/layers/3", mentions: ["not below num_layers 3"]) { _ = try TraceReader(path: beyond) }
+        assertTraceError(path: beyond, object: "/layers/3", mentions: ["not below num_layers 3"]) {
+            _ = try TraceReader(path: beyond)
+        }
         let named = try malformed("layer-first.h5") { try $0.createGroup("/layers/first") }
-        assertTraceError(path: named, object: "/layers/first", mentions: ["decimal"]) { _ = try TraceReader(path: named) }
+        assertTraceError(path: named, object: "/layers/first", mentions: ["decimal"]) {
+            _ = try TraceReader(path: named)
+        }
         let padded = try malformed("layer-01.h5") { try $0.createGroup("/layers/01") }
-        assertTraceError(path: padded, object: "/layers/01", mentions: ["decimal"]) { _ = try TraceReader(path: padded) }
+        assertTraceError(path: padded, object: "/layers/01", mentions: ["decimal"]) {
+            _ = try TraceReader(path: padded)
+        }
         let dataset = try malformed("layer-dataset.h5") { try $0.setDataset("/layers/1", type: .float32, shape: [2]) }
-        assertTraceError(path: dataset, object: "/layers/1", mentions: ["not a group"]) { _ = try TraceReader(path: dataset) }
+        assertTraceError(path: dataset, object: "/layers/1", mentions: ["not a group"]) {
+            _ = try TraceReader(path: dataset)
+        }
     }
 
     func testShapesThatDisagreeWithTheHeader() throws {
         let T = Self.T, G = Self.G, Hq = Self.Hq, Hkv = Self.Hkv, D = Self.D
         let cases: [(object: String, shape: [Int], expected: [Int])] = [
             ("/layers/0/q", [T, Hq, D + 1], [T, Hq, D]),
-            ("/layers/0/q", [T, Hq * D], [T, Hq, D]),        // flattened heads: wrong rank
+            ("/layers/0/q", [T, Hq * D], [T, Hq, D]),  // flattened heads: wrong rank
             ("/layers/0/k", [T - 1, Hkv, D], [T, Hkv, D]),
-            ("/layers/0/v", [T, Hq, D], [T, Hkv, D]),        // query heads where kv heads belong
+            ("/layers/0/v", [T, Hq, D], [T, Hkv, D]),  // query heads where kv heads belong
             ("/layers/2/attn", [G, Hq, T - 1], [G, Hq, T]),
-            ("/layers/2/attn", [T, Hq, T], [G, Hq, T]),      // a row per position instead of per decode step
+            ("/layers/2/attn", [T, Hq, T], [G, Hq, T]),  // a row per position instead of per decode step
             ("/tokens/ids", [T + 1], [T]),
-            ("/tokens/thought", [T, 1], [T]),
+            ("/tokens/thought", [T, 1], [T])
         ]
         for (n, c) in cases.enumerated() {
-            let type: HDF5Editor.ElementType = c.object.hasPrefix("/tokens/ids") ? .int32 : c.object.hasPrefix("/tokens") ? .int8 : .float32
+            let type: HDF5Editor.ElementType =
+                c.object.hasPrefix("/tokens/ids") ? .int32 : c.object.hasPrefix("/tokens") ? .int8 : .float32
             let path = try malformed("shape-\(n).h5") { editor in
                 try editor.setDataset(c.object, type: type, shape: c.shape)
                 if c.object.hasSuffix("attn") { try editor.setAttribute("heads", of: c.object, .string("q")) }
@@ -265,7 +297,9 @@ final class BadTraceTests: XCTestCase {
             _ = try TraceReader(path: valuesOnly)
         }
         let empty = try malformed("empty-group.h5") { try $0.createGroup("/layers/1") }
-        assertTraceError(path: empty, object: "/layers/1", mentions: ["neither q+k nor attn"]) { _ = try TraceReader(path: empty) }
+        assertTraceError(path: empty, object: "/layers/1", mentions: ["neither q+k nor attn"]) {
+            _ = try TraceReader(path: empty)
+        }
         let queriesOnly = try malformed("q-only.h5") { try $0.delete("/layers/0/k") }
         assertTraceError(path: queriesOnly, object: "/layers/0", mentions: ["has q but no k"]) {
             _ = try TraceReader(path: queriesOnly)
@@ -280,7 +314,7 @@ final class BadTraceTests: XCTestCase {
             ("/layers/0/v", .int8, [T, Hkv, D], "int8"),
             ("/layers/2/attn", .float64, [G, Hq, T], "float64"),
             ("/tokens/ids", .float32, [T], "float32"),
-            ("/tokens/thought", .float32, [T], "float32"),
+            ("/tokens/thought", .float32, [T], "float32")
         ]
         for (n, c) in cases.enumerated() {
             let path = try malformed("dtype-\(n).h5") { try $0.setDataset(c.object, type: c.type, shape: c.shape) }
@@ -301,14 +335,18 @@ final class BadTraceTests: XCTestCase {
             ("/layers/0/q", ((P + 1) * Hq + 2) * D + 3, P + 1),
             ("/layers/0/k", ((P + 1) * Hkv + 1) * D, P + 1),
             ("/layers/0/v", (P + 1) * Hkv * D + 2, P + 1),
-            ("/layers/2/attn", (1 * Hq + 3) * T + 2, 1),
+            ("/layers/2/attn", (1 * Hq + 3) * T + 2, 1)
         ]
-        let badValues: [(HDF5Editor.BadValue, String)] = [(.nan, "NaN"), (.positiveInfinity, "infinite"), (.negativeInfinity, "infinite")]
+        let badValues: [(HDF5Editor.BadValue, String)] = [
+            (.nan, "NaN"), (.positiveInfinity, "infinite"), (.negativeInfinity, "infinite")
+        ]
         for dtype in TraceDType.allCases {
             for target in targets {
                 for (bad, word) in badValues {
                     let name = "\(dtype)-\(target.object.split(separator: "/").joined(separator: "-"))-\(bad).h5"
-                    let path = try malformed(name, dtype: dtype) { try $0.patch(target.object, element: target.element, with: bad) }
+                    let path = try malformed(name, dtype: dtype) {
+                        try $0.patch(target.object, element: target.element, with: bad)
+                    }
                     let reader = try TraceReader(path: path)
                     XCTAssertEqual(reader.layerInfo(0)?.dtypes["q"], dtype)
                     assertTraceError(path: path, object: target.object, mentions: [word, "row \(target.row)"]) {
@@ -336,17 +374,24 @@ final class BadTraceTests: XCTestCase {
         let P = Self.P, Hq = Self.Hq, T = Self.T
         let cases: [(element: Int, value: Float, mentions: [String])] = [
             ((0 * Hq + 1) * T + (P + 1), 0.25, ["row 0, head 1", "position \(P + 1)", "after its own position \(P)"]),
-            ((2 * Hq + 0) * T + (T - 1), 0.125, ["row 2, head 0", "position \(T - 1)", "after its own position \(P + 2)"]),
+            (
+                (2 * Hq + 0) * T + (T - 1), 0.125,
+                ["row 2, head 0", "position \(T - 1)", "after its own position \(P + 2)"]
+            ),
             ((1 * Hq + 2) * T + 0, -0.25, ["-0.25", "row 1, head 2, position 0", "not a probability"]),
-            ((3 * Hq + 3) * T + 1, 1.5, ["1.5", "row 3, head 3, position 1", "not a probability"]),
+            ((3 * Hq + 3) * T + 1, 1.5, ["1.5", "row 3, head 3, position 1", "not a probability"])
         ]
         for dtype in TraceDType.allCases {
             for (n, c) in cases.enumerated() {
                 let path = try malformed("attn-\(dtype)-\(n).h5", dtype: dtype) {
                     try $0.patch("/layers/2/attn", element: c.element, with: .number(c.value))
                 }
-                assertTraceError(path: path, object: "/layers/2/attn", mentions: c.mentions) { try TraceReader(path: path).checkValues() }
-                assertTraceError(path: path, object: "/layers/2/attn", mentions: c.mentions) { try self.replayFull(path) }
+                assertTraceError(path: path, object: "/layers/2/attn", mentions: c.mentions) {
+                    try TraceReader(path: path).checkValues()
+                }
+                assertTraceError(path: path, object: "/layers/2/attn", mentions: c.mentions) {
+                    try self.replayFull(path)
+                }
             }
         }
     }
@@ -354,24 +399,33 @@ final class BadTraceTests: XCTestCase {
     /// A filter the HDF5 library lacks makes a dataset unreadable; that is not damage.
     func testCompressionFilterTheLibraryLacks() throws {
         let T = Self.T, Hq = Self.Hq, D = Self.D
-        let path = try malformed("foreign-filter.h5") { try $0.setDatasetWithForeignFilter("/layers/0/q", shape: [T, Hq, D]) }
-        assertTraceError(path: path, object: "/layers/0/q", mentions: ["filter 300 'test-only filter'", "does not provide"]) {
+        let path = try malformed("foreign-filter.h5") {
+            try $0.setDatasetWithForeignFilter("/layers/0/q", shape: [T, Hq, D])
+        }
+        assertTraceError(
+            path: path, object: "/layers/0/q", mentions: ["filter 300 'test-only filter'", "does not provide"]
+        ) {
             _ = try TraceReader(path: path)
         }
-        let ids = try malformed("foreign-filter-ids.h5") { try $0.setDatasetWithForeignFilter("/tokens/ids", shape: [T]) }
+        let ids = try malformed("foreign-filter-ids.h5") {
+            try $0.setDatasetWithForeignFilter("/tokens/ids", shape: [T])
+        }
         assertTraceError(path: ids, object: "/tokens/ids", mentions: ["filter 300"]) { _ = try TraceReader(path: ids) }
     }
 
     func testThoughtLabelsOutOfRange() throws {
         for bad in [-2, 3] {
             let path = try malformed("label\(bad).h5") { editor in
-                try editor.setDataset("/tokens/thought", type: .int8, shape: [Self.T], values: [-1, -1, -1, -1, 0, Double(bad), 1, 2])
+                try editor.setDataset(
+                    "/tokens/thought", type: .int8, shape: [Self.T], values: [-1, -1, -1, -1, 0, Double(bad), 1, 2])
             }
             let reader = try TraceReader(path: path)
             assertTraceError(path: path, object: "/tokens/thought", mentions: ["value \(bad) at position 5"]) {
                 _ = try reader.readThoughtLabels()
             }
-            assertTraceError(path: path, object: "/tokens/thought", mentions: ["value \(bad)"]) { try reader.checkValues() }
+            assertTraceError(path: path, object: "/tokens/thought", mentions: ["value \(bad)"]) {
+                try reader.checkValues()
+            }
             assertTraceError(path: path, object: "/tokens/thought", mentions: ["value \(bad)"]) {
                 _ = try TraceSummary(reader: reader, profile: nil)
             }
@@ -410,17 +464,25 @@ final class BadTraceTests: XCTestCase {
     }
 
     func testHeadsAttributeThatDisagreesOrIsInvalid() throws {
-        let mismatch = try malformed("heads-kv-but-q-rows.h5") { try $0.setAttribute("heads", of: "/layers/2/attn", .string("kv")) }
-        assertTraceError(path: mismatch, object: "/layers/2/attn",
-                         mentions: ["shape [\(Self.G), \(Self.Hq), \(Self.T)]", "expected [\(Self.G), \(Self.Hkv), \(Self.T)]"]) {
+        let mismatch = try malformed("heads-kv-but-q-rows.h5") {
+            try $0.setAttribute("heads", of: "/layers/2/attn", .string("kv"))
+        }
+        assertTraceError(
+            path: mismatch, object: "/layers/2/attn",
+            mentions: ["shape [\(Self.G), \(Self.Hq), \(Self.T)]", "expected [\(Self.G), \(Self.Hkv), \(Self.T)]"]
+        ) {
             _ = try TraceReader(path: mismatch)
         }
         let unknown = try malformed("heads-x.h5") { try $0.setAttribute("heads", of: "/layers/2/attn", .string("all")) }
-        assertTraceError(path: unknown, object: "/layers/2/attn", mentions: ["'heads'", "'all'", "expected 'q' or 'kv'"]) {
+        assertTraceError(
+            path: unknown, object: "/layers/2/attn", mentions: ["'heads'", "'all'", "expected 'q' or 'kv'"]
+        ) {
             _ = try TraceReader(path: unknown)
         }
         let numeric = try malformed("heads-int.h5") { try $0.setAttribute("heads", of: "/layers/2/attn", .int32(1)) }
-        assertTraceError(path: numeric, object: "/layers/2/attn", mentions: ["attribute 'heads'", "int32", "expected a string"]) {
+        assertTraceError(
+            path: numeric, object: "/layers/2/attn", mentions: ["attribute 'heads'", "int32", "expected a string"]
+        ) {
             _ = try TraceReader(path: numeric)
         }
     }
@@ -439,8 +501,10 @@ final class BadTraceTests: XCTestCase {
 
 /// Asserts that `body` throws a `TraceError` for `path` about `object` (nil: the file as a
 /// whole) whose one-line description names both and whose problem mentions each of `mentions`.
-func assertTraceError(path: String, object: String?, mentions: [String], _ body: () throws -> Void,
-                      file: StaticString = #filePath, line: UInt = #line) {
+func assertTraceError(
+    path: String, object: String?, mentions: [String], _ body: () throws -> Void,
+    file: StaticString = #filePath, line: UInt = #line
+) {
     do {
         try body()
         XCTFail("\(path): expected a TraceError about \(object ?? "the file")", file: file, line: line)
@@ -449,7 +513,8 @@ func assertTraceError(path: String, object: String?, mentions: [String], _ body:
         XCTAssertEqual(error.file, path, text, file: file, line: line)
         XCTAssertEqual(error.object, object, text, file: file, line: line)
         XCTAssertFalse(text.contains("\n"), "the message must be one line: \(text)", file: file, line: line)
-        XCTAssertTrue(text.hasPrefix(path + ": "), "the message must start with the file: \(text)", file: file, line: line)
+        XCTAssertTrue(
+            text.hasPrefix(path + ": "), "the message must start with the file: \(text)", file: file, line: line)
         if let object {
             XCTAssertTrue(text.contains(object), "the message must name \(object): \(text)", file: file, line: line)
         }

@@ -17,7 +17,9 @@ final class BlockKernelTests: XCTestCase {
         let identity = (0..<T).map { Int32($0) }
         var panels = [Float](repeating: 0, count: T * D)
         keys.withUnsafeBufferPointer { K in
-            panels.withUnsafeMutableBufferPointer { Kernels.packKeyPanels(keys: K.baseAddress!, count: T, headDim: D, into: $0.baseAddress!) }
+            panels.withUnsafeMutableBufferPointer {
+                Kernels.packKeyPanels(keys: K.baseAddress!, count: T, headDim: D, into: $0.baseAddress!)
+            }
         }
         let scale: Float = 0.125
         for rows in [1, 3, 4, 6, 7, 9, 10, 13, 14, 56] {
@@ -29,31 +31,38 @@ final class BlockKernelTests: XCTestCase {
                         panels.withUnsafeBufferPointer { P in
                             identity.withUnsafeBufferPointer { I in
                                 out.withUnsafeMutableBufferPointer { O in
-                                    Kernels.scoresPanels(queries: Q.baseAddress!, rows: rows, headDim: D, panels: P.baseAddress!,
-                                                         keys: K.baseAddress!, identity: I.baseAddress!, count: count,
-                                                         scale: scale, out: O.baseAddress!, outStride: T)
+                                    Kernels.scoresPanels(
+                                        queries: Q.baseAddress!, rows: rows, headDim: D, panels: P.baseAddress!,
+                                        keys: K.baseAddress!, identity: I.baseAddress!, count: count,
+                                        scale: scale, out: O.baseAddress!, outStride: T)
                                 }
                             }
                         }
                     }
                 }
-                assertScoresMatchDot(out, stride: T, queries: queries, keys: keys, indices: identity, rows: rows, count: count,
-                                     headDim: D, scale: scale)
+                assertScoresMatchDot(
+                    out, stride: T, queries: queries, keys: keys, indices: identity, rows: rows, count: count,
+                    headDim: D, scale: scale)
             }
         }
     }
 
     /// out[r·stride + j] has the bits of scale · dot(query r, key indices[j]).
-    private func assertScoresMatchDot(_ out: [Float], stride: Int, queries: [Float], keys: [Float], indices: [Int32],
-                                      rows: Int, count: Int, headDim D: Int, scale: Float,
-                                      file: StaticString = #filePath, line: UInt = #line) {
+    private func assertScoresMatchDot(
+        _ out: [Float], stride: Int, queries: [Float], keys: [Float], indices: [Int32],
+        rows: Int, count: Int, headDim D: Int, scale: Float,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         queries.withUnsafeBufferPointer { Q in
             keys.withUnsafeBufferPointer { K in
                 for r in 0..<rows {
                     for j in 0..<count {
-                        let expected = scale * Kernels.dot(Q.baseAddress! + r * D, K.baseAddress! + Int(indices[j]) * D, D)
-                        XCTAssertEqual(out[r * stride + j].bitPattern, expected.bitPattern, "rows \(rows) count \(count) r \(r) j \(j)",
-                                       file: file, line: line)
+                        let expected =
+                            scale * Kernels.dot(Q.baseAddress! + r * D, K.baseAddress! + Int(indices[j]) * D, D)
+                        XCTAssertEqual(
+                            out[r * stride + j].bitPattern, expected.bitPattern,
+                            "rows \(rows) count \(count) r \(r) j \(j)",
+                            file: file, line: line)
                     }
                 }
             }
@@ -74,14 +83,17 @@ final class BlockKernelTests: XCTestCase {
                     keys.withUnsafeBufferPointer { K in
                         indices.withUnsafeBufferPointer { I in
                             out.withUnsafeMutableBufferPointer { O in
-                                Kernels.scores(queries: Q.baseAddress!, rows: rows, headDim: D, keys: K.baseAddress!,
-                                               indices: I.baseAddress!, count: count, scale: 0.25, out: O.baseAddress!, outStride: T)
+                                Kernels.scores(
+                                    queries: Q.baseAddress!, rows: rows, headDim: D, keys: K.baseAddress!,
+                                    indices: I.baseAddress!, count: count, scale: 0.25, out: O.baseAddress!,
+                                    outStride: T)
                             }
                         }
                     }
                 }
-                assertScoresMatchDot(out, stride: T, queries: queries, keys: keys, indices: indices, rows: rows, count: count,
-                                     headDim: D, scale: 0.25)
+                assertScoresMatchDot(
+                    out, stride: T, queries: queries, keys: keys, indices: indices, rows: rows, count: count,
+                    headDim: D, scale: 0.25)
             }
         }
     }
@@ -99,8 +111,9 @@ final class BlockKernelTests: XCTestCase {
                     probs.withUnsafeBufferPointer { P in
                         indices.withUnsafeBufferPointer { I in
                             out.withUnsafeMutableBufferPointer { O in
-                                Kernels.weightedSum(probs: P.baseAddress!, probStride: T, rows: rows, values: V.baseAddress!,
-                                                    indices: I.baseAddress!, count: count, headDim: D, out: O.baseAddress!)
+                                Kernels.weightedSum(
+                                    probs: P.baseAddress!, probStride: T, rows: rows, values: V.baseAddress!,
+                                    indices: I.baseAddress!, count: count, headDim: D, out: O.baseAddress!)
                             }
                         }
                         for r in 0..<rows {
@@ -109,7 +122,9 @@ final class BlockKernelTests: XCTestCase {
                                 Kernels.axpy(P[r * T + j], V.baseAddress! + Int(indices[j]) * D, &expected, D)
                             }
                             for d in 0..<D {
-                                XCTAssertEqual(out[r * D + d].bitPattern, expected[d].bitPattern, "rows \(rows) count \(count) r \(r) d \(d)")
+                                XCTAssertEqual(
+                                    out[r * D + d].bitPattern, expected[d].bitPattern,
+                                    "rows \(rows) count \(count) r \(r) d \(d)")
                             }
                         }
                     }
@@ -142,7 +157,8 @@ final class BlockKernelTests: XCTestCase {
                         hinted.offerAll(p.baseAddress!, n, laneMaxima: m.baseAddress!, floorHint: hint)
                     }
                 }
-                XCTAssertEqual(hinted.selected.sorted(), each.selected.sorted(), "n \(n) k \(k) levels \(levels) hint \(hint)")
+                XCTAssertEqual(
+                    hinted.selected.sorted(), each.selected.sorted(), "n \(n) k \(k) levels \(levels) hint \(hint)")
             }
         }
     }
@@ -165,7 +181,11 @@ final class BlockKernelTests: XCTestCase {
                     average.withUnsafeMutableBufferPointer { avg in
                         let m = Kernels.rowMax(r.baseAddress!, n, laneMaxima: bm.baseAddress!)
                         for b in 0..<(n / 64) {
-                            for l in 0..<8 { XCTAssertEqual(bm[8 * b + l], stride(from: 64 * b + l, to: 64 * b + 64, by: 8).map { logits[$0] }.max()!) }
+                            for l in 0..<8 {
+                                XCTAssertEqual(
+                                    bm[8 * b + l],
+                                    stride(from: 64 * b + l, to: 64 * b + 64, by: 8).map { logits[$0] }.max()!)
+                            }
                         }
                         top.offerAll(r.baseAddress!, n, laneMaxima: bm.baseAddress!)
                         let sum = Kernels.exponentiate(r.baseAddress!, n, max: m)
@@ -183,7 +203,8 @@ final class BlockKernelTests: XCTestCase {
             XCTAssertEqual(top.selected.sorted(), byLogit.selected.sorted(), "n \(n)")
             let selected = Set(top.selected)
             for (i, p) in expected.enumerated() where !selected.contains(Int32(i)) {
-                XCTAssertLessThanOrEqual(p, top.selected.map { expected[Int($0)] }.min()!, "n \(n): position \(i) outranks the top-k")
+                XCTAssertLessThanOrEqual(
+                    p, top.selected.map { expected[Int($0)] }.min()!, "n \(n): position \(i) outranks the top-k")
             }
         }
     }
@@ -196,7 +217,7 @@ final class BlockKernelTests: XCTestCase {
             (0..<200).map { _ in Float(rng.next() % 4) },
             (0..<64).map { Float($0) },
             (0..<64).map { Float(-$0) },
-            [Float](repeating: 2, count: 33),
+            [Float](repeating: 2, count: 33)
         ]
         for values in inputs {
             let sorted = values.sorted(by: >)

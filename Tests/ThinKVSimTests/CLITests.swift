@@ -21,19 +21,25 @@ final class CLITests: XCTestCase {
 
     /// A small valid trace: q/k/v in layer 0, labels.
     private func goodTrace(_ name: String = "good.h5") throws -> String {
-        try TestTraces.write(to: directory.appendingPathComponent(name), T: 12, P: 4, Hq: 2, Hkv: 1, D: 4,
-                             layers: [TestTraces.randomLayer(T: 12, Hq: 2, Hkv: 1, D: 4, seed: 3)],
-                             thought: [-1, -1, -1, -1, 0, 0, 1, 1, 2, 0, 0, 0])
+        try TestTraces.write(
+            to: directory.appendingPathComponent(name), T: 12, P: 4, Hq: 2, Hkv: 1, D: 4,
+            layers: [TestTraces.randomLayer(T: 12, Hq: 2, Hkv: 1, D: 4, seed: 3)],
+            thought: [-1, -1, -1, -1, 0, 0, 1, 1, 2, 0, 0, 0])
     }
 
-    private func assertOneLineFailure(_ outcome: Outcome, command: String, path: String, mentions: String,
-                                      file: StaticString = #filePath, line: UInt = #line) {
+    private func assertOneLineFailure(
+        _ outcome: Outcome, command: String, path: String, mentions: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertEqual(outcome.status, 1, outcome.stderr, file: file, line: line)
         let lines = outcome.stderr.split(separator: "\n", omittingEmptySubsequences: false)
-        XCTAssertEqual(lines.count, 2, "exactly one line, newline-terminated: \(outcome.stderr)", file: file, line: line)
+        XCTAssertEqual(
+            lines.count, 2, "exactly one line, newline-terminated: \(outcome.stderr)", file: file, line: line)
         XCTAssertEqual(lines.last, "", file: file, line: line)
-        XCTAssertTrue(outcome.stderr.hasPrefix("thinkv-sim \(command): \(path): "), outcome.stderr, file: file, line: line)
-        XCTAssertTrue(outcome.stderr.contains(mentions), "'\(mentions)' missing from: \(outcome.stderr)", file: file, line: line)
+        XCTAssertTrue(
+            outcome.stderr.hasPrefix("thinkv-sim \(command): \(path): "), outcome.stderr, file: file, line: line)
+        XCTAssertTrue(
+            outcome.stderr.contains(mentions), "'\(mentions)' missing from: \(outcome.stderr)", file: file, line: line)
         XCTAssertFalse(outcome.stderr.contains("\r"), "no progress residue: \(outcome.stderr)", file: file, line: line)
         XCTAssertEqual(outcome.stdout, "", "no report for a bad trace", file: file, line: line)
     }
@@ -55,19 +61,25 @@ final class CLITests: XCTestCase {
 
         for command in ["validate", "inspect", "replay"] {
             assertOneLineFailure(try run([command, text]), command: command, path: text, mentions: "not an HDF5 file")
-            assertOneLineFailure(try run([command, truncated]), command: command, path: truncated, mentions: "truncated")
+            assertOneLineFailure(
+                try run([command, truncated]), command: command, path: truncated, mentions: "truncated")
             assertOneLineFailure(try run([command, missing]), command: command, path: missing, mentions: "no such file")
-            assertOneLineFailure(try run([command, noModel]), command: command, path: noModel, mentions: "attribute 'model': missing")
-            assertOneLineFailure(try run([command, nan]), command: command, path: nan, mentions: "/layers/0/q: NaN in row 6")
+            assertOneLineFailure(
+                try run([command, noModel]), command: command, path: noModel, mentions: "attribute 'model': missing")
+            assertOneLineFailure(
+                try run([command, nan]), command: command, path: nan, mentions: "/layers/0/q: NaN in row 6")
         }
     }
 
     func testBadLabelsFailInspectAndValidate() throws {
         let path = try goodTrace("labels.h5")
         try HDF5Editor.edit(path) {
-            try $0.setDataset("/tokens/thought", type: .int8, shape: [12], values: [-1, -1, -1, -1, 0, 3, 1, 1, 2, 0, 0, 0])
+            try $0.setDataset(
+                "/tokens/thought", type: .int8, shape: [12], values: [-1, -1, -1, -1, 0, 3, 1, 1, 2, 0, 0, 0])
         }
-        assertOneLineFailure(try run(["inspect", path, "--no-sparsity"]), command: "inspect", path: path, mentions: "value 3 at position 5")
+        assertOneLineFailure(
+            try run(["inspect", path, "--no-sparsity"]), command: "inspect", path: path,
+            mentions: "value 3 at position 5")
         assertOneLineFailure(try run(["validate", path]), command: "validate", path: path, mentions: "/tokens/thought")
     }
 
@@ -88,24 +100,27 @@ final class CLITests: XCTestCase {
         let good = try goodTrace()
         let missing = directory.appendingPathComponent("missing.h5").path
         let cases: [[String]] = [
-            [],                                        // no command
-            ["frobnicate"],                            // unknown command
-            ["validate"],                              // missing <trace>
-            ["inspect", good, "extra.h5"],             // unexpected argument
+            [],  // no command
+            ["frobnicate"],  // unknown command
+            ["validate"],  // missing <trace>
+            ["inspect", good, "extra.h5"],  // unexpected argument
             ["replay", good, "--steps", "0"],
             ["replay", good, "--topk", "many"],
             ["replay", good, "--policy", "nonesuch"],
-            ["replay", good, "--frobnicate", "1"],     // not a parameter of any chosen policy
+            ["replay", good, "--frobnicate", "1"],  // not a parameter of any chosen policy
             ["replay", good, "--json=maybe"],
-            ["replay", good, "--csv", good],           // would overwrite the input
+            ["replay", good, "--csv", good],  // would overwrite the input
             ["inspect", good, "--width", "2"],
-            ["replay", missing, "--steps", "0"],       // the usage mistake is reported, not the file
+            ["replay", missing, "--steps", "0"],  // the usage mistake is reported, not the file
             ["inspect", missing, "--width", "2"],
             ["replay", good, "--policy", "h2o", "--kv-percent", "20", "--cache-timeline", "t.jsonl"],
-            ["replay", good, "--policy", "h2o", "--budget", "4", "--kept", "same.jsonl", "--cache-timeline", "same.jsonl"],
-            ["quantize", good, "-o", "out.f32"],                            // no --quantizer
+            [
+                "replay", good, "--policy", "h2o", "--budget", "4", "--kept", "same.jsonl", "--cache-timeline",
+                "same.jsonl"
+            ],
+            ["quantize", good, "-o", "out.f32"],  // no --quantizer
             ["quantize", good, "--quantizer", "int9", "-o", "out.f32"],
-            ["quantize", good, "--quantizer", "fp8"],                       // no -o
+            ["quantize", good, "--quantizer", "fp8"]  // no -o
         ]
         for arguments in cases {
             let outcome = try run(arguments)
@@ -141,7 +156,9 @@ final class CLITests: XCTestCase {
         try Data([1, 2, 3, 4, 5]).write(to: odd)
         let bad = try run(["quantize", odd.path, "--quantizer", "nvfp4", "-o", refused.path])
         XCTAssertEqual(bad.status, 1)
-        XCTAssertTrue(bad.stderr.hasPrefix("thinkv-sim quantize: \(odd.path): 5 bytes is not a whole number of float32 values"), bad.stderr)
+        XCTAssertTrue(
+            bad.stderr.hasPrefix("thinkv-sim quantize: \(odd.path): 5 bytes is not a whole number of float32 values"),
+            bad.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: refused.path))
 
         // A device that never ends is cut at the limit; a full disk is an error, not a short file.
@@ -173,8 +190,10 @@ final class CLITests: XCTestCase {
     // MARK: Help: exit 0
 
     func testHelpExitsZero() throws {
-        for arguments in [["--help"], ["-h"], ["help"], ["replay", "--help"], ["inspect", "-h"], ["validate", "--help"],
-                          ["policies", "--help"], ["--version"]] {
+        for arguments in [
+            ["--help"], ["-h"], ["help"], ["replay", "--help"], ["inspect", "-h"], ["validate", "--help"],
+            ["policies", "--help"], ["--version"]
+        ] {
             let outcome = try run(arguments)
             XCTAssertEqual(outcome.status, 0, "\(arguments): \(outcome.stderr)")
             XCTAssertEqual(outcome.stderr, "", "\(arguments)")
@@ -187,7 +206,8 @@ final class CLITests: XCTestCase {
 
     private func startTrace(_ name: String) throws -> (TraceWriter, String) {
         let path = directory.appendingPathComponent(name).path
-        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2, promptLength: 1, numTokens: 3)
+        let header = TraceHeader(
+            model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2, promptLength: 1, numTokens: 3)
         let writer = try TraceWriter(path: path, header: header)
         try writer.writeTokens(ids: [0, 1, 2])
         try writer.writeTensor(.q, layer: 0, dtype: .float32, [1, 2, 3, 4, 5, 6])
@@ -207,10 +227,13 @@ final class CLITests: XCTestCase {
 
     /// HDF5 locks a file while writing it; that is reported as such, not as damage.
     func testTraceStillBeingWrittenIsReportedAsSuch() throws {
-        try XCTSkipIf(ProcessInfo.processInfo.environment["HDF5_USE_FILE_LOCKING"]?.uppercased() == "FALSE",
-                      "HDF5 file locking is switched off in this environment")
+        try XCTSkipIf(
+            ProcessInfo.processInfo.environment["HDF5_USE_FILE_LOCKING"]?.uppercased() == "FALSE",
+            "HDF5 file locking is switched off in this environment")
         let (writer, path) = try startTrace("open.h5")
-        assertOneLineFailure(try run(["validate", path]), command: "validate", path: path, mentions: "open for writing in another program")
+        assertOneLineFailure(
+            try run(["validate", path]), command: "validate", path: path,
+            mentions: "open for writing in another program")
         writer.close()
     }
 
@@ -226,14 +249,16 @@ final class CLITests: XCTestCase {
             func finish() { finished += 1 }
         }
         let recorder = Recorder()
-        let engine = ReplayEngine(reader: try TraceReader(path: path),
-                                  configuration: ReplayConfiguration(policies: [try PolicySpec(name: "full")], threads: 1))
+        let engine = ReplayEngine(
+            reader: try TraceReader(path: path),
+            configuration: ReplayConfiguration(policies: [try PolicySpec(name: "full")], threads: 1))
         engine.progress = recorder
         XCTAssertThrowsError(try engine.run())
         XCTAssertEqual(recorder.finished, 1)
 
         let profileRecorder = Recorder()
-        XCTAssertThrowsError(try SparsityProfile.compute(try TraceReader(path: path), threads: 1, progress: profileRecorder))
+        XCTAssertThrowsError(
+            try SparsityProfile.compute(try TraceReader(path: path), threads: 1, progress: profileRecorder))
         XCTAssertEqual(profileRecorder.finished, 1)
     }
 }

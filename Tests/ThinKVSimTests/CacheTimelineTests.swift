@@ -20,8 +20,9 @@ final class CacheTimelineTests: XCTestCase {
 
     private func trace(T: Int, P: Int, Hq: Int, Hkv: Int, D: Int, seed: UInt64) throws -> String {
         let dir = try TestTraces.directory(self)
-        return try TestTraces.write(to: dir.appendingPathComponent("t.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                    layers: [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: seed)])
+        return try TestTraces.write(
+            to: dir.appendingPathComponent("t.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+            layers: [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: seed)])
     }
 
     /// StreamingLLM with budget 3 and one sink, P = 3, T = 8, worked by hand: after each step's
@@ -29,7 +30,8 @@ final class CacheTimelineTests: XCTestCase {
     /// 2 from step 2, 3 from 3 and 4 from 4; what step 4 drops is never attended again.
     func testStreamingHandExample() throws {
         let path = try trace(T: 8, P: 3, Hq: 1, Hkv: 1, D: 4, seed: 1)
-        let (_, timelines, _) = try replay(path, [try PolicySpec(name: "streaming", values: ["budget": "3", "sinks": "1"])])
+        let (_, timelines, _) = try replay(
+            path, [try PolicySpec(name: "streaming", values: ["budget": "3", "sinks": "1"])])
         XCTAssertEqual(timelines.count, 1)
         XCTAssertEqual(timelines[0].droppedAt, [-1, 1, 2, 3, 4, -1, -1, -1])
         XCTAssertEqual(timelines[0].groups, [])
@@ -43,8 +45,12 @@ final class CacheTimelineTests: XCTestCase {
         let spec = try PolicySpec(name: "kivi", values: ["group": "2", "residual": "2", "k-bits": "2", "v-bits": "2"])
         let (_, timelines, _) = try replay(path, [spec])
         let groups = timelines[0].groups.map { "\($0.tensor.rawValue)\($0.positions)@\($0.step)" }
-        XCTAssertEqual(groups, ["key[0, 1]@0", "value[0]@0", "key[2, 3]@1", "value[1]@1", "value[2]@2",
-                                "key[4, 5]@3", "value[3]@3", "value[4]@4"])
+        XCTAssertEqual(
+            groups,
+            [
+                "key[0, 1]@0", "value[0]@0", "key[2, 3]@1", "value[1]@1", "value[2]@2",
+                "key[4, 5]@3", "value[3]@3", "value[4]@4"
+            ])
         XCTAssertEqual(timelines[0].droppedAt, Array(repeating: -1, count: 8))
         XCTAssertTrue(timelines[0].groups.allSatisfy { $0.quantizer == .integer(bits: 2) })
         XCTAssertEqual(timelines[0].groups.first { $0.tensor == .value }?.channelGroup, 2)
@@ -55,9 +61,11 @@ final class CacheTimelineTests: XCTestCase {
     func testTimelinesAgreeWithRecordsAndKeptEvents() throws {
         let T = 90, P = 20, Hkv = 2
         let path = try trace(T: T, P: P, Hq: 4, Hkv: Hkv, D: 8, seed: 3)
-        let names: [(String, [String: String])] = [("h2o", ["budget": "16"]), ("snapkv", ["budget": "16", "window": "4"]),
-                                                   ("streaming", ["budget": "12"]), ("tova", ["budget": "16"]),
-                                                   ("full", [:]), ("thinkv", ["budget": "24"])]
+        let names: [(String, [String: String])] = [
+            ("h2o", ["budget": "16"]), ("snapkv", ["budget": "16", "window": "4"]),
+            ("streaming", ["budget": "12"]), ("tova", ["budget": "16"]),
+            ("full", [:]), ("thinkv", ["budget": "24"])
+        ]
         let specs = try names.map { try PolicySpec(name: $0.0, values: $0.1) }
         let (result, timelines, kept) = try replay(path, specs)
         XCTAssertEqual(timelines.count, specs.count * Hkv)
@@ -68,7 +76,9 @@ final class CacheTimelineTests: XCTestCase {
                 let t = record.step
                 var attended = 0
                 for timeline in mine {
-                    for j in 0...(P + t) where timeline.droppedAt[j] < 0 || Int(timeline.droppedAt[j]) > t { attended += 1 }
+                    for j in 0...(P + t) where timeline.droppedAt[j] < 0 || Int(timeline.droppedAt[j]) > t {
+                        attended += 1
+                    }
                 }
                 XCTAssertEqual(Double(attended) / Double(Hkv), record.attendedTokens, "\(run.spec.label) step \(t)")
             }
@@ -111,8 +121,10 @@ final class CacheTimelineTests: XCTestCase {
     /// from its timeline (`CacheTimeline.recomputedAttendedBytes`, in Support); returns how many
     /// steps had quantized tokens and evictions in the attended set.
     @discardableResult
-    private func assertBytesMatchTimelines(_ result: ReplayResult, _ timelines: [CacheTimeline], promptLength P: Int, headDim D: Int,
-                                           file: StaticString = #filePath, line: UInt = #line) -> (quantized: Int, evicted: Int) {
+    private func assertBytesMatchTimelines(
+        _ result: ReplayResult, _ timelines: [CacheTimeline], promptLength P: Int, headDim D: Int,
+        file: StaticString = #filePath, line: UInt = #line
+    ) -> (quantized: Int, evicted: Int) {
         var quantized = 0, evicted = 0
         for run in result.runs {
             for record in run.steps {
@@ -120,7 +132,9 @@ final class CacheTimelineTests: XCTestCase {
                 XCTAssertFalse(mine.isEmpty, file: file, line: line)
                 let t = record.step
                 let expected = mine.reduce(0) { $0 + $1.recomputedAttendedBytes(step: t, promptLength: P, headDim: D) }
-                XCTAssertEqual(record.attendedBytes, expected, "\(run.spec.label) layer \(record.layer) step \(t)", file: file, line: line)
+                XCTAssertEqual(
+                    record.attendedBytes, expected, "\(run.spec.label) layer \(record.layer) step \(t)", file: file,
+                    line: line)
                 if mine.contains(where: { $0.groups.contains { $0.step <= t } }) { quantized += 1 }
                 if mine.contains(where: { $0.droppedAt.contains { $0 >= 0 && Int($0) <= t } }) { evicted += 1 }
             }
@@ -145,14 +159,21 @@ final class CacheTimelineTests: XCTestCase {
         let configurations: [(D: Int, values: [String: String])] = [
             (16, ["budget": "48", "thoughts": "labels"]),
             (16, ["budget": "40", "thoughts": "labels", "r-bits": "8", "prompt-bits": "8"]),
-            (16, ["budget": "56", "thoughts": "labels", "format": "int", "r-bits": "4", "e-bits": "3", "t-bits": "2", "prompt-bits": "4"]),
-            (24, ["budget": "48", "thoughts": "labels", "r-bits": "8"]),
+            (
+                16,
+                [
+                    "budget": "56", "thoughts": "labels", "format": "int", "r-bits": "4", "e-bits": "3", "t-bits": "2",
+                    "prompt-bits": "4"
+                ]
+            ),
+            (24, ["budget": "48", "thoughts": "labels", "r-bits": "8"])
         ]
         for (D, values) in configurations {
             let T = P + decode, Hq = 4, Hkv = 2
             let dir = try TestTraces.directory(self)
-            let path = try TestTraces.write(to: dir.appendingPathComponent("bytes-\(D).h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                            layers: [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 5)], thought: labels)
+            let path = try TestTraces.write(
+                to: dir.appendingPathComponent("bytes-\(D).h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+                layers: [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 5)], thought: labels)
             let (result, timelines, _) = try replay(path, [try PolicySpec(name: "thinkv", values: values)])
             let seen = assertBytesMatchTimelines(result, timelines, promptLength: P, headDim: D)
             // Not vacuous: most steps attend quantized tokens after some evictions.
@@ -163,26 +184,38 @@ final class CacheTimelineTests: XCTestCase {
 
     /// The same on the shipped synthetic sample (first 300 decode steps, last layer).
     func testThinKVBytesEqualARecomputationFromTheTimelineOnTheShippedSample() throws {
-        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
             .appendingPathComponent("traces/sample-synthetic.h5").path
         let reader = try TraceReader(path: path)
-        let engine = ReplayEngine(reader: reader, configuration: ReplayConfiguration(
-            policies: [try PolicySpec(name: "thinkv", values: ["budget": "160", "thoughts": "labels"])],
-            layers: [reader.layers.last!.index], maxSteps: 300, threads: 1))
+        let engine = ReplayEngine(
+            reader: reader,
+            configuration: ReplayConfiguration(
+                policies: [try PolicySpec(name: "thinkv", values: ["budget": "160", "thoughts": "labels"])],
+                layers: [reader.layers.last!.index], maxSteps: 300, threads: 1))
         let collector = CacheTimelineCollector()
         engine.timelineSink = collector
         let result = try engine.run()
-        let seen = assertBytesMatchTimelines(result, collector.timelines, promptLength: reader.header.promptLength,
-                                             headDim: reader.header.headDim)
+        let seen = assertBytesMatchTimelines(
+            result, collector.timelines, promptLength: reader.header.promptLength,
+            headDim: reader.header.headDim)
         XCTAssertGreaterThan(seen.quantized, 150)
         XCTAssertGreaterThan(seen.evicted, 100)
     }
 
     func testJSONLine() {
-        let timeline = CacheTimeline(policy: "h2o(budget=\"2\")", layer: 3, kvHead: 1, droppedAt: [-1, 2, -1],
-                                     groups: [QuantizedGroup(tensor: .key, positions: [0, 1], quantizer: .nvfp4, channelGroup: 4, step: 1),
-                                              QuantizedGroup(tensor: .value, positions: [0], quantizer: .integer(bits: 2), channelGroup: 2, step: 0)])
-        XCTAssertEqual(timeline.jsonLine, #"{"policy":"h2o(budget=\"2\")","layer":3,"kv_head":1,"dropped_at":[-1,2,-1],"groups":[{"tensor":"key","step":1,"quantizer":"nvfp4","positions":[0,1]},{"tensor":"value","step":0,"quantizer":"int2","channel_group":2,"positions":[0]}]}"#)
+        let timeline = CacheTimeline(
+            policy: "h2o(budget=\"2\")", layer: 3, kvHead: 1, droppedAt: [-1, 2, -1],
+            groups: [
+                QuantizedGroup(tensor: .key, positions: [0, 1], quantizer: .nvfp4, channelGroup: 4, step: 1),
+                QuantizedGroup(tensor: .value, positions: [0], quantizer: .integer(bits: 2), channelGroup: 2, step: 0)
+            ])
+        XCTAssertEqual(
+            timeline.jsonLine,
+            #"{"policy":"h2o(budget=\"2\")","layer":3,"kv_head":1,"dropped_at":[-1,2,-1],"groups":["#
+                + #"{"tensor":"key","step":1,"quantizer":"nvfp4","positions":[0,1]},"#
+                + #"{"tensor":"value","step":0,"quantizer":"int2","channel_group":2,"positions":[0]}]}"#
+        )
         let decoded = try? JSONSerialization.jsonObject(with: Data(timeline.jsonLine.utf8)) as? [String: Any]
         XCTAssertEqual(decoded?["policy"] as? String, "h2o(budget=\"2\")")
     }

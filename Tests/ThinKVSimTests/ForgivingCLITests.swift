@@ -14,8 +14,9 @@ final class ForgivingCLITests: XCTestCase {
     }
 
     private func trace(layers: [Int] = [0, 2, 5]) throws -> String {
-        try TestTraces.write(to: directory.appendingPathComponent("t.h5"), T: 24, P: 8, Hq: 2, Hkv: 1, D: 8,
-                             numLayers: 6, layers: layers.map { TestTraces.randomLayer(T: 24, Hq: 2, Hkv: 1, D: 8, seed: 1, index: $0) })
+        try TestTraces.write(
+            to: directory.appendingPathComponent("t.h5"), T: 24, P: 8, Hq: 2, Hkv: 1, D: 8,
+            numLayers: 6, layers: layers.map { TestTraces.randomLayer(T: 24, Hq: 2, Hkv: 1, D: 8, seed: 1, index: $0) })
     }
 
     private func run(_ arguments: [String]) throws -> CommandRunner.Outcome {
@@ -24,9 +25,11 @@ final class ForgivingCLITests: XCTestCase {
 
     func testSuggestionsByEditDistanceAndPrefix() {
         XCTAssertEqual(Suggestions.closest(to: "h20", among: PolicyRegistry.names), "h2o")
-        XCTAssertEqual(Suggestions.closest(to: "streamingllm", among: PolicyRegistry.names), "streaming", "the name users know")
+        XCTAssertEqual(
+            Suggestions.closest(to: "streamingllm", among: PolicyRegistry.names), "streaming", "the name users know")
         XCTAssertNil(Suggestions.closest(to: "quest", among: PolicyRegistry.names), "nothing close")
-        XCTAssertEqual(Suggestions.closest(to: "layer", among: ["layers", "steps", "topk"]), "layers", "a prefix of one name")
+        XCTAssertEqual(
+            Suggestions.closest(to: "layer", among: ["layers", "steps", "topk"]), "layers", "a prefix of one name")
         XCTAssertEqual(Suggestions.closest(to: "budgte", among: ["budget", "window"]), "budget", "two swapped letters")
         XCTAssertNil(Suggestions.closest(to: "zzz", among: ["budget", "window"]))
         XCTAssertEqual(Suggestions.distance("kitten", "sitting"), 3)
@@ -63,7 +66,8 @@ final class ForgivingCLITests: XCTestCase {
         let tooFar = try run(["replay", path, "--layers", "-4"])
         XCTAssertEqual(tooFar.status, 1)
         XCTAssertTrue(tooFar.stderr.contains("before the first recorded layer"), tooFar.stderr)
-        XCTAssertEqual(try LayerSelection.resolve([-1, -3], recorded: [0, 2, 5], option: "--layers", file: path), [5, 0])
+        XCTAssertEqual(
+            try LayerSelection.resolve([-1, -3], recorded: [0, 2, 5], option: "--layers", file: path), [5, 0])
     }
 
     func testJSONParametersAreTyped() throws {
@@ -78,11 +82,15 @@ final class ForgivingCLITests: XCTestCase {
 
         // Labels shorten paths to file names; the per-step CSV has every parameter as a column.
         let calibration = directory.appendingPathComponent("deep/er/cal.json")
-        try FileManager.default.createDirectory(at: calibration.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: calibration.deletingLastPathComponent(), withIntermediateDirectories: true)
         try JSONEncoder().encode(ThoughtThresholds(theta1: 0.2, theta2: 0.8, layers: [0])).write(to: calibration)
         let csv = directory.appendingPathComponent("steps.csv").path
-        let labelled = try self.run(["replay", path, "--policy", "h2o,thinkv", "--budget", "12", "--recent", "4", "--calibration", calibration.path,
-                                "--csv", csv, "--steps", "3"])
+        let labelled = try self.run([
+            "replay", path, "--policy", "h2o,thinkv", "--budget", "12", "--recent", "4", "--calibration",
+            calibration.path,
+            "--csv", csv, "--steps", "3"
+        ])
         XCTAssertEqual(labelled.status, 0, labelled.stderr)
         XCTAssertTrue(labelled.stdout.contains("thinkv(budget=12,calibration=cal.json,recent=4)"), labelled.stdout)
         let table = try CSVTable.read(path: csv).table
@@ -114,18 +122,21 @@ final class ForgivingCLITests: XCTestCase {
         let path = try trace()
         func config(_ extra: String) throws -> String {
             let file = directory.appendingPathComponent("grid\(extra.count).json")
-            try Data("""
+            try Data(
+                """
                 {"traces": ["\(path)"], "output": "\(directory.path)/grid\(extra.count).csv", "steps": 4,
                  "policies": ["h2o", {"policy": "snapkv", "parameters": {"window": [8]}}, "thinkv-tbe"],
                  "parameters": {"budget": [6, 20], "theta1": [0.2], "theta2": [0.8]}\(extra)}
-                """.utf8).write(to: file)
+                """.utf8
+            ).write(to: file)
             return file.path
         }
         // snapkv needs budget > window (6 is not), thinkv-tbe needs budget ≥ sinks + recent (6 is not).
         let strict = try run(["sweep", try config("")])
         XCTAssertEqual(strict.status, 2, "values the policies refuse together are a usage error: \(strict.stderr)")
         XCTAssertTrue(strict.stderr.contains("2 of the grid's runs are invalid"), strict.stderr)
-        XCTAssertTrue(strict.stderr.contains("snapkv") && strict.stderr.contains("thinkv-tbe"), "both named: \(strict.stderr)")
+        XCTAssertTrue(
+            strict.stderr.contains("snapkv") && strict.stderr.contains("thinkv-tbe"), "both named: \(strict.stderr)")
         let dry = try run(["sweep", try config(""), "--dry-run"])
         XCTAssertEqual(dry.status, 0, dry.stderr)
         XCTAssertEqual(dry.stdout.components(separatedBy: "invalid:").count - 1, 2, dry.stdout)
@@ -139,19 +150,25 @@ final class ForgivingCLITests: XCTestCase {
         let path = try trace()
         let outcome = try run(["replay", path, "--policy", "h2o", "--budget", "5000", "--json"])
         XCTAssertEqual(outcome.status, 0, outcome.stderr)
-        XCTAssertTrue(outcome.stderr.contains("h2o(budget=5000): the budget is at least the trace's 24 tokens, so it keeps everything"), outcome.stderr)
+        XCTAssertTrue(
+            outcome.stderr.contains(
+                "h2o(budget=5000): the budget is at least the trace's 24 tokens, so it keeps everything"),
+            outcome.stderr)
     }
 
     func testPlotRefusesABudgetTheResultsDoNotHave() throws {
         let csv = directory.appendingPathComponent("r.csv")
-        try Data("""
+        try Data(
+            """
             trace,model,num_layers,decode_steps,policy,label,budget,attention_kl_mean,kv_bytes_mean
             t.h5,m,4,100,h2o,h2o(budget=64),64,0.5,1000
             t.h5,m,4,100,h2o,h2o(budget=128),128,0.3,2000
 
-            """.utf8).write(to: csv)
+            """.utf8
+        ).write(to: csv)
         let outcome = try run(["plot", csv.path, "-o", directory.appendingPathComponent("p").path, "--budget", "100"])
         XCTAssertEqual(outcome.status, 2)
-        XCTAssertTrue(outcome.stderr.contains("no run at that budget") && outcome.stderr.contains("64, 128"), outcome.stderr)
+        XCTAssertTrue(
+            outcome.stderr.contains("no run at that budget") && outcome.stderr.contains("64, 128"), outcome.stderr)
     }
 }

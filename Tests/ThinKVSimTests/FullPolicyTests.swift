@@ -8,7 +8,8 @@ final class FullPolicyTests: XCTestCase {
     func testFullPolicyIsExactOnRandomTrace() throws {
         let dir = try TestTraces.directory(self)
         let layer = TestTraces.randomLayer(T: 40, Hq: 4, Hkv: 2, D: 8, seed: 1)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: 40, P: 10, Hq: 4, Hkv: 2, D: 8, layers: [layer])
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: 40, P: 10, Hq: 4, Hkv: 2, D: 8, layers: [layer])
         let (result, events) = try TestTraces.replay(path, [try PolicySpec(name: "full")])
         let run = result.runs[0]
         XCTAssertEqual(run.steps.count, 30)

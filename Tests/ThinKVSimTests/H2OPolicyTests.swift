@@ -189,10 +189,13 @@ final class H2OPolicyTests: XCTestCase {
     ///   (Dyadic values: exact in float32.)
     func testAttentionOnlyLayerStartsPromptScoresAtZero() throws {
         let dir = try TestTraces.directory(self)
-        let rows: [Float] = [0.125, 0.25, 0, 0, 0.125, 0.25, 0.25, 0,
-                             0.25, 0.125, 0, 0, 0, 0.125, 0.25, 0.25]
-        let path = try TestTraces.write(to: dir.appendingPathComponent("attn.h5"), T: 8, P: 6, Hq: 1, Hkv: 1, D: 4,
-                                        layers: [TestTraces.Layer(attn: rows)])
+        let rows: [Float] = [
+            0.125, 0.25, 0, 0, 0.125, 0.25, 0.25, 0,
+            0.25, 0.125, 0, 0, 0, 0.125, 0.25, 0.25
+        ]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("attn.h5"), T: 8, P: 6, Hq: 1, Hkv: 1, D: 4,
+            layers: [TestTraces.Layer(attn: rows)])
         let (result, events, snapshots) = try TestTraces.observe(path, H2OPolicy.self, ["budget": "4", "recent": "2"])
         XCTAssertEqual(snapshots.first?.resident, [[0, 1, 4, 5]])
         XCTAssertEqual(keptByStep(events), [0: [0, 1, 5, 6], 1: [0, 1, 6, 7]])
@@ -202,9 +205,11 @@ final class H2OPolicyTests: XCTestCase {
     // MARK: Parameters
 
     func testRecentWindowDefaultsToHalfTheBudget() throws {
-        let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4,
-                                                    promptLength: 1, numTokens: 8),
-                                layer: LayerInfo(index: 0))
+        let setup = PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4,
+                promptLength: 1, numTokens: 8),
+            layer: LayerInfo(index: 0))
         let policy = try H2OPolicy(parameters: try h2o(["budget": "9"]).parameters, setup: setup)
         XCTAssertEqual(policy.recent, 4)
         XCTAssertEqual(policy.heavy, 5)
@@ -213,9 +218,11 @@ final class H2OPolicyTests: XCTestCase {
     }
 
     func testRefusesNoRecentWindowAndAWindowLargerThanTheBudget() throws {
-        let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4,
-                                                    promptLength: 1, numTokens: 8),
-                                layer: LayerInfo(index: 0))
+        let setup = PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4,
+                promptLength: 1, numTokens: 8),
+            layer: LayerInfo(index: 0))
         func failure(_ values: [String: String]) -> String? {
             do {
                 _ = try H2OPolicy(parameters: try h2o(values).parameters, setup: setup)
@@ -247,14 +254,16 @@ final class H2OPolicyTests: XCTestCase {
         var compared = 0, evictions = 0
         for (Hq, Hkv, seed) in [(4, 2, UInt64(11)), (3, 3, UInt64(12))] {
             let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: seed, values: false)
-            let path = try TestTraces.write(to: dir.appendingPathComponent("r\(seed).h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
-                                            D: D, layers: [layer])
+            let path = try TestTraces.write(
+                to: dir.appendingPathComponent("r\(seed).h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
+                D: D, layers: [layer])
             for (C, R) in [(6, 1), (8, 4), (10, 10), (5, 2), (16, 3)] {
                 for mode in H2OPolicy.GroupReduce.allCases {
                     let values = ["budget": String(C), "recent": String(R), "gqa-reduce": mode.rawValue]
                     let (_, events, snapshots) = try TestTraces.observe(path, H2OPolicy.self, values)
-                    let oracle = H2OOracle(q: layer.q!, k: layer.k!, T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                           budget: C, recent: R, mode: mode)
+                    let oracle = H2OOracle(
+                        q: layer.q!, k: layer.k!, T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+                        budget: C, recent: R, mode: mode)
                     let label = "Hq \(Hq) Hkv \(Hkv) C \(C) R \(R) \(mode.rawValue)"
                     XCTAssertEqual(snapshots.count, 1 + (T - P), label)
                     XCTAssertEqual(snapshots[0].resident, oracle.prefill, "prefill, \(label)")
@@ -283,8 +292,9 @@ final class H2OPolicyTests: XCTestCase {
     func testBudgetCoveringTheTraceEqualsTheFullCache() throws {
         let dir = try TestTraces.directory(self)
         let layer = TestTraces.randomLayer(T: 30, Hq: 4, Hkv: 2, D: 8, seed: 21)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: 30, P: 8, Hq: 4, Hkv: 2, D: 8,
-                                        layers: [layer])
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: 30, P: 8, Hq: 4, Hkv: 2, D: 8,
+            layers: [layer])
         for mode in H2OPolicy.GroupReduce.allCases {
             let (result, events) = try TestTraces.replay(path, [try h2o(["budget": "30", "gqa-reduce": mode.rawValue])])
             XCTAssertTrue(events.isEmpty, mode.rawValue)
@@ -302,10 +312,12 @@ final class H2OPolicyTests: XCTestCase {
     func testAllGroupReductionsAgreeOnMHA() throws {
         let dir = try TestTraces.directory(self)
         let layer = TestTraces.randomLayer(T: 50, Hq: 3, Hkv: 3, D: 8, seed: 31)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: 50, P: 15, Hq: 3, Hkv: 3, D: 8,
-                                        layers: [layer])
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: 50, P: 15, Hq: 3, Hkv: 3, D: 8,
+            layers: [layer])
         func kept(_ mode: H2OPolicy.GroupReduce) throws -> [[Int32]] {
-            let (_, events) = try TestTraces.replay(path, [try h2o(["budget": "9", "recent": "3", "gqa-reduce": mode.rawValue])])
+            let (_, events) = try TestTraces.replay(
+                path, [try h2o(["budget": "9", "recent": "3", "gqa-reduce": mode.rawValue])])
             return events.map { [Int32($0.step), Int32($0.kvHead)] + $0.kept }
         }
         let sum = try kept(.sum)
@@ -316,10 +328,13 @@ final class H2OPolicyTests: XCTestCase {
 
     func testRunsAreDeterministicAndIndependentOfThreads() throws {
         let dir = try TestTraces.directory(self)
-        let layers = [TestTraces.randomLayer(T: 60, Hq: 4, Hkv: 2, D: 8, seed: 41, index: 0),
-                      TestTraces.randomLayer(T: 60, Hq: 4, Hkv: 2, D: 8, seed: 42, index: 1)]
-        let path = try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: 60, P: 20, Hq: 4, Hkv: 2, D: 8,
-                                        numLayers: 2, layers: layers)
+        let layers = [
+            TestTraces.randomLayer(T: 60, Hq: 4, Hkv: 2, D: 8, seed: 41, index: 0),
+            TestTraces.randomLayer(T: 60, Hq: 4, Hkv: 2, D: 8, seed: 42, index: 1)
+        ]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: 60, P: 20, Hq: 4, Hkv: 2, D: 8,
+            numLayers: 2, layers: layers)
         let specs = try H2OPolicy.GroupReduce.allCases.map { try h2o(["budget": "12", "gqa-reduce": $0.rawValue]) }
         let (first, firstEvents) = try TestTraces.replay(path, specs, threads: 1)
         let (again, againEvents) = try TestTraces.replay(path, specs, threads: 1)
@@ -341,8 +356,10 @@ private struct H2OOracle {
     var attended: [[[Int32]]] = []  // [step][kv head]
     var resident: [[[Int32]]] = []
 
-    init(q: [Float], k: [Float], T: Int, P: Int, Hq: Int, Hkv: Int, D: Int, budget C: Int, recent R: Int,
-         mode: H2OPolicy.GroupReduce) {
+    init(
+        q: [Float], k: [Float], T: Int, P: Int, Hq: Int, Hkv: Int, D: Int, budget C: Int, recent R: Int,
+        mode: H2OPolicy.GroupReduce
+    ) {
         let scale = 1 / Double(D).squareRoot()
         let group = Hq / Hkv
         func logit(_ i: Int, _ h: Int, _ j: Int) -> Double {

@@ -50,31 +50,38 @@ final class HostileInputTests: XCTestCase {
         try err.close()
         var usage = rusage()
         getrusage(RUSAGE_CHILDREN.rawValue, &usage)
-        return Outcome(status: process.terminationStatus, crashed: process.terminationReason == .uncaughtSignal,
-                       timedOut: timedOut, stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self),
-                       maxRSSKiB: usage.ru_maxrss)
+        return Outcome(
+            status: process.terminationStatus, crashed: process.terminationReason == .uncaughtSignal,
+            timedOut: timedOut, stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self),
+            maxRSSKiB: usage.ru_maxrss)
     }
 
     /// Exit 0, or exit 1...123 with one line (plus, for usage errors, the help pointer).
     private func assertHandled(_ outcome: Outcome, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertFalse(outcome.crashed, "\(what): killed by a signal: \(outcome.stderr.suffix(300))", file: file, line: line)
+        XCTAssertFalse(
+            outcome.crashed, "\(what): killed by a signal: \(outcome.stderr.suffix(300))", file: file, line: line)
         XCTAssertFalse(outcome.timedOut, "\(what): did not finish", file: file, line: line)
         guard outcome.status != 0 else { return }
         XCTAssertTrue((1...123).contains(outcome.status), "\(what): exit \(outcome.status)", file: file, line: line)
         let lines = outcome.stderr.split(separator: "\n").filter { !$0.hasPrefix("Run '") && !$0.hasPrefix("note:") }
-        XCTAssertEqual(lines.count, 1, "\(what): one line on stderr: \(outcome.stderr.prefix(400))", file: file, line: line)
-        XCTAssertTrue(lines.first?.hasPrefix("thinkv-sim ") == true, "\(what): \(outcome.stderr.prefix(200))", file: file, line: line)
+        XCTAssertEqual(
+            lines.count, 1, "\(what): one line on stderr: \(outcome.stderr.prefix(400))", file: file, line: line)
+        XCTAssertTrue(
+            lines.first?.hasPrefix("thinkv-sim ") == true, "\(what): \(outcome.stderr.prefix(200))", file: file,
+            line: line)
     }
 
     /// A small valid trace with every optional dataset, token text included.
     private func validTrace() throws -> Data {
         let T = 48, P = 8, Hq = 2, Hkv = 1, D = 8
         let url = directory.appendingPathComponent("valid.h5")
-        let header = TraceHeader(model: "hostile-test", numLayers: 2, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
-                                 promptLength: P, numTokens: T, source: "synthetic", generator: "tests")
+        let header = TraceHeader(
+            model: "hostile-test", numLayers: 2, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
+            promptLength: P, numTokens: T, source: "synthetic", generator: "tests")
         let writer = try TraceWriter(path: url.path, header: header)
-        try writer.writeTokens(ids: (0..<T).map { Int32($0) }, text: (0..<T).map { "tok\($0) text" },
-                               thought: Array(repeating: -1, count: P) + (P..<T).map { Int8($0 % 3) })
+        try writer.writeTokens(
+            ids: (0..<T).map { Int32($0) }, text: (0..<T).map { "tok\($0) text" },
+            thought: Array(repeating: -1, count: P) + (P..<T).map { Int8($0 % 3) })
         for index in 0..<2 {
             let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 7 + UInt64(index), index: index)
             try writer.writeTensor(.q, layer: index, dtype: .float16, layer.q!)
@@ -94,15 +101,20 @@ final class HostileInputTests: XCTestCase {
             var bytes = [UInt8](valid)
             switch n % 3 {
             case 0:
-                for _ in 0..<(1 + n % 6) { bytes[random.integer(below: bytes.count)] ^= UInt8(1 << random.integer(below: 8)) }
+                for _ in 0..<(1 + n % 6) {
+                    bytes[random.integer(below: bytes.count)] ^= UInt8(1 << random.integer(below: 8))
+                }
             case 1:
-                for _ in 0..<(1 + n % 4) { bytes[random.integer(below: min(4096, bytes.count))] ^= UInt8(1 << random.integer(below: 8)) }
+                for _ in 0..<(1 + n % 4) {
+                    bytes[random.integer(below: min(4096, bytes.count))] ^= UInt8(1 << random.integer(below: 8))
+                }
             default:
                 bytes = Array(bytes.prefix(random.integer(below: bytes.count)))
             }
             let path = directory.appendingPathComponent("damaged-\(n).h5").path
             try Data(bytes).write(to: URL(fileURLWithPath: path))
-            for arguments in [["validate", path], ["replay", path, "--policy", "h2o", "--budget", "16", "--steps", "8"]] {
+            for arguments in [["validate", path], ["replay", path, "--policy", "h2o", "--budget", "16", "--steps", "8"]]
+            {
                 let outcome = try run(arguments)
                 assertHandled(outcome, "case \(n) \(arguments[0])")
                 if outcome.status != 0 { refused += 1 }
@@ -146,8 +158,10 @@ final class HostileInputTests: XCTestCase {
         defer { H5Fclose(file) }
         HDF5Editor.writeTextAttribute(file, "format", "thinkv-trace")
         HDF5Editor.writeTextAttribute(file, "model", "hostile")
-        for (name, value) in [("version", 1), ("num_layers", 1), ("num_q_heads", 1), ("num_kv_heads", 1), ("head_dim", 8),
-                              ("prompt_len", 4), ("num_tokens", Int32(T))] as [(String, Int32)] {
+        for (name, value) in [
+            ("version", 1), ("num_layers", 1), ("num_q_heads", 1), ("num_kv_heads", 1), ("head_dim", 8),
+            ("prompt_len", 4), ("num_tokens", Int32(T))
+        ] as [(String, Int32)] {
             HDF5Editor.writeInt32Attribute(file, name, value)
         }
         func dataset(_ name: String, _ shape: [Int], _ type: hid_t) {
@@ -183,8 +197,9 @@ final class HostileInputTests: XCTestCase {
         // Finite values (about 1e20), but q·k (about 1e40) overflows float32.
         for i in layer.q!.indices { layer.q![i] *= 1e20 }
         for i in layer.k!.indices { layer.k![i] *= 1e20 }
-        let overflow = try TestTraces.write(to: directory.appendingPathComponent("overflow.h5"), T: T, P: 4, Hq: 2, Hkv: 1, D: 8,
-                                            layers: [layer])
+        let overflow = try TestTraces.write(
+            to: directory.appendingPathComponent("overflow.h5"), T: T, P: 4, Hq: 2, Hkv: 1, D: 8,
+            layers: [layer])
         let outcome = try run(["replay", overflow])
         assertHandled(outcome, "overflowing logits")
         XCTAssertEqual(outcome.status, 1)
@@ -221,7 +236,9 @@ final class HostileInputTests: XCTestCase {
         assertHandled(full, "stdout on /dev/full")
         XCTAssertEqual(full.status, 1)
         XCTAssertTrue(full.stderr.contains("No space left"), full.stderr)
-        let kept = try run(["replay", valid, "--policy", "h2o", "--budget", "12", "--steps", "20", "--kept", "/dev/full"])
+        let kept = try run([
+            "replay", valid, "--policy", "h2o", "--budget", "12", "--steps", "20", "--kept", "/dev/full"
+        ])
         XCTAssertEqual(kept.status, 1)
         XCTAssertTrue(kept.stderr.contains("/dev/full"), kept.stderr)
 
@@ -238,8 +255,10 @@ final class HostileInputTests: XCTestCase {
         // What was there before a failed run is kept.
         let previous = directory.appendingPathComponent("previous.csv")
         try Data("kept\n".utf8).write(to: previous)
-        let failed = try run(["replay", valid, "--policy", "h2o", "--budget", "12", "--steps", "20", "--csv", previous.path,
-                              "--kept", "/dev/full"])
+        let failed = try run([
+            "replay", valid, "--policy", "h2o", "--budget", "12", "--steps", "20", "--csv", previous.path,
+            "--kept", "/dev/full"
+        ])
         XCTAssertEqual(failed.status, 1)
         XCTAssertEqual(try String(contentsOf: previous, encoding: .utf8), "kept\n")
     }
@@ -248,27 +267,33 @@ final class HostileInputTests: XCTestCase {
     func testUnboundedRequestsAreRefused() throws {
         let valid = directory.appendingPathComponent("ok.h5").path
         try Data(validTrace()).write(to: URL(fileURLWithPath: valid))
-        for arguments in [["replay", valid, "--topk", "2147483648"], ["replay", valid, "--block-size", "9223372036854775807"],
-                          ["replay", valid, "--threads", "1000000"]] {
+        for arguments in [
+            ["replay", valid, "--topk", "2147483648"], ["replay", valid, "--block-size", "9223372036854775807"],
+            ["replay", valid, "--threads", "1000000"]
+        ] {
             let o = try run(arguments)
             assertHandled(o, arguments.joined(separator: " "))
             XCTAssertEqual(o.status, 2)
         }
         let grid = directory.appendingPathComponent("grid.json")
         let budgets = (1...200).map(String.init).joined(separator: ",")
-        try Data("""
+        try Data(
+            """
             {"traces": ["\(valid)"], "policies": ["h2o", "streaming"], "output": "\(directory.path)/g.csv",
              "parameters": {"budget": [\(budgets)], "sinks": [\(budgets)]}}
-            """.utf8).write(to: grid)
+            """.utf8
+        ).write(to: grid)
         let big = try run(["sweep", grid.path])
         assertHandled(big, "huge grid")
         XCTAssertEqual(big.status, 1)
         XCTAssertTrue(big.stderr.contains("max_runs"), big.stderr)
         let duplicate = directory.appendingPathComponent("dup.json")
-        try Data("""
+        try Data(
+            """
             {"traces": ["\(valid)"], "policies": ["h2o"], "output": "\(directory.path)/d.csv",
              "parameters": {"budget": [8], "budget": [16]}}
-            """.utf8).write(to: duplicate)
+            """.utf8
+        ).write(to: duplicate)
         let dup = try run(["sweep", duplicate.path])
         assertHandled(dup, "duplicate key")
         XCTAssertEqual(dup.status, 1)
@@ -295,24 +320,32 @@ final class HostileInputTests: XCTestCase {
     func testPlotSurvivesDamagedCSVs() throws {
         func csv(_ name: String, layers: String, steps: String, budget: String, kl: String) throws -> String {
             let path = directory.appendingPathComponent(name).path
-            try Data("""
+            try Data(
+                """
                 trace,model,num_layers,decode_steps,policy,label,budget,attention_kl_mean,kv_bytes_mean
                 t.h5,m,\(layers),\(steps),h2o,h2o(budget=8),\(budget),\(kl),1000
                 t.h5,m,4,100,h2o,h2o(budget=16),16,0.5,2000
 
-                """.utf8).write(to: URL(fileURLWithPath: path))
+                """.utf8
+            ).write(to: URL(fileURLWithPath: path))
             return path
         }
-        for (n, (layers, steps, budget)) in [("nan", "100", "8"), ("-5", "100", "8"), ("4", "1e300", "8"), ("4", "100", "9223372036854775807")].enumerated() {
-            let o = try run(["plot", try csv("bad\(n).csv", layers: layers, steps: steps, budget: budget, kl: "0.3"),
-                             "-o", directory.appendingPathComponent("plots\(n)").path, "--format", "svg"])
+        for (n, (layers, steps, budget)) in [
+            ("nan", "100", "8"), ("-5", "100", "8"), ("4", "1e300", "8"), ("4", "100", "9223372036854775807")
+        ].enumerated() {
+            let o = try run([
+                "plot", try csv("bad\(n).csv", layers: layers, steps: steps, budget: budget, kl: "0.3"),
+                "-o", directory.appendingPathComponent("plots\(n)").path, "--format", "svg"
+            ])
             assertHandled(o, "plot case \(n)")
             XCTAssertEqual(o.status, 1)
             XCTAssertTrue(o.stderr.contains("is not a count"), o.stderr)
         }
         for kl in ["nan", "inf", "-1e308", "1e300"] {
-            let o = try run(["plot", try csv("odd-\(kl).csv", layers: "4", steps: "100", budget: "8", kl: kl),
-                             "-o", directory.appendingPathComponent("odd-\(kl)").path, "--format", "svg"])
+            let o = try run([
+                "plot", try csv("odd-\(kl).csv", layers: "4", steps: "100", budget: "8", kl: kl),
+                "-o", directory.appendingPathComponent("odd-\(kl)").path, "--format", "svg"
+            ])
             assertHandled(o, "plot kl \(kl)")
         }
     }
@@ -326,7 +359,10 @@ final class HostileInputTests: XCTestCase {
         for g in 0..<G {
             let p = P + g
             for h in 0..<Hq {
-                var row = (0...p).map { j in (0..<D).reduce(Float(0)) { $0 + layer.q![(p * Hq + h) * D + $1] * layer.k![j * D + $1] } / Float(D).squareRoot() }
+                var row = (0...p).map { j in
+                    (0..<D).reduce(Float(0)) { $0 + layer.q![(p * Hq + h) * D + $1] * layer.k![j * D + $1] }
+                        / Float(D).squareRoot()
+                }
                 let m = row.max()!
                 row = row.map { expf($0 - m) }
                 let sum = row.reduce(0, +)
@@ -334,13 +370,15 @@ final class HostileInputTests: XCTestCase {
             }
         }
         layer.attn = attn
-        let good = try TestTraces.write(to: directory.appendingPathComponent("agree.h5"), T: T, P: P, Hq: Hq, Hkv: 1, D: D, layers: [layer])
+        let good = try TestTraces.write(
+            to: directory.appendingPathComponent("agree.h5"), T: T, P: P, Hq: Hq, Hkv: 1, D: D, layers: [layer])
         XCTAssertEqual(try run(["validate", good]).status, 0)
         for g in 0..<G {
             for j in 0..<T { attn.swapAt((g * Hq) * T + j, (g * Hq + 1) * T + j) }
         }
         layer.attn = attn
-        let swapped = try TestTraces.write(to: directory.appendingPathComponent("swapped.h5"), T: T, P: P, Hq: Hq, Hkv: 1, D: D, layers: [layer])
+        let swapped = try TestTraces.write(
+            to: directory.appendingPathComponent("swapped.h5"), T: T, P: P, Hq: Hq, Hkv: 1, D: D, layers: [layer])
         for arguments in [["validate", swapped], ["replay", swapped]] {
             let o = try run(arguments)
             assertHandled(o, "swapped heads \(arguments[0])")
@@ -358,6 +396,7 @@ final class HostileInputTests: XCTestCase {
         XCTAssertEqual(outcome.status, 0, outcome.stderr)
         let table = try CSVTable.read(path: csv).table
         let column = try XCTUnwrap(table.index(of: "token_text"))
-        XCTAssertEqual(table.rows.prefix(2).map { $0[column] }, ["tok8 text", "tok9 text"], "prompt 8: step 0 is position 8")
+        XCTAssertEqual(
+            table.rows.prefix(2).map { $0[column] }, ["tok8 text", "tok9 text"], "prompt 8: step 0 is position 8")
     }
 }

@@ -27,23 +27,32 @@ final class HostileLabelTests: XCTestCase {
         try HDF5.withLibrary {
             let access = H5Pcreate(thinkv_H5P_FILE_ACCESS())
             defer { H5Pclose(access) }
-            if latestFormat { XCTAssertGreaterThanOrEqual(H5Pset_libver_bounds(access, H5F_LIBVER_V110, H5F_LIBVER_V110), 0) }
+            if latestFormat {
+                XCTAssertGreaterThanOrEqual(H5Pset_libver_bounds(access, H5F_LIBVER_V110, H5F_LIBVER_V110), 0)
+            }
             let file = H5Fcreate(path, thinkv_H5F_ACC_TRUNC(), thinkv_H5P_DEFAULT(), access)
             guard file >= 0 else { throw HDF5Editor.Failure(description: "cannot create \(path)") }
             defer { H5Fclose(file) }
             func dataset(_ name: String, _ shape: [Int], fileType: hid_t, memoryType: hid_t, _ bytes: [UInt8]) {
                 var dims = shape.map { hsize_t($0) }
                 let space = H5Screate_simple(Int32(dims.count), &dims, nil)
-                let id = H5Dcreate2(file, name, fileType, space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
+                let id = H5Dcreate2(
+                    file, name, fileType, space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
                 XCTAssertGreaterThanOrEqual(id, 0, name)
-                XCTAssertGreaterThanOrEqual(bytes.withUnsafeBytes { H5Dwrite(id, memoryType, thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(), $0.baseAddress) }, 0)
+                XCTAssertGreaterThanOrEqual(
+                    bytes.withUnsafeBytes {
+                        H5Dwrite(
+                            id, memoryType, thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(), $0.baseAddress)
+                    }, 0)
                 H5Dclose(id)
                 H5Sclose(space)
             }
             HDF5Editor.writeTextAttribute(file, "format", "thinkv-trace")
             HDF5Editor.writeTextAttribute(file, "model", "label-test")
-            for (name, value) in [("version", 1), ("num_layers", 1), ("num_q_heads", 2), ("num_kv_heads", 1), ("head_dim", 8),
-                                  ("prompt_len", Int32(P)), ("num_tokens", Int32(T))] as [(String, Int32)] {
+            for (name, value) in [
+                ("version", 1), ("num_layers", 1), ("num_q_heads", 2), ("num_kv_heads", 1), ("head_dim", 8),
+                ("prompt_len", Int32(P)), ("num_tokens", Int32(T))
+            ] as [(String, Int32)] {
                 HDF5Editor.writeInt32Attribute(file, name, value)
             }
             for group in ["/tokens", "/layers", "/layers/0"] {
@@ -51,12 +60,15 @@ final class HostileLabelTests: XCTestCase {
             }
             let ids = (0..<T).map { Int32($0) }.withUnsafeBytes { Array($0) }
             dataset("/tokens/ids", [T], fileType: thinkv_H5T_STD_I32LE(), memoryType: thinkv_H5T_NATIVE_INT32(), ids)
-            dataset("/tokens/thought", [T], fileType: thinkv_H5T_STD_I8LE(), memoryType: thinkv_H5T_NATIVE_INT8(),
-                    oldLabels.map { UInt8(bitPattern: $0) })
+            dataset(
+                "/tokens/thought", [T], fileType: thinkv_H5T_STD_I8LE(), memoryType: thinkv_H5T_NATIVE_INT8(),
+                oldLabels.map { UInt8(bitPattern: $0) })
             let layer = TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 5)
             for (name, values, heads) in [("q", layer.q!, 2), ("k", layer.k!, 1), ("v", layer.v!, 1)] {
-                dataset("/layers/0/\(name)", [T, heads, 8], fileType: thinkv_H5T_IEEE_F32LE(), memoryType: thinkv_H5T_NATIVE_FLOAT(),
-                        values.withUnsafeBytes { Array($0) })
+                dataset(
+                    "/layers/0/\(name)", [T, heads, 8], fileType: thinkv_H5T_IEEE_F32LE(),
+                    memoryType: thinkv_H5T_NATIVE_FLOAT(),
+                    values.withUnsafeBytes { Array($0) })
             }
         }
         // Byte 8, after the signature, is the superblock version.
@@ -80,9 +92,11 @@ final class HostileLabelTests: XCTestCase {
     func testCRLFAndByteOrderMarkAreRead() throws {
         let rows = (0..<(T - P)).map { "\($0),\(["R", "E", "T"][($0 + 1) % 3])" }
         let expected = Array(repeating: Int8(-1), count: P) + (0..<(T - P)).map { Int8(($0 + 1) % 3) }
-        for (name, text) in [("crlf.csv", "step,type\r\n" + rows.joined(separator: "\r\n") + "\r\n"),
-                             ("bom.csv", "\u{FEFF}step,type\n" + rows.joined(separator: "\n")),
-                             ("bom-crlf.csv", "\u{FEFF}# exported\r\nstep,type\r\n" + rows.joined(separator: "\r\n") + "\r\n")] {
+        for (name, text) in [
+            ("crlf.csv", "step,type\r\n" + rows.joined(separator: "\r\n") + "\r\n"),
+            ("bom.csv", "\u{FEFF}step,type\n" + rows.joined(separator: "\n")),
+            ("bom-crlf.csv", "\u{FEFF}# exported\r\nstep,type\r\n" + rows.joined(separator: "\r\n") + "\r\n")
+        ] {
             let trace = try writeTrace("trace-\(name).h5", latestFormat: false)
             let csv = try write(text, name)
             let outcome = try ChildProcess.thinkv(["label", trace, "--from", csv], in: directory)
@@ -104,13 +118,16 @@ final class HostileLabelTests: XCTestCase {
             ("header-only.csv", "\u{FEFF}step,type\r\n", "no label rows"),
             ("comments.csv", "# nothing yet\n\n", "no label rows"),
             ("huge-line.csv", hugeLine, "is not R, E, T"),
-            ("huge-step.csv", "step,type\n" + String(repeating: "9", count: 3_000_000) + ",R\n", "expected 'step,type'"),
+            (
+                "huge-step.csv", "step,type\n" + String(repeating: "9", count: 3_000_000) + ",R\n",
+                "expected 'step,type'"
+            ),
             ("lone-cr.csv", "0,R\r1,E\r", "expected 'step,type'"),
             ("latin1.csv", nil, "not UTF-8"),
             ("/dev/zero", nil, "not a regular file"),
             ("/dev/null", nil, "not a regular file"),
             (directory.path, nil, "not a regular file"),
-            ("missing.csv", nil, "cannot be read"),
+            ("missing.csv", nil, "cannot be read")
         ]
         for (name, text, message) in cases {
             var csv = name.hasPrefix("/") ? name : directory.appendingPathComponent(name).path
@@ -125,18 +142,22 @@ final class HostileLabelTests: XCTestCase {
             XCTAssertEqual(FileChecksums([trace, csv]), before, "\(name): trace and label file unchanged")
         }
         XCTAssertEqual(try labels(trace), oldLabels)
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.contains(".label-") }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter {
+            $0.contains(".label-")
+        }
         XCTAssertEqual(leftovers, [], "no temporary copy left")
     }
 
     /// plot reads results CSVs saved with CRLF line ends and a BOM (a spreadsheet's export).
     func testPlotReadsCRLFAndByteOrderMark() throws {
-        let csv = try write("\u{FEFF}trace,model,num_layers,decode_steps,policy,label,budget,attention_kl_mean,kv_bytes_mean\r\n"
-                            + "t.h5,m,4,100,h2o,h2o(budget=8),8,0.3,1000\r\nt.h5,m,4,100,h2o,h2o(budget=16),16,0.5,2000\r\n",
-                            "results.csv")
+        let csv = try write(
+            "\u{FEFF}trace,model,num_layers,decode_steps,policy,label,budget,attention_kl_mean,kv_bytes_mean\r\n"
+                + "t.h5,m,4,100,h2o,h2o(budget=8),8,0.3,1000\r\nt.h5,m,4,100,h2o,h2o(budget=16),16,0.5,2000\r\n",
+            "results.csv")
         let before = FileChecksums([csv])
-        let outcome = try ChildProcess.thinkv(["plot", csv, "-o", directory.appendingPathComponent("plots").path, "--format", "svg"],
-                                              in: directory)
+        let outcome = try ChildProcess.thinkv(
+            ["plot", csv, "-o", directory.appendingPathComponent("plots").path, "--format", "svg"],
+            in: directory)
         assertHandled(outcome, "plot CRLF+BOM")
         XCTAssertEqual(outcome.status, 0, outcome.stderr)
         XCTAssertEqual(FileChecksums([csv]), before)
@@ -148,12 +169,18 @@ final class HostileLabelTests: XCTestCase {
     /// could open; a kill left a superblock-v3 file "already open for write". Needs strace
     /// (its syscall fault injection), skipped without it.
     func testLabelSurvivesFullDiskOrKillAtEveryWrite() throws {
-        guard let strace = ChildProcess.which("strace") else { throw XCTSkip("strace is not installed (apt-get install strace)") }
-        let probe = try ChildProcess.run(strace, ["-f", "-qq", "-o", "/dev/null", "/bin/true"], in: directory, seconds: 10)
-        guard probe.status == 0 else { throw XCTSkip("strace cannot trace here (ptrace not permitted): \(probe.stderr.prefix(200))") }
+        guard let strace = ChildProcess.which("strace") else {
+            throw XCTSkip("strace is not installed (apt-get install strace)")
+        }
+        let probe = try ChildProcess.run(
+            strace, ["-f", "-qq", "-o", "/dev/null", "/bin/true"], in: directory, seconds: 10)
+        guard probe.status == 0 else {
+            throw XCTSkip("strace cannot trace here (ptrace not permitted): \(probe.stderr.prefix(200))")
+        }
         let binary = try XCTUnwrap(CommandRunner.binary).path
         let newLabels = Array(repeating: Int8(-1), count: P) + Array(repeating: Int8(2), count: T - P)
-        let csv = try write("step,type\r\n" + (0..<(T - P)).map { "\($0),T" }.joined(separator: "\r\n") + "\r\n", "new.csv")
+        let csv = try write(
+            "step,type\r\n" + (0..<(T - P)).map { "\($0),T" }.joined(separator: "\r\n") + "\r\n", "new.csv")
 
         for latest in [false, true] {
             let original = try writeTrace("original-v\(latest ? 3 : 0).h5", latestFormat: latest)
@@ -168,14 +195,17 @@ final class HostileLabelTests: XCTestCase {
             // An unfailed run, counting its writes.
             try fresh()
             let log = directory.appendingPathComponent("writes.log").path
-            let counted = try ChildProcess.run(strace, ["-f", "-qq", "-o", log, "-e", "trace=pwrite64", binary, "label", trace, "--from", csv],
-                                               in: directory, seconds: 30)
+            let counted = try ChildProcess.run(
+                strace, ["-f", "-qq", "-o", log, "-e", "trace=pwrite64", binary, "label", trace, "--from", csv],
+                in: directory, seconds: 30)
             XCTAssertEqual(counted.status, 0, counted.stderr)
             XCTAssertEqual(try labels(trace), newLabels)
             var info = stat()
             XCTAssertEqual(stat(trace, &info), 0)
             XCTAssertEqual(info.st_mode & 0o777, 0o640, "the trace keeps its permissions")
-            let writes = try String(contentsOfFile: log, encoding: .utf8).components(separatedBy: "\n").filter { $0.contains("pwrite64(") }.count
+            let writes = try String(contentsOfFile: log, encoding: .utf8).components(separatedBy: "\n").filter {
+                $0.contains("pwrite64(")
+            }.count
             XCTAssertGreaterThan(writes, 1, "label writes the trace")
             XCTAssertLessThan(writes, 40, "a small trace keeps the loop short")
 
@@ -183,9 +213,13 @@ final class HostileLabelTests: XCTestCase {
                 for fault in ["error=ENOSPC", "signal=SIGKILL"] {
                     try fresh()
                     let what = "superblock v\(latest ? 3 : 0), \(fault) at write \(n) of \(writes)"
-                    let outcome = try ChildProcess.run(strace, ["-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64",
-                                                                "-e", "inject=pwrite64:\(fault):when=\(n)",
-                                                                binary, "label", trace, "--from", csv], in: directory, seconds: 30)
+                    let outcome = try ChildProcess.run(
+                        strace,
+                        [
+                            "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64",
+                            "-e", "inject=pwrite64:\(fault):when=\(n)",
+                            binary, "label", trace, "--from", csv
+                        ], in: directory, seconds: 30)
                     XCTAssertFalse(outcome.timedOut, what)
                     if fault == "error=ENOSPC" {
                         assertHandled(outcome, what)
@@ -197,7 +231,8 @@ final class HostileLabelTests: XCTestCase {
                     let validate = try ChildProcess.thinkv(["validate", trace], in: directory)
                     XCTAssertEqual(validate.status, 0, "\(what): the trace no longer opens: \(validate.stderr)")
                     let found = try labels(trace)
-                    XCTAssertTrue(found == oldLabels || found == newLabels, "\(what): labels \(String(describing: found))")
+                    XCTAssertTrue(
+                        found == oldLabels || found == newLabels, "\(what): labels \(String(describing: found))")
                     // Every write goes to the copy and the rename comes after the last: the trace is
                     // byte for byte what it was.
                     XCTAssertEqual(FileChecksums([trace]), originalSums, "\(what): the trace is unchanged")
@@ -205,10 +240,13 @@ final class HostileLabelTests: XCTestCase {
                     XCTAssertEqual(stat(trace, &info), 0)
                     XCTAssertEqual(info.st_mode & 0o777, 0o640, "\(what): permissions")
                     if fault == "error=ENOSPC" {
-                        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.contains(".label-") }
+                        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter {
+                            $0.contains(".label-")
+                        }
                         XCTAssertEqual(leftovers, [], "\(what): the temporary copy is removed")
                     }
-                    for file in try FileManager.default.contentsOfDirectory(atPath: directory.path) where file.contains(".label-") {
+                    for file in try FileManager.default.contentsOfDirectory(atPath: directory.path)
+                    where file.contains(".label-") {
                         try FileManager.default.removeItem(atPath: directory.appendingPathComponent(file).path)
                     }
                 }

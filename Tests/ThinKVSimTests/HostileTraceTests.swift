@@ -24,12 +24,15 @@ final class HostileTraceTests: XCTestCase {
         var layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 31)
         for i in layer.q!.indices { layer.q![i] *= 30 }
         for i in layer.k!.indices { layer.k![i] *= 30 }
-        let path = try TestTraces.write(to: directory.appendingPathComponent("large-logits.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                        layers: [layer], dtype: .float16)
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("large-logits.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+            layers: [layer], dtype: .float16)
         let before = FileChecksums([path])
         // kivi and thinkv-tbq attend with quantized keys; h2o and snapkv with exact keys.
-        for policy in [["kivi", "--k-bits", "4"], ["kivi"], ["thinkv-tbq"], ["h2o", "--budget", "32"],
-                       ["snapkv", "--budget", "32"]] {
+        for policy in [
+            ["kivi", "--k-bits", "4"], ["kivi"], ["thinkv-tbq"], ["h2o", "--budget", "32"],
+            ["snapkv", "--budget", "32"]
+        ] {
             let outcome = try ChildProcess.thinkv(["replay", path, "--policy"] + policy + ["--json"], in: directory)
             assertHandled(outcome, policy.joined(separator: " "), seconds: 30)
             XCTAssertEqual(outcome.status, 0, outcome.stderr)
@@ -50,8 +53,9 @@ final class HostileTraceTests: XCTestCase {
     private func traceWithText(_ name: String) throws -> String {
         let T = 32, P = 8
         let url = directory.appendingPathComponent(name)
-        let header = TraceHeader(model: "probe-test", numLayers: 1, numQHeads: 2, numKVHeads: 1, headDim: 8,
-                                 promptLength: P, numTokens: T, source: "synthetic", generator: "tests")
+        let header = TraceHeader(
+            model: "probe-test", numLayers: 1, numQHeads: 2, numKVHeads: 1, headDim: 8,
+            promptLength: P, numTokens: T, source: "synthetic", generator: "tests")
         let writer = try TraceWriter(path: url.path, header: header)
         try writer.writeTokens(ids: (0..<T).map { Int32($0) }, text: (0..<T).map { "tok\($0)" }, thought: nil)
         let layer = TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 3)
@@ -86,7 +90,8 @@ final class HostileTraceTests: XCTestCase {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.compactMap { Int32($0) }.filter { pid in
             guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return false }
+                let close = stat.lastIndex(of: ")")
+            else { return false }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             return fields.count > 2 && Int32(fields[1]) == parent
         }
@@ -96,7 +101,8 @@ final class HostileTraceTests: XCTestCase {
     /// in a container; it uses no CPU).
     private func isRunning(_ pid: pid_t) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return false }
+            let close = stat.lastIndex(of: ")")
+        else { return false }
         let state = stat[stat.index(after: close)...].split(separator: " ").first
         return state != "Z" && state != "X"
     }
@@ -200,8 +206,9 @@ final class HostileTraceTests: XCTestCase {
     func testChunkInflatingBeyondItsDeclaredSizeIsRefused() throws {
         let T = 64, D = 8
         let layer = TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: D, seed: 9)
-        let path = try TestTraces.write(to: directory.appendingPathComponent("chunk-bomb.h5"), T: T, P: 8, Hq: 2, Hkv: 1, D: D,
-                                        layers: [TestTraces.Layer(index: 0, q: layer.q, k: nil, v: nil)])
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("chunk-bomb.h5"), T: T, P: 8, Hq: 2, Hkv: 1, D: D,
+            layers: [TestTraces.Layer(index: 0, q: layer.q, k: nil, v: nil)])
         let bomb = try zerosStream(count: 2 << 30)
         HDF5.withLibrary {
             let file = H5Fopen(path, thinkv_H5F_ACC_RDWR(), thinkv_H5P_DEFAULT())
@@ -214,11 +221,14 @@ final class HostileTraceTests: XCTestCase {
             defer { H5Pclose(create) }
             H5Pset_chunk(create, 3, &dims)
             H5Pset_deflate(create, 9)
-            let dataset = H5Dcreate2(file, "/layers/0/k", thinkv_H5T_IEEE_F32LE(), space, thinkv_H5P_DEFAULT(), create, thinkv_H5P_DEFAULT())
+            let dataset = H5Dcreate2(
+                file, "/layers/0/k", thinkv_H5T_IEEE_F32LE(), space, thinkv_H5P_DEFAULT(), create, thinkv_H5P_DEFAULT())
             XCTAssertGreaterThanOrEqual(dataset, 0)
             defer { H5Dclose(dataset) }
             var offset: [hsize_t] = [0, 0, 0]
-            let status = bomb.withUnsafeBytes { H5Dwrite_chunk(dataset, thinkv_H5P_DEFAULT(), 0, &offset, $0.count, $0.baseAddress) }
+            let status = bomb.withUnsafeBytes {
+                H5Dwrite_chunk(dataset, thinkv_H5P_DEFAULT(), 0, &offset, $0.count, $0.baseAddress)
+            }
             XCTAssertGreaterThanOrEqual(status, 0, "raw chunk written")
         }
         let size = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
@@ -255,8 +265,10 @@ final class HostileTraceTests: XCTestCase {
             }
             H5Sclose(scalar)
             H5Tclose(type)
-            for (name, value) in [("version", 1), ("num_layers", 1), ("num_q_heads", 1), ("num_kv_heads", 1), ("head_dim", Int32(D)),
-                                  ("prompt_len", 16), ("num_tokens", Int32(T))] as [(String, Int32)] {
+            for (name, value) in [
+                ("version", 1), ("num_layers", 1), ("num_q_heads", 1), ("num_kv_heads", 1), ("head_dim", Int32(D)),
+                ("prompt_len", 16), ("num_tokens", Int32(T))
+            ] as [(String, Int32)] {
                 HDF5Editor.writeInt32Attribute(file, name, value)
             }
             for group in ["/tokens", "/layers", "/layers/0"] {
@@ -271,27 +283,36 @@ final class HostileTraceTests: XCTestCase {
                 H5Pset_chunk(create, Int32(chunk.count), &chunk)
                 H5Pset_deflate(create, 1)
                 let id = H5Dcreate2(file, name, fileType, space, thinkv_H5P_DEFAULT(), create, thinkv_H5P_DEFAULT())
-                _ = bytes.withUnsafeBytes { H5Dwrite(id, memoryType, thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(), $0.baseAddress) }
+                _ = bytes.withUnsafeBytes {
+                    H5Dwrite(id, memoryType, thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(), $0.baseAddress)
+                }
                 H5Dclose(id)
                 H5Pclose(create)
                 H5Sclose(space)
             }
-            dataset("/tokens/ids", [T], thinkv_H5T_STD_I32LE(), thinkv_H5T_NATIVE_INT32(), (0..<T).map { Int32(truncatingIfNeeded: $0 &* 2_654_435_761) }.withUnsafeBytes { Array($0) })
+            dataset(
+                "/tokens/ids", [T], thinkv_H5T_STD_I32LE(), thinkv_H5T_NATIVE_INT32(),
+                (0..<T).map { Int32(truncatingIfNeeded: $0 &* 2_654_435_761) }.withUnsafeBytes { Array($0) })
             // About one value in 150 random, the rest 0: compressed far more than activations,
             // but inside the 200× inflation limit.
             var random = SplitMix64(seed: 77)
             var values = [Float](repeating: 0, count: T * D)
-            for _ in 0..<(values.count / 150) { values[Int(random.next() % UInt64(values.count))] = random.nextGaussian() }
+            for _ in 0..<(values.count / 150) {
+                values[Int(random.next() % UInt64(values.count))] = random.nextGaussian()
+            }
             for name in ["q", "k", "v"] {
-                dataset("/layers/0/\(name)", [T, 1, D], thinkv_H5T_IEEE_F32LE(), thinkv_H5T_NATIVE_FLOAT(), values.withUnsafeBytes { Array($0) })
+                dataset(
+                    "/layers/0/\(name)", [T, 1, D], thinkv_H5T_IEEE_F32LE(), thinkv_H5T_NATIVE_FLOAT(),
+                    values.withUnsafeBytes { Array($0) })
             }
         }
         let size = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
         XCTAssertLessThan(size, 8 << 20, "a small file")
         let before = FileChecksums([path])
         // Four policies: K and V as float32 and each policy's copies, about 1.3 GiB planned.
-        let replay = try ChildProcess.thinkv(["replay", path, "--policy", "full,h2o,snapkv,streaming", "--budget", "64", "--steps", "2"],
-                                             in: directory)
+        let replay = try ChildProcess.thinkv(
+            ["replay", path, "--policy", "full,h2o,snapkv,streaming", "--budget", "64", "--steps", "2"],
+            in: directory)
         assertHandled(replay, "constant tensors replay")
         XCTAssertEqual(replay.status, 1)
         XCTAssertTrue(replay.stderr.contains("THINKV_MAX_PLAN_PER_FILE_BYTE"), replay.stderr)
@@ -306,15 +327,17 @@ final class HostileTraceTests: XCTestCase {
             let path = directory.appendingPathComponent(name).path
             try FileManager.default.copyItem(atPath: valid, toPath: path)
             let before = FileChecksums([path])
-            let process = try ChildProcess.run(try XCTUnwrap(CommandRunner.binary).path, ["validate", "--", name], in: directory,
-                                               seconds: 30, workingDirectory: directory.path)
+            let process = try ChildProcess.run(
+                try XCTUnwrap(CommandRunner.binary).path, ["validate", "--", name], in: directory,
+                seconds: 30, workingDirectory: directory.path)
             assertHandled(process, "validate -- \(name)")
             XCTAssertEqual(process.status, 0, "\(name): \(process.stderr)")
             XCTAssertTrue(process.stdout.hasPrefix("\(name): ok"), process.stdout)
             XCTAssertEqual(FileChecksums([path]), before)
         }
-        let missing = try ChildProcess.run(try XCTUnwrap(CommandRunner.binary).path, ["replay", "--", "--version"], in: directory,
-                                           seconds: 30, workingDirectory: directory.path)
+        let missing = try ChildProcess.run(
+            try XCTUnwrap(CommandRunner.binary).path, ["replay", "--", "--version"], in: directory,
+            seconds: 30, workingDirectory: directory.path)
         assertHandled(missing, "replay -- --version")
         XCTAssertEqual(missing.status, 1)
         XCTAssertTrue(missing.stderr.contains("--version: no such file"), missing.stderr)

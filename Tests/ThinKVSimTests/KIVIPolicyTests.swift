@@ -15,10 +15,12 @@ final class KIVIPolicyTests: XCTestCase {
 
         init(T: Int, P: Int, Hkv: Int = 1, D: Int, values: [String: String], seed: UInt64 = 1) throws {
             cache = QuantTestSupport.cache(T: T, Hkv: Hkv, D: D, seed: seed, appendAll: false)
-            data = LayerData(info: LayerInfo(index: 0), numTokens: T, numKVHeads: Hkv, headDim: D,
-                             keys: cache.storedKeys, values: cache.storedValues)
-            let header = TraceHeader(model: "test", numLayers: 1, numQHeads: Hkv, numKVHeads: Hkv, headDim: D,
-                                     promptLength: P, numTokens: T)
+            data = LayerData(
+                info: LayerInfo(index: 0), numTokens: T, numKVHeads: Hkv, headDim: D,
+                keys: cache.storedKeys, values: cache.storedValues)
+            let header = TraceHeader(
+                model: "test", numLayers: 1, numQHeads: Hkv, numKVHeads: Hkv, headDim: D,
+                promptLength: P, numTokens: T)
             setup = PolicySetup(header: header, layer: data.info)
             let spec = try PolicySpec(name: "kivi", values: values)
             policy = try KIVIPolicy(parameters: spec.parameters, setup: setup)
@@ -30,11 +32,13 @@ final class KIVIPolicyTests: XCTestCase {
         /// One decode step at `position` (attention itself is the engine's business).
         func step(_ position: Int) {
             cache.append(position: position)
-            let context = StepContext(setup: setup, data: data, step: position - P, position: position, queries: nil,
-                                      fullCacheSparsity: 0)
+            let context = StepContext(
+                setup: setup, data: data, step: position - P, position: position, queries: nil,
+                fullCacheSparsity: 0)
             policy.beforeAttention(context, cache: cache)
             let empty = UnsafeBufferPointer<Float>(start: nil, count: 0)
-            policy.afterAttention(context, attention: AttentionView(storage: empty, offsets: [], counts: []), cache: cache)
+            policy.afterAttention(
+                context, attention: AttentionView(storage: empty, offsets: [], counts: []), cache: cache)
         }
 
         func fp16Count(_ bits: [UInt8], head: Int = 0) -> Int {
@@ -43,8 +47,10 @@ final class KIVIPolicyTests: XCTestCase {
     }
 
     /// reference-policies 5.3, per kv head: codes + fp16 (scale, min) per group + fp16 residual.
-    private func expectedBytes(quantizedKeys nk: Int, fp16Keys fk: Int, quantizedValues nv: Int, fp16Values fv: Int,
-                               D: Int, G: Int, kBits: Int, vBits: Int) -> Int {
+    private func expectedBytes(
+        quantizedKeys nk: Int, fp16Keys fk: Int, quantizedValues nv: Int, fp16Values fv: Int,
+        D: Int, G: Int, kBits: Int, vBits: Int
+    ) -> Int {
         let keys = nk * D * kBits / 8 + (nk / G) * D * 2 * 2 + fk * D * 2
         let values = nv * D * vBits / 8 + nv * ((D + G - 1) / G) * 2 * 2 + fv * D * 2
         return keys + values
@@ -58,8 +64,10 @@ final class KIVIPolicyTests: XCTestCase {
             XCTAssertEqual(h.cache.keyBits[p], p < 64 ? 2 : 16, "key \(p)")
             XCTAssertEqual(h.cache.valueBits[p], p < 38 ? 2 : 16, "value \(p)")
         }
-        XCTAssertEqual(h.cache.bytes(kvHead: 0),
-                       expectedBytes(quantizedKeys: 64, fp16Keys: 6, quantizedValues: 38, fp16Values: 32, D: 32, G: 32, kBits: 2, vBits: 2))
+        XCTAssertEqual(
+            h.cache.bytes(kvHead: 0),
+            expectedBytes(
+                quantizedKeys: 64, fp16Keys: 6, quantizedValues: 38, fp16Values: 32, D: 32, G: 32, kBits: 2, vBits: 2))
 
         let short = try Harness(T: 40, P: 20, D: 32, values: [:])
         XCTAssertEqual(short.policy.keysQuantizedEnd, 0, "a prompt shorter than R stays 16-bit")
@@ -69,7 +77,8 @@ final class KIVIPolicyTests: XCTestCase {
 
     func testKeysFlushInBlocksValuesSlideAndBytesMatchTheReferenceFormula() throws {
         let D = 16, G = 8, R = 16
-        let h = try Harness(T: 100, P: 21, Hkv: 2, D: D, values: ["group": "8", "residual": "16", "k-bits": "4", "v-bits": "2"])
+        let h = try Harness(
+            T: 100, P: 21, Hkv: 2, D: D, values: ["group": "8", "residual": "16", "k-bits": "4", "v-bits": "2"])
         for p in 21..<100 {
             h.step(p)
             let n = p + 1
@@ -77,9 +86,11 @@ final class KIVIPolicyTests: XCTestCase {
             XCTAssertEqual(fk, n % R, "keys keep 0…R−1 16-bit tokens (block flush), after position \(p)")
             XCTAssertEqual(fv, min(n, R), "values keep exactly the last R, after position \(p)")
             for head in 0..<2 {
-                XCTAssertEqual(h.cache.bytes(kvHead: head),
-                               expectedBytes(quantizedKeys: n - fk, fp16Keys: fk, quantizedValues: n - fv, fp16Values: fv,
-                                             D: D, G: G, kBits: 4, vBits: 2), "head \(head) after position \(p)")
+                XCTAssertEqual(
+                    h.cache.bytes(kvHead: head),
+                    expectedBytes(
+                        quantizedKeys: n - fk, fp16Keys: fk, quantizedValues: n - fv, fp16Values: fv,
+                        D: D, G: G, kBits: 4, vBits: 2), "head \(head) after position \(p)")
             }
         }
     }
@@ -89,7 +100,9 @@ final class KIVIPolicyTests: XCTestCase {
         let h = try Harness(T: 80, P: 10, D: D, values: [:])
         let exact = h.data.keys!
         for p in 10..<31 { h.step(p) }
-        XCTAssertEqual(Array(h.cache.storedKeys![0..<(31 * D)]), Array(exact[0..<(31 * D)]), "no key quantized before the block fills")
+        XCTAssertEqual(
+            Array(h.cache.storedKeys![0..<(31 * D)]), Array(exact[0..<(31 * D)]),
+            "no key quantized before the block fills")
         XCTAssertFalse(h.cache.keysModified)
         h.step(31)  // the 32nd token fills the block: flushed after the step
         XCTAssertTrue(h.cache.keysModified)
@@ -99,13 +112,16 @@ final class KIVIPolicyTests: XCTestCase {
             let s = (column.max()! - column.min()!) / 3
             for t in 0..<R {
                 let e = abs(h.cache.storedKeys![t * D + d] - exact[t * D + d])
-                XCTAssertLessThanOrEqual(e, s / 2 + 1e-5, "channel \(d) token \(t): within half a step of its channel group")
+                XCTAssertLessThanOrEqual(
+                    e, s / 2 + 1e-5, "channel \(d) token \(t): within half a step of its channel group")
                 maxError = max(maxError, e)
             }
         }
         XCTAssertGreaterThan(maxError, 0.05, "a 32-token channel group at 2 bits cannot round-trip exactly")
         h.step(32)
-        XCTAssertEqual(Array(h.cache.storedKeys![(32 * D)..<(33 * D)]), Array(exact[(32 * D)..<(33 * D)]), "the new block starts 16-bit")
+        XCTAssertEqual(
+            Array(h.cache.storedKeys![(32 * D)..<(33 * D)]), Array(exact[(32 * D)..<(33 * D)]),
+            "the new block starts 16-bit")
     }
 
     func testValuesAreQuantizedOneTokenAtATimeOldestFirst() throws {
@@ -126,7 +142,8 @@ final class KIVIPolicyTests: XCTestCase {
 
     func testParametersAreChecked() throws {
         XCTAssertNotNil(PolicyRegistry.type(named: "kivi"))
-        let header = TraceHeader(model: "t", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 8, promptLength: 4, numTokens: 8)
+        let header = TraceHeader(
+            model: "t", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 8, promptLength: 4, numTokens: 8)
         let setup = PolicySetup(header: header, layer: LayerInfo(index: 0))
         func make(_ values: [String: String]) throws -> KIVIPolicy {
             try KIVIPolicy(parameters: try PolicySpec(name: "kivi", values: values).parameters, setup: setup)
@@ -147,18 +164,23 @@ final class KIVIPolicyTests: XCTestCase {
         let dir = try TestTraces.directory(self)
         let T = 160, P = 40, Hq = 4, Hkv = 2, D = 32
         let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 17)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("k.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D, layers: [layer])
-        let specs = [try PolicySpec(name: "full"),
-                     try PolicySpec(name: "kivi", values: ["group": "16", "residual": "32"]),
-                     try PolicySpec(name: "kivi", values: ["format": "paper", "group": "16", "residual": "32"])]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("k.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D, layers: [layer])
+        let specs = [
+            try PolicySpec(name: "full"),
+            try PolicySpec(name: "kivi", values: ["group": "16", "residual": "32"]),
+            try PolicySpec(name: "kivi", values: ["format": "paper", "group": "16", "residual": "32"])
+        ]
         let (result, events) = try TestTraces.replay(path, specs)
         XCTAssertTrue(events.isEmpty, "KIVI evicts nothing")
         let full = result.runs[0], kivi = result.runs[1], paper = result.runs[2]
         for run in [kivi, paper] {
             XCTAssertEqual(run.summary.massRecall.min, 1, accuracy: 1e-4, "\(run.spec.label): every token is attended")
             XCTAssertEqual(run.summary.topKRecall.min, 1)
-            XCTAssertGreaterThan(run.summary.outputError!.mean, 1e-3, "\(run.spec.label): quantized V and K change the output")
-            XCTAssertGreaterThan(run.summary.attentionKL.mean, 1e-6, "\(run.spec.label): quantized keys change the attention")
+            XCTAssertGreaterThan(
+                run.summary.outputError!.mean, 1e-3, "\(run.spec.label): quantized V and K change the output")
+            XCTAssertGreaterThan(
+                run.summary.attentionKL.mean, 1e-6, "\(run.spec.label): quantized keys change the attention")
             XCTAssertLessThan(run.summary.memory.finalResidentBytes, 0.5 * full.summary.memory.finalResidentBytes)
             for (a, b) in zip(run.steps, full.steps) {
                 XCTAssertEqual(a.attendedTokens, b.attendedTokens)
@@ -168,8 +190,9 @@ final class KIVIPolicyTests: XCTestCase {
         // The int run's last step, against 5.3 (D = 32, G = 16: two value groups per token).
         let last = kivi.steps.last!
         let n = T, fk = n % 32, fv = 32
-        let perHead = expectedBytes(quantizedKeys: n - fk, fp16Keys: fk, quantizedValues: n - fv, fp16Values: fv,
-                                    D: D, G: 16, kBits: 2, vBits: 2)
+        let perHead = expectedBytes(
+            quantizedKeys: n - fk, fp16Keys: fk, quantizedValues: n - fv, fp16Values: fv,
+            D: D, G: 16, kBits: 2, vBits: 2)
         XCTAssertEqual(last.residentBytes, Hkv * perHead)
         XCTAssertEqual(full.summary.outputError!.max, 0, accuracy: 1e-6)
     }

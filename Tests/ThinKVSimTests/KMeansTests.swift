@@ -31,7 +31,8 @@ final class KMeansTests: XCTestCase {
         let (points, centres) = threeClusters()
         for seed: UInt64 in [0, 1, 2, 7, 123] {
             let picked = KMeans.representatives(points, k: 3, iterations: 10, seed: seed)
-            XCTAssertEqual(picked, centres.sorted(), "seed \(seed): one representative per cluster, the one at its mean")
+            XCTAssertEqual(
+                picked, centres.sorted(), "seed \(seed): one representative per cluster, the one at its mean")
         }
     }
 

@@ -8,12 +8,18 @@ import XCTest
 /// checks, the real trace, and `--kept` against tools/reference/kvpress_reference.py.
 final class KVPressPolicyTests: XCTestCase {
     /// A one-layer MHA trace (D = 2) with the given keys `[T][2]` and queries (zero if absent).
-    private func trace(_ keys: [(Float, Float)], P: Int, queries: [Float]? = nil, name: String = "t.h5") throws -> String {
+    private func trace(_ keys: [(Float, Float)], P: Int, queries: [Float]? = nil, name: String = "t.h5") throws
+        -> String
+    {
         let dir = try TestTraces.directory(self)
         let T = keys.count
-        return try TestTraces.write(to: dir.appendingPathComponent(name), T: T, P: P, Hq: 1, Hkv: 1, D: 2,
-                                    layers: [TestTraces.Layer(q: queries ?? [Float](repeating: 0, count: T * 2),
-                                                              k: keys.flatMap { [$0.0, $0.1] })])
+        return try TestTraces.write(
+            to: dir.appendingPathComponent(name), T: T, P: P, Hq: 1, Hkv: 1, D: 2,
+            layers: [
+                TestTraces.Layer(
+                    q: queries ?? [Float](repeating: 0, count: T * 2),
+                    k: keys.flatMap { [$0.0, $0.1] })
+            ])
     }
 
     // MARK: knorm
@@ -37,7 +43,8 @@ final class KVPressPolicyTests: XCTestCase {
     func testCompressionRatioKeepsAFractionOfTheTokensSeen() throws {
         let keys: [(Float, Float)] = (0..<8).map { (Float(8 - $0), 0) }
         let path = try trace(keys, P: 4)
-        let (_, events, snapshots) = try TestTraces.observe(path, KnormPolicy.self, ["compression-ratio": "0.5", "interval": "2"])
+        let (_, events, snapshots) = try TestTraces.observe(
+            path, KnormPolicy.self, ["compression-ratio": "0.5", "interval": "2"])
         XCTAssertEqual(keptByStep(events), [1: [3, 4, 5], 3: [4, 5, 6, 7]])
         XCTAssertEqual(snapshots.last?.resident, [[7, 6, 5, 4]])
     }
@@ -74,14 +81,16 @@ final class KVPressPolicyTests: XCTestCase {
         var mha = HandTrace(T: 4, P: 3)
         for p in 0..<3 { mha.key(p, direction: p) }
         mha.query(3, [0: 2, 1: 5, 2: 1])
-        let (_, _, snapshots) = try TestTraces.observe(try mha.write(in: dir), TOVAPolicy.self, ["budget": "2", "interval": "1"])
+        let (_, _, snapshots) = try TestTraces.observe(
+            try mha.write(in: dir), TOVAPolicy.self, ["budget": "2", "interval": "1"])
         XCTAssertEqual(snapshots.last?.resident, [[3, 1]])
 
         var gqa = HandTrace(T: 4, P: 3, Hq: 2, Hkv: 1)
         for p in 0..<3 { gqa.key(p, direction: p) }
         gqa.query(3, head: 0, [0: 6])
         gqa.query(3, head: 1, [2: 8])
-        let (_, events, grouped) = try TestTraces.observe(try gqa.write(in: dir, name: "gqa.h5"), TOVAPolicy.self, ["budget": "2", "interval": "1"])
+        let (_, events, grouped) = try TestTraces.observe(
+            try gqa.write(in: dir, name: "gqa.h5"), TOVAPolicy.self, ["budget": "2", "interval": "1"])
         XCTAssertEqual(grouped.last?.resident, [[3, 2]])
         XCTAssertEqual(keptByStep(events), [0: [2, 3]])
     }
@@ -90,7 +99,8 @@ final class KVPressPolicyTests: XCTestCase {
     func testTOVAKeepsTheSamePositionsInEveryKVHead() throws {
         let dir = try TestTraces.directory(self)
         let layer = TestTraces.randomLayer(T: 40, Hq: 4, Hkv: 2, D: 8, seed: 12)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: 40, P: 10, Hq: 4, Hkv: 2, D: 8, layers: [layer])
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: 40, P: 10, Hq: 4, Hkv: 2, D: 8, layers: [layer])
         let (_, events, _) = try TestTraces.observe(path, TOVAPolicy.self, ["budget": "8", "interval": "3"])
         XCTAssertEqual(keptByStep(events, kvHead: 0), keptByStep(events, kvHead: 1))
         XCTAssertEqual(keptByStep(events).count, 10)
@@ -144,8 +154,10 @@ final class KVPressPolicyTests: XCTestCase {
     // MARK: Parameters
 
     func testRefusesMissingOrDoubleTargetsAndAWindowAsLargeAsTheInterval() throws {
-        let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 2, numQHeads: 1, numKVHeads: 1, headDim: 4,
-                                                    promptLength: 4, numTokens: 8), layer: LayerInfo(index: 0))
+        let setup = PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 2, numQHeads: 1, numKVHeads: 1, headDim: 4,
+                promptLength: 4, numTokens: 8), layer: LayerInfo(index: 0))
         func failure(_ name: String, _ values: [String: String]) -> String? {
             do {
                 let spec = try PolicySpec(name: name, values: values)
@@ -157,7 +169,8 @@ final class KVPressPolicyTests: XCTestCase {
         }
         for name in ["tova", "knorm", "keydiff", "pyramidkv"] {
             XCTAssertTrue(failure(name, [:])?.contains("give --budget") == true, name)
-            XCTAssertTrue(failure(name, ["budget": "100", "compression-ratio": "0.5"])?.contains("alternatives") == true, name)
+            XCTAssertTrue(
+                failure(name, ["budget": "100", "compression-ratio": "0.5"])?.contains("alternatives") == true, name)
             XCTAssertNotNil(failure(name, ["compression-ratio": "1"]), "removing everything is refused")
         }
         XCTAssertNil(failure("knorm", ["compression-ratio": "0.25"]))
@@ -174,10 +187,13 @@ final class KVPressPolicyTests: XCTestCase {
         try PythonReference.requireNumPy()
         let dir = try TestTraces.directory(self)
         let T = 150, P = 30
-        let layers = [TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 91, index: 0),
-                      TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 92, index: 3)]
-        let path = try TestTraces.write(to: dir.appendingPathComponent("k.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 16,
-                                        numLayers: 4, layers: layers, dtype: .float16)
+        let layers = [
+            TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 91, index: 0),
+            TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 92, index: 3)
+        ]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("k.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 16,
+            numLayers: 4, layers: layers, dtype: .float16)
         let cases: [(String, [String: String])] = [
             ("tova", ["budget": "24", "interval": "7"]),
             ("tova", ["compression-ratio": "0.6", "interval": "1"]),
@@ -186,16 +202,19 @@ final class KVPressPolicyTests: XCTestCase {
             ("keydiff", ["budget": "24", "interval": "5"]),
             ("keydiff", ["compression-ratio": "0.5", "interval": "11"]),
             ("pyramidkv", ["budget": "40", "interval": "20", "window": "8", "kernel": "3"]),
-            ("pyramidkv", ["compression-ratio": "0.5", "interval": "16", "window": "4", "beta": "3"]),
+            ("pyramidkv", ["compression-ratio": "0.5", "interval": "16", "window": "4", "beta": "3"])
         ]
         for (press, base) in cases {
             for dtype in ["float32", "bfloat16"] {
                 var values = base
                 values["score-dtype"] = dtype
                 let label = "\(press) \(values)"
-                let swift = PythonReference.byKey(try TestTraces.replay(path, [try PolicySpec(name: press, values: values)]).1)
-                let numpy = PythonReference.byKey(try PythonReference.keptEvents(
-                    script: "kvpress_reference.py", [path, "--press", press] + values.flatMap { ["--\($0.key)", $0.value] }))
+                let swift = PythonReference.byKey(
+                    try TestTraces.replay(path, [try PolicySpec(name: press, values: values)]).1)
+                let numpy = PythonReference.byKey(
+                    try PythonReference.keptEvents(
+                        script: "kvpress_reference.py",
+                        [path, "--press", press] + values.flatMap { ["--\($0.key)", $0.value] }))
                 XCTAssertGreaterThan(swift.count, 5, label)
                 XCTAssertEqual(swift, numpy, label)
             }

@@ -31,20 +31,28 @@ final class LazyEvictionPolicyTests: XCTestCase {
         trace.query(7, only(2))
         let path = try trace.write(in: dir)
         for dtype in ["float32", "float16"] {
-            let spec = try PolicySpec(name: "lazyeviction", values: ["budget": "3", "window": "2", "score-dtype": dtype])
+            let spec = try PolicySpec(
+                name: "lazyeviction", values: ["budget": "3", "window": "2", "score-dtype": dtype])
             XCTAssertEqual(keptByStep(try TestTraces.replay(path, [spec]).1), [1: [0, 3, 4], 3: [0, 5, 6]], dtype)
         }
     }
 
     func testRefusesABudgetSmallerThanTheWindow() throws {
-        let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 2, numKVHeads: 1, headDim: 4,
-                                                    promptLength: 300, numTokens: 1000),
-                                layer: LayerInfo(index: 0))
+        let setup = PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 1, numQHeads: 2, numKVHeads: 1, headDim: 4,
+                promptLength: 300, numTokens: 1000),
+            layer: LayerInfo(index: 0))
         func make(_ values: [String: String]) throws -> LazyEvictionPolicy {
-            try LazyEvictionPolicy(parameters: try PolicySpec(name: "lazyeviction", values: values).parameters, setup: setup)
+            try LazyEvictionPolicy(
+                parameters: try PolicySpec(name: "lazyeviction", values: values).parameters, setup: setup)
         }
-        XCTAssertThrowsError(try make(["budget": "100"])) { XCTAssertTrue("\($0)".contains("at least --window"), "\($0)") }
-        XCTAssertEqual(try make(["budget": "128"]).residentCap, 300 + 127, "a prompt over the budget stays until the first eviction")
+        XCTAssertThrowsError(try make(["budget": "100"])) {
+            XCTAssertTrue("\($0)".contains("at least --window"), "\($0)")
+        }
+        XCTAssertEqual(
+            try make(["budget": "128"]).residentCap, 300 + 127,
+            "a prompt over the budget stays until the first eviction")
         XCTAssertEqual(try make(["budget": "500", "window": "175"]).residentCap, 500 + 174)
     }
 
@@ -56,16 +64,21 @@ final class LazyEvictionPolicyTests: XCTestCase {
         for (P, seed) in [(6, UInt64(41)), (45, UInt64(42))] {
             let T = 150
             let layer = TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 8, seed: seed, values: false)
-            let path = try TestTraces.write(to: dir.appendingPathComponent("r\(seed).h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 8,
-                                            layers: [layer])
-            for values in [["budget": "24", "window": "6"], ["budget": "30", "window": "10", "alpha": "0.02"],
-                           ["budget": "12", "window": "4", "score-dtype": "float16"]] {
+            let path = try TestTraces.write(
+                to: dir.appendingPathComponent("r\(seed).h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 8,
+                layers: [layer])
+            for values in [
+                ["budget": "24", "window": "6"], ["budget": "30", "window": "10", "alpha": "0.02"],
+                ["budget": "12", "window": "4", "score-dtype": "float16"]
+            ] {
                 let label = "P \(P) \(values)"
                 let (_, events, snapshots) = try TestTraces.observe(path, LazyEvictionPolicy.self, values)
                 let spec = try PolicySpec(name: "lazyeviction", values: values)
-                let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8,
-                                                            promptLength: P, numTokens: T),
-                                        layer: LayerInfo(index: 0))
+                let setup = PolicySetup(
+                    header: TraceHeader(
+                        model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8,
+                        promptLength: P, numTokens: T),
+                    layer: LayerInfo(index: 0))
                 let policy = try LazyEvictionPolicy(parameters: spec.parameters, setup: setup)
                 let B = policy.budget, W = policy.window
                 XCTAssertGreaterThan(events.count, 4, label)
@@ -79,7 +92,9 @@ final class LazyEvictionPolicyTests: XCTestCase {
                         guard s.resident[g].count < previous[g].count + 1 else { continue }
                         XCTAssertEqual((step + 1) % W, 0, "evicted off the window at \(p): \(label)")
                         XCTAssertEqual(s.resident[g].count, B, label)
-                        XCTAssertEqual(Array(s.resident[g].suffix(W)), (p - W + 1...p).map { Int32($0) }, "the window stays last: \(label)")
+                        XCTAssertEqual(
+                            Array(s.resident[g].suffix(W)), (p - W + 1...p).map { Int32($0) },
+                            "the window stays last: \(label)")
                     }
                     previous = s.resident
                 }
@@ -97,21 +112,26 @@ final class LazyEvictionPolicyTests: XCTestCase {
         try PythonReference.requireNumPy()
         let dir = try TestTraces.directory(self)
         let T = 220, P = 30
-        let layers = [TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 51, index: 0),
-                      TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 52, index: 1)]
-        let path = try TestTraces.write(to: dir.appendingPathComponent("lazy.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 16,
-                                        numLayers: 2, layers: layers, dtype: .float16)
+        let layers = [
+            TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 51, index: 0),
+            TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 52, index: 1)
+        ]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("lazy.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 16,
+            numLayers: 2, layers: layers, dtype: .float16)
         let cases: [[String: String]] = [
             ["budget": "64", "window": "16"],
             ["budget": "40", "window": "8", "alpha": "0.01"],
             ["budget": "50", "window": "25", "score-dtype": "float16"],
             ["budget": "30", "window": "5", "alpha": "0.002", "score-dtype": "float16"],
-            ["budget": "48", "window": "12", "score-dtype": "bfloat16"],
+            ["budget": "48", "window": "12", "score-dtype": "bfloat16"]
         ]
         for values in cases {
-            let swift = PythonReference.byKey(try TestTraces.replay(path, [try PolicySpec(name: "lazyeviction", values: values)]).1)
-            let numpy = PythonReference.byKey(try PythonReference.keptEvents(
-                script: "lazyeviction_reference.py", [path] + values.flatMap { ["--\($0.key)", $0.value] }))
+            let swift = PythonReference.byKey(
+                try TestTraces.replay(path, [try PolicySpec(name: "lazyeviction", values: values)]).1)
+            let numpy = PythonReference.byKey(
+                try PythonReference.keptEvents(
+                    script: "lazyeviction_reference.py", [path] + values.flatMap { ["--\($0.key)", $0.value] }))
             XCTAssertGreaterThan(swift.count, 5, "\(values)")
             XCTAssertEqual(swift, numpy, "\(values)")
         }

@@ -9,27 +9,37 @@ final class MemoryMatchingTests: XCTestCase {
     private func trace() throws -> String {
         let directory = try TestTraces.directory(self)
         let T = 100
-        return try TestTraces.write(to: directory.appendingPathComponent("m.h5"), T: T, P: 8, Hq: 2, Hkv: 1, D: 4, numLayers: 4,
-                                    layers: [TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 4, seed: 5),
-                                             TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 4, seed: 6, index: 1)])
+        return try TestTraces.write(
+            to: directory.appendingPathComponent("m.h5"), T: T, P: 8, Hq: 2, Hkv: 1, D: 4, numLayers: 4,
+            layers: [
+                TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 4, seed: 5),
+                TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 4, seed: 6, index: 1)
+            ])
     }
 
-    private func matcher(_ path: String, _ specs: [PolicySpec], _ target: MemoryTarget, _ statistic: MemoryStatistic = .mean,
-                         tolerance: Double = 1) throws -> MemoryMatcher {
+    private func matcher(
+        _ path: String, _ specs: [PolicySpec], _ target: MemoryTarget, _ statistic: MemoryStatistic = .mean,
+        tolerance: Double = 1
+    ) throws -> MemoryMatcher {
         var configuration = ReplayConfiguration(policies: specs)
         // Two workers: the reference is filled in parallel parts while a store copies it.
         configuration.threads = 2
         configuration.chunkSteps = 16  // several chunks, so stored chunks are restored in order
-        return MemoryMatcher(reader: try TraceReader(path: path), configuration: configuration, target: target, statistic: statistic,
-                             tolerance: tolerance)
+        return MemoryMatcher(
+            reader: try TraceReader(path: path), configuration: configuration, target: target, statistic: statistic,
+            tolerance: tolerance)
     }
 
     /// Every budget from 1 to T in one engine run: the memory figure of each.
-    private func exhaustive(_ path: String, policy: String, values: [String: String] = [:], lowest: Int,
-                            figure: (MemorySummary) -> Double) throws -> [Int: Double] {
+    private func exhaustive(
+        _ path: String, policy: String, values: [String: String] = [:], lowest: Int,
+        figure: (MemorySummary) -> Double
+    ) throws -> [Int: Double] {
         let reader = try TraceReader(path: path)
         let budgets = Array(lowest...reader.header.numTokens)
-        let specs = try budgets.map { b in try PolicySpec(name: policy, values: values.merging(["budget": String(b)]) { $1 }) }
+        let specs = try budgets.map { b in
+            try PolicySpec(name: policy, values: values.merging(["budget": String(b)]) { $1 })
+        }
         var configuration = ReplayConfiguration(policies: specs)
         configuration.threads = 1
         let result = try ReplayEngine(reader: reader, configuration: configuration).run()
@@ -46,11 +56,12 @@ final class MemoryMatchingTests: XCTestCase {
         let cases: [(policy: String, values: [String: String], lowest: Int, near: Int, statistic: MemoryStatistic)] = [
             ("h2o", [:], 2, 23, .mean),
             ("h2o", [:], 2, 37, .peak),
-            ("streaming", ["sinks": "4", "trigger": "legacy", "divide": "16"], 5, 30, .mean),
+            ("streaming", ["sinks": "4", "trigger": "legacy", "divide": "16"], 5, 30, .mean)
         ]
         for c in cases {
-            let all = try exhaustive(path, policy: c.policy, values: c.values, lowest: c.lowest,
-                                     figure: c.statistic == .mean ? mean : peak)
+            let all = try exhaustive(
+                path, policy: c.policy, values: c.values, lowest: c.lowest,
+                figure: c.statistic == .mean ? mean : peak)
             let budgets = all.keys.sorted()
             for (a, b) in zip(budgets, budgets.dropFirst()) {
                 XCTAssertLessThanOrEqual(all[a]!, all[b]! + 1e-9, "\(c.policy): memory not monotone at \(a)")
@@ -75,8 +86,10 @@ final class MemoryMatchingTests: XCTestCase {
     /// those of a plain replay at the budget found (the stored reference gives the same bits).
     func testTrialsShareTheReferenceAndKeepItsBits() throws {
         let path = try trace()
-        let specs = try [PolicySpec(name: "full"), PolicySpec(name: "h2o", values: ["budget": "1"]),
-                         PolicySpec(name: "streaming", values: ["budget": "1", "sinks": "2"]), PolicySpec(name: "kivi")]
+        let specs = try [
+            PolicySpec(name: "full"), PolicySpec(name: "h2o", values: ["budget": "1"]),
+            PolicySpec(name: "streaming", values: ["budget": "1", "sinks": "2"]), PolicySpec(name: "kivi")
+        ]
         // One token is about 1.9 points of this trace's mean full cache: a 2-point tolerance.
         let m = try matcher(path, specs, .percent(20), tolerance: 2)
         let matched = try m.run()
@@ -111,10 +124,12 @@ final class MemoryMatchingTests: XCTestCase {
         configuration.chunkSteps = 16
         let plain = try ReplayEngine(reader: try TraceReader(path: path), configuration: configuration).run()
         XCTAssertEqual(matched.runs[0].spec.parameters.int("budget"), budget)
-        XCTAssertEqual(matched.runs[0].steps.map(\.thought), plain.runs[0].steps.map(\.thought), "the same types and caches")
+        XCTAssertEqual(
+            matched.runs[0].steps.map(\.thought), plain.runs[0].steps.map(\.thought), "the same types and caches")
         XCTAssertEqual(matched.runs[0].summary, plain.runs[0].summary)
-        XCTAssertTrue(matched.notes.allSatisfy { !$0.hasPrefix("thinkv(budget=") || $0.hasPrefix("thinkv(budget=\(budget),") },
-                      "notes name the chosen run: \(matched.notes)")
+        XCTAssertTrue(
+            matched.notes.allSatisfy { !$0.hasPrefix("thinkv(budget=") || $0.hasPrefix("thinkv(budget=\(budget),") },
+            "notes name the chosen run: \(matched.notes)")
     }
 
     /// A target below what the smallest budget holds is reported, with the smallest budget run.
@@ -157,7 +172,8 @@ final class MemoryMatchingSweepTests: XCTestCase {
         let traces = try SweepFixture.traces(in: directory)
         let output = directory.appendingPathComponent("kv.csv").path
         let json = """
-            {"traces": ["\(traces[0])"], "policies": ["full", {"policy": "streaming", "parameters": {"sinks": 1}}, "h2o"],
+            {"traces": ["\(traces[0])"], "policies": ["full", {"policy": "streaming", "parameters": {"sinks": 1}}, \
+            "h2o"],
              "kv_percent": [40, 60], "output": "\(output)", "threads": 1}
             """
         let grid = try SweepFixture.grid(json)
@@ -173,10 +189,15 @@ final class MemoryMatchingSweepTests: XCTestCase {
         // The h2o run at 40 % is the direct match's run.
         var configuration = ReplayConfiguration(policies: [try PolicySpec(name: "h2o", values: ["budget": "9"])])
         configuration.threads = 1
-        let direct = try MemoryMatcher(reader: try TraceReader(path: traces[0]), configuration: configuration, target: .percent(40)).run()
-        let h2o40 = table.rows.firstIndex { $0[table.index(of: "policy")!] == "h2o" && $0[table.index(of: "kv_percent")!] == "40" }!
+        let direct = try MemoryMatcher(
+            reader: try TraceReader(path: traces[0]), configuration: configuration, target: .percent(40)
+        ).run()
+        let h2o40 = table.rows.firstIndex {
+            $0[table.index(of: "policy")!] == "h2o" && $0[table.index(of: "kv_percent")!] == "40"
+        }!
         XCTAssertEqual(column("budget")[h2o40], String(direct.runs[0].memoryMatch!.budget!))
-        XCTAssertEqual(column("achieved_percent")[h2o40], SweepColumns.number(direct.runs[0].memoryMatch!.achievedPercent))
+        XCTAssertEqual(
+            column("achieved_percent")[h2o40], SweepColumns.number(direct.runs[0].memoryMatch!.achievedPercent))
         XCTAssertEqual(column("achieved_percent")[h2o40], column("percent_of_full_mean")[h2o40])
     }
 
@@ -185,7 +206,8 @@ final class MemoryMatchingSweepTests: XCTestCase {
             {"traces": ["x.h5"], "policies": ["h2o"], "parameters": {"budget": 8}, "kv_percent": 10, "output": "o.csv"}
             """
         XCTAssertThrowsError(try SweepConfig.decode(Data(json.utf8), file: "c.json")) { error in
-            XCTAssertTrue("\(error)".contains("parameters.budget: budget and kv_percent exclude each other"), "\(error)")
+            XCTAssertTrue(
+                "\(error)".contains("parameters.budget: budget and kv_percent exclude each other"), "\(error)")
         }
     }
 }
@@ -217,13 +239,16 @@ final class AggregateFigureTests: XCTestCase {
         let traces = try SweepFixture.traces(in: directory)
         let output = directory.appendingPathComponent("kv.csv").path
         let json = """
-            {"traces": ["\(traces[0])", "\(traces[1])"], "policies": ["full", "h2o", {"policy": "streaming", "parameters": {"sinks": 1}}],
+            {"traces": ["\(traces[0])", "\(traces[1])"], "policies": ["full", "h2o", {"policy": "streaming", \
+            "parameters": {"sinks": 1}}],
              "kv_percent": [40, 60], "output": "\(output)", "threads": 1}
             """
         _ = try SweepRunner(grid: try SweepFixture.grid(json)).run()
         let data = try PlotData(path: output)
-        let figure = try XCTUnwrap(AggregateFigure.fidelityVsBytes(data, metrics: [.kl], bytesColumn: "kv_bytes_mean",
-                                                                   logBytes: true, budgetLabels: true))
+        let figure = try XCTUnwrap(
+            AggregateFigure.fidelityVsBytes(
+                data, metrics: [.kl], bytesColumn: "kv_bytes_mean",
+                logBytes: true, budgetLabels: true))
         let panel = figure.panels[0]
         let lines = panel.series.filter { $0.role == "series" }
         XCTAssertEqual(lines.map(\.label), ["full", "h2o", "streaming"])
@@ -255,10 +280,14 @@ final class MemoryMatchingCLITests: XCTestCase {
     func testReplayWithAMemoryTarget() throws {
         let directory = try TestTraces.directory(self)
         let trace = try SweepFixture.traces(in: directory)[0]
-        func run(_ arguments: [String]) throws -> CommandRunner.Outcome { try CommandRunner.run(arguments, in: directory) }
+        func run(_ arguments: [String]) throws -> CommandRunner.Outcome {
+            try CommandRunner.run(arguments, in: directory)
+        }
 
-        let json = try run(["replay", trace, "--policy", "full,h2o", "--kv-percent", "50", "--threads", "1", "--json",
-                            "--csv", directory.appendingPathComponent("s.csv").path])
+        let json = try run([
+            "replay", trace, "--policy", "full,h2o", "--kv-percent", "50", "--threads", "1", "--json",
+            "--csv", directory.appendingPathComponent("s.csv").path
+        ])
         XCTAssertEqual(json.status, 0, json.stderr)
         let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
         let runs = try XCTUnwrap(report["runs"] as? [[String: Any]])
@@ -277,16 +306,18 @@ final class MemoryMatchingCLITests: XCTestCase {
         let text = try run(["replay", trace, "--policy", "h2o,kivi", "--kv-percent", "50", "--threads", "1"])
         XCTAssertEqual(text.status, 0, text.stderr)
         XCTAssertTrue(text.stdout.contains("not matched"), text.stdout)
-        let header = try XCTUnwrap(text.stdout.split(separator: "\n").first { $0.hasPrefix("policy") && $0.contains("KL") })
-        XCTAssertLessThan(try XCTUnwrap(header.range(of: "KL")).lowerBound, try XCTUnwrap(header.range(of: "recall")).lowerBound,
-                          "the table leads with KL: \(header)")
+        let header = try XCTUnwrap(
+            text.stdout.split(separator: "\n").first { $0.hasPrefix("policy") && $0.contains("KL") })
+        XCTAssertLessThan(
+            try XCTUnwrap(header.range(of: "KL")).lowerBound, try XCTUnwrap(header.range(of: "recall")).lowerBound,
+            "the table leads with KL: \(header)")
 
         for (arguments, message) in [
             (["--policy", "h2o", "--kv-percent", "10", "--budget", "8"], "--budget and a memory target"),
             (["--policy", "h2o", "--kv-percent", "10", "--kv-bytes", "1000"], "exclude each other"),
             (["--policy", "h2o", "--kv-match", "peak"], "--kv-match needs --kv-percent or --kv-bytes"),
             (["--policy", "h2o", "--kv-percent", "150"], "--kv-percent must be in (0, 100]"),
-            (["--policy", "h2o", "--kv-percent", "ten"], "--kv-percent must be a number"),
+            (["--policy", "h2o", "--kv-percent", "ten"], "--kv-percent must be a number")
         ] {
             let outcome = try run(["replay", trace] + arguments)
             XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")

@@ -17,7 +17,7 @@ final class EvictResidues: CachePolicy {
         .integer("stride", default: 3, min: 1, help: "modulus"),
         .integer("offset", default: 0, help: "residue that is evicted"),
         .choice("when", ["before", "after"], default: "before", help: "evict before or after the step's attention"),
-        .integer("head", default: -1, min: -1, help: "only this kv head (-1: all)"),
+        .integer("head", default: -1, min: -1, help: "only this kv head (-1: all)")
     ]
     let stride: Int, offset: Int, before: Bool, head: Int
 
@@ -35,12 +35,16 @@ final class EvictResidues: CachePolicy {
 
     private func evict(_ context: StepContext, _ cache: LayerCache) {
         for g in 0..<cache.numKVHeads where head < 0 || g == head {
-            cache.removeAll(kvHead: g) { !EvictResidues.keeps(Int($0), at: context.position, stride: stride, offset: offset) }
+            cache.removeAll(kvHead: g) {
+                !EvictResidues.keeps(Int($0), at: context.position, stride: stride, offset: offset)
+            }
         }
     }
 
     func beforeAttention(_ context: StepContext, cache: LayerCache) { if before { evict(context, cache) } }
-    func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) { if !before { evict(context, cache) } }
+    func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
+        if !before { evict(context, cache) }
+    }
 }
 
 /// Keeps only the newest `window` positions, acting after the step's attention (as H2O,
@@ -98,7 +102,9 @@ final class EvictThenReadmit: CachePolicy {
     static let name = "test-evict-readmit"
     static func compressionCadence(_ parameters: PolicyParameters) -> String { "every step (a test policy)" }
     static let summary = "test only: evicts one residue, readmits it, evicts another"
-    static let parameters: [PolicyParameter] = [.integer("readmit", default: 20, min: 0, help: "decode step of the readmission")]
+    static let parameters: [PolicyParameter] = [
+        .integer("readmit", default: 20, min: 0, help: "decode step of the readmission")
+    ]
     let readmit: Int
     init(parameters: PolicyParameters, setup: PolicySetup) throws { readmit = parameters.int("readmit")! }
 
@@ -109,7 +115,9 @@ final class EvictThenReadmit: CachePolicy {
             for p in stride(from: 1, to: context.position, by: 3) { cache.append(position: p) }
         }
         let residue = EvictThenReadmit.residue(atStep: context.step, readmit: readmit)
-        for g in 0..<cache.numKVHeads { cache.removeAll(kvHead: g) { Int($0) != context.position && Int($0) % 3 == residue } }
+        for g in 0..<cache.numKVHeads {
+            cache.removeAll(kvHead: g) { Int($0) != context.position && Int($0) % 3 == residue }
+        }
     }
 }
 
@@ -146,8 +154,9 @@ final class MetricIdentityTests: XCTestCase {
             q: [0, 0, 0, 0, ln3, 0, 0, 0],
             k: [0, 0, 1, 0, 0, 0, 0, 0],
             v: [1, 0, 0, 1, 1, 1, 0, 0])
-        return try TestTraces.write(to: directory.appendingPathComponent("hand.h5"), T: 4, P: 2, Hq: 1, Hkv: 1, D: 2,
-                                    layers: [layer], softmaxScale: 1)
+        return try TestTraces.write(
+            to: directory.appendingPathComponent("hand.h5"), T: 4, P: 2, Hq: 1, Hkv: 1, D: 2,
+            layers: [layer], softmaxScale: 1)
     }
 
     /// Evicting position 1 before attention (stride 2, offset 1), worked by hand:
@@ -160,12 +169,13 @@ final class MetricIdentityTests: XCTestCase {
     ///         Ô = (v0 + v2 + v3)/3 = (2/3, 1/3); Ô - O = (1/6, -1/6); error = (sqrt(2)/6)/sqrt(0.5) = 1/3.
     func testHandComputedEvictionBeforeAttention() throws {
         let path = try handTrace()
-        let (result, events) = try TestTraces.replay(path, [try spec(EvictResidues.self, ["stride": "2", "offset": "1"])], topK: 2)
+        let (result, events) = try TestTraces.replay(
+            path, [try spec(EvictResidues.self, ["stride": "2", "offset": "1"])], topK: 2)
         let steps = result.runs[0].steps
         XCTAssertEqual(steps.count, 2)
         let expected: [(recall: Float, kl: Float, error: Float, attended: Double)] = [
             (0.4, 0.916291, 0.75, 2),
-            (0.75, 0.287682, 1.0 / 3, 3),
+            (0.75, 0.287682, 1.0 / 3, 3)
         ]
         for (r, e) in zip(steps, expected) {
             XCTAssertEqual(r.massRecall, e.recall, accuracy: 1e-6, "step \(r.step)")
@@ -216,7 +226,8 @@ final class MetricIdentityTests: XCTestCase {
     /// step 1: S = {0, 2, 3}: m = 0.75, KL = ln(4/3), error 1/3 (as before attention above).
     func testAttendedAndResidentSetsDifferWhenEvictingAfterAttention() throws {
         let path = try handTrace()
-        let (result, _) = try TestTraces.replay(path, [try spec(EvictResidues.self, ["stride": "2", "offset": "1", "when": "after"])])
+        let (result, _) = try TestTraces.replay(
+            path, [try spec(EvictResidues.self, ["stride": "2", "offset": "1", "when": "after"])])
         let steps = result.runs[0].steps
         XCTAssertEqual(steps.map(\.attendedTokens), [3, 3])
         XCTAssertEqual(steps.map(\.residentTokens), [2, 3])
@@ -236,9 +247,11 @@ final class MetricIdentityTests: XCTestCase {
     func testSlidingWindowAfterAttentionMeasuresTheAttendedSet() throws {
         let T = 30, P = 8, D = 8, window = 5
         let layer = TestTraces.randomLayer(T: T, Hq: 1, Hkv: 1, D: D, seed: 21)
-        let path = try TestTraces.write(to: directory.appendingPathComponent("window.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
-                                        layers: [layer])
-        let (result, _) = try TestTraces.replay(path, [try spec(KeepNewestAfterAttention.self, ["window": "\(window)"])])
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("window.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
+            layers: [layer])
+        let (result, _) = try TestTraces.replay(
+            path, [try spec(KeepNewestAfterAttention.self, ["window": "\(window)"])])
         let reference = IndependentReference(layer: layer, T: T, Hq: 1, Hkv: 1, D: D, scale: 1 / Float(D).squareRoot())
         for r in result.runs[0].steps {
             let p = r.position
@@ -260,8 +273,9 @@ final class MetricIdentityTests: XCTestCase {
         // The same attention once more as a recorded attention-only layer (the other code path).
         let reference = IndependentReference(layer: layer, T: T, Hq: 1, Hkv: 1, D: D, scale: 1 / Float(D).squareRoot())
         let attnOnly = TestTraces.Layer(index: 1, attn: reference.recordedRows(P: P))
-        let path = try TestTraces.write(to: directory.appendingPathComponent("kl.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
-                                        numLayers: 2, layers: [layer, attnOnly])
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("kl.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
+            numLayers: 2, layers: [layer, attnOnly])
         for when in ["before", "after"] {
             let (result, _) = try TestTraces.replay(path, [try spec(EvictResidues.self, ["stride": "3", "when": when])])
             let steps = result.runs[0].steps
@@ -269,7 +283,9 @@ final class MetricIdentityTests: XCTestCase {
             XCTAssertLessThan(steps.map(\.massRecall).min()!, 0.9, "the example must evict real mass")
             for r in steps {
                 let expected = -logf(r.massRecall)
-                XCTAssertEqual(r.attentionKL, expected, accuracy: 2e-5 + 1e-4 * expected, "\(when), layer \(r.layer), step \(r.step)")
+                XCTAssertEqual(
+                    r.attentionKL, expected, accuracy: 2e-5 + 1e-4 * expected,
+                    "\(when), layer \(r.layer), step \(r.step)")
             }
             // Both layers describe the same attention, so they must agree step by step.
             for (a, b) in zip(steps.filter { $0.layer == 0 }, steps.filter { $0.layer == 1 }) {
@@ -286,11 +302,14 @@ final class MetricIdentityTests: XCTestCase {
     func testEveryStepMatchesAnIndependentComputation() throws {
         let T = 48, P = 10, Hq = 4, Hkv = 2, D = 8, topK = 6
         let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 23)
-        let path = try TestTraces.write(to: directory.appendingPathComponent("independent.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
-                                        D: D, layers: [layer])
-        let (result, _) = try TestTraces.replay(path, [try spec(EvictResidues.self, ["stride": "4", "offset": "1", "head": "1"])],
-                                                topK: topK)
-        let reference = IndependentReference(layer: layer, T: T, Hq: Hq, Hkv: Hkv, D: D, scale: 1 / Float(D).squareRoot())
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("independent.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
+            D: D, layers: [layer])
+        let (result, _) = try TestTraces.replay(
+            path, [try spec(EvictResidues.self, ["stride": "4", "offset": "1", "head": "1"])],
+            topK: topK)
+        let reference = IndependentReference(
+            layer: layer, T: T, Hq: Hq, Hkv: Hkv, D: D, scale: 1 / Float(D).squareRoot())
         var allRecalls: [Double] = []
         for r in result.runs[0].steps {
             let p = r.position
@@ -344,11 +363,13 @@ final class MetricIdentityTests: XCTestCase {
     func testReadmittedPositionsGetTheirLogitsRecomputed() throws {
         let T = 48, P = 10, Hq = 4, Hkv = 2, D = 8
         let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 31)
-        let path = try TestTraces.write(to: directory.appendingPathComponent("readmit.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
-                                        D: D, layers: [layer])
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("readmit.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
+            D: D, layers: [layer])
         let readmit = 21
         func replay(chunkSteps: Int) throws -> ReplayResult {
-            var configuration = ReplayConfiguration(policies: [try spec(EvictThenReadmit.self, ["readmit": "\(readmit)"])], topK: 6)
+            var configuration = ReplayConfiguration(
+                policies: [try spec(EvictThenReadmit.self, ["readmit": "\(readmit)"])], topK: 6)
             configuration.threads = 1
             configuration.chunkSteps = chunkSteps
             return try ReplayEngine(reader: TraceReader(path: path), configuration: configuration).run()
@@ -362,7 +383,8 @@ final class MetricIdentityTests: XCTestCase {
             XCTAssertEqual(a.attentionKL.bitPattern, b.attentionKL.bitPattern, "step \(a.step)")
             XCTAssertEqual(a.outputError?.bitPattern, b.outputError?.bitPattern, "step \(a.step)")
         }
-        let reference = IndependentReference(layer: layer, T: T, Hq: Hq, Hkv: Hkv, D: D, scale: 1 / Float(D).squareRoot())
+        let reference = IndependentReference(
+            layer: layer, T: T, Hq: Hq, Hkv: Hkv, D: D, scale: 1 / Float(D).squareRoot())
         for r in chunked.runs[0].steps where r.step >= readmit {
             let residue = EvictThenReadmit.residue(atStep: r.step, readmit: readmit)
             let attended = (0...r.position).filter { $0 == r.position || $0 % 3 != residue }
@@ -382,12 +404,16 @@ final class MetricIdentityTests: XCTestCase {
     /// num_layers; % of full compares attended bytes with the full cache at the same step.
     func testByteAccounting() throws {
         let T = 12, P = 4, Hq = 4, Hkv = 2, D = 4, numLayers = 8
-        let layers = [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 24, index: 0),
-                      TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 25, index: 5)]
-        let path = try TestTraces.write(to: directory.appendingPathComponent("bytes.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                        numLayers: numLayers, layers: layers)
+        let layers = [
+            TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 24, index: 0),
+            TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 25, index: 5)
+        ]
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("bytes.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+            numLayers: numLayers, layers: layers)
         // Head 1 drops even positions before attention; head 0 keeps everything.
-        let (result, _) = try TestTraces.replay(path, [try spec(EvictResidues.self, ["stride": "2", "offset": "0", "head": "1"])])
+        let (result, _) = try TestTraces.replay(
+            path, [try spec(EvictResidues.self, ["stride": "2", "offset": "0", "head": "1"])])
         let run = result.runs[0]
         XCTAssertEqual(run.steps.count, 2 * (T - P))
         var perStepPercent: [Double] = []
@@ -407,20 +433,25 @@ final class MetricIdentityTests: XCTestCase {
         XCTAssertEqual(memory.peakBytes, 2 * lastAttended * 4)
         XCTAssertEqual(memory.finalResidentBytes, 2 * lastAttended * 4)
         XCTAssertEqual(memory.finalFullBytes, Double(2 * T * Hkv * D * 4 * 4))
-        XCTAssertEqual(memory.meanBytes, (P..<T).map { Double(2 * ($0 + 1 + $0 / 2 + 1) * D * 4 * 4) }.reduce(0, +) / Double(T - P),
-                       accuracy: 1e-9)
-        XCTAssertEqual(memory.meanPercentOfFull, perStepPercent.reduce(0, +) / Double(perStepPercent.count), accuracy: 1e-9)
+        XCTAssertEqual(
+            memory.meanBytes,
+            (P..<T).map { Double(2 * ($0 + 1 + $0 / 2 + 1) * D * 4 * 4) }.reduce(0, +) / Double(T - P),
+            accuracy: 1e-9)
+        XCTAssertEqual(
+            memory.meanPercentOfFull, perStepPercent.reduce(0, +) / Double(perStepPercent.count), accuracy: 1e-9)
         XCTAssertEqual(memory.finalPercentOfFull, 100 * lastAttended / Double(T * Hkv * D * 4), accuracy: 1e-9)
         XCTAssertEqual(memory.finalResidentTokens, Double(last + 1 + last / 2 + 1) / 2)
-        XCTAssertEqual(memory.meanAttendedTokens, run.steps.map(\.attendedTokens).reduce(0, +) / Double(run.steps.count))
+        XCTAssertEqual(
+            memory.meanAttendedTokens, run.steps.map(\.attendedTokens).reduce(0, +) / Double(run.steps.count))
     }
 
     /// Quantized tokens cost bits/8 per element (summed over a head, rounded up to whole
     /// bytes) plus the metadata the policy declares.
     func testQuantizedByteAccounting() throws {
         let T = 8, P = 3, Hq = 2, Hkv = 2, D = 4
-        let path = try TestTraces.write(to: directory.appendingPathComponent("bits.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                        layers: [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 26)])
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("bits.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+            layers: [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 26)])
         let (result, _) = try TestTraces.replay(path, [try spec(ChargePromptBits.self)])
         for r in result.runs[0].steps {
             let n = r.position + 1
@@ -472,8 +503,9 @@ final class MetricIdentityTests: XCTestCase {
 
     /// With --paging none there are no blocks, so nothing is charged to them, metadata included.
     func testNoPagingChargesNothingToBlocks() throws {
-        let path = try TestTraces.write(to: directory.appendingPathComponent("nopaging.h5"), T: 8, P: 3, Hq: 2, Hkv: 2, D: 4,
-                                        layers: [TestTraces.randomLayer(T: 8, Hq: 2, Hkv: 2, D: 4, seed: 31)])
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("nopaging.h5"), T: 8, P: 3, Hq: 2, Hkv: 2, D: 4,
+            layers: [TestTraces.randomLayer(T: 8, Hq: 2, Hkv: 2, D: 4, seed: 31)])
         let none = try replay(path, try spec(ChargePromptBits.self), paging: .none, blockSize: 4)
         for r in none.steps {
             XCTAssertEqual([r.blocks, r.pagedBytes], [0, 0])
@@ -482,7 +514,8 @@ final class MetricIdentityTests: XCTestCase {
         XCTAssertEqual(none.summary.memory.peakPagedBytes, 0)
         // With pages, the 12 bytes of metadata come on top of the blocks.
         let ct = try replay(path, try spec(ChargePromptBits.self), paging: .ct, blockSize: 4)
-        let first = ct.steps[0]  // 4 tokens per head, one block each; head 0's block is as wide as its widest (16-bit) token
+        // 4 tokens per head, one block each; head 0's block is as wide as its widest (16-bit) token
+        let first = ct.steps[0]
         XCTAssertEqual(first.blocks, 2)
         XCTAssertEqual(first.pagedBytes, 2 * 4 * 4 * 32 / 8 + 12)
     }
@@ -494,17 +527,20 @@ final class MetricIdentityTests: XCTestCase {
         let withValues = TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: D, seed: 27, index: 0)
         let withoutValues = TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: D, seed: 28, index: 1, values: false)
         let policy = try spec(EvictResidues.self)
-        let none = try TestTraces.write(to: directory.appendingPathComponent("novalues.h5"), T: T, P: P, Hq: 2, Hkv: 1, D: D,
-                                        numLayers: 2, layers: [withoutValues])
+        let none = try TestTraces.write(
+            to: directory.appendingPathComponent("novalues.h5"), T: T, P: P, Hq: 2, Hkv: 1, D: D,
+            numLayers: 2, layers: [withoutValues])
         let (noneResult, _) = try TestTraces.replay(none, [policy])
         XCTAssertNil(noneResult.runs[0].summary.outputError, "unavailable, not zero")
         XCTAssertTrue(noneResult.runs[0].steps.allSatisfy { $0.outputError == nil })
         XCTAssertTrue(noneResult.notes.contains { $0.contains("output error unavailable") })
-        XCTAssertTrue(ReplayReport.stepCSV(noneResult).split(separator: "\n").dropFirst().allSatisfy { $0.contains(",,") },
-                      "an unavailable output error is an empty CSV cell")
+        XCTAssertTrue(
+            ReplayReport.stepCSV(noneResult).split(separator: "\n").dropFirst().allSatisfy { $0.contains(",,") },
+            "an unavailable output error is an empty CSV cell")
 
-        let mixed = try TestTraces.write(to: directory.appendingPathComponent("mixed.h5"), T: T, P: P, Hq: 2, Hkv: 1, D: D,
-                                         numLayers: 2, layers: [withValues, withoutValues])
+        let mixed = try TestTraces.write(
+            to: directory.appendingPathComponent("mixed.h5"), T: T, P: P, Hq: 2, Hkv: 1, D: D,
+            numLayers: 2, layers: [withValues, withoutValues])
         let (mixedResult, _) = try TestTraces.replay(mixed, [policy])
         let error = try XCTUnwrap(mixedResult.runs[0].summary.outputError)
         XCTAssertEqual(error.count, (T - P) * 2, "only the layer with values contributes samples")
@@ -513,12 +549,17 @@ final class MetricIdentityTests: XCTestCase {
 
     func testResultsDoNotDependOnThreads() throws {
         let T = 300, P = 40, Hq = 4, Hkv = 2, D = 16
-        let layers = [TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 29, index: 0),
-                      TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 30, index: 2)]
-        let path = try TestTraces.write(to: directory.appendingPathComponent("threads.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                        numLayers: 3, layers: layers)
-        let specs = [try PolicySpec(name: "full"), try spec(EvictResidues.self, ["stride": "5", "head": "0"]),
-                     try spec(KeepNewestAfterAttention.self, ["window": "64"])]
+        let layers = [
+            TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 29, index: 0),
+            TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 30, index: 2)
+        ]
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("threads.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+            numLayers: 3, layers: layers)
+        let specs = [
+            try PolicySpec(name: "full"), try spec(EvictResidues.self, ["stride": "5", "head": "0"]),
+            try spec(KeepNewestAfterAttention.self, ["window": "64"])
+        ]
         let (one, oneEvents) = try TestTraces.replay(path, specs, threads: 1, topK: 8)
         let (four, fourEvents) = try TestTraces.replay(path, specs, threads: 4, topK: 8)
         XCTAssertFalse(oneEvents.isEmpty)
@@ -536,12 +577,14 @@ final class MetricIdentityTests: XCTestCase {
     /// count plays no part (it would reorder the lines of `--kept`).
     func testAutomaticChunkStepsFollowTheLogitMemory() {
         func steps(Hq: Int, T: Int) -> Int {
-            ReplayEngine.automaticChunkSteps(header: TraceHeader(model: "m", numLayers: 1, numQHeads: Hq, numKVHeads: 1, headDim: 8,
-                                                                 promptLength: 1, numTokens: T))
+            ReplayEngine.automaticChunkSteps(
+                header: TraceHeader(
+                    model: "m", numLayers: 1, numQHeads: Hq, numKVHeads: 1, headDim: 8,
+                    promptLength: 1, numTokens: T))
         }
-        XCTAssertEqual(steps(Hq: 14, T: 8192), 128)      // 128 · 14 · 8192 · 4 B = 56 MiB
-        XCTAssertEqual(steps(Hq: 14, T: 32768), 64)      // 224 MiB
-        XCTAssertEqual(steps(Hq: 1, T: 131_072), 128)    // exactly 64 MiB
+        XCTAssertEqual(steps(Hq: 14, T: 8192), 128)  // 128 · 14 · 8192 · 4 B = 56 MiB
+        XCTAssertEqual(steps(Hq: 14, T: 32768), 64)  // 224 MiB
+        XCTAssertEqual(steps(Hq: 1, T: 131_072), 128)  // exactly 64 MiB
         XCTAssertEqual(steps(Hq: 1, T: 131_073), 64)
     }
 
@@ -557,14 +600,16 @@ final class MetricIdentityTests: XCTestCase {
         }
         let kl = result.runs[0].summary.attentionKL
         XCTAssertEqual([kl.mean, kl.p5, kl.p50, kl.p95, kl.min, kl.max], [Double](repeating: .infinity, count: 6))
-        XCTAssertTrue(ReplayReport.stepCSV(result).contains(",inf,"), "an infinite KL is written as inf, not as unavailable")
+        XCTAssertTrue(
+            ReplayReport.stepCSV(result).contains(",inf,"), "an infinite KL is written as inf, not as unavailable")
 
         // Attention-only layer whose recorded rows put no weight on position 0, the only one kept.
         let T = 6, P = 2, G = T - P
         var rows = [Float](repeating: 0, count: G * T)
         for g in 0..<G { rows[g * T + P + g] = 0.5; rows[g * T + P + g - 1] = 0.5 }
-        let attnPath = try TestTraces.write(to: directory.appendingPathComponent("attn-zero.h5"), T: T, P: P, Hq: 1, Hkv: 1,
-                                            D: 2, layers: [TestTraces.Layer(index: 0, attn: rows)])
+        let attnPath = try TestTraces.write(
+            to: directory.appendingPathComponent("attn-zero.h5"), T: T, P: P, Hq: 1, Hkv: 1,
+            D: 2, layers: [TestTraces.Layer(index: 0, attn: rows)])
         let (attnResult, _) = try TestTraces.replay(attnPath, [try spec(EvictAllButFirst.self, ["keep-first": "true"])])
         for r in attnResult.runs[0].steps {
             XCTAssertEqual(r.attendedTokens, 1)
@@ -637,7 +682,9 @@ private struct IndependentReference {
         var rows = [Float](repeating: 0, count: (T - P) * Hq * T)
         for g in 0..<(T - P) {
             for h in 0..<Hq {
-                for (j, a) in attention(position: P + g, queryHead: h).enumerated() { rows[(g * Hq + h) * T + j] = Float(a) }
+                for (j, a) in attention(position: P + g, queryHead: h).enumerated() {
+                    rows[(g * Hq + h) * T + j] = Float(a)
+                }
             }
         }
         return rows

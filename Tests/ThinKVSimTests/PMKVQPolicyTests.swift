@@ -22,7 +22,8 @@ final class PMKVQPolicyTests: XCTestCase {
         let dir = try TestTraces.directory(self)
         let T = 24, P = 2
         let layer = TestTraces.randomLayer(T: T, Hq: 1, Hkv: 1, D: 4, seed: 5)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("pm.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: 4, layers: [layer])
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("pm.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: 4, layers: [layer])
         let spec = try PolicySpec(name: "pmkvq", values: ["budget": "6", "window": "4"])
         let (result, events) = try TestTraces.replay(path, [spec])
         XCTAssertTrue(events.isEmpty, "nothing is evicted")
@@ -43,12 +44,15 @@ final class PMKVQPolicyTests: XCTestCase {
     /// A constant group stays exact; a group's extremes stay exact; the rest rounds to the grid
     /// (2 bits, D = 4: min 0, max 3, scale 1: 0.4 → 0, 1.6 → 2).
     func testPerTokenGroupsRoundToTheGroupGrid() throws {
-        let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4,
-                                                    promptLength: 0, numTokens: 2),
-                                layer: LayerInfo(index: 0))
+        let setup = PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4,
+                promptLength: 0, numTokens: 2),
+            layer: LayerInfo(index: 0))
         _ = setup
-        let data = LayerData(info: LayerInfo(index: 0), numTokens: 2, numKVHeads: 1, headDim: 4,
-                             keys: [0, 0.4, 1.6, 3, 5, 5, 5, 5], values: [0, 0.4, 1.6, 3, 5, 5, 5, 5])
+        let data = LayerData(
+            info: LayerInfo(index: 0), numTokens: 2, numKVHeads: 1, headDim: 4,
+            keys: [0, 0.4, 1.6, 3, 5, 5, 5, 5], values: [0, 0.4, 1.6, 3, 5, 5, 5, 5])
         let cache = LayerCache(data: data)
         cache.append(position: 0)
         cache.append(position: 1)
@@ -60,16 +64,20 @@ final class PMKVQPolicyTests: XCTestCase {
     /// prompt, to the power α. D = 4, prompt of 2: |k| maxima (4, 1) and (0.25, 9) → pairs
     /// max(4, 0.25) = 4 and max(1, 9) = 9; α = 0.5 → factors 2, 3, 2, 3.
     func testSmoothingFactorsComeFromThePromptsKeyMaxima() {
-        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4, promptLength: 2, numTokens: 3)
+        let header = TraceHeader(
+            model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4, promptLength: 2, numTokens: 3)
         let keys: [Float] = [4, -1, 0.25, 0, 1, 0.5, -0.1, 9, 100, 100, 100, 100]
-        let data = LayerData(info: LayerInfo(index: 0), numTokens: 3, numKVHeads: 1, headDim: 4, keys: keys, values: nil)
+        let data = LayerData(
+            info: LayerInfo(index: 0), numTokens: 3, numKVHeads: 1, headDim: 4, keys: keys, values: nil)
         XCTAssertEqual(PMKVQPolicy.smoothScales(keys: keys, data: data, header: header, alpha: 0.5), [[2, 3, 2, 3]])
     }
 
     func testRefusesAnAllocationOfTheWrongLength() throws {
-        let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 3, numQHeads: 2, numKVHeads: 1, headDim: 8,
-                                                    promptLength: 4, numTokens: 40),
-                                layer: LayerInfo(index: 2))
+        let setup = PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 3, numQHeads: 2, numKVHeads: 1, headDim: 8,
+                promptLength: 4, numTokens: 40),
+            layer: LayerInfo(index: 2))
         func make(_ values: [String: String]) throws -> PMKVQPolicy {
             let spec = try PolicySpec(name: "pmkvq", values: values)
             return try PMKVQPolicy(parameters: spec.parameters, setup: setup)
@@ -88,8 +96,10 @@ final class PMKVQPolicyTests: XCTestCase {
         let dir = try TestTraces.directory(self)
         let T = 140, P = 9
         let layer = TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 8, seed: 31)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 8, layers: [layer])
-        for values in [["budget": "30", "window": "8"], ["budget": "12", "window": "0", "sink": "0", "init-bits": "8"]] {
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 8, layers: [layer])
+        for values in [["budget": "30", "window": "8"], ["budget": "12", "window": "0", "sink": "0", "init-bits": "8"]]
+        {
             let spec = try PolicySpec(name: "pmkvq", values: values)
             let one = try TestTraces.replay(path, [spec]).0.runs[0].steps
             let many = try TestTraces.replay(path, [spec], threads: nil).0.runs[0].steps
@@ -99,7 +109,9 @@ final class PMKVQPolicyTests: XCTestCase {
                 XCTAssertEqual(a.residentBytes, b.residentBytes)
                 XCTAssertEqual(a.outputError, b.outputError)
             }
-            XCTAssertLessThan(one.last!.residentBytes, one.last!.fullBytes / 2, "\(values): the width came down (D = 8: a group's scale and zero cost as much as 16 codes at 2 bits)")
+            XCTAssertLessThan(
+                one.last!.residentBytes, one.last!.fullBytes / 2,
+                "\(values): the width came down (D = 8: a group's scale and zero cost as much as 16 codes at 2 bits)")
         }
     }
 
@@ -109,20 +121,24 @@ final class PMKVQPolicyTests: XCTestCase {
         try PythonReference.requireNumPy()
         let dir = try TestTraces.directory(self)
         let T = 200, P = 23
-        let layers = [TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 61, index: 0),
-                      TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 62, index: 1)]
-        let path = try TestTraces.write(to: dir.appendingPathComponent("pm.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 16,
-                                        numLayers: 2, layers: layers, dtype: .float16)
+        let layers = [
+            TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 61, index: 0),
+            TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 62, index: 1)
+        ]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("pm.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 16,
+            numLayers: 2, layers: layers, dtype: .float16)
         let cases: [[String: String]] = [
             ["budget": "60", "window": "16", "group": "8"],
             ["budget": "100", "window": "32", "sink": "4", "init-bits": "8", "smooth-alpha": "0.9"],
             ["budget": "40", "window": "0", "sink": "0", "group": "16", "smooth-alpha": "0"],
-            ["budget": "80", "window": "8", "sink-bits": "8", "window-bits": "4", "layer-bits": "2,4"],
+            ["budget": "80", "window": "8", "sink-bits": "8", "window-bits": "4", "layer-bits": "2,4"]
         ]
         for values in cases {
             let steps = try TestTraces.replay(path, [try PolicySpec(name: "pmkvq", values: values)]).0.runs[0].steps
             let swift = Dictionary(uniqueKeysWithValues: steps.map { ("\($0.layer) \($0.step)", $0) })
-            let lines = try PythonReference.lines(script: "pmkvq_reference.py", [path] + values.flatMap { ["--\($0.key)", $0.value] })
+            let lines = try PythonReference.lines(
+                script: "pmkvq_reference.py", [path] + values.flatMap { ["--\($0.key)", $0.value] })
             XCTAssertEqual(lines.count, swift.count, "\(values)")
             var bitsSeen = Set<Int>()
             for line in lines {
@@ -130,7 +146,8 @@ final class PMKVQPolicyTests: XCTestCase {
                 let key = "\(e["layer"] as! Int) \(e["step"] as! Int)"
                 let record = try XCTUnwrap(swift[key], key)
                 XCTAssertEqual(record.residentBytes, e["resident_bytes"] as? Int, "\(values) \(key)")
-                XCTAssertEqual(Double(record.outputError!), e["output_error"] as! Double, accuracy: 1e-4, "\(values) \(key)")
+                XCTAssertEqual(
+                    Double(record.outputError!), e["output_error"] as! Double, accuracy: 1e-4, "\(values) \(key)")
                 bitsSeen.insert(e["kv_bits"] as! Int)
             }
             XCTAssertGreaterThan(bitsSeen.count, 1, "\(values): the width changed")

@@ -24,12 +24,15 @@ private final class FigureCensus: NSObject, XMLParserDelegate {
         let parser = try XCTUnwrap(XMLParser(contentsOf: URL(fileURLWithPath: path)), file: file, line: line)
         let census = FigureCensus()
         parser.delegate = census
-        XCTAssertTrue(parser.parse(), "\(path): \(parser.parserError.map { "\($0)" } ?? "invalid XML")", file: file, line: line)
+        XCTAssertTrue(
+            parser.parse(), "\(path): \(parser.parserError.map { "\($0)" } ?? "invalid XML")", file: file, line: line)
         return census
     }
 
-    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
-                attributes: [String: String] = [:]) {
+    func parser(
+        _ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
+        attributes: [String: String] = [:]
+    ) {
         depth += 1
         if name == "g" {
             switch attributes["class"] {
@@ -66,7 +69,8 @@ final class PlotTests: XCTestCase {
 
     private func sweep(steps: Bool) throws -> String {
         let output = directory.appendingPathComponent(steps ? "with-steps.csv" : "plain.csv").path
-        let json = SweepFixture.json(traces: traces, output: output, steps: steps ? directory.appendingPathComponent("steps").path : nil)
+        let json = SweepFixture.json(
+            traces: traces, output: output, steps: steps ? directory.appendingPathComponent("steps").path : nil)
         _ = try SweepRunner(grid: try SweepFixture.grid(json)).run()
         return output
     }
@@ -77,8 +81,10 @@ final class PlotTests: XCTestCase {
         let outcome = try Plotter.plot(results: results, options: PlotOptions(outputDirectory: out))
         XCTAssertEqual(outcome.notes, [])
         let kinds = ["fidelity-budget", "fidelity-bytes", "kv-steps", "thoughts"]
-        XCTAssertEqual(outcome.files, ["a", "b"].flatMap { t in kinds.map { "\(out)/\(t).\($0).svg" } }
-                       + ["\(out)/all-traces.fidelity-bytes.svg"])
+        XCTAssertEqual(
+            outcome.files,
+            ["a", "b"].flatMap { t in kinds.map { "\(out)/\(t).\($0).svg" } }
+                + ["\(out)/all-traces.fidelity-bytes.svg"])
 
         // full, streaming, h2o, kivi k-bits=2, kivi k-bits=4: in both panels and the legend.
         let expected = ["full", "streaming", "h2o", "kivi k-bits=2", "kivi k-bits=4"]
@@ -116,7 +122,9 @@ final class PlotTests: XCTestCase {
         let thoughts = try FigureCensus.parse("\(out)/b.thoughts.svg")
         XCTAssertEqual(thoughts.seriesPerPanel["0"], ["sparsity"], "sparsity computed from the trace")
         let bytes = try FigureCensus.parse("\(out)/b.fidelity-bytes.svg")
-        XCTAssertTrue(bytes.texts.contains { $0.hasSuffix(" KiB") || $0.hasSuffix(" B") }, "log axis labels carry units: \(bytes.texts)")
+        XCTAssertTrue(
+            bytes.texts.contains { $0.hasSuffix(" KiB") || $0.hasSuffix(" B") },
+            "log axis labels carry units: \(bytes.texts)")
     }
 
     func testNotSweepResultsIsAnError() throws {
@@ -149,9 +157,13 @@ final class PlotTests: XCTestCase {
         XCTAssertEqual(linear.title, "KV cache (MiB)")
         XCTAssertEqual(linear.labels, ["0", "1", "2", "3", "4"])
         let log = Axis.bytes(min: 300 * 1024, max: 9 * 1_048_576, title: "KV cache", log: true)
-        XCTAssertEqual(log.labels, ["256 KiB", "512 KiB", "1 MiB", "2 MiB", "4 MiB", "8 MiB"], "powers of two in the padded domain")
-        XCTAssertEqual(log.fraction(1_048_576) - log.fraction(524_288), log.fraction(2_097_152) - log.fraction(1_048_576), accuracy: 1e-12,
-                       "equal ratios, equal distances")
+        XCTAssertEqual(
+            log.labels, ["256 KiB", "512 KiB", "1 MiB", "2 MiB", "4 MiB", "8 MiB"], "powers of two in the padded domain"
+        )
+        XCTAssertEqual(
+            log.fraction(1_048_576) - log.fraction(524_288), log.fraction(2_097_152) - log.fraction(1_048_576),
+            accuracy: 1e-12,
+            "equal ratios, equal distances")
         XCTAssertEqual(Axis.byteLabel(1536), "1.5 KiB")
         XCTAssertEqual(Axis.byteLabel(512), "512 B")
     }
@@ -164,7 +176,7 @@ final class PlotTests: XCTestCase {
             Series(label: "streaming", points: points, style: SeriesStyle(color: "#D55E00")),
             Series(label: "snapkv", points: points, style: SeriesStyle(color: "#009E73")),
             Series(label: "full", points: [], style: SeriesStyle(color: "#000000", dash: "7 4"), level: 0.5),
-            Series(label: "kivi", points: [], style: SeriesStyle(color: "#E69F00", dash: "2 3"), level: 0.5000001),
+            Series(label: "kivi", points: [], style: SeriesStyle(color: "#E69F00", dash: "2 3"), level: 0.5000001)
         ]
         let dashes = Figure.interleavedDashes(series, segment: 9)
         XCTAssertNil(dashes[1], "a line of its own keeps its style")
@@ -174,18 +186,30 @@ final class PlotTests: XCTestCase {
         XCTAssertEqual(dashes[4]?.dash, "9 9")
         XCTAssertEqual([4, 5].map { dashes[$0]!.offset }, [0, 9])
 
-        let figure = Figure(title: "t", panels: [Panel(title: nil, x: Axis.linear(min: 0, max: 2, title: "x"),
-                                                       y: Axis.linear(min: 0, max: 3, title: "y"), series: series)],
-                            legend: series.map { LegendEntry(label: $0.label, style: $0.style) })
+        let figure = Figure(
+            title: "t",
+            panels: [
+                Panel(
+                    title: nil, x: Axis.linear(min: 0, max: 2, title: "x"),
+                    y: Axis.linear(min: 0, max: 3, title: "y"), series: series)
+            ],
+            legend: series.map { LegendEntry(label: $0.label, style: $0.style) })
         let svg = figure.render()
-        XCTAssertTrue(svg.contains(##"stroke="#D55E00" stroke-width="1.8" stroke-dasharray="9 18" stroke-dashoffset="18""##), svg)
-        XCTAssertTrue(svg.contains(##"stroke="#E69F00" stroke-width="1.8" stroke-dasharray="9 9" stroke-dashoffset="9""##), svg)
+        XCTAssertTrue(
+            svg.contains(##"stroke="#D55E00" stroke-width="1.8" stroke-dasharray="9 18" stroke-dashoffset="18""##), svg)
+        XCTAssertTrue(
+            svg.contains(##"stroke="#E69F00" stroke-width="1.8" stroke-dasharray="9 9" stroke-dashoffset="9""##), svg)
     }
 
     func testTextIsEscaped() throws {
-        let figure = Figure(title: "a <b> & \"c\"", panels: [Panel(title: nil, x: Axis.linear(min: 0, max: 1, title: "x"),
-                                                                  y: Axis.linear(min: 0, max: 1, title: "y"), series: [])],
-                            legend: [LegendEntry(label: "p<1>", style: SeriesStyle(color: "#000000"))])
+        let figure = Figure(
+            title: "a <b> & \"c\"",
+            panels: [
+                Panel(
+                    title: nil, x: Axis.linear(min: 0, max: 1, title: "x"),
+                    y: Axis.linear(min: 0, max: 1, title: "y"), series: [])
+            ],
+            legend: [LegendEntry(label: "p<1>", style: SeriesStyle(color: "#000000"))])
         let path = directory.appendingPathComponent("escaped.svg").path
         try OutputFile.write(figure.render(), to: path)
         let census = try FigureCensus.parse(path)
@@ -200,7 +224,9 @@ final class StepCSVPlotTests: XCTestCase {
     func testPerStepReplayCSV() throws {
         let directory = try TestTraces.directory(self)
         let trace = try SweepFixture.traces(in: directory)[0]
-        let specs = try [PolicySpec(name: "full"), PolicySpec(name: "h2o", values: ["budget": "8"]), PolicySpec(name: "kivi")]
+        let specs = try [
+            PolicySpec(name: "full"), PolicySpec(name: "h2o", values: ["budget": "8"]), PolicySpec(name: "kivi")
+        ]
         let (result, _) = try TestTraces.replay(trace, specs)
         let csv = directory.appendingPathComponent("steps.csv").path
         try OutputFile.write(ReplayReport.stepCSV(result), to: csv)
@@ -211,7 +237,8 @@ final class StepCSVPlotTests: XCTestCase {
         XCTAssertEqual(outcome.files, ["\(out)/steps.steps.svg"])
         let census = try FigureCensus.parse("\(out)/steps.steps.svg")
         let labels = ["full", "h2o(budget=8)", "kivi"]
-        XCTAssertEqual(census.seriesPerPanel.keys.sorted(), ["0", "1", "2", "3"], "bytes, KL, output error, mass recall")
+        XCTAssertEqual(
+            census.seriesPerPanel.keys.sorted(), ["0", "1", "2", "3"], "bytes, KL, output error, mass recall")
         for panel in ["0", "1", "2", "3"] { XCTAssertEqual(census.seriesPerPanel[panel], labels, panel) }
         XCTAssertTrue(census.texts.contains("(b) Attention KL (policy ‖ full)"), "\(census.texts)")
     }
@@ -265,10 +292,16 @@ final class FigureReadabilityTests: XCTestCase {
     /// its point is at 15 % — the mean of the bytes (550) would say nothing about either.
     func testAggregatedXIsPercentOfEachTracesFullCache() throws {
         let header = "trace,policy,label,budget,kv_bytes_mean,attention_kl_mean"
-        let data = try results(header, ["a.h5,full,full,,1000,0", "a.h5,h2o,h2o,64,100,0.4",
-                                        "b.h5,full,full,,10000,0", "b.h5,h2o,h2o,64,2000,0.2"])
-        let figure = try XCTUnwrap(AggregateFigure.fidelityVsBytes(data, metrics: [.kl], bytesColumn: "kv_bytes_mean",
-                                                                   logBytes: true, budgetLabels: false))
+        let data = try results(
+            header,
+            [
+                "a.h5,full,full,,1000,0", "a.h5,h2o,h2o,64,100,0.4",
+                "b.h5,full,full,,10000,0", "b.h5,h2o,h2o,64,2000,0.2"
+            ])
+        let figure = try XCTUnwrap(
+            AggregateFigure.fidelityVsBytes(
+                data, metrics: [.kl], bytesColumn: "kv_bytes_mean",
+                logBytes: true, budgetLabels: false))
         let panel = figure.panels[0]
         let h2o = try XCTUnwrap(panel.series.first { $0.role == "series" && $0.label == "h2o" })
         XCTAssertEqual(h2o.points.count, 1)
@@ -279,17 +312,23 @@ final class FigureReadabilityTests: XCTestCase {
         XCTAssertEqual(own.points.map(\.y), [0.4, 0.2])
         XCTAssertTrue(panel.x.title.contains("% of each trace's full cache"), panel.x.title)
         // With the sweep's percentage column, that is what x is.
-        let measured = try results(header + ",percent_of_full_mean",
-                                   ["a.h5,h2o,h2o,64,100,0.4,12", "b.h5,h2o,h2o,64,2000,0.2,18"])
-        let second = try XCTUnwrap(AggregateFigure.fidelityVsBytes(measured, metrics: [.kl], bytesColumn: "kv_bytes_mean",
-                                                                   logBytes: false, budgetLabels: false))
+        let measured = try results(
+            header + ",percent_of_full_mean",
+            ["a.h5,h2o,h2o,64,100,0.4,12", "b.h5,h2o,h2o,64,2000,0.2,18"])
+        let second = try XCTUnwrap(
+            AggregateFigure.fidelityVsBytes(
+                measured, metrics: [.kl], bytesColumn: "kv_bytes_mean",
+                logBytes: false, budgetLabels: false))
         XCTAssertEqual(second.panels[0].series.first { $0.role == "series" }?.points.map(\.x), [15])
         // tools/end_to_end's results: the measured share in achieved_percent, no full cache run.
-        let endToEnd = try results("trace,policy,label,budget,kv_bytes_mean,achieved_percent,attention_kl_mean",
-                                   ["a.h5,h2o,h2o,64,100,30,0.4", "b.h5,h2o,h2o,64,2000,40,0.2"])
-        let third = try XCTUnwrap(AggregateFigure.fidelityVsBytes(endToEnd, metrics: [.kl],
-                                                                  bytesColumn: "kv_bytes_mean", logBytes: true,
-                                                                  budgetLabels: false))
+        let endToEnd = try results(
+            "trace,policy,label,budget,kv_bytes_mean,achieved_percent,attention_kl_mean",
+            ["a.h5,h2o,h2o,64,100,30,0.4", "b.h5,h2o,h2o,64,2000,40,0.2"])
+        let third = try XCTUnwrap(
+            AggregateFigure.fidelityVsBytes(
+                endToEnd, metrics: [.kl],
+                bytesColumn: "kv_bytes_mean", logBytes: true,
+                budgetLabels: false))
         XCTAssertEqual(third.panels[0].series.first { $0.role == "series" }?.points.map(\.x), [35])
     }
 
@@ -299,9 +338,11 @@ final class FigureReadabilityTests: XCTestCase {
         let header = "trace,policy,label,budget,kv_bytes_mean,percent_of_full_mean,attention_kl_mean"
         let rows = ["a.h5,h2o,h2o,64,100,10,0.1", "b.h5,h2o,h2o,64,100,10,0.2", "c.h5,h2o,h2o,64,100,10,0.9"]
         func panel(_ rows: [String]) throws -> (Panel, Figure) {
-            let figure = try XCTUnwrap(AggregateFigure.fidelityVsBytes(try results(header, rows), metrics: [.kl],
-                                                                       bytesColumn: "kv_bytes_mean", logBytes: true,
-                                                                       budgetLabels: false))
+            let figure = try XCTUnwrap(
+                AggregateFigure.fidelityVsBytes(
+                    try results(header, rows), metrics: [.kl],
+                    bytesColumn: "kv_bytes_mean", logBytes: true,
+                    budgetLabels: false))
             return (figure.panels[0], figure)
         }
         let (two, twoFigure) = try panel(Array(rows.prefix(2)))
@@ -326,26 +367,34 @@ final class FigureReadabilityTests: XCTestCase {
     func testIdenticalSeriesGetANote() throws {
         let shared: [(x: Double, y: Double)] = (0..<200).map { (Double($0), Double($0 / 10)) }
         func style(_ i: Int) -> SeriesStyle { SeriesStyle(color: Palette.color(i), marker: Palette.marker(i)) }
-        let bytes = [Series(label: "h2o", points: shared, style: style(0)),
-                     Series(label: "streaming", points: shared, style: style(1)),
-                     Series(label: "rkv", points: shared.map { ($0.x, $0.y + 3) }, style: style(2))]
-        let recall = [Series(label: "h2o", points: [(0, 0.5), (1, 0.6)], style: style(0)),
-                      Series(label: "streaming", points: [(0, 0.5), (1, 0.6)], style: style(1)),
-                      Series(label: "rkv", points: [(0, 0.7), (1, 0.8)], style: style(2)),
-                      Series(label: "kivi", points: [(0, 0.7), (1, 0.8)], style: style(3))]
+        let bytes = [
+            Series(label: "h2o", points: shared, style: style(0)),
+            Series(label: "streaming", points: shared, style: style(1)),
+            Series(label: "rkv", points: shared.map { ($0.x, $0.y + 3) }, style: style(2))
+        ]
+        let recall = [
+            Series(label: "h2o", points: [(0, 0.5), (1, 0.6)], style: style(0)),
+            Series(label: "streaming", points: [(0, 0.5), (1, 0.6)], style: style(1)),
+            Series(label: "rkv", points: [(0, 0.7), (1, 0.8)], style: style(2)),
+            Series(label: "kivi", points: [(0, 0.7), (1, 0.8)], style: style(3))
+        ]
         let kivi = Series(label: "kivi", points: shared.map { ($0.x, $0.y + 9) }, style: style(3))
-        let dense = Panel(title: "(a) KV", x: Axis.linear(min: 0, max: 200, title: "x (u)"),
-                          y: Axis.linear(min: 0, max: 30, title: "y (u)"), series: bytes + [kivi], markers: false)
-        let sparse = Panel(title: "(b) recall", x: Axis.linear(min: 0, max: 1, title: "x (u)"),
-                           y: Axis.linear(min: 0, max: 1, title: "y (u)"), series: recall)
-        let figure = Figure(title: "t", panels: [dense, sparse],
-                            legend: (bytes + [kivi]).map { LegendEntry(label: $0.label, style: $0.style) })
+        let dense = Panel(
+            title: "(a) KV", x: Axis.linear(min: 0, max: 200, title: "x (u)"),
+            y: Axis.linear(min: 0, max: 30, title: "y (u)"), series: bytes + [kivi], markers: false)
+        let sparse = Panel(
+            title: "(b) recall", x: Axis.linear(min: 0, max: 1, title: "x (u)"),
+            y: Axis.linear(min: 0, max: 1, title: "y (u)"), series: recall)
+        let figure = Figure(
+            title: "t", panels: [dense, sparse],
+            legend: (bytes + [kivi]).map { LegendEntry(label: $0.label, style: $0.style) })
         let path = directory.appendingPathComponent("identical.svg").path
         try OutputFile.write(figure.render(), to: path)
         let census = try FigureCensus.parse(path)
         XCTAssertTrue(census.texts.contains("streaming (= h2o)"), "\(census.texts)")
-        XCTAssertFalse(census.texts.contains { $0.hasPrefix("rkv (=") || $0.hasPrefix("kivi (=") },
-                       "identical in (b) only")
+        XCTAssertFalse(
+            census.texts.contains { $0.hasPrefix("rkv (=") || $0.hasPrefix("kivi (=") },
+            "identical in (b) only")
         XCTAssertTrue(census.texts.contains("(b): kivi = rkv (identical values, drawn interleaved)"), "\(census.texts)")
         // The dense panel: h2o and streaming carry a few markers each, at different places; rkv none.
         let svg = try SweepFixture.contents(path)
@@ -365,8 +414,9 @@ final class FigureReadabilityTests: XCTestCase {
         XCTAssertGreaterThan(h2oXs.count, 2)
         XCTAssertGreaterThan(streamingXs.count, 2)
         XCTAssertEqual(markerXs("rkv"), [], "a dense line of its own has no markers")
-        XCTAssertTrue(h2oXs.allSatisfy { x in streamingXs.allSatisfy { abs($0 - x) > 5 } },
-                      "staggered: \(h2oXs) \(streamingXs)")
+        XCTAssertTrue(
+            h2oXs.allSatisfy { x in streamingXs.allSatisfy { abs($0 - x) > 5 } },
+            "staggered: \(h2oXs) \(streamingXs)")
         XCTAssertEqual(Figure.identicalGroups(bytes + [kivi]), [[0, 1]])
         XCTAssertEqual(Figure.identicalGroups(recall), [[0, 1], [2, 3]])
     }
@@ -384,12 +434,13 @@ final class FigureReadabilityTests: XCTestCase {
             FidelityFigure.againstBudget(data, trace: trace),
             FidelityFigure.againstBytes(data, trace: trace, bytesColumn: "kv_bytes_mean", logBytes: true),
             FidelityFigure.againstBytes(data, trace: trace, bytesColumn: "kv_bytes_peak", logBytes: false),
-            AggregateFigure.fidelityVsBytes(data, metrics: PlotMetric.allCases, bytesColumn: "kv_bytes_mean",
-                                            logBytes: true, budgetLabels: false),
+            AggregateFigure.fidelityVsBytes(
+                data, metrics: PlotMetric.allCases, bytesColumn: "kv_bytes_mean",
+                logBytes: true, budgetLabels: false),
             try StepBytesFigure.figure(data, trace: trace, budget: nil, logBytes: true) { file in
                 try StepBytesFigure.load(data.resolve(file)!, numLayers: 4)
             },
-            ThoughtTimelineFigure.figure(name: "a", subtitle: "", labels: [0, 0, 1], sparsity: [0.2, 0.3, 0.4]),
+            ThoughtTimelineFigure.figure(name: "a", subtitle: "", labels: [0, 0, 1], sparsity: [0.2, 0.3, 0.4])
         ]
         let matched = try results("trace,policy,label,budget,kv_percent,attention_kl_mean", ["a.h5,h2o,h2o,8,20,0.1"])
         figures.append(AggregateFigure.equalMemory(matched, metrics: [.kl]))
@@ -398,8 +449,9 @@ final class FigureReadabilityTests: XCTestCase {
         XCTAssertEqual(figures.filter { $0 == nil }.count, 0)
         let unit = try NSRegularExpression(pattern: #"\([^()]+\)$"#)
         for title in titles {
-            XCTAssertNotNil(unit.firstMatch(in: title, range: NSRange(title.startIndex..., in: title)),
-                            "no unit: '\(title)'")
+            XCTAssertNotNil(
+                unit.firstMatch(in: title, range: NSRange(title.startIndex..., in: title)),
+                "no unit: '\(title)'")
         }
     }
 
@@ -407,20 +459,25 @@ final class FigureReadabilityTests: XCTestCase {
     /// never a line on the sparsity axis.
     func testThoughtFigureDrawsTheClassifierAsABand() throws {
         let labels: [Int8] = [0, 0, 0, 1, 1, 2, 0, 0]
-        let predicted: [ThoughtType] = [.reasoning, .reasoning, .execution, .execution, .execution,
-                                        .transition, .transition, .reasoning]
+        let predicted: [ThoughtType] = [
+            .reasoning, .reasoning, .execution, .execution, .execution,
+            .transition, .transition, .reasoning
+        ]
         let thresholds = ThoughtThresholds(theta1: 0.3, theta2: 0.7, layers: [0])
-        let figure = try XCTUnwrap(ThoughtTimelineFigure.figure(name: "t", subtitle: "", labels: labels,
-                                                                sparsity: [0.5, 0.5, 0.2, 0.1, 0.2, 0.9, 0.8, 0.5],
-                                                                thresholds: thresholds, predicted: predicted))
+        let figure = try XCTUnwrap(
+            ThoughtTimelineFigure.figure(
+                name: "t", subtitle: "", labels: labels,
+                sparsity: [0.5, 0.5, 0.2, 0.1, 0.2, 0.9, 0.8, 0.5],
+                thresholds: thresholds, predicted: predicted))
         let panel = figure.panels[0]
         XCTAssertEqual(panel.strips.map(\.label), ["labels", "classifier"])
         let classifier = panel.strips[1].segments
         XCTAssertEqual(classifier.map(\.from), [0, 2, 5, 7])
         XCTAssertEqual(classifier.map(\.to), [2, 5, 7, 8])
         XCTAssertEqual(classifier.map(\.color), [0, 1, 2, 0].map { Palette.thoughts[$0] })
-        XCTAssertEqual(panel.series.map(\.label), ["sparsity", "θ1 = 0.300", "θ2 = 0.700"],
-                       "no type on the sparsity axis")
+        XCTAssertEqual(
+            panel.series.map(\.label), ["sparsity", "θ1 = 0.300", "θ2 = 0.700"],
+            "no type on the sparsity axis")
         let path = directory.appendingPathComponent("thoughts.svg").path
         try OutputFile.write(figure.render(), to: path)
         let svg = try SweepFixture.contents(path)

@@ -42,7 +42,7 @@ final class PolicyAlgebraTests: XCTestCase {
             ("rkv@sometimes", "triggers: @every-step, @every-N, @on-overflow, @on-thought"),
             ("rkv+kivi+uniform", "one quantizer at most"),
             ("rkvv+kivi", "did you mean rkv?"),
-            ("tova+adakv@every-8", "right after the base policy"),
+            ("tova+adakv@every-8", "right after the base policy")
         ]
         for (name, expected) in cases {
             XCTAssertThrowsError(try PolicySpec.specs(items: [PolicyItem(name: name)], options: []), name) { error in
@@ -66,7 +66,8 @@ final class PolicyAlgebraTests: XCTestCase {
         let listing = try CommandRunner.run(["policies"], in: dir)
         XCTAssertEqual(listing.status, 0, listing.stderr)
         for part in PolicyAlgebra.triggers.map({ "@" + $0.spelling }) + PolicyAlgebra.quantizers.map({ "+" + $0.name })
-            + PolicyAlgebra.wrappers.map({ "+" + $0.name }) {
+            + PolicyAlgebra.wrappers.map({ "+" + $0.name })
+        {
             XCTAssertTrue(listing.stdout.contains("    \(part): "), part)
         }
         XCTAssertTrue(listing.stdout.contains("bases: \(PolicyAlgebra.triggerableBases.joined(separator: ", "))"))
@@ -94,8 +95,10 @@ final class PolicyAlgebraTests: XCTestCase {
         XCTAssertNil(EveryNTrigger.parse("every-0"))
         XCTAssertNil(EveryNTrigger.parse("every-step"))
         XCTAssertEqual(EveryStepTrigger.parse("every-step"), [:])
-        let every4 = try EveryNTrigger(parameters: try PolicyParameters(policy: "t", specs: EveryNTrigger.parameters,
-                                                                         values: ["every": "4"]), prepared: nil)
+        let every4 = try EveryNTrigger(
+            parameters: try PolicyParameters(
+                policy: "t", specs: EveryNTrigger.parameters,
+                values: ["every": "4"]), prepared: nil)
         // Decode steps 3 and 7 end the first two runs of 4 generated tokens.
         XCTAssertEqual((0..<10).filter { every4.fires(step: $0, overflow: false) }, [3, 7])
         XCTAssertEqual(every4.stepsBetween, 4)
@@ -108,8 +111,9 @@ final class PolicyAlgebraTests: XCTestCase {
         // Thought types R R E E E T R: new thoughts begin at steps 2, 5 and 6.
         let types: [ThoughtType] = [.reasoning, .reasoning, .execution, .execution, .execution, .transition, .reasoning]
         let timeline = ThoughtTimeline(types: types, source: .labels)
-        let onThought = try ThoughtTransitionTrigger(parameters: try PolicyParameters(
-            policy: "t", specs: ThoughtTransitionTrigger.parameters, values: [:]), prepared: timeline)
+        let onThought = try ThoughtTransitionTrigger(
+            parameters: try PolicyParameters(
+                policy: "t", specs: ThoughtTransitionTrigger.parameters, values: [:]), prepared: timeline)
         XCTAssertEqual((0..<types.count).filter { onThought.fires(step: $0, overflow: true) }, [2, 5, 6])
         XCTAssertNil(onThought.stepsBetween)
     }
@@ -140,8 +144,9 @@ final class PolicyAlgebraTests: XCTestCase {
         let (T, P, D) = (10, 4, 4)
         let dir = try temporaryDirectory()
         let layer = TestTraces.randomLayer(T: T, Hq: 1, Hkv: 1, D: D, seed: 7)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("u.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
-                                        layers: [layer])
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("u.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
+            layers: [layer])
         let spec = try PolicySpec(name: "full+uniform", values: ["bits": "4", "group": "4"])
         let (result, _) = try TestTraces.replay(path, [spec])
         let bytes = result.runs[0].steps.map { $0.attendedBytes }
@@ -161,8 +166,9 @@ final class PolicyAlgebraTests: XCTestCase {
         let (T, P, D) = (8, 4, 2)
         let dir = try temporaryDirectory()
         let layer = TestTraces.randomLayer(T: T, Hq: 1, Hkv: 1, D: D, seed: 11)
-        let path = try TestTraces.write(to: dir.appendingPathComponent("k.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
-                                        layers: [layer])
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("k.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: D,
+            layers: [layer])
         let values = ["budget": "4", "sinks": "1", "k-bits": "4", "v-bits": "4", "group": "2", "residual": "2"]
         let (result, _) = try TestTraces.replay(path, [try PolicySpec(name: "streaming+kivi", values: values)])
         XCTAssertEqual(result.runs[0].steps.map { $0.attendedBytes }, [46, 49, 54, 49])
@@ -180,8 +186,10 @@ final class PolicyAlgebraTests: XCTestCase {
     /// Everything a replay of one policy reports, as exact text: every step record, the metric
     /// samples, the counters, the `--kept` events and the `--cache-timeline` records (not the
     /// label, which names the policy as written).
-    private func outputs(_ path: String, _ spec: PolicySpec, layers: [Int]? = nil,
-                         maxSteps: Int? = nil) throws -> [(what: String, text: String)] {
+    private func outputs(
+        _ path: String, _ spec: PolicySpec, layers: [Int]? = nil,
+        maxSteps: Int? = nil
+    ) throws -> [(what: String, text: String)] {
         var configuration = ReplayConfiguration(policies: [spec], layers: layers, maxSteps: maxSteps, threads: 1)
         configuration.threads = 1
         let engine = ReplayEngine(reader: try TraceReader(path: path), configuration: configuration)
@@ -191,8 +199,9 @@ final class PolicyAlgebraTests: XCTestCase {
         let run = try engine.run().runs[0]
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf",
-                                                                      nan: "nan")
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "inf", negativeInfinity: "-inf",
+            nan: "nan")
         func text<T: Encodable>(_ value: T) throws -> String {
             String(decoding: try encoder.encode(value), as: UTF8.self)
         }
@@ -213,8 +222,10 @@ final class PolicyAlgebraTests: XCTestCase {
         return parts
     }
 
-    private func assertSameOutputs(_ path: String, _ a: PolicySpec, _ b: PolicySpec, layers: [Int]? = nil,
-                                   maxSteps: Int? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
+    private func assertSameOutputs(
+        _ path: String, _ a: PolicySpec, _ b: PolicySpec, layers: [Int]? = nil,
+        maxSteps: Int? = nil, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let x = try outputs(path, a, layers: layers, maxSteps: maxSteps)
         let y = try outputs(path, b, layers: layers, maxSteps: maxSteps)
         XCTAssertEqual(x.count, y.count, "\(a.label) vs \(b.label) on \(path)", file: file, line: line)
@@ -227,8 +238,10 @@ final class PolicyAlgebraTests: XCTestCase {
     }
 
     /// The pairs each trace is replayed with: an existing policy and the composition it is.
-    private func equalPairs(budget: Int, interval: Int, calibration: String?,
-                            withTBQ: Bool = true) throws -> [(PolicySpec, PolicySpec)] {
+    private func equalPairs(
+        budget: Int, interval: Int, calibration: String?,
+        withTBQ: Bool = true
+    ) throws -> [(PolicySpec, PolicySpec)] {
         let b = String(budget), n = String(interval)
         var tbq: [String: String] = [:]
         // On the shipped traces the classifier reads the full cache's sparsity: the same timeline
@@ -241,24 +254,38 @@ final class PolicyAlgebraTests: XCTestCase {
         let snap = ["snap-variant": "kvpress", "budget": b, "interval": n, "window": "2"]
         var pairs = [
             (try PolicySpec(name: "kivi"), try PolicySpec(name: "full+kivi")),
-            (try PolicySpec(name: "kivi", values: ["k-bits": "4", "residual": "64"]),
-             try PolicySpec(name: "full+kivi", values: ["k-bits": "4", "residual": "64"])),
+            (
+                try PolicySpec(name: "kivi", values: ["k-bits": "4", "residual": "64"]),
+                try PolicySpec(name: "full+kivi", values: ["k-bits": "4", "residual": "64"])
+            ),
             // kvpress's SnapKV also buffers min(interval, 256) queries to score with: `interval`
             // stays a parameter of the composition.
-            (try PolicySpec(name: "snapkv", values: snap), try PolicySpec(name: "snapkv@every-\(n)", values: snap)),
+            (try PolicySpec(name: "snapkv", values: snap), try PolicySpec(name: "snapkv@every-\(n)", values: snap))
         ]
         if withTBQ {
-            pairs.append((try PolicySpec(name: "thinkv-tbq", values: tbq),
-                          try PolicySpec(name: "full+tbq", values: tbq)))
+            pairs.append(
+                (
+                    try PolicySpec(name: "thinkv-tbq", values: tbq),
+                    try PolicySpec(name: "full+tbq", values: tbq)
+                ))
         }
         for scorer in PolicyAlgebra.poolableBases {
-            pairs.append((try PolicySpec(name: scorer, values: ["budget": b, "interval": n]),
-                          try PolicySpec(name: "\(scorer)@every-\(n)", values: ["budget": b])))
+            pairs.append(
+                (
+                    try PolicySpec(name: scorer, values: ["budget": b, "interval": n]),
+                    try PolicySpec(name: "\(scorer)@every-\(n)", values: ["budget": b])
+                ))
         }
-        pairs.append((try PolicySpec(name: "tova", values: ["budget": b, "interval": "1"]),
-                      try PolicySpec(name: "tova@every-step", values: ["budget": b])))
-        pairs.append((try PolicySpec(name: "knorm", values: ["compression-ratio": "0.5", "interval": n]),
-                      try PolicySpec(name: "knorm@every-\(n)", values: ["compression-ratio": "0.5"])))
+        pairs.append(
+            (
+                try PolicySpec(name: "tova", values: ["budget": b, "interval": "1"]),
+                try PolicySpec(name: "tova@every-step", values: ["budget": b])
+            ))
+        pairs.append(
+            (
+                try PolicySpec(name: "knorm", values: ["compression-ratio": "0.5", "interval": n]),
+                try PolicySpec(name: "knorm@every-\(n)", values: ["compression-ratio": "0.5"])
+            ))
         return pairs
     }
 
@@ -268,8 +295,9 @@ final class PolicyAlgebraTests: XCTestCase {
         let dir = try temporaryDirectory()
         let layers = (0..<2).map { TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: D, seed: 40 + UInt64($0), index: $0) }
         let thought = (0..<T).map { $0 < P ? Int8(-1) : Int8((($0 - P) / 8) % 3) }
-        let path = try TestTraces.write(to: dir.appendingPathComponent("s.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: D,
-                                        numLayers: 2, layers: layers, thought: thought)
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("s.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: D,
+            numLayers: 2, layers: layers, thought: thought)
         for (a, b) in try equalPairs(budget: 20, interval: 4, calibration: nil) {
             try assertSameOutputs(path, a, b)
         }
@@ -279,8 +307,10 @@ final class PolicyAlgebraTests: XCTestCase {
     /// calibration. TBQ's timeline reads every step of the thought layers: on the synthetic
     /// sample only (on SmolLM2's 30 layers it would take minutes in a debug build).
     func testExistingPoliciesEqualTheirCompositionsOnTheShippedTraces() throws {
-        let traces = [("traces/sample-synthetic.h5", "configs/thinkv-synthetic.json", true),
-                      ("traces/smollm2-135m-math.h5", "configs/thinkv-smollm2-135m.json", false)]
+        let traces = [
+            ("traces/sample-synthetic.h5", "configs/thinkv-synthetic.json", true),
+            ("traces/smollm2-135m-math.h5", "configs/thinkv-smollm2-135m.json", false)
+        ]
         for (trace, calibration, withTBQ) in traces {
             let path = Self.path(trace)
             let first = try TraceReader(path: path).recordedLayerIndices[0]

@@ -12,7 +12,7 @@ final class PolicyConfigurationTests: XCTestCase {
         .budget(help: "b"),
         .integer("window", default: 8, min: 1, help: "w"),
         .real("alpha", help: "a"),
-        .choice("score-dtype", ScoreDType.allCases.map(\.rawValue), default: "float32", help: "d"),
+        .choice("score-dtype", ScoreDType.allCases.map(\.rawValue), default: "float32", help: "d")
     ]
 
     func testTypedReadsThrowForUndeclaredMisreadOrMissingValues() throws {
@@ -22,14 +22,18 @@ final class PolicyConfigurationTests: XCTestCase {
         XCTAssertEqual(try values.choice("score-dtype", as: ScoreDType.self), .float32)
         XCTAssertNil(try values.optionalReal("alpha"))
         func message(_ read: () throws -> Any?) -> String {
-            do { _ = try read() } catch let error as PolicyError { return error.description } catch { return "\(error)" }
+            do { _ = try read() } catch let error as PolicyError { return error.description } catch {
+                return "\(error)"
+            }
             return "no error"
         }
         XCTAssertEqual(message { try values.integer("recent") }, "p: reads --recent, which it does not declare")
-        XCTAssertEqual(message { try values.real("window") }, "p: reads --window as a number, which it is not declared as")
+        XCTAssertEqual(
+            message { try values.real("window") }, "p: reads --window as a number, which it is not declared as")
         XCTAssertEqual(message { try values.real("alpha") }, "p: --alpha has no value (no default; give it)")
-        XCTAssertEqual(message { try values.choice("score-dtype", as: KeptSlotOrder.self) },
-                       "p: --score-dtype 'float32' is not a KeptSlotOrder")
+        XCTAssertEqual(
+            message { try values.choice("score-dtype", as: KeptSlotOrder.self) },
+            "p: --score-dtype 'float32' is not a KeptSlotOrder")
     }
 
     func testAnAwaitedBudgetIsNeitherRequiredNorGivenAndReadsThrowUntilSet() throws {
@@ -40,8 +44,10 @@ final class PolicyConfigurationTests: XCTestCase {
         XCTAssertThrowsError(try awaiting.integer("budget")) { error in
             XCTAssertEqual((error as? PolicyError)?.description, "p: --budget is read before it is set")
         }
-        XCTAssertThrowsError(try PolicyParameters(policy: "p", specs: Self.declared, values: ["budget": "3"],
-                                                  awaiting: ["budget"]), "an awaited value may not be given")
+        XCTAssertThrowsError(
+            try PolicyParameters(
+                policy: "p", specs: Self.declared, values: ["budget": "3"],
+                awaiting: ["budget"]), "an awaited value may not be given")
         let spec = try PolicySpec(name: "h2o", values: ["recent": "2"], awaitingBudget: true)
         XCTAssertTrue(spec.awaitsBudget)
         XCTAssertEqual(spec.label, "h2o(recent=2)")
@@ -69,12 +75,15 @@ final class PolicyConfigurationTests: XCTestCase {
 
     /// The guard every window-scoring policy shares says the same thing in each.
     func testTheBudgetAboveTheWindowGuardIsOneMessage() throws {
-        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8, promptLength: 8,
-                                 numTokens: 64)
+        let header = TraceHeader(
+            model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8, promptLength: 8,
+            numTokens: 64)
         let layer = LayerInfo(index: 0)
         var messages: [String] = []
-        for (name, values) in [("rkv", ["budget": "8", "window": "8"]), ("snapkv", ["budget": "8", "window": "8"]),
-                               ("pyramidkv", ["budget": "8", "window": "8", "interval": "16"])] {
+        for (name, values) in [
+            ("rkv", ["budget": "8", "window": "8"]), ("snapkv", ["budget": "8", "window": "8"]),
+            ("pyramidkv", ["budget": "8", "window": "8", "interval": "16"])
+        ] {
             let spec = try PolicySpec(name: name, values: values)
             XCTAssertThrowsError(try spec.checkParameters(header: header, layer: layer)) { error in
                 XCTAssertTrue(error is UsageError, "\(name): \(error)")
@@ -90,26 +99,37 @@ final class PolicyConfigurationTests: XCTestCase {
     /// as a usage error before any policy prepares.
     func testAMemoryTargetRefusesBeforeAnyPolicyPrepares() throws {
         let directory = try TestTraces.directory(self)
-        let path = try TestTraces.write(to: directory.appendingPathComponent("t.h5"), T: 24, P: 4, Hq: 2, Hkv: 1, D: 4,
-                                        numLayers: 1, layers: [TestTraces.randomLayer(T: 24, Hq: 2, Hkv: 1, D: 4, seed: 5,
-                                                                                       index: 0)])
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("t.h5"), T: 24, P: 4, Hq: 2, Hkv: 1, D: 4,
+            numLayers: 1,
+            layers: [
+                TestTraces.randomLayer(
+                    T: 24, Hq: 2, Hkv: 1, D: 4, seed: 5,
+                    index: 0)
+            ])
         let reader = try TraceReader(path: path)
         PrepareCountingPolicy.prepared.reset()
-        let refused = try PolicySpec(unregistered: PrepareCountingPolicy.self, values: ["floor": "100"], awaitingBudget: true)
-        let matcher = MemoryMatcher(reader: reader, configuration: ReplayConfiguration(policies: [refused]),
-                                    target: .percent(50))
+        let refused = try PolicySpec(
+            unregistered: PrepareCountingPolicy.self, values: ["floor": "100"], awaitingBudget: true)
+        let matcher = MemoryMatcher(
+            reader: reader, configuration: ReplayConfiguration(policies: [refused]),
+            target: .percent(50))
         XCTAssertThrowsError(try matcher.run()) { error in
-            XCTAssertEqual((error as? UsageError)?.description,
-                           "counting: --budget (24) must be at least --floor (100)", "\(error)")
+            XCTAssertEqual(
+                (error as? UsageError)?.description,
+                "counting: --budget (24) must be at least --floor (100)", "\(error)")
         }
         XCTAssertEqual(PrepareCountingPolicy.prepared.count, 0, "refused before prepare")
         XCTAssertThrowsError(try refused.checkParameters(header: reader.header, layer: reader.layerInfo(0)!))
 
         // Control: an accepted floor prepares (once per trial engine run) and is matched.
-        let accepted = try PolicySpec(unregistered: PrepareCountingPolicy.self, values: ["floor": "4"], awaitingBudget: true)
+        let accepted = try PolicySpec(
+            unregistered: PrepareCountingPolicy.self, values: ["floor": "4"], awaitingBudget: true)
         XCTAssertEqual(try accepted.lowestBudget(header: reader.header, layer: reader.layerInfo(0)!), 4)
-        let result = try MemoryMatcher(reader: reader, configuration: ReplayConfiguration(policies: [accepted]),
-                                       target: .percent(50), tolerance: 100).run()
+        let result = try MemoryMatcher(
+            reader: reader, configuration: ReplayConfiguration(policies: [accepted]),
+            target: .percent(50), tolerance: 100
+        ).run()
         XCTAssertGreaterThan(PrepareCountingPolicy.prepared.count, 0)
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(result.runs[0].memoryMatch?.budget), 4)
     }
@@ -121,7 +141,7 @@ private final class PrepareCountingPolicy: ConfiguredPolicy {
     static let summary = "test policy: keeps the newest budget tokens, counts prepare calls"
     static let parameters: [PolicyParameter] = [
         .budget(help: "tokens kept"),
-        .integer("floor", default: 1, min: 1, help: "smallest budget accepted"),
+        .integer("floor", default: 1, min: 1, help: "smallest budget accepted")
     ]
     static func compressionCadence(_ parameters: PolicyParameters) -> String { "every step" }
     static let prepared = Counter()

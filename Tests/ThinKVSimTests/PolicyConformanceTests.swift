@@ -55,8 +55,9 @@ final class PolicyConformanceTests: XCTestCase {
         let traces = try shapes.map { shape in
             let (Hq, Hkv) = (4, 2)
             var layers = (0..<2).map { l in
-                TestTraces.randomLayer(T: shape.T, Hq: Hq, Hkv: Hkv, D: shape.D, seed: shape.seed + UInt64(10 * l),
-                                       index: l)
+                TestTraces.randomLayer(
+                    T: shape.T, Hq: Hq, Hkv: Hkv, D: shape.D, seed: shape.seed + UInt64(10 * l),
+                    index: l)
             }
             let factors: [Float] = [0.3, 1.6, 8]
             for l in layers.indices {
@@ -64,16 +65,19 @@ final class PolicyConformanceTests: XCTestCase {
                     for i in 0..<(Hq * shape.D) { layers[l].q![p * Hq * shape.D + i] *= factors[(p / 8) % 3] }
                 }
             }
-            let path = try TestTraces.write(to: dir.appendingPathComponent("conformance-\(shape.seed).h5"), T: shape.T,
-                                            P: shape.P, Hq: Hq, Hkv: Hkv, D: shape.D, numLayers: 2, layers: layers)
+            let path = try TestTraces.write(
+                to: dir.appendingPathComponent("conformance-\(shape.seed).h5"), T: shape.T,
+                P: shape.P, Hq: Hq, Hkv: Hkv, D: shape.D, numLayers: 2, layers: layers)
             return SmallTrace(path: path, reader: try TraceReader(path: path))
         }
         shared.traces = traces
         return traces
     }
 
-    private func replay(_ trace: SmallTrace, _ spec: PolicySpec, threads: Int,
-                        chunkSteps: Int? = nil, metricSteps: MetricStepSelection = .all) throws -> Replayed {
+    private func replay(
+        _ trace: SmallTrace, _ spec: PolicySpec, threads: Int,
+        chunkSteps: Int? = nil, metricSteps: MetricStepSelection = .all
+    ) throws -> Replayed {
         var configuration = ReplayConfiguration(policies: [spec], threads: threads)
         configuration.chunkSteps = chunkSteps
         configuration.metricSteps = metricSteps
@@ -87,8 +91,10 @@ final class PolicyConformanceTests: XCTestCase {
     }
 
     /// The replay of `type` with `values` on `trace` with 1 thread, made once per class run.
-    private func replay(_ trace: SmallTrace, _ type: any CachePolicy.Type,
-                        _ values: [String: String]) throws -> Replayed {
+    private func replay(
+        _ trace: SmallTrace, _ type: any CachePolicy.Type,
+        _ values: [String: String]
+    ) throws -> Replayed {
         let key = "\(trace.path) \(type.name) \(values.sorted { $0.key < $1.key })"
         let shared = Self.shared
         shared.lock.lock()
@@ -118,8 +124,9 @@ final class PolicyConformanceTests: XCTestCase {
         func report(file: StaticString = #filePath, line: UInt = #line) {
             for key in cases.keys.sorted() where expected[key] == nil {
                 let all = cases[key]!
-                XCTFail("\(key): \(all.count) case(s), first: \(all.prefix(3).joined(separator: " | "))",
-                        file: file, line: line)
+                XCTFail(
+                    "\(key): \(all.count) case(s), first: \(all.prefix(3).joined(separator: " | "))",
+                    file: file, line: line)
             }
             for (key, reason) in expected.sorted(by: { $0.key < $1.key }) where cases[key] == nil {
                 XCTFail("\(key): expected to fail (\(reason)) but holds; drop the expectation", file: file, line: line)
@@ -202,8 +209,9 @@ final class PolicyConformanceTests: XCTestCase {
                     if let cap = snapshot.residentCap {
                         capped += 1
                         if slots.count > cap {
-                            findings.add("\(type.name): resident cap",
-                                         "\(label) \(when) head \(g): \(slots.count) > cap \(cap)")
+                            findings.add(
+                                "\(type.name): resident cap",
+                                "\(label) \(when) head \(g): \(slots.count) > cap \(cap)")
                         }
                     }
                     for (kind, held) in [("resident", slots), ("attended", snapshot.attended?[g] ?? [])] {
@@ -211,21 +219,24 @@ final class PolicyConformanceTests: XCTestCase {
                             findings.add("\(type.name): duplicate slots", "\(label) \(when) head \(g): \(kind) \(held)")
                         }
                         if let bad = held.first(where: { $0 < 0 || Int($0) > position }) {
-                            findings.add("\(type.name): slot out of range",
-                                         "\(label) \(when) head \(g): \(kind) holds \(bad)")
+                            findings.add(
+                                "\(type.name): slot out of range",
+                                "\(label) \(when) head \(g): \(kind) holds \(bad)")
                         }
                     }
                     if let attended = snapshot.attended?[g], !attended.contains(Int32(position)) {
-                        findings.add("\(type.name): new position attended",
-                                     "\(label) \(when) head \(g) does not attend \(position)")
+                        findings.add(
+                            "\(type.name): new position attended",
+                            "\(label) \(when) head \(g) does not attend \(position)")
                     }
                 }
             }
             if PolicyConformance.declaresBudget(type) && budget == .smallest {
                 let records = try replay(trace, type, values).run.steps
                 if !records.contains(where: { $0.attendedBytes < $0.fullBytes }) {
-                    findings.add("\(type.name): compresses at its smallest budget",
-                                 "\(label): the cache is the full cache at every step (see conformanceSettings)")
+                    findings.add(
+                        "\(type.name): compresses at its smallest budget",
+                        "\(label): the cache is the full cache at every step (see conformanceSettings)")
                 }
             }
         }
@@ -248,11 +259,12 @@ final class PolicyConformanceTests: XCTestCase {
             let first = try fingerprint(try replay(trace, type, values))
             let variants: [(threads: Int, chunkSteps: Int?, run: String)] = [
                 (1, nil, "a second run"), (2, nil, "2 threads"), (3, 7, "3 threads, chunks of 7 steps"),
-                (1, 5, "chunks of 5 steps"),
+                (1, 5, "chunks of 5 steps")
             ]
             for (threads, chunkSteps, run) in variants {
                 let other = try fingerprint(try replay(trace, spec, threads: threads, chunkSteps: chunkSteps))
-                let differing = (0..<min(first.count, other.count)).first { first[$0].text != other[$0].text }
+                let differing =
+                    (0..<min(first.count, other.count)).first { first[$0].text != other[$0].text }
                     ?? (first.count == other.count ? nil : min(first.count, other.count))
                 if let i = differing {
                     let what = i < first.count ? first[i].what : other[i].what
@@ -269,16 +281,21 @@ final class PolicyConformanceTests: XCTestCase {
     private func fingerprint(_ replayed: Replayed) throws -> [(what: String, text: String)] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf",
-                                                                      nan: "nan")
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "inf", negativeInfinity: "-inf",
+            nan: "nan")
         func text<T: Encodable>(_ value: T) throws -> String {
             String(decoding: try encoder.encode(value), as: UTF8.self)
         }
         let run = replayed.run, result = replayed.result
         var parts = try run.steps.map { (what: "step record of layer \($0.layer) step \($0.step)", text: try text($0)) }
-        parts.append(("what was replayed", "layers \(result.layers), \(result.decodeSteps) steps, top-\(result.topK), "
-                          + "paging \(result.paging.rawValue)/\(run.paging.rawValue), "
-                          + "blocks \(result.blockSizes)/\(run.blockSize)"))
+        parts.append(
+            (
+                "what was replayed",
+                "layers \(result.layers), \(result.decodeSteps) steps, top-\(result.topK), "
+                    + "paging \(result.paging.rawValue)/\(run.paging.rawValue), "
+                    + "blocks \(result.blockSizes)/\(run.blockSize)"
+            ))
         parts.append(("summary", try text(run.summary)))
         parts.append(("metric samples", try text(run.samples)))
         parts.append(("counters", try text(run.counters)))
@@ -308,11 +325,12 @@ final class PolicyConformanceTests: XCTestCase {
         let findings = Findings(expected: [
             "thinkv-tbe: full cache's numbers at a budget covering the trace":
                 "TBE shrinks older thought segments at every transition whatever the budget (ThinKVPolicy; --budget: "
-                + "'default: no budget, segments shrink at transitions only')",
+                + "'default: no budget, segments shrink at transitions only')"
         ])
         var checked = 0
         let budgets: (any CachePolicy.Type) -> [PolicyConformance.Budget] = {
-            PolicyConformance.declaresBudget($0) ? [.traceLength, .coveringTheTrace]
+            PolicyConformance.declaresBudget($0)
+                ? [.traceLength, .coveringTheTrace]
                 : $0.evictsNothing ? [.smallest] : []
         }
         try forEveryPolicy(budgets: budgets) { type, trace, budget, values in
@@ -322,9 +340,10 @@ final class PolicyConformanceTests: XCTestCase {
                 guard replayed.result.notes.contains(where: { $0.contains("so it keeps everything") }) else { return }
                 for timeline in replayed.timelines {
                     if let j = timeline.droppedAt.firstIndex(where: { $0 >= 0 }) {
-                        findings.add("\(type.name): the note 'keeps everything' holds",
-                                     "\(label) layer \(timeline.layer) head \(timeline.kvHead): position \(j) "
-                                         + "dropped at step \(timeline.droppedAt[j])")
+                        findings.add(
+                            "\(type.name): the note 'keeps everything' holds",
+                            "\(label) layer \(timeline.layer) head \(timeline.kvHead): position \(j) "
+                                + "dropped at step \(timeline.droppedAt[j])")
                         break
                     }
                 }
@@ -336,22 +355,28 @@ final class PolicyConformanceTests: XCTestCase {
             for r in replayed.run.steps {
                 let at = "\(label) layer \(r.layer) step \(r.step)"
                 if r.attendedTokens != Double(r.position + 1) || r.residentTokens != Double(r.position + 1) {
-                    findings.add(key, "\(at): attends \(r.attendedTokens), holds \(r.residentTokens) of "
-                                     + "\(r.position + 1)")
+                    findings.add(
+                        key,
+                        "\(at): attends \(r.attendedTokens), holds \(r.residentTokens) of "
+                            + "\(r.position + 1)")
                 }
                 if r.attendedBytes != r.fullBytes {
                     findings.add(key, "\(at): \(r.attendedBytes) bytes, the full cache \(r.fullBytes)")
                 }
                 if r.massRecall != 1 || r.massRecallMin != 1 || r.topKRecall != 1 || r.attentionKL != 0
-                    || r.outputError != 0 {
-                    findings.add(key, "\(at): recall \(r.massRecall) (min \(r.massRecallMin)), top-k \(r.topKRecall), "
-                                     + "KL \(r.attentionKL), output error \(String(describing: r.outputError))")
+                    || r.outputError != 0
+                {
+                    findings.add(
+                        key,
+                        "\(at): recall \(r.massRecall) (min \(r.massRecallMin)), top-k \(r.topKRecall), "
+                            + "KL \(r.attentionKL), output error \(String(describing: r.outputError))")
                 }
             }
             let samples = replayed.run.samples
             if samples.massRecall.contains(where: { $0 != 1 }) || samples.topKRecall.contains(where: { $0 != 1 })
                 || samples.attentionKL.contains(where: { $0 != 0 })
-                || samples.outputError.contains(where: { $0 != 0 }) {
+                || samples.outputError.contains(where: { $0 != 0 })
+            {
                 findings.add(key, "\(label): some query head's sample is not the full cache's")
             }
         }
@@ -384,17 +409,19 @@ final class PolicyConformanceTests: XCTestCase {
                 let bytes = mine.reduce(0) { $0 + $1.recomputedAttendedBytes(step: t, promptLength: P, headDim: D) }
                 if bytes != r.attendedBytes {
                     let perHead = mine.map { String($0.recomputedAttendedBytes(step: t, promptLength: P, headDim: D)) }
-                    findings.add("\(type.name): attended bytes from the timeline",
-                                 "\(label) layer \(r.layer) step \(t): replay \(r.attendedBytes), timeline \(bytes) "
-                                     + "(per head \(perHead.joined(separator: "+")))")
+                    findings.add(
+                        "\(type.name): attended bytes from the timeline",
+                        "\(label) layer \(r.layer) step \(t): replay \(r.attendedBytes), timeline \(bytes) "
+                            + "(per head \(perHead.joined(separator: "+")))")
                 }
                 let seen = mine.reduce(0) { total, timeline in
                     total + (0...(P + t)).filter { timeline.droppedAt[$0] < 0 || Int(timeline.droppedAt[$0]) > t }.count
                 }
                 if Double(seen) / Double(header.numKVHeads) != r.attendedTokens {
-                    findings.add("\(type.name): attended tokens from the timeline",
-                                 "\(label) layer \(r.layer) step \(t): replay \(r.attendedTokens), "
-                                     + "timeline \(Double(seen) / Double(header.numKVHeads))")
+                    findings.add(
+                        "\(type.name): attended tokens from the timeline",
+                        "\(label) layer \(r.layer) step \(t): replay \(r.attendedTokens), "
+                            + "timeline \(Double(seen) / Double(header.numKVHeads))")
                 }
                 if mine.contains(where: { $0.groups.contains { $0.step <= t } }) { quantizedSteps += 1 }
                 if mine.contains(where: { $0.droppedAt.contains { $0 >= 0 && Int($0) <= t } }) { evictedSteps += 1 }
@@ -420,14 +447,20 @@ final class PolicyConformanceTests: XCTestCase {
             let replayed = try replay(trace, type, values)
             for timeline in replayed.timelines {
                 if let j = timeline.droppedAt.firstIndex(where: { $0 >= 0 }) {
-                    findings.add("\(type.name): evicts nothing", "\(label) layer \(timeline.layer) head "
-                                     + "\(timeline.kvHead): position \(j) dropped at step \(timeline.droppedAt[j])")
+                    findings.add(
+                        "\(type.name): evicts nothing",
+                        "\(label) layer \(timeline.layer) head "
+                            + "\(timeline.kvHead): position \(j) dropped at step \(timeline.droppedAt[j])")
                 }
             }
-            for r in replayed.run.steps where r.attendedTokens != Double(r.position + 1)
-                || r.residentTokens != Double(r.position + 1) {
-                findings.add("\(type.name): evicts nothing", "\(label) layer \(r.layer) step \(r.step): attends "
-                                 + "\(r.attendedTokens), holds \(r.residentTokens) of \(r.position + 1)")
+            for r in replayed.run.steps
+            where r.attendedTokens != Double(r.position + 1)
+                || r.residentTokens != Double(r.position + 1)
+            {
+                findings.add(
+                    "\(type.name): evicts nothing",
+                    "\(label) layer \(r.layer) step \(r.step): attends "
+                        + "\(r.attendedTokens), holds \(r.residentTokens) of \(r.position + 1)")
             }
         }
         findings.report()
@@ -453,10 +486,13 @@ final class PolicyConformanceTests: XCTestCase {
             }
             for (a, b) in zip(unmeasured, replayed) where a != b {
                 let step = a.droppedAt.indices.first { a.droppedAt[$0] != b.droppedAt[$0] }
-                findings.add("\(type.name): unmeasured stepping decides as the replay",
-                             "\(label) layer \(b.layer) head \(b.kvHead): "
-                                 + (step.map { "position \($0) dropped at \(a.droppedAt[$0]), replay "
-                                               + "\(b.droppedAt[$0])" } ?? "quantizations differ"))
+                findings.add(
+                    "\(type.name): unmeasured stepping decides as the replay",
+                    "\(label) layer \(b.layer) head \(b.kvHead): "
+                        + (step.map {
+                            "position \($0) dropped at \(a.droppedAt[$0]), replay "
+                                + "\(b.droppedAt[$0])"
+                        } ?? "quantizations differ"))
             }
             compared += 1
         }
@@ -494,12 +530,14 @@ final class PolicyConformanceTests: XCTestCase {
                     var memoryOnly = a, expected = b
                     if measured.contains(a.step) {
                         guard a != b else { continue }
-                        findings.add("\(type.name): a sampled step's record differs",
-                                     "\(what) layer \(a.layer) step \(a.step)")
+                        findings.add(
+                            "\(type.name): a sampled step's record differs",
+                            "\(what) layer \(a.layer) step \(a.step)")
                         break
                     }
                     guard a.massRecall.isNaN, a.attentionKL.isNaN, a.topKRecall.isNaN, a.sparsity.isNaN,
-                          a.outputError.map(\.isNaN) ?? true else {
+                        a.outputError.map(\.isNaN) ?? true
+                    else {
                         findings.add("\(type.name): an unsampled step has fidelity", "\(what) step \(a.step)")
                         break
                     }
@@ -510,8 +548,9 @@ final class PolicyConformanceTests: XCTestCase {
                     memoryOnly.outputError = memoryOnly.outputError.map { _ in 0 }
                     expected.outputError = expected.outputError.map { _ in 0 }
                     if memoryOnly != expected {
-                        findings.add("\(type.name): an unsampled step's memory differs",
-                                     "\(what) layer \(a.layer) step \(a.step)")
+                        findings.add(
+                            "\(type.name): an unsampled step's memory differs",
+                            "\(what) layer \(a.layer) step \(a.step)")
                         break
                     }
                 }
@@ -520,7 +559,8 @@ final class PolicyConformanceTests: XCTestCase {
                     let (a, b) = (sampled.run.summary, full.run.summary)
                     if a.massRecall.mean != b.massRecall.mean || a.attentionKL.mean != b.attentionKL.mean
                         || a.topKRecall.mean != b.topKRecall.mean || a.outputError?.mean != b.outputError?.mean
-                        || a.memory != b.memory || sampled.run.samples != full.run.samples {
+                        || a.memory != b.memory || sampled.run.samples != full.run.samples
+                    {
                         findings.add("\(type.name): stride:1 differs from all", what)
                     }
                     if a.massRecall.ci95HalfWidth != 0 { findings.add("\(type.name): a census has an interval", what) }

@@ -14,14 +14,19 @@ final class PolicyListTests: XCTestCase {
     }
 
     private func trace() throws -> String {
-        try TestTraces.write(to: directory.appendingPathComponent("t.h5"), T: 40, P: 8, Hq: 2, Hkv: 1, D: 8,
-                             numLayers: 2,
-                             layers: [TestTraces.randomLayer(T: 40, Hq: 2, Hkv: 1, D: 8, seed: 5),
-                                      TestTraces.randomLayer(T: 40, Hq: 2, Hkv: 1, D: 8, seed: 6, index: 1)])
+        try TestTraces.write(
+            to: directory.appendingPathComponent("t.h5"), T: 40, P: 8, Hq: 2, Hkv: 1, D: 8,
+            numLayers: 2,
+            layers: [
+                TestTraces.randomLayer(T: 40, Hq: 2, Hkv: 1, D: 8, seed: 5),
+                TestTraces.randomLayer(T: 40, Hq: 2, Hkv: 1, D: 8, seed: 6, index: 1)
+            ])
     }
 
-    private func run(_ arguments: [String], file: StaticString = #filePath,
-                     line: UInt = #line) throws -> CommandRunner.Outcome {
+    private func run(
+        _ arguments: [String], file: StaticString = #filePath,
+        line: UInt = #line
+    ) throws -> CommandRunner.Outcome {
         try CommandRunner.run(arguments, in: directory, file: file, line: line)
     }
 
@@ -49,11 +54,13 @@ final class PolicyListTests: XCTestCase {
         XCTAssertEqual(names(lists), ["thinkv", "rkv", "thinkv"])
         XCTAssertEqual(lists[0].values["schedule"], "64,32,16")
         XCTAssertEqual(lists[2].values["thought-layers"], "-1,-2")
-        XCTAssertEqual(names(try PolicyList.items(["h2o", "rkv:divide=4,full"])), ["h2o", "rkv", "full"],
-                       "repeated --policy")
+        XCTAssertEqual(
+            names(try PolicyList.items(["h2o", "rkv:divide=4,full"])), ["h2o", "rkv", "full"],
+            "repeated --policy")
         XCTAssertEqual(try PolicyList.item("snapkv:window=4:budget=16").values, ["window": "4", "budget": "16"])
-        XCTAssertEqual(try PolicyList.item("raas:x=a=b").values, ["x": "a=b"],
-                       "the value is everything after the first '='")
+        XCTAssertEqual(
+            try PolicyList.item("raas:x=a=b").values, ["x": "a=b"],
+            "the value is everything after the first '='")
     }
 
     func testMisspellingsAreUsageErrorsNamingTheItem() {
@@ -67,7 +74,7 @@ final class PolicyListTests: XCTestCase {
             (":budget=3", "no policy name before ':'"),
             ("budget=64", "'budget=64' is a parameter; write it after a policy name"),
             ("h2o,,rkv", "--policy has an empty item in 'h2o,,rkv'"),
-            ("thinkv:schedule=64,32:budget=100", "a list value must be the last parameter of its item"),
+            ("thinkv:schedule=64,32:budget=100", "a list value must be the last parameter of its item")
         ]
         for (text, expected) in cases {
             XCTAssertThrowsError(try PolicyList.items(text), text) { error in
@@ -82,35 +89,50 @@ final class PolicyListTests: XCTestCase {
     func testItemParametersOverrideSharedOptionsAndLabelTheRun() throws {
         let items = try PolicyList.items("h2o:budget=64,rkv:divide=8,h2o:budget=128:recent=16,full")
         let specs = try PolicySpec.specs(items: items, options: [("budget", "256")])
-        XCTAssertEqual(specs.map(\.label),
-                       ["h2o(budget=64)", "rkv(budget=256,divide=8)", "h2o(budget=128,recent=16)", "full"])
+        XCTAssertEqual(
+            specs.map(\.label),
+            ["h2o(budget=64)", "rkv(budget=256,divide=8)", "h2o(budget=128,recent=16)", "full"])
         // The same run as the shared spelling: an item is a shorthand, not another kind of run.
-        XCTAssertEqual(specs[1],
-                       try PolicySpec.specs(policies: ["rkv"], options: [("budget", "256"), ("divide", "8")])[0])
+        XCTAssertEqual(
+            specs[1],
+            try PolicySpec.specs(policies: ["rkv"], options: [("budget", "256"), ("divide", "8")])[0])
         // Without items with parameters, specs(items:) is specs(policies:).
-        XCTAssertEqual(try PolicySpec.specs(items: [item("h2o"), item("rkv")], options: [("budget", "32")]),
-                       try PolicySpec.specs(policies: ["h2o", "rkv"], options: [("budget", "32")]))
+        XCTAssertEqual(
+            try PolicySpec.specs(items: [item("h2o"), item("rkv")], options: [("budget", "32")]),
+            try PolicySpec.specs(policies: ["h2o", "rkv"], options: [("budget", "32")]))
     }
 
     func testRefusedSpecsSayWhy() {
         let cases: [([PolicyItem], [(name: String, value: String)], String)] = [
-            ([item("h2o", [("recnet", "8"), ("budget", "8")])], [],
-             "--policy h2o:recnet=8:budget=8: h2o has no parameter 'recnet' (did you mean recent?); "
-                + "its parameters: budget, recent"),
+            (
+                [item("h2o", [("recnet", "8"), ("budget", "8")])], [],
+                "--policy h2o:recnet=8:budget=8: h2o has no parameter 'recnet' (did you mean recent?); "
+                    + "its parameters: budget, recent"
+            ),
             ([item("full", [("budget", "8")])], [], "full has no parameter 'budget'; it has no parameters"),
             ([item("h2o", [("budget", "0")])], [], "--policy h2o:budget=0: budget must be in 1...2147483647, got '0'"),
-            ([item("h2o", [("budget", "8"), ("score-dtype", "float8")])], [],
-             "--policy h2o:budget=8:score-dtype=float8: score-dtype must be one of"),
-            ([item("h2o", [("budget", "8")]), item("rkv", [("budget", "9")])], [("budget", "4")],
-             "--budget 4 applies to no policy: h2o:budget=8 and rkv:budget=9 set their own"),
-            ([item("h2o", [("budget", "8")]), item("h2o")], [("budget", "8")],
-             "--policy names the same run twice (h2o:budget=8 and h2o)"),
-            ([item("h2o"), item("rkv")], [("budget", "4"), ("budget", "8")],
-             "--budget given more than once; to give policies different values, write them after each name"),
-            ([item("thinkv", [("calibration", "a/cal.json")]), item("thinkv", [("calibration", "b/cal.json")])],
-             [("budget", "64")],
-             "would both be labelled thinkv(budget=64,calibration=cal.json)"),
-            ([item("h20")], [], "unknown policy 'h20' (did you mean h2o?"),
+            (
+                [item("h2o", [("budget", "8"), ("score-dtype", "float8")])], [],
+                "--policy h2o:budget=8:score-dtype=float8: score-dtype must be one of"
+            ),
+            (
+                [item("h2o", [("budget", "8")]), item("rkv", [("budget", "9")])], [("budget", "4")],
+                "--budget 4 applies to no policy: h2o:budget=8 and rkv:budget=9 set their own"
+            ),
+            (
+                [item("h2o", [("budget", "8")]), item("h2o")], [("budget", "8")],
+                "--policy names the same run twice (h2o:budget=8 and h2o)"
+            ),
+            (
+                [item("h2o"), item("rkv")], [("budget", "4"), ("budget", "8")],
+                "--budget given more than once; to give policies different values, write them after each name"
+            ),
+            (
+                [item("thinkv", [("calibration", "a/cal.json")]), item("thinkv", [("calibration", "b/cal.json")])],
+                [("budget", "64")],
+                "would both be labelled thinkv(budget=64,calibration=cal.json)"
+            ),
+            ([item("h20")], [], "unknown policy 'h20' (did you mean h2o?")
         ]
         for (items, options, expected) in cases {
             XCTAssertThrowsError(try PolicySpec.specs(items: items, options: options), expected) { error in
@@ -123,8 +145,9 @@ final class PolicyListTests: XCTestCase {
     func testAMemoryTargetRefusesABudgetOfAnItemAndMatchesTheRest() throws {
         let budgeted = [item("h2o", [("budget", "8")]), item("kivi")]
         XCTAssertThrowsError(try MemoryMatcher.specs(items: budgeted, options: [])) { error in
-            XCTAssertTrue("\(error)".contains("--policy h2o:budget=8: a budget of its own and a memory target"),
-                          "\(error)")
+            XCTAssertTrue(
+                "\(error)".contains("--policy h2o:budget=8: a budget of its own and a memory target"),
+                "\(error)")
         }
         let items = [item("h2o", [("recent", "2")]), item("h2o", [("recent", "4")]), item("kivi")]
         let specs = try MemoryMatcher.specs(items: items, options: [])
@@ -139,8 +162,10 @@ final class PolicyListTests: XCTestCase {
 
     // MARK: Replays
 
-    private func json(_ outcome: CommandRunner.Outcome, file: StaticString = #filePath,
-                      line: UInt = #line) throws -> [[String: Any]] {
+    private func json(
+        _ outcome: CommandRunner.Outcome, file: StaticString = #filePath,
+        line: UInt = #line
+    ) throws -> [[String: Any]] {
         XCTAssertEqual(outcome.status, 0, outcome.stderr, file: file, line: line)
         let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any])
         return try XCTUnwrap(report["runs"] as? [[String: Any]])
@@ -155,9 +180,13 @@ final class PolicyListTests: XCTestCase {
             // quotes first.
             var cells: [String] = [], cell = "", quoted = false
             for character in line {
-                if character == "\"" { quoted.toggle(); cell.append(character) }
-                else if character == ",", !quoted { cells.append(cell); cell = "" }
-                else { cell.append(character) }
+                if character == "\"" {
+                    quoted.toggle(); cell.append(character)
+                } else if character == ",", !quoted {
+                    cells.append(cell); cell = ""
+                } else {
+                    cell.append(character)
+                }
             }
             cells.append(cell)
             return Dictionary(uniqueKeysWithValues: zip(header, cells))
@@ -166,26 +195,36 @@ final class PolicyListTests: XCTestCase {
 
     func testOneReplayOfTwoBudgetsEqualsTwoReplays() throws {
         let path = try trace()
-        let together = try run(["replay", path, "--policy", "h2o:budget=12,rkv:budget=16:divide=4,streaming",
-                                "--budget", "10", "--sinks", "2", "--json", "--csv", file("together.csv")])
+        let together = try run([
+            "replay", path, "--policy", "h2o:budget=12,rkv:budget=16:divide=4,streaming",
+            "--budget", "10", "--sinks", "2", "--json", "--csv", file("together.csv")
+        ])
         let apart = [
             try run(["replay", path, "--policy", "h2o", "--budget", "12", "--json", "--csv", file("h2o.csv")]),
-            try run(["replay", path, "--policy", "rkv", "--budget", "16", "--divide", "4", "--json",
-                     "--csv", file("rkv.csv")]),
-            try run(["replay", path, "--policy", "streaming", "--budget", "10", "--sinks", "2", "--json",
-                     "--csv", file("streaming.csv")]),
+            try run([
+                "replay", path, "--policy", "rkv", "--budget", "16", "--divide", "4", "--json",
+                "--csv", file("rkv.csv")
+            ]),
+            try run([
+                "replay", path, "--policy", "streaming", "--budget", "10", "--sinks", "2", "--json",
+                "--csv", file("streaming.csv")
+            ])
         ]
         let combined = try json(together)
         let separate = try apart.map { try json($0)[0] }
-        XCTAssertEqual(combined.map { $0["label"] as? String },
-                       ["h2o(budget=12)", "rkv(budget=16,divide=4)", "streaming(budget=10,sinks=2)"])
+        XCTAssertEqual(
+            combined.map { $0["label"] as? String },
+            ["h2o(budget=12)", "rkv(budget=16,divide=4)", "streaming(budget=10,sinks=2)"])
         for (run, alone) in zip(combined, separate) {
             for key in ["policy", "label", "parameters", "compresses", "summary"] {
-                XCTAssertEqual(try JSONSerialization.data(withJSONObject: [key: try XCTUnwrap(run[key])],
-                                                          options: .sortedKeys),
-                               try JSONSerialization.data(withJSONObject: [key: try XCTUnwrap(alone[key])],
-                                                          options: .sortedKeys),
-                               "\(run["label"] ?? "?") \(key)")
+                XCTAssertEqual(
+                    try JSONSerialization.data(
+                        withJSONObject: [key: try XCTUnwrap(run[key])],
+                        options: .sortedKeys),
+                    try JSONSerialization.data(
+                        withJSONObject: [key: try XCTUnwrap(alone[key])],
+                        options: .sortedKeys),
+                    "\(run["label"] ?? "?") \(key)")
             }
         }
         // The per-step CSV: the rows of each policy are the rows of its own replay, on the
@@ -206,8 +245,10 @@ final class PolicyListTests: XCTestCase {
 
     func testTheSamePolicyTwiceIsToldApartInEveryOutput() throws {
         let path = try trace()
-        let outcome = try run(["replay", path, "--policy", "h2o:budget=8,h2o:budget=16:recent=4", "--json",
-                               "--csv", file("s.csv"), "--kept", file("k.jsonl"), "--cache-timeline", file("t.jsonl")])
+        let outcome = try run([
+            "replay", path, "--policy", "h2o:budget=8,h2o:budget=16:recent=4", "--json",
+            "--csv", file("s.csv"), "--kept", file("k.jsonl"), "--cache-timeline", file("t.jsonl")
+        ])
         let labels = ["h2o(budget=8)", "h2o(budget=16,recent=4)"]
         XCTAssertEqual(try json(outcome).map { $0["label"] as? String }, labels)
         let csv = try rows(file("s.csv"))
@@ -228,15 +269,18 @@ final class PolicyListTests: XCTestCase {
         // Layer shards of it merge into the one replay's report.
         let whole = try json(run(["replay", path, "--policy", "h2o:budget=8,h2o:budget=16:recent=4", "--json"]))
         for (layer, name) in [("0", file("a.json")), ("1", file("b.json"))] {
-            let shard = try run(["replay", path, "--policy", "h2o:budget=8,h2o:budget=16:recent=4", "--layers", layer,
-                                 "--shard-state", name])
+            let shard = try run([
+                "replay", path, "--policy", "h2o:budget=8,h2o:budget=16:recent=4", "--layers", layer,
+                "--shard-state", name
+            ])
             XCTAssertEqual(shard.status, 0, shard.stderr)
         }
         let merged = try json(run(["merge", file("a.json"), file("b.json"), "--json"]))
         XCTAssertEqual(merged.map { $0["label"] as? String }, labels)
         for (a, b) in zip(whole, merged) {
-            XCTAssertEqual(try JSONSerialization.data(withJSONObject: a["summary"]!, options: .sortedKeys),
-                           try JSONSerialization.data(withJSONObject: b["summary"]!, options: .sortedKeys))
+            XCTAssertEqual(
+                try JSONSerialization.data(withJSONObject: a["summary"]!, options: .sortedKeys),
+                try JSONSerialization.data(withJSONObject: b["summary"]!, options: .sortedKeys))
         }
     }
 
@@ -253,7 +297,7 @@ final class PolicyListTests: XCTestCase {
             (["--policy", "h2o", "--budget", "8", "--policy", "rkv", "--budget", "16"], "write them after each name"),
             (["--policy", "hto:budget=8"], "did you mean h2o?"),
             // A combination the policy refuses is checked against the trace before the replay.
-            (["--policy", "snapkv:budget=4:window=8"], "snapkv"),
+            (["--policy", "snapkv:budget=4:window=8"], "snapkv")
         ]
         for (arguments, expected) in cases {
             let outcome = try run(["replay", path, "--csv", file("never.csv")] + arguments)
@@ -266,8 +310,11 @@ final class PolicyListTests: XCTestCase {
 
     func testAMemoryTargetMatchesEachItem() throws {
         let path = try trace()
-        let runs = try json(run(["replay", path, "--policy", "h2o:recent=2,h2o:recent=6,kivi", "--kv-percent", "50",
-                                 "--json"]))
+        let runs = try json(
+            run([
+                "replay", path, "--policy", "h2o:recent=2,h2o:recent=6,kivi", "--kv-percent", "50",
+                "--json"
+            ]))
         XCTAssertEqual(runs.map { ($0["parameters"] as? [String: Any])?["recent"] as? Int }, [2, 6, nil])
         let statuses = runs.map { ($0["memory_match"] as? [String: Any])?["status"] as? String }
         XCTAssertEqual(statuses[2], "not matched")
@@ -276,8 +323,11 @@ final class PolicyListTests: XCTestCase {
         XCTAssertEqual(Set(labels).count, 3, "\(labels)")
 
         // A target out of reach: each run's note says which of the two runs it is.
-        let unreachable = try json(run(["replay", path, "--policy", "rkv:divide=4,rkv:divide=2", "--kv-percent", "1",
-                                        "--json"]))
+        let unreachable = try json(
+            run([
+                "replay", path, "--policy", "rkv:divide=4,rkv:divide=2", "--kv-percent", "1",
+                "--json"
+            ]))
         let notes = unreachable.map { ($0["memory_match"] as? [String: Any])?["note"] as? String ?? "" }
         XCTAssertTrue(notes[0].hasPrefix("rkv(divide=4): mean KV of 1.00 %"), notes[0])
         XCTAssertTrue(notes[1].hasPrefix("rkv(divide=2): mean KV of 1.00 %"), notes[1])
@@ -320,15 +370,18 @@ final class PolicyListTests: XCTestCase {
     func testASweepEntryMayCarryParameters() throws {
         let traces = try SweepFixture.traces(in: directory)
         func grid(_ entries: String) throws -> SweepGrid {
-            try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "o.csv", "#
-                                  + #""parameters": {"budget": [8, 16]}, "policies": [\#(entries)]}"#)
+            try SweepFixture.grid(
+                #"{"traces": ["\#(traces[0])"], "output": "o.csv", "#
+                    + #""parameters": {"budget": [8, 16]}, "policies": [\#(entries)]}"#)
         }
         let spelled = try grid(#""rkv:divide=4", "h2o:budget=12", "full""#)
-        let objects = try grid(#"{"policy": "rkv", "parameters": {"divide": 4}}, "#
-                               + #"{"policy": "h2o", "parameters": {"budget": 12}}, "full""#)
+        let objects = try grid(
+            #"{"policy": "rkv", "parameters": {"divide": 4}}, "#
+                + #"{"policy": "h2o", "parameters": {"budget": 12}}, "full""#)
         XCTAssertEqual(spelled.runs.map(\.key), objects.runs.map(\.key))
-        XCTAssertEqual(spelled.runs.map(\.spec.label),
-                       ["rkv(budget=8,divide=4)", "rkv(budget=16,divide=4)", "h2o(budget=12)", "full"])
+        XCTAssertEqual(
+            spelled.runs.map(\.spec.label),
+            ["rkv(budget=8,divide=4)", "rkv(budget=16,divide=4)", "h2o(budget=12)", "full"])
 
         func problem(_ entries: String) -> String {
             do { _ = try grid(entries); return "accepted" } catch { return "\(error)" }
@@ -338,7 +391,7 @@ final class PolicyListTests: XCTestCase {
             (#""rkv:divde=4""#, "policies[0].parameters.divde: unknown parameter of rkv"),
             (#""rkv:divide=0""#, "policies[0].parameters.divide: rkv: --divide must be in"),
             (#"{"policy": "rkv:divide=4"}"#, "policies[0].policy: 'rkv:divide=4': in an object entry"),
-            (#""rkv:divide=4", "rkv:divide=4""#, "repeats a run"),
+            (#""rkv:divide=4", "rkv:divide=4""#, "repeats a run")
         ]
         for (entries, expected) in cases {
             XCTAssertTrue(problem(entries).contains(expected), problem(entries))

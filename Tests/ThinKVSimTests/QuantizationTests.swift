@@ -82,7 +82,8 @@ final class QuantizationTests: XCTestCase {
                 XCTAssertEqual(buffer[i], original[i], "element \(i) is outside the group")
             }
         }
-        XCTAssertNotEqual(group, stride(from: 1, to: 48, by: 3).map { original[$0] }, "2 bits cannot be exact on Gaussians")
+        XCTAssertNotEqual(
+            group, stride(from: 1, to: 48, by: 3).map { original[$0] }, "2 bits cannot be exact on Gaussians")
     }
 
     // MARK: Minifloats
@@ -158,7 +159,8 @@ final class QuantizationTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(s * 448, amax, "rounded up: no element saturates")
             XCTAssertLessThan((s - MiniFloat.e4m3.spacing(around: s.nextDown)) * 448, amax, "the smallest such value")
             for i in 0..<16 where abs(x[i]) / s >= powf(2, -6) {
-                XCTAssertLessThanOrEqual(abs(y[i] - x[i]), abs(x[i]) * powf(2, -4) * (1 + 1e-6), "seed \(seed) element \(i)")
+                XCTAssertLessThanOrEqual(
+                    abs(y[i] - x[i]), abs(x[i]) * powf(2, -4) * (1 + 1e-6), "seed \(seed) element \(i)")
                 let code = y[i] / s
                 XCTAssertEqual(MiniFloat.e4m3.round(code), code, "x̂/s is an E4M3 value")
             }
@@ -231,7 +233,9 @@ final class QuantizationTests: XCTestCase {
             var levels = Set<Float>()
             for i in 0..<16 {
                 XCTAssertTrue(abs(y[i]) == 0 || abs(abs(y[i]) - s) <= s * 1e-5, "\(y[i]) not in {−s, 0, s}")
-                if abs(x[i]) > s / 2 * 1.0001 { XCTAssertEqual(y[i].sign, x[i].sign, "sign kept above s/2") ; XCTAssertNotEqual(y[i], 0) }
+                if abs(x[i]) > s / 2 * 1.0001 {
+                    XCTAssertEqual(y[i].sign, x[i].sign, "sign kept above s/2"); XCTAssertNotEqual(y[i], 0)
+                }
                 if abs(x[i]) < s / 2 * 0.9999 { XCTAssertEqual(y[i], 0) }
                 levels.insert(y[i] == 0 ? 0 : (y[i] > 0 ? 1 : -1))
             }
@@ -265,8 +269,10 @@ final class QuantizationTests: XCTestCase {
         let cache = QuantTestSupport.cache(T: T, D: D, seed: 60)
         let exactK = cache.storedKeys!, exactV = cache.storedValues!
         let q = GroupQuantizer.integer(bits: 2)
-        let keyBits = KVGrouping.quantizeKeysPerChannel(cache, kvHead: 0, positions: Array(0..<T), groupSize: 16, quantizer: q)
-        let valueBits = KVGrouping.quantizeValuesPerToken(cache, kvHead: 0, positions: Array(0..<T), groupSize: 16, quantizer: q)
+        let keyBits = KVGrouping.quantizeKeysPerChannel(
+            cache, kvHead: 0, positions: Array(0..<T), groupSize: 16, quantizer: q)
+        let valueBits = KVGrouping.quantizeValuesPerToken(
+            cache, kvHead: 0, positions: Array(0..<T), groupSize: 16, quantizer: q)
         XCTAssertEqual(keyBits, D * 32, "one group per channel")
         XCTAssertEqual(valueBits, T * 32, "one group per token")
         XCTAssertTrue(cache.keysModified && cache.valuesModified)
@@ -297,14 +303,17 @@ final class QuantizationTests: XCTestCase {
         let a = QuantTestSupport.cache(T: T, D: D, seed: 61)
         let exact = a.storedKeys!
         let positions = stride(from: 1, to: 33, by: 2).map { $0 }  // 16 positions, gaps between
-        KVGrouping.quantizeKeysPerChannel(a, kvHead: 0, positions: positions, groupSize: 16, quantizer: .integer(bits: 3))
+        KVGrouping.quantizeKeysPerChannel(
+            a, kvHead: 0, positions: positions, groupSize: 16, quantizer: .integer(bits: 3))
         for d in 0..<D {
             var column = positions.map { exact[$0 * D + d] }
             GroupQuantizer.integer(bits: 3).roundTrip(&column)
             for (i, p) in positions.enumerated() { XCTAssertEqual(a.storedKeys![p * D + d], column[i]) }
         }
         for p in 0..<T where !positions.contains(p) {
-            XCTAssertEqual(Array(a.storedKeys![(p * D)..<((p + 1) * D)]), Array(exact[(p * D)..<((p + 1) * D)]), "position \(p) untouched")
+            XCTAssertEqual(
+                Array(a.storedKeys![(p * D)..<((p + 1) * D)]), Array(exact[(p * D)..<((p + 1) * D)]),
+                "position \(p) untouched")
             XCTAssertEqual(a.keyBits[p], 16)
         }
     }
@@ -313,7 +322,9 @@ final class QuantizationTests: XCTestCase {
         let data = LayerData(info: LayerInfo(index: 0), numTokens: 8, numKVHeads: 1, headDim: 4, keys: nil, values: nil)
         let cache = LayerCache(data: data)
         for p in 0..<8 { cache.append(position: p) }
-        XCTAssertEqual(KVGrouping.quantizeKeysPerChannel(cache, kvHead: 0, positions: Array(0..<8), groupSize: 4, quantizer: .nvfp4), 2 * 4 * 8)
+        XCTAssertEqual(
+            KVGrouping.quantizeKeysPerChannel(
+                cache, kvHead: 0, positions: Array(0..<8), groupSize: 4, quantizer: .nvfp4), 2 * 4 * 8)
         XCTAssertEqual(cache.keyBits[0..<8].allSatisfy { $0 == 4 }, true)
         XCTAssertFalse(cache.keysModified)
     }
@@ -326,7 +337,9 @@ final class QuantizationTests: XCTestCase {
         let cache = LayerCache(data: data)
         var random = SeededRandom(seed: 11)
         func recomputed(_ h: Int) -> Int {
-            let bits = cache.slots[h].reduce(0) { $0 + Int(cache.keyBits[h * T + Int($1)]) + Int(cache.valueBits[h * T + Int($1)]) }
+            let bits = cache.slots[h].reduce(0) {
+                $0 + Int(cache.keyBits[h * T + Int($1)]) + Int(cache.valueBits[h * T + Int($1)])
+            }
             return (bits * D + 7) / 8 + cache.metadataBytes[h]
         }
         for p in 0..<T {

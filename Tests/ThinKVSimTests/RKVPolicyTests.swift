@@ -70,18 +70,24 @@ final class RKVPolicyTests: XCTestCase {
     /// and 2 leaving S[i,0] alone) col0 would be −1.4142 and the softmax [.24497, .27012, .23062,
     /// .25429].
     func testRedundancyZeroesSlotZeroForRowsWithoutASimilarKey() {
-        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2,
-                                 promptLength: 4, numTokens: 4)
-        let rule = WindowScoringRule(softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: 7,
-                                     groupReduce: .maxLogits, redundancy: .init(lambda: 0.07, threshold: 0.5))
+        let header = TraceHeader(
+            model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2,
+            promptLength: 4, numTokens: 4)
+        let rule = WindowScoringRule(
+            softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: 7,
+            groupReduce: .maxLogits, redundancy: .init(lambda: 0.07, threshold: 0.5))
         let scorer = WindowScorer(rule: rule, header: header)
         let keys: [Float] = [1, 1, 0, -1, -1, 0, 3, 1]
-        let red = keys.withUnsafeBufferPointer { scorer.redundancy(slots: [0, 1, 2, 3], keys: $0.baseAddress!, threshold: 0.5) }
+        let red = keys.withUnsafeBufferPointer {
+            scorer.redundancy(slots: [0, 1, 2, 3], keys: $0.baseAddress!, threshold: 0.5)
+        }
         let expected = [0.31603567, 0.24469718, 0.20891084, 0.23035632]
         for (a, b) in zip(red, expected) { XCTAssertEqual(a, b, accuracy: 1e-8) }
         // The slot order is the matrix order: listing the same keys as slots [3 2 1 0] makes
         // slot 0 hold k3, and rows 1 and 2 (k1, k2; no similar key) now zero their entry with k3.
-        let reordered = keys.withUnsafeBufferPointer { scorer.redundancy(slots: [3, 2, 1, 0], keys: $0.baseAddress!, threshold: 0.5) }
+        let reordered = keys.withUnsafeBufferPointer {
+            scorer.redundancy(slots: [3, 2, 1, 0], keys: $0.baseAddress!, threshold: 0.5)
+        }
         XCTAssertNotEqual(reordered[3], red[0], accuracy: 1e-3, "k0's redundancy depends on which key sits in slot 0")
     }
 
@@ -93,24 +99,30 @@ final class RKVPolicyTests: XCTestCase {
         var rng = SplitMix64(seed: 5)
         XCTAssertLessThan(WindowScorer.partnerTile, 270)
         for (L, D) in [(37, 20), (64, 64), (9, 8), (270, 12)] {
-            let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: D,
-                                     promptLength: L, numTokens: L)
-            let rule = WindowScoringRule(softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: 7,
-                                         groupReduce: .maxLogits, redundancy: .init(lambda: 0.1, threshold: 0.5))
+            let header = TraceHeader(
+                model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: D,
+                promptLength: L, numTokens: L)
+            let rule = WindowScoringRule(
+                softmax: .candidatesOnly, rowReduce: .mean, pool: .max, kernel: 7,
+                groupReduce: .maxLogits, redundancy: .init(lambda: 0.1, threshold: 0.5))
             let scorer = WindowScorer(rule: rule, header: header)
             var keys = (0..<(L * D)).map { _ in rng.nextUniform() * 2 - 1 }
             for i in stride(from: 3, to: L, by: 5) {  // near-copies of an earlier key
                 for d in 0..<D { keys[i * D + d] = keys[(i / 2) * D + d] + 0.05 * (rng.nextUniform() - 0.5) }
             }
             let slots = (0..<L).map { Int32(($0 * 7) % L) }
-            let got = keys.withUnsafeBufferPointer { scorer.redundancy(slots: slots, keys: $0.baseAddress!, threshold: 0.5) }
+            let got = keys.withUnsafeBufferPointer {
+                scorer.redundancy(slots: slots, keys: $0.baseAddress!, threshold: 0.5)
+            }
 
             let unit = slots.map { p -> [Double] in
                 let k = (0..<D).map { Double(keys[Int(p) * D + $0]) }
                 let norm = k.reduce(0) { $0 + $1 * $1 }.squareRoot()
                 return k.map { $0 / (norm + 1e-8) }
             }
-            var S = (0..<L).map { i in (0..<L).map { j in i == j ? 0 : zip(unit[i], unit[j]).reduce(0) { $0 + $1.0 * $1.1 } } }
+            var S = (0..<L).map { i in
+                (0..<L).map { j in i == j ? 0 : zip(unit[i], unit[j]).reduce(0) { $0 + $1.0 * $1.1 } }
+            }
             var similarRows = 0
             for i in 0..<L {
                 if let last = (0..<L).last(where: { S[i][$0] > 0.5 }) {
@@ -139,8 +151,9 @@ final class RKVPolicyTests: XCTestCase {
     /// mean over the group: A 0, B 3, C 2 → keep B, C: [1 2 3].
     func testGroupPoolingTakesTheMaxOfLogitsNotTheMean() throws {
         let r2 = Float(2).squareRoot()
-        let path = try TestTraces.plane(self, keys: [[(6, -6)], [(3, 3)], [(2, 2)], [(0, 0)]],
-                                 queries: [3: [(r2, 0), (0, r2)]], P: 1, Hq: 2)
+        let path = try TestTraces.plane(
+            self, keys: [[(6, -6)], [(3, 3)], [(2, 2)], [(0, 0)]],
+            queries: [3: [(r2, 0), (0, r2)]], P: 1, Hq: 2)
         let base = ["budget": "3", "window": "1", "divide": "3", "kernel": "1", "lambda": "1"]
         let (_, maxEvents, maxSnapshots) = try TestTraces.observe(path, RKVPolicy.self, base)
         XCTAssertEqual(keptByStep(maxEvents), [2: [0, 1, 3]])
@@ -179,7 +192,8 @@ final class RKVPolicyTests: XCTestCase {
     func testTiedScoresKeepTheLowerSlots() throws {
         let keys: [[(Float, Float)]] = [[(1, 0)], [(0, 1)], [(1, 1)], [(2, 1)], [(1, 2)], [(3, 1)]]
         let path = try TestTraces.plane(self, keys: keys, P: 2)
-        let (_, events) = try TestTraces.replay(path, [try rkv(["budget": "3", "window": "1", "divide": "4", "lambda": "1"])])
+        let (_, events) = try TestTraces.replay(
+            path, [try rkv(["budget": "3", "window": "1", "divide": "4", "lambda": "1"])])
         XCTAssertEqual(keptByStep(events), [2: [0, 1, 4]])
     }
 
@@ -213,14 +227,17 @@ final class RKVPolicyTests: XCTestCase {
         XCTAssertEqual(Array(resident.prefix(13)), [6, 7, 8, 6, 7, 8, 9, 10, 11, 12, 13, 6, 7])
         XCTAssertEqual(resident.max(), 13)
         XCTAssertEqual(result.runs[0].steps.map(\.attendedTokens).max(), 14)
-        for e in events { XCTAssertTrue(e.kept.contains(Int32(e.position)) && e.kept.contains(Int32(e.position - 1)), "window kept") }
+        for e in events {
+            XCTAssertTrue(e.kept.contains(Int32(e.position)) && e.kept.contains(Int32(e.position - 1)), "window kept")
+        }
     }
 
     /// P = 8 is a multiple of divide = 8, and P ≥ B = 6: the prompt is cut to 6 at prefill, and
     /// the first decode step (pos 8) compresses again (7 slots ≥ B).
     func testLegacyTriggerFiresOnTheFirstDecodeStepWhenThePromptLengthIsAMultiple() throws {
         let path = try randomTrace(T: 20, P: 8, Hq: 2, Hkv: 1, seed: 4)
-        let (_, events, snapshots) = try TestTraces.observe(path, RKVPolicy.self, ["budget": "6", "window": "2", "divide": "8"])
+        let (_, events, snapshots) = try TestTraces.observe(
+            path, RKVPolicy.self, ["budget": "6", "window": "2", "divide": "8"])
         XCTAssertEqual(snapshots[0].resident[0].count, 6, "P ≥ B: compressed at prefill")
         XCTAssertEqual(Array(snapshots[0].resident[0].suffix(2)), [6, 7], "the prompt's window stays last")
         XCTAssertEqual(events.map(\.step), [0, 8])
@@ -241,7 +258,8 @@ final class RKVPolicyTests: XCTestCase {
         XCTAssertEqual(policy.residentCap, 12)
         XCTAssertEqual(resident.max(), 12)
 
-        let (_, _, snapshots) = try TestTraces.observe(path, RKVPolicy.self, ["budget": "3", "window": "2", "trigger": "buffer", "buffer": "4"])
+        let (_, _, snapshots) = try TestTraces.observe(
+            path, RKVPolicy.self, ["budget": "3", "window": "2", "trigger": "buffer", "buffer": "4"])
         XCTAssertEqual(snapshots[0].resident[0].count, 5, "P ≥ B, but the buffer trigger leaves the prompt alone")
     }
 
@@ -261,9 +279,11 @@ final class RKVPolicyTests: XCTestCase {
         XCTAssertEqual(defaults["gqa-pool"], "max")
         XCTAssertEqual(defaults["buffer"], "128")
         XCTAssertThrowsError(try rkv([:]), "--budget is required")
-        for (values, message) in [(["budget": "8"], "must exceed --window"),
-                                  (["budget": "16", "kernel": "4"], "must be odd"),
-                                  (["budget": "16", "window": "8", "trigger": "buffer", "buffer": "4"], "at least --window")] {
+        for (values, message) in [
+            (["budget": "8"], "must exceed --window"),
+            (["budget": "16", "kernel": "4"], "must be odd"),
+            (["budget": "16", "window": "8", "trigger": "buffer", "buffer": "4"], "at least --window")
+        ] {
             XCTAssertThrowsError(try RKVPolicy(parameters: try rkv(values).parameters, setup: setup(P: 10))) { error in
                 XCTAssertTrue((error as? PolicyError)?.description.contains(message) == true, "\(error)")
             }
@@ -283,10 +303,12 @@ final class RKVPolicyTests: XCTestCase {
         var compressions = 0
         for (P, seed) in [(4, UInt64(61)), (30, UInt64(62))] {
             let path = try randomTrace(T: T, P: P, Hq: 4, Hkv: 2, seed: seed, name: "r\(seed).h5")
-            for values in [["budget": "10", "window": "3", "divide": "7"],
-                           ["budget": "20", "window": "8", "divide": "16", "slot-order": "position", "gqa-pool": "mean"],
-                           ["budget": "6", "window": "2", "trigger": "buffer", "buffer": "5"],
-                           ["budget": "25", "window": "4", "trigger": "buffer", "buffer": "9", "kernel": "3"]] {
+            for values in [
+                ["budget": "10", "window": "3", "divide": "7"],
+                ["budget": "20", "window": "8", "divide": "16", "slot-order": "position", "gqa-pool": "mean"],
+                ["budget": "6", "window": "2", "trigger": "buffer", "buffer": "5"],
+                ["budget": "25", "window": "4", "trigger": "buffer", "buffer": "9", "kernel": "3"]
+            ] {
                 let label = "P \(P) \(values)"
                 let (_, _, snapshots) = try TestTraces.observe(path, RKVPolicy.self, values)
                 let policy = try RKVPolicy(parameters: try rkv(values).parameters, setup: setup(P: P))
@@ -300,7 +322,8 @@ final class RKVPolicyTests: XCTestCase {
                         XCTAssertLessThanOrEqual(s.resident[g].count, cap, label)
                         if s.resident[g] != s.attended![g] {
                             compressions += 1
-                            let fires = policy.trigger == .legacy ? p % policy.divide == 0 : (step + 1) % policy.buffer == 0
+                            let fires =
+                                policy.trigger == .legacy ? p % policy.divide == 0 : (step + 1) % policy.buffer == 0
                             XCTAssertTrue(fires, "compressed off-schedule at \(p), \(label)")
                             XCTAssertEqual(s.resident[g].count, B, label)
                             XCTAssertEqual(Array(s.resident[g].suffix(w)), (p - w + 1...p).map { Int32($0) }, label)
@@ -317,7 +340,8 @@ final class RKVPolicyTests: XCTestCase {
     func testBudgetCoveringTheTraceEqualsTheFullCache() throws {
         let path = try randomTrace(T: 40, P: 10, Hq: 4, Hkv: 2, seed: 71, values: true)
         for trigger in ["legacy", "buffer"] {
-            let (result, events) = try TestTraces.replay(path, [try rkv(["budget": "41", "divide": "4", "trigger": trigger, "buffer": "8"])])
+            let (result, events) = try TestTraces.replay(
+                path, [try rkv(["budget": "41", "divide": "4", "trigger": trigger, "buffer": "8"])])
             XCTAssertTrue(events.isEmpty, trigger)
             let run = result.runs[0]
             XCTAssertEqual(run.summary.massRecall.min, 1, accuracy: 1e-5)
@@ -328,13 +352,18 @@ final class RKVPolicyTests: XCTestCase {
 
     func testRunsAreDeterministicAndIndependentOfThreads() throws {
         let dir = try TestTraces.directory(self)
-        let layers = [TestTraces.randomLayer(T: 80, Hq: 4, Hkv: 2, D: 8, seed: 81, index: 0),
-                      TestTraces.randomLayer(T: 80, Hq: 4, Hkv: 2, D: 8, seed: 82, index: 1)]
-        let path = try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: 80, P: 20, Hq: 4, Hkv: 2, D: 8,
-                                        numLayers: 2, layers: layers)
-        let specs = [try rkv(["budget": "12", "divide": "8"]),
-                     try rkv(["budget": "12", "divide": "8", "slot-order": "position"]),
-                     try rkv(["budget": "10", "trigger": "buffer", "buffer": "8"])]
+        let layers = [
+            TestTraces.randomLayer(T: 80, Hq: 4, Hkv: 2, D: 8, seed: 81, index: 0),
+            TestTraces.randomLayer(T: 80, Hq: 4, Hkv: 2, D: 8, seed: 82, index: 1)
+        ]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: 80, P: 20, Hq: 4, Hkv: 2, D: 8,
+            numLayers: 2, layers: layers)
+        let specs = [
+            try rkv(["budget": "12", "divide": "8"]),
+            try rkv(["budget": "12", "divide": "8", "slot-order": "position"]),
+            try rkv(["budget": "10", "trigger": "buffer", "buffer": "8"])
+        ]
         let (first, firstEvents) = try TestTraces.replay(path, specs, threads: 1)
         let (threaded, threadedEvents) = try TestTraces.replay(path, specs, threads: 4)
         XCTAssertGreaterThan(firstEvents.count, 10)
@@ -344,17 +373,22 @@ final class RKVPolicyTests: XCTestCase {
 
     // MARK: Helpers
 
-    private func randomTrace(T: Int, P: Int, Hq: Int, Hkv: Int, seed: UInt64, values: Bool = false,
-                             name: String = "r.h5") throws -> String {
+    private func randomTrace(
+        T: Int, P: Int, Hq: Int, Hkv: Int, seed: UInt64, values: Bool = false,
+        name: String = "r.h5"
+    ) throws -> String {
         let dir = try TestTraces.directory(self)
         let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: 8, seed: seed, values: values)
-        return try TestTraces.write(to: dir.appendingPathComponent(name), T: T, P: P, Hq: Hq, Hkv: Hkv, D: 8,
-                                    layers: [layer])
+        return try TestTraces.write(
+            to: dir.appendingPathComponent(name), T: T, P: P, Hq: Hq, Hkv: Hkv, D: 8,
+            layers: [layer])
     }
 
     private func setup(P: Int) -> PolicySetup {
-        PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8,
-                                        promptLength: P, numTokens: 200),
-                    layer: LayerInfo(index: 0))
+        PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8,
+                promptLength: P, numTokens: 200),
+            layer: LayerInfo(index: 0))
     }
 }

@@ -14,10 +14,12 @@ final class RKVTokenTriggerTests: XCTestCase {
     private func trace(pieces: [Int: String], ids: [Int: Int32] = [:]) throws -> String {
         let dir = try TestTraces.directory(self)
         let path = dir.appendingPathComponent("tokens.h5").path
-        let header = TraceHeader(model: "test-model", numLayers: 1, numQHeads: 2, numKVHeads: 1, headDim: 8,
-                                 promptLength: P, numTokens: T, source: "synthetic", generator: "tests")
+        let header = TraceHeader(
+            model: "test-model", numLayers: 1, numQHeads: 2, numKVHeads: 1, headDim: 8,
+            promptLength: P, numTokens: T, source: "synthetic", generator: "tests")
         let writer = try TraceWriter(path: path, header: header)
-        try writer.writeTokens(ids: (0..<T).map { ids[$0] ?? Int32(1000 + $0) }, text: (0..<T).map { pieces[$0] ?? "a" })
+        try writer.writeTokens(
+            ids: (0..<T).map { ids[$0] ?? Int32(1000 + $0) }, text: (0..<T).map { pieces[$0] ?? "a" })
         let layer = TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 5, values: false)
         try writer.writeTensor(.q, layer: 0, dtype: .float16, layer.q!)
         try writer.writeTensor(.k, layer: 0, dtype: .float16, layer.k!)
@@ -54,17 +56,24 @@ final class RKVTokenTriggerTests: XCTestCase {
     func testTokenIDListsOverrideTheText() throws {
         let path = try trace(pieces: [22: "\n"], ids: [15: 7, 30: 7, 20: 9])
         XCTAssertEqual(try steps(path, ["divide-method": "newline", "newline-ids": "7"]), [5, 20])
-        XCTAssertEqual(try steps(path, ["divide-method": "newline", "newline-ids": "7", "compression-content": "think",
-                                        "think-end-ids": "9, 11"]), [5])
+        XCTAssertEqual(
+            try steps(
+                path,
+                [
+                    "divide-method": "newline", "newline-ids": "7", "compression-content": "think",
+                    "think-end-ids": "9, 11"
+                ]), [5])
     }
 
     func testRefusesMissingTextBadListsAndTheBufferTrigger() throws {
         let dir = try TestTraces.directory(self)
         let layer = TestTraces.randomLayer(T: 20, Hq: 2, Hkv: 1, D: 8, seed: 6)
-        let plain = try TestTraces.write(to: dir.appendingPathComponent("plain.h5"), T: 20, P: 5, Hq: 2, Hkv: 1, D: 8, layers: [layer])
+        let plain = try TestTraces.write(
+            to: dir.appendingPathComponent("plain.h5"), T: 20, P: 5, Hq: 2, Hkv: 1, D: 8, layers: [layer])
         func failure(_ values: [String: String]) -> String? {
             do {
-                _ = try TestTraces.replay(plain, [try PolicySpec(name: "rkv", values: ["budget": "12"].merging(values) { $1 })])
+                _ = try TestTraces.replay(
+                    plain, [try PolicySpec(name: "rkv", values: ["budget": "12"].merging(values) { $1 })])
                 return nil
             } catch {
                 return "\(error)"
@@ -74,19 +83,25 @@ final class RKVTokenTriggerTests: XCTestCase {
         XCTAssertTrue(noText?.contains("/tokens/text") == true && noText?.contains("plain.h5") == true, noText ?? "")
         XCTAssertNil(failure(["divide-method": "newline", "newline-ids": "3"]), "ids need no text")
         XCTAssertTrue(failure(["divide-method": "newline", "newline-ids": "3,x"])?.contains("comma-separated") == true)
-        XCTAssertTrue(failure(["trigger": "buffer", "compression-content": "think", "think-end-ids": "3"])?.contains("legacy") == true)
+        XCTAssertTrue(
+            failure(["trigger": "buffer", "compression-content": "think", "think-end-ids": "3"])?.contains("legacy")
+                == true)
     }
 
     /// The NumPy model of the legacy loop with the same options keeps the same tokens.
     func testAgreesWithTheNumPyModel() throws {
         try PythonReference.requireNumPy()
         let path = try trace(pieces: [14: "\n", 19: ")\n", 21: "\n\n", 27: "</think>", 33: "\n"])
-        for options in [["divide-method": "newline"], ["compression-content": "think", "divide": "4"],
-                        ["divide-method": "newline", "compression-content": "think"]] {
+        for options in [
+            ["divide-method": "newline"], ["compression-content": "think", "divide": "4"],
+            ["divide-method": "newline", "compression-content": "think"]
+        ] {
             let values = ["budget": "8", "window": "2"].merging(options) { $1 }
-            let swift = PythonReference.byKey(try TestTraces.replay(path, [try PolicySpec(name: "rkv", values: values)]).1)
-            let numpy = PythonReference.byKey(try PythonReference.keptEvents(
-                script: "rkv_reference.py", [path] + values.flatMap { ["--\($0.key)", $0.value] }))
+            let swift = PythonReference.byKey(
+                try TestTraces.replay(path, [try PolicySpec(name: "rkv", values: values)]).1)
+            let numpy = PythonReference.byKey(
+                try PythonReference.keptEvents(
+                    script: "rkv_reference.py", [path] + values.flatMap { ["--\($0.key)", $0.value] }))
             XCTAssertFalse(swift.isEmpty, "\(options)")
             XCTAssertEqual(swift, numpy, "\(options)")
         }

@@ -60,14 +60,17 @@ final class RaaSPolicyTests: XCTestCase {
         // page 0 → 6. p 6 opens page 3 (7): page 1 (3) goes. p 6, 7 refresh page 0 (8). p 8
         // opens page 4 (9): page 2 (5) goes. p 8 … the tie now goes to page 0 still held → 9, 10.
         // p 10 opens page 5: page 3 (7) goes.
-        XCTAssertEqual(keptByStep(try TestTraces.replay(path, [spec]).1),
-                       [3: [0, 1, 4, 5, 6], 5: [0, 1, 6, 7, 8], 7: [0, 1, 8, 9, 10]])
+        XCTAssertEqual(
+            keptByStep(try TestTraces.replay(path, [spec]).1),
+            [3: [0, 1, 4, 5, 6], 5: [0, 1, 6, 7, 8], 7: [0, 1, 8, 9, 10]])
     }
 
     func testRefusesABudgetOfFewerThanTwoPages() throws {
-        let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 2, numKVHeads: 1, headDim: 4,
-                                                    promptLength: 10, numTokens: 100),
-                                layer: LayerInfo(index: 0))
+        let setup = PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 1, numQHeads: 2, numKVHeads: 1, headDim: 4,
+                promptLength: 10, numTokens: 100),
+            layer: LayerInfo(index: 0))
         func make(_ values: [String: String]) throws -> RaaSPolicy {
             let spec = try PolicySpec(name: "raas", values: values)
             return try RaaSPolicy(parameters: spec.parameters, setup: setup)
@@ -93,18 +96,24 @@ final class RaaSPolicyTests: XCTestCase {
         for (P, seed) in [(5, UInt64(71)), (37, UInt64(72))] {
             let T = 160
             let layer = TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 8, seed: seed, values: false)
-            let path = try TestTraces.write(to: dir.appendingPathComponent("r\(seed).h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 8,
-                                            layers: [layer])
-            for values in [["budget": "24", "page-size": "4"],
-                           ["budget": "20", "page-size": "4", "prefill": "keep"],
-                           ["budget": "30", "page-size": "3", "refresh-among": "resident"],
-                           ["budget": "16", "page-size": "8", "prefill": "keep", "refresh-among": "resident"]] {
+            let path = try TestTraces.write(
+                to: dir.appendingPathComponent("r\(seed).h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 8,
+                layers: [layer])
+            for values in [
+                ["budget": "24", "page-size": "4"],
+                ["budget": "20", "page-size": "4", "prefill": "keep"],
+                ["budget": "30", "page-size": "3", "refresh-among": "resident"],
+                ["budget": "16", "page-size": "8", "prefill": "keep", "refresh-among": "resident"]
+            ] {
                 let label = "P \(P) \(values)"
                 let (_, events, snapshots) = try TestTraces.observe(path, RaaSPolicy.self, values)
-                let setup = PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8,
-                                                            promptLength: P, numTokens: T),
-                                        layer: LayerInfo(index: 0))
-                let policy = try RaaSPolicy(parameters: try PolicySpec(name: "raas", values: values).parameters, setup: setup)
+                let setup = PolicySetup(
+                    header: TraceHeader(
+                        model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8,
+                        promptLength: P, numTokens: T),
+                    layer: LayerInfo(index: 0))
+                let policy = try RaaSPolicy(
+                    parameters: try PolicySpec(name: "raas", values: values).parameters, setup: setup)
                 let S = policy.pageSize, cap = policy.residentCap!
                 XCTAssertGreaterThan(events.count, 4, label)
                 var previous = snapshots[0].resident
@@ -120,10 +129,12 @@ final class RaaSPolicyTests: XCTestCase {
                             XCTAssertEqual(p % S, 0, "only a page opening evicts: \(label)")
                             for page in Set(gone.map { Int($0) / S }) {
                                 let whole = Set((page * S..<min((page + 1) * S, p)).map { Int32($0) })
-                                XCTAssertEqual(whole.intersection(before), whole.intersection(gone), "whole pages go: \(label)")
+                                XCTAssertEqual(
+                                    whole.intersection(before), whole.intersection(gone), "whole pages go: \(label)")
                             }
                             if policy.prefillRule == .keep {
-                                XCTAssertTrue(gone.allSatisfy { Int($0) / S >= (P + S - 1) / S }, "prompt pages stay: \(label)")
+                                XCTAssertTrue(
+                                    gone.allSatisfy { Int($0) / S >= (P + S - 1) / S }, "prompt pages stay: \(label)")
                             }
                         }
                     }
@@ -144,22 +155,27 @@ final class RaaSPolicyTests: XCTestCase {
         try PythonReference.requireNumPy()
         let dir = try TestTraces.directory(self)
         let T = 260, P = 37
-        let layers = [TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 81, index: 0),
-                      TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 82, index: 2)]
-        let path = try TestTraces.write(to: dir.appendingPathComponent("raas.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 16,
-                                        numLayers: 3, layers: layers, dtype: .float16)
+        let layers = [
+            TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 81, index: 0),
+            TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 16, seed: 82, index: 2)
+        ]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("raas.h5"), T: T, P: P, Hq: 4, Hkv: 2, D: 16,
+            numLayers: 3, layers: layers, dtype: .float16)
         let cases: [[String: String]] = [
             ["budget": "64", "page-size": "8"],
             ["budget": "64", "page-size": "8", "prefill": "keep"],
             ["budget": "48", "page-size": "4", "refresh-among": "resident"],
             ["budget": "40", "page-size": "8", "prefill": "keep", "refresh-among": "resident"],
             ["budget": "32", "page-size": "16"],
-            ["budget": "20", "page-size": "2", "prefill": "keep"],
+            ["budget": "20", "page-size": "2", "prefill": "keep"]
         ]
         for values in cases {
-            let swift = PythonReference.byKey(try TestTraces.replay(path, [try PolicySpec(name: "raas", values: values)]).1)
-            let numpy = PythonReference.byKey(try PythonReference.keptEvents(
-                script: "raas_reference.py", [path] + values.flatMap { ["--\($0.key)", $0.value] }))
+            let swift = PythonReference.byKey(
+                try TestTraces.replay(path, [try PolicySpec(name: "raas", values: values)]).1)
+            let numpy = PythonReference.byKey(
+                try PythonReference.keptEvents(
+                    script: "raas_reference.py", [path] + values.flatMap { ["--\($0.key)", $0.value] }))
             XCTAssertGreaterThan(swift.count, 5, "\(values)")
             XCTAssertEqual(swift, numpy, "\(values)")
         }

@@ -55,15 +55,19 @@ final class ReadmeCommandTests: XCTestCase {
     static func shortened(_ command: String) -> String {
         let words = command.split(separator: " ")
         guard words.count > 1, words[0] == "thinkv-sim", ["replay", "inspect", "calibrate"].contains(String(words[1])),
-              !command.contains("--steps"), !command.contains("--help") else { return command }
+            !command.contains("--steps"), !command.contains("--help")
+        else { return command }
         if let comment = command.range(of: " # ") ?? command.range(of: "  #") {
-            return command[..<comment.lowerBound].trimmingCharacters(in: .whitespaces) + " --steps 32" + command[comment.lowerBound...]
+            return command[..<comment.lowerBound].trimmingCharacters(in: .whitespaces) + " --steps 32"
+                + command[comment.lowerBound...]
         }
         return command + " --steps 32"
     }
 
     func testShortenedCommands() {
-        XCTAssertEqual(Self.shortened("thinkv-sim replay t.h5 --budget 8  # note"), "thinkv-sim replay t.h5 --budget 8 --steps 32 # note")
+        XCTAssertEqual(
+            Self.shortened("thinkv-sim replay t.h5 --budget 8  # note"),
+            "thinkv-sim replay t.h5 --budget 8 --steps 32 # note")
         XCTAssertEqual(Self.shortened("thinkv-sim replay t.h5 --steps 4"), "thinkv-sim replay t.h5 --steps 4")
         XCTAssertEqual(Self.shortened("thinkv-sim sweep c.json"), "thinkv-sim sweep c.json")
         XCTAssertEqual(Self.shortened("thinkv-sim replay --help"), "thinkv-sim replay --help")
@@ -76,7 +80,8 @@ final class ReadmeCommandTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(blocks.count, 4, "the README's sh blocks were found")
         let directory = try TestTraces.directory(self)
         for folder in ["traces", "configs"] {
-            try FileManager.default.copyItem(at: Self.root.appendingPathComponent(folder), to: directory.appendingPathComponent(folder))
+            try FileManager.default.copyItem(
+                at: Self.root.appendingPathComponent(folder), to: directory.appendingPathComponent(folder))
         }
         var environment = ProcessInfo.processInfo.environment
         environment["PATH"] = binary.deletingLastPathComponent().path + ":" + (environment["PATH"] ?? "/usr/bin:/bin")

@@ -64,8 +64,10 @@ final class RetentionScheduleTests: XCTestCase {
 
     /// What a cache would hold after `decision`: per segment its protected positions plus the
     /// earliest unprotected ones up to the decided size (which ones does not matter here).
-    private func apply(_ decision: ThoughtSegments.Decision, to resident: [Int32], segments: ThoughtSegments,
-                       protection: ThoughtSegments.Protection) -> [Int32] {
+    private func apply(
+        _ decision: ThoughtSegments.Decision, to resident: [Int32], segments: ThoughtSegments,
+        protection: ThoughtSegments.Protection
+    ) -> [Int32] {
         var kept = [Int](repeating: 0, count: segments.segments.count)
         let current = segments.currentIndex
         return resident.filter { p in
@@ -92,7 +94,8 @@ final class RetentionScheduleTests: XCTestCase {
 
         // First transition: R 100 → 64; E 40 stays (64 > 40); R 80 → 64; the prompt and the
         // current T segment are untouched.
-        var d = segments.decide(resident: resident, transition: true, budget: nil, schedule: schedule, protection: protection)
+        var d = segments.decide(
+            resident: resident, transition: true, budget: nil, schedule: schedule, protection: protection)
         XCTAssertEqual(d.before, [4, 100, 40, 80, 1])
         XCTAssertEqual(d.after, [4, 64, 40, 64, 1])
         XCTAssertEqual(d.protected, [4, 0, 0, 1, 1], "sinks; position 223 is in the recent window; the current segment")
@@ -107,7 +110,8 @@ final class RetentionScheduleTests: XCTestCase {
         XCTAssertTrue(segments.append(position: 300, type: .transition))
         resident += (225...300).map { Int32($0) }
         protection.newest = 300
-        d = segments.decide(resident: resident, transition: true, budget: nil, schedule: schedule, protection: protection)
+        d = segments.decide(
+            resident: resident, transition: true, budget: nil, schedule: schedule, protection: protection)
         // Level 2 for the three first segments (32), level 1 for T 16 (no cut) and R 60 (no cut).
         XCTAssertEqual(d.after, [4, 32, 32, 32, 16, 60, 1])
         XCTAssertEqual(segments.segments.map(\.level), [0, 2, 2, 2, 1, 1, 0])
@@ -117,19 +121,23 @@ final class RetentionScheduleTests: XCTestCase {
         segments.append(position: 301, type: .transition)
         resident.append(301)
         protection.newest = 301
-        d = segments.decide(resident: resident, transition: false, budget: 150, schedule: schedule, protection: protection)
+        d = segments.decide(
+            resident: resident, transition: false, budget: 150, schedule: schedule, protection: protection)
         // T (least important) first: 16 → 8 → 4 (its floor); then E: 32 → 16, total 150.
-        XCTAssertEqual(d.events, [
-            .init(reason: .pressure, segment: 4, size: 8),
-            .init(reason: .pressure, segment: 4, size: 4),
-            .init(reason: .pressure, segment: 2, size: 16),
-        ])
+        XCTAssertEqual(
+            d.events,
+            [
+                .init(reason: .pressure, segment: 4, size: 8),
+                .init(reason: .pressure, segment: 4, size: 4),
+                .init(reason: .pressure, segment: 2, size: 16)
+            ])
         XCTAssertEqual(d.after, [4, 32, 16, 32, 4, 60, 2])
         resident = apply(d, to: resident, segments: segments, protection: protection)
 
         // Budget 100: E 16 → 8 → 4, then the older R first: 32 → 16 → 8 → 4, then the next R
         // gives up only the remaining excess on its way to 16: 32 → 22, exactly the budget.
-        d = segments.decide(resident: resident, transition: false, budget: 100, schedule: schedule, protection: protection)
+        d = segments.decide(
+            resident: resident, transition: false, budget: 100, schedule: schedule, protection: protection)
         XCTAssertEqual(d.events.map(\.segment), [2, 2, 1, 1, 1, 3])
         XCTAssertEqual(d.events.last, .init(reason: .pressure, segment: 3, size: 22, target: 16))
         XCTAssertEqual(d.after, [4, 4, 4, 22, 4, 60, 2])
@@ -142,15 +150,18 @@ final class RetentionScheduleTests: XCTestCase {
         let segments = build(prompt: 4, runs: [(.reasoning, 96)])
         let resident = (0..<100).map { Int32($0) }
         let protection = ThoughtSegments.Protection(sinks: 4, recent: 8, newest: 99)
-        let d = segments.decide(resident: resident, transition: false, budget: 40, schedule: schedule, protection: protection)
+        let d = segments.decide(
+            resident: resident, transition: false, budget: 40, schedule: schedule, protection: protection)
         // R 4..<92 (88 tokens) is closed off, then shrinks 64, 32, and on its way to 16 stops at
         // the budget: 4 + 28 + 8 = 40.
-        XCTAssertEqual(d.events, [
-            .init(reason: .split, segment: 1, size: 88),
-            .init(reason: .pressure, segment: 1, size: 64),
-            .init(reason: .pressure, segment: 1, size: 32),
-            .init(reason: .pressure, segment: 1, size: 28, target: 16),
-        ])
+        XCTAssertEqual(
+            d.events,
+            [
+                .init(reason: .split, segment: 1, size: 88),
+                .init(reason: .pressure, segment: 1, size: 64),
+                .init(reason: .pressure, segment: 1, size: 32),
+                .init(reason: .pressure, segment: 1, size: 28, target: 16)
+            ])
         XCTAssertEqual(segments.segments.map { [$0.start, $0.end] }, [[0, 4], [4, 92], [92, 100]])
         XCTAssertEqual(segments.segments[1].kind, .thought(.reasoning))
         XCTAssertEqual(segments.currentIndex, 2)
@@ -163,14 +174,17 @@ final class RetentionScheduleTests: XCTestCase {
         // T 0..<4 | E 4..<8 | T 8..<12 | current R 12..<16; no sinks, recent 4, budget 8.
         let segments = build(prompt: 0, runs: [(.transition, 4), (.execution, 4), (.transition, 4), (.reasoning, 4)])
         let protection = ThoughtSegments.Protection(sinks: 0, recent: 4, newest: 15)
-        let d = segments.decide(resident: (0..<16).map { Int32($0) }, transition: false, budget: 8, schedule: schedule,
-                                protection: protection)
+        let d = segments.decide(
+            resident: (0..<16).map { Int32($0) }, transition: false, budget: 8, schedule: schedule,
+            protection: protection)
         // Every old segment is at the floor (4) and the current one is all recent: the two T
         // segments go, older first.
-        XCTAssertEqual(d.events, [
-            .init(reason: .floorBreach, segment: 0, size: 0),
-            .init(reason: .floorBreach, segment: 2, size: 0),
-        ])
+        XCTAssertEqual(
+            d.events,
+            [
+                .init(reason: .floorBreach, segment: 0, size: 0),
+                .init(reason: .floorBreach, segment: 2, size: 0)
+            ])
         XCTAssertEqual(d.after, [0, 4, 0, 4])
     }
 
@@ -179,8 +193,9 @@ final class RetentionScheduleTests: XCTestCase {
         // but its 8 sinks stay: 64/32/16 free nothing (10 tokens), 8 = the sinks, 4 < 8 → 8.
         let segments = build(prompt: 10, runs: [(.reasoning, 10)])
         let protection = ThoughtSegments.Protection(sinks: 8, recent: 2, newest: 19)
-        let d = segments.decide(resident: (0..<20).map { Int32($0) }, transition: false, budget: 12, schedule: schedule,
-                                protection: protection)
+        let d = segments.decide(
+            resident: (0..<20).map { Int32($0) }, transition: false, budget: 12, schedule: schedule,
+            protection: protection)
         XCTAssertEqual(d.protected[0], 8)
         XCTAssertEqual(d.events.first, .init(reason: .pressure, segment: 0, size: 8))
         // Then the current R (10 tokens, 2 recent) is split: R 10..<18 (8) shrinks to 4, total 8 + 4 + 2 = 14 > 12,
@@ -192,8 +207,9 @@ final class RetentionScheduleTests: XCTestCase {
     func testTheFirstDecodeTokenOfTypeTAfterThePromptTouchesNothing() {
         let segments = build(prompt: 6, runs: [])
         XCTAssertTrue(segments.append(position: 6, type: .transition))
-        let d = segments.decide(resident: (0...6).map { Int32($0) }, transition: true, budget: nil, schedule: schedule,
-                                protection: .init(sinks: 0, recent: 1, newest: 6))
+        let d = segments.decide(
+            resident: (0...6).map { Int32($0) }, transition: true, budget: nil, schedule: schedule,
+            protection: .init(sinks: 0, recent: 1, newest: 6))
         XCTAssertTrue(d.events.isEmpty, "the prompt is not a thought: transitions leave it alone")
         XCTAssertEqual(d.after, [6, 1])
     }

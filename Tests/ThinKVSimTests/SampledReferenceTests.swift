@@ -35,8 +35,10 @@ final class SampledReferenceTests: XCTestCase {
         XCTAssertNotEqual(drawn, try parse("random:20:10").steps(of: 1000), "another seed, other steps")
         XCTAssertEqual(try parse("random:20"), .random(count: 20, seed: MetricStepSelection.defaultSeed))
         XCTAssertEqual(try parse("random:50").steps(of: 30), Array(0..<30), "more than there are: all")
-        for bad in ["", "stride", "stride:0", "stride:-2", "stride:x", "random:", "random:5:-1", "every:3", "all:1",
-                    "stride:2:3"] {
+        for bad in [
+            "", "stride", "stride:0", "stride:-2", "stride:x", "random:", "random:5:-1", "every:3", "all:1",
+            "stride:2:3"
+        ] {
             XCTAssertThrowsError(try MetricStepSelection.parse(bad), bad) { error in
                 XCTAssertTrue(error is UsageError, "\(bad): \(error)")
             }
@@ -52,8 +54,9 @@ final class SampledReferenceTests: XCTestCase {
         for p in 0..<T where (p / 50) % 2 == 1 {
             for i in 0..<(Hq * D) { layer.q![p * Hq * D + i] *= 3 }
         }
-        return try TestTraces.write(to: directory.appendingPathComponent("drift.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
-                                    D: D, layers: [layer])
+        return try TestTraces.write(
+            to: directory.appendingPathComponent("drift.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv,
+            D: D, layers: [layer])
     }
 
     private func replay(_ path: String, _ selection: MetricStepSelection) throws -> ReplayResult {
@@ -71,11 +74,13 @@ final class SampledReferenceTests: XCTestCase {
         XCTAssertNil(exact.massRecall.ci95HalfWidth, "no interval without sampling")
         let metrics: [(String, (RunSummary) -> MetricSummary)] = [
             ("mass recall", { $0.massRecall }), ("top-k recall", { $0.topKRecall }), ("KL", { $0.attentionKL }),
-            ("output error", { $0.outputError! }),
+            ("output error", { $0.outputError! })
         ]
         var widths: [String: [Double]] = [:]
-        for selection in [MetricStepSelection.stride(32), .stride(8), .stride(2), .random(count: 20, seed: 5),
-                          .random(count: 150, seed: 5)] {
+        for selection in [
+            MetricStepSelection.stride(32), .stride(8), .stride(2), .random(count: 20, seed: 5),
+            .random(count: 150, seed: 5)
+        ] {
             let result = try replay(path, selection)
             let sampling = try XCTUnwrap(result.metricSampling)
             XCTAssertEqual(sampling.sampledSteps, selection.steps(of: 584).count)
@@ -87,8 +92,9 @@ final class SampledReferenceTests: XCTestCase {
                 XCTAssertGreaterThan(half, 0, "\(name) \(selection.description)")
                 let what = "\(name) \(selection.description)"
                 XCTAssertNotEqual(estimate.mean, truth.mean, "\(what): a sample, not the census")
-                XCTAssertLessThanOrEqual(abs(estimate.mean - truth.mean), half,
-                                         "\(what): \(estimate.mean) ± \(half) misses \(truth.mean)")
+                XCTAssertLessThanOrEqual(
+                    abs(estimate.mean - truth.mean), half,
+                    "\(what): \(estimate.mean) ± \(half) misses \(truth.mean)")
                 widths[name, default: []].append(half)
             }
         }
@@ -106,10 +112,12 @@ final class SampledReferenceTests: XCTestCase {
         let half = MetricSummary.stepSampleHalfWidth(samples, sampledSteps: 3, headsPerStep: 2, decodeSteps: 30)
         let variance = (4.0 + 1.0 + 9.0) / 2  // mean 3
         XCTAssertEqual(half, 1.959964 * (variance / 3 * (1 - 3.0 / 30)).squareRoot(), accuracy: 1e-12)
-        XCTAssertEqual(MetricSummary.stepSampleHalfWidth(samples, sampledSteps: 3, headsPerStep: 2, decodeSteps: 3), 0,
-                       "every step: no sampling error")
-        XCTAssertTrue(MetricSummary.stepSampleHalfWidth([1, 2], sampledSteps: 1, headsPerStep: 2, decodeSteps: 9).isNaN,
-                      "one step gives no spread")
+        XCTAssertEqual(
+            MetricSummary.stepSampleHalfWidth(samples, sampledSteps: 3, headsPerStep: 2, decodeSteps: 3), 0,
+            "every step: no sampling error")
+        XCTAssertTrue(
+            MetricSummary.stepSampleHalfWidth([1, 2], sampledSteps: 1, headsPerStep: 2, decodeSteps: 9).isNaN,
+            "one step gives no spread")
     }
 
     func testReportsSayTheMetricsAreSampledAndAllSaysNothing() throws {
@@ -134,27 +142,42 @@ final class SampledReferenceTests: XCTestCase {
 
     func testUsageMistakesExitTwo() throws {
         let trace = Self.syntheticTrace
-        func assertUsage(_ arguments: [String], _ expected: String, file: StaticString = #filePath,
-                         line: UInt = #line) throws {
+        func assertUsage(
+            _ arguments: [String], _ expected: String, file: StaticString = #filePath,
+            line: UInt = #line
+        ) throws {
             let outcome = try CommandRunner.run(arguments, in: directory)
             XCTAssertEqual(outcome.status, 2, outcome.stderr, file: file, line: line)
-            XCTAssertTrue(outcome.stderr.contains(expected), "expected '\(expected)' in: \(outcome.stderr)",
-                          file: file, line: line)
+            XCTAssertTrue(
+                outcome.stderr.contains(expected), "expected '\(expected)' in: \(outcome.stderr)",
+                file: file, line: line)
             XCTAssertEqual(outcome.stdout, "", file: file, line: line)
         }
-        try assertUsage(["replay", trace, "--metric-steps", "stride:0"],
-                        "--metric-steps: the stride must be a positive integer")
-        try assertUsage(["replay", trace, "--metric-steps", "every:4"],
-                        "--metric-steps must be all, stride:N or random:N[:SEED]")
-        try assertUsage(["replay", trace, "--policy", "thinkv", "--sparsity-source", "full",
-                         "--metric-steps", "stride:8"], "--sparsity-source full")
+        try assertUsage(
+            ["replay", trace, "--metric-steps", "stride:0"],
+            "--metric-steps: the stride must be a positive integer")
+        try assertUsage(
+            ["replay", trace, "--metric-steps", "every:4"],
+            "--metric-steps must be all, stride:N or random:N[:SEED]")
+        try assertUsage(
+            [
+                "replay", trace, "--policy", "thinkv", "--sparsity-source", "full",
+                "--metric-steps", "stride:8"
+            ], "--sparsity-source full")
         // A composition is refused for what its parts declare (here the TBQ quantizer's classifier).
-        try assertUsage(["replay", trace, "--policy", "rkv+tbq:budget=64:sparsity-source=full",
-                         "--metric-steps", "stride:8"], "--sparsity-source full")
-        try assertUsage(["replay", trace, "--policy", "h2o", "--kv-percent", "20", "--metric-steps", "stride:8"],
-                        "memory target")
-        let fine = try CommandRunner.run(["replay", trace, "--policy", "full,h2o", "--budget", "64", "--metric-steps",
-                                          "random:40:2", "--layers", "0"], in: directory)
+        try assertUsage(
+            [
+                "replay", trace, "--policy", "rkv+tbq:budget=64:sparsity-source=full",
+                "--metric-steps", "stride:8"
+            ], "--sparsity-source full")
+        try assertUsage(
+            ["replay", trace, "--policy", "h2o", "--kv-percent", "20", "--metric-steps", "stride:8"],
+            "memory target")
+        let fine = try CommandRunner.run(
+            [
+                "replay", trace, "--policy", "full,h2o", "--budget", "64", "--metric-steps",
+                "random:40:2", "--layers", "0"
+            ], in: directory)
         XCTAssertEqual(fine.status, 0, fine.stderr)
         XCTAssertTrue(fine.stdout.contains("fidelity measured on 40 of"), fine.stdout)
     }
@@ -164,11 +187,13 @@ final class SampledReferenceTests: XCTestCase {
     func testSampledLayerShardsMergeIntoTheSampledReplay() throws {
         let (T, P) = (160, 16)
         let layers = (0..<3).map { TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 8, seed: 60 + UInt64($0), index: $0) }
-        let path = try TestTraces.write(to: directory.appendingPathComponent("three.h5"), T: T, P: P, Hq: 4, Hkv: 2,
-                                        D: 8, numLayers: 3, layers: layers)
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("three.h5"), T: T, P: P, Hq: 4, Hkv: 2,
+            D: 8, numLayers: 3, layers: layers)
         func replay(_ subset: [Int]?, _ selection: MetricStepSelection) throws -> ReplayResult {
-            var configuration = ReplayConfiguration(policies: [try PolicySpec(name: "h2o", values: ["budget": "40"])],
-                                                    layers: subset, threads: 2)
+            var configuration = ReplayConfiguration(
+                policies: [try PolicySpec(name: "h2o", values: ["budget": "40"])],
+                layers: subset, threads: 2)
             configuration.metricSteps = selection
             return try ReplayEngine(reader: try TraceReader(path: path), configuration: configuration).run()
         }
@@ -187,7 +212,9 @@ final class SampledReferenceTests: XCTestCase {
 
         let other = directory.appendingPathComponent("other.json").path
         try ReplayShard(try replay([2], .stride(4)), layersWithValues: [2]).write(to: other)
-        XCTAssertThrowsError(try ReplayShard.merge(try [paths[1], other].map(ReplayShard.read), paths: [paths[1], other])) {
+        XCTAssertThrowsError(
+            try ReplayShard.merge(try [paths[1], other].map(ReplayShard.read), paths: [paths[1], other])
+        ) {
             XCTAssertTrue("\($0)".contains("--metric-steps (stride:4 vs random:30:4)"), "\($0)")
         }
     }

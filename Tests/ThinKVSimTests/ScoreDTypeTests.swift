@@ -22,7 +22,8 @@ final class ScoreDTypeTests: XCTestCase {
         XCTAssertEqual(fp16.round(Float(70000)), .infinity, "beyond fp16's range, as a cast")
         XCTAssertTrue(bf16.round(Float.nan).isNaN)
         XCTAssertEqual(ScoreDType.float32.round(Float(1 + 0x1p-20)), Float(1 + 0x1p-20))
-        XCTAssertEqual(ScoreDType.float32.round(1 + 0x1p-40 as Double), 1 + 0x1p-40, "float32 rounds nothing, not even to float32")
+        XCTAssertEqual(
+            ScoreDType.float32.round(1 + 0x1p-40 as Double), 1 + 0x1p-40, "float32 rounds nothing, not even to float32")
         XCTAssertEqual(bf16.round(Float(3.39e38)), Float(bitPattern: 0x7F7F_0000), "bfloat16's largest finite value")
         XCTAssertEqual(bf16.round(Float(3.4e38)), .infinity, "beyond bfloat16's range")
     }
@@ -53,8 +54,12 @@ final class ScoreDTypeTests: XCTestCase {
         let path = try nearTieTrace()
         let expected: [String: [Int32]] = ["float32": [1, 2], "bfloat16": [0, 2], "float16": [1, 2]]
         for (dtype, kept) in expected {
-            let spec = try PolicySpec(name: "rkv", values: ["budget": "2", "window": "1", "kernel": "1", "lambda": "1",
-                                                            "divide": "2", "score-dtype": dtype])
+            let spec = try PolicySpec(
+                name: "rkv",
+                values: [
+                    "budget": "2", "window": "1", "kernel": "1", "lambda": "1",
+                    "divide": "2", "score-dtype": dtype
+                ])
             let (_, events) = try TestTraces.replay(path, [spec])
             XCTAssertEqual(keptByStep(events), [0: kept], dtype)
         }
@@ -64,8 +69,12 @@ final class ScoreDTypeTests: XCTestCase {
     func testSnapKVRKVVariantRoundsItsImportanceToo() throws {
         let path = try nearTieTrace()
         for (dtype, kept) in [("float32", [Int32(1), 2]), ("bfloat16", [0, 2])] {
-            let spec = try PolicySpec(name: "snapkv", values: ["budget": "2", "window": "1", "kernel": "1",
-                                                               "divide": "2", "score-dtype": dtype])
+            let spec = try PolicySpec(
+                name: "snapkv",
+                values: [
+                    "budget": "2", "window": "1", "kernel": "1",
+                    "divide": "2", "score-dtype": dtype
+                ])
             XCTAssertEqual(keptByStep(try TestTraces.replay(path, [spec]).1), [0: kept], dtype)
         }
     }
@@ -87,7 +96,8 @@ final class ScoreDTypeTests: XCTestCase {
         let path = try trace.write(in: dir)
         for (dtype, kept) in [("float32", [Int32(1), 2]), ("float16", [0, 2])] {
             let spec = try PolicySpec(name: "h2o", values: ["budget": "2", "recent": "1", "score-dtype": dtype])
-            XCTAssertEqual(keptByStep(try TestTraces.replay(path, [spec]).1), [1: kept], "\(dtype) (pos 2 is decode step 1)")
+            XCTAssertEqual(
+                keptByStep(try TestTraces.replay(path, [spec]).1), [1: kept], "\(dtype) (pos 2 is decode step 1)")
         }
     }
 
@@ -144,16 +154,20 @@ final class ScoreDTypeTests: XCTestCase {
             k += c.map { $0 + 0.6 * rng.nextGaussian() }
         }
         for _ in 0..<(T * Hq * D) { q.append(2 * rng.nextGaussian()) }
-        let path = try TestTraces.write(to: dir.appendingPathComponent("c.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                        layers: [TestTraces.Layer(q: q, k: k)], dtype: .float16)
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("c.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+            layers: [TestTraces.Layer(q: q, k: k)], dtype: .float16)
         for dtype in ["bfloat16", "float16"] {
             for extra in [[String: String](), ["gqa-pool": "mean", "slot-order": "position"]] {
                 var values = ["budget": "40", "divide": "16", "score-dtype": dtype]
                 values.merge(extra) { $1 }
-                let swift = PythonReference.byKey(try TestTraces.replay(path, [try PolicySpec(name: "rkv", values: values)]).1)
-                let numpy = PythonReference.byKey(try PythonReference.keptEvents(
-                    script: "rkv_reference.py",
-                    [path, "--budget", "40", "--divide", "16", "--score-dtype", dtype] + extra.flatMap { ["--\($0.key)", $0.value] }))
+                let swift = PythonReference.byKey(
+                    try TestTraces.replay(path, [try PolicySpec(name: "rkv", values: values)]).1)
+                let numpy = PythonReference.byKey(
+                    try PythonReference.keptEvents(
+                        script: "rkv_reference.py",
+                        [path, "--budget", "40", "--divide", "16", "--score-dtype", dtype]
+                            + extra.flatMap { ["--\($0.key)", $0.value] }))
                 XCTAssertGreaterThan(swift.count, 10, "\(dtype) \(extra)")
                 XCTAssertEqual(swift, numpy, "\(dtype) \(extra)")
             }

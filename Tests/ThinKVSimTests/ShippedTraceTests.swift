@@ -18,7 +18,9 @@ final class ShippedTraceTests: XCTestCase {
         let trace = Self.path("traces/sample-synthetic.h5")
         let reader = try TraceReader(path: trace)
         let profile = try SparsityProfile.compute(reader)
-        let calibration = try ThoughtCalibration.calibrate([.init(path: trace, model: reader.header.model, profile: profile)])
+        let calibration = try ThoughtCalibration.calibrate([
+            .init(path: trace, model: reader.header.model, profile: profile)
+        ])
         XCTAssertFalse(calibration.fallback)
         XCTAssertEqual(calibration.thresholds.layers, [1, 2, 3], "layer 0 blends the types; 1-3 are tri-modal")
 
@@ -28,13 +30,16 @@ final class ShippedTraceTests: XCTestCase {
         var perStep = calibration.thresholds
         perStep.refreshInterval = 1
         let (stepAccuracy, confusion) = ThoughtClassifier.accuracy(
-            predicted: ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: perStep), reference: reference)
+            predicted: ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: perStep), reference: reference
+        )
         XCTAssertGreaterThanOrEqual(stepAccuracy, 0.9, "confusion \(confusion)")
 
         let tau = calibration.thresholds.refreshInterval
         XCTAssertEqual(tau, 128)
         let held = ThoughtClassifier.accuracy(
-            predicted: ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: calibration.thresholds), reference: reference).accuracy
+            predicted: ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: calibration.thresholds),
+            reference: reference
+        ).accuracy
         let oracle = reference.indices.map { t in ThoughtType(rawValue: reference[t - t % tau])! }
         let oracleHeld = ThoughtClassifier.accuracy(predicted: oracle, reference: reference).accuracy
         XCTAssertLessThan(oracleHeld, 0.9, "the sample's thoughts are shorter than τ: the hold rule costs accuracy")
@@ -50,7 +55,8 @@ final class ShippedTraceTests: XCTestCase {
     /// SmolLM2 is not a reasoning model: no recorded layer is tri-modal, and calibration says so
     /// and falls back to one thought type, as the shipped file records.
     func testRealTraceHasNoThoughtStructureAndFallsBack() throws {
-        let calibration = try ThoughtCalibration.calibrate(traces: [Self.path("traces/smollm2-135m-math.h5")], maxSteps: 128)
+        let calibration = try ThoughtCalibration.calibrate(
+            traces: [Self.path("traces/smollm2-135m-math.h5")], maxSteps: 128)
         XCTAssertTrue(calibration.fallback)
         XCTAssertEqual(calibration.fallbackRule, "single-type")
         XCTAssertTrue(calibration.layers.allSatisfy { !$0.candidate })
@@ -72,9 +78,12 @@ final class ShippedTraceTests: XCTestCase {
         var runs: [[String: Any]] = []
         let calibration = ["--calibration", Self.path("configs/thinkv-smollm2-135m.json")]
         for (policies, extra) in [(names, calibration), (["lazyeviction"], ["--window", "32"])] {
-            let outcome = try CommandRunner.run(["replay", Self.path("traces/smollm2-135m-math.h5"), "--policy", policies.joined(separator: ","),
-                                                 "--budget", "\(budget)", "--steps", "48", "--layers", "29", "--json"] + extra,
-                                                in: directory)
+            let outcome = try CommandRunner.run(
+                [
+                    "replay", Self.path("traces/smollm2-135m-math.h5"), "--policy", policies.joined(separator: ","),
+                    "--budget", "\(budget)", "--steps", "48", "--layers", "29", "--json"
+                ] + extra,
+                in: directory)
             XCTAssertEqual(outcome.status, 0, outcome.stderr)
             let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any])
             let these = try XCTUnwrap(report["runs"] as? [[String: Any]])

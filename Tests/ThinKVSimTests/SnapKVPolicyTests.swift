@@ -10,7 +10,9 @@ import XCTest
 /// Hand examples use `TestTraces.plane` (D = 2, scale 1/√2): a query (√2, 0) gives a key (x, y)
 /// the logit x, a query (0, √2) the logit y, a zero query the logit 0.
 final class SnapKVPolicyTests: XCTestCase {
-    private func snapkv(_ values: [String: String]) throws -> PolicySpec { try PolicySpec(name: "snapkv", values: values) }
+    private func snapkv(_ values: [String: String]) throws -> PolicySpec {
+        try PolicySpec(name: "snapkv", values: values)
+    }
     private let r2 = Float(2).squareRoot()
 
     // MARK: original
@@ -24,8 +26,10 @@ final class SnapKVPolicyTests: XCTestCase {
     /// Max pooling: j0 6, j1 6, j2 1, j3 3, j4 3 → j0, j1 (tie, lower slot first), j3: [0 1 3 5].
     /// Decoding changes nothing: the cache grows by one per step and no event is reported.
     func testOriginalAveragePoolingCountsTheZeroPadding() throws {
-        let keys: [[(Float, Float)]] = [[(logf(6) * r2, 0)], [(0, 0)], [(0, 0)], [(0, 0)], [(logf(3) * r2, 0)],
-                                        [(0, 0)], [(0, 0)], [(0, 0)]]
+        let keys: [[(Float, Float)]] = [
+            [(logf(6) * r2, 0)], [(0, 0)], [(0, 0)], [(0, 0)], [(logf(3) * r2, 0)],
+            [(0, 0)], [(0, 0)], [(0, 0)]
+        ]
         let path = try TestTraces.plane(self, keys: keys, queries: [5: [(r2, 0)]], P: 6)
         let base = ["snap-variant": "original", "budget": "4", "window": "1", "kernel": "3"]
         let (_, events, snapshots) = try TestTraces.observe(path, SnapKVPolicy.self, base)
@@ -50,7 +54,8 @@ final class SnapKVPolicyTests: XCTestCase {
         let keys: [[(Float, Float)]] = [[(logf(4), 0)], [(0, logf(3))], [(0, 0)], [(logf(1000), 0)], [(0, 0)], [(0, 0)]]
         let path = try TestTraces.plane(self, keys: keys, queries: [3: [(r2, 0)], 4: [(0, r2)]], P: 5)
         let common = ["budget": "3", "window": "2", "kernel": "1"]
-        let original = try TestTraces.observe(path, SnapKVPolicy.self, common.merging(["snap-variant": "original"]) { $1 })
+        let original = try TestTraces.observe(
+            path, SnapKVPolicy.self, common.merging(["snap-variant": "original"]) { $1 })
         XCTAssertEqual(original.2[0].resident, [[1, 3, 4]])
         let rkv = try TestTraces.observe(path, SnapKVPolicy.self, common.merging(["snap-variant": "rkv"]) { $1 })
         XCTAssertEqual(rkv.2[0].resident, [[0, 3, 4]])
@@ -99,7 +104,8 @@ final class SnapKVPolicyTests: XCTestCase {
         func run(_ c0: (Float, Float), variant: String) throws -> [[Int32]] {
             let keys: [[(Float, Float)]] = [[c0], [(1, 1)], [(0, 0)], [(0, 0)], [(0, 0)]]
             let q = [(r2, Float(0)), (Float(0), r2)]
-            let path = try TestTraces.plane(self, keys: keys, queries: [3: q, 4: q], P: 1, Hq: 2, name: "g\(variant)\(c0.0).h5")
+            let path = try TestTraces.plane(
+                self, keys: keys, queries: [3: q, 4: q], P: 1, Hq: 2, name: "g\(variant)\(c0.0).h5")
             var values = ["snap-variant": variant, "budget": "3", "window": "2", "kernel": "1"]
             if variant == "kvpress" { values["interval"] = "4" } else { values["divide"] = "4" }
             return try TestTraces.observe(path, SnapKVPolicy.self, values).2.last!.resident
@@ -116,7 +122,8 @@ final class SnapKVPolicyTests: XCTestCase {
     /// so both keep the same tokens in the same order at every step, for both triggers.
     func testRKVVariantMatchesRKVWithImportanceOnly() throws {
         let path = try randomTrace(T: 90, P: 12, seed: 91)
-        for extra in [["divide": "8"], ["trigger": "buffer", "buffer": "9"], ["divide": "5", "slot-order": "position"]] {
+        for extra in [["divide": "8"], ["trigger": "buffer", "buffer": "9"], ["divide": "5", "slot-order": "position"]]
+        {
             let values = ["budget": "14", "window": "4"].merging(extra) { $1 }
             let snap = try TestTraces.observe(path, SnapKVPolicy.self, values)
             let rkv = try TestTraces.observe(path, RKVPolicy.self, values.merging(["lambda": "1"]) { $1 })
@@ -137,18 +144,24 @@ final class SnapKVPolicyTests: XCTestCase {
         XCTAssertEqual(rkv.window, 8)
         XCTAssertEqual(rkv.residentCap, 128 + 128 - 1)
         XCTAssertEqual(try make(["budget": "128", "snap-variant": "original"]).window, 32)
-        XCTAssertNil(try make(["budget": "128", "snap-variant": "original"]).residentCap, "the cache grows after the prompt")
+        XCTAssertNil(
+            try make(["budget": "128", "snap-variant": "original"]).residentCap, "the cache grows after the prompt")
         let press = try make(["budget": "128", "snap-variant": "kvpress"], P: 300)
         XCTAssertEqual(press.window, 64)
         XCTAssertEqual(press.interval, 512)
         XCTAssertEqual(press.residentCap, 300 + 512 - 1)
-        for (values, message) in [(["budget": "8"], "must exceed --window"),
-                                  (["budget": "64", "kernel": "6"], "must be odd"),
-                                  (["budget": "64", "snap-variant": "original", "divide": "64"], "--divide applies to --snap-variant rkv only"),
-                                  (["budget": "128", "snap-variant": "kvpress", "trigger": "buffer"], "--trigger applies"),
-                                  (["budget": "64", "interval": "10"], "--interval applies to --snap-variant kvpress only"),
-                                  (["budget": "128", "snap-variant": "kvpress", "interval": "64"], "needs more of them than --window"),
-                                  (["budget": "64", "trigger": "buffer", "buffer": "4"], "at least --window")] {
+        for (values, message) in [
+            (["budget": "8"], "must exceed --window"),
+            (["budget": "64", "kernel": "6"], "must be odd"),
+            (
+                ["budget": "64", "snap-variant": "original", "divide": "64"],
+                "--divide applies to --snap-variant rkv only"
+            ),
+            (["budget": "128", "snap-variant": "kvpress", "trigger": "buffer"], "--trigger applies"),
+            (["budget": "64", "interval": "10"], "--interval applies to --snap-variant kvpress only"),
+            (["budget": "128", "snap-variant": "kvpress", "interval": "64"], "needs more of them than --window"),
+            (["budget": "64", "trigger": "buffer", "buffer": "4"], "at least --window")
+        ] {
             XCTAssertThrowsError(try make(values), "\(values)") { error in
                 XCTAssertTrue((error as? PolicyError)?.description.contains(message) == true, "\(error)")
             }
@@ -166,11 +179,16 @@ final class SnapKVPolicyTests: XCTestCase {
         var compressions = 0
         for (P, seed) in [(6, UInt64(93)), (40, UInt64(94))] {
             let path = try randomTrace(T: 100, P: P, seed: seed, name: "r\(seed).h5")
-            for values in [["snap-variant": "rkv", "budget": "12", "window": "3", "divide": "7"],
-                           ["snap-variant": "rkv", "budget": "12", "window": "3", "trigger": "buffer", "buffer": "6"],
-                           ["snap-variant": "original", "budget": "20", "window": "4"],
-                           ["snap-variant": "kvpress", "budget": "15", "window": "5", "interval": "11"],
-                           ["snap-variant": "kvpress", "budget": "9", "window": "2", "interval": "3", "pool": "max", "slot-order": "position"]] {
+            for values in [
+                ["snap-variant": "rkv", "budget": "12", "window": "3", "divide": "7"],
+                ["snap-variant": "rkv", "budget": "12", "window": "3", "trigger": "buffer", "buffer": "6"],
+                ["snap-variant": "original", "budget": "20", "window": "4"],
+                ["snap-variant": "kvpress", "budget": "15", "window": "5", "interval": "11"],
+                [
+                    "snap-variant": "kvpress", "budget": "9", "window": "2", "interval": "3", "pool": "max",
+                    "slot-order": "position"
+                ]
+            ] {
                 let label = "P \(P) \(values)"
                 let (_, events, snapshots) = try TestTraces.observe(path, SnapKVPolicy.self, values)
                 let policy = try SnapKVPolicy(parameters: try snapkv(values).parameters, setup: setup(P: P))
@@ -189,7 +207,9 @@ final class SnapKVPolicyTests: XCTestCase {
                         compressions += 1
                         let onSchedule: Bool
                         switch policy.variant {
-                        case .rkv: onSchedule = policy.trigger == .legacy ? p % policy.divide == 0 : (step + 1) % policy.buffer == 0
+                        case .rkv:
+                            onSchedule =
+                                policy.trigger == .legacy ? p % policy.divide == 0 : (step + 1) % policy.buffer == 0
                         case .original: onSchedule = false
                         case .kvpress: onSchedule = (step + 1) % policy.interval == 0
                         }
@@ -219,13 +239,18 @@ final class SnapKVPolicyTests: XCTestCase {
 
     func testRunsAreDeterministicAndIndependentOfThreads() throws {
         let dir = try TestTraces.directory(self)
-        let layers = [TestTraces.randomLayer(T: 80, Hq: 4, Hkv: 2, D: 8, seed: 96, index: 0),
-                      TestTraces.randomLayer(T: 80, Hq: 4, Hkv: 2, D: 8, seed: 97, index: 1)]
-        let path = try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: 80, P: 30, Hq: 4, Hkv: 2, D: 8,
-                                        numLayers: 2, layers: layers)
-        let specs = [try snapkv(["budget": "12", "divide": "8"]),
-                     try snapkv(["snap-variant": "original", "budget": "12", "window": "4"]),
-                     try snapkv(["snap-variant": "kvpress", "budget": "12", "window": "4", "interval": "6"])]
+        let layers = [
+            TestTraces.randomLayer(T: 80, Hq: 4, Hkv: 2, D: 8, seed: 96, index: 0),
+            TestTraces.randomLayer(T: 80, Hq: 4, Hkv: 2, D: 8, seed: 97, index: 1)
+        ]
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: 80, P: 30, Hq: 4, Hkv: 2, D: 8,
+            numLayers: 2, layers: layers)
+        let specs = [
+            try snapkv(["budget": "12", "divide": "8"]),
+            try snapkv(["snap-variant": "original", "budget": "12", "window": "4"]),
+            try snapkv(["snap-variant": "kvpress", "budget": "12", "window": "4", "interval": "6"])
+        ]
         let (first, firstEvents) = try TestTraces.replay(path, specs, threads: 1)
         let (threaded, threadedEvents) = try TestTraces.replay(path, specs, threads: 4)
         XCTAssertGreaterThan(firstEvents.count, 10)
@@ -235,15 +260,19 @@ final class SnapKVPolicyTests: XCTestCase {
 
     // MARK: Helpers
 
-    private func randomTrace(T: Int, P: Int, seed: UInt64, values: Bool = false, name: String = "r.h5") throws -> String {
+    private func randomTrace(T: Int, P: Int, seed: UInt64, values: Bool = false, name: String = "r.h5") throws -> String
+    {
         let dir = try TestTraces.directory(self)
         let layer = TestTraces.randomLayer(T: T, Hq: 4, Hkv: 2, D: 8, seed: seed, values: values)
-        return try TestTraces.write(to: dir.appendingPathComponent(name), T: T, P: P, Hq: 4, Hkv: 2, D: 8, layers: [layer])
+        return try TestTraces.write(
+            to: dir.appendingPathComponent(name), T: T, P: P, Hq: 4, Hkv: 2, D: 8, layers: [layer])
     }
 
     private func setup(P: Int) -> PolicySetup {
-        PolicySetup(header: TraceHeader(model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8,
-                                        promptLength: P, numTokens: 400),
-                    layer: LayerInfo(index: 0))
+        PolicySetup(
+            header: TraceHeader(
+                model: "m", numLayers: 1, numQHeads: 4, numKVHeads: 2, headDim: 8,
+                promptLength: P, numTokens: 400),
+            layer: LayerInfo(index: 0))
     }
 }

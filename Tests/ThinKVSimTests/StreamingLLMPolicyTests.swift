@@ -13,8 +13,9 @@ final class StreamingLLMPolicyTests: XCTestCase {
     private func randomTrace(T: Int, P: Int, Hq: Int = 2, Hkv: Int = 1, seed: UInt64 = 1) throws -> String {
         let dir = try TestTraces.directory(self)
         let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: 4, seed: seed)
-        return try TestTraces.write(to: dir.appendingPathComponent("r.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: 4,
-                                    layers: [layer])
+        return try TestTraces.write(
+            to: dir.appendingPathComponent("r.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: 4,
+            layers: [layer])
     }
 
     // MARK: every-step
@@ -36,7 +37,8 @@ final class StreamingLLMPolicyTests: XCTestCase {
     /// prompt is cut the same way and, no position being a multiple of 128, nothing more.
     func testPromptLongerThanBudgetIsCutToSinksAndRecent() throws {
         let path = try randomTrace(T: 10, P: 8)
-        let (result, events, snapshots) = try TestTraces.observe(path, StreamingLLMPolicy.self, ["budget": "5", "sinks": "2"])
+        let (result, events, snapshots) = try TestTraces.observe(
+            path, StreamingLLMPolicy.self, ["budget": "5", "sinks": "2"])
         XCTAssertEqual(snapshots.first?.resident, [[0, 1, 5, 6, 7]])
         XCTAssertEqual(keptByStep(events), [0: [0, 1, 6, 7, 8], 1: [0, 1, 7, 8, 9]])
         XCTAssertEqual(result.runs[0].steps[0].attendedTokens, 6)
@@ -59,11 +61,14 @@ final class StreamingLLMPolicyTests: XCTestCase {
         let path = try randomTrace(T: 20, P: 2)
         let spec = try streaming(["budget": "6", "sinks": "2", "trigger": "legacy", "divide": "4"])
         let (result, events) = try TestTraces.replay(path, [spec])
-        XCTAssertEqual(keptByStep(events), [6: [0, 1, 5, 6, 7, 8], 10: [0, 1, 9, 10, 11, 12], 14: [0, 1, 13, 14, 15, 16]])
-        XCTAssertEqual(result.runs[0].steps.map(\.residentTokens),
-                       [3, 4, 5, 6, 7, 8, 6, 7, 8, 9, 6, 7, 8, 9, 6, 7, 8, 9])
-        XCTAssertEqual(result.runs[0].steps.map(\.attendedTokens),
-                       [3, 4, 5, 6, 7, 8, 9, 7, 8, 9, 10, 7, 8, 9, 10, 7, 8, 9])
+        XCTAssertEqual(
+            keptByStep(events), [6: [0, 1, 5, 6, 7, 8], 10: [0, 1, 9, 10, 11, 12], 14: [0, 1, 13, 14, 15, 16]])
+        XCTAssertEqual(
+            result.runs[0].steps.map(\.residentTokens),
+            [3, 4, 5, 6, 7, 8, 6, 7, 8, 9, 6, 7, 8, 9, 6, 7, 8, 9])
+        XCTAssertEqual(
+            result.runs[0].steps.map(\.attendedTokens),
+            [3, 4, 5, 6, 7, 8, 9, 7, 8, 9, 10, 7, 8, 9, 10, 7, 8, 9])
     }
 
     /// P = 8 is a multiple of divide = 4, so the first decode step (pos 8) compresses:
@@ -79,7 +84,8 @@ final class StreamingLLMPolicyTests: XCTestCase {
     // MARK: Parameters and schedule
 
     func testParametersAndCaps() throws {
-        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4, promptLength: 1, numTokens: 8)
+        let header = TraceHeader(
+            model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 4, promptLength: 1, numTokens: 8)
         let setup = PolicySetup(header: header, layer: LayerInfo(index: 0))
         func make(_ values: [String: String]) throws -> StreamingLLMPolicy {
             try StreamingLLMPolicy(parameters: try streaming(values).parameters, setup: setup)
@@ -119,8 +125,10 @@ final class StreamingLLMPolicyTests: XCTestCase {
         var evictions = 0
         for (budget, sinks, divide) in [(6, 4, 8), (5, 0, 3), (12, 2, 5), (9, 1, 1)] {
             for trigger in StreamingLLMPolicy.Trigger.allCases {
-                let values = ["budget": String(budget), "sinks": String(sinks), "trigger": trigger.rawValue,
-                              "divide": String(divide)]
+                let values = [
+                    "budget": String(budget), "sinks": String(sinks), "trigger": trigger.rawValue,
+                    "divide": String(divide)
+                ]
                 let label = values.description
                 let (_, events, snapshots) = try TestTraces.observe(path, StreamingLLMPolicy.self, values)
                 evictions += events.count
@@ -154,7 +162,8 @@ final class StreamingLLMPolicyTests: XCTestCase {
     func testBudgetCoveringTheTraceEqualsTheFullCache() throws {
         let path = try randomTrace(T: 30, P: 6, Hq: 4, Hkv: 2, seed: 3)
         for trigger in ["every-step", "legacy"] {
-            let (result, events) = try TestTraces.replay(path, [try streaming(["budget": "30", "trigger": trigger, "divide": "2"])])
+            let (result, events) = try TestTraces.replay(
+                path, [try streaming(["budget": "30", "trigger": trigger, "divide": "2"])])
             XCTAssertTrue(events.isEmpty, trigger)
             XCTAssertEqual(result.runs[0].summary.massRecall.min, 1, accuracy: 1e-5)
             for r in result.runs[0].steps {
@@ -166,8 +175,10 @@ final class StreamingLLMPolicyTests: XCTestCase {
 
     func testRunsAreDeterministicAndIndependentOfThreads() throws {
         let path = try randomTrace(T: 50, P: 9, Hq: 4, Hkv: 2, seed: 5)
-        let specs = [try streaming(["budget": "10"]),
-                     try streaming(["budget": "10", "sinks": "2", "trigger": "legacy", "divide": "6"])]
+        let specs = [
+            try streaming(["budget": "10"]),
+            try streaming(["budget": "10", "sinks": "2", "trigger": "legacy", "divide": "6"])
+        ]
         let (first, firstEvents) = try TestTraces.replay(path, specs, threads: 1)
         let (again, againEvents) = try TestTraces.replay(path, specs, threads: 1)
         let (threaded, threadedEvents) = try TestTraces.replay(path, specs, threads: 4)

@@ -17,21 +17,35 @@ final class SweepCLITests: XCTestCase {
 
     private func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
-    private func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> CommandRunner.Outcome {
+    private func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws
+        -> CommandRunner.Outcome
+    {
         try CommandRunner.run(arguments, in: directory, file: file, line: line)
     }
 
     private func config(_ name: String, output: String, extra: String = "") throws -> String {
-        try SweepFixture.write(SweepFixture.json(traces: traces, output: output, extra: extra), to: directory.appendingPathComponent(name))
+        try SweepFixture.write(
+            SweepFixture.json(traces: traces, output: output, extra: extra), to: directory.appendingPathComponent(name))
     }
 
     func testBadConfigIsOneLineNamingFileAndKey() throws {
         let good = SweepFixture.json(traces: traces, output: path("o.csv"))
         let cases = [
-            ("top.json", good.replacingOccurrences(of: "\"parameters\": {\"budget\"", with: "\"parameter\": {\"budget\""), "parameter: unknown key"),
-            ("entry.json", good.replacingOccurrences(of: "{\"policy\": \"streaming\", \"parameters\"", with: "{\"policy\": \"streaming\", \"params\""),
-             "policies[1].params: unknown key"),
-            ("value.json", good.replacingOccurrences(of: "\"sinks\": 1", with: "\"sinks\": -1"), "policies[1].parameters.sinks: streaming: --sinks must be in"),
+            (
+                "top.json",
+                good.replacingOccurrences(of: "\"parameters\": {\"budget\"", with: "\"parameter\": {\"budget\""),
+                "parameter: unknown key"
+            ),
+            (
+                "entry.json",
+                good.replacingOccurrences(
+                    of: "{\"policy\": \"streaming\", \"parameters\"", with: "{\"policy\": \"streaming\", \"params\""),
+                "policies[1].params: unknown key"
+            ),
+            (
+                "value.json", good.replacingOccurrences(of: "\"sinks\": 1", with: "\"sinks\": -1"),
+                "policies[1].parameters.sinks: streaming: --sinks must be in"
+            )
         ]
         for (name, text, expected) in cases {
             let file = try SweepFixture.write(text, to: directory.appendingPathComponent(name))
@@ -48,8 +62,10 @@ final class SweepCLITests: XCTestCase {
 
     func testUsageErrorsExitTwo() throws {
         let file = try config("c.json", output: path("o.csv"))
-        for arguments in [["sweep", file, "--shard", "2/2"], ["sweep", file, "--shard", "x"], ["sweep"], ["merge", file],
-                          ["plot", file, "--bytes", "median"]] {
+        for arguments in [
+            ["sweep", file, "--shard", "2/2"], ["sweep", file, "--shard", "x"], ["sweep"], ["merge", file],
+            ["plot", file, "--bytes", "median"]
+        ] {
             let outcome = try run(arguments)
             XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
         }
@@ -65,7 +81,8 @@ final class SweepCLITests: XCTestCase {
         XCTAssertEqual(dry.stdout.components(separatedBy: " done ").count - 1, 7, dry.stdout)
         let second = try run(["sweep", file])
         XCTAssertEqual(second.status, 0, second.stderr)
-        XCTAssertTrue(second.stdout.contains("14 of 14 run(s) (7 computed in 1 engine run(s), 7 already there)"), second.stdout)
+        XCTAssertTrue(
+            second.stdout.contains("14 of 14 run(s) (7 computed in 1 engine run(s), 7 already there)"), second.stdout)
 
         // The same sweep in two shards, merged, is the same file.
         var shards: [String] = []
@@ -80,18 +97,22 @@ final class SweepCLITests: XCTestCase {
         XCTAssertEqual(try SweepFixture.contents(merged), try SweepFixture.contents(whole))
 
         // A shard of another config (other metric columns) is refused with one line.
-        let other = try config("other.json", output: path("other.csv"), extra: ",\n  \"metrics\": [\"mass_recall_mean\"]")
+        let other = try config(
+            "other.json", output: path("other.csv"), extra: ",\n  \"metrics\": [\"mass_recall_mean\"]")
         XCTAssertEqual(try run(["sweep", other, "--shard", "1/2"]).status, 0)
         let refused = try run(["merge", shards[0], path("other.shard-1-of-2.csv"), "-o", path("bad.csv")])
         XCTAssertEqual(refused.status, 1)
-        XCTAssertTrue(refused.stderr.hasPrefix("thinkv-sim merge: \(path("other.shard-1-of-2.csv")): columns differ"), refused.stderr)
+        XCTAssertTrue(
+            refused.stderr.hasPrefix("thinkv-sim merge: \(path("other.shard-1-of-2.csv")): columns differ"),
+            refused.stderr)
         XCTAssertEqual(refused.stderr.filter { $0 == "\n" }.count, 1)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("bad.csv")))
 
         let plot = try run(["plot", merged, "-o", path("figures"), "--format", "svg"])
         XCTAssertEqual(plot.status, 0, plot.stderr)
-        XCTAssertEqual(plot.stdout.split(separator: "\n").count, 7,
-                       "two fidelity figures and a timeline per trace, one figure over both: \(plot.stdout)")
+        XCTAssertEqual(
+            plot.stdout.split(separator: "\n").count, 7,
+            "two fidelity figures and a timeline per trace, one figure over both: \(plot.stdout)")
         XCTAssertTrue(plot.stderr.contains("step_csv_dir"), "the missing per-step figure is explained: \(plot.stderr)")
     }
 }

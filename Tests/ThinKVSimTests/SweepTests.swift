@@ -10,19 +10,26 @@ enum SweepFixture {
     static func traces(in directory: URL) throws -> [String] {
         try [(name: "a.h5", T: 28, seed: UInt64(11)), (name: "b.h5", T: 22, seed: UInt64(12))].map { t in
             let labels: [Int8] = (0..<t.T).map { $0 < 6 ? -1 : Int8(($0 / 5) % 3) }
-            return try TestTraces.write(to: directory.appendingPathComponent(t.name), T: t.T, P: 6, Hq: 2, Hkv: 1, D: 4,
-                                        numLayers: 4,
-                                        layers: [TestTraces.randomLayer(T: t.T, Hq: 2, Hkv: 1, D: 4, seed: t.seed),
-                                                 TestTraces.randomLayer(T: t.T, Hq: 2, Hkv: 1, D: 4, seed: t.seed + 100, index: 2)],
-                                        thought: labels)
+            return try TestTraces.write(
+                to: directory.appendingPathComponent(t.name), T: t.T, P: 6, Hq: 2, Hkv: 1, D: 4,
+                numLayers: 4,
+                layers: [
+                    TestTraces.randomLayer(T: t.T, Hq: 2, Hkv: 1, D: 4, seed: t.seed),
+                    TestTraces.randomLayer(T: t.T, Hq: 2, Hkv: 1, D: 4, seed: t.seed + 100, index: 2)
+                ],
+                thought: labels)
         }
     }
 
     /// A config (as JSON text) sweeping budgets of two eviction policies, kivi bit widths and
     /// the full cache over the traces.
-    static func json(traces: [String], output: String, steps: String? = nil, extra: String = "", kivi: Bool = true) -> String {
+    static func json(traces: [String], output: String, steps: String? = nil, extra: String = "", kivi: Bool = true)
+        -> String
+    {
         let list = traces.map { "\"\($0)\"" }.joined(separator: ", ")
-        let kiviEntry = kivi ? ",\n    {\"policy\": \"kivi\", \"parameters\": {\"k-bits\": [2, 4], \"residual\": 4, \"group\": 4}}" : ""
+        let kiviEntry =
+            kivi
+            ? ",\n    {\"policy\": \"kivi\", \"parameters\": {\"k-bits\": [2, 4], \"residual\": 4, \"group\": 4}}" : ""
         return """
             {
               "name": "test sweep",
@@ -77,13 +84,15 @@ final class SweepConfigTests: XCTestCase {
     }
 
     func testTypoInsidePolicyEntryIsNamed() throws {
-        let error = try XCTUnwrap(configError(#"{\#(base), "policies": ["full", {"policy": "h2o", "paramters": {"budget": 4}}]}"#))
+        let error = try XCTUnwrap(
+            configError(#"{\#(base), "policies": ["full", {"policy": "h2o", "paramters": {"budget": 4}}]}"#))
         XCTAssertEqual(error.path, "policies[1].paramters")
         XCTAssertTrue(error.description.contains("unknown key"), error.description)
     }
 
     func testUnknownParameterOfAPolicyIsNamed() throws {
-        let error = try XCTUnwrap(configError(#"{\#(base), "policies": [{"policy": "h2o", "parameters": {"budget": 4, "recnet": 2}}]}"#))
+        let error = try XCTUnwrap(
+            configError(#"{\#(base), "policies": [{"policy": "h2o", "parameters": {"budget": 4, "recnet": 2}}]}"#))
         XCTAssertEqual(error.path, "policies[0].parameters.recnet")
         XCTAssertTrue(error.problem.contains("unknown parameter of h2o"), error.description)
         XCTAssertTrue(error.problem.contains("recent"), "lists the known ones: \(error.description)")
@@ -96,52 +105,91 @@ final class SweepConfigTests: XCTestCase {
         XCTAssertTrue(missing.problem.contains("--output"), missing.description)
         let given = try SweepConfig.decode(Data(json.utf8), file: "cfg.json", output: "cli.csv")
         XCTAssertEqual(given.output, "cli.csv")
-        let overridden = try SweepConfig.decode(Data(#"{\#(base), "policies": ["full"]}"#.utf8), file: "cfg.json", output: "cli.csv")
+        let overridden = try SweepConfig.decode(
+            Data(#"{\#(base), "policies": ["full"]}"#.utf8), file: "cfg.json", output: "cli.csv")
         XCTAssertEqual(overridden.output, "cli.csv", "--output wins over the config's key")
     }
 
     func testSharedParameterNoPolicyHasIsAnError() throws {
-        let error = try XCTUnwrap(configError(#"{\#(base), "policies": ["full", "kivi"], "parameters": {"budget": [4]}}"#))
+        let error = try XCTUnwrap(
+            configError(#"{\#(base), "policies": ["full", "kivi"], "parameters": {"budget": [4]}}"#))
         XCTAssertEqual(error.path, "parameters.budget")
     }
 
     func testTypoInsideTraceEntryIsNamed() throws {
-        let error = try XCTUnwrap(configError(#"{"traces": ["t.h5", {"paht": "u.h5"}], "output": "o.csv", "policies": ["full"]}"#))
+        let error = try XCTUnwrap(
+            configError(#"{"traces": ["t.h5", {"paht": "u.h5"}], "output": "o.csv", "policies": ["full"]}"#))
         XCTAssertEqual(error.path, "traces[1].paht")
-        let parameter = try XCTUnwrap(configError(#"{"traces": [{"path": "t.h5", "parameters": {"budgett": 4}}], "output": "o.csv", "policies": ["h2o"], "parameters": {"budget": 4}}"#))
+        let parameter = try XCTUnwrap(
+            configError(
+                #"{"traces": [{"path": "t.h5", "parameters": {"budgett": 4}}], "output": "o.csv", "#
+                    + #""policies": ["h2o"], "parameters": {"budget": 4}}"#
+            ))
         XCTAssertEqual(parameter.path, "traces[0].parameters.budgett")
         let cases: [(String, String)] = [
-            (#"{"traces": ["t.h5", {"path": "u.h5", "parmeters": {"budget": 4}}], "output": "o.csv", "policies": ["h2o"]}"#, "traces[1].parmeters"),
-            (#"{"traces": [{"path": "t.h5", "parameters": {"budget": "x"}}], "output": "o.csv", "policies": ["h2o"]}"#, "traces[0].parameters.budget"),
-            (#"{"traces": [{"path": "t.h5", "parameters": {"budget": [4, {}]}}], "output": "o.csv", "policies": ["h2o"]}"#, "traces[0].parameters.budget[1]"),
+            (
+                #"{"traces": ["t.h5", {"path": "u.h5", "parmeters": {"budget": 4}}], "output": "o.csv", "#
+                    + #""policies": ["h2o"]}"#,
+                "traces[1].parmeters"
+            ),
+            (
+                #"{"traces": [{"path": "t.h5", "parameters": {"budget": "x"}}], "output": "o.csv", "#
+                    + #""policies": ["h2o"]}"#,
+                "traces[0].parameters.budget"
+            ),
+            (
+                #"{"traces": [{"path": "t.h5", "parameters": {"budget": [4, {}]}}], "output": "o.csv", "#
+                    + #""policies": ["h2o"]}"#,
+                "traces[0].parameters.budget[1]"
+            ),
             (#"{"traces": [{"parameters": {"budget": 4}}], "output": "o.csv", "policies": ["h2o"]}"#, "traces[0]"),
             (#"{"traces": ["t.h5", 7], "output": "o.csv", "policies": ["full"]}"#, "traces[1]"),
             // budget given for one trace only: h2o lacks it on the other.
-            (#"{"traces": ["t.h5", {"path": "u.h5", "parameters": {"budget": 4}}], "output": "o.csv", "policies": ["h2o"]}"#, "policies[0]"),
+            (
+                #"{"traces": ["t.h5", {"path": "u.h5", "parameters": {"budget": 4}}], "output": "o.csv", "#
+                    + #""policies": ["h2o"]}"#,
+                "policies[0]"
+            )
         ]
         for (json, path) in cases {
             let error = try XCTUnwrap(configError(json), json)
             XCTAssertEqual(error.path, path, "\(json) -> \(error.description)")
             XCTAssertFalse(error.description.contains("\n"), "one line: \(error.description)")
         }
-        XCTAssertTrue(try XCTUnwrap(configError(cases[0].0)).problem.contains("unknown key (allowed here: comment, path, parameters)"))
-        XCTAssertTrue(try XCTUnwrap(configError(cases.last!.0)).problem.contains("needs parameter 'budget' on traces[0]"))
+        XCTAssertTrue(
+            try XCTUnwrap(configError(cases[0].0)).problem.contains(
+                "unknown key (allowed here: comment, path, parameters)"))
+        XCTAssertTrue(
+            try XCTUnwrap(configError(cases.last!.0)).problem.contains("needs parameter 'budget' on traces[0]"))
     }
 
     func testCommentsAreAllowedInTraceAndPolicyEntries() throws {
-        let config = try SweepConfig.decode(Data(#"""
-            {"traces": ["t.h5", {"path": "u.h5", "comment": "no parameters"}], "output": "o.csv",
-             "policies": [{"policy": "full", "comment": "reference"}]}
-            """#.utf8), file: "cfg.json")
-        XCTAssertEqual(config.traces, [SweepConfig.TraceEntry(path: "t.h5", parameters: [:]), SweepConfig.TraceEntry(path: "u.h5", parameters: [:])])
+        let config = try SweepConfig.decode(
+            Data(
+                #"""
+                {"traces": ["t.h5", {"path": "u.h5", "comment": "no parameters"}], "output": "o.csv",
+                 "policies": [{"policy": "full", "comment": "reference"}]}
+                """#.utf8), file: "cfg.json")
+        XCTAssertEqual(
+            config.traces,
+            [
+                SweepConfig.TraceEntry(path: "t.h5", parameters: [:]),
+                SweepConfig.TraceEntry(path: "u.h5", parameters: [:])
+            ])
     }
 
     func testOtherProblemsNameTheirKey() throws {
         let cases: [(String, String)] = [
             (#"{\#(base), "policies": ["ful"]}"#, "policies[0].policy"),
             (#"{\#(base), "policies": ["full"], "metrics": ["mass_recall_mean", "mass_recal_p5"]}"#, "metrics[1]"),
-            (#"{\#(base), "policies": [{"policy": "h2o", "parameters": {"budget": [4, "x"]}}]}"#, "policies[0].parameters.budget"),
-            (#"{\#(base), "policies": [{"policy": "h2o", "parameters": {"budget": {"a": 1}}}]}"#, "policies[0].parameters.budget"),
+            (
+                #"{\#(base), "policies": [{"policy": "h2o", "parameters": {"budget": [4, "x"]}}]}"#,
+                "policies[0].parameters.budget"
+            ),
+            (
+                #"{\#(base), "policies": [{"policy": "h2o", "parameters": {"budget": {"a": 1}}}]}"#,
+                "policies[0].parameters.budget"
+            ),
             (#"{\#(base), "policies": ["h2o"]}"#, "policies[0]"),
             (#"{\#(base), "policies": ["full"], "paging": ["ct", "pages"]}"#, "paging"),
             (#"{\#(base), "policies": ["full"], "block_size": [8, "big"]}"#, "block_size[1]"),
@@ -149,7 +197,7 @@ final class SweepConfigTests: XCTestCase {
             (#"{"traces": ["t.h5"], "policies": ["full"]}"#, "output"),
             (#"{\#(base), "policies": ["full"], "metric_steps": "stride:0"}"#, "metric_steps"),
             (#"{\#(base), "policies": ["full"], "metric_steps": "every:4"}"#, "metric_steps"),
-            (#"{\#(base), "policies": ["h2o"], "metric_steps": "stride:4", "kv_percent": 20}"#, "metric_steps"),
+            (#"{\#(base), "policies": ["h2o"], "metric_steps": "stride:4", "kv_percent": 20}"#, "metric_steps")
         ]
         for (json, path) in cases {
             let error = try XCTUnwrap(configError(json), json)
@@ -165,21 +213,27 @@ final class SweepConfigTests: XCTestCase {
     }
 
     func testValuesAreNormalisedAsOptionValues() throws {
-        let config = try SweepConfig.decode(Data(#"""
-            {"traces": ["t.h5"], "output": "o.csv", "policies": [
-              {"policy": "streaming", "parameters": {"budget": [64, 128], "trigger": "legacy", "divide": 32}},
-              {"policy": "h2o", "parameters": {"budget": 8}}],
-             "layers": [0, 2], "paging": ["ct", "none"], "block_size": [8, "auto"], "metrics": ["kv_bytes_peak", "mass_recall_mean"]}
-            """#.utf8), file: "cfg.json")
-        XCTAssertEqual(config.policies[0].parameters, ["budget": ["64", "128"], "trigger": ["legacy"], "divide": ["32"]])
+        let config = try SweepConfig.decode(
+            Data(
+                #"""
+                {"traces": ["t.h5"], "output": "o.csv", "policies": [
+                  {"policy": "streaming", "parameters": {"budget": [64, 128], "trigger": "legacy", "divide": 32}},
+                  {"policy": "h2o", "parameters": {"budget": 8}}],
+                 "layers": [0, 2], "paging": ["ct", "none"], "block_size": [8, "auto"], "metrics": ["kv_bytes_peak", \
+                 "mass_recall_mean"]}
+                """#.utf8), file: "cfg.json")
+        XCTAssertEqual(
+            config.policies[0].parameters, ["budget": ["64", "128"], "trigger": ["legacy"], "divide": ["32"]])
         XCTAssertEqual(config.layers, [0, 2])
         XCTAssertEqual(config.paging, [.ct, .none])
         XCTAssertEqual(config.blockSizes, [8, nil])
-        XCTAssertEqual(config.metrics, ["mass_recall_mean", "kv_bytes_peak"], "metrics come out in the canonical column order")
+        XCTAssertEqual(
+            config.metrics, ["mass_recall_mean", "kv_bytes_peak"], "metrics come out in the canonical column order")
     }
 
     func testNestedArrayIsOneListValue() throws {
-        let decoded = try JSONDecoder().decode([String: ParameterValues].self, from: Data(#"{"x": [[64, 32, 16], "8,4", 2.5, true]}"#.utf8))
+        let decoded = try JSONDecoder().decode(
+            [String: ParameterValues].self, from: Data(#"{"x": [[64, 32, 16], "8,4", 2.5, true]}"#.utf8))
         XCTAssertEqual(decoded["x"]?.values, ["64,32,16", "8,4", "2.5", "true"])
     }
 }
@@ -194,14 +248,24 @@ final class SweepGridTests: XCTestCase {
         // Per trace: full, streaming x2 budgets, h2o x2 budgets, kivi x2 bit widths.
         XCTAssertEqual(grid.runs.count, 14)
         XCTAssertEqual(grid.runs.map(\.id), Array(0..<14))
-        XCTAssertEqual(grid.runs.prefix(7).map(\.spec.label), [
-            "full", "streaming(budget=4,sinks=1)", "streaming(budget=8,sinks=1)", "h2o(budget=4)", "h2o(budget=8)",
-            "kivi(group=4,k-bits=2,residual=4)", "kivi(group=4,k-bits=4,residual=4)",
-        ])
-        XCTAssertEqual(grid.runs[3].key,
-                       "trace=\(traces[0]);policy=h2o;budget=4;gqa-reduce=sum;recent=auto;score-dtype=float32;layers=all;steps=all;topk=32;paging=ct;block_size=16")
+        XCTAssertEqual(
+            grid.runs.prefix(7).map(\.spec.label),
+            [
+                "full", "streaming(budget=4,sinks=1)", "streaming(budget=8,sinks=1)", "h2o(budget=4)", "h2o(budget=8)",
+                "kivi(group=4,k-bits=2,residual=4)", "kivi(group=4,k-bits=4,residual=4)"
+            ])
+        XCTAssertEqual(
+            grid.runs[3].key,
+            "trace=\(traces[0]);policy=h2o;budget=4;gqa-reduce=sum;recent=auto;score-dtype=float32;"
+                + "layers=all;steps=all;topk=32;paging=ct;block_size=16"
+        )
         XCTAssertEqual(Set(grid.runs.map(\.key)).count, grid.runs.count)
-        XCTAssertEqual(Array(grid.columns.prefix(10)), ["run_id", "run_key", "trace", "trace_fingerprint", "model", "num_layers", "decode_steps", "policy", "label", "budget"])
+        XCTAssertEqual(
+            Array(grid.columns.prefix(10)),
+            [
+                "run_id", "run_key", "trace", "trace_fingerprint", "model", "num_layers", "decode_steps", "policy",
+                "label", "budget"
+            ])
         XCTAssertTrue(grid.columns.contains("k_bits"), "parameter columns use underscores")
         XCTAssertEqual(grid.columns.last, "transition_evicted_percent")
     }
@@ -209,8 +273,12 @@ final class SweepGridTests: XCTestCase {
     func testDefaultsGivenExplicitlyAreTheSameRunAsDefaults() throws {
         let directory = try TestTraces.directory(self)
         let traces = try SweepFixture.traces(in: directory)
-        let implicit = try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "o.csv", "policies": [{"policy": "kivi"}]}"#)
-        let explicit = try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "o.csv", "policies": [{"policy": "kivi", "parameters": {"k-bits": 2, "group": 32}}]}"#)
+        let implicit = try SweepFixture.grid(
+            #"{"traces": ["\#(traces[0])"], "output": "o.csv", "policies": [{"policy": "kivi"}]}"#)
+        let explicit = try SweepFixture.grid(
+            #"{"traces": ["\#(traces[0])"], "output": "o.csv", "policies": [{"policy": "kivi", "#
+                + #""parameters": {"k-bits": 2, "group": 32}}]}"#
+        )
         XCTAssertEqual(implicit.runs[0].key, explicit.runs[0].key, "the key holds effective values")
     }
 
@@ -218,15 +286,19 @@ final class SweepGridTests: XCTestCase {
         let directory = try TestTraces.directory(self)
         let traces = try SweepFixture.traces(in: directory)
         // Shared budget 8; trace b's entry sets 4 for every policy with a budget; the h2o entry's own wins everywhere.
-        let grid = try SweepFixture.grid(#"""
-            {"traces": ["\#(traces[0])", {"path": "\#(directory.path)/b*.h5", "parameters": {"budget": 4, "sinks": 2}, "comment": "small"}],
+        let grid = try SweepFixture.grid(
+            #"""
+            {"traces": ["\#(traces[0])", {"path": "\#(directory.path)/b*.h5", "parameters": {"budget": 4, \
+            "sinks": 2}, "comment": "small"}],
              "output": "o.csv", "parameters": {"budget": 8},
              "policies": ["full", "streaming", {"policy": "h2o", "parameters": {"budget": 6}}]}
             """#)
-        XCTAssertEqual(grid.runs.map(\.spec.label), [
-            "full", "streaming(budget=8)", "h2o(budget=6)",
-            "full", "streaming(budget=4,sinks=2)", "h2o(budget=6)",
-        ])
+        XCTAssertEqual(
+            grid.runs.map(\.spec.label),
+            [
+                "full", "streaming(budget=8)", "h2o(budget=6)",
+                "full", "streaming(budget=4,sinks=2)", "h2o(budget=6)"
+            ])
         XCTAssertEqual(grid.runs.map(\.trace), [traces[0], traces[0], traces[0], traces[1], traces[1], traces[1]])
     }
 
@@ -235,14 +307,23 @@ final class SweepGridTests: XCTestCase {
         let traces = try SweepFixture.traces(in: directory)
         let policies = #""output": "o.csv", "parameters": {"budget": 8}, "policies": ["h2o"]"#
         // Specific entry first, then a glob for the rest: the glob skips it, its parameters stay.
-        let grid = try SweepFixture.grid(#"{"traces": [{"path": "\#(traces[1])", "parameters": {"budget": 4}}, "\#(directory.path)/*.h5"], \#(policies)}"#)
+        let grid = try SweepFixture.grid(
+            #"{"traces": [{"path": "\#(traces[1])", "parameters": {"budget": 4}}, "\#(directory.path)/*.h5"], "#
+                + #"\#(policies)}"#
+        )
         XCTAssertEqual(grid.runs.map(\.trace), [traces[1], traces[0]])
         XCTAssertEqual(grid.runs.map(\.spec.label), ["h2o(budget=4)", "h2o(budget=8)"])
         // The same path written out again with the same parameters is swept once.
-        let same = try SweepFixture.grid(#"{"traces": ["\#(traces[0])", {"path": "\#(traces[0])", "comment": "again"}], \#(policies)}"#)
+        let same = try SweepFixture.grid(
+            #"{"traces": ["\#(traces[0])", {"path": "\#(traces[0])", "comment": "again"}], \#(policies)}"#)
         XCTAssertEqual(same.runs.count, 1)
         // Written out after a glob that matched it, its parameters would be lost: an error.
-        XCTAssertThrowsError(try SweepFixture.grid(#"{"traces": ["\#(directory.path)/*.h5", {"path": "\#(traces[1])", "parameters": {"budget": 4}}], \#(policies)}"#)) { error in
+        XCTAssertThrowsError(
+            try SweepFixture.grid(
+                #"{"traces": ["\#(directory.path)/*.h5", {"path": "\#(traces[1])", "parameters": {"budget": 4}}], "#
+                    + #"\#(policies)}"#
+            )
+        ) { error in
             XCTAssertEqual((error as? SweepConfigError)?.path, "traces[1]", "\(error)")
             XCTAssertTrue("\(error)".contains("already named by traces[0]"), "\(error)")
         }
@@ -251,7 +332,9 @@ final class SweepGridTests: XCTestCase {
     func testRepeatedRunIsAnError() throws {
         let directory = try TestTraces.directory(self)
         let traces = try SweepFixture.traces(in: directory)
-        XCTAssertThrowsError(try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "o.csv", "policies": ["full", "full"]}"#)) { error in
+        XCTAssertThrowsError(
+            try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "o.csv", "policies": ["full", "full"]}"#)
+        ) { error in
             XCTAssertEqual((error as? SweepConfigError)?.path, "policies[1]", "\(error)")
         }
     }
@@ -259,16 +342,24 @@ final class SweepGridTests: XCTestCase {
     func testMissingLiteralTraceFailsButEmptyGlobIsFine() throws {
         let directory = try TestTraces.directory(self)
         let traces = try SweepFixture.traces(in: directory)
-        XCTAssertThrowsError(try SweepFixture.grid(#"{"traces": ["\#(directory.path)/nope.h5"], "output": "o.csv", "policies": ["full"]}"#)) { error in
+        XCTAssertThrowsError(
+            try SweepFixture.grid(
+                #"{"traces": ["\#(directory.path)/nope.h5"], "output": "o.csv", "policies": ["full"]}"#)
+        ) { error in
             XCTAssertEqual((error as? SweepConfigError)?.path, "traces[0]", "\(error)")
         }
-        let grid = try SweepFixture.grid(#"{"traces": ["\#(traces[1])", "\#(directory.path)/real/*.h5", "\#(directory.path)/*.h5"], "output": "o.csv", "policies": ["full"]}"#)
-        XCTAssertEqual(grid.traces, [traces[1], traces[0]], "listed first, then the glob in sorted order without repeats")
+        let grid = try SweepFixture.grid(
+            #"{"traces": ["\#(traces[1])", "\#(directory.path)/real/*.h5", "\#(directory.path)/*.h5"], "#
+                + #""output": "o.csv", "policies": ["full"]}"#
+        )
+        XCTAssertEqual(
+            grid.traces, [traces[1], traces[0]], "listed first, then the glob in sorted order without repeats")
     }
 
     func testShardsPartitionTheGrid() throws {
         let directory = try TestTraces.directory(self)
-        let grid = try SweepFixture.grid(SweepFixture.json(traces: try SweepFixture.traces(in: directory), output: "o.csv"))
+        let grid = try SweepFixture.grid(
+            SweepFixture.json(traces: try SweepFixture.traces(in: directory), output: "o.csv"))
         for n in [1, 3, 5, 14, 20] {
             let ids = (0..<n).flatMap { grid.shard($0, of: n).map(\.id) }
             XCTAssertEqual(ids, Array(0..<14), "\(n) shards")
@@ -290,7 +381,9 @@ final class SweepRunnerTests: XCTestCase {
 
     private func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
-    private func runner(output: String, steps: String? = nil, shard: (Int, Int)? = nil, extra: String = "") throws -> SweepRunner {
+    private func runner(output: String, steps: String? = nil, shard: (Int, Int)? = nil, extra: String = "") throws
+        -> SweepRunner
+    {
         let grid = try SweepFixture.grid(SweepFixture.json(traces: traces, output: output, steps: steps, extra: extra))
         let runner = SweepRunner(grid: grid, shard: shard.map { (index: $0.0, count: $0.1) })
         return runner
@@ -357,7 +450,8 @@ final class SweepRunnerTests: XCTestCase {
     func testTraceEntryParametersReachTheEngine() throws {
         // Trace b gets budget 4 from its entry, trace a the shared 8: each row is a replay of its own spec.
         let output = path("per-trace.csv")
-        let grid = try SweepFixture.grid(#"""
+        let grid = try SweepFixture.grid(
+            #"""
             {"traces": ["\#(traces[0])", {"path": "\#(traces[1])", "parameters": {"budget": 4}}],
              "output": "\#(output)", "parameters": {"budget": 8}, "policies": ["full", "h2o"]}
             """#)
@@ -365,7 +459,9 @@ final class SweepRunnerTests: XCTestCase {
         let csv = try CSVTable.read(path: output).table
         let column = { (name: String) in csv.index(of: name)! }
         XCTAssertEqual(csv.rows.map { $0[column("budget")] }, ["", "8", "", "4"])
-        XCTAssertTrue(csv.rows[3][column("run_key")].hasPrefix("trace=\(traces[1]);policy=h2o;budget=4;"), csv.rows[3][column("run_key")])
+        XCTAssertTrue(
+            csv.rows[3][column("run_key")].hasPrefix("trace=\(traces[1]);policy=h2o;budget=4;"),
+            csv.rows[3][column("run_key")])
         for (row, trace, budget) in [(csv.rows[1], traces[0], "8"), (csv.rows[3], traces[1], "4")] {
             let (result, _) = try TestTraces.replay(trace, [try PolicySpec(name: "h2o", values: ["budget": budget])])
             XCTAssertEqual(row[column("mass_recall_mean")], SweepColumns.number(result.runs[0].summary.massRecall.mean))
@@ -397,7 +493,7 @@ final class SweepRunnerTests: XCTestCase {
         // Whole rows missing, and a file cut in the middle of a row.
         let cuts = [
             lines.prefix(4).joined(separator: "\n") + "\n",
-            lines.prefix(10).joined(separator: "\n") + "\n" + lines[10].prefix(40),
+            lines.prefix(10).joined(separator: "\n") + "\n" + lines[10].prefix(40)
         ]
         for (i, text) in cuts.enumerated() {
             let output = path("cut-\(i).csv")
@@ -424,7 +520,8 @@ final class SweepRunnerTests: XCTestCase {
         XCTAssertEqual(try SweepFixture.contents(output), marked)
 
         // A cell that is not what this sweep writes (here the trace's model) is recomputed.
-        try Data(marked.replacingOccurrences(of: "test-model", with: "edited-model").utf8).write(to: URL(fileURLWithPath: output))
+        try Data(marked.replacingOccurrences(of: "test-model", with: "edited-model").utf8).write(
+            to: URL(fileURLWithPath: output))
         let again = try runner(output: output).run()
         XCTAssertEqual(again.computed, 14)
         XCTAssertEqual(try SweepFixture.contents(output), expected)
@@ -458,7 +555,9 @@ final class SweepRunnerTests: XCTestCase {
         // The last shard missing leaves no gap; the file names tell.
         XCTAssertEqual(ShardMerge.gaps(try ShardMerge.merge(paths: [paths[0], paths[1]])).count, 0)
         XCTAssertEqual(ShardMerge.missingShards([paths[0], paths[1]]), ["shard 2 of 3"])
-        let merge = { (arguments: [String]) in try CommandRunner.run(["merge"] + arguments, in: URL(fileURLWithPath: self.path(""))) }
+        let merge = { (arguments: [String]) in
+            try CommandRunner.run(["merge"] + arguments, in: URL(fileURLWithPath: self.path("")))
+        }
         let refused = try merge([paths[0], paths[1], "-o", path("m.csv")])
         XCTAssertEqual(refused.status, 1)
         XCTAssertTrue(refused.stderr.contains("shard 2 of 3") && refused.stderr.contains("--partial"), refused.stderr)
@@ -471,8 +570,10 @@ final class SweepRunnerTests: XCTestCase {
     func testMergeRefusesShardsOfDifferentConfigs() throws {
         let a = try runner(output: path("a.csv"), shard: (0, 2))
         _ = try a.run()
-        let other = try SweepFixture.grid(SweepFixture.json(traces: traces, output: path("b.csv"),
-                                                            extra: ",\n  \"metrics\": [\"mass_recall_mean\", \"kv_bytes_peak\"]"))
+        let other = try SweepFixture.grid(
+            SweepFixture.json(
+                traces: traces, output: path("b.csv"),
+                extra: ",\n  \"metrics\": [\"mass_recall_mean\", \"kv_bytes_peak\"]"))
         let b = SweepRunner(grid: other, shard: (index: 1, count: 2))
         _ = try b.run()
         XCTAssertThrowsError(try ShardMerge.merge(paths: [a.outputPath, b.outputPath])) { error in
@@ -486,7 +587,8 @@ final class SweepRunnerTests: XCTestCase {
     func testMetricsSelectColumnsAndResumeAcrossAddedPolicy() throws {
         let output = path("subset.csv")
         let metrics = ",\n  \"metrics\": [\"kv_bytes_peak\", \"mass_recall_mean\"]"
-        let narrow = try SweepFixture.grid(SweepFixture.json(traces: traces, output: output, extra: metrics, kivi: false))
+        let narrow = try SweepFixture.grid(
+            SweepFixture.json(traces: traces, output: output, extra: metrics, kivi: false))
         XCTAssertEqual(try SweepRunner(grid: narrow).run().computed, 10)
         let table = try CSVTable.read(path: output).table
         XCTAssertEqual(Array(table.header.suffix(2)), ["mass_recall_mean", "kv_bytes_peak"])
@@ -529,8 +631,10 @@ final class SweepRunnerTests: XCTestCase {
 
     func testPagingSweepSharesOneEngineRunAndMatchesSeparateRuns() throws {
         let output = path("paging.csv")
-        let grid = try SweepFixture.grid(#"""
-            {"traces": ["\#(traces[0])"], "output": "\#(output)", "policies": [{"policy": "h2o", "parameters": {"budget": 5}}],
+        let grid = try SweepFixture.grid(
+            #"""
+            {"traces": ["\#(traces[0])"], "output": "\#(output)", "policies": [{"policy": "h2o", \
+            "parameters": {"budget": 5}}],
              "paging": ["ct", "compact", "none"], "block_size": [2, 4]}
             """#)
         XCTAssertEqual(grid.runs.count, 6)
@@ -542,7 +646,9 @@ final class SweepRunnerTests: XCTestCase {
             var configuration = ReplayConfiguration(policies: [run.spec], threads: 1)
             configuration.paging = run.layout.mode
             configuration.blockSize = run.layout.blockSize
-            let alone = try ReplayEngine(reader: TraceReader(path: traces[0]), configuration: configuration).run().runs[0].summary.memory
+            let alone = try ReplayEngine(reader: TraceReader(path: traces[0]), configuration: configuration).run().runs[
+                0
+            ].summary.memory
             XCTAssertEqual(table.rows[i][blocks], SweepColumns.number(alone.peakBlocks), run.key)
             XCTAssertEqual(table.rows[i][paged], SweepColumns.number(alone.peakPagedBytes), run.key)
         }
@@ -553,10 +659,16 @@ final class SweepRunnerTests: XCTestCase {
     func testValuesThePolicyRefusesTogetherNameTheConfig() throws {
         // Each value is valid alone; streaming refuses sinks (default 4) not below the budget.
         let output = path("refused.csv")
-        let grid = try SweepFixture.grid(#"{"traces": ["\#(traces[0])"], "output": "\#(output)", "policies": [{"policy": "streaming", "parameters": {"budget": [8, 4]}}]}"#,
-                                         file: "combo.json")
+        let grid = try SweepFixture.grid(
+            #"{"traces": ["\#(traces[0])"], "output": "\#(output)", "policies": [{"policy": "streaming", "#
+                + #""parameters": {"budget": [8, 4]}}]}"#,
+            file: "combo.json")
         XCTAssertThrowsError(try SweepRunner(grid: grid).run()) { error in
-            XCTAssertTrue("\(error)".hasPrefix("combo.json: 1 of the grid's runs are invalid: run 1 (streaming(budget=4) on a.h5): streaming: --sinks (4) must be below --budget (4)"), "\(error)")
+            XCTAssertTrue(
+                "\(error)".hasPrefix(
+                    "combo.json: 1 of the grid's runs are invalid: run 1 (streaming(budget=4) on a.h5): streaming: "
+                        + "--sinks (4) must be below --budget (4)"
+                ), "\(error)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: output), "checked before any replay: no rows")
     }
@@ -571,7 +683,8 @@ final class SweepRunnerTests: XCTestCase {
                 rows = list(csv.reader(f))
             header, body = rows[0], rows[1:]
             assert all(len(r) == len(header) for r in body), "ragged rows"
-            print(len(header), len(body), header[0], header[-1], body[5][header.index("label")], body[3][header.index("run_key")].count(";"))
+            print(len(header), len(body), header[0], header[-1], body[5][header.index("label")], \
+            body[3][header.index("run_key")].count(";"))
             """
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -585,8 +698,15 @@ final class SweepRunnerTests: XCTestCase {
         if process.terminationStatus == 127 { throw XCTSkip("python3 not installed") }
         XCTAssertEqual(process.terminationStatus, 0)
         let grid = try SweepFixture.grid(SweepFixture.json(traces: traces, output: output))
-        let fields = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).split(separator: " ").map(String.init)
-        XCTAssertEqual(fields, [String(grid.columns.count), "14", "run_id", "transition_evicted_percent", "kivi(group=4,k-bits=2,residual=4)", "10"])
+        let fields = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).split(
+            separator: " "
+        ).map(String.init)
+        XCTAssertEqual(
+            fields,
+            [
+                String(grid.columns.count), "14", "run_id", "transition_evicted_percent",
+                "kivi(group=4,k-bits=2,residual=4)", "10"
+            ])
     }
 }
 
@@ -598,14 +718,23 @@ final class ResultsCSVTests: XCTestCase {
         let text = table.render()
         XCTAssertEqual(text, "a,\"b,c\",d\n\"x\"\"y\",\"1,2\",\"line\nbreak\"\n,plain,\"\r\n\"\n")
         XCTAssertEqual(try CSVTable.parse(text, file: "t").table, table)
-        XCTAssertEqual(try CSVTable.parse(text.replacingOccurrences(of: "d\n", with: "d\r\n"), file: "t").table, table, "CRLF records")
+        XCTAssertEqual(
+            try CSVTable.parse(text.replacingOccurrences(of: "d\n", with: "d\r\n"), file: "t").table, table,
+            "CRLF records")
     }
 
     func testBadCSVIsAnErrorNamingTheLine() {
-        XCTAssertThrowsError(try CSVTable.parse("a,b\n1,2\n3\n", file: "t.csv")) { XCTAssertEqual("\($0)", "t.csv: line 3: 1 fields, the header has 2") }
-        XCTAssertThrowsError(try CSVTable.parse("a,b\n1,x\"y\n", file: "t.csv")) { XCTAssertTrue("\($0)".contains("line 2: quote inside")) }
-        XCTAssertThrowsError(try CSVTable.parse("a,b\n1,2", file: "t.csv")) { XCTAssertTrue("\($0)".contains("cut short")) }
-        XCTAssertEqual(try CSVTable.parse("a,b\n1,2\n3,\"4", file: "t.csv", dropPartialLast: true).table.rows, [["1", "2"]])
+        XCTAssertThrowsError(try CSVTable.parse("a,b\n1,2\n3\n", file: "t.csv")) {
+            XCTAssertEqual("\($0)", "t.csv: line 3: 1 fields, the header has 2")
+        }
+        XCTAssertThrowsError(try CSVTable.parse("a,b\n1,x\"y\n", file: "t.csv")) {
+            XCTAssertTrue("\($0)".contains("line 2: quote inside"))
+        }
+        XCTAssertThrowsError(try CSVTable.parse("a,b\n1,2", file: "t.csv")) {
+            XCTAssertTrue("\($0)".contains("cut short"))
+        }
+        XCTAssertEqual(
+            try CSVTable.parse("a,b\n1,2\n3,\"4", file: "t.csv", dropPartialLast: true).table.rows, [["1", "2"]])
     }
 
     func testNumbersAreDeterministic() {

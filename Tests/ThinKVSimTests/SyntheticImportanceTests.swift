@@ -31,14 +31,17 @@ final class SyntheticImportanceTests: XCTestCase {
     }
 
     /// Per type, the old-token attention of the chosen layers of a generated trace.
-    private func measure(_ config: SyntheticTraceConfig, _ name: String, layers: [Int]) throws -> (plan: ThoughtPlan, byLayer: [[Double]]) {
+    private func measure(_ config: SyntheticTraceConfig, _ name: String, layers: [Int]) throws -> (
+        plan: ThoughtPlan, byLayer: [[Double]]
+    ) {
         let path = try TestTraces.directory(self).appendingPathComponent(name).path
         let generator = try SyntheticTraceGenerator(config: config)
         try generator.write(to: path)
         let reader = try TraceReader(path: path)
         let byLayer = try layers.map {
-            Self.oldTokenAttention(try SyntheticTraceTests.headAveragedAttention(reader, layer: $0),
-                                   labels: generator.plan.labels, prompt: config.promptLength)
+            Self.oldTokenAttention(
+                try SyntheticTraceTests.headAveragedAttention(reader, layer: $0),
+                labels: generator.plan.labels, prompt: config.promptLength)
         }
         return (generator.plan, byLayer)
     }
@@ -116,17 +119,20 @@ final class SyntheticImportanceTests: XCTestCase {
 
         // What the legacy generator writes, folded into one FNV-1a digest of 32-bit words: labels,
         // token ids, keys of layers 1 and 3, and their queries at three positions.
-        var words: [UInt32] = plan.labels.map { UInt32(bitPattern: Int32($0)) } + plan.tokenIDs.map { UInt32(bitPattern: $0) }
+        var words: [UInt32] =
+            plan.labels.map { UInt32(bitPattern: Int32($0)) } + plan.tokenIDs.map { UInt32(bitPattern: $0) }
         for index in [1, 3] {
             let layer = SyntheticLayer(index: index, config: config, plan: plan)
             words += layer.keyRows(0..<2048).map(\.bitPattern)
-            let solver = QueryTemperatureSolver(layer: layer, exactLimit: config.exactSparsityPositions, sampleSize: config.sparsitySampleSize)
+            let solver = QueryTemperatureSolver(
+                layer: layer, exactLimit: config.exactSparsityPositions, sampleSize: config.sparsitySampleSize)
             var directions = [Float](repeating: 0, count: 4 * 32)
             for p in [130, 900, 2047] {
                 var rng = SeededRandom(seed: 1, stream: [StreamTag.query.rawValue, UInt64(index), UInt64(p), 1])
                 let beta = directions.withUnsafeMutableBufferPointer { u in
                     layer.queryDirections(position: p, into: u.baseAddress!)
-                    return solver.solve(directions: u.baseAddress!, position: p, target: layer.targets[p], rng: &rng).beta
+                    return solver.solve(directions: u.baseAddress!, position: p, target: layer.targets[p], rng: &rng)
+                        .beta
                 }
                 words += directions.map { Float(Float16(beta * $0)).bitPattern }
             }
@@ -136,7 +142,8 @@ final class SyntheticImportanceTests: XCTestCase {
         // The same digest of the sample shipped before the sample was regenerated with the
         // transition-least-important default (read from that file's labels, ids, k and q).
         XCTAssertEqual(words.count, 267_008)
-        XCTAssertEqual(String(digest, radix: 16), "3117f78fb1b4f496", "the legacy options no longer reproduce the previous sample")
+        XCTAssertEqual(
+            String(digest, radix: 16), "3117f78fb1b4f496", "the legacy options no longer reproduce the previous sample")
     }
 
     func testImportanceOptionIsParsedAndBadValuesAreRefused() throws {
@@ -149,23 +156,30 @@ final class SyntheticImportanceTests: XCTestCase {
         XCTAssertEqual(partial.byType, [TokenImportance().byType[0], TokenImportance().byType[1], 0.5])
         for bad in ["R=-1", "X=1", "R", "R=1,R=2", "T=nan", ""] {
             var target = TokenImportance()
-            XCTAssertThrowsError(try target.parse(bad), bad) { XCTAssertTrue("\($0)".contains("--importance"), "\($0)") }
+            XCTAssertThrowsError(try target.parse(bad), bad) {
+                XCTAssertTrue("\($0)".contains("--importance"), "\($0)")
+            }
         }
     }
 
     func testSynthCommandRefusesConflictingOrMalformedImportanceAndGrowth() throws {
         let directory = try TestTraces.directory(self)
         let path = directory.appendingPathComponent("cli.h5").path
-        let base = ["synth", "-o", path, "--tokens", "64", "--prompt", "16", "--layers", "1", "--q-heads", "2",
-                    "--kv-heads", "1", "--head-dim", "8"]
-        for extra in [["--importance", "R=1", "--legacy-anchors"], ["--importance", "Q=1"], ["--sparsity-growth", "-1"],
-                      ["--sparsity-growth", "fast"], ["--sparsity-reference", "-5"]] {
+        let base = [
+            "synth", "-o", path, "--tokens", "64", "--prompt", "16", "--layers", "1", "--q-heads", "2",
+            "--kv-heads", "1", "--head-dim", "8"
+        ]
+        for extra in [
+            ["--importance", "R=1", "--legacy-anchors"], ["--importance", "Q=1"], ["--sparsity-growth", "-1"],
+            ["--sparsity-growth", "fast"], ["--sparsity-reference", "-5"]
+        ] {
             let outcome = try CommandRunner.run(base + extra, in: directory)
             XCTAssertEqual(outcome.status, 2, "\(extra): \(outcome.stderr)")
             XCTAssertTrue(outcome.stderr.hasPrefix("thinkv-sim synth: "), "one-line error: \(outcome.stderr)")
             XCTAssertFalse(FileManager.default.fileExists(atPath: path), "\(extra) wrote a trace")
         }
-        let ok = try CommandRunner.run(base + ["--importance", "R=1,E=1,T=1", "--sparsity-growth", "off"], in: directory)
+        let ok = try CommandRunner.run(
+            base + ["--importance", "R=1,E=1,T=1", "--sparsity-growth", "off"], in: directory)
         XCTAssertEqual(ok.status, 0, ok.stderr)
     }
 
@@ -174,14 +188,16 @@ final class SyntheticImportanceTests: XCTestCase {
     func testFittedCurvesMapSyntheticLayersByDepthAndShiftByTheSlope() {
         let growth = SparsityGrowth()
         XCTAssertEqual((0..<4).map { growth.curve(forLayer: $0, of: 4).layer }, [0, 10, 20, 29])
-        XCTAssertEqual((0..<3).map { growth.curve(forLayer: $0, of: 3).layer }, [0, 10, 29], "depth 14.5: the tie goes to 10")
+        XCTAssertEqual(
+            (0..<3).map { growth.curve(forLayer: $0, of: 3).layer }, [0, 10, 29], "depth 14.5: the tie goes to 10")
         XCTAssertEqual(growth.curve(forLayer: 0, of: 1).layer, 29, "a lone layer is the last")
         XCTAssertEqual(growth.logitShift(position: 512, layer: 3, of: 4), 0, accuracy: 1e-12)
         // Doubling p + 1 from the reference shifts the logit by γ ln 2.
         XCTAssertEqual(growth.logitShift(position: 1025, layer: 3, of: 4), 1.094 * Foundation.log(2.0), accuracy: 1e-9)
         var half = growth
         half.strength = 0.5
-        XCTAssertEqual(half.logitShift(position: 1025, layer: 1, of: 4), 0.5 * 0.902 * Foundation.log(2.0), accuracy: 1e-9)
+        XCTAssertEqual(
+            half.logitShift(position: 1025, layer: 1, of: 4), 0.5 * 0.902 * Foundation.log(2.0), accuracy: 1e-9)
         var off = growth
         off.strength = 0
         XCTAssertEqual(off.logitShift(position: 1025, layer: 1, of: 4), 0)
@@ -210,7 +226,9 @@ final class SyntheticImportanceTests: XCTestCase {
         }
         var compared = 0
         for type in ThoughtType.allCases {
-            guard let early = mean(steps.prefix(third), type), let late = mean(steps.suffix(third), type) else { continue }
+            guard let early = mean(steps.prefix(third), type), let late = mean(steps.suffix(third), type) else {
+                continue
+            }
             XCTAssertGreaterThan(late, early + 0.03, "\(type.name): \(early) early, \(late) late")
             compared += 1
         }
@@ -225,15 +243,17 @@ final class SyntheticImportanceTests: XCTestCase {
             // Monotone in the fixed target: a higher fixed target stays higher.
             let x = Double(fixed[p])
             let expected = 1 / (1 + Foundation.exp(-(Foundation.log(x / (1 - x)) + shift)))
-            XCTAssertEqual(Double(layer.targets[p]),
-                           min(SyntheticLayer.growthCeiling(position: p, sinks: 4), max(0.02, expected)), accuracy: 1e-6, "p \(p)")
+            XCTAssertEqual(
+                Double(layer.targets[p]),
+                min(SyntheticLayer.growthCeiling(position: p, sinks: 4), max(0.02, expected)), accuracy: 1e-6, "p \(p)")
         }
         // Fixed sparsity: the targets do not depend on the position beyond their noise.
         var rising = 0
         for type in ThoughtType.allCases {
             let values = steps.filter { labels[$0] == type.rawValue }
             guard values.count > 60 else { continue }
-            let early = values.prefix(values.count / 3).map { Double(fixed[$0]) }, late = values.suffix(values.count / 3).map { Double(fixed[$0]) }
+            let early = values.prefix(values.count / 3).map { Double(fixed[$0]) },
+                late = values.suffix(values.count / 3).map { Double(fixed[$0]) }
             if late.reduce(0, +) / Double(late.count) > early.reduce(0, +) / Double(early.count) + 0.03 { rising += 1 }
         }
         XCTAssertEqual(rising, 0, "--sparsity-growth off keeps the per-type levels")

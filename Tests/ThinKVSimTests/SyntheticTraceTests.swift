@@ -41,7 +41,8 @@ final class SyntheticTraceTests: XCTestCase {
 
     static func shared() throws -> Shared {
         if let cached { return cached }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("thinkv-synth-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "thinkv-synth-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let path = directory.appendingPathComponent("shared.h5").path
         let config = smallConfig()
@@ -49,7 +50,8 @@ final class SyntheticTraceTests: XCTestCase {
         try generator.write(to: path)
         let reader = try TraceReader(path: path)
         let rows = try reader.recordedLayerIndices.map { try headAveragedAttention(reader, layer: $0) }
-        let shared = Shared(directory: directory, path: path, plan: generator.plan, config: config, reader: reader, rows: rows)
+        let shared = Shared(
+            directory: directory, path: path, plan: generator.plan, config: config, reader: reader, rows: rows)
         cached = shared
         return shared
     }
@@ -65,7 +67,8 @@ final class SyntheticTraceTests: XCTestCase {
     static func headAveragedAttention(_ reader: TraceReader, layer: Int) throws -> [[Double]] {
         let h = reader.header
         let T = h.numTokens, P = h.promptLength, Hq = h.numQHeads, Hkv = h.numKVHeads, D = h.headDim
-        let q = try reader.readRows(.q, layer: layer, rows: 0..<T), k = try reader.readRows(.k, layer: layer, rows: 0..<T)
+        let q = try reader.readRows(.q, layer: layer, rows: 0..<T),
+            k = try reader.readRows(.k, layer: layer, rows: 0..<T)
         let scale = Double(h.effectiveSoftmaxScale)
         // Float64 copies read through pointers: unchecked indexing keeps debug builds quick.
         let q64 = q.map(Double.init), k64 = k.map(Double.init)
@@ -117,7 +120,8 @@ final class SyntheticTraceTests: XCTestCase {
         XCTAssertEqual(h.generator, "thinkv-sim synth \(ThinKVSimVersion.current)")
         XCTAssertEqual(h.seed, 3)
         XCTAssertEqual(h.model, "synthetic-reasoner")
-        XCTAssertEqual([h.numTokens, h.promptLength, h.numLayers, h.numQHeads, h.numKVHeads, h.headDim], [640, 64, 3, 4, 2, 32])
+        XCTAssertEqual(
+            [h.numTokens, h.promptLength, h.numLayers, h.numQHeads, h.numKVHeads, h.headDim], [640, 64, 3, 4, 2, 32])
         XCTAssertNil(h.softmaxScale, "the default scale 1/sqrt(D) is used, so it is not stored")
         XCTAssertEqual(reader.recordedLayerIndices, [0, 1, 2])
         for layer in reader.layers {
@@ -162,7 +166,8 @@ final class SyntheticTraceTests: XCTestCase {
         var out: [String: [Float]] = [:]
         for layer in reader.recordedLayerIndices {
             for tensor in [LayerTensor.q, .k, .v] {
-                out["\(layer)/\(tensor.rawValue)"] = try reader.readRows(tensor, layer: layer, rows: 0..<reader.header.numTokens)
+                out["\(layer)/\(tensor.rawValue)"] = try reader.readRows(
+                    tensor, layer: layer, rows: 0..<reader.header.numTokens)
             }
         }
         out["labels"] = try reader.readThoughtLabels()!.map(Float.init)
@@ -194,7 +199,8 @@ final class SyntheticTraceTests: XCTestCase {
         let other = try generate("c.h5", seed: 6, threads: 1)
         XCTAssertEqual(first.keys.sorted(), again.keys.sorted())
         for (name, values) in first {
-            XCTAssertEqual(values.map(\.bitPattern), again[name]?.map(\.bitPattern), "\(name) differs for the same seed")
+            XCTAssertEqual(
+                values.map(\.bitPattern), again[name]?.map(\.bitPattern), "\(name) differs for the same seed")
         }
         for name in ["0/q", "0/k", "0/v", "1/k", "ids"] {
             XCTAssertNotEqual(first[name], other[name], "\(name) is the same for seeds 5 and 6")
@@ -212,7 +218,9 @@ final class SyntheticTraceTests: XCTestCase {
             XCTAssertEqual(segment.start, expectedStart, "segments tile the sequence")
             XCTAssertGreaterThan(segment.length, 0)
             expectedStart = segment.end
-            if i >= 2 { XCTAssertNotEqual(segment.type, plan.segments[i - 1].type, "consecutive thoughts differ in type") }
+            if i >= 2 {
+                XCTAssertNotEqual(segment.type, plan.segments[i - 1].type, "consecutive thoughts differ in type")
+            }
             if let type = segment.type, segment.end < T {
                 let minimum = s.config.thoughts.lengths[Int(type.rawValue)].minimum
                 XCTAssertGreaterThanOrEqual(segment.length, minimum, "only the last segment may be cut short")
@@ -222,7 +230,8 @@ final class SyntheticTraceTests: XCTestCase {
         XCTAssertEqual(expectedStart, T)
         XCTAssertTrue(plan.labels[0..<P].allSatisfy { $0 == -1 })
         XCTAssertTrue(plan.labels[P...].allSatisfy { (0...2).contains($0) })
-        XCTAssertEqual(Set(plan.segments.compactMap(\.type)), Set(ThoughtType.allCases), "this seed has all three types")
+        XCTAssertEqual(
+            Set(plan.segments.compactMap(\.type)), Set(ThoughtType.allCases), "this seed has all three types")
     }
 
     func testThoughtChainFollowsItsTransitionMatrix() {
@@ -230,12 +239,15 @@ final class SyntheticTraceTests: XCTestCase {
         var config = Self.smallConfig()
         config.thoughts.initial = [1, 0, 0]
         config.thoughts.transitions = [[0, 1, 0], [0, 0, 1], [1, 0, 0]]
-        config.thoughts.lengths = [SegmentLength(minimum: 30, mean: 30), SegmentLength(minimum: 20, mean: 20),
-                                   SegmentLength(minimum: 10, mean: 10)]
+        config.thoughts.lengths = [
+            SegmentLength(minimum: 30, mean: 30), SegmentLength(minimum: 20, mean: 20),
+            SegmentLength(minimum: 10, mean: 10)
+        ]
         let plan = ThoughtPlan(config: config)
         let thoughts = plan.segments.dropFirst()
         XCTAssertEqual(thoughts.map(\.type), thoughts.indices.map { ThoughtType.allCases[($0 - 1) % 3] })
-        XCTAssertEqual(thoughts.dropLast().map(\.length), thoughts.dropLast().indices.map { [30, 20, 10][($0 - 1) % 3] })
+        XCTAssertEqual(
+            thoughts.dropLast().map(\.length), thoughts.dropLast().indices.map { [30, 20, 10][($0 - 1) % 3] })
         config.thoughts.lengthScale = 2
         XCTAssertEqual(ThoughtPlan(config: config).segments[1].length, 60)
     }
@@ -249,7 +261,9 @@ final class SyntheticTraceTests: XCTestCase {
         let decodeLabels = Array(s.plan.labels[s.config.promptLength...])
         func means(_ layer: Int) -> [Double] {
             ThoughtType.allCases.map { t in
-                let values = zip(profile.byLayer[layer]!, decodeLabels).filter { $0.1 == t.rawValue }.map { Double($0.0) }
+                let values = zip(profile.byLayer[layer]!, decodeLabels).filter { $0.1 == t.rawValue }.map {
+                    Double($0.0)
+                }
                 return values.reduce(0, +) / Double(values.count)
             }
         }
@@ -260,7 +274,9 @@ final class SyntheticTraceTests: XCTestCase {
             XCTAssertGreaterThan(t - r, 0.12, "layer \(layer): R \(r) vs T \(t)")
             // Tri-modal: thresholds halfway between the means label nearly every step correctly.
             let theta1 = Float((e + r) / 2), theta2 = Float((r + t) / 2)
-            let predicted = profile.byLayer[layer]!.map { ThoughtThresholds(theta1: theta1, theta2: theta2, layers: [layer]).classify($0) }
+            let predicted = profile.byLayer[layer]!.map {
+                ThoughtThresholds(theta1: theta1, theta2: theta2, layers: [layer]).classify($0)
+            }
             let accuracy = ThoughtClassifier.accuracy(predicted: predicted, reference: decodeLabels).accuracy
             XCTAssertGreaterThan(accuracy, 0.95, "layer \(layer)")
         }
@@ -310,8 +326,9 @@ final class SyntheticTraceTests: XCTestCase {
             XCTAssertGreaterThan(mass, 0.08, "layer \(layer): mean attention mass on the sinks")
             XCTAssertGreaterThan(mass / share, 8, "layer \(layer): sinks get \(mass / share)× their uniform share")
             let transition = steps(of: .transition, s).map { rows[$0][0..<sinks].reduce(0, +) }
-            XCTAssertGreaterThan(transition.reduce(0, +) / Double(transition.count), 0.15,
-                                 "layer \(layer): sparse transition steps lean on the sinks")
+            XCTAssertGreaterThan(
+                transition.reduce(0, +) / Double(transition.count), 0.15,
+                "layer \(layer): sparse transition steps lean on the sinks")
         }
     }
 
@@ -345,7 +362,8 @@ final class SyntheticTraceTests: XCTestCase {
         var checked = 0
         func median(_ x: [Double]) -> Double { x.sorted()[x.count / 2] }
         for (layer, rows) in s.rows.enumerated() {
-            for (index, segment) in s.plan.segments.enumerated() where segment.type == .transition && !segment.revisits.isEmpty {
+            for (index, segment) in s.plan.segments.enumerated()
+            where segment.type == .transition && !segment.revisits.isEmpty {
                 let before = s.plan.segments[index - 1]
                 XCTAssertTrue(before.revisits.isEmpty, "the preceding segment is a baseline that does not revisit")
                 for anchor in segment.revisits.map({ s.plan.anchors[$0] }) {
@@ -354,7 +372,9 @@ final class SyntheticTraceTests: XCTestCase {
                     let relative = { (p: Int) -> Double in rows[p - P][anchor] * Double(p + 1) }
                     let during = median(segment.range.map(relative))
                     let earlier = median(before.range.filter { $0 >= P }.map(relative))
-                    let message = "layer \(layer): anchor \(anchor) revisited from \(segment.start) (\(earlier) before, \(during) during)"
+                    let message =
+                        "layer \(layer): anchor \(anchor) revisited from \(segment.start) (\(earlier) before, "
+                        + "\(during) during)"
                     XCTAssertGreaterThan(during, 3, message)
                     XCTAssertGreaterThan(during, 10 * earlier, message)
                     checked += 1
@@ -370,11 +390,14 @@ final class SyntheticTraceTests: XCTestCase {
         let s = try Self.shared()
         var ratios: [Double] = []
         for (layer, rows) in s.rows.enumerated() {
-            let attention = SyntheticImportanceTests.oldTokenAttention(rows, labels: s.plan.labels, prompt: s.config.promptLength)
-            XCTAssertLessThan(attention[2], 0.8 * attention[0], "layer \(layer): old T \(attention[2]) vs old R \(attention[0])")
+            let attention = SyntheticImportanceTests.oldTokenAttention(
+                rows, labels: s.plan.labels, prompt: s.config.promptLength)
+            XCTAssertLessThan(
+                attention[2], 0.8 * attention[0], "layer \(layer): old T \(attention[2]) vs old R \(attention[0])")
             ratios.append(attention[2] / attention[0])
         }
-        XCTAssertLessThan(ratios.reduce(0, +) / Double(ratios.count), 0.65, "old T / old R per token by layer: \(ratios)")
+        XCTAssertLessThan(
+            ratios.reduce(0, +) / Double(ratios.count), 0.65, "old T / old R per token by layer: \(ratios)")
     }
 
     func testExecutionRunsHaveNearDuplicateKeys() throws {
@@ -397,19 +420,24 @@ final class SyntheticTraceTests: XCTestCase {
             // heavy hitter apart: its salience boost deliberately makes it stand out of the run.
             var byType: [ThoughtType: [Double]] = [:]
             var heavyExecution: [Double] = []
-            for p in 1..<T where s.plan.labels[p] >= 0 && s.plan.segmentOfPosition[p] == s.plan.segmentOfPosition[p - 1] {
+            for p in 1..<T where s.plan.labels[p] >= 0 && s.plan.segmentOfPosition[p] == s.plan.segmentOfPosition[p - 1]
+            {
                 let type = ThoughtType(rawValue: s.plan.labels[p])!
                 let heavy = s.plan.isHeavyHitter[p] || s.plan.isHeavyHitter[p - 1]
                 for g in 0..<Hkv {
-                    if type == .execution && heavy { heavyExecution.append(cosine(p, p - 1, g)) }
-                    else { byType[type, default: []].append(cosine(p, p - 1, g)) }
+                    if type == .execution && heavy {
+                        heavyExecution.append(cosine(p, p - 1, g))
+                    } else {
+                        byType[type, default: []].append(cosine(p, p - 1, g))
+                    }
                 }
             }
             let execution = byType[.execution]!, reasoning = byType[.reasoning]!
             let meanE = execution.reduce(0, +) / Double(execution.count)
             let meanR = reasoning.reduce(0, +) / Double(reasoning.count)
             XCTAssertGreaterThan(meanE, 0.8, "layer \(layer): neighbouring execution keys")
-            XCTAssertGreaterThan(execution.min()!, 0.5, "layer \(layer): every neighbouring execution pair without a heavy hitter")
+            XCTAssertGreaterThan(
+                execution.min()!, 0.5, "layer \(layer): every neighbouring execution pair without a heavy hitter")
             XCTAssertGreaterThan(meanE - meanR, 0.25, "layer \(layer): execution is more redundant than reasoning")
             XCTAssertFalse(heavyExecution.isEmpty, "this seed has heavy hitters inside execution runs")
             let meanHeavy = heavyExecution.reduce(0, +) / Double(heavyExecution.count)
@@ -427,7 +455,10 @@ final class SyntheticTraceTests: XCTestCase {
                 XCTAssertTrue("\(error)".contains(mentions), "\(error)", line: line)
             }
         }
-        refused({ $0.queryHeads = 6; $0.kvHeads = 4 }, "multiple of --kv-heads")
+        refused(
+            {
+                $0.queryHeads = 6; $0.kvHeads = 4
+            }, "multiple of --kv-heads")
         refused({ $0.promptLength = 640 }, "--prompt")
         refused({ $0.promptLength = 0 }, "--prompt")
         refused({ $0.headDim = 4 }, "--head-dim")
@@ -437,7 +468,8 @@ final class SyntheticTraceTests: XCTestCase {
 
     func testPortableMathMatchesTheSystemLibrary() {
         for x in [1e-300, 1e-12, 0.001, 0.5, 0.999_999, 1, 1.5, 2, 10, 12345.678, 1e200] {
-            XCTAssertEqual(PortableMath.log(x), Foundation.log(x), accuracy: 4e-16 * max(1, abs(Foundation.log(x))), "log \(x)")
+            XCTAssertEqual(
+                PortableMath.log(x), Foundation.log(x), accuracy: 4e-16 * max(1, abs(Foundation.log(x))), "log \(x)")
         }
         for x: Double in [-30, -1, -0.03125, 0, 0.25, 1, 5] {
             XCTAssertEqual(PortableMath.exp(x), Foundation.exp(x), accuracy: 1e-14 * Foundation.exp(x), "exp \(x)")
@@ -457,9 +489,13 @@ final class SyntheticTraceTests: XCTestCase {
     func testSynthCommandWritesAValidTraceAndRefusesToOverwrite() throws {
         let directory = try TestTraces.directory(self)
         let path = directory.appendingPathComponent("cli.h5").path
-        func run(_ arguments: [String]) throws -> CommandRunner.Outcome { try CommandRunner.run(arguments, in: directory) }
-        let arguments = ["synth", "-o", path, "--tokens", "96", "--prompt", "16", "--layers", "2", "--q-heads", "2",
-                         "--kv-heads", "1", "--head-dim", "16", "--seed", "42"]
+        func run(_ arguments: [String]) throws -> CommandRunner.Outcome {
+            try CommandRunner.run(arguments, in: directory)
+        }
+        let arguments = [
+            "synth", "-o", path, "--tokens", "96", "--prompt", "16", "--layers", "2", "--q-heads", "2",
+            "--kv-heads", "1", "--head-dim", "16", "--seed", "42"
+        ]
         let first = try run(arguments)
         XCTAssertEqual(first.status, 0, first.stderr)
         XCTAssertEqual(first.stdout.split(separator: "\n").count, 1, "one summary line: \(first.stdout)")
@@ -479,7 +515,9 @@ final class SyntheticTraceTests: XCTestCase {
         forced[forced.count - 1] = "43"
         XCTAssertEqual(try run(forced + ["--force"]).status, 0)
         XCTAssertNotEqual(try tensors(path)["0/k"], written["0/k"], "--force replaced the file")
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".partial") }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter {
+            $0.hasSuffix(".partial")
+        }
         XCTAssertEqual(leftovers, [], "no temporary file is left behind")
 
         XCTAssertEqual(try run(["synth", "-o", path, "--q-heads", "3", "--kv-heads", "2", "--force"]).status, 2)

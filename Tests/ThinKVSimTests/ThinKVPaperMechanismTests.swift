@@ -10,12 +10,15 @@ final class ThinKVPaperMechanismTests: XCTestCase {
         Array(repeating: -1, count: P) + letters.map { ["R": 0, "E": 1, "T": 2][$0]! }
     }
 
-    private func trace(prompt P: Int, _ pairs: [(Character, Int)], Hq: Int = 2, Hkv: Int = 1, D: Int = 8) throws -> String {
+    private func trace(prompt P: Int, _ pairs: [(Character, Int)], Hq: Int = 2, Hkv: Int = 1, D: Int = 8) throws
+        -> String
+    {
         let letters = String(pairs.flatMap { Array(repeating: $0.0, count: $0.1) })
         let T = P + letters.count
         let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 3)
-        return try TestTraces.write(to: TestTraces.directory(self).appendingPathComponent("paper.h5"), T: T, P: P, Hq: Hq,
-                                    Hkv: Hkv, D: D, layers: [layer], thought: labels(prompt: P, letters))
+        return try TestTraces.write(
+            to: TestTraces.directory(self).appendingPathComponent("paper.h5"), T: T, P: P, Hq: Hq,
+            Hkv: Hkv, D: D, layers: [layer], thought: labels(prompt: P, letters))
     }
 
     private func observe(_ path: String, _ values: [String: String]) throws -> [ThinKVSnapshot] {
@@ -97,15 +100,18 @@ final class ThinKVPaperMechanismTests: XCTestCase {
     /// one driven by transitions says nothing.
     func testARunEvictingMostlyUnderPressureSaysSo() throws {
         let pressure = try trace(prompt: 4, [("R", 300)])
-        let (result, _) = try TestTraces.replay(pressure, [PolicySpec(name: "thinkv-tbe", values: ["thoughts": "labels", "budget": "200"])])
+        let (result, _) = try TestTraces.replay(
+            pressure, [PolicySpec(name: "thinkv-tbe", values: ["thoughts": "labels", "budget": "200"])])
         let note = try XCTUnwrap(result.notes.first { $0.contains("ThinKV ran mostly as") }, "\(result.notes)")
-        XCTAssertTrue(note.hasPrefix("thinkv-tbe(budget=200,thoughts=labels): ThinKV ran mostly as budget pressure"), note)
+        XCTAssertTrue(
+            note.hasPrefix("thinkv-tbe(budget=200,thoughts=labels): ThinKV ran mostly as budget pressure"), note)
         XCTAssertTrue(note.contains("transition cuts 0.0 %, budget pressure 100.0 %, floor breaches 0.0 %"), note)
         XCTAssertTrue(note.hasSuffix("its thought labels held 0 transitions"), note)
         XCTAssertEqual(result.runs[0].summary.policyCounters?["pressure_evicted_tokens"], 112)
 
         let transitions = try trace(prompt: 4, [("R", 300), ("T", 20), ("R", 20)])
-        let (driven, _) = try TestTraces.replay(transitions, [PolicySpec(name: "thinkv-tbe", values: ["thoughts": "labels"])])
+        let (driven, _) = try TestTraces.replay(
+            transitions, [PolicySpec(name: "thinkv-tbe", values: ["thoughts": "labels"])])
         XCTAssertFalse(driven.notes.contains { $0.contains("ran mostly as") }, "\(driven.notes)")
         XCTAssertGreaterThan(driven.runs[0].summary.memory.evictionStepPercent, 0)
         XCTAssertLessThan(driven.runs[0].summary.memory.evictionStepPercent, 1, "one transition step of 340")
@@ -122,7 +128,9 @@ final class ThinKVPaperMechanismTests: XCTestCase {
         let logits: [Float] = [L, 0, 0, 0, 0, 0]
         var pooled = [Float](repeating: 0, count: 3)
         logits.withUnsafeBufferPointer { l in
-            pooled.withUnsafeMutableBufferPointer { Sparsity.maxPooledSoftmax(l.baseAddress!, rows: 2, stride: 3, count: 3, into: $0.baseAddress!) }
+            pooled.withUnsafeMutableBufferPointer {
+                Sparsity.maxPooledSoftmax(l.baseAddress!, rows: 2, stride: 3, count: 3, into: $0.baseAddress!)
+            }
         }
         XCTAssertEqual(pooled[0], 1000 / 1002, accuracy: 1e-6)
         XCTAssertEqual(pooled[1], 1 / 1002, accuracy: 1e-7)
@@ -138,8 +146,9 @@ final class ThinKVPaperMechanismTests: XCTestCase {
     func testProfileMaxPoolEqualsARederivationFromQueriesAndKeys() throws {
         let T = 40, P = 6, Hq = 4, Hkv = 2, D = 8
         let layer = TestTraces.randomLayer(T: T, Hq: Hq, Hkv: Hkv, D: D, seed: 17)
-        let path = try TestTraces.write(to: TestTraces.directory(self).appendingPathComponent("gqa.h5"), T: T, P: P, Hq: Hq,
-                                        Hkv: Hkv, D: D, layers: [layer])
+        let path = try TestTraces.write(
+            to: TestTraces.directory(self).appendingPathComponent("gqa.h5"), T: T, P: P, Hq: Hq,
+            Hkv: Hkv, D: D, layers: [layer])
         let reader = try TraceReader(path: path)
         let profile = try SparsityProfile.compute(reader, threads: 1, gqa: .maxPool)
         let q = layer.q!, k = layer.k!, scale = 1 / Double(D).squareRoot()
@@ -152,7 +161,8 @@ final class ThinKVPaperMechanismTests: XCTestCase {
                     let h = g * (Hq / Hkv) + hh
                     for j in 0..<n {
                         var dot = 0.0
-                        for d in 0..<D { dot += Double(q[(p * Hq + h) * D + d]) * Double(k[(j * Hkv + g) * D + d]) }  // [T][H][D]
+                        // [T][H][D]
+                        for d in 0..<D { dot += Double(q[(p * Hq + h) * D + d]) * Double(k[(j * Hkv + g) * D + d]) }
                         pooled[j] = max(pooled[j], dot * scale)
                     }
                 }

@@ -89,7 +89,8 @@ final class ThoughtCalibrationTests: XCTestCase {
         XCTAssertEqual(modes.map(\.prominence), [3, 1])
         XCTAssertEqual(modes.map(\.relativeProminence), [1, 1.0 / 3], accuracy: 1e-12)
         // A filter of 0.5 × the maximum keeps only the first.
-        XCTAssertEqual(DensityModes.find([0, 3, 1, 2, 0], positions: positions, minRelativeProminence: 0.5).map(\.index), [1])
+        XCTAssertEqual(
+            DensityModes.find([0, 3, 1, 2, 0], positions: positions, minRelativeProminence: 0.5).map(\.index), [1])
         // A peak at the edge counts with its inner side only: [2, 1, 3, 0] → edge peak 2 − col 1 = 1;
         // the highest peak has no col and stands 3 − min(1, 0) = 3 above the lowest point.
         let edge = DensityModes.find([2, 1, 3, 0], positions: [0, 1, 2, 3], minRelativeProminence: 0)
@@ -102,8 +103,10 @@ final class ThoughtCalibrationTests: XCTestCase {
         XCTAssertEqual(nearEnd.map(\.index), [1, 3])
         XCTAssertEqual(nearEnd[1].prominence, 3, accuracy: 1e-12)
         // A plateau counts once, at its middle; a rising plateau is not a peak.
-        XCTAssertEqual(DensityModes.find([0, 2, 2, 2, 0], positions: positions, minRelativeProminence: 0).map(\.index), [2])
-        XCTAssertEqual(DensityModes.find([0, 2, 2, 3, 0], positions: positions, minRelativeProminence: 0).map(\.index), [3])
+        XCTAssertEqual(
+            DensityModes.find([0, 2, 2, 2, 0], positions: positions, minRelativeProminence: 0).map(\.index), [2])
+        XCTAssertEqual(
+            DensityModes.find([0, 2, 2, 3, 0], positions: positions, minRelativeProminence: 0).map(\.index), [3])
     }
 
     func testValleyOfAFlatGapIsItsMiddle() {
@@ -111,7 +114,8 @@ final class ThoughtCalibrationTests: XCTestCase {
         let valley = DensityModes.valley(f, positions: [0, 1, 2, 3, 4, 5], between: 0, and: 5)
         XCTAssertEqual(valley.position, 2.5)
         XCTAssertEqual(valley.density, 0)
-        XCTAssertEqual(DensityModes.valley([3, 1, 2, 0.5, 3], positions: [0, 1, 2, 3, 4], between: 0, and: 4).position, 3)
+        XCTAssertEqual(
+            DensityModes.valley([3, 1, 2, 0.5, 3], positions: [0, 1, 2, 3, 4], between: 0, and: 4).position, 3)
     }
 
     // MARK: Classification, refresh, accuracy
@@ -166,17 +170,22 @@ final class ThoughtCalibrationTests: XCTestCase {
     func testCalibrationPicksTriModalLayersAndAveragesTheirValleys() throws {
         let world = SyntheticSparsity(steps: 1200, seed: 11)
         let profile = world.profile()
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: profile)], options: .pooledAtLeastThree)
+        let calibration = try ThoughtCalibration.calibrate(
+            [.init(path: "mem", model: "m", profile: profile)], options: .pooledAtLeastThree)
         XCTAssertFalse(calibration.fallback)
         let byLayer = Dictionary(uniqueKeysWithValues: calibration.layers.map { ($0.layer, $0) })
-        for layer in world.triModalLayers { XCTAssertTrue(byLayer[layer]!.candidate, "layer \(layer): \(byLayer[layer]!.modes)") }
+        for layer in world.triModalLayers {
+            XCTAssertTrue(byLayer[layer]!.candidate, "layer \(layer): \(byLayer[layer]!.modes)")
+        }
         XCTAssertEqual(byLayer[world.bimodalLayer]!.modes.count, 2)
         XCTAssertEqual(byLayer[world.unimodalLayer]!.modes.count, 1)
         XCTAssertEqual(calibration.thresholds.layers, world.triModalLayers)
         // θ1/θ2 are the means of the selected layers' own valleys.
         let selected = calibration.layers.filter(\.selected)
-        XCTAssertEqual(Double(calibration.thresholds.theta1), selected.map { $0.thresholds![0] }.reduce(0, +) / 4, accuracy: 1e-6)
-        XCTAssertEqual(Double(calibration.thresholds.theta2), selected.map { $0.thresholds![1] }.reduce(0, +) / 4, accuracy: 1e-6)
+        XCTAssertEqual(
+            Double(calibration.thresholds.theta1), selected.map { $0.thresholds![0] }.reduce(0, +) / 4, accuracy: 1e-6)
+        XCTAssertEqual(
+            Double(calibration.thresholds.theta2), selected.map { $0.thresholds![1] }.reduce(0, +) / 4, accuracy: 1e-6)
         // Between the cluster centres E 0.30, R 0.55, T 0.80.
         XCTAssertGreaterThan(calibration.thresholds.theta1, 0.35)
         XCTAssertLessThan(calibration.thresholds.theta1, 0.50)
@@ -185,13 +194,15 @@ final class ThoughtCalibrationTests: XCTestCase {
         XCTAssertEqual(calibration.thresholds.refreshInterval, 128)
 
         // |L*| = 2 keeps the two strongest: the least noisy layers.
-        let two = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: profile)],
-                                                   options: CalibrationOptions(layerCount: 2, densities: .pooled, modeRule: .atLeastThree))
+        let two = try ThoughtCalibration.calibrate(
+            [.init(path: "mem", model: "m", profile: profile)],
+            options: CalibrationOptions(layerCount: 2, densities: .pooled, modeRule: .atLeastThree))
         XCTAssertEqual(two.thresholds.layers, [0, 1])
         XCTAssertEqual(Set(two.candidateLayers.prefix(2)), [0, 1])
         // Asking for more than exist uses all candidates and says so.
-        let six = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: profile)],
-                                                   options: CalibrationOptions(layerCount: 6, densities: .pooled, modeRule: .atLeastThree))
+        let six = try ThoughtCalibration.calibrate(
+            [.init(path: "mem", model: "m", profile: profile)],
+            options: CalibrationOptions(layerCount: 6, densities: .pooled, modeRule: .atLeastThree))
         XCTAssertEqual(six.thresholds.layers, world.triModalLayers)
         XCTAssertTrue(six.notes.contains { $0.contains("only 4 tri-modal layers of 6") }, "\(six.notes)")
         XCTAssertTrue(six.text.contains("only 4 tri-modal layers"))
@@ -203,11 +214,15 @@ final class ThoughtCalibrationTests: XCTestCase {
         var byLayer = b.byLayer
         byLayer[3] = nil
         b = SparsityProfile(byLayer: byLayer, layers: b.layers.filter { $0 != 3 })
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "a", model: "m", profile: a), .init(path: "b", model: "m", profile: b)], options: .pooledAtLeastThree)
+        let calibration = try ThoughtCalibration.calibrate(
+            [.init(path: "a", model: "m", profile: a), .init(path: "b", model: "m", profile: b)],
+            options: .pooledAtLeastThree)
         XCTAssertEqual(calibration.layers.map(\.layer), [0, 1, 2, 4, 5])
         XCTAssertEqual(calibration.layers[0].samples, 1000)
         XCTAssertEqual(calibration.steps, [600, 400])
-        XCTAssertTrue(calibration.notes.contains { $0.contains("layers 3 are not recorded in every trace") }, "\(calibration.notes)")
+        XCTAssertTrue(
+            calibration.notes.contains { $0.contains("layers 3 are not recorded in every trace") },
+            "\(calibration.notes)")
         XCTAssertEqual(calibration.thresholds.layers, [0, 1, 2])
     }
 
@@ -216,17 +231,21 @@ final class ThoughtCalibrationTests: XCTestCase {
         var rng = SplitMix64(seed: 5)
         let values = (0..<300).map { _ in min(max(0.5 + 0.05 * rng.nextGaussian(), 0), 1) }
         let profile = SparsityProfile(byLayer: [7: values], layers: [7])
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "flat", model: "m", profile: profile)], options: .pooledAtLeastThree)
+        let calibration = try ThoughtCalibration.calibrate(
+            [.init(path: "flat", model: "m", profile: profile)], options: .pooledAtLeastThree)
         XCTAssertTrue(calibration.fallback)
         XCTAssertEqual(calibration.fallbackRule, "single-type")
-        XCTAssertTrue(calibration.fallbackReason!.contains("no recorded layer has a tri-modal sparsity density (layer 7: 1 mode)"))
+        XCTAssertTrue(
+            calibration.fallbackReason!.contains("no recorded layer has a tri-modal sparsity density (layer 7: 1 mode)")
+        )
         XCTAssertTrue(calibration.fallbackReason!.contains("only 1 layer is recorded"))
         XCTAssertEqual(calibration.fallbackDensity?.modes.count, 1)
         var singleType = ThoughtThresholds(theta1: 0, theta2: 1, layers: [7])
         singleType.domain = "full"
         XCTAssertEqual(calibration.thresholds, singleType)
         // Every step, including the extremes 0 and the largest possible sparsity, is reasoning.
-        let types = ThoughtClassifier.timeline(averagedSparsity: values + [0, Float(1).nextDown], thresholds: calibration.thresholds)
+        let types = ThoughtClassifier.timeline(
+            averagedSparsity: values + [0, Float(1).nextDown], thresholds: calibration.thresholds)
         XCTAssertEqual(Set(types), [.reasoning])
         XCTAssertTrue(calibration.text.contains("WARNING: no recorded layer has a tri-modal sparsity density"))
         XCTAssertTrue(calibration.text.contains("one thought type, θ1 = 0, θ2 = 1"))
@@ -247,7 +266,8 @@ final class ThoughtCalibrationTests: XCTestCase {
             b.append(y + 0.02 * rng.nextGaussian())
         }
         let profile = SparsityProfile(byLayer: [0: a, 1: b], layers: [0, 1])
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "p", model: "m", profile: profile)], options: .pooledAtLeastThree)
+        let calibration = try ThoughtCalibration.calibrate(
+            [.init(path: "p", model: "m", profile: profile)], options: .pooledAtLeastThree)
         XCTAssertTrue(calibration.fallback)
         XCTAssertEqual(calibration.layers.map(\.modes.count), [2, 2])
         XCTAssertEqual(calibration.fallbackRule, "averaged-density-valleys")
@@ -259,7 +279,8 @@ final class ThoughtCalibrationTests: XCTestCase {
 
     func testConstantSparsityFallsBackToOneType() throws {
         let profile = SparsityProfile(byLayer: [0: [Float](repeating: 0.25, count: 50)], layers: [0])
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "c", model: "m", profile: profile)], options: .pooledAtLeastThree)
+        let calibration = try ThoughtCalibration.calibrate(
+            [.init(path: "c", model: "m", profile: profile)], options: .pooledAtLeastThree)
         XCTAssertTrue(calibration.fallback)
         XCTAssertEqual(calibration.layers[0].bandwidth, KernelDensity.defaultMinimumBandwidth)
         XCTAssertEqual(calibration.fallbackRule, "single-type")
@@ -269,11 +290,16 @@ final class ThoughtCalibrationTests: XCTestCase {
 
     func testCalibrationRefusesBadSettings() {
         let profile = SyntheticSparsity(steps: 50, seed: 1).profile()
-        XCTAssertThrowsError(try ThoughtCalibration.calibrate([.init(path: "p", model: "m", profile: profile)],
-                                                              options: CalibrationOptions(layerCount: 0)))
+        XCTAssertThrowsError(
+            try ThoughtCalibration.calibrate(
+                [.init(path: "p", model: "m", profile: profile)],
+                options: CalibrationOptions(layerCount: 0)))
         XCTAssertThrowsError(try ThoughtCalibration.calibrate([]))
         let empty = SparsityProfile(byLayer: [0: []], layers: [0])
-        XCTAssertThrowsError(try ThoughtCalibration.calibrate([.init(path: "e.h5", model: "m", profile: empty)], options: .pooledAtLeastThree)) { error in
+        XCTAssertThrowsError(
+            try ThoughtCalibration.calibrate(
+                [.init(path: "e.h5", model: "m", profile: empty)], options: .pooledAtLeastThree)
+        ) { error in
             XCTAssertEqual("\(error)", "e.h5: no decode steps to calibrate on")
         }
     }
@@ -285,11 +311,18 @@ final class ThoughtCalibrationTests: XCTestCase {
     /// cluster), layer 2 only when pooled (the first prompt has the low and middle clusters, the
     /// second the high one), layer 3 has four modes on both.
     private func twoPrompts() -> [ThoughtCalibration.Input] {
-        func f(_ centres: [Double], _ perCluster: Int = 60) -> [Float] { clusters(centres, perCluster: perCluster, halfWidth: 0.03).map(Float.init) }
-        let first: [Int: [Float]] = [0: f([0.2, 0.5, 0.8]), 1: f([0.25, 0.5, 0.75]), 2: f([0.2, 0.5]), 3: f([0.1, 0.37, 0.63, 0.9], 120)]
-        let second: [Int: [Float]] = [0: f([0.25, 0.55, 0.85]), 1: f([0.25, 0.75]), 2: f([0.8]), 3: f([0.12, 0.4, 0.65, 0.92], 120)]
+        func f(_ centres: [Double], _ perCluster: Int = 60) -> [Float] {
+            clusters(centres, perCluster: perCluster, halfWidth: 0.03).map(Float.init)
+        }
+        let first: [Int: [Float]] = [
+            0: f([0.2, 0.5, 0.8]), 1: f([0.25, 0.5, 0.75]), 2: f([0.2, 0.5]), 3: f([0.1, 0.37, 0.63, 0.9], 120)
+        ]
+        let second: [Int: [Float]] = [
+            0: f([0.25, 0.55, 0.85]), 1: f([0.25, 0.75]), 2: f([0.8]), 3: f([0.12, 0.4, 0.65, 0.92], 120)
+        ]
         return [first, second].enumerated().map { i, byLayer in
-            ThoughtCalibration.Input(path: "p\(i)", model: "m", profile: SparsityProfile(byLayer: byLayer, layers: [0, 1, 2, 3]))
+            ThoughtCalibration.Input(
+                path: "p\(i)", model: "m", profile: SparsityProfile(byLayer: byLayer, layers: [0, 1, 2, 3]))
         }
     }
 
@@ -343,8 +376,10 @@ final class ThoughtCalibrationTests: XCTestCase {
         // Layers 0 and 4 tri-modal on both prompts: θ = the mean over both layers of the
         // per-layer means over prompts.
         var inputs = twoPrompts()
-        let extra: [[Float]] = [clusters([0.3, 0.5, 0.7], perCluster: 60, halfWidth: 0.02).map(Float.init),
-                                clusters([0.28, 0.52, 0.74], perCluster: 80, halfWidth: 0.02).map(Float.init)]
+        let extra: [[Float]] = [
+            clusters([0.3, 0.5, 0.7], perCluster: 60, halfWidth: 0.02).map(Float.init),
+            clusters([0.28, 0.52, 0.74], perCluster: 80, halfWidth: 0.02).map(Float.init)
+        ]
         for i in inputs.indices {
             var byLayer = inputs[i].profile.byLayer
             byLayer[4] = extra[i]
@@ -368,14 +403,17 @@ final class ThoughtCalibrationTests: XCTestCase {
 
     func testExactlyThreeRejectsAFourModeLayerThatAtLeastThreeAccepts() throws {
         let inputs = twoPrompts().map { input in
-            ThoughtCalibration.Input(path: input.path, model: "m",
-                                     profile: SparsityProfile(byLayer: [3: input.profile.byLayer[3]!], layers: [3]))
+            ThoughtCalibration.Input(
+                path: input.path, model: "m",
+                profile: SparsityProfile(byLayer: [3: input.profile.byLayer[3]!], layers: [3]))
         }
         for densities in CalibrationDensities.allCases {
-            let exactly = try ThoughtCalibration.calibrate(inputs, options: CalibrationOptions(densities: densities, modeRule: .exactlyThree))
+            let exactly = try ThoughtCalibration.calibrate(
+                inputs, options: CalibrationOptions(densities: densities, modeRule: .exactlyThree))
             XCTAssertTrue(exactly.fallback, "\(densities)")
             XCTAssertFalse(exactly.layers[0].candidate)
-            let atLeast = try ThoughtCalibration.calibrate(inputs, options: CalibrationOptions(densities: densities, modeRule: .atLeastThree))
+            let atLeast = try ThoughtCalibration.calibrate(
+                inputs, options: CalibrationOptions(densities: densities, modeRule: .atLeastThree))
             XCTAssertFalse(atLeast.fallback, "\(densities)")
             XCTAssertEqual(atLeast.thresholds.layers, [3])
         }
@@ -405,15 +443,19 @@ final class ThoughtCalibrationTests: XCTestCase {
         let pooledObject = try JSONSerialization.jsonObject(with: Data(try pooled.json().utf8)) as! [String: Any]
         let pooledLayers = (pooledObject["calibration"] as! [String: Any])["per_layer"] as! [[String: Any]]
         XCTAssertNil(pooledLayers[0]["per_trace"])
-        XCTAssertEqual(((pooledObject["calibration"] as! [String: Any])["options"] as! [String: Any])["mode_rule"] as? String, "at-least-3")
+        XCTAssertEqual(
+            ((pooledObject["calibration"] as! [String: Any])["options"] as! [String: Any])["mode_rule"] as? String,
+            "at-least-3")
     }
 
     // MARK: Thresholds file
 
     func testCalibrationFileRoundTripsThroughLoad() throws {
         let dir = try TestTraces.directory(self)
-        let calibration = try ThoughtCalibration.calibrate([.init(path: "mem", model: "m", profile: SyntheticSparsity(steps: 800, seed: 3).profile())],
-                                                           options: CalibrationOptions(layerCount: 3, refreshInterval: 64, densities: .pooled, modeRule: .atLeastThree))
+        let calibration = try ThoughtCalibration.calibrate(
+            [.init(path: "mem", model: "m", profile: SyntheticSparsity(steps: 800, seed: 3).profile())],
+            options: CalibrationOptions(layerCount: 3, refreshInterval: 64, densities: .pooled, modeRule: .atLeastThree)
+        )
         let path = dir.appendingPathComponent("thinkv-m.json").path
         try OutputFile.write(try calibration.json(), to: path)
         let loaded = try ThoughtThresholds.load(path: path)
@@ -421,9 +463,12 @@ final class ThoughtCalibrationTests: XCTestCase {
         XCTAssertEqual(loaded.refreshInterval, 64)
         XCTAssertEqual(loaded.layers.count, 3)
         // The file is what the policy's plain decoder reads too.
-        XCTAssertEqual(try JSONDecoder().decode(ThoughtThresholds.self, from: Data(contentsOf: URL(fileURLWithPath: path))), loaded)
+        XCTAssertEqual(
+            try JSONDecoder().decode(ThoughtThresholds.self, from: Data(contentsOf: URL(fileURLWithPath: path))), loaded
+        )
         // Diagnostics are there for people.
-        let object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+        let object =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
         let diagnostics = object["calibration"] as! [String: Any]
         XCTAssertEqual(diagnostics["model"] as? String, "m")
         XCTAssertEqual(diagnostics["fallback"] as? Bool, false)
@@ -446,19 +491,36 @@ final class ThoughtCalibrationTests: XCTestCase {
         let good = #""theta1": 0.3, "theta2": 0.6, "layers": [1, 2], "refresh_interval": 128, "sparsity_ratio": 0.01"#
         attempt(nil, "no such file")
         attempt("{ not json", "not valid JSON")
-        attempt(#"{"theta1": 0.3, "layers": [1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#, "missing key 'theta2'")
-        attempt(#"{"theta1": "low", "theta2": 0.6, "layers": [1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#, "'theta1' has the wrong type")
-        attempt(#"{"theta1": 0.7, "theta2": 0.6, "layers": [1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#, "theta1 must be below theta2")
-        attempt(#"{"theta1": 0.3, "theta2": 1.5, "layers": [1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#, "must lie in [0, 1]")
-        attempt(#"{"theta1": 0.3, "theta2": 0.6, "layers": [], "refresh_interval": 128, "sparsity_ratio": 0.01}"#, "layers (L*) is empty")
-        attempt(#"{"theta1": 0.3, "theta2": 0.6, "layers": [1, 1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#, "twice")
-        attempt(#"{"theta1": 0.3, "theta2": 0.6, "layers": [1], "refresh_interval": 0, "sparsity_ratio": 0.01}"#, "refresh_interval must be at least 1")
-        attempt(#"{"theta1": 0.3, "theta2": 0.6, "layers": [1], "refresh_interval": 8, "sparsity_ratio": 1.5}"#, "sparsity_ratio")
+        attempt(
+            #"{"theta1": 0.3, "layers": [1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#, "missing key 'theta2'")
+        attempt(
+            #"{"theta1": "low", "theta2": 0.6, "layers": [1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#,
+            "'theta1' has the wrong type")
+        attempt(
+            #"{"theta1": 0.7, "theta2": 0.6, "layers": [1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#,
+            "theta1 must be below theta2")
+        attempt(
+            #"{"theta1": 0.3, "theta2": 1.5, "layers": [1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#,
+            "must lie in [0, 1]")
+        attempt(
+            #"{"theta1": 0.3, "theta2": 0.6, "layers": [], "refresh_interval": 128, "sparsity_ratio": 0.01}"#,
+            "layers (L*) is empty")
+        attempt(
+            #"{"theta1": 0.3, "theta2": 0.6, "layers": [1, 1], "refresh_interval": 128, "sparsity_ratio": 0.01}"#,
+            "twice")
+        attempt(
+            #"{"theta1": 0.3, "theta2": 0.6, "layers": [1], "refresh_interval": 0, "sparsity_ratio": 0.01}"#,
+            "refresh_interval must be at least 1")
+        attempt(
+            #"{"theta1": 0.3, "theta2": 0.6, "layers": [1], "refresh_interval": 8, "sparsity_ratio": 1.5}"#,
+            "sparsity_ratio")
         // Extra keys are ignored.
         let path = dir.appendingPathComponent("ok.json").path
         try Data("{\(good), \"calibration\": {\"anything\": [1, 2]}}".utf8).write(to: URL(fileURLWithPath: path))
         // A file without sparsity_gqa predates max-pooling: its thresholds were calibrated on mean-heads.
-        XCTAssertEqual(try ThoughtThresholds.load(path: path), ThoughtThresholds(theta1: 0.3, theta2: 0.6, layers: [1, 2], gqa: .meanHeads))
+        XCTAssertEqual(
+            try ThoughtThresholds.load(path: path),
+            ThoughtThresholds(theta1: 0.3, theta2: 0.6, layers: [1, 2], gqa: .meanHeads))
     }
 
     // MARK: End to end through a trace file
@@ -485,11 +547,13 @@ final class ThoughtCalibrationTests: XCTestCase {
 
         var perStep = calibration.thresholds
         perStep.refreshInterval = 1
-        let predicted = ThoughtClassifier.timeline(averagedSparsity: profile.averaged(over: perStep.layers), thresholds: perStep)
+        let predicted = ThoughtClassifier.timeline(
+            averagedSparsity: profile.averaged(over: perStep.layers), thresholds: perStep)
         let (accuracy, confusion) = ThoughtClassifier.accuracy(predicted: predicted, reference: world.labels)
         XCTAssertGreaterThanOrEqual(accuracy, 0.9, "confusion \(confusion)")
 
-        let inspection = try ThoughtInspection(reader: reader, profile: profile, calibrationFile: nil, refreshInterval: nil)
+        let inspection = try ThoughtInspection(
+            reader: reader, profile: profile, calibrationFile: nil, refreshInterval: nil)
         XCTAssertEqual(inspection.thresholdSource, "self")
         XCTAssertEqual(inspection.evaluations.map(\.refreshInterval), [128, 1])
         XCTAssertEqual(inspection.evaluations[1].accuracy, accuracy, accuracy: 1e-12)
@@ -507,9 +571,12 @@ final class ThoughtCalibrationTests: XCTestCase {
     func testFallbackOnRandomQueriesAndKeys() throws {
         let dir = try TestTraces.directory(self)
         let T = 160, P = 32
-        let path = try TestTraces.write(to: dir.appendingPathComponent("random.h5"), T: T, P: P, Hq: 2, Hkv: 1, D: 8, numLayers: 2,
-                                        layers: [TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 4, index: 0, values: false),
-                                                 TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 5, index: 1, values: false)])
+        let path = try TestTraces.write(
+            to: dir.appendingPathComponent("random.h5"), T: T, P: P, Hq: 2, Hkv: 1, D: 8, numLayers: 2,
+            layers: [
+                TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 4, index: 0, values: false),
+                TestTraces.randomLayer(T: T, Hq: 2, Hkv: 1, D: 8, seed: 5, index: 1, values: false)
+            ])
         let calibration = try ThoughtCalibration.calibrate(traces: [path], options: .pooledAtLeastThree)
         XCTAssertTrue(calibration.fallback, calibration.text)
         XCTAssertEqual(calibration.thresholds.layers, [0, 1])
@@ -522,7 +589,9 @@ final class ThoughtCalibrationTests: XCTestCase {
     // MARK: Helpers
 
     private func clusters(_ centres: [Double], perCluster: Int, halfWidth: Double) -> [Double] {
-        centres.flatMap { c in (0..<perCluster).map { c - halfWidth + 2 * halfWidth * Double($0) / Double(perCluster - 1) } }
+        centres.flatMap { c in
+            (0..<perCluster).map { c - halfWidth + 2 * halfWidth * Double($0) / Double(perCluster - 1) }
+        }
     }
 
     private func letters(_ types: [ThoughtType]) -> String { String(types.map(\.letter)) }
@@ -577,13 +646,16 @@ struct SyntheticSparsity {
             }
             layerData.append(TestTraces.Layer(index: layer, attn: attn))
         }
-        return try TestTraces.write(to: dir.appendingPathComponent("sparsity.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: 4,
-                                    numLayers: layers.count, layers: layerData,
-                                    thought: [Int8](repeating: -1, count: P) + labels)
+        return try TestTraces.write(
+            to: dir.appendingPathComponent("sparsity.h5"), T: T, P: P, Hq: 1, Hkv: 1, D: 4,
+            numLayers: layers.count, layers: layerData,
+            thought: [Int8](repeating: -1, count: P) + labels)
     }
 }
 
-private func XCTAssertEqual(_ a: [Double], _ b: [Double], accuracy: Double, file: StaticString = #filePath, line: UInt = #line) {
+private func XCTAssertEqual(
+    _ a: [Double], _ b: [Double], accuracy: Double, file: StaticString = #filePath, line: UInt = #line
+) {
     XCTAssertEqual(a.count, b.count, "\(a) vs \(b)", file: file, line: line)
     for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: accuracy, "\(a) vs \(b)", file: file, line: line) }
 }
@@ -597,7 +669,9 @@ final class ThoughtCalibrationCLITests: XCTestCase {
         directory = try TestTraces.directory(self)
     }
 
-    private func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> CommandRunner.Outcome {
+    private func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws
+        -> CommandRunner.Outcome
+    {
         try CommandRunner.run(arguments, in: directory, file: file, line: line)
     }
 
@@ -645,15 +719,17 @@ final class ThoughtCalibrationCLITests: XCTestCase {
 
     func testUsageMistakesExitTwoBeforeAnyWork() throws {
         let trace = try SyntheticSparsity(steps: 60, seed: 2).writeTrace(in: directory, promptLength: 8)
-        for arguments in [["calibrate", trace],
-                          ["calibrate", trace, "-o", "/nonexistent-dir/x.json"],
-                          ["calibrate", trace, "-o", trace],
-                          ["calibrate", trace, "-o", "x.json", "--tau", "0"],
-                          ["calibrate", trace, "-o", "x.json", "--min-prominence", "2"],
-                          ["calibrate", trace, "-o", "x.json", "--kde", "both"],
-                          ["calibrate", trace, "-o", "x.json", "--modes", "4"],
-                          ["inspect", trace, "--calibration", "x.json"],
-                          ["inspect", trace, "--thoughts", "--no-sparsity"]] {
+        for arguments in [
+            ["calibrate", trace],
+            ["calibrate", trace, "-o", "/nonexistent-dir/x.json"],
+            ["calibrate", trace, "-o", trace],
+            ["calibrate", trace, "-o", "x.json", "--tau", "0"],
+            ["calibrate", trace, "-o", "x.json", "--min-prominence", "2"],
+            ["calibrate", trace, "-o", "x.json", "--kde", "both"],
+            ["calibrate", trace, "-o", "x.json", "--modes", "4"],
+            ["inspect", trace, "--calibration", "x.json"],
+            ["inspect", trace, "--thoughts", "--no-sparsity"]
+        ] {
             let outcome = try run(arguments)
             XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
             XCTAssertEqual(outcome.stdout, "")
@@ -670,16 +746,24 @@ final class ThoughtCalibrationCLITests: XCTestCase {
         XCTAssertEqual(badTrace.stderr.split(separator: "\n").count, 1)
         XCTAssertFalse(FileManager.default.fileExists(atPath: config), "no file written for a failed run")
 
-        try Data(#"{"theta1": 0.3, "theta2": 0.6, "layers": [9], "refresh_interval": 128, "sparsity_ratio": 0.01}"#.utf8)
-            .write(to: URL(fileURLWithPath: config))
+        try Data(
+            #"{"theta1": 0.3, "theta2": 0.6, "layers": [9], "refresh_interval": 128, "sparsity_ratio": 0.01}"#.utf8
+        )
+        .write(to: URL(fileURLWithPath: config))
         // A layer the trace lacks maps to the nearest recorded one, as in replay, and says so.
         let wrongLayer = try run(["inspect", trace, "--thoughts", "--calibration", config])
         XCTAssertEqual(wrongLayer.status, 0, wrongLayer.stderr)
-        XCTAssertTrue(wrongLayer.stdout.contains("c.json: L* layers not recorded in this trace mapped to the nearest recorded ones (9→5); L* = 5"),
-                      wrongLayer.stdout)
+        XCTAssertTrue(
+            wrongLayer.stdout.contains(
+                "c.json: L* layers not recorded in this trace mapped to the nearest recorded ones (9→5); L* = 5"),
+            wrongLayer.stdout)
         try Data("[]".utf8).write(to: URL(fileURLWithPath: config))
         let notThresholds = try run(["inspect", trace, "--thoughts", "--calibration", config])
         XCTAssertEqual(notThresholds.status, 1)
-        XCTAssertEqual(notThresholds.stderr, "thinkv-sim inspect: \(config): not a JSON object with theta1, theta2, layers, refresh_interval, sparsity_ratio\n")
+        XCTAssertEqual(
+            notThresholds.stderr,
+            "thinkv-sim inspect: \(config): not a JSON object with theta1, theta2, layers, refresh_interval, "
+                + "sparsity_ratio\n"
+        )
     }
 }

@@ -24,7 +24,8 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         XCTAssertEqual(cache.keyBits[0..<15].allSatisfy { $0 == 16 }, true, "an open group stays 16-bit")
         XCTAssertEqual(cache.metadataBytes[0], 0)
         XCTAssertEqual(cache.bytes(kvHead: 0), 16 * 16 * 2 * 2, "16 tokens (one not yet appended to TBQ) at 16 bits")
-        XCTAssertTrue(tbq.append(position: 15, thoughtType: TBQ.reasoning, cache: cache), "the 16th token closes the group")
+        XCTAssertTrue(
+            tbq.append(position: 15, thoughtType: TBQ.reasoning, cache: cache), "the 16th token closes the group")
         for p in 0..<16 {
             XCTAssertEqual(cache.keyBits[p], 4)
             XCTAssertEqual(cache.valueBits[p], 4)
@@ -48,7 +49,8 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         let v = cache.storedValues!
         for p in 16..<32 {
             let row = v[(p * 16)..<((p + 1) * 16)]
-            XCTAssertLessThanOrEqual(Set(row.map { abs($0) }).count, 2, "ternary values: 0 and one magnitude per token group")
+            XCTAssertLessThanOrEqual(
+                Set(row.map { abs($0) }).count, 2, "ternary values: 0 and one magnitude per token group")
         }
     }
 
@@ -59,7 +61,8 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         let tbq = try TBQ(.init(format: .int), cache: cache)
         feed(tbq, cache, from: 0, types: Array(repeating: TBQ.execution, count: 10))
         XCTAssertEqual(cache.metadataBytes[0], 0, "open while the thought lasts")
-        XCTAssertTrue(tbq.append(position: 10, thoughtType: TBQ.transition, cache: cache), "the thought's end quantizes it")
+        XCTAssertTrue(
+            tbq.append(position: 10, thoughtType: TBQ.transition, cache: cache), "the thought's end quantizes it")
         for p in 0..<10 {
             XCTAssertEqual(cache.keyBits[p], 4, "execution bits, position \(p)")
             XCTAssertEqual(cache.valueBits[p], 4)
@@ -69,7 +72,8 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         // Keys: 16 channel groups of 10 tokens, values: 10 token groups of 16 channels; int
         // metadata is an fp16 scale and zero point (4 B) per group, whatever its length.
         XCTAssertEqual(cache.metadataBytes[0], 16 * 4 + 10 * 4)
-        XCTAssertEqual(cache.bytes(kvHead: 0), (10 * 16 * 4 * 2) / 8 + 104 + 22 * 16 * 2 * 2, "the other 22 positions at 16 bits")
+        XCTAssertEqual(
+            cache.bytes(kvHead: 0), (10 * 16 * 4 * 2) / 8 + 104 + 22 * 16 * 2 * 2, "the other 22 positions at 16 bits")
         XCTAssertEqual(tbq.openGroup(kvHead: 0)?.positions, [10])
     }
 
@@ -78,7 +82,9 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         let exactK = cache.storedKeys!, exactV = cache.storedValues!
         let tbq = try TBQ(.init(format: .int, quantizesPartialGroups: false), cache: cache)
         // 10 execution tokens, then 6 transition tokens: 16 tokens, but no 16 of one type.
-        feed(tbq, cache, from: 0, types: Array(repeating: TBQ.execution, count: 10) + Array(repeating: TBQ.transition, count: 6))
+        feed(
+            tbq, cache, from: 0,
+            types: Array(repeating: TBQ.execution, count: 10) + Array(repeating: TBQ.transition, count: 6))
         XCTAssertEqual(cache.keyBits[0..<16].allSatisfy { $0 == 16 }, true, "a group never mixes types")
         XCTAssertEqual(tbq.openGroup(kvHead: 0)?.type, TBQ.transition)
         XCTAssertEqual(tbq.openGroup(kvHead: 0)?.positions, Array(10..<16))
@@ -91,7 +97,8 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         }
         for p in 10..<26 { XCTAssertEqual(cache.keyBits[p], 2, "transition position \(p)") }
         let quantizedRows = (10 * 8)..<(26 * 8)
-        XCTAssertNotEqual(Array(cache.storedKeys![quantizedRows]), Array(exactK[quantizedRows]), "keys were really quantized")
+        XCTAssertNotEqual(
+            Array(cache.storedKeys![quantizedRows]), Array(exactK[quantizedRows]), "keys were really quantized")
         XCTAssertNotEqual(Array(cache.storedValues![quantizedRows]), Array(exactV[quantizedRows]))
         // Even returning to execution does not reopen the old partial group.
         feed(tbq, cache, from: 26, types: Array(repeating: TBQ.execution, count: 6))
@@ -145,8 +152,9 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         tbq.didEvict(kvHead: 0, positions: [15], cache: cache)
         XCTAssertEqual(cache.metadataBytes[0], 128, "the first group's metadata is freed")
         XCTAssertEqual(tbq.liveGroupCount(kvHead: 0), 1)
-        XCTAssertEqual(before - cache.bytes(kvHead: 0), 16 * 4 * 2 / 8 + 4 + 64,
-                       "one 4-bit token's K and V, its value scale, and the group's key scales")
+        XCTAssertEqual(
+            before - cache.bytes(kvHead: 0), 16 * 4 * 2 / 8 + 4 + 64,
+            "one 4-bit token's K and V, its value scale, and the group's key scales")
     }
 
     func testReconcileAgreesWithDidEvict() throws {
@@ -175,8 +183,11 @@ final class ThoughtGroupQuantizerTests: XCTestCase {
         // Groups: R 0..<16 (FP8), T 20..<36, 36..<52 (ternary), E 60..<76 (NVFP4), per head.
         // Each: 16 key scales + 16 tokens' value scales, 1 B each (E4M3).
         let fp8 = 16 + 16, ternary = 16 + 16, nvfp4 = 16 + 16
-        XCTAssertEqual(a.metadataBytes[1], fp8 + 2 * ternary + nvfp4 - 1, "head 1 lost one token's value scale, no whole group")
-        XCTAssertEqual(a.metadataBytes[0], 2 * ternary + nvfp4 - 10, "head 0 lost all of the FP8 group and 10 tokens' value scales")
+        XCTAssertEqual(
+            a.metadataBytes[1], fp8 + 2 * ternary + nvfp4 - 1, "head 1 lost one token's value scale, no whole group")
+        XCTAssertEqual(
+            a.metadataBytes[0], 2 * ternary + nvfp4 - 10, "head 0 lost all of the FP8 group and 10 tokens' value scales"
+        )
         XCTAssertEqual(ta.liveGroupCount(kvHead: 0), 3)
     }
 

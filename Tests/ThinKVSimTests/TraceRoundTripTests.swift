@@ -16,10 +16,11 @@ final class TraceRoundTripTests: XCTestCase {
     }
 
     private func fullHeader(T: Int, P: Int, Hq: Int, Hkv: Int, D: Int, numLayers: Int = 4) -> TraceHeader {
-        TraceHeader(model: "Qwen3-0.6B", numLayers: numLayers, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
-                    promptLength: P, numTokens: T, softmaxScale: 0.123456789, source: "recorded",
-                    generator: "round-trip test 1.0", prompt: "Prove that √2 is irrational. Réponds en français 🙂",
-                    seed: -9_007_199_254_740_993)
+        TraceHeader(
+            model: "Qwen3-0.6B", numLayers: numLayers, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
+            promptLength: P, numTokens: T, softmaxScale: 0.123456789, source: "recorded",
+            generator: "round-trip test 1.0", prompt: "Prove that √2 is irrational. Réponds en français 🙂",
+            seed: -9_007_199_254_740_993)
     }
 
     private func gaussian(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
@@ -50,7 +51,8 @@ final class TraceRoundTripTests: XCTestCase {
         let path = directory.appendingPathComponent("f32.h5").path
         do {
             let writer = try TraceWriter(path: path, header: header)
-            try writer.writeTokens(ids: (0..<T).map { Int32($0 * 1000 - 7) }, thought: (0..<T).map { $0 < P ? -1 : Int8($0 % 3) })
+            try writer.writeTokens(
+                ids: (0..<T).map { Int32($0 * 1000 - 7) }, thought: (0..<T).map { $0 < P ? -1 : Int8($0 % 3) })
             try writer.writeTensor(.q, layer: 3, dtype: .float32, q)
             try writer.writeTensor(.k, layer: 3, dtype: .float32, k)
             try writer.writeTensor(.v, layer: 3, dtype: .float32, v)
@@ -76,18 +78,19 @@ final class TraceRoundTripTests: XCTestCase {
         var q = gaussian(T * Hq * D, seed: 5, scale: 3)
         // Hand-picked cases, each with its float16 result:
         let special: [(Float, Float)] = [
-            (1 + 1.0 / 2048, 1),                     // halfway between 1 and 1+2^-10: ties go to the even one, 1
-            (1 + 3.0 / 2048, 1 + 2.0 / 1024),        // halfway between 1+2^-10 and 1+2^-9: to the even 1+2^-9
-            (65519, 65504),                          // just under the overflow threshold: the largest half
-            (1e-7, 2 * 0x1p-24),                     // subnormal: 1e-7 / 2^-24 = 1.68 rounds to 2 steps
-            (2.9e-8, 0),                             // under half the smallest subnormal: 0
-            (-0.1, -0.0999755859375),                // nearest half to -0.1
-            (1000.3, 1000.5),                        // spacing is 0.5 between 512 and 1024
+            (1 + 1.0 / 2048, 1),  // halfway between 1 and 1+2^-10: ties go to the even one, 1
+            (1 + 3.0 / 2048, 1 + 2.0 / 1024),  // halfway between 1+2^-10 and 1+2^-9: to the even 1+2^-9
+            (65519, 65504),  // just under the overflow threshold: the largest half
+            (1e-7, 2 * 0x1p-24),  // subnormal: 1e-7 / 2^-24 = 1.68 rounds to 2 steps
+            (2.9e-8, 0),  // under half the smallest subnormal: 0
+            (-0.1, -0.0999755859375),  // nearest half to -0.1
+            (1000.3, 1000.5)  // spacing is 0.5 between 512 and 1024
         ]
         for (i, (x, _)) in special.enumerated() { q[i] = x }
         let k = gaussian(T * Hkv * D, seed: 6, scale: 300)
-        let path = try TestTraces.write(to: directory.appendingPathComponent("f16.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                        layers: [TestTraces.Layer(index: 0, q: q, k: k)], dtype: .float16)
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("f16.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+            layers: [TestTraces.Layer(index: 0, q: q, k: k)], dtype: .float16)
         let reader = try TraceReader(path: path)
         XCTAssertEqual(reader.layerInfo(0)?.dtypes, ["q": .float16, "k": .float16])
         let readQ = try reader.readRows(.q, layer: 0, rows: 0..<T)
@@ -104,7 +107,8 @@ final class TraceRoundTripTests: XCTestCase {
     }
 
     func testWriterRefusesValuesNoReaderWouldAccept() throws {
-        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2, promptLength: 1, numTokens: 3)
+        let header = TraceHeader(
+            model: "m", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2, promptLength: 1, numTokens: 3)
         let path = directory.appendingPathComponent("refused.h5").path
         let writer = try TraceWriter(path: path, header: header)
         defer { writer.close() }
@@ -114,7 +118,7 @@ final class TraceRoundTripTests: XCTestCase {
             (.q, [0, 1, 2, .nan], ["NaN", "row 1"]),
             (.q, [-.infinity, 0], ["infinite", "row 0"]),
             (.k, [1, 2, 3, 4, 65520, 0], ["65520", "row 2", "float16"]),  // rounds past 65504
-            (.k, [-70000, 0], ["-70000", "row 0", "float16"]),
+            (.k, [-70000, 0], ["-70000", "row 0", "float16"])
         ]
         for (tensor, values, mentions) in cases {
             let object = "/layers/0/\(tensor.rawValue)"
@@ -123,7 +127,9 @@ final class TraceRoundTripTests: XCTestCase {
             }
         }
         writer.close()
-        assertTraceError(path: path, object: nil, mentions: ["after close()"]) { try writer.writeTokens(ids: [0, 1, 2]) }
+        assertTraceError(path: path, object: nil, mentions: ["after close()"]) {
+            try writer.writeTokens(ids: [0, 1, 2])
+        }
     }
 
     // MARK: Storage layout
@@ -168,22 +174,33 @@ final class TraceRoundTripTests: XCTestCase {
 
     func testTensorsAreChunkedAlongTWithShuffleThenDeflate() throws {
         let T = 600, P = 100, Hq = 4, Hkv = 2, D = 8, G = T - P
-        let layer = TestTraces.Layer(index: 0, q: gaussian(T * Hq * D, seed: 7), k: gaussian(T * Hkv * D, seed: 8),
-                                     v: gaussian(T * Hkv * D, seed: 9), attn: [Float](repeating: 0, count: G * Hq * T))
-        let path = try TestTraces.write(to: directory.appendingPathComponent("chunks.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
-                                        layers: [layer])
+        let layer = TestTraces.Layer(
+            index: 0, q: gaussian(T * Hq * D, seed: 7), k: gaussian(T * Hkv * D, seed: 8),
+            v: gaussian(T * Hkv * D, seed: 9), attn: [Float](repeating: 0, count: G * Hq * T))
+        let path = try TestTraces.write(
+            to: directory.appendingPathComponent("chunks.h5"), T: T, P: P, Hq: Hq, Hkv: Hkv, D: D,
+            layers: [layer])
         // Shuffle must come first: it groups the bytes of each float so deflate finds the repeats.
         let filters = [Int32(H5Z_FILTER_SHUFFLE), Int32(H5Z_FILTER_DEFLATE)]
-        XCTAssertEqual(try storage(path, "/layers/0/q"), Storage(chunked: true, chunk: [256, Hq, D], filters: filters, deflateLevel: 4))
-        XCTAssertEqual(try storage(path, "/layers/0/k"), Storage(chunked: true, chunk: [256, Hkv, D], filters: filters, deflateLevel: 4))
-        XCTAssertEqual(try storage(path, "/layers/0/v"), Storage(chunked: true, chunk: [256, Hkv, D], filters: filters, deflateLevel: 4))
+        XCTAssertEqual(
+            try storage(path, "/layers/0/q"),
+            Storage(chunked: true, chunk: [256, Hq, D], filters: filters, deflateLevel: 4))
+        XCTAssertEqual(
+            try storage(path, "/layers/0/k"),
+            Storage(chunked: true, chunk: [256, Hkv, D], filters: filters, deflateLevel: 4))
+        XCTAssertEqual(
+            try storage(path, "/layers/0/v"),
+            Storage(chunked: true, chunk: [256, Hkv, D], filters: filters, deflateLevel: 4))
         // attn rows span the whole sequence, so its chunks hold 8 decode steps.
-        XCTAssertEqual(try storage(path, "/layers/0/attn"), Storage(chunked: true, chunk: [8, Hq, T], filters: filters, deflateLevel: 4))
+        XCTAssertEqual(
+            try storage(path, "/layers/0/attn"),
+            Storage(chunked: true, chunk: [8, Hq, T], filters: filters, deflateLevel: 4))
     }
 
     func testShortAndUncompressedTensorsAreStillChunkedAlongT() throws {
         let T = 20, P = 5, Hq = 2, Hkv = 1, D = 4
-        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: Hq, numKVHeads: Hkv, headDim: D, promptLength: P, numTokens: T)
+        let header = TraceHeader(
+            model: "m", numLayers: 1, numQHeads: Hq, numKVHeads: Hkv, headDim: D, promptLength: P, numTokens: T)
         let path = directory.appendingPathComponent("plain.h5").path
         do {
             let writer = try TraceWriter(path: path, header: header)
@@ -213,7 +230,8 @@ final class TraceRoundTripTests: XCTestCase {
             }
         }
         let path = directory.appendingPathComponent("stream.h5").path
-        let header = TraceHeader(model: "m", numLayers: 1, numQHeads: Hq, numKVHeads: Hkv, headDim: D, promptLength: P, numTokens: T)
+        let header = TraceHeader(
+            model: "m", numLayers: 1, numQHeads: Hq, numKVHeads: Hkv, headDim: D, promptLength: P, numTokens: T)
         do {
             // Written in uneven pieces that straddle the 256-row chunks, as a recorder streams.
             let writer = try TraceWriter(path: path, header: header)
@@ -222,11 +240,14 @@ final class TraceRoundTripTests: XCTestCase {
             try writer.createTensor(.attn, layer: 0, dtype: .float32, attentionHeads: .keyValue)
             let qRow = Hq * D, attnRow = Hkv * T
             for piece in [0..<1, 1..<100, 100..<357, 357..<600] {
-                try writer.writeRows(.q, layer: 0, start: piece.lowerBound, Array(q[(piece.lowerBound * qRow)..<(piece.upperBound * qRow)]))
+                try writer.writeRows(
+                    .q, layer: 0, start: piece.lowerBound,
+                    Array(q[(piece.lowerBound * qRow)..<(piece.upperBound * qRow)]))
             }
             for piece in [0..<7, 7..<300, 300..<G] {
-                try writer.writeRows(.attn, layer: 0, start: piece.lowerBound,
-                                     Array(attn[(piece.lowerBound * attnRow)..<(piece.upperBound * attnRow)]))
+                try writer.writeRows(
+                    .attn, layer: 0, start: piece.lowerBound,
+                    Array(attn[(piece.lowerBound * attnRow)..<(piece.upperBound * attnRow)]))
             }
             writer.close()
         }
@@ -243,8 +264,9 @@ final class TraceRoundTripTests: XCTestCase {
         XCTAssertEqual(wholeAttn, attn)
         let attnRow = Hkv * T
         for rows in [3..<11, 0..<G, 555..<G] {
-            XCTAssertEqual(try reader.readRows(.attn, layer: 0, rows: rows),
-                           Array(wholeAttn[(rows.lowerBound * attnRow)..<(rows.upperBound * attnRow)]), "attn rows \(rows)")
+            XCTAssertEqual(
+                try reader.readRows(.attn, layer: 0, rows: rows),
+                Array(wholeAttn[(rows.lowerBound * attnRow)..<(rows.upperBound * attnRow)]), "attn rows \(rows)")
         }
     }
 
@@ -252,11 +274,14 @@ final class TraceRoundTripTests: XCTestCase {
 
     func testTokenTextAndPromptRoundTripAsUTF8() throws {
         // Byte-for-byte: Swift's String == would also accept a differently normalised é.
-        let text = ["Hello", " wörld", "日本語", "🙂", "", "e\u{301}", "\u{E9}", "line\nbreak", "tab\t", "Ω≈ç√",
-                    " \u{200B}", "ﬁ", "a,b\"c", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "-", "end"]
+        let text = [
+            "Hello", " wörld", "日本語", "🙂", "", "e\u{301}", "\u{E9}", "line\nbreak", "tab\t", "Ω≈ç√",
+            " \u{200B}", "ﬁ", "a,b\"c", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "-", "end"
+        ]
         let T = text.count, P = 3
-        var header = TraceHeader(model: "模型-ß", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2, promptLength: P,
-                                 numTokens: T)
+        var header = TraceHeader(
+            model: "模型-ß", numLayers: 1, numQHeads: 1, numKVHeads: 1, headDim: 2, promptLength: P,
+            numTokens: T)
         header.prompt = "Ünïcödé prompt: ∑ 🙂\nsecond line"
         let path = directory.appendingPathComponent("text.h5").path
         do {
@@ -280,7 +305,8 @@ final class TraceRoundTripTests: XCTestCase {
         let h = reader.header
         // The script's values: T, P, HQ, HKV, D = 48, 16, 4, 2, 16; python ints stored as int64.
         XCTAssertEqual(h.model, "h5py-fixture")
-        XCTAssertEqual([h.numLayers, h.numQHeads, h.numKVHeads, h.headDim, h.promptLength, h.numTokens], [4, 4, 2, 16, 16, 48])
+        XCTAssertEqual(
+            [h.numLayers, h.numQHeads, h.numKVHeads, h.headDim, h.promptLength, h.numTokens], [4, 4, 2, 16, 16, 48])
         XCTAssertNil(h.softmaxScale)
         XCTAssertEqual(h.effectiveSoftmaxScale, 0.25)
         XCTAssertEqual(h.source, "synthetic")
@@ -293,7 +319,9 @@ final class TraceRoundTripTests: XCTestCase {
         XCTAssertEqual(reader.layerInfo(2)?.attentionHeads, .query)
         XCTAssertEqual(try reader.readTokenIDs(), (0..<48).map { Int32($0) })
         XCTAssertEqual(try reader.readTokenText(), (0..<48).map { "tok\($0)" })
-        XCTAssertEqual(try reader.readThoughtLabels(), [Int8](repeating: -1, count: 16) + (0..<32).map { Int8([0, 1, 2, 0][$0 % 4]) })
+        XCTAssertEqual(
+            try reader.readThoughtLabels(),
+            [Int8](repeating: -1, count: 16) + (0..<32).map { Int8([0, 1, 2, 0][$0 % 4]) })
         try reader.checkValues()
     }
 

@@ -24,7 +24,9 @@ final class UnreachableTargetTests: XCTestCase {
             XCTAssertFalse(cadence.contains("not stated"), type.name)
             if let name = type.cadenceParameter(spec.parameters) {
                 let parameter = try XCTUnwrap(type.parameters.first { $0.name == name }, "\(type.name): --\(name)")
-                guard case .integer = parameter.kind else { return XCTFail("\(type.name): --\(name) is not an integer") }
+                guard case .integer = parameter.kind else {
+                    return XCTFail("\(type.name): --\(name) is not an integer")
+                }
             }
         }
     }
@@ -44,7 +46,8 @@ final class UnreachableTargetTests: XCTestCase {
         XCTAssertLessThan(try XCTUnwrap(Int(value)), 128, note)
         XCTAssertTrue(note.contains("at --divide 128 the cache grows by up to 127 tokens between compressions"), note)
 
-        let second = try CommandRunner.run(["replay", Self.realTrace, "--policy", "rkv", "--divide", value] + common, in: directory)
+        let second = try CommandRunner.run(
+            ["replay", Self.realTrace, "--policy", "rkv", "--divide", value] + common, in: directory)
         XCTAssertEqual(second.status, 0, second.stderr)
         let rematch = try Self.memoryMatch(second.stdout)
         XCTAssertEqual(rematch["status"] as? String, "matched", "--divide \(value) reaches 5 %: \(rematch)")
@@ -52,17 +55,23 @@ final class UnreachableTargetTests: XCTestCase {
         XCTAssertTrue(note.hasSuffix("(--kv-adapt runs it)"), note)
 
         // --kv-adapt makes the same change itself, and says so.
-        let adapted = try CommandRunner.run(["replay", Self.realTrace, "--policy", "rkv", "--kv-adapt"] + common, in: directory)
+        let adapted = try CommandRunner.run(
+            ["replay", Self.realTrace, "--policy", "rkv", "--kv-adapt"] + common, in: directory)
         XCTAssertEqual(adapted.status, 0, adapted.stderr)
         let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(adapted.stdout.utf8)) as? [String: Any])
         let run = try XCTUnwrap((report["runs"] as? [[String: Any]])?.first)
         XCTAssertEqual((run["parameters"] as? [String: Any])?["divide"] as? Int, Int(value), "\(run)")
         let adaptedMatch = try Self.memoryMatch(adapted.stdout)
         XCTAssertEqual(adaptedMatch["status"] as? String, "matched")
-        XCTAssertEqual(try XCTUnwrap(adaptedMatch["achieved_percent"] as? Double), try XCTUnwrap(rematch["achieved_percent"] as? Double),
-                       accuracy: 1e-9, "the same run as --divide \(value)")
-        XCTAssertTrue((adaptedMatch["note"] as? String)?.contains("--kv-adapt set --divide \(value) (was 128)") == true, "\(adaptedMatch)")
-        let refused = try CommandRunner.run(["replay", Self.realTrace, "--policy", "rkv", "--budget", "64", "--kv-adapt"], in: directory)
+        XCTAssertEqual(
+            try XCTUnwrap(adaptedMatch["achieved_percent"] as? Double),
+            try XCTUnwrap(rematch["achieved_percent"] as? Double),
+            accuracy: 1e-9, "the same run as --divide \(value)")
+        XCTAssertTrue(
+            (adaptedMatch["note"] as? String)?.contains("--kv-adapt set --divide \(value) (was 128)") == true,
+            "\(adaptedMatch)")
+        let refused = try CommandRunner.run(
+            ["replay", Self.realTrace, "--policy", "rkv", "--budget", "64", "--kv-adapt"], in: directory)
         XCTAssertEqual(refused.status, 2, refused.stderr)
     }
 

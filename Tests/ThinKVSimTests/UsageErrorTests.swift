@@ -24,11 +24,16 @@ final class UsageErrorTests: XCTestCase {
     }
 
     /// Exit 2, the message on stderr, the pointer to --help, nothing on stdout.
-    private func assertUsageError(_ arguments: [String], _ expected: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    private func assertUsageError(
+        _ arguments: [String], _ expected: String, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let outcome = try run(arguments)
-        XCTAssertEqual(outcome.status, 2, "\(arguments.joined(separator: " ")): \(outcome.stderr)", file: file, line: line)
-        XCTAssertTrue(outcome.stderr.contains(expected), "\(arguments.joined(separator: " ")): expected '\(expected)' in: \(outcome.stderr)",
-                      file: file, line: line)
+        XCTAssertEqual(
+            outcome.status, 2, "\(arguments.joined(separator: " ")): \(outcome.stderr)", file: file, line: line)
+        XCTAssertTrue(
+            outcome.stderr.contains(expected),
+            "\(arguments.joined(separator: " ")): expected '\(expected)' in: \(outcome.stderr)",
+            file: file, line: line)
         XCTAssertTrue(outcome.stderr.contains("--help' for usage"), outcome.stderr, file: file, line: line)
         XCTAssertEqual(outcome.stdout, "", file: file, line: line)
     }
@@ -37,14 +42,18 @@ final class UsageErrorTests: XCTestCase {
         let trace = Self.syntheticTrace
         try assertUsageError(["replay", trace, "--policy", "h2o"], "h2o: --budget is required")
         try assertUsageError(["replay", trace, "--policy", "h2o", "--budget", "-5"], "h2o: --budget must be in 1...")
-        try assertUsageError(["replay", trace, "--policy", "h2o", "--budget", "many"], "h2o: --budget must be an integer")
-        try assertUsageError(["replay", trace, "--policy", "rkv", "--budget", "8"], "rkv: --budget (8) must exceed --window")
-        try assertUsageError(["replay", trace, "--policy", "h2o,rkv", "--budget", "64", "--window", "64"],
-                             "rkv: --budget (64) must exceed --window (64)")
+        try assertUsageError(
+            ["replay", trace, "--policy", "h2o", "--budget", "many"], "h2o: --budget must be an integer")
+        try assertUsageError(
+            ["replay", trace, "--policy", "rkv", "--budget", "8"], "rkv: --budget (8) must exceed --window")
+        try assertUsageError(
+            ["replay", trace, "--policy", "h2o,rkv", "--budget", "64", "--window", "64"],
+            "rkv: --budget (64) must exceed --window (64)")
     }
 
     func testAPluralOptionSuggestsTheSingular() throws {
-        try assertUsageError(["replay", Self.syntheticTrace, "--policies", "h2o"], "unknown option --policies (did you mean --policy?)")
+        try assertUsageError(
+            ["replay", Self.syntheticTrace, "--policies", "h2o"], "unknown option --policies (did you mean --policy?)")
         XCTAssertEqual(Suggestions.closest(to: "policies", among: ["policy", "layers", "steps"]), "policy")
         XCTAssertEqual(Suggestions.singular("policies"), "policy")
         XCTAssertEqual(Suggestions.singular("class"), "class", "a double s is not a plural")
@@ -61,10 +70,13 @@ final class UsageErrorTests: XCTestCase {
         // The reader is closed (released) before the file is edited.
         let (tokens, tensors) = try { () throws -> (Int, [String]) in
             let reader = try TraceReader(path: poisoned)
-            return (reader.header.numTokens, reader.recordedLayerIndices.flatMap { layer in
-                LayerTensor.allCases.filter { reader.layerInfo(layer)!.has($0) }
-                    .map { "/layers/\(layer)/\($0.rawValue)" }
-            })
+            return (
+                reader.header.numTokens,
+                reader.recordedLayerIndices.flatMap { layer in
+                    LayerTensor.allCases.filter { reader.layerInfo(layer)!.has($0) }
+                        .map { "/layers/\(layer)/\($0.rawValue)" }
+                }
+            )
         }()
         try HDF5Editor.edit(poisoned) { editor in
             for tensor in tensors { try editor.patch(tensor, element: 0, with: .nan) }
@@ -73,37 +85,48 @@ final class UsageErrorTests: XCTestCase {
         XCTAssertEqual(control.status, 1, "reading the tensors meets the NaN: \(control.stderr)")
         XCTAssertTrue(control.stderr.contains("NaN"), control.stderr)
 
-        try assertUsageError(["replay", poisoned, "--policy", "thinkv", "--budget", "4"],
-                             "thinkv: --budget (4) must be at least --sinks + --recent (4 + 16)")
-        try assertUsageError(["replay", poisoned, "--policy", "thinkv", "--budget", "256", "--schedule", "64,128"],
-                             "strictly decreasing")
+        try assertUsageError(
+            ["replay", poisoned, "--policy", "thinkv", "--budget", "4"],
+            "thinkv: --budget (4) must be at least --sinks + --recent (4 + 16)")
+        try assertUsageError(
+            ["replay", poisoned, "--policy", "thinkv", "--budget", "256", "--schedule", "64,128"],
+            "strictly decreasing")
         // A memory target: no budget up to the trace's length holds sinks + recent.
-        try assertUsageError(["replay", poisoned, "--policy", "h2o,thinkv", "--kv-percent", "20",
-                              "--recent", String(tokens)],
-                             "thinkv: --budget (\(tokens)) must be at least --sinks + --recent (4 + \(tokens))")
+        try assertUsageError(
+            [
+                "replay", poisoned, "--policy", "h2o,thinkv", "--kv-percent", "20",
+                "--recent", String(tokens)
+            ],
+            "thinkv: --budget (\(tokens)) must be at least --sinks + --recent (4 + \(tokens))")
         let config = directory.appendingPathComponent("refused.json")
         let output = directory.appendingPathComponent("o.csv").path
         try #"""
-            {"traces": ["\#(poisoned)"], "output": "\#(output)", "policies": ["thinkv"], "parameters": {"budget": [4]}}
-            """#.write(to: config, atomically: true, encoding: .utf8)
+        {"traces": ["\#(poisoned)"], "output": "\#(output)", "policies": ["thinkv"], "parameters": {"budget": [4]}}
+        """#.write(to: config, atomically: true, encoding: .utf8)
         try assertUsageError(["sweep", config.path], "thinkv: --budget (4) must be at least --sinks + --recent")
         let matched = directory.appendingPathComponent("matched.json")
         try #"""
-            {"traces": ["\#(poisoned)"], "output": "\#(output)", "policies": ["thinkv"],
-             "parameters": {"recent": [\#(tokens)]}, "kv_percent": 20}
-            """#.write(to: matched, atomically: true, encoding: .utf8)
+        {"traces": ["\#(poisoned)"], "output": "\#(output)", "policies": ["thinkv"],
+         "parameters": {"recent": [\#(tokens)]}, "kv_percent": 20}
+        """#.write(to: matched, atomically: true, encoding: .utf8)
         try assertUsageError(["sweep", matched.path], "must be at least --sinks + --recent")
     }
 
     func testPlotNamesTheKindOfFileItWasGiven() throws {
         let prefix = directory.appendingPathComponent("r").path
-        let replay = try run(["replay", Self.syntheticTrace, "--policy", "h2o", "--budget", "64", "--steps", "4",
-                              "--kept", prefix + ".kept.jsonl", "--cache-timeline", prefix + ".timeline.jsonl", "--csv", prefix + ".steps.csv"])
+        let replay = try run([
+            "replay", Self.syntheticTrace, "--policy", "h2o", "--budget", "64", "--steps", "4",
+            "--kept", prefix + ".kept.jsonl", "--cache-timeline", prefix + ".timeline.jsonl", "--csv",
+            prefix + ".steps.csv"
+        ])
         XCTAssertEqual(replay.status, 0, replay.stderr)
-        try assertUsageError(["plot", prefix + ".kept.jsonl"], "is a list of compression events of 'thinkv-sim replay --kept'")
-        try assertUsageError(["plot", prefix + ".timeline.jsonl"], "is a cache timeline of 'thinkv-sim replay --cache-timeline'")
+        try assertUsageError(
+            ["plot", prefix + ".kept.jsonl"], "is a list of compression events of 'thinkv-sim replay --kept'")
+        try assertUsageError(
+            ["plot", prefix + ".timeline.jsonl"], "is a cache timeline of 'thinkv-sim replay --cache-timeline'")
         try assertUsageError(["plot", Self.syntheticTrace], "is an HDF5 file (a trace?)")
-        try assertUsageError(["plot", Self.root.appendingPathComponent("configs/budget-sweep.json").path], "is a sweep config")
+        try assertUsageError(
+            ["plot", Self.root.appendingPathComponent("configs/budget-sweep.json").path], "is a sweep config")
         let other = directory.appendingPathComponent("other.csv")
         try "name,score\na,1\n".write(to: other, atomically: true, encoding: .utf8)
         try assertUsageError(["plot", other.path], "is not a results CSV: no 'trace' column (its columns: name, score)")
@@ -117,23 +140,33 @@ final class UsageErrorTests: XCTestCase {
     func testSynthSaysTheOutputExistsFirst() throws {
         let existing = directory.appendingPathComponent("existing.h5")
         try Data("x".utf8).write(to: existing)
-        try assertUsageError(["synth", "-o", existing.path, "--tokens", "64", "--prompt", "5000"], "exists; pass --force to overwrite it")
+        try assertUsageError(
+            ["synth", "-o", existing.path, "--tokens", "64", "--prompt", "5000"], "exists; pass --force to overwrite it"
+        )
         XCTAssertEqual(try Data(contentsOf: existing), Data("x".utf8), "left alone")
     }
 
     func testAnEmptyItemInACommaListIsRefusedEverywhere() throws {
         let trace = Self.syntheticTrace
-        try assertUsageError(["replay", trace, "--policy", "h2o,", "--budget", "64"], "--policy has an empty item in 'h2o,'")
+        try assertUsageError(
+            ["replay", trace, "--policy", "h2o,", "--budget", "64"], "--policy has an empty item in 'h2o,'")
         try assertUsageError(["replay", trace, "--policy", "h2o,,rkv", "--budget", "64"], "--policy has an empty item")
-        try assertUsageError(["replay", trace, "--policy", "h2o", "--budget", "64", "--layers", "0,"], "--layers has an empty item in '0,'")
-        try assertUsageError(["replay", trace, "--policy", "thinkv", "--budget", "256", "--schedule", "64,32,"],
-                             "thinkv: --schedule has an empty item in '64,32,'")
-        try assertUsageError(["replay", trace, "--policy", "rkv", "--budget", "64", "--trigger", "legacy",
-                              "--divide-method", "newline", "--newline-ids", "13,"], "rkv: --newline-ids has an empty item")
+        try assertUsageError(
+            ["replay", trace, "--policy", "h2o", "--budget", "64", "--layers", "0,"],
+            "--layers has an empty item in '0,'")
+        try assertUsageError(
+            ["replay", trace, "--policy", "thinkv", "--budget", "256", "--schedule", "64,32,"],
+            "thinkv: --schedule has an empty item in '64,32,'")
+        try assertUsageError(
+            [
+                "replay", trace, "--policy", "rkv", "--budget", "64", "--trigger", "legacy",
+                "--divide-method", "newline", "--newline-ids", "13,"
+            ], "rkv: --newline-ids has an empty item")
         try assertUsageError(["plot", "results.csv", "--metric", "kl,"], "--metric has an empty item")
         try assertUsageError(["bench", "--tokens", "128,"], "--tokens has an empty item")
-        try assertUsageError(["synth", "-o", directory.appendingPathComponent("n.h5").path, "--importance", "R=1,"],
-                             "--importance has an empty item")
+        try assertUsageError(
+            ["synth", "-o", directory.appendingPathComponent("n.h5").path, "--importance", "R=1,"],
+            "--importance has an empty item")
         XCTAssertThrowsError(try CommaList.items(" ", of: "--x", error: UsageError.init)) { error in
             XCTAssertEqual((error as? UsageError)?.description, "--x is empty; give at least one item")
         }
@@ -145,13 +178,17 @@ final class UsageErrorTests: XCTestCase {
     func testAnEmptyItemInASweepConfigNamesTheKey() throws {
         let config = directory.appendingPathComponent("sweep.json")
         try """
-            {"traces": ["\(Self.syntheticTrace)"],
-             "policies": [{"policy": "thinkv", "parameters": {"thought-layers": "0,1,"}}],
-             "parameters": {"budget": [64]}, "output": "\(directory.appendingPathComponent("out.csv").path)"}
-            """.write(to: config, atomically: true, encoding: .utf8)
+        {"traces": ["\(Self.syntheticTrace)"],
+         "policies": [{"policy": "thinkv", "parameters": {"thought-layers": "0,1,"}}],
+         "parameters": {"budget": [64]}, "output": "\(directory.appendingPathComponent("out.csv").path)"}
+        """.write(to: config, atomically: true, encoding: .utf8)
         let outcome = try run(["sweep", config.path])
         XCTAssertEqual(outcome.status, 1, outcome.stderr)
-        XCTAssertTrue(outcome.stderr.contains("sweep.json: policies[0].parameters.thought-layers: thinkv: --thought-layers has an empty item in '0,1,'"),
-                      outcome.stderr)
+        XCTAssertTrue(
+            outcome.stderr.contains(
+                "sweep.json: policies[0].parameters.thought-layers: thinkv: --thought-layers has an empty item in "
+                    + "'0,1,'"
+            ),
+            outcome.stderr)
     }
 }

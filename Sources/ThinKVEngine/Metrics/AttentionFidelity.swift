@@ -28,8 +28,10 @@ enum AttentionFidelity {
     /// the recall and Â for the KL: KL = Σ Â (ln Â − ln A) = (lse − lse_S) · Σ Â.
     /// `logits` (the exact logits over S) are turned into Â in place.
     @inline(__always)
-    static func exactKeyFidelity(logits y: UnsafeMutablePointer<Float>, count n: Int,
-                                 fullLogSumExp lse: Float) -> (massRecall: Float, attentionKL: Float) {
+    static func exactKeyFidelity(
+        logits y: UnsafeMutablePointer<Float>, count n: Int,
+        fullLogSumExp lse: Float
+    ) -> (massRecall: Float, attentionKL: Float) {
         let attendedLSE = Kernels.softmaxFast(y, n)
         return (massRecall(attendedLogSumExp: attendedLSE, fullLogSumExp: lse), (lse - attendedLSE) * Kernels.sum(y, n))
     }
@@ -43,8 +45,10 @@ enum AttentionFidelity {
     /// is more than exp's argument can absorb (a raw Σ exp(x − lse) gave 65): hence the cap.
     /// `policyLogits` are turned into Â in place; `exactLogits` are overwritten (with y − x).
     @inline(__always)
-    static func storedKeyFidelity(exactLogits x: UnsafeMutablePointer<Float>,
-                                  policyLogits y: UnsafeMutablePointer<Float>, count n: Int, fullLogSumExp lse: Float) -> (massRecall: Float, attentionKL: Float) {
+    static func storedKeyFidelity(
+        exactLogits x: UnsafeMutablePointer<Float>,
+        policyLogits y: UnsafeMutablePointer<Float>, count n: Int, fullLogSumExp lse: Float
+    ) -> (massRecall: Float, attentionKL: Float) {
         let exactAttendedLSE = Kernels.logSumExp(x, n)
         let recall = massRecall(attendedLogSumExp: exactAttendedLSE, fullLogSumExp: lse)
         for i in 0..<n { x[i] = y[i] - x[i] }
@@ -58,10 +62,13 @@ enum AttentionFidelity {
     /// m = Σ_{j∈S} A_j; KL = Σ_{j∈S, Â_j>0} Â_j (ln Â_j − ln A_j).
     /// Writes Â into `probabilities` and ln A_j into `logScratch`, both in slot order.
     @inline(__always)
-    static func recordedRowFidelity(row: UnsafePointer<Float>, slots: UnsafePointer<Int32>, count n: Int,
-                                    probabilities a: UnsafeMutablePointer<Float>,
-                                    logScratch logA: UnsafeMutablePointer<Float>)
-        -> (massRecall: Float, attentionKL: Float) {
+    static func recordedRowFidelity(
+        row: UnsafePointer<Float>, slots: UnsafePointer<Int32>, count n: Int,
+        probabilities a: UnsafeMutablePointer<Float>,
+        logScratch logA: UnsafeMutablePointer<Float>
+    )
+        -> (massRecall: Float, attentionKL: Float)
+    {
         var m: Float = 0
         for i in 0..<n {
             let v = row[Int(slots[i])]
@@ -104,8 +111,10 @@ enum AttentionFidelity {
     /// O = Σ_{j≤p} A_j v_j uses the recorded values and Ô = Σ_{j∈S} Â_j v̂_j uses the stored values
     /// v̂ [...]. When ‖O‖₂ = 0, the error is the absolute ‖Ô‖₂."
     @inline(__always)
-    static func outputError(_ mine: UnsafePointer<Float>, full: UnsafePointer<Float>, fullNorm: Float,
-                            headDim D: Int) -> Float {
+    static func outputError(
+        _ mine: UnsafePointer<Float>, full: UnsafePointer<Float>, fullNorm: Float,
+        headDim D: Int
+    ) -> Float {
         var diff: Float = 0
         for d in 0..<D {
             let x = mine[d] - full[d]

@@ -111,7 +111,8 @@ public struct MetricSampling: Codable, Equatable, Sendable {
         self.sampledSteps = sampledSteps
         self.decodeSteps = decodeSteps
         systematic = selection.isSystematic
-        interval = "95 % normal approximation over per-step means, finite-population corrected"
+        interval =
+            "95 % normal approximation over per-step means, finite-population corrected"
             + (systematic ? "; systematic sample, its variance estimated as for a random one" : "")
     }
 
@@ -129,8 +130,10 @@ extension MetricSummary {
     /// over layers and heads, are taken together); with equal clusters the mean of the samples
     /// is the mean of the step means, whose standard error is s/√n·√(1 − n/G). NaN with fewer
     /// than two steps; infinite when a sample is.
-    static func stepSampleHalfWidth(_ samples: [Float], sampledSteps n: Int, headsPerStep: Int,
-                                    decodeSteps G: Int) -> Double {
+    static func stepSampleHalfWidth(
+        _ samples: [Float], sampledSteps n: Int, headsPerStep: Int,
+        decodeSteps G: Int
+    ) -> Double {
         guard n >= 2, headsPerStep > 0, !samples.isEmpty, samples.count % (n * headsPerStep) == 0 else { return .nan }
         var stepSums = [Double](repeating: 0, count: n)
         for (i, x) in samples.enumerated() { stepSums[(i / headsPerStep) % n] += Double(x) }

@@ -24,13 +24,13 @@ struct PagedCacheModel {
     let headDim: Int
 
     // In-place (CT) table. Global slot id = block * blockSize + offset.
-    private var occupant: [Int32] = []          // position in each slot, -1 when free
+    private var occupant: [Int32] = []  // position in each slot, -1 when free
     private var blockClass: [UInt8] = []
     private var blockLive: [Int] = []
     private var blockAllocated: [Bool] = []
-    private var releasedBlocks: [Int] = []      // allocated before, now empty: reused lowest first
+    private var releasedBlocks: [Int] = []  // allocated before, now empty: reused lowest first
     private var freeSlots: [[Int]] = Array(repeating: [], count: 256)  // per class, min-heaps of slot ids
-    private var slotOf: [Int32]                  // per position, slot id or -1
+    private var slotOf: [Int32]  // per position, slot id or -1
 
     // Compaction shadow: per class, positions in dense slot order.
     private var dense: [[Int32]] = Array(repeating: [], count: 256)

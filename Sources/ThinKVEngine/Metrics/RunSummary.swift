@@ -76,15 +76,18 @@ public struct MemorySummary: Codable, Equatable, Sendable {
 public struct RunSummary: Codable, Equatable, Sendable {
     /// The summary of per-step records and samples gathered over `replayedLayers` layers, in
     /// layer order (the engine's, and a layer-shard merge's: the same sums in the same order).
-    public static func of(records: [StepRecord], samples: MetricSamples, counters: [(name: String, value: Int)],
-                          numLayers: Int, replayedLayers: Int, anyValues: Bool,
-                          sampling: MetricSampling? = nil, headsPerStep: Int = 0) -> RunSummary {
+    public static func of(
+        records: [StepRecord], samples: MetricSamples, counters: [(name: String, value: Int)],
+        numLayers: Int, replayedLayers: Int, anyValues: Bool,
+        sampling: MetricSampling? = nil, headsPerStep: Int = 0
+    ) -> RunSummary {
         func summary(_ values: [Float]) -> MetricSummary {
             var s = MetricSummary(samples: values)
             if let sampling {
-                s.ci95HalfWidth = MetricSummary.stepSampleHalfWidth(values, sampledSteps: sampling.sampledSteps,
-                                                                    headsPerStep: headsPerStep,
-                                                                    decodeSteps: sampling.decodeSteps)
+                s.ci95HalfWidth = MetricSummary.stepSampleHalfWidth(
+                    values, sampledSteps: sampling.sampledSteps,
+                    headsPerStep: headsPerStep,
+                    decodeSteps: sampling.decodeSteps)
             }
             return s
         }
@@ -95,7 +98,8 @@ public struct RunSummary: Codable, Equatable, Sendable {
             outputError: anyValues ? summary(samples.outputError) : nil,
             memory: MemorySummary(records: records, numLayers: numLayers, replayedLayers: replayedLayers),
             thoughtBreakdown: ThoughtBreakdownSummary(records: records, numLayers: numLayers),
-            policyCounters: counters.isEmpty ? nil : Dictionary(counters.map { ($0.name, $0.value) }, uniquingKeysWith: +))
+            policyCounters: counters.isEmpty
+                ? nil : Dictionary(counters.map { ($0.name, $0.value) }, uniquingKeysWith: +))
     }
 
     public var massRecall: MetricSummary

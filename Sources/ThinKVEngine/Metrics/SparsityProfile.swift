@@ -25,9 +25,11 @@ public struct SparsityProfile: Sendable {
     }
 
     /// Computes the profile; costs one full-attention pass over the chosen layers.
-    public static func compute(_ reader: TraceReader, layers: [Int]? = nil, maxSteps: Int? = nil,
-                               threads: Int? = nil, progress: ProgressReporting? = nil,
-                               gqa: GQASparsity = .maxPool) throws -> SparsityProfile {
+    public static func compute(
+        _ reader: TraceReader, layers: [Int]? = nil, maxSteps: Int? = nil,
+        threads: Int? = nil, progress: ProgressReporting? = nil,
+        gqa: GQASparsity = .maxPool
+    ) throws -> SparsityProfile {
         let header = reader.header
         let chosen = layers ?? reader.recordedLayerIndices
         let steps = min(maxSteps ?? header.generatedLength, header.generatedLength)
@@ -40,8 +42,9 @@ public struct SparsityProfile: Sendable {
             }
             // Values are not needed for sparsity; load keys only.
             let full = try LayerData.load(from: reader, layer: layer)
-            let data = LayerData(info: info, numTokens: full.numTokens, numKVHeads: full.numKVHeads,
-                                 headDim: full.headDim, keys: full.keys, values: nil)
+            let data = LayerData(
+                info: info, numTokens: full.numTokens, numKVHeads: full.numKVHeads,
+                headDim: full.headDim, keys: full.keys, values: nil)
             let reference = ReferenceAttention(header: header, data: data, workers: workers)
             let scratch = reference.makeScratch(k: 1)
             let chunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: 1)
@@ -60,8 +63,9 @@ public struct SparsityProfile: Sendable {
                 }
                 reference.compute(chunk, scratch: scratch)
                 values += (gqa == .maxPool ? chunk.sparsityMaxPool : chunk.sparsity)[0..<n]
-                progress?.update(fraction: (Double(ordinal) + Double(first + n) / Double(max(steps, 1))) / Double(chosen.count),
-                                 detail: "layer \(layer)")
+                progress?.update(
+                    fraction: (Double(ordinal) + Double(first + n) / Double(max(steps, 1))) / Double(chosen.count),
+                    detail: "layer \(layer)")
             }
             result[layer] = values
         }

@@ -51,7 +51,8 @@ public struct KeptEvent: Codable, Equatable, Sendable {
 
     /// One JSON line, fields in a fixed order.
     public var jsonLine: String {
-        var s = "{\"policy\":\(Format.jsonString(policy)),\"step\":\(step),\"position\":\(position),\"layer\":\(layer),\"kv_head\":\(kvHead),\"kept\":"
+        var s = "{\"policy\":\(Format.jsonString(policy)),\"step\":\(step),\"position\":\(position),"
+        s += "\"layer\":\(layer),\"kv_head\":\(kvHead),\"kept\":"
         s.reserveCapacity(s.utf8.count + kept.count * 6)
         Format.appendJSONArray(kept, to: &s)
         return s + "}"

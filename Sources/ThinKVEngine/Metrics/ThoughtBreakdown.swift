@@ -40,7 +40,8 @@ public struct ThoughtStepBreakdown: Codable, Equatable, Sendable {
             }
         }
         let heads = Double(max(cache.numKVHeads, 1))
-        return ThoughtStepBreakdown(tokens: tokens.map { $0 / heads }, bytes: bytes, tokensByBits: byBits.map { $0 / heads })
+        return ThoughtStepBreakdown(
+            tokens: tokens.map { $0 / heads }, bytes: bytes, tokensByBits: byBits.map { $0 / heads })
     }
 }
 

@@ -97,12 +97,19 @@ extension CachePolicy {
     public static var preferredBlockSize: Int { 16 }
     public static var readsAttention: Bool { true }
     public static var evictsNothing: Bool { false }
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (any Sendable)? { nil }
+    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters, layers: [Int]) throws -> (
+        any Sendable
+    )? { nil }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
-    public static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader,
-                                          layer: LayerInfo) throws {
-        _ = try Self(parameters: parameters, setup: PolicySetup(header: header, layer: layer,
-                                                                prepared: validationPrepared(header: header)))
+    public static func checkConfiguration(
+        _ parameters: PolicyParameters, header: TraceHeader,
+        layer: LayerInfo
+    ) throws {
+        _ = try Self(
+            parameters: parameters,
+            setup: PolicySetup(
+                header: header, layer: layer,
+                prepared: validationPrepared(header: header)))
     }
     /// The parameter with the budget role (`PolicyParameter.Role.budget`), if the policy has one.
     public static var budgetParameter: PolicyParameter? { parameters.first { $0.role == .budget } }
@@ -144,7 +151,10 @@ public struct PolicySetup: Sendable {
     /// What the policy type's `prepare` returned for this replay.
     public let prepared: (any Sendable)?
 
-    public init(header: TraceHeader, layer: LayerInfo, layerOrdinal: Int = 0, layerCount: Int = 1, prepared: (any Sendable)? = nil) {
+    public init(
+        header: TraceHeader, layer: LayerInfo, layerOrdinal: Int = 0, layerCount: Int = 1,
+        prepared: (any Sendable)? = nil
+    ) {
         self.header = header
         self.layer = layer
         self.layerOrdinal = layerOrdinal
@@ -175,8 +185,10 @@ public struct StepContext {
     /// signal an uncompressed model would show; teacher-forced like everything in replay.
     public let fullCacheSparsity: Float
 
-    package init(setup: PolicySetup, data: LayerData, step: Int, position: Int, queries: UnsafeBufferPointer<Float>?,
-                 fullCacheSparsity: Float) {
+    package init(
+        setup: PolicySetup, data: LayerData, step: Int, position: Int, queries: UnsafeBufferPointer<Float>?,
+        fullCacheSparsity: Float
+    ) {
         self.setup = setup
         self.data = data
         self.step = step
@@ -197,7 +209,7 @@ public struct StepContext {
 public struct AttentionView {
     let storage: UnsafeBufferPointer<Float>
     let offsets: [Int]  // per query head, start in storage
-    let counts: [Int]   // per query head: slots of its kv head
+    let counts: [Int]  // per query head: slots of its kv head
 
     /// Probabilities of query head `h` over its kv head's slots, in slot order.
     public func probabilities(queryHead h: Int) -> UnsafeBufferPointer<Float> {

@@ -22,8 +22,10 @@ public protocol ConfiguredPolicy: CachePolicy {
 }
 
 extension ConfiguredPolicy {
-    public static func checkConfiguration(_ parameters: PolicyParameters, header: TraceHeader,
-                                          layer: LayerInfo) throws {
+    public static func checkConfiguration(
+        _ parameters: PolicyParameters, header: TraceHeader,
+        layer: LayerInfo
+    ) throws {
         try Configuration(parameters).check(header: header, layer: layer)
     }
 }
@@ -33,16 +35,18 @@ public enum PolicyGuard {
     /// A budget that holds the observation window plus at least one scored token.
     public static func budget(_ budget: Int, exceedsWindow window: Int, _ policy: String) throws {
         guard budget > window else {
-            throw PolicyError("\(policy): --budget (\(budget)) must exceed --window (\(window)): "
-                              + "the budget holds the window plus at least one scored token")
+            throw PolicyError(
+                "\(policy): --budget (\(budget)) must exceed --window (\(window)): "
+                    + "the budget holds the window plus at least one scored token")
         }
     }
 
     /// A pooling kernel that pads the same number of slots on each side.
     public static func oddKernel(_ kernel: Int, _ policy: String) throws {
         guard kernel % 2 == 1 else {
-            throw PolicyError("\(policy): --kernel must be odd, got \(kernel) "
-                              + "(same-length pooling pads kernel/2 on each side)")
+            throw PolicyError(
+                "\(policy): --kernel must be odd, got \(kernel) "
+                    + "(same-length pooling pads kernel/2 on each side)")
         }
     }
 
@@ -54,9 +58,10 @@ public enum PolicyGuard {
     /// than its window.
     public static func kvpressQueries(interval: Int, window: Int, _ policy: String) throws {
         guard min(interval, kvpressQueryBuffer) > window else {
-            throw PolicyError("\(policy): the press scores with the min(--interval, \(kvpressQueryBuffer)) queries "
-                              + "buffered since its last compression and needs more of them than --window (\(window)); "
-                              + "got --interval \(interval)")
+            throw PolicyError(
+                "\(policy): the press scores with the min(--interval, \(kvpressQueryBuffer)) queries "
+                    + "buffered since its last compression and needs more of them than --window (\(window)); "
+                    + "got --interval \(interval)")
         }
     }
 }

@@ -30,8 +30,10 @@ public struct PolicyParameter: Sendable, Equatable {
     public let help: String
     public let role: Role?
 
-    public init(_ name: String, _ kind: Kind, default defaultValue: String? = nil, required: Bool = false, help: String,
-                role: Role? = nil) {
+    public init(
+        _ name: String, _ kind: Kind, default defaultValue: String? = nil, required: Bool = false, help: String,
+        role: Role? = nil
+    ) {
         self.name = name
         self.kind = kind
         self.defaultValue = defaultValue
@@ -40,10 +42,13 @@ public struct PolicyParameter: Sendable, Equatable {
         self.role = role
     }
 
-    public static func integer(_ name: String, default value: Int? = nil, min: Int = 0, max: Int = Int(Int32.max),
-                               required: Bool = false, help: String, role: Role? = nil) -> PolicyParameter {
-        PolicyParameter(name, .integer(min...max), default: value.map(String.init), required: required, help: help,
-                        role: role)
+    public static func integer(
+        _ name: String, default value: Int? = nil, min: Int = 0, max: Int = Int(Int32.max),
+        required: Bool = false, help: String, role: Role? = nil
+    ) -> PolicyParameter {
+        PolicyParameter(
+            name, .integer(min...max), default: value.map(String.init), required: required, help: help,
+            role: role)
     }
 
     /// The `--budget` of a policy, with the budget role.
@@ -51,12 +56,16 @@ public struct PolicyParameter: Sendable, Equatable {
         integer("budget", min: min, required: required, help: help, role: .budget)
     }
 
-    public static func real(_ name: String, default value: Double? = nil, min: Double = -.greatestFiniteMagnitude,
-                            max: Double = .greatestFiniteMagnitude, help: String) -> PolicyParameter {
+    public static func real(
+        _ name: String, default value: Double? = nil, min: Double = -.greatestFiniteMagnitude,
+        max: Double = .greatestFiniteMagnitude, help: String
+    ) -> PolicyParameter {
         PolicyParameter(name, .real(min...max), default: value.map { String($0) }, help: help)
     }
 
-    public static func choice(_ name: String, _ options: [String], default value: String?, help: String) -> PolicyParameter {
+    public static func choice(_ name: String, _ options: [String], default value: String?, help: String)
+        -> PolicyParameter
+    {
         PolicyParameter(name, .choice(options), default: value, help: help)
     }
 
@@ -64,7 +73,9 @@ public struct PolicyParameter: Sendable, Equatable {
         PolicyParameter(name, .flag, default: value ? "true" : "false", help: help)
     }
 
-    public static func text(_ name: String, _ form: String, default value: String? = nil, help: String) -> PolicyParameter {
+    public static func text(_ name: String, _ form: String, default value: String? = nil, help: String)
+        -> PolicyParameter
+    {
         PolicyParameter(name, .text(form), default: value, help: help)
     }
 
@@ -138,8 +149,10 @@ public struct PolicyParameters: Sendable, Equatable, Hashable {
             given[name] = try spec.validate(raw, policy: policy)
         }
         for name in awaiting where table[name] == nil || given[name] != nil {
-            throw PolicyError(table[name] == nil ? "\(policy): awaits --\(name), which it does not declare"
-                              : "\(policy): --\(name) is set later and may not be given now")
+            throw PolicyError(
+                table[name] == nil
+                    ? "\(policy): awaits --\(name), which it does not declare"
+                    : "\(policy): --\(name) is set later and may not be given now")
         }
         for spec in specs where spec.required && given[spec.name] == nil && !awaiting.contains(spec.name) {
             throw PolicyError("\(policy): --\(spec.name) is required (\(spec.help))")

@@ -16,8 +16,10 @@ public struct PolicySpec: Hashable, Sendable {
     /// type's declared parameters. With `awaitingBudget`, a policy with a budget
     /// (`CachePolicy.budgetParameter`) is left without one: a memory target's search sets it
     /// (`withBudget`); it may not be given.
-    public init(name: String, type: any CachePolicy.Type, values: [String: String] = [:],
-                implied: [String: String] = [:], awaitingBudget: Bool = false) throws {
+    public init(
+        name: String, type: any CachePolicy.Type, values: [String: String] = [:],
+        implied: [String: String] = [:], awaitingBudget: Bool = false
+    ) throws {
         var merged = values
         for (key, value) in implied {
             if let given = values[key], given != value {
@@ -99,10 +101,15 @@ public struct PolicySpec: Hashable, Sendable {
         for layer in layers {
             guard let info = reader.layerInfo(layer) else { continue }
             if needs.contains(.queriesAndKeys) && !info.hasQueriesAndKeys {
-                throw PolicyError("\(reader.path): policy \(name) needs queries and keys (/layers/\(layer)/q and k); this layer records attention only")
+                throw PolicyError(
+                    "\(reader.path): policy \(name) needs queries and keys (/layers/\(layer)/q and k); this layer "
+                        + "records attention only"
+                )
             }
             if needs.contains(.values) && !info.hasValues {
-                throw PolicyError("\(reader.path): policy \(name) needs values (/layers/\(layer)/v), which this trace does not record")
+                throw PolicyError(
+                    "\(reader.path): policy \(name) needs values (/layers/\(layer)/v), which this trace does not record"
+                )
             }
         }
     }

@@ -17,7 +17,9 @@ public final class TerminalProgress: ProgressReporting {
     /// Seconds between plain lines; the first comes after this long, so short runs print nothing
     /// (THINKV_PROGRESS_SECONDS overrides).
     public static let plainInterval: TimeInterval =
-        ProcessInfo.processInfo.environment["THINKV_PROGRESS_SECONDS"].flatMap(Double.init).flatMap { $0 >= 0 ? $0 : nil } ?? 10
+        ProcessInfo.processInfo.environment["THINKV_PROGRESS_SECONDS"].flatMap(Double.init).flatMap {
+            $0 >= 0 ? $0 : nil
+        } ?? 10
 
     private let label: String
     private let style: Mode
@@ -50,12 +52,14 @@ public final class TerminalProgress: ProgressReporting {
             let width = 24
             let filled = max(0, min(width, Int((fraction * Double(width)).rounded())))
             let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-            StandardError.write(String(format: "\r%@ [%@] %3.0f%% %@ %.1fs", label, bar, fraction * 100, detail, elapsed) + "\u{1B}[K")
+            StandardError.write(
+                String(format: "\r%@ [%@] %3.0f%% %@ %.1fs", label, bar, fraction * 100, detail, elapsed) + "\u{1B}[K")
             drawn = true
         case .plain:
             guard now.timeIntervalSince(lastLine) >= Self.plainInterval else { return }
             lastLine = now
-            StandardError.write(String(format: "progress: %@ %.0f%% %@ (%.0fs)\n", label, fraction * 100, detail, elapsed))
+            StandardError.write(
+                String(format: "progress: %@ %.0f%% %@ (%.0fs)\n", label, fraction * 100, detail, elapsed))
         case .none, .auto:
             return
         }

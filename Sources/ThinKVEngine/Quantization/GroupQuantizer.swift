@@ -28,7 +28,10 @@ public enum GroupQuantizer: Sendable, Equatable, CustomStringConvertible {
     /// The quantizer `format` uses at `bits` bits per element.
     public init(format: QuantFormat, bits: Int) throws {
         guard format.supportedBits.contains(bits) else {
-            throw PolicyError("format \(format.rawValue) supports \(format.supportedBits.map(String.init).joined(separator: ", ")) bits, not \(bits)")
+            throw PolicyError(
+                "format \(format.rawValue) supports \(format.supportedBits.map(String.init).joined(separator: ", ")) "
+                    + "bits, not \(bits)"
+            )
         }
         switch (format, bits) {
         case (.int, _): self = .integer(bits: bits)

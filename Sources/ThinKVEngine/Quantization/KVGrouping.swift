@@ -17,8 +17,10 @@ public enum KVGrouping {
     /// Quantizes the keys of `positions` (in the order given, cut into runs of `groupSize`
     /// tokens; a shorter last run is its own group) per channel in `kvHead`.
     @discardableResult
-    public static func quantizeKeysPerChannel(_ cache: LayerCache, kvHead: Int, positions: [Int], groupSize: Int,
-                                              quantizer: GroupQuantizer) -> Int {
+    public static func quantizeKeysPerChannel(
+        _ cache: LayerCache, kvHead: Int, positions: [Int], groupSize: Int,
+        quantizer: GroupQuantizer
+    ) -> Int {
         precondition(groupSize > 0, "group size must be positive")
         let n = positions.count
         guard n > 0 else { return 0 }
@@ -69,8 +71,13 @@ public enum KVGrouping {
         while start < n {
             let count = min(groupSize, n - start)
             metadata += D * quantizer.metadataBits(count: count)
-            cache.quantizationLog?.append((kvHead, QuantizedGroup(
-                tensor: .key, positions: positions[start..<(start + count)].map { Int32($0) }, quantizer: quantizer, channelGroup: D)))
+            cache.quantizationLog?.append(
+                (
+                    kvHead,
+                    QuantizedGroup(
+                        tensor: .key, positions: positions[start..<(start + count)].map { Int32($0) },
+                        quantizer: quantizer, channelGroup: D)
+                ))
             start += count
         }
         return metadata
@@ -79,22 +86,30 @@ public enum KVGrouping {
     /// Quantizes the values of `positions` in `kvHead` per token: each token's D channels in
     /// runs of `groupSize` (a shorter last run when D is not a multiple).
     @discardableResult
-    public static func quantizeValuesPerToken(_ cache: LayerCache, kvHead: Int, positions: [Int], groupSize: Int,
-                                              quantizer: GroupQuantizer) -> Int {
+    public static func quantizeValuesPerToken(
+        _ cache: LayerCache, kvHead: Int, positions: [Int], groupSize: Int,
+        quantizer: GroupQuantizer
+    ) -> Int {
         precondition(groupSize > 0, "group size must be positive")
         guard !positions.isEmpty else { return 0 }
         let D = cache.headDim, T = cache.numTokens
         if cache.storedValues != nil {
             cache.valuesModified = true
             cache.storedValues!.withUnsafeMutableBufferPointer { values in
-                roundTripRows(values.baseAddress! + kvHead * T * D, positions: positions, headDim: D, groupSize: groupSize,
-                              quantizer: quantizer)
+                roundTripRows(
+                    values.baseAddress! + kvHead * T * D, positions: positions, headDim: D, groupSize: groupSize,
+                    quantizer: quantizer)
             }
         }
         let bits = UInt8(quantizer.elementBits)
         for p in positions { cache.setValueBits(kvHead: kvHead, position: p, bits) }
-        cache.quantizationLog?.append((kvHead, QuantizedGroup(
-            tensor: .value, positions: positions.map { Int32($0) }, quantizer: quantizer, channelGroup: groupSize)))
+        cache.quantizationLog?.append(
+            (
+                kvHead,
+                QuantizedGroup(
+                    tensor: .value, positions: positions.map { Int32($0) }, quantizer: quantizer,
+                    channelGroup: groupSize)
+            ))
         return positions.count * valueMetadataBitsPerToken(headDim: D, groupSize: groupSize, quantizer: quantizer)
     }
 
@@ -105,31 +120,41 @@ public enum KVGrouping {
     /// it after, as when a reparameterization (PM-KVQ's SmoothAttention) moves a per-channel
     /// factor from the keys into the queries.
     @discardableResult
-    public static func quantizeKeysPerToken(_ cache: LayerCache, kvHead: Int, positions: [Int], groupSize: Int,
-                                            quantizer: GroupQuantizer, channelScale: [Float]? = nil) -> Int {
+    public static func quantizeKeysPerToken(
+        _ cache: LayerCache, kvHead: Int, positions: [Int], groupSize: Int,
+        quantizer: GroupQuantizer, channelScale: [Float]? = nil
+    ) -> Int {
         precondition(groupSize > 0, "group size must be positive")
         guard !positions.isEmpty else { return 0 }
         let D = cache.headDim, T = cache.numTokens
         if cache.storedKeys != nil {
             cache.keysModified = true
             cache.storedKeys!.withUnsafeMutableBufferPointer { keys in
-                roundTripRows(keys.baseAddress! + kvHead * T * D, positions: positions, headDim: D, groupSize: groupSize,
-                              quantizer: quantizer, channelScale: channelScale)
+                roundTripRows(
+                    keys.baseAddress! + kvHead * T * D, positions: positions, headDim: D, groupSize: groupSize,
+                    quantizer: quantizer, channelScale: channelScale)
             }
         }
         let bits = UInt8(quantizer.elementBits)
         for p in positions { cache.setKeyBits(kvHead: kvHead, position: p, bits) }
-        cache.quantizationLog?.append((kvHead, QuantizedGroup(
-            tensor: .keyPerToken, positions: positions.map { Int32($0) }, quantizer: quantizer, channelGroup: groupSize,
-            channelScale: channelScale)))
+        cache.quantizationLog?.append(
+            (
+                kvHead,
+                QuantizedGroup(
+                    tensor: .keyPerToken, positions: positions.map { Int32($0) }, quantizer: quantizer,
+                    channelGroup: groupSize,
+                    channelScale: channelScale)
+            ))
         return positions.count * valueMetadataBitsPerToken(headDim: D, groupSize: groupSize, quantizer: quantizer)
     }
 
     /// Rounds the rows `positions` of one head's `[T][D]` tensor in place, each in runs of
     /// `groupSize` channels (a shorter last run); with `channelScale`, divided by it before and
     /// multiplied by it after.
-    private static func roundTripRows(_ head: UnsafeMutablePointer<Float>, positions: [Int], headDim D: Int, groupSize: Int,
-                                      quantizer: GroupQuantizer, channelScale: [Float]? = nil) {
+    private static func roundTripRows(
+        _ head: UnsafeMutablePointer<Float>, positions: [Int], headDim D: Int, groupSize: Int,
+        quantizer: GroupQuantizer, channelScale: [Float]? = nil
+    ) {
         for p in positions {
             let row = head + p * D
             if let channelScale { for d in 0..<D { row[d] /= channelScale[d] } }

@@ -22,7 +22,9 @@ public struct MiniFloat: Sendable, Equatable {
     public static let e2m1 = MiniFloat(mantissaBits: 1, minNormalExponent: 0, maxFinite: 6)
 
     /// Smallest positive value (the subnormal step).
-    public var smallestPositive: Float { Float(sign: .plus, exponent: minNormalExponent - mantissaBits, significand: 1) }
+    public var smallestPositive: Float {
+        Float(sign: .plus, exponent: minNormalExponent - mantissaBits, significand: 1)
+    }
 
     /// The nearest representable value (ties to even mantissa), saturating at ±`maxFinite`.
     @inline(__always)

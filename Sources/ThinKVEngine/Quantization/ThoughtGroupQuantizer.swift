@@ -51,9 +51,11 @@ public final class ThoughtGroupQuantizer {
         /// quantized (a short group with its own scales) or left at 16 bits.
         public var quantizesPartialGroups: Bool
 
-        public init(format: QuantFormat = .paper, reasoningBits: Int = 4, executionBits: Int = 4, transitionBits: Int = 2,
-                    groupSize: Int = 16, promptBits: Int? = nil, promptPagingClass: UInt8 = 3,
-                    pagingClassByType: [UInt8] = [0, 1, 2], quantizesPartialGroups: Bool = true) {
+        public init(
+            format: QuantFormat = .paper, reasoningBits: Int = 4, executionBits: Int = 4, transitionBits: Int = 2,
+            groupSize: Int = 16, promptBits: Int? = nil, promptPagingClass: UInt8 = 3,
+            pagingClassByType: [UInt8] = [0, 1, 2], quantizesPartialGroups: Bool = true
+        ) {
             self.format = format
             self.bitsByType = [reasoningBits, executionBits, transitionBits]
             self.groupSize = groupSize
@@ -71,30 +73,34 @@ public final class ThoughtGroupQuantizer {
 
     private let numKVHeads: Int
     private let numTokens: Int
-    private var typeOf: [Int8]                 // per position, -1 until set
-    private var openType: [Int]                // per head, -1 when no group is open
-    private var openMembers: [[Int]]           // per head, positions of the open group
+    private var typeOf: [Int8]  // per position, -1 until set
+    private var openType: [Int]  // per head, -1 when no group is open
+    private var openMembers: [[Int]]  // per head, positions of the open group
     // Quantized groups (ids shared by all heads' groups).
-    private var groupOf: [Int32]               // per (head, position): group id or -1
+    private var groupOf: [Int32]  // per (head, position): group id or -1
     private var groupHead: [Int] = []
     private var groupMembers: [[Int32]] = []
-    private var groupLive: [Int] = []          // resident members
-    private var groupKeyBytes: [Int] = []      // key metadata bytes, charged while any member is resident
+    private var groupLive: [Int] = []  // resident members
+    private var groupKeyBytes: [Int] = []  // key metadata bytes, charged while any member is resident
     private var groupValueBytesPerToken: [Int] = []  // one member's value metadata bytes, charged while it is resident
-    private var liveGroups: [[Int]]            // per head, ids of groups with resident members
-    private var charged: [Int]                 // per head, metadata bytes this component charged
+    private var liveGroups: [[Int]]  // per head, ids of groups with resident members
+    private var charged: [Int]  // per head, metadata bytes this component charged
     private var mark: [UInt32]
     private var stamp: UInt32 = 0
 
     /// Checks the configuration: bits each format supports, a positive group size.
     public init(_ configuration: Configuration, cache: LayerCache) throws {
         guard configuration.groupSize > 0 else { throw PolicyError("TBQ group size must be positive") }
-        guard configuration.bitsByType.count == Self.thoughtTypeCount, configuration.pagingClassByType.count == Self.thoughtTypeCount else {
+        guard configuration.bitsByType.count == Self.thoughtTypeCount,
+            configuration.pagingClassByType.count == Self.thoughtTypeCount
+        else {
             throw PolicyError("TBQ needs bits for \(Self.thoughtTypeCount) thought types")
         }
         self.configuration = configuration
         quantizers = try configuration.bitsByType.map { try GroupQuantizer(format: configuration.format, bits: $0) }
-        promptQuantizer = try configuration.promptBits.map { try GroupQuantizer(format: configuration.format, bits: $0) }
+        promptQuantizer = try configuration.promptBits.map {
+            try GroupQuantizer(format: configuration.format, bits: $0)
+        }
         numKVHeads = cache.numKVHeads
         numTokens = cache.numTokens
         typeOf = [Int8](repeating: -1, count: cache.numTokens)
@@ -127,8 +133,9 @@ public final class ThoughtGroupQuantizer {
     /// paging class. Call before the engine pages the token (`beforeAttention`).
     public func setThoughtType(_ type: Int, position: Int, cache: LayerCache) {
         precondition((0..<Self.thoughtTypeCount).contains(type), "thought type must be 0, 1 or 2, got \(type)")
-        precondition(typeOf[position] < 0 || Int(typeOf[position]) == type,
-                     "position \(position) already has thought type \(typeOf[position])")
+        precondition(
+            typeOf[position] < 0 || Int(typeOf[position]) == type,
+            "position \(position) already has thought type \(typeOf[position])")
         typeOf[position] = Int8(type)
         cache.pagingClass[position] = configuration.pagingClassByType[type]
     }
@@ -148,7 +155,8 @@ public final class ThoughtGroupQuantizer {
                 if configuration.quantizesPartialGroups && openType[h] >= 0 && !openMembers[h].isEmpty {
                     pruneOpenGroup(kvHead: h, cache: cache)
                     if !openMembers[h].isEmpty {
-                        quantizeGroup(kvHead: h, positions: openMembers[h], quantizer: quantizers[openType[h]], cache: cache)
+                        quantizeGroup(
+                            kvHead: h, positions: openMembers[h], quantizer: quantizers[openType[h]], cache: cache)
                         quantized = true
                     }
                 }
@@ -245,12 +253,14 @@ public final class ThoughtGroupQuantizer {
 
     private func quantizeGroup(kvHead h: Int, positions: [Int], quantizer: GroupQuantizer, cache: LayerCache) {
         let G = configuration.groupSize
-        let keyBits = KVGrouping.quantizeKeysPerChannel(cache, kvHead: h, positions: positions, groupSize: G, quantizer: quantizer)
+        let keyBits = KVGrouping.quantizeKeysPerChannel(
+            cache, kvHead: h, positions: positions, groupSize: G, quantizer: quantizer)
         KVGrouping.quantizeValuesPerToken(cache, kvHead: h, positions: positions, groupSize: G, quantizer: quantizer)
         // Every format's metadata is whole bytes per scale (8, 16 or 32 bits), so rounding the
         // key and the per-token value metadata separately loses nothing.
         let keyBytes = (keyBits + 7) / 8
-        let valueBytesPerToken = (KVGrouping.valueMetadataBitsPerToken(headDim: cache.headDim, groupSize: G, quantizer: quantizer) + 7) / 8
+        let valueBytesPerToken =
+            (KVGrouping.valueMetadataBitsPerToken(headDim: cache.headDim, groupSize: G, quantizer: quantizer) + 7) / 8
         let id = groupHead.count
         groupHead.append(h)
         groupMembers.append(positions.map { Int32($0) })

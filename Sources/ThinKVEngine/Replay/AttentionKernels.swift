@@ -162,8 +162,12 @@ public struct TopKSelector {
         while true {  // sift down
             let l = 2 * c + 1, r = l + 1
             var weakest = c
-            if l < count && TopKSelector.weaker(values[l], indices[l], values[weakest], indices[weakest]) { weakest = l }
-            if r < count && TopKSelector.weaker(values[r], indices[r], values[weakest], indices[weakest]) { weakest = r }
+            if l < count && TopKSelector.weaker(values[l], indices[l], values[weakest], indices[weakest]) {
+                weakest = l
+            }
+            if r < count && TopKSelector.weaker(values[r], indices[r], values[weakest], indices[weakest]) {
+                weakest = r
+            }
             if weakest == c { break }
             values.swapAt(c, weakest)
             indices.swapAt(c, weakest)
@@ -185,13 +189,16 @@ public struct TopKSelector {
     /// `floorHint` (e.g. the k-th best of a similar row) replaces the selection when at least k
     /// of the lane maxima reach it: then at least k values of the row do, and it is a floor too.
     /// It changes how much work is skipped, never what is selected.
-    public mutating func offerAll(_ x: UnsafePointer<Float>, _ n: Int, laneMaxima: UnsafeMutablePointer<Float>? = nil,
-                                  floorHint: Float = -.infinity) {
+    public mutating func offerAll(
+        _ x: UnsafePointer<Float>, _ n: Int, laneMaxima: UnsafeMutablePointer<Float>? = nil,
+        floorHint: Float = -.infinity
+    ) {
         var floor = -Float.infinity
         let sets = n / 64 * 8
         if k > 0 && sets >= 2 * k {
             if let laneMaxima {
-                floor = floorHint > -.infinity && TopKSelector.count(atLeast: floorHint, laneMaxima, sets) >= k
+                floor =
+                    floorHint > -.infinity && TopKSelector.count(atLeast: floorHint, laneMaxima, sets) >= k
                     ? floorHint.nextDown : TopKSelector.kthLargest(laneMaxima, sets, k).nextDown
             } else {
                 floor = withUnsafeTemporaryAllocation(of: Float.self, capacity: sets) { maxima in
@@ -210,7 +217,8 @@ public struct TopKSelector {
             for c in stride(from: 8, to: 64, by: 8) { above = above .| (Kernels.load8(x, j + c) .> t) }
             if any(above) {
                 // Then 8 at a time: a block that passed usually holds one or two entrants.
-                for c in stride(from: j, to: j + 64, by: 8) where any(Kernels.load8(x, c) .> SIMD8<Float>(repeating: threshold)) {
+                for c in stride(from: j, to: j + 64, by: 8)
+                where any(Kernels.load8(x, c) .> SIMD8<Float>(repeating: threshold)) {
                     for i in c..<(c + 8) where x[i] > threshold {
                         offer(x[i], Int32(i))
                         threshold = max(admissionThreshold, floor)

@@ -8,9 +8,11 @@ import Foundation
 extension Kernels {
     /// out[r * outStride + j] = scale · (q_r · key(indices[j])) for r < rows, j < count, where
     /// q_r = queries + r·D and key(i) = keys + i·D.
-    public static func scores(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
-                              keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
-                              scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
+    public static func scores(
+        queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
+        keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
+        scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int
+    ) {
         guard D % 8 == 0 else {
             for r in 0..<rows {
                 for j in 0..<count {
@@ -20,15 +22,17 @@ extension Kernels {
             return
         }
         #if THINKV_AVX512
-        scoresRowPairs(queries: queries, rows: rows, headDim: D, keys: keys, indices: indices, count: count,
-                       scale: scale, out: out, outStride: outStride)
+        scoresRowPairs(
+            queries: queries, rows: rows, headDim: D, keys: keys, indices: indices, count: count,
+            scale: scale, out: out, outStride: outStride)
         #else
         // Positions in blocks that stay in L2 while every row passes over them.
         var blockStart = 0
         while blockStart < count {
             let blockEnd = min(count, blockStart + positionBlock)
-            scoresBlock(queries: queries, rows: rows, headDim: D, keys: keys, indices: indices,
-                        range: blockStart..<blockEnd, scale: scale, out: out, outStride: outStride)
+            scoresBlock(
+                queries: queries, rows: rows, headDim: D, keys: keys, indices: indices,
+                range: blockStart..<blockEnd, scale: scale, out: out, outStride: outStride)
             blockStart = blockEnd
         }
         #endif
@@ -37,8 +41,10 @@ extension Kernels {
     /// Keys of one kv head repacked in panels of W = `panelWidth` positions: element d of key
     /// W·p + i is at `(p·D + d)·W + i`, so one vector load gives dimension d of W consecutive
     /// keys. Only whole panels are packed (`count / W` of them).
-    public static func packKeyPanels(keys: UnsafePointer<Float>, count: Int, headDim D: Int,
-                                     into panels: UnsafeMutablePointer<Float>) {
+    public static func packKeyPanels(
+        keys: UnsafePointer<Float>, count: Int, headDim D: Int,
+        into panels: UnsafeMutablePointer<Float>
+    ) {
         let W = panelWidth
         for p in 0..<(count / W) {
             let dst = panels + p * D * W
@@ -57,9 +63,11 @@ extension Kernels {
     /// lane class l (dimensions d ≡ l mod 8) is one fused multiply-add chain over d in
     /// increasing order, as lane l of `dot`'s accumulator, and the classes are added in lane
     /// order 0...7 (the order of `SIMD8.sum()`), folding into the output row as they finish.
-    public static func scoresPanels(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
-                                    panels: UnsafePointer<Float>, keys: UnsafePointer<Float>,
-                                    identity: UnsafePointer<Int32>, count: Int, scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
+    public static func scoresPanels(
+        queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
+        panels: UnsafePointer<Float>, keys: UnsafePointer<Float>,
+        identity: UnsafePointer<Int32>, count: Int, scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int
+    ) {
         let paired = D % 8 == 0 ? count / (2 * panelWidth) * (2 * panelWidth) : 0
         var blockStart = 0
         while blockStart < paired {
@@ -68,13 +76,15 @@ extension Kernels {
             #if THINKV_AVX512
             while r + 7 <= rows {
                 for j in stride(from: blockStart, to: blockEnd, by: 32) {
-                    scoresTile7x32(queries + r * D, D: D, panel: panels + j * D, scale: scale, out + r * outStride + j, outStride)
+                    scoresTile7x32(
+                        queries + r * D, D: D, panel: panels + j * D, scale: scale, out + r * outStride + j, outStride)
                 }
                 r += 7
             }
             while r + 4 <= rows {
                 for j in stride(from: blockStart, to: blockEnd, by: 32) {
-                    scoresTile4x32(queries + r * D, D: D, panel: panels + j * D, scale: scale, out + r * outStride + j, outStride)
+                    scoresTile4x32(
+                        queries + r * D, D: D, panel: panels + j * D, scale: scale, out + r * outStride + j, outStride)
                 }
                 r += 4
             }
@@ -101,8 +111,9 @@ extension Kernels {
                 let q0 = queries + r * D, o0 = out + r * outStride
                 var j = blockStart
                 while j < blockEnd {
-                    scoresTile(q0, q0 + D, q0 + 2 * D, q0 + 3 * D, D: D, panel: panels + j * D, scale: scale,
-                               o0 + j, o0 + outStride + j, o0 + 2 * outStride + j, o0 + 3 * outStride + j)
+                    scoresTile(
+                        q0, q0 + D, q0 + 2 * D, q0 + 3 * D, D: D, panel: panels + j * D, scale: scale,
+                        o0 + j, o0 + outStride + j, o0 + 2 * outStride + j, o0 + 3 * outStride + j)
                     j += 16
                 }
                 r += 4
@@ -131,8 +142,9 @@ extension Kernels {
             blockStart = blockEnd
         }
         if paired < count {
-            scores(queries: queries, rows: rows, headDim: D, keys: keys, indices: identity + paired,
-                   count: count - paired, scale: scale, out: out + paired, outStride: outStride)
+            scores(
+                queries: queries, rows: rows, headDim: D, keys: keys, indices: identity + paired,
+                count: count - paired, scale: scale, out: out + paired, outStride: outStride)
         }
     }
 
@@ -143,11 +155,13 @@ extension Kernels {
 
     /// 4 query rows × 16 keys (two panels) of `scoresPanels`.
     @inline(__always)
-    private static func scoresTile(_ q0: UnsafePointer<Float>, _ q1: UnsafePointer<Float>,
-                                   _ q2: UnsafePointer<Float>, _ q3: UnsafePointer<Float>, D: Int,
-                                   panel: UnsafePointer<Float>, scale: Float,
-                                   _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>,
-                                   _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>) {
+    private static func scoresTile(
+        _ q0: UnsafePointer<Float>, _ q1: UnsafePointer<Float>,
+        _ q2: UnsafePointer<Float>, _ q3: UnsafePointer<Float>, D: Int,
+        panel: UnsafePointer<Float>, scale: Float,
+        _ o0: UnsafeMutablePointer<Float>, _ o1: UnsafeMutablePointer<Float>,
+        _ o2: UnsafeMutablePointer<Float>, _ o3: UnsafeMutablePointer<Float>
+    ) {
         let second = panel + D * 8
         for l in 0..<8 {
             var a00 = SIMD8<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00
@@ -173,8 +187,10 @@ extension Kernels {
     /// 6 query rows (`q`, `q + D`, ...) × 16 keys (two panels) of `scoresPanels`: 12 FMA chains,
     /// two key loads and six broadcasts per 12 FMAs, 15 of the 16 vector registers.
     @inline(__always)
-    private static func scoresTile6(_ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
-                                    _ o: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    private static func scoresTile6(
+        _ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
+        _ o: UnsafeMutablePointer<Float>, _ outStride: Int
+    ) {
         let q0 = q, q1 = q0 + D, q2 = q1 + D, q3 = q2 + D, q4 = q3 + D, q5 = q4 + D
         let second = panel + D * 8
         for l in 0..<8 {
@@ -206,7 +222,9 @@ extension Kernels {
     /// Adds lane class `l` of 16 dot products to their running sums in `o[0..<16]`; the first
     /// class stores, the last one also scales.
     @inline(__always)
-    private static func fold(_ o: UnsafeMutablePointer<Float>, _ a: SIMD8<Float>, _ b: SIMD8<Float>, _ l: Int, _ scale: Float) {
+    private static func fold(
+        _ o: UnsafeMutablePointer<Float>, _ a: SIMD8<Float>, _ b: SIMD8<Float>, _ l: Int, _ scale: Float
+    ) {
         let raw = UnsafeMutableRawPointer(o)
         var x = a, y = b
         if l > 0 {
@@ -225,9 +243,11 @@ extension Kernels {
     static let positionBlock = 32
 
     @inline(__always)
-    private static func scoresBlock(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
-                                    keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
-                                    scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
+    private static func scoresBlock(
+        queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
+        keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
+        scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int
+    ) {
         let count = range.upperBound
         var r = 0
         while r + 4 <= rows {
@@ -318,9 +338,11 @@ extension Kernels {
 
     /// out[r·D ..< (r+1)·D] = Σ_j probs[r·probStride + j] · value(indices[j]) for r < rows, summed
     /// over j in increasing order (as repeated `axpy` would).
-    public static func weightedSum(probs: UnsafePointer<Float>, probStride: Int, rows: Int,
-                                   values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
-                                   headDim D: Int, out: UnsafeMutablePointer<Float>) {
+    public static func weightedSum(
+        probs: UnsafePointer<Float>, probStride: Int, rows: Int,
+        values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
+        headDim D: Int, out: UnsafeMutablePointer<Float>
+    ) {
         guard D % 32 == 0 else {
             for r in 0..<rows {
                 let o = out + r * D
@@ -335,14 +357,17 @@ extension Kernels {
             let blockEnd = min(count, blockStart + positionBlock)
             // The next block's value rows (scattered in memory when a policy gathers its kept
             // positions) and probabilities start loading while this block is summed.
-            prefetchBlock(probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
-                          range: blockEnd..<min(count, blockEnd + positionBlock), headDim: D)
+            prefetchBlock(
+                probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
+                range: blockEnd..<min(count, blockEnd + positionBlock), headDim: D)
             #if THINKV_AVX512
-            weightedSumBlock16(probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
-                               range: blockStart..<blockEnd, headDim: D, out: out)
+            weightedSumBlock16(
+                probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
+                range: blockStart..<blockEnd, headDim: D, out: out)
             #else
-            weightedSumBlock(probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
-                             range: blockStart..<blockEnd, headDim: D, out: out)
+            weightedSumBlock(
+                probs: probs, probStride: probStride, rows: rows, values: values, indices: indices,
+                range: blockStart..<blockEnd, headDim: D, out: out)
             #endif
             blockStart = blockEnd
         }
@@ -351,9 +376,11 @@ extension Kernels {
     /// Prefetch hints for `weightedSum`'s block `range`: every cache line of its value rows, and
     /// the first line of each row's probabilities.
     @inline(__always)
-    private static func prefetchBlock(probs: UnsafePointer<Float>, probStride: Int, rows: Int,
-                                      values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
-                                      headDim D: Int) {
+    private static func prefetchBlock(
+        probs: UnsafePointer<Float>, probStride: Int, rows: Int,
+        values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
+        headDim D: Int
+    ) {
         guard !range.isEmpty else { return }
         for j in range {
             let row = values + Int(indices[j]) &* D
@@ -368,9 +395,11 @@ extension Kernels {
 
     /// Adds the positions `range` to the running sums in `out` (same order as one pass).
     @inline(__always)
-    private static func weightedSumBlock(probs: UnsafePointer<Float>, probStride: Int, rows: Int,
-                                         values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
-                                         headDim D: Int, out: UnsafeMutablePointer<Float>) {
+    private static func weightedSumBlock(
+        probs: UnsafePointer<Float>, probStride: Int, rows: Int,
+        values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
+        headDim D: Int, out: UnsafeMutablePointer<Float>
+    ) {
         var r = 0
         // Six rows × 16 dimensions: 12 independent FMA chains, enough to cover the FMA latency
         // on both pipes, with each value vector loaded once for the six rows.
@@ -418,8 +447,10 @@ extension Kernels {
                     let v = values + (Int(indices[j]) &* D &+ tile)
                     let v0 = load8(v, 0), v1 = load8(v, 8), v2 = load8(v, 16), v3 = load8(v, 24)
                     let w0 = SIMD8<Float>(repeating: p0[j]), w1 = SIMD8<Float>(repeating: p1[j])
-                    multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1); multiplyAdd(&a2, w0, v2); multiplyAdd(&a3, w0, v3)
-                    multiplyAdd(&b0, w1, v0); multiplyAdd(&b1, w1, v1); multiplyAdd(&b2, w1, v2); multiplyAdd(&b3, w1, v3)
+                    multiplyAdd(&a0, w0, v0); multiplyAdd(&a1, w0, v1); multiplyAdd(&a2, w0, v2);
+                    multiplyAdd(&a3, w0, v3)
+                    multiplyAdd(&b0, w1, v0); multiplyAdd(&b1, w1, v1); multiplyAdd(&b2, w1, v2);
+                    multiplyAdd(&b3, w1, v3)
                 }
                 store8(o0, 0, a0); store8(o0, 8, a1); store8(o0, 16, a2); store8(o0, 24, a3)
                 store8(o1, 0, b0); store8(o1, 8, b1); store8(o1, 16, b2); store8(o1, 24, b3)
@@ -594,8 +625,10 @@ extension Kernels {
     /// x[i] /= sum (as a product with 1/sum) for i in 0..<n, and, with `accumulatingInto`, adds
     /// each result to it in the same pass.
     @inline(__always)
-    public static func normalize(_ x: UnsafeMutablePointer<Float>, _ n: Int, sum s: Float,
-                                 accumulatingInto total: UnsafeMutablePointer<Float>?) {
+    public static func normalize(
+        _ x: UnsafeMutablePointer<Float>, _ n: Int, sum s: Float,
+        accumulatingInto total: UnsafeMutablePointer<Float>?
+    ) {
         let inv = SIMD8<Float>(repeating: 1 / s)
         let raw = UnsafeMutableRawPointer(x)
         var i = 0

@@ -41,7 +41,9 @@ public struct KernelBenchmark: Codable, Sendable {
         let identity = (0..<tokens).map { Int32($0) }
         var panels = [Float](repeating: 0, count: tokens * D)
         keys.withUnsafeBufferPointer { K in
-            panels.withUnsafeMutableBufferPointer { Kernels.packKeyPanels(keys: K.baseAddress!, count: tokens, headDim: D, into: $0.baseAddress!) }
+            panels.withUnsafeMutableBufferPointer {
+                Kernels.packKeyPanels(keys: K.baseAddress!, count: tokens, headDim: D, into: $0.baseAddress!)
+            }
         }
         var logits = [Float](repeating: 0, count: rows * tokens)
         var outputs = [Float](repeating: 0, count: rows * D)
@@ -68,29 +70,45 @@ public struct KernelBenchmark: Codable, Sendable {
         }
         let flops = Double(rows) * Double(tokens) * Double(2 * D)
         let scores = {
-            queries.withUnsafeBufferPointer { Q in panels.withUnsafeBufferPointer { P in keys.withUnsafeBufferPointer { K in
-                identity.withUnsafeBufferPointer { I in logits.withUnsafeMutableBufferPointer { L in
-                    Kernels.scoresPanels(queries: Q.baseAddress!, rows: rows, headDim: D, panels: P.baseAddress!, keys: K.baseAddress!,
-                                         identity: I.baseAddress!, count: tokens, scale: 1, out: L.baseAddress!, outStride: tokens)
-                }}
-            }}}
+            queries.withUnsafeBufferPointer { Q in
+                panels.withUnsafeBufferPointer { P in
+                    keys.withUnsafeBufferPointer { K in
+                        identity.withUnsafeBufferPointer { I in
+                            logits.withUnsafeMutableBufferPointer { L in
+                                Kernels.scoresPanels(
+                                    queries: Q.baseAddress!, rows: rows, headDim: D, panels: P.baseAddress!,
+                                    keys: K.baseAddress!,
+                                    identity: I.baseAddress!, count: tokens, scale: 1, out: L.baseAddress!,
+                                    outStride: tokens)
+                            }
+                        }
+                    }
+                }
+            }
         }
         let weightedSum = {
-            probs.withUnsafeBufferPointer { A in values.withUnsafeBufferPointer { V in
-                identity.withUnsafeBufferPointer { I in outputs.withUnsafeMutableBufferPointer { O in
-                    Kernels.weightedSum(probs: A.baseAddress!, probStride: tokens, rows: rows, values: V.baseAddress!,
-                                        indices: I.baseAddress!, count: tokens, headDim: D, out: O.baseAddress!)
-                }}
-            }}
+            probs.withUnsafeBufferPointer { A in
+                values.withUnsafeBufferPointer { V in
+                    identity.withUnsafeBufferPointer { I in
+                        outputs.withUnsafeMutableBufferPointer { O in
+                            Kernels.weightedSum(
+                                probs: A.baseAddress!, probStride: tokens, rows: rows, values: V.baseAddress!,
+                                indices: I.baseAddress!, count: tokens, headDim: D, out: O.baseAddress!)
+                        }
+                    }
+                }
+            }
         }
         var figures: [Figure] = []
         for (name, call) in [("q·k panels", scores), ("Σ a·v", weightedSum)] {
             let warm = best(false, call), cold = best(true, call)
-            figures.append(Figure(kernel: name, inCacheGFLOPS: flops / warm / 1e9, fromMemoryGFLOPS: flops / cold / 1e9))
+            figures.append(
+                Figure(kernel: name, inCacheGFLOPS: flops / warm / 1e9, fromMemoryGFLOPS: flops / cold / 1e9))
         }
         var core = MachineInfo.current()
         core.measurePeak(threads: 1)
-        return KernelBenchmark(rows: rows, tokens: tokens, headDim: D, corePeakGFLOPS: core.measuredPeakGFLOPS ?? .nan,
-                               figures: figures)
+        return KernelBenchmark(
+            rows: rows, tokens: tokens, headDim: D, corePeakGFLOPS: core.measuredPeakGFLOPS ?? .nan,
+            figures: figures)
     }
 }

@@ -102,7 +102,8 @@ public final class LayerCache {
     public func setSlots(kvHead: Int, _ newSlots: [Int32]) {
         stamp &+= 1
         for p in newSlots {
-            precondition(p >= 0 && Int(p) < numTokens && mark[Int(p)] != stamp, "setSlots: invalid or repeated position \(p)")
+            precondition(
+                p >= 0 && Int(p) < numTokens && mark[Int(p)] != stamp, "setSlots: invalid or repeated position \(p)")
             mark[Int(p)] = stamp
         }
         var removed = 0
@@ -111,7 +112,8 @@ public final class LayerCache {
             release(kvHead: kvHead, position: p)
             removed += 1
         }
-        precondition(newSlots.count + removed == slots[kvHead].count, "setSlots: new slots must be positions the head holds")
+        precondition(
+            newSlots.count + removed == slots[kvHead].count, "setSlots: new slots must be positions the head holds")
         if removed > 0 { droppedThisStep[kvHead] = true }
         slots[kvHead] = newSlots
     }

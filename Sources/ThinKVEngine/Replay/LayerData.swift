@@ -71,8 +71,9 @@ public final class LayerData: @unchecked Sendable {
             }
             return out
         }
-        return LayerData(info: info, numTokens: h.numTokens, numKVHeads: h.numKVHeads, headDim: h.headDim,
-                         keys: info.hasQueriesAndKeys ? try loadPerHead(.k) : nil,
-                         values: try loadPerHead(.v))
+        return LayerData(
+            info: info, numTokens: h.numTokens, numKVHeads: h.numKVHeads, headDim: h.headDim,
+            keys: info.hasQueriesAndKeys ? try loadPerHead(.k) : nil,
+            values: try loadPerHead(.v))
     }
 }

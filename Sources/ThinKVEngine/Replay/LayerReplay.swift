@@ -41,9 +41,11 @@ final class LayerReplay {
     /// Busy seconds of each task (policies, then reference parts), summed per phase.
     private var busy: [Double]
 
-    init(reader: TraceReader, data: LayerData, runs: [PolicyLayerRun], configuration: ReplayConfiguration,
-         referenceStore: ReferenceStore?, workerCount: Int, chunkSteps: Int, decodeSteps: Int,
-         sampledSteps: [Int]? = nil) {
+    init(
+        reader: TraceReader, data: LayerData, runs: [PolicyLayerRun], configuration: ReplayConfiguration,
+        referenceStore: ReferenceStore?, workerCount: Int, chunkSteps: Int, decodeSteps: Int,
+        sampledSteps: [Int]? = nil
+    ) {
         let header = reader.header, info = data.info
         self.reader = reader
         self.header = header
@@ -59,8 +61,10 @@ final class LayerReplay {
         let reference = ReferenceAttention(header: header, data: data, workers: workerCount)
         self.reference = reference
         // A sampled replay computes only part of the reference: it neither reads nor fills a store.
-        let matches = referenceStore?.matches(reader: reader, configuration: configuration, chunkSteps: chunkSteps,
-                                              decodeSteps: decodeSteps) == true
+        let matches =
+            referenceStore?.matches(
+                reader: reader, configuration: configuration, chunkSteps: chunkSteps,
+                decodeSteps: decodeSteps) == true
         let store = sampledSteps == nil && matches ? referenceStore : nil
         self.store = store
         let stored = store?.chunks(ofLayer: info.index)
@@ -72,12 +76,14 @@ final class LayerReplay {
         // Logits are kept only when some policy attends with the exact keys a set other than every
         // position: chunkSteps × Hq × T floats per chunk at most (117 MiB at 64 × 14 × 32768).
         // A stored reference has no logits: policies then compute their own (the same bits).
-        let keepsLogits = stored == nil && info.hasQueriesAndKeys && sampledSteps == nil
+        let keepsLogits =
+            stored == nil && info.hasQueriesAndKeys && sampledSteps == nil
             && runs.contains { !type(of: $0.policy).evictsNothing }
         self.keepsLogits = keepsLogits
         chunks = (0..<2).map { _ in
-            ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK,
-                           keepsLogits: keepsLogits)
+            ReferenceChunk(
+                numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK,
+                keepsLogits: keepsLogits)
         }
         sampledChunk = ReferenceChunk(numQHeads: header.numQHeads, headDim: header.headDim, topK: configuration.topK)
         queryRows = QueryRows(reader: reader, layer: info.index)
@@ -115,12 +121,13 @@ final class LayerReplay {
     /// Finite q and k can still overflow float32 in q·k: refuse rather than report NaN.
     private func checkLogSumExp(_ chunk: ReferenceChunk) throws {
         guard info.hasQueriesAndKeys,
-              let bad = chunk.logSumExp.prefix(chunk.stepCount * header.numQHeads).firstIndex(where: { !$0.isFinite })
+            let bad = chunk.logSumExp.prefix(chunk.stepCount * header.numQHeads).firstIndex(where: { !$0.isFinite })
         else { return }
-        throw TraceError(file: reader.path, object: "/layers/\(info.index)",
-                         "attention logits overflow float32 at decode step "
-                             + "\(chunk.decodeStep(bad / header.numQHeads)), "
-                             + "query head \(bad % header.numQHeads) (q·k too large)")
+        throw TraceError(
+            file: reader.path, object: "/layers/\(info.index)",
+            "attention logits overflow float32 at decode step "
+                + "\(chunk.decodeStep(bad / header.numQHeads)), "
+                + "query head \(bad % header.numQHeads) (q·k too large)")
     }
 
     /// `run` when only `sampled` steps are measured: per chunk, the queries are read, the
@@ -211,8 +218,9 @@ final class LayerReplay {
             stored[c].restore(into: chunk)
         } else {
             // q·k for every visible position (q+k layers), and Σ a·v when the layer has values.
-            let perPair = Double(((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim
-                                     * header.numQHeads)
+            let perPair = Double(
+                ((info.hasQueriesAndKeys ? 2 : 0) + (info.hasValues ? 2 : 0)) * header.headDim
+                    * header.numQHeads)
             for s in 0..<steps { timing.referenceFLOPs += perPair * Double(header.promptLength + first + s + 1) }
         }
         return chunk
@@ -247,8 +255,10 @@ final class LayerReplay {
     /// One phase of the pool: task 0 reads the queries of chunk `prefetch` (so the file is read
     /// early in the phase), then one task per policy steps it through `chunk`, then the parts of
     /// `next`'s reference (none when it is stored or there is no next chunk).
-    private func stepPolicies(through chunk: ReferenceChunk, referenceOf next: ReferenceChunk?,
-                              prefetching: Int?) throws {
+    private func stepPolicies(
+        through chunk: ReferenceChunk, referenceOf next: ReferenceChunk?,
+        prefetching: Int?
+    ) throws {
         let prefetch = info.hasQueriesAndKeys ? prefetching : nil
         var prefetchSeconds = 0.0
         var prefetchError: Error?

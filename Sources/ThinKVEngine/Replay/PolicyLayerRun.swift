@@ -71,9 +71,11 @@ package final class PolicyLayerRun {
     private var attended: AttendedSet
     private var paging: [PagedCacheModel]
 
-    private init(label: String, policy: any CachePolicy, data: LayerData, setup: PolicySetup, mode: Mode,
-                 steps: Int, paging pagingMode: PagingMode, blockSize: Int, recordsEvents: Bool,
-                 recordsTimeline: Bool) {
+    private init(
+        label: String, policy: any CachePolicy, data: LayerData, setup: PolicySetup, mode: Mode,
+        steps: Int, paging pagingMode: PagingMode, blockSize: Int, recordsEvents: Bool,
+        recordsTimeline: Bool
+    ) {
         self.label = label
         self.policy = policy
         self.data = data
@@ -113,29 +115,36 @@ package final class PolicyLayerRun {
     /// A policy instance made for one layer, its cache holding the prompt (slots `0..<P`) after
     /// the policy's prefill hook (and, measured, the kept prompt placed in the block tables):
     /// where every layer run starts, in a replay, in the online driver and in the classifier.
-    package static func prefilled(spec: PolicySpec, data: LayerData, setup: PolicySetup, promptQueries: [Float]?,
-                          mode: Mode = .measured, steps: Int, paging: PagingMode = .ct, blockSize: Int = 16,
-                          recordsEvents: Bool = false, recordsTimeline: Bool = false,
-                          logsQuantizations: Bool = false) throws -> PolicyLayerRun {
+    package static func prefilled(
+        spec: PolicySpec, data: LayerData, setup: PolicySetup, promptQueries: [Float]?,
+        mode: Mode = .measured, steps: Int, paging: PagingMode = .ct, blockSize: Int = 16,
+        recordsEvents: Bool = false, recordsTimeline: Bool = false,
+        logsQuantizations: Bool = false
+    ) throws -> PolicyLayerRun {
         let policy = try spec.type.init(parameters: spec.parameters, setup: setup)
-        return try prefilled(policy, label: spec.label, data: data, setup: setup, promptQueries: promptQueries,
-                             mode: mode, steps: steps, paging: paging, blockSize: blockSize, recordsEvents: recordsEvents,
-                             recordsTimeline: recordsTimeline, logsQuantizations: logsQuantizations)
+        return try prefilled(
+            policy, label: spec.label, data: data, setup: setup, promptQueries: promptQueries,
+            mode: mode, steps: steps, paging: paging, blockSize: blockSize, recordsEvents: recordsEvents,
+            recordsTimeline: recordsTimeline, logsQuantizations: logsQuantizations)
     }
 
     /// `prefilled` with an instance made by the caller (`label` names it in kept events).
-    package static func prefilled(_ policy: any CachePolicy, label: String, data: LayerData, setup: PolicySetup,
-                          promptQueries: [Float]?, mode: Mode = .measured, steps: Int, paging: PagingMode = .ct,
-                          blockSize: Int = 16, recordsEvents: Bool = false, recordsTimeline: Bool = false,
-                          logsQuantizations: Bool = false) throws -> PolicyLayerRun {
+    package static func prefilled(
+        _ policy: any CachePolicy, label: String, data: LayerData, setup: PolicySetup,
+        promptQueries: [Float]?, mode: Mode = .measured, steps: Int, paging: PagingMode = .ct,
+        blockSize: Int = 16, recordsEvents: Bool = false, recordsTimeline: Bool = false,
+        logsQuantizations: Bool = false
+    ) throws -> PolicyLayerRun {
         let type = type(of: policy)
         if mode == .unmeasured && type.readsAttention && !setup.layer.hasQueriesAndKeys {
-            throw PolicyError("\(type.name) reads the step's attention, which layer \(setup.layer.index) cannot give "
-                              + "without a reference (it records no q and k)")
+            throw PolicyError(
+                "\(type.name) reads the step's attention, which layer \(setup.layer.index) cannot give "
+                    + "without a reference (it records no q and k)")
         }
-        let run = PolicyLayerRun(label: label, policy: policy, data: data, setup: setup, mode: mode, steps: steps,
-                                 paging: paging, blockSize: blockSize, recordsEvents: recordsEvents,
-                                 recordsTimeline: recordsTimeline)
+        let run = PolicyLayerRun(
+            label: label, policy: policy, data: data, setup: setup, mode: mode, steps: steps,
+            paging: paging, blockSize: blockSize, recordsEvents: recordsEvents,
+            recordsTimeline: recordsTimeline)
         if logsQuantizations && run.cache.quantizationLog == nil { run.cache.quantizationLog = [] }
         for p in 0..<setup.header.promptLength { run.cache.append(position: p) }
         policy.prefill(PrefillContext(setup: setup, data: data, promptQueries: promptQueries), cache: run.cache)
@@ -162,10 +171,12 @@ package final class PolicyLayerRun {
         chunk.queries.withUnsafeBufferPointer { allQueries in
             for s in 0..<chunk.stepCount {
                 let step = chunk.firstStep + s
-                let queries = setup.layer.hasQueriesAndKeys
+                let queries =
+                    setup.layer.hasQueriesAndKeys
                     ? UnsafeBufferPointer(rebasing: allQueries[(s * stride)..<((s + 1) * stride)]) : nil
-                let context = StepContext(setup: setup, data: data, step: step, position: h.promptLength + step,
-                                          queries: queries, fullCacheSparsity: chunk.sparsity[s])
+                let context = StepContext(
+                    setup: setup, data: data, step: step, position: h.promptLength + step,
+                    queries: queries, fullCacheSparsity: chunk.sparsity[s])
                 beginStep(context)
                 finishStep(context, measuredAgainst: chunk, s)
             }
@@ -185,11 +196,13 @@ package final class PolicyLayerRun {
             for s in 0..<chunk.stepCount {
                 let step = chunk.firstStep + s
                 let isSampled = next < sampled.stepCount && sampled.decodeStep(next) == step
-                let queries = setup.layer.hasQueriesAndKeys
+                let queries =
+                    setup.layer.hasQueriesAndKeys
                     ? UnsafeBufferPointer(rebasing: allQueries[(s * stride)..<((s + 1) * stride)]) : nil
-                let context = StepContext(setup: setup, data: data, step: step, position: h.promptLength + step,
-                                          queries: queries,
-                                          fullCacheSparsity: isSampled ? sampled.sparsity[next] : .nan)
+                let context = StepContext(
+                    setup: setup, data: data, step: step, position: h.promptLength + step,
+                    queries: queries,
+                    fullCacheSparsity: isSampled ? sampled.sparsity[next] : .nan)
                 beginStep(context)
                 if isSampled {
                     finishStep(context, measuredAgainst: sampled, next)
@@ -254,8 +267,9 @@ package final class PolicyLayerRun {
     }
 
     private func callAfterAttention(_ context: StepContext, total: Int) {
-        let view = AttentionView(storage: UnsafeBufferPointer(start: attention.base, count: total), offsets: offsets,
-                                 counts: counts)
+        let view = AttentionView(
+            storage: UnsafeBufferPointer(start: attention.base, count: total), offsets: offsets,
+            counts: counts)
         policy.afterAttention(context, attention: view, cache: cache)
     }
 
@@ -271,9 +285,10 @@ package final class PolicyLayerRun {
                 let n = cache.count(kvHead: g)
                 let rows = attention.base + offsets[g * gs]
                 cache.slots[g].withUnsafeBufferPointer { slots in
-                    Kernels.scores(queries: queries + g * gs * D, rows: gs, headDim: D,
-                                   keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
-                                   indices: slots.baseAddress!, count: n, scale: h.effectiveSoftmaxScale, out: rows, outStride: n)
+                    Kernels.scores(
+                        queries: queries + g * gs * D, rows: gs, headDim: D,
+                        keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
+                        indices: slots.baseAddress!, count: n, scale: h.effectiveSoftmaxScale, out: rows, outStride: n)
                 }
                 for hh in 0..<gs { Kernels.softmaxFast(rows + hh * n, n) }
             }
@@ -296,8 +311,10 @@ package final class PolicyLayerRun {
         let paged = pagingState()
 
         let unmeasured = Float.nan
-        var fidelity = (recallSum: unmeasured, recallMin: unmeasured, topKSum: unmeasured, klSum: unmeasured,
-                        errorSum: unmeasured)
+        var fidelity = (
+            recallSum: unmeasured, recallMin: unmeasured, topKSum: unmeasured, klSum: unmeasured,
+            errorSum: unmeasured
+        )
         if let chunk {
             headMetrics.removeAll(keepingCapacity: true)
             for g in 0..<Hkv { measureGroup(g, context: context, chunk: chunk, s: s, into: &headMetrics) }
@@ -317,27 +334,31 @@ package final class PolicyLayerRun {
             residentTokens += cache.count(kvHead: g)
             evicted = evicted || cache.droppedThisStep[g]
             if recordsEvents && cache.droppedThisStep[g] {
-                events.append(KeptEvent(policy: label, step: context.step, position: context.position,
-                                        layer: setup.layer.index, kvHead: g, kept: cache.slots[g].sorted()))
+                events.append(
+                    KeptEvent(
+                        policy: label, step: context.step, position: context.position,
+                        layer: setup.layer.index, kvHead: g, kept: cache.slots[g].sorted()))
             }
         }
         let n = Float(Hq)
-        records.append(StepRecord(
-            layer: setup.layer.index, step: context.step, position: context.position,
-            attendedTokens: Double(attendedTokens) / Double(Hkv),
-            residentTokens: Double(residentTokens) / Double(Hkv),
-            attendedBytes: attendedBytes, residentBytes: cache.totalBytes(),
-            fullBytes: (context.position + 1) * Hkv * h.headDim * 4,
-            blocks: paged.blocks, slotOccupancy: paged.occupancy, pagedBytes: paged.bytes,
-            compactionBytes: compactionBytes,
-            massRecall: fidelity.recallSum / n, massRecallMin: fidelity.recallMin, topKRecall: fidelity.topKSum / n,
-            attentionKL: fidelity.klSum / n, outputError: data.values == nil ? nil : fidelity.errorSum / n,
-            sparsity: chunk?.sparsity[s] ?? unmeasured, evicted: evicted, thought: thought))
+        records.append(
+            StepRecord(
+                layer: setup.layer.index, step: context.step, position: context.position,
+                attendedTokens: Double(attendedTokens) / Double(Hkv),
+                residentTokens: Double(residentTokens) / Double(Hkv),
+                attendedBytes: attendedBytes, residentBytes: cache.totalBytes(),
+                fullBytes: (context.position + 1) * Hkv * h.headDim * 4,
+                blocks: paged.blocks, slotOccupancy: paged.occupancy, pagedBytes: paged.bytes,
+                compactionBytes: compactionBytes,
+                massRecall: fidelity.recallSum / n, massRecallMin: fidelity.recallMin, topKRecall: fidelity.topKSum / n,
+                attentionKL: fidelity.klSum / n, outputError: data.values == nil ? nil : fidelity.errorSum / n,
+                sparsity: chunk?.sparsity[s] ?? unmeasured, evicted: evicted, thought: thought))
     }
 
     /// Appends every head's sample to `samples` and returns the sums over the step's heads.
     private func collect(_ heads: [HeadMetrics])
-        -> (recallSum: Float, recallMin: Float, topKSum: Float, klSum: Float, errorSum: Float) {
+        -> (recallSum: Float, recallMin: Float, topKSum: Float, klSum: Float, errorSum: Float)
+    {
         var recallSum: Float = 0, recallMin: Float = .infinity, topSum: Float = 0, klSum: Float = 0, errSum: Float = 0
         for m in heads {
             recallSum += m.recall
@@ -369,8 +390,10 @@ package final class PolicyLayerRun {
     /// Computes the attention of kv head g's query heads over its attended slots into
     /// `attention` (rows of the group are contiguous there) and their fidelity against the
     /// reference (`AttentionFidelity`), appending one `HeadMetrics` per query head to `out`.
-    private func measureGroup(_ g: Int, context: StepContext, chunk: ReferenceChunk, s: Int,
-                              into out: inout [HeadMetrics]) {
+    private func measureGroup(
+        _ g: Int, context: StepContext, chunk: ReferenceChunk, s: Int,
+        into out: inout [HeadMetrics]
+    ) {
         let h = setup.header
         let gs = h.groupSize, D = h.headDim
         if !type(of: policy).readsAttention && attendsExactFullCache(g, position: context.position) {
@@ -380,8 +403,9 @@ package final class PolicyLayerRun {
         }
         let n = cache.count(kvHead: g)
         exactLogits.reserve(gs * n)
-        let rows = GroupRows(policyBase: attention.base + offsets[g * gs], exactBase: exactLogits.base, count: n,
-                             firstHead: g * gs, headCount: gs, step: s)
+        let rows = GroupRows(
+            policyBase: attention.base + offsets[g * gs], exactBase: exactLogits.base, count: n,
+            firstHead: g * gs, headCount: gs, step: s)
         var gathered = false
         cache.slots[g].withUnsafeBufferPointer { slotBuffer in
             let slots = slotBuffer.baseAddress!
@@ -434,32 +458,40 @@ package final class PolicyLayerRun {
 
     /// The group's exact logits s · q·k over the attended slots, from the layer's exact keys.
     @inline(__always)
-    private func computeExactLogits(_ rows: GroupRows, kvHead g: Int, queries: UnsafePointer<Float>,
-                                    slots: UnsafePointer<Int32>) {
+    private func computeExactLogits(
+        _ rows: GroupRows, kvHead g: Int, queries: UnsafePointer<Float>,
+        slots: UnsafePointer<Int32>
+    ) {
         scores(rows.exactBase, kvHead: g, queries: queries, keys: data.keys!, slots: slots, count: rows.count)
     }
 
     /// The group's logits as the policy's cache gives them: over the stored keys when a policy
     /// changed them, else the exact logits.
     @inline(__always)
-    private func policyLogits(_ rows: GroupRows, kvHead g: Int, queries: UnsafePointer<Float>,
-                              slots: UnsafePointer<Int32>) {
+    private func policyLogits(
+        _ rows: GroupRows, kvHead g: Int, queries: UnsafePointer<Float>,
+        slots: UnsafePointer<Int32>
+    ) {
         if cache.keysModified {
-            scores(rows.policyBase, kvHead: g, queries: queries, keys: cache.storedKeys!, slots: slots,
-                   count: rows.count)
+            scores(
+                rows.policyBase, kvHead: g, queries: queries, keys: cache.storedKeys!, slots: slots,
+                count: rows.count)
         } else {
             rows.policyBase.update(from: rows.exactBase, count: rows.headCount * rows.count)
         }
     }
 
     @inline(__always)
-    private func scores(_ out: UnsafeMutablePointer<Float>, kvHead g: Int, queries: UnsafePointer<Float>, keys: [Float],
-                        slots: UnsafePointer<Int32>, count n: Int) {
+    private func scores(
+        _ out: UnsafeMutablePointer<Float>, kvHead g: Int, queries: UnsafePointer<Float>, keys: [Float],
+        slots: UnsafePointer<Int32>, count n: Int
+    ) {
         let h = setup.header
         keys.withUnsafeBufferPointer { K in
-            Kernels.scores(queries: queries + g * h.groupSize * h.headDim, rows: h.groupSize, headDim: h.headDim,
-                           keys: K.baseAddress! + data.offset(kvHead: g, position: 0), indices: slots, count: n,
-                           scale: h.effectiveSoftmaxScale, out: out, outStride: n)
+            Kernels.scores(
+                queries: queries + g * h.groupSize * h.headDim, rows: h.groupSize, headDim: h.headDim,
+                keys: K.baseAddress! + data.offset(kvHead: g, position: 0), indices: slots, count: n,
+                scale: h.effectiveSoftmaxScale, out: out, outStride: n)
         }
     }
 
@@ -469,17 +501,21 @@ package final class PolicyLayerRun {
     private func logitFidelity(_ rows: GroupRows, chunk: ReferenceChunk) {
         for hh in 0..<rows.headCount {
             let lse = chunk.logSumExp[rows.step * setup.header.numQHeads + rows.firstHead + hh]
-            (groupRecall.base[hh], groupKL.base[hh]) = cache.keysModified
-                ? AttentionFidelity.storedKeyFidelity(exactLogits: rows.exactRow(hh), policyLogits: rows.policyRow(hh),
-                                                      count: rows.count, fullLogSumExp: lse)
+            (groupRecall.base[hh], groupKL.base[hh]) =
+                cache.keysModified
+                ? AttentionFidelity.storedKeyFidelity(
+                    exactLogits: rows.exactRow(hh), policyLogits: rows.policyRow(hh),
+                    count: rows.count, fullLogSumExp: lse)
                 : AttentionFidelity.exactKeyFidelity(logits: rows.policyRow(hh), count: rows.count, fullLogSumExp: lse)
         }
     }
 
     /// Attention-only layer: the recorded row restricted to the attended set.
     @inline(__always)
-    private func recordedRowFidelity(_ rows: GroupRows, kvHead g: Int, chunk: ReferenceChunk,
-                                     slots: UnsafePointer<Int32>) {
+    private func recordedRowFidelity(
+        _ rows: GroupRows, kvHead g: Int, chunk: ReferenceChunk,
+        slots: UnsafePointer<Int32>
+    ) {
         let h = setup.header
         let H = setup.layer.attentionHeads == .keyValue ? h.numKVHeads : h.numQHeads
         chunk.attentionRows.withUnsafeBufferPointer { A in
@@ -497,9 +533,10 @@ package final class PolicyLayerRun {
     private func policyOutput(_ rows: GroupRows, kvHead g: Int, slots: UnsafePointer<Int32>) {
         let D = setup.header.headDim
         cache.storedValues!.withUnsafeBufferPointer { V in
-            Kernels.weightedSum(probs: rows.policyBase, probStride: rows.count, rows: rows.headCount,
-                                values: V.baseAddress! + data.offset(kvHead: g, position: 0),
-                                indices: slots, count: rows.count, headDim: D, out: output.base)
+            Kernels.weightedSum(
+                probs: rows.policyBase, probStride: rows.count, rows: rows.headCount,
+                values: V.baseAddress! + data.offset(kvHead: g, position: 0),
+                indices: slots, count: rows.count, headDim: D, out: output.base)
         }
     }
 
@@ -515,17 +552,21 @@ package final class PolicyLayerRun {
                 // Nothing attended, or (attention-only layers) only positions the recorded row
                 // gives no weight: the policy's attention has no support in A.
                 let noSupport = rows.count == 0 || (data.keys == nil && recall == 0)
-                let topK = AttentionFidelity.topKRecall(top: top.baseAddress! + idx * chunk.topK,
-                                                        count: Int(chunk.topKCount[idx]), attended: attended)
+                let topK = AttentionFidelity.topKRecall(
+                    top: top.baseAddress! + idx * chunk.topK,
+                    count: Int(chunk.topKCount[idx]), attended: attended)
                 var error: Float? = nil
                 if cache.storedValues != nil {
                     error = chunk.outputs.withUnsafeBufferPointer { O in
-                        AttentionFidelity.outputError(output.base + hh * D, full: O.baseAddress! + idx * D,
-                                                      fullNorm: chunk.outputNorms[idx], headDim: D)
+                        AttentionFidelity.outputError(
+                            output.base + hh * D, full: O.baseAddress! + idx * D,
+                            fullNorm: chunk.outputNorms[idx], headDim: D)
                     }
                 }
-                out.append(HeadMetrics(recall: recall, topK: topK,
-                                       kl: AttentionFidelity.reportedKL(kl, hasNoSupport: noSupport), error: error))
+                out.append(
+                    HeadMetrics(
+                        recall: recall, topK: topK,
+                        kl: AttentionFidelity.reportedKL(kl, hasNoSupport: noSupport), error: error))
             }
         }
     }
@@ -557,8 +598,9 @@ package final class PolicyLayerRun {
                 removed.remove(at: i)  // evicted before it was ever placed
                 placeNew = false
             }
-            moved += paging[g].remove(removed, classOf: { self.cache.pagingClass[Int($0)] },
-                                      bits: { self.cache.bitsPerElement(kvHead: g, position: $0) })
+            moved += paging[g].remove(
+                removed, classOf: { self.cache.pagingClass[Int($0)] },
+                bits: { self.cache.bitsPerElement(kvHead: g, position: $0) })
             if placeNew, let p = newPosition { paging[g].insert(position: p, tokenClass: cache.pagingClass[Int(p)]) }
         }
         return moved

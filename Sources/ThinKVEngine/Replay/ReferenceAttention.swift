@@ -107,15 +107,19 @@ public enum Sparsity {
 
     /// Max-pools `rows` logit rows of `n` entries (stride `stride`) into `out`, turns it into a
     /// softmax and adds it to `sum`: one GQA group's contribution under `GQASparsity.maxPool`.
-    static func addMaxPooledSoftmax(_ logits: UnsafePointer<Float>, rows: Int, stride: Int, count n: Int,
-                                    scratch out: UnsafeMutablePointer<Float>, into sum: UnsafeMutablePointer<Float>) {
+    static func addMaxPooledSoftmax(
+        _ logits: UnsafePointer<Float>, rows: Int, stride: Int, count n: Int,
+        scratch out: UnsafeMutablePointer<Float>, into sum: UnsafeMutablePointer<Float>
+    ) {
         maxPooledSoftmax(logits, rows: rows, stride: stride, count: n, into: out)
         for j in 0..<n { sum[j] += out[j] }
     }
 
     /// The softmax of the element-wise maximum of `rows` logit rows (stride `stride`) into `out`.
-    package static func maxPooledSoftmax(_ logits: UnsafePointer<Float>, rows: Int, stride: Int, count n: Int,
-                                 into out: UnsafeMutablePointer<Float>) {
+    package static func maxPooledSoftmax(
+        _ logits: UnsafePointer<Float>, rows: Int, stride: Int, count n: Int,
+        into out: UnsafeMutablePointer<Float>
+    ) {
         guard n > 0 else { return }
         out.update(from: logits, count: n)
         for r in 1..<max(rows, 1) {
@@ -164,8 +168,9 @@ package struct ReferenceAttention {
             panels.withUnsafeMutableBufferPointer { P in
                 keys.withUnsafeBufferPointer { K in
                     for g in 0..<header.numKVHeads {
-                        Kernels.packKeyPanels(keys: K.baseAddress! + data.offset(kvHead: g, position: 0), count: T,
-                                              headDim: D, into: P.baseAddress! + g * T * D)
+                        Kernels.packKeyPanels(
+                            keys: K.baseAddress! + data.offset(kvHead: g, position: 0), count: T,
+                            headDim: D, into: P.baseAddress! + g * T * D)
                     }
                 }
             }
@@ -221,8 +226,9 @@ package struct ReferenceAttention {
     package func makeScratch(k: Int, count: Int? = nil) -> [Scratch] {
         let rows = stepBlock * header.groupSize
         return (0..<(count ?? workers)).map { _ in
-            Scratch(tokens: header.numTokens, k: k, rows: rows, headDim: header.headDim, stepBlock: stepBlock,
-                    queryHeads: header.numQHeads)
+            Scratch(
+                tokens: header.numTokens, k: k, rows: rows, headDim: header.headDim, stepBlock: stepBlock,
+                queryHeads: header.numQHeads)
         }
     }
 
@@ -232,7 +238,9 @@ package struct ReferenceAttention {
         if parts <= 1 {
             computePart(chunk, part: 0, of: 1, scratch: scratch[0])
         } else {
-            DispatchQueue.concurrentPerform(iterations: parts) { computePart(chunk, part: $0, of: parts, scratch: scratch[$0]) }
+            DispatchQueue.concurrentPerform(iterations: parts) {
+                computePart(chunk, part: $0, of: parts, scratch: scratch[$0])
+            }
         }
     }
 
@@ -270,99 +278,129 @@ package struct ReferenceAttention {
             for i in 0..<(range.count * T) { scratch.pooledAverage[i] = 0 }
         }
         scratch.logits.withUnsafeMutableBufferPointer { L in
-        scratch.queryBlock.withUnsafeMutableBufferPointer { QB in
-        scratch.outputBlock.withUnsafeMutableBufferPointer { OB in
-        scratch.average.withUnsafeMutableBufferPointer { avg in
-        scratch.laneMaxima.withUnsafeMutableBufferPointer { LM in
-        identity.withUnsafeBufferPointer { iota in
-        chunk.queries.withUnsafeBufferPointer { Q in
-        data.keys!.withUnsafeBufferPointer { K in
-        keyPanels.withUnsafeBufferPointer { KP in
-            for g in 0..<header.numKVHeads {
-                // Rows (step, head of the group), queries gathered contiguously.
-                for (i, s) in range.enumerated() {
-                    for hh in 0..<gs {
-                        let src = Q.baseAddress! + (s * Hq + g * gs + hh) * D
-                        let dst = QB.baseAddress! + (i * gs + hh) * D
-                        dst.update(from: src, count: D)
-                    }
-                }
-                Kernels.scoresPanels(queries: QB.baseAddress!, rows: rows, headDim: D,
-                                     panels: KP.baseAddress! + g * T * D,
-                                     keys: K.baseAddress! + data.offset(kvHead: g, position: 0), identity: iota.baseAddress!,
-                                     count: lastLength, scale: scale, out: L.baseAddress!, outStride: T)
-                if chunk.poolsGroups {
-                    // Before the rows below are turned into probabilities in place.
-                    scratch.pooledAverage.withUnsafeMutableBufferPointer { PA in
-                        let spare = PA.baseAddress! + stepBlock * T
-                        for (i, s) in range.enumerated() {
-                            Sparsity.addMaxPooledSoftmax(L.baseAddress! + i * gs * T, rows: gs, stride: T,
-                                                         count: P + chunk.decodeStep(s) + 1, scratch: spare,
-                                                         into: PA.baseAddress! + i * T)
-                        }
-                    }
-                }
-                for (i, s) in range.enumerated() {
-                    let n = P + chunk.decodeStep(s) + 1
-                    for hh in 0..<gs {
-                        let h = g * gs + hh
-                        let idx = s * Hq + h
-                        let r = L.baseAddress! + (i * gs + hh) * T
-                        if let kept = chunk.logits {
-                            let out = kept + idx * chunk.logitStride
-                            chunk.loggedPositions[g].withUnsafeBufferPointer { positions in
-                                var entry = 0
-                                while entry < positions.count && Int(positions[entry]) < n {  // visible ones
-                                    out[entry] = r[Int(positions[entry])]
-                                    entry += 1
+            scratch.queryBlock.withUnsafeMutableBufferPointer { QB in
+                scratch.outputBlock.withUnsafeMutableBufferPointer { OB in
+                    scratch.average.withUnsafeMutableBufferPointer { avg in
+                        scratch.laneMaxima.withUnsafeMutableBufferPointer { LM in
+                            identity.withUnsafeBufferPointer { iota in
+                                chunk.queries.withUnsafeBufferPointer { Q in
+                                    data.keys!.withUnsafeBufferPointer { K in
+                                        keyPanels.withUnsafeBufferPointer { KP in
+                                            for g in 0..<header.numKVHeads {
+                                                // Rows (step, head of the group), queries gathered contiguously.
+                                                for (i, s) in range.enumerated() {
+                                                    for hh in 0..<gs {
+                                                        let src = Q.baseAddress! + (s * Hq + g * gs + hh) * D
+                                                        let dst = QB.baseAddress! + (i * gs + hh) * D
+                                                        dst.update(from: src, count: D)
+                                                    }
+                                                }
+                                                Kernels.scoresPanels(
+                                                    queries: QB.baseAddress!, rows: rows, headDim: D,
+                                                    panels: KP.baseAddress! + g * T * D,
+                                                    keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
+                                                    identity: iota.baseAddress!,
+                                                    count: lastLength, scale: scale, out: L.baseAddress!, outStride: T)
+                                                if chunk.poolsGroups {
+                                                    // Before the rows below are turned into probabilities in place.
+                                                    scratch.pooledAverage.withUnsafeMutableBufferPointer { PA in
+                                                        let spare = PA.baseAddress! + stepBlock * T
+                                                        for (i, s) in range.enumerated() {
+                                                            Sparsity.addMaxPooledSoftmax(
+                                                                L.baseAddress! + i * gs * T, rows: gs, stride: T,
+                                                                count: P + chunk.decodeStep(s) + 1, scratch: spare,
+                                                                into: PA.baseAddress! + i * T)
+                                                        }
+                                                    }
+                                                }
+                                                for (i, s) in range.enumerated() {
+                                                    let n = P + chunk.decodeStep(s) + 1
+                                                    for hh in 0..<gs {
+                                                        let h = g * gs + hh
+                                                        let idx = s * Hq + h
+                                                        let r = L.baseAddress! + (i * gs + hh) * T
+                                                        if let kept = chunk.logits {
+                                                            let out = kept + idx * chunk.logitStride
+                                                            chunk.loggedPositions[g].withUnsafeBufferPointer {
+                                                                positions in
+                                                                var entry = 0
+                                                                while entry < positions.count
+                                                                    && Int(positions[entry]) < n
+                                                                {  // visible ones
+                                                                    out[entry] = r[Int(positions[entry])]
+                                                                    entry += 1
+                                                                }
+                                                            }
+                                                        }
+                                                        // Top-k by logit (the order of the probabilities, without exp's
+                                                        // rounding
+                                                        // ties), its floor from the lane maxima of the softmax's max
+                                                        // pass.
+                                                        let m = Kernels.rowMax(r, n, laneMaxima: LM.baseAddress!)
+                                                        scratch.top.reset()
+                                                        scratch.top.offerAll(
+                                                            r, n, laneMaxima: LM.baseAddress!,
+                                                            floorHint: m - scratch.topKHints[h])
+                                                        scratch.topKHints[h] =
+                                                            scratch.top.count == k
+                                                            ? 1.05 * (m - scratch.top.admissionThreshold) : .infinity
+                                                        let sum = Kernels.exponentiate(r, n, max: m)
+                                                        Kernels.normalize(
+                                                            r, n, sum: sum, accumulatingInto: avg.baseAddress! + i * T)
+                                                        chunk.logSumExp[idx] = m + logf(sum)
+                                                        // causal: later positions get no weight
+                                                        for j in n..<lastLength { r[j] = 0 }
+                                                        var c = 0
+                                                        for position in scratch.top.selected {
+                                                            chunk.topKPositions[idx * k + c] = position
+                                                            c += 1
+                                                        }
+                                                        chunk.topKCount[idx] = Int32(c)
+                                                    }
+                                                }
+                                                if let values = data.values {
+                                                    values.withUnsafeBufferPointer { V in
+                                                        Kernels.weightedSum(
+                                                            probs: L.baseAddress!, probStride: T, rows: rows,
+                                                            values: V.baseAddress!
+                                                                + data.offset(kvHead: g, position: 0),
+                                                            indices: iota.baseAddress!, count: lastLength, headDim: D,
+                                                            out: OB.baseAddress!)
+                                                    }
+                                                    chunk.outputs.withUnsafeMutableBufferPointer { O in
+                                                        for (i, s) in range.enumerated() {
+                                                            for hh in 0..<gs {
+                                                                let idx = s * Hq + g * gs + hh
+                                                                let src = OB.baseAddress! + (i * gs + hh) * D
+                                                                (O.baseAddress! + idx * D).update(from: src, count: D)
+                                                                chunk.outputNorms[idx] = Kernels.norm(src, D)
+                                                            }
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                            for (i, s) in range.enumerated() {
+                                                chunk.sparsity[s] = Sparsity.of(
+                                                    averagedRow: avg.baseAddress! + i * T,
+                                                    count: P + chunk.decodeStep(s) + 1)
+                                                if chunk.poolsGroups {
+                                                    chunk.sparsityMaxPool[s] = scratch.pooledAverage
+                                                        .withUnsafeBufferPointer {
+                                                            Sparsity.of(
+                                                                averagedRow: $0.baseAddress! + i * T,
+                                                                count: P + chunk.decodeStep(s) + 1)
+                                                        }
+                                                }
+                                            }
+                                        }
+                                    }
                                 }
                             }
                         }
-                        // Top-k by logit (the order of the probabilities, without exp's rounding
-                        // ties), its floor from the lane maxima of the softmax's max pass.
-                        let m = Kernels.rowMax(r, n, laneMaxima: LM.baseAddress!)
-                        scratch.top.reset()
-                        scratch.top.offerAll(r, n, laneMaxima: LM.baseAddress!, floorHint: m - scratch.topKHints[h])
-                        scratch.topKHints[h] = scratch.top.count == k ? 1.05 * (m - scratch.top.admissionThreshold) : .infinity
-                        let sum = Kernels.exponentiate(r, n, max: m)
-                        Kernels.normalize(r, n, sum: sum, accumulatingInto: avg.baseAddress! + i * T)
-                        chunk.logSumExp[idx] = m + logf(sum)
-                        for j in n..<lastLength { r[j] = 0 }  // causal: later positions get no weight
-                        var c = 0
-                        for position in scratch.top.selected {
-                            chunk.topKPositions[idx * k + c] = position
-                            c += 1
-                        }
-                        chunk.topKCount[idx] = Int32(c)
-                    }
-                }
-                if let values = data.values {
-                    values.withUnsafeBufferPointer { V in
-                        Kernels.weightedSum(probs: L.baseAddress!, probStride: T, rows: rows,
-                                            values: V.baseAddress! + data.offset(kvHead: g, position: 0),
-                                            indices: iota.baseAddress!, count: lastLength, headDim: D, out: OB.baseAddress!)
-                    }
-                    chunk.outputs.withUnsafeMutableBufferPointer { O in
-                        for (i, s) in range.enumerated() {
-                            for hh in 0..<gs {
-                                let idx = s * Hq + g * gs + hh
-                                let src = OB.baseAddress! + (i * gs + hh) * D
-                                (O.baseAddress! + idx * D).update(from: src, count: D)
-                                chunk.outputNorms[idx] = Kernels.norm(src, D)
-                            }
-                        }
                     }
                 }
             }
-            for (i, s) in range.enumerated() {
-                chunk.sparsity[s] = Sparsity.of(averagedRow: avg.baseAddress! + i * T, count: P + chunk.decodeStep(s) + 1)
-                if chunk.poolsGroups {
-                    chunk.sparsityMaxPool[s] = scratch.pooledAverage.withUnsafeBufferPointer {
-                        Sparsity.of(averagedRow: $0.baseAddress! + i * T, count: P + chunk.decodeStep(s) + 1)
-                    }
-                }
-            }
-        }}}}}}}}}
+        }
     }
 
     /// One step of an attention-only layer: the recorded rows are the reference.
@@ -393,9 +431,10 @@ package struct ReferenceAttention {
                         identity.withUnsafeBufferPointer { iota in
                             chunk.outputs.withUnsafeMutableBufferPointer { O in
                                 let o = O.baseAddress! + idx * D
-                                Kernels.weightedSum(probs: r, probStride: T, rows: 1,
-                                                    values: V.baseAddress! + data.offset(kvHead: g, position: 0),
-                                                    indices: iota.baseAddress!, count: n, headDim: D, out: o)
+                                Kernels.weightedSum(
+                                    probs: r, probStride: T, rows: 1,
+                                    values: V.baseAddress! + data.offset(kvHead: g, position: 0),
+                                    indices: iota.baseAddress!, count: n, headDim: D, out: o)
                                 chunk.outputNorms[idx] = Kernels.norm(o, D)
                             }
                         }
@@ -414,7 +453,9 @@ package struct ReferenceAttention {
             }
             chunk.topKCount[idx] = Int32(c)
         }
-        chunk.sparsity[s] = scratch.average.withUnsafeBufferPointer { Sparsity.of(averagedRow: $0.baseAddress!, count: n) }
+        chunk.sparsity[s] = scratch.average.withUnsafeBufferPointer {
+            Sparsity.of(averagedRow: $0.baseAddress!, count: n)
+        }
         if chunk.poolsGroups { chunk.sparsityMaxPool[s] = chunk.sparsity[s] }
     }
 }

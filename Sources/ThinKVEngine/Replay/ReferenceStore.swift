@@ -30,7 +30,9 @@ public final class ReferenceStore: @unchecked Sendable {
 
     /// True when runs of `configuration` on `reader` may use (and fill) this store: the first
     /// run fixes steps, top-k and chunk size.
-    func matches(reader: TraceReader, configuration: ReplayConfiguration, chunkSteps chunk: Int, decodeSteps steps: Int) -> Bool {
+    func matches(reader: TraceReader, configuration: ReplayConfiguration, chunkSteps chunk: Int, decodeSteps steps: Int)
+        -> Bool
+    {
         lock.withLock {
             guard reader.path == tracePath else { return false }
             if topK == nil {
@@ -80,11 +82,17 @@ struct StoredReferenceChunk {
     /// that next fill the chunk in parallel each copy the shared buffer, losing each other's writes.
     static func copy<T>(_ a: [T]) -> [T] { a.withUnsafeBufferPointer { Array($0) } }
 
-    var bytes: Int { 4 * (logSumExp.count + outputs.count + outputNorms.count + topKPositions.count + topKCount.count + sparsity.count) }
+    var bytes: Int {
+        4
+            * (logSumExp.count + outputs.count + outputNorms.count + topKPositions.count + topKCount.count
+                + sparsity.count)
+    }
 
     /// Fills a chunk already prepared for the same steps.
     func restore(into chunk: ReferenceChunk) {
-        precondition(chunk.firstStep == firstStep && chunk.stepCount == stepCount, "stored reference restored into another chunk")
+        precondition(
+            chunk.firstStep == firstStep && chunk.stepCount == stepCount, "stored reference restored into another chunk"
+        )
         chunk.logSumExp = Self.copy(logSumExp)
         chunk.outputs = Self.copy(outputs)
         chunk.outputNorms = Self.copy(outputNorms)

@@ -25,8 +25,10 @@ public struct ReplayConfiguration: Sendable {
     /// on the others the reference is not computed and policies attend over their own caches.
     public var metricSteps: MetricStepSelection = .all
 
-    public init(policies: [PolicySpec], layers: [Int]? = nil, topK: Int = TraceLimits.defaultTopK,
-                maxSteps: Int? = nil, threads: Int? = nil) {
+    public init(
+        policies: [PolicySpec], layers: [Int]? = nil, topK: Int = TraceLimits.defaultTopK,
+        maxSteps: Int? = nil, threads: Int? = nil
+    ) {
         self.policies = policies
         self.layers = layers
         self.topK = topK
@@ -72,9 +74,11 @@ public struct PolicyRun: Sendable {
     public var samples = MetricSamples()
     public var counters: [PolicyCounter] = []
 
-    package init(spec: PolicySpec, steps: [StepRecord], summary: RunSummary, paging: PagingMode, blockSize: Int,
-                 memoryMatch: MemoryMatch? = nil, samples: MetricSamples = MetricSamples(),
-                 counters: [PolicyCounter] = []) {
+    package init(
+        spec: PolicySpec, steps: [StepRecord], summary: RunSummary, paging: PagingMode, blockSize: Int,
+        memoryMatch: MemoryMatch? = nil, samples: MetricSamples = MetricSamples(),
+        counters: [PolicyCounter] = []
+    ) {
         self.spec = spec
         self.steps = steps
         self.summary = summary
@@ -103,9 +107,11 @@ public struct ReplayResult: Sendable {
     /// Set when fidelity was measured on a sample of the decode steps (`--metric-steps`).
     public var metricSampling: MetricSampling? = nil
 
-    package init(tracePath: String, header: TraceHeader, layers: [Int], decodeSteps: Int, runs: [PolicyRun],
-                 notes: [String], paging: PagingMode, blockSizes: String, timing: ReplayTiming,
-                 topK: Int = TraceLimits.defaultTopK, metricSampling: MetricSampling? = nil) {
+    package init(
+        tracePath: String, header: TraceHeader, layers: [Int], decodeSteps: Int, runs: [PolicyRun],
+        notes: [String], paging: PagingMode, blockSizes: String, timing: ReplayTiming,
+        topK: Int = TraceLimits.defaultTopK, metricSampling: MetricSampling? = nil
+    ) {
         self.tracePath = tracePath
         self.header = header
         self.layers = layers
@@ -207,8 +213,9 @@ public final class ReplayEngine {
         let header = reader.header
         let layers = layersToReplay
         for layer in layers where reader.layerInfo(layer) == nil {
-            throw TraceError(file: reader.path, object: "/layers/\(layer)",
-                             "not recorded (recorded: \(reader.recordedLayerIndices.map(String.init).joined(separator: ", ")))")
+            throw TraceError(
+                file: reader.path, object: "/layers/\(layer)",
+                "not recorded (recorded: \(reader.recordedLayerIndices.map(String.init).joined(separator: ", ")))")
         }
         for spec in configuration.policies { try spec.checkRequirements(reader, layers: layers) }
         if let layouts = configuration.layouts, layouts.count != configuration.policies.count {
@@ -218,14 +225,17 @@ public final class ReplayEngine {
             throw TraceError(file: reader.path, "has no decode positions to replay (prompt_len equals num_tokens)")
         }
         let sampledSteps = try metricStepsToMeasure(layers: layers)
-        try TraceLimits.checkReplayMemory(header, file: reader.path, policies: configuration.policies.count, chunkSteps: chunkSteps)
+        try TraceLimits.checkReplayMemory(
+            header, file: reader.path, policies: configuration.policies.count, chunkSteps: chunkSteps)
         // Where a layer records attn beside q and k, the two must agree (sampled steps).
         try AttentionCrossCheck.check(reader, layers: layers, samples: 4)
 
         if let given = preparedValues, given.count != configuration.policies.count {
             throw PolicyError("replay: \(given.count) prepared values for \(configuration.policies.count) policies")
         }
-        prepared = try preparedValues ?? configuration.policies.map { try $0.type.prepare(reader, parameters: $0.parameters, layers: layers) }
+        prepared =
+            try preparedValues
+            ?? configuration.policies.map { try $0.type.prepare(reader, parameters: $0.parameters, layers: layers) }
         var records = Array(repeating: [StepRecord](), count: configuration.policies.count)
         var samples = Array(repeating: MetricSamples(), count: configuration.policies.count)
         var counters = Array(repeating: [(name: String, value: Int)](), count: configuration.policies.count)
@@ -238,7 +248,11 @@ public final class ReplayEngine {
                 records[i] += run.records
                 samples[i].append(run.samples)
                 for (k, counter) in run.policy.reportCounters.enumerated() {
-                    if k < counters[i].count { counters[i][k].value += counter.value } else { counters[i].append(counter) }
+                    if k < counters[i].count {
+                        counters[i][k].value += counter.value
+                    } else {
+                        counters[i].append(counter)
+                    }
                 }
             }
         }
@@ -257,39 +271,52 @@ public final class ReplayEngine {
             notes.append("attention output error unavailable: the trace records no values (v)")
         }
         let runs = configuration.policies.enumerated().map { i, spec in
-            var run = PolicyRun(spec: spec, steps: records[i], summary: RunSummary.of(
-                records: records[i], samples: samples[i], counters: counters[i], numLayers: header.numLayers,
-                replayedLayers: layers.count, anyValues: anyValues, sampling: sampling, headsPerStep: header.numQHeads),
-                paging: configuration.layout(ofPolicy: i).mode, blockSize: configuration.effectiveBlockSize(ofPolicy: i))
+            var run = PolicyRun(
+                spec: spec, steps: records[i],
+                summary: RunSummary.of(
+                    records: records[i], samples: samples[i], counters: counters[i], numLayers: header.numLayers,
+                    replayedLayers: layers.count, anyValues: anyValues, sampling: sampling,
+                    headsPerStep: header.numQHeads),
+                paging: configuration.layout(ofPolicy: i).mode, blockSize: configuration.effectiveBlockSize(ofPolicy: i)
+            )
             run.samples = samples[i]
             run.counters = counters[i].map { PolicyCounter(name: $0.name, value: $0.value) }
             return run
         }
         for run in runs {
             guard let parameter = run.spec.type.budgetParameter,
-                  let budget = try? run.spec.parameters.optionalInteger(parameter.name),
-                  budget >= header.numTokens else { continue }
+                let budget = try? run.spec.parameters.optionalInteger(parameter.name),
+                budget >= header.numTokens
+            else { continue }
             // A budget that covers the trace keeps everything only for a policy that evicts just over budget.
             let evicting = run.summary.memory.evictionStepPercent
-            notes.append(evicting == 0
-                ? "\(run.spec.label): the budget is at least the trace's \(header.numTokens) tokens, so it keeps everything"
-                : "\(run.spec.label): the budget is at least the trace's \(header.numTokens) tokens, yet it evicted on "
-                    + String(format: "%.1f", evicting) + " % of decode steps: "
-                    + run.spec.type.compressionCadence(run.spec.parameters))
+            notes.append(
+                evicting == 0
+                    ? "\(run.spec.label): the budget is at least the trace's \(header.numTokens) tokens, so it keeps "
+                        + "everything"
+                    : "\(run.spec.label): the budget is at least the trace's \(header.numTokens) tokens, yet it "
+                        + "evicted on "
+                        + String(format: "%.1f", evicting) + " % of decode steps: "
+                        + run.spec.type.compressionCadence(run.spec.parameters))
         }
         for run in runs {
-            for note in run.spec.type.runNotes(counters: run.summary.policyCounters ?? [:], parameters: run.spec.parameters,
-                                               layers: layers.count) {
+            for note in run.spec.type.runNotes(
+                counters: run.summary.policyCounters ?? [:], parameters: run.spec.parameters,
+                layers: layers.count)
+            {
                 notes.append("\(run.spec.label): \(note)")
             }
         }
         timing.wallSeconds = ReplayEngine.now() - started
         let sizes = configuration.policies.indices.map { configuration.effectiveBlockSize(ofPolicy: $0) }
-        let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
+        let blockSizes =
+            Set(sizes).count <= 1
+            ? String(sizes.first ?? 16)
             : zip(configuration.policies, sizes).map { "\($0.name) \($1)" }.joined(separator: ", ")
-        var result = ReplayResult(tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
-                                  runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes,
-                                  timing: timing, topK: configuration.topK)
+        var result = ReplayResult(
+            tracePath: reader.path, header: header, layers: layers, decodeSteps: decodeSteps,
+            runs: runs, notes: notes, paging: configuration.paging, blockSizes: blockSizes,
+            timing: timing, topK: configuration.topK)
         result.metricSampling = sampling
         return result
     }
@@ -302,14 +329,16 @@ public final class ReplayEngine {
         guard selection != .all else { return nil }
         for spec in configuration.policies {
             if let reason = spec.type.fullReferenceNeed(spec.parameters) {
-                throw UsageError("--metric-steps \(selection.description): \(spec.label) \(reason); "
-                                 + "use --metric-steps all")
+                throw UsageError(
+                    "--metric-steps \(selection.description): \(spec.label) \(reason); "
+                        + "use --metric-steps all")
             }
         }
         if let layer = layers.first(where: { reader.layerInfo($0)?.hasQueriesAndKeys != true }) {
-            throw UsageError("--metric-steps \(selection.description): layer \(layer) of \(reader.path) records "
-                             + "no q and k, so its policies cannot attend over their own caches; "
-                             + "use --metric-steps all")
+            throw UsageError(
+                "--metric-steps \(selection.description): layer \(layer) of \(reader.path) records "
+                    + "no q and k, so its policies cannot attend over their own caches; "
+                    + "use --metric-steps all")
         }
         return selection.steps(of: decodeSteps)
     }
@@ -321,30 +350,37 @@ public final class ReplayEngine {
     private var workerCount: Int { max(1, configuration.threads ?? ProcessInfo.processInfo.activeProcessorCount) }
 
     /// Every policy's run over one layer (`LayerReplay`), started from the prompt.
-    private func replayLayer(_ data: LayerData, ordinal: Int, count: Int,
-                             sampledSteps: [Int]?) throws -> [PolicyLayerRun] {
+    private func replayLayer(
+        _ data: LayerData, ordinal: Int, count: Int,
+        sampledSteps: [Int]?
+    ) throws -> [PolicyLayerRun] {
         let header = reader.header
         let info = data.info
         let P = header.promptLength
-        let promptQueries: [Float]? = info.hasQueriesAndKeys && P > 0
+        let promptQueries: [Float]? =
+            info.hasQueriesAndKeys && P > 0
             ? try reader.readRows(.q, layer: info.index, rows: 0..<P) : nil
         let runs = try configuration.policies.enumerated().map { i, spec in
-            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: count, prepared: prepared[i])
-            return try PolicyLayerRun.prefilled(spec: spec, data: data, setup: setup, promptQueries: promptQueries,
-                                                steps: decodeSteps, paging: configuration.layout(ofPolicy: i).mode,
-                                                blockSize: configuration.effectiveBlockSize(ofPolicy: i),
-                                                recordsEvents: keptSink != nil, recordsTimeline: timelineSink != nil)
+            let setup = PolicySetup(
+                header: header, layer: info, layerOrdinal: ordinal, layerCount: count, prepared: prepared[i])
+            return try PolicyLayerRun.prefilled(
+                spec: spec, data: data, setup: setup, promptQueries: promptQueries,
+                steps: decodeSteps, paging: configuration.layout(ofPolicy: i).mode,
+                blockSize: configuration.effectiveBlockSize(ofPolicy: i),
+                recordsEvents: keptSink != nil, recordsTimeline: timelineSink != nil)
         }
-        let layer = LayerReplay(reader: reader, data: data, runs: runs, configuration: configuration,
-                                referenceStore: referenceStore, workerCount: workerCount, chunkSteps: chunkSteps,
-                                decodeSteps: decodeSteps, sampledSteps: sampledSteps)
+        let layer = LayerReplay(
+            reader: reader, data: data, runs: runs, configuration: configuration,
+            referenceStore: referenceStore, workerCount: workerCount, chunkSteps: chunkSteps,
+            decodeSteps: decodeSteps, sampledSteps: sampledSteps)
         let total = decodeSteps
         try layer.run { done in
             if let sink = keptSink {
                 for run in runs { sink.record(run.takeEvents()) }
             }
-            progress?.update(fraction: (Double(ordinal) + Double(done) / Double(total)) / Double(count),
-                             detail: "layer \(info.index) (\(ordinal + 1)/\(count)), step \(done)/\(total)")
+            progress?.update(
+                fraction: (Double(ordinal) + Double(done) / Double(total)) / Double(count),
+                detail: "layer \(info.index) (\(ordinal + 1)/\(count)), step \(done)/\(total)")
         }
         timing.add(layer.timing)
         if let sink = timelineSink {

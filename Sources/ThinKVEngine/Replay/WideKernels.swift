@@ -29,9 +29,11 @@ extension Kernels {
     /// `weightedSumBlock` with 32 output dimensions (two 16-lane vectors) per row: tiles of 7
     /// rows (a GQA group of 7, and 8 steps of it), 4 and 1 rows. D must be a multiple of 32.
     @inline(__always)
-    static func weightedSumBlock16(probs: UnsafePointer<Float>, probStride: Int, rows: Int,
-                                   values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
-                                   headDim D: Int, out: UnsafeMutablePointer<Float>) {
+    static func weightedSumBlock16(
+        probs: UnsafePointer<Float>, probStride: Int, rows: Int,
+        values: UnsafePointer<Float>, indices: UnsafePointer<Int32>, range: Range<Int>,
+        headDim D: Int, out: UnsafeMutablePointer<Float>
+    ) {
         var r = 0
         // 14 independent FMA chains; each value vector is loaded once for seven rows.
         while r + 7 <= rows {
@@ -118,9 +120,11 @@ extension Kernels {
     /// accumulator for row 2p, lanes 8–15 for row 2p + 1, each key's 8 dimensions repeated in
     /// both halves; the halves are summed as `SIMD8.sum()` sums `dot`'s accumulator. Tiles of 4
     /// row pairs × 4 keys: 16 FMA chains, 8 loads each step.
-    static func scoresRowPairs(queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
-                               keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
-                               scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int) {
+    static func scoresRowPairs(
+        queries: UnsafePointer<Float>, rows: Int, headDim D: Int,
+        keys: UnsafePointer<Float>, indices: UnsafePointer<Int32>, count: Int,
+        scale: Float, out: UnsafeMutablePointer<Float>, outStride: Int
+    ) {
         let pairs = (rows + 1) / 2
         withUnsafeTemporaryAllocation(of: Float.self, capacity: pairs * 2 * D) { buffer in
             // Interleaved queries: chunk c of pair p at (p·D/8 + c)·16, row 2p then row 2p + 1
@@ -145,8 +149,11 @@ extension Kernels {
                     let k2 = keys + Int(indices[j + 2]) &* D, k3 = keys + Int(indices[j + 3]) &* D
                     @inline(__always) func put(_ pair: Int, _ a: FourAccumulators) {
                         let r = 2 * (p0 + pair)
-                        let sums = scale * laneSums(a.0.lowHalf, a.1.lowHalf, a.2.lowHalf, a.3.lowHalf,
-                                                    a.0.highHalf, a.1.highHalf, a.2.highHalf, a.3.highHalf)
+                        let sums =
+                            scale
+                            * laneSums(
+                                a.0.lowHalf, a.1.lowHalf, a.2.lowHalf, a.3.lowHalf,
+                                a.0.highHalf, a.1.highHalf, a.2.highHalf, a.3.highHalf)
                         let o = out + r * outStride + j
                         UnsafeMutableRawPointer(o).storeBytes(of: sums.lowHalf, as: SIMD4<Float>.self)
                         if r + 1 < rows {
@@ -164,7 +171,9 @@ extension Kernels {
                 // The last keys (fewer than 4): plain dot products.
                 while j < count {
                     let k = keys + Int(indices[j]) &* D
-                    for r in (2 * p0)..<min(rows, 2 * (p0 + group)) { out[r * outStride + j] = scale * dot(queries + r * D, k, D) }
+                    for r in (2 * p0)..<min(rows, 2 * (p0 + group)) {
+                        out[r * outStride + j] = scale * dot(queries + r * D, k, D)
+                    }
                     j += 1
                 }
                 p0 += group
@@ -176,9 +185,12 @@ extension Kernels {
 
     /// 4 interleaved row pairs (`y`, pair p at p·2D) × keys k0...k3 of `scoresRowPairs`.
     @inline(__always)
-    private static func rowPairTile4x4(_ y: UnsafePointer<Float>, D: Int, _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>,
-                                       _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>)
-        -> (FourAccumulators, FourAccumulators, FourAccumulators, FourAccumulators) {
+    private static func rowPairTile4x4(
+        _ y: UnsafePointer<Float>, D: Int, _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>,
+        _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>
+    )
+        -> (FourAccumulators, FourAccumulators, FourAccumulators, FourAccumulators)
+    {
         let zero = SIMD16<Float>(repeating: 0)
         var a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero
         var c0 = zero, c1 = zero, c2 = zero, c3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero
@@ -204,8 +216,10 @@ extension Kernels {
 
     /// 1 interleaved row pair × keys k0...k3 of `scoresRowPairs`.
     @inline(__always)
-    private static func rowPairTile1x4(_ y: UnsafePointer<Float>, D: Int, _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>,
-                                       _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>) -> FourAccumulators {
+    private static func rowPairTile1x4(
+        _ y: UnsafePointer<Float>, D: Int, _ k0: UnsafePointer<Float>, _ k1: UnsafePointer<Float>,
+        _ k2: UnsafePointer<Float>, _ k3: UnsafePointer<Float>
+    ) -> FourAccumulators {
         let zero = SIMD16<Float>(repeating: 0)
         var a0 = zero, a1 = zero, a2 = zero, a3 = zero
         var c = 0
@@ -224,8 +238,10 @@ extension Kernels {
     /// order onto −0, and −0 + x = x): the 8 × 8 lanes are transposed by three even/odd unzips,
     /// then the transposed rows are added in lane order, eight sums at once.
     @inline(__always)
-    static func laneSums(_ h0: SIMD8<Float>, _ h1: SIMD8<Float>, _ h2: SIMD8<Float>, _ h3: SIMD8<Float>,
-                         _ h4: SIMD8<Float>, _ h5: SIMD8<Float>, _ h6: SIMD8<Float>, _ h7: SIMD8<Float>) -> SIMD8<Float> {
+    static func laneSums(
+        _ h0: SIMD8<Float>, _ h1: SIMD8<Float>, _ h2: SIMD8<Float>, _ h3: SIMD8<Float>,
+        _ h4: SIMD8<Float>, _ h5: SIMD8<Float>, _ h6: SIMD8<Float>, _ h7: SIMD8<Float>
+    ) -> SIMD8<Float> {
         var v = (h0, h1, h2, h3, h4, h5, h6, h7)
         for _ in 0..<3 {
             let a = SIMD16(lowHalf: v.0, highHalf: v.1), b = SIMD16(lowHalf: v.2, highHalf: v.3)
@@ -238,8 +254,10 @@ extension Kernels {
     /// 7 query rows × 32 keys (two 16-key panels) of `scoresPanels`, lane class by lane class
     /// as the 8-key tile: lane i of each accumulator is lane class l of one key's `dot`.
     @inline(__always)
-    static func scoresTile7x32(_ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
-                               _ o: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    static func scoresTile7x32(
+        _ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
+        _ o: UnsafeMutablePointer<Float>, _ outStride: Int
+    ) {
         let second = panel + D * 16
         let q0 = q, q1 = q0 + D, q2 = q1 + D, q3 = q2 + D, q4 = q3 + D, q5 = q4 + D, q6 = q5 + D
         for l in 0..<8 {
@@ -273,12 +291,15 @@ extension Kernels {
 
     /// 4 query rows × 32 keys of `scoresPanels`.
     @inline(__always)
-    static func scoresTile4x32(_ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
-                               _ o: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    static func scoresTile4x32(
+        _ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
+        _ o: UnsafeMutablePointer<Float>, _ outStride: Int
+    ) {
         let second = panel + D * 16
         let q0 = q, q1 = q0 + D, q2 = q1 + D, q3 = q2 + D
         for l in 0..<8 {
-            var a00 = SIMD16<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00
+            var a00 = SIMD16<Float>(repeating: 0), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
+                a31 = a00
             var d = l
             while d < D {
                 let k0 = load16(panel, d &* 16), k1 = load16(second, d &* 16)
@@ -299,8 +320,10 @@ extension Kernels {
 
     /// 1 query row × 32 keys of `scoresPanels`.
     @inline(__always)
-    static func scoresTile1x32(_ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
-                               _ o: UnsafeMutablePointer<Float>) {
+    static func scoresTile1x32(
+        _ q: UnsafePointer<Float>, D: Int, panel: UnsafePointer<Float>, scale: Float,
+        _ o: UnsafeMutablePointer<Float>
+    ) {
         let second = panel + D * 16
         for l in 0..<8 {
             var a0 = SIMD16<Float>(repeating: 0), a1 = a0
@@ -317,7 +340,9 @@ extension Kernels {
     /// `fold` for 32 keys: adds lane class `l` to the running sums in `o[0..<32]`; the first
     /// class stores, the last one also scales.
     @inline(__always)
-    private static func fold16(_ o: UnsafeMutablePointer<Float>, _ a: SIMD16<Float>, _ b: SIMD16<Float>, _ l: Int, _ scale: Float) {
+    private static func fold16(
+        _ o: UnsafeMutablePointer<Float>, _ a: SIMD16<Float>, _ b: SIMD16<Float>, _ l: Int, _ scale: Float
+    ) {
         var x = a, y = b
         if l > 0 {
             x = load16(o, 0) + a

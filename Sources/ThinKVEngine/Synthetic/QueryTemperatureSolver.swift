@@ -127,7 +127,9 @@ final class QueryTemperatureSolver {
         var top = -Float.infinity
         for c in 0..<n where average[c] > top { top = average[c] }
         let rank = min(n - 1, max(0, Int(Float(n) * target)))
-        let quantile = average.withUnsafeMutableBufferPointer { QueryTemperatureSolver.select(rank, in: $0.baseAddress!, count: n) }
+        let quantile = average.withUnsafeMutableBufferPointer {
+            QueryTemperatureSolver.select(rank, in: $0.baseAddress!, count: n)
+        }
         let gap = (top - quantile) / Float(Hq)
         return gap > 0 ? 4.605_17 / gap : 4
     }
@@ -266,8 +268,9 @@ final class QueryTemperatureSolver {
                         let e = E.baseAddress!, a = A.baseAddress!, w = W.baseAddress!
                         for c in 0..<n { a[c] = 0 }
                         for h in 0..<layer.Hq {
-                            let z = QueryTemperatureSolver.exponentials(S.baseAddress! + h * cap, n, beta: b, maximum: maxima[h],
-                                                                        weights: uniformWeights ? nil : w, into: e)
+                            let z = QueryTemperatureSolver.exponentials(
+                                S.baseAddress! + h * cap, n, beta: b, maximum: maxima[h],
+                                weights: uniformWeights ? nil : w, into: e)
                             QueryTemperatureSolver.accumulate(e, scale: 1 / z, into: a, n)
                         }
                         var top: Float = 0
@@ -290,8 +293,10 @@ final class QueryTemperatureSolver {
 
     /// e[c] = exp(β·(s[c] − maximum)) with the replay's vector exponential; returns Σ w[c]·e[c]
     /// (w = 1 when nil), summed in a fixed order.
-    private static func exponentials(_ s: UnsafePointer<Float>, _ n: Int, beta: Float, maximum: Float,
-                                     weights w: UnsafePointer<Float>?, into e: UnsafeMutablePointer<Float>) -> Float {
+    private static func exponentials(
+        _ s: UnsafePointer<Float>, _ n: Int, beta: Float, maximum: Float,
+        weights w: UnsafePointer<Float>?, into e: UnsafeMutablePointer<Float>
+    ) -> Float {
         let bv = SIMD8<Float>(repeating: beta), mv = SIMD8<Float>(repeating: maximum)
         let rs = UnsafeRawPointer(s), re = UnsafeMutableRawPointer(e)
         var sum = SIMD8<Float>(repeating: 0)
@@ -320,7 +325,9 @@ final class QueryTemperatureSolver {
     }
 
     /// a[c] += scale · e[c].
-    private static func accumulate(_ e: UnsafePointer<Float>, scale: Float, into a: UnsafeMutablePointer<Float>, _ n: Int) {
+    private static func accumulate(
+        _ e: UnsafePointer<Float>, scale: Float, into a: UnsafeMutablePointer<Float>, _ n: Int
+    ) {
         let sv = SIMD8<Float>(repeating: scale)
         let re = UnsafeRawPointer(e), ra = UnsafeMutableRawPointer(a)
         var c = 0

@@ -88,10 +88,12 @@ final class SyntheticLayer {
         var salienceRNG = SeededRandom(seed: seed, stream: [StreamTag.salience.rawValue, layer])
         var base: Float = 0
         for p in 0..<T {
-            base = SyntheticLayer.continuesDuplicateRun(plan, p)
+            base =
+                SyntheticLayer.continuesDuplicateRun(plan, p)
                 ? rho * base + innovation * salienceRNG.gaussian()
                 : salienceRNG.gaussian()
-            salience[p] = base + (plan.isHeavyHitter[p] ? structure.heavyHitterBoost : 0)
+            salience[p] =
+                base + (plan.isHeavyHitter[p] ? structure.heavyHitterBoost : 0)
                 + (p < structure.sinkCount ? 0 : structure.importance.salienceOffset(label: plan.labels[p]))
         }
         self.salience = salience
@@ -107,7 +109,8 @@ final class SyntheticLayer {
     /// Inside an execution segment, after its first token: where keys and values continue the
     /// previous token's with a little noise.
     static func continuesDuplicateRun(_ plan: ThoughtPlan, _ p: Int) -> Bool {
-        p > 0 && plan.labels[p] == ThoughtType.execution.rawValue && plan.segmentOfPosition[p] == plan.segmentOfPosition[p - 1]
+        p > 0 && plan.labels[p] == ThoughtType.execution.rawValue
+            && plan.segmentOfPosition[p] == plan.segmentOfPosition[p - 1]
     }
 
     private func round(_ x: Float) -> Float {
@@ -130,11 +133,15 @@ final class SyntheticLayer {
             noise.withUnsafeMutableBufferPointer { rng.fillGaussian($0.baseAddress!, count: D, scale: elementScale) }
             driftNow = noise
             for p in 0..<T {
-                noise.withUnsafeMutableBufferPointer { rng.fillGaussian($0.baseAddress!, count: D, scale: elementScale) }
+                noise.withUnsafeMutableBufferPointer {
+                    rng.fillGaussian($0.baseAddress!, count: D, scale: elementScale)
+                }
                 if p > 0 {
                     for d in 0..<D { driftNow[d] = gamma * driftNow[d] + driftInnovation * noise[d] }
                 }
-                noise.withUnsafeMutableBufferPointer { rng.fillGaussian($0.baseAddress!, count: D, scale: elementScale) }
+                noise.withUnsafeMutableBufferPointer {
+                    rng.fillGaussian($0.baseAddress!, count: D, scale: elementScale)
+                }
                 if SyntheticLayer.continuesDuplicateRun(plan, p) {
                     for d in 0..<D { content[d] = rho * content[d] + contentInnovation * noise[d] }
                 } else {
@@ -147,7 +154,9 @@ final class SyntheticLayer {
                     for d in 0..<D { k[d] = w.content * content[d] }
                     if p < structure.sinkCount {
                         // A sink: the shared direction dominates.
-                        sinkDirection.withUnsafeBufferPointer { SyntheticMath.addScaled(w.sink, $0.baseAddress! + g * D, to: k, D) }
+                        sinkDirection.withUnsafeBufferPointer {
+                            SyntheticMath.addScaled(w.sink, $0.baseAddress! + g * D, to: k, D)
+                        }
                     } else {
                         topicDirections.withUnsafeBufferPointer {
                             SyntheticMath.addScaled(w.topic, $0.baseAddress! + (segment * Hkv + g) * D, to: k, D)
@@ -181,7 +190,8 @@ final class SyntheticLayer {
         var rng = SeededRandom(seed: config.seed, stream: [StreamTag.targets.rawValue, UInt64(index)])
         let center = s.means.reduce(0, +) / Float(s.means.count)
         let blended = config.layers > 1 && s.blendedLayers.contains(index)
-        let separation = blended ? s.blendedSeparation : s.minimumSeparation + (1 - s.minimumSeparation) * Float(rng.uniform())
+        let separation =
+            blended ? s.blendedSeparation : s.minimumSeparation + (1 - s.minimumSeparation) * Float(rng.uniform())
         let offset = blended ? 0 : s.layerOffset * Float(2 * rng.uniform() - 1)
         let spread = blended ? s.blendedStepSpread : s.stepSpread
         let means = s.means.map { center + separation * ($0 - center) + offset }
@@ -200,7 +210,8 @@ final class SyntheticLayer {
         if s.growth.isEnabled {
             for p in 0..<config.tokens {
                 let x = Double(targets[p])
-                let shifted = PortableMath.log(x / (1 - x)) + s.growth.logitShift(position: p, layer: index, of: config.layers)
+                let shifted =
+                    PortableMath.log(x / (1 - x)) + s.growth.logitShift(position: p, layer: index, of: config.layers)
                 let grown = 1 / (1 + PortableMath.exp(min(600, max(-600, -shifted))))
                 targets[p] = Float(min(growthCeiling(position: p, sinks: config.attention.sinkCount), max(0.02, grown)))
             }
@@ -241,7 +252,10 @@ final class SyntheticLayer {
         init(layer: SyntheticLayer) {
             self.layer = layer
             let Hkv = layer.Hkv, D = layer.D, segments = layer.plan.segments.count
-            var rngs = (0..<Hkv).map { SeededRandom(seed: layer.config.seed, stream: [StreamTag.values.rawValue, UInt64(layer.index), UInt64($0)]) }
+            var rngs = (0..<Hkv).map {
+                SeededRandom(
+                    seed: layer.config.seed, stream: [StreamTag.values.rawValue, UInt64(layer.index), UInt64($0)])
+            }
             var topics = [Float](repeating: 0, count: segments * Hkv * D)
             for g in 0..<Hkv {
                 topics.withUnsafeMutableBufferPointer { buffer in
@@ -291,25 +305,32 @@ final class SyntheticLayer {
         var rng = SeededRandom(seed: config.seed, stream: [StreamTag.query.rawValue, UInt64(index), UInt64(p)])
         let noiseScale = structure.stepNoise / Float(D).squareRoot()
         sinkDirection.withUnsafeBufferPointer { sink in
-        salienceDirection.withUnsafeBufferPointer { sal in
-        topicDirections.withUnsafeBufferPointer { topics in
-        anchorDirections.withUnsafeBufferPointer { anchors in
-        headDirections.withUnsafeBufferPointer { heads in
-        drift.withUnsafeBufferPointer { drift in
-            for h in 0..<Hq {
-                let g = h / groupSize
-                let u = out + h * D
-                rng.fillGaussian(u, count: D, scale: noiseScale)
-                SyntheticMath.addScaled(structure.headNoise, heads.baseAddress! + h * D, to: u, D)
-                SyntheticMath.addScaled(w.sink, sink.baseAddress! + g * D, to: u, D)
-                SyntheticMath.addScaled(w.salience, sal.baseAddress! + g * D, to: u, D)
-                SyntheticMath.addScaled(w.topic, topics.baseAddress! + (segmentIndex * Hkv + g) * D, to: u, D)
-                SyntheticMath.addScaled(w.recency, drift.baseAddress! + (g * T + p) * D, to: u, D)
-                for a in revisits {
-                    SyntheticMath.addScaled(revisitWeight, anchors.baseAddress! + (a * Hkv + g) * D, to: u, D)
+            salienceDirection.withUnsafeBufferPointer { sal in
+                topicDirections.withUnsafeBufferPointer { topics in
+                    anchorDirections.withUnsafeBufferPointer { anchors in
+                        headDirections.withUnsafeBufferPointer { heads in
+                            drift.withUnsafeBufferPointer { drift in
+                                for h in 0..<Hq {
+                                    let g = h / groupSize
+                                    let u = out + h * D
+                                    rng.fillGaussian(u, count: D, scale: noiseScale)
+                                    SyntheticMath.addScaled(structure.headNoise, heads.baseAddress! + h * D, to: u, D)
+                                    SyntheticMath.addScaled(w.sink, sink.baseAddress! + g * D, to: u, D)
+                                    SyntheticMath.addScaled(w.salience, sal.baseAddress! + g * D, to: u, D)
+                                    SyntheticMath.addScaled(
+                                        w.topic, topics.baseAddress! + (segmentIndex * Hkv + g) * D, to: u, D)
+                                    SyntheticMath.addScaled(w.recency, drift.baseAddress! + (g * T + p) * D, to: u, D)
+                                    for a in revisits {
+                                        SyntheticMath.addScaled(
+                                            revisitWeight, anchors.baseAddress! + (a * Hkv + g) * D, to: u, D)
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
             }
-        }}}}}}
+        }
     }
 
     /// Positions that may hold a row maximum at position p: the sinks, the revisited anchors

@@ -72,13 +72,13 @@ public struct ThoughtChainModel: Sendable, Equatable {
     public var transitions: [[Double]] = [
         [0.00, 0.55, 0.45],  // after reasoning: execute a step, or change course
         [0.45, 0.00, 0.55],  // after execution: reason about the result, or check / change course
-        [0.75, 0.25, 0.00],  // after a transition: mostly back to reasoning
+        [0.75, 0.25, 0.00]  // after a transition: mostly back to reasoning
     ]
     /// Segment length of each type, R, E, T order: `minimum` plus a geometric excess.
     public var lengths: [SegmentLength] = [
         SegmentLength(minimum: 48, mean: 200),
         SegmentLength(minimum: 32, mean: 150),
-        SegmentLength(minimum: 12, mean: 36),
+        SegmentLength(minimum: 12, mean: 36)
     ]
     /// Multiplies every minimum and mean length (`--segment-scale`): long segments suit a
     /// classifier that refreshes its decision only every τ steps.
@@ -88,7 +88,8 @@ public struct ThoughtChainModel: Sendable, Equatable {
 
     func validate() throws {
         func fail(_ message: String) -> UsageError { UsageError("thought chain: " + message) }
-        guard initial.count == 3, transitions.count == 3, transitions.allSatisfy({ $0.count == 3 }), lengths.count == 3 else {
+        guard initial.count == 3, transitions.count == 3, transitions.allSatisfy({ $0.count == 3 }), lengths.count == 3
+        else {
             throw fail("initial, transitions and lengths need one entry per thought type (R, E, T)")
         }
         for row in [initial] + transitions {
@@ -96,7 +97,9 @@ public struct ThoughtChainModel: Sendable, Equatable {
                 throw fail("probabilities must be non-negative with a positive sum, got \(row)")
             }
         }
-        guard lengthScale > 0, lengthScale.isFinite else { throw fail("--segment-scale must be positive, got \(lengthScale)") }
+        guard lengthScale > 0, lengthScale.isFinite else {
+            throw fail("--segment-scale must be positive, got \(lengthScale)")
+        }
         for l in lengths where l.minimum < 1 || l.mean < Double(l.minimum) {
             throw fail("a segment length needs minimum ≥ 1 and mean ≥ minimum, got \(l)")
         }
@@ -189,7 +192,7 @@ public struct SparsityGrowth: Sendable, Equatable {
         SparsityCurve(layer: 0, alpha: -18.563, gamma: 2.552),
         SparsityCurve(layer: 10, alpha: -3.051, gamma: 0.902),
         SparsityCurve(layer: 20, alpha: 0.732, gamma: 0.345),
-        SparsityCurve(layer: 29, alpha: -4.537, gamma: 1.094),
+        SparsityCurve(layer: 29, alpha: -4.537, gamma: 1.094)
     ]
 
     public init() {}
@@ -198,7 +201,8 @@ public struct SparsityGrowth: Sendable, Equatable {
 
     /// The fitted curve a synthetic layer follows.
     public func curve(forLayer layer: Int, of layers: Int) -> SparsityCurve {
-        let depth = layers > 1 ? Double(layer) / Double(layers - 1) * Double(recordedLayers - 1) : Double(recordedLayers - 1)
+        let depth =
+            layers > 1 ? Double(layer) / Double(layers - 1) * Double(recordedLayers - 1) : Double(recordedLayers - 1)
         // Nearest by depth; ties go to the shallower layer.
         return curves.min { a, b in
             let da = abs(Double(a.layer) - depth), db = abs(Double(b.layer) - depth)
@@ -215,8 +219,12 @@ public struct SparsityGrowth: Sendable, Equatable {
 
     func validate() throws {
         func fail(_ message: String) -> UsageError { UsageError("sparsity growth: " + message) }
-        guard strength.isFinite, strength >= 0 else { throw fail("--sparsity-growth must be a non-negative number, got \(strength)") }
-        guard referencePosition >= 0 else { throw fail("--sparsity-reference must be non-negative, got \(referencePosition)") }
+        guard strength.isFinite, strength >= 0 else {
+            throw fail("--sparsity-growth must be a non-negative number, got \(strength)")
+        }
+        guard referencePosition >= 0 else {
+            throw fail("--sparsity-reference must be non-negative, got \(referencePosition)")
+        }
         guard !curves.isEmpty, curves.allSatisfy({ $0.gamma.isFinite && $0.layer >= 0 }), recordedLayers >= 1 else {
             throw fail("needs at least one curve with a finite slope")
         }
@@ -272,7 +280,7 @@ public struct AttentionStructure: Sendable, Equatable {
     public var queries: [QueryWeights] = [
         QueryWeights(sink: 1.0, topic: 0.8, recency: 0.8, salience: 1.0, revisit: 1.6),
         QueryWeights(sink: 1.0, topic: 1.0, recency: 1.4, salience: 1.0, revisit: 0),
-        QueryWeights(sink: 1.5, topic: 0.2, recency: 0.4, salience: 0.8, revisit: 2.4),
+        QueryWeights(sink: 1.5, topic: 0.2, recency: 0.4, salience: 0.8, revisit: 2.4)
     ]
     public var promptQueries = QueryWeights(sink: 1.0, topic: 0.8, recency: 1.0, salience: 1.0, revisit: 0)
     /// Length of each query head's fixed private direction, and of the fresh per-step noise:
@@ -288,7 +296,8 @@ public struct AttentionStructure: Sendable, Equatable {
             throw fail("counts must be non-negative")
         }
         guard recencyLength > 0, (0..<1).contains(duplicateCorrelation), (0...1).contains(heavyHitterRate),
-              (0...1).contains(reasoningRevisitProbability) else {
+            (0...1).contains(reasoningRevisitProbability)
+        else {
             throw fail("recency length must be positive, correlations and probabilities in [0, 1)")
         }
         guard queries.count == 3 else { throw fail("queries needs one entry per thought type (R, E, T)") }
@@ -346,8 +355,12 @@ public struct TokenImportance: Sendable, Equatable {
         for item in items {
             let parts = item.split(separator: "=", omittingEmptySubsequences: false)
             guard parts.count == 2, let key = keys[parts[0].trimmingCharacters(in: .whitespaces).uppercased()],
-                  let weight = Double(parts[1].trimmingCharacters(in: .whitespaces)), weight >= 0, weight.isFinite else {
-                throw UsageError("--importance expects KEY=WEIGHT items (KEY R, E, T or P; WEIGHT ≥ 0) separated by commas, got '\(item)'")
+                let weight = Double(parts[1].trimmingCharacters(in: .whitespaces)), weight >= 0, weight.isFinite
+            else {
+                throw UsageError(
+                    "--importance expects KEY=WEIGHT items (KEY R, E, T or P; WEIGHT ≥ 0) separated by commas, got "
+                        + "'\(item)'"
+                )
             }
             guard seen.insert(key).inserted else { throw UsageError("--importance gives \(parts[0]) twice") }
             if key == 3 { prompt = weight } else { byType[key] = weight }
@@ -360,7 +373,9 @@ public struct TokenImportance: Sendable, Equatable {
     func validate() throws {
         func fail(_ message: String) -> UsageError { UsageError("token importance: " + message) }
         guard byType.count == 3 else { throw fail("needs one weight per thought type (R, E, T)") }
-        guard (byType + [prompt]).allSatisfy({ $0 >= 0 && $0.isFinite }), byType.reduce(0, +) > 0, salienceShift.isFinite else {
+        guard (byType + [prompt]).allSatisfy({ $0 >= 0 && $0.isFinite }), byType.reduce(0, +) > 0,
+            salienceShift.isFinite
+        else {
             throw fail("weights must be non-negative and finite, with a positive sum over R, E, T")
         }
     }

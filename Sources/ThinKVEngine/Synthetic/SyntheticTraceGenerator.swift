@@ -24,11 +24,12 @@ public final class SyntheticTraceGenerator {
     }
 
     public var header: TraceHeader {
-        TraceHeader(model: config.model, numLayers: config.layers, numQHeads: config.queryHeads,
-                    numKVHeads: config.kvHeads, headDim: config.headDim, promptLength: config.promptLength,
-                    numTokens: config.tokens, source: "synthetic",
-                    generator: "thinkv-sim synth \(ThinKVSimVersion.current)",
-                    seed: Int64(bitPattern: config.seed))
+        TraceHeader(
+            model: config.model, numLayers: config.layers, numQHeads: config.queryHeads,
+            numKVHeads: config.kvHeads, headDim: config.headDim, promptLength: config.promptLength,
+            numTokens: config.tokens, source: "synthetic",
+            generator: "thinkv-sim synth \(ThinKVSimVersion.current)",
+            seed: Int64(bitPattern: config.seed))
     }
 
     /// Generates the trace into `path` (created, or truncated if it exists).
@@ -45,13 +46,15 @@ public final class SyntheticTraceGenerator {
         }
         writer.close()
         let bytes = ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int) ?? 0
-        return SyntheticTraceSummary(path: path, header: header, plan: plan, layers: layerSummaries,
-                                     fileBytes: bytes, seconds: Date().timeIntervalSince(started))
+        return SyntheticTraceSummary(
+            path: path, header: header, plan: plan, layers: layerSummaries,
+            fileBytes: bytes, seconds: Date().timeIntervalSince(started))
     }
 
     private func report(_ layer: Int, _ fraction: Double, _ what: String) {
-        progress?.update(fraction: (Double(layer) + fraction) / Double(config.layers),
-                         detail: "layer \(layer + 1)/\(config.layers) \(what)")
+        progress?.update(
+            fraction: (Double(layer) + fraction) / Double(config.layers),
+            detail: "layer \(layer + 1)/\(config.layers) \(what)")
     }
 
     private func writeLayer(_ index: Int, _ writer: TraceWriter) throws -> SyntheticTraceSummary.Layer {
@@ -77,7 +80,8 @@ public final class SyntheticTraceGenerator {
         if config.includeAttention { try writer.createTensor(.attn, layer: index, dtype: config.dtype) }
         let workers = max(1, min(config.threads ?? ProcessInfo.processInfo.activeProcessorCount, chunk))
         let solvers = (0..<workers).map { _ in
-            QueryTemperatureSolver(layer: layer, exactLimit: config.exactSparsityPositions, sampleSize: config.sparsitySampleSize)
+            QueryTemperatureSolver(
+                layer: layer, exactLimit: config.exactSparsityPositions, sampleSize: config.sparsitySampleSize)
         }
         var queries = [Float](repeating: 0, count: chunk * Hq * D)
         var reached = [Float](repeating: 0, count: T)  // the solver's sparsity at each position
@@ -92,18 +96,24 @@ public final class SyntheticTraceGenerator {
                         var directions = [Float](repeating: 0, count: Hq * D)
                         for i in (rows * w / parts)..<(rows * (w + 1) / parts) {
                             let p = start + i
-                            var rng = SeededRandom(seed: self.config.seed, stream: [StreamTag.query.rawValue, UInt64(index), UInt64(p), 1])
+                            var rng = SeededRandom(
+                                seed: self.config.seed, stream: [StreamTag.query.rawValue, UInt64(index), UInt64(p), 1])
                             directions.withUnsafeMutableBufferPointer { u in
                                 layer.queryDirections(position: p, into: u.baseAddress!)
-                                let solution = solvers[w].solve(directions: u.baseAddress!, position: p,
-                                                                target: layer.targets[p], rng: &rng)
+                                let solution = solvers[w].solve(
+                                    directions: u.baseAddress!, position: p,
+                                    target: layer.targets[p], rng: &rng)
                                 achieved[p] = solution.sparsity
                                 let out = q + i * Hq * D
                                 for e in 0..<(Hq * D) { out[e] = self.stored(solution.beta * u[e]) }
                             }
                         }
                     }
-                    if parts <= 1 { build(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: build) }
+                    if parts <= 1 {
+                        build(0)
+                    } else {
+                        DispatchQueue.concurrentPerform(iterations: parts, execute: build)
+                    }
                 }
             }
             let rowsQueries = rows == chunk ? queries : Array(queries[0..<(rows * Hq * D)])
@@ -160,9 +170,12 @@ public struct SyntheticTraceSummary: Sendable {
             "\(t.letter) \(Format.fixed(100 * Double(counts[Int(t.rawValue)]) / Double(max(G, 1)), 0))%"
         }.joined(separator: " ")
         let megabytes = Format.fixed(Double(fileBytes) / 1_048_576, 2)
-        return "\(path): \(h.numTokens) tokens (\(h.promptLength) prompt + \(G) generated), \(h.numLayers) layer\(h.numLayers == 1 ? "" : "s"), "
+        return
+            "\(path): \(h.numTokens) tokens (\(h.promptLength) prompt + \(G) generated), \(h.numLayers) "
+            + "layer\(h.numLayers == 1 ? "" : "s"), "
             + "\(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads, head dim \(h.headDim), seed \(h.seed ?? 0); "
-            + "\(plan.segments.count - 1) thought segments (\(shares)); \(megabytes) MB in \(Format.fixed(seconds, 1)) s"
+            + "\(plan.segments.count - 1) thought segments (\(shares)); \(megabytes) MB in "
+            + "\(Format.fixed(seconds, 1)) s"
     }
 }
 
@@ -193,7 +206,8 @@ struct AttentionRowWriter {
                                 let row = R.baseAddress! + (i * Hq + h) * T
                                 var m = -Float.infinity
                                 for j in 0...p {
-                                    let logit = layer.softmaxScale * SyntheticMath.dot(q, K.baseAddress! + (g * T + j) * D, D)
+                                    let logit =
+                                        layer.softmaxScale * SyntheticMath.dot(q, K.baseAddress! + (g * T + j) * D, D)
                                     row[j] = logit
                                     m = max(m, logit)
                                 }

@@ -75,7 +75,8 @@ public struct ThoughtPlan: Sendable {
             ids[p] = p == 0 ? 1 : Int32(3 + rng.integer(below: config.vocabularySize - 3))
             // Legacy: uniform. Otherwise the rate scales with the importance of the token's type
             // (the draw is the same either way, so the legacy stream is unchanged).
-            let rate = structure.importance.legacyAnchors
+            let rate =
+                structure.importance.legacyAnchors
                 ? structure.heavyHitterRate
                 : min(1, structure.heavyHitterRate * structure.importance.weight(label: labels[p]))
             heavy[p] = p >= structure.sinkCount && rng.chance(rate)
@@ -94,8 +95,10 @@ public struct ThoughtPlan: Sendable {
     /// re-read later), the first token of every transition and reasoning segment and one inner
     /// token of each reasoning segment are anchors; transitions look back at a few of them,
     /// reasoning sometimes at one, chosen uniformly. Draws exactly the numbers it always drew.
-    private static func placeLegacyAnchors(_ segments: inout [PlannedSegment], prompt P: Int,
-                                           structure: AttentionStructure, rng: inout SeededRandom) -> [Int] {
+    private static func placeLegacyAnchors(
+        _ segments: inout [PlannedSegment], prompt P: Int,
+        structure: AttentionStructure, rng: inout SeededRandom
+    ) -> [Int] {
         var anchorSet = Set<Int>()
         var pool = Array(min(structure.sinkCount, P)..<P)
         for _ in 0..<min(structure.promptAnchors, pool.count) {
@@ -127,7 +130,9 @@ public struct ThoughtPlan: Sendable {
     }
 
     /// Transitions look back at a few old tokens, reasoning sometimes at one, execution never.
-    private static func revisitCount(_ segment: PlannedSegment, _ structure: AttentionStructure, _ rng: inout SeededRandom) -> Int {
+    private static func revisitCount(
+        _ segment: PlannedSegment, _ structure: AttentionStructure, _ rng: inout SeededRandom
+    ) -> Int {
         switch segment.type {
         case .transition?: return structure.transitionRevisits
         case .reasoning?: return rng.chance(structure.reasoningRevisitProbability) ? 1 : 0
@@ -139,8 +144,10 @@ public struct ThoughtPlan: Sendable {
     /// `revisitMinimumAge` older than its start (sinks excepted), with probability proportional
     /// to the importance of the token's type, without repeats within the segment. The picked
     /// tokens are the anchors (a token picked by several segments is one anchor).
-    private static func chooseRevisitedTokens(_ segments: inout [PlannedSegment], labels: [Int8],
-                                              structure: AttentionStructure, rng: inout SeededRandom) -> [Int] {
+    private static func chooseRevisitedTokens(
+        _ segments: inout [PlannedSegment], labels: [Int8],
+        structure: AttentionStructure, rng: inout SeededRandom
+    ) -> [Int] {
         let T = labels.count, first = min(structure.sinkCount, T)
         // cumulative[j] = total weight of positions first..<j.
         var cumulative = [Double](repeating: 0, count: T + 1)

@@ -32,8 +32,10 @@ extension CacheQuantizer {
     public static var preferredBlockSize: Int? { nil }
     public static var conformanceSettings: [String: String] { [:] }
     public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? { nil }
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
-                               layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(
+        _ reader: TraceReader, parameters: PolicyParameters,
+        layers: [Int]
+    ) throws -> (any Sendable)? {
         nil
     }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }

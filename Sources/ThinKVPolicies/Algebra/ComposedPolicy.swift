@@ -41,14 +41,17 @@ public protocol ComposedPolicyType: CachePolicy {
 /// Parameters: the base's (minus those of its own trigger when a trigger replaces it), then the
 /// trigger's, the quantizer's and the wrapper's; a part's parameter whose name is taken already
 /// is renamed `PART-NAME` (`kivi-group`), so the base's names never change.
-public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger, Quantizer: CacheQuantizer,
-                                  Allocation: HeadAllocation>: ComposedPolicyType {
+public final class ComposedPolicy<
+    Base: CachePolicy, Trigger: CompressionTrigger, Quantizer: CacheQuantizer,
+    Allocation: HeadAllocation
+>: ComposedPolicyType {
     static var overridesTrigger: Bool { Trigger.self != BaseTrigger.self }
     static var pools: Bool { Allocation.self == AdaKV.self }
 
     public static var name: String {
         Base.name + (overridesTrigger ? "@" + Trigger.spelling : "")
-            + (Quantizer.name.isEmpty ? "" : "+" + Quantizer.name) + (Allocation.name.isEmpty ? "" : "+" + Allocation.name)
+            + (Quantizer.name.isEmpty ? "" : "+" + Quantizer.name)
+            + (Allocation.name.isEmpty ? "" : "+" + Allocation.name)
     }
 
     public static var summary: String {
@@ -71,14 +74,15 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
         }
         let parts: [(CompositionPart, [PolicyParameter], String)] = [
             (.trigger, Trigger.parameters, "trigger"), (.quantizer, Quantizer.parameters, Quantizer.name),
-            (.allocation, Allocation.parameters, Allocation.name),
+            (.allocation, Allocation.parameters, Allocation.name)
         ]
         for (part, parameters, prefix) in parts {
             for p in parameters {
                 let name = taken.contains(p.name) ? "\(prefix)-\(p.name)" : p.name
                 taken.insert(name)
-                let declared = PolicyParameter(name, p.kind, default: p.defaultValue, required: p.required,
-                                               help: p.help)
+                let declared = PolicyParameter(
+                    name, p.kind, default: p.defaultValue, required: p.required,
+                    help: p.help)
                 out.append(ComposedParameter(declared: declared, part: part, original: p.name))
             }
         }
@@ -119,8 +123,10 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
         var settings: [String: String] = [:]
         let visible = Set(layout.map(\.declared.name))
         for (key, value) in Base.conformanceSettings where visible.contains(key) { settings[key] = value }
-        for (part, values) in [(CompositionPart.trigger, Trigger.conformanceSettings),
-                               (.quantizer, Quantizer.conformanceSettings)] {
+        for (part, values) in [
+            (CompositionPart.trigger, Trigger.conformanceSettings),
+            (.quantizer, Quantizer.conformanceSettings)
+        ] {
             for (key, value) in values {
                 if let entry = layout.first(where: { $0.part == part && $0.original == key }) {
                     settings[entry.declared.name] = value
@@ -130,19 +136,24 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
         return settings
     }
 
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
-                               layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(
+        _ reader: TraceReader, parameters: PolicyParameters,
+        layers: [Int]
+    ) throws -> (any Sendable)? {
         ComposedPrepared(
             base: try Base.prepare(reader, parameters: try self.parameters(of: .base, parameters), layers: layers),
-            trigger: try Trigger.prepare(reader, parameters: try self.parameters(of: .trigger, parameters), layers: layers),
-            quantizer: try Quantizer.prepare(reader, parameters: try self.parameters(of: .quantizer, parameters),
-                                             layers: layers))
+            trigger: try Trigger.prepare(
+                reader, parameters: try self.parameters(of: .trigger, parameters), layers: layers),
+            quantizer: try Quantizer.prepare(
+                reader, parameters: try self.parameters(of: .quantizer, parameters),
+                layers: layers))
     }
 
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? {
-        ComposedPrepared(base: Base.validationPrepared(header: header),
-                         trigger: Trigger.validationPrepared(header: header),
-                         quantizer: Quantizer.validationPrepared(header: header))
+        ComposedPrepared(
+            base: Base.validationPrepared(header: header),
+            trigger: Trigger.validationPrepared(header: header),
+            quantizer: Quantizer.validationPrepared(header: header))
     }
 
     public static func compressionCadence(_ parameters: PolicyParameters) -> String {
@@ -182,13 +193,15 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         let prepared = setup.prepared as? ComposedPrepared
         func partSetup(_ value: (any Sendable)?) -> PolicySetup {
-            PolicySetup(header: setup.header, layer: setup.layer, layerOrdinal: setup.layerOrdinal,
-                        layerCount: setup.layerCount, prepared: value)
+            PolicySetup(
+                header: setup.header, layer: setup.layer, layerOrdinal: setup.layerOrdinal,
+                layerCount: setup.layerCount, prepared: value)
         }
         base = try Base(parameters: try Self.parameters(of: .base, parameters), setup: partSetup(prepared?.base))
         trigger = try Trigger(parameters: try Self.parameters(of: .trigger, parameters), prepared: prepared?.trigger)
-        quantizer = try Quantizer(parameters: try Self.parameters(of: .quantizer, parameters),
-                                  setup: partSetup(prepared?.quantizer))
+        quantizer = try Quantizer(
+            parameters: try Self.parameters(of: .quantizer, parameters),
+            setup: partSetup(prepared?.quantizer))
         alpha = Self.pools ? try Self.parameters(of: .allocation, parameters).real("alpha") : 0
         promptLength = setup.header.promptLength
         numKVHeads = setup.header.numKVHeads
@@ -231,7 +244,9 @@ public final class ComposedPolicy<Base: CachePolicy, Trigger: CompressionTrigger
             let target = driven.compressionTarget(position: context.position)
             let fires: Bool
             if Self.overridesTrigger {
-                let overflow = Self.pools ? before.reduce(0, +) > target * before.count
+                let overflow =
+                    Self.pools
+                    ? before.reduce(0, +) > target * before.count
                     : before.contains { $0 > target }
                 fires = trigger.fires(step: context.step, overflow: overflow)
             } else {

@@ -35,8 +35,10 @@ extension CompressionTrigger {
     public static var example: String { spelling }
     public static var conformanceSettings: [String: String] { [:] }
     public static func parse(_ text: String) -> [String: String]? { text == spelling ? [:] : nil }
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
-                               layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(
+        _ reader: TraceReader, parameters: PolicyParameters,
+        layers: [Int]
+    ) throws -> (any Sendable)? {
         nil
     }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? { nil }
@@ -71,7 +73,7 @@ public struct EveryNTrigger: CompressionTrigger {
     public static let summary = "compress after every N decode steps (kvpress DecodingPress compression_interval)"
     public static let parameters: [PolicyParameter] = [
         // Set by the name (`@every-64`), hence not required of a config or a command line.
-        .integer("every", min: 1, help: "N of @every-N: decode steps between compressions (set by the name)"),
+        .integer("every", min: 1, help: "N of @every-N: decode steps between compressions (set by the name)")
     ]
 
     public static func parse(_ text: String) -> [String: String]? {
@@ -124,12 +126,15 @@ public struct ThoughtTransitionTrigger: CompressionTrigger {
 
     /// thinkv-tbq's parameters with these values, for its timeline.
     private static func timelineParameters(_ parameters: PolicyParameters) throws -> PolicyParameters {
-        try PolicyParameters(policy: ThinKVQuantizationOnlyPolicy.name, specs: ThinKVQuantizationOnlyPolicy.parameters,
-                             values: parameters.given)
+        try PolicyParameters(
+            policy: ThinKVQuantizationOnlyPolicy.name, specs: ThinKVQuantizationOnlyPolicy.parameters,
+            values: parameters.given)
     }
 
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
-                               layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(
+        _ reader: TraceReader, parameters: PolicyParameters,
+        layers: [Int]
+    ) throws -> (any Sendable)? {
         try ThinKVQuantizationOnlyPolicy.prepare(reader, parameters: try timelineParameters(parameters), layers: layers)
     }
 

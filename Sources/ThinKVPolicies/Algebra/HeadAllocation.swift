@@ -32,9 +32,10 @@ public enum AdaKV: HeadAllocation {
     public static let summary =
         "Ada-KV head-wise budgets: the layer's heads × target tokens by pooled top scores (kvpress AdaKVPress)"
     public static let parameters: [PolicyParameter] = [
-        .real("alpha", default: 0.2, min: 0, max: 1,
-              help: "alpha_safeguard: each head keeps at least ⌊alpha · target⌋ of its best tokens "
-                  + "(kvpress default 0.20)"),
+        .real(
+            "alpha", default: 0.2, min: 0, max: 1,
+            help: "alpha_safeguard: each head keeps at least ⌊alpha · target⌋ of its best tokens "
+                + "(kvpress default 0.20)")
     ]
 
     /// The slot indices each head keeps (in slot order) when the heads' scores are `scores`

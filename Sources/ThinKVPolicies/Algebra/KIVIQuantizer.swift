@@ -67,8 +67,9 @@ public final class KIVIQuantizer: CacheQuantizer {
             var start = 0
             while start < positions.count {
                 let group = Array(positions[start..<min(start + groupSize, positions.count)])
-                let groupBits = KVGrouping.quantizeKeysPerChannel(cache, kvHead: h, positions: group,
-                                                                  groupSize: groupSize, quantizer: keyQuantizer)
+                let groupBits = KVGrouping.quantizeKeysPerChannel(
+                    cache, kvHead: h, positions: group,
+                    groupSize: groupSize, quantizer: keyQuantizer)
                 for p in group { keyGroupOf[h][p] = Int32(keyGroupBits[h].count) }
                 keyGroupBits[h].append(groupBits)
                 bits += groupBits
@@ -83,8 +84,9 @@ public final class KIVIQuantizer: CacheQuantizer {
         guard end > valuesQuantizedEnd else { return }
         for h in 0..<cache.numKVHeads {
             let positions = heldPositions(cache, kvHead: h, in: valuesQuantizedEnd..<end)
-            let bits = KVGrouping.quantizeValuesPerToken(cache, kvHead: h, positions: positions, groupSize: groupSize,
-                                                         quantizer: valueQuantizer)
+            let bits = KVGrouping.quantizeValuesPerToken(
+                cache, kvHead: h, positions: positions, groupSize: groupSize,
+                quantizer: valueQuantizer)
             if !positions.isEmpty { valueBitsPerToken = bits / positions.count }
             for p in positions { valueQuantized[h][p] = true }
             charged.add(bits: bits, kvHead: h, cache: cache)

@@ -12,10 +12,10 @@ import Foundation
 /// base that does not quantize itself. Parameters are the parts' (see `ComposedPolicy`).
 public enum PolicyAlgebra {
     public static let triggers: [any CompressionTrigger.Type] = [
-        EveryStepTrigger.self, EveryNTrigger.self, OverflowTrigger.self, ThoughtTransitionTrigger.self,
+        EveryStepTrigger.self, EveryNTrigger.self, OverflowTrigger.self, ThoughtTransitionTrigger.self
     ]
     public static let quantizers: [any CacheQuantizer.Type] = [
-        KIVIQuantizer.self, TBQQuantizer.self, UniformQuantizer.self,
+        KIVIQuantizer.self, TBQQuantizer.self, UniformQuantizer.self
     ]
     public static let wrappers: [any HeadAllocation.Type] = [AdaKV.self]
 
@@ -57,8 +57,9 @@ public enum PolicyAlgebra {
                 throw bad("unknown trigger '@\(head[1])' (triggers: \(known))")
             }
             guard isCompressible(base) else {
-                throw bad("\(baseName) cannot hand its compression to a trigger "
-                          + "(triggers apply to: \(triggerableBases.joined(separator: ", ")))")
+                throw bad(
+                    "\(baseName) cannot hand its compression to a trigger "
+                        + "(triggers apply to: \(triggerableBases.joined(separator: ", ")))")
             }
             (trigger, implied) = match
         }
@@ -68,23 +69,26 @@ public enum PolicyAlgebra {
             if let q = quantizers.first(where: { $0.name == part }) {
                 guard quantizer == NoQuantizer.self else { throw bad("one quantizer at most") }
                 guard quantizableBases.contains(baseName) else {
-                    throw bad("\(baseName) quantizes the cache itself; a quantizer joins one of: "
-                              + quantizableBases.joined(separator: ", "))
+                    throw bad(
+                        "\(baseName) quantizes the cache itself; a quantizer joins one of: "
+                            + quantizableBases.joined(separator: ", "))
                 }
                 quantizer = q
             } else if let w = wrappers.first(where: { $0.name == part }) {
                 guard allocation == UniformHeads.self else { throw bad("'+\(part)' given twice") }
                 guard scoresPerHead(base) else {
-                    throw bad("\(baseName) has no per-head scores for +\(part) to pool "
-                              + "(it wraps: \(poolableBases.joined(separator: ", ")))")
+                    throw bad(
+                        "\(baseName) has no per-head scores for +\(part) to pool "
+                            + "(it wraps: \(poolableBases.joined(separator: ", ")))")
                 }
                 allocation = w
             } else {
                 let known = quantizers.map { $0.name } + wrappers.map { $0.name }
                 let hint = Suggestions.closest(to: part, among: known).map { "did you mean \($0)? " } ?? ""
                 let quantizerNames = quantizers.map { $0.name }.joined(separator: ", ")
-                throw bad("unknown part '+\(part)' (\(hint)quantizers: \(quantizerNames); "
-                          + "wrappers: \(wrappers.map { $0.name }.joined(separator: ", ")))")
+                throw bad(
+                    "unknown part '+\(part)' (\(hint)quantizers: \(quantizerNames); "
+                        + "wrappers: \(wrappers.map { $0.name }.joined(separator: ", ")))")
             }
         }
         let type = compose(base, trigger, quantizer, allocation)
@@ -150,11 +154,13 @@ public enum PolicyAlgebra {
                 "        --\(p.name)  (default \(p.defaultValue ?? "auto")): \(p.help)"
             }
         }
-        var lines = ["Compositions: BASE[@TRIGGER][+QUANTIZER][+WRAPPER], e.g. rkv+tbq, snapkv@every-8+kivi, "
-                     + "tova+adakv.",
-                     "A composition takes its parts' parameters; a part's parameter whose name is taken is renamed",
-                     "PART-NAME (e.g. kivi-group). Parameters per item as usual: rkv+tbq:budget=128.", "",
-                     "Triggers (replace the base's own; bases: \(triggerableBases.joined(separator: ", "))):"]
+        var lines = [
+            "Compositions: BASE[@TRIGGER][+QUANTIZER][+WRAPPER], e.g. rkv+tbq, snapkv@every-8+kivi, "
+                + "tova+adakv.",
+            "A composition takes its parts' parameters; a part's parameter whose name is taken is renamed",
+            "PART-NAME (e.g. kivi-group). Parameters per item as usual: rkv+tbq:budget=128.", "",
+            "Triggers (replace the base's own; bases: \(triggerableBases.joined(separator: ", "))):"
+        ]
         for t in triggers {
             lines.append("    @\(t.spelling): \(t.summary)")
             lines += parameterLines(t.parameters)

@@ -15,8 +15,10 @@ public final class TBQQuantizer: CacheQuantizer {
     public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? {
         ThinKVQuantizationOnlyPolicy.fullReferenceNeed(parameters)
     }
-    public static func prepare(_ reader: TraceReader, parameters: PolicyParameters,
-                               layers: [Int]) throws -> (any Sendable)? {
+    public static func prepare(
+        _ reader: TraceReader, parameters: PolicyParameters,
+        layers: [Int]
+    ) throws -> (any Sendable)? {
         try ThinKVQuantizationOnlyPolicy.prepare(reader, parameters: parameters, layers: layers)
     }
     public static func validationPrepared(header: TraceHeader) -> (any Sendable)? {

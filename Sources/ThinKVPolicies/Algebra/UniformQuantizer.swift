@@ -10,8 +10,9 @@ public final class UniformQuantizer: CacheQuantizer {
     public static let parameters: [PolicyParameter] = [
         .integer("bits", default: 4, min: 1, max: 8, help: "bits per key and value element"),
         .integer("group", default: 32, min: 1, max: 1 << 16, help: "channels per quantization group"),
-        .choice("format", QuantFormat.allCases.map(\.rawValue), default: QuantFormat.int.rawValue,
-                help: "int = asymmetric min-max integers; paper = FP8 E4M3 (8), NVFP4 (4), ternary (2)"),
+        .choice(
+            "format", QuantFormat.allCases.map(\.rawValue), default: QuantFormat.int.rawValue,
+            help: "int = asymmetric min-max integers; paper = FP8 E4M3 (8), NVFP4 (4), ternary (2)")
     ]
     public static func cadence(_ parameters: PolicyParameters) -> String {
         let bits = (try? parameters.integer("bits")).map(String.init) ?? "?"
@@ -27,8 +28,9 @@ public final class UniformQuantizer: CacheQuantizer {
     public init(parameters: PolicyParameters, setup: PolicySetup) throws {
         groupSize = try parameters.integer("group")
         do {
-            quantizer = try GroupQuantizer(format: try parameters.choice("format", as: QuantFormat.self),
-                                           bits: try parameters.integer("bits"))
+            quantizer = try GroupQuantizer(
+                format: try parameters.choice("format", as: QuantFormat.self),
+                bits: try parameters.integer("bits"))
         } catch let error as PolicyError {
             throw PolicyError("uniform: \(error.description)")
         }
@@ -49,10 +51,13 @@ public final class UniformQuantizer: CacheQuantizer {
         for h in 0..<cache.numKVHeads {
             let positions = heldPositions(cache, kvHead: h, in: range)
             if !positions.isEmpty {
-                let bits = KVGrouping.quantizeKeysPerToken(cache, kvHead: h, positions: positions, groupSize: groupSize,
-                                                           quantizer: quantizer)
-                    + KVGrouping.quantizeValuesPerToken(cache, kvHead: h, positions: positions, groupSize: groupSize,
-                                                        quantizer: quantizer)
+                let bits =
+                    KVGrouping.quantizeKeysPerToken(
+                        cache, kvHead: h, positions: positions, groupSize: groupSize,
+                        quantizer: quantizer)
+                    + KVGrouping.quantizeValuesPerToken(
+                        cache, kvHead: h, positions: positions, groupSize: groupSize,
+                        quantizer: quantizer)
                 bitsPerToken = bits / positions.count
                 for p in positions { quantized[h][p] = true }
             }

@@ -35,7 +35,10 @@ public final class OnlinePolicyDriver {
         var nextStep = 0
         var answer = StepAnswer(attended: [], groups: [])
 
-        init(data: LayerData, reference: ReferenceAttention, scratch: [ReferenceAttention.Scratch], chunk: ReferenceChunk, run: PolicyLayerRun) {
+        init(
+            data: LayerData, reference: ReferenceAttention, scratch: [ReferenceAttention.Scratch],
+            chunk: ReferenceChunk, run: PolicyLayerRun
+        ) {
             self.data = data
             self.reference = reference
             self.scratch = scratch
@@ -57,7 +60,8 @@ public final class OnlinePolicyDriver {
         self.topK = topK
         layers = Array(repeating: nil, count: header.numLayers)
         if spec.type is ThinKVPolicy.Type {
-            classifier = try ThinKVParameters.onlineClassifier(parameters: spec.parameters, header: header, policy: spec.type.name)
+            classifier = try ThinKVParameters.onlineClassifier(
+                parameters: spec.parameters, header: header, policy: spec.type.name)
         } else {
             classifier = nil
         }
@@ -73,33 +77,40 @@ public final class OnlinePolicyDriver {
         guard layers[l] == nil else { throw PolicyError("layer \(l) was prefilled already") }
         let P = h.promptLength, Hkv = h.numKVHeads, D = h.headDim, T = h.numTokens
         let info = LayerInfo(index: l, dtypes: ["q": .float32, "k": .float32, "v": .float32])
-        let data = LayerData(info: info, numTokens: T, numKVHeads: Hkv, headDim: D,
-                             keys: [Float](repeating: 0, count: Hkv * T * D), values: [Float](repeating: 0, count: Hkv * T * D))
+        let data = LayerData(
+            info: info, numTokens: T, numKVHeads: Hkv, headDim: D,
+            keys: [Float](repeating: 0, count: Hkv * T * D), values: [Float](repeating: 0, count: Hkv * T * D))
         keys.withUnsafeBufferPointer { K in
             values.withUnsafeBufferPointer { V in
                 for p in 0..<P {
-                    data.setRow(position: p, keys: UnsafeBufferPointer(rebasing: K[(p * Hkv * D)..<((p + 1) * Hkv * D)]),
-                                values: UnsafeBufferPointer(rebasing: V[(p * Hkv * D)..<((p + 1) * Hkv * D)]))
+                    data.setRow(
+                        position: p, keys: UnsafeBufferPointer(rebasing: K[(p * Hkv * D)..<((p + 1) * Hkv * D)]),
+                        values: UnsafeBufferPointer(rebasing: V[(p * Hkv * D)..<((p + 1) * Hkv * D)]))
                 }
             }
         }
         let reference = ReferenceAttention(header: h, data: data, workers: 1)
-        let setup = PolicySetup(header: h, layer: info, layerOrdinal: l, layerCount: h.numLayers, prepared: classifier?.log)
+        let setup = PolicySetup(
+            header: h, layer: info, layerOrdinal: l, layerCount: h.numLayers, prepared: classifier?.log)
         let run: PolicyLayerRun
         do {
-            run = try PolicyLayerRun.prefilled(spec: spec, data: data, setup: setup, promptQueries: P > 0 ? queries : nil,
-                                               steps: h.generatedLength, blockSize: spec.type.preferredBlockSize,
-                                               logsQuantizations: true)
+            run = try PolicyLayerRun.prefilled(
+                spec: spec, data: data, setup: setup, promptQueries: P > 0 ? queries : nil,
+                steps: h.generatedLength, blockSize: spec.type.preferredBlockSize,
+                logsQuantizations: true)
         } catch let error as PolicyError where error.description.contains("prepare") {
-            throw PolicyError("\(error.description) (a policy whose preparation reads the whole trace cannot run online)")
+            throw PolicyError(
+                "\(error.description) (a policy whose preparation reads the whole trace cannot run online)")
         }
-        let layer = Layer(data: data, reference: reference, scratch: reference.makeScratch(k: topK, count: 1),
-                          chunk: ReferenceChunk(numQHeads: h.numQHeads, headDim: D, topK: topK), run: run)
+        let layer = Layer(
+            data: data, reference: reference, scratch: reference.makeScratch(k: topK, count: 1),
+            chunk: ReferenceChunk(numQHeads: h.numQHeads, headDim: D, topK: topK), run: run)
         if let classifier, classifier.reads(layer: l) {
             run.appendObserver = { cache, context in
                 guard let queries = context.queries?.baseAddress else { return }
-                classifier.measure(layer: l, step: context.step, cache: cache, data: data, queries: queries,
-                                   position: context.position)
+                classifier.measure(
+                    layer: l, step: context.step, cache: cache, data: data, queries: queries,
+                    position: context.position)
             }
         }
         run.attendObserver = { [unowned layer] cache in
@@ -117,7 +128,9 @@ public final class OnlinePolicyDriver {
         guard l >= 0 && l < h.numLayers, let layer = layers[l] else {
             throw PolicyError("layer \(l) has not been prefilled (or is not in 0..<\(h.numLayers))")
         }
-        guard t == layer.nextStep else { throw PolicyError("layer \(l): step \(t) arrived where step \(layer.nextStep) was due") }
+        guard t == layer.nextStep else {
+            throw PolicyError("layer \(l): step \(t) arrived where step \(layer.nextStep) was due")
+        }
         let p = h.promptLength + t
         guard p < h.numTokens else {
             throw PolicyError("layer \(l): step \(t) is position \(p), beyond the header's \(h.numTokens) positions")
@@ -125,7 +138,10 @@ public final class OnlinePolicyDriver {
         if let classifier {
             // Step t's type must be known before its first layer runs.
             if let behind = layers.firstIndex(where: { ($0?.nextStep ?? 0) < t }) {
-                throw PolicyError("layer \(l): step \(t) arrived before layer \(behind) finished step \(t - 1) (\(spec.type.name) types a step from every layer's previous steps)")
+                throw PolicyError(
+                    "layer \(l): step \(t) arrived before layer \(behind) finished step \(t - 1) (\(spec.type.name) "
+                        + "types a step from every layer's previous steps)"
+                )
             }
             try classifier.beginStep(t)
         }
@@ -151,7 +167,8 @@ public final class OnlinePolicyDriver {
         chunk.queries = queries
         layer.reference.compute(chunk, scratch: layer.scratch)
         if let bad = chunk.logSumExp.prefix(h.numQHeads).firstIndex(where: { !$0.isFinite }) {
-            throw PolicyError("layer \(l): attention logits overflow float32 at step \(t), query head \(bad) (q·k too large)")
+            throw PolicyError(
+                "layer \(l): attention logits overflow float32 at step \(t), query head \(bad) (q·k too large)")
         }
         layer.run.advance(through: chunk)
         _ = layer.run.takeFLOPs()
@@ -180,7 +197,8 @@ public final class OnlinePolicyDriver {
                 if k < counters.count { counters[k].value += counter.value } else { counters.append(counter) }
             }
         }
-        return RunSummary.of(records: records, samples: samples, counters: counters, numLayers: header.numLayers,
-                             replayedLayers: layers.compactMap({ $0 }).count, anyValues: true)
+        return RunSummary.of(
+            records: records, samples: samples, counters: counters, numLayers: header.numLayers,
+            replayedLayers: layers.compactMap({ $0 }).count, anyValues: true)
     }
 }

@@ -58,7 +58,9 @@ public struct ReplayShard: Codable, Sendable {
         blockSizes = result.blockSizes
         timing = result.timing
         runs = result.runs.map { run in
-            Run(policy: run.spec.name, given: run.spec.parameters.given, paging: run.paging.rawValue, blockSize: run.blockSize,
+            Run(
+                policy: run.spec.name, given: run.spec.parameters.given, paging: run.paging.rawValue,
+                blockSize: run.blockSize,
                 records: run.steps, samples: run.samples, counters: run.counters)
         }
         self.tokenText = tokenText
@@ -76,9 +78,10 @@ public struct ReplayShard: Codable, Sendable {
         }
         let steps = selection.steps(of: decodeSteps)
         guard selection != .all, steps.count == sampling.sampledSteps, sampling.decodeSteps == decodeSteps else {
-            throw CSVError("\(path): its metric sample (\(Format.printable(sampling.selection)), \(sampling.sampledSteps) of "
-                           + "\(sampling.decodeSteps) steps) does not fit its \(decodeSteps) decode steps; "
-                           + "not a shard 'replay --shard-state' writes")
+            throw CSVError(
+                "\(path): its metric sample (\(Format.printable(sampling.selection)), \(sampling.sampledSteps) of "
+                    + "\(sampling.decodeSteps) steps) does not fit its \(decodeSteps) decode steps; "
+                    + "not a shard 'replay --shard-state' writes")
         }
         return Set(steps)
     }
@@ -87,23 +90,33 @@ public struct ReplayShard: Codable, Sendable {
         let encoder = JSONEncoder()
         // Sorted keys put "kind" near the start, where 'merge' looks for it.
         encoder.outputFormatting = [.sortedKeys]
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         try OutputFile.write(String(decoding: try encoder.encode(self), as: UTF8.self), to: path, protecting: inputs)
     }
 
     public static func read(_ path: String) throws -> ReplayShard {
         guard let data = FileManager.default.contents(atPath: path) else { throw CSVError("\(path): cannot be read") }
         let decoder = JSONDecoder()
-        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(
+            positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         struct Stamp: Decodable { var kind: String?; var version: Int? }
-        if let stamp = try? decoder.decode(Stamp.self, from: data), stamp.kind == kind, let found = stamp.version, found != version {
-            throw CSVError("\(path): a version \(found) replay shard; this thinkv-sim merges version \(version) (replay again with --shard-state)")
+        if let stamp = try? decoder.decode(Stamp.self, from: data), stamp.kind == kind, let found = stamp.version,
+            found != version
+        {
+            throw CSVError(
+                "\(path): a version \(found) replay shard; this thinkv-sim merges version \(version) (replay again "
+                    + "with --shard-state)"
+            )
         }
         let shard: ReplayShard
         do { shard = try decoder.decode(ReplayShard.self, from: data) } catch {
-            throw CSVError("\(path): not a replay shard written by 'replay --shard-state' (\(error.localizedDescription))")
+            throw CSVError(
+                "\(path): not a replay shard written by 'replay --shard-state' (\(error.localizedDescription))")
         }
-        guard shard.kind == kind, shard.version == version else { throw CSVError("\(path): not a version \(version) replay shard") }
+        guard shard.kind == kind, shard.version == version else {
+            throw CSVError("\(path): not a version \(version) replay shard")
+        }
         try shard.check(file: path)
         return shard
     }
@@ -116,8 +129,12 @@ public struct ReplayShard: Codable, Sendable {
         func bad(_ what: String) -> CSVError { CSVError("\(path): \(what); not a shard 'replay --shard-state' writes") }
         let h = header
         guard h.numLayers >= 1, h.numLayers <= Int(Int32.max), h.numQHeads >= 1, h.numQHeads <= Int(Int32.max),
-              h.promptLength >= 0, h.numTokens > h.promptLength, h.numTokens <= Int(Int32.max) else {
-            throw bad("its trace header is impossible (layers \(h.numLayers), query heads \(h.numQHeads), prompt \(h.promptLength), tokens \(h.numTokens))")
+            h.promptLength >= 0, h.numTokens > h.promptLength, h.numTokens <= Int(Int32.max)
+        else {
+            throw bad(
+                "its trace header is impossible (layers \(h.numLayers), query heads \(h.numQHeads), prompt "
+                    + "\(h.promptLength), tokens \(h.numTokens))"
+            )
         }
         guard !layers.isEmpty else { throw bad("it replays no layer") }
         for layer in layers where layer < 0 || layer >= h.numLayers {
@@ -126,16 +143,28 @@ public struct ReplayShard: Codable, Sendable {
         guard layers == layers.sorted(), Set(layers).count == layers.count else {
             throw bad("its layers \(layers.map(String.init).joined(separator: ",")) are not ascending and distinct")
         }
-        for layer in layersWithValues where !layers.contains(layer) { throw bad("layer \(layer) has values but is not replayed") }
+        for layer in layersWithValues where !layers.contains(layer) {
+            throw bad("layer \(layer) has values but is not replayed")
+        }
         guard decodeSteps >= 1, decodeSteps <= h.generatedLength else {
             throw bad("\(decodeSteps) decode steps, the trace has \(h.generatedLength)")
         }
-        guard (1...TraceLimits.maxTopK).contains(topK) else { throw bad("top-k \(topK) is outside 1 ... \(TraceLimits.maxTopK)") }
-        guard PagingMode(rawValue: paging) != nil else { throw bad("paging '\(Format.printable(paging))' is not ct, compact or none") }
-        if let tokenText, tokenText.count != h.numTokens { throw bad("\(tokenText.count) token texts for \(h.numTokens) tokens") }
-        let seconds = [timing.wallSeconds, timing.referenceSeconds, timing.policySeconds, timing.readSeconds,
-                       timing.referenceFLOPs, timing.policyFLOPs]
-        guard seconds.allSatisfy({ $0.isFinite && $0 >= 0 }), timing.threads >= 0 else { throw bad("its timings are not finite non-negative numbers") }
+        guard (1...TraceLimits.maxTopK).contains(topK) else {
+            throw bad("top-k \(topK) is outside 1 ... \(TraceLimits.maxTopK)")
+        }
+        guard PagingMode(rawValue: paging) != nil else {
+            throw bad("paging '\(Format.printable(paging))' is not ct, compact or none")
+        }
+        if let tokenText, tokenText.count != h.numTokens {
+            throw bad("\(tokenText.count) token texts for \(h.numTokens) tokens")
+        }
+        let seconds = [
+            timing.wallSeconds, timing.referenceSeconds, timing.policySeconds, timing.readSeconds,
+            timing.referenceFLOPs, timing.policyFLOPs
+        ]
+        guard seconds.allSatisfy({ $0.isFinite && $0 >= 0 }), timing.threads >= 0 else {
+            throw bad("its timings are not finite non-negative numbers")
+        }
         guard !runs.isEmpty else { throw bad("it holds no policy run") }
         let expected = layers.count * decodeSteps
         let measured = try measuredSteps(file: path)
@@ -144,22 +173,34 @@ public struct ReplayShard: Codable, Sendable {
             do { _ = try PolicySpec(name: run.policy, values: run.given) } catch {
                 throw bad("\(name): \(error)")
             }
-            guard PagingMode(rawValue: run.paging) != nil else { throw bad("\(name): paging '\(Format.printable(run.paging))' is not ct, compact or none") }
-            guard (1...TraceLimits.maxBlockSize).contains(run.blockSize) else { throw bad("\(name): block size \(run.blockSize) is outside 1 ... \(TraceLimits.maxBlockSize)") }
+            guard PagingMode(rawValue: run.paging) != nil else {
+                throw bad("\(name): paging '\(Format.printable(run.paging))' is not ct, compact or none")
+            }
+            guard (1...TraceLimits.maxBlockSize).contains(run.blockSize) else {
+                throw bad("\(name): block size \(run.blockSize) is outside 1 ... \(TraceLimits.maxBlockSize)")
+            }
             guard run.records.count == expected else {
-                throw bad("\(name): \(run.records.count) step records, \(layers.count) layer(s) × \(decodeSteps) step(s) make \(expected)")
+                throw bad(
+                    "\(name): \(run.records.count) step records, \(layers.count) layer(s) × \(decodeSteps) step(s) "
+                        + "make \(expected)"
+                )
             }
             var withError = 0, measuredRecords = 0
             for (i, r) in run.records.enumerated() {
                 let layer = layers[i / decodeSteps], step = i % decodeSteps
                 guard r.layer == layer, r.step == step, r.position == h.promptLength + step else {
-                    throw bad("\(name): record \(i) is layer \(r.layer) step \(r.step) position \(r.position), expected layer \(layer) step \(step) position \(h.promptLength + step)")
+                    throw bad(
+                        "\(name): record \(i) is layer \(r.layer) step \(r.step) position \(r.position), expected "
+                            + "layer \(layer) step \(step) position \(h.promptLength + step)"
+                    )
                 }
                 // An unmeasured step's fidelity is NaN; it is checked as a measured one's would be.
                 var checked = r
                 if let measured, !measured.contains(step) {
-                    let fidelity = [r.massRecall, r.massRecallMin, r.topKRecall, r.attentionKL, r.sparsity,
-                                    r.outputError ?? .nan]
+                    let fidelity = [
+                        r.massRecall, r.massRecallMin, r.topKRecall, r.attentionKL, r.sparsity,
+                        r.outputError ?? .nan
+                    ]
                     guard fidelity.allSatisfy(\.isNaN) else {
                         throw bad("\(name): layer \(r.layer) step \(r.step) is not a sampled step but has fidelity")
                     }
@@ -170,19 +211,30 @@ public struct ReplayShard: Codable, Sendable {
                     measuredRecords += 1
                     if r.outputError != nil { withError += 1 }
                 }
-                if let problem = Self.problem(checked) { throw bad("\(name): layer \(r.layer) step \(r.step): \(problem)") }
+                if let problem = Self.problem(checked) {
+                    throw bad("\(name): layer \(r.layer) step \(r.step): \(problem)")
+                }
             }
             let perHead = measuredRecords * h.numQHeads
             let s = run.samples
             guard s.massRecall.count == perHead, s.topKRecall.count == perHead, s.attentionKL.count == perHead,
-                  s.outputError.count == withError * h.numQHeads else {
-                throw bad("\(name): metric samples (\(s.massRecall.count), \(s.topKRecall.count), \(s.attentionKL.count), \(s.outputError.count)) do not match \(measuredRecords) measured records × \(h.numQHeads) query heads")
+                s.outputError.count == withError * h.numQHeads
+            else {
+                throw bad(
+                    "\(name): metric samples (\(s.massRecall.count), \(s.topKRecall.count), \(s.attentionKL.count), "
+                        + "\(s.outputError.count)) do not match \(measuredRecords) measured records × \(h.numQHeads) "
+                        + "query heads"
+                )
             }
             guard s.massRecall.allSatisfy(Self.isRecall), s.topKRecall.allSatisfy(Self.isRecall) else {
                 throw bad("\(name): a recall sample is not in [0, 1]")
             }
-            guard s.attentionKL.allSatisfy({ !$0.isNaN && $0 >= 0 }) else { throw bad("\(name): a KL sample is NaN or negative") }
-            guard s.outputError.allSatisfy({ $0.isFinite && $0 >= 0 }) else { throw bad("\(name): an output-error sample is not a finite non-negative number") }
+            guard s.attentionKL.allSatisfy({ !$0.isNaN && $0 >= 0 }) else {
+                throw bad("\(name): a KL sample is NaN or negative")
+            }
+            guard s.outputError.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+                throw bad("\(name): an output-error sample is not a finite non-negative number")
+            }
             for counter in run.counters where counter.value < 0 || counter.name.isEmpty {
                 throw bad("\(name): counter '\(Format.printable(counter.name))' is \(counter.value)")
             }
@@ -199,14 +251,22 @@ public struct ReplayShard: Codable, Sendable {
         if !(r.attendedTokens.isFinite && r.attendedTokens >= 0 && r.residentTokens.isFinite && r.residentTokens >= 0) {
             return "a token count is not a finite non-negative number"
         }
-        if !(r.slotOccupancy >= 0 && r.slotOccupancy <= 1.001) { return "slot occupancy \(r.slotOccupancy) is not in [0, 1]" }
-        if !isRecall(r.massRecall) || !isRecall(r.massRecallMin) || !isRecall(r.topKRecall) { return "a recall is not in [0, 1]" }
+        if !(r.slotOccupancy >= 0 && r.slotOccupancy <= 1.001) {
+            return "slot occupancy \(r.slotOccupancy) is not in [0, 1]"
+        }
+        if !isRecall(r.massRecall) || !isRecall(r.massRecallMin) || !isRecall(r.topKRecall) {
+            return "a recall is not in [0, 1]"
+        }
         if r.attentionKL.isNaN || r.attentionKL < 0 { return "KL \(r.attentionKL) is NaN or negative" }
-        if let e = r.outputError, !(e.isFinite && e >= 0) { return "output error \(e) is not a finite non-negative number" }
+        if let e = r.outputError, !(e.isFinite && e >= 0) {
+            return "output error \(e) is not a finite non-negative number"
+        }
         if !(r.sparsity >= 0 && r.sparsity <= 1.001) { return "sparsity \(r.sparsity) is not in [0, 1]" }
         if let t = r.thought {
-            if t.tokens.contains(where: { !($0.isFinite && $0 >= 0) }) || t.tokensByBits.contains(where: { !($0.isFinite && $0 >= 0) })
-                || t.bytes.contains(where: { $0 < 0 }) {
+            if t.tokens.contains(where: { !($0.isFinite && $0 >= 0) })
+                || t.tokensByBits.contains(where: { !($0.isFinite && $0 >= 0) })
+                || t.bytes.contains(where: { $0 < 0 })
+            {
                 return "a thought breakdown figure is negative or not finite"
             }
         }
@@ -224,22 +284,37 @@ public struct ReplayShard: Codable, Sendable {
                 CSVError("\(path): \(what) differs from \(paths[0]); shards of one replay cannot differ")
             }
             guard shard.header == first.header else { throw differs("the trace (header)") }
-            guard shard.decodeSteps == first.decodeSteps else { throw differs("the step count (\(shard.decodeSteps) vs \(first.decodeSteps))") }
+            guard shard.decodeSteps == first.decodeSteps else {
+                throw differs("the step count (\(shard.decodeSteps) vs \(first.decodeSteps))")
+            }
             guard shard.topK == first.topK else { throw differs("--topk (\(shard.topK) vs \(first.topK))") }
             guard shard.paging == first.paging else { throw differs("--paging (\(shard.paging) vs \(first.paging))") }
-            guard shard.blockSizes == first.blockSizes else { throw differs("--block-size (\(shard.blockSizes) vs \(first.blockSizes))") }
-            guard shard.runs.map(\.policy) == first.runs.map(\.policy), shard.runs.map(\.given) == first.runs.map(\.given) else {
+            guard shard.blockSizes == first.blockSizes else {
+                throw differs("--block-size (\(shard.blockSizes) vs \(first.blockSizes))")
+            }
+            guard shard.runs.map(\.policy) == first.runs.map(\.policy),
+                shard.runs.map(\.given) == first.runs.map(\.given)
+            else {
                 throw differs("the policies or parameters")
             }
             for (run, other) in zip(shard.runs, first.runs) {
                 guard run.paging == other.paging, run.blockSize == other.blockSize else {
-                    throw differs("\(run.policy)'s paging or block size (\(run.paging) \(run.blockSize) vs \(other.paging) \(other.blockSize))")
+                    throw differs(
+                        "\(run.policy)'s paging or block size (\(run.paging) \(run.blockSize) vs \(other.paging) "
+                            + "\(other.blockSize))"
+                    )
                 }
-                guard run.counters.map(\.name) == other.counters.map(\.name) else { throw differs("\(run.policy)'s counters") }
+                guard run.counters.map(\.name) == other.counters.map(\.name) else {
+                    throw differs("\(run.policy)'s counters")
+                }
             }
-            if let text = shard.tokenText, let firstText = first.tokenText, text != firstText { throw differs("the token text") }
+            if let text = shard.tokenText, let firstText = first.tokenText, text != firstText {
+                throw differs("the token text")
+            }
             guard shard.metricSampling == first.metricSampling else {
-                let (mine, theirs) = (shard.metricSampling?.selection ?? "all", first.metricSampling?.selection ?? "all")
+                let (mine, theirs) = (
+                    shard.metricSampling?.selection ?? "all", first.metricSampling?.selection ?? "all"
+                )
                 throw differs("--metric-steps (\(mine) vs \(theirs))")
             }
         }
@@ -247,7 +322,10 @@ public struct ReplayShard: Codable, Sendable {
         var layers: [Int] = []
         for i in order { layers += shards[i].layers }
         guard layers == layers.sorted(), Set(layers).count == layers.count else {
-            throw CSVError("the shards' layers overlap or interleave (\(layers.map(String.init).joined(separator: ","))); give each shard a contiguous, disjoint set")
+            throw CSVError(
+                "the shards' layers overlap or interleave (\(layers.map(String.init).joined(separator: ","))); give "
+                    + "each shard a contiguous, disjoint set"
+            )
         }
         let anyValues = shards.contains { !$0.layersWithValues.isEmpty }
         var timing = ReplayTiming.zero
@@ -262,7 +340,9 @@ public struct ReplayShard: Codable, Sendable {
         }
         var notes: [String] = []
         // Notes are shown as they are: escaped, in case a shard was written by something else.
-        for i in order { for note in shards[i].notes.map(Format.printable) where !notes.contains(note) { notes.append(note) } }
+        for i in order {
+            for note in shards[i].notes.map(Format.printable) where !notes.contains(note) { notes.append(note) }
+        }
         if anyValues { notes.removeAll { $0.hasPrefix("attention output error unavailable") } }
         let runs = try first.runs.indices.map { r -> PolicyRun in
             var records: [StepRecord] = [], samples = MetricSamples(), counters: [(name: String, value: Int)] = []
@@ -275,19 +355,22 @@ public struct ReplayShard: Codable, Sendable {
                 }
             }
             let spec = try PolicySpec(name: first.runs[r].policy, values: first.runs[r].given)
-            var run = PolicyRun(spec: spec, steps: records, summary: RunSummary.of(
-                records: records, samples: samples, counters: counters, numLayers: first.header.numLayers,
-                replayedLayers: layers.count, anyValues: anyValues, sampling: first.metricSampling,
-                headsPerStep: first.header.numQHeads),
+            var run = PolicyRun(
+                spec: spec, steps: records,
+                summary: RunSummary.of(
+                    records: records, samples: samples, counters: counters, numLayers: first.header.numLayers,
+                    replayedLayers: layers.count, anyValues: anyValues, sampling: first.metricSampling,
+                    headsPerStep: first.header.numQHeads),
                 paging: PagingMode(rawValue: first.runs[r].paging) ?? .ct, blockSize: first.runs[r].blockSize)
             run.samples = samples
             run.counters = counters.map { Counter(name: $0.name, value: $0.value) }
             return run
         }
-        var result = ReplayResult(tracePath: first.trace, header: first.header, layers: layers,
-                                  decodeSteps: first.decodeSteps, runs: runs, notes: notes,
-                                  paging: PagingMode(rawValue: first.paging) ?? .ct, blockSizes: first.blockSizes,
-                                  timing: timing, topK: first.topK)
+        var result = ReplayResult(
+            tracePath: first.trace, header: first.header, layers: layers,
+            decodeSteps: first.decodeSteps, runs: runs, notes: notes,
+            paging: PagingMode(rawValue: first.paging) ?? .ct, blockSizes: first.blockSizes,
+            timing: timing, topK: first.topK)
         result.metricSampling = first.metricSampling
         return result
     }

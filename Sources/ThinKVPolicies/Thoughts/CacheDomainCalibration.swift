@@ -15,12 +15,15 @@ import Foundation
 public enum CacheDomainCalibration {
     /// Calibrates `paths` in the cache domain of `policyType` with `parameters` (which set the
     /// budget). `full` is step 1's result when the caller already has it.
-    public static func calibrate(readers: [TraceReader], policyType: ThinKVPolicy.Type, parameters: PolicyParameters,
-                                 options: CalibrationOptions, full: ThoughtCalibration? = nil,
-                                 progress: ThinKVEngine.ProgressReporting? = nil) throws -> ThoughtCalibration {
+    public static func calibrate(
+        readers: [TraceReader], policyType: ThinKVPolicy.Type, parameters: PolicyParameters,
+        options: CalibrationOptions, full: ThoughtCalibration? = nil,
+        progress: ThinKVEngine.ProgressReporting? = nil
+    ) throws -> ThoughtCalibration {
         defer { progress?.finish() }
         guard let name = policyType.budgetParameter?.name, let budget = try? parameters.optionalInteger(name) else {
-            throw CalibrationError("calibrating in the cache domain needs a budget (the cache the classifier reads depends on it)")
+            throw CalibrationError(
+                "calibrating in the cache domain needs a budget (the cache the classifier reads depends on it)")
         }
         let first: ThoughtCalibration
         if let full {
@@ -41,16 +44,24 @@ public enum CacheDomainCalibration {
             guard !layers.isEmpty else {
                 throw CalibrationError("\(reader.path): the cache domain needs q and k, and no recorded layer has them")
             }
-            if let (mapped, _) = ThinKVParameters.nearestRecorded(thresholds.layers, recorded: layers) { thresholds.layers = mapped }
-            let (_, profile) = try CacheSparsityClassifier.run(reader, policyType: policyType, parameters: parameters,
-                                                              thresholds: thresholds, window: 1, policy: policyType.name,
-                                                              profiledLayers: layers)
+            if let (mapped, _) = ThinKVParameters.nearestRecorded(thresholds.layers, recorded: layers) {
+                thresholds.layers = mapped
+            }
+            let (_, profile) = try CacheSparsityClassifier.run(
+                reader, policyType: policyType, parameters: parameters,
+                thresholds: thresholds, window: 1, policy: policyType.name,
+                profiledLayers: layers)
             inputs.append(.init(path: reader.path, model: reader.header.model, profile: profile!))
             progress?.update(fraction: Double(i + 1) / Double(readers.count), detail: "cache domain, budget \(budget)")
         }
         var calibration = try ThoughtCalibration.calibrate(inputs, options: options)
         calibration.thresholds.domain = "cache@\(budget)"
-        calibration.notes.append("calibrated on the sparsity over \(policyType.name)'s own cache at budget \(budget) (the policy steered by the full-cache thresholds θ1 = \(String(format: "%.3f", first.thresholds.theta1)), θ2 = \(String(format: "%.3f", first.thresholds.theta2)), L* = \(first.thresholds.layers.map(String.init).joined(separator: ",")))")
+        calibration.notes.append(
+            "calibrated on the sparsity over \(policyType.name)'s own cache at budget \(budget) (the policy steered "
+                + "by the full-cache thresholds θ1 = \(String(format: "%.3f", first.thresholds.theta1)), θ2 = "
+                + "\(String(format: "%.3f", first.thresholds.theta2)), L* = "
+                + "\(first.thresholds.layers.map(String.init).joined(separator: ",")))"
+        )
         return calibration
     }
 }

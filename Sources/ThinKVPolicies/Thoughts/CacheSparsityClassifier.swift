@@ -23,23 +23,32 @@ import Foundation
 /// divided by the query heads; then the fraction of those positions below `ratio` × the row's
 /// maximum (`Sparsity.of`). With the full cache this is exactly the full-cache definition.
 enum CacheSparsityClassifier {
-    static func timeline(_ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
-                         thresholds: ThoughtThresholds, window: Int, lag: Int = 0, policy: String) throws -> ThoughtTimeline {
-        try run(reader, policyType: policyType, parameters: parameters, thresholds: thresholds, window: window, lag: lag,
-                policy: policy).timeline
+    static func timeline(
+        _ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
+        thresholds: ThoughtThresholds, window: Int, lag: Int = 0, policy: String
+    ) throws -> ThoughtTimeline {
+        try run(
+            reader, policyType: policyType, parameters: parameters, thresholds: thresholds, window: window, lag: lag,
+            policy: policy
+        ).timeline
     }
 
     /// The timeline, and with `profiledLayers` the sparsity over the policy's own cache of every
     /// decode step in each of those layers (they are stepped beside L*): what a classifier
     /// calibrated in the compressed-cache domain is calibrated on.
-    static func run(_ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
-                    thresholds: ThoughtThresholds, window: Int, lag: Int = 0, policy: String,
-                    profiledLayers: [Int] = []) throws -> (timeline: ThoughtTimeline, profile: SparsityProfile?) {
+    static func run(
+        _ reader: TraceReader, policyType: any CachePolicy.Type, parameters: PolicyParameters,
+        thresholds: ThoughtThresholds, window: Int, lag: Int = 0, policy: String,
+        profiledLayers: [Int] = []
+    ) throws -> (timeline: ThoughtTimeline, profile: SparsityProfile?) {
         try ThoughtTimeline.checkClassifier(reader, thresholds: thresholds, policy: policy)
         let header = reader.header
         let G = header.generatedLength, P = header.promptLength
         if thresholds.isSingleType && profiledLayers.isEmpty {
-            return (ThoughtTimeline(types: Array(repeating: .reasoning, count: G), source: .classifier, thresholds: thresholds), nil)
+            return (
+                ThoughtTimeline(
+                    types: Array(repeating: .reasoning, count: G), source: .classifier, thresholds: thresholds), nil
+            )
         }
         let log = ThoughtTypeLog(refreshInterval: thresholds.refreshInterval)
         log.types.reserveCapacity(G)
@@ -50,14 +59,20 @@ enum CacheSparsityClassifier {
         let laneLayers = thresholds.layers + profiledLayers.filter { !thresholds.layers.contains($0) }
         for (ordinal, layer) in laneLayers.enumerated() {
             guard let info = reader.layerInfo(layer), info.hasQueriesAndKeys else {
-                throw PolicyError("\(policy): --sparsity-source cache needs q and k in every layer of L* (layer \(layer) of \(reader.path) has none); use --sparsity-source full")
+                throw PolicyError(
+                    "\(policy): --sparsity-source cache needs q and k in every layer of L* (layer \(layer) of "
+                        + "\(reader.path) has none); use --sparsity-source full"
+                )
             }
             let data = try LayerData.load(from: reader, layer: layer)
-            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: laneLayers.count, prepared: log)
+            let setup = PolicySetup(
+                header: header, layer: info, layerOrdinal: ordinal, layerCount: laneLayers.count, prepared: log)
             let promptQueries = P > 0 ? try reader.readRows(.q, layer: layer, rows: 0..<P) : nil
             let instance = try policyType.init(parameters: parameters, setup: setup)
-            lanes.append(try PolicyLayerRun.prefilled(instance, label: policy, data: data, setup: setup,
-                                                      promptQueries: promptQueries, mode: .unmeasured, steps: G))
+            lanes.append(
+                try PolicyLayerRun.prefilled(
+                    instance, label: policy, data: data, setup: setup,
+                    promptQueries: promptQueries, mode: .unmeasured, steps: G))
         }
 
         let tau = max(1, thresholds.refreshInterval)
@@ -73,7 +88,9 @@ enum CacheSparsityClassifier {
             let p = P + t
             if t % queryRun == 0 {
                 let rows = p..<min(header.numTokens, p + queryRun)
-                for (i, lane) in lanes.enumerated() { try reader.readRows(.q, layer: lane.setup.layer.index, rows: rows, into: &queries[i]) }
+                for (i, lane) in lanes.enumerated() {
+                    try reader.readRows(.q, layer: lane.setup.layer.index, rows: rows, into: &queries[i])
+                }
             }
             let row = t % queryRun
             func stepQueries(_ all: UnsafeBufferPointer<Float>) -> UnsafeBufferPointer<Float> {
@@ -88,15 +105,18 @@ enum CacheSparsityClassifier {
                 for (i, lane) in lanes.enumerated() where i < classifierLanes || !profiled.isEmpty {
                     let offset = row * width
                     let sparsity = queries[i].withUnsafeBufferPointer {
-                        scratch.sparsity(of: lane.cache, data: lane.data, queries: $0.baseAddress! + offset,
-                                         position: p, ratio: thresholds.sparsityRatio, gqa: thresholds.gqa)
+                        scratch.sparsity(
+                            of: lane.cache, data: lane.data, queries: $0.baseAddress! + offset,
+                            position: p, ratio: thresholds.sparsityRatio, gqa: thresholds.gqa)
                     }
                     if i < classifierLanes { sum += sparsity }
                     if !profiled.isEmpty { profiled[i].append(sparsity) }
                 }
                 history[t] = sum / Float(classifierLanes)
             }
-            if let decided = ThoughtClassifier.refresh(at: t, history: history, thresholds: thresholds, window: window, lag: lag) {
+            if let decided = ThoughtClassifier.refresh(
+                at: t, history: history, thresholds: thresholds, window: window, lag: lag)
+            {
                 current = decided
             }
             log.types.append(current)
@@ -115,10 +135,13 @@ enum CacheSparsityClassifier {
 
     /// Step t of a lane, as the engine builds it, without the full-cache sparsity (there is no
     /// reference here; no policy reads it).
-    private static func context(_ lane: PolicyLayerRun, step t: Int,
-                                queries: UnsafeBufferPointer<Float>) -> StepContext {
-        StepContext(setup: lane.setup, data: lane.data, step: t, position: lane.setup.header.promptLength + t,
-                    queries: queries, fullCacheSparsity: .nan)
+    private static func context(
+        _ lane: PolicyLayerRun, step t: Int,
+        queries: UnsafeBufferPointer<Float>
+    ) -> StepContext {
+        StepContext(
+            setup: lane.setup, data: lane.data, step: t, position: lane.setup.header.promptLength + t,
+            queries: queries, fullCacheSparsity: .nan)
     }
 
     /// Buffers reused every step.
@@ -137,8 +160,10 @@ enum CacheSparsityClassifier {
 
         /// Sparsity of the head-averaged attention of `queries` (`[Hq][D]`) over `cache` (of the
         /// layer whose tensors are `data`).
-        mutating func sparsity(of cache: LayerCache, data: LayerData, queries: UnsafePointer<Float>, position p: Int,
-                               ratio: Float, gqa: GQASparsity) -> Float {
+        mutating func sparsity(
+            of cache: LayerCache, data: LayerData, queries: UnsafePointer<Float>, position p: Int,
+            ratio: Float, gqa: GQASparsity
+        ) -> Float {
             let h = header, D = h.headDim, gs = h.groupSize
             guard let keys = cache.storedKeys else { return 0 }
             for i in 0...p { row[i] = 0; held[i] = false }
@@ -150,14 +175,16 @@ enum CacheSparsityClassifier {
                 cache.slots[g].withUnsafeBufferPointer { slots in
                     keys.withUnsafeBufferPointer { K in
                         logits.withUnsafeMutableBufferPointer { out in
-                            Kernels.scores(queries: queries + g * gs * D, rows: gs, headDim: D,
-                                           keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
-                                           indices: slots.baseAddress!, count: n, scale: h.effectiveSoftmaxScale,
-                                           out: out.baseAddress!, outStride: n)
+                            Kernels.scores(
+                                queries: queries + g * gs * D, rows: gs, headDim: D,
+                                keys: K.baseAddress! + data.offset(kvHead: g, position: 0),
+                                indices: slots.baseAddress!, count: n, scale: h.effectiveSoftmaxScale,
+                                out: out.baseAddress!, outStride: n)
                             switch gqa {
                             case .maxPool:
                                 pooled.withUnsafeMutableBufferPointer { m in
-                                    Sparsity.maxPooledSoftmax(out.baseAddress!, rows: gs, stride: n, count: n, into: m.baseAddress!)
+                                    Sparsity.maxPooledSoftmax(
+                                        out.baseAddress!, rows: gs, stride: n, count: n, into: m.baseAddress!)
                                     for j in 0..<n { row[Int(slots[j])] += m[j] }
                                 }
                             case .meanHeads:

@@ -17,8 +17,10 @@ import Foundation
 public enum KMeans {
     /// Indices (ascending) of `k` distinct points representing the `count` points stored
     /// row-major at `points` (`count × dimension` floats). With `k ≥ count` every index.
-    public static func representatives(points: UnsafePointer<Float>, count n: Int, dimension D: Int, k: Int,
-                                       iterations: Int, seed: UInt64) -> [Int] {
+    public static func representatives(
+        points: UnsafePointer<Float>, count n: Int, dimension D: Int, k: Int,
+        iterations: Int, seed: UInt64
+    ) -> [Int] {
         guard k < n else { return Array(0..<n) }
         guard k > 0 else { return [] }
         var centers = [Float](repeating: 0, count: k * D)
@@ -40,7 +42,8 @@ public enum KMeans {
         precondition(rows.allSatisfy { $0.count == D }, "every point needs the same dimension")
         let flat = rows.flatMap { $0 }
         return flat.withUnsafeBufferPointer {
-            representatives(points: $0.baseAddress!, count: rows.count, dimension: D, k: k, iterations: iterations, seed: seed)
+            representatives(
+                points: $0.baseAddress!, count: rows.count, dimension: D, k: k, iterations: iterations, seed: seed)
         }
     }
 
@@ -48,13 +51,17 @@ public enum KMeans {
 
     /// ‖x − c‖² from precomputed squared norms; clamped at 0 against rounding.
     @inline(__always)
-    private static func distance(_ x: UnsafePointer<Float>, _ xNorm: Float, _ c: UnsafePointer<Float>, _ cNorm: Float,
-                                 _ D: Int) -> Float {
+    private static func distance(
+        _ x: UnsafePointer<Float>, _ xNorm: Float, _ c: UnsafePointer<Float>, _ cNorm: Float,
+        _ D: Int
+    ) -> Float {
         max(0, xNorm + cNorm - 2 * Kernels.dot(x, c, D))
     }
 
-    private static func seedCenters(points: UnsafePointer<Float>, norms: [Float], count n: Int, dimension D: Int,
-                                    k: Int, seed: UInt64, into centers: UnsafeMutablePointer<Float>) {
+    private static func seedCenters(
+        points: UnsafePointer<Float>, norms: [Float], count n: Int, dimension D: Int,
+        k: Int, seed: UInt64, into centers: UnsafeMutablePointer<Float>
+    ) {
         var random = SeededRandom(seed: seed)
         var nearest = [Float](repeating: .infinity, count: n)
         var chosen = Int(random.next() % UInt64(n))
@@ -85,8 +92,10 @@ public enum KMeans {
         }
     }
 
-    private static func lloyd(points: UnsafePointer<Float>, norms: [Float], count n: Int, dimension D: Int,
-                              centers: UnsafeMutablePointer<Float>, k: Int, iterations: Int) {
+    private static func lloyd(
+        points: UnsafePointer<Float>, norms: [Float], count n: Int, dimension D: Int,
+        centers: UnsafeMutablePointer<Float>, k: Int, iterations: Int
+    ) {
         var assignment = [Int](repeating: -1, count: n)
         var centerNorms = [Float](repeating: 0, count: k)
         var sums = [Float](repeating: 0, count: k * D)
@@ -121,8 +130,10 @@ public enum KMeans {
         }
     }
 
-    private static func nearestDistinct(points: UnsafePointer<Float>, norms: [Float], count n: Int, dimension D: Int,
-                                        centers: UnsafePointer<Float>, k: Int) -> [Int] {
+    private static func nearestDistinct(
+        points: UnsafePointer<Float>, norms: [Float], count n: Int, dimension D: Int,
+        centers: UnsafePointer<Float>, k: Int
+    ) -> [Int] {
         var taken = [Bool](repeating: false, count: n)
         var picked: [Int] = []
         picked.reserveCapacity(k)

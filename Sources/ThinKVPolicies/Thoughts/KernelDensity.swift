@@ -49,8 +49,10 @@ public struct KernelDensity: Sendable {
     }
 
     /// Estimates the density of `samples` (at least one, all finite).
-    public init(samples: [Double], gridPoints: Int = KernelDensity.defaultGridPoints, range: ClosedRange<Double> = 0...1,
-                minimumBandwidth: Double = KernelDensity.defaultMinimumBandwidth) {
+    public init(
+        samples: [Double], gridPoints: Int = KernelDensity.defaultGridPoints, range: ClosedRange<Double> = 0...1,
+        minimumBandwidth: Double = KernelDensity.defaultMinimumBandwidth
+    ) {
         precondition(!samples.isEmpty, "a density needs at least one sample")
         precondition(gridPoints >= 3, "a grid needs at least three points")
         let n = samples.count
@@ -128,7 +130,9 @@ public enum DensityModes {
     /// gets its height above the lowest value on either side. This is
     /// scipy.signal.peak_prominences except at the grid's ends, where scipy takes the edge side's
     /// lowest value as a base: a cluster near sparsity 0 would get a prominence of nearly 0 there.
-    public static func find(_ f: [Double], positions: [Double], minRelativeProminence: Double = defaultMinRelativeProminence) -> [DensityMode] {
+    public static func find(
+        _ f: [Double], positions: [Double], minRelativeProminence: Double = defaultMinRelativeProminence
+    ) -> [DensityMode] {
         let n = f.count
         guard n > 0, let top = f.max(), top > 0 else { return [] }
         var modes: [DensityMode] = []
@@ -156,13 +160,17 @@ public enum DensityModes {
                 }
                 let prominence = height - (cols.max() ?? edgeLows.min() ?? 0)
                 if prominence >= minRelativeProminence * top {
-                    modes.append(DensityMode(position: positions[peak], index: peak, density: height,
-                                             prominence: prominence, relativeProminence: prominence / top))
+                    modes.append(
+                        DensityMode(
+                            position: positions[peak], index: peak, density: height,
+                            prominence: prominence, relativeProminence: prominence / top))
                 }
             } else if isEdgeOnly && f[i] > 0 {
                 // A constant positive density: one flat mode in the middle.
-                modes.append(DensityMode(position: positions[(i + j) / 2], index: (i + j) / 2, density: f[i],
-                                         prominence: f[i], relativeProminence: 1))
+                modes.append(
+                    DensityMode(
+                        position: positions[(i + j) / 2], index: (i + j) / 2, density: f[i],
+                        prominence: f[i], relativeProminence: 1))
             }
             i = j + 1
         }

@@ -37,10 +37,15 @@ final class OnlineThoughtClassifier {
         if !thresholds.isSingleType {
             if t % max(1, thresholds.refreshInterval) == 0, t - lag >= 0 {
                 for u in max(0, t - lag - window + 1)...(t - lag) where u >= history.count || history[u].isNaN {
-                    throw PolicyError("thought type of step \(t): the sparsity of step \(u) is not complete (every layer must finish a step before any starts the next)")
+                    throw PolicyError(
+                        "thought type of step \(t): the sparsity of step \(u) is not complete (every layer must "
+                            + "finish a step before any starts the next)"
+                    )
                 }
             }
-            if let decided = ThoughtClassifier.refresh(at: t, history: history, thresholds: thresholds, window: window, lag: lag) {
+            if let decided = ThoughtClassifier.refresh(
+                at: t, history: history, thresholds: thresholds, window: window, lag: lag)
+            {
                 current = decided
             }
         }
@@ -53,18 +58,22 @@ final class OnlineThoughtClassifier {
     /// Measures one L* layer at step `t`: the sparsity of `queries` (`[Hq][D]`) over `cache`
     /// with position `p` just appended, before the policy's pre-attention hook — where the
     /// replay's classifier measures it.
-    func measure(layer: Int, step t: Int, cache: LayerCache, data: LayerData, queries: UnsafePointer<Float>,
-                 position p: Int) {
+    func measure(
+        layer: Int, step t: Int, cache: LayerCache, data: LayerData, queries: UnsafePointer<Float>,
+        position p: Int
+    ) {
         guard let index = thresholds.layers.firstIndex(of: layer) else { return }
         let L = thresholds.layers.count
         while measured.count <= t { measured.append([Float](repeating: .nan, count: L)) }
         while history.count <= t { history.append(.nan) }
-        guard ThoughtClassifier.isRead(step: t, refreshInterval: thresholds.refreshInterval, window: window, lag: lag) else {
+        guard ThoughtClassifier.isRead(step: t, refreshInterval: thresholds.refreshInterval, window: window, lag: lag)
+        else {
             history[t] = 0  // no refresh reads this step; the replay leaves it 0 too
             return
         }
-        measured[t][index] = scratch.sparsity(of: cache, data: data, queries: queries, position: p,
-                                               ratio: thresholds.sparsityRatio, gqa: thresholds.gqa)
+        measured[t][index] = scratch.sparsity(
+            of: cache, data: data, queries: queries, position: p,
+            ratio: thresholds.sparsityRatio, gqa: thresholds.gqa)
         if !measured[t].contains(where: \.isNaN) {
             // Summed in L* order, as the replay's classifier sums its lanes.
             var sum: Float = 0

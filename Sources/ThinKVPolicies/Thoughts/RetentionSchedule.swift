@@ -18,10 +18,14 @@ public struct RetentionSchedule: Sendable, Equatable, CustomStringConvertible {
     public init(_ sizes: [Int]) throws {
         guard !sizes.isEmpty else { throw PolicyError("retention schedule must hold at least one size") }
         guard sizes.allSatisfy({ $0 >= 1 }) else {
-            throw PolicyError("retention schedule sizes must be positive, got \(sizes.map(String.init).joined(separator: ","))")
+            throw PolicyError(
+                "retention schedule sizes must be positive, got \(sizes.map(String.init).joined(separator: ","))")
         }
         guard zip(sizes, sizes.dropFirst()).allSatisfy({ $0 > $1 }) else {
-            throw PolicyError("retention schedule sizes must be strictly decreasing, got \(sizes.map(String.init).joined(separator: ","))")
+            throw PolicyError(
+                "retention schedule sizes must be strictly decreasing, got "
+                    + "\(sizes.map(String.init).joined(separator: ","))"
+            )
         }
         self.sizes = sizes
     }
@@ -32,7 +36,8 @@ public struct RetentionSchedule: Sendable, Equatable, CustomStringConvertible {
         var sizes: [Int] = []
         for part in parts {
             guard let value = Int(part) else {
-                throw PolicyError("retention schedule must be a comma list of integers such as 64,32,16,8,4, got '\(text)'")
+                throw PolicyError(
+                    "retention schedule must be a comma list of integers such as 64,32,16,8,4, got '\(text)'")
             }
             sizes.append(value)
         }

@@ -40,9 +40,11 @@ public struct CalibrationOptions: Sendable, Equatable {
     /// Exactly three modes (ThinKV) or at least three.
     public var modeRule: CalibrationModeRule = .exactlyThree
 
-    public init(layerCount: Int = 4, refreshInterval: Int = 128,
-                minRelativeProminence: Double = DensityModes.defaultMinRelativeProminence,
-                densities: CalibrationDensities = .perPrompt, modeRule: CalibrationModeRule = .exactlyThree) {
+    public init(
+        layerCount: Int = 4, refreshInterval: Int = 128,
+        minRelativeProminence: Double = DensityModes.defaultMinRelativeProminence,
+        densities: CalibrationDensities = .perPrompt, modeRule: CalibrationModeRule = .exactlyThree
+    ) {
         self.layerCount = layerCount
         self.refreshInterval = refreshInterval
         self.minRelativeProminence = minRelativeProminence
@@ -52,7 +54,9 @@ public struct CalibrationOptions: Sendable, Equatable {
 
     /// The rules this project used before per-prompt densities: one pooled KDE per layer,
     /// three or more modes.
-    public static var pooledAtLeastThree: CalibrationOptions { CalibrationOptions(densities: .pooled, modeRule: .atLeastThree) }
+    public static var pooledAtLeastThree: CalibrationOptions {
+        CalibrationOptions(densities: .pooled, modeRule: .atLeastThree)
+    }
 }
 
 /// One trace's density of one layer's sparsity (per-prompt calibration) and what it gave.
@@ -111,8 +115,10 @@ struct DensityReading {
         accepted = options.modeRule.accepts(modeCount: modes.count)
         if accepted {
             let three = LayerSparsityDensity.strongestThree(modes)
-            thresholds = [kde.valley(between: three[0].index, and: three[1].index).position,
-                          kde.valley(between: three[1].index, and: three[2].index).position]
+            thresholds = [
+                kde.valley(between: three[0].index, and: three[1].index).position,
+                kde.valley(between: three[1].index, and: three[2].index).position
+            ]
             strength = three.map(\.relativeProminence).min()
         } else {
             thresholds = nil
@@ -170,12 +176,16 @@ public struct LayerSparsityDensity: Codable, Equatable, Sendable {
     /// means over the traces. The pooled density is kept as the layer-level summary.
     public init(layer: Int, sparsityByTrace: [[Float]], options: CalibrationOptions) {
         self.init(layer: layer, sparsity: sparsityByTrace.flatMap { $0 }, options: options)
-        let traces = sparsityByTrace.enumerated().map { TraceSparsityDensity(trace: $0.offset, sparsity: $0.element, options: options) }
+        let traces = sparsityByTrace.enumerated().map {
+            TraceSparsityDensity(trace: $0.offset, sparsity: $0.element, options: options)
+        }
         perTrace = traces
         candidate = !traces.isEmpty && traces.allSatisfy { $0.thresholds != nil }
         if candidate {
             let n = Double(traces.count)
-            thresholds = [traces.map { $0.thresholds![0] }.reduce(0, +) / n, traces.map { $0.thresholds![1] }.reduce(0, +) / n]
+            thresholds = [
+                traces.map { $0.thresholds![0] }.reduce(0, +) / n, traces.map { $0.thresholds![1] }.reduce(0, +) / n
+            ]
             strength = traces.map { $0.strength! }.reduce(0, +) / n
         } else {
             thresholds = nil
@@ -189,7 +199,8 @@ public struct LayerSparsityDensity: Codable, Equatable, Sendable {
     /// The three most prominent modes, by position (ties: the lower position wins).
     static func strongestThree(_ modes: [DensityMode]) -> [DensityMode] {
         let ranked = modes.enumerated().sorted { a, b in
-            a.element.prominence != b.element.prominence ? a.element.prominence > b.element.prominence : a.offset < b.offset
+            a.element.prominence != b.element.prominence
+                ? a.element.prominence > b.element.prominence : a.offset < b.offset
         }
         return ranked.prefix(3).map(\.element).sorted { $0.position < $1.position }
     }
@@ -243,32 +254,50 @@ public struct ThoughtCalibration: Encodable, Sendable {
     }
 
     /// Profiles every recorded layer of each trace (first `maxSteps` decode steps) and calibrates.
-    public static func calibrate(traces paths: [String], options: CalibrationOptions = CalibrationOptions(), maxSteps: Int? = nil,
-                                 threads: Int? = nil, progress: ThinKVEngine.ProgressReporting? = nil) throws -> ThoughtCalibration {
+    public static func calibrate(
+        traces paths: [String], options: CalibrationOptions = CalibrationOptions(), maxSteps: Int? = nil,
+        threads: Int? = nil, progress: ThinKVEngine.ProgressReporting? = nil
+    ) throws -> ThoughtCalibration {
         defer { progress?.finish() }
         var inputs: [Input] = []
         for (i, path) in paths.enumerated() {
             let reader = try TraceReader(path: path)
-            let part = progress.map { SubProgress($0, offset: Double(i) / Double(paths.count), scale: 1 / Double(paths.count),
-                                                  prefix: paths.count > 1 ? "trace \(i + 1)/\(paths.count) " : "") }
-            let profile = try SparsityProfile.compute(reader, maxSteps: maxSteps, threads: threads, progress: part, gqa: options.gqa)
+            let part = progress.map {
+                SubProgress(
+                    $0, offset: Double(i) / Double(paths.count), scale: 1 / Double(paths.count),
+                    prefix: paths.count > 1 ? "trace \(i + 1)/\(paths.count) " : "")
+            }
+            let profile = try SparsityProfile.compute(
+                reader, maxSteps: maxSteps, threads: threads, progress: part, gqa: options.gqa)
             inputs.append(Input(path: path, model: reader.header.model, profile: profile))
         }
         return try calibrate(inputs, options: options)
     }
 
     /// Calibrates on profiles already computed.
-    public static func calibrate(_ inputs: [Input], options: CalibrationOptions = CalibrationOptions()) throws -> ThoughtCalibration {
+    public static func calibrate(_ inputs: [Input], options: CalibrationOptions = CalibrationOptions()) throws
+        -> ThoughtCalibration
+    {
         guard !inputs.isEmpty else { throw CalibrationError("calibration needs at least one trace") }
-        guard options.layerCount >= 1 else { throw CalibrationError("|L*| must be at least 1, got \(options.layerCount)") }
-        guard options.refreshInterval >= 1 else { throw CalibrationError("τ must be at least 1, got \(options.refreshInterval)") }
+        guard options.layerCount >= 1 else {
+            throw CalibrationError("|L*| must be at least 1, got \(options.layerCount)")
+        }
+        guard options.refreshInterval >= 1 else {
+            throw CalibrationError("τ must be at least 1, got \(options.refreshInterval)")
+        }
         guard Set(inputs.map(\.profile.gqa)).count == 1 else {
-            throw CalibrationError("the traces' sparsity profiles combine GQA heads differently (\(Set(inputs.map(\.profile.gqa.rawValue)).sorted().joined(separator: ", ")))")
+            throw CalibrationError(
+                "the traces' sparsity profiles combine GQA heads differently "
+                    + "(\(Set(inputs.map(\.profile.gqa.rawValue)).sorted().joined(separator: ", ")))"
+            )
         }
         var notes: [String] = []
         let models = inputs.map(\.model).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
         if models.count > 1 {
-            notes.append("the traces come from different models (\(models.joined(separator: ", "))); their sparsity is pooled anyway")
+            notes.append(
+                "the traces come from different models (\(models.joined(separator: ", "))); their sparsity is pooled "
+                    + "anyway"
+            )
         }
         // Only layers every trace records can be pooled, and only they can be averaged at replay.
         var shared = Set(inputs[0].profile.layers)
@@ -280,7 +309,8 @@ public struct ThoughtCalibration: Encodable, Sendable {
             notes.append("layers \(left) are not recorded in every trace and were left out")
         }
         guard !layerIndices.isEmpty else {
-            throw CalibrationError("the traces share no recorded layer (\(inputs.map { "\($0.path): \($0.profile.layers.map(String.init).joined(separator: ","))" }.joined(separator: "; ")))")
+            let recorded = inputs.map { "\($0.path): \($0.profile.layers.map(String.init).joined(separator: ","))" }
+            throw CalibrationError("the traces share no recorded layer (\(recorded.joined(separator: "; ")))")
         }
         for input in inputs where (input.profile.byLayer[layerIndices[0]]?.count ?? 0) == 0 {
             throw CalibrationError("\(input.path): no decode steps to calibrate on")
@@ -292,7 +322,8 @@ public struct ThoughtCalibration: Encodable, Sendable {
             case .pooled:
                 return LayerSparsityDensity(layer: layer, sparsity: pooled(layer), options: options)
             case .perPrompt:
-                return LayerSparsityDensity(layer: layer, sparsityByTrace: inputs.map { $0.profile.byLayer[layer] ?? [] }, options: options)
+                return LayerSparsityDensity(
+                    layer: layer, sparsityByTrace: inputs.map { $0.profile.byLayer[layer] ?? [] }, options: options)
             }
         }
         let candidates = layers.filter(\.candidate).sorted { a, b in
@@ -307,7 +338,10 @@ public struct ThoughtCalibration: Encodable, Sendable {
             theta1 = best.map { $0.thresholds![0] }.reduce(0, +) / Double(best.count)
             theta2 = best.map { $0.thresholds![1] }.reduce(0, +) / Double(best.count)
             if best.count < options.layerCount {
-                notes.append("only \(candidates.count) tri-modal layer\(candidates.count == 1 ? "" : "s") of \(layers.count); L* has \(best.count) instead of \(options.layerCount)")
+                notes.append(
+                    "only \(candidates.count) tri-modal layer\(candidates.count == 1 ? "" : "s") of \(layers.count); "
+                        + "L* has \(best.count) instead of \(options.layerCount)"
+                )
             }
         } else {
             fallback = true
@@ -332,19 +366,24 @@ public struct ThoughtCalibration: Encodable, Sendable {
         }
         for i in layers.indices { layers[i].selected = chosen.contains(layers[i].layer) }
         // Valleys lie strictly between ordered modes, so θ1 < θ2 holds for every rule above.
-        var thresholds = ThoughtThresholds(theta1: Float(theta1), theta2: Float(theta2), layers: chosen,
-                                           refreshInterval: options.refreshInterval, gqa: inputs[0].profile.gqa)
+        var thresholds = ThoughtThresholds(
+            theta1: Float(theta1), theta2: Float(theta2), layers: chosen,
+            refreshInterval: options.refreshInterval, gqa: inputs[0].profile.gqa)
         thresholds.domain = "full"  // `CacheDomainCalibration` relabels its own
-        return ThoughtCalibration(thresholds: thresholds, model: models.joined(separator: ", "), traces: inputs.map(\.path),
-                                  steps: inputs.map { $0.profile.byLayer[layerIndices[0]]?.count ?? 0 }, options: options,
-                                  layers: layers, fallback: fallback, fallbackReason: fallbackReason,
-                                  fallbackRule: fallbackRule, fallbackDensity: fallbackDensity, notes: notes)
+        return ThoughtCalibration(
+            thresholds: thresholds, model: models.joined(separator: ", "), traces: inputs.map(\.path),
+            steps: inputs.map { $0.profile.byLayer[layerIndices[0]]?.count ?? 0 }, options: options,
+            layers: layers, fallback: fallback, fallbackReason: fallbackReason,
+            fallbackRule: fallbackRule, fallbackDensity: fallbackDensity, notes: notes)
     }
 
     /// Why no layer is a candidate: each layer's mode count (pooled) or, per prompt, on how
     /// many prompts its density failed the mode rule and the mode counts per prompt.
-    static func noCandidateReason(_ layers: [LayerSparsityDensity], options: CalibrationOptions, traceCount: Int) -> String {
-        let tooFew = layers.count < 3 ? "; only \(layers.count) layer\(layers.count == 1 ? " is" : "s are") recorded" : ""
+    static func noCandidateReason(_ layers: [LayerSparsityDensity], options: CalibrationOptions, traceCount: Int)
+        -> String
+    {
+        let tooFew =
+            layers.count < 3 ? "; only \(layers.count) layer\(layers.count == 1 ? " is" : "s are") recorded" : ""
         let wanted = options.modeRule == .exactlyThree ? "exactly three modes" : "three or more modes"
         guard options.densities == .perPrompt, let first = layers.first?.perTrace, first.count > 1 else {
             let modeCounts = layers.map { layer -> String in
@@ -355,9 +394,14 @@ public struct ThoughtCalibration: Encodable, Sendable {
         }
         let perLayer = layers.map { layer -> String in
             let traces = layer.perTrace ?? []
-            return "layer \(layer.layer): failed on \(layer.rejectedTraces) of \(traces.count) prompts, modes per prompt \(traces.map { String($0.modeCount) }.joined(separator: "/"))"
+            return
+                "layer \(layer.layer): failed on \(layer.rejectedTraces) of \(traces.count) prompts, modes per "
+                + "prompt \(traces.map { String($0.modeCount) }.joined(separator: "/"))"
         }
-        return "no recorded layer has a sparsity density with \(wanted) on every one of the \(traceCount) prompts (\(perLayer.joined(separator: "; ")))" + tooFew
+        return
+            "no recorded layer has a sparsity density with \(wanted) on every one of the \(traceCount) prompts "
+            + "(\(perLayer.joined(separator: "; ")))"
+            + tooFew
     }
 
     // MARK: Output
@@ -417,11 +461,13 @@ public struct ThoughtCalibration: Encodable, Sendable {
         try c.encode(thresholds.domain ?? "full", forKey: .domain)
         let diagnostics = Diagnostics(
             model: model, traces: traces, decodeSteps: steps, generator: "thinkv-sim \(ThinKVSimVersion.current)",
-            method: Method(gridPoints: options.gridPoints, minRelativeProminence: options.minRelativeProminence,
-                           strength: strengthDefinition),
-            options: Options(densities: options.densities.rawValue, modeRule: options.modeRule.rawValue,
-                             layerCount: options.layerCount, refreshInterval: options.refreshInterval,
-                             minRelativeProminence: options.minRelativeProminence, gridPoints: options.gridPoints),
+            method: Method(
+                gridPoints: options.gridPoints, minRelativeProminence: options.minRelativeProminence,
+                strength: strengthDefinition),
+            options: Options(
+                densities: options.densities.rawValue, modeRule: options.modeRule.rawValue,
+                layerCount: options.layerCount, refreshInterval: options.refreshInterval,
+                minRelativeProminence: options.minRelativeProminence, gridPoints: options.gridPoints),
             layerCountRequested: options.layerCount, candidates: candidateLayers, selectedLayers: thresholds.layers,
             fallback: fallback, fallbackReason: fallbackReason, fallbackRule: fallbackRule,
             fallbackDensity: fallbackDensity?.rounded, notes: notes, perLayer: layers.map(\.rounded))
@@ -450,17 +496,32 @@ public struct ThoughtCalibration: Encodable, Sendable {
     /// A readable summary: the per-layer densities, L*, θ1/θ2, and any fallback.
     public var text: String {
         var out: [String] = []
-        let stepText = Set(steps).count == 1 ? "\(steps[0]) decode steps\(traces.count > 1 ? " each" : "")" : "\(steps.map(String.init).joined(separator: "/")) decode steps"
-        out.append("calibrated on \(traces.count) trace\(traces.count == 1 ? "" : "s") of \(model): \(stepText), \(layers.count) layer\(layers.count == 1 ? "" : "s") (samples per layer: \(steps.reduce(0, +)))")
+        let stepText =
+            Set(steps).count == 1
+            ? "\(steps[0]) decode steps\(traces.count > 1 ? " each" : "")"
+            : "\(steps.map(String.init).joined(separator: "/")) decode steps"
+        out.append(
+            "calibrated on \(traces.count) trace\(traces.count == 1 ? "" : "s") of \(model): \(stepText), "
+                + "\(layers.count) layer\(layers.count == 1 ? "" : "s") (samples per layer: \(steps.reduce(0, +)))"
+        )
         let perPrompt = options.densities == .perPrompt && traces.count > 1
         let where_ = options.densities == .perPrompt ? "one per (trace, layer)" : "one per layer over the traces pooled"
-        out.append("density: Gaussian KDE (\(where_)), Scott's bandwidth h = σ̂·n^(-1/5), \(options.gridPoints)-point grid on [0, 1]; modes kept when their prominence is ≥ \(Format.fixed(options.minRelativeProminence * 100, 1))% of the peak density")
+        out.append(
+            "density: Gaussian KDE (\(where_)), Scott's bandwidth h = σ̂·n^(-1/5), \(options.gridPoints)-point grid "
+                + "on [0, 1]; modes kept when their prominence is ≥ "
+                + "\(Format.fixed(options.minRelativeProminence * 100, 1))% of the peak density"
+        )
         let rule = options.modeRule == .exactlyThree ? "exactly three modes" : "three or more modes"
-        out.append("candidate: \(rule)\(options.densities == .perPrompt ? " on every trace; valleys and strength averaged over the traces" : "")")
+        let pooling =
+            options.densities == .perPrompt ? " on every trace; valleys and strength averaged over the traces" : ""
+        out.append("candidate: \(rule)\(pooling)")
         out.append("")
         out.append(ThoughtCalibration.layerTable(layers, showSelection: true))
         if perPrompt {
-            out.append("modes per trace: kept mode counts in trace order; valleys: the layer's θ1 θ2 (means over the traces); strength: mean over the traces of the weakest of the three most prominent modes")
+            out.append(
+                "modes per trace: kept mode counts in trace order; valleys: the layer's θ1 θ2 (means over the "
+                    + "traces); strength: mean over the traces of the weakest of the three most prominent modes"
+            )
         } else {
             out.append("modes: sparsity (relative prominence); strength: the weakest of the three most prominent modes")
         }
@@ -468,19 +529,33 @@ public struct ThoughtCalibration: Encodable, Sendable {
         if fallback {
             out.append("WARNING: \(fallbackReason ?? "no tri-modal layer")")
             let layerText = "L* = all \(thresholds.layers.count) pooled layer\(thresholds.layers.count == 1 ? "" : "s")"
-            let averagedModes = (fallbackDensity?.modes ?? []).map { Format.fixed($0.position, 3) }.joined(separator: " ")
+            let averagedModes = (fallbackDensity?.modes ?? []).map { Format.fixed($0.position, 3) }.joined(
+                separator: " ")
             if fallbackRule == "averaged-density-valleys" {
-                out.append("fallback: \(layerText); the density of their averaged sparsity is tri-modal (modes \(averagedModes)), θ1, θ2 = its valleys")
+                out.append(
+                    "fallback: \(layerText); the density of their averaged sparsity is tri-modal (modes "
+                        + "\(averagedModes)), θ1, θ2 = its valleys"
+                )
             } else {
-                out.append("fallback: \(layerText); their averaged sparsity is not tri-modal either (modes \(averagedModes)): one thought type, θ1 = 0, θ2 = 1, every step is classified reasoning")
+                out.append(
+                    "fallback: \(layerText); their averaged sparsity is not tri-modal either (modes "
+                        + "\(averagedModes)): one thought type, θ1 = 0, θ2 = 1, every step is classified reasoning"
+                )
             }
         } else {
             let cands = candidateLayers
-            out.append("L* = \(thresholds.layers.map(String.init).joined(separator: ", ")): the \(thresholds.layers.count) tri-modal layer\(thresholds.layers.count == 1 ? "" : "s") with the strongest modes (tri-modal: \(cands.count) of \(layers.count))")
+            out.append(
+                "L* = \(thresholds.layers.map(String.init).joined(separator: ", ")): the \(thresholds.layers.count) "
+                    + "tri-modal layer\(thresholds.layers.count == 1 ? "" : "s") with the strongest modes "
+                    + "(tri-modal: \(cands.count) of \(layers.count))"
+            )
         }
         for note in notes { out.append("note: \(note)") }
         out.append("θ1 = \(Format.fixed(Double(thresholds.theta1), 4))  (sparsity below: execution)")
-        out.append("θ2 = \(Format.fixed(Double(thresholds.theta2), 4))  (sparsity above: transition; between: reasoning)\(fallback ? "" : perPrompt ? "; valleys averaged over the traces and L*" : "; valleys averaged over L*")")
+        let valleys =
+            fallback ? "" : perPrompt ? "; valleys averaged over the traces and L*" : "; valleys averaged over L*"
+        let theta2 = Format.fixed(Double(thresholds.theta2), 4)
+        out.append("θ2 = \(theta2)  (sparsity above: transition; between: reasoning)\(valleys)")
         out.append("τ  = \(thresholds.refreshInterval) decode steps; sparsity ratio \(thresholds.sparsityRatio)")
         return out.joined(separator: "\n")
     }
@@ -489,15 +564,20 @@ public struct ThoughtCalibration: Encodable, Sendable {
     /// densities of several traces get the per-prompt table; otherwise the single density's
     /// modes are listed.
     public static func layerTable(_ layers: [LayerSparsityDensity], showSelection: Bool) -> String {
-        if layers.contains(where: { ($0.perTrace?.count ?? 0) > 1 }) { return perPromptTable(layers, showSelection: showSelection) }
+        if layers.contains(where: { ($0.perTrace?.count ?? 0) > 1 }) {
+            return perPromptTable(layers, showSelection: showSelection)
+        }
         var headers = ["layer", "samples", "bandwidth", "modes", "valleys", "tri-modal", "strength"]
         if showSelection { headers.append("L*") }
         var table = TextTable(headers: headers)
         for l in layers {
-            var row = [String(l.layer), String(l.samples), Format.fixed(l.bandwidth, 4),
-                       l.modes.map { "\(Format.fixed($0.position, 3)) (\(Format.fixed($0.relativeProminence, 2)))" }.joined(separator: " "),
-                       l.valleys.map { Format.fixed($0.position, 3) }.joined(separator: " "),
-                       l.candidate ? "yes" : "no", l.strength.map { Format.fixed($0, 3) } ?? "-"]
+            var row = [
+                String(l.layer), String(l.samples), Format.fixed(l.bandwidth, 4),
+                l.modes.map { "\(Format.fixed($0.position, 3)) (\(Format.fixed($0.relativeProminence, 2)))" }.joined(
+                    separator: " "),
+                l.valleys.map { Format.fixed($0.position, 3) }.joined(separator: " "),
+                l.candidate ? "yes" : "no", l.strength.map { Format.fixed($0, 3) } ?? "-"
+            ]
             if showSelection { row.append(l.selected ? "*" : "") }
             table.add(row)
         }
@@ -513,10 +593,12 @@ public struct ThoughtCalibration: Encodable, Sendable {
         var table = TextTable(headers: headers)
         for l in layers {
             let traces = l.perTrace ?? []
-            var row = [String(l.layer), String(l.samples), traces.map { String($0.modeCount) }.joined(separator: " "),
-                       "\(traces.count - l.rejectedTraces)/\(traces.count)",
-                       l.thresholds.map { $0.map { Format.fixed($0, 3) }.joined(separator: " ") } ?? "-",
-                       l.candidate ? "yes" : "no", l.strength.map { Format.fixed($0, 3) } ?? "-"]
+            var row = [
+                String(l.layer), String(l.samples), traces.map { String($0.modeCount) }.joined(separator: " "),
+                "\(traces.count - l.rejectedTraces)/\(traces.count)",
+                l.thresholds.map { $0.map { Format.fixed($0, 3) }.joined(separator: " ") } ?? "-",
+                l.candidate ? "yes" : "no", l.strength.map { Format.fixed($0, 3) } ?? "-"
+            ]
             if showSelection { row.append(l.selected ? "*" : "") }
             table.add(row)
         }
@@ -533,17 +615,25 @@ extension LayerSparsityDensity {
         c.mean = r(mean)
         c.standardDeviation = r(standardDeviation)
         c.bandwidth = r(bandwidth)
-        c.modes = modes.map { DensityMode(position: r($0.position), index: $0.index, density: r($0.density),
-                                          prominence: r($0.prominence), relativeProminence: r($0.relativeProminence)) }
+        c.modes = modes.map {
+            DensityMode(
+                position: r($0.position), index: $0.index, density: r($0.density),
+                prominence: r($0.prominence), relativeProminence: r($0.relativeProminence))
+        }
         c.valleys = valleys.map { DensityValley(position: r($0.position), index: $0.index, density: r($0.density)) }
         c.thresholds = thresholds?.map(r)
         c.strength = strength.map(r)
         c.perTrace = perTrace?.map { t in
             var u = t
             u.bandwidth = r(t.bandwidth)
-            u.modes = t.modes.map { DensityMode(position: r($0.position), index: $0.index, density: r($0.density),
-                                                prominence: r($0.prominence), relativeProminence: r($0.relativeProminence)) }
-            u.valleys = t.valleys.map { DensityValley(position: r($0.position), index: $0.index, density: r($0.density)) }
+            u.modes = t.modes.map {
+                DensityMode(
+                    position: r($0.position), index: $0.index, density: r($0.density),
+                    prominence: r($0.prominence), relativeProminence: r($0.relativeProminence))
+            }
+            u.valleys = t.valleys.map {
+                DensityValley(position: r($0.position), index: $0.index, density: r($0.density))
+            }
             u.thresholds = t.thresholds?.map(r)
             u.strength = t.strength.map(r)
             return u
@@ -586,7 +676,9 @@ extension ThoughtThresholds {
         guard !t.layers.isEmpty else { throw fail("layers (L*) is empty") }
         if let bad = t.layers.first(where: { $0 < 0 }) { throw fail("layers holds a negative index \(bad)") }
         guard Set(t.layers).count == t.layers.count else { throw fail("layers lists a layer twice: \(t.layers)") }
-        guard t.refreshInterval >= 1 else { throw fail("refresh_interval must be at least 1, got \(t.refreshInterval)") }
+        guard t.refreshInterval >= 1 else {
+            throw fail("refresh_interval must be at least 1, got \(t.refreshInterval)")
+        }
         guard t.sparsityRatio > 0 && t.sparsityRatio < 1 else {
             throw fail("sparsity_ratio must lie strictly between 0 and 1, got \(t.sparsityRatio)")
         }
@@ -599,9 +691,13 @@ extension ThoughtThresholds {
         }
         switch error {
         case .keyNotFound(let key, _):
-            return "missing key '\(key.stringValue)' (a thresholds file has theta1, theta2, layers, refresh_interval, sparsity_ratio)"
+            return
+                "missing key '\(key.stringValue)' (a thresholds file has theta1, theta2, layers, refresh_interval, "
+                + "sparsity_ratio)"
         case .typeMismatch(_, let context), .valueNotFound(_, let context):
-            if context.codingPath.isEmpty { return "not a JSON object with theta1, theta2, layers, refresh_interval, sparsity_ratio" }
+            if context.codingPath.isEmpty {
+                return "not a JSON object with theta1, theta2, layers, refresh_interval, sparsity_ratio"
+            }
             return "'\(path(context))' has the wrong type (\(context.debugDescription))"
         case .dataCorrupted(let context):
             return context.codingPath.isEmpty ? "not valid JSON" : "'\(path(context))': \(context.debugDescription)"
@@ -622,6 +718,8 @@ final class SubProgress: ThinKVEngine.ProgressReporting {
         self.scale = scale
         self.prefix = prefix
     }
-    func update(fraction: Double, detail: String) { base.update(fraction: offset + scale * fraction, detail: prefix + detail) }
+    func update(fraction: Double, detail: String) {
+        base.update(fraction: offset + scale * fraction, detail: prefix + detail)
+    }
     func finish() {}
 }

@@ -24,8 +24,10 @@ public struct ThoughtThresholds: Codable, Equatable, Sendable {
     /// τ when nothing sets it: ThinKV's 128 steps.
     public static let defaultRefreshInterval = 128
 
-    public init(theta1: Float, theta2: Float, layers: [Int], refreshInterval: Int = defaultRefreshInterval,
-                sparsityRatio: Float = Sparsity.defaultRatio, gqa: GQASparsity = .maxPool) {
+    public init(
+        theta1: Float, theta2: Float, layers: [Int], refreshInterval: Int = defaultRefreshInterval,
+        sparsityRatio: Float = Sparsity.defaultRatio, gqa: GQASparsity = .maxPool
+    ) {
         self.theta1 = theta1
         self.theta2 = theta2
         self.layers = layers
@@ -70,13 +72,16 @@ public enum ThoughtClassifier {
     /// steps. At a refresh step r the type is that of the mean sparsity of steps
     /// max(0, r − window + 1)...r (window 1: step r alone); with `lag` k, of the window ending at
     /// r − k instead (before step 0 nothing is known, and the type stays reasoning).
-    public static func timeline(averagedSparsity: [Float], thresholds: ThoughtThresholds, window: Int = 1,
-                                lag: Int = 0) -> [ThoughtType] {
+    public static func timeline(
+        averagedSparsity: [Float], thresholds: ThoughtThresholds, window: Int = 1,
+        lag: Int = 0
+    ) -> [ThoughtType] {
         var out: [ThoughtType] = []
         out.reserveCapacity(averagedSparsity.count)
         var current = ThoughtType.reasoning
         for t in averagedSparsity.indices {
-            if let decided = refresh(at: t, history: averagedSparsity, thresholds: thresholds, window: window, lag: lag) {
+            if let decided = refresh(at: t, history: averagedSparsity, thresholds: thresholds, window: window, lag: lag)
+            {
                 current = decided
             }
             out.append(current)
@@ -86,7 +91,9 @@ public enum ThoughtClassifier {
 
     /// The type a refresh at step `t` decides, nil when `t` is not a refresh step or (with `lag`)
     /// no step has been measured yet. `history[u]` must be known for the window ending at t − lag.
-    static func refresh(at t: Int, history: [Float], thresholds: ThoughtThresholds, window: Int, lag: Int) -> ThoughtType? {
+    static func refresh(at t: Int, history: [Float], thresholds: ThoughtThresholds, window: Int, lag: Int)
+        -> ThoughtType?
+    {
         guard t % max(1, thresholds.refreshInterval) == 0, t - lag >= 0 else { return nil }
         return thresholds.classify(windowMean(history, endingAt: t - lag, window: window))
     }

@@ -60,7 +60,9 @@ public struct ThoughtInspection: Encodable, Sendable {
 
     /// The predicted segments of `steps` (one letter per decode step) with the decoded text of
     /// their tokens (`tokenText` has one piece per position), each text cut to `maxCharacters`.
-    public static func segmentTexts(steps: String, tokenText: [String], promptLength: Int, maxCharacters: Int = 120) -> [SegmentText] {
+    public static func segmentTexts(steps: String, tokenText: [String], promptLength: Int, maxCharacters: Int = 120)
+        -> [SegmentText]
+    {
         let letters = Array(steps)
         var out: [SegmentText] = []
         var start = 0
@@ -68,10 +70,14 @@ public struct ThoughtInspection: Encodable, Sendable {
         while start < letters.count {
             var end = start
             while end + 1 < letters.count && letters[end + 1] == letters[start] { end += 1 }
-            let pieces = (start...end).compactMap { promptLength + $0 < tokenText.count ? tokenText[promptLength + $0] : nil }
+            let pieces = (start...end).compactMap {
+                promptLength + $0 < tokenText.count ? tokenText[promptLength + $0] : nil
+            }
             var text = Format.printable(pieces.joined())
             if text.count > maxCharacters { text = String(text.prefix(maxCharacters - 3)) + "..." }
-            out.append(SegmentText(type: names[letters[start]] ?? String(letters[start]), firstStep: start, lastStep: end, text: text))
+            out.append(
+                SegmentText(
+                    type: names[letters[start]] ?? String(letters[start]), firstStep: start, lastStep: end, text: text))
             start = end + 1
         }
         return out
@@ -79,8 +85,10 @@ public struct ThoughtInspection: Encodable, Sendable {
 
     /// Classifies the profiled steps of `reader`. Thresholds come from `calibrationFile` if given,
     /// else from calibrating on `profile` itself; `refreshInterval` overrides τ.
-    public init(reader: TraceReader, profile: SparsityProfile, calibrationFile: String?, refreshInterval: Int?,
-                options: CalibrationOptions = CalibrationOptions(), timelineWidth: Int = 80) throws {
+    public init(
+        reader: TraceReader, profile: SparsityProfile, calibrationFile: String?, refreshInterval: Int?,
+        options: CalibrationOptions = CalibrationOptions(), timelineWidth: Int = 80
+    ) throws {
         var own = options
         if let refreshInterval { own.refreshInterval = refreshInterval }
         let selfCalibration = try ThoughtCalibration.calibrate(
@@ -91,12 +99,17 @@ public struct ThoughtInspection: Encodable, Sendable {
             thresholds = try ThoughtThresholds.load(path: calibrationFile)
             if let refreshInterval { thresholds.refreshInterval = refreshInterval }
             // As replay does: L* layers this trace lacks map to its nearest recorded ones.
-            if let (mapped, note) = ThinKVParameters.nearestRecorded(thresholds.layers, recorded: profile.layers.sorted()) {
+            if let (mapped, note) = ThinKVParameters.nearestRecorded(
+                thresholds.layers, recorded: profile.layers.sorted())
+            {
                 thresholds.layers = mapped
                 mappingNote = "\(URL(fileURLWithPath: calibrationFile).lastPathComponent): \(note)"
             }
             if abs(thresholds.sparsityRatio - Sparsity.defaultRatio) > 1e-6 {
-                throw CalibrationError("\(calibrationFile): calibrated at sparsity ratio \(thresholds.sparsityRatio), but sparsity is measured at \(Sparsity.defaultRatio)")
+                throw CalibrationError(
+                    "\(calibrationFile): calibrated at sparsity ratio \(thresholds.sparsityRatio), but sparsity is "
+                        + "measured at \(Sparsity.defaultRatio)"
+                )
             }
             thresholdSource = "file"
         } else {
@@ -134,10 +147,13 @@ public struct ThoughtInspection: Encodable, Sendable {
             for (tau, types) in [(thresholds.refreshInterval, predicted), (1, everyStep)] {
                 if tau == 1 && thresholds.refreshInterval == 1 && !evaluations.isEmpty { break }
                 let (accuracy, confusion) = ThoughtClassifier.accuracy(predicted: types, reference: reference)
-                evaluations.append(Evaluation(refreshInterval: tau, labelledSteps: confusion.joined().reduce(0, +),
-                                              accuracy: accuracy, confusion: confusion))
+                evaluations.append(
+                    Evaluation(
+                        refreshInterval: tau, labelledSteps: confusion.joined().reduce(0, +),
+                        accuracy: accuracy, confusion: confusion))
             }
-            referenceSegments = ThoughtInspection.segmentStatistics(reference, refreshInterval: thresholds.refreshInterval)
+            referenceSegments = ThoughtInspection.segmentStatistics(
+                reference, refreshInterval: thresholds.refreshInterval)
         }
     }
 
@@ -146,12 +162,17 @@ public struct ThoughtInspection: Encodable, Sendable {
         let G = values.count
         guard G > 0 else { return "" }
         let w = max(1, min(width, G))
-        return String((0..<w).map { b -> Character in
-            var counts = [0, 0, 0]
-            for i in (b * G / w)..<max((b + 1) * G / w, b * G / w + 1) where values[i] >= 0 { counts[Int(values[i])] += 1 }
-            guard let best = counts.indices.max(by: { counts[$0] < counts[$1] }), counts[best] > 0 else { return "." }
-            return ThoughtType(rawValue: Int8(best))!.letter
-        })
+        return String(
+            (0..<w).map { b -> Character in
+                var counts = [0, 0, 0]
+                for i in (b * G / w)..<max((b + 1) * G / w, b * G / w + 1) where values[i] >= 0 {
+                    counts[Int(values[i])] += 1
+                }
+                guard let best = counts.indices.max(by: { counts[$0] < counts[$1] }), counts[best] > 0 else {
+                    return "."
+                }
+                return ThoughtType(rawValue: Int8(best))!.letter
+            })
     }
 
     /// Run lengths of each reference type, plus all types together ("all").
@@ -164,12 +185,15 @@ public struct ThoughtInspection: Encodable, Sendable {
         func stats(_ name: String, _ lengths: [Int]) -> SegmentStatistics? {
             guard !lengths.isEmpty else { return nil }
             let sorted = lengths.sorted()
-            let median = sorted.count % 2 == 1 ? Double(sorted[sorted.count / 2])
+            let median =
+                sorted.count % 2 == 1
+                ? Double(sorted[sorted.count / 2])
                 : Double(sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-            return SegmentStatistics(type: name, count: lengths.count,
-                                     meanLength: Double(lengths.reduce(0, +)) / Double(lengths.count), medianLength: median,
-                                     minLength: sorted.first!, maxLength: sorted.last!,
-                                     shorterThanRefresh: lengths.filter { $0 < refreshInterval }.count)
+            return SegmentStatistics(
+                type: name, count: lengths.count,
+                meanLength: Double(lengths.reduce(0, +)) / Double(lengths.count), medianLength: median,
+                minLength: sorted.first!, maxLength: sorted.last!,
+                shorterThanRefresh: lengths.filter { $0 < refreshInterval }.count)
         }
         var out = ThoughtType.allCases.compactMap { t in stats(t.name, runs.filter { $0.0 == t.rawValue }.map(\.1)) }
         if let all = stats("all", runs.map(\.1)) { out.append(all) }
@@ -187,14 +211,25 @@ public struct ThoughtInspection: Encodable, Sendable {
         out.append("")
         out.append(ThoughtCalibration.layerTable(layers, showSelection: true))
         out.append("modes: sparsity (relative prominence); L*: layers the thresholds average")
-        if thresholdSource == "self", fallback { out.append("WARNING: \(fallbackReason ?? "no tri-modal layer"); thresholds from the fallback rule (see 'thinkv-sim calibrate')") }
+        if thresholdSource == "self", fallback {
+            out.append(
+                "WARNING: \(fallbackReason ?? "no tri-modal layer"); thresholds from the fallback rule (see "
+                    + "'thinkv-sim calibrate')"
+            )
+        }
         for note in notes { out.append("note: \(note)") }
-        out.append("L* = \(thresholds.layers.map(String.init).joined(separator: ", ")), θ1 = \(Format.fixed(Double(thresholds.theta1), 4)), θ2 = \(Format.fixed(Double(thresholds.theta2), 4)), τ = \(thresholds.refreshInterval)")
+        out.append(
+            "L* = \(thresholds.layers.map(String.init).joined(separator: ", ")), θ1 = "
+                + "\(Format.fixed(Double(thresholds.theta1), 4)), θ2 = "
+                + "\(Format.fixed(Double(thresholds.theta2), 4)), τ = \(thresholds.refreshInterval)"
+        )
         let total = Double(max(decodeSteps, 1))
-        out.append("predicted: " + ThoughtType.allCases.map { t in
-            let n = predictedCounts[t.name] ?? 0
-            return "\(t.name) \(n) (\(String(format: "%.1f", 100 * Double(n) / total))%)"
-        }.joined(separator: ", "))
+        out.append(
+            "predicted: "
+                + ThoughtType.allCases.map { t in
+                    let n = predictedCounts[t.name] ?? 0
+                    return "\(t.name) \(n) (\(String(format: "%.1f", 100 * Double(n) / total))%)"
+                }.joined(separator: ", "))
         out.append("")
         out.append("timeline over \(decodeSteps) decode steps (majority per bin):")
         if let labelTimeline { out.append("  labels     \(labelTimeline)") }
@@ -212,7 +247,8 @@ public struct ThoughtInspection: Encodable, Sendable {
             return out.joined(separator: "\n")
         }
         out.append("")
-        out.append("token-level accuracy against /tokens/thought (\(evaluations[0].labelledSteps) labelled decode steps):")
+        out.append(
+            "token-level accuracy against /tokens/thought (\(evaluations[0].labelledSteps) labelled decode steps):")
         for e in evaluations {
             out.append("  τ = \(e.refreshInterval): \(Format.fixed(100 * e.accuracy, 1))%")
         }
@@ -230,8 +266,10 @@ public struct ThoughtInspection: Encodable, Sendable {
             out.append("reference segments (runs of one label):")
             var table = TextTable(headers: ["type", "count", "mean", "median", "min", "max", "< τ"])
             for s in segments {
-                table.add([s.type, String(s.count), Format.fixed(s.meanLength, 1), Format.fixed(s.medianLength, 1),
-                           String(s.minLength), String(s.maxLength), String(s.shorterThanRefresh)])
+                table.add([
+                    s.type, String(s.count), Format.fixed(s.meanLength, 1), Format.fixed(s.medianLength, 1),
+                    String(s.minLength), String(s.maxLength), String(s.shorterThanRefresh)
+                ])
             }
             out.append(table.render())
         }

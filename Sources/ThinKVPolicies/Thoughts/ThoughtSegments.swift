@@ -181,8 +181,10 @@ public final class ThoughtSegments {
     /// Applies rules 1–4 to the census of `resident` (one head's slots; every head holds the
     /// same number per segment): advances segment levels, may split the current segment, and
     /// returns the target size of every segment. The caller evicts accordingly in every head.
-    public func decide(resident: [Int32], transition: Bool, budget: Int?, schedule: RetentionSchedule,
-                       protection: Protection, pressureCut: PressureCut = .excess) -> Decision {
+    public func decide(
+        resident: [Int32], transition: Bool, budget: Int?, schedule: RetentionSchedule,
+        protection: Protection, pressureCut: PressureCut = .excess
+    ) -> Decision {
         var (counts, protectedCounts) = census(resident: resident, protection: protection)
         var before = counts
         var events: [Event] = []
@@ -211,7 +213,8 @@ public final class ThoughtSegments {
 
             if let (s, step) = old.lazy.compactMap({ s -> (Int, (level: Int, size: Int))? in
                 guard let step = schedule.pressureStep(level: self.segments[s].level, count: counts[s]),
-                      max(step.size, protectedCounts[s]) < counts[s] else { return nil }
+                    max(step.size, protectedCounts[s]) < counts[s]
+                else { return nil }
                 return (s, step)
             }).first {
                 // Only the excess leaves; the segment reaches its next size (and level) once it
@@ -225,7 +228,9 @@ public final class ThoughtSegments {
                 continue
             }
 
-            if let c = currentIndex, protection.recentStart > segments[c].start, protection.recentStart < segments[c].end {
+            if let c = currentIndex, protection.recentStart > segments[c].start,
+                protection.recentStart < segments[c].end
+            {
                 // The current segment is fully resident: its older part has cut − start tokens.
                 let cut = protection.recentStart
                 let olderPart = cut - segments[c].start

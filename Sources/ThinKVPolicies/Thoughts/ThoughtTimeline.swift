@@ -41,7 +41,9 @@ public struct ThoughtTimeline: Sendable, Equatable, ReplayNotes {
 
     /// Labels read every τ steps and held: the type at a refresh step is the most frequent
     /// label of the last `window` steps (ties: R, E, T in that order).
-    public static func fromHeldLabels(_ reader: TraceReader, refreshInterval tau: Int, window: Int, policy: String) throws -> ThoughtTimeline {
+    public static func fromHeldLabels(_ reader: TraceReader, refreshInterval tau: Int, window: Int, policy: String)
+        throws -> ThoughtTimeline
+    {
         let labels = try fromLabels(reader, policy: policy).types
         var types: [ThoughtType] = []
         types.reserveCapacity(labels.count)
@@ -63,7 +65,10 @@ public struct ThoughtTimeline: Sendable, Equatable, ReplayNotes {
     /// every token somewhere, and the surrounding thought is the best guess.
     public static func fromLabels(_ reader: TraceReader, policy: String) throws -> ThoughtTimeline {
         guard let labels = try reader.readThoughtLabels() else {
-            throw PolicyError("\(policy): --thoughts labels needs /tokens/thought, which \(reader.path) does not record (use --thoughts classifier)")
+            throw PolicyError(
+                "\(policy): --thoughts labels needs /tokens/thought, which \(reader.path) does not record (use "
+                    + "--thoughts classifier)"
+            )
         }
         let P = reader.header.promptLength
         var types: [ThoughtType] = []
@@ -80,33 +85,50 @@ public struct ThoughtTimeline: Sendable, Equatable, ReplayNotes {
     /// layer of L*, averaged over L*, thresholded by θ1/θ2 and held for τ steps
     /// (`ThoughtClassifier.timeline`). The sparsity is that of the uncompressed cache, as
     /// everything in a teacher-forced replay; an online system reads the attention it computes.
-    public static func fromClassifier(_ reader: TraceReader, thresholds: ThoughtThresholds, window: Int = 1, lag: Int = 0,
-                                      policy: String) throws -> ThoughtTimeline {
+    public static func fromClassifier(
+        _ reader: TraceReader, thresholds: ThoughtThresholds, window: Int = 1, lag: Int = 0,
+        policy: String
+    ) throws -> ThoughtTimeline {
         try checkClassifier(reader, thresholds: thresholds, policy: policy)
         if thresholds.isSingleType {
-            return ThoughtTimeline(types: Array(repeating: .reasoning, count: reader.header.generatedLength), source: .classifier, thresholds: thresholds)
+            return ThoughtTimeline(
+                types: Array(repeating: .reasoning, count: reader.header.generatedLength), source: .classifier,
+                thresholds: thresholds)
         }
         let averaged = try AveragedSparsityMemo.shared.averaged(reader, layers: thresholds.layers, gqa: thresholds.gqa)
-        let types = ThoughtClassifier.timeline(averagedSparsity: averaged, thresholds: thresholds, window: window, lag: lag)
+        let types = ThoughtClassifier.timeline(
+            averagedSparsity: averaged, thresholds: thresholds, window: window, lag: lag)
         return ThoughtTimeline(types: types, source: .classifier, thresholds: thresholds)
     }
 
     /// The checks every classifier source makes on its thresholds and the trace.
     static func checkClassifier(_ reader: TraceReader, thresholds: ThoughtThresholds, policy: String) throws {
-        guard thresholds.theta1 < thresholds.theta2, (0...1).contains(thresholds.theta1), (0...1).contains(thresholds.theta2) else {
-            throw PolicyError("\(policy): thresholds need 0 ≤ θ1 < θ2 ≤ 1, got θ1 = \(thresholds.theta1), θ2 = \(thresholds.theta2)")
+        guard thresholds.theta1 < thresholds.theta2, (0...1).contains(thresholds.theta1),
+            (0...1).contains(thresholds.theta2)
+        else {
+            throw PolicyError(
+                "\(policy): thresholds need 0 ≤ θ1 < θ2 ≤ 1, got θ1 = \(thresholds.theta1), θ2 = \(thresholds.theta2)")
         }
-        guard !thresholds.layers.isEmpty else { throw PolicyError("\(policy): the classifier needs at least one layer in L*") }
+        guard !thresholds.layers.isEmpty else {
+            throw PolicyError("\(policy): the classifier needs at least one layer in L*")
+        }
         guard thresholds.refreshInterval >= 1 else {
             throw PolicyError("\(policy): the refresh interval τ must be at least 1, got \(thresholds.refreshInterval)")
         }
         // The sparsity the replay computes uses the default ratio; other ratios cannot be honoured.
         guard abs(thresholds.sparsityRatio - Sparsity.defaultRatio) <= 1e-6 else {
-            throw PolicyError("\(policy): thresholds calibrated with sparsity ratio \(thresholds.sparsityRatio); the replay measures sparsity at \(Sparsity.defaultRatio)")
+            throw PolicyError(
+                "\(policy): thresholds calibrated with sparsity ratio \(thresholds.sparsityRatio); the replay "
+                    + "measures sparsity at \(Sparsity.defaultRatio)"
+            )
         }
         let recorded = reader.recordedLayerIndices
         for layer in thresholds.layers where reader.layerInfo(layer) == nil {
-            throw PolicyError("\(policy): the classifier averages the sparsity of layers \(thresholds.layers.map(String.init).joined(separator: ",")), but layer \(layer) is not recorded in \(reader.path) (recorded: \(recorded.map(String.init).joined(separator: ",")))")
+            throw PolicyError(
+                "\(policy): the classifier averages the sparsity of layers "
+                    + "\(thresholds.layers.map(String.init).joined(separator: ",")), but layer \(layer) is not "
+                    + "recorded in \(reader.path) (recorded: \(recorded.map(String.init).joined(separator: ",")))"
+            )
         }
     }
 }

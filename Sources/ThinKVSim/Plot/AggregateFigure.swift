@@ -76,9 +76,11 @@ public struct MeanInterval: Equatable, Sendable {
     /// The 0.975 quantile of Student's t (two-sided 95 %), tabulated to 3 decimals; the normal
     /// 1.960 beyond 30 degrees of freedom.
     public static func studentT975(degreesOfFreedom df: Int) -> Double {
-        let table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-                     2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-                     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+        let table = [
+            12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+            2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+            2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042
+        ]
         precondition(df >= 1)
         return df <= table.count ? table[df - 1] : 1.960
     }
@@ -99,7 +101,9 @@ public enum AggregateFigure {
     }
 
     /// Policy lines of all traces: the per-trace groups (`PlotData.groups`) matched by label.
-    static func lines(_ data: PlotData, along axis: String, ignoring: [String]) -> [(label: String, style: SeriesStyle, rows: [[String]])] {
+    static func lines(_ data: PlotData, along axis: String, ignoring: [String]) -> [(
+        label: String, style: SeriesStyle, rows: [[String]]
+    )] {
         var order: [String] = []
         var byLabel: [String: (style: SeriesStyle, rows: [[String]])] = [:]
         for trace in data.traces {
@@ -126,10 +130,14 @@ public enum AggregateFigure {
             return 100 * bytes / full
         }
         if (data.cell(row, "kv_match") ?? "mean") == (peak ? "peak" : "mean"),
-           let percent = data.number(row, "achieved_percent"), percent.isFinite { return percent }
+            let percent = data.number(row, "achieved_percent"), percent.isFinite
+        {
+            return percent
+        }
         guard let trace = data.cell(row, "trace"), let bytes = data.number(row, bytesColumn),
-              let fullRow = data.rows(of: trace).first(where: { data.cell($0, "policy") == FullCachePolicy.name }),
-              let full = data.number(fullRow, bytesColumn), full > 0 else { return nil }
+            let fullRow = data.rows(of: trace).first(where: { data.cell($0, "policy") == FullCachePolicy.name }),
+            let full = data.number(fullRow, bytesColumn), full > 0
+        else { return nil }
         return 100 * bytes / full
     }
 
@@ -150,7 +158,9 @@ public enum AggregateFigure {
             return "line: mean of \(n) traces; hollow markers: each trace; "
                 + "no interval (\(interval) drawn from n ≥ \(minimumTracesForInterval))"
         }
-        return "line: mean over traces; hollow markers: each trace; bars: \(interval) where n ≥ \(minimumTracesForInterval)"
+        return
+            "line: mean over traces; hollow markers: each trace; bars: \(interval) where n ≥ "
+            + "\(minimumTracesForInterval)"
     }
 
     /// Style of a trace's own value: a small hollow marker of its policy, no line.
@@ -164,13 +174,18 @@ public enum AggregateFigure {
     }
 
     /// One entry per policy line, then the look of a trace's point and of an interval.
-    static func legend(_ lines: [(label: String, style: SeriesStyle, rows: [[String]])], traces: Int,
-                       intervals: Bool) -> [LegendEntry] {
+    static func legend(
+        _ lines: [(label: String, style: SeriesStyle, rows: [[String]])], traces: Int,
+        intervals: Bool
+    ) -> [LegendEntry] {
         var legend = lines.map { LegendEntry(label: $0.label, style: $0.style) }
         if traces > 1 {
-            legend.append(LegendEntry(label: "one trace", style: traceStyle(SeriesStyle(color: Palette.axis, marker: .circle))))
+            legend.append(
+                LegendEntry(label: "one trace", style: traceStyle(SeriesStyle(color: Palette.axis, marker: .circle))))
         }
-        if intervals { legend.append(LegendEntry(label: "95 % interval", style: SeriesStyle(color: Palette.axis, width: 1.2))) }
+        if intervals {
+            legend.append(LegendEntry(label: "95 % interval", style: SeriesStyle(color: Palette.axis, width: 1.2)))
+        }
         return legend
     }
 
@@ -194,8 +209,10 @@ public enum AggregateFigure {
     /// sizes, so their bytes cannot be averaged); per policy and budget (or memory target) the
     /// line goes through the mean over traces, each trace's own point is drawn, and from three
     /// traces on a 95 % interval of the mean.
-    public static func fidelityVsBytes(_ data: PlotData, metrics: [PlotMetric], bytesColumn: String, logBytes: Bool,
-                                       budgetLabels: Bool) -> Figure? {
+    public static func fidelityVsBytes(
+        _ data: PlotData, metrics: [PlotMetric], bytesColumn: String, logBytes: Bool,
+        budgetLabels: Bool
+    ) -> Figure? {
         guard data.hasColumn(bytesColumn) else { return nil }
         let matched = data.hasColumn("kv_percent")
         let axis = matched ? "kv_percent" : "budget"
@@ -204,13 +221,16 @@ public enum AggregateFigure {
             .filter { $0 > 0 && $0.isFinite }
         guard !allPercents.isEmpty else { return nil }
         let kind = bytesColumn.hasSuffix("peak") ? "peak" : "mean over steps"
-        let x = percentAxis(min: allPercents.min()!, max: allPercents.max()!,
-                            title: "KV cache, \(kind) (% of each trace's full cache)", log: logBytes)
+        let x = percentAxis(
+            min: allPercents.min()!, max: allPercents.max()!,
+            title: "KV cache, \(kind) (% of each trace's full cache)", log: logBytes)
         let n = data.traces.count
         var intervalsDrawn = false
         var panels: [Panel] = []
-        for (i, metric) in metrics.enumerated() where data.hasColumn(metric.column)
-            && data.table.rows.contains(where: { data.number($0, metric.column) != nil }) {
+        for (i, metric) in metrics.enumerated()
+        where data.hasColumn(metric.column)
+            && data.table.rows.contains(where: { data.number($0, metric.column) != nil })
+        {
             var series: [Series] = []
             var tracePoints: [Series] = []
             var intervals: [Series] = []
@@ -223,7 +243,8 @@ public enum AggregateFigure {
                 for row in line.rows {
                     let key = data.cell(row, axis) ?? ""
                     guard let p = percentOfFull(data, row, bytesColumn: bytesColumn), p > 0 || !logBytes,
-                          let y = data.number(row, metric.column), y.isFinite else { continue }
+                        let y = data.number(row, metric.column), y.isFinite
+                    else { continue }
                     if points[key] == nil { keys.append(key) }
                     points[key, default: Point()].x.append(p)
                     points[key, default: Point()].y.append(y)
@@ -243,34 +264,43 @@ public enum AggregateFigure {
                         style.marker = nil
                         style.dash = nil
                         style.width = 1.2
-                        intervals.append(Series(label: line.label, points: [(xm.mean, lower), (xm.mean, upper)],
-                                                style: style, role: "interval"))
+                        intervals.append(
+                            Series(
+                                label: line.label, points: [(xm.mean, lower), (xm.mean, upper)],
+                                style: style, role: "interval"))
                         values += [lower, upper]
                         intervalsDrawn = true
                     }
                     if budgetLabels {
-                        let text = key.isEmpty ? "" : matched ? "\(key) %" : (p.budgets.count == 1 ? p.budgets.first! : key)
-                        if !text.isEmpty { notes.append(Annotation(x: xm.mean, y: ym.mean, text: text, color: line.style.color)) }
+                        let text =
+                            key.isEmpty ? "" : matched ? "\(key) %" : (p.budgets.count == 1 ? p.budgets.first! : key)
+                        if !text.isEmpty {
+                            notes.append(Annotation(x: xm.mean, y: ym.mean, text: text, color: line.style.color))
+                        }
                     }
                 }
                 series.append(Series(label: line.label, points: drawn.sorted { $0.x < $1.x }, style: line.style))
                 if n > 1 && !own.isEmpty {
-                    tracePoints.append(Series(label: line.label, points: own, style: traceStyle(line.style),
-                                              role: "trace-points", connect: false))
+                    tracePoints.append(
+                        Series(
+                            label: line.label, points: own, style: traceStyle(line.style),
+                            role: "trace-points", connect: false))
                     values += own.map(\.y)
                 }
             }
-            var panel = Panel(title: "\(FidelityFigure.letter(i)) \(metric.title)", x: x,
-                              y: FidelityFigure.yAxis(metric.column, title: metric.axisTitle, values: values),
-                              series: tracePoints + intervals + series)
+            var panel = Panel(
+                title: "\(FidelityFigure.letter(i)) \(metric.title)", x: x,
+                y: FidelityFigure.yAxis(metric.column, title: metric.axisTitle, values: values),
+                series: tracePoints + intervals + series)
             panel.annotations = notes
             panels.append(panel)
         }
         guard !panels.isEmpty else { return nil }
         let entries = Self.legend(lines, traces: n, intervals: intervalsDrawn)
-        return Figure(title: "Fidelity vs. KV cache size — \(n) trace\(n == 1 ? "" : "s")",
-                      subtitle: "\(describe(traces: n)); bytes of all model layers with quantization metadata",
-                      panels: panels, legend: entries, legendTitle: "policy")
+        return Figure(
+            title: "Fidelity vs. KV cache size — \(n) trace\(n == 1 ? "" : "s")",
+            subtitle: "\(describe(traces: n)); bytes of all model layers with quantization metadata",
+            panels: panels, legend: entries, legendTitle: "policy")
     }
 
     /// Fidelity at equal memory: one bar group per memory target (`kv_percent`), one bar per
@@ -286,45 +316,58 @@ public enum AggregateFigure {
             line.rows.contains { data.number($0, "kv_percent") != nil }
         }
         let width = 0.8 / Double(max(lines.count, 1))
-        var x = Axis.linear(min: -0.5, max: Double(targets.count) - 0.5, title: "KV memory target (% of the full cache)", tight: true)
+        var x = Axis.linear(
+            min: -0.5, max: Double(targets.count) - 0.5, title: "KV memory target (% of the full cache)", tight: true)
         x.ticks = targets.indices.map(Double.init)
         x.labels = targets.map { SweepColumns.number($0) + " %" }
         let n = data.traces.count
         var intervalsDrawn = false
         var panels: [Panel] = []
-        for (i, metric) in metrics.enumerated() where data.hasColumn(metric.column)
-            && rows.contains(where: { data.number($0, metric.column) != nil }) {
+        for (i, metric) in metrics.enumerated()
+        where data.hasColumn(metric.column)
+            && rows.contains(where: { data.number($0, metric.column) != nil })
+        {
             var bars: [Bar] = []
             var marks: [Series] = []
             var values: [Double] = [0]
             for (t, target) in targets.enumerated() {
                 for (j, line) in lines.enumerated() {
-                    let ys = line.rows.filter { data.number($0, "kv_percent") == target }.compactMap { data.number($0, metric.column) }
-                        .filter(\.isFinite)
+                    let ys = line.rows.filter { data.number($0, "kv_percent") == target }.compactMap {
+                        data.number($0, metric.column)
+                    }
+                    .filter(\.isFinite)
                     guard let m = MeanInterval(ys) else { continue }
                     let center = Double(t) + (Double(j) - Double(lines.count - 1) / 2) * width
-                    bars.append(Bar(from: center - width * 0.45, to: center + width * 0.45, y0: 0, y1: m.mean, style: line.style))
+                    bars.append(
+                        Bar(
+                            from: center - width * 0.45, to: center + width * 0.45, y0: 0, y1: m.mean, style: line.style
+                        ))
                     values.append(m.mean)
                     if n > 1 {
                         var style = traceStyle(SeriesStyle(color: Palette.axis, marker: line.style.marker))
                         style.markerSize = 5
-                        marks.append(Series(label: line.label, points: ys.map { (center, $0) }, style: style,
-                                            role: "trace-points", connect: false))
+                        marks.append(
+                            Series(
+                                label: line.label, points: ys.map { (center, $0) }, style: style,
+                                role: "trace-points", connect: false))
                         values += ys
                     }
                     if m.count >= minimumTracesForInterval {
                         let range = bounds(metric)
                         let lower = Swift.max(m.lower, range.lowerBound), upper = Swift.min(m.upper, range.upperBound)
-                        marks.append(Series(label: line.label, points: [(center, lower), (center, upper)],
-                                            style: SeriesStyle(color: Palette.axis, width: 1.2), role: "interval"))
+                        marks.append(
+                            Series(
+                                label: line.label, points: [(center, lower), (center, upper)],
+                                style: SeriesStyle(color: Palette.axis, width: 1.2), role: "interval"))
                         values += [lower, upper]
                         intervalsDrawn = true
                     }
                 }
             }
-            var panel = Panel(title: "\(FidelityFigure.letter(i)) \(metric.title)", x: x,
-                              y: FidelityFigure.yAxis(metric.column, title: metric.axisTitle, values: values.filter(\.isFinite)),
-                              series: marks)
+            var panel = Panel(
+                title: "\(FidelityFigure.letter(i)) \(metric.title)", x: x,
+                y: FidelityFigure.yAxis(metric.column, title: metric.axisTitle, values: values.filter(\.isFinite)),
+                series: marks)
             panel.bars = bars
             panels.append(panel)
         }
@@ -332,8 +375,9 @@ public enum AggregateFigure {
         let kind = rows.first.flatMap { data.cell($0, "kv_match") } ?? "mean"
         let entries = Self.legend(lines, traces: n, intervals: intervalsDrawn)
         let what = describe(traces: n).replacingOccurrences(of: "line: mean", with: "bar: mean")
-        return Figure(title: "Fidelity at equal KV memory — \(n) trace\(n == 1 ? "" : "s")",
-                      subtitle: "each budget found so that the policy's \(kind) KV is the target; \(what)",
-                      panels: panels, legend: entries, legendTitle: "policy")
+        return Figure(
+            title: "Fidelity at equal KV memory — \(n) trace\(n == 1 ? "" : "s")",
+            subtitle: "each budget found so that the policy's \(kind) KV is the target; \(what)",
+            panels: panels, legend: entries, legendTitle: "policy")
     }
 }

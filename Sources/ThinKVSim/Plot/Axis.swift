@@ -49,8 +49,10 @@ public struct Axis: Sendable {
     /// With `tight`, the domain is exactly [min, max] and the ticks are the nice values inside
     /// it (for step axes, which should end where the data ends). `pad` widens the domain by that
     /// fraction on both sides without adding ticks, so markers do not sit on the frame.
-    public static func linear(min: Double, max: Double, title: String, count: Int = 5, includeZero: Bool = false,
-                              clampUpper: Double? = nil, unit: Double = 1, tight: Bool = false, pad: Double = 0) -> Axis {
+    public static func linear(
+        min: Double, max: Double, title: String, count: Int = 5, includeZero: Bool = false,
+        clampUpper: Double? = nil, unit: Double = 1, tight: Bool = false, pad: Double = 0
+    ) -> Axis {
         var lo = includeZero ? Swift.min(min, 0) : min
         var hi = includeZero ? Swift.max(max, 0) : max
         if !(lo.isFinite && hi.isFinite) { lo = 0; hi = 1 }
@@ -61,7 +63,8 @@ public struct Axis: Sendable {
             hi += pad
             if includeZero && min >= 0 { lo = Swift.max(lo, 0) }
         }
-        let step = niceNumber(niceNumber((hi - lo) / unit, round: false) / Double(Swift.max(count - 1, 1)), round: true) * unit
+        let step =
+            niceNumber(niceNumber((hi - lo) / unit, round: false) / Double(Swift.max(count - 1, 1)), round: true) * unit
         var lower = floor(lo / step) * step
         var upper = ceil(hi / step) * step
         if let clampUpper, upper > clampUpper, max <= clampUpper { upper = clampUpper }
@@ -82,13 +85,16 @@ public struct Axis: Sendable {
         let labels = ticks.map { String(format: "%.\(decimals)f", $0 / unit) }
         if lower == upper { upper = lower + step }
         let margin = (upper - lower) * pad
-        return Axis(lower: lower - margin, upper: upper + margin, scale: .linear, ticks: ticks, labels: labels, title: title)
+        return Axis(
+            lower: lower - margin, upper: upper + margin, scale: .linear, ticks: ticks, labels: labels, title: title)
     }
 
     /// A log axis with ticks at powers of `base` (every other power when there are many),
     /// padded by a fraction of a decade so that end points do not sit on the frame.
-    public static func logarithmic(min: Double, max: Double, base: Double, title: String,
-                                   label: (Double) -> String) -> Axis {
+    public static func logarithmic(
+        min: Double, max: Double, base: Double, title: String,
+        label: (Double) -> String
+    ) -> Axis {
         // Non-finite or absurd extents (a damaged CSV) fall back to a unit range, never a trap.
         var lo = Swift.max(min, 1e-12), hi = Swift.max(max, lo)
         if !(lo.isFinite && hi.isFinite) || hi > 1e300 { lo = 1; hi = base }
@@ -106,7 +112,9 @@ public struct Axis: Sendable {
 
     // MARK: Bytes
 
-    static let byteUnits: [(name: String, size: Double)] = [("B", 1), ("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("TiB", 1_099_511_627_776)]
+    static let byteUnits: [(name: String, size: Double)] = [
+        ("B", 1), ("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("TiB", 1_099_511_627_776)
+    ]
 
     /// The largest binary unit not above `value` (B for values under 1 KiB).
     static func byteUnit(for value: Double) -> (name: String, size: Double) {

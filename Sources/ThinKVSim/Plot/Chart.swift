@@ -9,8 +9,10 @@ import Foundation
 public enum Palette {
     /// Okabe–Ito without yellow (too light for lines on white): blue, vermillion, bluish green,
     /// reddish purple, orange, sky blue; then Tol's wine, olive and indigo.
-    public static let base = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
-                              "#882255", "#999933", "#332288"]
+    public static let base = [
+        "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
+        "#882255", "#999933", "#332288"
+    ]
     public static let reference = "#000000"
     public static let dashes: [String?] = [nil, "7 4", "2 3", "9 3 2 3"]
     /// Dashes of level lines (always dashed, so they read as references, not data).
@@ -145,8 +147,10 @@ public struct SeriesStyle: Sendable {
     public var hollow = false
     public var markerSize = 8.0
 
-    public init(color: String, marker: MarkerShape? = nil, dash: String? = nil, width: Double = 1.8,
-                hollow: Bool = false, markerSize: Double = 8) {
+    public init(
+        color: String, marker: MarkerShape? = nil, dash: String? = nil, width: Double = 1.8,
+        hollow: Bool = false, markerSize: Double = 8
+    ) {
         self.color = color
         self.marker = marker
         self.dash = dash
@@ -170,8 +174,10 @@ public struct Series: Sendable {
     /// Joined by a line (false: markers only).
     public var connect: Bool
 
-    public init(label: String, points: [(x: Double, y: Double)], style: SeriesStyle, level: Double? = nil,
-                role: String = "series", connect: Bool = true) {
+    public init(
+        label: String, points: [(x: Double, y: Double)], style: SeriesStyle, level: Double? = nil,
+        role: String = "series", connect: Bool = true
+    ) {
         self.label = label
         self.points = points
         self.style = style
@@ -279,7 +285,9 @@ public struct Figure: Sendable {
     /// Lines of text under the panels (e.g. which series are identical in one panel).
     public var notes: [String] = []
 
-    public init(title: String, subtitle: String? = nil, panels: [Panel], legend: [LegendEntry], legendTitle: String? = nil) {
+    public init(
+        title: String, subtitle: String? = nil, panels: [Panel], legend: [LegendEntry], legendTitle: String? = nil
+    ) {
         self.title = title
         self.subtitle = subtitle
         self.panels = panels
@@ -337,8 +345,9 @@ public struct Figure: Sendable {
     /// Coincident lines of a panel under its on-screen scale (`coincidentGroups`).
     func coincident(_ panel: Panel) -> [[Int]] {
         let h = panelHeight - Self.stripBlock(panel)
-        return Self.coincidentGroups(panel.series, x: { panel.x.fraction($0) * panelWidth },
-                                     y: { panel.y.fraction($0) * h })
+        return Self.coincidentGroups(
+            panel.series, x: { panel.x.fraction($0) * panelWidth },
+            y: { panel.y.fraction($0) * h })
     }
 
     /// Height the strips of a panel take above its plot area.
@@ -374,14 +383,22 @@ public struct Figure: Sendable {
         // Room left of each panel for its widest y tick label (or strip label) and the rotated axis title.
         let leftLabels = panels.flatMap { $0.y.labels + $0.strips.map(\.label) }
         let widestTick = leftLabels.map { SVGDocument.textWidth($0, size: Self.tickSize) }.max() ?? 0
-        let left = max(56, widestTick + 36), bottom = 50.0, panelTop = panels.contains { $0.title != nil } ? 24.0 : 8.0, gap = 36.0
-        let legendWidth = legend.isEmpty ? 0 : 48 + (legend.map { SVGDocument.textWidth($0.label, size: Self.legendSize) }
-            + [legendTitle.map { SVGDocument.textWidth($0, size: Self.legendSize) } ?? 0]).max()!
+        let left = max(56, widestTick + 36), bottom = 50.0, panelTop = panels.contains { $0.title != nil } ? 24.0 : 8.0,
+            gap = 36.0
+        let legendWidth =
+            legend.isEmpty
+            ? 0
+            : 48
+                + (legend.map { SVGDocument.textWidth($0.label, size: Self.legendSize) }
+                + [legendTitle.map { SVGDocument.textWidth($0, size: Self.legendSize) } ?? 0]).max()!
         let cellWidth = left + panelWidth
-        let textWidth = max(SVGDocument.textWidth(title, size: Self.titleSize) * 1.1,
-                            notes.map { SVGDocument.textWidth($0, size: 11) }.max() ?? 0)
-        let width = max(Self.margin + Double(panels.count) * cellWidth + Double(max(panels.count - 1, 0)) * gap + 24 + legendWidth + Self.margin,
-                        textWidth + 2 * Self.margin)
+        let textWidth = max(
+            SVGDocument.textWidth(title, size: Self.titleSize) * 1.1,
+            notes.map { SVGDocument.textWidth($0, size: 11) }.max() ?? 0)
+        let width = max(
+            Self.margin + Double(panels.count) * cellWidth + Double(max(panels.count - 1, 0)) * gap + 24 + legendWidth
+                + Self.margin,
+            textWidth + 2 * Self.margin)
         // The subtitle wraps at its separators to the figure's width, never widening it.
         let subtitleLines = subtitle.map { Self.wrap($0, width: width - 2 * Self.margin, size: 12) } ?? []
         let header = 40.0 + 16 * Double(subtitleLines.count) + (subtitleLines.isEmpty ? 0 : 2)
@@ -417,8 +434,9 @@ public struct Figure: Sendable {
                         svg.line(lx, ly, lx + 30, ly, stroke: style.color, width: style.width, dash: style.dash)
                     }
                     if let marker = style.marker, !unmarked.contains(original.label) {
-                        svg.marker(marker, x: lx + 15, y: ly, size: style.markerSize, color: style.color,
-                                   hollow: style.hollow)
+                        svg.marker(
+                            marker, x: lx + 15, y: ly, size: style.markerSize, color: style.color,
+                            hollow: style.hollow)
                     }
                 }
                 svg.text(entry.label, x: lx + 38, y: ly + 4, size: Self.legendSize)
@@ -452,8 +470,9 @@ public struct Figure: Sendable {
             svg.rect(x: x, y: top, width: w, height: Self.stripHeight, fill: "#F4F4F4")
             for segment in strip.segments {
                 let a = px(segment.from), b = px(segment.to)
-                svg.rect(x: a, y: top, width: max(b - a, 0.5), height: Self.stripHeight, fill: segment.color,
-                         opacity: segment.opacity)
+                svg.rect(
+                    x: a, y: top, width: max(b - a, 0.5), height: Self.stripHeight, fill: segment.color,
+                    opacity: segment.opacity)
             }
             svg.endGroup()
             svg.text(strip.label, x: x - 8, y: top + Self.stripHeight - 3, size: Self.tickSize, anchor: .end)
@@ -487,8 +506,9 @@ public struct Figure: Sendable {
             let a = px(bar.from), b = px(bar.to), top = py(max(bar.y0, bar.y1)), bottom = py(min(bar.y0, bar.y1))
             svg.rect(x: a, y: top, width: b - a, height: max(bottom - top, 0.5), fill: bar.style.color, opacity: 0.75)
             if let marker = bar.style.marker {
-                svg.marker(marker, x: (a + b) / 2, y: py(bar.y1), size: bar.style.markerSize, color: bar.style.color,
-                           hollow: bar.style.hollow)
+                svg.marker(
+                    marker, x: (a + b) / 2, y: py(bar.y1), size: bar.style.markerSize, color: bar.style.color,
+                    hollow: bar.style.hollow)
             }
         }
         let interleaved = Self.interleavedDashes(panel.series, x: px, y: py)
@@ -503,7 +523,9 @@ public struct Figure: Sendable {
             let dash = interleaved[i]?.dash ?? style.dash
             let dashOffset = interleaved[i]?.offset
             if let level = series.level {
-                svg.line(x, py(level), x + w, py(level), stroke: style.color, width: style.width, dash: dash, dashOffset: dashOffset)
+                svg.line(
+                    x, py(level), x + w, py(level), stroke: style.color, width: style.width, dash: dash,
+                    dashOffset: dashOffset)
             } else {
                 let points = series.points.filter { panel.x.fraction($0.x) >= -0.01 && $0.y.isFinite }
                 let pixels = points.map { (px($0.x), py($0.y)) }
@@ -515,16 +537,18 @@ public struct Figure: Sendable {
                         // Coincident markers are drawn largest first, so each shows as a ring.
                         let grow = rank[i].map { Double($0.k - 1 - $0.r) * 4 } ?? 0
                         for p in pixels {
-                            svg.marker(marker, x: p.0, y: p.1, size: style.markerSize + grow, color: style.color,
-                                       hollow: style.hollow)
+                            svg.marker(
+                                marker, x: p.0, y: p.1, size: style.markerSize + grow, color: style.color,
+                                hollow: style.hollow)
                         }
                     } else if let (r, k) = rank[i] {
                         // A dense line among others on the same pixels: a few markers, staggered
                         // so that each member's sit where the others' do not.
                         for mx in Self.staggeredMarkerXs(from: x, width: w, rank: r, of: k) {
                             guard let my = Self.interpolate(pixels, at: mx) else { continue }
-                            svg.marker(marker, x: mx, y: my, size: style.markerSize, color: style.color,
-                                       hollow: style.hollow)
+                            svg.marker(
+                                marker, x: mx, y: my, size: style.markerSize, color: style.color,
+                                hollow: style.hollow)
                         }
                     }
                 }
@@ -622,8 +646,10 @@ public struct Figure: Sendable {
     }
 
     /// Lines within half a pixel of each other (identical ones included), as `identicalGroups`.
-    static func coincidentGroups(_ series: [Series], x: (Double) -> Double = { $0 },
-                                 y: (Double) -> Double = { $0 }) -> [[Int]] {
+    static func coincidentGroups(
+        _ series: [Series], x: (Double) -> Double = { $0 },
+        y: (Double) -> Double = { $0 }
+    ) -> [[Int]] {
         func near(_ a: Double, _ b: Double) -> Bool { abs(a - b) < 0.5 }
         func same(_ a: Series, _ b: Series) -> Bool {
             if let la = a.level, let lb = b.level { return near(y(la), y(lb)) }
@@ -653,8 +679,10 @@ public struct Figure: Sendable {
     /// are drawn with interleaved dashes, so each one's colour shows along the shared line
     /// instead of the last one hiding the rest. Index -> dash pattern and offset; nil for a
     /// series drawn as styled.
-    static func interleavedDashes(_ series: [Series], x: (Double) -> Double = { $0 }, y: (Double) -> Double = { $0 },
-                                  segment: Double = 9) -> [Int: (dash: String, offset: Double)] {
+    static func interleavedDashes(
+        _ series: [Series], x: (Double) -> Double = { $0 }, y: (Double) -> Double = { $0 },
+        segment: Double = 9
+    ) -> [Int: (dash: String, offset: Double)] {
         var out: [Int: (dash: String, offset: Double)] = [:]
         for group in coincidentGroups(series, x: x, y: y) {
             let k = Double(group.count)

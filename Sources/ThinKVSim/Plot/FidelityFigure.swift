@@ -5,7 +5,9 @@ import Foundation
 public enum FidelityFigure {
     /// The y metrics: the chosen ones, else KL, output error (top-k recall when the trace has
     /// no values) and mass recall, fidelity first. A metric no row has is left out.
-    static func metrics(_ data: PlotData, rows: [[String]], chosen: [PlotMetric]? = nil) -> [(column: String, title: String, axis: String)] {
+    static func metrics(_ data: PlotData, rows: [[String]], chosen: [PlotMetric]? = nil) -> [(
+        column: String, title: String, axis: String
+    )] {
         let has = { (m: PlotMetric) in data.hasColumn(m.column) && rows.contains { data.number($0, m.column) != nil } }
         let wanted = chosen ?? (has(.outputError) ? PlotMetric.defaultOrder : [.kl, .topKRecall, .massRecall])
         return wanted.filter(has).map { ($0.column, $0.title, $0.axisTitle) }
@@ -25,7 +27,9 @@ public enum FidelityFigure {
         if let row = rows.first {
             if let model = data.cell(row, "model") { parts.append(model) }
             if let steps = data.cell(row, "decode_steps") { parts.append("\(steps) decode steps") }
-            if let layers = data.cell(row, "layers") { parts.append(layers == "all" ? "all recorded layers" : "layers \(layers)") }
+            if let layers = data.cell(row, "layers") {
+                parts.append(layers == "all" ? "all recorded layers" : "layers \(layers)")
+            }
         }
         parts.append(extra)
         if !singleTypeCalibrations(data, rows: rows).isEmpty {
@@ -40,7 +44,8 @@ public enum FidelityFigure {
         var files: [String] = []
         for row in rows {
             guard let path = data.cell(row, "calibration"), !path.isEmpty, !files.contains(path),
-                  let thresholds = try? ThoughtThresholds.load(path: path), thresholds.isSingleType else { continue }
+                let thresholds = try? ThoughtThresholds.load(path: path), thresholds.isSingleType
+            else { continue }
             files.append(path)
         }
         return files
@@ -69,22 +74,28 @@ public enum FidelityFigure {
                     series.append(Series(label: group.label, points: [], style: style, level: level))
                 } else {
                     let points = withBudget.compactMap { row -> (x: Double, y: Double)? in
-                        guard let b = data.number(row, "budget"), let y = data.number(row, metric.column) else { return nil }
+                        guard let b = data.number(row, "budget"), let y = data.number(row, metric.column) else {
+                            return nil
+                        }
                         return (b, y)
                     }.sorted { $0.x < $1.x }
                     series.append(Series(label: group.label, points: points, style: group.style))
                 }
             }
             let values = series.flatMap { s in s.level.map { [$0] } ?? s.points.map(\.y) }
-            panels.append(Panel(title: "\(letter(i)) \(metric.title)", x: x, y: yAxis(metric.column, title: metric.axis, values: values),
-                                series: series))
+            panels.append(
+                Panel(
+                    title: "\(letter(i)) \(metric.title)", x: x,
+                    y: yAxis(metric.column, title: metric.axis, values: values),
+                    series: series))
         }
         guard !panels.isEmpty else { return nil }
         // The legend shows each series as the first panel draws it (levels are dashed, unmarked).
         let legend = panels[0].series.map { LegendEntry(label: $0.label, style: $0.style) }
-        return Figure(title: "Fidelity vs. cache budget — \(data.shortName(trace))",
-                      subtitle: subtitle(data, rows: rows, extra: "dashed levels: policies without a budget"),
-                      panels: panels, legend: legend, legendTitle: "policy")
+        return Figure(
+            title: "Fidelity vs. cache budget — \(data.shortName(trace))",
+            subtitle: subtitle(data, rows: rows, extra: "dashed levels: policies without a budget"),
+            panels: panels, legend: legend, legendTitle: "policy")
     }
 
     /// Log-2 when the budgets span a factor of four or more; ticks at the budgets themselves
@@ -93,7 +104,8 @@ public enum FidelityFigure {
         let title = "budget (tokens per kv head)"
         let distinct = Array(Set(budgets)).sorted()
         let lo = distinct.first!, hi = distinct.last!
-        var axis = hi / lo >= 4
+        var axis =
+            hi / lo >= 4
             ? Axis.logarithmic(min: lo, max: hi, base: 2, title: title) { String(format: "%.0f", $0) }
             : Axis.linear(min: lo, max: hi, title: title, tight: true, pad: 0.08)
         if distinct.count <= 8 {
@@ -104,8 +116,10 @@ public enum FidelityFigure {
     }
 
     /// Fidelity against KV bytes (mean or peak over steps, all model layers).
-    public static func againstBytes(_ data: PlotData, trace: String, bytesColumn: String, logBytes: Bool,
-                                    metrics chosen: [PlotMetric]? = nil) -> Figure? {
+    public static func againstBytes(
+        _ data: PlotData, trace: String, bytesColumn: String, logBytes: Bool,
+        metrics chosen: [PlotMetric]? = nil
+    ) -> Figure? {
         guard data.hasColumn(bytesColumn) else { return nil }
         let rows = data.rows(of: trace)
         let groups = data.groups(of: trace, along: "budget")
@@ -118,18 +132,24 @@ public enum FidelityFigure {
             var series: [Series] = []
             for group in groups {
                 let points = group.rows.compactMap { row -> (x: Double, y: Double)? in
-                    guard let b = data.number(row, bytesColumn), let y = data.number(row, metric.column) else { return nil }
+                    guard let b = data.number(row, bytesColumn), let y = data.number(row, metric.column) else {
+                        return nil
+                    }
                     return (b, y)
                 }.sorted { $0.x < $1.x }
                 series.append(Series(label: group.label, points: points, style: group.style))
             }
             let values = series.flatMap { $0.points.map(\.y) }
-            panels.append(Panel(title: "\(letter(i)) \(metric.title)", x: x, y: yAxis(metric.column, title: metric.axis, values: values),
-                                series: series))
+            panels.append(
+                Panel(
+                    title: "\(letter(i)) \(metric.title)", x: x,
+                    y: yAxis(metric.column, title: metric.axis, values: values),
+                    series: series))
         }
         guard !panels.isEmpty else { return nil }
-        return Figure(title: "Fidelity vs. KV cache size — \(data.shortName(trace))",
-                      subtitle: subtitle(data, rows: rows, extra: "bytes of all model layers, with quantization metadata"),
-                      panels: panels, legend: groups.map { LegendEntry(label: $0.label, style: $0.style) }, legendTitle: "policy")
+        return Figure(
+            title: "Fidelity vs. KV cache size — \(data.shortName(trace))",
+            subtitle: subtitle(data, rows: rows, extra: "bytes of all model layers, with quantization metadata"),
+            panels: panels, legend: groups.map { LegendEntry(label: $0.label, style: $0.style) }, legendTitle: "policy")
     }
 }

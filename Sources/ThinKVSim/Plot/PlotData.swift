@@ -14,7 +14,9 @@ public struct PlotData {
 
     static let required = ["trace", "policy", "label"]
     /// Columns holding counts or indices (sweep results and per-step CSVs).
-    static let integerColumns = ["run_id", "num_layers", "decode_steps", "budget", "matched_budget", "layer", "step", "position"]
+    static let integerColumns = [
+        "run_id", "num_layers", "decode_steps", "budget", "matched_budget", "layer", "step", "position"
+    ]
     /// Words such columns may hold instead of a number.
     static let wordValues: Set<String> = ["all", "auto"]
     /// Replay options that may vary inside a policy (a layout sweep) and so split series.
@@ -32,7 +34,10 @@ public struct PlotData {
             guard let i = table.index(of: column) else { continue }
             for (n, row) in table.rows.enumerated() where !row[i].isEmpty && !Self.wordValues.contains(row[i]) {
                 guard let value = Int(row[i]), value >= 0, value <= Int(Int32.max) else {
-                    throw CSVError("\(path): line \(n + 2): \(column) '\(Format.excerpt(row[i]))' is not a count between 0 and \(Int32.max)")
+                    throw CSVError(
+                        "\(path): line \(n + 2): \(column) '\(Format.excerpt(row[i]))' is not a count between 0 and "
+                            + "\(Int32.max)"
+                    )
                 }
             }
         }
@@ -114,9 +119,12 @@ public struct PlotData {
                     color: index.map(Palette.color) ?? Palette.reference,
                     marker: Palette.marker(index ?? 0),
                     dash: Palette.dash(index ?? 0, variant: v), hollow: v % 2 == 1)
-                let suffix = variant.map { "\(Self.parameterName($0.column, policy: policy))=\($0.value)" }.joined(separator: ", ")
-                out.append(Group(policy: policy, variant: variant, rows: members[key]!,
-                                 label: suffix.isEmpty ? policy : "\(policy) \(suffix)", style: style, variantIndex: v))
+                let suffix = variant.map { "\(Self.parameterName($0.column, policy: policy))=\($0.value)" }.joined(
+                    separator: ", ")
+                out.append(
+                    Group(
+                        policy: policy, variant: variant, rows: members[key]!,
+                        label: suffix.isEmpty ? policy : "\(policy) \(suffix)", style: style, variantIndex: v))
             }
         }
         return out
@@ -133,7 +141,8 @@ public struct PlotData {
         let stem = { (t: String) in URL(fileURLWithPath: t).deletingPathExtension().lastPathComponent }
         let name = stem(trace)
         let collides = traces.filter { stem($0) == name }.count > 1
-        let raw = collides ? URL(fileURLWithPath: trace).deletingLastPathComponent().lastPathComponent + "-" + name : name
+        let raw =
+            collides ? URL(fileURLWithPath: trace).deletingLastPathComponent().lastPathComponent + "-" + name : name
         return String(raw.map { $0.isLetter || $0.isNumber || "-_.".contains($0) ? $0 : "_" })
     }
 

@@ -5,7 +5,8 @@ import Foundation
 /// expects) says more than the CSV parser's complaint about its first odd character.
 public enum PlotInputKind {
     /// What plot reads, for the end of every refusal.
-    public static let expected = "plot expects a results CSV of 'thinkv-sim sweep' or 'merge', or a per-step CSV of 'thinkv-sim replay --csv'"
+    public static let expected =
+        "plot expects a results CSV of 'thinkv-sim sweep' or 'merge', or a per-step CSV of 'thinkv-sim replay --csv'"
 
     /// Refuses, as a usage error, a file that is recognisably not a CSV plot reads. A file it
     /// cannot tell is left to the CSV reader, whose message names the damage.
@@ -19,12 +20,18 @@ public enum PlotInputKind {
     /// What the first bytes of a file say it is, or nil when they could be a CSV.
     static func describe(_ head: Data) -> String? {
         if head.starts(with: [0x89, 0x48, 0x44, 0x46]) { return "an HDF5 file (a trace?)" }
-        guard let text = String(data: head, encoding: .utf8) ?? String(data: head.dropLast(3), encoding: .utf8) else { return nil }
+        guard let text = String(data: head, encoding: .utf8) ?? String(data: head.dropLast(3), encoding: .utf8) else {
+            return nil
+        }
         let start = text.drop { $0.isWhitespace || $0 == "\u{FEFF}" }
         guard start.first == "{" || start.first == "[" else { return nil }
         let firstLine = start.prefix { $0 != "\n" }
-        if firstLine.contains("\"dropped_at\"") { return "a cache timeline of 'thinkv-sim replay --cache-timeline' (JSON lines)" }
-        if firstLine.contains("\"kept\"") { return "a list of compression events of 'thinkv-sim replay --kept' (JSON lines)" }
+        if firstLine.contains("\"dropped_at\"") {
+            return "a cache timeline of 'thinkv-sim replay --cache-timeline' (JSON lines)"
+        }
+        if firstLine.contains("\"kept\"") {
+            return "a list of compression events of 'thinkv-sim replay --kept' (JSON lines)"
+        }
         if start.contains("\"traces\"") && start.contains("\"policies\"") { return "a sweep config (JSON)" }
         if start.contains("\"theta1\"") { return "a thresholds file of 'thinkv-sim calibrate' (JSON)" }
         return "JSON"

@@ -41,7 +41,9 @@ public enum Plotter {
         if let steps = try plotStepCSV(path, options: options) { return steps }
         let data = try PlotData(path: path)
         var options = options
-        if options.metrics == nil && data.hasColumn(PlotMetric.nextTokenKL.column) { options.metrics = PlotMetric.endToEndOrder }
+        if options.metrics == nil && data.hasColumn(PlotMetric.nextTokenKL.column) {
+            options.metrics = PlotMetric.endToEndOrder
+        }
         var outcome = Outcome()
         guard !data.table.rows.isEmpty else {
             outcome.notes.append("\(path): no rows to plot")
@@ -50,12 +52,17 @@ public enum Plotter {
         try makeOutputDirectory(options)
         // Figures never replace what they are drawn from: the results, traces, per-step CSVs
         // and calibration files they name (under whatever name: OutputFile compares files).
-        let named = Set(data.table.rows.flatMap { row in [SweepColumns.stepsFile, "calibration"].compactMap { data.cell(row, $0) } })
+        let named = Set(
+            data.table.rows.flatMap { row in [SweepColumns.stepsFile, "calibration"].compactMap { data.cell(row, $0) } }
+        )
         options.inputs = [path] + data.traces.compactMap(data.resolve) + named.sorted().compactMap(data.resolve)
         if let requested = options.budget {
             let budgets = Set(data.table.rows.compactMap { data.number($0, "budget") })
             guard budgets.contains(requested) else {
-                throw UsageError("--budget \(Int(requested)): no run at that budget (budgets in \(path): \(budgets.sorted().map { String(Int($0)) }.joined(separator: ", ")))")
+                throw UsageError(
+                    "--budget \(Int(requested)): no run at that budget (budgets in \(path): "
+                        + "\(budgets.sorted().map { String(Int($0)) }.joined(separator: ", ")))"
+                )
             }
         }
         var stepCache: [String: StepBytesFigure.StepSeries] = [:]
@@ -63,7 +70,10 @@ public enum Plotter {
             let name = data.shortName(trace)
             let rows = data.rows(of: trace)
             for file in FidelityFigure.singleTypeCalibrations(data, rows: rows) {
-                outcome.notes.append("\(name): ThinKV's thresholds in \(file) are the single-type fallback (θ1 = 0, θ2 = 1): every step is one thought type")
+                outcome.notes.append(
+                    "\(name): ThinKV's thresholds in \(file) are the single-type fallback (θ1 = 0, θ2 = 1): every "
+                        + "step is one thought type"
+                )
             }
             let numLayers = rows.first.flatMap { data.number($0, "num_layers") }.map { Int($0) }
             func write(_ figure: Figure?, _ kind: String, missing: String) throws {
@@ -88,22 +98,32 @@ public enum Plotter {
                 return series
             }
 
-            try write(FidelityFigure.againstBudget(data, trace: trace, metrics: options.metrics), "fidelity-budget", missing: "no run has a budget")
-            try write(FidelityFigure.againstBytes(data, trace: trace, bytesColumn: options.bytesColumn, logBytes: options.logBytes,
-                                                  metrics: options.metrics),
-                      "fidelity-bytes", missing: "no \(options.bytesColumn) column")
-            try write(StepBytesFigure.figure(data, trace: trace, budget: options.budget, logBytes: options.logBytes, load: steps),
-                      "kv-steps", missing: "no per-step CSVs: set step_csv_dir in the sweep config")
-            try write(try timeline(data, trace: trace, name: name, options: options, steps: steps),
-                      "thoughts", missing: "neither the trace nor a per-step CSV is available")
+            try write(
+                FidelityFigure.againstBudget(data, trace: trace, metrics: options.metrics), "fidelity-budget",
+                missing: "no run has a budget")
+            try write(
+                FidelityFigure.againstBytes(
+                    data, trace: trace, bytesColumn: options.bytesColumn, logBytes: options.logBytes,
+                    metrics: options.metrics),
+                "fidelity-bytes", missing: "no \(options.bytesColumn) column")
+            try write(
+                StepBytesFigure.figure(
+                    data, trace: trace, budget: options.budget, logBytes: options.logBytes, load: steps),
+                "kv-steps", missing: "no per-step CSVs: set step_csv_dir in the sweep config")
+            try write(
+                try timeline(data, trace: trace, name: name, options: options, steps: steps),
+                "thoughts", missing: "neither the trace nor a per-step CSV is available")
         }
 
         // Over all traces: one figure for the sweep.
         let metrics = options.metrics ?? PlotMetric.defaultOrder
         let aggregates: [(Figure?, String)] = [
-            (AggregateFigure.fidelityVsBytes(data, metrics: metrics, bytesColumn: options.bytesColumn, logBytes: options.logBytes,
-                                             budgetLabels: options.budgetLabels), "fidelity-bytes"),
-            (AggregateFigure.equalMemory(data, metrics: metrics), "equal-memory"),
+            (
+                AggregateFigure.fidelityVsBytes(
+                    data, metrics: metrics, bytesColumn: options.bytesColumn, logBytes: options.logBytes,
+                    budgetLabels: options.budgetLabels), "fidelity-bytes"
+            ),
+            (AggregateFigure.equalMemory(data, metrics: metrics), "equal-memory")
         ]
         for (figure, kind) in aggregates {
             guard let figure else { continue }
@@ -124,8 +144,11 @@ public enum Plotter {
         options.inputs = [path]
         var outcome = Outcome()
         let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
-        guard let figure = StepCSVFigure.figure(table, name: name, metrics: options.metrics ?? PlotMetric.defaultOrder,
-                                                logBytes: options.logBytes) else {
+        guard
+            let figure = StepCSVFigure.figure(
+                table, name: name, metrics: options.metrics ?? PlotMetric.defaultOrder,
+                logBytes: options.logBytes)
+        else {
             outcome.notes.append("\(path): no rows to plot")
             return outcome
         }
@@ -184,13 +207,18 @@ public enum Plotter {
 
     /// Labels come from the trace; sparsity from any per-step CSV of the trace (every policy
     /// records the same full-cache sparsity), else from a sparsity pass over the trace.
-    static func timeline(_ data: PlotData, trace: String, name: String, options: PlotOptions,
-                         steps: (String) throws -> StepBytesFigure.StepSeries?) throws -> Figure? {
+    static func timeline(
+        _ data: PlotData, trace: String, name: String, options: PlotOptions,
+        steps: (String) throws -> StepBytesFigure.StepSeries?
+    ) throws -> Figure? {
         let rows = data.rows(of: trace)
         let decodeSteps = rows.first.flatMap { data.number($0, "decode_steps") }.map { Int($0) }
         var sparsity: [Double]?
         if data.hasColumn(SweepColumns.stepsFile),
-           let file = rows.lazy.compactMap({ data.cell($0, SweepColumns.stepsFile) }).first(where: { data.resolve($0) != nil }) {
+            let file = rows.lazy.compactMap({ data.cell($0, SweepColumns.stepsFile) }).first(where: {
+                data.resolve($0) != nil
+            })
+        {
             sparsity = try steps(file)?.sparsity
         }
         var labels: [Int8]?
@@ -200,7 +228,9 @@ public enum Plotter {
             let G = min(decodeSteps ?? reader.header.generatedLength, reader.header.generatedLength)
             labels = try reader.readThoughtLabels().map { Array($0[P..<(P + G)]) }
             if sparsity == nil {
-                let layers = rows.first.flatMap { data.cell($0, "layers") }.flatMap { $0 == "all" ? nil : $0.split(separator: ",").compactMap { Int($0) } }
+                let layers = rows.first.flatMap { data.cell($0, "layers") }.flatMap {
+                    $0 == "all" ? nil : $0.split(separator: ",").compactMap { Int($0) }
+                }
                 let profile = try SparsityProfile.compute(reader, layers: layers, maxSteps: G, threads: options.threads)
                 sparsity = profile.averaged().map(Double.init)
             }
@@ -209,26 +239,37 @@ public enum Plotter {
         // The thresholds ThinKV ran with (a calibration file named in the results), and the types
         // its full-cache classifier gives every step.
         var thresholds: ThoughtThresholds?, predicted: [ThoughtType]?
-        if let file = rows.lazy.compactMap({ data.cell($0, "calibration") }).first(where: { (try? ThoughtThresholds.load(path: $0)) != nil }),
-           var loaded = try? ThoughtThresholds.load(path: file) {
+        if let file = rows.lazy.compactMap({ data.cell($0, "calibration") }).first(where: {
+            (try? ThoughtThresholds.load(path: $0)) != nil
+        }),
+            var loaded = try? ThoughtThresholds.load(path: file)
+        {
             if let resolved = data.resolve(trace), let reader = try? TraceReader(path: resolved) {
                 let recorded = reader.recordedLayerIndices
-                if let (mapped, _) = ThinKVParameters.nearestRecorded(loaded.layers, recorded: recorded) { loaded.layers = mapped }
+                if let (mapped, _) = ThinKVParameters.nearestRecorded(loaded.layers, recorded: recorded) {
+                    loaded.layers = mapped
+                }
                 let G = min(decodeSteps ?? reader.header.generatedLength, reader.header.generatedLength)
-                if let profile = try? SparsityProfile.compute(reader, layers: loaded.layers, maxSteps: G, threads: options.threads) {
-                    predicted = ThoughtClassifier.timeline(averagedSparsity: profile.averaged(over: loaded.layers), thresholds: loaded)
+                if let profile = try? SparsityProfile.compute(
+                    reader, layers: loaded.layers, maxSteps: G, threads: options.threads)
+                {
+                    predicted = ThoughtClassifier.timeline(
+                        averagedSparsity: profile.averaged(over: loaded.layers), thresholds: loaded)
                 }
             }
             thresholds = loaded
         }
-        var parts = [labels == nil
-            ? "full-cache attention sparsity (the trace has no thought labels)"
-            : "bands and 'labels' strip: the trace's thought labels; line: full-cache attention sparsity"]
+        var parts = [
+            labels == nil
+                ? "full-cache attention sparsity (the trace has no thought labels)"
+                : "bands and 'labels' strip: the trace's thought labels; line: full-cache attention sparsity"
+        ]
         if predicted != nil {
             parts.append("'classifier' strip: ThinKV's type of each step (full cache, held τ steps)")
         }
         let subtitle = FidelityFigure.subtitle(data, rows: rows, extra: parts.joined(separator: "; "))
-        return ThoughtTimelineFigure.figure(name: name, subtitle: subtitle, labels: labels, sparsity: sparsity,
-                                            thresholds: thresholds, predicted: predicted)
+        return ThoughtTimelineFigure.figure(
+            name: name, subtitle: subtitle, labels: labels, sparsity: sparsity,
+            thresholds: thresholds, predicted: predicted)
     }
 }

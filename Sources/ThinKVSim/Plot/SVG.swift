@@ -43,28 +43,44 @@ public final class SVGDocument {
         pairs.compactMap { name, value in value.map { " \(name)=\"\(Self.escape($0))\"" } }.joined()
     }
 
-    public func rect(x: Double, y: Double, width: Double, height: Double, fill: String, stroke: String? = nil,
-                     strokeWidth: Double? = nil, opacity: Double? = nil) {
-        parts.append("<rect x=\"\(Self.n(x))\" y=\"\(Self.n(y))\" width=\"\(Self.n(max(width, 0)))\" height=\"\(Self.n(max(height, 0)))\""
-            + attributes([("fill", fill), ("stroke", stroke), ("stroke-width", strokeWidth.map(Self.n)),
-                          ("fill-opacity", opacity.map(Self.n))]) + "/>")
+    public func rect(
+        x: Double, y: Double, width: Double, height: Double, fill: String, stroke: String? = nil,
+        strokeWidth: Double? = nil, opacity: Double? = nil
+    ) {
+        parts.append(
+            "<rect x=\"\(Self.n(x))\" y=\"\(Self.n(y))\" width=\"\(Self.n(max(width, 0)))\" "
+                + "height=\"\(Self.n(max(height, 0)))\""
+                + attributes([
+                    ("fill", fill), ("stroke", stroke), ("stroke-width", strokeWidth.map(Self.n)),
+                    ("fill-opacity", opacity.map(Self.n))
+                ]) + "/>")
     }
 
-    public func line(_ x1: Double, _ y1: Double, _ x2: Double, _ y2: Double, stroke: String, width: Double = 1, dash: String? = nil,
-                     dashOffset: Double? = nil) {
-        parts.append("<line x1=\"\(Self.n(x1))\" y1=\"\(Self.n(y1))\" x2=\"\(Self.n(x2))\" y2=\"\(Self.n(y2))\""
-            + attributes([("stroke", stroke), ("stroke-width", Self.n(width)), ("stroke-dasharray", dash),
-                          ("stroke-dashoffset", dashOffset.map(Self.n))]) + "/>")
+    public func line(
+        _ x1: Double, _ y1: Double, _ x2: Double, _ y2: Double, stroke: String, width: Double = 1, dash: String? = nil,
+        dashOffset: Double? = nil
+    ) {
+        parts.append(
+            "<line x1=\"\(Self.n(x1))\" y1=\"\(Self.n(y1))\" x2=\"\(Self.n(x2))\" y2=\"\(Self.n(y2))\""
+                + attributes([
+                    ("stroke", stroke), ("stroke-width", Self.n(width)), ("stroke-dasharray", dash),
+                    ("stroke-dashoffset", dashOffset.map(Self.n))
+                ]) + "/>")
     }
 
-    public func polyline(_ points: [(Double, Double)], stroke: String, width: Double = 1.5, dash: String? = nil,
-                         dashOffset: Double? = nil) {
+    public func polyline(
+        _ points: [(Double, Double)], stroke: String, width: Double = 1.5, dash: String? = nil,
+        dashOffset: Double? = nil
+    ) {
         guard points.count > 1 else { return }
         let list = points.map { "\(Self.n($0.0)),\(Self.n($0.1))" }.joined(separator: " ")
-        parts.append("<polyline points=\"\(list)\" fill=\"none\""
-            + attributes([("stroke", stroke), ("stroke-width", Self.n(width)), ("stroke-dasharray", dash),
-                          ("stroke-dashoffset", dashOffset.map(Self.n)),
-                          ("stroke-linejoin", "round"), ("stroke-linecap", dashOffset == nil ? "round" : "butt")]) + "/>")
+        parts.append(
+            "<polyline points=\"\(list)\" fill=\"none\""
+                + attributes([
+                    ("stroke", stroke), ("stroke-width", Self.n(width)), ("stroke-dasharray", dash),
+                    ("stroke-dashoffset", dashOffset.map(Self.n)),
+                    ("stroke-linejoin", "round"), ("stroke-linecap", dashOffset == nil ? "round" : "butt")
+                ]) + "/>")
     }
 
     /// A point marker; a hollow one is white inside with a coloured outline.
@@ -74,10 +90,14 @@ public final class SVGDocument {
         let outline = hollow ? " stroke=\"\(color)\" stroke-width=\"1.6\"" : " stroke=\"white\" stroke-width=\"0.8\""
         switch shape {
         case .circle:
-            parts.append("<circle cx=\"\(Self.n(x))\" cy=\"\(Self.n(y))\" r=\"\(Self.n(r))\" fill=\"\(fill)\"\(outline)/>")
+            parts.append(
+                "<circle cx=\"\(Self.n(x))\" cy=\"\(Self.n(y))\" r=\"\(Self.n(r))\" fill=\"\(fill)\"\(outline)/>")
         case .square:
             let s = r * 0.9
-            parts.append("<rect x=\"\(Self.n(x - s))\" y=\"\(Self.n(y - s))\" width=\"\(Self.n(2 * s))\" height=\"\(Self.n(2 * s))\" fill=\"\(fill)\"\(outline)/>")
+            parts.append(
+                "<rect x=\"\(Self.n(x - s))\" y=\"\(Self.n(y - s))\" width=\"\(Self.n(2 * s))\" "
+                    + "height=\"\(Self.n(2 * s))\" fill=\"\(fill)\"\(outline)/>"
+            )
         case .triangleUp, .triangleDown, .diamond, .triangleLeft, .triangleRight:
             let pts: [(Double, Double)]
             switch shape {
@@ -102,10 +122,15 @@ public final class SVGDocument {
         case .cross:
             // Strokes only: hollow and filled look alike, thinner when hollow.
             let s = r * 0.85
-            parts.append("<path d=\"M\(Self.n(x - s)),\(Self.n(y - s))L\(Self.n(x + s)),\(Self.n(y + s))M\(Self.n(x - s)),\(Self.n(y + s))L\(Self.n(x + s)),\(Self.n(y - s))\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2")\" fill=\"none\"/>")
+            let d =
+                "M\(Self.n(x - s)),\(Self.n(y - s))L\(Self.n(x + s)),\(Self.n(y + s))"
+                + "M\(Self.n(x - s)),\(Self.n(y + s))L\(Self.n(x + s)),\(Self.n(y - s))"
+            parts.append(
+                "<path d=\"\(d)\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2")\" fill=\"none\"/>")
         case .hourglass, .bowtie:
             let a = r * 1.0, b = r * 1.1
-            let pts = shape == .hourglass
+            let pts =
+                shape == .hourglass
                 ? [(x - a, y - b), (x + a, y - b), (x - a, y + b), (x + a, y + b)]
                 : [(x - b, y - a), (x + b, y + a), (x + b, y - a), (x - b, y + a)]
             let list = pts.map { "\(Self.n($0.0)),\(Self.n($0.1))" }.joined(separator: " ")
@@ -118,15 +143,22 @@ public final class SVGDocument {
                 let dx = s * cos(angle), dy = s * sin(angle)
                 return "M\(Self.n(x - dx)),\(Self.n(y - dy))L\(Self.n(x + dx)),\(Self.n(y + dy))"
             }.joined()
-            parts.append("<path d=\"\(d)\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2")\" fill=\"none\"/>")
+            parts.append(
+                "<path d=\"\(d)\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2")\" fill=\"none\"/>")
         case .plus:
             let s = r * 1.05
-            parts.append("<path d=\"M\(Self.n(x - s)),\(Self.n(y))L\(Self.n(x + s)),\(Self.n(y))M\(Self.n(x)),\(Self.n(y - s))L\(Self.n(x)),\(Self.n(y + s))\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2.2")\" fill=\"none\"/>")
+            let d =
+                "M\(Self.n(x - s)),\(Self.n(y))L\(Self.n(x + s)),\(Self.n(y))"
+                + "M\(Self.n(x)),\(Self.n(y - s))L\(Self.n(x)),\(Self.n(y + s))"
+            parts.append(
+                "<path d=\"\(d)\" stroke=\"\(color)\" stroke-width=\"\(hollow ? "1.2" : "2.2")\" fill=\"none\"/>")
         }
     }
 
-    public func text(_ s: String, x: Double, y: Double, size: Double = 12, anchor: Anchor = .start, weight: String? = nil,
-                     fill: String = "#222222", rotate: Double? = nil, baseline: String? = nil) {
+    public func text(
+        _ s: String, x: Double, y: Double, size: Double = 12, anchor: Anchor = .start, weight: String? = nil,
+        fill: String = "#222222", rotate: Double? = nil, baseline: String? = nil
+    ) {
         var attrs = "x=\"\(Self.n(x))\" y=\"\(Self.n(y))\" font-size=\"\(Self.n(size))\" fill=\"\(fill)\""
         if anchor != .start { attrs += " text-anchor=\"\(anchor.rawValue)\"" }
         if let weight { attrs += " font-weight=\"\(weight)\"" }
@@ -136,12 +168,17 @@ public final class SVGDocument {
     }
 
     /// Starts a group; `attributes` such as class and data-* make figures checkable by tests.
-    public func beginGroup(_ attributes: [(String, String)] = [], clipTo clip: (x: Double, y: Double, width: Double, height: Double)? = nil) {
+    public func beginGroup(
+        _ attributes: [(String, String)] = [], clipTo clip: (x: Double, y: Double, width: Double, height: Double)? = nil
+    ) {
         var attrs = attributes.map { " \($0.0)=\"\(Self.escape($0.1))\"" }.joined()
         if let clip {
             clipCount += 1
             let id = "clip\(clipCount)"
-            parts.append("<clipPath id=\"\(id)\"><rect x=\"\(Self.n(clip.x))\" y=\"\(Self.n(clip.y))\" width=\"\(Self.n(clip.width))\" height=\"\(Self.n(clip.height))\"/></clipPath>")
+            parts.append(
+                "<clipPath id=\"\(id)\"><rect x=\"\(Self.n(clip.x))\" y=\"\(Self.n(clip.y))\" "
+                    + "width=\"\(Self.n(clip.width))\" height=\"\(Self.n(clip.height))\"/></clipPath>"
+            )
             attrs += " clip-path=\"url(#\(id))\""
         }
         parts.append("<g\(attrs)>")
@@ -151,7 +188,9 @@ public final class SVGDocument {
 
     public func render(title: String) -> String {
         var out = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-        out += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Self.n(width))\" height=\"\(Self.n(height))\" viewBox=\"0 0 \(Self.n(width)) \(Self.n(height))\""
+        out +=
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Self.n(width))\" height=\"\(Self.n(height))\" "
+            + "viewBox=\"0 0 \(Self.n(width)) \(Self.n(height))\""
         out += " font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
         out += "<title>\(Self.escape(title))</title>\n"
         out += "<rect x=\"0\" y=\"0\" width=\"\(Self.n(width))\" height=\"\(Self.n(height))\" fill=\"white\"/>\n"
@@ -177,7 +216,8 @@ public final class SVGDocument {
 }
 
 public enum MarkerShape: CaseIterable, Sendable {
-    case circle, square, triangleUp, diamond, triangleDown, cross, triangleLeft, triangleRight, plus, pentagon, hexagon, star
+    case circle, square, triangleUp, diamond, triangleDown, cross, triangleLeft, triangleRight, plus, pentagon, hexagon,
+        star
     /// Two triangles meeting at their tips: vertical (hourglass) or horizontal (bowtie); and a
     /// six-armed asterisk of strokes.
     case hourglass, bowtie, asterisk

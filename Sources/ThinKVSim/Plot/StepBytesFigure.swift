@@ -15,8 +15,9 @@ public enum StepBytesFigure {
     public static func load(_ path: String, numLayers: Int?) throws -> StepSeries {
         let table = try CSVTable.read(path: path).table
         guard let layer = table.index(of: "layer"), let step = table.index(of: "step"),
-              let attended = table.index(of: "attended_bytes"), let full = table.index(of: "full_bytes"),
-              let sparsity = table.index(of: "sparsity") else {
+            let attended = table.index(of: "attended_bytes"), let full = table.index(of: "full_bytes"),
+            let sparsity = table.index(of: "sparsity")
+        else {
             throw CSVError("\(path): not a per-step CSV (needs layer, step, attended_bytes, full_bytes, sparsity)")
         }
         var steps = 0
@@ -24,13 +25,15 @@ public enum StepBytesFigure {
         for (n, row) in table.rows.enumerated() {
             // Every step has a row per layer: a step beyond the row count is a damaged file.
             guard let s = Int(row[step]), s >= 0, s < table.rows.count else {
-                throw CSVError("\(path): line \(n + 2): step '\(Format.excerpt(row[step]))' is not a decode step of this file")
+                throw CSVError(
+                    "\(path): line \(n + 2): step '\(Format.excerpt(row[step]))' is not a decode step of this file")
             }
             steps = max(steps, s + 1)
             layers.insert(row[layer])
         }
-        var out = StepSeries(attended: Array(repeating: 0, count: steps), full: Array(repeating: 0, count: steps),
-                             sparsity: Array(repeating: 0, count: steps))
+        var out = StepSeries(
+            attended: Array(repeating: 0, count: steps), full: Array(repeating: 0, count: steps),
+            sparsity: Array(repeating: 0, count: steps))
         for row in table.rows {
             guard let s = Int(row[step]), s >= 0 else { throw CSVError("\(path): bad step '\(row[step])'") }
             out.attended[s] += Double(row[attended]) ?? 0
@@ -70,8 +73,10 @@ public enum StepBytesFigure {
         return budgets.isEmpty ? nil : budgets[(budgets.count - 1) / 2]
     }
 
-    public static func figure(_ data: PlotData, trace: String, budget requested: Double?, logBytes: Bool,
-                              load: (String) throws -> StepSeries?) throws -> Figure? {
+    public static func figure(
+        _ data: PlotData, trace: String, budget requested: Double?, logBytes: Bool,
+        load: (String) throws -> StepSeries?
+    ) throws -> Figure? {
         guard data.hasColumn(SweepColumns.stepsFile) else { return nil }
         let budget = requested ?? defaultBudget(data, trace: trace)
         var series: [Series] = []
@@ -84,15 +89,20 @@ public enum StepBytesFigure {
             let withBudget = candidates.filter { data.number($0, "budget") != nil }
             let row: [String]?
             if let budget, !withBudget.isEmpty {
-                row = withBudget.min { abs(log(data.number($0, "budget")! / budget)) < abs(log(data.number($1, "budget")! / budget)) }
+                row = withBudget.min {
+                    abs(log(data.number($0, "budget")! / budget)) < abs(log(data.number($1, "budget")! / budget))
+                }
             } else {
                 row = candidates.first
             }
-            guard let row, let file = data.cell(row, SweepColumns.stepsFile), let steps = try load(file) else { continue }
+            guard let row, let file = data.cell(row, SweepColumns.stepsFile), let steps = try load(file) else {
+                continue
+            }
             fullCache = fullCache ?? steps.full
             if group.policy == "full" { hasFullPolicy = true }
             var label = group.label
-            if let b = data.cell(row, "budget"), Double(b) != budget { label += " (budget \(b))" }  // no run at the chosen budget
+            // no run at the chosen budget
+            if let b = data.cell(row, "budget"), Double(b) != budget { label += " (budget \(b))" }
             var style = group.style
             style.width = 1.6
             // Thousands of points: the panel draws no markers, except a few on a line that
@@ -109,16 +119,21 @@ public enum StepBytesFigure {
         let steps = series.map { ($0.points.last?.x ?? 0) + 1 }.max() ?? 1
         let values = series.flatMap { $0.points.map(\.y) }
         let positive = values.filter { $0 > 0 }
-        let y = Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: values.max() ?? 1, title: "KV cache, all layers",
-                           log: logBytes && !positive.isEmpty)
-        let x = Axis.linear(min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true,
-                            tight: true)
+        let y = Axis.bytes(
+            min: logBytes ? (positive.min() ?? 1) : 0, max: values.max() ?? 1, title: "KV cache, all layers",
+            log: logBytes && !positive.isEmpty)
+        let x = Axis.linear(
+            min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true,
+            tight: true)
         let panel = Panel(title: nil, x: x, y: y, series: series, markers: false)
         let rows = data.rows(of: trace)
-        var figure = Figure(title: "KV cache over decode steps — \(data.shortName(trace))",
-                            subtitle: FidelityFigure.subtitle(data, rows: rows,
-                                                              extra: budget.map { "budget \(String(format: "%.0f", $0)) · attended bytes, all model layers" } ?? "attended bytes, all model layers"),
-                            panels: [panel], legend: legend, legendTitle: "policy")
+        var figure = Figure(
+            title: "KV cache over decode steps — \(data.shortName(trace))",
+            subtitle: FidelityFigure.subtitle(
+                data, rows: rows,
+                extra: budget.map { "budget \(String(format: "%.0f", $0)) · attended bytes, all model layers" }
+                    ?? "attended bytes, all model layers"),
+            panels: [panel], legend: legend, legendTitle: "policy")
         figure.panelWidth = 620
         figure.panelHeight = 260
         return figure

@@ -19,7 +19,8 @@ public enum StepCSVFigure {
 
     /// True when the table has the columns of a per-step CSV (and is not a results CSV).
     public static func isStepCSV(_ table: CSVTable) -> Bool {
-        ["policy", "layer", "step", "attended_bytes"].allSatisfy { table.index(of: $0) != nil } && table.index(of: "run_key") == nil
+        ["policy", "layer", "step", "attended_bytes"].allSatisfy { table.index(of: $0) != nil }
+            && table.index(of: "run_key") == nil
     }
 
     public static let window = 16
@@ -59,26 +60,38 @@ public enum StepCSVFigure {
         let byteValues = byteSeries.flatMap { $0.map(\.y) }
         let positive = byteValues.filter { $0 > 0 }
         let steps = Double(byteSeries.map { ($0.last?.x ?? 0) + 1 }.max() ?? 1)
-        let x = Axis.linear(min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true,
-                            tight: true)
-        panels.append(Panel(title: "(a) KV cache, replayed layers", x: x,
-                            y: Axis.bytes(min: logBytes ? (positive.min() ?? 1) : 0, max: byteValues.max() ?? 1,
-                                          title: "attended KV", log: logBytes && !positive.isEmpty),
-                            series: zip(order, byteSeries).enumerated().map { Series(label: $1.0, points: $1.1, style: styles[$0]) },
-                            markers: false))
+        let x = Axis.linear(
+            min: 0, max: steps, title: ThoughtTimelineFigure.stepAxisTitle, includeZero: true,
+            tight: true)
+        panels.append(
+            Panel(
+                title: "(a) KV cache, replayed layers", x: x,
+                y: Axis.bytes(
+                    min: logBytes ? (positive.min() ?? 1) : 0, max: byteValues.max() ?? 1,
+                    title: "attended KV", log: logBytes && !positive.isEmpty),
+                series: zip(order, byteSeries).enumerated().map {
+                    Series(label: $1.0, points: $1.1, style: styles[$0])
+                },
+                markers: false))
         for metric in metrics {
             guard let c = table.index(of: column(metric)) else { continue }
             let lines = order.map { smooth(series(perPolicy[$0]!, c, sum: false)) }
             guard lines.contains(where: { $0.contains { $0.isFinite } }) else { continue }
             let points = lines.map { line in StepBytesFigure.decimate(line).filter { $0.y.isFinite } }
-            panels.append(Panel(title: "\(FidelityFigure.letter(panels.count)) \(metric.title)", x: x,
-                                y: FidelityFigure.yAxis(metric.column, title: metric.axisTitle, values: points.flatMap { $0.map(\.y) }),
-                                series: zip(order, points).enumerated().map { Series(label: $1.0, points: $1.1, style: styles[$0]) },
-                                markers: false))
+            panels.append(
+                Panel(
+                    title: "\(FidelityFigure.letter(panels.count)) \(metric.title)", x: x,
+                    y: FidelityFigure.yAxis(
+                        metric.column, title: metric.axisTitle, values: points.flatMap { $0.map(\.y) }),
+                    series: zip(order, points).enumerated().map {
+                        Series(label: $1.0, points: $1.1, style: styles[$0])
+                    },
+                    markers: false))
         }
-        return Figure(title: "Replay over decode steps — \(name)",
-                      subtitle: "per-step CSV of replay; metrics: mean over layers and heads, moving average of \(window) steps",
-                      panels: panels, legend: zip(order, styles).map { LegendEntry(label: $0, style: $1) }, legendTitle: "policy")
+        return Figure(
+            title: "Replay over decode steps — \(name)",
+            subtitle: "per-step CSV of replay; metrics: mean over layers and heads, moving average of \(window) steps",
+            panels: panels, legend: zip(order, styles).map { LegendEntry(label: $0, style: $1) }, legendTitle: "policy")
     }
 
     /// Centred moving average over `window` steps, ignoring non-finite values.

@@ -27,8 +27,10 @@ public enum ThoughtTimelineFigure {
     /// With `thresholds`, θ1 and θ2 are drawn as dashed levels on the sparsity axis; `predicted`
     /// (the classifier's type of each step) is a strip of its own above the plot, next to a strip
     /// of the reference labels, so the two read side by side and no type sits on the sparsity axis.
-    public static func figure(name: String, subtitle: String, labels: [Int8]?, sparsity: [Double]?,
-                              thresholds: ThoughtThresholds? = nil, predicted: [ThoughtType]? = nil) -> Figure? {
+    public static func figure(
+        name: String, subtitle: String, labels: [Int8]?, sparsity: [Double]?,
+        thresholds: ThoughtThresholds? = nil, predicted: [ThoughtType]? = nil
+    ) -> Figure? {
         let steps = max(labels?.count ?? 0, sparsity?.count ?? 0, predicted?.count ?? 0)
         guard steps > 0 else { return nil }
         var bands: [Band] = []
@@ -53,12 +55,15 @@ public enum ThoughtTimelineFigure {
         var series: [Series] = []
         if let sparsity {
             let style = SeriesStyle(color: "#1A1A1A", marker: nil, dash: nil, width: 1.1)
-            series.append(Series(label: "sparsity", points: StepBytesFigure.decimate(sparsity, limit: 1400), style: style))
+            series.append(
+                Series(label: "sparsity", points: StepBytesFigure.decimate(sparsity, limit: 1400), style: style))
             legend.append(LegendEntry(label: "sparsity (mean over layers)", style: style))
         }
         if let thresholds {
             let t1 = Double(thresholds.theta1), t2 = Double(thresholds.theta2)
-            for (label, level, dash) in [("θ1 = \(Format.fixed(t1, 3))", t1, "7 4"), ("θ2 = \(Format.fixed(t2, 3))", t2, "2 3")] {
+            for (label, level, dash) in [
+                ("θ1 = \(Format.fixed(t1, 3))", t1, "7 4"), ("θ2 = \(Format.fixed(t2, 3))", t2, "2 3")
+            ] {
                 let style = SeriesStyle(color: "#7A7A7A", marker: nil, dash: dash, width: 1.2)
                 series.append(Series(label: label, points: [(0, level), (Double(steps), level)], style: style))
                 legend.append(LegendEntry(label: label, style: style))
@@ -69,9 +74,10 @@ public enum ThoughtTimelineFigure {
         let y = Axis.linear(min: 0, max: 1, title: "sparsity (fraction of keys)", count: 6)
         var panel = Panel(title: nil, x: x, y: y, series: series, bands: bands, markers: false)
         panel.strips = strips
-        var figure = Figure(title: "Thought timeline — \(name)",
-                            subtitle: subtitle,
-                            panels: [panel], legend: legend, legendTitle: shown.isEmpty ? nil : "thought")
+        var figure = Figure(
+            title: "Thought timeline — \(name)",
+            subtitle: subtitle,
+            panels: [panel], legend: legend, legendTitle: shown.isEmpty ? nil : "thought")
         figure.panelWidth = 680
         figure.panelHeight = 220 + Figure.stripBlock(count: strips.count)
         return figure

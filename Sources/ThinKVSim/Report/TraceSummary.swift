@@ -62,7 +62,11 @@ public struct TraceSummary: Encodable, Sendable {
             var counts: [String: Int] = ["prompt_or_unknown": 0]
             for t in ThoughtType.allCases { counts[t.name] = 0 }
             for l in labels {
-                if let t = ThoughtType(rawValue: l) { counts[t.name, default: 0] += 1 } else { counts["prompt_or_unknown", default: 0] += 1 }
+                if let t = ThoughtType(rawValue: l) {
+                    counts[t.name, default: 0] += 1
+                } else {
+                    counts["prompt_or_unknown", default: 0] += 1
+                }
             }
             labelCounts = counts
         }
@@ -71,22 +75,30 @@ public struct TraceSummary: Encodable, Sendable {
 
         let G = profiledSteps > 0 ? profiledSteps : header.generatedLength
         let width = max(1, min(timelineWidth, G))
-        func bins() -> [Range<Int>] { (0..<width).map { b in (b * G / width)..<max((b + 1) * G / width, b * G / width + 1) } }
+        func bins() -> [Range<Int>] {
+            (0..<width).map { b in (b * G / width)..<max((b + 1) * G / width, b * G / width + 1) }
+        }
         if let decodeLabels, G > 0 {
-            labelTimeline = String(bins().map { range -> Character in
-                var counts = [0, 0, 0]
-                for i in range where i < decodeLabels.count && decodeLabels[i] >= 0 { counts[Int(decodeLabels[i])] += 1 }
-                guard let best = counts.indices.max(by: { counts[$0] < counts[$1] }), counts[best] > 0 else { return "." }
-                return ThoughtType(rawValue: Int8(best))!.letter
-            })
+            labelTimeline = String(
+                bins().map { range -> Character in
+                    var counts = [0, 0, 0]
+                    for i in range where i < decodeLabels.count && decodeLabels[i] >= 0 {
+                        counts[Int(decodeLabels[i])] += 1
+                    }
+                    guard let best = counts.indices.max(by: { counts[$0] < counts[$1] }), counts[best] > 0 else {
+                        return "."
+                    }
+                    return ThoughtType(rawValue: Int8(best))!.letter
+                })
         }
         if let averaged, !averaged.isEmpty {
             let blocks: [Character] = ["▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"]
-            sparsityTimeline = String(bins().map { range -> Character in
-                let values = range.filter { $0 < averaged.count }.map { averaged[$0] }
-                let mean = values.reduce(0, +) / Float(max(values.count, 1))
-                return blocks[min(blocks.count - 1, max(0, Int(mean * Float(blocks.count))))]
-            })
+            sparsityTimeline = String(
+                bins().map { range -> Character in
+                    let values = range.filter { $0 < averaged.count }.map { averaged[$0] }
+                    let mean = values.reduce(0, +) / Float(max(values.count, 1))
+                    return blocks[min(blocks.count - 1, max(0, Int(mean * Float(blocks.count))))]
+                })
         }
     }
 
@@ -99,7 +111,10 @@ public struct TraceSummary: Encodable, Sendable {
         if let generator = h.generator { origin += ", written by \(Format.printable(generator))" }
         if let seed = h.seed { origin += ", seed \(seed)" }
         out.append("format     \(origin)")
-        out.append("model      \(Format.printable(h.model)): \(h.numLayers) layers, \(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads (group \(h.groupSize)), head dim \(h.headDim), softmax scale \(Format.fixed(Double(h.effectiveSoftmaxScale), 5))\(h.softmaxScale == nil ? " (default 1/sqrt(D))" : "")")
+        let heads = "\(h.numQHeads) q-heads / \(h.numKVHeads) kv-heads (group \(h.groupSize)), head dim \(h.headDim)"
+        let scale =
+            Format.fixed(Double(h.effectiveSoftmaxScale), 5) + (h.softmaxScale == nil ? " (default 1/sqrt(D))" : "")
+        out.append("model      \(Format.printable(h.model)): \(h.numLayers) layers, \(heads), softmax scale \(scale)")
         out.append("tokens     \(h.numTokens) = \(h.promptLength) prompt + \(h.generatedLength) generated")
         if let prompt = h.prompt {
             let flat = Format.printable(prompt.replacingOccurrences(of: "\n", with: " "))
@@ -108,11 +123,16 @@ public struct TraceSummary: Encodable, Sendable {
         out.append("")
         var table = TextTable(headers: ["layer", "tensors", "sparsity mean", "p5", "p50", "p95"])
         for l in layers {
-            let tensors = LayerTensor.allCases.compactMap { t in l.tensors[t.rawValue].map { "\(t.rawValue):\($0 == "float16" ? "f16" : "f32")" } }
+            let tensors =
+                LayerTensor.allCases.compactMap { t in
+                    l.tensors[t.rawValue].map { "\(t.rawValue):\($0 == "float16" ? "f16" : "f32")" }
+                }
                 .joined(separator: " ") + (l.attentionHeads.map { " (attn heads: \($0))" } ?? "")
             if let s = l.sparsity {
-                table.add([String(l.layer), tensors, Format.fixed(s.mean, 3), Format.fixed(s.p5, 3),
-                           Format.fixed(s.p50, 3), Format.fixed(s.p95, 3)])
+                table.add([
+                    String(l.layer), tensors, Format.fixed(s.mean, 3), Format.fixed(s.p5, 3),
+                    Format.fixed(s.p50, 3), Format.fixed(s.p95, 3)
+                ])
             } else {
                 table.add([String(l.layer), tensors, "-", "-", "-", "-"])
             }
@@ -120,8 +140,11 @@ public struct TraceSummary: Encodable, Sendable {
         table.leftAligned = [0, 1]
         out.append(table.render())
         if profiledSteps > 0 {
-            out.append("sparsity: fraction of visible positions whose head-averaged attention is below 1% of the row maximum")
-            if profiledSteps < h.generatedLength { out.append("(profiled the first \(profiledSteps) of \(h.generatedLength) decode steps)") }
+            out.append(
+                "sparsity: fraction of visible positions whose head-averaged attention is below 1% of the row maximum")
+            if profiledSteps < h.generatedLength {
+                out.append("(profiled the first \(profiledSteps) of \(h.generatedLength) decode steps)")
+            }
         }
         if let counts = labelCounts {
             out.append("")
@@ -132,7 +155,8 @@ public struct TraceSummary: Encodable, Sendable {
             out.append("labels     " + parts.joined(separator: ", "))
         }
         if let byType = sparsityByThought {
-            let parts = ThoughtType.allCases.compactMap { t in byType[t.name].map { "\(t.name) \(Format.fixed($0, 3))" } }
+            let parts = ThoughtType.allCases.compactMap { t in byType[t.name].map { "\(t.name) \(Format.fixed($0, 3))" }
+            }
             out.append("sparsity by thought type (mean over layers): " + parts.joined(separator: ", "))
         }
         if labelTimeline != nil || sparsityTimeline != nil {

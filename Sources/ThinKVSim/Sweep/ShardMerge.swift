@@ -18,11 +18,15 @@ public enum ShardMerge {
                 guard table.header == first.header else {
                     let mine = Set(table.header), theirs = Set(first.header)
                     var why: [String] = []
-                    let extra = table.header.filter { !theirs.contains($0) }, missing = first.header.filter { !mine.contains($0) }
+                    let extra = table.header.filter { !theirs.contains($0) },
+                        missing = first.header.filter { !mine.contains($0) }
                     if !extra.isEmpty { why.append("only here: \(extra.joined(separator: ", "))") }
                     if !missing.isEmpty { why.append("only in \(paths[0]): \(missing.joined(separator: ", "))") }
                     if why.isEmpty { why.append("same columns in another order") }
-                    throw CSVError("\(path): columns differ from \(paths[0]) (\(why.joined(separator: "; "))); shards of different configs cannot be merged")
+                    throw CSVError(
+                        "\(path): columns differ from \(paths[0]) (\(why.joined(separator: "; "))); shards of "
+                            + "different configs cannot be merged"
+                    )
                 }
             } else {
                 merged = CSVTable(header: table.header)
@@ -33,12 +37,18 @@ public enum ShardMerge {
                 }
                 if let existing = byID[id] {
                     guard existing.row == row else {
-                        throw CSVError("\(path): line \(i + 2): run_id \(id) differs from the row in \(existing.file); shards of different configs cannot be merged")
+                        throw CSVError(
+                            "\(path): line \(i + 2): run_id \(id) differs from the row in \(existing.file); shards "
+                                + "of different configs cannot be merged"
+                        )
                     }
                     continue  // the same run in two files (e.g. a shard re-run into a copy)
                 }
                 if let other = keyOwner[row[keyColumn]], other != id {
-                    throw CSVError("\(path): line \(i + 2): run key is run_id \(other) elsewhere and \(id) here; shards of different configs cannot be merged")
+                    throw CSVError(
+                        "\(path): line \(i + 2): run key is run_id \(other) elsewhere and \(id) here; shards of "
+                            + "different configs cannot be merged"
+                    )
                 }
                 byID[id] = (row, path)
                 keyOwner[row[keyColumn]] = id

@@ -70,9 +70,11 @@ public struct SweepConfig: Sendable, Equatable {
     /// The decode steps whose fidelity is measured (`metric_steps`, as `replay --metric-steps`).
     public var metricSteps: MetricStepSelection = .all
 
-    public static let topLevelKeys = ["comment", "name", "traces", "policies", "parameters", "output", "step_csv_dir", "metrics",
-                                      "layers", "steps", "topk", "paging", "block_size", "threads", "batch",
-                                      "kv_percent", "kv_match", "max_runs", "skip_invalid", "metric_steps"]
+    public static let topLevelKeys = [
+        "comment", "name", "traces", "policies", "parameters", "output", "step_csv_dir", "metrics",
+        "layers", "steps", "topk", "paging", "block_size", "threads", "batch",
+        "kv_percent", "kv_match", "max_runs", "skip_invalid", "metric_steps"
+    ]
     public static let policyKeys = ["comment", "policy", "parameters"]
     public static let traceKeys = ["comment", "path", "parameters"]
 
@@ -83,7 +85,8 @@ public struct SweepConfig: Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: path) else {
             var isDirectory: ObjCBool = false
             let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
-            throw SweepConfigError(file: path, exists ? (isDirectory.boolValue ? "is a directory" : "cannot be read") : "does not exist")
+            throw SweepConfigError(
+                file: path, exists ? (isDirectory.boolValue ? "is a directory" : "cannot be read") : "does not exist")
         }
         return try decode(data, file: path, output: output)
     }
@@ -101,14 +104,19 @@ public struct SweepConfig: Sendable, Equatable {
             throw describe(error, file: file)
         }
         if let duplicate = JSONDuplicateKeys.first(in: data) {
-            throw SweepConfigError(file: file, "key '\(duplicate.key)' appears twice in one object (line \(duplicate.line)); JSON keeps only one of them")
+            throw SweepConfigError(
+                file: file,
+                "key '\(duplicate.key)' appears twice in one object (line \(duplicate.line)); JSON keeps only one of "
+                    + "them"
+            )
         }
         guard let resultsPath = output ?? raw.output else {
             throw SweepConfigError(file: file, path: "output", "missing: name the results CSV here or with --output")
         }
         var config = SweepConfig(
             file: file, name: raw.name, traces: raw.traces, policies: raw.policies, sharedParameters: raw.parameters,
-            output: resultsPath, stepCSVDirectory: raw.stepCSVDirectory, metrics: raw.metrics ?? SweepColumns.metricNames,
+            output: resultsPath, stepCSVDirectory: raw.stepCSVDirectory,
+            metrics: raw.metrics ?? SweepColumns.metricNames,
             layers: raw.layers, steps: raw.steps, topK: raw.topK ?? TraceLimits.defaultTopK,
             paging: raw.paging ?? [.ct],
             blockSizes: raw.blockSizes ?? [nil], threads: raw.threads, batch: raw.batch)
@@ -116,7 +124,9 @@ public struct SweepConfig: Sendable, Equatable {
         config.skipInvalid = raw.skipInvalid ?? false
         config.metricSteps = raw.metricSteps ?? .all
         if let maxRuns = raw.maxRuns {
-            guard maxRuns >= 1 else { throw SweepConfigError(file: file, path: "max_runs", "must be at least 1, got \(maxRuns)") }
+            guard maxRuns >= 1 else {
+                throw SweepConfigError(file: file, path: "max_runs", "must be at least 1, got \(maxRuns)")
+            }
             config.maxRuns = maxRuns
         }
         config.kvMatch = raw.kvMatch ?? .mean
@@ -127,9 +137,12 @@ public struct SweepConfig: Sendable, Equatable {
 
     /// Checks what JSON types cannot: names of policies, parameters and metrics, and parameter values.
     func check() throws {
-        func fail(_ path: String, _ problem: String) -> SweepConfigError { SweepConfigError(file: file, path: path, problem) }
+        func fail(_ path: String, _ problem: String) -> SweepConfigError {
+            SweepConfigError(file: file, path: path, problem)
+        }
         for (i, m) in metrics.enumerated() where !SweepColumns.metricNames.contains(m) {
-            throw fail("metrics[\(i)]", "unknown metric '\(m)' (known: \(SweepColumns.metricNames.joined(separator: ", ")))")
+            throw fail(
+                "metrics[\(i)]", "unknown metric '\(m)' (known: \(SweepColumns.metricNames.joined(separator: ", ")))")
         }
         if metrics.isEmpty { throw fail("metrics", "lists no metric") }
         var types: [any CachePolicy.Type] = []
@@ -140,13 +153,18 @@ public struct SweepConfig: Sendable, Equatable {
                 }
             }
             guard let type = PolicyRegistry.type(named: entry.policy) else {
-                throw fail("policies[\(i)].policy", "unknown policy '\(entry.policy)' (known: \(PolicyRegistry.names.joined(separator: ", ")))")
+                throw fail(
+                    "policies[\(i)].policy",
+                    "unknown policy '\(entry.policy)' (known: \(PolicyRegistry.names.joined(separator: ", ")))")
             }
             types.append(type)
             let declared = type.parameters.map(\.name)
             for name in entry.parameters.keys.sorted() where !declared.contains(name) {
-                throw fail("policies[\(i)].parameters.\(name)",
-                           "unknown parameter of \(entry.policy) (known: \(declared.isEmpty ? "none" : declared.joined(separator: ", ")))")
+                throw fail(
+                    "policies[\(i)].parameters.\(name)",
+                    "unknown parameter of \(entry.policy) (known: "
+                        + "\(declared.isEmpty ? "none" : declared.joined(separator: ", ")))"
+                )
             }
         }
         let declaredBySome = { (name: String) in types.contains { $0.parameters.contains { $0.name == name } } }
@@ -155,7 +173,9 @@ public struct SweepConfig: Sendable, Equatable {
         }
         for (t, trace) in traces.enumerated() {
             for name in trace.parameters.keys.sorted() where !declaredBySome(name) {
-                throw fail("traces[\(t)].parameters.\(name)", "no listed policy has this parameter (see 'thinkv-sim policies')")
+                throw fail(
+                    "traces[\(t)].parameters.\(name)", "no listed policy has this parameter (see 'thinkv-sim policies')"
+                )
             }
         }
         // Each value is checked on its own so the message names the bad one; combinations
@@ -164,7 +184,9 @@ public struct SweepConfig: Sendable, Equatable {
             for t in traces.indices {
                 let resolved = resolvedParameters(of: i, trace: t)
                 for name in resolved.keys.sorted() {
-                    let path = entry.parameters[name] != nil ? "policies[\(i)].parameters.\(name)"
+                    let path =
+                        entry.parameters[name] != nil
+                        ? "policies[\(i)].parameters.\(name)"
                         : traces[t].parameters[name] != nil ? "traces[\(t)].parameters.\(name)" : "parameters.\(name)"
                     let parameter = types[i].parameters.first { $0.name == name }!
                     for value in resolved[name]! {
@@ -176,14 +198,21 @@ public struct SweepConfig: Sendable, Equatable {
                     }
                 }
                 // With kv_percent the memory search sets the budget.
-                let matchedBudget = kvPercents.isEmpty || !MemoryMatcher.hasBudget(types[i]) ? nil
+                let matchedBudget =
+                    kvPercents.isEmpty || !MemoryMatcher.hasBudget(types[i])
+                    ? nil
                     : types[i].budgetParameter?.name
                 if let budget = matchedBudget, resolved[budget] != nil {
-                    let where_ = entry.parameters[budget] != nil ? "policies[\(i)].parameters.\(budget)"
-                        : traces[t].parameters[budget] != nil ? "traces[\(t)].parameters.\(budget)"
-                        : "parameters.\(budget)"
-                    throw fail(where_, "\(budget) and kv_percent exclude each other: "
-                               + "kv_percent sets the budget of \(entry.policy)")
+                    let where_ =
+                        entry.parameters[budget] != nil
+                        ? "policies[\(i)].parameters.\(budget)"
+                        : traces[t].parameters[budget] != nil
+                            ? "traces[\(t)].parameters.\(budget)"
+                            : "parameters.\(budget)"
+                    throw fail(
+                        where_,
+                        "\(budget) and kv_percent exclude each other: "
+                            + "kv_percent sets the budget of \(entry.policy)")
                 }
                 for p in types[i].parameters where p.required && resolved[p.name] == nil && p.name != matchedBudget {
                     let scope = traces.count > 1 ? " on traces[\(t)]" : ""
@@ -193,7 +222,9 @@ public struct SweepConfig: Sendable, Equatable {
         }
         if let layers, layers.isEmpty { throw fail("layers", "lists no layer") }
         if let steps, steps < 1 { throw fail("steps", "must be at least 1, got \(steps)") }
-        if topK < 1 || topK > TraceLimits.maxTopK { throw fail("topk", "must be in 1...\(TraceLimits.maxTopK), got \(topK)") }
+        if topK < 1 || topK > TraceLimits.maxTopK {
+            throw fail("topk", "must be in 1...\(TraceLimits.maxTopK), got \(topK)")
+        }
         if let threads, threads < 1 || threads > TraceLimits.maxThreads {
             throw fail("threads", "must be in 1...\(TraceLimits.maxThreads), got \(threads)")
         }
@@ -216,7 +247,9 @@ public struct SweepConfig: Sendable, Equatable {
         guard let type = PolicyRegistry.type(named: entry.policy) else { return entry.parameters }
         var out: [String: [String]] = [:]
         for layer in [sharedParameters, traces[t].parameters] {
-            for (name, values) in layer where type.parameters.contains(where: { $0.name == name }) { out[name] = values }
+            for (name, values) in layer where type.parameters.contains(where: { $0.name == name }) {
+                out[name] = values
+            }
         }
         for (name, values) in entry.parameters { out[name] = values }
         return out
@@ -227,7 +260,11 @@ public struct SweepConfig: Sendable, Equatable {
     static func codingPathString(_ path: [CodingKey]) -> String {
         var out = ""
         for key in path {
-            if let i = key.intValue { out += "[\(i)]" } else { out += out.isEmpty ? key.stringValue : ".\(key.stringValue)" }
+            if let i = key.intValue {
+                out += "[\(i)]"
+            } else {
+                out += out.isEmpty ? key.stringValue : ".\(key.stringValue)"
+            }
         }
         return out
     }
@@ -235,11 +272,14 @@ public struct SweepConfig: Sendable, Equatable {
     static func describe(_ error: DecodingError, file: String) -> SweepConfigError {
         switch error {
         case .typeMismatch(let type, let context):
-            return SweepConfigError(file: file, path: codingPathString(context.codingPath), "expected \(typeName(type))")
+            return SweepConfigError(
+                file: file, path: codingPathString(context.codingPath), "expected \(typeName(type))")
         case .valueNotFound(let type, let context):
-            return SweepConfigError(file: file, path: codingPathString(context.codingPath), "expected \(typeName(type)), got null")
+            return SweepConfigError(
+                file: file, path: codingPathString(context.codingPath), "expected \(typeName(type)), got null")
         case .keyNotFound(let key, let context):
-            return SweepConfigError(file: file, path: codingPathString(context.codingPath), "missing required key '\(key.stringValue)'")
+            return SweepConfigError(
+                file: file, path: codingPathString(context.codingPath), "missing required key '\(key.stringValue)'")
         case .dataCorrupted(let context):
             return SweepConfigError(file: file, path: codingPathString(context.codingPath), context.debugDescription)
         @unknown default:
@@ -256,13 +296,16 @@ public struct SweepConfig: Sendable, Equatable {
         } catch {
             let message = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"
             guard let range = message.range(of: "character "),
-                  let offset = Int(message[range.upperBound...].prefix { $0.isNumber }) else { return message }
+                let offset = Int(message[range.upperBound...].prefix { $0.isNumber })
+            else { return message }
             var line = 1, column = 1
             for byte in data.prefix(offset) {
                 if byte == UInt8(ascii: "\n") { line += 1; column = 1 } else { column += 1 }
             }
             let what = message[..<range.lowerBound].trimmingCharacters(in: .whitespaces)
-            return "\(what.hasSuffix("around") ? String(what.dropLast(6)).trimmingCharacters(in: .whitespaces) : what) at line \(line), column \(column)"
+            return
+                "\(what.hasSuffix("around") ? String(what.dropLast(6)).trimmingCharacters(in: .whitespaces) : what) "
+                + "at line \(line), column \(column)"
         }
     }
 
@@ -302,7 +345,8 @@ extension KeyedDecodingContainer where K == AnyKey {
     /// An unknown key is an error that names it: a typo must not silently fall back to a default.
     func rejectUnknownKeys(allowed: [String]) throws {
         for key in allKeys.sorted(by: { $0.stringValue < $1.stringValue }) where !allowed.contains(key.stringValue) {
-            throw ConfigKeyError(path: codingPath + [key], problem: "unknown key (allowed here: \(allowed.joined(separator: ", ")))")
+            throw ConfigKeyError(
+                path: codingPath + [key], problem: "unknown key (allowed here: \(allowed.joined(separator: ", ")))")
         }
     }
 
@@ -329,7 +373,8 @@ struct ParameterValues: Decodable {
         do {
             array = try decoder.unkeyedContainer()
         } catch {
-            throw ConfigKeyError(path: decoder.codingPath, problem: "expected a number, string, boolean, or an array of them")
+            throw ConfigKeyError(
+                path: decoder.codingPath, problem: "expected a number, string, boolean, or an array of them")
         }
         var out: [String] = []
         while !array.isAtEnd {
@@ -346,8 +391,9 @@ struct ParameterValues: Decodable {
             var items: [String] = []
             while !inner.isAtEnd {
                 guard let item = try? Self.scalar(inner.superDecoder().singleValueContainer()) else {
-                    throw ConfigKeyError(path: decoder.codingPath + [AnyKey(intValue: index)!],
-                                         problem: "a list value holds numbers, strings or booleans only")
+                    throw ConfigKeyError(
+                        path: decoder.codingPath + [AnyKey(intValue: index)!],
+                        problem: "a list value holds numbers, strings or booleans only")
                 }
                 items.append(item)
             }
@@ -392,12 +438,15 @@ struct RawTraceEntry: Decodable {
             return
         }
         guard let c = try? decoder.container(keyedBy: AnyKey.self) else {
-            throw ConfigKeyError(path: decoder.codingPath, problem: "expected a path or an object (keys: \(SweepConfig.traceKeys.joined(separator: ", ")))")
+            throw ConfigKeyError(
+                path: decoder.codingPath,
+                problem: "expected a path or an object (keys: \(SweepConfig.traceKeys.joined(separator: ", ")))")
         }
         try c.rejectUnknownKeys(allowed: SweepConfig.traceKeys)
         _ = try c.optional(String.self, "comment")
-        entry = SweepConfig.TraceEntry(path: try c.required(String.self, "path"),
-                                       parameters: try c.optional(RawParameters.self, "parameters")?.values ?? [:])
+        entry = SweepConfig.TraceEntry(
+            path: try c.required(String.self, "path"),
+            parameters: try c.optional(RawParameters.self, "parameters")?.values ?? [:])
     }
 }
 
@@ -420,9 +469,10 @@ struct RawPolicyEntry: Decodable {
         _ = try c.optional(String.self, "comment")
         let name = try c.required(String.self, "policy")
         if name.contains(":") {
-            throw ConfigKeyError(path: c.codingPath + [AnyKey("policy")],
-                                 problem: "'\(name)': in an object entry, 'policy' is a name and its values go in "
-                                     + "'parameters' (the NAME:PARAM=VALUE spelling is for a string entry)")
+            throw ConfigKeyError(
+                path: c.codingPath + [AnyKey("policy")],
+                problem: "'\(name)': in an object entry, 'policy' is a name and its values go in "
+                    + "'parameters' (the NAME:PARAM=VALUE spelling is for a string entry)")
         }
         let parameters = try c.optional(RawParameters.self, "parameters")?.values ?? [:]
         entry = SweepConfig.PolicyEntry(policy: name, parameters: parameters)
@@ -463,7 +513,9 @@ struct RawConfig: Decodable {
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
         try c.rejectUnknownKeys(allowed: SweepConfig.topLevelKeys)
-        func fail(_ key: String, _ problem: String) -> ConfigKeyError { ConfigKeyError(path: [AnyKey(key)], problem: problem) }
+        func fail(_ key: String, _ problem: String) -> ConfigKeyError {
+            ConfigKeyError(path: [AnyKey(key)], problem: problem)
+        }
         _ = try c.optional(String.self, "comment")
         name = try c.optional(String.self, "name")
         traces = try c.required([RawTraceEntry].self, "traces").map(\.entry)
@@ -484,7 +536,9 @@ struct RawConfig: Decodable {
         topK = try c.optional(Int.self, "topk")
         if let modes = try c.optional(OneOrMany<String>.self, "paging")?.values {
             paging = try modes.map { raw in
-                guard let mode = PagingMode(rawValue: raw) else { throw fail("paging", "must be ct, compact or none, got '\(raw)'") }
+                guard let mode = PagingMode(rawValue: raw) else {
+                    throw fail("paging", "must be ct, compact or none, got '\(raw)'")
+                }
                 return mode
             }
             if paging?.isEmpty == true { throw fail("paging", "lists no mode") }
@@ -503,7 +557,9 @@ struct RawConfig: Decodable {
         maxRuns = try c.optional(Int.self, "max_runs")
         skipInvalid = try c.optional(Bool.self, "skip_invalid")
         if let raw = try c.optional(String.self, "metric_steps") {
-            do { metricSteps = try MetricStepSelection.parse(raw, option: "metric_steps") } catch let error as UsageError {
+            do { metricSteps = try MetricStepSelection.parse(raw, option: "metric_steps") } catch let error
+                as UsageError
+            {
                 // The key is named once, by the error's path.
                 var problem = Substring(error.description).dropFirst("metric_steps".count)
                 if problem.hasPrefix(":") { problem = problem.dropFirst() }
@@ -516,13 +572,16 @@ struct RawConfig: Decodable {
         if kvPercents?.isEmpty == true { throw fail("kv_percent", "lists no value") }
         if let raw = try c.optional(String.self, "kv_match") {
             guard kvPercents != nil else { throw fail("kv_match", "needs kv_percent") }
-            guard let statistic = MemoryStatistic(rawValue: raw) else { throw fail("kv_match", "must be mean or peak, got '\(raw)'") }
+            guard let statistic = MemoryStatistic(rawValue: raw) else {
+                throw fail("kv_match", "must be mean or peak, got '\(raw)'")
+            }
             kvMatch = statistic
         } else {
             kvMatch = nil
         }
         if let metricSteps, metricSteps != .all, kvPercents != nil {
-            throw fail("metric_steps", "cannot be combined with kv_percent yet; match budgets with metric_steps \"all\"")
+            throw fail(
+                "metric_steps", "cannot be combined with kv_percent yet; match budgets with metric_steps \"all\"")
         }
     }
 }

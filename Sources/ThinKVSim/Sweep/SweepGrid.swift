@@ -45,20 +45,26 @@ public struct SweepGrid: Sendable {
                 // A glob may match a trace named before it (specific entries first, then "the
                 // rest"); a path written out again with other parameters would lose them silently.
                 if !Self.isPattern(entry.path), config.traces[first].parameters != entry.parameters {
-                    throw SweepConfigError(file: config.file, path: "traces[\(i)]",
-                                           "\(path) is already named by traces[\(first)] with other parameters (name it once, before any glob that matches it)")
+                    throw SweepConfigError(
+                        file: config.file, path: "traces[\(i)]",
+                        "\(path) is already named by traces[\(first)] with other parameters (name it once, before "
+                            + "any glob that matches it)"
+                    )
                 }
             }
         }
         guard !traces.isEmpty else {
-            throw SweepConfigError(file: config.file, path: "traces",
-                                   "no trace file matches \(config.traces.map(\.path).joined(separator: ", "))")
+            throw SweepConfigError(
+                file: config.file, path: "traces",
+                "no trace file matches \(config.traces.map(\.path).joined(separator: ", "))")
         }
         self.traces = traces
 
         var names: [String] = []
         for entry in config.policies {
-            for p in PolicyRegistry.type(named: entry.policy)!.parameters where !names.contains(p.name) { names.append(p.name) }
+            for p in PolicyRegistry.type(named: entry.policy)!.parameters where !names.contains(p.name) {
+                names.append(p.name)
+            }
         }
         parameterNames = names
 
@@ -74,8 +80,10 @@ public struct SweepGrid: Sendable {
             for combination in Self.cartesian(keys.map { values[$0]! }) {
                 do {
                     let values = Dictionary(uniqueKeysWithValues: zip(keys, combination))
-                    out.append(try PolicySpec(name: config.policies[i].policy, values: values,
-                                              awaitingBudget: awaitingBudget))
+                    out.append(
+                        try PolicySpec(
+                            name: config.policies[i].policy, values: values,
+                            awaitingBudget: awaitingBudget))
                 } catch let error as PolicyError {
                     let scope = config.traces[t].parameters.isEmpty ? "" : " (with the parameters of traces[\(t)])"
                     throw SweepConfigError(file: config.file, path: "policies[\(i)]", error.description + scope)
@@ -96,30 +104,39 @@ public struct SweepGrid: Sendable {
             }
         }
         if planned > Double(config.maxRuns) {
-            throw SweepConfigError(file: config.file, path: "max_runs",
-                                   String(format: "the grid expands to %.0f runs, more than max_runs (%d); raise max_runs in the config to run it", planned, config.maxRuns))
+            throw SweepConfigError(
+                file: config.file, path: "max_runs",
+                String(
+                    format:
+                        "the grid expands to %.0f runs, more than max_runs (%d); raise max_runs in the config to run "
+                        + "it",
+                    planned, config.maxRuns))
         }
         var runs: [SweepRun] = []
         var seen: [String: Int] = [:]  // key -> policy entry
         for trace in traces {
             for entry in config.policies.indices {
                 for spec in try specs(traceEntry: entryOf[trace]!, policyEntry: entry) {
-                    let targets: [Double?] = !config.kvPercents.isEmpty && MemoryMatcher.hasBudget(spec.type) ? config.kvPercents : [nil]
+                    let targets: [Double?] =
+                        !config.kvPercents.isEmpty && MemoryMatcher.hasBudget(spec.type) ? config.kvPercents : [nil]
                     for target in targets {
-                    for mode in config.paging {
-                        for size in config.blockSizes {
-                            let layout = PagingLayout(mode: mode, blockSize: size ?? spec.type.preferredBlockSize)
-                            let key = Self.runKey(trace: trace, spec: spec, layout: layout, config: config, kvPercent: target)
-                            if let first = seen[key] {
-                                throw SweepConfigError(file: config.file, path: "policies[\(entry)]",
-                                                       "repeats a run of policies[\(first)] (\(spec.label) on \(trace))")
+                        for mode in config.paging {
+                            for size in config.blockSizes {
+                                let layout = PagingLayout(mode: mode, blockSize: size ?? spec.type.preferredBlockSize)
+                                let key = Self.runKey(
+                                    trace: trace, spec: spec, layout: layout, config: config, kvPercent: target)
+                                if let first = seen[key] {
+                                    throw SweepConfigError(
+                                        file: config.file, path: "policies[\(entry)]",
+                                        "repeats a run of policies[\(first)] (\(spec.label) on \(trace))")
+                                }
+                                seen[key] = entry
+                                var run = SweepRun(
+                                    id: runs.count, trace: trace, entry: entry, spec: spec, layout: layout, key: key)
+                                run.kvPercent = target
+                                runs.append(run)
                             }
-                            seen[key] = entry
-                            var run = SweepRun(id: runs.count, trace: trace, entry: entry, spec: spec, layout: layout, key: key)
-                            run.kvPercent = target
-                            runs.append(run)
                         }
-                    }
                     }
                 }
             }
@@ -150,7 +167,9 @@ public struct SweepGrid: Sendable {
     /// its glob expands), with `.` components removed. Threads and batching are left out: they
     /// do not change results.
     /// A run matched to a memory target has `kv_percent=<P>;kv_match=<mean|peak>` in place of its budget.
-    public static func runKey(trace: String, spec: PolicySpec, layout: PagingLayout, config: SweepConfig, kvPercent: Double? = nil) -> String {
+    public static func runKey(
+        trace: String, spec: PolicySpec, layout: PagingLayout, config: SweepConfig, kvPercent: Double? = nil
+    ) -> String {
         var parts = ["trace=\(trace)", "policy=\(spec.name)"]
         for (name, value) in spec.parameters.effective {
             if let kvPercent, name == spec.type.budgetParameter?.name {
@@ -173,7 +192,7 @@ public struct SweepGrid: Sendable {
             ("steps", config.steps.map(String.init) ?? "all"),
             ("topk", String(config.topK)),
             ("paging", layout.mode.rawValue),
-            ("block_size", layout.blockSize.map(String.init) ?? "auto"),
+            ("block_size", layout.blockSize.map(String.init) ?? "auto")
         ]
     }
 

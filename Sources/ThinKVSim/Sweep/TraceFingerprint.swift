@@ -14,7 +14,8 @@ public enum TraceFingerprint {
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         let json = try encoder.encode(header)
         let hash = SweepRunner.fnv1a(String(decoding: json, as: UTF8.self))
         let nanoseconds = String(format: "%09ld", info.st_mtim.tv_nsec)

@@ -18,8 +18,10 @@ enum ChildProcess {
 
     /// Runs `executable arguments…` with stdin from /dev/null, stdout and stderr to files in
     /// `directory`; after `seconds` the child is killed (SIGKILL) and `timedOut` set.
-    static func run(_ executable: String, _ arguments: [String], in directory: URL, seconds: Double = 60,
-                    environment: [String: String] = [:], stdoutPath: String? = nil, workingDirectory: String? = nil) throws -> Outcome {
+    static func run(
+        _ executable: String, _ arguments: [String], in directory: URL, seconds: Double = 60,
+        environment: [String: String] = [:], stdoutPath: String? = nil, workingDirectory: String? = nil
+    ) throws -> Outcome {
         let outPath = stdoutPath ?? directory.appendingPathComponent("stdout-\(UUID().uuidString)").path
         let errPath = directory.appendingPathComponent("stderr-\(UUID().uuidString)").path
         var actions = posix_spawn_file_actions_t()
@@ -46,8 +48,11 @@ enum ChildProcess {
         var pid: pid_t = 0
         let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
         guard spawned == 0 else {
-            throw NSError(domain: "ChildProcess", code: Int(spawned),
-                          userInfo: [NSLocalizedDescriptionKey: "cannot start \(executable): \(String(cString: strerror(spawned)))"])
+            throw NSError(
+                domain: "ChildProcess", code: Int(spawned),
+                userInfo: [
+                    NSLocalizedDescriptionKey: "cannot start \(executable): \(String(cString: strerror(spawned)))"
+                ])
         }
         let start = Date()
         var status: Int32 = 0
@@ -65,15 +70,20 @@ enum ChildProcess {
         }
         let seconds = Date().timeIntervalSince(start)
         let signal = status & 0x7f
-        let read = { (path: String) in String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self) }
-        return Outcome(status: signal == 0 ? (status >> 8) & 0xff : 128 + signal, signal: signal == 0 ? nil : signal,
-                       timedOut: timedOut, seconds: seconds, stdout: read(outPath), stderr: read(errPath),
-                       maxRSSKiB: usage.ru_maxrss)
+        let read = { (path: String) in
+            String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
+        }
+        return Outcome(
+            status: signal == 0 ? (status >> 8) & 0xff : 128 + signal, signal: signal == 0 ? nil : signal,
+            timedOut: timedOut, seconds: seconds, stdout: read(outPath), stderr: read(errPath),
+            maxRSSKiB: usage.ru_maxrss)
     }
 
     /// Runs the `thinkv-sim` built beside the tests.
-    static func thinkv(_ arguments: [String], in directory: URL, seconds: Double = 60, environment: [String: String] = [:],
-                       file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
+    static func thinkv(
+        _ arguments: [String], in directory: URL, seconds: Double = 60, environment: [String: String] = [:],
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws -> Outcome {
         let binary = try XCTUnwrap(CommandRunner.binary, "thinkv-sim not built", file: file, line: line)
         return try run(binary.path, arguments, in: directory, seconds: seconds, environment: environment)
     }
@@ -81,25 +91,36 @@ enum ChildProcess {
     /// The first directory on PATH holding an executable `name`.
     static func which(_ name: String) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        return path.split(separator: ":").map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+        return path.split(separator: ":").map { "\($0)/\(name)" }.first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
     }
 }
 
 /// What every hostile input must end in: exit 0, or exit 1...123 with one line on stderr that
 /// starts "thinkv-sim " (usage errors add the help pointer); never a signal, a hang (10 s), or
 /// more than 1 GiB of memory.
-func assertHandled(_ outcome: ChildProcess.Outcome, _ what: String, seconds: Double = 10,
-                   file: StaticString = #filePath, line: UInt = #line) {
-    XCTAssertNil(outcome.signal, "\(what): killed by signal \(outcome.signal ?? 0): \(outcome.stderr.suffix(300))", file: file, line: line)
+func assertHandled(
+    _ outcome: ChildProcess.Outcome, _ what: String, seconds: Double = 10,
+    file: StaticString = #filePath, line: UInt = #line
+) {
+    XCTAssertNil(
+        outcome.signal, "\(what): killed by signal \(outcome.signal ?? 0): \(outcome.stderr.suffix(300))", file: file,
+        line: line)
     XCTAssertFalse(outcome.timedOut, "\(what): did not finish", file: file, line: line)
     XCTAssertLessThan(outcome.seconds, seconds, "\(what): took \(outcome.seconds) s", file: file, line: line)
-    XCTAssertLessThan(outcome.maxRSSKiB, 1 << 20, "\(what): peak RSS \(outcome.maxRSSKiB / 1024) MiB, over 1 GiB", file: file, line: line)
+    XCTAssertLessThan(
+        outcome.maxRSSKiB, 1 << 20, "\(what): peak RSS \(outcome.maxRSSKiB / 1024) MiB, over 1 GiB", file: file,
+        line: line)
     guard outcome.status != 0 else { return }
     XCTAssertTrue((1...123).contains(outcome.status), "\(what): exit \(outcome.status)", file: file, line: line)
     let lines = outcome.stderr.split(separator: "\n").filter { !$0.hasPrefix("Run '") && !$0.hasPrefix("note:") }
     XCTAssertEqual(lines.count, 1, "\(what): one line on stderr: \(outcome.stderr.prefix(400))", file: file, line: line)
-    XCTAssertTrue(lines.first?.hasPrefix("thinkv-sim ") == true, "\(what): \(outcome.stderr.prefix(200))", file: file, line: line)
-    XCTAssertLessThan(outcome.stderr.utf8.count, 1000, "\(what): stderr of \(outcome.stderr.utf8.count) bytes", file: file, line: line)
+    XCTAssertTrue(
+        lines.first?.hasPrefix("thinkv-sim ") == true, "\(what): \(outcome.stderr.prefix(200))", file: file, line: line)
+    XCTAssertLessThan(
+        outcome.stderr.utf8.count, 1000, "\(what): stderr of \(outcome.stderr.utf8.count) bytes", file: file, line: line
+    )
 }
 
 /// Checksums of files, to show a command left its inputs (and earlier outputs) as they were.

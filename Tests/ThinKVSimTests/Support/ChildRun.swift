@@ -53,10 +53,11 @@ enum ChildRun {
             process.waitUntilExit()
             try? outHandle.close()
             try? errHandle.close()
-            let outcome = Outcome(status: process.terminationStatus, crashed: process.terminationReason == .uncaughtSignal,
-                                  timedOut: timedOut, stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                                  stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self),
-                                  seconds: Date().timeIntervalSince(started))
+            let outcome = Outcome(
+                status: process.terminationStatus, crashed: process.terminationReason == .uncaughtSignal,
+                timedOut: timedOut, stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
+                stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self),
+                seconds: Date().timeIntervalSince(started))
             try? FileManager.default.removeItem(at: outURL)
             try? FileManager.default.removeItem(at: errURL)
             return outcome
@@ -70,13 +71,17 @@ enum ChildRun {
 
     /// Exit 0, or exit 1...123 with one line (plus, for usage errors, the help pointer).
     static func assertHandled(_ outcome: Outcome, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertFalse(outcome.crashed, "\(what): killed by a signal: \(outcome.stderr.suffix(300))", file: file, line: line)
+        XCTAssertFalse(
+            outcome.crashed, "\(what): killed by a signal: \(outcome.stderr.suffix(300))", file: file, line: line)
         XCTAssertFalse(outcome.timedOut, "\(what): did not finish", file: file, line: line)
         guard outcome.status != 0 else { return }
         XCTAssertTrue((1...123).contains(outcome.status), "\(what): exit \(outcome.status)", file: file, line: line)
         let lines = outcome.stderr.split(separator: "\n").filter { !$0.hasPrefix("Run '") && !$0.hasPrefix("note:") }
-        XCTAssertEqual(lines.count, 1, "\(what): one line on stderr: \(outcome.stderr.prefix(400))", file: file, line: line)
-        XCTAssertTrue(lines.first?.hasPrefix("thinkv-sim ") == true, "\(what): \(outcome.stderr.prefix(200))", file: file, line: line)
+        XCTAssertEqual(
+            lines.count, 1, "\(what): one line on stderr: \(outcome.stderr.prefix(400))", file: file, line: line)
+        XCTAssertTrue(
+            lines.first?.hasPrefix("thinkv-sim ") == true, "\(what): \(outcome.stderr.prefix(200))", file: file,
+            line: line)
     }
 
     /// Contents of every regular file under `directory` (links followed, hidden files
@@ -88,7 +93,8 @@ enum ChildRun {
             let path = directory.appendingPathComponent(name).path
             var info = stat(), link = stat()
             guard stat(path, &info) == 0, lstat(path, &link) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
-            files[name + (link.st_mode & S_IFMT == S_IFLNK ? " (link)" : "")] = try Data(contentsOf: URL(fileURLWithPath: path))
+            files[name + (link.st_mode & S_IFMT == S_IFLNK ? " (link)" : "")] = try Data(
+                contentsOf: URL(fileURLWithPath: path))
         }
         return files
     }

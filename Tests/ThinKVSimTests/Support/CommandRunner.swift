@@ -17,7 +17,7 @@ enum CommandRunner {
         let candidates = [
             Bundle.main.bundleURL,
             Bundle(for: BundleMarker.self).bundleURL.deletingLastPathComponent(),
-            packageRoot.appendingPathComponent(".build/debug"),
+            packageRoot.appendingPathComponent(".build/debug")
         ].map { $0.appendingPathComponent("thinkv-sim") }
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) }
     }()
@@ -25,8 +25,11 @@ enum CommandRunner {
     private final class BundleMarker {}
 
     /// Runs `thinkv-sim arguments…`; scratch files for its output go in `directory`.
-    static func run(_ arguments: [String], in directory: URL, file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
-        let binary = try XCTUnwrap(binary, "thinkv-sim not built; run 'swift build --build-tests'", file: file, line: line)
+    static func run(_ arguments: [String], in directory: URL, file: StaticString = #filePath, line: UInt = #line) throws
+        -> Outcome
+    {
+        let binary = try XCTUnwrap(
+            binary, "thinkv-sim not built; run 'swift build --build-tests'", file: file, line: line)
         // Output goes to files rather than pipes, so a chatty child can never stall on a full pipe.
         let outURL = directory.appendingPathComponent("stdout-\(UUID().uuidString)")
         let errURL = directory.appendingPathComponent("stderr-\(UUID().uuidString)")
@@ -42,8 +45,9 @@ enum CommandRunner {
         process.waitUntilExit()
         try out.close()
         try err.close()
-        return Outcome(status: process.terminationStatus,
-                       stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                       stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self))
+        return Outcome(
+            status: process.terminationStatus,
+            stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
+            stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self))
     }
 }

@@ -20,7 +20,8 @@ final class HDF5Editor {
     /// file from nothing through the C API; the caller holds the library).
     static func writeInt32Attribute(_ owner: hid_t, _ name: String, _ value: Int32) {
         let space = H5Screate(H5S_SCALAR)
-        let attribute = H5Acreate2(owner, name, thinkv_H5T_STD_I32LE(), space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
+        let attribute = H5Acreate2(
+            owner, name, thinkv_H5T_STD_I32LE(), space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT())
         var v = value
         H5Awrite(attribute, thinkv_H5T_NATIVE_INT32(), &v)
         H5Aclose(attribute)
@@ -96,7 +97,8 @@ final class HDF5Editor {
     // MARK: Attributes
 
     func deleteAttribute(_ name: String, of object: String = "/") throws {
-        try check(H5Adelete_by_name(file, object, name, thinkv_H5P_DEFAULT()), "deleting attribute \(name) of \(object)")
+        try check(
+            H5Adelete_by_name(file, object, name, thinkv_H5P_DEFAULT()), "deleting attribute \(name) of \(object)")
     }
 
     /// Sets an attribute, replacing any existing one of that name (whatever its type).
@@ -123,9 +125,11 @@ final class HDF5Editor {
         defer { H5Tclose(fileType); H5Tclose(memType) }
         let space = try check(dims.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &dims, nil), "dataspace")
         defer { H5Sclose(space) }
-        let attribute = try check(H5Acreate_by_name(file, object, name, fileType, space, thinkv_H5P_DEFAULT(),
-                                                    thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT()),
-                                  "creating attribute \(name) on \(object)")
+        let attribute = try check(
+            H5Acreate_by_name(
+                file, object, name, fileType, space, thinkv_H5P_DEFAULT(),
+                thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT()),
+            "creating attribute \(name) on \(object)")
         defer { H5Aclose(attribute) }
         let status: herr_t
         switch value {
@@ -150,8 +154,9 @@ final class HDF5Editor {
     }
 
     func createGroup(_ object: String) throws {
-        let group = try check(H5Gcreate2(file, object, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT()),
-                              "creating group \(object)")
+        let group = try check(
+            H5Gcreate2(file, object, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT()),
+            "creating group \(object)")
         H5Gclose(group)
     }
 
@@ -166,14 +171,19 @@ final class HDF5Editor {
         defer { H5Sclose(space) }
         let fileType = try check(type.makeFileType(), "file type")
         defer { H5Tclose(fileType) }
-        let dataset = try check(H5Dcreate2(file, object, fileType, space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(),
-                                           thinkv_H5P_DEFAULT()), "creating \(object)")
+        let dataset = try check(
+            H5Dcreate2(
+                file, object, fileType, space, thinkv_H5P_DEFAULT(), thinkv_H5P_DEFAULT(),
+                thinkv_H5P_DEFAULT()), "creating \(object)")
         defer { H5Dclose(dataset) }
         let data = values.isEmpty ? [Double](repeating: 0, count: count) : values
         if count > 0 {
-            try check(data.withUnsafeBytes {
-                H5Dwrite(dataset, thinkv_H5T_NATIVE_DOUBLE(), thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(), $0.baseAddress)
-            }, "writing \(object)")
+            try check(
+                data.withUnsafeBytes {
+                    H5Dwrite(
+                        dataset, thinkv_H5T_NATIVE_DOUBLE(), thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(),
+                        $0.baseAddress)
+                }, "writing \(object)")
         }
     }
 
@@ -200,13 +210,17 @@ final class HDF5Editor {
         try check(H5Pset_filter(create, filterID, UInt32(H5Z_FLAG_MANDATORY), 0, nil), "adding the test filter")
         let fileType = try check(H5Tcopy(thinkv_H5T_IEEE_F32LE()), "file type")
         defer { H5Tclose(fileType) }
-        let dataset = try check(H5Dcreate2(file, object, fileType, space, thinkv_H5P_DEFAULT(), create, thinkv_H5P_DEFAULT()),
-                                "creating \(object)")
+        let dataset = try check(
+            H5Dcreate2(file, object, fileType, space, thinkv_H5P_DEFAULT(), create, thinkv_H5P_DEFAULT()),
+            "creating \(object)")
         defer { H5Dclose(dataset) }
         let zeros = [Float](repeating: 0, count: shape.reduce(1, *))
-        try check(zeros.withUnsafeBytes {
-            H5Dwrite(dataset, thinkv_H5T_NATIVE_FLOAT(), thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(), $0.baseAddress)
-        }, "writing \(object)")
+        try check(
+            zeros.withUnsafeBytes {
+                H5Dwrite(
+                    dataset, thinkv_H5T_NATIVE_FLOAT(), thinkv_H5S_ALL(), thinkv_H5S_ALL(), thinkv_H5P_DEFAULT(),
+                    $0.baseAddress)
+            }, "writing \(object)")
     }
 
     private static let foreignFilterName: UnsafePointer<CChar> = UnsafePointer(strdup("test-only filter")!)
@@ -263,8 +277,9 @@ final class HDF5Editor {
             try check(H5Dwrite(dataset, halfType, memSpace, space, thinkv_H5P_DEFAULT(), &bits), "patching \(object)")
         case 4:
             var value = bad.float
-            try check(H5Dwrite(dataset, thinkv_H5T_NATIVE_FLOAT(), memSpace, space, thinkv_H5P_DEFAULT(), &value),
-                      "patching \(object)")
+            try check(
+                H5Dwrite(dataset, thinkv_H5T_NATIVE_FLOAT(), memSpace, space, thinkv_H5P_DEFAULT(), &value),
+                "patching \(object)")
         default:
             throw Failure(description: "\(object) is not float16 or float32")
         }

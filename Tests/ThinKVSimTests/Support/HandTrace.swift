@@ -46,8 +46,9 @@ struct HandTrace {
     }
 
     func write(in dir: URL, name: String = "hand.h5", softmaxScale: Float? = nil) throws -> String {
-        try TestTraces.write(to: dir.appendingPathComponent(name), T: T, P: P, Hq: Hq, Hkv: Hkv, D: HandTrace.D,
-                             layers: [TestTraces.Layer(q: q, k: k)], softmaxScale: softmaxScale)
+        try TestTraces.write(
+            to: dir.appendingPathComponent(name), T: T, P: P, Hq: Hq, Hkv: Hkv, D: HandTrace.D,
+            layers: [TestTraces.Layer(q: q, k: k)], softmaxScale: softmaxScale)
     }
 }
 

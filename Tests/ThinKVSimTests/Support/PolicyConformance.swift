@@ -37,7 +37,8 @@ enum PolicyConformance {
     /// A spec of `type` with `values`: by name for a registered policy, else unregistered.
     static func spec(_ type: any CachePolicy.Type, _ values: [String: String]) throws -> PolicySpec {
         if let registered = PolicyRegistry.type(named: type.name),
-           ObjectIdentifier(registered) == ObjectIdentifier(type) {
+            ObjectIdentifier(registered) == ObjectIdentifier(type)
+        {
             return try PolicySpec(name: type.name, values: values)
         }
         return try PolicySpec(unregistered: type, values: values)
@@ -45,8 +46,10 @@ enum PolicyConformance {
 
     /// Whether the policy accepts `values` on every recorded layer of the trace (its
     /// `checkConfiguration`, as a replay checks a configuration before preparing it).
-    static func accepts(_ type: any CachePolicy.Type, _ values: [String: String],
-                        reader: TraceReader) -> Bool {
+    static func accepts(
+        _ type: any CachePolicy.Type, _ values: [String: String],
+        reader: TraceReader
+    ) -> Bool {
         guard let spec = try? spec(type, values) else { return false }
         return reader.recordedLayerIndices.allSatisfy { layer in
             guard let info = reader.layerInfo(layer) else { return false }
@@ -56,13 +59,16 @@ enum PolicyConformance {
 
     /// The values to replay `type` with on `reader`; `budget` matters only to a policy that
     /// declares one. Throws when the policy accepts no budget up to the trace length.
-    static func settings(for type: any CachePolicy.Type, reader: TraceReader,
-                         budget: Budget = .smallest) throws -> [String: String] {
+    static func settings(
+        for type: any CachePolicy.Type, reader: TraceReader,
+        budget: Budget = .smallest
+    ) throws -> [String: String] {
         var values = type.conformanceSettings
         let declared = Dictionary(type.parameters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         if let theta1 = declared["theta1"], let theta2 = declared["theta2"],
-           theta1.defaultValue == nil, theta2.defaultValue == nil, case .real = theta1.kind, case .real = theta2.kind,
-           values["theta1"] == nil, values["theta2"] == nil {
+            theta1.defaultValue == nil, theta2.defaultValue == nil, case .real = theta1.kind, case .real = theta2.kind,
+            values["theta1"] == nil, values["theta2"] == nil
+        {
             // Midway between neighbours at each tertile; when a third of the steps share the least
             // sparsity (uniform attention gives 0), θ1 goes just above it, so some steps fall below.
             let sparsity = try SparsityProfile.compute(reader, threads: 1).averaged().sorted()
@@ -88,8 +94,9 @@ enum PolicyConformance {
         // A required budget is given for the look-up only (which parameter it is may depend on others).
         let placeholder = hasBudget && values[budgetName] == nil ? [budgetName: String(reader.header.numTokens)] : [:]
         if let parameters = try? spec(type, values.merging(placeholder) { a, _ in a }).parameters,
-           let cadence = type.cadenceParameter(parameters),
-           values[cadence] == nil, case .integer(let range)? = declared[cadence]?.kind {
+            let cadence = type.cadenceParameter(parameters),
+            values[cadence] == nil, case .integer(let range)? = declared[cadence]?.kind
+        {
             var shorter = values
             shorter[cadence] = String(min(max(cadenceSteps, range.lowerBound), range.upperBound))
             if acceptsSome(shorter) { values = shorter }
@@ -117,7 +124,8 @@ enum PolicyConformance {
             let candidate = values.merging([budgetName: String(b)]) { $1 }
             guard accepts(type, candidate, reader: reader) else { continue }
             if budget == .coveringTheTrace,
-               try residentCaps(type, candidate, reader: reader).contains(where: { ($0 ?? T) < T }) {
+                try residentCaps(type, candidate, reader: reader).contains(where: { ($0 ?? T) < T })
+            {
                 continue
             }
             return candidate
@@ -126,19 +134,24 @@ enum PolicyConformance {
     }
 
     /// The resident cap of an instance on each recorded layer (made on `validationPrepared`).
-    static func residentCaps(_ type: any CachePolicy.Type, _ values: [String: String],
-                             reader: TraceReader) throws -> [Int?] {
+    static func residentCaps(
+        _ type: any CachePolicy.Type, _ values: [String: String],
+        reader: TraceReader
+    ) throws -> [Int?] {
         let parameters = try spec(type, values).parameters
         return try reader.recordedLayerIndices.enumerated().map { ordinal, layer in
-            let setup = PolicySetup(header: reader.header, layer: reader.layerInfo(layer)!, layerOrdinal: ordinal,
-                                    layerCount: reader.recordedLayerIndices.count,
-                                    prepared: type.validationPrepared(header: reader.header))
+            let setup = PolicySetup(
+                header: reader.header, layer: reader.layerInfo(layer)!, layerOrdinal: ordinal,
+                layerCount: reader.recordedLayerIndices.count,
+                prepared: type.validationPrepared(header: reader.header))
             return try type.init(parameters: parameters, setup: setup).residentCap
         }
     }
 
-    private static func smallestBudget(_ type: any CachePolicy.Type, _ values: [String: String],
-                                       reader: TraceReader) -> Int? {
+    private static func smallestBudget(
+        _ type: any CachePolicy.Type, _ values: [String: String],
+        reader: TraceReader
+    ) -> Int? {
         guard let parameter = type.budgetParameter, case .integer(let range) = parameter.kind else { return nil }
         let upper = max(range.lowerBound, min(range.upperBound, reader.header.numTokens))
         return (range.lowerBound...upper).first { b in
@@ -160,21 +173,24 @@ extension PolicyConformance {
         for (ordinal, layer) in layers.enumerated() {
             let info = reader.layerInfo(layer)!
             let data = try LayerData.load(from: reader, layer: layer)
-            let setup = PolicySetup(header: header, layer: info, layerOrdinal: ordinal, layerCount: layers.count,
-                                    prepared: prepared)
+            let setup = PolicySetup(
+                header: header, layer: info, layerOrdinal: ordinal, layerCount: layers.count,
+                prepared: prepared)
             let P = header.promptLength
             let hasQueries = info.hasQueriesAndKeys
             let promptQueries = hasQueries && P > 0 ? try reader.readRows(.q, layer: layer, rows: 0..<P) : nil
-            let run = try PolicyLayerRun.prefilled(spec: spec, data: data, setup: setup, promptQueries: promptQueries,
-                                                   mode: .unmeasured, steps: header.generatedLength,
-                                                   recordsTimeline: true)
+            let run = try PolicyLayerRun.prefilled(
+                spec: spec, data: data, setup: setup, promptQueries: promptQueries,
+                mode: .unmeasured, steps: header.generatedLength,
+                recordsTimeline: true)
             let queries = hasQueries ? try reader.readRows(.q, layer: layer, rows: P..<header.numTokens) : []
             let width = header.numQHeads * header.headDim
             for t in 0..<header.generatedLength {
                 queries.withUnsafeBufferPointer { all in
                     let row = hasQueries ? UnsafeBufferPointer(rebasing: all[(t * width)..<((t + 1) * width)]) : nil
-                    let context = StepContext(setup: setup, data: data, step: t, position: P + t, queries: row,
-                                              fullCacheSparsity: .nan)
+                    let context = StepContext(
+                        setup: setup, data: data, step: t, position: P + t, queries: row,
+                        fullCacheSparsity: .nan)
                     run.beginStep(context)
                     run.finishStep(context)
                 }
@@ -202,18 +218,23 @@ let conformanceObservations = ObservationLog<ConformanceSnapshot>()
 /// Records any policy's resident cap, attended and resident slots (see `ProbedPolicy`).
 enum ConformanceProbe<Inner: CachePolicy>: PolicyProbe {
     static var log: ObservationLog<ConformanceSnapshot> { conformanceObservations }
-    static func snapshot(of inner: Inner, layer: Int, step: Int?, position: Int, attended: [[Int32]]?,
-                         cache: LayerCache) -> ConformanceSnapshot {
-        ConformanceSnapshot(layer: layer, step: step, residentCap: inner.residentCap, attended: attended,
-                            resident: cache.slots)
+    static func snapshot(
+        of inner: Inner, layer: Int, step: Int?, position: Int, attended: [[Int32]]?,
+        cache: LayerCache
+    ) -> ConformanceSnapshot {
+        ConformanceSnapshot(
+            layer: layer, step: step, residentCap: inner.residentCap, attended: attended,
+            resident: cache.slots)
     }
 }
 
 extension TestTraces {
     /// Replays `type` (opened from an existential metatype) wrapped in `ProbedPolicy`, with the
     /// conformance probe, and returns its snapshots: prefill first, then the steps, per layer.
-    static func conformanceSnapshots<P: CachePolicy>(_ path: String, _ type: P.Type,
-                                                     _ values: [String: String]) throws -> [ConformanceSnapshot] {
+    static func conformanceSnapshots<P: CachePolicy>(
+        _ path: String, _ type: P.Type,
+        _ values: [String: String]
+    ) throws -> [ConformanceSnapshot] {
         try observe(path, probe: ConformanceProbe<P>.self, values).2
     }
 }
@@ -224,20 +245,23 @@ extension CacheTimeline {
     init(readingJSONLine line: String) throws {
         func bad(_ what: String) -> PolicyError { PolicyError("cache timeline line: \(what): \(line.prefix(200))") }
         guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-              let policy = object["policy"] as? String, let layer = object["layer"] as? Int,
-              let kvHead = object["kv_head"] as? Int, let droppedAt = object["dropped_at"] as? [Int],
-              let groups = object["groups"] as? [[String: Any]] else { throw bad("missing fields") }
+            let policy = object["policy"] as? String, let layer = object["layer"] as? Int,
+            let kvHead = object["kv_head"] as? Int, let droppedAt = object["dropped_at"] as? [Int],
+            let groups = object["groups"] as? [[String: Any]]
+        else { throw bad("missing fields") }
         let parsed = try groups.map { group -> QuantizedGroup in
             guard let tensor = (group["tensor"] as? String).flatMap(QuantizedGroup.Tensor.init(rawValue:)),
-                  let step = group["step"] as? Int, let positions = group["positions"] as? [Int],
-                  let quantizer = (group["quantizer"] as? String).flatMap(GroupQuantizer.init(name:)) else {
+                let step = group["step"] as? Int, let positions = group["positions"] as? [Int],
+                let quantizer = (group["quantizer"] as? String).flatMap(GroupQuantizer.init(name:))
+            else {
                 throw bad("a group lacks tensor, step, positions or a known quantizer")
             }
             // Key groups are per channel over their positions: no channel group is written.
             let channelGroup = group["channel_group"] as? Int ?? positions.count
             let scale = (group["channel_scale"] as? [Double])?.map(Float.init)
-            return QuantizedGroup(tensor: tensor, positions: positions.map(Int32.init), quantizer: quantizer,
-                                  channelGroup: channelGroup, step: step, channelScale: scale)
+            return QuantizedGroup(
+                tensor: tensor, positions: positions.map(Int32.init), quantizer: quantizer,
+                channelGroup: channelGroup, step: step, channelScale: scale)
         }
         self.init(policy: policy, layer: layer, kvHead: kvHead, droppedAt: droppedAt.map(Int32.init), groups: parsed)
     }

@@ -46,8 +46,10 @@ protocol PolicyProbe {
     static var log: ObservationLog<Snapshot> { get }
     /// `step` and `attended` (each kv head's slots during the step's attention) are nil after
     /// prefill; `cache` is as the policy left it.
-    static func snapshot(of inner: Inner, layer: Int, step: Int?, position: Int, attended: [[Int32]]?,
-                         cache: LayerCache) -> Snapshot
+    static func snapshot(
+        of inner: Inner, layer: Int, step: Int?, position: Int, attended: [[Int32]]?,
+        cache: LayerCache
+    ) -> Snapshot
 }
 
 /// Wraps a policy, forwarding everything (its class-level settings and `prepare` included), and
@@ -81,8 +83,10 @@ final class ProbedPolicy<Probe: PolicyProbe>: CachePolicy {
 
     func prefill(_ context: PrefillContext, cache: LayerCache) {
         inner.prefill(context, cache: cache)
-        Probe.log.append(Probe.snapshot(of: inner, layer: layer, step: nil, position: context.setup.header.promptLength - 1,
-                                        attended: nil, cache: cache))
+        Probe.log.append(
+            Probe.snapshot(
+                of: inner, layer: layer, step: nil, position: context.setup.header.promptLength - 1,
+                attended: nil, cache: cache))
     }
 
     func beforeAttention(_ context: StepContext, cache: LayerCache) {
@@ -92,8 +96,10 @@ final class ProbedPolicy<Probe: PolicyProbe>: CachePolicy {
     func afterAttention(_ context: StepContext, attention: AttentionView, cache: LayerCache) {
         let attended = cache.slots
         inner.afterAttention(context, attention: attention, cache: cache)
-        Probe.log.append(Probe.snapshot(of: inner, layer: layer, step: context.step, position: context.position,
-                                        attended: attended, cache: cache))
+        Probe.log.append(
+            Probe.snapshot(
+                of: inner, layer: layer, step: context.step, position: context.position,
+                attended: attended, cache: cache))
     }
 }
 
@@ -102,8 +108,10 @@ let cacheObservations = ObservationLog<CacheSnapshot>()
 /// Records the attended and resident positions of any policy.
 enum CacheProbe<Inner: CachePolicy>: PolicyProbe {
     static var log: ObservationLog<CacheSnapshot> { cacheObservations }
-    static func snapshot(of inner: Inner, layer: Int, step: Int?, position: Int, attended: [[Int32]]?,
-                         cache: LayerCache) -> CacheSnapshot {
+    static func snapshot(
+        of inner: Inner, layer: Int, step: Int?, position: Int, attended: [[Int32]]?,
+        cache: LayerCache
+    ) -> CacheSnapshot {
         CacheSnapshot(layer: layer, step: step, attended: attended, resident: cache.slots)
     }
 }
@@ -111,8 +119,10 @@ enum CacheProbe<Inner: CachePolicy>: PolicyProbe {
 extension TestTraces {
     /// Replays one policy wrapped in `ProbedPolicy<Probe>` and returns the result, the kept events
     /// and the snapshots (prefill first, then decode steps in order, per layer).
-    static func observe<Probe: PolicyProbe>(_ path: String, probe: Probe.Type, _ values: [String: String],
-                                            threads: Int? = 1) throws -> (ReplayResult, [KeptEvent], [Probe.Snapshot]) {
+    static func observe<Probe: PolicyProbe>(
+        _ path: String, probe: Probe.Type, _ values: [String: String],
+        threads: Int? = 1
+    ) throws -> (ReplayResult, [KeptEvent], [Probe.Snapshot]) {
         Probe.log.reset()
         let spec = try PolicySpec(unregistered: ProbedPolicy<Probe>.self, values: values)
         let (result, events) = try replay(path, [spec], threads: threads)
@@ -120,8 +130,10 @@ extension TestTraces {
     }
 
     /// `observe` with the attended and resident positions of policy `P`.
-    static func observe<P: CachePolicy>(_ path: String, _ type: P.Type, _ values: [String: String],
-                                        threads: Int? = 1) throws -> (ReplayResult, [KeptEvent], [CacheSnapshot]) {
+    static func observe<P: CachePolicy>(
+        _ path: String, _ type: P.Type, _ values: [String: String],
+        threads: Int? = 1
+    ) throws -> (ReplayResult, [KeptEvent], [CacheSnapshot]) {
         try observe(path, probe: CacheProbe<P>.self, values, threads: threads)
     }
 }

@@ -36,9 +36,11 @@ enum PythonReference {
         process.waitUntilExit()
         try out.close()
         try err.close()
-        return (process.terminationStatus,
-                String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                String(decoding: try Data(contentsOf: errURL), as: UTF8.self))
+        return (
+            process.terminationStatus,
+            String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
+            String(decoding: try Data(contentsOf: errURL), as: UTF8.self)
+        )
     }
 
     /// Throws XCTSkip unless python3 with NumPy and h5py is available.
@@ -46,7 +48,10 @@ enum PythonReference {
         let (status, _, stderr) = try python(["-c", "import numpy, h5py"])
         if status == 127 { throw XCTSkip("python3 is not installed: the NumPy cross-check cannot run") }
         if status != 0 {
-            throw XCTSkip("python3 lacks NumPy or h5py (pip install numpy h5py): the NumPy cross-check cannot run (\(stderr.split(separator: "\n").last ?? ""))")
+            throw XCTSkip(
+                "python3 lacks NumPy or h5py (pip install numpy h5py): the NumPy cross-check cannot run "
+                    + "(\(stderr.split(separator: "\n").last ?? ""))"
+            )
         }
     }
 

@@ -7,8 +7,10 @@ import Foundation
 enum QuantTestSupport {
     /// A cache over Gaussian keys/values (`seed`), or over the given tensors in the per-head
     /// layout `(head·T + position)·D + d`; every position appended to every head.
-    static func cache(T: Int, Hkv: Int = 1, D: Int, seed: UInt64 = 7, keys: [Float]? = nil, values: [Float]? = nil,
-                      appendAll: Bool = true) -> LayerCache {
+    static func cache(
+        T: Int, Hkv: Int = 1, D: Int, seed: UInt64 = 7, keys: [Float]? = nil, values: [Float]? = nil,
+        appendAll: Bool = true
+    ) -> LayerCache {
         var rng = SplitMix64(seed: seed)
         let n = T * Hkv * D
         let k = keys ?? (0..<n).map { _ in rng.nextGaussian() }
@@ -28,7 +30,8 @@ enum QuantTestSupport {
         for e in 0..<(1 << exponentBits) {
             for m in 0..<mMax {
                 if dropAllOnes && e == (1 << exponentBits) - 1 && m == mMax - 1 { continue }
-                let value: Float = e == 0
+                let value: Float =
+                    e == 0
                     ? Float(m) * Float(sign: .plus, exponent: 1 - bias - mantissaBits, significand: 1)
                     : (1 + Float(m) / Float(mMax)) * Float(sign: .plus, exponent: e - bias, significand: 1)
                 out.append(value)

@@ -27,33 +27,43 @@ enum TestTraces {
     }
 
     /// Writes a trace file with the given header fields and layers; labels default to none.
-    static func write(to url: URL, T: Int, P: Int, Hq: Int, Hkv: Int, D: Int, numLayers: Int = 1,
-                      layers: [Layer], dtype: TraceDType = .float32, thought: [Int8]? = nil,
-                      softmaxScale: Float? = nil) throws -> String {
-        let header = TraceHeader(model: "test-model", numLayers: numLayers, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
-                                 promptLength: P, numTokens: T, softmaxScale: softmaxScale, source: "synthetic",
-                                 generator: "tests")
+    static func write(
+        to url: URL, T: Int, P: Int, Hq: Int, Hkv: Int, D: Int, numLayers: Int = 1,
+        layers: [Layer], dtype: TraceDType = .float32, thought: [Int8]? = nil,
+        softmaxScale: Float? = nil
+    ) throws -> String {
+        let header = TraceHeader(
+            model: "test-model", numLayers: numLayers, numQHeads: Hq, numKVHeads: Hkv, headDim: D,
+            promptLength: P, numTokens: T, softmaxScale: softmaxScale, source: "synthetic",
+            generator: "tests")
         let writer = try TraceWriter(path: url.path, header: header)
         try writer.writeTokens(ids: (0..<T).map { Int32($0) }, thought: thought)
         for layer in layers {
             if let q = layer.q { try writer.writeTensor(.q, layer: layer.index, dtype: dtype, q) }
             if let k = layer.k { try writer.writeTensor(.k, layer: layer.index, dtype: dtype, k) }
             if let v = layer.v { try writer.writeTensor(.v, layer: layer.index, dtype: dtype, v) }
-            if let a = layer.attn { try writer.writeTensor(.attn, layer: layer.index, dtype: dtype, a, attentionHeads: layer.attnHeads) }
+            if let a = layer.attn {
+                try writer.writeTensor(.attn, layer: layer.index, dtype: dtype, a, attentionHeads: layer.attnHeads)
+            }
         }
         writer.close()
         return url.path
     }
 
     /// Gaussian q/k/v from a seeded generator: a random layer of the given shape.
-    static func randomLayer(T: Int, Hq: Int, Hkv: Int, D: Int, seed: UInt64, index: Int = 0, values: Bool = true) -> Layer {
+    static func randomLayer(T: Int, Hq: Int, Hkv: Int, D: Int, seed: UInt64, index: Int = 0, values: Bool = true)
+        -> Layer
+    {
         var rng = SplitMix64(seed: seed)
         func gaussian(_ n: Int) -> [Float] { (0..<n).map { _ in rng.nextGaussian() } }
-        return Layer(index: index, q: gaussian(T * Hq * D), k: gaussian(T * Hkv * D), v: values ? gaussian(T * Hkv * D) : nil)
+        return Layer(
+            index: index, q: gaussian(T * Hq * D), k: gaussian(T * Hkv * D), v: values ? gaussian(T * Hkv * D) : nil)
     }
 
     /// Replays `path` with the given specs and returns the result and kept events.
-    static func replay(_ path: String, _ specs: [PolicySpec], threads: Int? = 1, topK: Int = 32) throws -> (ReplayResult, [KeptEvent]) {
+    static func replay(_ path: String, _ specs: [PolicySpec], threads: Int? = 1, topK: Int = 32) throws -> (
+        ReplayResult, [KeptEvent]
+    ) {
         let reader = try TraceReader(path: path)
         var configuration = ReplayConfiguration(policies: specs, topK: topK)
         configuration.threads = threads
