@@ -42,18 +42,26 @@ public struct MemoryMatch: Codable, Equatable, Sendable {
 /// Finds, for every policy with a budget (`CachePolicy.budgetParameter`), the budget at which its mean (or
 /// peak) KV memory is the target, within `tolerance` percentage points of the full cache.
 ///
-/// The search does not assume memory grows with the budget. It brackets first: the smallest
-/// budget the policy accepts must lie at or below the target and the trace's token count (which
-/// evicts nothing) above it, else the target is unreachable. It then bisects, keeping
-/// memory(lo) ≤ target < memory(hi), until the budgets are adjacent, and takes lo when it is
-/// within the tolerance (the largest budget found not above the target), else hi when that one
-/// is, else lo with a note. When memory is monotone in the budget this is the budget an
-/// exhaustive search for the largest one not above the target finds.
+/// The budget it reports is defined by a bisection (`runBisection`, kept as the definition and
+/// the tests' oracle): the smallest budget the policy accepts must lie at or below the target
+/// and the trace's token count (which evicts nothing) above it, else the target is unreachable;
+/// bisecting keeps memory(lo) ≤ target < memory(hi) until the budgets are adjacent, and takes lo
+/// when it is within the tolerance (the largest budget found not above the target), else hi
+/// when that one is, else lo with a note.
 ///
-/// Every trial is a complete replay with metrics, so the chosen trial's run is the result. All
-/// policies' trials of one bisection round go into one engine run, and all runs share one
-/// `ReferenceStore`: the full-cache reference is computed in the first run only. Policies
-/// without a budget run once, in the first run.
+/// `run` finds the same budget without replaying the bisection's path. When memory grows with
+/// the budget the bisection ends at the one pair of adjacent budgets that straddles the target,
+/// so it is enough to replay that pair: a model of the cache (`BudgetModel`: tokens held at
+/// each step, from bytes per token and the policy's cadence; after a replay, learned from it)
+/// predicts the pair, and every candidate of every policy and target runs side by side in one
+/// engine pass over the shared reference. A pass whose candidates miss the pair teaches the
+/// model and the next pass replays the predicted pair inside the bracket the replays so far
+/// left. Replays whose order contradicts growing memory hand that policy to the bisection
+/// itself, over the replays already made. Policies without a budget run once, in the first pass.
+///
+/// Every candidate is a complete replay with metrics, so the chosen candidate's run is the
+/// result, and all passes share one `ReferenceStore`: the full-cache reference is computed in
+/// the first pass only.
 public final class MemoryMatcher {
     public let reader: TraceReader
     /// What to replay; its policies are the ones to match (their budget, if given, is replaced).
@@ -68,6 +76,11 @@ public final class MemoryMatcher {
     /// When a target is out of reach at the policy's cadence (`--kv-adapt`): match again with
     /// the cadence parameter set to the largest halving that reaches it (`cadenceRemedy`).
     public var adaptsCadence = false
+    /// Policies (by index) run as given, without a memory match: a sweep's runs without a target.
+    public var asGiven: Set<Int> = []
+    /// Called with a policy's index and its final run as soon as that run is known (a sweep
+    /// writes its row then), before `run` returns them all.
+    public var onResolved: ((Int, PolicyRun) -> Void)?
 
     public convenience init(reader: TraceReader, configuration: ReplayConfiguration, target: MemoryTarget,
                             statistic: MemoryStatistic = .mean, tolerance: Double = 1, store: ReferenceStore? = nil) {
@@ -139,8 +152,35 @@ public final class MemoryMatcher {
         }
     }
 
-    /// Replays every policy at its matched budget. The runs come back in the order of
-    /// `configuration.policies`, each with its `memoryMatch`.
+    /// At most this many policy runs share one engine run (each holds its own cache); more run
+    /// in several engine runs of the same pass, over the stored reference.
+    static let policiesPerEngineRun = 48
+
+    /// One policy's search for its budget in `run`.
+    private struct Search {
+        let policy: Int
+        /// Policies alike but for the budget share their replays (a sweep's targets of one policy).
+        let key: String
+        let target: MemoryTarget
+        let goal: Double
+        let lowest: Int
+        let highest: Int
+        /// Passes whose candidates missed the straddling pair.
+        var misses = 0
+        /// Set when replays contradict memory growing with the budget: the bisection decides.
+        var bisection: BudgetSearch?
+        var done = false
+    }
+
+    /// What a search settled on.
+    private struct Outcome {
+        let budget: Int
+        let withinTolerance: Bool
+    }
+
+    /// Replays every policy at its matched budget (the budget `runBisection` finds), in one
+    /// engine pass when the candidates hit and one more when they miss. The runs come back in the
+    /// order of `configuration.policies`, each with its `memoryMatch`.
     public func run() throws -> ReplayResult {
         defer { progress?.finish() }
         let policies = configuration.policies
@@ -148,8 +188,308 @@ public final class MemoryMatcher {
         for spec in policies { try spec.checkRequirements(reader, layers: layers) }
         // The smallest budget each policy accepts, and the combinations of the others, are
         // checked before any policy prepares (ThinKV calibrates on the trace first).
+        var searches: [Int: Search] = [:]
+        for i in policies.indices {
+            guard Self.hasBudget(policies[i].type), !asGiven.contains(i) else {
+                try checkParameters(policies[i], layers: layers)
+                continue
+            }
+            let lowest = try lowestBudget(policies[i], layers: layers)
+            searches[i] = Search(policy: i, key: replayKey(i), target: targets[i], goal: Self.value(of: targets[i]),
+                                 lowest: lowest, highest: max(lowest, reader.header.numTokens))
+        }
+        let decodeSteps = ReplayEngine(reader: reader, configuration: configuration).decodeSteps
+        var replays: [String: [Int: PolicyRun]] = [:]  // key -> budget -> run
+        var finished: [Int: PolicyRun] = [:]
+        var timing = ReplayTiming()
+        var first: ReplayResult?
+        var generalNotes: [String] = [], notesByLabel: [String: [String]] = [:]
+        var fullBytes: Double?  // the full cache's figure for the tolerance of a byte target
+        let overall = MonotoneProgress(inner: progress)
+        var pass = 0
+        func tolerance(_ target: MemoryTarget) -> Double {
+            switch target {
+            case .percent: return self.tolerance
+            case .bytes: return self.tolerance / 100 * (fullBytes ?? 0)
+            }
+        }
+        func finish(_ i: Int, _ run: PolicyRun) {
+            finished[i] = run
+            onResolved?(i, run)
+        }
+
+        while true {
+            // This pass's candidates: (policy index, budget or nil to run the spec as given).
+            var trials: [(policy: Int, budget: Int?)] = []
+            if pass == 0 {
+                trials = policies.indices.filter { searches[$0] == nil }.map { ($0, nil) }
+            }
+            var planned: [String: Set<Int>] = [:]
+            for i in searches.keys.sorted() where !searches[i]!.done {
+                let key = searches[i]!.key
+                let known = replays[key] ?? [:]
+                for budget in candidates(&searches[i]!, known, decodeSteps: decodeSteps, layers: layers.count)
+                where known[budget] == nil && !(planned[key]?.contains(budget) ?? false) {
+                    planned[key, default: []].insert(budget)
+                    trials.append((i, budget))
+                }
+            }
+            if trials.isEmpty { break }
+            // Each pass takes most of what is left of the bar: the first one (the reference and
+            // nearly all the work) runs to 80 %, a second to 96 %, and so on.
+            let passStart = overall.reported, passEnd = passStart + (1 - passStart) * 0.8
+            let groups = stride(from: 0, to: trials.count, by: Self.policiesPerEngineRun).map {
+                Array(trials[$0..<min($0 + Self.policiesPerEngineRun, trials.count)])
+            }
+            var done = 0
+            for group in groups {
+                var trialConfiguration = configuration
+                trialConfiguration.policies = try group.map { i, budget in
+                    try budget.map { try Self.spec(policies[i], budget: $0) } ?? policies[i]
+                }
+                trialConfiguration.layouts = configuration.layouts.map { layouts in group.map { layouts[$0.policy] } }
+                let engine = ReplayEngine(reader: reader, configuration: trialConfiguration)
+                engine.referenceStore = store
+                // Each candidate prepares for its own budget: what a policy prepares may depend on
+                // it (ThinKV's classifier reads its own cache); the policies memoize what does not.
+                let from = passStart + (passEnd - passStart) * Double(done) / Double(trials.count)
+                let to = passStart + (passEnd - passStart) * Double(done + group.count) / Double(trials.count)
+                engine.progress = overall.span(from, to, detail: pass == 0 ? "" : "matching pass \(pass + 1): ")
+                let result = try engine.run()
+                done += group.count
+                if first == nil { first = result }
+                // Notes by the run they name, so the report keeps those of the chosen budgets.
+                let labels = result.runs.map { $0.spec.label + ": " }
+                for note in result.notes {
+                    if let label = labels.first(where: { note.hasPrefix($0) }) {
+                        if !(notesByLabel[label]?.contains(note) ?? false) { notesByLabel[label, default: []].append(note) }
+                    } else if !generalNotes.contains(note) {
+                        generalNotes.append(note)
+                    }
+                }
+                timing.add(result.timing)
+                for ((i, budget), run) in zip(group, result.runs) {
+                    if fullBytes == nil { fullBytes = fullFigure(run) }
+                    if let budget {
+                        replays[searches[i]!.key, default: [:]][budget] = run
+                    } else if asGiven.contains(i) {
+                        finish(i, run)
+                    } else {
+                        var run = run
+                        let targetPercent: Double? = if case .percent(let p) = targets[i] { p } else { nil }
+                        let targetBytes: Double? = if case .bytes(let b) = targets[i] { b } else { nil }
+                        run.memoryMatch = MemoryMatch(
+                            status: .notMatched, statistic: statistic, targetPercent: targetPercent, targetBytes: targetBytes,
+                            budget: nil, achievedPercent: percent(run.summary.memory),
+                            achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
+                            trials: 1, note: nil)
+                        finish(i, run)
+                    }
+                }
+            }
+            pass += 1
+            for i in searches.keys.sorted() where !searches[i]!.done {
+                let known = replays[searches[i]!.key] ?? [:]
+                guard let outcome = settle(&searches[i]!, known, tolerance: tolerance(searches[i]!.target)) else {
+                    searches[i]!.misses += 1
+                    continue
+                }
+                searches[i]!.done = true
+                finish(i, try matchedRun(searches[i]!, outcome, known, layers: layers))
+            }
+        }
+        overall.update(fraction: 1, detail: "done")
+        guard let first else { throw PolicyError("replay: no policies to match") }
+        let runs = policies.indices.map { finished[$0]! }
+        let sizes = runs.map(\.blockSize)
+        let blockSizes = Set(sizes).count <= 1 ? String(sizes.first ?? 16)
+            : zip(runs, sizes).map { "\($0.spec.name) \($1)" }.joined(separator: ", ")
+        return ReplayResult(tracePath: first.tracePath, header: first.header, layers: first.layers, decodeSteps: first.decodeSteps,
+                            runs: runs, notes: generalNotes + runs.flatMap { notesByLabel[$0.spec.label + ": "] ?? [] },
+                            paging: first.paging, blockSizes: blockSizes, timing: timing, topK: first.topK)
+    }
+
+    /// Policies alike but for their budget: the same name, other parameters and layout.
+    private func replayKey(_ i: Int) -> String {
+        let spec = configuration.policies[i]
+        let budget = spec.type.budgetParameter?.name
+        let given = spec.parameters.given.filter { $0.key != budget }.sorted { $0.key < $1.key }
+        let layout = configuration.layout(ofPolicy: i)
+        return ([spec.name] + given.map { "\($0.key)=\($0.value)" }
+                + ["paging=\(layout.mode.rawValue)", "block=\(configuration.effectiveBlockSize(ofPolicy: i))"])
+            .joined(separator: ";")
+    }
+
+    /// The full cache's mean (or peak) bytes, all layers: what a byte target's tolerance is a share of.
+    func fullFigure(_ run: PolicyRun) -> Double {
+        guard statistic == .mean else { return run.summary.memory.finalFullBytes }
+        var full: [Int: Double] = [:]
+        for record in run.steps { full[record.step, default: 0] += Double(record.fullBytes) }
+        let replayed = Set(run.steps.map(\.layer)).count
+        let scale = Double(reader.header.numLayers) / Double(max(replayed, 1))
+        return full.values.reduce(0, +) / Double(max(full.count, 1)) * scale
+    }
+
+    /// The budgets bracketing the target among `known` replays: the largest not above it and
+    /// the smallest above it.
+    private func bracket(_ search: Search, _ known: [Int: PolicyRun]) -> (below: Int?, above: Int?) {
+        var below: Int?, above: Int?
+        for (budget, run) in known {
+            if value(run.summary.memory, search.target) <= search.goal {
+                if budget > (below ?? Int.min) { below = budget }
+            } else if budget < (above ?? Int.max) {
+                above = budget
+            }
+        }
+        return (below, above)
+    }
+
+    /// The budgets to replay next for an unsettled search.
+    private func candidates(_ search: inout Search, _ known: [Int: PolicyRun], decodeSteps: Int, layers: Int) -> [Int] {
+        if var bisection = search.bisection {
+            defer { search.bisection = bisection }
+            return Self.advance(&bisection, known) { self.value($0.summary.memory, search.target) }
+        }
+        let (below, above) = bracket(search, known)
+        if let below, let above, below > above {
+            // Memory fell as the budget grew: only the bisection's own path gives its answer.
+            var bisection = BudgetSearch(target: search.goal, lowest: search.lowest, highest: search.highest)
+            let missing = Self.advance(&bisection, known) { self.value($0.summary.memory, search.target) }
+            search.bisection = bisection
+            return missing
+        }
+        if settledBudget(search, below: below, above: above) != nil {
+            // Settled but out of tolerance: the note names what both ends of the range give.
+            return [search.lowest, search.highest].filter { known[$0] == nil }
+        }
+        let first = below.map { $0 + 1 } ?? search.lowest, last = above.map { $0 - 1 } ?? search.highest
+        let spec = configuration.policies[search.policy]
+        let model: BudgetModel
+        if let nearest = known.keys.min(by: { distance($0, first, last) < distance($1, first, last) }) {
+            model = .learned(from: known[nearest]!, budget: nearest, numLayers: reader.header.numLayers, replayedLayers: layers)
+        } else {
+            let cadence = spec.type.cadenceParameter(spec.parameters)
+                .flatMap { try? spec.parameters.optionalInteger($0) }.flatMap { $0 } ?? 1
+            model = .generic(header: reader.header, layers: layers, steps: decodeSteps, cadence: cadence, statistic: statistic)
+        }
+        let predicted = model.largestBudget(notAbove: search.goal, in: search.lowest...search.highest,
+                                            statistic: statistic, target: search.target)
+        // The pair (predicted, predicted + 1) straddles the target when the model is right; a
+        // model not yet learned from this policy, or one that missed, gets a budget either side.
+        var window = known.isEmpty || search.misses > 0 ? Array((predicted - 1)...(predicted + 2)) : [predicted, predicted + 1]
+        if predicted + 1 < first || predicted > last {
+            // The replays contradict the model (memory flat over a range of budgets, or a step):
+            // the straight line between the replays either side, else the end of the range.
+            if let below, let above {
+                let low = value(known[below]!.summary.memory, search.target)
+                let high = value(known[above]!.summary.memory, search.target)
+                let crossing = below + Int((search.goal - low) / max(high - low, 1e-12) * Double(above - below))
+                window = [crossing, crossing + 1]
+            } else {
+                window = [below == nil ? first : last]
+            }
+        }
+        // A search that missed also halves what is left, so no policy takes more than about
+        // log2(tokens) passes.
+        if search.misses > 0 && last - first > 4 { window.append(first + (last - first) / 2) }
+        // A bracket this narrow is cheaper replayed whole than narrowed pass by pass.
+        if below != nil && above != nil && last - first < 4 { window = Array(first...last) }
+        var out: [Int] = []
+        for budget in window.map({ min(max($0, first), last) }) where !out.contains(budget) { out.append(budget) }
+        return out
+    }
+
+    private func distance(_ budget: Int, _ first: Int, _ last: Int) -> Int {
+        budget < first ? first - budget : budget > last ? budget - last : 0
+    }
+
+    /// The budget the bisection ends at when memory grows with the budget, once the replays
+    /// show it: the lower of the adjacent pair straddling the target, or an end of the range
+    /// the target lies beyond (nil: not yet known).
+    private func settledBudget(_ search: Search, below: Int?, above: Int?) -> (lo: Int?, hi: Int?)? {
+        if let below, let above, above == below + 1 { return (below, above) }
+        if above == search.lowest { return (nil, search.lowest) }
+        if below == search.highest { return (search.highest, nil) }
+        return nil
+    }
+
+    /// Runs the bisection as far as `known` replays answer it; returns the budgets it needs next.
+    private static func advance(_ bisection: inout BudgetSearch, _ known: [Int: PolicyRun],
+                                value: (PolicyRun) -> Double) -> [Int] {
+        while true {
+            let next = bisection.nextBudgets()
+            if next.isEmpty { return [] }
+            let missing = next.filter { known[$0] == nil }
+            if !missing.isEmpty { return missing }
+            for budget in next { bisection.record(budget: budget, value: value(known[budget]!), run: known[budget]!) }
+        }
+    }
+
+    /// The search's outcome once its replays settle it, the bisection's rule applied: lo within
+    /// the tolerance, else hi within it, else lo (or the one end there is). Nil: replay more.
+    private func settle(_ search: inout Search, _ known: [Int: PolicyRun], tolerance: Double) -> Outcome? {
+        if var bisection = search.bisection {
+            guard Self.advance(&bisection, known, value: { self.value($0.summary.memory, search.target) }).isEmpty else {
+                search.bisection = bisection
+                return nil
+            }
+            search.bisection = bisection
+            let choice = bisection.choice(tolerance: tolerance)
+            return Outcome(budget: choice.budget, withinTolerance: choice.withinTolerance)
+        }
+        let (below, above) = bracket(search, known)
+        if let below, let above, below > above { return nil }  // `candidates` hands it to the bisection
+        guard let settled = settledBudget(search, below: below, above: above) else { return nil }
+        let (lo, hi) = settled
+        func within(_ budget: Int?) -> Bool {
+            budget.flatMap { known[$0] }.map { abs(value($0.summary.memory, search.target) - search.goal) <= tolerance } ?? false
+        }
+        if within(lo) { return Outcome(budget: lo!, withinTolerance: true) }
+        if within(hi) { return Outcome(budget: hi!, withinTolerance: true) }
+        // Out of reach: the note needs both ends of the range.
+        guard known[search.lowest] != nil, known[search.highest] != nil else { return nil }
+        return Outcome(budget: lo ?? hi!, withinTolerance: false)
+    }
+
+    /// The chosen replay with its match (and, out of reach, its note, cadence remedy or
+    /// `--kv-adapt` rerun).
+    private func matchedRun(_ search: Search, _ outcome: Outcome, _ known: [Int: PolicyRun], layers: [Int]) throws -> PolicyRun {
+        let i = search.policy, target = search.target
+        let lowestValue = known[search.lowest].map { value($0.summary.memory, target) }
+        let highestValue = known[search.highest].map { value($0.summary.memory, target) }
+        var remedy: CadenceRemedy?
+        if !outcome.withinTolerance, let least = lowestValue, least > search.goal {
+            remedy = try cadenceRemedy(configuration.policies[i], layout: configuration.layouts?[i], target: target, layers: layers)
+        }
+        if adaptsCadence, let remedy, let value = remedy.value {
+            return try adapted(i, parameter: remedy.parameter, value: value, target: target)
+        }
+        var run = known[outcome.budget]!
+        run.memoryMatch = MemoryMatch(
+            status: outcome.withinTolerance ? .matched : .unreachable, statistic: statistic,
+            targetPercent: { if case .percent(let p) = target { return p } else { return nil } }(),
+            targetBytes: { if case .bytes(let b) = target { return b } else { return nil } }(),
+            budget: outcome.budget, achievedPercent: percent(run.summary.memory),
+            achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
+            trials: search.bisection?.trials ?? known.count,
+            note: outcome.withinTolerance ? nil
+                : unreachableNote(configuration.policies[i], lowest: search.lowest, highest: search.highest,
+                                  lowestValue: lowestValue, highestValue: highestValue, target: target)
+                    + (remedy.map { "; \($0.text)" } ?? "") + (remedy?.value == nil || adaptsCadence ? "" : " (--kv-adapt runs it)"))
+        return run
+    }
+
+    /// Replays every policy at the budget the bisection finds, by repeated bisection rounds (each
+    /// round one engine run): the definition `run` reproduces in a pass or two, kept for tests.
+    func runBisection() throws -> ReplayResult {
+        defer { progress?.finish() }
+        let policies = configuration.policies
+        let layers = configuration.layers ?? reader.recordedLayerIndices
+        for spec in policies { try spec.checkRequirements(reader, layers: layers) }
+        // The smallest budget each policy accepts, and the combinations of the others, are
+        // checked before any policy prepares (ThinKV calibrates on the trace first).
         var searches: [BudgetSearch?] = try policies.indices.map { i in
-            guard Self.hasBudget(policies[i].type) else {
+            guard Self.hasBudget(policies[i].type), !asGiven.contains(i) else {
                 try checkParameters(policies[i], layers: layers)
                 return nil
             }
@@ -197,11 +537,7 @@ public final class MemoryMatcher {
             }
             timing.add(result.timing)
             for ((i, budget), run) in zip(trials, result.runs) {
-                if fullBytes == nil {
-                    fullBytes = statistic == .mean
-                        ? run.summary.memory.meanBytes * 100 / max(run.summary.memory.meanPercentOfFull, 1e-9)
-                        : run.summary.memory.finalFullBytes
-                }
+                if fullBytes == nil { fullBytes = fullFigure(run) }
                 if let budget {
                     searches[i]!.record(budget: budget, value: value(run.summary.memory, targets[i]), run: run)
                 } else {
@@ -239,9 +575,12 @@ public final class MemoryMatcher {
                     achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
                     trials: search.trials,
                     note: choice.withinTolerance ? nil
-                        : unreachableNote(policies[i], search: search, target: target)
+                        : unreachableNote(policies[i], lowest: search.lowest, highest: search.highest,
+                                          lowestValue: search.lowestValue, highestValue: search.highestValue, target: target)
                             + (remedy.map { "; \($0.text)" } ?? "") + (remedy?.value == nil || adaptsCadence ? "" : " (--kv-adapt runs it)"))
                 runs.append(run)
+            } else if asGiven.contains(i) {
+                runs.append(finished[i]!)
             } else {
                 var run = finished[i]!
                 run.memoryMatch = MemoryMatch(
@@ -260,14 +599,15 @@ public final class MemoryMatcher {
                             paging: first.paging, blockSizes: blockSizes, timing: timing, topK: first.topK)
     }
 
-    private func unreachableNote(_ spec: PolicySpec, search: BudgetSearch, target: MemoryTarget) -> String {
+    private func unreachableNote(_ spec: PolicySpec, lowest: Int, highest: Int, lowestValue: Double?, highestValue: Double?,
+                                 target: MemoryTarget) -> String {
         let unit: (Double) -> String = { v in
             if case .percent = target { return String(format: "%.2f %%", v) }
             return Format.bytes(v)
         }
         let targetValue = Self.value(of: target)
-        let low = search.lowestValue ?? .nan
-        let range = "budgets \(search.lowest)...\(search.highest) give \(unit(low)) to \(unit(search.highestValue ?? .nan))"
+        let low = lowestValue ?? .nan
+        let range = "budgets \(lowest)...\(highest) give \(unit(low)) to \(unit(highestValue ?? .nan))"
         let ran = low > targetValue ? "ran the smallest budget" : "ran the largest budget found not above it"
         let tolerance = String(format: "%g", self.tolerance)
         return "\(noteName(spec)): \(statistic.rawValue) KV of \(unit(targetValue)) within \(tolerance) point(s) "
@@ -467,5 +807,44 @@ extension ReplayTiming {
         referenceFLOPs += other.referenceFLOPs
         policyFLOPs += other.policyFLOPs
         threads = other.threads
+    }
+}
+
+/// One fraction over a whole match (or sweep) that never goes backwards: each part reports
+/// into its own span of the bar, and a report below what was shown is held at it.
+final class MonotoneProgress: ProgressReporting {
+    let inner: ProgressReporting?
+    private(set) var reported = 0.0
+
+    init(inner: ProgressReporting?) {
+        self.inner = inner
+    }
+
+    func update(fraction: Double, detail: String) {
+        reported = max(reported, min(max(fraction, 0), 1))
+        inner?.update(fraction: reported, detail: detail)
+    }
+
+    func finish() {}
+
+    /// A reporter whose 0...1 lands in from...to of this one.
+    func span(_ from: Double, _ to: Double, detail prefix: String = "") -> ProgressReporting {
+        Span(outer: self, from: from, to: to, prefix: prefix)
+    }
+
+    private final class Span: ProgressReporting {
+        let outer: MonotoneProgress
+        let from: Double, to: Double
+        let prefix: String
+        init(outer: MonotoneProgress, from: Double, to: Double, prefix: String) {
+            self.outer = outer
+            self.from = from
+            self.to = to
+            self.prefix = prefix
+        }
+        func update(fraction: Double, detail: String) {
+            outer.update(fraction: from + (to - from) * min(max(fraction, 0), 1), detail: prefix + detail)
+        }
+        func finish() {}
     }
 }

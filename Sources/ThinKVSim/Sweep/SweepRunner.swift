@@ -14,16 +14,18 @@ public struct SweepOutcome: Equatable, Sendable {
 
 /// Runs the grid (or one shard of it) and keeps the results CSV current.
 ///
-/// All pending runs of a trace go into one engine run, so the full-cache reference of each
-/// layer is computed once and shared by every policy configuration and layout. The engine
+/// All pending runs of a trace go into one engine run (with memory targets: one matcher, whose
+/// passes share a stored reference), so the full-cache reference of each layer is computed once
+/// and shared by every policy configuration and layout. The engine
 /// spreads the runs of an engine run, and the reference, over the cores; engine runs follow
 /// one another, which keeps every core busy without holding several traces in memory at once.
 /// The `batch` key caps the runs per engine run: each run holds its own cache (a quantizing
 /// policy copies the layer's keys and values), so a very wide sweep may need it to fit in
 /// memory, at the cost of recomputing the reference once per batch.
 ///
-/// After every engine run the CSV is rewritten atomically with every row known so far in grid
-/// order; a later call with the same output skips rows already there (matched by run key).
+/// As soon as a run is known (matched and replayed) the CSV is rewritten atomically with every
+/// row known so far in grid order; a later call with the same output skips rows already there
+/// (matched by run key).
 public final class SweepRunner {
     public let grid: SweepGrid
     /// The runs this runner is responsible for (the whole grid or one shard), in grid order.
@@ -312,36 +314,47 @@ public final class SweepRunner {
         defer { progress?.finish() }
         // Memory-matched runs replay many budgets; one stored reference per trace serves them all.
         var store: ReferenceStore?
+        var rowError: Error?
+        let sweepProgress = MonotoneProgress(inner: progress)
         for batch in batches {
             if let limit = stopAfterEngineRuns, outcome.engineRuns >= limit { break }
             let trace = batch[0].trace
             if store?.tracePath != trace { store = ReferenceStore(tracePath: trace) }
-            let adapter = BatchProgress(inner: progress, done: done, size: batch.count, total: total,
+            let adapter = BatchProgress(inner: sweepProgress, done: done, size: batch.count, total: total,
                                         detail: "\(URL(fileURLWithPath: trace).lastPathComponent), \(batch.count) run(s)")
-            let policyRuns: [PolicyRun], notes: [String]
+            // Each run's row (and per-step file) is written as soon as its run is known, so an
+            // interrupted sweep keeps every run finished so far.
+            let finished: (SweepRun, PolicyRun) -> Void = { run, policyRun in
+                guard rowError == nil else { return }
+                do {
+                    let stepsPath = self.stepsFilePath(run)
+                    if let stepsPath {
+                        try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: inputs)
+                    }
+                    rows[run.id] = self.row(run, policyRun, facts[trace]!, stepsPath: stepsPath)
+                    outcome.computed += 1
+                    adapter.finishedRuns += 1
+                    try self.write(rows)
+                } catch {
+                    rowError = error
+                }
+            }
+            let notes: [String]
             do {
-                (policyRuns, notes) = try replay(batch, reader: readers[trace]!, store: store!, progress: adapter)
+                notes = try replay(batch, reader: readers[trace]!, store: store!, progress: adapter, finished: finished)
             } catch let error as PolicyError {
                 // A combination of values the policy refuses (e.g. sinks not below budget): the config's doing.
                 throw SweepConfigError(file: config.file, error.description)
             }
+            if let rowError { throw rowError }
             // Once per distinct note: e.g. ThinKV thresholds calibrated on the trace itself, or a
             // single-type fallback, change what the rows mean.
             for text in notes where !notesSaid.contains(text) {
                 notesSaid.insert(text)
                 note("\(URL(fileURLWithPath: trace).lastPathComponent): \(text)")
             }
-            for (run, policyRun) in zip(batch, policyRuns) {
-                let stepsPath = stepsFilePath(run)
-                if let stepsPath {
-                    try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: inputs)
-                }
-                rows[run.id] = row(run, policyRun, facts[trace]!, stepsPath: stepsPath)
-            }
             done += batch.count
             outcome.engineRuns += 1
-            outcome.computed += batch.count
-            try write(rows)
         }
         outcome.pending = total - outcome.computed
         // Also when nothing was computed: dropped rows and a changed column set take effect.
@@ -349,40 +362,29 @@ public final class SweepRunner {
         return outcome
     }
 
-    /// Replays one batch (runs of one trace): the runs without a memory target in one engine run,
-    /// then those with one through a `MemoryMatcher`, all sharing `store`. Results come
-    /// back in the batch's order.
-    /// The batch's runs in batch order, and the replays' notes.
-    func replay(_ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ProgressReporting) throws -> ([PolicyRun], [String]) {
+    /// Replays one batch (runs of one trace) through one `MemoryMatcher` sharing `store`: the runs
+    /// without a memory target run as given in its first engine pass, beside the first candidates
+    /// of those with one. `finished` gets each run as soon as it is known. Returns the notes.
+    func replay(_ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ProgressReporting,
+                finished: @escaping (SweepRun, PolicyRun) -> Void) throws -> [String] {
         let config = grid.config
-        func configuration(_ runs: [SweepRun]) -> ReplayConfiguration {
-            var configuration = ReplayConfiguration(policies: runs.map(\.spec), layers: config.layers, topK: config.topK,
-                                                    maxSteps: config.steps, threads: config.threads)
-            configuration.layouts = runs.map(\.layout)
-            return configuration
-        }
-        var results: [Int: PolicyRun] = [:]  // run id -> result
-        var notes: [String] = []
-        let plain = batch.filter { $0.kvPercent == nil }
-        if !plain.isEmpty {
-            let engine = ReplayEngine(reader: reader, configuration: configuration(plain))
-            engine.referenceStore = batch.count > plain.count ? store : nil  // kept only for matched runs to come
+        var configuration = ReplayConfiguration(policies: batch.map(\.spec), layers: config.layers, topK: config.topK,
+                                                maxSteps: config.steps, threads: config.threads)
+        configuration.layouts = batch.map(\.layout)
+        if batch.allSatisfy({ $0.kvPercent == nil }) {
+            let engine = ReplayEngine(reader: reader, configuration: configuration)
             engine.progress = progress
             let result = try engine.run()
-            notes += result.notes
-            for (run, outcome) in zip(plain, result.runs) { results[run.id] = outcome }
+            for (run, outcome) in zip(batch, result.runs) { finished(run, outcome) }
+            return result.notes
         }
-        // Every target's searches in one matcher: their trials share engine runs.
-        let matched = batch.filter { $0.kvPercent != nil }
-        if !matched.isEmpty {
-            let matcher = MemoryMatcher(reader: reader, configuration: configuration(matched),
-                                        targets: matched.map { .percent($0.kvPercent!) }, statistic: config.kvMatch, store: store)
-            matcher.progress = progress
-            let result = try matcher.run()
-            notes += result.notes
-            for (run, outcome) in zip(matched, result.runs) { results[run.id] = outcome }
-        }
-        return (batch.map { results[$0.id]! }, notes)
+        // Every target's search in one matcher: their candidates share engine passes.
+        let matcher = MemoryMatcher(reader: reader, configuration: configuration,
+                                    targets: batch.map { .percent($0.kvPercent ?? 100) }, statistic: config.kvMatch, store: store)
+        matcher.asGiven = Set(batch.indices.filter { batch[$0].kvPercent == nil })
+        matcher.progress = progress
+        matcher.onResolved = { i, run in finished(batch[i], run) }
+        return try matcher.run().notes
     }
 
     /// Pending runs grouped by trace (grid order), each group cut into pieces of at most `limit`.
@@ -455,6 +457,8 @@ private final class BatchProgress: ProgressReporting {
     let inner: ProgressReporting?
     let done: Int, size: Int, total: Int
     let detail: String
+    /// Runs of this batch whose rows are written.
+    var finishedRuns = 0
 
     init(inner: ProgressReporting?, done: Int, size: Int, total: Int, detail: String) {
         self.inner = inner
@@ -466,7 +470,7 @@ private final class BatchProgress: ProgressReporting {
 
     func update(fraction: Double, detail engineDetail: String) {
         let overall = (Double(done) + fraction * Double(size)) / Double(max(total, 1))
-        inner?.update(fraction: overall, detail: "runs \(done)/\(total): \(detail), \(engineDetail)")
+        inner?.update(fraction: overall, detail: "runs \(done + finishedRuns)/\(total): \(detail), \(engineDetail)")
     }
 
     func finish() {}
