@@ -363,37 +363,41 @@ public final class MemoryMatcher {
             return [search.lowest, search.highest].filter { known[$0] == nil }
         }
         let first = below.map { $0 + 1 } ?? search.lowest, last = above.map { $0 - 1 } ?? search.highest
-        let spec = configuration.policies[search.policy]
-        let model: BudgetModel
-        if let nearest = known.keys.min(by: { distance($0, first, last) < distance($1, first, last) }) {
-            model = .learned(from: known[nearest]!, budget: nearest, numLayers: reader.header.numLayers, replayedLayers: layers)
+        var window: [Int]
+        if let below, let above {
+            // Replays either side: the straight line between them (memory is close to linear in
+            // the budget over a short range, whatever the policy's bytes per token).
+            let low = value(known[below]!.summary.memory, search.target)
+            let high = value(known[above]!.summary.memory, search.target)
+            let crossing = below + Int((search.goal - low) / max(high - low, 1e-12) * Double(above - below))
+            window = [crossing, crossing + 1]
+            // A search that missed twice also halves what is left, so none takes more than
+            // about log2(tokens) passes; a narrow bracket is cheaper replayed whole.
+            if search.misses > 1 && last - first > 4 { window.append(first + (last - first) / 2) }
+            if last - first < 4 { window = Array(first...last) }
         } else {
-            let cadence = spec.type.cadenceParameter(spec.parameters)
-                .flatMap { try? spec.parameters.optionalInteger($0) }.flatMap { $0 } ?? 1
-            model = .generic(header: reader.header, layers: layers, steps: decodeSteps, cadence: cadence, statistic: statistic)
-        }
-        let predicted = model.largestBudget(notAbove: search.goal, in: search.lowest...search.highest,
-                                            statistic: statistic, target: search.target)
-        // The pair (predicted, predicted + 1) straddles the target when the model is right; a
-        // model not yet learned from this policy, or one that missed, gets a budget either side.
-        var window = known.isEmpty || search.misses > 0 ? Array((predicted - 1)...(predicted + 2)) : [predicted, predicted + 1]
-        if predicted + 1 < first || predicted > last {
-            // The replays contradict the model (memory flat over a range of budgets, or a step):
-            // the straight line between the replays either side, else the end of the range.
-            if let below, let above {
-                let low = value(known[below]!.summary.memory, search.target)
-                let high = value(known[above]!.summary.memory, search.target)
-                let crossing = below + Int((search.goal - low) / max(high - low, 1e-12) * Double(above - below))
-                window = [crossing, crossing + 1]
+            let spec = configuration.policies[search.policy]
+            let model: BudgetModel
+            if let nearest = known.keys.min(by: { distance($0, first, last) < distance($1, first, last) }) {
+                model = .learned(from: known[nearest]!, budget: nearest, numLayers: reader.header.numLayers,
+                                 replayedLayers: layers)
             } else {
-                window = [below == nil ? first : last]
+                let cadence = spec.type.cadenceParameter(spec.parameters)
+                    .flatMap { try? spec.parameters.optionalInteger($0) }.flatMap { $0 } ?? 1
+                model = .generic(header: reader.header, layers: layers, steps: decodeSteps, cadence: cadence,
+                                 statistic: statistic)
+            }
+            let predicted = model.largestBudget(notAbove: search.goal, in: search.lowest...search.highest,
+                                                statistic: statistic, target: search.target)
+            // The pair (predicted, predicted + 1) straddles the target when the model is right;
+            // the first guess, not learned from this policy, gets a budget either side.
+            window = known.isEmpty ? Array((predicted - 1)...(predicted + 2)) : [predicted, predicted + 1]
+            if search.misses > 0 {
+                // Still on one side after a learned guess: the end of the range settles an
+                // unreachable target at once (with the other end, which its note names).
+                window += [search.lowest, search.highest].filter { known[$0] == nil }
             }
         }
-        // A search that missed also halves what is left, so no policy takes more than about
-        // log2(tokens) passes.
-        if search.misses > 0 && last - first > 4 { window.append(first + (last - first) / 2) }
-        // A bracket this narrow is cheaper replayed whole than narrowed pass by pass.
-        if below != nil && above != nil && last - first < 4 { window = Array(first...last) }
         var out: [Int] = []
         for budget in window.map({ min(max($0, first), last) }) where !out.contains(budget) { out.append(budget) }
         return out
