@@ -36,8 +36,9 @@ enum ReplayCommand: Subcommand {
             so one replay compares settings: --policy h2o:budget=64,rkv:budget=128:divide=8, or the same
             policy twice, h2o:budget=64,h2o:budget=128 (runs are told apart by their labels).
 
-            With --kv-percent or --kv-bytes, every policy with a budget is replayed at the budget found by
-            bisection whose mean (or peak) KV bytes meet the target within 1 point of the full cache; the
+            With --kv-percent or --kv-bytes, every policy with a budget is replayed at the budget a
+            bisection defines (found in one or two engine passes) whose mean (or peak) KV bytes meet the
+            target within 1 point of the full cache; the
             others (full, kivi, thinkv-tbq) run as given and are marked 'not matched'. A budget is then refused,
             shared or after a name (h2o:budget=64): the target sets it. docs/metrics.md.
 
