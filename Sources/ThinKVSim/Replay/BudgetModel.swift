@@ -24,7 +24,8 @@ struct BudgetModel {
 
     /// Before any replay: every token at 16 bits, and a cache that runs over its budget by half
     /// its cadence on average (the whole cadence at its peak).
-    static func generic(header: TraceHeader, layers: Int, steps: Int, cadence: Int, statistic: MemoryStatistic) -> BudgetModel {
+    static func generic(header: TraceHeader, layers: Int, steps: Int, cadence: Int,
+                        statistic: MemoryStatistic) -> BudgetModel {
         let perToken = Double(header.numKVHeads * header.headDim * 4 * max(layers, 1))
         let excess = statistic == .mean ? Double(max(cadence, 1) - 1) / 2 : Double(max(cadence, 1) - 1)
         let rows = (0..<steps).map { t -> Step in
@@ -37,7 +38,8 @@ struct BudgetModel {
     /// Learned from a replay at `budget`: its own excess and bytes per token at every step, so
     /// it reproduces that replay's figure exactly and moves from it as the budget moves.
     static func learned(from run: PolicyRun, budget: Int, numLayers: Int, replayedLayers: Int) -> BudgetModel {
-        var held: [Int: Double] = [:], bytes: [Int: Double] = [:], full: [Int: Double] = [:], visible: [Int: Double] = [:]
+        var held: [Int: Double] = [:], bytes: [Int: Double] = [:]
+        var full: [Int: Double] = [:], visible: [Int: Double] = [:]
         for record in run.steps {
             held[record.step, default: 0] += record.attendedTokens
             bytes[record.step, default: 0] += Double(record.attendedBytes)

@@ -278,11 +278,11 @@ public final class MemoryMatcher {
                         var run = run
                         let targetPercent: Double? = if case .percent(let p) = targets[i] { p } else { nil }
                         let targetBytes: Double? = if case .bytes(let b) = targets[i] { b } else { nil }
+                        let memory = run.summary.memory
                         run.memoryMatch = MemoryMatch(
-                            status: .notMatched, statistic: statistic, targetPercent: targetPercent, targetBytes: targetBytes,
-                            budget: nil, achievedPercent: percent(run.summary.memory),
-                            achievedBytes: statistic == .mean ? run.summary.memory.meanBytes : run.summary.memory.peakBytes,
-                            trials: 1, note: nil)
+                            status: .notMatched, statistic: statistic, targetPercent: targetPercent,
+                            targetBytes: targetBytes, budget: nil, achievedPercent: percent(memory),
+                            achievedBytes: statistic == .mean ? memory.meanBytes : memory.peakBytes, trials: 1, note: nil)
                         finish(i, run)
                     }
                 }
@@ -433,7 +433,8 @@ public final class MemoryMatcher {
     /// the tolerance, else hi within it, else lo (or the one end there is). Nil: replay more.
     private func settle(_ search: inout Search, _ known: [Int: PolicyRun], tolerance: Double) -> Outcome? {
         if var bisection = search.bisection {
-            guard Self.advance(&bisection, known, value: { self.value($0.summary.memory, search.target) }).isEmpty else {
+            let missing = Self.advance(&bisection, known) { self.value($0.summary.memory, search.target) }
+            guard missing.isEmpty else {
                 search.bisection = bisection
                 return nil
             }
@@ -446,7 +447,8 @@ public final class MemoryMatcher {
         guard let settled = settledBudget(search, below: below, above: above) else { return nil }
         let (lo, hi) = settled
         func within(_ budget: Int?) -> Bool {
-            budget.flatMap { known[$0] }.map { abs(value($0.summary.memory, search.target) - search.goal) <= tolerance } ?? false
+            guard let run = budget.flatMap({ known[$0] }) else { return false }
+            return abs(value(run.summary.memory, search.target) - search.goal) <= tolerance
         }
         if within(lo) { return Outcome(budget: lo!, withinTolerance: true) }
         if within(hi) { return Outcome(budget: hi!, withinTolerance: true) }
@@ -457,13 +459,15 @@ public final class MemoryMatcher {
 
     /// The chosen replay with its match (and, out of reach, its note, cadence remedy or
     /// `--kv-adapt` rerun).
-    private func matchedRun(_ search: Search, _ outcome: Outcome, _ known: [Int: PolicyRun], layers: [Int]) throws -> PolicyRun {
+    private func matchedRun(_ search: Search, _ outcome: Outcome, _ known: [Int: PolicyRun],
+                            layers: [Int]) throws -> PolicyRun {
         let i = search.policy, target = search.target
         let lowestValue = known[search.lowest].map { value($0.summary.memory, target) }
         let highestValue = known[search.highest].map { value($0.summary.memory, target) }
         var remedy: CadenceRemedy?
         if !outcome.withinTolerance, let least = lowestValue, least > search.goal {
-            remedy = try cadenceRemedy(configuration.policies[i], layout: configuration.layouts?[i], target: target, layers: layers)
+            remedy = try cadenceRemedy(configuration.policies[i], layout: configuration.layouts?[i], target: target,
+                                       layers: layers)
         }
         if adaptsCadence, let remedy, let value = remedy.value {
             return try adapted(i, parameter: remedy.parameter, value: value, target: target)
@@ -479,7 +483,8 @@ public final class MemoryMatcher {
             note: outcome.withinTolerance ? nil
                 : unreachableNote(configuration.policies[i], lowest: search.lowest, highest: search.highest,
                                   lowestValue: lowestValue, highestValue: highestValue, target: target)
-                    + (remedy.map { "; \($0.text)" } ?? "") + (remedy?.value == nil || adaptsCadence ? "" : " (--kv-adapt runs it)"))
+                    + (remedy.map { "; \($0.text)" } ?? "")
+                    + (remedy?.value == nil || adaptsCadence ? "" : " (--kv-adapt runs it)"))
         return run
     }
 

@@ -380,7 +380,8 @@ public final class SweepRunner {
         }
         // Every target's search in one matcher: their candidates share engine passes.
         let matcher = MemoryMatcher(reader: reader, configuration: configuration,
-                                    targets: batch.map { .percent($0.kvPercent ?? 100) }, statistic: config.kvMatch, store: store)
+                                    targets: batch.map { .percent($0.kvPercent ?? 100) }, statistic: config.kvMatch,
+                                    store: store)
         matcher.asGiven = Set(batch.indices.filter { batch[$0].kvPercent == nil })
         matcher.progress = progress
         matcher.onResolved = { i, run in finished(batch[i], run) }
