@@ -25,13 +25,15 @@ public struct MemoryMatch: Codable, Equatable, Sendable {
     public var budget: Int?
     public var achievedPercent: Double
     public var achievedBytes: Double
-    /// Budgets replayed to find it.
+    /// Budgets replayed for this policy, over all its targets.
     public var trials: Int
     /// One line on an unreachable target.
     public var note: String?
 
-    package init(status: Status, statistic: MemoryStatistic, targetPercent: Double?, targetBytes: Double?, budget: Int?,
-                 achievedPercent: Double, achievedBytes: Double, trials: Int, note: String?) {
+    package init(
+        status: Status, statistic: MemoryStatistic, targetPercent: Double?, targetBytes: Double?, budget: Int?,
+        achievedPercent: Double, achievedBytes: Double, trials: Int, note: String?
+    ) {
         self.status = status
         self.statistic = statistic
         self.targetPercent = targetPercent

@@ -14,16 +14,18 @@ public struct SweepOutcome: Equatable, Sendable {
 
 /// Runs the grid (or one shard of it) and keeps the results CSV current.
 ///
-/// All pending runs of a trace go into one engine run, so the full-cache reference of each
-/// layer is computed once and shared by every policy configuration and layout. The engine
+/// All pending runs of a trace go into one engine run (with memory targets: one matcher, whose
+/// passes share a stored reference), so the full-cache reference of each layer is computed once
+/// and shared by every policy configuration and layout. The engine
 /// spreads the runs of an engine run, and the reference, over the cores; engine runs follow
 /// one another, which keeps every core busy without holding several traces in memory at once.
 /// The `batch` key caps the runs per engine run: each run holds its own cache (a quantizing
 /// policy copies the layer's keys and values), so a very wide sweep may need it to fit in
 /// memory, at the cost of recomputing the reference once per batch.
 ///
-/// After every engine run the CSV is rewritten atomically with every row known so far in grid
-/// order; a later call with the same output skips rows already there (matched by run key).
+/// As soon as a run is known (matched and replayed) the CSV is rewritten atomically with every
+/// row known so far in grid order; a later call with the same output skips rows already there
+/// (matched by run key).
 public final class SweepRunner {
     public let grid: SweepGrid
     /// The runs this runner is responsible for (the whole grid or one shard), in grid order.
@@ -113,7 +115,10 @@ public final class SweepRunner {
             let (table, partial) = try CSVTable.read(path: outputPath, dropPartialLast: true)
             plan.droppedPartial = partial
             guard let keyColumn = table.index(of: "run_key") else {
-                throw CSVError("\(outputPath): exists but has no run_key column (not sweep results); move it or choose another output")
+                throw CSVError(
+                    "\(outputPath): exists but has no run_key column (not sweep results); move it or choose another "
+                        + "output"
+                )
             }
             for row in table.rows {
                 old[row[keyColumn]] = Dictionary(uniqueKeysWithValues: zip(table.header, row))
@@ -168,14 +173,18 @@ public final class SweepRunner {
         guard let facts else { return "\(run.trace) cannot be read now" }
         func expect(_ column: String, _ value: String) -> String? {
             let cell = cells[column] ?? ""
-            return cell == value ? nil : "\(column) is '\(Format.printable(cell))', expected '\(Format.printable(value))'"
+            return cell == value
+                ? nil : "\(column) is '\(Format.printable(cell))', expected '\(Format.printable(value))'"
         }
         guard cells[SweepColumns.traceFingerprint] == facts.fingerprint else {
-            return cells[SweepColumns.traceFingerprint] == nil ? "no \(SweepColumns.traceFingerprint) (written by an older thinkv-sim)"
+            return cells[SweepColumns.traceFingerprint] == nil
+                ? "no \(SweepColumns.traceFingerprint) (written by an older thinkv-sim)"
                 : "\(run.trace) changed since the row was written (size, time or header)"
         }
-        var expected: [(String, String)] = [("trace", run.trace), ("model", facts.model), ("num_layers", String(facts.numLayers)),
-                                            ("decode_steps", String(facts.decodeSteps)), ("policy", run.spec.name), ("label", run.spec.label)]
+        var expected: [(String, String)] = [
+            ("trace", run.trace), ("model", facts.model), ("num_layers", String(facts.numLayers)),
+            ("decode_steps", String(facts.decodeSteps)), ("policy", run.spec.name), ("label", run.spec.label)
+        ]
         let effective = Dictionary(uniqueKeysWithValues: run.spec.parameters.effective.map { ($0.name, $0.value) })
         for name in grid.parameterNames {
             let column = SweepColumns.parameterColumn(name)
@@ -191,13 +200,19 @@ public final class SweepRunner {
             expected.append((column, effective[name] ?? ""))
         }
         expected += SweepGrid.replayOptionValues(config: grid.config, layout: run.layout)
-        if grid.config.metricSteps != .all { expected.append(("metric_steps", grid.config.metricSteps.description)) }
         if !grid.config.kvPercents.isEmpty {
             expected.append(("kv_percent", run.kvPercent.map { SweepColumns.number($0) } ?? ""))
-            let match = cells["kv_match"] ?? "", status = cells["kv_match_status"] ?? "", achieved = cells["achieved_percent"] ?? ""
-            guard match.isEmpty || match == grid.config.kvMatch.rawValue else { return "kv_match '\(Format.printable(match))' is not this sweep's" }
-            guard MemoryMatch.Status(rawValue: status) != nil else { return "kv_match_status '\(Format.printable(status))' is not a status" }
-            if !achieved.isEmpty, let problem = SweepColumns.metricProblem("achieved_percent", achieved) { return "achieved_percent: \(problem)" }
+            let match = cells["kv_match"] ?? "", status = cells["kv_match_status"] ?? "",
+                achieved = cells["achieved_percent"] ?? ""
+            guard match.isEmpty || match == grid.config.kvMatch.rawValue else {
+                return "kv_match '\(Format.printable(match))' is not this sweep's"
+            }
+            guard MemoryMatch.Status(rawValue: status) != nil else {
+                return "kv_match_status '\(Format.printable(status))' is not a status"
+            }
+            if !achieved.isEmpty, let problem = SweepColumns.metricProblem("achieved_percent", achieved) {
+                return "achieved_percent: \(problem)"
+            }
         }
         for (column, value) in expected { if let problem = expect(column, value) { return problem } }
         for name in grid.config.metrics {
@@ -226,7 +241,9 @@ public final class SweepRunner {
                 shape = known
             } else {
                 let reader = try TraceReader(path: run.trace)
-                let layer = (grid.config.layers?.first).flatMap(reader.layerInfo) ?? reader.layerInfo(reader.recordedLayerIndices[0])!
+                let layer =
+                    (grid.config.layers?.first).flatMap(reader.layerInfo) ?? reader.layerInfo(
+                        reader.recordedLayerIndices[0])!
                 shape = (reader.header, layer)
                 shapes[run.trace] = shape
             }
@@ -258,7 +275,10 @@ public final class SweepRunner {
         // Every grid point is checked before any work: all mistakes at once, not one per hour.
         let invalid = try invalidRuns(plan.pending)
         if !invalid.isEmpty {
-            let lines = invalid.prefix(20).map { "run \($0.run.id) (\($0.run.spec.label) on \(URL(fileURLWithPath: $0.run.trace).lastPathComponent)): \($0.problem)" }
+            let lines = invalid.prefix(20).map {
+                "run \($0.run.id) (\($0.run.spec.label) on \(URL(fileURLWithPath: $0.run.trace).lastPathComponent)): "
+                    + "\($0.problem)"
+            }
             let more = invalid.count > 20 ? "; and \(invalid.count - 20) more" : ""
             if config.skipInvalid {
                 let skipped = Set(invalid.map { $0.run.id })
@@ -266,18 +286,25 @@ public final class SweepRunner {
                 note("skipping \(invalid.count) invalid run(s) (skip_invalid): " + lines.joined(separator: "; ") + more)
             } else {
                 // Values the policies refuse together are a usage error (exit 2), as in replay.
-                let problem = SweepConfigError(file: config.file, "\(invalid.count) of the grid's runs are invalid: "
-                                               + lines.joined(separator: "; ") + more
-                                               + " (fix the values, or set \"skip_invalid\": true to run the rest)")
+                let problem = SweepConfigError(
+                    file: config.file,
+                    "\(invalid.count) of the grid's runs are invalid: "
+                        + lines.joined(separator: "; ") + more
+                        + " (fix the values, or set \"skip_invalid\": true to run the rest)")
                 throw UsageError(problem.description)
             }
         }
         if plan.droppedPartial { note("\(outputPath): last row was cut short (interrupted write); it is recomputed") }
         if plan.stale > 0 {
-            note("\(outputPath): recomputing \(plan.stale) row(s) that are not what this sweep writes (\(plan.staleReasons.joined(separator: "; "))\(plan.stale > plan.staleReasons.count ? "; ..." : ""))")
+            let reasons =
+                plan.staleReasons.joined(separator: "; ") + (plan.stale > plan.staleReasons.count ? "; ..." : "")
+            note("\(outputPath): recomputing \(plan.stale) row(s) that are not what this sweep writes (\(reasons))")
         }
         if plan.dropped > 0 {
-            note("\(outputPath): dropping \(plan.dropped) row(s) that are not runs of this \(runs.count == grid.runs.count ? "sweep" : "shard")")
+            note(
+                "\(outputPath): dropping \(plan.dropped) row(s) that are not runs of this "
+                    + "\(runs.count == grid.runs.count ? "sweep" : "shard")"
+            )
         }
 
         // Open every trace and check every run against it before replaying anything, so a bad
@@ -288,11 +315,17 @@ public final class SweepRunner {
             let reader = try TraceReader(path: trace)
             let layers = config.layers ?? reader.recordedLayerIndices
             for layer in layers where reader.layerInfo(layer) == nil {
-                throw TraceError(file: trace, object: "/layers/\(layer)",
-                                 "not recorded (recorded: \(reader.recordedLayerIndices.map(String.init).joined(separator: ", "))); see the config's 'layers'")
+                throw TraceError(
+                    file: trace, object: "/layers/\(layer)",
+                    "not recorded (recorded: "
+                        + "\(reader.recordedLayerIndices.map(String.init).joined(separator: ", "))); see the "
+                        + "config's 'layers'"
+                )
             }
             let traceFacts = try TraceFacts(reader, steps: config.steps)
-            guard traceFacts.decodeSteps > 0 else { throw TraceError(file: trace, "has no decode positions to replay (prompt_len equals num_tokens)") }
+            guard traceFacts.decodeSteps > 0 else {
+                throw TraceError(file: trace, "has no decode positions to replay (prompt_len equals num_tokens)")
+            }
             for run in plan.pending where run.trace == trace { try run.spec.checkRequirements(reader, layers: layers) }
             readers[trace] = reader
             facts[trace] = traceFacts
@@ -301,7 +334,9 @@ public final class SweepRunner {
         if let directory = config.stepCSVDirectory, !plan.pending.isEmpty {
             try makeDirectory(directory)
             // A per-step file that is an input under another name fails now, not after its replay.
-            for run in plan.pending { if let path = stepsFilePath(run) { try OutputFile.checkWritable(path, protecting: inputs) } }
+            for run in plan.pending {
+                if let path = stepsFilePath(run) { try OutputFile.checkWritable(path, protecting: inputs) }
+            }
         }
 
         var rows = plan.reusable
@@ -313,36 +348,48 @@ public final class SweepRunner {
         defer { progress?.finish() }
         // Memory-matched runs replay many budgets; one stored reference per trace serves them all.
         var store: ReferenceStore?
+        var rowError: Error?
+        let sweepProgress = MonotoneProgress(inner: progress)
         for batch in batches {
             if let limit = stopAfterEngineRuns, outcome.engineRuns >= limit { break }
             let trace = batch[0].trace
             if store?.tracePath != trace { store = ReferenceStore(tracePath: trace) }
-            let adapter = BatchProgress(inner: progress, done: done, size: batch.count, total: total,
-                                        detail: "\(URL(fileURLWithPath: trace).lastPathComponent), \(batch.count) run(s)")
-            let policyRuns: [PolicyRun], notes: [String]
+            let adapter = BatchProgress(
+                inner: sweepProgress, done: done, size: batch.count, total: total,
+                detail: "\(URL(fileURLWithPath: trace).lastPathComponent), \(batch.count) run(s)")
+            // Each run's row (and per-step file) is written as soon as its run is known, so an
+            // interrupted sweep keeps every run finished so far.
+            let finished: (SweepRun, PolicyRun) -> Void = { run, policyRun in
+                guard rowError == nil else { return }
+                do {
+                    let stepsPath = self.stepsFilePath(run)
+                    if let stepsPath {
+                        try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: inputs)
+                    }
+                    rows[run.id] = self.row(run, policyRun, facts[trace]!, stepsPath: stepsPath)
+                    outcome.computed += 1
+                    adapter.finishedRuns += 1
+                    try self.write(rows)
+                } catch {
+                    rowError = error
+                }
+            }
+            let notes: [String]
             do {
-                (policyRuns, notes) = try replay(batch, reader: readers[trace]!, store: store!, progress: adapter)
+                notes = try replay(batch, reader: readers[trace]!, store: store!, progress: adapter, finished: finished)
             } catch let error as PolicyError {
                 // A combination of values the policy refuses (e.g. sinks not below budget): the config's doing.
                 throw SweepConfigError(file: config.file, error.description)
             }
+            if let rowError { throw rowError }
             // Once per distinct note: e.g. ThinKV thresholds calibrated on the trace itself, or a
             // single-type fallback, change what the rows mean.
             for text in notes where !notesSaid.contains(text) {
                 notesSaid.insert(text)
                 note("\(URL(fileURLWithPath: trace).lastPathComponent): \(text)")
             }
-            for (run, policyRun) in zip(batch, policyRuns) {
-                let stepsPath = stepsFilePath(run)
-                if let stepsPath {
-                    try OutputFile.write(Self.stepsCSV(policyRun), to: stepsPath, protecting: inputs)
-                }
-                rows[run.id] = row(run, policyRun, facts[trace]!, stepsPath: stepsPath)
-            }
             done += batch.count
             outcome.engineRuns += 1
-            outcome.computed += batch.count
-            try write(rows)
         }
         outcome.pending = total - outcome.computed
         // Also when nothing was computed: dropped rows and a changed column set take effect.
@@ -350,48 +397,43 @@ public final class SweepRunner {
         return outcome
     }
 
-    /// Replays one batch (runs of one trace): the runs without a memory target in one engine run,
-    /// then those with one through a `MemoryMatcher`, all sharing `store`. Results come
-    /// back in the batch's order.
-    /// The batch's runs in batch order, and the replays' notes.
-    func replay(_ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ThinKVEngine.ProgressReporting) throws -> ([PolicyRun], [String]) {
+    /// Replays one batch (runs of one trace) through one `MemoryMatcher` sharing `store`: the runs
+    /// without a memory target run as given in its first engine pass, beside the first candidates
+    /// of those with one. `finished` gets each run as soon as it is known. Returns the notes.
+    func replay(
+        _ batch: [SweepRun], reader: TraceReader, store: ReferenceStore, progress: ThinKVEngine.ProgressReporting,
+        finished: @escaping (SweepRun, PolicyRun) -> Void
+    ) throws -> [String] {
         let config = grid.config
-        func configuration(_ runs: [SweepRun]) -> ReplayConfiguration {
-            var configuration = ReplayConfiguration(policies: runs.map(\.spec), layers: config.layers, topK: config.topK,
-                                                    maxSteps: config.steps, threads: config.threads)
-            configuration.layouts = runs.map(\.layout)
-            configuration.metricSteps = config.metricSteps
-            return configuration
-        }
-        var results: [Int: PolicyRun] = [:]  // run id -> result
-        var notes: [String] = []
-        let plain = batch.filter { $0.kvPercent == nil }
-        if !plain.isEmpty {
-            let engine = ReplayEngine(reader: reader, configuration: configuration(plain))
-            engine.referenceStore = batch.count > plain.count ? store : nil  // kept only for matched runs to come
+        var configuration = ReplayConfiguration(
+            policies: batch.map(\.spec), layers: config.layers, topK: config.topK,
+            maxSteps: config.steps, threads: config.threads)
+        configuration.layouts = batch.map(\.layout)
+        if batch.allSatisfy({ $0.kvPercent == nil }) {
+            let engine = ReplayEngine(reader: reader, configuration: configuration)
             engine.progress = progress
             let result = try engine.run()
-            notes += result.notes
-            for (run, outcome) in zip(plain, result.runs) { results[run.id] = outcome }
+            for (run, outcome) in zip(batch, result.runs) { finished(run, outcome) }
+            return result.notes
         }
-        // Every target's searches in one matcher: their trials share engine runs.
-        let matched = batch.filter { $0.kvPercent != nil }
-        if !matched.isEmpty {
-            let matcher = MemoryMatcher(reader: reader, configuration: configuration(matched),
-                                        targets: matched.map { .percent($0.kvPercent!) }, statistic: config.kvMatch, store: store)
-            matcher.progress = progress
-            let result = try matcher.run()
-            notes += result.notes
-            for (run, outcome) in zip(matched, result.runs) { results[run.id] = outcome }
-        }
-        return (batch.map { results[$0.id]! }, notes)
+        // Every target's search in one matcher: their candidates share engine passes.
+        let matcher = MemoryMatcher(
+            reader: reader, configuration: configuration,
+            targets: batch.map { .percent($0.kvPercent ?? 100) }, statistic: config.kvMatch,
+            store: store)
+        matcher.asGiven = Set(batch.indices.filter { batch[$0].kvPercent == nil })
+        matcher.progress = progress
+        matcher.onResolved = { i, run in finished(batch[i], run) }
+        return try matcher.run().notes
     }
 
     /// Pending runs grouped by trace (grid order), each group cut into pieces of at most `limit`.
     static func batches(_ pending: [SweepRun], limit: Int?) -> [[SweepRun]] {
         var groups: [[SweepRun]] = []
         for run in pending {
-            if let last = groups.last?.last, last.trace == run.trace, groups[groups.count - 1].count < (limit ?? Int.max) {
+            if let last = groups.last?.last, last.trace == run.trace,
+                groups[groups.count - 1].count < (limit ?? Int.max)
+            {
                 groups[groups.count - 1].append(run)
             } else {
                 groups.append([run])
@@ -428,19 +470,20 @@ public final class SweepRunner {
     func row(_ run: SweepRun, _ result: PolicyRun, _ facts: TraceFacts, stepsPath: String?) -> [String] {
         // The result's spec: a memory-matched run's holds the budget found.
         let effective = Dictionary(uniqueKeysWithValues: result.spec.parameters.effective.map { ($0.name, $0.value) })
-        var row = [String(run.id), run.key, run.trace, facts.fingerprint, facts.model, String(facts.numLayers), String(facts.decodeSteps),
-                   run.spec.name, run.spec.label]
+        var row = [
+            String(run.id), run.key, run.trace, facts.fingerprint, facts.model, String(facts.numLayers),
+            String(facts.decodeSteps),
+            run.spec.name, run.spec.label
+        ]
         row += grid.parameterNames.map { effective[$0] ?? "" }
         row += SweepGrid.replayOptionValues(config: grid.config, layout: run.layout).map(\.1)
         if !grid.config.kvPercents.isEmpty {
             let match = result.memoryMatch
-            row += [run.kvPercent.map { SweepColumns.number($0) } ?? "", match == nil ? "" : grid.config.kvMatch.rawValue,
-                    match?.status.rawValue ?? MemoryMatch.Status.notMatched.rawValue, SweepColumns.number(match?.achievedPercent)]
-        }
-        if grid.config.metricSteps != .all {
-            let s = result.summary
-            row.append(grid.config.metricSteps.description)
-            row += [s.massRecall, s.topKRecall, s.attentionKL, s.outputError].map { SweepColumns.number($0?.ci95HalfWidth) }
+            row += [
+                run.kvPercent.map { SweepColumns.number($0) } ?? "", match == nil ? "" : grid.config.kvMatch.rawValue,
+                match?.status.rawValue ?? MemoryMatch.Status.notMatched.rawValue,
+                SweepColumns.number(match?.achievedPercent)
+            ]
         }
         let byName = Dictionary(uniqueKeysWithValues: SweepColumns.metrics.map { ($0.name, $0) })
         row += grid.config.metrics.map { SweepColumns.number(byName[$0]!.value(result.summary)) }
@@ -462,6 +505,8 @@ private final class BatchProgress: ThinKVEngine.ProgressReporting {
     let inner: ThinKVEngine.ProgressReporting?
     let done: Int, size: Int, total: Int
     let detail: String
+    /// Runs of this batch whose rows are written.
+    var finishedRuns = 0
 
     init(inner: ThinKVEngine.ProgressReporting?, done: Int, size: Int, total: Int, detail: String) {
         self.inner = inner
@@ -473,7 +518,7 @@ private final class BatchProgress: ThinKVEngine.ProgressReporting {
 
     func update(fraction: Double, detail engineDetail: String) {
         let overall = (Double(done) + fraction * Double(size)) / Double(max(total, 1))
-        inner?.update(fraction: overall, detail: "runs \(done)/\(total): \(detail), \(engineDetail)")
+        inner?.update(fraction: overall, detail: "runs \(done + finishedRuns)/\(total): \(detail), \(engineDetail)")
     }
 
     func finish() {}
