@@ -219,7 +219,7 @@ final class SweepConfigTests: XCTestCase {
                 {"traces": ["t.h5"], "output": "o.csv", "policies": [
                   {"policy": "streaming", "parameters": {"budget": [64, 128], "trigger": "legacy", "divide": 32}},
                   {"policy": "h2o", "parameters": {"budget": 8}}],
-                 "layers": [0, 2], "paging": ["ct", "none"], "block_size": [8, "auto"], "metrics": ["kv_bytes_peak", \
+                 "layers": [0, 2], "paging": ["ct", "none"], "block_size": [8, "auto"], "metrics": ["kv_bytes_peak", \#
                  "mass_recall_mean"]}
                 """#.utf8), file: "cfg.json")
         XCTAssertEqual(
@@ -288,7 +288,7 @@ final class SweepGridTests: XCTestCase {
         // Shared budget 8; trace b's entry sets 4 for every policy with a budget; the h2o entry's own wins everywhere.
         let grid = try SweepFixture.grid(
             #"""
-            {"traces": ["\#(traces[0])", {"path": "\#(directory.path)/b*.h5", "parameters": {"budget": 4, \
+            {"traces": ["\#(traces[0])", {"path": "\#(directory.path)/b*.h5", "parameters": {"budget": 4, \#
             "sinks": 2}, "comment": "small"}],
              "output": "o.csv", "parameters": {"budget": 8},
              "policies": ["full", "streaming", {"policy": "h2o", "parameters": {"budget": 6}}]}
@@ -633,7 +633,7 @@ final class SweepRunnerTests: XCTestCase {
         let output = path("paging.csv")
         let grid = try SweepFixture.grid(
             #"""
-            {"traces": ["\#(traces[0])"], "output": "\#(output)", "policies": [{"policy": "h2o", \
+            {"traces": ["\#(traces[0])"], "output": "\#(output)", "policies": [{"policy": "h2o", \#
             "parameters": {"budget": 5}}],
              "paging": ["ct", "compact", "none"], "block_size": [2, 4]}
             """#)

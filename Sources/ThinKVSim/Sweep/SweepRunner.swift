@@ -200,6 +200,7 @@ public final class SweepRunner {
             expected.append((column, effective[name] ?? ""))
         }
         expected += SweepGrid.replayOptionValues(config: grid.config, layout: run.layout)
+        if grid.config.metricSteps != .all { expected.append(("metric_steps", grid.config.metricSteps.description)) }
         if !grid.config.kvPercents.isEmpty {
             expected.append(("kv_percent", run.kvPercent.map { SweepColumns.number($0) } ?? ""))
             let match = cells["kv_match"] ?? "", status = cells["kv_match_status"] ?? "",
@@ -409,6 +410,7 @@ public final class SweepRunner {
             policies: batch.map(\.spec), layers: config.layers, topK: config.topK,
             maxSteps: config.steps, threads: config.threads)
         configuration.layouts = batch.map(\.layout)
+        configuration.metricSteps = config.metricSteps
         if batch.allSatisfy({ $0.kvPercent == nil }) {
             let engine = ReplayEngine(reader: reader, configuration: configuration)
             engine.progress = progress
@@ -484,6 +486,13 @@ public final class SweepRunner {
                 match?.status.rawValue ?? MemoryMatch.Status.notMatched.rawValue,
                 SweepColumns.number(match?.achievedPercent)
             ]
+        }
+        if grid.config.metricSteps != .all {
+            let s = result.summary
+            row.append(grid.config.metricSteps.description)
+            row += [s.massRecall, s.topKRecall, s.attentionKL, s.outputError].map {
+                SweepColumns.number($0?.ci95HalfWidth)
+            }
         }
         let byName = Dictionary(uniqueKeysWithValues: SweepColumns.metrics.map { ($0.name, $0) })
         row += grid.config.metrics.map { SweepColumns.number(byName[$0]!.value(result.summary)) }
