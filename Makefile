@@ -74,7 +74,11 @@ run: build
 # Test cases run in TEST_WORKERS processes side by side (XCTest's --parallel); the few cases
 # that replay whole traces through the debug build form the slow tier, `make test-slow`.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 2 ] && echo $$n || echo 3)
-SLOW_TESTS   := UnreachableTargetTests.testRKVAtFivePercentNamesADivideThatReachesIt|ReadmeCommandTests.testEveryReadmeShellCommandRuns|ShippedTraceTests.testSyntheticSampleCalibratesTriModalAndClassifiesItsLabels
+space        := $(empty) $(empty)
+SLOW_TESTS   := $(subst $(space),,UnreachableTargetTests.testRKVAtFivePercentNamesADivideThatReachesIt| \
+	ReadmeCommandTests.testEveryReadmeShellCommandRuns| \
+	ShippedTraceTests.testSyntheticSampleCalibratesTriModalAndClassifiesItsLabels| \
+	OnePassMatchingTests.testSameBudgetsAsTheBisectionOnThe)
 SWIFT_TEST    = PATH="$(abspath $(PYTHON_VENV))/bin:$$PATH" $(SWIFT) test --skip-build $(SWIFTFLAGS) \
 	--parallel --num-workers $(TEST_WORKERS) --disable-swift-testing --xunit-output .build/xunit-$(1).xml
 
