@@ -62,10 +62,10 @@ public enum MetricStepSelection: Equatable, Sendable {
         case .random(let count, let seed):
             guard count < decodeSteps else { return Array(0..<decodeSteps) }
             // A partial Fisher–Yates shuffle: the first `count` entries are a uniform sample.
-            var generator = StepSampleGenerator(seed: seed)
+            var generator = SeededRandom(seed: seed)
             var pool = Array(0..<decodeSteps)
             for i in 0..<count {
-                let j = i + Int(generator.next() % UInt64(decodeSteps - i))
+                let j = i + generator.integer(below: decodeSteps - i)
                 pool.swapAt(i, j)
             }
             return pool[..<count].sorted()
@@ -77,20 +77,6 @@ public enum MetricStepSelection: Equatable, Sendable {
     public var isSystematic: Bool {
         if case .stride = self { return true }
         return false
-    }
-}
-
-/// A small seeded generator (SplitMix64), so that a random step sample is the same on every
-/// machine and build.
-struct StepSampleGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -286,15 +286,7 @@ public final class MemoryMatcher {
         overall.update(fraction: 1, detail: "done")
         guard let first else { throw PolicyError("replay: no policies to match") }
         let runs = policies.indices.map { finished[$0]! }
-        let sizes = runs.map(\.blockSize)
-        let blockSizes =
-            Set(sizes).count <= 1
-            ? String(sizes.first ?? 16)
-            : zip(runs, sizes).map { "\($0.spec.name) \($1)" }.joined(separator: ", ")
-        return ReplayResult(
-            tracePath: first.tracePath, header: first.header, layers: first.layers, decodeSteps: first.decodeSteps,
-            runs: runs, notes: generalNotes + runs.flatMap { notesByLabel[$0.spec.label + ": "] ?? [] },
-            paging: first.paging, blockSizes: blockSizes, timing: timing, topK: first.topK)
+        return Self.result(of: runs, like: first, timing: timing, notes: generalNotes, notesByLabel: notesByLabel)
     }
 
     /// Policies alike but for their budget: the same name, other parameters and layout.
@@ -606,15 +598,7 @@ public final class MemoryMatcher {
                 runs.append(run)
             }
         }
-        let sizes = runs.map(\.blockSize)
-        let blockSizes =
-            Set(sizes).count <= 1
-            ? String(sizes.first ?? 16)
-            : zip(runs, sizes).map { "\($0.spec.name) \($1)" }.joined(separator: ", ")
-        return ReplayResult(
-            tracePath: first.tracePath, header: first.header, layers: first.layers, decodeSteps: first.decodeSteps,
-            runs: runs, notes: generalNotes + runs.flatMap { notesByLabel[$0.spec.label + ": "] ?? [] },
-            paging: first.paging, blockSizes: blockSizes, timing: timing, topK: first.topK)
+        return Self.result(of: runs, like: first, timing: timing, notes: generalNotes, notesByLabel: notesByLabel)
     }
 
     private func unreachableNote(
@@ -816,6 +800,25 @@ struct BudgetSearch {
         if let hi, within(hi) { return (hi, results[hi]!.run, true) }
         let fallback = lo ?? hi!
         return (fallback, results[fallback]!.run, false)
+    }
+}
+
+extension MemoryMatcher {
+    /// The matched runs as one replay's result: the first engine run's trace facts, the runs'
+    /// block sizes, every engine run's timing, and the notes (general ones, then each run's).
+    fileprivate static func result(
+        of runs: [PolicyRun], like first: ReplayResult, timing: ReplayTiming, notes generalNotes: [String],
+        notesByLabel: [String: [String]]
+    ) -> ReplayResult {
+        let sizes = runs.map(\.blockSize)
+        let blockSizes =
+            Set(sizes).count <= 1
+            ? String(sizes.first ?? 16)
+            : zip(runs, sizes).map { "\($0.spec.name) \($1)" }.joined(separator: ", ")
+        return ReplayResult(
+            tracePath: first.tracePath, header: first.header, layers: first.layers, decodeSteps: first.decodeSteps,
+            runs: runs, notes: generalNotes + runs.flatMap { notesByLabel[$0.spec.label + ": "] ?? [] },
+            paging: first.paging, blockSizes: blockSizes, timing: timing, topK: first.topK)
     }
 }
 
