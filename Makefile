@@ -49,7 +49,7 @@ help:
 	@echo "make test   build and run the test suite (Swift, then the Python package's)"
 	@echo "make format  reformat the Swift sources with swift-format (.swift-format: 4 spaces, 120 columns)"
 	@echo "make lint   check that the Swift sources are as make format leaves them, no line over 120 columns"
-	@echo "make test-slow  the Swift tests that replay whole traces through the debug build (CI runs both)"
+	@echo "make test-slow  the slow Swift tests: whole-trace replays, every policy many times over (CI runs both)"
 	@echo "make bench  replay benchmark (release build)"
 	@echo "make bench-torch  PyTorch/NumPy peers of the 8K and 32K full,h2o replays, checked and timed against it"
 	@echo "make sweep  budget sweep and equal-memory sweep over the sample traces, CSVs + plots in out/"
@@ -71,14 +71,20 @@ run: build
 
 # The Swift tests run with the Python environment first on PATH: its NumPy and h5py run the
 # NumPy re-derivations of the policies that the cross-check tests compare kept sets with.
-# Test cases run in TEST_WORKERS processes side by side (XCTest's --parallel); the few cases
-# that replay whole traces through the debug build form the slow tier, `make test-slow`.
+# Test cases run in TEST_WORKERS processes side by side (XCTest's --parallel); the cases that
+# replay whole traces, or every policy and composition several times over, through the debug
+# build form the slow tier, `make test-slow` (CI runs both).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 2 ] && echo $$n || echo 3)
 space        := $(empty) $(empty)
 SLOW_TESTS   := $(subst $(space),,UnreachableTargetTests.testRKVAtFivePercentNamesADivideThatReachesIt| \
 	ReadmeCommandTests.testEveryReadmeShellCommandRuns| \
 	ShippedTraceTests.testSyntheticSampleCalibratesTriModalAndClassifiesItsLabels| \
-	OnePassMatchingTests.testSameBudgetsAsTheBisectionOnThe)
+	OnePassMatchingTests.testSameBudgetsAsTheBisectionOnThe| \
+	OnePassMatchingTests.testProgressNeverGoesBackwards| \
+	PolicyAlgebraTests.testExistingPoliciesEqualTheirCompositionsOnTheShippedTraces| \
+	PolicyConformanceTests.testSampledMetricStepsLeaveWhatEveryPolicyKeepsUnchanged| \
+	PolicyConformanceTests.testResultsAreIdenticalForAnyThreadCountOrChunkSizeAndRepeatable| \
+	PolicyConformanceTests.testUnmeasuredSteppingDecidesAsTheReplay)
 SWIFT_TEST    = PATH="$(abspath $(PYTHON_VENV))/bin:$$PATH" $(SWIFT) test --skip-build $(SWIFTFLAGS) \
 	--parallel --num-workers $(TEST_WORKERS) --disable-swift-testing --xunit-output .build/xunit-$(1).xml
 
