@@ -1087,6 +1087,9 @@ extension ThinKVPolicy {
         ]
     }
 
+    /// The thought types, and so the precisions, follow what the budget leaves in the cache.
+    public static var memoryGrowsWithBudget: Bool { false }
+
     /// The classifier with `--sparsity-source full` types thoughts from the full cache's sparsity
     /// at every step (computed over the whole trace before the replay).
     public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? {

@@ -63,7 +63,12 @@ final class OnePassMatchingTests: XCTestCase {
         }
         // One reference computation for both, however many passes.
         XCTAssertEqual(result.timing.referenceFLOPs, oracle.timing.referenceFLOPs, file: file, line: line)
-        XCTAssertLessThanOrEqual(passes, maxPasses, "passes over the reference", file: file, line: line)
+        // A policy whose memory need not grow with the budget (ThinKV) follows the bisection: its
+        // rounds, about log2(tokens) of them, each share one pass with the others' candidates.
+        let bisected = specs.contains { !$0.type.memoryGrowsWithBudget }
+        let rounds = Int(log2(Double(reader.header.numTokens)).rounded(.up)) + 3
+        XCTAssertLessThanOrEqual(
+            passes, bisected ? max(maxPasses, rounds) : maxPasses, "passes over the reference", file: file, line: line)
     }
 
     /// Every policy with a budget, on one layer and 120 steps (the bisection itself is slow; these

@@ -70,6 +70,11 @@ public protocol CachePolicy: AnyObject {
     /// replay whose metrics are sampled (`--metric-steps`) computes that attention on sampled
     /// steps only, and refuses such a policy. Default nil: a policy sees its own cache.
     static func fullReferenceNeed(_ parameters: PolicyParameters) -> String?
+    /// Whether a larger budget never gives less memory, so that a memory target's search may
+    /// predict the budget from a few replays (`MemoryMatcher.run`). False for a policy whose bytes
+    /// per token change with the budget (ThinKV: its classifier reads its own cache): the search
+    /// then follows the bisection. Default true.
+    static var memoryGrowsWithBudget: Bool { get }
 
     init(parameters: PolicyParameters, setup: PolicySetup) throws
 
@@ -116,6 +121,7 @@ extension CachePolicy {
     public static func cadenceParameter(_ parameters: PolicyParameters) -> String? { nil }
     public static var conformanceSettings: [String: String] { [:] }
     public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? { nil }
+    public static var memoryGrowsWithBudget: Bool { true }
     public var residentCap: Int? { nil }
     public func prefill(_ context: PrefillContext, cache: LayerCache) {}
     public func beforeAttention(_ context: StepContext, cache: LayerCache) {}

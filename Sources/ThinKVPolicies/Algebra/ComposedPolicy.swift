@@ -109,6 +109,9 @@ public final class ComposedPolicy<
     }
 
     public static var requirements: PolicyRequirements { Base.requirements.union(Quantizer.requirements) }
+    /// A quantizer's precisions may depend on what the base kept (TBQ's thought types): only a
+    /// composition without one keeps the base's declaration.
+    public static var memoryGrowsWithBudget: Bool { Base.memoryGrowsWithBudget && Quantizer.name.isEmpty }
     public static func fullReferenceNeed(_ parameters: PolicyParameters) -> String? {
         if let base = try? self.parameters(of: .base, parameters), let reason = Base.fullReferenceNeed(base) {
             return reason

@@ -179,6 +179,12 @@ public final class MemoryMatcher {
             searches[i] = Search(
                 policy: i, key: replayKey(i), target: targets[i], goal: Self.value(of: targets[i]),
                 lowest: lowest, highest: max(lowest, reader.header.numTokens))
+            if !policies[i].type.memoryGrowsWithBudget {
+                // No model predicts such a policy's memory: the bisection's own path gives its answer
+                // (its rounds still share the passes and the stored reference with the others).
+                searches[i]?.bisection = BudgetSearch(
+                    target: Self.value(of: targets[i]), lowest: lowest, highest: max(lowest, reader.header.numTokens))
+            }
         }
         let decodeSteps = ReplayEngine(reader: reader, configuration: configuration).decodeSteps
         var replays: [String: [Int: PolicyRun]] = [:]  // key -> budget -> run
