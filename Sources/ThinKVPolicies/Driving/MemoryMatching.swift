@@ -151,6 +151,9 @@ public final class MemoryMatcher {
         /// Set when replays contradict memory growing with the budget: the bisection decides.
         var bisection: BudgetSearch?
         var done = false
+
+        /// The bisection over this search's range, from its start.
+        var newBisection: BudgetSearch { BudgetSearch(target: goal, lowest: lowest, highest: highest) }
     }
 
     /// What a search settled on.
@@ -176,22 +179,22 @@ public final class MemoryMatcher {
                 continue
             }
             let lowest = try lowestBudget(policies[i], layers: layers)
-            searches[i] = Search(
+            var search = Search(
                 policy: i, key: replayKey(i), target: targets[i], goal: Self.value(of: targets[i]),
                 lowest: lowest, highest: max(lowest, reader.header.numTokens))
             if !policies[i].type.memoryGrowsWithBudget {
                 // No model predicts such a policy's memory: the bisection's own path gives its answer
                 // (its rounds still share the passes and the stored reference with the others).
-                searches[i]?.bisection = BudgetSearch(
-                    target: Self.value(of: targets[i]), lowest: lowest, highest: max(lowest, reader.header.numTokens))
+                search.bisection = search.newBisection
             }
+            searches[i] = search
         }
         let decodeSteps = ReplayEngine(reader: reader, configuration: configuration).decodeSteps
         var replays: [String: [Int: PolicyRun]] = [:]  // key -> budget -> run
         var finished: [Int: PolicyRun] = [:]
         var timing = ReplayTiming.zero
         var first: ReplayResult?
-        var generalNotes: [String] = [], notesByLabel: [String: [String]] = [:]
+        var notes = MatchNotes()
         var fullBytes: Double?  // the full cache's figure for the tolerance of a byte target
         let overall = MonotoneProgress(inner: progress)
         var pass = 0
@@ -246,17 +249,7 @@ public final class MemoryMatcher {
                 let result = try engine.run()
                 done += group.count
                 if first == nil { first = result }
-                // Notes by the run they name, so the report keeps those of the chosen budgets.
-                let labels = result.runs.map { $0.spec.label + ": " }
-                for note in result.notes {
-                    if let label = labels.first(where: { note.hasPrefix($0) }) {
-                        if !(notesByLabel[label]?.contains(note) ?? false) {
-                            notesByLabel[label, default: []].append(note)
-                        }
-                    } else if !generalNotes.contains(note) {
-                        generalNotes.append(note)
-                    }
-                }
+                notes.add(result)
                 timing.add(result.timing)
                 for ((i, budget), run) in zip(group, result.runs) {
                     if fullBytes == nil { fullBytes = fullFigure(run) }
@@ -292,7 +285,7 @@ public final class MemoryMatcher {
         overall.update(fraction: 1, detail: "done")
         guard let first else { throw PolicyError("replay: no policies to match") }
         let runs = policies.indices.map { finished[$0]! }
-        return Self.result(of: runs, like: first, timing: timing, notes: generalNotes, notesByLabel: notesByLabel)
+        return Self.result(of: runs, like: first, timing: timing, notes: notes)
     }
 
     /// Policies alike but for their budget: the same name, other parameters and layout.
@@ -340,7 +333,7 @@ public final class MemoryMatcher {
         let (below, above) = bracket(search, known)
         if let below, let above, below > above {
             // Memory fell as the budget grew: only the bisection's own path gives its answer.
-            var bisection = BudgetSearch(target: search.goal, lowest: search.lowest, highest: search.highest)
+            var bisection = search.newBisection
             let missing = Self.advance(&bisection, known) { self.value($0.summary.memory, search.target) }
             search.bisection = bisection
             return missing
@@ -507,7 +500,7 @@ public final class MemoryMatcher {
         var finished: [Int: PolicyRun] = [:]
         var timing = ReplayTiming.zero
         var first: ReplayResult?
-        var generalNotes: [String] = [], notesByLabel: [String: [String]] = [:]
+        var notes = MatchNotes()
         var fullBytes: Double?  // the full cache's figure for the tolerance of a byte target
         var round = 0
         while true {
@@ -534,15 +527,7 @@ public final class MemoryMatcher {
             engine.progress = progress.map { RoundProgress(inner: $0, round: round) }
             let result = try engine.run()
             if first == nil { first = result }
-            // Notes by the run they name, so the report keeps those of the chosen budgets.
-            let labels = result.runs.map { $0.spec.label + ": " }
-            for note in result.notes {
-                if let label = labels.first(where: { note.hasPrefix($0) }) {
-                    if !(notesByLabel[label]?.contains(note) ?? false) { notesByLabel[label, default: []].append(note) }
-                } else if !generalNotes.contains(note) {
-                    generalNotes.append(note)
-                }
-            }
+            notes.add(result)
             timing.add(result.timing)
             for ((i, budget), run) in zip(trials, result.runs) {
                 if fullBytes == nil { fullBytes = fullFigure(run) }
@@ -604,7 +589,7 @@ public final class MemoryMatcher {
                 runs.append(run)
             }
         }
-        return Self.result(of: runs, like: first, timing: timing, notes: generalNotes, notesByLabel: notesByLabel)
+        return Self.result(of: runs, like: first, timing: timing, notes: notes)
     }
 
     private func unreachableNote(
@@ -809,12 +794,29 @@ struct BudgetSearch {
     }
 }
 
+/// The notes of a match's engine runs: a note naming a run is kept under its label, so the report
+/// keeps those of the chosen budgets only; the others once each.
+private struct MatchNotes {
+    var general: [String] = []
+    var byLabel: [String: [String]] = [:]
+
+    mutating func add(_ result: ReplayResult) {
+        let labels = result.runs.map { $0.spec.label + ": " }
+        for note in result.notes {
+            if let label = labels.first(where: { note.hasPrefix($0) }) {
+                if !(byLabel[label]?.contains(note) ?? false) { byLabel[label, default: []].append(note) }
+            } else if !general.contains(note) {
+                general.append(note)
+            }
+        }
+    }
+}
+
 extension MemoryMatcher {
     /// The matched runs as one replay's result: the first engine run's trace facts, the runs'
     /// block sizes, every engine run's timing, and the notes (general ones, then each run's).
     fileprivate static func result(
-        of runs: [PolicyRun], like first: ReplayResult, timing: ReplayTiming, notes generalNotes: [String],
-        notesByLabel: [String: [String]]
+        of runs: [PolicyRun], like first: ReplayResult, timing: ReplayTiming, notes: MatchNotes
     ) -> ReplayResult {
         let sizes = runs.map(\.blockSize)
         let blockSizes =
@@ -823,7 +825,7 @@ extension MemoryMatcher {
             : zip(runs, sizes).map { "\($0.spec.name) \($1)" }.joined(separator: ", ")
         return ReplayResult(
             tracePath: first.tracePath, header: first.header, layers: first.layers, decodeSteps: first.decodeSteps,
-            runs: runs, notes: generalNotes + runs.flatMap { notesByLabel[$0.spec.label + ": "] ?? [] },
+            runs: runs, notes: notes.general + runs.flatMap { notes.byLabel[$0.spec.label + ": "] ?? [] },
             paging: first.paging, blockSizes: blockSizes, timing: timing, topK: first.topK)
     }
 }
